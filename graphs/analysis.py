@@ -299,6 +299,9 @@ def summary(g) -> dict:
         "level": g.level,
         "nodes": g.num_nodes,
         "edges": g.num_edges,
+        # the edges that are no synapse: wires (to the outputs, into additions, concatenations) and back edges
+        "edge_kinds": {name: int((g.edge_attrs["kind"] == k).sum())
+                       for name, k in (("synapse", EDGE_SYNAPSE), ("wire", EDGE_WIRE), ("recurrent", EDGE_RECURRENT))},
         "units": units,
         "junctions": int((g.node_attrs["kind"] == JUNCTION).sum()),
         "inputs": int(inputs.sum()),

@@ -336,3 +336,32 @@ def test_an_empty_boundaries_panel_has_no_ticks_and_density_starts_at_0_as_the_r
     write_run(tmp_path)  # boundaries logged: their ticks stay
     progress(str(tmp_path)).plot(tmp_path / "progress.png")
     assert len(figs[1].axes[3].get_yticks()) > 1 and figs[1].axes[4].get_ylim() == (0, 1.05)
+
+
+def test_the_density_panel_starts_at_step_0_as_the_runs_density_png(tmp_path, monkeypatch):
+    """A gradual pruning logs no event at step 0 (its first update at step 25): the run's density.png
+    draws the density before that update (its counts: 1.0) from step 0, while progress.png's density
+    panel started at step 25. Both now draw the same overall line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    from adaptive import plots
+
+    events = [{"step": 25, "kind": "update", "pruned": 100, "grown": 0, "live": 900, "removed": 100, "density": 0.9,
+               "layer_density": {"a.weight": 0.85, "b.weight": 1.0}},
+              {"step": 50, "kind": "update", "pruned": 100, "grown": 0, "live": 800, "removed": 200, "density": 0.8,
+               "layer_density": {"a.weight": 0.7, "b.weight": 1.0}}]
+    _events(tmp_path, events)
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy\n20,train,1.0,0.5\n60,train,0.9,0.6\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    ours = {line.get_label(): line for line in figs[0].axes[4].get_lines()}["all"]
+    kept = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt_, path: kept.append(fig) or path)
+    plots.plot_density(events, tmp_path / "density.png", last_step=60)
+    runs = {line.get_label(): line for line in kept[0].axes[0].get_lines()}["overall"]
+    assert list(ours.get_xdata()) == list(runs.get_xdata()) == [0, 25, 50, 60]
+    assert list(ours.get_ydata()) == list(runs.get_ydata()) == [1.0, 0.9, 0.8, 0.8]
+    plt.close("all")

@@ -384,3 +384,24 @@ def test_report_into_a_pipe_its_reader_closed_still_writes_its_files(tmp_path, m
     monkeypatch.setattr("sys.stdout", Closed())
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "summary.json").is_file() and (tmp_path / "rep" / "reachability.png").is_file()
+
+
+def test_report_line_says_which_edges_carry_no_synapse():
+    """The report printed '53,250 edges' beside '53,240 live synapses' with no word on the 10 extra
+    edges (the wires from the last layer's units to the output nodes): the line now splits the edge
+    count into synapse edges and wires, recounted here from the graph's edge kinds."""
+    from graphs.cli import format_summary
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(build_model("mlp", num_classes=10, in_shape=(1, 8, 8)))
+    _random_masks(conn, 0.5)
+    g = graphs.build(conn, "unit")
+    kind = g.edge_attrs["kind"]
+    synapse, wire = int((kind == graphs.graph.EDGE_SYNAPSE).sum()), int((kind == graphs.graph.EDGE_WIRE).sum())
+    assert wire == 10 and synapse + wire == g.num_edges  # one wire per output class, nothing else
+    s = graphs.summary(g)
+    assert s["edge_kinds"] == {"synapse": synapse, "wire": wire, "recurrent": 0}
+    line = format_summary(s).splitlines()[0]
+    assert (f"{g.num_edges:,} edges ({synapse:,} synapse edges; {wire:,} wires carrying no synapse: output wiring"
+            in line), line
+    assert f"{conn.num_live():,} live synapses" in line

@@ -125,6 +125,9 @@ def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, 
     rows = {r["target"]: r for r in summary["rows"]}
     assert rows["300"]["removed"] == 300 and rows["300"]["changed"] == 0
     assert set(rows) == {"dense", "0.2", "300"}
+    # console counts with thousands separators, as recipes/adaptive.py prints them (268336 and | 53667 | before)
+    assert "resnet20 on fake, 268,336 prunable synapses" in printed
+    assert f"| 0.2 | {rows['0.2']['removed']:,} | " in printed and rows["0.2"]["removed"] >= 1000
     for f in ("results.md", "curves.png", "history.jsonl", "events.jsonl"):
         assert (out / f).is_file(), f
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]

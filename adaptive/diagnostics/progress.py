@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ..plots import SPLIT_COLOR, boundary_scale, closed_on_error, finite, legend_below, line_style, note_nonfinite, single_point_marker
+from ..plots import SPLIT_COLOR, boundary_scale, closed_on_error, density_before, finite, legend_below, line_style, note_nonfinite, single_point_marker
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
 
@@ -219,7 +219,13 @@ class Progress:
             # each density holds until the next update, the last one until the run's last step (a metrics
             # row or event after the last update): drawn to the last update only, it showed as a bare drop
             end = max((r.get("step") for t in (m, ev) for r in t if _is_number(r.get("step"))), default=None)
-            pts = _held_to([(s, v) for s, v in zip(steps, ev["density"]) if isinstance(v, (int, float))], end)
+            logged = [(s, v, e) for s, v, e in zip(steps, ev["density"], ev) if isinstance(v, (int, float))]
+            pts = _held_to([(s, v) for s, v, _ in logged], end)
+            # from step 0, as the run's density.png: the density before the first event (its counts), where
+            # that event came later (a gradual pruning's first update at step 25 started the line there)
+            start = density_before(logged[0][2]) if logged else None
+            if start is not None and _is_number(pts[0][0]) and pts[0][0] > 0:
+                pts = [(0, start)] + pts
             if pts:  # a run with no update has one event: a marker keeps its single point visible
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "k-", lw=2, label="all", drawstyle="steps-post",
                         **single_point_marker(len(pts)))

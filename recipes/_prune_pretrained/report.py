@@ -11,7 +11,7 @@ def _table(rows) -> str:
     head = ("| target | removed | removed % | train loss | train acc % | held-out loss | held-out acc % | test loss | test acc % |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     body = "".join(
-        f"| {r['target']} | {r['removed']} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {fmt_accuracy(r['train_acc'])} | "
+        f"| {r['target']} | {r['removed']:,} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {fmt_accuracy(r['train_acc'])} | "
         f"{r['holdout_loss']:.4f} | {fmt_accuracy(r['holdout_acc'])} | {r['test_loss']:.4f} | {fmt_accuracy(r['test_acc'])} |\n"
         for r in rows)
     return head + body

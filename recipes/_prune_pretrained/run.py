@@ -240,7 +240,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
-            accelerator.print(f"[{label}] surviving weights that differ from the original: {differ} "
+            accelerator.print(f"[{label}] surviving weights that differ from the original: {differ:,} "
                               "(every tensor of pruned_state_dict.pt, biases and normalisation statistics too, "
                               "compared bit for bit with the weights as loaded)")
             rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
@@ -248,13 +248,13 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
                              test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
     report_bar.close()
     table = _table(rows)
-    note = (f"\n{args.model} on {args.dataset}, {total} prunable synapses, {minutes:.1f} min of optimisation "
+    note = (f"\n{args.model} on {args.dataset}, {total:,} prunable synapses, {minutes:.1f} min of optimisation "
             f"on {accelerator.num_processes} process(es) ({accelerator.device.type}, mixed precision "
             f"{args.mixed_precision}"
             + ("; every figure here was measured under bf16 autocast, so a float32 evaluation of "
                "pruned_state_dict.pt differs in the last digits" if args.mixed_precision == "bf16" else "")
             + ").\n"
-            f"Splits: train = a fixed random sample of {len(train_sample.dataset)} images of the train part (the same for "
+            f"Splits: train = a fixed random sample of {len(train_sample.dataset):,} images of the train part (the same for "
             f"every row); held-out = a stratified part of the TRAIN split ({len(dl.holdout.dataset):,} images; "
             f"{_holdout_use(args, total, result.start_removed)}); test = "
             + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
