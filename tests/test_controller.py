@@ -930,7 +930,7 @@ def test_loaded_estimator_state_follows_the_weights_device(estimator):
     wm = w.to("meta")
     meta_ctx = UtilityContext("w", wm, torch.ones(4, 6, dtype=torch.bool, device="meta"), None,
                               GradientStats.__new__(GradientStats), torch.Generator())
-    meta_ctx.stats.counts = {}  # no window yet: the values are read, not moved
+    meta_ctx.stats.counts, meta_ctx.stats.replicas = {}, {}  # no window yet: the values are read, not moved
     assert loaded.restoration_gain(meta_ctx).device.type == "meta"
     assert loaded.removal_cost(meta_ctx).device.type == "meta"
 

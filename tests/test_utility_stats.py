@@ -45,3 +45,13 @@ def test_two_processes_window_is_the_window_of_all_their_batches(tmp_path):
     assert got["ddp"]["n"] == ddp["n"] == 2
     for key in ("mean", "variance", "consistency"):
         _close(got["ddp"][key], ddp[key])
+
+
+def test_the_same_gradients_reduced_in_another_order_still_count_once(tmp_path):
+    """Processes holding the same gradients bit for bit (DDP's averaged one) observe them once between them,
+    whatever order each device adds up its fingerprint in: one process with one torch thread, the other
+    with two, a window of 2 stays 2. The fingerprint was a float64 sum, whose last bits follow the thread
+    count (or a GPU's model): the processes read as differing and the window counted 4, halving the noise
+    the estimators credit to its mean."""
+    rank = two_rank_records("two_process_gradient_stats.py", tmp_path)
+    assert rank[0]["same_by_threads"] == rank[1]["same_by_threads"] == {"n": 2}, rank

@@ -25,6 +25,27 @@ def _dense(g: torch.Tensor) -> torch.Tensor:
     return g.to_dense() if g.layout != torch.strided else g
 
 
+_CHUNK = 1 << 24  # entries of a fingerprint widened to int64 at once: 128 MB beside the sums at most
+
+
+def _fingerprints(tensors) -> torch.Tensor:
+    """A ``(len(tensors), 2)`` int64 fingerprint of float32 tensors, on the first one's device (one transfer
+    for all, none per layer): of each, the sum of its entries' bit patterns as integers, and the sum of the
+    products of their high and low 16 bits. Exact: any order of the additions gives the same numbers
+    (the same bits give the same fingerprint on any device or thread count), and no sum overflows below
+    2**32 entries; pieces of :data:`_CHUNK` entries bound the int64 copy."""
+    out = []
+    for t in tensors:
+        bits = t.detach().float().contiguous().view(-1).view(torch.int32)
+        s = torch.zeros(2, dtype=torch.int64, device=t.device)
+        for piece in bits.split(_CHUNK):
+            a = piece.to(torch.int64)
+            s[0] += a.sum()
+            s[1] += ((a >> 16) * (a & 0xFFFF)).sum()
+        out.append(s.to(tensors[0].device))
+    return torch.stack(out)
+
+
 class GradientStats:
     """Windowed first and second moments of the batch gradients of a connectome's weights.
 
@@ -52,7 +73,7 @@ class GradientStats:
     def n(self, name: str) -> int:
         """Batch gradients in layer ``name``'s window, the number its mean averages: its observations,
         times the processes after :meth:`reduce` where they observed different gradients."""
-        return self.counts.get(name, 0) * getattr(self, "replicas", {}).get(name, 1)  # (a bare instance: none)
+        return self.counts.get(name, 0) * self.replicas.get(name, 1)
 
     def _ensure(self):
         if len(self.g_sum) == len(self.conn.params):
@@ -128,16 +149,16 @@ class GradientStats:
 
     def _differ_by_process(self, names) -> list:
         """Whether each layer's sums differ between processes (all False on one process): a fingerprint
-        of each (its sum and its sum of magnitudes, float64) compared by one max-reduce. DDP gives every
-        process the same averaged gradient, so the same sums, bit for bit."""
+        of each (:func:`_fingerprints`) compared by one max-reduce. DDP gives every process the same
+        averaged gradient, so the same sums, bit for bit, and the same fingerprints: exact integer sums of
+        the bits, which no order of the additions changes (a float sum's last bits follow the order a
+        device reduces in: its thread count, its model of GPU)."""
         if not names or not is_distributed():
             return [False] * len(names)
         import torch.distributed as dist
 
-        first = self.g_sum[names[0]]
-        fp = torch.tensor([[float(self.g_sum[n].double().sum()), float(self.g_sum[n].double().abs().sum())]
-                           for n in names], dtype=torch.float64)
-        both = torch.cat([fp, -fp]).to(collective_device(first))
+        fp = _fingerprints([self.g_sum[n] for n in names])
+        both = torch.cat([fp, -fp]).to(collective_device(fp))
         dist.all_reduce(both, op=dist.ReduceOp.MAX)
         hi, neg_lo = both.cpu().chunk(2)
         return [bool(x) for x in (hi != -neg_lo).any(dim=1)]

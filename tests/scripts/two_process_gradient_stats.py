@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import adaptive
+from adaptive.utility.stats import GradientStats
 
 STEPS = 2  # observations of each process
 
@@ -40,6 +41,25 @@ def window(observed, ddp=False):
             "evidence": adaptive.get_estimator("evidence").removal_cost(ctx).view(-1).tolist()}
 
 
+def same_gradients(threads):
+    """The window count of a layer of 2**18 weights given the same gradients on every process (as DDP's averaged
+    one), of magnitudes 10**-7 to 10**7, whose float sums' last bits follow the order of their additions, reduced
+    with ``threads`` torch threads (each process its own number: another order of a float sum's additions)."""
+    g = torch.Generator().manual_seed(0)
+    net = nn.Linear(512, 512, bias=False)
+    conn = adaptive.Connectome(net, mode="mask_only")
+    stats = GradientStats(conn)
+    for _ in range(STEPS):
+        net.weight.grad = torch.randn(512, 512, generator=g) * torch.exp(torch.randn(512, 512, generator=g) * 8)
+        stats.observe()
+    torch.set_num_threads(threads)
+    try:
+        stats.reduce()
+    finally:
+        torch.set_num_threads(1)
+    return {"n": stats.n("weight")}
+
+
 def run(rank, folder):
     from _rank_record import record_cases
 
@@ -48,7 +68,8 @@ def run(rank, folder):
             for a, b in zip(batches()[0::2], batches()[1::2])]
     cases = {"own": lambda _: window(own),  # each process its own batches (mask_only over several processes)
              "same": lambda _: window(batches()),  # every process the same four
-             "ddp": lambda _: window(both, ddp=True)}  # DDP averages the gradients of a 16-example batch
+             "ddp": lambda _: window(both, ddp=True),
+             "same_by_threads": lambda _: same_gradients(1 + rank)}  # DDP averages the gradients of a 16-example batch
     record_cases(rank, folder, {k: k for k in cases}, lambda k: cases[k](k))
 
 
