@@ -28,7 +28,8 @@ except ImportError:  # pragma: no cover - an older torch
     FakeTensorMode = None
 
 from .locking import serialized
-from .tracer import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, _unbound_methods_traced
+from .tracer import (SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, _traced_unbound,
+                     _unbound_methods_lifted)
 
 # fx's own context that takes its patches off nn.Module (its __call__ and __getattr__ make proxies while fx
 # traces) while the example's values are computed; a private name of fx's: without it nothing is traced so
@@ -91,18 +92,23 @@ class SizedTracer(SignatureTracer):
     def value(self, n: fx.Node):
         """``n``'s value when the traced code so far runs on the example input's fake twin (its shapes, no data):
         every node recorded up to now is run, in order, once (an op that fails leaves :class:`_Unknown`)."""
-        if self.fake is None:
-            self.fake = FakeTensorMode(allow_non_fake_inputs=True)
         todo = self.order[len(self.values):]
         if todo:
             holders = [m for m in self.order if m.op == "placeholder"]
-            with _REVERTED(), torch.no_grad(), self.fake:
+            with _REVERTED(), _unbound_methods_lifted(), torch.no_grad(), self._fake_mode():
                 for m in todo:
                     try:
                         self.values[m] = self._run(m, holders)
                     except Exception as e:  # noqa: BLE001 - no shape without data (nonzero), or no fake kernel
                         self.values[m] = _Unknown(e)
         return self.values[n]
+
+    def _fake_mode(self):
+        """The fake tensor mode the example's values are computed in (made at its first use: within
+        :func:`graphs.tracer._unbound_methods_lifted`, as its first use imports torch._dynamo)."""
+        if self.fake is None:
+            self.fake = FakeTensorMode(allow_non_fake_inputs=True)
+        return self.fake
 
     def _run(self, m: fx.Node, holders: List[fx.Node]):
         if m.op == "placeholder":
@@ -197,7 +203,10 @@ class _SizedProxy(fx.Proxy):
 def sized_trace(root: torch.nn.Module, inputs: Callable[[int], tuple], concrete_args=None) -> fx.GraphModule:
     """:func:`graphs.trace.symbolic_trace` with :class:`SizedTracer`: the example input's sizes (``inputs``, as
     that class takes it) answer the forward's questions about sizes."""
-    with _torch_own_functions(), _sizes_packed(), _unbound_methods_traced():
+    def trace_once():
         tracer = SizedTracer(inputs, autowrap_functions=SIZED_FACTORIES)
-        graph = tracer.trace(root, concrete_args)
+        return tracer, tracer.trace(root, concrete_args)
+
+    with _torch_own_functions(), _sizes_packed():
+        tracer, graph = _traced_unbound(trace_once)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 import types
 from typing import Any
 
@@ -106,12 +107,16 @@ _OWN: dict = {}
 
 
 @contextlib.contextmanager
-def _unbound_methods_traced():
+def _unbound_methods_traced(names=()):
     """Let fx trace ``torch.Tensor.topk(h, 2)`` (an unbound method of the op tables on a traced value): it failed
     with "descriptor 'topk' for 'torch._C.TensorBase' objects doesn't apply to a 'Proxy' object", and the model fell
-    back to module order. Inside, such a call records the method call ``h.topk(2)``, the graph written as if the
-    model called it so, followed by the same rule; on a tensor it is torch's own call. Removed on exit."""
-    names = _unbound_names()
+    back to module order. Inside, such a call of one of ``names`` records the method call ``h.topk(2)``, the graph
+    written as if the model called it so, followed by the same rule; on a tensor it is torch's own call. Removed on
+    exit. Only ``names`` are replaced (:func:`_traced_unbound`: those the traced forward was refused), as the
+    replacement is on ``torch.Tensor`` for the whole process: a tensor subclass's ``__torch_function__`` in any
+    thread is given the stand-in, not torch's method, meanwhile (torchvision's ``tv_tensors.Image.clone()`` gave a
+    plain tensor)."""
+    names = [n for n in names if n not in vars(torch.Tensor)]  # those a trace this one is inside has not put in
     # torch caches the methods of torch.Tensor the first time it is asked (fx asks which calls are methods): asked
     # now, while they are torch's; cached with the stand-ins, it would take torch's own for functions ever after
     torch.overrides.is_tensor_method_or_property(torch.Tensor.add)
@@ -127,6 +132,42 @@ def _unbound_methods_traced():
                 delattr(torch.Tensor, name)  # torch's descriptor, inherited from TensorBase, shows again
 
 
+@contextlib.contextmanager
+def _unbound_methods_lifted():
+    """torch's own methods on ``torch.Tensor`` while inside, where :func:`_unbound_methods_traced` put stand-ins
+    (put back on exit): :class:`graphs.sized.SizedTracer` computes the example's values so, as fx lifts its own
+    patches there. Its first fake tensor imports torch._dynamo, which keeps a copy of ``torch.Tensor.__dict__``: taken
+    with the stand-ins in, it held them for the rest of the process."""
+    lifted = {n: f for n, f in vars(torch.Tensor).items() if isinstance(f, types.FunctionType) and f in _OWN}
+    try:
+        for name in lifted:
+            delattr(torch.Tensor, name)
+        yield
+    finally:
+        for name, f in lifted.items():
+            setattr(torch.Tensor, name, f)
+
+
+# fx's refusal of an unbound method of torch's given a traced value as ``self``
+_REFUSED = re.compile(r"descriptor '(\w+)' for '[\w.]+' objects doesn't apply to a '\w+' object")
+
+
+def _traced_unbound(trace_once):
+    """``trace_once()`` (a trace of the model); where fx refuses an unbound method of the op tables on a traced value
+    (``torch.Tensor.topk(h, 2)``), traced again with that method's stand-in in (:func:`_unbound_methods_traced`),
+    and so on for each one refused. A model that calls none is traced with ``torch.Tensor`` left as it is."""
+    known, names = set(_unbound_names()), []
+    while True:
+        try:
+            with _unbound_methods_traced(names):
+                return trace_once()
+        except TypeError as e:
+            refused = _REFUSED.search(str(e))
+            if refused is None or refused.group(1) not in known or refused.group(1) in names:
+                raise
+            names.append(refused.group(1))
+
+
 @serialized
 def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with torch's own functions in place of a library's Python replacements
@@ -137,9 +178,12 @@ def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
     sizes are traced too (:func:`_sizes_packed`), and a forward with keyword-only parameters keeps its
     calling convention (``forward(self, x, y=None, *, mask)``: :class:`SignatureTracer`). An unbound method on a
     traced value, ``torch.Tensor.topk(h, 2)``, is recorded as the method call (:func:`_unbound_methods_traced`)."""
-    with _torch_own_functions(), _sizes_packed(), _unbound_methods_traced():
+    def trace_once():
         tracer = SignatureTracer(autowrap_functions=SIZED_FACTORIES)
-        graph = tracer.trace(root, concrete_args)
+        return tracer, tracer.trace(root, concrete_args)
+
+    with _torch_own_functions(), _sizes_packed():
+        tracer, graph = _traced_unbound(trace_once)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)
 
 

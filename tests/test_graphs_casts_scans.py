@@ -146,3 +146,59 @@ def test_a_tensor_method_given_a_traced_argument_is_still_the_method_call():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         graphs.build(model=Written().eval(), level="unit", example_input=torch.randn(3, 3))
+
+
+def test_torch_tensor_is_left_alone_unless_the_forward_calls_a_method_unbound():
+    """The stand-ins are on ``torch.Tensor`` for the whole process while they are in: a tensor subclass's
+    ``__torch_function__`` in any thread is given the stand-in (torchvision's ``tv_tensors.Image.clone()`` gave a
+    plain tensor). A model that calls no method unbound is traced with none in (all 191 were put in for every
+    trace); one that does, with those it calls only."""
+    from graphs.tracer import symbolic_trace
+
+    class Looks(torch.nn.Module):
+        def __init__(self, unbound):
+            super().__init__()
+            self.a, self.unbound, self.seen = torch.nn.Linear(3, 4), unbound, []
+
+        def forward(self, x):
+            self.seen.append(set(vars(torch.Tensor)))
+            h = self.a(x)
+            return torch.Tensor.topk(h, 2).values if self.unbound else h.topk(2).values
+
+    own = set(vars(torch.Tensor))
+    plain, unbound = Looks(False), Looks(True)
+    symbolic_trace(plain)
+    symbolic_trace(unbound)
+    assert plain.seen == [own]
+    assert unbound.seen[-1] - own == {"topk"}
+    assert set(vars(torch.Tensor)) == own
+
+
+def test_a_sized_trace_leaves_no_stand_in_in_torch_dynamo():
+    """A sized trace's first fake tensor imports torch._dynamo, which copies ``torch.Tensor.__dict__``
+    (``all_tensor_attrs``): taken while the stand-ins were in, it kept them for the rest of the process. Checked in a
+    fresh process, where torch._dynamo is first imported by that trace."""
+    import subprocess
+    import sys
+    code = """
+import sys, warnings, torch, adaptive, graphs
+assert "torch._dynamo" not in sys.modules
+class Steps(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.head = torch.nn.Linear(3, 6), torch.nn.Linear(2, 2)
+    def forward(self, x):
+        h = torch.Tensor.topk(self.a(x), 2).values  # refused first, then traced again with the stand-in in
+        return self.head(sum(h[:, t] for t in range(h.shape[1])))  # the sizes: a fake tensor, torch._dynamo
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    g = graphs.build(adaptive.Connectome(Steps()), "unit", example_input=torch.randn(4, 3, 3))
+assert g.meta["traced"] is True
+from torch._dynamo.variables.tensor import all_tensor_attrs
+print(all_tensor_attrs["topk"] is torch._C.TensorBase.__dict__["topk"])
+"""
+    import os
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True"]
