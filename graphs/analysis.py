@@ -299,7 +299,8 @@ def summary(g) -> dict:
         "level": g.level,
         "nodes": g.num_nodes,
         "edges": g.num_edges,
-        # the edges that are no synapse: wires (to the outputs, into additions, concatenations) and back edges
+        # the edges that are no synapse: wires (into the outputs, into junctions: residual additions, products,
+        # a recurrent cell's gates; a concatenation makes none) and recurrent back edges
         "edge_kinds": {name: int((g.edge_attrs["kind"] == k).sum())
                        for name, k in (("synapse", EDGE_SYNAPSE), ("wire", EDGE_WIRE), ("recurrent", EDGE_RECURRENT))},
         "units": units,

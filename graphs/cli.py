@@ -865,8 +865,10 @@ def _edge_kinds(s: dict) -> str:
         return ""
     parts = [f"{k['synapse']:,} synapse edge{'' if k['synapse'] == 1 else 's'}"]
     if k.get("wire"):
-        parts.append(f"{k['wire']:,} wire{'' if k['wire'] == 1 else 's'} carrying no synapse: "
-                     "output wiring, residual and concatenation links")
+        # (a concatenation makes no wire: its units feed the next layer's synapse edges directly)
+        parts.append(f"{k['wire']:,} wire{'' if k['wire'] == 1 else 's'} carrying no synapse: into the outputs, into "
+                     "junctions (residual additions, products, a recurrent cell's gates) and into lookup or initial-state "
+                     "inputs")
     if k.get("recurrent"):
         parts.append(f"{k['recurrent']:,} recurrent back edge{'' if k['recurrent'] == 1 else 's'} carrying no synapse")
     return f" ({'; '.join(parts)})"

@@ -402,6 +402,48 @@ def test_report_line_says_which_edges_carry_no_synapse():
     s = graphs.summary(g)
     assert s["edge_kinds"] == {"synapse": synapse, "wire": wire, "recurrent": 0}
     line = format_summary(s).splitlines()[0]
-    assert (f"{g.num_edges:,} edges ({synapse:,} synapse edges; {wire:,} wires carrying no synapse: output wiring"
+    assert (f"{g.num_edges:,} edges ({synapse:,} synapse edges; {wire:,} wires carrying no synapse: into the outputs"
             in line), line
     assert f"{conn.num_live():,} live synapses" in line
+
+
+class _Concatenating(nn.Module):
+    """Two concatenations (DenseNet-like), no addition: its only wires are those into the outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(5, 4), nn.Linear(9, 4), nn.Linear(13, 3)
+
+    def forward(self, x):
+        h = torch.cat([x, torch.relu(self.a(x))], 1)
+        return self.c(torch.cat([h, torch.relu(self.b(h))], 1))
+
+
+class _Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.head = nn.LSTM(6, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def test_report_line_names_the_wires_a_graph_has_not_concatenation_links():
+    """The line called every wire 'output wiring, residual and concatenation links', but a concatenation
+    makes no wire (its units feed the next layer's synapse edges), and an LSTM's wires run into its gates'
+    junctions: the counts add up to the edges at unit and synapse level, and the words name junctions."""
+    from graphs.cli import format_summary
+
+    torch.manual_seed(0)
+    for model, outputs in ((_Concatenating(), 3), (_Tagger(), 3)):
+        conn = adaptive.Connectome(model)
+        for level in ("unit", "synapse"):
+            s = graphs.summary(graphs.build(conn, level))
+            kinds = s["edge_kinds"]
+            assert sum(kinds.values()) == s["edges"], (level, kinds)
+            if isinstance(model, _Concatenating):
+                assert kinds == {"synapse": s["edges"] - outputs, "wire": outputs, "recurrent": 0}
+            else:
+                assert kinds["recurrent"] == 8 and kinds["wire"] > outputs and s["junctions"] > 0
+            line = format_summary(s).splitlines()[0]
+            assert "concatenation links" not in line and "into the outputs, into junctions" in line, line
