@@ -81,6 +81,19 @@ class ArgumentParser(argparse.ArgumentParser):
         return ns
 
 
+def data_dir_type(text: str) -> str:
+    """``type=`` of a --data-dir option (the benchmarks'): an empty or whitespace-only folder (an unset shell
+    variable) is refused, as the recipes refuse it (it read the default folder unsaid), and ~ is the home
+    folder (:func:`adaptive.paths.empty_path_problem`, :func:`adaptive.paths.home_expanded`)."""
+    from .paths import empty_path_problem, home_expanded
+
+    problem = empty_path_problem(text, "the data folder", "a data folder, or leave the option out for the default "
+                                                         "($ADAPTIVE_DATA, else ../shared/data)")
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return home_expanded(text)
+
+
 def show_progress(setting: Optional[bool] = None) -> bool:
     """Whether to draw progress bars: ``True`` or ``False`` as asked; ``None`` (the recipes' default)
     draws them only when stderr is a terminal, so pipes and log files get no bar updates. Under

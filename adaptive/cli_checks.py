@@ -64,3 +64,26 @@ def check_range(option: str, value, low, high=None, **kw) -> None:
     problem = range_problem(option, value, low, high, **kw)
     if problem:
         raise ValueError(problem)
+
+
+def one_pass_problem(option: str, count: int, batches: Optional[int], part: str, more: str, *,
+                     reader: str, sep: str = " ") -> Optional[str]:
+    """None where ``count`` batches fit in one pass of a loader of ``batches`` batches (None or 0: its length
+    unknown), else the command lines' refusal: ``reader`` (an update's window, each line search) would
+    read some batches twice, which adds no evidence, and a huge count (``--window 10**18``) runs or
+    builds a list for ever. It names ``option`` (spelt ``option + sep + count``), the count, the loader's
+    ``part`` (what its batches are), the largest count that fits, and ``more`` (how to get more batches)."""
+    if batches is None or batches < 1 or count <= batches:  # (an empty loader: its own refusal)
+        return None
+    return (f"{option}{sep}{count} is more than the {batches:,} batch{'es' if batches != 1 else ''} of {part}: "
+            f"{reader} would read some of them twice, which adds no evidence; give {option}{sep}{batches} or fewer, "
+            f"or {more}")
+
+
+def examples_in(loader, word: str = "examples") -> str:
+    """``"N examples, "`` (``word``) for a loader whose dataset has a length, else ``""``: the size a
+    :func:`one_pass_problem` message names beside the batch size."""
+    try:
+        return f"{len(loader.dataset):,} {word}, "
+    except (AttributeError, TypeError):
+        return ""

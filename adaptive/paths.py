@@ -32,6 +32,24 @@ def absolute_if_exists(value):
     return value
 
 
+def empty_path_problem(value, option: str, fix: str) -> Optional[str]:
+    """Why the path option ``option``, given as ``value``, names no path: empty or only whitespace (``--out
+    "$DIR"`` with DIR unset, a stray quote), which must not quietly mean the default or a folder named by a
+    space; the message names ``fix`` (what to give instead). None where ``value`` is None (left out) or
+    names a path."""
+    if isinstance(value, str) and not value.strip():
+        return f"{option} is empty ({value!r}): give {fix}"
+    return None
+
+
+def home_expanded(value):
+    """``value`` with a leading ``~`` read as the home folder, as the shell would have read it (the shell
+    leaves ``--out=~/x`` and a config file's ``~/x`` alone: a folder called ``~`` was made in the working
+    directory, or the path was 'does not exist'); any other value unchanged. Expanded before any other
+    reading of the path, so a literal ``./~`` folder is never the one meant."""
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+
 def repo_relative(path: PathLike) -> str:
     """``path`` as a committed table prints it: relative to the repository root when inside it (the
     same on every machine), else as given."""

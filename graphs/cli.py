@@ -14,7 +14,7 @@ folder holding exactly one checkpoint or ``remove_<target>`` folder; one holding
 and a ``--format`` that disagrees with it is refused. .graphml, .gexf and .json may be followed by .gz
 or .bz2 (``connectome.graphml.gz``): the file is written compressed, as ``graphs.write`` does. ``--out`` may also be an existing folder (or a
 path ending in ``/``): ``connectome_<level>.<format>`` is written into it. An empty ``--out ''`` (an unset shell
-variable) is refused by every command: leaving ``--out`` out is how to ask for the default path. A mistake the user can fix
+variable) or one of spaces only is refused by every command, as is an empty ``--format``: leaving ``--out`` out is how to ask for the default path. A mistake the user can fix
 ends with one ``error: ...`` line and status 2 (``ADAPTIVE_TRACEBACK=1`` shows the traceback);
 Ctrl-C ends with one line and status 130.
 """
@@ -33,6 +33,7 @@ from adaptive import jsonio
 from adaptive.atomic import atomic_torch_save, write_text
 from adaptive.cli import ArgumentParser, counted
 from adaptive.config import dotted_key_values
+from adaptive.paths import empty_path_problem, home_expanded
 from adaptive.warn import command_line_warnings, warn_user
 
 WEIGHT_FILES = ("model_state.pt", "dense_state_dict.pt", "pruned_state_dict.pt")
@@ -553,9 +554,8 @@ def main(argv=None) -> int:
     argv = dotted_key_values(sys.argv[1:] if argv is None else list(argv), ["model_kw"])
     a = p.parse_args(argv)  # an unknown option is said by the subcommand, with its own usage
     for name in ("run", "connectome", "weights", "out"):  # ~ as the shell would have (--out=~/g made a folder ~)
-        value = getattr(a, name, None)
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(a, name, os.path.expanduser(value))
+        if hasattr(a, name):
+            setattr(a, name, home_expanded(getattr(a, name)))
     from safetensors import SafetensorError
 
     from adaptive.models import WeightsMismatchError
@@ -654,6 +654,9 @@ def _export_path(a, run_dir: str, suffix: str = ""):
     from .exporters import COMPRESSED, COMPRESSIBLE, WRITERS
 
     known = sorted({*(e.lstrip(".") for e in WRITERS), "pt"})  # plugins are loaded by now: their writers too
+    if a.format is not None and not a.format.strip():  # ("" was read as left out: --out's extension, else graphml)
+        raise UsageError(f"--format is empty ({a.format!r}): give one of {', '.join(known)}, or leave --format out "
+                         "for --out's extension (else graphml)")
     fmt = a.format.lower() if a.format else None
     if fmt is not None and fmt not in known:
         plugin = sorted(set(known) - set(FORMATS))
@@ -695,9 +698,11 @@ _DEFAULT_OUT = {"export": "connectome_<level>.graphml", "report": "the folder gr
 def _run(a) -> int:
     import graphs
 
-    if a.out == "":  # `--out "$DIR"` with DIR unset: not the default path, which leaving --out out asks for
-        raise UsageError(f"--out '' names no path: give a path, or leave --out out to write {_DEFAULT_OUT[a.cmd]} "
-                         "into the run's folder")
+    # `--out "$DIR"` with DIR unset: not the default path, which leaving --out out asks for (" ": a folder named by a space)
+    problem = empty_path_problem(a.out, "--out", f"a path, or leave --out out to write {_DEFAULT_OUT[a.cmd]} into the "
+                                                 "run's folder")
+    if problem:
+        raise UsageError(problem)
     if a.cmd == "report" and a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is a file, but report writes a folder (summary.json and figures): "
                          "pass a folder path (created if needed)")

@@ -43,6 +43,7 @@ from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import ArgumentParser, check_parallelism, error_lines, message_lines  # noqa: E402
 from adaptive.cli_checks import range_problem  # noqa: E402
+from adaptive.paths import empty_path_problem, home_expanded  # noqa: E402
 from recipes._diagnostics import folder  # noqa: E402
 from recipes._diagnostics.dense_plan import dense_gradients_plan, memory_problem  # noqa: E402
 from recipes._diagnostics.memory import keep_freed_memory  # noqa: E402
@@ -642,8 +643,9 @@ def main(argv=None):
     _check_common(args)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    if args.output_dir is not None and not args.output_dir.strip():  # (it failed once the work was done)
-        _refuse("--output_dir is empty: give a folder, or leave it out for the command's default")
+    problem = empty_path_problem(args.output_dir, "--output_dir", "a folder, or leave it out for the command's default")
+    if problem:  # (it failed once the work was done)
+        _refuse(problem)
     _expand_home(args)
     if args.output_dir is None and getattr(args, "replot", None):
         args.output_dir = args.replot  # redrawn where the run is, unless told otherwise (--replot's checks name it)
@@ -669,9 +671,8 @@ def _expand_home(args) -> None:
     folder called ~ in the working directory; --weights=~/w.pt, --connectome, --replot and progress's
     run folder were 'does not exist')."""
     for name in ("output_dir", "weights", "connectome", "replot", "run_dir", "data_dir"):
-        value = getattr(args, name, None)
-        if isinstance(value, str) and value.startswith("~"):
-            setattr(args, name, os.path.expanduser(value))
+        if hasattr(args, name):
+            setattr(args, name, home_expanded(getattr(args, name)))
 
 
 def _check_common(args) -> None:
@@ -703,16 +704,16 @@ def _check_common(args) -> None:
         _refuse(f"--seed must be in {SEED_RANGE}, got {args.seed}")
     for name, fix in (("weights", "a weights file, or leave --weights out to train --model for --train_steps steps"),
                       ("connectome", "a connectome file, none for a dense model, or leave --connectome out for the "
-                                     "one beside --weights")):
-        value = getattr(args, name, None)  # (--weights "" measured the fresh init, untrained, as if it were the weights)
-        if value is not None and not value.strip():
-            _refuse(f"--{name} is empty ({value!r}): give {fix}")
-    if getattr(args, "data_dir", None) is not None and not args.data_dir.strip():  # (read the default folder unsaid)
-        _refuse(f"--data_dir is empty ({args.data_dir!r}): give a data folder, or leave --data_dir out for the default "
-                "($ADAPTIVE_DATA, else ../shared/data)")
-    if getattr(args, "replot", None) is not None and not args.replot.strip():
-        _refuse("--replot is empty: give the output folder of a finished knowledge run, or leave --replot out to "
-                "measure afresh")
+                                     "one beside --weights"),
+                      # (read the default folder unsaid)
+                      ("data_dir", "a data folder, or leave --data_dir out for the default ($ADAPTIVE_DATA, else "
+                                   "../shared/data)"),
+                      ("replot", "the output folder of a finished knowledge run, or leave --replot out to measure "
+                                 "afresh")):
+        # (--weights "" measured the fresh init, untrained, as if it were the weights; --replot "" measured afresh)
+        problem = empty_path_problem(getattr(args, name, None), f"--{name}", fix)
+        if problem:
+            _refuse(problem)
 
 
 def _refuse_multi_process() -> None:

@@ -103,7 +103,7 @@ def test_a_tilde_in_a_path_is_the_home_folder_not_a_folder_called_tilde(tmp_path
     (["--eval_batch_size", "0"], "--eval_batch_size must be an integer >= 1, got 0: give --eval_batch_size 1 or "
                                  "more (or leave it out for --batch_size)"),  # read as left out
     (["--seed", "-1"], "--seed must be in [0, 2**32 - 1]"),  # ran
-    (["--replot", ""], "--replot is empty: give the output folder of a finished knowledge run"),  # measured afresh
+    (["--replot", ""], "--replot is empty (''): give the output folder of a finished knowledge run"),  # measured afresh
 ])
 def test_diagnostics_refuses_bad_numbers_before_any_work(tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
@@ -150,9 +150,7 @@ def test_progress_of_a_folder_that_holds_no_run_says_what_is_wrong(tmp_path, mak
 
 
 def test_existing_behaviour_is_kept():
-    """What stays: --weights '' is no weights file (prune_pretrained's reading, tested there), and an
-    absolute path without ~ is unchanged."""
-    assert A.parse_args(["--weights", ""]).weights == ""
+    """What stays: an absolute path without ~ is unchanged (--weights '' is refused: below)."""
     assert A.parse_args(["--output_dir", "/tmp/x y"]).output_dir == os.path.abspath("/tmp/x y")
     assert Path(A.parse_args(["--output_dir", "a~b"]).output_dir).name == "a~b"
 
@@ -577,3 +575,97 @@ def test_graphs_report_refuses_an_out_holding_a_run_s_own_summary(tmp_path, caps
     for _ in range(2):  # a report's own folder, again
         assert graphs_main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "rep" / "summary.json").read_text())["level"] == "unit"
+
+
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_weights_is_refused_by_the_training_recipe(tmp_path, capsys, value):
+    """--weights "$W" with W unset trained from the fresh initialisation unsaid (as if no --weights were
+    given); a config file's weights: '' too. (prune_pretrained reads '' as none, a supermask search.)"""
+    with pytest.raises(SystemExit):
+        A.parse_args(["--weights", value])
+    assert f"error: weights is empty ({value!r}): give a weights file, or leave weights out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        A.parse_args(["--config", str(_file(tmp_path / "c.yaml", f"weights: '{value}'\n"))])
+    assert "weights is empty" in capsys.readouterr().err
+    assert A.parse_args(["--weights", "none"]).weights is None  # null: none
+
+
+def test_a_tilde_path_is_the_home_folder_even_beside_a_literal_tilde_folder(tmp_path, monkeypatch):
+    """An older run (or a mistyped command) left a folder literally named ~ in the working directory: a
+    --data_dir=~/d (the shell leaves ~ alone after '=') then read ./~/d, not the home folder's d, in
+    recipes/adaptive.py and prune_pretrained (diagnostics and --output_dir expanded ~ first)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for base in (tmp_path / "~", tmp_path / "home"):
+        (base / "d").mkdir(parents=True)
+        _file(base / "w.pt", "x")
+    home = tmp_path / "home"
+    cfg = A.parse_args(["--data_dir=~/d", "--weights=~/w.pt", "--output_dir=~/o"])
+    assert (cfg.data_dir, cfg.weights, cfg.output_dir) == (str(home / "d"), str(home / "w.pt"), str(home / "o"))
+    args = P.parse_args(["--model", "mlp", "--dataset", "digits", "--data_dir=~/d", "--weights=~/w.pt",
+                         "--output_dir=~/o"])
+    assert (args.data_dir, args.weights, args.output_dir) == (str(home / "d"), str(home / "w.pt"), str(home / "o"))
+
+
+def _benchmarks_with_a_data_dir():
+    root = Path(__file__).resolve().parents[1] / "recipes" / "benchmarks"
+    return sorted(p for p in root.rglob("*.py") if '"--data-dir"' in p.read_text())
+
+
+def test_every_benchmark_data_dir_refuses_an_empty_folder_as_the_recipes_do(capsys):
+    """The benchmarks read --data-dir '' (an unset shell variable) as the default folder, unsaid, where the
+    three recipes refuse it: each benchmark's --data-dir takes the shared adaptive.cli.data_dir_type."""
+    import argparse
+
+    from adaptive.cli import data_dir_type
+
+    found = _benchmarks_with_a_data_dir()
+    assert len(found) >= 10
+    for path in found:
+        lines = [x for x in path.read_text().splitlines() if 'add_argument("--data-dir"' in x]
+        assert lines and all("type=data_dir_type" in x for x in lines), path.name
+    for value in ("", "  "):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"the data folder is empty ({value!r}): give")):
+            data_dir_type(value)
+    mask_only = load_script("recipes/benchmarks/mask_only.py", "benchmark_mask_only_fuzz")
+    with pytest.raises(SystemExit) as e:
+        mask_only.main(["--data-dir", ""])
+    assert e.value.code == 2 and "argument --data-dir: the data folder is empty ('')" in capsys.readouterr().err
+
+
+def test_diagnostics_refuses_a_whitespace_output_dir(tmp_path, monkeypatch):
+    """--output_dir ' ' (as --out ' ' in python -m graphs) is refused as '' is, by the shared check."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=re.escape("--output_dir is empty (' '): give a folder")):
+        D.main(["knowledge", "--output_dir", " "])
+    assert not list(tmp_path.iterdir())
+
+
+_DIGITS = ["--model", "mlp", "--dataset", "digits", "--threads", "1"]
+
+
+@pytest.mark.parametrize("recipe, argv, message", [
+    # ran 10**18 batches per stage (a stage lasts at least one window)
+    ("P", ["--remove", "0.2", "--window", str(10**18)],
+     "--window 1000000000000000000 is more than the 11 batches of one pass of the train part (1,295 images, "
+     "--batch-size 128 each): an update's window would read some of them twice, which adds no evidence; give "
+     "--window 11 or fewer"),
+    ("A", ["--mode", "mask_only", "--density", "0.8", "--update_every", str(10**18)],
+     "--update_every 1000000000000000000 is more than the 41 batches of one pass of the train part (1,295 "
+     "examples, --batch_size 32 each): an update's window would read some of them twice, which adds no evidence; "
+     "give --update_every 41 or fewer"),
+    # said "(or hold out more data)" in optimize_connectome's keyword, with no word of --holdout
+    ("A", ["--mode", "mask_only", "--density", "0.8", "--mask_only_kw", "verify_batches=6"],
+     "--mask_only_kw verify_batches=6 is more than the 5 batches of the held-out part (143 examples, "
+     "--eval_batch_size 32 each): each line search would read some of them twice, which adds no evidence; give "
+     "--mask_only_kw verify_batches=5 or fewer, or hold out more batches (a larger --holdout or --subset"),
+])
+def test_a_count_of_batches_beyond_one_pass_is_refused_naming_the_largest(tmp_path, monkeypatch, capsys, recipe,
+                                                                           argv, message):
+    monkeypatch.chdir(tmp_path)
+    extra = ["--progress", "false", "--figures", "false"] if recipe == "A" else ["--no-progress"]
+    with pytest.raises((SystemExit, ValueError)) as e:  # (prune_pretrained's main raises; run_cli prints it)
+        {"A": A, "P": P}[recipe].main(_DIGITS + argv + extra + ["--output_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err + str(e.value)
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()

@@ -1362,7 +1362,7 @@ def test_an_empty_output_dir_is_refused(tmp_path, capsys, monkeypatch):
     """--output_dir '' (an unset shell variable, say) ran into runs/<date-time> without a word."""
     monkeypatch.chdir(tmp_path)
     err = error_of(TINY + ["--output_dir", ""], capsys)
-    assert "output_dir is empty: give a folder, or leave output_dir out (or null)" in err
+    assert "output_dir is empty (''): give a folder, or leave output_dir out (or null)" in err
     assert not (tmp_path / "runs").exists()
     assert A.parse_args(["--output_dir", "none"]).output_dir is None  # null: the default runs/<date-time>
 

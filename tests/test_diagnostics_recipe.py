@@ -347,7 +347,7 @@ def test_a_multi_process_launch_is_refused_before_any_work(tmp_path):
 def test_an_empty_output_dir_is_refused_before_any_work(recipe, tmp_path, monkeypatch):
     """--output_dir '' trained and measured, then failed with "[Errno 2] No such file or directory: ''"."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match="--output_dir is empty: give a folder"):
+    with pytest.raises(SystemExit, match=r"--output_dir is empty \(''\): give a folder"):
         recipe.main(["collinearity", *COMMON, "--output_dir", "", "--train_steps", "2"])
     assert not list(tmp_path.iterdir())
 
@@ -566,7 +566,7 @@ def test_a_refusal_of_the_diagnostics_command_ends_with_status_2_and_one_line():
                        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
                        timeout=CHILD_TIMEOUT)
     assert p.returncode == 2, p.stderr
-    assert p.stderr == "recipes/diagnostics.py: error: --output_dir is empty: give a folder, or leave it out " \
+    assert p.stderr == "recipes/diagnostics.py: error: --output_dir is empty (' '): give a folder, or leave it out " \
                        "for the command's default\n"
 
 

@@ -567,16 +567,31 @@ def test_cli_export_writes_the_format_its_out_names(mlp_run, tmp_path, capsys):
     assert "which is a file, not a folder" in _error_line(capsys)
 
 
+@pytest.mark.parametrize("value", ["", " "])
 @pytest.mark.parametrize("cmd", ["export", "report", "compact"])
-def test_cli_refuses_an_empty_out_instead_of_writing_the_default(mlp_run, capsys, cmd):
+def test_cli_refuses_an_empty_out_instead_of_writing_the_default(mlp_run, capsys, monkeypatch, tmp_path, cmd, value):
     """compact and report took --out '' (an unset shell variable) for no --out and wrote into the run
-    folder, where export refused it: all three refuse it, naming the fix, and write nothing."""
+    folder, where export refused it: all three refuse it, naming the fix, and write nothing. --out ' '
+    made a folder named by a space (report) or wrote a file named by one in the working directory."""
+    from graphs.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in mlp_run.iterdir())
+    assert main([cmd, str(mlp_run), "--out", value]) == 2
+    err = _error_line(capsys)
+    assert f"--out is empty ({value!r}): give a path" in err and "leave --out out" in err
+    assert sorted(p.name for p in mlp_run.iterdir()) == before and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_cli_refuses_an_empty_format_naming_the_formats(mlp_run, capsys, value):
+    """--format '' was read as left out (the default graphml written, unsaid)."""
     from graphs.cli import main
 
     before = sorted(p.name for p in mlp_run.iterdir())
-    assert main([cmd, str(mlp_run), "--out", ""]) == 2
+    assert main(["export", str(mlp_run), "--format", value]) == 2
     err = _error_line(capsys)
-    assert "--out '' names no path" in err and "leave --out out" in err
+    assert f"--format is empty ({value!r}): give one of " in err and "graphml" in err and "gexf" in err
     assert sorted(p.name for p in mlp_run.iterdir()) == before
 
 

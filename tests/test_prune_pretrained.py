@@ -1348,7 +1348,7 @@ def test_verify_batches_above_the_held_out_batches_is_refused_naming_the_recipes
 def test_an_empty_output_dir_is_refused_not_the_working_directory(tmp_path, text):
     """output_dir: '' wrote the run into the working directory, and output_dir: (null) crashed with
     'expected str, bytes or os.PathLike object, not NoneType' once the data had loaded."""
-    with pytest.raises(SystemExit, match=r"c\.yaml: output_dir is empty: give the run folder \(default: "
+    with pytest.raises(SystemExit, match=r"c\.yaml: output_dir is empty \(''\): give the run folder \(default: "
                                          r"runs/prune_pretrained"):
         recipe().parse_args(["--config", _config(tmp_path, text)])
     with pytest.raises(SystemExit, match=r"--output_dir is empty"):

@@ -1015,7 +1015,8 @@ def test_a_refused_command_creates_nothing(tmp_path, capsys):
 
 def test_an_interrupted_mask_only_overwrite_leaves_no_earlier_checkpoint(tmp_path, monkeypatch, capsys):
     out = tmp_path / "m"
-    mo = ["--mode", "mask_only", "--max_steps", "4", "--subset", "300", "--figures", "false"]
+    # (--update_every 4: TINY's 10 is more than the 9 batches of one pass of --subset 300, refused)
+    mo = ["--mode", "mask_only", "--max_steps", "4", "--update_every", "4", "--subset", "300", "--figures", "false"]
     run(out, *mo, "--target", "0.3")
     assert (out / R.MASK_ONLY_CHECKPOINT).is_file()
 
@@ -1033,7 +1034,8 @@ def test_an_interrupted_mask_only_overwrite_leaves_no_earlier_checkpoint(tmp_pat
 
 def test_a_mask_only_resume_names_its_run_folder_over_another_output_dir(tmp_path, capsys):
     out = tmp_path / "m"
-    mo = ["--mode", "mask_only", "--max_steps", "4", "--subset", "300", "--figures", "false", "--target", "0.3"]
+    mo = ["--mode", "mask_only", "--max_steps", "4", "--update_every", "4", "--subset", "300", "--figures", "false",
+          "--target", "0.3"]
     run(out, *mo)
     with pytest.raises(SystemExit):
         run(tmp_path / "m2", *mo, "--resume", str(out))

@@ -232,24 +232,25 @@ class RunConfig:
                 # where --mask_only_kw is typed with it (the run's own command), the key won, as it did
                 if key not in typed or "mask_only_kw" in typed:
                     setattr(self, key, value)
-        from adaptive.paths import absolute_if_exists
+        from adaptive.paths import absolute_if_exists, empty_path_problem, home_expanded
 
-        # ~ as the shell would have (a --config file's, --key=~/x): output_dir made a folder called ~ in the
-        # working directory, and weights and resume were 'does not exist'
-        if isinstance(self.resume, str) and not self.resume.strip():  # ("" started a new run unsaid: an unset variable)
-            raise ConfigError(f"resume is empty ({self.resume!r}): give latest, a run folder or a checkpoint folder, or "
-                              "leave resume out (or null) to start a new run")
-        self.weights, self.resume = (p and os.path.expanduser(p) for p in (self.weights, self.resume))
-        self.weights = absolute_if_exists(self.weights)  # config.yaml then reruns from any working directory
-        if isinstance(self.data_dir, str) and not self.data_dir.strip():  # ("" read the default data folder unsaid)
-            raise ConfigError(f"data_dir is empty ({self.data_dir!r}): give a data folder, or leave data_dir out (or "
-                              "null) for the default ($ADAPTIVE_DATA, else ../shared/data)")
-        self.data_dir = absolute_if_exists(self.data_dir)
-        if self.output_dir is not None and not self.output_dir.strip():  # ("" ran into runs/<date-time> unsaid)
-            raise ConfigError("output_dir is empty: give a folder, or leave output_dir out (or null) for the default "
-                              "runs/<date-time>")
+        # "" or " " (an unset variable) meant something else unsaid: resume a new run, weights none, data_dir the
+        # default folder, output_dir runs/<date-time>; ~ as the shell would have (a --config file's, --key=~/x):
+        # output_dir made a folder called ~ in the working directory, and weights and resume were 'does not exist'
+        for key, fix in (("resume", "latest, a run folder or a checkpoint folder, or leave resume out (or null) to "
+                                    "start a new run"),
+                         ("weights", "a weights file, or leave weights out (or null) for the model's own initial weights"),
+                         ("data_dir", "a data folder, or leave data_dir out (or null) for the default ($ADAPTIVE_DATA, "
+                                      "else ../shared/data)"),
+                         ("output_dir", "a folder, or leave output_dir out (or null) for the default runs/<date-time>")):
+            problem = empty_path_problem(getattr(self, key), key, fix)
+            if problem:
+                raise ConfigError(problem)
+            setattr(self, key, home_expanded(getattr(self, key)))
+        # config.yaml then reruns from any working directory
+        self.weights, self.data_dir = absolute_if_exists(self.weights), absolute_if_exists(self.data_dir)
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
-            self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
+            self.output_dir = os.path.abspath(self.output_dir)
             problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)
             if problem:
                 raise ConfigError(problem)

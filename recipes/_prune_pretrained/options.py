@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=number_or_none,
                    help="step of the presence or evidence estimator (none: the estimator's own, also over a "
                         "--config file's step)")
-    p.add_argument("--window", type=int, help="training batches per update")
+    p.add_argument("--window", type=int, help="training batches per update (at most the batches of one pass of the "
+                                                 "train part: more is refused)")
     p.add_argument("--edit-fraction", dest="edit_fraction", type=float,
                    help="most swaps per update, as a fraction of the live ensembles (decays over a stage)")
     p.add_argument("--approach", type=float, help="fraction of each stage spent reaching its target")

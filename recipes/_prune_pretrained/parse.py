@@ -86,7 +86,7 @@ def _parse_args(argv) -> argparse.Namespace:
                                                examples=("damping=1e-6", "{damping: 1.0e-6}"))
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    from adaptive.paths import absolute_if_exists
+    from adaptive.paths import absolute_if_exists, empty_path_problem, home_expanded
     from adaptive.plugins import PluginError, load_plugins, resolved
 
     plugins = cfg["plugins"] if isinstance(cfg["plugins"], list) else [cfg["plugins"]]
@@ -94,19 +94,19 @@ def _parse_args(argv) -> argparse.Namespace:
     cfg["plugins"] = resolved(plugins)  # absolute: config.yaml reruns from any working directory
     if isinstance(cfg["weights"], str) and not cfg["weights"].strip():
         cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
-    if isinstance(cfg["weights"], str):  # ~ as the shell would have (a --config file's, --weights=~/x)
-        cfg["weights"] = os.path.expanduser(cfg["weights"])
-    if isinstance(cfg["data_dir"], str) and not cfg["data_dir"].strip():  # ("" read the default data folder unsaid)
-        where = f"{args.config}: data_dir" if args.data_dir is None else "--data_dir"
-        raise SystemExit(f"{where} is empty ({cfg['data_dir']!r}): give a data folder, or leave it out for the "
-                         "default ($ADAPTIVE_DATA, else ../shared/data)")
+    if cfg["output_dir"] is None:  # (a config's output_dir: null; "": the working directory, refused below)
+        cfg["output_dir"] = ""
+    for key, fix in (("data_dir", "a data folder, or leave it out for the default ($ADAPTIVE_DATA, else ../shared/data)"),
+                     ("output_dir", f"the run folder (default: {DEFAULTS['output_dir']}, where output_dir is left out)")):
+        where = f"{args.config}: {key}" if getattr(args, key) is None else f"--{key}"
+        problem = empty_path_problem(cfg[key], where, fix)
+        if problem:
+            raise SystemExit(problem)
+    # ~ as the shell would have (a --config file's, --weights=~/x; ~ made a folder called ~), before any other reading
+    cfg["weights"], cfg["data_dir"], cfg["output_dir"] = (home_expanded(cfg[k]) for k in ("weights", "data_dir", "output_dir"))
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
-    if cfg["output_dir"] is None or (isinstance(cfg["output_dir"], str) and not cfg["output_dir"].strip()):
-        where = f"{args.config}: output_dir" if args.output_dir is None else "--output_dir"  # ("": the working directory)
-        raise SystemExit(f"{where} is empty: give the run folder (default: {DEFAULTS['output_dir']}, where "
-                         "output_dir is left out)")
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
-        cfg["output_dir"] = os.path.abspath(os.path.expanduser(cfg["output_dir"]))  # (~ made a folder called ~)
+        cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
         problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)
         if problem:
             raise SystemExit(problem)

@@ -18,6 +18,7 @@ from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import gather_mask_hashes, refuse_differing_masks
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
+from adaptive.cli_checks import examples_in, one_pass_problem
 from adaptive.mask_only_data import verify_pass_length
 from adaptive.mask_only_targets import one_synapse_note
 from adaptive.plots import run_title
@@ -92,6 +93,7 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     accelerator = _accelerator(args)
     model = model.to(accelerator.device)  # no DDP wrapper: no weight trains, the controller reduces its statistics
     train_dl = accelerator.prepare(dl.train)
+    _check_window(args, train_dl, accelerator.num_processes)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
     if args.weights is None:
@@ -117,16 +119,25 @@ def _check_verify_batches(args, holdout) -> None:
     the options that set the held-out part's batches); every process holds the same held-out part, so
     all refuse alike, before the run's folder is taken."""
     batches = verify_pass_length(holdout, args.seed) if args.verify_batches else None
-    if batches is None or args.verify_batches <= batches:
-        return
-    try:
-        held = f"{len(holdout.dataset):,} images, "
-    except (AttributeError, TypeError):
-        held = ""
-    raise ValueError(f"--verify-batches {args.verify_batches} is more than the {batches} batch{'es' if batches != 1 else ''} "
-                     f"of the held-out part ({held}--eval-batch-size {args.eval_batch_size} each): each line search "
-                     f"would read some of them twice, which adds no evidence; give --verify-batches {batches} or "
-                     "fewer, or hold out more batches (a larger --holdout or --subset, or a smaller --eval-batch-size)")
+    problem = one_pass_problem("--verify-batches", args.verify_batches, batches,
+                               f"the held-out part ({examples_in(holdout, 'images')}--eval-batch-size {args.eval_batch_size} each)",
+                               "hold out more batches (a larger --holdout or --subset, or a smaller --eval-batch-size)",
+                               reader="each line search")
+    if problem:
+        raise ValueError(problem)
+
+
+def _check_window(args, train_dl, processes: int) -> None:
+    """Refuse a --window above the training batches of one pass (each process's): an update's window
+    would read some twice, and ``--window 10**18`` ran that many batches; every process holds as many
+    batches, so all refuse alike, before the run's folder is taken."""
+    problem = one_pass_problem("--window", args.window, len(train_dl),
+                               f"one pass of the train part ({examples_in(train_dl, 'images')}--batch-size {args.batch_size} each"
+                               f"{', per process' if processes > 1 else ''})",
+                               "read more batches per pass (a larger --subset, a smaller --holdout or --batch-size)",
+                               reader="an update's window")
+    if problem:
+        raise ValueError(problem)
 
 
 def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, checked=None) -> dict:

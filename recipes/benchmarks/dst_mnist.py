@@ -41,6 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import adaptive  # noqa: E402
+from adaptive.cli import data_dir_type  # noqa: E402
 from adaptive.budgets import get_budget  # noqa: E402
 from adaptive.data.split import stratified_split  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -238,7 +239,7 @@ def main(argv=None):
     ap.add_argument("--methods", default="dense,static,set,rigl,ours,rigl-torch")
     ap.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                     help="policy/estimator pairs for 'ours'; estimator@u50+f0.5 also sets update_every and edit fraction")
-    ap.add_argument("--data-dir", "--data_dir", dest="data_dir")
+    ap.add_argument("--data-dir", "--data_dir", dest="data_dir", type=data_dir_type)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", default=str(HERE.parents[1] / "runs" / "benchmarks" / "dst_mnist" / "results.jsonl"),
                     help="the finished runs (JSON lines; default: runs/benchmarks/dst_mnist/ of the repository, as --out is)")

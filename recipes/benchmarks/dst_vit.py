@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+from adaptive.cli import data_dir_type  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 
 
@@ -95,7 +96,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--data-dir", default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
+    p.add_argument("--data-dir", type=data_dir_type, default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
     p.add_argument("--runs", default=str(ROOT / "runs" / "benchmarks" / "dst_vit"), help="where the runs go")
     p.add_argument("--out", default=str(HERE / "results" / "dst_vit.md"), help="the table")
     args = p.parse_args(argv)

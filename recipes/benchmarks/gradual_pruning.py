@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from adaptive.cli import data_dir_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
@@ -154,7 +155,7 @@ def run_folder(runs: Path, name: str) -> Path:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="resnet20", choices=sorted(WEIGHTS))
-    ap.add_argument("--data-dir", default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
+    ap.add_argument("--data-dir", type=data_dir_type, default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
     ap.add_argument("--density", type=float, default=0.1, help="fraction of conv and linear weights kept")
     ap.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs of every row")
     ap.add_argument("--lr", type=float, default=0.01, help="peak SGD rate of the fine-tuning (cosine to 0)")

@@ -445,7 +445,9 @@ def main(argv=None):
         print(json.dumps(measure_contract(impl, int(width), int(layers), int(threads))))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=os.environ.get("ADAPTIVE_DATA", os.path.join(ROOT, "..", "shared", "data")))
+    from adaptive.cli import data_dir_type
+
+    p.add_argument("--data-dir", type=data_dir_type, default=os.environ.get("ADAPTIVE_DATA") or os.path.join(ROOT, "..", "shared", "data"))
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for graph building (1: on a shared 2-core machine, 2 threads thrash)")
     p.add_argument("--compact-threads", type=int, default=1,

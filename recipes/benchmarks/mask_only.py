@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from adaptive.cli import data_dir_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
@@ -68,7 +69,7 @@ def magnitude_masks(model, conn, fraction):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="resnet20", choices=sorted(WEIGHTS))
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-dir", type=data_dir_type, default=None)
     ap.add_argument("--targets", default="0.1,0.2,0.5,0.8")
     ap.add_argument("--passes", type=float, default=1.0, help="passes over the train part per target (both learned rows)")
     ap.add_argument("--batch-size", type=int, default=128)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from adaptive.cli import data_dir_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
@@ -69,7 +70,7 @@ def fine_tune(model, loader, passes, lr, progress):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="resnet20", choices=sorted(WEIGHTS))
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-dir", type=data_dir_type, default=None)
     ap.add_argument("--passes", default="1,3", help="comma-separated numbers of passes over the train part")
     ap.add_argument("--lrs", default="0.003,0.01", help="comma-separated SGD steps; the held-out part chooses one per passes")
     ap.add_argument("--batch-size", type=int, default=128)

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from adaptive.cli import data_dir_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 
@@ -41,7 +42,7 @@ def main(argv=None):
     p.add_argument("--eval-batches", type=int, default=0,
                    help="held-out batches of 128 scored per point, drawn at random (seeded) from the whole "
                         "held-out part (0: all of it; the loader keeps the dataset's class order)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", type=data_dir_type, default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(HERE / "results" / "removal_orders_vit.md"))
     a = p.parse_args(argv)
