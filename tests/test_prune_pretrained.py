@@ -1886,3 +1886,15 @@ def test_a_resume_of_a_run_started_with_a_window_beyond_one_pass_continues_with_
     summary = mod.main(argv + ["--resume"])
     assert {r["target"] for r in summary["rows"]} == {"dense", "0.2", "0.5"}
     assert "warning: --window 4 is more than the 3 batches of one pass" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given", ["none", "None", "null"])
+def test_weights_none_is_the_random_initial_weights_as_help_says(tmp_path, given):
+    """--help says "none: random initial weights, a supermask search", and recipes/adaptive.py reads
+    --weights none so; prune_pretrained refused it as '--weights none does not exist'. A config file's
+    weights: none too."""
+    ns = recipe().parse_args(["--model", "resnet20", "--weights", given, "--dataset", "fake", "--output_dir",
+                              str(tmp_path / "out")])
+    assert ns.weights is None
+    (tmp_path / "c.yaml").write_text(f"weights: {given}\n")
+    assert recipe().parse_args(["--config", str(tmp_path / "c.yaml"), "--dataset", "fake"]).weights is None
