@@ -1859,3 +1859,42 @@ def test_an_empty_data_dir_is_refused_not_the_default_folder(tmp_path, how):
     where = "--data_dir" if how == "flag" else r"c\.yaml: data_dir"
     with pytest.raises(SystemExit, match=rf"{where} is empty \('\s?'\): give a data folder, or leave it out"):
         recipe().parse_args(argv)
+
+
+def test_a_resume_of_a_run_started_with_a_window_beyond_one_pass_continues_with_a_warning(tmp_path, weights, capsys,
+                                                                                          monkeypatch):
+    """A run started before --window was bounded by one pass (a finished target ran with it) was refused on
+    --resume, naming a smaller --window, which the resume's own check then refuses as another setting: the
+    run could not be continued at all. It continues as it ran, with a warning; a fresh run is still refused."""
+    mod = recipe()
+    out = tmp_path / "run"
+    argv = args(weights, out, "--remove", "0.2", "0.5")
+    for option, value in (("--window", "4"), ("--subset", "96"), ("--verify-batches", "0")):
+        argv[argv.index(option) + 1] = value  # (--subset 96, 10% held out, 32 a batch: 3 train batches a pass)
+    with pytest.raises(ValueError, match=r"--window 4 is more than the 3 batches of one pass"):
+        mod.main(argv)
+    assert not out.exists()
+    real_check, real_opt = pp_run._check_window, pp_run.optimize_connectome
+    monkeypatch.setattr(pp_run, "_check_window", lambda *a: None)  # the recipe before the bound
+    _crash_in_second_target(mod, monkeypatch)
+    with pytest.raises(Crash):
+        mod.main(argv)
+    assert (out / "checkpoint.pt").is_file()
+    monkeypatch.setattr(pp_run, "_check_window", real_check)
+    monkeypatch.setattr(pp_run, "optimize_connectome", real_opt)
+    capsys.readouterr()
+    summary = mod.main(argv + ["--resume"])
+    assert {r["target"] for r in summary["rows"]} == {"dense", "0.2", "0.5"}
+    assert "warning: --window 4 is more than the 3 batches of one pass" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("given", ["none", "None", "null"])
+def test_weights_none_is_the_random_initial_weights_as_help_says(tmp_path, given):
+    """--help says "none: random initial weights, a supermask search", and recipes/adaptive.py reads
+    --weights none so; prune_pretrained refused it as '--weights none does not exist'. A config file's
+    weights: none too."""
+    ns = recipe().parse_args(["--model", "resnet20", "--weights", given, "--dataset", "fake", "--output_dir",
+                              str(tmp_path / "out")])
+    assert ns.weights is None
+    (tmp_path / "c.yaml").write_text(f"weights: {given}\n")
+    assert recipe().parse_args(["--config", str(tmp_path / "c.yaml"), "--dataset", "fake"]).weights is None

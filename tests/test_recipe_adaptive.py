@@ -1275,3 +1275,23 @@ def test_an_n_m_ensemble_with_the_default_density_names_the_density_to_give(tmp_
     assert "leave it out" not in err
     ok = run(tmp_path / "ok", "--ensemble", "2:4", "--density", "0.5", "--max_steps", "4", "--figures", "false")
     assert ok.summary["density"] == 0.5
+
+
+def test_a_mask_only_resume_of_a_run_started_with_a_window_beyond_one_pass_continues(tmp_path, monkeypatch, capsys):
+    """A mask_only run started before --update_every was bounded by one pass of the train part was refused
+    on --resume, naming a smaller --update_every, which the stage checkpoint then refuses as another
+    window: the run could not be continued. It continues as it ran, with a warning; a new run is refused."""
+    from recipes._adaptive import mask_only_run
+
+    out = tmp_path / "m"
+    mo = ["--mode", "mask_only", "--max_steps", "4", "--subset", "300", "--figures", "false", "--target", "0.3"]
+    with pytest.raises(SystemExit):  # (TINY's --update_every 10: the 9 batches of a pass of --subset 300)
+        run(out, *mo)
+    assert "--update_every 10 is more than the 9 batches" in capsys.readouterr().err and not out.exists()
+    real = mask_only_run._check_pass_bounds
+    monkeypatch.setattr(mask_only_run, "_check_pass_bounds", lambda *a: None)  # the recipe before the bound
+    first = run(out, *mo)
+    monkeypatch.setattr(mask_only_run, "_check_pass_bounds", real)
+    res = run(out, *mo, "--resume", "latest")
+    assert res.summary["mask_hash_per_process"] == first.summary["mask_hash_per_process"]
+    assert "warning: --update_every 10 is more than the 9 batches" in capsys.readouterr().out

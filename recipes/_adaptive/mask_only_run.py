@@ -156,7 +156,7 @@ def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tup
     window = max(1, int(cfg.update_every or 1))
     kw["eval_every"] = max(1, (cfg.eval_every or len(train_dl)) // window)
     kw.update(cfg.mask_only_kw)  # (none of the keys above but the ones a resumed run kept: see _KW_KEPT)
-    _check_pass_bounds(cfg, kw, train_dl, loaders.holdout, accelerator.num_processes)
+    _check_pass_bounds(cfg, kw, train_dl, loaders.holdout, accelerator)
     # the batches each target reads: whole update windows, so maybe a few more than --max_steps or --epochs say
     per_target = stage_batches(kw["passes"], len(train_dl), kw["window"])
     # the window's source: a resumed run's recorded --mask_only_kw window overrides --update_every
@@ -175,15 +175,19 @@ def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tup
     return model, kw, synapses, loaded
 
 
-def _check_pass_bounds(cfg, kw: dict, train_dl, holdout_dl, processes: int) -> None:
+def _check_pass_bounds(cfg, kw: dict, train_dl, holdout_dl, accelerator) -> None:
     """Refuse, in the recipe's option names, an update window above the training batches of one pass
     (``--update_every 10**18`` ran that many batches) and ``--mask_only_kw verify_batches=N`` above the
     batches of one pass of the held-out part (optimize_connectome refuses it as its keyword, with no word
     of --holdout): each would read some batches twice, which adds no evidence. Every process holds as
-    many batches, so all refuse alike. Values of the wrong type are left to optimize_connectome's checks."""
+    many batches, so all refuse alike. Values of the wrong type are left to optimize_connectome's checks.
+    A --resume continues such a window with a warning, as it ran: the run recorded it before this check
+    (its stage checkpoint refuses another, and a new run refuses ``--mask_only_kw window``), so a smaller
+    one is no fix there."""
     from adaptive.cli_checks import examples_in, one_pass_problem
     from adaptive.mask_only_data import verify_pass_length
 
+    processes = accelerator.num_processes
     window, verify = kw.get("window"), kw.get("verify_batches")
     option, sep = ("--mask_only_kw window", "=") if "window" in cfg.mask_only_kw else ("--update_every", " ")
     problems = []
@@ -194,6 +198,9 @@ def _check_pass_bounds(cfg, kw: dict, train_dl, holdout_dl, processes: int) -> N
             f"{', per process' if processes > 1 else ''})",
             "read more batches per pass (a larger --subset, a smaller --holdout or --batch_size)",
             reader="an update's window", sep=sep))
+        if problems[-1] and cfg.resume:
+            accelerator.print(f"warning: {problems.pop().split('; give ')[0]}; the run was started with it before "
+                              "this was refused, so it continues as it ran")
     if isinstance(verify, int) and not isinstance(verify, bool) and verify > 0:
         problems.append(one_pass_problem(
             "--mask_only_kw verify_batches", verify, verify_pass_length(holdout_dl, kw.get("seed", cfg.seed)),

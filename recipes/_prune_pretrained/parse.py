@@ -92,8 +92,10 @@ def _parse_args(argv) -> argparse.Namespace:
     plugins = cfg["plugins"] if isinstance(cfg["plugins"], list) else [cfg["plugins"]]
     plugins = [p.strip() for item in plugins for p in str(item).split(",") if p.strip()]  # "a.py,b.py" as in recipes/adaptive.py
     cfg["plugins"] = resolved(plugins)  # absolute: config.yaml reruns from any working directory
-    if isinstance(cfg["weights"], str) and not cfg["weights"].strip():
-        cfg["weights"] = None  # --weights "" (or weights: '' in a config): none, as build_model has always read it
+    if isinstance(cfg["weights"], str) and cfg["weights"].strip().lower() in ("", "none", "null"):
+        # --weights "" (or weights: '' in a config): none, as build_model has always read it; --weights none, as
+        # --help says and recipes/adaptive.py reads it (it was 'does not exist')
+        cfg["weights"] = None
     if cfg["output_dir"] is None:  # (a config's output_dir: null; "": the working directory, refused below)
         cfg["output_dir"] = ""
     for key, fix in (("data_dir", "a data folder, or leave it out for the default ($ADAPTIVE_DATA, else ../shared/data)"),

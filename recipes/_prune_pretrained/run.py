@@ -93,7 +93,7 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     accelerator = _accelerator(args)
     model = model.to(accelerator.device)  # no DDP wrapper: no weight trains, the controller reduces its statistics
     train_dl = accelerator.prepare(dl.train)
-    _check_window(args, train_dl, accelerator.num_processes)
+    _check_window(args, train_dl, accelerator)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
     if args.weights is None:
@@ -127,16 +127,21 @@ def _check_verify_batches(args, holdout) -> None:
         raise ValueError(problem)
 
 
-def _check_window(args, train_dl, processes: int) -> None:
+def _check_window(args, train_dl, accelerator) -> None:
     """Refuse a --window above the training batches of one pass (each process's): an update's window
     would read some twice, and ``--window 10**18`` ran that many batches; every process holds as many
-    batches, so all refuse alike, before the run's folder is taken."""
+    batches, so all refuse alike, before the run's folder is taken. A --resume continues such a window
+    with a warning: the run recorded it before this check (a finished target ran with it), and its
+    checkpoint refuses any other, so a smaller one is no fix there."""
     problem = one_pass_problem("--window", args.window, len(train_dl),
                                f"one pass of the train part ({examples_in(train_dl, 'images')}--batch-size {args.batch_size} each"
-                               f"{', per process' if processes > 1 else ''})",
+                               f"{', per process' if accelerator.num_processes > 1 else ''})",
                                "read more batches per pass (a larger --subset, a smaller --holdout or --batch-size)",
                                reader="an update's window")
-    if problem:
+    if problem and args.resume:
+        accelerator.print(f"warning: {problem.split('; give ')[0]}; the run was started with it before this was "
+                          "refused, so it continues as it ran")
+    elif problem:
         raise ValueError(problem)
 
 
