@@ -1525,3 +1525,23 @@ def test_an_empty_data_dir_is_refused(tmp_path, capsys, monkeypatch):
     err = error_of(TINY + ["--data_dir", ""], capsys)
     assert "data_dir is empty (''): give a data folder, or leave data_dir out (or null) for the default" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_recorded_with_an_empty_weights_resumes_as_it_ran_without_weights(tmp_path, capsys):
+    """Before ``--weights ''`` was refused it ran without weights and config.yaml recorded ``weights: ''``:
+    the run resumes (``--resume RUN`` and the ``--config RUN/config.yaml --resume`` the errors advise) as
+    it ran, and a new run from that config is still refused naming the empty weights."""
+    run = tmp_path / "old"
+    _stopped_train_run(run)
+    _recorded_before_the_checks(run, weights="")
+    res = _main(["--output_dir", str(run), "--resume", "latest", "--threads", "1", "--progress", "false",
+                 "--figures", "false", "--cpu", "true", "--max_steps", "6", "--update_every", "2",
+                 "--checkpoint_every", "3"])
+    assert res.state.step == 6
+    _back_to_step_3(run)
+    _recorded_before_the_checks(run, weights="", data_dir="")  # (the resume recorded weights: null)
+    res = _main(["--config", str(run / "config.yaml"), "--resume", "latest"])
+    assert res.state.step == 6
+    _recorded_before_the_checks(run, weights="")
+    err = _error_of(["--config", str(run / "config.yaml"), "--output_dir", str(tmp_path / "new")], capsys)
+    assert "weights is empty ('')" in err

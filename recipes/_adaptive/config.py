@@ -244,6 +244,9 @@ class RunConfig:
                                       "else ../shared/data)"),
                          ("output_dir", "a folder, or leave output_dir out (or null) for the default runs/<date-time>")):
             problem = empty_path_problem(getattr(self, key), key, fix)
+            if problem and self.resume and key in ("weights", "data_dir") and (given or {}).get(key) != COMMAND_LINE:
+                setattr(self, key, None)  # a run's config.yaml recorded before '' was refused: as it ran (none, default)
+                continue
             if problem:
                 raise ConfigError(problem)
             setattr(self, key, home_expanded(getattr(self, key)))

@@ -103,6 +103,9 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
     from adaptive.paths import absolute_if_exists
 
+    for key in ("weights", "data_dir"):  # recorded '' before it was refused: it ran without weights, default data
+        if isinstance(saved.get(key), str) and not saved[key].strip():
+            saved[key] = None
     if "weights" in saved:  # runs recorded before paths were stored absolute
         saved["weights"] = absolute_if_exists(saved["weights"])
     free = _RESUME_MAY_CHANGE | (_MASK_ONLY_FINGERPRINTED if cfg.mode == "mask_only" else {"mask_only_kw"})
