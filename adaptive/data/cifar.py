@@ -84,11 +84,15 @@ def _test_folder(found: Path) -> Path:
 
 
 def _check_test_classes(test_dir: Path, classes) -> None:
-    """Labels are class indices: a test/ with other class folders would shift them silently."""
-    test_classes = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """Labels are class indices: a test/ with other class folders would shift them silently. The
+    folders are listed as the cache lists them (:func:`_classes`: a hidden folder is a class too)."""
+    test_classes = _classes(test_dir)
     if test_classes != list(classes):
+        only_test = [c for c in test_classes if c not in classes]
+        only_train = [c for c in classes if c not in test_classes]
         raise ValueError(f"cifar10 at {test_dir.parent}: test/ has the classes {test_classes}, train/ has "
-                         f"{list(classes)}; both splits need the same class folders")
+                         f"{list(classes)} (only in test/: {only_test}, only in train/: {only_train}); both splits "
+                         "need the same class folders: move or delete the folders named (a hidden one too)")
 
 
 def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):

@@ -1,0 +1,47 @@
+"""Data loading as a user with imperfect data meets it: stray folders, missing files, no internet.
+Every test builds a tiny synthetic copy in tmp_path (never the shared data)."""
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adaptive.data import get_datasets
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _images(folder, n=2, size=8):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def _cifar_copy(root, classes=CIFAR_CLASSES):
+    for split in ("train", "test"):
+        for c in classes:
+            _images(root / "cifar10-jpeg" / split / c)
+    return root
+
+
+def test_cifar_test_split_with_a_hidden_class_folder_is_refused_not_read_with_labels_shifted(tmp_path, monkeypatch):
+    """A hidden folder with images in test/ only (a '.trash' say) is a class to the cache's scan, which
+    sorts it first: every test label came out one above its class. The train/test comparison ignored
+    hidden folders, so nothing was said; it is now refused before any training, naming the folder."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    _images(_cifar_copy(tmp_path) / "cifar10-jpeg" / "test" / ".trash")
+    with pytest.raises(ValueError, match=r"only in test/: \['\.trash'\].*move or delete the folders named"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("stray", ["zebra", ".ipynb_checkpoints"])
+def test_cifar_class_folder_without_images_is_named_with_its_path_and_the_fix(tmp_path, monkeypatch, stray):
+    """torchvision's own error ('Found no valid file for the classes zebra') named neither the folder nor the fix."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    _cifar_copy(tmp_path)
+    for split in ("train", "test"):
+        (tmp_path / "cifar10-jpeg" / split / stray).mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"cifar10-jpeg/train: the class folder\(s\) \['{re.escape(stray)}'\] hold no "
+                                                r"image.*add images to those folders, or delete them"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
