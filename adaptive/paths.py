@@ -9,10 +9,14 @@ site-packages, with no repository beside it), and ``~/.cache/adaptive/data``. Ca
 from __future__ import annotations
 
 import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
+# seconds a download waits on the network at a time (a firewall that drops packets would otherwise hang it)
+DOWNLOAD_TIMEOUT_S = 30.0
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -101,3 +105,24 @@ def _found_above(dirs: Sequence[Path], relpaths: Sequence[str]) -> str:
                 if (up / rel).exists():
                     return f" (--data-dir {up} holds it: {up / rel})"
     return ""
+
+
+@contextmanager
+def downloading(name: str, root: PathLike) -> Iterator[None]:
+    """Around a torchvision download of dataset ``name`` into ``root``: the network waited on for at
+    most :data:`DOWNLOAD_TIMEOUT_S` at a time (unless a socket timeout is set already), and a failed
+    download (no internet, a server down, a file that fails its checksum) raised as a
+    :class:`DatasetNotFoundError` that says so and names the fix, not as torchvision's bare URL error."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if before is None else before)
+    try:
+        yield
+    except (OSError, RuntimeError) as e:  # (urllib's URLError and socket.timeout are OSErrors)
+        said = " ".join(str(e).split())  # (torchvision's for MNIST spans lines)
+        raise DatasetNotFoundError(
+            f"dataset {name!r} could not be downloaded into {root} ({type(e).__name__}: {said}); "
+            f"without internet, put a copy of it in a folder and point --data-dir (or the ADAPTIVE_DATA "
+            f"environment variable) at that folder (docs/data.md), or retry --download where there is internet"
+        ) from e
+    finally:
+        socket.setdefaulttimeout(before)

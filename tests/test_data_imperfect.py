@@ -45,3 +45,29 @@ def test_cifar_class_folder_without_images_is_named_with_its_path_and_the_fix(tm
     with pytest.raises(FileNotFoundError, match=rf"cifar10-jpeg/train: the class folder\(s\) \['{re.escape(stray)}'\] hold no "
                                                 r"image.*add images to those folders, or delete them"):
         get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_download_without_internet_names_data_dir_and_adaptive_data_and_waits_bounded(tmp_path, monkeypatch, name):
+    """download=True on a machine without internet raised torchvision's bare URLError (cifar10) or
+    'Error downloading train-images-idx3-ubyte.gz' (mnist), naming no way to give the data; and it
+    waited on the network with no timeout (a firewall dropping packets hangs it)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    import adaptive.paths as paths
+
+    timeouts = []
+
+    def offline(*args, **kw):
+        timeouts.append(socket.getdefaulttimeout())
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("ADAPTIVE_DATA", raising=False)
+    with pytest.raises(paths.DatasetNotFoundError, match=r"could not be downloaded.*Name or service not known.*"
+                                                         r"--data-dir \(or the ADAPTIVE_DATA environment variable\)"):
+        get_datasets(name, data_dir=tmp_path, download=True, holdout=0)
+    assert timeouts and all(t == paths.DOWNLOAD_TIMEOUT_S for t in timeouts)
+    assert socket.getdefaulttimeout() is None  # given back as it was

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..paths import DatasetNotFoundError, find_data, resolve_data_dir
+from ..paths import DatasetNotFoundError, downloading, find_data, resolve_data_dir
 from .base import Source, register_dataset
 from .folder_cache import _classes, cached_folder_tensor, folder_facts
 from .tensors import TensorImages
@@ -136,7 +136,8 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
         if not download:
             raise
         found = resolve_data_dir(data_dir) / "cifar10" / "cifar-10-batches-py"
-        _torchvision_arrays(found.parent, train=True, download=True)
+        with downloading("cifar10", found.parent):
+            _torchvision_arrays(found.parent, train=True, download=True)
     if found.name == "cifar-10-batches-py":
         x, y, classes = _torchvision_arrays(found.parent, train=True)
 

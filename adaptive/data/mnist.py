@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..paths import DatasetNotFoundError, find_data, resolve_data_dir
+from ..paths import DatasetNotFoundError, downloading, find_data, resolve_data_dir
 from .base import Source, register_dataset
 from .tensors import TensorImages
 
@@ -36,8 +36,9 @@ def mnist(data_dir=None, download=False, augment=False) -> Source:
         import torchvision
 
         root = resolve_data_dir(data_dir) / "mnist"
-        torchvision.datasets.MNIST(str(root), train=True, download=True)
-        torchvision.datasets.MNIST(str(root), train=False, download=True)
+        with downloading("mnist", root):
+            torchvision.datasets.MNIST(str(root), train=True, download=True)
+            torchvision.datasets.MNIST(str(root), train=False, download=True)
         path = root / "MNIST" / "raw"
     x, y = _arrays(path, "train")
     x = x.unsqueeze(1)
