@@ -71,3 +71,56 @@ def test_a_download_without_internet_names_data_dir_and_adaptive_data_and_waits_
         get_datasets(name, data_dir=tmp_path, download=True, holdout=0)
     assert timeouts and all(t == paths.DOWNLOAD_TIMEOUT_S for t in timeouts)
     assert socket.getdefaulttimeout() is None  # given back as it was
+
+
+def _mnist_npz(path, **arrays):
+    path.parent.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    full = dict(x_train=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), y_train=np.arange(20) % 10,
+                x_test=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), y_test=np.arange(10))
+    full.update(arrays)
+    np.savez(path, **{k: v for k, v in full.items() if v is not None})
+
+
+def test_mnist_npz_without_its_test_split_is_refused_before_training_naming_what_it_lacks(tmp_path):
+    """It loaded, trained, and failed when the test split was read: KeyError 'x_test is not a file in the archive'."""
+    _mnist_npz(tmp_path / "mnist" / "mnist.npz", x_test=None, y_test=None)
+    with pytest.raises(ValueError, match=r"mnist\.npz lacks the arrays \['x_test', 'y_test'\].*replace it"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+def test_mnist_npz_of_flat_images_is_refused_not_read_as_1x784_images(tmp_path):
+    """Flat (N, 784) images came out as (1, 1, 784) examples of a dataset that says (1, 28, 28)."""
+    _mnist_npz(tmp_path / "mnist" / "mnist.npz", x_train=np.zeros((20, 784), np.uint8))
+    with pytest.raises(ValueError, match=r"train split needs images of shape \(N, 28, 28\).*got \(20, 784\)"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+def _idx(array):
+    return bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">i4").tobytes() + array.astype(np.uint8).tobytes()
+
+
+def _mnist_raw(raw, splits=("train", "t10k"), gz=False):
+    import gzip
+
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix in splits:
+        n = 20 if prefix == "train" else 10
+        for kind, a in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1-ubyte", np.arange(n) % 10)):
+            data = _idx(a)
+            (raw / (f"{prefix}-{kind}" + ".gz" * gz)).write_bytes(gzip.compress(data) if gz else data)
+
+
+def test_mnist_raw_folder_of_gzipped_idx_files_reads(tmp_path):
+    """torchvision's raw folder holding only the .gz files (as published) said 'Dataset not found. You
+    can use download=True to download it', naming no file."""
+    _mnist_raw(tmp_path / "mnist" / "MNIST" / "raw", gz=True)
+    s = get_datasets("mnist", data_dir=tmp_path, holdout=0)
+    assert (len(s.train), len(s.test)) == (20, 10) and s.train[3][0].shape == (1, 28, 28) and s.train[3][1] == 3
+
+
+def test_mnist_raw_folder_without_the_test_files_names_them(tmp_path):
+    _mnist_raw(tmp_path / "mnist" / "MNIST" / "raw", splits=("train",))
+    with pytest.raises(FileNotFoundError, match=r"raw folder .* lacks t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
