@@ -87,6 +87,7 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
         for rel in relpaths:
             p = d / rel
             if p.exists():
+                _warn_env_not_a_folder(name, d)
                 return p
             tried.append(str(p))
     raise DatasetNotFoundError(
@@ -94,6 +95,19 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
         f"ADAPTIVE_DATA environment variable) at a folder holding it"
         + _found_above(dirs, relpaths) + (f", {how}" if how else "") + "."
     )
+
+
+def _warn_env_not_a_folder(name: str, used: Path) -> None:
+    """Warn where ``ADAPTIVE_DATA`` names no folder (a typo, a file) and dataset ``name`` was read from
+    ``used``, a later default folder: said, not passed over silently."""
+    from .warn import warn_user
+
+    env = os.environ.get("ADAPTIVE_DATA")
+    if not env or Path(env).expanduser().is_dir() or used == Path(env).expanduser():
+        return
+    what = "a file, not a folder" if os.path.exists(os.path.expanduser(env)) else "no such folder"
+    warn_user(f"ADAPTIVE_DATA={env} is {what}: dataset {name!r} was read from {used} instead; point ADAPTIVE_DATA "
+              "at the folder holding the data (or unset it)")
 
 
 def _found_above(dirs: Sequence[Path], relpaths: Sequence[str]) -> str:

@@ -124,3 +124,19 @@ def test_mnist_raw_folder_without_the_test_files_names_them(tmp_path):
     _mnist_raw(tmp_path / "mnist" / "MNIST" / "raw", splits=("train",))
     with pytest.raises(FileNotFoundError, match=r"raw folder .* lacks t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"):
         get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("env", ["nowhere", "a_file"])
+def test_adaptive_data_naming_no_folder_is_said_not_passed_over_silently(tmp_path, monkeypatch, env):
+    """ADAPTIVE_DATA set to a typo'd folder or a file was skipped without a word: the data came from
+    the next default folder, which the user may not know holds another copy."""
+    import adaptive.paths as paths
+
+    (tmp_path / "a_file").write_text("x")
+    _mnist_npz(tmp_path / "shared" / "mnist" / "mnist.npz")
+    monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
+    monkeypatch.setattr(paths, "IN_CHECKOUT", True)
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / env))
+    with pytest.warns(UserWarning, match=rf"ADAPTIVE_DATA=.*{env} is (a file, not a folder|no such folder): dataset "
+                                         r"'mnist' was read from .*shared instead"):
+        assert len(get_datasets("mnist", holdout=0).train) == 20
