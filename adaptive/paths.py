@@ -9,10 +9,14 @@ site-packages, with no repository beside it), and ``~/.cache/adaptive/data``. Ca
 from __future__ import annotations
 
 import os
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 PathLike = Union[str, os.PathLike]
+# seconds a download waits on the network at a time (a firewall that drops packets would otherwise hang it)
+DOWNLOAD_TIMEOUT_S = 30.0
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -101,6 +105,7 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
         for rel in relpaths:
             p = d / rel
             if p.exists():
+                _warn_env_not_a_folder(name, d)
                 return p
             tried.append(str(p))
     raise DatasetNotFoundError(
@@ -108,6 +113,19 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
         f"ADAPTIVE_DATA environment variable) at a folder holding it"
         + _found_above(dirs, relpaths) + (f", {how}" if how else "") + "."
     )
+
+
+def _warn_env_not_a_folder(name: str, used: Path) -> None:
+    """Warn where ``ADAPTIVE_DATA`` names no folder (a typo, a file) and dataset ``name`` was read from
+    ``used``, a later default folder: said, not passed over silently."""
+    from .warn import warn_user
+
+    env = os.environ.get("ADAPTIVE_DATA")
+    if not env or Path(env).expanduser().is_dir() or used == Path(env).expanduser():
+        return
+    what = "a file, not a folder" if os.path.exists(os.path.expanduser(env)) else "no such folder"
+    warn_user(f"ADAPTIVE_DATA={env} is {what}: dataset {name!r} was read from {used} instead; point ADAPTIVE_DATA "
+              "at the folder holding the data (or unset it)")
 
 
 def _found_above(dirs: Sequence[Path], relpaths: Sequence[str]) -> str:
@@ -119,3 +137,24 @@ def _found_above(dirs: Sequence[Path], relpaths: Sequence[str]) -> str:
                 if (up / rel).exists():
                     return f" (--data-dir {up} holds it: {up / rel})"
     return ""
+
+
+@contextmanager
+def downloading(name: str, root: PathLike) -> Iterator[None]:
+    """Around a torchvision download of dataset ``name`` into ``root``: the network waited on for at
+    most :data:`DOWNLOAD_TIMEOUT_S` at a time (unless a socket timeout is set already), and a failed
+    download (no internet, a server down, a file that fails its checksum) raised as a
+    :class:`DatasetNotFoundError` that says so and names the fix, not as torchvision's bare URL error."""
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if before is None else before)
+    try:
+        yield
+    except (OSError, RuntimeError) as e:  # (urllib's URLError and socket.timeout are OSErrors)
+        said = " ".join(str(e).split())  # (torchvision's for MNIST spans lines)
+        raise DatasetNotFoundError(
+            f"dataset {name!r} could not be downloaded into {root} ({type(e).__name__}: {said}); "
+            f"without internet, put a copy of it in a folder and point --data-dir (or the ADAPTIVE_DATA "
+            f"environment variable) at that folder (docs/data.md), or retry --download where there is internet"
+        ) from e
+    finally:
+        socket.setdefaulttimeout(before)

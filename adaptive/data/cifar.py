@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..paths import DatasetNotFoundError, find_data, resolve_data_dir
+from ..paths import DatasetNotFoundError, downloading, find_data, resolve_data_dir
 from .base import Source, register_dataset
 from .folder_cache import _classes, cached_folder_tensor, folder_facts
 from .tensors import TensorImages
@@ -84,11 +84,15 @@ def _test_folder(found: Path) -> Path:
 
 
 def _check_test_classes(test_dir: Path, classes) -> None:
-    """Labels are class indices: a test/ with other class folders would shift them silently."""
-    test_classes = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    """Labels are class indices: a test/ with other class folders would shift them silently. The
+    folders are listed as the cache lists them (:func:`_classes`: a hidden folder is a class too)."""
+    test_classes = _classes(test_dir)
     if test_classes != list(classes):
+        only_test = [c for c in test_classes if c not in classes]
+        only_train = [c for c in classes if c not in test_classes]
         raise ValueError(f"cifar10 at {test_dir.parent}: test/ has the classes {test_classes}, train/ has "
-                         f"{list(classes)}; both splits need the same class folders")
+                         f"{list(classes)} (only in test/: {only_test}, only in train/: {only_train}); both splits "
+                         "need the same class folders: move or delete the folders named (a hidden one too)")
 
 
 def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
@@ -132,7 +136,8 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
         if not download:
             raise
         found = resolve_data_dir(data_dir) / "cifar10" / "cifar-10-batches-py"
-        _torchvision_arrays(found.parent, train=True, download=True)
+        with downloading("cifar10", found.parent):
+            _torchvision_arrays(found.parent, train=True, download=True)
     if found.name == "cifar-10-batches-py":
         x, y, classes = _torchvision_arrays(found.parent, train=True)
 

@@ -25,8 +25,22 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     classes = _classes(root)
-    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
+    try:
+        samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError:  # torchvision's says neither the folder nor the fix
+        raise FileNotFoundError(_empty_classes_problem(root, classes)) from None
     return classes, samples
+
+
+def _empty_classes_problem(root: Path, classes: List[str]) -> str:
+    """What is wrong with ``root`` where some of its ``classes`` folders hold no image, and the fix."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    empty = [c for c in classes if not any(f.lower().endswith(IMG_EXTENSIONS)
+                                           for _, _, files in os.walk(root / c, followlinks=True) for f in files)]
+    return (f"{root}: the class folder(s) {empty[:5]} hold no image (extensions {', '.join(IMG_EXTENSIONS)}); every "
+            "sub-folder is a class (a hidden one too, as in torchvision's ImageFolder): add images to those folders, "
+            "or delete them (from the other split alike: both need the same class folders)")
 
 
 def unreadable_image(path, error: OSError) -> ValueError:

@@ -1,26 +1,77 @@
-"""MNIST from ``mnist.npz`` (x_train, y_train, x_test, y_test), held in memory as uint8."""
+"""MNIST from ``mnist.npz`` (x_train, y_train, x_test, y_test), or torchvision's raw folder of idx
+files (gzipped or not), held in memory as uint8. Both splits are checked when the data is found, so
+a copy that lacks the test split says so before training, not after."""
 from __future__ import annotations
+
+import gzip
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..paths import DatasetNotFoundError, find_data, resolve_data_dir
+from ..paths import DatasetNotFoundError, downloading, find_data, resolve_data_dir
 from .base import Source, register_dataset
 from .tensors import TensorImages
 
 MEAN, STD = (0.1307,), (0.3081,)
 RELPATHS = ("mnist/mnist.npz", "mnist.npz", "mnist/MNIST/raw")
 HOW = "or pass download=True (--download) to fetch it with torchvision where there is internet"
+KEYS = ("x_train", "y_train", "x_test", "y_test")
+RAW = {"train": "train", "test": "t10k"}  # the raw idx files' prefixes
+KINDS = ("images-idx3-ubyte", "labels-idx1-ubyte")
+
+
+def _raw_file(raw: Path, split: str, kind: str):
+    """The idx file of ``split`` and ``kind`` in torchvision's raw folder, as it is or gzipped; None if neither."""
+    name = f"{RAW[split]}-{kind}"
+    return next((p for p in (raw / name, raw / f"{name}.gz") if p.is_file()), None)
+
+
+def _check(path: Path) -> None:
+    """Refuse, naming the file and the fix, a copy that lacks a split or is no npz archive."""
+    if path.name == "raw":
+        missing = [f"{RAW[s]}-{k}" for s in RAW for k in KINDS if _raw_file(path, s, k) is None]
+        if missing:
+            raise DatasetNotFoundError(
+                f"MNIST's raw folder {path} lacks {', '.join(missing)} (each may be gzipped, .gz): copy them there, "
+                "or give the data as mnist.npz (docs/data.md)")
+        return
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            files = list(f.files)
+    except Exception as e:  # not a zip, truncated, a pickle: what np.load says names no fix
+        raise ValueError(f"{path} cannot be read as MNIST's npz archive ({type(e).__name__}: {e}): replace it with "
+                         f"a good copy holding {', '.join(KEYS)}") from None
+    missing = [k for k in KEYS if k not in files]
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {missing} (it holds {files}): mnist.npz needs {', '.join(KEYS)} "
+                         "(both splits); replace it with a whole copy")
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An idx file of unsigned bytes (MNIST's format), gzipped or not, as a uint8 tensor."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    nd = data[3] if len(data) >= 4 else 0
+    dims = tuple(int(d) for d in np.frombuffer(data, ">i4", nd, 4)) if len(data) >= 4 + 4 * nd else ()
+    if data[:3] != b"\0\0\x08" or not dims or len(data) != 4 + 4 * nd + int(np.prod(dims)):
+        raise ValueError(f"{path} is not a whole idx file of unsigned bytes (MNIST's raw format): replace it with "
+                         "a good copy")
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims).copy())
 
 
 def _arrays(path, split):
+    """(images ``(N, 28, 28)``, labels ``(N,)`` int64) of ``split``; other shapes are refused, naming the file."""
     if path.name == "raw":  # torchvision's own layout
-        import torchvision
-
-        ds = torchvision.datasets.MNIST(str(path.parent.parent), train=split == "train", download=False)
-        return ds.data, ds.targets
-    with np.load(path) as f:
-        return torch.from_numpy(f[f"x_{split}"]), torch.from_numpy(f[f"y_{split}"]).long()
+        x, y = (_read_idx(_raw_file(path, split, k)) for k in KINDS)
+    else:
+        with np.load(path, allow_pickle=False) as f:
+            x, y = torch.from_numpy(f[f"x_{split}"]), torch.from_numpy(f[f"y_{split}"])
+    if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28) or y.dim() != 1 or len(y) != len(x):
+        raise ValueError(f"{path}: MNIST's {split} split needs images of shape (N, 28, 28) and N labels, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}: replace it with a good copy")
+    return x, y.long()
 
 
 @register_dataset("mnist", facts=lambda data_dir=None: (10, (1, 28, 28)))
@@ -36,9 +87,11 @@ def mnist(data_dir=None, download=False, augment=False) -> Source:
         import torchvision
 
         root = resolve_data_dir(data_dir) / "mnist"
-        torchvision.datasets.MNIST(str(root), train=True, download=True)
-        torchvision.datasets.MNIST(str(root), train=False, download=True)
+        with downloading("mnist", root):
+            torchvision.datasets.MNIST(str(root), train=True, download=True)
+            torchvision.datasets.MNIST(str(root), train=False, download=True)
         path = root / "MNIST" / "raw"
+    _check(path)
     x, y = _arrays(path, "train")
     x = x.unsqueeze(1)
 

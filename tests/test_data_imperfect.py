@@ -1,0 +1,142 @@
+"""Data loading as a user with imperfect data meets it: stray folders, missing files, no internet.
+Every test builds a tiny synthetic copy in tmp_path (never the shared data)."""
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from adaptive.data import get_datasets
+
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _images(folder, n=2, size=8):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(folder)))
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+
+
+def _cifar_copy(root, classes=CIFAR_CLASSES):
+    for split in ("train", "test"):
+        for c in classes:
+            _images(root / "cifar10-jpeg" / split / c)
+    return root
+
+
+def test_cifar_test_split_with_a_hidden_class_folder_is_refused_not_read_with_labels_shifted(tmp_path, monkeypatch):
+    """A hidden folder with images in test/ only (a '.trash' say) is a class to the cache's scan, which
+    sorts it first: every test label came out one above its class. The train/test comparison ignored
+    hidden folders, so nothing was said; it is now refused before any training, naming the folder."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    _images(_cifar_copy(tmp_path) / "cifar10-jpeg" / "test" / ".trash")
+    with pytest.raises(ValueError, match=r"only in test/: \['\.trash'\].*move or delete the folders named"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("stray", ["zebra", ".ipynb_checkpoints"])
+def test_cifar_class_folder_without_images_is_named_with_its_path_and_the_fix(tmp_path, monkeypatch, stray):
+    """torchvision's own error ('Found no valid file for the classes zebra') named neither the folder nor the fix."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    _cifar_copy(tmp_path)
+    for split in ("train", "test"):
+        (tmp_path / "cifar10-jpeg" / split / stray).mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"cifar10-jpeg/train: the class folder\(s\) \['{re.escape(stray)}'\] hold no "
+                                                r"image.*add images to those folders, or delete them"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_a_download_without_internet_names_data_dir_and_adaptive_data_and_waits_bounded(tmp_path, monkeypatch, name):
+    """download=True on a machine without internet raised torchvision's bare URLError (cifar10) or
+    'Error downloading train-images-idx3-ubyte.gz' (mnist), naming no way to give the data; and it
+    waited on the network with no timeout (a firewall dropping packets hangs it)."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    import adaptive.paths as paths
+
+    timeouts = []
+
+    def offline(*args, **kw):
+        timeouts.append(socket.getdefaulttimeout())
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.delenv("ADAPTIVE_DATA", raising=False)
+    with pytest.raises(paths.DatasetNotFoundError, match=r"could not be downloaded.*Name or service not known.*"
+                                                         r"--data-dir \(or the ADAPTIVE_DATA environment variable\)"):
+        get_datasets(name, data_dir=tmp_path, download=True, holdout=0)
+    assert timeouts and all(t == paths.DOWNLOAD_TIMEOUT_S for t in timeouts)
+    assert socket.getdefaulttimeout() is None  # given back as it was
+
+
+def _mnist_npz(path, **arrays):
+    path.parent.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    full = dict(x_train=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), y_train=np.arange(20) % 10,
+                x_test=rng.integers(0, 256, (10, 28, 28), dtype=np.uint8), y_test=np.arange(10))
+    full.update(arrays)
+    np.savez(path, **{k: v for k, v in full.items() if v is not None})
+
+
+def test_mnist_npz_without_its_test_split_is_refused_before_training_naming_what_it_lacks(tmp_path):
+    """It loaded, trained, and failed when the test split was read: KeyError 'x_test is not a file in the archive'."""
+    _mnist_npz(tmp_path / "mnist" / "mnist.npz", x_test=None, y_test=None)
+    with pytest.raises(ValueError, match=r"mnist\.npz lacks the arrays \['x_test', 'y_test'\].*replace it"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+def test_mnist_npz_of_flat_images_is_refused_not_read_as_1x784_images(tmp_path):
+    """Flat (N, 784) images came out as (1, 1, 784) examples of a dataset that says (1, 28, 28)."""
+    _mnist_npz(tmp_path / "mnist" / "mnist.npz", x_train=np.zeros((20, 784), np.uint8))
+    with pytest.raises(ValueError, match=r"train split needs images of shape \(N, 28, 28\).*got \(20, 784\)"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+def _idx(array):
+    return bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">i4").tobytes() + array.astype(np.uint8).tobytes()
+
+
+def _mnist_raw(raw, splits=("train", "t10k"), gz=False):
+    import gzip
+
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix in splits:
+        n = 20 if prefix == "train" else 10
+        for kind, a in (("images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1-ubyte", np.arange(n) % 10)):
+            data = _idx(a)
+            (raw / (f"{prefix}-{kind}" + ".gz" * gz)).write_bytes(gzip.compress(data) if gz else data)
+
+
+def test_mnist_raw_folder_of_gzipped_idx_files_reads(tmp_path):
+    """torchvision's raw folder holding only the .gz files (as published) said 'Dataset not found. You
+    can use download=True to download it', naming no file."""
+    _mnist_raw(tmp_path / "mnist" / "MNIST" / "raw", gz=True)
+    s = get_datasets("mnist", data_dir=tmp_path, holdout=0)
+    assert (len(s.train), len(s.test)) == (20, 10) and s.train[3][0].shape == (1, 28, 28) and s.train[3][1] == 3
+
+
+def test_mnist_raw_folder_without_the_test_files_names_them(tmp_path):
+    _mnist_raw(tmp_path / "mnist" / "MNIST" / "raw", splits=("train",))
+    with pytest.raises(FileNotFoundError, match=r"raw folder .* lacks t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("env", ["nowhere", "a_file"])
+def test_adaptive_data_naming_no_folder_is_said_not_passed_over_silently(tmp_path, monkeypatch, env):
+    """ADAPTIVE_DATA set to a typo'd folder or a file was skipped without a word: the data came from
+    the next default folder, which the user may not know holds another copy."""
+    import adaptive.paths as paths
+
+    (tmp_path / "a_file").write_text("x")
+    _mnist_npz(tmp_path / "shared" / "mnist" / "mnist.npz")
+    monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
+    monkeypatch.setattr(paths, "IN_CHECKOUT", True)
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / env))
+    with pytest.warns(UserWarning, match=rf"ADAPTIVE_DATA=.*{env} is (a file, not a folder|no such folder): dataset "
+                                         r"'mnist' was read from .*shared instead"):
+        assert len(get_datasets("mnist", holdout=0).train) == 20
