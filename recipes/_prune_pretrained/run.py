@@ -93,7 +93,7 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     model = model.to(accelerator.device)  # no DDP wrapper: no weight trains, the controller reduces its statistics
     train_dl = accelerator.prepare(dl.train)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
-                      f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
+                      f"{len(train_dl):,} train batches of {args.batch_size} per process and pass")
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
@@ -123,7 +123,7 @@ def _check_verify_batches(args, holdout) -> None:
         held = f"{len(holdout.dataset):,} images, "
     except (AttributeError, TypeError):
         held = ""
-    raise ValueError(f"--verify-batches {args.verify_batches} is more than the {batches} batch{'es' if batches != 1 else ''} "
+    raise ValueError(f"--verify-batches {args.verify_batches} is more than the {batches:,} batch{'es' if batches != 1 else ''} "
                      f"of the held-out part ({held}--eval-batch-size {args.eval_batch_size} each): each line search "
                      f"would read some of them twice, which adds no evidence; give --verify-batches {batches} or "
                      "fewer, or hold out more batches (a larger --holdout or --subset, or a smaller --eval-batch-size)")
