@@ -120,7 +120,7 @@ class ConnectomeEditsMixin:
             if self.mode == "train" and grow_init != "zero" and bool(grown.any()):
                 init = self._grown_values(k, new, grown, grow_init)
             plan.append((k, new, ch, init, new._version, grown))
-        changed = {}
+        changed, regrown = {}, set()
         for k, new, ch, init, version, grown in plan:
             self.masks[k] = new
             self._last_set[k] = new.clone()
@@ -132,6 +132,8 @@ class ConnectomeEditsMixin:
             self._edited()
             if bool(ch.any()):
                 changed[k] = ch
+            if not restore and bool(grown.any()):
+                regrown.add(k)
             p = self.params[k]
             if self.mode == "mask_only":
                 p.copy_(torch.where(new, self.original[k].to(p.device), torch.zeros((), dtype=p.dtype, device=p.device)))
@@ -145,7 +147,8 @@ class ConnectomeEditsMixin:
                 p.masked_fill_(~new if restore else ~new | grown, 0.0)
         if changed:
             _forget_autocast_copies()
-            self._reset_optimizer_state({k: ch & ~self.masks[k] for k, ch in changed.items()} if restore else changed)
+            self._reset_optimizer_state({k: ch & ~self.masks[k] for k, ch in changed.items()} if restore else changed,
+                                        grown=regrown)
             if notify:
                 self._notify_edit_listeners(changed)
         return changed

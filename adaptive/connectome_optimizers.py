@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 import torch
 
 from . import unattached
-from .optim_state import preserves_zeros, reset_state, unwrap_optimizer, zero_eps_warning
+from .optim_state import preserves_zeros, reset_state, unresettable_state_warning, unwrap_optimizer, zero_eps_warning
 from .warn import warn_user
 from .wrappers import eager
 
@@ -336,10 +336,16 @@ class ConnectomeOptimizersMixin:
             self._repair_pending.discard(opt)
             self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
 
-    def _reset_optimizer_state(self, positions: Dict[str, torch.Tensor], only=None) -> None:
+    def _reset_optimizer_state(self, positions: Dict[str, torch.Tensor], only=None, grown=()) -> None:
+        """Reset attached optimizers' state at ``positions`` (``{name: bool tensor}``); ``grown``: the
+        layers where synapses were regrown, for which state that cannot be reset per synapse is warned
+        of once per optimizer (:func:`~adaptive.optim_state.unresettable_state_warning`)."""
         opts = only if only is not None else [r() for r in self._optimizers]
         for opt in opts:
             if opt is None:
                 continue
             for n, where in positions.items():
                 reset_state(opt, self.params[n], where)
+                message = unresettable_state_warning(opt, n, self.params[n]) if n in grown else None
+                if message:
+                    warn_user(message)

@@ -80,7 +80,7 @@ def refuse_repeated_verify_batches(verify_batches: int, batches: Optional[int]) 
     which adds no evidence, and a huge count (``--verify-batches 10**18``) built a list that long
     before the first update, a hang. ValueError naming the count to give."""
     if batches is not None and verify_batches > batches:
-        raise ValueError(f"verify_batches={verify_batches} is more than the {batches} batch{'es' if batches != 1 else ''} "
+        raise ValueError(f"verify_batches={verify_batches} is more than the {batches:,} batch{'es' if batches != 1 else ''} "
                          f"of the held-out loader: each line search would read some of them twice, which adds no "
                          f"evidence; give verify_batches <= {batches} (or hold out more data)")
 

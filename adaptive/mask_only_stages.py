@@ -161,7 +161,7 @@ class StageRun(StageBatchesMixin):
                "holdout_loss": loss, "holdout_acc": acc}
         self.record(rec)
         if not _finite(acc, loss):  # the dense network's were finite (checked first): these masks broke it
-            warn_user(f"held-out loss {loss}, accuracy {acc} with {rec['removed']} synapses removed (step {step}): "
+            warn_user(f"held-out loss {loss}, accuracy {acc} with {rec['removed']:,} synapses removed (step {step}): "
                       "the network gives non-finite held-out figures with these masks, so they are never chosen as "
                       "the best (a fixed target's snapshot keeps them, with these figures)")
         return rec

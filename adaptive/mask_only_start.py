@@ -116,7 +116,7 @@ def refuse_below_start(label: str, removed: int, start: Start) -> None:
         f"target {label} removes {removed:,} of the model's {start.total:,} prunable synapses, but {start.absent:,} "
         f"({start.absent / start.total:.1%}) are already absent: their weights are exactly 0.0{_by_attached(start)}, "
         "and mask-only optimisation keeps weights frozen, so it cannot restore them. Targets count every prunable "
-        f"synapse (a fraction is the share removed at the end): give a target of at least {start.absent:,} "
+        f"synapse (a fraction is the share removed at the end): give a target of at least {start.absent} "
         f"synapses (a fraction of at least {fraction_bound(start.absent, start.total, most=False, share=True)}), or load the dense weights first")
 
 

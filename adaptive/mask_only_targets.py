@@ -119,13 +119,13 @@ def resolve_target(target: Target, total: int) -> Optional[int]:
     if isinstance(target, float):
         count = int(round(target * total))
         if count >= total:  # a fraction below 1 that rounds to every synapse, as the count would be
-            raise ValueError(f"target fraction {target!r} removes round({target!r} x {total}) = {count} synapses, every "
-                             f"one of the model's {total} prunable synapses: give a fraction of at most "
+            raise ValueError(f"target fraction {target!r} removes round({target!r} x {total:,}) = {count:,} synapses, every "
+                             f"one of the model's {total:,} prunable synapses: give a fraction of at most "
                              f"{fraction_bound(total - 1, total, most=True)}, or a count below {total}")
         return count
     if target >= total:  # as a fraction must be below 1: removing every synapse leaves no network
-        raise ValueError(f"target of {target} synapses to remove {'is every one of' if target == total else 'is beyond'} "
-                         f"the model's {total} prunable synapses: give a count below {total}")
+        raise ValueError(f"target of {target:,} synapses to remove {'is every one of' if target == total else 'is beyond'} "
+                         f"the model's {total:,} prunable synapses: give a count below {total}")
     return int(target)
 
 
@@ -178,15 +178,15 @@ def refuse_removing_nothing(label: str, target, removed: int, total: int, absent
     if step.least == 1:
         why = ""
     else:
-        sizes = (f"{step.smallest} synapses each" if step.smallest == step.largest else
-                 f"{step.smallest} to {step.largest} synapses each")
+        sizes = (f"{step.smallest:,} synapses each" if step.smallest == step.largest else
+                 f"{step.smallest:,} to {step.largest:,} synapses each")
         why = (f", but its '{step.ensemble}' ensembles hold {sizes} and a stage removes whole ensembles, the "
                "nearest to its count (within half an ensemble): " +
-               (f"it may remove none (exactly half of one of {step.smallest}, it removes one only where such an "
+               (f"it may remove none (exactly half of one of {step.smallest:,}, it removes one only where such an "
                 "ensemble comes first in the estimator's order)" if tie else "it would remove none"))
     one = "one synapse" if step.least == 1 else "one ensemble"
     need = absent + step.least
-    fix = (f"give a fraction of at least {fraction_bound(need, total, most=False)} or a count of at least {need:,} "
+    fix = (f"give a fraction of at least {fraction_bound(need, total, most=False)} or a count of at least {need} "
            f"(the least that removes {one}{' beyond the start' if absent else ''})" if need < total else
            "no target below every synapse removes one more ensemble")
     raise ValueError(f"target {label} asks for {what} of the model's {total:,} prunable synapses{beyond}{why}, so its "
@@ -224,12 +224,12 @@ def refuse_indistinct(resolved: List[Tuple[str, Optional[int]]], parsed: Dict[st
             continue
         def asks(label, r):
             return f"round({label} x {total:,}) = {r:,}" if isinstance(parsed[label], float) else f"{r:,}"
-        sizes = (f"{step.smallest} synapses each" if one else f"{step.smallest} to {step.largest} synapses each")
+        sizes = (f"{step.smallest:,} synapses each" if one else f"{step.smallest:,} to {step.largest:,} synapses each")
         what = (f"both would remove {lands:,}, so their snapshots would be" if one else
                 f"they are {rb - ra:,} apart, not more than half the smallest, so the later stage may remove none and "
                 "their snapshots may be")
         need = (lands + step.least) if one else ra + step.least
-        fix = (f"give target {b} as a count of at least {need:,} or a fraction of at least "
+        fix = (f"give target {b} as a count of at least {need} or a fraction of at least "
                f"{fraction_bound(need, total, most=False)} (the least that removes one ensemble more than target {a}"
                f"{', which removes ' + format(lands, ',') if one else ''})" if need < total else
                f"no target below every synapse removes one ensemble more than target {a}")
@@ -290,7 +290,7 @@ def ladder_counts(ladder: List[float], total: int) -> List[int]:
         count = int(round(f * total))
         if count >= total:
             raise ValueError(f"ladder rung {i + 1} of {len(ladder)} ({f:g}) in {_listing(ladder)} removes "
-                             f"round({f:g} x {total}) = {count} synapses, every one of the model's {total} prunable "
+                             f"round({f:g} x {total:,}) = {count:,} synapses, every one of the model's {total:,} prunable "
                              f"synapses: give the ladder's fractions at most {fraction_bound(total - 1, total, most=True)} (a rung must "
                              "keep a synapse), or leave that rung out")
         counts.append(count)

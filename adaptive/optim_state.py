@@ -4,10 +4,16 @@ stale history. Works for any optimizer whose per-parameter state holds tensors s
 parameter (SGD momentum buffers, Adam/AdamW moments, RMSprop, Adagrad, ...): no isinstance chain.
 L-BFGS is the exception: it keeps its history as vectors over all its parameters at once, whose
 curvature pairs cannot be repaired position by position, so an edit that leaves any of it at a
-pruned position restarts that history (as a fresh L-BFGS would start)."""
+pruned position restarts that history (as a fresh L-BFGS would start). State of another shape that
+holds more than one number (Adafactor's factored second moments ``row_var``/``col_var``: averages of
+squared gradients shared by a row's or a column's synapses) cannot be reset for one synapse: it is
+left as it is, which keeps pruned weights at exactly 0.0 (their masked gradient is 0, so is their
+step), and :func:`unresettable_state_warning` says once per optimizer what it means for a regrown
+synapse."""
 from __future__ import annotations
 
 import functools
+import weakref
 
 import torch
 
@@ -41,6 +47,38 @@ def shaped_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list:
     floating point (moments, momentum buffers): the ones an edit resets position by position."""
     return [(key, v) for key, v in (optimizer.state.get(param) or {}).items()
             if isinstance(v, torch.Tensor) and v.shape == param.shape and v.is_floating_point()]
+
+
+def unresettable_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> list:
+    """``[(key, shape)]``: ``param``'s state tensors in ``optimizer`` that hold more than one number but
+    are not shaped like it (Adafactor's ``row_var`` and ``col_var``), which :func:`reset_state` cannot
+    reset synapse by synapse and leaves as they are. Empty for L-BFGS, whose history is restarted instead."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return []
+    return [(key, tuple(v.shape)) for key, v in (optimizer.state.get(param) or {}).items()
+            if isinstance(v, torch.Tensor) and v.numel() > 1 and v.shape != param.shape]
+
+
+_WARNED_UNRESETTABLE = weakref.WeakSet()  # optimizers already told (once each)
+
+
+def unresettable_state_warning(optimizer: torch.optim.Optimizer, name: str, param: torch.Tensor) -> str | None:
+    """The warning for synapses of ``param`` (layer ``name``) regrown while ``optimizer`` keeps state
+    for it that cannot be reset synapse by synapse (:func:`unresettable_state`); None where it keeps
+    none, or where this optimizer was warned already (once per optimizer)."""
+    kept = unresettable_state(optimizer, param)
+    if not kept or optimizer in _WARNED_UNRESETTABLE:
+        return None
+    _WARNED_UNRESETTABLE.add(optimizer)
+    what = ", ".join(f"{k} {tuple(shape)}" for k, shape in kept)
+    return (f"{type(optimizer).__name__} keeps state for {name} {tuple(param.shape)} that is not one number per "
+            f"synapse ({what}: shared by several synapses, as Adafactor's factored second moments are by a row's "
+            "or a column's), so it cannot be reset for the synapses regrown there and is left as it is (pruned "
+            "weights still stay exactly 0.0). A regrown synapse then steps with its row's and column's averages, "
+            "not from fresh state: where its whole row or column was pruned these have decayed toward 0 (they are "
+            "0 if it was pruned before the first step), and its first steps are larger than a fresh optimizer's "
+            "(Adafactor clips each layer's update as a whole, so the rest of the layer then steps less). For per-synapse "
+            "resets use an optimizer with per-weight state (Adam, AdamW, SGD, ...); shown once per optimizer")
 
 
 _LBFGS_VECTORS = ("d", "prev_flat_grad")

@@ -377,14 +377,14 @@ def cmd_collinearity(args):
     model = trained_model(args, data, model)
     res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False,
                          conn=conn)
-    split = "TRAIN" if args.split == "train" else "holdout (from TRAIN)"
+    split = f"{args.dataset} TRAIN" if args.split == "train" else f"the held-out part of {args.dataset} TRAIN"
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
-    title = f"{source}; gradients on {args.dataset} {split}, eval mode"
+    title = f"{source}; gradients on {split}, eval mode"  # the plots add the batches and examples measured
     folder.delete_left_over(args, out)
     p1 = res.plot(os.path.join(out, "collinearity_vs_grad2.png"), svg=args.svg, title=title)
     p2 = res.plot(os.path.join(out, "sign_agreement_vs_grad2.png"), svg=args.svg, measure="sign_agreement", title=title)
     p3 = res.plot_summary(os.path.join(out, "collinearity_by_layer.png"), svg=args.svg, title=title)
-    write_table(res.table, out, "collinearity_layers", f"collinearity per layer ({res.batches} batches)")
+    write_table(res.table, out, "collinearity_layers", f"collinearity per layer ({res.describe_batches()} of {split})")
     write_table(res.fraction_above(), out, "collinearity_fraction_above", "fraction of weights above each cosine collinearity")
     if conn is not None:
         print(f"measured the {res.measured:,} live synapses; the {res.pruned:,} pruned ones are left out")

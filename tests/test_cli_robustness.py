@@ -515,7 +515,7 @@ OUT_OF_RANGE = [
     (["--mode", "mask_only", "--mask_only_kw", "target=0.5"], "sets target itself, from --target (or --density)"),
     # refused before the data (the model is built first), or by optimize_connectome once the run held
     # its folder's lock: the folder it made is taken back
-    (["--mode", "mask_only", "--target", "99999999"], "beyond the model's 50432 prunable synapses"),
+    (["--mode", "mask_only", "--target", "99999999"], "beyond the model's 50,432 prunable synapses"),
     (["--mode", "mask_only", "--mask_only_kw", "approach=3"], "approach must be in [0, 1], got 3"),
     (["--mode", "mask_only", "--mask_only_kw", "foo=1"],
      "--mask_only_kw foo: optimize_connectome takes no argument 'foo'; --mask_only_kw sets approach, margin, ladder"),
@@ -1001,7 +1001,7 @@ def test_cifar10_download_waits_for_the_model_checks(tmp_path, monkeypatch, caps
     out = tmp_path / "run"
     err = error_of(["--dataset", "cifar10", "--download", "--data_dir", str(tmp_path / "data"), "--model", "resnet20",
                     "--mode", "mask_only", "--target", "99999999", "--threads", "1", "--output_dir", str(out)], capsys)
-    assert "beyond the model's 268336 prunable synapses" in err
+    assert "beyond the model's 268,336 prunable synapses: give a count below 268336" in err
     assert calls == [] and not out.exists()
 
 

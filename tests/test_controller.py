@@ -222,6 +222,55 @@ def test_regrown_weights_and_moments_are_zero():
         assert checked > 0 and ctrl.step_count == 30  # (the optimizer's hooks stepped it)
 
 
+@pytest.mark.parametrize("policy", ["set", "rigl"])
+def test_adafactor_under_a_growing_policy_keeps_pruned_weights_zero_and_warns_once_of_its_factored_state(policy):
+    """Adafactor's second moments of a weight are factored (row_var, col_var: averages shared by a row's
+    or a column's synapses), so they cannot be reset for a regrown synapse: they are left as they are,
+    which errs nowhere and keeps every pruned weight exactly 0.0 after every step, and the first
+    regrowth warns once (it grew silently, with its row's stale, decayed averages)."""
+    torch.manual_seed(0)
+    X, Y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3))
+    opt = torch.optim.Adafactor(model.parameters(), lr=1e-2)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, density=0.3, budget="uniform", update_every=3,
+                               end_step=30, edit_fraction=0.5, seed=0)
+    grown = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 31):
+            before = {n: m.clone() for n, m in conn.masks.items()}
+            F.cross_entropy(model(X), Y).backward()
+            opt.step()
+            opt.zero_grad()
+            for n, p in conn.params.items():
+                grown += int((conn.masks[n] & ~before[n]).sum())
+                assert torch.equal(p[~conn.masks[n]], torch.zeros_like(p[~conn.masks[n]]))
+                assert torch.isfinite(p).all()
+    told = [str(w.message) for w in caught if "cannot be reset for the synapses regrown" in str(w.message)]
+    assert grown > 0 and ctrl.step_count == 30
+    assert len(told) == 1, told  # once per optimizer, however many edits regrow
+    assert told[0].startswith("Adafactor keeps state for 0.weight (32, 10) that is not one number per synapse "
+                              "(row_var (32, 1), col_var (1, 10)")
+    assert "row_var" in opt.state[model[0].weight] and "variance" not in opt.state[model[0].weight]
+
+
+def test_an_optimizer_with_per_synapse_state_regrows_without_that_warning():
+    """The warning is Adafactor's factored state's: Adam's moments are reset per synapse, silently."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="set", density=0.3, budget="uniform", update_every=2, end_step=10, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(10):
+            F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 3, (16,))).backward()
+            opt.step()
+            opt.zero_grad()
+    assert not [w for w in caught if "cannot be reset" in str(w.message)]
+
+
 def test_lbfgs_history_holds_nothing_at_pruned_positions_after_an_edit():
     """L-BFGS keeps flat history vectors under its first parameter, which the per-parameter repair
     never reached: after each edit its direction and curvature pairs still held values at the

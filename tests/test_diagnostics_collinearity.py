@@ -269,3 +269,25 @@ def test_fraction_above_and_the_layer_table_agree_to_the_last_digit():
     weights = [torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([[1.0, -1.0, -1.0]])]  # weight 0 agrees, 1 and 2 cancel
     res = collinearity(model, [(torch.ones(1, 1), w) for w in weights], loss_fn=lambda out, w: (out * w).sum())
     assert res.table["frac_cos>0.5"][0] == res.fraction_above([0.5])[0][">0.5"] == 1 / 3
+
+
+def test_the_result_and_its_figures_say_how_many_examples_were_measured(monkeypatch):
+    """The loader's own batches (no batch_size): 4 of 64 and one of 45 are 301 examples, which the
+    result records and both figures' titles state (they said only "5 batches")."""
+    import importlib
+
+    module = importlib.import_module("adaptive.diagnostics.collinearity")  # the package's name is the function
+
+    titles = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path, svg=False: titles.append(fig.axes[0].get_title()) or [path])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    data = [(torch.randn(n, 4), torch.randint(0, 3, (n,))) for n in (64, 64, 64, 64, 45)]
+    res = collinearity(model, data)
+    assert (res.batches, res.batch_size, res.examples) == (5, None, 301)
+    assert res.describe_batches() == "5 batches, 301 examples"
+    res.plot("a.png", title="net on the held-out part of TRAIN")
+    res.plot_summary("b.png")
+    assert all("(5 batches, 301 examples" in t for t in titles), titles
+    recut = collinearity(model, data, batch_size=100)  # 301 re-cut into 3 of 100, the last one dropped
+    assert recut.examples == 300 and recut.describe_batches() == "3 batches of 100, 300 examples"

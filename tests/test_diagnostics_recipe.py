@@ -42,6 +42,30 @@ def test_collinearity(recipe, tmp_path, capsys):
         assert (tmp_path / name).exists(), name
 
 
+def test_collinearity_says_the_batches_examples_and_split_it_measured(recipe, tmp_path, capsys, monkeypatch):
+    """Without --grad_batch_size the held-out loader's own batches are measured, the last one short:
+    the console line and both kinds of figure title say how many batches and examples, and of which
+    split (the console said only "(N batches)", the titles left the examples out)."""
+    import importlib
+
+    module = importlib.import_module("adaptive.diagnostics.collinearity")  # the package's name is the function
+
+    titles = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path, svg=False: titles.append(fig.axes[0].get_title()) or [str(path)])
+    recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "1",
+                 "--split", "holdout"])
+    data = recipe.get_data(recipe.build_parser().parse_args(["collinearity", *COMMON]), batch_size=64)
+    examples = len(data.holdout.dataset)
+    batches = -(-examples // 64)
+    assert examples % 64, "the held-out part should end in a short batch for this test"
+    said = capsys.readouterr().out
+    assert (f"collinearity per layer ({batches} batches, {examples:,} examples of the held-out part of digits TRAIN)"
+            in said)
+    assert len(titles) == 3
+    for t in titles:
+        assert "gradients on the held-out part of digits TRAIN" in t and f"({batches} batches, {examples:,} examples" in t
+
+
 def test_knowledge(recipe, tmp_path):
     recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "3",
                  "--points", "4", "--estimator", "taylor", "--order_batches", "2", "--finetune_batches", "1"])

@@ -190,3 +190,35 @@ def test_two_targets_the_ensembles_cannot_tell_apart_are_refused_naming_the_leas
     _refused([30, 0.26], r"^targets 30 and 0.26 ask for 30 and round\(0.26 x 120\) = 31 .*'neuron' ensembles hold 4 "
                          r"to 27 synapses each .*they are 1 apart, .*may remove none and their snapshots may be one "
                          r"network\. Give target 0.26 as a count of at least 33 ", ensemble="neuron")
+
+
+def test_refusals_write_counts_with_separators_and_the_count_to_give_plain():
+    """The refusals of a target count synapses with thousands separators, as the console does
+    (268,336; they printed 268336 while the console said 268,336), while a count the message asks the
+    user to give stays plain, to paste as it stands (--remove 268335)."""
+    from adaptive.mask_only_start import Start, refuse_below_start
+    from adaptive.mask_only_targets import EnsembleStep, ladder_counts, refuse_indistinct, refuse_removing_nothing
+
+    def said(call, *a):
+        with pytest.raises(ValueError) as e:
+            call(*a)
+        return str(e.value)
+
+    assert said(resolve_target, 300_000, 268_336) == (
+        "target of 300,000 synapses to remove is beyond the model's 268,336 prunable synapses: give a count below 268336")
+    msg = said(resolve_target, 0.9999999, 268_336)
+    assert msg.startswith("target fraction 0.9999999 removes round(0.9999999 x 268,336) = 268,336 synapses, every one "
+                          "of the model's 268,336 prunable synapses") and msg.endswith(", or a count below 268336")
+    assert "x 268,336) = 268,336 synapses, every one of the model's 268,336" in said(ladder_counts, [0.5, 0.9999999], 268_336)
+    step = EnsembleStep(2304, 2304, "kernel")  # ensembles of 2,304 synapses: a stage removes at least 1,152 of them
+    msg = said(refuse_removing_nothing, "1000", 1000, 1000, 268_336, 0, step)
+    assert "asks for 1,000 of the model's 268,336 prunable synapses, but its 'kernel' ensembles hold 2,304 synapses" in msg
+    assert "or a count of at least 1152 (the least" in msg
+    msg = said(refuse_indistinct, [("10000", 10_000), ("10300", 10_300)], {"10000": 10_000, "10300": 10_300},
+               268_336, 0, step)
+    assert "ask for 10,000 and 10,300 of the model's 268,336 prunable synapses" in msg and "both would remove 9,216" in msg
+    assert "Give target 10300 as a count of at least 10368 or" in msg
+    start = Start({}, absent=12_345, total=268_336, zeros=12_345)
+    msg = said(refuse_below_start, "5000", 5000, start)
+    assert "removes 5,000 of the model's 268,336 prunable synapses, but 12,345 (4.6%) are already absent" in msg
+    assert "give a target of at least 12345 synapses" in msg

@@ -343,8 +343,8 @@ def test_a_refused_count_leaves_no_folder_behind(tmp_path, weights):
     refused once the model is built: the folder the run created goes again; a folder that was there stays, with what it held."""
     mod = recipe()
     out = tmp_path / "new"
-    for count, match in (("268336", "is every one of the model's 268336"), ("300000", "beyond"),
-                         ("0.9999999", "removes round.* = 268336 synapses, every one of the model's 268336")):
+    for count, match in (("268336", "is every one of the model's 268,336"), ("300000", "beyond"),
+                         ("0.9999999", "removes round.* = 268,336 synapses, every one of the model's 268,336")):
         with pytest.raises(ValueError, match=match):
             mod.main(args(weights, out, "--remove", count))
         assert not out.exists()
@@ -369,8 +369,11 @@ def test_a_count_beyond_the_model_is_refused_before_any_data_is_read(tmp_path, w
         raise AssertionError("the data was read")
 
     monkeypatch.setattr(pp_run, "get_dataloaders", no_data)
-    for target, match in (("300000", "300000 synapses to remove is beyond the model's 268336 prunable synapses"),
-                          ("0.9999999", "removes round.* = 268336 synapses, every one of the model's 268336")):
+    # the counts with separators, as the console prints them; the count to give plain, to paste
+    for target, match in (("300000", "300,000 synapses to remove is beyond the model's 268,336 prunable synapses: give "
+                                     "a count below 268336; or leave that target out"),
+                          ("0.9999999", r"removes round\(0.9999999 x 268,336\) = 268,336 synapses, every one of the "
+                                        r"model's 268,336 prunable synapses: .*, or a count below 268336; or leave")):
         with pytest.raises(ValueError, match=match):
             mod.main(args(weights, tmp_path / "out", "--remove", "0.2", target))
     monkeypatch.undo()
@@ -425,7 +428,7 @@ def test_on_cifar10_a_count_beyond_the_model_is_refused_before_any_data_is_read(
     monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **kw: pytest.fail("the data was read"))
     cifar = ["--model", "resnet20", "--weights", str(weights), "--dataset", "cifar10", "--data-dir", str(data),
              "--output_dir", str(tmp_path / "out")]
-    with pytest.raises(ValueError, match="300000 synapses to remove is beyond the model's 268336 prunable"):
+    with pytest.raises(ValueError, match="300,000 synapses to remove is beyond the model's 268,336 prunable"):
         mod.main(cifar + ["--remove", "0.2", "300000"])
     with pytest.raises(ValueError, match="--num-classes 5 does not match the 10 classes of the cifar10 data"):
         mod.main(cifar + ["--remove", "0.2", "--num-classes", "5"])
@@ -1085,7 +1088,7 @@ def test_cifar10_download_waits_for_the_model_checks(tmp_path, weights, monkeypa
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", recorded)
     mod = recipe()
-    with pytest.raises(ValueError, match="beyond the model's 268336 prunable synapses"):
+    with pytest.raises(ValueError, match="beyond the model's 268,336 prunable synapses"):
         mod.main(["--model", "resnet20", "--dataset", "cifar10", "--download", "--data-dir", str(tmp_path / "data"),
                   "--output_dir", str(tmp_path / "run"), "--remove", "99999999", "--no-progress"])
     assert calls == [] and not (tmp_path / "run").exists()

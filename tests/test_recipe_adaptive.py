@@ -1182,9 +1182,9 @@ def test_what_does_not_fit_the_model_is_refused_before_any_data_is_read(tmp_path
     monkeypatch.setattr(recipe_train, "get_dataloaders", lambda cfg: pytest.fail("the data was read"))
     monkeypatch.setenv("ADAPTIVE_TRACEBACK", "1")  # the error itself, not the command line's exit
     mask_only = TINY + ["--output_dir", str(tmp_path / "run"), "--mode", "mask_only"]
-    for more, match in ((["--target", "50432"], "50432 synapses to remove is every one of the model's 50432"),
-                        (["--target", "20000", "--exclude", "fc2"], "is beyond the model's 17664 prunable synapses"),
-                        (["--density", "1e-9"], r"removes round\(0.999999999 x 50432\) = 50432 synapses, every one")):
+    for more, match in ((["--target", "50432"], "50,432 synapses to remove is every one of the model's 50,432 prunable synapses: give a count below 50432"),
+                        (["--target", "20000", "--exclude", "fc2"], "is beyond the model's 17,664 prunable synapses"),
+                        (["--density", "1e-9"], r"removes round\(0.999999999 x 50,432\) = 50,432 synapses, every one")):
         with pytest.raises(ValueError, match=match):
             R.main(mask_only + more)
     w = tmp_path / "w.pt"

@@ -111,7 +111,9 @@ class Collinearity:
     ``cosine[name]``, ``sign_agreement[name]``, ``full_grad_sq[name]`` (``G^2``) and
     ``grad_var[name]`` (variance of the batch gradients) are aligned with ``weight.reshape(-1)``.
     ``batches`` is the number of batches measured, ``batch_size`` the samples per batch (None: the
-    loader's own batches). ``table`` has one row per layer; its ``no_gradient`` is the share of the
+    loader's own batches), ``examples`` the samples measured in all (None where a batch's size could
+    not be read: no tensor among its targets or inputs); :meth:`describe_batches` says both in words.
+    ``table`` has one row per layer; its ``no_gradient`` is the share of the
     layer's weights whose gradient was exactly 0 in every batch (a dead unit's inputs and outputs),
     whose cosine and sign agreement read 0 and count in the layer's medians and fractions. Where
     ``G`` is exactly 0 but some batch gradient is not, the sign agreement is half the batches whose
@@ -134,6 +136,15 @@ class Collinearity:
     table: Table = field(default_factory=Table)
     live: Dict[str, torch.Tensor] = field(default_factory=dict)
     pruned: int = 0
+    examples: Optional[int] = None
+
+    def describe_batches(self) -> str:
+        """What was measured, in words for a title or a console line: ``5 batches, 301 examples``
+        (the loader's own batches, whose last one may be short), ``5 batches of 64, 320 examples``
+        (re-cut to ``batch_size``)."""
+        size = f" of {self.batch_size:,}" if self.batch_size else ""
+        examples = "" if self.examples is None else f", {self.examples:,} example{'' if self.examples == 1 else 's'}"
+        return f"{self.batches:,} batch{'' if self.batches == 1 else 'es'}{size}{examples}"
 
     @property
     def measured(self) -> int:
@@ -171,13 +182,12 @@ class Collinearity:
                 ax.legend(fontsize=7, loc="upper left")
             ax.set_xlabel(f"squared gradient G² (log10), G = mean over the {self.batches} batches")
             ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
-            bs = f"batch size {self.batch_size}, " if self.batch_size else ""
             zero = int((~keep).sum())
             skipped = f"; {zero:,} with G = 0 not drawn" if zero else ""
             what = "cosine collinearity" if measure == "cosine" else "sign agreement"
             head = f"{title}\n" if title else ""
             pruned = f"; {self.pruned:,} pruned left out" if self.pruned else ""
-            ax.set_title(f"{head}per-weight {what} ({bs}{self.batches} batches, {int(keep.sum()):,} weights{skipped}{pruned})",
+            ax.set_title(f"{head}per-weight {what} ({self.describe_batches()}; {int(keep.sum()):,} weights{skipped}{pruned})",
                          fontsize=9)
             return save_figure(fig, path, svg=svg)
 
@@ -201,11 +211,19 @@ class Collinearity:
             ax.set_ylim(0, 1.02)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=6, ncol=2 if len(t) > 24 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-            bs = f"batch size {self.batch_size}, " if self.batch_size else ""
             head = f"{title}\n" if title else ""
-            pruned = f", live weights only: {self.pruned:,} pruned left out" if self.pruned else ""
-            ax.set_title(f"{head}gradient collinearity by layer ({bs}{self.batches} batches{pruned})", fontsize=9)
+            pruned = f"; live weights only: {self.pruned:,} pruned left out" if self.pruned else ""
+            ax.set_title(f"{head}gradient collinearity by layer ({self.describe_batches()}{pruned})", fontsize=9)
             return save_figure(fig, path, svg=svg)
+
+
+def _samples(x, y) -> Optional[int]:
+    """How many samples a batch holds: its targets' first dimension, else its inputs' (the first
+    tensor of a tuple of inputs); None where neither is a tensor with one."""
+    for t in (y, x[0] if isinstance(x, (tuple, list)) and x else x):
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            return int(t.shape[0])
+    return None
 
 
 def _to_device(x, device):
@@ -279,12 +297,14 @@ def collinearity(
     pos = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     neg = [torch.zeros(p.numel(), dtype=torch.int32) for p in params]
     used = [False] * len(params)
-    n = 0
+    n, examples = 0, 0
     one_sample = ("measure batches of at least 2 samples (batch_size=)" + (", or in eval mode (train_mode=False), where "
                                                                            "BatchNorm uses its running statistics" if train_mode else ""))
     with measured_gradients(params, "collinearity"), kept_buffers(model), modes_kept(model, train_mode), \
             scalers_suspended(model), batch_statistics_explained("collinearity", one_sample):
         for x, y in iterate_batches(rebatch(loader, batch_size), batches, desc="collinearity", warn_short=True):
+            size = _samples(x, y)
+            examples = None if examples is None or size is None else examples + size
             x, y = _to_device(x, device), _to_device(y, device)
             grads = torch.autograd.grad(loss_fn(call_model(model, x, "collinearity"), y), params, allow_unused=True)
             for i, g in enumerate(grads):
@@ -350,4 +370,4 @@ def collinearity(
         for r in rows:
             r.setdefault("note", "")
     pruned = sum(int((~m).sum()) for m in masks.values())
-    return Collinearity(cos, agree, g2, var, n, batch_size, Table(rows), masks, pruned)
+    return Collinearity(cos, agree, g2, var, n, batch_size, Table(rows), masks, pruned, examples)

@@ -95,7 +95,7 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     train_dl = accelerator.prepare(dl.train)
     _check_window(args, train_dl, accelerator)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
-                      f"{len(train_dl)} train batches of {args.batch_size} per process and pass")
+                      f"{len(train_dl):,} train batches of {args.batch_size} per process and pass")
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")
