@@ -140,3 +140,16 @@ def test_adaptive_data_naming_no_folder_is_said_not_passed_over_silently(tmp_pat
     with pytest.warns(UserWarning, match=rf"ADAPTIVE_DATA=.*{env} is (a file, not a folder|no such folder): dataset "
                                          r"'mnist' was read from .*shared instead"):
         assert len(get_datasets("mnist", holdout=0).train) == 20
+
+
+@pytest.mark.parametrize("cut", ["truncated", "no_gzip"])
+def test_mnist_raw_folder_with_a_cut_short_gz_file_is_refused_naming_it(tmp_path, cut):
+    """A .gz idx file cut short (an interrupted download) or no gzip at all raised gzip's bare EOFError
+    ('Compressed file ended before the end-of-stream marker was reached') or BadGzipFile, naming no file."""
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    _mnist_raw(raw, gz=True)
+    bad = raw / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:-50] if cut == "truncated" else b"not a gzip file at all")
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz cannot be unzipped .*replace it with a good copy"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
