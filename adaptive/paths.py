@@ -105,7 +105,8 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
         for rel in relpaths:
             p = d / rel
             if p.exists():
-                _warn_env_not_a_folder(name, d)
+                if not (data_dir is not None and str(data_dir) != ""):  # (--data-dir given: ADAPTIVE_DATA unread)
+                    _warn_env_not_a_folder(name, d)
                 return p
             tried.append(str(p))
     raise DatasetNotFoundError(
@@ -115,14 +116,20 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
     )
 
 
+# (ADAPTIVE_DATA, dataset, folder used) already warned of: once a process, though a dataset's facts and its
+# builder both look for it
+_ENV_WARNED: set = set()
+
+
 def _warn_env_not_a_folder(name: str, used: Path) -> None:
     """Warn where ``ADAPTIVE_DATA`` names no folder (a typo, a file) and dataset ``name`` was read from
-    ``used``, a later default folder: said, not passed over silently."""
+    ``used``, a later default folder: said (once a process), not passed over silently."""
     from .warn import warn_user
 
     env = os.environ.get("ADAPTIVE_DATA")
-    if not env or Path(env).expanduser().is_dir() or used == Path(env).expanduser():
+    if not env or Path(env).expanduser().is_dir() or used == Path(env).expanduser() or (env, name, used) in _ENV_WARNED:
         return
+    _ENV_WARNED.add((env, name, used))
     what = "a file, not a folder" if os.path.exists(os.path.expanduser(env)) else "no such folder"
     warn_user(f"ADAPTIVE_DATA={env} is {what}: dataset {name!r} was read from {used} instead; point ADAPTIVE_DATA "
               "at the folder holding the data (or unset it)")

@@ -140,3 +140,56 @@ def test_adaptive_data_naming_no_folder_is_said_not_passed_over_silently(tmp_pat
     with pytest.warns(UserWarning, match=rf"ADAPTIVE_DATA=.*{env} is (a file, not a folder|no such folder): dataset "
                                          r"'mnist' was read from .*shared instead"):
         assert len(get_datasets("mnist", holdout=0).train) == 20
+
+
+@pytest.mark.parametrize("cut", ["truncated", "no_gzip"])
+def test_mnist_raw_folder_with_a_cut_short_gz_file_is_refused_naming_it(tmp_path, cut):
+    """A .gz idx file cut short (an interrupted download) or no gzip at all raised gzip's bare EOFError
+    ('Compressed file ended before the end-of-stream marker was reached') or BadGzipFile, naming no file."""
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    _mnist_raw(raw, gz=True)
+    bad = raw / "train-images-idx3-ubyte.gz"
+    bad.write_bytes(bad.read_bytes()[:-50] if cut == "truncated" else b"not a gzip file at all")
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte\.gz cannot be unzipped .*replace it with a good copy"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+def _env_typo_and_shared_copy(tmp_path, monkeypatch):
+    import adaptive.paths as paths
+
+    monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
+    monkeypatch.setattr(paths, "IN_CHECKOUT", True)
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+
+
+def test_adaptive_data_naming_no_folder_is_not_warned_of_where_data_dir_is_given(tmp_path, monkeypatch):
+    """--data-dir is the only folder read: a stray ADAPTIVE_DATA was said to have been passed over
+    ('... was read from DATA_DIR instead'), though the data came from where the user asked."""
+    import warnings
+
+    _env_typo_and_shared_copy(tmp_path, monkeypatch)
+    _mnist_npz(tmp_path / "mine" / "mnist" / "mnist.npz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(get_datasets("mnist", data_dir=tmp_path / "mine", holdout=0).train) == 20
+    assert not [w for w in caught if "ADAPTIVE_DATA" in str(w.message)]
+
+
+def test_adaptive_data_naming_no_folder_is_warned_of_once_though_the_facts_and_the_builder_look(tmp_path, monkeypatch):
+    """The recipes ask a dataset's facts before building it, and both look for the data: the warning
+    was printed twice (cifar10), under any warnings filter that shows it at all."""
+    import warnings
+
+    from adaptive.data import dataset_facts
+
+    _env_typo_and_shared_copy(tmp_path, monkeypatch)
+    for split in ("train", "test"):
+        for c in CIFAR_CLASSES:
+            _images(tmp_path / "shared" / "cifar10-jpeg" / split / c)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset_facts("cifar10")
+        get_datasets("cifar10", holdout=0)
+    assert [str(w.message).split(":")[0] for w in caught if "ADAPTIVE_DATA" in str(w.message)] == [
+        f"ADAPTIVE_DATA={tmp_path / 'nowhere'} is no such folder"]

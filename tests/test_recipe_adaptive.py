@@ -1263,6 +1263,24 @@ def test_start_up_warnings_under_two_processes_print_once(tmp_path):
         assert out.count(warning) == 1, out[-3000:]
 
 
+def test_the_adaptive_data_warning_is_shown_by_the_first_process_alone(tmp_path, monkeypatch):
+    """ADAPTIVE_DATA naming no folder is every process's alike (one environment, one data folder): each
+    process of a launch printed it, as the data settings' warnings were before they joined the list."""
+    import warnings
+    from types import SimpleNamespace
+
+    import adaptive.paths as paths
+
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(paths, "_ENV_WARNED", set())
+    for main, shown in ((False, 0), (True, 1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with recipe_train._alike_warnings_once(SimpleNamespace(is_main_process=main)):
+                paths._warn_env_not_a_folder(f"mnist{main}", tmp_path)
+        assert len([w for w in caught if "ADAPTIVE_DATA" in str(w.message)]) == shown
+
+
 def test_an_n_m_ensemble_with_the_default_density_names_the_density_to_give(tmp_path, capsys):
     """--ensemble 2:4 without --density: the Controller's advice "pass density=0.5 or leave it out"
     named a keyword the recipe does not take, and leaving --density out is what failed (its default 0.2)."""

@@ -4,6 +4,7 @@ a copy that lacks the test split says so before training, not after."""
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,11 @@ def _read_idx(path: Path) -> torch.Tensor:
     """An idx file of unsigned bytes (MNIST's format), gzipped or not, as a uint8 tensor."""
     data = path.read_bytes()
     if path.suffix == ".gz":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as e:  # truncated, or no gzip: gzip's own names no file
+            raise ValueError(f"{path} cannot be unzipped ({type(e).__name__}: {e}): it is cut short or no gzip file; "
+                             "replace it with a good copy (or with the unzipped idx file, without .gz)") from None
     nd = data[3] if len(data) >= 4 else 0
     dims = tuple(int(d) for d in np.frombuffer(data, ">i4", nd, 4)) if len(data) >= 4 + 4 * nd else ()
     if data[:3] != b"\0\0\x08" or not dims or len(data) != 4 + 4 * nd + int(np.prod(dims)):

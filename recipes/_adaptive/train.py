@@ -93,7 +93,8 @@ _ALIKE_WARNINGS = (r"step \d+: the gradients observed since the last update hold
                    r"held-out loss \S+, accuracy \S+ with \d+ synapses removed",
                    # and of the settings, as every process reads them at start-up (the data's sizes are compared)
                    r"the digits dataset has no augmentation", r"the digits dataset ships with scikit-learn",
-                   r"\S+ \S+ asks for more examples than the \w+ split of")
+                   r"\S+ \S+ asks for more examples than the \w+ split of",
+                   r"ADAPTIVE_DATA=.* is (a file, not a folder|no such folder): dataset ")
 
 
 @contextlib.contextmanager
