@@ -33,21 +33,21 @@ def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_pa
 @pytest.mark.skipif(not HAVE_DATA, reason=f"shared cifar10-jpeg or resnet20 absent under {SHARED}")
 def test_rows_run_the_recipe_and_the_one_shot_mask_is_torchs(tmp_path):
     out = tmp_path / "t.md"
-    results, check = _bench().main(["--rows", "dense,one-shot magnitude", "--subset", "1200", "--test-subset", "300",
+    results, check = _bench().main(["--rows", "dense,one-shot magnitude", "--subset", "300", "--test-subset", "100",
                                     "--epochs", "1", "--density", "0.2", "--runs", str(tmp_path / "runs"),
                                     "--output", str(out), "--no-progress", "--data-dir", str(SHARED)])
     dense, oneshot = results["dense"], results["one-shot magnitude"]
     assert dense["density"] == 1.0 and dense["live"] == dense["synapses"] == 268336
     assert oneshot["live"] == round(0.2 * 268336) and check == 0
-    assert dense["test_examples"] == oneshot["test_examples"] == 300
+    assert dense["test_examples"] == oneshot["test_examples"] == 100
     text = out.read_text()
     for name, r in results.items():  # the table shows what the runs' own summaries say
         row = re.search(rf"^\| {name} \| ([\d,]+) \| ([\d.]+) \| ([\d.]+) \|", text, re.M)
         assert row and int(row[1].replace(",", "")) == r["live"] and float(row[3]) == round(100 * r["test_accuracy"], 2)
-    assert "0 entries differ" in text and "a 1200-image subset of TRAIN" in text
+    assert "0 entries differ" in text and "a 300-image subset of TRAIN" in text
     assert out.with_suffix(".png").stat().st_size > 10_000 and "Figure: " in text
     # the command shown reproduces the table: every setting, not where the runs went
     shown = next(ln for ln in text.splitlines() if ln.startswith("Reproduce: "))
     assert shown == ("Reproduce: `python recipes/benchmarks/gradual_pruning.py --rows 'dense,one-shot magnitude' "
-                     f"--subset 1200 --test-subset 300 --epochs 1 --density 0.2 --data-dir {SHARED}`")
+                     f"--subset 300 --test-subset 100 --epochs 1 --density 0.2 --data-dir {SHARED}`")
     assert (tmp_path / "runs" / "one-shot_magnitude" / "connectome.safetensors").is_file()

@@ -40,15 +40,16 @@ def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypat
 
     real_get, test_loader = mod.get_dataloaders, []
 
-    def get(*a, **k):
-        dl = real_get(*a, **k)
+    def get(*a, **k):  # the real loaders, with a 500-image stratified draw of the test split (two passes over all
+        dl = real_get(*a, **k, test_subset=500)  # 10,000 were 90% of the time)
         test_loader.append(dl.test)
         return dl
 
     monkeypatch.setattr(mod, "evaluate", spy)
     monkeypatch.setattr(mod, "get_dataloaders", get)
     out = tmp_path / "ceil.md"
-    mod.main(["--subset", "600", "--passes", "0.5", "--lrs", "0.001,0.003", "--no-progress", "--output", str(out)])
+    mod.main(["--subset", "200", "--batch-size", "32", "--passes", "0.5", "--lrs", "0.001,0.003", "--no-progress",
+              "--output", str(out)])
     # both runs are judged on the held-out part before the test split is read at all, and then it
     # is read twice: for the dense row and for the one run the held-out part chose
     first_test = calls.index("test")

@@ -447,20 +447,23 @@ def test_best_climbs_the_given_ladder(tmp_path, weights, capsys):
     assert mod.parse_args(["--remove", "best", "--ladder"]).ladder == []  # no rungs: threshold mode
 
 
-def test_two_processes_split_the_batches_and_hold_the_same_masks(tmp_path, weights):
+def test_two_processes_split_the_batches_hold_the_same_masks_and_a_crashed_job_resumes_to_them(tmp_path, weights):
     """``accelerate launch`` with 2 processes (gloo, CPU): each process gets half of the train
     batches, the processes end with identical masks at every snapshot (line search on held-out
-    batches included), no weight changed."""
+    batches included), no weight changed. Stages of half a pass (they end inside a pass over each
+    process's shard of the train loader): a 2-process job that crashed in its second target and was
+    resumed with --resume ends with the masks of that job run straight through, on both processes.
+    (One test, so that the straight 2-process launch runs once for both checks.)"""
     import os
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _ports import launch_two
 
+    recipe_path = ROOT / "recipes" / "prune_pretrained.py"
     out = tmp_path / "run2"
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([ROOT / "recipes" / "prune_pretrained.py",
-                    *args(weights, out, "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    r = launch_two([recipe_path, *args(weights, out, "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "2 process(es), 3 train batches of 32 per process" in r.stdout  # 192 images: 6 batches on one process
     summary = json.loads((out / "summary.json").read_text())
@@ -473,11 +476,15 @@ def test_two_processes_split_the_batches_and_hold_the_same_masks(tmp_path, weigh
     rows = {r["target"]: r for r in summary["rows"]}
     assert rows["0.2"]["changed"] == 0 and rows["0.5"]["changed"] == 0
     assert r.stdout.count("surviving weights that differ from the original: 0") == 2  # printed once, by the main process
+
+    def batches_read(folder):  # each update's train loss and verification loss: which batches it saw
+        hist = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+        return [(h["stage"], h["train_loss"], h["verify_loss"]) for h in hist if h["kind"] == "update"]
+    straight_batches = batches_read(out)  # (before the resume below appends to the history)
+
     # both processes resume from the checkpoint the main process wrote: the run was finished, so
     # nothing is optimised again and every process reports the same masks as before
-    r2 = launch_two([ROOT / "recipes" / "prune_pretrained.py",
-                     *args(weights, out, "--remove", "0.2", "0.5", "--resume")],
-                    env=env, cwd=ROOT)
+    r2 = launch_two([recipe_path, *args(weights, out, "--remove", "0.2", "0.5", "--resume")], env=env, cwd=ROOT)
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
     again = json.loads((out / "summary.json").read_text())
     assert again["mask_hash_per_process"] == hashes
@@ -485,6 +492,21 @@ def test_two_processes_split_the_batches_and_hold_the_same_masks(tmp_path, weigh
     assert [h["kind"] for h in hist][-1] == "resume"
     # the train window of an update (--window 2, batches of 32) counts both processes' batches
     assert max(h["train_examples"] for h in hist if h["kind"] == "update") == 2 * 2 * 32
+
+    # the same job crashed in its second target and resumed reaches the straight run's masks
+    script = tmp_path / "crashing.py"
+    marker = tmp_path / "crash_marker"
+    script.write_text(CRASHING.format(script=str(recipe_path), marker=str(marker)))
+    crashed = tmp_path / "crashed"
+    r = launch_two([script, *args(weights, crashed, "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
+    # the crash was injected (the marker), whichever rank's traceback the launcher let out
+    assert r.returncode != 0 and marker.read_text() == "crashed", r.stdout[-3000:] + r.stderr[-3000:]
+    assert (crashed / "checkpoint.pt").is_file() and not (crashed / "summary.json").exists()
+    r = launch_two([recipe_path, *args(weights, crashed, "--remove", "0.2", "0.5", "--resume")], env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert json.loads((crashed / "summary.json").read_text())["mask_hash_per_process"] == hashes
+    assert batches_read(crashed) == straight_batches
+    assert {stage for stage, _, _ in straight_batches} == {0, 1}
 
 
 def test_bf16_autocast_moves_masks_not_weights(tmp_path, weights, capsys):
@@ -689,44 +711,6 @@ def crashing(*a, **kw):  # the job dies at the first update of the second target
 R.optimize_connectome = crashing
 P.main(sys.argv[1:])
 '''
-
-
-def test_two_processes_resumed_after_a_crash_reach_the_uninterrupted_masks(tmp_path, weights):
-    """Stages of half a pass (they end inside a pass over each process's shard of the train
-    loader): a 2-process job that crashed in its second target and was resumed with --resume ends
-    with the masks of the job that ran straight through, on both processes."""
-    import os
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _ports import launch_two
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
-    recipe_path = ROOT / "recipes" / "prune_pretrained.py"
-    straight = tmp_path / "straight"
-    r = launch_two([recipe_path, *args(weights, straight, "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    expected = json.loads((straight / "summary.json").read_text())["mask_hash_per_process"]
-
-    script = tmp_path / "crashing.py"
-    marker = tmp_path / "crash_marker"
-    script.write_text(CRASHING.format(script=str(recipe_path), marker=str(marker)))
-    out = tmp_path / "crashed"
-    r = launch_two([script, *args(weights, out, "--remove", "0.2", "0.5")], env=env, cwd=ROOT)
-    # the crash was injected (the marker), whichever rank's traceback the launcher let out
-    assert r.returncode != 0 and marker.read_text() == "crashed", r.stdout[-3000:] + r.stderr[-3000:]
-    assert (out / "checkpoint.pt").is_file() and not (out / "summary.json").exists()
-    r = launch_two([recipe_path, *args(weights, out, "--remove", "0.2", "0.5", "--resume")], env=env, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    resumed = json.loads((out / "summary.json").read_text())["mask_hash_per_process"]
-    assert resumed == expected
-    assert expected["0.2"] != expected["0.5"]
-
-    def batches_read(folder):  # each update's train loss and verification loss: which batches it saw
-        hist = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
-        return [(h["stage"], h["train_loss"], h["verify_loss"]) for h in hist if h["kind"] == "update"]
-    assert batches_read(out) == batches_read(straight)
-    assert {stage for stage, _, _ in batches_read(out)} == {0, 1}
 
 
 def test_without_weights_it_says_the_masks_are_learned_on_random_weights(tmp_path, weights, capsys):
