@@ -13,6 +13,7 @@ synapse."""
 from __future__ import annotations
 
 import functools
+import math
 import weakref
 
 import torch
@@ -71,6 +72,13 @@ def unresettable_state_warning(optimizer: torch.optim.Optimizer, name: str, para
         return None
     _WARNED_UNRESETTABLE.add(optimizer)
     what = ", ".join(f"{k} {tuple(shape)}" for k, shape in kept)
+    if all(math.prod(shape) == param.numel() for _, shape in kept):  # one number per synapse, laid out otherwise
+        return (f"{type(optimizer).__name__} keeps state for {name} {tuple(param.shape)} of one number per synapse "
+                f"but not shaped like the weight ({what}), so which entry is which synapse is the optimizer's own "
+                "layout: it cannot be reset for the synapses regrown there and is left as it is (pruned weights still "
+                "stay exactly 0.0), so a regrown synapse steps with what that state held for its position, not from "
+                "fresh state. Keep per-synapse state shaped like the weight (as Adam, AdamW and SGD do) to have it "
+                "reset; shown once per optimizer")
     return (f"{type(optimizer).__name__} keeps state for {name} {tuple(param.shape)} that is not one number per "
             f"synapse ({what}: shared by several synapses, as Adafactor's factored second moments are by a row's "
             "or a column's), so it cannot be reset for the synapses regrown there and is left as it is (pruned "

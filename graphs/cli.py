@@ -527,7 +527,7 @@ def _in_shape(text: str) -> str:
         dims = []
     if not dims or any(not 0 < d <= LARGEST_SIZE for d in dims):  # (past 2**63 - 1: torch's TypeError, a traceback)
         raise argparse.ArgumentTypeError(f"{text!r} is not an input shape: give positive integers (at most "
-                                         f"{LARGEST_SIZE:,}) separated by commas, without the batch, e.g. 3,32,32")
+                                         f"{LARGEST_SIZE}) separated by commas, without the batch, e.g. 3,32,32")
     return text
 
 

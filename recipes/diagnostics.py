@@ -414,7 +414,7 @@ def _refuse_one_batch(args, loader):
         more = f" or more data ({', '.join(more)})" if more else ""
         _refuse(f"--split {args.split}: its {examples:,} examples{held} make {n} gradient batch{'' if n == 1 else 'es'} "
                 f"of {size} ({option}), and collinearity compares the gradients of several batches (one agrees with "
-                f"itself everywhere): give a smaller {option} (at most {largest:,}){more}")
+                f"itself everywhere): give a smaller {option} (at most {largest}){more}")
 
 
 # ---------------------------------------------------------------------- knowledge

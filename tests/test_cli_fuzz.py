@@ -330,6 +330,18 @@ def test_graphs_sizes_past_what_torch_takes_are_refused_naming_the_option(tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_graphs_in_shape_refusal_writes_its_bound_without_separators(tmp_path, capsys):
+    """--in-shape takes sizes separated by commas, so its refusal wrote the bound "(at most
+    9,223,372,036,854,775,807) separated by commas, e.g. 3,32,32": seven commas in one number that
+    read as seven sizes. The bound is written plain."""
+    from graphs.cli import main as graphs_main
+
+    with pytest.raises(SystemExit):
+        graphs_main(["export", str(tmp_path), "--in-shape", "0,3", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "give positive integers (at most 9223372036854775807) separated by commas" in err, err
+
+
 @pytest.mark.parametrize("argv", [["knowledge", "--train_steps", "100000000000000000000"],
                                   ["dense-gradients", "--depth", "100000000000000000000"]])
 def test_diagnostics_counts_past_what_python_indexes_are_refused(tmp_path, monkeypatch, argv):

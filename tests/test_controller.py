@@ -271,6 +271,47 @@ def test_an_optimizer_with_per_synapse_state_regrows_without_that_warning():
     assert not [w for w in caught if "cannot be reset" in str(w.message)]
 
 
+class _FlatMomentum(torch.optim.Optimizer):
+    """Heavy-ball SGD keeping its momentum as a flat copy of each weight (one number per synapse, laid out
+    otherwise than the weight): a legitimate layout the per-synapse reset cannot map to synapses."""
+
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, dict(lr=lr))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    buf = self.state[p].setdefault("flat_momentum", torch.zeros(p.numel()))
+                    buf.mul_(0.9).add_(p.grad.reshape(-1))
+                    p.sub_(g["lr"] * buf.view_as(p))
+
+
+def test_per_synapse_state_of_another_layout_is_warned_of_once_in_its_own_words():
+    """State of one number per synapse but another shape (a flat copy of the weight) is left as it is on
+    regrowth, as Adafactor's is, and warned of once; the warning said it was "not one number per synapse
+    ... shared by several synapses" and spoke of Adafactor's rows and columns, which it is not."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3))
+    opt = _FlatMomentum(model.parameters(), lr=0.05)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="set", density=0.3, budget="uniform", update_every=2, end_step=12, seed=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 3, (16,))).backward()
+            opt.step()
+            opt.zero_grad()
+            for n, p in conn.params.items():
+                assert not p[~conn.masks[n]].any()
+    told = [str(w.message) for w in caught if "cannot be reset for the synapses regrown" in str(w.message)]
+    assert len(told) == 1, told
+    assert told[0].startswith("_FlatMomentum keeps state for 0.weight (32, 10) of one number per synapse but not "
+                              "shaped like the weight (flat_momentum (320,))"), told[0]
+    assert "shared by several" not in told[0] and "Adafactor" not in told[0]
+
+
 def test_lbfgs_history_holds_nothing_at_pruned_positions_after_an_edit():
     """L-BFGS keeps flat history vectors under its first parameter, which the per-parameter repair
     never reached: after each edit its direction and curvature pairs still held values at the

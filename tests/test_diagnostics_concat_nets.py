@@ -114,6 +114,30 @@ def test_the_collinearity_command_refuses_a_split_of_one_gradient_batch_naming_t
     assert "training mlp from scratch" not in err.out  # refused before the training
 
 
+def test_the_one_batch_refusal_names_the_size_to_give_without_separators():
+    """The largest size the refusal advises is one to type, so it is written plain ("at most 1300", which
+    --grad_batch_size takes), while the split's examples take separators ("its 2,600 examples"): it said
+    "at most 1,300", which the option would not parse. (Digits is too small to reach 1,000: the loader is
+    built here.)"""
+    import types
+
+    from _scripts import load_script
+
+    script = load_script("recipes/diagnostics.py", "diagnostics_recipe")
+    data = torch.utils.data.TensorDataset(torch.randn(2600, 2), torch.zeros(2600, dtype=torch.long))
+    loader = torch.utils.data.DataLoader(data, batch_size=100, drop_last=True)
+    args = types.SimpleNamespace(grad_batch_size=2000, split="train", eval_batch_size=None, subset=None, holdout=0.1)
+    with pytest.raises(SystemExit) as e:
+        script._refuse_one_batch(args, loader)
+    said = str(e.value)
+    assert "its 2,600 examples make 1 gradient batch of 2000 (--grad_batch_size)" in said, said
+    assert "give a smaller --grad_batch_size (at most 1300)" in said, said
+    args.grad_batch_size = None  # the train loader's own batches (drop_last): 1 of 2000
+    with pytest.raises(SystemExit) as e:
+        script._refuse_one_batch(args, torch.utils.data.DataLoader(data, batch_size=2000, drop_last=True))
+    assert "of 2000 (--batch_size), " in str(e.value) and "give a smaller --batch_size (at most 1300)" in str(e.value)
+
+
 class _Trained(Exception):
     """Raised in place of the brief training: the command got past its refusals."""
 

@@ -1410,7 +1410,7 @@ def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
         mod.main(args(weights, tmp_path / "all", "--remove", "0.5", "--test-subset", "1000"))
     out = capsys.readouterr().out
     for text in (out, (tmp_path / "all" / "results.md").read_text()):
-        assert "test = the whole test split (128 images: --test-subset 1,000 is not smaller)" in text
+        assert "test = the whole test split (128 images: --test-subset 1000 is not smaller)" in text  # as typed
         assert "stratified draw from the test split" not in text
 
 

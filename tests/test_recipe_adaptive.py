@@ -1313,3 +1313,24 @@ def test_a_mask_only_resume_of_a_run_started_with_a_window_beyond_one_pass_conti
     res = run(out, *mo, "--resume", "latest")
     assert res.summary["mask_hash_per_process"] == first.summary["mask_hash_per_process"]
     assert "warning: --update_every 10 is more than the 9 batches" in capsys.readouterr().out
+
+
+def test_the_non_finite_held_out_warning_of_a_thousand_synapses_removed_shows_on_the_first_process_alone():
+    """The mask-only warning of non-finite held-out figures counts the synapses removed with thousands
+    separators ("with 12,345 synapses removed"), which the pattern that keeps it to the first process of a
+    launch (``\\d+ synapses removed``) no longer matched: every process printed it again. The warning comes
+    from the stage code itself, so the pattern is checked against what it says."""
+    import types
+    import warnings
+
+    from adaptive.mask_only_stages import StageRun
+
+    fake = types.SimpleNamespace(conn=types.SimpleNamespace(num_live=lambda: 100), total=12_445, record=lambda rec: None)
+    for main, shown in ((True, 1), (False, 0)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with recipe_train._alike_warnings_once(types.SimpleNamespace(is_main_process=main)):
+                StageRun.full_holdout(fake, 7, 1, "0.5", figures=(float("nan"), 0.1))
+        said = [str(w.message) for w in caught]
+        assert len(said) == shown, said
+        assert not said or "with 12,345 synapses removed (step 7)" in said[0]

@@ -90,7 +90,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 _ALIKE_WARNINGS = (r"step \d+: the gradients observed since the last update hold NaN or inf",
                    r"step \d+: the weights of \d+ layer\(s\) .* hold NaN or inf",
                    r"\d+ window\(s\) of \d+ training batch\(es\) were left out for a NaN or inf",
-                   r"held-out loss \S+, accuracy \S+ with \d+ synapses removed",
+                   r"held-out loss \S+, accuracy \S+ with [\d,]+ synapses removed",
                    # and of the settings, as every process reads them at start-up (the data's sizes are compared)
                    r"the digits dataset has no augmentation", r"the digits dataset ships with scikit-learn",
                    r"\S+ \S+ asks for more examples than the \w+ split of",

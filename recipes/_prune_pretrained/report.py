@@ -47,4 +47,4 @@ def _test_split_words(args, test_loader, n_test: int) -> str:
         return f"the whole test split ({n_test:,} images)"
     if is_test_draw(test_loader.dataset, n_test):
         return f"a stratified draw from the test split ({test_images(test_loader.dataset, n_test, '--test-subset')})"
-    return f"the whole test split ({n_test:,} images: --test-subset {args.test_subset:,} is not smaller)"
+    return f"the whole test split ({n_test:,} images: --test-subset {args.test_subset} is not smaller)"
