@@ -1,4 +1,5 @@
 """Data layer: data-dir resolution, stratified holdout, datasets, lazy test split, clear errors."""
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,50 @@ def test_digits_says_a_data_dir_is_not_used(tmp_path):
     with pytest.warns(UserWarning, match="ships with scikit-learn.*not used"):
         s = get_datasets("digits", data_dir=tmp_path)
     assert s.num_classes == 10
+
+
+def test_digits_are_read_from_their_cache_as_scikit_learn_gives_them(tmp_path, monkeypatch):
+    """Importing sklearn.datasets costs a second: the digits arrays are cached, bit for bit what
+    load_digits gives; a damaged or altered cache is not trusted, and one that cannot be written
+    only costs the import again."""
+    from sklearn.datasets import load_digits
+
+    from adaptive.data import digits as D
+
+    d = load_digits()
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    cache = tmp_path / "cache" / D.CACHE_NAME
+
+    def same(arrays):
+        images, target = arrays
+        return (images.dtype == d.images.dtype and target.dtype == d.target.dtype
+                and np.array_equal(images, d.images) and np.array_equal(target, d.target))
+
+    def without_sklearn():  # what is read while importing scikit-learn's loader fails
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "sklearn.datasets", None)
+            return D._digits_arrays()
+
+    assert same(D._digits_arrays()) and cache.is_file()  # read by scikit-learn, cached
+    assert same(without_sklearn())  # read from the cache
+    good = cache.read_bytes()
+    cache.write_bytes(good[: len(good) // 2])  # cut short
+    with pytest.raises(ImportError):
+        without_sklearn()
+    assert same(D._digits_arrays()) and same(without_sklearn())  # rewritten
+    with np.load(cache) as z:
+        altered = {k: z[k] for k in z.files}
+    altered["images"][0, 0, 0] += 1  # a value changed, the checksum not
+    np.savez_compressed(cache, **altered)
+    with pytest.raises(ImportError):
+        without_sklearn()
+    monkeypatch.setattr(D, "_sklearn_source", lambda: "another scikit-learn")
+    with pytest.raises(ImportError):  # read by another scikit-learn's loader or file: not used
+        without_sklearn()
+    monkeypatch.undo()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "file" / "cache"))  # a folder that cannot be made
+    assert same(D._digits_arrays()) and get_datasets("digits").num_classes == 10
 
 
 def _write_npz(path, n_train=60, n_test=20):

@@ -478,6 +478,32 @@ def test_mask_only_best_figures_star_the_masks_it_keeps(tmp_path, monkeypatch):
         plt.close(fig)
 
 
+LEAN_RUN = """
+import runpy, sys
+sys.argv = [{script!r}, *{argv!r}]
+runpy.run_path({script!r}, run_name="__main__")
+heavy = ("matplotlib", "torchvision", "networkx", "torch_geometric", "graphs", "sklearn", "scipy")
+print("imported:", sorted(m for m in heavy if m in sys.modules))
+"""
+
+
+def test_a_digits_run_without_figures_imports_no_plotting_vision_graph_or_sklearn_package(tmp_path, monkeypatch):
+    """Start-up is most of a small run's time (and of this suite's): a digits run with --figures false,
+    run as a program, imports neither matplotlib, nor torchvision, nor the graph packages, nor
+    scikit-learn and scipy (the digits arrays come from their cache, warmed here as by any earlier run)."""
+    from adaptive.data import get_datasets
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    get_datasets("digits")
+    argv = ["--max_steps", "1", "--threads", "1", "--progress", "false", "--figures", "false",
+            "--output_dir", str(tmp_path / "run")]
+    r = subprocess.run([sys.executable, "-c", LEAN_RUN.format(script=str(SCRIPT), argv=argv)], capture_output=True,
+                       text=True, timeout=CHILD_TIMEOUT, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines()[-1] == "imported: []", r.stdout[-3000:]
+    assert (tmp_path / "run" / "summary.json").is_file()
+
+
 MISMATCH = '''
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("recipe", {script!r})
