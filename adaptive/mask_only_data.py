@@ -79,10 +79,12 @@ def refuse_repeated_verify_batches(verify_batches: int, batches: Optional[int]) 
     held-out loader (None: unknown, nothing refused): each line search would read some of them twice,
     which adds no evidence, and a huge count (``--verify-batches 10**18``) built a list that long
     before the first update, a hang. ValueError naming the count to give."""
-    if batches is not None and verify_batches > batches:
-        raise ValueError(f"verify_batches={verify_batches} is more than the {batches:,} batch{'es' if batches != 1 else ''} "
-                         f"of the held-out loader: each line search would read some of them twice, which adds no "
-                         f"evidence; give verify_batches <= {batches} (or hold out more data)")
+    from .cli_checks import one_pass_problem  # (the recipes' --window and --verify-batches refusals, in one wording)
+
+    problem = one_pass_problem("verify_batches", verify_batches, batches, "the held-out loader", "hold out more data",
+                               reader="each line search", sep="=")
+    if problem:
+        raise ValueError(problem)
 
 
 def verify_pass_length(holdout_loader, seed: int) -> Optional[int]:
