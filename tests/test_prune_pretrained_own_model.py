@@ -83,7 +83,7 @@ def test_pruned_weights_load_into_the_vanilla_model_and_hold_what_the_run_printe
     weight_keys = [n + ".weight" for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert sum(int(((pruned[k] == 0) & (original[k] != 0)).sum()) for k in weight_keys) == row["removed"]
     assert sum(int(((pruned[k] != original[k]) & (pruned[k] != 0)).sum()) for k in pruned) == row["changed"] == 0
-    assert f"| 0.25 | {row['removed']} |" in printed
+    assert f"| 0.25 | {row['removed']:,} |" in printed
     from torchvision.datasets import ImageFolder
     import torchvision.transforms as T
 
