@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import adaptive
 import graphs
-from test_graphs_rank import Along, _graph_feeds_of, _truth
+from test_graphs_rank import Along, _graph_feeds_of, _truth, assert_followed_exactly
 
 torch.set_num_threads(1)
 
@@ -47,16 +47,7 @@ OPS = {
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_a_cast_flip_roll_or_running_sum_is_followed_exactly(name):
-    torch.manual_seed(0)
-    model = Along(OPS[name]).double().eval()
-    conn = adaptive.Connectome(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "cannot follow the data flow"
-        g = graphs.build(conn, "unit", example_input=torch.randn(4, 5, dtype=torch.float64))
-    truth = _truth(model)
-    assert bool(truth.any())  # the check checks something
-    assert torch.equal(_graph_feeds_of(g, "head", "a"), truth)
-    assert g.live_synapses() == conn.num_live()
+    assert_followed_exactly(OPS[name])
 
 
 def test_a_cast_to_bool_keeps_each_unit_its_own_channel():
