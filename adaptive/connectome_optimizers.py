@@ -344,7 +344,8 @@ class ConnectomeOptimizersMixin:
         for opt in opts:
             if opt is None:
                 continue
-            for n, where in positions.items():
+            for n in [n for n in self.params if n in positions]:  # the layers' order, whatever built positions
+                where = positions[n]
                 reset_state(opt, self.params[n], where)
                 message = unresettable_state_warning(opt, n, self.params[n]) if n in grown else None
                 if message:

@@ -73,7 +73,9 @@ class ControllerEditsMixin:
 
     def _masks_from_plan(self, plan: EditPlan) -> Dict[str, torch.Tensor]:
         new = {}
-        for n in set(plan.prune) | set(plan.grow):
+        for n in [n for n in self.conn.names if n in plan.prune or n in plan.grow]:  # the layers' order, not a set's:
+            # (a set of names iterates in an order that differs between processes and runs, and so did a
+            # grow_init callable's calls, the optimizer-state warnings and the edit listeners' dicts)
             now = self.conn._ensemble_mask(n)  # shared with the connectome's cache: copied before the edit
             m = now.clone().reshape(-1)
             if n in plan.prune and plan.prune[n].numel():

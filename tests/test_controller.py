@@ -257,18 +257,28 @@ def test_adafactor_under_a_growing_policy_keeps_pruned_weights_zero_and_warns_on
 
 def test_an_optimizer_with_per_synapse_state_regrows_without_that_warning():
     """The warning is Adafactor's factored state's: Adam's moments are reset per synapse, silently."""
+    caught = _set_run_warnings(lambda params: torch.optim.Adam(params, lr=1e-2), steps=10)
+    assert not [w for w in caught if "cannot be reset" in str(w.message)]
+
+
+def _set_run_warnings(make_optimizer, steps):
+    """The warnings of ``steps`` steps of a small MLP under policy set (density 0.3, an update every 2 steps)
+    with the optimizer ``make_optimizer(params)`` gives, checking after every step that each pruned weight is 0."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = make_optimizer(model.parameters())
     conn = adaptive.Connectome(model)
-    adaptive.Controller(conn, opt, policy="set", density=0.3, budget="uniform", update_every=2, end_step=10, seed=0)
+    adaptive.Controller(conn, opt, policy="set", density=0.3, budget="uniform", update_every=2, end_step=steps,
+                        seed=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for _ in range(10):
+        for _ in range(steps):
             F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 3, (16,))).backward()
             opt.step()
             opt.zero_grad()
-    assert not [w for w in caught if "cannot be reset" in str(w.message)]
+            for n, p in conn.params.items():
+                assert not p[~conn.masks[n]].any()
+    return caught
 
 
 class _FlatMomentum(torch.optim.Optimizer):
@@ -292,19 +302,7 @@ def test_per_synapse_state_of_another_layout_is_warned_of_once_in_its_own_words(
     """State of one number per synapse but another shape (a flat copy of the weight) is left as it is on
     regrowth, as Adafactor's is, and warned of once; the warning said it was "not one number per synapse
     ... shared by several synapses" and spoke of Adafactor's rows and columns, which it is not."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 3))
-    opt = _FlatMomentum(model.parameters(), lr=0.05)
-    conn = adaptive.Connectome(model)
-    adaptive.Controller(conn, opt, policy="set", density=0.3, budget="uniform", update_every=2, end_step=12, seed=0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for _ in range(12):
-            F.cross_entropy(model(torch.randn(16, 10)), torch.randint(0, 3, (16,))).backward()
-            opt.step()
-            opt.zero_grad()
-            for n, p in conn.params.items():
-                assert not p[~conn.masks[n]].any()
+    caught = _set_run_warnings(lambda params: _FlatMomentum(params, lr=0.05), steps=12)
     told = [str(w.message) for w in caught if "cannot be reset for the synapses regrown" in str(w.message)]
     assert len(told) == 1, told
     assert told[0].startswith("_FlatMomentum keeps state for 0.weight (32, 10) of one number per synapse but not "
@@ -1879,3 +1877,24 @@ def test_a_controller_detached_and_attached_or_rolled_back_before_an_update_judg
     assert len([h for p in m.parameters() for h in (p._backward_hooks or {}).values()]) == 1  # one, on 0.weight
     assert train(m, opt, xs[3:]) == []
     assert len(ctrl.events) == 2 and ctrl.step_count == 5
+
+
+def test_a_grow_init_callable_is_called_in_the_layers_order_on_every_run():
+    """The edit's layers were a set of names, iterated in an order that differs between runs and between the
+    processes of a launch (string hashing is seeded per process): a grow_init callable drawing from a shared
+    generator then gave each process other weights. It is now called in the connectome's layer order."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(6, 6) for _ in range(12)])
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model)
+    calls = []
+
+    def grow_init(name, grown):
+        calls.append(name)
+        return torch.zeros_like(conn.params[name])
+
+    adaptive.Controller(conn, opt, policy="set", density=0.5, budget="uniform", update_every=1, end_step=4,
+                        grow_init=grow_init, seed=0)
+    model(torch.randn(4, 6)).square().mean().backward()
+    opt.step()  # the one update: every layer swaps some synapses
+    assert calls == conn.names, calls
