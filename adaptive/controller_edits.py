@@ -202,7 +202,8 @@ class ControllerEditsMixin:
         if per_layer is None:  # one count over the network
             regions = {"*": (editable, global_synapse_target(self, self.density), max(e[1] for e in extent.values()) / 2)}
         else:
-            regions = {n: ([n], per_layer[n], extent[n][1] / 2) for n in set(plan.prune) | set(plan.grow) if n in per_layer}
+            regions = {n: ([n], per_layer[n], extent[n][1] / 2) for n in editable
+                       if (n in plan.prune or n in plan.grow) and n in per_layer}
         live = {n: int(torch.count_nonzero(self.conn.masks[n])) for n in editable}
 
         def off(p, names, target):  # how far the plan ``p`` would leave the layers ``names`` from ``target``

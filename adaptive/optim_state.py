@@ -203,7 +203,8 @@ def zero_eps(optimizer) -> list:
         if isinstance(eps, bool) or not isinstance(eps, (int, float)):
             continue  # none, or not one number (Adafactor's eps is a pair, (None, 1e-3)): not this division
         eps = float(eps)
-        for dtype in {p.dtype for p in g["params"]}:
+        for dtype in dict.fromkeys(p.dtype for p in g["params"]):  # the parameters' order: a set's follows
+            # the dtypes' hashes (their addresses), which differ between processes, and the warning names the first
             if _rounds_to_zero(eps, dtype) and (eps, dtype) not in out:
                 out.append((eps, dtype))
     return out

@@ -25,8 +25,14 @@ def plan_positions(conn, plan) -> Dict[str, Optional[torch.Tensor]]:
     """For each layer ``plan`` names: the flat positions (int64, row-major over the weight's shape)
     of every synapse that the plan, or any part of it, can change when the controller sets it; None
     where the set can change any synapse of the layer (its mask was edited in place)."""
+    unknown = [n for n in dict.fromkeys([*plan.prune, *plan.grow]) if n not in conn.masks]
+    if unknown:
+        raise KeyError(f"plan_positions: the plan names {unknown[:4]}, not layers of the connectome (its layers: "
+                       f"{list(conn.masks)[:8]}): build the plan from this connectome's names (conn.names)")
     out = {}
-    for n in set(plan.prune) | set(plan.grow):
+    # the layers' order, not a set's (which differs between runs and between a launch's processes):
+    # the restore sets them, and tells the edit listeners of them, in this order
+    for n in [n for n in conn.masks if n in plan.prune or n in plan.grow]:
         m, g = conn.masks[n], conn.granularities[n]
         if conn.edited_in_place(n):
             out[n] = None

@@ -320,3 +320,18 @@ def test_an_eps_given_as_a_zero_tensor_keeps_pruned_weights_exactly_zero_and_war
         conn.attach(opt)
     _three_steps_keep_pruned_zero(model, opt, conn)
     assert any("eps=0" in str(w.message) for w in caught)
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_the_zero_eps_warning_names_the_dtypes_in_the_parameters_order(order):
+    """A group whose eps is 0 in several dtypes is listed, and warned about, in its parameters' order, not
+    a set's: a set of dtypes iterates by their hashes (addresses), which differ between processes, so the
+    warning named another dtype on each (4 dtypes, in both orders: one of them is not the set's)."""
+    from adaptive.optim_state import zero_eps, zero_eps_warning
+
+    dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64][::order]
+    params = [nn.Parameter(torch.zeros(2, dtype=d)) for d in dtypes]
+    assert zero_eps(torch.optim.Adam(params, eps=0.0)) == [(0.0, d) for d in dtypes]
+    tiny = [d for d in dtypes if d in (torch.float16, torch.bfloat16)]  # 1e-42 is 0 in both
+    said = zero_eps_warning(torch.optim.Adam([p for p in params if p.dtype in tiny], eps=1e-42))
+    assert f"eps=1e-42, which is 0 in {str(tiny[0]).replace('torch.', '')}:" in said

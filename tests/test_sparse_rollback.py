@@ -348,3 +348,33 @@ def test_a_grow_init_that_raises_leaves_the_connectome_unedited(line_search, rai
         ctrl._apply(_plan(conn, per_layer=16), step=0)
     assert len(calls) == raises_at and len(ctrl.events) == events
     _assert_same(before, _capture(conn, o))
+
+
+def test_a_rollback_goes_through_the_layers_in_the_connectomes_order():
+    """The snapshot, the restore and the edit listeners' dict follow the connectome's layer order,
+    not a set's: a set of 24 layer names iterates in an order that follows string hashing, which
+    differs between runs and between the processes of one launch (a listener heard the layers in
+    another order on each, practically never in the layers' own)."""
+    model = nn.Sequential(*[nn.Linear(4, 4, bias=False) for _ in range(24)])
+    conn = adaptive.Connectome(model)
+    masks = {n: m.clone() for n, m in conn.masks.items()}
+    for m in masks.values():
+        m.view(-1)[::2] = False
+    conn.set_masks(masks)
+    plan = _plan(conn, per_layer=2)
+    plan = EditPlan(prune=dict(reversed(plan.prune.items())), grow=plan.grow)  # neither dict in the layers' order
+    snap = EditSnapshot(conn, plan)
+    assert list(snap.positions) == conn.names
+    heard = []
+    conn.add_edit_listener(lambda changed: heard.append(list(changed)))
+    edited = {n: m.clone().reshape(-1) for n, m in conn.masks.items()}
+    for n, m in edited.items():
+        m[plan.prune[n]], m[plan.grow[n]] = False, True
+    conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in edited.items()})
+    assert list(snap.restore()) == conn.names and heard[-1] == conn.names
+
+
+def test_plan_positions_refuses_a_layer_the_connectome_lacks():
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 4)))
+    with pytest.raises(KeyError, match="'nope'.*not layers of the connectome.*conn.names"):
+        plan_positions(conn, EditPlan(prune={"nope": torch.tensor([0])}))
