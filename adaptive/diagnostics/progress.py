@@ -210,7 +210,8 @@ class Progress:
                 legend_below(ax, fontsize=7, ncol=max(2, min(4, math.ceil(len(series) / 8))))  # off the lines
             else:
                 ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
-                ax.set_yticks([])  # (0 to 1 was no boundary's scale: curves.png's empty panel has none either)
+                ax.set_xticks([])  # (0 to 1 was no boundary's scale, nor 0.0 to 1.0 the run's steps: curves.png's
+                ax.set_yticks([])  # empty panel has no ticks either)
             ax.set_xlabel("step")
             ax.set_ylabel("edit boundary\n(estimator units; loss change only for loss models)")
             ax.set_title("boundaries over time", fontsize=9)
