@@ -151,12 +151,19 @@ def downloading(name: str, root: PathLike) -> Iterator[None]:
     """Around a torchvision download of dataset ``name`` into ``root``: the network waited on for at
     most :data:`DOWNLOAD_TIMEOUT_S` at a time (unless a socket timeout is set already), and a failed
     download (no internet, a server down, a file that fails its checksum) raised as a
-    :class:`DatasetNotFoundError` that says so and names the fix, not as torchvision's bare URL error."""
+    :class:`DatasetNotFoundError` that says so and names the fix, not as torchvision's bare URL error.
+    Any other error (a full disk or a folder it may not write, a read error after the download) is
+    raised as it is, an OS error without a file named then naming ``root``: it is no matter of internet."""
     before = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if before is None else before)
     try:
         yield
-    except (OSError, RuntimeError) as e:  # (urllib's URLError and socket.timeout are OSErrors)
+    except Exception as e:  # noqa: BLE001 - told apart below; the rest raised as they are
+        if not _network_failure(e):
+            if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # (ENOSPC on a write)
+                raise OSError(e.errno, f"{e.strerror or e} while writing dataset {name!r} into its folder",
+                              str(root)) from e
+            raise
         said = " ".join(str(e).split())  # (torchvision's for MNIST spans lines)
         raise DatasetNotFoundError(
             f"dataset {name!r} could not be downloaded into {root} ({type(e).__name__}: {said}); "
@@ -165,3 +172,21 @@ def downloading(name: str, root: PathLike) -> Iterator[None]:
         ) from e
     finally:
         socket.setdefaulttimeout(before)
+
+
+# torchvision's RuntimeErrors of a failed download: MNIST's after every mirror failed, and a downloaded file
+# that fails its checksum (a download cut short)
+_DOWNLOAD_RUNTIME_ERRORS = ("Error downloading", "File not found or corrupted")
+
+
+def _network_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a download that failed on the network: urllib's URLError (HTTPError included), a
+    timeout, a refused or reset connection, a name that does not resolve, a broken HTTP reply, or
+    torchvision's RuntimeError saying a download failed."""
+    import http.client
+    import urllib.error
+
+    if isinstance(e, (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, socket.gaierror,
+                      socket.herror, http.client.HTTPException)):
+        return True
+    return isinstance(e, RuntimeError) and str(e).lstrip().startswith(_DOWNLOAD_RUNTIME_ERRORS)

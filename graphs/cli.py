@@ -14,7 +14,7 @@ folder holding exactly one checkpoint or ``remove_<target>`` folder; one holding
 and a ``--format`` that disagrees with it is refused. .graphml, .gexf and .json may be followed by .gz
 or .bz2 (``connectome.graphml.gz``): the file is written compressed, as ``graphs.write`` does. ``--out`` may also be an existing folder (or a
 path ending in ``/``): ``connectome_<level>.<format>`` is written into it. An empty ``--out ''`` (an unset shell
-variable) or one of spaces only is refused by every command, as is an empty ``--format``: leaving ``--out`` out is how to ask for the default path. A mistake the user can fix
+variable) or one of spaces only is refused by every command, as are an empty ``--connectome``, ``--weights`` and ``--format``: leaving ``--out`` out is how to ask for the default path. A mistake the user can fix
 ends with one ``error: ...`` line and status 2 (``ADAPTIVE_TRACEBACK=1`` shows the traceback);
 Ctrl-C ends with one line and status 130.
 """
@@ -703,6 +703,13 @@ def _run(a) -> int:
                                                  "run's folder")
     if problem:
         raise UsageError(problem)
+    # `--connectome "$F"` with F unset: '' was read as left out (the run's own file, unsaid), ' ' as a missing file
+    for option, fix in (("connectome", "a connectome file, or leave --connectome out for RUN/connectome.safetensors"),
+                        ("weights", "a state dict file, or leave --weights out for the run's own (model_state.pt, "
+                                    "dense_state_dict.pt or pruned_state_dict.pt in RUN)")):
+        problem = empty_path_problem(getattr(a, option), f"--{option}", fix)
+        if problem:
+            raise UsageError(problem)
     if a.cmd == "report" and a.out and os.path.exists(a.out) and not os.path.isdir(a.out):
         raise UsageError(f"--out {a.out!r} is a file, but report writes a folder (summary.json and figures): "
                          "pass a folder path (created if needed)")

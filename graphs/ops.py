@@ -44,8 +44,8 @@ Every op falls in one category:
   its own slice, a junction of them (the slices that hold the same units share one); the other axes element-wise.
   ``median()`` with no ``dim`` reads every element.
 - ``scan``: running maxima, minima, sums and products along one ``dim`` (``cummax``, ``cummin``, ``cumsum``,
-  ``cumprod``, ``logcumsumexp``): position ``j`` reads positions ``0..j`` of its slice (the index at position 0 is a
-  constant).
+  ``cumprod``, ``logcumsumexp``, and in place ``cumsum_``, ``cumprod_``): position ``j`` reads positions ``0..j`` of
+  its slice (the index at position 0 is a constant).
 - ``lookup``: an ``nn.Embedding`` / ``F.embedding`` call: rows of a table picked by an index (or an
   ``nn.EmbeddingBag`` / ``F.embedding_bag`` call, which sums, averages or takes the max of a bag of them). The table
   is not a synapse layer (a Connectome leaves embeddings dense), so it has no units and no synapse
@@ -188,11 +188,12 @@ _MAX_MIN = {torch.max, torch.min, "max", "min"}
 RANK_OPS = {"topk": (2, -1), "sort": (1, -1), "argsort": (1, -1), "msort": (None, 0), "kthvalue": (2, -1),
             "median": (1, None), "nanmedian": (1, None), "mode": (1, -1)}
 # cumulative ops along one dim (its position, no default): position j reads positions 0..j (torch has no reversed
-# scan: a suffix sum is written with flip, which is a shape op)
+# scan: a suffix sum is written with flip, which is a shape op). The in-place ``cumsum_``, ``cumprod_`` are methods
+# only; the in-place rule (graphs.flow_in_place) gives their ids to the tensor they change
 SCAN_OPS = {"cummax": (1, None), "cummin": (1, None), "cumsum": (1, None), "cumprod": (1, None),
-            "logcumsumexp": (1, None)}
+            "logcumsumexp": (1, None), "cumsum_": (1, None), "cumprod_": (1, None)}
 RANK_FUNCTIONS = {getattr(torch, k) for k in RANK_OPS}
-SCAN_FUNCTIONS = {getattr(torch, k) for k in SCAN_OPS}
+SCAN_FUNCTIONS = {getattr(torch, k) for k in SCAN_OPS if hasattr(torch, k)}
 RANK_METHODS = {k for k in RANK_OPS if hasattr(torch.Tensor, k)}
 SCAN_METHODS = {k for k in SCAN_OPS if hasattr(torch.Tensor, k)}
 CONCAT_FUNCTIONS = {torch.cat, torch.concat}

@@ -377,7 +377,9 @@ def cmd_collinearity(args):
     model = trained_model(args, data, model)
     res = D.collinearity(model, loader, batch_size=args.grad_batch_size, batches=args.batches, train_mode=False,
                          conn=conn)
-    split = f"{args.dataset} TRAIN" if args.split == "train" else f"the held-out part of {args.dataset} TRAIN"
+    # the train loader reads TRAIN less its held-out part (where --holdout leaves one): say so
+    split = (f"the held-out part of {args.dataset} TRAIN" if args.split == "holdout"
+             else f"{args.dataset} TRAIN, less its held-out part" if args.holdout > 0 else f"{args.dataset} TRAIN")
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     title = f"{source}; gradients on {split}, eval mode"  # the plots add the batches and examples measured
     folder.delete_left_over(args, out)

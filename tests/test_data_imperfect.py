@@ -73,6 +73,54 @@ def test_a_download_without_internet_names_data_dir_and_adaptive_data_and_waits_
     assert socket.getdefaulttimeout() is None  # given back as it was
 
 
+@pytest.mark.parametrize("error", [
+    PermissionError(13, "Permission denied", "/data/mnist/MNIST/raw/train-images-idx3-ubyte.gz"),
+    OSError(28, "No space left on device"),
+    OSError(5, "Input/output error", "/data/mnist/MNIST/raw/train-images-idx3-ubyte"),
+    RuntimeError("Unknown compression or archive type: '.zip'."),
+])
+def test_a_disk_or_read_error_during_a_download_is_not_called_a_lack_of_internet(tmp_path, error):
+    """Every OSError and RuntimeError inside the download became "could not be downloaded ... without
+    internet": a full disk, a folder it may not write, a read error after the download. They are raised with
+    their own message now (one with no file named, ENOSPC on a write, names the folder)."""
+    import adaptive.paths as paths
+
+    with pytest.raises(type(error)) as caught, paths.downloading("mnist", tmp_path):
+        raise error
+    assert not isinstance(caught.value, paths.DatasetNotFoundError)
+    said = str(caught.value)
+    assert "internet" not in said and error.args[-1 if isinstance(error, RuntimeError) else 1] in said
+    if isinstance(error, OSError) and error.filename is None:
+        assert caught.value.errno == 28 and str(tmp_path) in said and "'mnist'" in said
+    assert _socket_timeout_restored()
+
+
+@pytest.mark.parametrize("error", [
+    "urlerror", TimeoutError("timed out"), ConnectionResetError(104, "Connection reset by peer"),
+    "httperror", RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://x/, got:\n..."),
+])
+def test_a_network_failure_during_a_download_still_names_data_dir(tmp_path, error):
+    """The network failures keep the message that names --data-dir and ADAPTIVE_DATA."""
+    import urllib.error
+
+    import adaptive.paths as paths
+
+    if error == "urlerror":
+        error = urllib.error.URLError("[Errno -2] Name or service not known")
+    elif error == "httperror":
+        error = urllib.error.HTTPError("https://x/", 503, "Service Unavailable", None, None)
+    with pytest.raises(paths.DatasetNotFoundError, match=r"could not be downloaded.*ADAPTIVE_DATA"):
+        with paths.downloading("mnist", tmp_path):
+            raise error
+    assert _socket_timeout_restored()
+
+
+def _socket_timeout_restored():
+    import socket
+
+    return socket.getdefaulttimeout() is None
+
+
 def _mnist_npz(path, **arrays):
     path.parent.mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -600,3 +600,21 @@ def test_an_empty_data_dir_is_refused_before_any_work(recipe, tmp_path, monkeypa
     with pytest.raises(SystemExit, match=r"--data_dir is empty \(''\): give a data folder, or leave --data_dir out"):
         recipe.main(["collinearity", *COMMON, "--data-dir", "", "--train_steps", "2", "--output_dir", "o"])
     assert not list(tmp_path.iterdir())
+
+
+def test_collinearity_on_train_says_it_reads_train_less_its_held_out_part(recipe, tmp_path, capsys, monkeypatch):
+    """The default --split train reads TRAIN less its held-out part, yet the console line and the figure
+    titles said "digits TRAIN"; with --holdout 0 it reads all of TRAIN and says just that."""
+    import importlib
+
+    module = importlib.import_module("adaptive.diagnostics.collinearity")
+    titles = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path, svg=False: titles.append(fig.axes[0].get_title()) or [str(path)])
+    for holdout, split in (("0.1", "digits TRAIN, less its held-out part"), ("0", "digits TRAIN")):
+        titles.clear()
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / holdout), "--model", "mlp",
+                     "--train_steps", "1", "--batches", "2", "--holdout", holdout])
+        said = capsys.readouterr().out
+        line = next(ln for ln in said.splitlines() if "collinearity per layer" in ln)
+        assert f"of {split})" in line, line
+        assert len(titles) == 3 and all(f"gradients on {split}, eval mode" in t for t in titles), titles

@@ -42,6 +42,9 @@ OPS = {
     "logcumsumexp": lambda h: h.logcumsumexp(-1),
     "suffix sum: flip, cumsum, flip": lambda h: h.flip(-1).cumsum(-1).flip(-1),
     "cast then cumsum": lambda h: (h * 10).long().cumsum(-1),
+    "cumsum_ in place, result unused": lambda h: (h.cumsum_(-1), h)[1],
+    "cumsum_ in place, keyword dim": lambda h: h.cumsum_(dim=1),
+    "cumprod_ in place": lambda h: h.cumprod_(2),
 }
 
 

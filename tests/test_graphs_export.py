@@ -583,6 +583,21 @@ def test_cli_refuses_an_empty_out_instead_of_writing_the_default(mlp_run, capsys
     assert sorted(p.name for p in mlp_run.iterdir()) == before and not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("value", ["", " "])
+@pytest.mark.parametrize("option", ["--connectome", "--weights"])
+def test_cli_refuses_an_empty_connectome_or_weights_as_the_other_path_options(mlp_run, capsys, tmp_path, option,
+                                                                              value):
+    """--connectome '' and --weights '' (an unset shell variable) were read as left out, the run's own file used
+    unsaid; ' ' was looked for as a file named by a space. Both are refused as --out '' is, naming the fix."""
+    from graphs.cli import main
+
+    out = tmp_path / "g.graphml"
+    assert main(["export", str(mlp_run), option, value, "--out", str(out)]) == 2
+    err = _error_line(capsys)
+    assert f"{option} is empty ({value!r}): give " in err and f"leave {option} out" in err
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("value", ["", "  "])
 def test_cli_refuses_an_empty_format_naming_the_formats(mlp_run, capsys, value):
     """--format '' was read as left out (the default graphml written, unsaid)."""
