@@ -288,3 +288,62 @@ def test_every_code_block_is_run_or_parsed():
         opening = re.findall(r"^```(\S*)\n(?:.*?)^```$", text, flags=re.S | re.M)
         assert set(opening) <= {"python", "bash"}, f"{page} has a code block of {set(opening) - {'python', 'bash'}}"
     assert any(page == "docs/python_api.md" for page, _, _ in page_blocks())
+
+
+@pytest.mark.parametrize("command", ["dense-gradients", "collinearity", "knowledge", "progress"])
+def test_every_file_a_diagnostics_command_writes_is_named_on_its_page(command, tmp_path):
+    """docs/diagnostics.md names every file each command writes into its --output_dir (every --kind,
+    --batchnorm and --compare; a DenseCat net's files as gradients_by_depth_TAG, the knowledge figure
+    as knowledge_MODEL), as recipes/_diagnostics/folder.py knows them."""
+    from argparse import Namespace
+
+    _root_on_path()
+    from recipes._diagnostics.folder import DENSE_TAGS, files
+
+    args = Namespace(command=command, svg=False, kind="both", batchnorm="both", compare=True, model="resnet20")
+    written, _ = files(args, str(tmp_path))
+    page = re.sub(r"\s+", " ", PAGES["docs/diagnostics.md"])
+    for name in written:
+        stem, ext = os.path.splitext(name)
+        stem = re.sub(r"^gradients_by_depth_(" + "|".join(DENSE_TAGS) + ")$", "gradients_by_depth_TAG", stem)
+        stem = "knowledge_MODEL" if stem == "knowledge_resnet20" else stem
+        assert f"`{stem}{ext}" in page or f"`{stem}.csv`/`{ext}`" in page, \
+            f"docs/diagnostics.md does not name {name}, which `{command}` writes"
+    if command == "dense-gradients":
+        assert all(f"`{tag}`" in page for tag in DENSE_TAGS)
+
+
+def test_every_public_name_is_named_on_a_page():
+    """Every name ``adaptive``, ``graphs`` and ``adaptive.diagnostics`` export (``__all__``) is named in
+    code on the README or a docs/ page: a new public name comes with its line of documentation."""
+    import adaptive
+    import adaptive.diagnostics
+    import graphs
+
+    text = "\n".join(PAGES.values())
+    code = "\n".join(re.findall(r"```.*?```", text, flags=re.S) + re.findall(r"`[^`]+`", re.sub(r"```.*?```", "", text, flags=re.S)))
+    missing = [f"{m.__name__}.{n}" for m in (adaptive, graphs, adaptive.diagnostics) for n in m.__all__
+               if not re.search(r"(?<![\w])" + re.escape(n) + r"(?![\w])", code)]
+    assert missing == [], f"public names no page names: {missing}"
+
+
+_fresh_recipe = pytest.fixture(name="fresh_recipe")(__import__("_training").fresh_recipe_state)
+
+
+@pytest.mark.parametrize("mode", [["--mode", "train"], ["--mode", "mask_only"]], ids=["train", "mask_only"])
+def test_every_summary_and_event_field_of_a_run_is_named_on_the_training_page(mode, tmp_path, fresh_recipe):
+    """docs/training.md names every key a recipes/adaptive.py run writes into summary.json and into
+    each line of events.jsonl, in either mode."""
+    import json
+
+    from _scripts import load_script
+
+    recipe = load_script("recipes/adaptive.py", "recipe_adaptive_fields")
+    recipe.main(["--max_steps", "12", "--update_every", "4", "--log_every", "4", "--threads", "1", "--progress",
+                 "false", "--figures", "false", "--output_dir", str(tmp_path), *mode])
+    page = PAGES["docs/training.md"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    keys = {*summary, *(k for e in events for k in e)}
+    assert events and summary
+    assert sorted(k for k in keys if f"`{k}`" not in page) == [], "docs/training.md does not name these keys"
