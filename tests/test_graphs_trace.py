@@ -254,7 +254,7 @@ def test_unknown_operator_warning_names_the_operator_module():
     (lambda h: torch.logsumexp(h, dim=2), torch.logsumexp, "reduce"),  # drops a dimension
     (lambda h: torch.hypot(h, h[:, :1]), torch.hypot, "broadcast"),  # several operands, their broadcast shape
     (lambda h: torch.diff(h, dim=1), torch.diff, None),  # one channel fewer: no rule fits
-    (lambda h: torch.bmm(h, h.transpose(1, 2)), torch.bmm, None),
+    (lambda h: torch.cdist(h, h), torch.cdist, None),  # a matrix product is followed (graphs.flow_contract)
 ])
 def test_unknown_op_hint_suggests_the_category_that_fits_its_shapes(f, target, category):
     """The hint said "pointwise" whatever the op; registering a shape-changing op so fails again."""
