@@ -57,7 +57,8 @@ def closed_gates(g, live=None) -> torch.Tensor:
     ``c`` times one constant, the same at every key position, and a softmax over key positions does
     not change when one number is added to all of them (with a mask too, and before dropout), so
     neither unit moves the weights. A query unit with no live synapse keeps key ``c`` counting: its
-    bias, which the graph does not hold, times a key that varies over positions. Where every key of
+    bias, which the graph does not hold, times a key that varies over positions (where that bias is 0, key ``c``
+    passes nothing either; the graph cannot tell, and counts it: an over-approximation). Where every key of
     a head is so, its queries reach nothing; its values still pass on.
 
     A unit with a live synapse from the constant node (its input a parameter or buffer: a table of

@@ -3,7 +3,8 @@ value (see :mod:`graphs.trace`): :class:`FlowProp`. Here: the dispatch of each n
 the ops it cannot follow (every input assumed to feed every output). The rules are mixins, one concern each:
 in-place changes (:mod:`graphs.flow_in_place`), weighted and recurrent layers (:mod:`graphs.flow_layers`),
 attention and transformers (:mod:`graphs.flow_attention`), per-channel ops (:mod:`graphs.flow_channels`), shape
-ops and table lookups (:mod:`graphs.flow_shapes`), ops that order or accumulate along a dim (:mod:`graphs.flow_rank`).
+ops and table lookups (:mod:`graphs.flow_shapes`), ops that order or accumulate along a dim (:mod:`graphs.flow_rank`),
+matrix products and einsum (:mod:`graphs.flow_contract`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .book import _Book
 from .compact_rewrite import channel_pad
 from .flow_attention import FlowAttentionMixin
 from .flow_channels import FlowChannelsMixin
+from .flow_contract import CONTRACTIONS, FlowContractMixin
 from .flow_in_place import FlowInPlaceMixin
 from .flow_layers import FlowLayersMixin
 from .flow_rank import FlowRankMixin
@@ -57,7 +59,7 @@ def _input_starts(gm: fx.GraphModule, args) -> Dict[str, Tuple[fx.Node, int]]:
 
 
 class FlowProp(FlowInPlaceMixin, FlowLayersMixin, FlowAttentionMixin, FlowChannelsMixin, FlowShapesMixin,
-               FlowRankMixin, ShapeProp):
+               FlowRankMixin, FlowContractMixin, ShapeProp):
     """ShapeProp that also propagates id tensors (see the module docstring)."""
 
     def __init__(self, gm: fx.GraphModule, book: _Book, input_nodes: str, root: Optional[nn.Module] = None,
@@ -195,6 +197,8 @@ class FlowProp(FlowInPlaceMixin, FlowLayersMixin, FlowAttentionMixin, FlowChanne
             return self._on_reduce(n, result)
         if cat in ("rank", "scan"):
             return self._on_rank(n, result, scan=cat == "scan")
+        if cat == "unknown" and n.op != "call_module" and n.target in CONTRACTIONS and not self._weights_read(n, None):
+            return self._on_contraction(n, result)  # a weight it reads (x @ self.w) gets the unknown op's warning
         return self._on_unknown(n, result, "")
 
     def _constant_like(self, result):

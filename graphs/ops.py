@@ -396,7 +396,8 @@ _CATEGORY_WHEN = {
 }
 
 
-# ops that sum products over axes of their operands (matrix products, einsum): no rule follows them
+# ops that sum products over axes of their operands (matrix products, einsum): followed where their operands are traced
+# tensors alone (graphs.flow_contract); reading a parameter (x @ self.w), or where that rule fails, unknown ops
 _CONTRACTIONS = (torch.einsum, torch.matmul, torch.bmm, torch.mm, operator.matmul, "matmul", "bmm", "mm", "__matmul__")
 
 
@@ -411,7 +412,8 @@ def _contraction(node) -> str:
     return (f". As {what} sums products over axes, the graph joins every unit of its operands to every output "
             "element: units it keeps apart (attention heads, windows) look connected, so reachability and dead units "
             "through it are an over-approximation (a unit may count as live that is not; none counts as dead that "
-            "is live). F.scaled_dot_product_attention (or nn.MultiheadAttention) in its place is followed per head")
+            "is live). One of traced tensors alone is followed exactly (graphs.flow_contract); a weight it reads is best "
+            "held in an nn.Linear called as a module, and attention written as F.scaled_dot_product_attention")
 
 
 def how_to_register(node, module=None, in_shapes=(), out_shape=None) -> str:

@@ -208,5 +208,5 @@ def sized_trace(root: torch.nn.Module, inputs: Callable[[int], tuple], concrete_
         return tracer, tracer.trace(root, concrete_args)
 
     with _torch_own_functions(), _sizes_packed():
-        tracer, graph = _traced_unbound(trace_once)
+        tracer, graph = _traced_unbound(trace_once, root)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)

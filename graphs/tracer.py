@@ -75,14 +75,42 @@ def _sizes_packed():
             setattr(torch, name, f)
 
 
-def _unbound_names() -> list:
-    """The method names the op tables (and :func:`graphs.register_op`) know whose ``torch.Tensor`` attribute is a C
-    descriptor (``topk``, ``flip``, ``long``): called unbound on a traced value, ``torch.Tensor.topk(h, 2)``, it
-    refuses fx's Proxy, where one written in Python (``torch.Tensor.split``) records the method."""
-    names = set().union(ops.POINTWISE_METHODS, ops.BROADCAST_METHODS, ops.SHAPE_METHODS, ops.REDUCE_METHODS,
-                        ops.RANK_METHODS, ops.SCAN_METHODS, ops.ALONG_DIM_METHODS, ops.SHAPE_ONLY_METHODS,
-                        (t for t in ops._EXTRA if isinstance(t, str)))
-    return sorted(n for n in names if n not in vars(torch.Tensor) and callable(getattr(torch.Tensor, n, None)))
+def _descriptor(name: str) -> bool:
+    """Is ``torch.Tensor.<name>`` a method of torch's C base (``topk``, ``matmul``, ``__matmul__``), which refuses a
+    Proxy as ``self``, not one written in Python on ``torch.Tensor`` itself (``split``, which fx traces)?"""
+    return name not in vars(torch.Tensor) and callable(getattr(torch.Tensor, name, None))
+
+
+def _codes(code):
+    """``code`` and the code objects nested in it (comprehensions, lambdas, inner functions)."""
+    yield code
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            yield from _codes(c)
+
+
+def _unbound_in_forwards(root) -> set:
+    """The C-descriptor methods (:func:`_descriptor`) that the forwards of ``root`` and its submodules name unbound,
+    ``torch.Tensor.matmul`` or ``Tensor.bmm`` (an attribute read right after a name ``Tensor`` is read), from their
+    bytecode: after fx's first refusal, their stand-ins all go in for the next trace, one retrace where there used
+    to be one per name. One reached otherwise (a helper function's, ``T = torch.Tensor; T.mm``) is still found by
+    its refusal."""
+    import dis
+
+    modules = root.modules() if isinstance(root, nn.Module) else ()
+    found = set()
+    forwards = {type(m).forward for m in modules}
+    if callable(root) and not isinstance(root, nn.Module):  # a function traced
+        forwards.add(root)
+    for fn in forwards:
+        code = getattr(inspect.unwrap(fn), "__code__", None)
+        if code is None:
+            continue
+        for c in _codes(code):
+            ins = list(dis.get_instructions(c))
+            found.update(b.argval for a, b in zip(ins, ins[1:]) if a.argval == "Tensor"
+                         and b.opname in ("LOAD_ATTR", "LOAD_METHOD") and isinstance(b.argval, str))
+    return {n for n in found if _descriptor(n)}
 
 
 def _as_method(name: str, own):
@@ -108,14 +136,14 @@ _OWN: dict = {}
 
 @contextlib.contextmanager
 def _unbound_methods_traced(names=()):
-    """Let fx trace ``torch.Tensor.topk(h, 2)`` (an unbound method of the op tables on a traced value): it failed
+    """Let fx trace ``torch.Tensor.topk(h, 2)`` (an unbound method of torch's C base on a traced value): it failed
     with "descriptor 'topk' for 'torch._C.TensorBase' objects doesn't apply to a 'Proxy' object", and the model fell
     back to module order. Inside, such a call of one of ``names`` records the method call ``h.topk(2)``, the graph
     written as if the model called it so, followed by the same rule; on a tensor it is torch's own call. Removed on
-    exit. Only ``names`` are replaced (:func:`_traced_unbound`: those the traced forward was refused), as the
-    replacement is on ``torch.Tensor`` for the whole process: a tensor subclass's ``__torch_function__`` in any
-    thread is given the stand-in, not torch's method, meanwhile (torchvision's ``tv_tensors.Image.clone()`` gave a
-    plain tensor)."""
+    exit. Only ``names`` are replaced (:func:`_traced_unbound`: those the traced forward was refused or names
+    unbound), as the replacement is on ``torch.Tensor`` for the whole process: a tensor subclass's
+    ``__torch_function__`` in any thread is given the stand-in, not torch's method, meanwhile (torchvision's
+    ``tv_tensors.Image.clone()`` gave a plain tensor)."""
     names = [n for n in names if n not in vars(torch.Tensor)]  # those a trace this one is inside has not put in
     # torch caches the methods of torch.Tensor the first time it is asked (fx asks which calls are methods): asked
     # now, while they are torch's; cached with the stand-ins, it would take torch's own for functions ever after
@@ -152,20 +180,23 @@ def _unbound_methods_lifted():
 _REFUSED = re.compile(r"descriptor '(\w+)' for '[\w.]+' objects doesn't apply to a '\w+' object")
 
 
-def _traced_unbound(trace_once):
-    """``trace_once()`` (a trace of the model); where fx refuses an unbound method of the op tables on a traced value
-    (``torch.Tensor.topk(h, 2)``), traced again with that method's stand-in in (:func:`_unbound_methods_traced`),
-    and so on for each one refused. A model that calls none is traced with ``torch.Tensor`` left as it is."""
-    known, names = set(_unbound_names()), []
+def _traced_unbound(trace_once, root=None):
+    """``trace_once()`` (a trace of the model ``root``); where fx refuses an unbound method of torch's C base on a
+    traced value (``torch.Tensor.topk(h, 2)``, ``torch.Tensor.matmul(q, k)``), traced again with that method's
+    stand-in in (:func:`_unbound_methods_traced`), and with those of every other method the forwards name so
+    (:func:`_unbound_in_forwards`): one retrace for them all; one more for each reached otherwise. A model that calls
+    none is traced with ``torch.Tensor`` left as it is."""
+    names = []
     while True:
         try:
             with _unbound_methods_traced(names):
                 return trace_once()
         except TypeError as e:
             refused = _REFUSED.search(str(e))
-            if refused is None or refused.group(1) not in known or refused.group(1) in names:
+            if refused is None or not _descriptor(refused.group(1)) or refused.group(1) in names:
                 raise
-            names.append(refused.group(1))
+            more = _unbound_in_forwards(root) if not names and root is not None else set()
+            names.extend(sorted(({refused.group(1)} | more) - set(names)))
 
 
 @serialized
@@ -183,7 +214,7 @@ def symbolic_trace(root: nn.Module, concrete_args=None) -> fx.GraphModule:
         return tracer, tracer.trace(root, concrete_args)
 
     with _torch_own_functions(), _sizes_packed():
-        tracer, graph = _traced_unbound(trace_once)
+        tracer, graph = _traced_unbound(trace_once, root)
     return fx.GraphModule(tracer.root, graph, type(root).__name__)
 
 

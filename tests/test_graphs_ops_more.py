@@ -107,8 +107,9 @@ def test_softmax2d_and_implicit_dim_on_a_feature_map():
 
 
 def test_attention_softmax_over_keys_passes_each_channel():
-    """An attention map computed by an unknown op (matmul) is one node; its softmax over the key axis
-    adds nothing (it was a second unknown op)."""
+    """An attention map computed by einsum is one node (every channel is summed over); its softmax over the key
+    axis adds nothing (it was an unknown op), and the map times the values feeds channel c the map and value c.
+    The einsums were unknown ops too (tests/test_graphs_contractions.py)."""
 
     class Net(nn.Module):
         def __init__(self):
@@ -120,10 +121,15 @@ def test_attention_softmax_over_keys_passes_each_channel():
             w = torch.einsum("ntc,nsc->nts", h, h).softmax(-1)
             return self.b(torch.einsum("nts,nsc->ntc", w, h))
 
-    with pytest.warns(UserWarning) as rec:
-        graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 5, 3), input_nodes="channels")
-    unknown = [str(w.message) for w in rec if "cannot follow" in str(w.message)]
-    assert len(unknown) == 2 and all("einsum" in m for m in unknown)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        g = graphs.build(model=Net(), level="unit", example_input=torch.randn(2, 5, 3), input_nodes="channels")
+    scores = next(x.name for x in g.groups if x.op == "contraction" and x.count == 1)
+    assert edge_set(g) >= wires("a", scores, [(i, 0) for i in range(4)])
+    into_b = {l.module: l for l in g.layers}["b"].in_src
+    names = g.node_names()
+    for c in range(4):
+        assert {names[s] for s, d in zip(g.src.tolist(), g.dst.tolist()) if d == int(into_b[c])} == {f"{scores}:0", f"a:{c}"}
 
 
 def test_pixel_shuffle_moves_channels_exactly():
