@@ -19,7 +19,6 @@ an estimator's scores in :mod:`adaptive.score_checks`.
 """
 from __future__ import annotations
 
-import fnmatch
 import inspect
 import json
 import math
@@ -42,6 +41,7 @@ from .counts import whole_number  # noqa: F401  (also importable from here, as b
 from .discovery import _as_patterns, aliases, container_hint
 from .distributed import check_masks_agree, is_distributed
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
+from .name_patterns import PatternSet
 from .optim_state import unwrap_optimizer
 from .registry import near_misses
 from .policies.base import _POLICIES, EditPlan, get_policy, keep_plan, synapse_targets
@@ -335,9 +335,11 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         # include/exclude and the ensemble rules
         held = aliases(conn.model)
         names = {n: (n, conn.layers[n].module_name, *held.get(id(conn.params[n]), ())) for n in conn.names}
-        hits = lambda n, p: any(fnmatch.fnmatchcase(x, p) for x in names[n] if x)  # noqa: E731
-        self.protected = [n for n in conn.names if any(hits(n, p) for p in pats)]
-        unused = [p for p in pats if not any(hits(n, p) for n in conn.names)]
+        patterns = PatternSet(pats)  # exact names looked up, not fnmatch-ed against every layer
+        hits = {n: patterns.hits(*(x for x in names[n] if x)) for n in conn.names}
+        self.protected = [n for n in conn.names if hits[n]]
+        used = set().union(*hits.values())
+        unused = [p for p in pats if p not in used]
         if unused:
             raise ValueError(f"protect pattern(s) {unused} matched no layer of the connectome: known layers are "
                              f"{conn.names[:5]}{'...' if len(conn.names) > 5 else ''}"

@@ -30,6 +30,7 @@ from torch.nn.utils import prune as torch_prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from .config import split_commas
+from .name_patterns import PatternSet
 from .warn import warn_user
 
 TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -340,6 +341,8 @@ def discover(
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     inc, exc = _as_patterns(include), _as_patterns(exclude)
+    # exact names (Connectome.load passes one per saved layer) looked up, not fnmatch-ed against every weight
+    inc_set, exc_set = PatternSet(inc), PatternSet(exc)
     found: Dict[str, tuple[SynapseLayer, nn.Parameter]] = {}
     seen: set[int] = set()
     candidates = 0
@@ -401,14 +404,14 @@ def discover(
                 candidates += 1
                 candidate_names.extend(names)
                 weights.append(pname)
-            if exc:
-                used_exc.update(p for p in exc if _matches([p], *names))
+            excluded = exc_set.hits(*names) if exc else ()
+            used_exc.update(excluded)
             if inc:
-                hit = [p for p in inc if _matches([p], *names)]
+                hit = inc_set.hits(*names)
                 if not hit:
                     continue
                 used_inc.update(hit)
-            if exc and _matches(exc, *names):
+            if excluded:
                 continue
             if w.is_complex():
                 complex_.append(complex_all[-1])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .discovery import _as_patterns
+from .name_patterns import literal
 
 
 def _plain_module(model: nn.Module) -> nn.Module:
@@ -135,8 +136,11 @@ def _pattern_inside(plain: nn.Module) -> Callable[[str], str]:
     names = ([n for n, _ in plain.named_modules(remove_duplicate=False)]
              + [n for n, _ in plain.named_parameters(remove_duplicate=False)])
 
+    known = set(names)
+
     def matches(p):
-        return any(fnmatch.fnmatchcase(n, p) for n in names)
+        exact = literal(p)  # an exact name (Connectome.load's, one per layer) looked up, not matched against each
+        return exact in known if exact is not None else any(fnmatch.fnmatchcase(n, p) for n in names)
 
     def plain_one(p):
         if not isinstance(p, str):
