@@ -28,14 +28,15 @@ def _cifar_copy(root, classes=CIFAR_CLASSES):
 def test_cifar_test_split_with_a_hidden_class_folder_is_refused_not_read_with_labels_shifted(tmp_path, monkeypatch):
     """A hidden folder with images in test/ only (a '.trash' say) is a class to the cache's scan, which
     sorts it first: every test label came out one above its class. The train/test comparison ignored
-    hidden folders, so nothing was said; it is now refused before any training, naming the folder."""
+    hidden folders, so nothing was said; it is now refused before any training, naming the folder (as any
+    hidden folder is, test_a_hidden_folder_in_train_is_refused_by_every_image_folder_loader)."""
     monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
     _images(_cifar_copy(tmp_path) / "cifar10-jpeg" / "test" / ".trash")
-    with pytest.raises(ValueError, match=r"only in test/: \['\.trash'\].*move or delete the folders named"):
+    with pytest.raises(ValueError, match=r"test holds the hidden folder\(s\) \['\.trash'\].*move them out of"):
         get_datasets("cifar10", data_dir=tmp_path, holdout=0)
 
 
-@pytest.mark.parametrize("stray", ["zebra", ".ipynb_checkpoints"])
+@pytest.mark.parametrize("stray", ["zebra"])
 def test_cifar_class_folder_without_images_is_named_with_its_path_and_the_fix(tmp_path, monkeypatch, stray):
     """torchvision's own error ('Found no valid file for the classes zebra') named neither the folder nor the fix."""
     monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
@@ -241,3 +242,27 @@ def test_adaptive_data_naming_no_folder_is_warned_of_once_though_the_facts_and_t
         get_datasets("cifar10", holdout=0)
     assert [str(w.message).split(":")[0] for w in caught if "ADAPTIVE_DATA" in str(w.message)] == [
         f"ADAPTIVE_DATA={tmp_path / 'nowhere'} is no such folder"]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+def test_a_hidden_folder_in_train_is_refused_by_every_image_folder_loader(tmp_path, monkeypatch, name):
+    """A hidden folder with images in train/ and the test split alike (a '.Trash-1000', a synced '.cache')
+    was read as a class by torchvision's ImageFolder (imagenet, folder) and by CIFAR's cache: one class more,
+    sorted first, every label shifted by one, nothing said. Every ImageFolder loader now refuses it, naming it."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    if name == "cifar10":
+        root, splits, kw = _cifar_copy(tmp_path) / "cifar10-jpeg", ("train", "test"), {}
+    else:
+        root, splits = (tmp_path / "imagenet" if name == "imagenet" else tmp_path), ("train", "val")
+        for split in splits:
+            for c in ("cat", "dog"):
+                _images(root / split / c)
+        kw = {"image_size": 8, "resize": 8}
+    for split in splits:
+        _images(root / split / ".hid")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / 'train'))} holds the hidden folder\(s\) \['\.hid'\], "
+                                         r"which would be read as classes.*move them out of .*rename its folder"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    from adaptive.data import dataset_facts
+
+    assert dataset_facts(name, data_dir=tmp_path, **kw) is None  # unknown: the builder names the folder
