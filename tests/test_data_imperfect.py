@@ -266,3 +266,51 @@ def test_a_hidden_folder_in_train_is_refused_by_every_image_folder_loader(tmp_pa
     from adaptive.data import dataset_facts
 
     assert dataset_facts(name, data_dir=tmp_path, **kw) is None  # unknown: the builder names the folder
+
+
+@pytest.mark.parametrize("fault", ["flat", "labels_short", "cut_short_raw", "flat_raw_gz"])
+def test_mnist_test_split_that_is_flat_or_cut_short_is_refused_before_training(tmp_path, monkeypatch, fault):
+    """Only the test split's presence was checked up front: a flat x_test, labels fewer than images, or a
+    cut-short idx file loaded, trained, and failed when the test split was first read, after training. Its
+    shapes and sizes are now checked from the headers when the data is found, naming the file."""
+    import adaptive.data.mnist as M
+
+    if fault in ("flat", "labels_short"):
+        bad = tmp_path / "mnist" / "mnist.npz"
+        _mnist_npz(bad, **({"x_test": np.zeros((10, 784), np.uint8)} if fault == "flat" else {"y_test": np.arange(9)}))
+        said = r"mnist\.npz: MNIST's test split needs images of shape \(N, 28, 28\) and N labels, got " + (
+            r"\(10, 784\) and \(10,\)" if fault == "flat" else r"\(10, 28, 28\) and \(9,\)")
+    else:
+        raw = tmp_path / "mnist" / "MNIST" / "raw"
+        _mnist_raw(raw, gz=fault.endswith("gz"))
+        if fault == "cut_short_raw":
+            bad = raw / "t10k-images-idx3-ubyte"
+            bad.write_bytes(bad.read_bytes()[:-28])
+            said = r"t10k-images-idx3-ubyte is not a whole idx file.*replace it"
+        else:
+            import gzip
+
+            bad = raw / "t10k-images-idx3-ubyte.gz"
+            bad.write_bytes(gzip.compress(_idx(np.zeros((10, 784), np.uint8))))
+            said = r"raw: MNIST's test split needs images of shape \(N, 28, 28\).*got \(10, 784\)"
+    monkeypatch.setattr(M, "_arrays", lambda path, split: pytest.fail("a split read before the checks"))
+    with pytest.raises(ValueError, match=said):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+def test_mnist_npz_whose_test_array_is_cut_short_inside_the_archive_is_refused_by_name(tmp_path):
+    """An x_test member whose .npy holds fewer bytes than its header's shape (an archive written by a tool
+    cut short) is refused from its header and size, before training."""
+    import zipfile
+
+    path = tmp_path / "mnist" / "mnist.npz"
+    _mnist_npz(path)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["x_test.npy"] = members["x_test.npy"][:-100]
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(ValueError, match=r"mnist\.npz: its array x_test of shape \(10, 28, 28\) does not hold 7840 "
+                                         r"values of uint8 \(cut short, or padded\)"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
