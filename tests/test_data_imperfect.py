@@ -314,3 +314,46 @@ def test_mnist_npz_whose_test_array_is_cut_short_inside_the_archive_is_refused_b
     with pytest.raises(ValueError, match=r"mnist\.npz: its array x_test of shape \(10, 28, 28\) does not hold 7840 "
                                          r"values of uint8 \(cut short, or padded\)"):
         get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("name, made", [("mnist", "mnist/MNIST/raw"), ("cifar10", "cifar10")])
+def test_a_failed_download_takes_away_only_the_empty_folders_it_made(tmp_path, monkeypatch, name, made):
+    """A --download that failed (no internet) left the folders torchvision made for it (data/, mnist/MNIST/raw/),
+    empty. They go now; a folder that was there before (empty or not) and every file stay."""
+    import urllib.error
+    import urllib.request
+
+    import adaptive.paths as paths
+
+    def offline(*args, **kw):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    fresh = tmp_path / "fresh" / "data"  # nothing of it there before
+    with pytest.raises(paths.DatasetNotFoundError, match="could not be downloaded"):
+        get_datasets(name, data_dir=fresh, download=True, holdout=0)
+    assert not (tmp_path / "fresh").exists()
+    mine = tmp_path / "mine"  # the user's: a folder, an empty folder inside, a file, and the dataset's folder
+    (mine / "empty").mkdir(parents=True)
+    (mine / made.split("/")[0]).mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(paths.DatasetNotFoundError, match="could not be downloaded"):
+        get_datasets(name, data_dir=mine, download=True, holdout=0)
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == sorted(
+        ["empty", made.split("/")[0], "notes.txt"])
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_failed_download_keeps_a_folder_it_made_that_holds_a_file(tmp_path):
+    """Only empty folders go: one where the download (or anyone) wrote a file stays, with the file."""
+    import adaptive.paths as paths
+
+    root = tmp_path / "data" / "mnist"
+    with pytest.raises(RuntimeError, match="boom"):
+        with paths.downloading("mnist", root):
+            (root / "MNIST" / "raw").mkdir(parents=True)
+            (root / "MNIST" / "empty").mkdir()
+            (root / "MNIST" / "raw" / "part.gz").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "data", "data/mnist", "data/mnist/MNIST", "data/mnist/MNIST/raw", "data/mnist/MNIST/raw/part.gz"]
