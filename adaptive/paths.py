@@ -153,9 +153,49 @@ def downloading(name: str, root: PathLike) -> Iterator[None]:
     download (no internet, a server down, a file that fails its checksum) raised as a
     :class:`DatasetNotFoundError` that says so and names the fix, not as torchvision's bare URL error.
     Any other error (a full disk or a folder it may not write, a read error after the download) is
-    raised as it is, an OS error without a file named then naming ``root``: it is no matter of internet."""
+    raised as it is, an OS error without a file named then naming ``root``: it is no matter of internet.
+    A failed download takes away the folders it made that it left empty (:func:`_new_folders`), never a
+    folder that was there before, nor any file.
+
+    The timeout is Python's process-wide socket default (torchvision's downloaders take no timeout):
+    it reaches only sockets made while the download runs (a socket takes it when made), at dataset
+    construction, before any DataLoader worker starts."""
     before = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if before is None else before)
+    remove_new = _new_folders(Path(root))
+    try:
+        with _download_errors(name, root):
+            yield
+    except BaseException:  # (Ctrl-C too)
+        remove_new()
+        raise
+    finally:
+        socket.setdefaulttimeout(before)
+
+
+def _new_folders(root: Path):
+    """A function that removes the folders made under ``root`` (``root`` and those of its parents made
+    too) since this call, where they are empty (a failed download's leftovers), bottom-up: a folder
+    that was there, or holds a file, stays."""
+    top = Path(os.path.abspath(root))
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent  # the first folder the download will make, or root itself where it exists
+    there = {Path(d) for d, _, _ in os.walk(top)} if top.exists() else set()
+
+    def remove() -> None:
+        for d, _, _ in sorted(os.walk(top), key=lambda w: -len(Path(w[0]).parts)):
+            if Path(d) not in there:
+                try:
+                    os.rmdir(d)  # only an empty folder goes
+                except OSError:
+                    pass
+    return remove
+
+
+@contextmanager
+def _download_errors(name: str, root: PathLike) -> Iterator[None]:
+    """:func:`downloading`'s errors: a network failure as a :class:`DatasetNotFoundError` naming the fix,
+    an OS error without a file named naming ``root``, any other as it is."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - told apart below; the rest raised as they are
@@ -170,8 +210,6 @@ def downloading(name: str, root: PathLike) -> Iterator[None]:
             f"without internet, put a copy of it in a folder and point --data-dir (or the ADAPTIVE_DATA "
             f"environment variable) at that folder (docs/data.md), or retry --download where there is internet"
         ) from e
-    finally:
-        socket.setdefaulttimeout(before)
 
 
 # torchvision's RuntimeErrors of a failed download: MNIST's after every mirror failed, and a downloaded file

@@ -67,6 +67,7 @@ def test_a_stage_checkpoint_saved_twice_gives_the_same_bytes(tmp_path):
 def test_the_folder_cache_written_twice_gives_the_same_bytes(tmp_path):
     from PIL import Image
 
+    from adaptive.data import folder_cache
     from adaptive.data.folder_cache import cached_folder_tensor
 
     rng = np.random.default_rng(0)
@@ -76,8 +77,9 @@ def test_the_folder_cache_written_twice_gives_the_same_bytes(tmp_path):
     blobs = []
     for _ in range(2):
         cached_folder_tensor(tmp_path / "img", "train", cache_dir=tmp_path / "cache", progress=False)
-        blobs.append((tmp_path / "cache" / "train.pt").read_bytes())
-        (tmp_path / "cache" / "train.pt").unlink()
+        cache = folder_cache.cache_file(tmp_path / "img", "train", tmp_path / "cache")
+        blobs.append(cache.read_bytes())
+        cache.unlink()
     assert blobs[0] == blobs[1]
 
 

@@ -200,7 +200,8 @@ def test_cifar10_folder_cache_holdout_and_lazy_test(tmp_path, monkeypatch):
     assert s.classes == ["cat", "dog", "emu"] and s.in_shape == (3, 32, 32)
     assert torch.bincount(s.holdout.targets).tolist() == [2, 2, 2]  # class-grouped files, stratified draw
     assert set(s.train.indices.tolist()).isdisjoint(s.holdout.indices.tolist())
-    assert (cache / "cifar10-jpeg-train.pt").is_file() and not (cache / "cifar10-jpeg-test.pt").exists()
+    assert folder_cache.cache_file(tmp_path / "data/cifar10-jpeg/train", "cifar10-jpeg-train", cache).is_file()
+    assert not folder_cache.cache_file(tmp_path / "data/cifar10-jpeg/test", "cifar10-jpeg-test", cache).exists()
     # Pixels survive decoding exactly (PNG is lossless).
     from PIL import Image
 
@@ -214,7 +215,7 @@ def test_cifar10_folder_cache_holdout_and_lazy_test(tmp_path, monkeypatch):
     s2 = get_datasets("cifar10", data_dir=tmp_path / "data", cache_dir=cache)
     assert decoded == []
     assert len(s2.test) == 6 and decoded == ["test"]  # the test split is decoded when first used
-    assert (cache / "cifar10-jpeg-test.pt").is_file()
+    assert folder_cache.cache_file(tmp_path / "data/cifar10-jpeg/test", "cifar10-jpeg-test", cache).is_file()
     x, _ = s2.train[0]
     assert abs(x.mean().item()) < 2.5  # imagenet normalisation by default
 
@@ -474,6 +475,11 @@ def test_facts_whose_signature_cannot_be_inspected_are_unknown_not_a_crash(facts
         _FACTS.pop("uninspectable_facts_for_test", None)
 
 
+def _cache_files(folder):
+    """The cache files in ``folder``, each name less its path key (``cifar10-jpeg-train-<key>.pt``): lock files left out."""
+    return sorted(p.name.rsplit("-", 1)[0] for p in folder.iterdir() if not p.name.startswith("."))
+
+
 def test_cifar10_data_dir_may_be_the_image_folder_copy_itself(tmp_path):
     """--data-dir given as the ImageFolder copy that holds train/ and test/ (the docs' 'an ImageFolder such
     as cifar10-jpeg/{train,test}') reads it, into the same cache as its parent folder would."""
@@ -483,7 +489,7 @@ def test_cifar10_data_dir_may_be_the_image_folder_copy_itself(tmp_path):
     parent = get_datasets("cifar10", data_dir=tmp_path / "data", holdout=1 / 3, cache_dir=tmp_path / "c")
     assert own.classes == parent.classes == list(CIFAR10_CLASSES) and len(own.test) == 10
     assert torch.equal(own.train.indices, parent.train.indices) and torch.equal(own.train[0][0], parent.train[0][0])
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["cifar10-jpeg-test.pt", "cifar10-jpeg-train.pt"]
+    assert _cache_files(tmp_path / "c") == ["cifar10-jpeg-test", "cifar10-jpeg-train"]
 
 
 def test_a_data_dir_one_level_off_names_the_folder_that_holds_the_dataset(tmp_path):
@@ -520,10 +526,10 @@ def test_a_data_dir_with_another_datasets_train_and_test_is_not_read_as_cifar10(
 
 def test_cifar10_data_dir_given_as_dot_inside_the_copy_caches_under_its_name(tmp_path, monkeypatch):
     """get_datasets("cifar10", data_dir=".") run inside the copy: its cache files are named after the
-    folder (cifar10-jpeg-train.pt), not "-train.pt", a name any such folder would share."""
+    folder (cifar10-jpeg-train-<key>.pt), not "-train-<key>.pt"."""
     _write_folder(tmp_path / "cifar10-jpeg" / "train", n_per_class=3, classes=CIFAR10_CLASSES)
     _write_folder(tmp_path / "cifar10-jpeg" / "test", n_per_class=1, classes=CIFAR10_CLASSES)
     monkeypatch.chdir(tmp_path / "cifar10-jpeg")
     s = get_datasets("cifar10", data_dir=".", holdout=1 / 3, cache_dir=tmp_path / "c")
     assert len(s.test) == 10
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["cifar10-jpeg-test.pt", "cifar10-jpeg-train.pt"]
+    assert _cache_files(tmp_path / "c") == ["cifar10-jpeg-test", "cifar10-jpeg-train"]

@@ -28,14 +28,15 @@ def _cifar_copy(root, classes=CIFAR_CLASSES):
 def test_cifar_test_split_with_a_hidden_class_folder_is_refused_not_read_with_labels_shifted(tmp_path, monkeypatch):
     """A hidden folder with images in test/ only (a '.trash' say) is a class to the cache's scan, which
     sorts it first: every test label came out one above its class. The train/test comparison ignored
-    hidden folders, so nothing was said; it is now refused before any training, naming the folder."""
+    hidden folders, so nothing was said; it is now refused before any training, naming the folder (as any
+    hidden folder is, test_a_hidden_folder_in_train_is_refused_by_every_image_folder_loader)."""
     monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
     _images(_cifar_copy(tmp_path) / "cifar10-jpeg" / "test" / ".trash")
-    with pytest.raises(ValueError, match=r"only in test/: \['\.trash'\].*move or delete the folders named"):
+    with pytest.raises(ValueError, match=r"test holds the hidden folder\(s\) \['\.trash'\].*move them out of"):
         get_datasets("cifar10", data_dir=tmp_path, holdout=0)
 
 
-@pytest.mark.parametrize("stray", ["zebra", ".ipynb_checkpoints"])
+@pytest.mark.parametrize("stray", ["zebra"])
 def test_cifar_class_folder_without_images_is_named_with_its_path_and_the_fix(tmp_path, monkeypatch, stray):
     """torchvision's own error ('Found no valid file for the classes zebra') named neither the folder nor the fix."""
     monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
@@ -241,3 +242,118 @@ def test_adaptive_data_naming_no_folder_is_warned_of_once_though_the_facts_and_t
         get_datasets("cifar10", holdout=0)
     assert [str(w.message).split(":")[0] for w in caught if "ADAPTIVE_DATA" in str(w.message)] == [
         f"ADAPTIVE_DATA={tmp_path / 'nowhere'} is no such folder"]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+def test_a_hidden_folder_in_train_is_refused_by_every_image_folder_loader(tmp_path, monkeypatch, name):
+    """A hidden folder with images in train/ and the test split alike (a '.Trash-1000', a synced '.cache')
+    was read as a class by torchvision's ImageFolder (imagenet, folder) and by CIFAR's cache: one class more,
+    sorted first, every label shifted by one, nothing said. Every ImageFolder loader now refuses it, naming it."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    if name == "cifar10":
+        root, splits, kw = _cifar_copy(tmp_path) / "cifar10-jpeg", ("train", "test"), {}
+    else:
+        root, splits = (tmp_path / "imagenet" if name == "imagenet" else tmp_path), ("train", "val")
+        for split in splits:
+            for c in ("cat", "dog"):
+                _images(root / split / c)
+        kw = {"image_size": 8, "resize": 8}
+    for split in splits:
+        _images(root / split / ".hid")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / 'train'))} holds the hidden folder\(s\) \['\.hid'\], "
+                                         r"which would be read as classes.*move them out of .*rename its folder"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    from adaptive.data import dataset_facts
+
+    assert dataset_facts(name, data_dir=tmp_path, **kw) is None  # unknown: the builder names the folder
+
+
+@pytest.mark.parametrize("fault", ["flat", "labels_short", "cut_short_raw", "flat_raw_gz"])
+def test_mnist_test_split_that_is_flat_or_cut_short_is_refused_before_training(tmp_path, monkeypatch, fault):
+    """Only the test split's presence was checked up front: a flat x_test, labels fewer than images, or a
+    cut-short idx file loaded, trained, and failed when the test split was first read, after training. Its
+    shapes and sizes are now checked from the headers when the data is found, naming the file."""
+    import adaptive.data.mnist as M
+
+    if fault in ("flat", "labels_short"):
+        bad = tmp_path / "mnist" / "mnist.npz"
+        _mnist_npz(bad, **({"x_test": np.zeros((10, 784), np.uint8)} if fault == "flat" else {"y_test": np.arange(9)}))
+        said = r"mnist\.npz: MNIST's test split needs images of shape \(N, 28, 28\) and N labels, got " + (
+            r"\(10, 784\) and \(10,\)" if fault == "flat" else r"\(10, 28, 28\) and \(9,\)")
+    else:
+        raw = tmp_path / "mnist" / "MNIST" / "raw"
+        _mnist_raw(raw, gz=fault.endswith("gz"))
+        if fault == "cut_short_raw":
+            bad = raw / "t10k-images-idx3-ubyte"
+            bad.write_bytes(bad.read_bytes()[:-28])
+            said = r"t10k-images-idx3-ubyte is not a whole idx file.*replace it"
+        else:
+            import gzip
+
+            bad = raw / "t10k-images-idx3-ubyte.gz"
+            bad.write_bytes(gzip.compress(_idx(np.zeros((10, 784), np.uint8))))
+            said = r"raw: MNIST's test split needs images of shape \(N, 28, 28\).*got \(10, 784\)"
+    monkeypatch.setattr(M, "_arrays", lambda path, split: pytest.fail("a split read before the checks"))
+    with pytest.raises(ValueError, match=said):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+def test_mnist_npz_whose_test_array_is_cut_short_inside_the_archive_is_refused_by_name(tmp_path):
+    """An x_test member whose .npy holds fewer bytes than its header's shape (an archive written by a tool
+    cut short) is refused from its header and size, before training."""
+    import zipfile
+
+    path = tmp_path / "mnist" / "mnist.npz"
+    _mnist_npz(path)
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    members["x_test.npy"] = members["x_test.npy"][:-100]
+    with zipfile.ZipFile(path, "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    with pytest.raises(ValueError, match=r"mnist\.npz: its array x_test of shape \(10, 28, 28\) does not hold 7840 "
+                                         r"values of uint8 \(cut short, or padded\)"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("name, made", [("mnist", "mnist/MNIST/raw"), ("cifar10", "cifar10")])
+def test_a_failed_download_takes_away_only_the_empty_folders_it_made(tmp_path, monkeypatch, name, made):
+    """A --download that failed (no internet) left the folders torchvision made for it (data/, mnist/MNIST/raw/),
+    empty. They go now; a folder that was there before (empty or not) and every file stay."""
+    import urllib.error
+    import urllib.request
+
+    import adaptive.paths as paths
+
+    def offline(*args, **kw):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    fresh = tmp_path / "fresh" / "data"  # nothing of it there before
+    with pytest.raises(paths.DatasetNotFoundError, match="could not be downloaded"):
+        get_datasets(name, data_dir=fresh, download=True, holdout=0)
+    assert not (tmp_path / "fresh").exists()
+    mine = tmp_path / "mine"  # the user's: a folder, an empty folder inside, a file, and the dataset's folder
+    (mine / "empty").mkdir(parents=True)
+    (mine / made.split("/")[0]).mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(paths.DatasetNotFoundError, match="could not be downloaded"):
+        get_datasets(name, data_dir=mine, download=True, holdout=0)
+    assert sorted(p.relative_to(mine).as_posix() for p in mine.rglob("*")) == sorted(
+        ["empty", made.split("/")[0], "notes.txt"])
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_a_failed_download_keeps_a_folder_it_made_that_holds_a_file(tmp_path):
+    """Only empty folders go: one where the download (or anyone) wrote a file stays, with the file."""
+    import adaptive.paths as paths
+
+    root = tmp_path / "data" / "mnist"
+    with pytest.raises(RuntimeError, match="boom"):
+        with paths.downloading("mnist", root):
+            (root / "MNIST" / "raw").mkdir(parents=True)
+            (root / "MNIST" / "empty").mkdir()
+            (root / "MNIST" / "raw" / "part.gz").write_bytes(b"x")
+            raise RuntimeError("boom")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "data", "data/mnist", "data/mnist/MNIST", "data/mnist/MNIST/raw", "data/mnist/MNIST/raw/part.gz"]

@@ -175,7 +175,7 @@ def test_damaged_or_stale_cache_is_rebuilt_not_trusted(tmp_path, damage):
     root, cache_dir = tmp_path / "train", tmp_path / "cache"
     _folder(root)
     images, labels, _ = cached_folder_tensor(root, "x", cache_dir)
-    cache = cache_dir / "x.pt"
+    cache = folder_cache.cache_file(root, "x", cache_dir)
     data = bytearray(cache.read_bytes())
     if damage == "flipped_byte":  # inside the images' storage: torch.load does not notice
         blob = torch.load(cache, weights_only=True)

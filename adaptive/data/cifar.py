@@ -85,14 +85,14 @@ def _test_folder(found: Path) -> Path:
 
 def _check_test_classes(test_dir: Path, classes) -> None:
     """Labels are class indices: a test/ with other class folders would shift them silently. The
-    folders are listed as the cache lists them (:func:`_classes`: a hidden folder is a class too)."""
+    folders are listed as the cache lists them (:func:`_classes`: a hidden folder is refused)."""
     test_classes = _classes(test_dir)
     if test_classes != list(classes):
         only_test = [c for c in test_classes if c not in classes]
         only_train = [c for c in classes if c not in test_classes]
         raise ValueError(f"cifar10 at {test_dir.parent}: test/ has the classes {test_classes}, train/ has "
                          f"{list(classes)} (only in test/: {only_test}, only in train/: {only_train}); both splits "
-                         "need the same class folders: move or delete the folders named (a hidden one too)")
+                         "need the same class folders: move or delete the folders named")
 
 
 def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):

@@ -1,22 +1,25 @@
 """Decode an ImageFolder of small same-sized images once into a uint8 tensor, cached on disk.
 
 Decoding CIFAR's 50,000 JPEGs takes minutes on a small machine; the cached tensor loads in well
-under a second. The cache lives outside the repository (``adaptive.paths.cache_dir()``), is
-written atomically, and is rebuilt, never trusted, when the folder's path, classes or files
-(names, sizes) changed or the file fails its checks (unreadable, wrong tensors, checksum).
+under a second. The cache lives outside the repository (``adaptive.paths.cache_dir()``), one file
+per folder (named by a hash of its resolved path), is written atomically, built by one process at a
+time, and is rebuilt, never trusted, when the folder's path, classes or files (names, sizes, times)
+changed or the file fails its checks (unreadable, wrong tensors, checksum).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_torch_save
+from ..atomic import atomic_torch_save, temp_name
 from ..paths import cache_dir as default_cache_dir
 
 
@@ -39,7 +42,7 @@ def _empty_classes_problem(root: Path, classes: List[str]) -> str:
     empty = [c for c in classes if not any(f.lower().endswith(IMG_EXTENSIONS)
                                            for _, _, files in os.walk(root / c, followlinks=True) for f in files)]
     return (f"{root}: the class folder(s) {empty[:5]} hold no image (extensions {', '.join(IMG_EXTENSIONS)}); every "
-            "sub-folder is a class (a hidden one too, as in torchvision's ImageFolder): add images to those folders, "
+            "sub-folder is a class (as in torchvision's ImageFolder): add images to those folders, "
             "or delete them (from the other split alike: both need the same class folders)")
 
 
@@ -52,7 +55,26 @@ def unreadable_image(path, error: OSError) -> ValueError:
                       "image extension in a class folder is read; replace it with a readable copy, or delete it")
 
 
+def hidden_folders_problem(root) -> Optional[str]:
+    """Why ``root`` (a split's folder, ``train/`` say) cannot be read as classes where it holds a hidden
+    folder (a name starting with '.': ``.ipynb_checkpoints``, ``.Trash-1000``), naming it and the fix;
+    None where it holds none. torchvision's ImageFolder would read such a folder as a class, sorted
+    before the others: every label shifted by one, one class more (or its images' absence refused
+    under a class name nobody chose)."""
+    hidden = sorted(e.name for e in os.scandir(root) if e.name.startswith(".") and e.is_dir())
+    if not hidden:
+        return None
+    return (f"{root} holds the hidden folder(s) {hidden[:5]}{' and more' if len(hidden) > 5 else ''}, which would be "
+            "read as classes (as torchvision's ImageFolder reads them), shifting every label: move them out of "
+            f"{root}, or, for a class, rename its folder without the leading '.'")
+
+
 def _classes(root: Path) -> List[str]:
+    """The class folders of ``root``, sorted as ImageFolder sorts them; a hidden folder is refused
+    (:func:`hidden_folders_problem`), never read as a class."""
+    problem = hidden_folders_problem(root)
+    if problem:
+        raise ValueError(problem)
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     if not classes:
         raise FileNotFoundError(f"{root} has no class sub-folders (expected ImageFolder layout root/<class>/*.jpg)")
@@ -146,21 +168,75 @@ def _read_cache(cache: Path, meta: dict, labels: torch.Tensor) -> Tuple[Optional
     return (images, cached_labels), ""
 
 
+def cache_file(root: Path, cache_name: str, cache_dir: Optional[Path] = None) -> Path:
+    """Where :func:`cached_folder_tensor` caches ``root``: ``<cache_dir>/<cache_name>-<key>.pt``, the key
+    a short hash of ``root``'s resolved path, so that two copies in folders of the same name
+    (``/a/cifar10-jpeg``, ``/b/cifar10-jpeg``) never share, nor take turns rewriting, one file."""
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    return default_cache_dir(cache_dir) / f"{cache_name}-{key}.pt"
+
+
+@contextmanager
+def _building(cache: Path):
+    """Held while ``cache`` is checked and (re)built: the processes of one launch that load the same
+    folder at once take turns (the first decodes, the others then read its file) instead of each
+    decoding it. Where no lock can be taken (no fcntl, a cache folder not writable) it holds none."""
+    try:
+        import fcntl
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd = open(cache.parent / f".{cache.name}.lock", "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: each process builds its own, as before
+            pass
+        yield  # (closing the file releases the lock)
+
+
+def _adopt_legacy(legacy: Path, cache: Path, meta: dict, labels: torch.Tensor) -> Optional[tuple]:
+    """The tensors of ``legacy`` (the cache's name before it was keyed on the folder's path) where
+    that file holds exactly this folder's images (checked as any cache is), then filed under
+    ``cache`` as well (a hard link, else a copy; the old file stays for older versions): no decoding
+    anew after an upgrade. None where it holds anything else."""
+    found, _ = _read_cache(legacy, meta, labels)
+    if found is None:
+        return None
+    tmp = cache.parent / temp_name(cache.name, os.getpid(), secrets.token_hex(4))
+    try:
+        os.link(legacy, tmp)
+        os.replace(tmp, cache)
+    except OSError:  # no hard links there: a copy
+        tmp.unlink(missing_ok=True)
+        atomic_torch_save({"meta": meta, "images": found[0], "labels": found[1],
+                           "crc32": _checksum(found[0], found[1])}, cache)
+    return found
+
+
 def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] = None,
                          progress: Optional[bool] = None):
-    """``decode_folder(root)``, read from ``<cache_dir>/<cache_name>.pt`` when that file holds
-    exactly this folder's images (checked, see :func:`_read_cache`); otherwise decoded afresh (with
-    a progress bar as ``progress`` says, see :func:`decode_folder`) and the cache rewritten atomically."""
+    """``decode_folder(root)``, read from its cache file (:func:`cache_file`: ``cache_name`` and a key
+    of ``root``'s path) when that file holds exactly this folder's images (checked, see
+    :func:`_read_cache`); otherwise decoded afresh (with a progress bar as ``progress`` says, see
+    :func:`decode_folder`) and the cache rewritten atomically. Processes building the same cache at
+    once take turns (:func:`_building`): one decodes, the others read what it wrote."""
     root = Path(root).resolve()
-    cache = default_cache_dir(cache_dir) / f"{cache_name}.pt"
+    cache = cache_file(root, cache_name, cache_dir)
     classes, samples = scan_folder(root)
     meta = {"root": str(root), "count": len(samples), "classes": classes, "files": _fingerprint(root, samples)}
     labels = torch.tensor([c for _, c in samples], dtype=torch.long)
-    found, why = _read_cache(cache, meta, labels)
-    if found is not None:
-        return found[0], found[1], classes
-    images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})",
-                                           progress=progress)
-    # readable by others (the cache is meant to be shared), never half-written
-    atomic_torch_save({"meta": meta, "images": images, "labels": labels, "crc32": _checksum(images, labels)}, cache)
+    with _building(cache):
+        found, why = _read_cache(cache, meta, labels)
+        if found is None and why == "no cache yet":
+            found = _adopt_legacy(cache.parent / f"{cache_name}.pt", cache, meta, labels)
+        if found is not None:
+            return found[0], found[1], classes
+        images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})",
+                                               progress=progress)
+        # readable by others (the cache is meant to be shared), never half-written
+        atomic_torch_save({"meta": meta, "images": images, "labels": labels, "crc32": _checksum(images, labels)},
+                          cache)
     return images, labels, classes

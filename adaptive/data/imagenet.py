@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
-from .folder_cache import unreadable_image
+from .folder_cache import hidden_folders_problem, unreadable_image
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -97,13 +97,17 @@ def transforms(train: bool, image_size: int = 224, resize: int = 256):
 
 
 def _image_folder(split_dir):
-    """torchvision's ImageFolder of ``split_dir``; a :class:`DatasetNotFoundError` that names the
+    """torchvision's ImageFolder of ``split_dir``; a hidden folder in it refused, naming it (a ValueError,
+    :func:`hidden_folders_problem`: ImageFolder reads it as a class); a :class:`DatasetNotFoundError` that names the
     layout expected, ``split/CLASS/IMAGE``, and how to get it when the folder is not in it (ImageNet's
     val/ comes flat, every image directly in val/)."""
     from pathlib import Path
 
     from torchvision.datasets import ImageFolder
 
+    problem = hidden_folders_problem(split_dir) if Path(split_dir).is_dir() else None
+    if problem:  # ImageFolder would read it as a class (CIFAR's folders refuse it alike)
+        raise ValueError(problem)
     try:
         return ImageFolder(str(split_dir))
     except FileNotFoundError as e:
@@ -155,6 +159,9 @@ def _folder_facts(train_dir, image_size) -> tuple:
     names that folder, not a class count that the empty folder inflates."""
     from torchvision.datasets.folder import find_classes
 
+    problem = hidden_folders_problem(train_dir) if os.path.isdir(train_dir) else None
+    if problem:
+        raise ValueError(problem)
     classes = find_classes(str(train_dir))[0]
     empty = [c for c in classes if not _holds_an_image(os.path.join(str(train_dir), c))]
     if empty:

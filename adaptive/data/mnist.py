@@ -1,6 +1,7 @@
 """MNIST from ``mnist.npz`` (x_train, y_train, x_test, y_test), or torchvision's raw folder of idx
 files (gzipped or not), held in memory as uint8. Both splits are checked when the data is found, so
-a copy that lacks the test split says so before training, not after."""
+a copy that lacks the test split, or whose test arrays are flat or cut short, says so before training,
+not after (the test split's shapes and sizes read from its headers, its arrays not read)."""
 from __future__ import annotations
 
 import gzip
@@ -66,6 +67,56 @@ def _read_idx(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(data, np.uint8, offset=4 + 4 * nd).reshape(dims).copy())
 
 
+def _check_shapes(path, split, x_shape, y_shape) -> None:
+    """Refuse, naming the file and the fix, ``split``'s arrays where they are not images ``(N, 28, 28)``
+    and ``N`` labels."""
+    x_shape, y_shape = tuple(int(d) for d in x_shape), tuple(int(d) for d in y_shape)
+    if len(x_shape) != 3 or x_shape[1:] != (28, 28) or len(y_shape) != 1 or y_shape[0] != x_shape[0]:
+        raise ValueError(f"{path}: MNIST's {split} split needs images of shape (N, 28, 28) and N labels, got "
+                         f"{x_shape} and {y_shape}: replace it with a good copy")
+
+
+def _npz_shape(path: Path, zf, key: str) -> tuple:
+    """The shape of array ``key`` of the npz ``path`` (``zf``: its open zip) from the .npy header alone,
+    checked against the member's size (an array cut short is refused, naming the file)."""
+    with zf.open(f"{key}.npy") as fp:
+        version = np.lib.format.read_magic(fp)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(fp) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(fp))
+        header = fp.tell()
+    if not dtype.hasobject and zf.getinfo(f"{key}.npy").file_size != header + int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"{path}: its array {key} of shape {shape} does not hold {int(np.prod(shape))} values of "
+                         f"{dtype} (cut short, or padded): replace it with a whole copy")
+    return shape
+
+
+def _idx_shape(path: Path) -> tuple:
+    """The shape of the idx file ``path``, from its header and size alone where it is not gzipped (a
+    gzipped one is read whole: its size says nothing; MNIST's test files unzip to 8 MB)."""
+    if path.suffix == ".gz":
+        return tuple(_read_idx(path).shape)
+    with open(path, "rb") as f:
+        head = f.read(4)
+        nd = head[3] if len(head) == 4 else 0
+        dims = f.read(4 * nd)
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">i4")) if len(dims) == 4 * nd else ()
+    if head[:3] != b"\0\0\x08" or not shape or path.stat().st_size != 4 + 4 * nd + int(np.prod(shape)):
+        raise ValueError(f"{path} is not a whole idx file of unsigned bytes (MNIST's raw format): replace it with "
+                         "a good copy")
+    return shape
+
+
+def _check_split(path: Path, split: str) -> None:
+    """Check ``split``'s arrays as cheaply as they can be: their shapes and sizes from the headers (a
+    gzipped raw file is unzipped), no array read; a flat or cut-short copy is refused, naming the file."""
+    if path.name == "raw":
+        x_shape, y_shape = (_idx_shape(_raw_file(path, split, k)) for k in KINDS)
+    else:
+        with np.load(path, allow_pickle=False) as f:
+            x_shape, y_shape = (_npz_shape(path, f.zip, f"{k}_{split}") for k in "xy")
+    _check_shapes(path, split, x_shape, y_shape)
+
+
 def _arrays(path, split):
     """(images ``(N, 28, 28)``, labels ``(N,)`` int64) of ``split``; other shapes are refused, naming the file."""
     if path.name == "raw":  # torchvision's own layout
@@ -73,9 +124,7 @@ def _arrays(path, split):
     else:
         with np.load(path, allow_pickle=False) as f:
             x, y = torch.from_numpy(f[f"x_{split}"]), torch.from_numpy(f[f"y_{split}"])
-    if x.dim() != 3 or tuple(x.shape[1:]) != (28, 28) or y.dim() != 1 or len(y) != len(x):
-        raise ValueError(f"{path}: MNIST's {split} split needs images of shape (N, 28, 28) and N labels, got "
-                         f"{tuple(x.shape)} and {tuple(y.shape)}: replace it with a good copy")
+    _check_shapes(path, split, x.shape, y.shape)
     return x, y.long()
 
 
@@ -97,6 +146,10 @@ def mnist(data_dir=None, download=False, augment=False) -> Source:
             torchvision.datasets.MNIST(str(root), train=False, download=True)
         path = root / "MNIST" / "raw"
     _check(path)
+    # the test split is read after training: its faults said now, before any work (the train split's too where
+    # it is an npz: numpy's error for a cut-short array names no file; raw ones are read, and named, right away)
+    for split in ("test",) if path.name == "raw" else ("train", "test"):
+        _check_split(path, split)
     x, y = _arrays(path, "train")
     x = x.unsqueeze(1)
 
