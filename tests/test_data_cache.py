@@ -109,3 +109,23 @@ def test_a_cache_file_is_still_checked_before_it_is_read(tmp_path, monkeypatch, 
     decoded = _counting_decode(monkeypatch)
     x2, _, _ = folder_cache.cached_folder_tensor(root, "t", tmp_path / "c")
     assert decoded == [root.resolve()] and torch.equal(x, x2)
+
+
+def test_a_cache_under_its_former_name_is_read_from_a_cache_folder_that_takes_no_new_file(tmp_path, monkeypatch):
+    """A shared cache folder that may not be written (read-only, or full) holding a good cache under the
+    former name was read by the former version; adopting it (a hard link, then a copy) raised the
+    copy's PermissionError instead. The old file is read; nothing is filed, nothing decoded."""
+    root = _folder(tmp_path / "copy" / "train", seed=7)
+    cache = tmp_path / "c"
+    x, y, _ = folder_cache.cached_folder_tensor(root, "copy-train", cache)
+    folder_cache.cache_file(root, "copy-train", cache).rename(cache / "copy-train.pt")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(folder_cache.os, "link", refuse)
+    monkeypatch.setattr(folder_cache, "atomic_torch_save", refuse)
+    decoded = _counting_decode(monkeypatch)
+    x2, y2, _ = folder_cache.cached_folder_tensor(root, "copy-train", cache)
+    assert decoded == [] and torch.equal(x, x2) and torch.equal(y, y2)
+    assert not folder_cache.cache_file(root, "copy-train", cache).exists()

@@ -316,6 +316,52 @@ def test_mnist_npz_whose_test_array_is_cut_short_inside_the_archive_is_refused_b
         get_datasets("mnist", data_dir=tmp_path, holdout=0)
 
 
+@pytest.mark.parametrize("fault", ["objects", "no_npy_member"])
+def test_mnist_npz_test_array_that_numpy_cannot_give_as_numbers_is_refused_before_training_by_name(tmp_path, fault):
+    """The up-front header check passed an object-dtype y_test (not unpickled: ValueError 'Object arrays cannot
+    be loaded' after training, naming no file) and a y_test member that is no .npy array (numpy's 'the magic
+    string is not correct', naming no file). Both are refused by name when the data is found."""
+    import zipfile
+
+    path = tmp_path / "mnist" / "mnist.npz"
+    if fault == "objects":
+        _mnist_npz(path, y_test=np.arange(10).astype(object))
+        said = r"mnist\.npz: its array y_test holds object values, not numbers.*replace it"
+    else:
+        _mnist_npz(path)
+        with zipfile.ZipFile(path) as z:
+            members = {n: z.read(n) for n in z.namelist()}
+        members["y_test.npy"] = b"not an array" * 10
+        with zipfile.ZipFile(path, "w") as z:
+            for n, data in members.items():
+                z.writestr(n, data)
+        said = r"mnist\.npz: its member y_test\.npy is no \.npy array.*replace it"
+    with pytest.raises(ValueError, match=said):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
+@pytest.mark.parametrize("layout", ["big_endian", "members_without_npy"])
+def test_mnist_npz_that_numpy_reads_is_read_whole(tmp_path, layout):
+    """Arrays numpy's np.load reads are read: big-endian labels (torch.from_numpy refused them when the test
+    split was read, after training), and members named without '.npy' (a zip made by hand: the header check
+    looked only for 'x_test.npy', a KeyError naming no file)."""
+    import io
+    import zipfile
+
+    path = tmp_path / "mnist" / "mnist.npz"
+    _mnist_npz(path, y_train=(np.arange(20) % 10).astype(">i8"), y_test=np.arange(10).astype(">i8"))
+    if layout == "members_without_npy":
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+        with zipfile.ZipFile(path, "w") as z:
+            for k, v in arrays.items():
+                buf = io.BytesIO()
+                np.save(buf, v)
+                z.writestr(k, buf.getvalue())
+    test = get_datasets("mnist", data_dir=tmp_path, holdout=0).test
+    assert sorted(int(test[i][1]) for i in range(len(test))) == list(range(10))
+
+
 @pytest.mark.parametrize("name, made", [("mnist", "mnist/MNIST/raw"), ("cifar10", "cifar10")])
 def test_a_failed_download_takes_away_only_the_empty_folders_it_made(tmp_path, monkeypatch, name, made):
     """A --download that failed (no internet) left the folders torchvision made for it (data/, mnist/MNIST/raw/),

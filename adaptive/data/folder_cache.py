@@ -201,7 +201,8 @@ def _adopt_legacy(legacy: Path, cache: Path, meta: dict, labels: torch.Tensor) -
     """The tensors of ``legacy`` (the cache's name before it was keyed on the folder's path) where
     that file holds exactly this folder's images (checked as any cache is), then filed under
     ``cache`` as well (a hard link, else a copy; the old file stays for older versions): no decoding
-    anew after an upgrade. None where it holds anything else."""
+    anew after an upgrade. None where it holds anything else. A cache folder that takes no new file (a
+    shared, read-only one) files nothing: the old file is read, as the former version read it."""
     found, _ = _read_cache(legacy, meta, labels)
     if found is None:
         return None
@@ -210,9 +211,12 @@ def _adopt_legacy(legacy: Path, cache: Path, meta: dict, labels: torch.Tensor) -
         os.link(legacy, tmp)
         os.replace(tmp, cache)
     except OSError:  # no hard links there: a copy
-        tmp.unlink(missing_ok=True)
-        atomic_torch_save({"meta": meta, "images": found[0], "labels": found[1],
-                           "crc32": _checksum(found[0], found[1])}, cache)
+        try:
+            tmp.unlink(missing_ok=True)
+            atomic_torch_save({"meta": meta, "images": found[0], "labels": found[1],
+                               "crc32": _checksum(found[0], found[1])}, cache)
+        except OSError:  # no new file there either (read-only, full): the old one serves, read again next time
+            pass
     return found
 
 

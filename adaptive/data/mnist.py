@@ -78,13 +78,22 @@ def _check_shapes(path, split, x_shape, y_shape) -> None:
 
 def _npz_shape(path: Path, zf, key: str) -> tuple:
     """The shape of array ``key`` of the npz ``path`` (``zf``: its open zip) from the .npy header alone,
-    checked against the member's size (an array cut short is refused, naming the file)."""
-    with zf.open(f"{key}.npy") as fp:
-        version = np.lib.format.read_magic(fp)
-        shape, _, dtype = (np.lib.format.read_array_header_1_0(fp) if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0(fp))
-        header = fp.tell()
-    if not dtype.hasobject and zf.getinfo(f"{key}.npy").file_size != header + int(np.prod(shape)) * dtype.itemsize:
+    checked against the member's size (an array cut short is refused, naming the file). The member is
+    the one ``np.load`` reads as ``key`` (``key`` itself, else ``key.npy``); one that is no .npy array, or
+    holds no numbers (Python objects, which are not unpickled; strings), is refused, naming the file."""
+    member = key if key in zf.namelist() else f"{key}.npy"
+    try:
+        with zf.open(member) as fp:
+            version = np.lib.format.read_magic(fp)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(fp) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(fp))
+            header = fp.tell()
+    except ValueError as e:  # numpy's names no file
+        raise ValueError(f"{path}: its member {member} is no .npy array ({e}): replace it with a good copy") from None
+    if dtype.kind not in "biuf":
+        raise ValueError(f"{path}: its array {key} holds {dtype} values, not numbers (MNIST's are uint8 images and "
+                         "integer labels; Python objects are not unpickled): replace it with a good copy")
+    if zf.getinfo(member).file_size != header + int(np.prod(shape)) * dtype.itemsize:
         raise ValueError(f"{path}: its array {key} of shape {shape} does not hold {int(np.prod(shape))} values of "
                          f"{dtype} (cut short, or padded): replace it with a whole copy")
     return shape
@@ -123,7 +132,9 @@ def _arrays(path, split):
         x, y = (_read_idx(_raw_file(path, split, k)) for k in KINDS)
     else:
         with np.load(path, allow_pickle=False) as f:
-            x, y = torch.from_numpy(f[f"x_{split}"]), torch.from_numpy(f[f"y_{split}"])
+            # (in this machine's byte order: torch takes no other)
+            x, y = (torch.from_numpy(a.astype(a.dtype.newbyteorder("="), copy=False))
+                    for a in (f[f"x_{split}"], f[f"y_{split}"]))
     _check_shapes(path, split, x.shape, y.shape)
     return x, y.long()
 
