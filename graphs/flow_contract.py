@@ -137,6 +137,10 @@ class FlowContractMixin:
             raise ValueError(f"its result's shape {tuple(result.shape)} is not that of its subscripts")
         shape = [max([s.shape[ls.index(c)] for s, (_, ls) in zip(squeezed, pairs) if c in ls] + [1]) for c in out]
         rows = math.prod(shape)
+        width = sum(math.prod(s.shape[ls.index(c)] for c in ls if c not in out) for s, (_, ls) in zip(squeezed, pairs))
+        if rows * width > _CONTRACT_READS:  # counted before they are laid out: rows x width ids would not fit in memory
+            raise ValueError(f"{rows} distinct output elements reading {width} elements each are too many reads to "
+                             "follow")
         parts = []
         for s, (_, ls) in zip(squeezed, pairs):
             mine = [c for c in out if c in ls]
@@ -146,9 +150,6 @@ class FlowContractMixin:
             t = t.expand(shape + list(t.shape[len(out):]))
             parts.append(t.reshape(rows, -1))
         feeds = torch.cat(parts, 1).long()
-        if feeds.numel() > _CONTRACT_READS:
-            raise ValueError(f"{rows} distinct output elements reading {feeds.shape[1]} elements each are too many "
-                             "reads to follow")
         combos, which = torch.unique(feeds.sort(dim=1).values, dim=0, return_inverse=True)
         S, L = combos.shape
         ids = self.book.combine(torch.arange(S).repeat_interleave(L), combos.reshape(-1), S, n.name, "contraction")

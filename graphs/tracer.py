@@ -77,8 +77,12 @@ def _sizes_packed():
 
 def _descriptor(name: str) -> bool:
     """Is ``torch.Tensor.<name>`` a method of torch's C base (``topk``, ``matmul``, ``__matmul__``), which refuses a
-    Proxy as ``self``, not one written in Python on ``torch.Tensor`` itself (``split``, which fx traces)?"""
-    return name not in vars(torch.Tensor) and callable(getattr(torch.Tensor, name, None))
+    Proxy as ``self``, not one written in Python on ``torch.Tensor`` itself (``split``, which fx traces), nor a
+    callable that is no method of a tensor (``torch.Tensor.mro``, ``__class__``, ``_make_subclass``: a stand-in for
+    one broke the trace, or ``torch.Tensor``)?"""
+    bases = torch.Tensor.__mro__[1:-1]  # torch's C base, not object's
+    return name not in vars(torch.Tensor) and any(
+        isinstance(vars(b).get(name), (types.MethodDescriptorType, types.WrapperDescriptorType)) for b in bases)
 
 
 def _codes(code):

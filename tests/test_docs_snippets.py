@@ -346,4 +346,6 @@ def test_every_summary_and_event_field_of_a_run_is_named_on_the_training_page(mo
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     keys = {*summary, *(k for e in events for k in e)}
     assert events and summary
+    if "init" not in {e["kind"] for e in events}:  # mask_only: the page said every run's first line was init
+        assert "a mask_only run, starting dense, has none" in re.sub(r"\s+", " ", page)
     assert sorted(k for k in keys if f"`{k}`" not in page) == [], "docs/training.md does not name these keys"

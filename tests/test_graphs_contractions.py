@@ -151,3 +151,79 @@ def test_unbound_methods_the_tables_do_not_know_trace_with_one_retrace():
     assert len(traces) == 2  # refused once, then traced with every stand-in the forward names
     assert {n.target for n in gm.graph.nodes if n.op == "call_method"} >= {"matmul", "bmm", "mm", "topk"}
     assert "matmul" not in vars(torch.Tensor) and "bmm" not in vars(torch.Tensor)
+
+
+def test_a_contraction_past_the_cap_is_refused_before_its_reads_are_laid_out(monkeypatch):
+    """Past ``_CONTRACT_READS`` a contraction is the unknown op's dense guess, refused before its (output element,
+    operand element) reads are laid out: it was refused after, when they were already in memory (2.1 GB at the peak
+    for a 256-token attention whose ids vary along the tokens, ~25 GB at 1024: killed before it could refuse)."""
+    from graphs import flow_contract
+
+    laid_out = []
+
+    class Torch:  # torch as flow_contract sees it, recording what it concatenates
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def cat(parts, *a, **k):
+            laid_out.append(sum(p.numel() for p in parts))
+            return torch.cat(parts, *a, **k)
+
+    monkeypatch.setattr(flow_contract, "torch", Torch())
+    model = HandAttention("matmul").double().eval()
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    graphs.build(adaptive.Connectome(model), "unit", example_input=x)
+    assert laid_out  # the spy sees the reads of a contraction followed
+    monkeypatch.setattr(flow_contract, "_CONTRACT_READS", min(laid_out) - 1)
+    laid_out.clear()
+    with pytest.warns(UserWarning, match="too many reads to follow"):
+        graphs.build(adaptive.Connectome(model), "unit", example_input=x)
+    assert laid_out == []
+
+
+def test_a_forward_naming_callables_of_torch_tensor_that_are_no_tensor_methods_still_traces():
+    """The forwards' bytecode names ``torch.Tensor.mro`` and ``torch.Tensor.__class__`` beside an unbound
+    ``torch.Tensor.matmul``: only tensor methods of torch's C base get stand-ins (one for ``__class__`` raised
+    "__class__ must be set to a class", one for ``mro`` left ``torch.Tensor.mro()`` missing its argument)."""
+    from graphs import tracer
+
+    class Names(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            if torch.Tensor in torch.Tensor.mro() and type(x) is not torch.Tensor.__class__:
+                h = h * 2
+            return torch.Tensor.matmul(h, h.transpose(-1, -2))
+
+    before = dict(vars(torch.Tensor))
+    gm = tracer.symbolic_trace(Names())
+    assert "matmul" in {n.target for n in gm.graph.nodes if n.op == "call_method"}
+    after = dict(vars(torch.Tensor))
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+
+
+def test_a_trace_that_fails_after_stand_ins_went_in_leaves_torch_tensor_as_it_was():
+    """The retrace with stand-ins for ``torch.Tensor.matmul`` and ``.bmm`` raises mid-forward: ``torch.Tensor``'s
+    attributes are those it had before, each the same object."""
+    from graphs import tracer
+
+    class Fails(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = torch.Tensor.bmm(torch.Tensor.matmul(self.a(x), self.a.weight), self.a(x).transpose(1, 2))
+            raise RuntimeError(f"no further than {h}")
+
+    before = dict(vars(torch.Tensor))
+    own = {n: getattr(torch.Tensor, n) for n in ("matmul", "bmm", "__matmul__")}
+    with pytest.raises(RuntimeError, match="no further than"):
+        tracer.symbolic_trace(Fails())
+    after = dict(vars(torch.Tensor))
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert all(getattr(torch.Tensor, n) is f for n, f in own.items())
