@@ -215,6 +215,9 @@ class RunLock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = open(self.path, "a+")
             except OSError as e:  # a folder that is a file, no permission: every process hears it
+                if self.path.is_dir():  # ("Is a directory" said of --output_dir, a folder as it should be)
+                    return (f"{self.path} is a folder, where a run keeps the lock file of --output_dir "
+                            f"{self.path.parent}: remove it, or give another --output_dir")
                 return f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

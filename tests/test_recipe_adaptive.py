@@ -924,6 +924,18 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     assert run(out, "--max_steps", "5").state.step == 5  # free again once the other run ended
 
 
+def test_a_lock_file_that_is_a_folder_is_named_not_the_run_folder(tmp_path, capsys):
+    """A folder named .lock in --output_dir was reported as 'cannot write into --output_dir DIR: Is a
+    directory', as if the run folder being a folder were the problem."""
+    out = tmp_path / "run"
+    (out / ".lock").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        run(out, "--max_steps", "5")
+    err = capsys.readouterr().err
+    assert f"{out / '.lock'} is a folder, where a run keeps the lock file of --output_dir {out}: remove it" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
 def test_a_run_into_a_folder_whose_run_is_still_running_is_refused_as_busy_before_reading_it(tmp_path, capsys):
     """A --resume into a folder whose run was still running read the checkpoints it was rotating and
     called the one half-deleted 'damaged' (a wrong fix), and a fresh run was told to --resume that live
