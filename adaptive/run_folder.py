@@ -13,6 +13,7 @@ import itertools
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Collection, Iterable, List, Optional, Sequence
 
@@ -113,6 +114,37 @@ def refuse_other_recipe(output_dir: Path, markers: Sequence[str], recipe: str, e
             "(--overwrite deletes only this recipe's own runs)")
 
 
+def _busy_message(folder: Path, who: str) -> str:
+    """The refusal of a run into ``folder``, whose lock another run (process ``who``, "" unknown) holds."""
+    return (f"another run is writing into {folder}{f' (process {who})' if who else ''}: "
+            "wait for it to finish, or give this one another --output_dir")
+
+
+def busy(output_dir) -> str:
+    """Why a run may not use ``output_dir`` now: another run holds its lock (:class:`RunLock`), said
+    as its refusal; "" when none does (no folder, no lock file, or a lock file that a killed run left,
+    whose lock the system let go of with the process). Takes nothing: a --resume asks it before it
+    reads the run's checkpoints and settings, which a live run is rewriting (it rotates its
+    checkpoints: one read half-deleted was called damaged), instead of only at :meth:`RunLock.acquire`
+    after minutes of data loading. It holds the lock shared for an instant (a run taking it meanwhile
+    tries again, :meth:`RunLock._lock`)."""
+    import fcntl
+
+    path = Path(output_dir) / ".lock"
+    try:
+        fd = open(path, "r")
+    except OSError:  # no lock file (no run holds the folder), or none we can read: RunLock.acquire says
+        return ""
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _busy_message(Path(output_dir), fd.read().strip())
+        return ""
+    finally:
+        fd.close()  # (closing lets go of the shared lock)
+
+
 def _same_file(fd, path: Path) -> bool:
     """Whether the open file ``fd`` is still the one at ``path`` (not unlinked or replaced)."""
     try:
@@ -177,20 +209,28 @@ class RunLock:
         """Lock the file at ``self.path`` (main process): "" once held, else why not."""
         import fcntl
 
+        tries = 10
         while True:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = open(self.path, "a+")
             except OSError as e:  # a folder that is a file, no permission: every process hears it
+                if self.path.is_dir():  # ("Is a directory" said of --output_dir, a folder as it should be)
+                    return (f"{self.path} is a folder, where a run keeps the lock file of --output_dir "
+                            f"{self.path.parent}: remove it, or give another --output_dir")
                 return f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                if tries > 0:  # (a --resume's :func:`busy` holds it shared for an instant: try again)
+                    fd.close()
+                    tries -= 1
+                    time.sleep(0.05)
+                    continue
                 fd.seek(0)
                 who = fd.read().strip()
                 fd.close()
-                return (f"another run is writing into {self.path.parent}{f' (process {who})' if who else ''}: "
-                        "wait for it to finish, or give this one another --output_dir")
+                return _busy_message(self.path.parent, who)
             if _same_file(fd, self.path):
                 break
             fd.close()  # a run that wrote nothing took its lock file away between our open and flock: again

@@ -698,6 +698,30 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     if bad:
         raise bad[0](bad[1])
     accelerator.load_state(str(path))
+    problem = optimizer_state_problem(accelerator)
+    if problem:  # (torch loads moments of other shapes silently; the first step then failed deep inside it)
+        raise ValueError(problem)
+
+
+# the per-parameter state of torch's optimizers that has its parameter's shape
+_PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum",
+                       "grad_avg", "ax", "exp_inf", "prev")
+
+
+def optimizer_state_problem(accelerator) -> Optional[str]:
+    """Why the state that ``accelerator``'s optimizers loaded does not fit their parameters (a moment
+    of another shape: a checkpoint of another model's optimizer, its MANIFEST.json rewritten), naming
+    the parameter; None when it fits. torch's ``load_state_dict`` checks only the parameter counts, so
+    the first optimizer step failed with a traceback of mismatched tensor sizes."""
+    names = {id(p): n for m in accelerator._models for n, p in accelerator.unwrap_model(m).named_parameters()}
+    for opt in accelerator._optimizers:
+        for p, st in getattr(opt, "optimizer", opt).state.items():
+            for k in _PARAM_SHAPED_STATE:
+                v = st.get(k)
+                if torch.is_tensor(v) and v.shape != p.shape:
+                    return (f"optimizer state {k} of {names.get(id(p), 'a parameter')!r} has shape {tuple(v.shape)}, "
+                            f"but the parameter is {tuple(p.shape)} here: was it saved from another model?")
+    return None
 
 
 # ----------------------------------------------------------------------------- files

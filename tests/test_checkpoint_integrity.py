@@ -128,6 +128,25 @@ def test_a_checkpoint_of_another_process_count_is_not_called_damaged(finished_ru
     assert "damaged" not in err and "delete" not in err
 
 
+def test_an_optimizer_state_of_another_model_is_refused_not_a_traceback_at_the_first_step(finished_run, tmp_path,
+                                                                                           capsys):
+    """An optimizer.bin of another model (its MANIFEST.json rewritten to match) loaded silently, torch
+    checking only the parameter counts, and the first step failed deep in SGD with a traceback of
+    mismatched tensor sizes: refused at the load, naming the parameter and the checkpoint."""
+    from adaptive.integrity import write_manifest
+
+    out = copy_of(finished_run, tmp_path)
+    ck = list_checkpoints(out / "checkpoints")[-1]
+    opt = torch.load(ck / "optimizer.bin", weights_only=False)
+    first = next(iter(opt["state"]))
+    opt["state"][first]["momentum_buffer"] = opt["state"][first]["momentum_buffer"][:-1].clone()  # one unit fewer
+    torch.save(opt, ck / "optimizer.bin")
+    write_manifest(ck)
+    line = refused(capsys, out, "--resume", "latest")
+    assert f"checkpoint {ck} cannot be read" in line and "optimizer state momentum_buffer of " in line, line
+    assert "was it saved from another model?" in line, line
+
+
 def test_a_checkpoint_that_lost_its_manifest_is_refused_and_the_advice_works(finished_run, tmp_path, capsys):
     """A checkpoint written with a settings copy was written with a manifest: without one it was
     taken for an older checkpoint and a flipped byte went through. With no other checkpoint, the

@@ -1091,6 +1091,24 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, weights):
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
+def test_a_resume_into_a_busy_folder_is_refused_before_its_files_are_read(tmp_path, weights, monkeypatch):
+    """A --resume into a folder whose run still runs read its config.yaml and checkpoint (which that run
+    rewrites) and loaded the data before the lock refused it: refused as busy first, reading nothing."""
+    import fcntl
+
+    mod = recipe()
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "config.yaml").write_text("{{{ half-written")  # what the live run is writing: never read
+    monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **k: pytest.fail("data loaded for a busy folder"))
+    with open(out / ".lock", "a+") as held:  # another run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for extra in (("--resume",), ()):
+            with pytest.raises(RuntimeError, match=f"another run is writing into {out}"):
+                mod.main(args(weights, out, "--remove", "0.5", *extra))
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml"]
+
+
 def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earlier_run(tmp_path, weights, capsys):
     """--overwrite followed a symlinked remove_* folder and deleted the files behind it (or died half-way
     deleting); in a folder holding no earlier run it deleted a user's graph_report/ and figures. A

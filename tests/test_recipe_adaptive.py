@@ -924,6 +924,42 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, capsys):
     assert run(out, "--max_steps", "5").state.step == 5  # free again once the other run ended
 
 
+def test_a_lock_file_that_is_a_folder_is_named_not_the_run_folder(tmp_path, capsys):
+    """A folder named .lock in --output_dir was reported as 'cannot write into --output_dir DIR: Is a
+    directory', as if the run folder being a folder were the problem."""
+    out = tmp_path / "run"
+    (out / ".lock").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        run(out, "--max_steps", "5")
+    err = capsys.readouterr().err
+    assert f"{out / '.lock'} is a folder, where a run keeps the lock file of --output_dir {out}: remove it" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_run_into_a_folder_whose_run_is_still_running_is_refused_as_busy_before_reading_it(tmp_path, capsys):
+    """A --resume into a folder whose run was still running read the checkpoints it was rotating and
+    called the one half-deleted 'damaged' (a wrong fix), and a fresh run was told to --resume that live
+    run: the folder's lock is asked first, and both are refused as busy, naming the folder."""
+    import fcntl
+
+    out = tmp_path / "live"
+    run(out, "--max_steps", "20", "--checkpoint_every", "5")
+    oldest = list_checkpoints(out / "checkpoints")[0]
+    (oldest / "random_states_0.pkl").unlink()  # the live run was deleting this checkpoint, its oldest
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*")) + [".lock"]
+    with open(out / ".lock", "a+") as held:  # the live run holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242")
+        held.flush()
+        for extra in (("--resume", "latest"), ("--resume", str(oldest)), ()):
+            with pytest.raises(SystemExit):
+                run(out, "--max_steps", "20", "--checkpoint_every", "5", *extra)
+            err = capsys.readouterr().err
+            assert f"another run is writing into {out} (process 4242): wait for it to finish" in err, (extra, err)
+            assert "damaged" not in err and "holds an earlier run" not in err, (extra, err)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == sorted(before)  # nothing written nor deleted
+
+
 def test_a_finished_run_leaves_no_lock_file_and_a_killed_runs_lock_blocks_nothing(tmp_path):
     """Every finished run left its .lock in the run folder. A killed run's lock file stays, but the
     system let go of its lock: a --resume (or a fresh run) takes it and takes it away at its end."""

@@ -228,6 +228,18 @@ def _delete_run(output_dir: Path) -> None:
     run_folder.delete_files(output_dir, [*first, *rest, "config.yaml"], trees=[*_DERIVED_DIRS, *exports])
 
 
+def _refuse_busy(accelerator, output_dir) -> None:
+    """Refuse (CheckpointError, on the main process: call it through
+    :func:`adaptive.distributed.agreed_call` with ``some_alone``) a run into ``output_dir`` while
+    another run holds its lock (:func:`adaptive.run_folder.busy`), before this one reads the folder:
+    a --resume read the checkpoints the live run was rotating and called one damaged, and a fresh run
+    was told to resume a run that was still running."""
+    if output_dir is not None and accelerator.is_main_process:
+        why = run_folder.busy(output_dir)
+        if why:
+            raise CheckpointError(why)
+
+
 class _RunLock(run_folder.RunLock):
     """The run folder's lock (:class:`adaptive.run_folder.RunLock`); a fresh run checks again, once
     it holds the lock, that no earlier run is there."""

@@ -29,7 +29,7 @@ from .accumulation import _env_accumulation, _refuse_other_accumulation
 from .builders import (_holdout_check, _refuse_differing_splits, build_connectome, build_controller, build_model_for, build_optimizer,
                        get_dataloaders)
 from .config import RunConfig
-from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _on_interrupt, _RunLock, _save_config, \
+from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _on_interrupt, _refuse_busy, _RunLock, _save_config, \
     _refuse_earlier_run, default_output_dir, main_writes
 from .mask_only_run import _mask_only
 from .notes import _batch_note, _density_note, _last_train_loss, _update_note, dying_relu_remedy
@@ -59,6 +59,8 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     output_dir = cfg.output_dir
     # what each process reads for itself (the folders --resume names, the run folder's files) is checked on
     # each, and the outcome agreed: one process's failure stops every process with one error (agreed_call)
+    if cfg.resume:  # another run live in the folder: said before its checkpoints (being rewritten) are read
+        agreed_call(lambda: _refuse_busy(accelerator, output_dir), some_alone=True)
     if cfg.resume and cfg.mode == "mask_only":
         output_dir = str(agreed_call(lambda: _mask_only_run_dir(cfg.resume, output_dir)))
     elif cfg.resume:
@@ -66,6 +68,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
         refuse_differing(resume_from.name, f"checkpoints for --resume {cfg.resume}")
         output_dir = output_dir or str(run_dir_of(resume_from))
     output_dir = Path(output_dir or _broadcast_str(accelerator, default_output_dir()))
+    agreed_call(lambda: _refuse_busy(accelerator, output_dir), some_alone=True)  # (the folder --resume PATH named too)
     agreed_call(lambda: _check_run_folder(cfg, accelerator, output_dir, resume_from, from_launch))
     _INTERRUPT.update(output_dir=output_dir, resume_from=resume_from, checkpoint=resume_from,
                       overwrite=cfg.overwrite and not cfg.resume,

@@ -45,6 +45,9 @@ def main(argv=None, test_loader_hook=None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
     checked = None  # what the check of the checkpoint read: the run's load takes it (one read of the file)
+    busy = run_folder.busy(out)  # another run live there: said before its files (being rewritten) are read
+    if busy:
+        raise run_folder.RunFolderError(busy)
     if not args.resume:  # before anything is built or written
         _refuse_earlier_run(args, out)
     else:  # before any data is read: a run continues with the settings it was started with
