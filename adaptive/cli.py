@@ -81,17 +81,31 @@ class ArgumentParser(argparse.ArgumentParser):
         return ns
 
 
+def path_type(what: str = "the path", fix: str = "a path, or leave the option out for its default"
+              ) -> Callable[[str], str]:
+    """``type=`` of a path option (a benchmark's ``--out``, ``--runs``, ``--figure`` ...): the value with a
+    leading ~ read as the home folder; an empty or whitespace-only value (``--out "$DIR"`` with DIR unset)
+    refused, naming ``what`` the option holds and ``fix`` (what to give instead), where it would have
+    meant the default, the working directory or a file named by a space, unsaid
+    (:func:`adaptive.paths.empty_path_problem`, :func:`adaptive.paths.home_expanded`). argparse puts the
+    option's name before the message: ``argument --out: the path is empty (''): give a path, ...``."""
+    from .paths import empty_path_problem, home_expanded
+
+    def path(text: str) -> str:
+        problem = empty_path_problem(text, what, fix)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return home_expanded(text)
+
+    return path
+
+
 def data_dir_type(text: str) -> str:
     """``type=`` of a --data-dir option (the benchmarks'): an empty or whitespace-only folder (an unset shell
     variable) is refused, as the recipes refuse it (it read the default folder unsaid), and ~ is the home
-    folder (:func:`adaptive.paths.empty_path_problem`, :func:`adaptive.paths.home_expanded`)."""
-    from .paths import empty_path_problem, home_expanded
-
-    problem = empty_path_problem(text, "the data folder", "a data folder, or leave the option out for the default "
-                                                         "($ADAPTIVE_DATA, else ../shared/data)")
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return home_expanded(text)
+    folder (:func:`path_type`)."""
+    return path_type("the data folder", "a data folder, or leave the option out for the default "
+                                        "($ADAPTIVE_DATA, else ../shared/data)")(text)
 
 
 def show_progress(setting: Optional[bool] = None) -> bool:
