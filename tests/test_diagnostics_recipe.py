@@ -108,6 +108,19 @@ def test_knowledge_prints_the_seconds_its_summary_records(recipe, tmp_path, monk
             "saving or drawing); figure ") in capsys.readouterr().out
 
 
+def test_knowledge_prints_accuracy_in_percent(recipe, tmp_path, capsys):
+    """The printed curve gave accuracy as a fraction (0.8047) under its figure's percent axis."""
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "2",
+                 "--points", "3"])
+    out = capsys.readouterr().out
+    printed = out.split("accuracy of what remains\n")[1].split("\n\n")[0]
+    assert printed == (tmp_path / "knowledge_curve.md").read_text().strip()
+    assert printed.startswith("| removed | fraction | accuracy (%) | loss | accuracy drop (points) |")
+    first = [c.strip() for c in printed.splitlines()[2].strip("|").split("|")]
+    intact = json.loads((tmp_path / "knowledge_summary.json").read_text())["meta"]["base"]["accuracy"]
+    assert first[2] == f"{100 * intact:.2f}" and first[4] == "0.00"
+
+
 def test_progress(recipe, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
