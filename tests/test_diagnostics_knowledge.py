@@ -14,6 +14,18 @@ from adaptive.diagnostics import fit_exponential, knowledge_distribution
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_figures():
+    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
+    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
+    later tests of other files) and held their memory."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def constructed():
     # feature j alone decides sample j (label 0) through w[0, j] = 4 - j, w[1, j] = -(4 - j);
     # the bias favours class 1 by 0.5, so a sample is lost once its feature's weights are removed.

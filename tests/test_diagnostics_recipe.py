@@ -12,6 +12,18 @@ torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_figures():
+    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
+    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
+    later tests of other files) and held their memory."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 @pytest.fixture(scope="module")
 def recipe():
     return load_script("recipes/diagnostics.py", "diagnostics_recipe")
