@@ -56,7 +56,8 @@ class ArgumentParser(argparse.ArgumentParser):
         line, by the first process of each machine alone (:func:`quiet_at_start`), not once a process;
         once the process group exists (a script's second run of a recipe's main in one launch), by
         process 0 alone, as an error every process raises alike (the others write it where process 0
-        has not within their wait: never lost)."""
+        has not within their wait, and at once where process 0's was another, their command lines differing:
+        never lost)."""
         from .distributed import mark_raised_alike
 
         error = mark_raised_alike(SystemExit(2))  # (marked only where a process group exists)
@@ -81,17 +82,31 @@ class ArgumentParser(argparse.ArgumentParser):
         return ns
 
 
+def path_type(what: str = "the path", fix: str = "a path, or leave the option out for its default"
+              ) -> Callable[[str], str]:
+    """``type=`` of a path option (a benchmark's ``--out``, ``--runs``, ``--figure`` ...): the value with a
+    leading ~ read as the home folder; an empty or whitespace-only value (``--out "$DIR"`` with DIR unset)
+    refused, naming ``what`` the option holds and ``fix`` (what to give instead), where it would have
+    meant the default, the working directory or a file named by a space, unsaid
+    (:func:`adaptive.paths.empty_path_problem`, :func:`adaptive.paths.home_expanded`). argparse puts the
+    option's name before the message: ``argument --out: the path is empty (''): give a path, ...``."""
+    from .paths import empty_path_problem, home_expanded
+
+    def path(text: str) -> str:
+        problem = empty_path_problem(text, what, fix)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+        return home_expanded(text)
+
+    return path
+
+
 def data_dir_type(text: str) -> str:
     """``type=`` of a --data-dir option (the benchmarks'): an empty or whitespace-only folder (an unset shell
     variable) is refused, as the recipes refuse it (it read the default folder unsaid), and ~ is the home
-    folder (:func:`adaptive.paths.empty_path_problem`, :func:`adaptive.paths.home_expanded`)."""
-    from .paths import empty_path_problem, home_expanded
-
-    problem = empty_path_problem(text, "the data folder", "a data folder, or leave the option out for the default "
-                                                         "($ADAPTIVE_DATA, else ../shared/data)")
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return home_expanded(text)
+    folder (:func:`path_type`)."""
+    return path_type("the data folder", "a data folder, or leave the option out for the default "
+                                        "($ADAPTIVE_DATA, else ../shared/data)")(text)
 
 
 def show_progress(setting: Optional[bool] = None) -> bool:
@@ -323,7 +338,7 @@ def say_error(text: str, e: BaseException, once: bool = False) -> None:
     an error is never lost, at worst late and twice. Process 0, which writes the line of an error
     every process raises alike, records in the launch's store that it did
     (:func:`adaptive.distributed.note_error_reported`)."""
-    if once and _left_to_another_process(e) and _wait_for_the_report():
+    if once and _left_to_another_process(e) and _wait_for_the_report(text):
         return
     _say(text)
     if once and _launched_with_others():
@@ -332,18 +347,21 @@ def say_error(text: str, e: BaseException, once: bool = False) -> None:
             from .distributed import note_error_reported, raised_alike
 
             if raised_alike(e):
-                note_error_reported()
+                note_error_reported(text)
 
 
 # how often a process that leaves its error line to process 0 asks the launch's store whether it was written
 REPORT_POLL_SECONDS = 0.05
 
 
-def _wait_for_the_report() -> bool:
-    """Whether the error line this process leaves to another was written by it: once the process group
-    exists, process 0 records in the launch's store that it wrote it
+def _wait_for_the_report(text: str = "") -> bool:
+    """Whether the error line ``text`` this process leaves to another was written: once the process group
+    exists, process 0 records in the launch's store that it wrote its line
     (:func:`adaptive.distributed.error_reported`), asked here every :data:`REPORT_POLL_SECONDS` for up
-    to :func:`_left_to_another_seconds`. Where that cannot be known (before the process group exists,
+    to :func:`_left_to_another_seconds`; where process 0's line was another
+    (:func:`adaptive.distributed.reported_error_is`: an argparse error of a command line that differs between
+    the processes, such as a script's second run of a recipe's main with an argv of each process's own),
+    this process writes its own too, at once, and it counts as written. Where that cannot be known (before the process group exists,
     or no store answers), this process waits that long for the launcher to end it, which it does
     (torchrun, ``accelerate launch``) once any process has exited: still running then, it writes the line
     itself. Waiting on the launcher alone wrote the line twice where process 0's exit (or the launcher's
@@ -351,7 +369,7 @@ def _wait_for_the_report() -> bool:
     waits for the launcher (the rest of that wait at most), so that process 0 exits first: the launcher
     names it, and does not kill it while it exits. A Ctrl-C meanwhile (it reaches every process: the
     first reports it) counts as written."""
-    from .distributed import error_reported
+    from .distributed import error_reported, reported_error_is
 
     wait = _left_to_another_seconds()
     try:
@@ -366,6 +384,8 @@ def _wait_for_the_report() -> bool:
                 return False
             time.sleep(min(left, REPORT_POLL_SECONDS))
             reported = error_reported()
+        if not reported_error_is(text):  # process 0 wrote another line: this one would be lost
+            _say(text)
         # written: still wait (the rest of the wait at most) for the launcher to end this process once process 0
         # has exited. Exiting first, this process was the launcher's "root cause" (rank 1, status 2) and process 0,
         # still exiting, was killed by its SIGTERM (its buffered output, its exit handlers lost)

@@ -375,17 +375,41 @@ def _store_has(key: str) -> Optional[bool]:
 _ERROR_KEY = "adaptive_error_reported"  # set in the launch's store by process 0 once it has written an agreed error
 
 
-def note_error_reported() -> None:
-    """Record in the launch's store that this process (process 0) has written the line of an error
+def _line_digest(text: str) -> str:
+    """A short digest of an error line, as the launch's store records it (:func:`note_error_reported`)."""
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def note_error_reported(text: str = "") -> None:
+    """Record in the launch's store that this process (process 0) has written the line ``text`` of an error
     every process raises alike (:func:`raised_alike`), so that the others, which leave it to this one,
-    end without writing it (:func:`error_reported`); nothing where there is no store."""
+    end without writing it (:func:`error_reported`), unless theirs is another (:func:`reported_error_is`);
+    nothing where there is no store."""
     store = _launch_store()
     if store is None:
         return
     try:
-        store.set(_round_key(_ERROR_KEY), "1")
+        store.set(_round_key(_ERROR_KEY), _line_digest(text))
     except Exception:  # noqa: BLE001 - (the launcher gone): the others write it after their wait
         pass
+
+
+def reported_error_is(text: str) -> bool:
+    """Whether the error line process 0 recorded writing (:func:`note_error_reported`) is ``text``: False
+    only where it recorded another one (an error "raised alike" that was not, such as argparse's on
+    command lines that differ between the processes: this process's own line is then written too); True
+    where that cannot be known (no store, or it does not answer), as the line was always taken to be."""
+    store = _launch_store()
+    if store is None:
+        return True
+    try:
+        recorded = store.get(_round_key(_ERROR_KEY))
+    except Exception:  # noqa: BLE001 - (the launcher gone, or not recorded): not known
+        return True
+    recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+    return recorded == _line_digest(text)
 
 
 def error_reported() -> Optional[bool]:

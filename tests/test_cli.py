@@ -418,6 +418,9 @@ class _FakeStore:
     def check(self, keys):
         return all(k in self.keys for k in keys)
 
+    def get(self, key):
+        return str(self.keys[key]).encode()
+
 
 class _FakeGroup:
     """torch.distributed's process group as process ``rank`` of two sees it."""
@@ -455,11 +458,46 @@ def test_an_agreed_error_is_written_once_however_long_process_0_takes_to_exit(mo
         with pytest.raises(SystemExit) as e:
             cli.run_cli(refused, "prog", once=True)
         assert e.value.code == 2 and capsys.readouterr().err == written
-    assert store.keys == {f"adaptive_error_reported.{D._ROUND[0]}": "1"}
+    assert store.keys == {f"adaptive_error_reported.{D._ROUND[0]}": D._line_digest(line[:-1])}
     monkeypatch.setattr(D, "_launch_store", lambda: None)  # no store answers: written after the wait, as before
     with pytest.raises(SystemExit):
         cli.run_cli(refused, "prog", once=True)
     assert capsys.readouterr().err == line
+
+
+def test_a_parse_error_of_a_command_line_that_differs_between_processes_is_written_by_each(monkeypatch, capsys):
+    """Once the process group exists (a script's second run of a recipe's main in one launch), an argparse
+    error is marked as raised alike and left to process 0; but each process parses its own command line,
+    and where they differ (an argv of each process's own) process 1's error was another, and only process
+    0's line was written. Process 1 now writes its own where process 0 recorded writing another, and still
+    nothing where process 0's was the same."""
+    import adaptive.cli as cli
+    import adaptive.distributed as D
+
+    def parse(argv):
+        p = cli.ArgumentParser(prog="prog")
+        p.add_argument("--steps", type=int)
+        return lambda: p.parse_args(argv)
+
+    store = _FakeStore()
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ADAPTIVE_LEFT_TO_ANOTHER_SECONDS", "0")
+    monkeypatch.setattr(D, "is_distributed", lambda: True)
+    monkeypatch.setattr(D, "_launch_store", lambda: store)
+    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
+    monkeypatch.setattr(D, "begin_report_round", lambda: None)  # (one round: both processes' one run)
+
+    def run(rank, argv):
+        monkeypatch.setattr(cli, "_process_group", lambda: _FakeGroup(rank))
+        with pytest.raises(SystemExit) as e:
+            cli.run_cli(parse(argv), "prog", once=True)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    assert "prog: error: argument --steps: invalid int value: 'x'" in run(0, ["--steps", "x"])
+    assert "prog: error: unrecognized arguments: --stpes 3" in run(1, ["--stpes", "3"])  # lost before
+    assert run(1, ["--steps", "x"]) == ""  # the same line as process 0's: written once
 
 
 def test_a_second_run_in_one_launch_reads_no_report_of_the_first(monkeypatch, capsys):

@@ -14,6 +14,18 @@ from adaptive.diagnostics import fit_exponential, knowledge_distribution
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_figures():
+    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
+    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
+    later tests of other files) and held their memory."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def constructed():
     # feature j alone decides sample j (label 0) through w[0, j] = 4 - j, w[1, j] = -(4 - j);
     # the bias favours class 1 by 0.5, so a sample is lost once its feature's weights are removed.
@@ -122,6 +134,31 @@ def test_a_failed_fit_is_written_as_strict_json(tmp_path):
     doc = json.loads((tmp_path / "knowledge_summary.json").read_text(), parse_constant=refuse)
     assert doc["fits"]["loss_increase"]["rate"] is None
     assert KnowledgeCurve.load(str(tmp_path)).total == curve.total
+
+
+def test_the_curve_table_people_read_gives_accuracy_in_percent_and_the_csv_keeps_fractions(tmp_path):
+    """knowledge_curve.md (and the recipe's printout) showed accuracy as a fraction, 0.804, where its figure,
+    the progress lines and every other table show 80.40%: it is percent now, the columns saying so; the CSV,
+    which load reads back, keeps the fractions."""
+    import csv
+
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, counts=[0, 2, 4], estimator="magnitude")
+    curve.save(tmp_path)
+    lines = (tmp_path / "knowledge_curve.md").read_text().splitlines()
+    assert lines[0] == "| removed | fraction | accuracy (%) | loss | accuracy drop (points) | loss_increase |"
+    acc = curve.table["accuracy"]
+    assert acc[0] == 1.0 and 0 < acc[-1] < 1  # the intact net gets all four right; removing 4 weights loses some
+    for line, a in zip(lines[2:], acc):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[2] == f"{100 * a:.2f}" and cells[4] == f"{100 * (1.0 - a):.2f}", line
+    assert lines[2].split("|")[3].strip() == "100.00"
+    with open(tmp_path / "knowledge_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["accuracy"]) for r in rows] == acc and "accuracy_drop" in rows[0]
+    assert KnowledgeCurve.load(str(tmp_path)).table["accuracy"] == acc
 
 
 def test_strict_json_replaces_only_non_finite_numbers():

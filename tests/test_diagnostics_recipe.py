@@ -12,6 +12,18 @@ torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_figures():
+    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
+    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
+    later tests of other files) and held their memory."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 @pytest.fixture(scope="module")
 def recipe():
     return load_script("recipes/diagnostics.py", "diagnostics_recipe")
@@ -106,6 +118,19 @@ def test_knowledge_prints_the_seconds_its_summary_records(recipe, tmp_path, monk
     assert seconds == 10.0
     assert ("; curve measured in 10.0 s (as knowledge_summary.json's seconds: the measurement alone, no training, "
             "saving or drawing); figure ") in capsys.readouterr().out
+
+
+def test_knowledge_prints_accuracy_in_percent(recipe, tmp_path, capsys):
+    """The printed curve gave accuracy as a fraction (0.8047) under its figure's percent axis."""
+    recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "2",
+                 "--points", "3"])
+    out = capsys.readouterr().out
+    printed = out.split("accuracy of what remains\n")[1].split("\n\n")[0]
+    assert printed == (tmp_path / "knowledge_curve.md").read_text().strip()
+    assert printed.startswith("| removed | fraction | accuracy (%) | loss | accuracy drop (points) |")
+    first = [c.strip() for c in printed.splitlines()[2].strip("|").split("|")]
+    intact = json.loads((tmp_path / "knowledge_summary.json").read_text())["meta"]["base"]["accuracy"]
+    assert first[2] == f"{100 * intact:.2f}" and first[4] == "0.00"
 
 
 def test_progress(recipe, tmp_path):

@@ -23,6 +23,18 @@ progress_module = importlib.import_module("adaptive.diagnostics.progress")
 SHARED_MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_figures():
+    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
+    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
+    later tests of other files) and held their memory."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def densecat(batchnorm=False, depth=3, width=4, in_shape=(1, 6, 6), num_classes=5):
     torch.manual_seed(0)
     return build_model("densecat", num_classes=num_classes, in_shape=in_shape, depth=depth, width=width, batchnorm=batchnorm)

@@ -33,6 +33,18 @@ TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "5", "--thre
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
+@pytest.fixture(autouse=True)
+def _close_kept_figures():
+    """The figures a test keeps to inspect (adaptive.plots._save replaced: it would have closed them) are
+    closed after it: left open, more than 20 made matplotlib warn in CI, and they held memory for the rest
+    of the worker's tests."""
+    yield
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:  # (a test that drew nothing imports no matplotlib here)
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def run(tmp, *extra, on_step=None):
     return R.main(TINY + ["--output_dir", str(tmp), *extra], on_step=on_step)
 

@@ -212,9 +212,11 @@ class KnowledgeCurve:
         import os
 
         os.makedirs(out_dir, exist_ok=True)
-        for name, t in (("knowledge_curve", self.table), ("knowledge_fit", self.fit_table())):
-            t.to_csv(os.path.join(out_dir, name + ".csv"))
-            write_text(os.path.join(out_dir, name + ".md"), t.to_markdown() + "\n")
+        self.table.to_csv(os.path.join(out_dir, "knowledge_curve.csv"))  # fractions, for reading back (load)
+        write_text(os.path.join(out_dir, "knowledge_curve.md"), self.shown_table().to_markdown() + "\n")
+        fit = self.fit_table()
+        fit.to_csv(os.path.join(out_dir, "knowledge_fit.csv"))
+        write_text(os.path.join(out_dir, "knowledge_fit.md"), fit.to_markdown() + "\n")
         keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
         write_text(os.path.join(out_dir, "knowledge_summary.json"), jsonio.dumps(
             {"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
@@ -256,6 +258,19 @@ class KnowledgeCurve:
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"{out_dir}: knowledge_summary.json or knowledge_curve.csv cannot be read "
                              f"({type(e).__name__}: {e}); rerun the knowledge command to write them afresh") from None
+
+    def shown_table(self) -> Table:
+        """:attr:`table` as people read it (``knowledge_curve.md``, the recipe's printout): the accuracy in
+        percent and its drop in percentage points, 2 decimals, the columns' names saying so (``accuracy
+        (%)``, ``accuracy drop (points)``), as the figure, the progress lines and the recipes' tables
+        show accuracy; every other column as it is. :attr:`table` and ``knowledge_curve.csv`` keep the
+        fractions."""
+        shown = {"accuracy": "accuracy (%)", "accuracy_drop": "accuracy drop (points)"}
+
+        def cell(key, value):
+            return f"{100 * value:.2f}" if key in shown and isinstance(value, (int, float)) else value
+
+        return Table({shown.get(k, k): cell(k, v) for k, v in row.items()} for row in self.table)
 
     def fit_table(self) -> Table:
         rows = []

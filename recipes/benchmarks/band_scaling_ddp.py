@@ -67,6 +67,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.diagnostics import BandGradientScaler  # noqa: E402
 from adaptive.diagnostics._common import live_mask, scaler_suspended  # noqa: E402
@@ -372,7 +373,7 @@ def main(argv=None) -> None:
                     help="interleaved rounds per model (default: " + ", ".join(f"{k} {r}" for k, (r, _) in PLAN.items()) + ")")
     ap.add_argument("--models", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)} (default all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
+    ap.add_argument("--out", type=path_type(), default=RESULTS, help=f"where to write the table (default {RESULTS})")
     ap.add_argument("--no-progress", action="store_true", help="no per-round lines")
     args = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import adaptive  # noqa: E402
-from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.budgets import get_budget  # noqa: E402
 from adaptive.data.split import stratified_split  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -241,9 +241,9 @@ def main(argv=None):
                     help="policy/estimator pairs for 'ours'; estimator@u50+f0.5 also sets update_every and edit fraction")
     ap.add_argument("--data-dir", "--data_dir", dest="data_dir", type=data_dir_type)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--results", default=str(HERE.parents[1] / "runs" / "benchmarks" / "dst_mnist" / "results.jsonl"),
+    ap.add_argument("--results", type=path_type(), default=str(HERE.parents[1] / "runs" / "benchmarks" / "dst_mnist" / "results.jsonl"),
                     help="the finished runs (JSON lines; default: runs/benchmarks/dst_mnist/ of the repository, as --out is)")
-    ap.add_argument("--out", default=str(HERE / "results" / "dst_mnist.md"))
+    ap.add_argument("--out", type=path_type(), default=str(HERE / "results" / "dst_mnist.md"))
     ap.add_argument("--table_only", action="store_true", help="only write the table from finished runs")
     ap.add_argument("--append", action="store_true", help="append the table to --out as a section")
     ap.add_argument("--how_run", default="", help="how the runs shared the machine, quoted in the table's last line "

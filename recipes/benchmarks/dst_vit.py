@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 
 
@@ -97,8 +97,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir", type=data_dir_type, default=None, help="data folder (else $ADAPTIVE_DATA, ../shared/data)")
-    p.add_argument("--runs", default=str(ROOT / "runs" / "benchmarks" / "dst_vit"), help="where the runs go")
-    p.add_argument("--out", default=str(HERE / "results" / "dst_vit.md"), help="the table")
+    p.add_argument("--runs", type=path_type(), default=str(ROOT / "runs" / "benchmarks" / "dst_vit"), help="where the runs go")
+    p.add_argument("--out", type=path_type(), default=str(HERE / "results" / "dst_vit.md"), help="the table")
     args = p.parse_args(argv)
     if not 0.0 < args.density < 1.0:
         p.error(f"--density must be in (0, 1) for the sparse rows, got {args.density}")

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -67,7 +68,7 @@ def main():
     ap.add_argument("--steps", type=int, default=70)
     ap.add_argument("--quick", action="store_true", help="a smoke run: rigl and utility, global budget, synapse and "
                     "neuron ensembles (checks the script, not every policy)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "ensemble_density.md"))
+    ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "ensemble_density.md"))
     args = ap.parse_args()
     if not 0.0 < args.density <= 1.0:
         raise SystemExit(f"--density must be in (0, 1], got {args.density}")

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
 from adaptive import connectome_edits  # noqa: E402
 from adaptive.connectome_queries import ConnectomeQueriesMixin  # noqa: E402
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
@@ -105,7 +106,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, default=64, help="input side: the update's cost does not depend on it")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "ensemble_mask_cache.md"))
+    ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "ensemble_mask_cache.md"))
     args = ap.parse_args()
     # RigL under a global budget empties a few neuron layers of a random resnet50: the same in every variant
     warnings.filterwarnings("ignore", message=r"layer\(s\) .* have no live synapse left")

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
@@ -164,9 +164,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="seed of the split, data order and controller")
     ap.add_argument("--subset", type=int, default=None, help="train images (quick runs; the table says so)")
     ap.add_argument("--test-subset", type=int, default=None, help="test images (quick runs; the table says so)")
-    ap.add_argument("--runs", default=None, help="folder for the runs' own folders (default: a temporary one)")
-    ap.add_argument("--output", default=None, help="the table's file (default: recipes/benchmarks/results/...)")
-    ap.add_argument("--figure", default=None, help="the figure's file (default: docs/figures/gradual_pruning_MODEL.png, "
+    ap.add_argument("--runs", type=path_type(), default=None, help="folder for the runs' own folders (default: a temporary one)")
+    ap.add_argument("--output", type=path_type(), default=None, help="the table's file (default: recipes/benchmarks/results/...)")
+    ap.add_argument("--figure", type=path_type(), default=None, help="the figure's file (default: docs/figures/gradual_pruning_MODEL.png, "
                                                    "or beside --output)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)

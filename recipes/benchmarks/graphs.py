@@ -445,7 +445,7 @@ def main(argv=None):
         print(json.dumps(measure_contract(impl, int(width), int(layers), int(threads))))
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    from adaptive.cli import data_dir_type
+    from adaptive.cli import data_dir_type, path_type
 
     p.add_argument("--data-dir", type=data_dir_type, default=os.environ.get("ADAPTIVE_DATA") or os.path.join(ROOT, "..", "shared", "data"))
     p.add_argument("--threads", type=int, default=1,
@@ -455,7 +455,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="mobilenet unit level and a short compaction run only")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--repeats", type=int, default=21)
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=path_type(), default=None,
                    help="the table's file (default results/graphs.md; results/graphs_contract.md with --only-contract)")
     p.add_argument("--skip-graphs", action="store_true", help="only the compaction part")
     p.add_argument("--skip-compaction", action="store_true", help="only the graph part (building, converting, writing)")

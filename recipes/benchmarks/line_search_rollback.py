@@ -28,6 +28,7 @@ import torchvision
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.optim_state import restore_state, snapshot_state  # noqa: E402
 from adaptive.policies.base import EditPlan  # noqa: E402
@@ -85,7 +86,7 @@ def main():
     ap.add_argument("--fraction", type=float, default=0.01, help="share of every layer's ensembles the plan edits")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ensemble", nargs="+", default=["synapse", "neuron"])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "line_search_rollback.md"))
+    ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "line_search_rollback.md"))
     args = ap.parse_args()
     if not 0 < args.fraction <= 1 or args.repeats < 1:
         ap.error("--fraction must be in (0, 1] and --repeats >= 1")

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
@@ -236,7 +236,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="a smoke test: 1 seed unless --seeds, 80 steps, an update "
                                                          "every 10, a 3,000-example subset, 1 held-out batch of 300, an evaluation part of 1,000")
     ap.add_argument("--data-dir", type=data_dir_type, default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
-    ap.add_argument("--output", default=None, help="the table (default: "
+    ap.add_argument("--output", type=path_type(), default=None, help="the table (default: "
                                                    "recipes/benchmarks/results/line_search_train.md)")
     ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
     args = ap.parse_args(argv)

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, TensorDataset
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data.cycle import LoaderCycle, _capture  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -161,7 +162,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, help="examples in the synthetic dataset (default 60000; 4096 with --quick)")
     ap.add_argument("--batch", type=int, default=128, help="batch size (default 128)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help=f"where to write the table (default {RESULTS})")
+    ap.add_argument("--out", type=path_type(), default=RESULTS, help=f"where to write the table (default {RESULTS})")
     args = ap.parse_args(argv)
     # an option given explicitly wins over --quick's smaller default
     defaults = {"rounds": 3, "batches": 20, "n": 4096} if args.quick else {"rounds": 15, "batches": 200, "n": 60000}

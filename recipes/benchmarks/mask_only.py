@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
@@ -49,7 +49,7 @@ def add_run_options(ap) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split and the data order")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (the tables say how many)")
     ap.add_argument("--subset", type=int, default=None, help="train images (quick runs; the table says so)")
-    ap.add_argument("--output", default=None, help="the table's file (default: recipes/benchmarks/results/...)")
+    ap.add_argument("--output", type=path_type(), default=None, help="the table's file (default: recipes/benchmarks/results/...)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

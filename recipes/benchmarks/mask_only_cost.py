@@ -31,6 +31,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -134,7 +135,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=12, help="batches per method and model (default 12)")
     ap.add_argument("--mobilenet-batch", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the three methods, order rotating (default 3)")
-    ap.add_argument("--output", default=os.path.join(HERE, "results", "mask_only_cost.md"))
+    ap.add_argument("--output", type=path_type(), default=os.path.join(HERE, "results", "mask_only_cost.md"))
     args = ap.parse_args(argv)
     if args.batches < 3:
         raise SystemExit("mask_only_cost.py: error: --batches must be >= 3 (medians skip the first batch)")

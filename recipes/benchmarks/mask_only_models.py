@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from adaptive.mask_only import changed_from, loaded_state, optimize_connectome, resolve_target  # noqa: E402
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
@@ -58,7 +59,7 @@ def run(name: str) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=MODELS, help="torchvision model names (default: 12 classifiers)")
-    ap.add_argument("--output", default=os.path.join(HERE, "results", "mask_only_models.md"))
+    ap.add_argument("--output", type=path_type(), default=os.path.join(HERE, "results", "mask_only_models.md"))
     args = ap.parse_args(argv)
     unknown = [m for m in args.models if m not in torchvision.models.list_models()]
     if unknown:

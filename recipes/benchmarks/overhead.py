@@ -51,6 +51,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import Connectome  # noqa: E402
 from adaptive.exact_masking import bits  # noqa: E402
@@ -434,7 +435,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads; CPU-time ratios need 1 (the work then runs on the timing thread)")
     ap.add_argument("--quick", action="store_true", help="a few rounds only: checks the script, not the numbers")
     ap.add_argument("--target", type=float, default=1.03)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=path_type(), default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     # rounds per case: enough for a stable median within ~4 minutes on one core

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 
@@ -35,7 +35,7 @@ ESTIMATORS = ("magnitude", "obd", "consistency", "curvature", "taylor")
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default=str(ROOT / "runs" / "benchmarks" / "dst_vit" / "set_e8_s0"),
+    p.add_argument("--run", type=path_type(), default=str(ROOT / "runs" / "benchmarks" / "dst_vit" / "set_e8_s0"),
                    help="a vit_tiny run folder (connectome.safetensors, dense_state_dict.pt)")
     p.add_argument("--fractions", default="0.1,0.25,0.5", help="fractions of each layer's live synapses removed")
     p.add_argument("--stat-batches", type=int, default=25, help="TRAIN batches of 128 for gradient statistics")
@@ -44,7 +44,7 @@ def main(argv=None):
                         "held-out part (0: all of it; the loader keeps the dataset's class order)")
     p.add_argument("--data-dir", type=data_dir_type, default=None)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(HERE / "results" / "removal_orders_vit.md"))
+    p.add_argument("--out", type=path_type(), default=str(HERE / "results" / "removal_orders_vit.md"))
     a = p.parse_args(argv)
     try:
         fractions = [float(f) for f in a.fractions.split(",")]

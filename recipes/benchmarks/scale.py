@@ -36,6 +36,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.diagnostics import global_order  # noqa: E402
 from adaptive.diagnostics.knowledge import _point_masks, default_counts  # noqa: E402
@@ -101,7 +102,7 @@ def parse(argv=None):
     ap.add_argument("--size", type=int, default=64, help="input height and width (vit_b_16 needs 224)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--points", type=int, default=40, help="the knowledge curve's points (its default counts)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "scale.md"))
+    ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "scale.md"))
     args = ap.parse_args(argv)
     for k in ("batch", "size", "rounds", "points"):
         if getattr(args, k) < 1:

@@ -27,6 +27,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.policies import base  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
@@ -196,7 +197,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3, help="rounds per selection case (best taken)")
     ap.add_argument("--controller-repeats", type=int, default=2)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "selection.md"))
+    ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "selection.md"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     t0 = time.time()

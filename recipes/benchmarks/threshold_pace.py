@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
@@ -87,9 +87,9 @@ def main(argv=None):
     ap.add_argument("--subset", type=int, default=None, help="train examples (quick runs; the table says so)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
     ap.add_argument("--data-dir", type=data_dir_type, default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
-    ap.add_argument("--runs", default=None, help="folder for the runs' own folders (default: a temporary one)")
-    ap.add_argument("--output", default=None, help="the table (default: recipes/benchmarks/results/threshold_pace.md)")
-    ap.add_argument("--figure", default=None, help="the figure (default: docs/figures/threshold_pace.png, or beside "
+    ap.add_argument("--runs", type=path_type(), default=None, help="folder for the runs' own folders (default: a temporary one)")
+    ap.add_argument("--output", type=path_type(), default=None, help="the table (default: recipes/benchmarks/results/threshold_pace.md)")
+    ap.add_argument("--figure", type=path_type(), default=None, help="the figure (default: docs/figures/threshold_pace.png, or beside "
                                                    "--output)")
     ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
     args = ap.parse_args(argv)

@@ -12,13 +12,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent)); sys.path.insert(0, str
 import torch
 
 from adaptive import Connectome
+from adaptive.cli import path_type
 from adaptive.models import build_model
 from proxy import proxy_loaders
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-ap.add_argument("--proxy", required=True, help="the proxy network from proxy.py pretrain")
+ap.add_argument("--proxy", type=path_type(), required=True, help="the proxy network from proxy.py pretrain")
 ap.add_argument("--quality", type=int, default=20, help="the re-JPEG quality of the shift")
-ap.add_argument("masks", nargs="+", help="files written by ep.py --save-masks (at least two)")
+ap.add_argument("masks", type=path_type(), nargs="+", help="files written by ep.py --save-masks (at least two)")
 a = ap.parse_args()
 if not 1 <= a.quality <= 95:
     ap.error(f"--quality must lie in 1..95, got {a.quality}")

@@ -20,16 +20,17 @@ import torch.nn.functional as F
 
 from adaptive.data.cycle import LoaderCycle
 from adaptive.mask_only import evaluate
+from adaptive.cli import path_type
 from adaptive.models import build_model
 from proxy import proxy_loaders
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-ap.add_argument("--proxy", required=True, help="the proxy network from proxy.py pretrain")
+ap.add_argument("--proxy", type=path_type(), required=True, help="the proxy network from proxy.py pretrain")
 ap.add_argument("--quality", type=int, default=20, help="the re-JPEG quality of the shift")
 ap.add_argument("--passes", type=float, default=1.0, help="passes over the shifted A train part")
 ap.add_argument("--lrs", default="0.001,0.003,0.01", help="SGD steps (momentum 0.9, cosine to 0), comma-separated")
 ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--save", default="", help="write the fine-tuned state_dict of the last step size here (a teacher for ep.py --teacher)")
+ap.add_argument("--save", type=path_type(), default=None, help="write the fine-tuned state_dict of the last step size here (a teacher for ep.py --teacher)")
 a = ap.parse_args()
 lrs = [float(v) for v in a.lrs.split(",")]
 if not 1 <= a.quality <= 95:

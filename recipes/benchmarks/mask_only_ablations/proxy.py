@@ -33,6 +33,7 @@ from adaptive.data.cifar import NORMALIZATIONS
 from adaptive.data.folder_cache import cached_folder_tensor
 from adaptive.mask_only import evaluate
 from adaptive.data.tensors import TensorImages, random_crop_flip
+from adaptive.cli import path_type
 from adaptive.models import build_model
 from adaptive.paths import find_data
 
@@ -150,7 +151,7 @@ def proxy_loaders(proxy_path: str, quality: int, seed: int, bs: int):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("command", choices=["pretrain"])
-    ap.add_argument("--out", default="/tmp/adaptive-proxy/resnet20_A.pt", help="where the proxy's state_dict goes (not the repository)")
+    ap.add_argument("--out", type=path_type(), default="/tmp/adaptive-proxy/resnet20_A.pt", help="where the proxy's state_dict goes (not the repository)")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=0.2)
     ap.add_argument("--bs", type=int, default=128)

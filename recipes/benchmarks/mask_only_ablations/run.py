@@ -18,6 +18,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))
+from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import machine  # noqa: E402
 OURS_BASE = ["--est", "presence", "--window", "1", "--approach", "0.01", "--edit", "1.0", "--verify", "0"]
@@ -86,7 +87,7 @@ def _earlier_machines(path: Path) -> list:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", nargs="+", help="row names to run (default: all)")
-    ap.add_argument("--output", default=str(HERE.parents[0] / "results" / "mask_only_ablations.md"))
+    ap.add_argument("--output", type=path_type(), default=str(HERE.parents[0] / "results" / "mask_only_ablations.md"))
     args = ap.parse_args(argv)
     rows = [r for r in ROWS if not args.only or r[0] in args.only]
     if args.only and len(rows) != len(args.only):

@@ -1,0 +1,59 @@
+"""Every benchmark's path options (``--out``, ``--output``, ``--figure``, ``--runs`` ...) refuse an empty or
+whitespace-only value (``--out "$DIR"`` with DIR unset) as the recipes and every --data-dir do, through the
+shared ``adaptive.cli.path_type``: '' had meant the default file unsaid (``args.out or DEFAULT``), the working
+directory (``Path('')``), a file named by a space, or (a default of '') "do not save"."""
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "recipes" / "benchmarks"
+SCRIPTS = sorted(p for p in BENCH.rglob("*.py") if not p.name.startswith("_"))
+# the options whose value names a file or a folder (a new one must match this, or the guard below misses it)
+PATHISH = re.compile(r"(--)?(out|output|figure|runs?|results|save(-masks)?|teacher|proxy|masks|[\w-]*-(dir|cache|file|path))")
+ADD = re.compile(r'add_argument\("([\w-]+)"(.*)')
+# what else the command line needs to reach the option's check (a positional argument, a required option)
+NEEDS = {"proxy.py": ["pretrain"]}
+
+
+def _path_options():
+    found = []
+    for script in SCRIPTS:
+        for name, rest in ADD.findall(script.read_text()):
+            if "type=path_type()" in rest:
+                found.append((script, name))
+    return found
+
+
+def test_every_path_option_of_every_benchmark_takes_the_shared_path_type():
+    """A static guard: a benchmark's option named like a path (found in the source) is typed by
+    path_type (or data_dir_type), so a new --out cannot come back without the check."""
+    missing = [f"{s.relative_to(BENCH)} {name}" for s in SCRIPTS for name, rest in ADD.findall(s.read_text())
+               if PATHISH.fullmatch(name) and not re.search(r"type=(path_type\(\)|data_dir_type)", rest)]
+    assert not missing, missing
+    assert len({s for s, _ in _path_options()}) >= 25  # the top-level benchmarks and the mask-only ablations
+
+
+@pytest.mark.parametrize("script, option", _path_options(), ids=lambda v: v.name if isinstance(v, Path) else v)
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_path_is_refused_naming_the_option(script, option, value, capsys, monkeypatch, tmp_path):
+    """The script, run as from the shell, stops at its command line (status 2, nothing written) with the
+    option's name and the fix."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # (the ablation scripts put their folder first)
+    for name in ("harness", "proxy"):  # (the ablations' sibling modules, imported by name)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if script.name == "ensemble.py":  # (a required --proxy and at least two mask files)
+        argv = ["--proxy", value, "a.pt", "b.pt"] if option == "--proxy" else ["--proxy", "p.pt", "a.pt", value]
+    else:
+        argv = NEEDS.get(script.name, []) + [option, value]
+    monkeypatch.setattr(sys, "argv", [str(script)] + argv)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    assert f"argument {option}: the path is empty ({value!r}): give a path" in err, err
+    assert not list(tmp_path.iterdir())
