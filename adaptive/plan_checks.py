@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .plan_batch import plan_looks_valid
 from .policies.base import EditPlan
 
 _SHOWN = 5  # entries a message lists
@@ -87,6 +88,20 @@ def check_plan(ctrl, plan) -> None:
         if not isinstance(getattr(plan, field), Mapping):
             raise ValueError(f"{who}: its {field} is {_what(getattr(plan, field))}, expected a dict of layer "
                              f"name -> {'indices' if field in ('prune', 'grow') else 'scores'} (a tensor)")
+    if not plan_looks_valid(ctrl.conn, plan, ctrl.protected):  # a few tensor ops and one host read
+        _check_layers(who, ctrl, plan)  # layer by layer: raises at the first problem, named
+    for key, value in (("tolerance", plan.tolerance), ("est_loss_change", plan.est_loss_change)):
+        ok = value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                               and not math.isnan(value) and (key != "tolerance" or value >= 0))
+        if not ok:
+            want = "None or a number >= 0 (math.inf: the line search keeps the plan whatever the loss)" \
+                if key == "tolerance" else "None or a number (the plan's estimated loss change)"
+            raise ValueError(f"{who}: its {key} is {value!r}, expected {want}")
+
+
+def _check_layers(who: str, ctrl, plan) -> None:
+    """The layer checks of :func:`check_plan`, layer by layer: raise a ValueError for the first problem
+    (in the order prune, grow, both, live or absent), naming it."""
     conn = ctrl.conn
     sizes = {}
     for side in ("prune", "grow"):
@@ -123,10 +138,3 @@ def check_plan(ctrl, plan) -> None:
                 raise ValueError(f"{who}: {side}[{n!r}] holds {wrong.numel()} ensemble(s) that are {fault}: "
                                  f"{_listed(wrong)}; {side} only {'live' if want else 'absent'} ensembles "
                                  f"(ctrl.alive()[{n!r}] says which are live)")
-    for key, value in (("tolerance", plan.tolerance), ("est_loss_change", plan.est_loss_change)):
-        ok = value is None or (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                               and not math.isnan(value) and (key != "tolerance" or value >= 0))
-        if not ok:
-            want = "None or a number >= 0 (math.inf: the line search keeps the plan whatever the loss)" \
-                if key == "tolerance" else "None or a number (the plan's estimated loss change)"
-            raise ValueError(f"{who}: its {key} is {value!r}, expected {want}")

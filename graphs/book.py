@@ -29,6 +29,8 @@ class _Book:
         self.recurrent: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}
         self.unknown: List[Tuple[int, str]] = []
         self.unknown_weights: Dict[str, List[str]] = {}
+        self._uses: Dict[tuple, int] = {}  # (param, rows) -> layers of self.layers[:self._counted] that are them
+        self._counted = 0
 
     def snapshot(self) -> tuple:
         """Sizes of what is recorded (every record only grows: lists and insertion-ordered dicts)."""
@@ -37,9 +39,22 @@ class _Book:
     def restore(self, snap: tuple) -> None:
         """Forget what was recorded since ``snap`` (a rule that failed halfway leaves nothing behind)."""
         self.n, ng, nl, nw, nr, nc = snap
+        for layer in self.layers[nl:self._counted]:
+            self._uses[(layer.param, layer.rows)] -= 1
+        self._counted = min(self._counted, nl)
         del self.groups[ng:], self.layers[nl:], self.concats[nc:]
         _truncate(self.wires, nw)
         _truncate(self.recurrent, nr)
+
+    def uses(self, param: str, rows=None) -> int:
+        """How many recorded layers are the rows ``rows`` (None: all) of parameter ``param``: a count per
+        (param, rows) brought up to date with the layers appended since the last call, not a scan of
+        every layer for each new one (quadratic in the layers)."""
+        for layer in self.layers[self._counted:]:
+            key = (layer.param, layer.rows)
+            self._uses[key] = self._uses.get(key, 0) + 1
+        self._counted = len(self.layers)
+        return self._uses.get((param, rows), 0)
 
     def new_group(self, name, kind, op, count, layer=-1) -> Tuple[int, int]:
         start = self.n

@@ -170,7 +170,7 @@ class FlowLayersMixin:
     def _call_label(self, label: str, param: str, rows=None) -> str:
         """``label`` for the first layer using the rows ``rows`` of ``param``, ``label#k`` for the k-th
         (a module called k times: each call's units are a layer of their own, sharing one weight)."""
-        k = 1 + sum(1 for l in self.book.layers if l.param == param and l.rows == rows)
+        k = 1 + self.book.uses(param, rows)
         return label if k == 1 else f"{label}#{k}"
 
     def _note_repeat(self, n: fx.Node, layers: List[LayerFlow]) -> None:

@@ -74,3 +74,41 @@ def test_attention_and_a_recurrent_layer_called_twice_are_followed():
     edges = edge_set(g)
     # the second call's queries read the first call's output projection (the residual-free chain)
     assert full("attn.out_proj", "attn.q#2", 8, 8) <= edges
+
+
+def test_call_labels_are_counted_per_weight_not_by_scanning_every_layer_before(monkeypatch):
+    """Each layer's NAME#k label counted the earlier layers of its weight by scanning every layer
+    recorded before it: quadratic in the layers (a 4,000-layer MLP spent a second there). The book now
+    keeps a count per (weight, rows), brought up to date as layers are appended and undone by restore."""
+    from graphs.book import _Book
+    from graphs.trace_types import LayerFlow
+
+    scanned = []
+
+    class Layers(list):
+        def __iter__(self):
+            scanned.append(len(self))
+            return super().__iter__()
+
+    real_init = _Book.__init__
+
+    def init(self):
+        real_init(self)
+        self.layers = Layers()
+
+    monkeypatch.setattr(_Book, "__init__", init)
+    net = nn.Sequential(*[nn.Linear(3, 3) for _ in range(60)])
+    g = graphs.build(adaptive.Connectome(net), example_input=torch.randn(2, 3))
+    assert [l.module for l in g.layers] == [str(i) for i in range(60)]
+    assert sum(scanned) < 10 * 60, f"{sum(scanned)} layer records read to trace 60 layers"
+
+    book = _Book()
+    add = lambda p, rows=None: book.layers.append(LayerFlow(p, p, 0, "linear", (1, 1), 1, torch.zeros(1), "", rows))
+    add("a"), add("a", (0, 1))
+    assert (book.uses("a"), book.uses("a", (0, 1)), book.uses("b")) == (1, 1, 0)
+    snap = book.snapshot()
+    add("a"), add("b")
+    assert (book.uses("a"), book.uses("b")) == (2, 1)
+    add("a")
+    book.restore(snap)  # a rule that failed halfway: its layers are not counted
+    assert (book.uses("a"), book.uses("b"), book.uses("a", (0, 1))) == (1, 0, 1)

@@ -165,3 +165,91 @@ def test_a_plan_without_repeats_is_checked_with_a_bool_scratch_and_no_count_per_
     assert not {"index_add", "index_add_"} & set(ops.seen)
     twice = torch.cat([idx, idx[:2]])
     assert re.match(r"lists 2 ensemble\(s\) more than once: \[\d+, \d+\]", _index_problem(twice, 1000))
+
+
+def _layered(layers, ensemble="synapse"):
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(torch.nn.Sequential(*[torch.nn.Linear(6, 6) for _ in range(layers)]), ensemble=ensemble)
+    g = torch.Generator().manual_seed(0)
+    conn.set_ensemble_masks({n: torch.rand(m.shape, generator=g) < 0.5 for n, m in conn.ensemble_masks().items()})
+    return adaptive.Controller(conn, policy="set", density=0.5)
+
+
+def _valid_plan(ctrl, k=2):
+    """k live ensembles pruned and k absent ones grown in every layer (int32 and int64, scores on both)."""
+    prune, grow = {}, {}
+    for i, (n, e) in enumerate(ctrl.conn.ensemble_masks().items()):
+        flat = e.reshape(-1)
+        prune[n] = flat.nonzero().squeeze(1)[:k].to(torch.int32 if i % 2 else torch.int64)
+        grow[n] = (~flat).nonzero().squeeze(1)[:k]
+    return EditPlan(prune=prune, grow=grow, prune_scores={n: torch.rand(len(i)) for n, i in prune.items()},
+                    grow_scores={n: torch.rand(len(i)).half() for n, i in grow.items()})
+
+
+def test_a_valid_plan_is_checked_with_one_host_read_not_several_per_layer(monkeypatch):
+    """check_plan read each layer's answers back one at a time (range, repeats, live, scores: about 4
+    device syncs a layer, a fifth of an update on a 1,000-layer MLP); a valid plan is now checked for
+    every layer at once and read back once, and the layer-by-layer checks never run."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import adaptive.plan_checks as plan_checks
+
+    class Reads(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in ("_local_scalar_dense", "nonzero", "item"):
+                Reads.reads += 1  # a value read back to the host (bool(), int(), .item(), a boolean index)
+            return func(*args, **(kwargs or {}))
+
+    per_layer = []
+    for f in ("_index_problem", "_scores_problem"):
+        real = getattr(plan_checks, f)
+        monkeypatch.setattr(plan_checks, f, lambda *a, _real=real: per_layer.append(a) or _real(*a))
+    for layers in (3, 40):
+        ctrl = _layered(layers)
+        plan = _valid_plan(ctrl)
+        Reads.reads = 0
+        with Reads():
+            plan_checks.check_plan(ctrl, plan)
+        assert Reads.reads == 1, f"{Reads.reads} host reads to check a valid plan of {layers} layers"
+        assert not per_layer
+
+
+@pytest.mark.parametrize("ensemble", ["synapse", "neuron"])
+def test_the_batched_check_passes_exactly_the_plans_the_layer_by_layer_checks_pass(ensemble):
+    """Any problem in any layer (out of range, repeated, pruned and grown, already absent/present, NaN
+    scores, scores of another length, a protected layer) sends the plan to the layer-by-layer checks,
+    which name it; a plan they pass is passed without them."""
+    from adaptive.plan_batch import plan_looks_valid
+    from adaptive.plan_checks import _check_layers
+
+    ctrl = _layered(6, ensemble)
+    names = ctrl.conn.names
+    sizes = {n: e.numel() for n, e in ctrl.conn.ensemble_masks().items()}
+    rng = torch.Generator().manual_seed(1)
+    spoilers = [
+        lambda p, n: p.prune.__setitem__(n, torch.cat([p.prune[n], torch.tensor([sizes[n]])])),
+        lambda p, n: p.grow.__setitem__(n, torch.cat([p.grow[n], torch.tensor([-1])])),
+        lambda p, n: p.prune.__setitem__(n, torch.cat([p.prune[n], p.prune[n][:1]])),
+        lambda p, n: p.grow.__setitem__(n, torch.cat([p.grow[n], p.prune[n][:1]])),
+        lambda p, n: p.prune.__setitem__(n, torch.cat([p.prune[n], p.grow[n][:1]])),
+        lambda p, n: p.prune_scores.__setitem__(n, torch.tensor([0.0, float("nan")])),
+        lambda p, n: p.grow_scores.__setitem__(n, torch.rand(3)),
+        lambda p, n: p.grow.__setitem__(n, p.grow[n].float()),
+        lambda p, n: p.prune.__setitem__("nope", torch.tensor([0])),
+        lambda p, n: ctrl.protected.append(n),
+        lambda p, n: None,
+    ]
+    for trial in range(60):
+        plan, protected = _valid_plan(ctrl), list(ctrl.protected)
+        for _ in range(int(torch.randint(0, 3, (1,), generator=rng))):
+            spoil = spoilers[int(torch.randint(len(spoilers), (1,), generator=rng))]
+            spoil(plan, names[int(torch.randint(len(names), (1,), generator=rng))])
+        try:
+            _check_layers("who", ctrl, plan)
+            passes = True
+        except ValueError:
+            passes = False
+        assert plan_looks_valid(ctrl.conn, plan, ctrl.protected) == passes, trial
+        ctrl.protected = protected
