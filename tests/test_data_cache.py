@@ -129,3 +129,93 @@ def test_a_cache_under_its_former_name_is_read_from_a_cache_folder_that_takes_no
     x2, y2, _ = folder_cache.cached_folder_tensor(root, "copy-train", cache)
     assert decoded == [] and torch.equal(x, x2) and torch.equal(y, y2)
     assert not folder_cache.cache_file(root, "copy-train", cache).exists()
+
+
+@pytest.mark.parametrize("in_the_way", ["file_as_folder", "file_as_parent"])
+def test_a_cache_folder_that_takes_no_file_is_found_before_decoding_and_the_images_still_load(
+        tmp_path, monkeypatch, in_the_way):
+    """A file where the cache folder (or a folder above it) should be let the images decode (minutes for
+    CIFAR), then the save raised an OS error naming the path but not the fix. The folder is now tried
+    before decoding: the images load uncached, with one warning naming the folder and ADAPTIVE_CACHE."""
+    root = _folder(tmp_path / "copy" / "train", seed=8)
+    (tmp_path / "blocker").write_text("not a folder")
+    cache = tmp_path / "blocker" if in_the_way == "file_as_folder" else tmp_path / "blocker" / "sub"
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(cache))
+    decoded = _counting_decode(monkeypatch)
+    saved = []
+    monkeypatch.setattr(folder_cache, "atomic_torch_save", lambda obj, path: saved.append(path))
+    with pytest.warns(UserWarning) as caught:
+        x, y, classes = folder_cache.cached_folder_tensor(root, "copy-train")
+        x2, _, _ = folder_cache.cached_folder_tensor(root, "copy-test")  # the other split: no second warning
+    assert decoded == [root.resolve()] * 2 and saved == [] and torch.equal(x, x2)
+    assert x.shape == (4, 3, 8, 8) and classes == ["cat", "dog"] and y.tolist() == [0, 0, 1, 1]
+    said = [str(w.message) for w in caught if "cache folder" in str(w.message)]
+    assert len(said) == 1 and str(cache) in said[0] and "ADAPTIVE_CACHE" in said[0]
+    assert (tmp_path / "blocker").read_text() == "not a folder"
+    with pytest.warns(UserWarning, match="give cache_dir= a folder"):  # given in Python: that is the fix named
+        folder_cache.cached_folder_tensor(root, "copy-train", tmp_path / "blocker" / "other")
+
+
+def test_a_read_only_cache_folder_is_found_before_decoding_and_the_images_still_load(tmp_path, monkeypatch):
+    """A read-only cache folder (a shared one) with no cache yet: decoded, then the save's PermissionError.
+    Now: decoded once, used uncached, one warning naming the folder and the fix; nothing written there."""
+    root = _folder(tmp_path / "copy" / "train", seed=9)
+    cache = tmp_path / "ro"
+    cache.mkdir()
+
+    def refuse(*args, **kwargs):  # (a chmod does not stop root, who runs some test machines)
+        raise PermissionError(13, "Permission denied", str(cache))
+
+    monkeypatch.setattr(folder_cache.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(folder_cache, "atomic_torch_save", refuse)
+    decoded = _counting_decode(monkeypatch)
+    with pytest.warns(UserWarning, match=f"the cache folder {cache} takes no new file .*PermissionError"):
+        x, _, _ = folder_cache.cached_folder_tensor(root, "copy-train", cache)
+    assert decoded == [root.resolve()] and x.shape == (4, 3, 8, 8) and list(cache.iterdir()) == []
+
+
+def test_a_valid_cache_is_read_while_another_process_holds_the_build_lock(tmp_path):
+    """Every process of a launch took the build lock before reading even a valid cache, so they read it one
+    after another (each waiting on the others' reads). A valid cache is now read without the lock; the lock is
+    held here by a child process (flock locks are per open file: another process's lock blocks this one)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("fcntl")
+    root = _folder(tmp_path / "train", seed=10)
+    x, y, _ = folder_cache.cached_folder_tensor(root, "train", tmp_path / "c")
+    cache = folder_cache.cache_file(root, "train", tmp_path / "c")
+    lock = cache.parent / f".{cache.name}.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('held', flush=True); sys.stdin.read()", str(lock)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        results = []
+        reader = threading.Thread(target=lambda: results.append(folder_cache.cached_folder_tensor(
+            root, "train", tmp_path / "c")), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert results, "a valid cache waited on the build lock"
+        assert torch.equal(results[0][0], x) and torch.equal(results[0][1], y)
+    finally:
+        holder.stdin.close()
+        holder.wait(10)
+
+
+def test_a_cache_save_that_fails_after_decoding_costs_a_warning_not_the_images(tmp_path, monkeypatch):
+    """A disk that fills while the cache is saved (the folder took the up-front probe's empty file) raised
+    the save's OSError, losing the images decoded for minutes. They are now returned, with the warning."""
+    import errno
+
+    root = _folder(tmp_path / "copy" / "train", seed=11)
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(folder_cache, "atomic_torch_save", full)
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "c"))
+    with pytest.warns(UserWarning, match="No space left on device.*ADAPTIVE_CACHE"):
+        x, y, _ = folder_cache.cached_folder_tensor(root, "copy-train")
+    assert x.shape == (4, 3, 8, 8) and y.tolist() == [0, 0, 1, 1]

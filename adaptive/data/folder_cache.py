@@ -3,14 +3,16 @@
 Decoding CIFAR's 50,000 JPEGs takes minutes on a small machine; the cached tensor loads in well
 under a second. The cache lives outside the repository (``adaptive.paths.cache_dir()``), one file
 per folder (named by a hash of its resolved path), is written atomically, built by one process at a
-time, and is rebuilt, never trusted, when the folder's path, classes or files (names, sizes, times)
-changed or the file fails its checks (unreadable, wrong tensors, checksum).
+time (a valid one is read without waiting), and is rebuilt, never trusted, when the folder's path,
+classes or files (names, sizes, times) changed or the file fails its checks (unreadable, wrong
+tensors, checksum). A cache folder that takes no new file costs a warning, not the data.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import tempfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,9 +180,10 @@ def cache_file(root: Path, cache_name: str, cache_dir: Optional[Path] = None) ->
 
 @contextmanager
 def _building(cache: Path):
-    """Held while ``cache`` is checked and (re)built: the processes of one launch that load the same
-    folder at once take turns (the first decodes, the others then read its file) instead of each
-    decoding it. Where no lock can be taken (no fcntl, a cache folder not writable) it holds none."""
+    """Held while ``cache`` is checked again and (re)built, once it was found missing or stale: the
+    processes of one launch that load the same folder at once take turns (the first decodes, the others
+    then read its file) instead of each decoding it; a valid cache is read without it. Where no lock can
+    be taken (no fcntl, a cache folder not writable) it holds none."""
     try:
         import fcntl
 
@@ -225,22 +228,75 @@ def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] 
     """``decode_folder(root)``, read from its cache file (:func:`cache_file`: ``cache_name`` and a key
     of ``root``'s path) when that file holds exactly this folder's images (checked, see
     :func:`_read_cache`); otherwise decoded afresh (with a progress bar as ``progress`` says, see
-    :func:`decode_folder`) and the cache rewritten atomically. Processes building the same cache at
-    once take turns (:func:`_building`): one decodes, the others read what it wrote."""
+    :func:`decode_folder`) and the cache rewritten atomically. A valid cache is read without waiting
+    on anyone (the processes of one launch read it at once); processes building the same cache at
+    once take turns (:func:`_building`): one decodes, the others read what it wrote. A cache folder
+    that takes no new file (read-only, a file in its place) is found before decoding: the images are
+    decoded and used uncached, with one warning naming the folder and the fix (:func:`_warn_uncached`);
+    a save that fails after decoding (a disk filled meanwhile) costs the same warning, not the images."""
     root = Path(root).resolve()
     cache = cache_file(root, cache_name, cache_dir)
     classes, samples = scan_folder(root)
     meta = {"root": str(root), "count": len(samples), "classes": classes, "files": _fingerprint(root, samples)}
     labels = torch.tensor([c for _, c in samples], dtype=torch.long)
+    found, why = _read_cache_or_legacy(cache, cache_name, meta, labels)
+    if found is not None:  # (a cache is replaced atomically: a reader never sees half of one)
+        return found[0], found[1], classes
+    refused = _unwritable(cache.parent)
+    if refused is not None:
+        _warn_uncached(cache.parent, refused, explicit=cache_dir is not None)
+        return decode_folder(root, desc=f"decoding {cache_name} ({why}; not cached)", progress=progress)
     with _building(cache):
-        found, why = _read_cache(cache, meta, labels)
-        if found is None and why == "no cache yet":
-            found = _adopt_legacy(cache.parent / f"{cache_name}.pt", cache, meta, labels)
+        found, why = _read_cache_or_legacy(cache, cache_name, meta, labels)  # (built meanwhile by another)
         if found is not None:
             return found[0], found[1], classes
         images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})",
                                                progress=progress)
-        # readable by others (the cache is meant to be shared), never half-written
-        atomic_torch_save({"meta": meta, "images": images, "labels": labels, "crc32": _checksum(images, labels)},
-                          cache)
+        try:  # readable by others (the cache is meant to be shared), never half-written
+            atomic_torch_save({"meta": meta, "images": images, "labels": labels,
+                               "crc32": _checksum(images, labels)}, cache)
+        except OSError as e:  # a disk that filled meanwhile: the decoded images still serve
+            _warn_uncached(cache.parent, e, explicit=cache_dir is not None)
     return images, labels, classes
+
+
+def _read_cache_or_legacy(cache: Path, cache_name: str, meta: dict, labels: torch.Tensor
+                          ) -> Tuple[Optional[tuple], str]:
+    """:func:`_read_cache` of ``cache``, else, where there is none yet, the cache under its former name
+    (:func:`_adopt_legacy`)."""
+    found, why = _read_cache(cache, meta, labels)
+    if found is None and why == "no cache yet":
+        found = _adopt_legacy(cache.parent / f"{cache_name}.pt", cache, meta, labels)
+    return found, why
+
+
+def _unwritable(folder: Path) -> Optional[OSError]:
+    """The error that keeps a new file out of ``folder`` (made where missing): read-only, a file where it
+    or a parent folder should be, a full disk; None where a file can be made there (one is, then removed)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+    except OSError as e:
+        return e
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+# cache folders already warned of as taking no new file: once a process (a copy's train and test splits alike)
+_UNCACHED_WARNED: set = set()
+
+
+def _warn_uncached(folder: Path, error: OSError, explicit: bool) -> None:
+    """Warn (once a process for ``folder``) that decoded images could not be cached in ``folder``
+    (``error`` says why), so each load decodes them again, naming the fix: ``cache_dir=`` where the
+    folder was given (``explicit``), else the ``ADAPTIVE_CACHE`` environment variable."""
+    from ..warn import warn_user
+
+    if str(folder) in _UNCACHED_WARNED:
+        return
+    _UNCACHED_WARNED.add(str(folder))
+    fix = ("give cache_dir= a folder this process may write" if explicit else
+           "point the ADAPTIVE_CACHE environment variable at a folder this process may write")
+    warn_user(f"the cache folder {folder} takes no new file ({type(error).__name__}: {error.strerror or error}): "
+              f"the decoded images are used without being cached, and are decoded again at each load; {fix}")
