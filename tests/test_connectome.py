@@ -924,3 +924,20 @@ def test_load_state_dict_names_the_layers_a_state_has_that_this_connectome_lacks
     if "ensembles" in sd:  # granularities listed for a layer with no mask: malformed, said so
         with pytest.raises(ValueError, match=r"gives granularities for \['4\.weight'\], layers it holds no mask for"):
             small.load_state_dict({**sd, "masks": {n: m for n, m in sd["masks"].items() if n != "4.weight"}})
+
+
+def test_apply_in_mask_only_mode_restores_a_layer_with_no_pruned_synapse_too():
+    """apply() in mask_only mode restores every weight from its original, the layers left dense as well
+    as the pruned ones (a mutation that skipped the dense layers went unnoticed by every other test)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4))
+    conn = adaptive.Connectome(model, mode="mask_only")
+    mask = torch.ones_like(conn.masks["0.weight"])
+    mask[0, 0] = False
+    conn.set_masks({"0.weight": mask})  # layer 0 pruned, layer 2 dense
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[2].weight.add_(1.0)
+    conn.apply()
+    assert torch.equal(model[0].weight, conn.original["0.weight"] * mask)
+    assert torch.equal(model[2].weight, conn.original["2.weight"])

@@ -1389,3 +1389,14 @@ def test_too_low_a_density_names_the_lowest_that_holds_the_protected_layers_and_
         build(least, min_density)  # accepted
         with pytest.raises(ValueError, match="is too low for"):
             build(least - 0.002, min_density)
+
+
+def test_largest_remainder_never_exceeds_a_cap_and_breaks_ties_by_name():
+    """The budgets' rounding hands the synapses left over to the largest remainders, never past a layer's
+    cap, and an equal remainder by layer name (not dict order). Mutations of both survived every test."""
+    from adaptive.budgets import _largest_remainder
+
+    # 'a' has the larger remainder but no room: its share goes to 'b'
+    assert _largest_remainder({"a": 0.9, "b": 0.6}, 2, {"a": 0, "b": 5}) == {"a": 0, "b": 2}
+    # equal remainders: the first name takes the extra synapse, whatever order the dict holds them in
+    assert _largest_remainder({"b": 1.5, "a": 1.5}, 3, {"a": 9, "b": 9}) == {"a": 2, "b": 1}

@@ -378,3 +378,22 @@ def test_plan_positions_refuses_a_layer_the_connectome_lacks():
     conn = adaptive.Connectome(nn.Sequential(nn.Linear(4, 4)))
     with pytest.raises(KeyError, match="'nope'.*not layers of the connectome.*conn.names"):
         plan_positions(conn, EditPlan(prune={"nope": torch.tensor([0])}))
+
+
+def test_an_atomic_plan_whose_loss_rises_is_rolled_back_whole_without_halving():
+    """An atomic plan (crawl's swaps) is taken whole or not at all: a rise of the held-out loss rolls it
+    back at the first try, never a half of it (a mutation that ignored ``atomic`` survived every test)."""
+    calls = []
+
+    def holdout():
+        calls.append(1)
+        return 0.0 if len(calls) == 1 else 1.0  # every try raises the loss
+
+    model, conn, o, ctrl = _setup("train", "synapse", "adam", holdout=holdout, tries=2)
+    before = _capture(conn, o)
+    plan = _plan(conn)
+    plan.atomic = True
+    ev = ctrl._apply(plan, step=0)
+    assert ev["line_search_fraction"] == 0.0 and ev["pruned"] == ev["grown"] == 0
+    assert len(calls) == 2  # the loss before, and one try: no halved tries
+    _assert_same(before, _capture(conn, o))
