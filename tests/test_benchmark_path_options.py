@@ -23,7 +23,7 @@ def _path_options():
     found = []
     for script in SCRIPTS:
         for name, rest in ADD.findall(script.read_text()):
-            if "type=path_type()" in rest:
+            if re.search(r"type=path_type\(", rest):
                 found.append((script, name))
     return found
 
@@ -32,7 +32,7 @@ def test_every_path_option_of_every_benchmark_takes_the_shared_path_type():
     """A static guard: a benchmark's option named like a path (found in the source) is typed by
     path_type (or data_dir_type), so a new --out cannot come back without the check."""
     missing = [f"{s.relative_to(BENCH)} {name}" for s in SCRIPTS for name, rest in ADD.findall(s.read_text())
-               if PATHISH.fullmatch(name) and not re.search(r"type=(path_type\(\)|data_dir_type)", rest)]
+               if PATHISH.fullmatch(name) and not re.search(r"type=(path_type\(|data_dir_type)", rest)]
     assert not missing, missing
     assert len({s for s, _ in _path_options()}) >= 25  # the top-level benchmarks and the mask-only ablations
 
@@ -57,3 +57,27 @@ def test_an_empty_path_is_refused_naming_the_option(script, option, value, capsy
     assert e.value.code == 2, err
     assert f"argument {option}: the path is empty ({value!r}): give a path" in err, err
     assert not list(tmp_path.iterdir())
+
+
+# the ablations' options whose '' meant "none" (no teacher, no proxy, nothing saved): the refusal says how to say it
+NONE = {("ep.py", "--save-masks"): "leave --save-masks out to save none",
+        ("ep.py", "--teacher"): "leave --teacher out for no teacher",
+        ("ep.py", "--proxy"): "leave --proxy out for the DEV split",
+        ("ours.py", "--proxy"): "leave --proxy out for the DEV split",
+        ("finetune.py", "--save"): "leave --save out to save nothing"}
+
+
+@pytest.mark.parametrize("script, option", sorted(NONE))
+def test_an_option_whose_empty_value_meant_none_says_how_to_say_none(script, option, capsys, monkeypatch):
+    """ep.py --teacher "", --proxy "", --save-masks "", ours.py --proxy "" and finetune.py --save "" meant
+    "none" (their default was ''); refused now, the message says to leave the option out for that, not
+    "for its default", which the help does not name."""
+    assert (BENCH / "mask_only_ablations" / script, option) in _path_options()
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    for name in ("harness", "proxy"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.setattr(sys, "argv", [script, option, ""])  # (finetune.py's required --proxy is checked after)
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(BENCH / "mask_only_ablations" / script), run_name="__main__")
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"argument {option}: the path is empty (''): give a path, or {NONE[script, option]}" in err, err

@@ -2,6 +2,7 @@
 without those that only say where runs go or whether progress shows."""
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ def shown_args(argv, root: Path, placed=("--output", "--figure"), dropped=("--ru
     """``argv`` (default: ``sys.argv[1:]``) as a shell-quoted string, each item led by a space.
     Options in ``placed`` stay only with a path inside ``root``, written relative to it (so the
     command writes the same files); options in ``dropped`` go with their values; ``flags`` go.
-    ``--key=value`` counts as ``--key value``."""
+    ``--key=value`` counts as ``--key value``. A value led by ``~`` is the home folder's, as the option's
+    ``type=`` (:func:`adaptive.cli.path_type`) reads it (the shell leaves ``--out=~/x`` as it is)."""
     valued = tuple(placed) + tuple(dropped)
     root = Path(root).resolve()  # the values are resolved below: a root reached through a link must be too
     args, out, skip = [], [], None
@@ -19,7 +21,7 @@ def shown_args(argv, root: Path, placed=("--output", "--figure"), dropped=("--ru
         args += a.split("=", 1) if a.startswith(tuple(k + "=" for k in valued)) else [a]
     for a in args:
         if skip is not None:
-            path = Path(a).resolve()
+            path = Path(os.path.expanduser(a)).resolve()  # (as path_type read it: not a folder named ~ here)
             if skip in placed and path.is_relative_to(root):
                 out += [skip, str(path.relative_to(root))]
             skip = None

@@ -38,7 +38,7 @@ ap.add_argument("--over_back", type=float, default=0.7, help="fraction of the st
 ap.add_argument("--mixup", type=float, default=0.0, help="mixup of the train batches with this Beta(alpha, alpha) (0: off)")
 ap.add_argument("--bnalign", type=float, default=0.0, help="weight of a batch-statistics term: each BatchNorm's input "
                 "batch mean and std pulled towards its frozen running statistics (standardised, mean over channels and layers)")
-ap.add_argument("--save-masks", type=path_type(), default=None, help="write the final mask of every target to this file (torch.save of {target: masks})")
+ap.add_argument("--save-masks", type=path_type(fix="a path, or leave --save-masks out to save none"), default=None, help="write the final mask of every target to this file (torch.save of {target: masks})")
 ap.add_argument("--jpeg", type=int, default=0, help="a second view of every train image, re-encoded once more "
                 "as JPEG at this quality (0: off; cached beside the proxy or in --jpeg-cache)")
 ap.add_argument("--jmode", default="cons", choices=("cons", "aug", "both"), help="with --jpeg: cons = cross-entropy on "
@@ -52,14 +52,14 @@ ap.add_argument("--andmask", type=float, default=0.0, help="with --micro: keep a
                 "fraction of the micro-batches agree on its sign (Parascandolo et al., 2021, AND-mask); 0: off")
 ap.add_argument("--andsoft", type=int, default=0, help="with --micro: scale every score gradient by the agreement of its "
                 "micro-batch signs, |mean sign| (a soft AND-mask)")
-ap.add_argument("--teacher", type=path_type(), default=None, help="a state_dict of the same architecture (finetune.py --save): the loss "
+ap.add_argument("--teacher", type=path_type(fix="a path, or leave --teacher out for no teacher"), default=None, help="a state_dict of the same architecture (finetune.py --save): the loss "
                 "becomes (1 - --kd) * cross-entropy + --kd * T^2 * KL(teacher || student) at temperature --kdT")
 ap.add_argument("--kd", type=float, default=0.5, help="with --teacher: the weight of the distillation term in [0, 1]")
 ap.add_argument("--kdT", type=float, default=2.0, help="with --teacher: the distillation temperature")
 ap.add_argument("--learn", default="", help="comma-separated shell-style patterns: only these layers' scores "
                 "learn; the others keep their initial (magnitude) scores and still compete in the global top-k")
 ap.add_argument("--olr", type=float, default=0.01, help="Adam step of the offsets")
-ap.add_argument("--proxy", type=path_type(), default=None, help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
+ap.add_argument("--proxy", type=path_type(fix="a path, or leave --proxy out for the DEV split"), default=None, help="a proxy network from proxy.py pretrain: learn on its shifted A images, "
                 "report on the shifted B images it never saw (dev_acc) and on 5,000 seen ones (mem_acc)")
 ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
 a = ap.parse_args()

@@ -30,7 +30,7 @@ ap.add_argument("--quality", type=int, default=20, help="the re-JPEG quality of 
 ap.add_argument("--passes", type=float, default=1.0, help="passes over the shifted A train part")
 ap.add_argument("--lrs", default="0.001,0.003,0.01", help="SGD steps (momentum 0.9, cosine to 0), comma-separated")
 ap.add_argument("--seed", type=int, default=0)
-ap.add_argument("--save", type=path_type(), default=None, help="write the fine-tuned state_dict of the last step size here (a teacher for ep.py --teacher)")
+ap.add_argument("--save", type=path_type(fix="a path, or leave --save out to save nothing"), default=None, help="write the fine-tuned state_dict of the last step size here (a teacher for ep.py --teacher)")
 a = ap.parse_args()
 lrs = [float(v) for v in a.lrs.split(",")]
 if not 1 <= a.quality <= 95:

@@ -19,7 +19,7 @@ ap.add_argument("--est", default="evidence")
 ap.add_argument("--margin", type=float, default=0.0)
 ap.add_argument("--lr", type=float, default=0.01)
 ap.add_argument("--seed", type=int, default=0, help="data order and DEV/holdout draw (as ep.py --seed)")
-ap.add_argument("--proxy", type=path_type(), default=None, help="a proxy network from proxy.py pretrain (as in ep.py): dev_acc is then "
+ap.add_argument("--proxy", type=path_type(fix="a path, or leave --proxy out for the DEV split"), default=None, help="a proxy network from proxy.py pretrain (as in ep.py): dev_acc is then "
                 "on the shifted B images it never saw, mem_acc on 5,000 seen ones")
 ap.add_argument("--quality", type=int, default=20, help="with --proxy: the re-JPEG quality of the shift")
 a = ap.parse_args()
