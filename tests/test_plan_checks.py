@@ -253,3 +253,117 @@ def test_the_batched_check_passes_exactly_the_plans_the_layer_by_layer_checks_pa
             passes = False
         assert plan_looks_valid(ctrl.conn, plan, ctrl.protected) == passes, trial
         ctrl.protected = protected
+
+
+def _conv_mlp_controller(ensemble):
+    """A conv layer (kernel/neuron ensembles count otherwise than its weights) and three linear ones,
+    one fully pruned and one dense, on half-sparse masks."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Flatten(), torch.nn.Linear(64, 5),
+                              torch.nn.Linear(5, 7), torch.nn.Linear(7, 3))
+    conn = adaptive.Connectome(net, ensemble=ensemble)
+    g = torch.Generator().manual_seed(0)
+    fill = {"2.weight": torch.zeros_like, "3.weight": torch.ones_like}
+    conn.set_ensemble_masks({n: fill[n](m, dtype=torch.bool) if n in fill else torch.rand(m.shape, generator=g) < 0.5
+                             for n, m in conn.ensemble_masks().items()})
+    with pytest.warns(UserWarning, match="no live synapse"):
+        return adaptive.Controller(conn, policy="set", density=0.5)
+
+
+def _spoilers(ctrl):
+    """Each way a plan's layer entry can be wrong (and a few that are fine): fn(plan, side, layer)."""
+    ens = ctrl.conn.ensemble_masks()
+    size = {n: e.numel() for n, e in ens.items()}
+    on = {(n, want): e.reshape(-1).nonzero().squeeze(1) if want else (~e.reshape(-1)).nonzero().squeeze(1)
+          for n, e in ens.items() for want in (True, False)}
+    none = torch.zeros(0, dtype=torch.long)
+
+    def idx(p, s, n):
+        got = getattr(p, s).get(n)
+        return got if isinstance(got, torch.Tensor) and got.dim() == 1 and not got.is_meta else none
+
+    def put(p, s, n, t):
+        getattr(p, s)[n] = t
+
+    def score(p, s, n, t):
+        getattr(p, s + "_scores")[n] = t
+
+    cast = lambda dtype: lambda p, s, n: put(p, s, n, torch.cat([idx(p, s, n), torch.tensor([0])]).to(dtype))  # noqa: E731
+    plus = lambda v: lambda p, s, n: put(p, s, n, torch.cat([idx(p, s, n), torch.tensor([v(n)])]))  # noqa: E731
+    n_of = lambda p, s, n: idx(p, s, n).numel()  # noqa: E731
+    return [
+        cast(torch.float32), cast(torch.bool), cast(torch.uint8), cast(torch.int16), cast(torch.int32),
+        plus(lambda n: -1), plus(lambda n: -size[n]), plus(lambda n: size[n]), plus(lambda n: size[n] - 1),
+        plus(lambda n: 0),
+        lambda p, s, n: put(p, s, n, torch.cat([idx(p, s, n), idx(p, s, n)[:1]])),  # twice in one side
+        lambda p, s, n: put(p, "grow", n, torch.cat([idx(p, "grow", n), idx(p, "prune", n)[:1]])),  # both
+        lambda p, s, n: put(p, "prune", n, torch.cat([idx(p, "prune", n), idx(p, "grow", n)[:1]])),
+        lambda p, s, n: put(p, s, n, on[n, s == "grow"][:2]),  # already absent / present
+        lambda p, s, n: put(p, s, n, on[n, s == "prune"][:2].int()),  # fine
+        lambda p, s, n: put(p, s, n, none),
+        lambda p, s, n: put(p, s, n, torch.tensor(1)),  # 0-d
+        lambda p, s, n: put(p, s, n, on[n, s == "prune"][:2].view(-1, 1)),
+        lambda p, s, n: put(p, s, n, torch.cat([idx(p, s, n)] * 2)[::2]),  # not contiguous
+        lambda p, s, n: put(p, s, n, torch.zeros(2, dtype=torch.long, device="meta")),
+        lambda p, s, n: put(p, s, n, [0]),
+        lambda p, s, n: put(p, s, "nope", torch.tensor([0])),
+        lambda p, s, n: score(p, s, n, torch.full((n_of(p, s, n),), float("nan"))),
+        lambda p, s, n: score(p, s, n, torch.full((2 * n_of(p, s, n),), float("nan")).bfloat16()[::2]),
+        lambda p, s, n: score(p, s, n, torch.full((n_of(p, s, n),), -float("inf")).half()),  # fine
+        lambda p, s, n: score(p, s, n, torch.zeros(n_of(p, s, n), dtype=torch.long)),  # fine
+        lambda p, s, n: score(p, s, n, torch.zeros(n_of(p, s, n), dtype=torch.complex64)),
+        lambda p, s, n: score(p, s, n, torch.zeros(n_of(p, s, n) + 1)),
+        lambda p, s, n: score(p, s, n, torch.tensor(0.5)),
+        lambda p, s, n: score(p, s, n, torch.zeros(n_of(p, s, n), device="meta")),
+        lambda p, s, n: score(p, s, "nope", torch.zeros(1)),
+        lambda p, s, n: ctrl.protected.append(n),
+    ]
+
+
+@pytest.mark.parametrize("ensemble", ["synapse", "kernel", "neuron", "block:2x2"])
+def test_check_plan_refuses_every_spoilt_plan_with_the_layer_by_layer_checks_message(ensemble):
+    """A false 'valid' from plan_looks_valid would let a wrong edit through unchecked: for plans spoilt
+    in every way the layer-by-layer checks know (dtype, 0-d/2-d/meta, out of range at -1 and at n,
+    repeated, pruned and grown, already absent/present, NaN/complex/misaligned scores, unknown layers,
+    protected ones), on layers whose ensembles count otherwise than their weights, one fully pruned
+    and one dense, check_plan raises exactly what _check_layers raises, and passes what it passes."""
+    from adaptive.plan_batch import plan_looks_valid
+    from adaptive.plan_checks import _check_layers, check_plan
+
+    ctrl = _conv_mlp_controller(ensemble)
+    spoilers, names = _spoilers(ctrl), ctrl.conn.names
+    who = f"policy 'set' ({type(ctrl.policy).__name__}) returned a bad EditPlan"
+    rng = torch.Generator().manual_seed(2)
+    pick = lambda n: int(torch.randint(n, (1,), generator=rng))  # noqa: E731
+    refused = 0
+    for trial in range(300):
+        prune, grow = {}, {}
+        for n, e in ctrl.conn.ensemble_masks().items():
+            flat = e.reshape(-1)
+            prune[n], grow[n] = flat.nonzero().squeeze(1)[:pick(3)], (~flat).nonzero().squeeze(1)[:pick(3)]
+        plan = EditPlan(prune=prune, grow=grow, prune_scores={n: torch.rand(len(i)) for n, i in prune.items()})
+        protected = list(ctrl.protected)
+        for _ in range(1 + pick(2)):
+            spoilers[pick(len(spoilers))](plan, ("prune", "grow")[pick(2)], names[pick(len(names))])
+        try:
+            _check_layers(who, ctrl, plan)
+            expected = None
+        except ValueError as e:
+            expected = str(e)
+        try:
+            check_plan(ctrl, plan)
+            got = None
+        except ValueError as e:
+            got = str(e)
+        assert got == expected, (trial, got, expected)
+        assert expected is None or not plan_looks_valid(ctrl.conn, plan, ctrl.protected), (trial, expected)
+        refused += expected is not None
+        ctrl.protected = protected
+    assert 100 < refused < 300, refused  # both kinds of plan are tried
+    for n, e in ctrl.conn.ensemble_masks().items():  # negative indices refused, never wrapped (as Python's do)
+        for side in ("prune", "grow"):
+            for bad in (-1, -e.numel(), e.numel()):
+                plan = EditPlan(**{side: {n: torch.tensor([bad])}})
+                assert not plan_looks_valid(ctrl.conn, plan, ctrl.protected)
+                with pytest.raises(ValueError, match=rf"{side}\['{n}'\] holds 1 indices outside \[0, {e.numel()}\)"):
+                    check_plan(ctrl, plan)
