@@ -1,6 +1,6 @@
 """Finding the synapses of an arbitrary ``nn.Module``.
 
-A synapse is one scalar weight of a Linear, Conv1d/2d/3d or ConvTranspose1d/2d/3d layer (grouped
+A synapse is one scalar weight of a Linear (torch's, or torch_geometric's inside GCNConv, SAGEConv, ...), Conv1d/2d/3d or ConvTranspose1d/2d/3d layer (grouped
 and depthwise included; a transposed convolution's weight is stored ``(in, out/groups, *kernel)``,
 see :class:`SynapseLayer`) or of a MultiheadAttention's input projections (``in_proj_weight``, or ``q_proj_weight``,
 ``k_proj_weight`` and ``v_proj_weight`` when keys and values have their own sizes; its
@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import re
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Sequence
 
@@ -40,8 +41,25 @@ _CONV_KIND = {nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d", nn.
 _RNN_MATRIX = re.compile(r"weight_(ih|hh|hr)_l\d+(_reverse)?")
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 CELL_WEIGHTS = ("weight_ih", "weight_hh")  # the matrices of nn.RNNCell, nn.LSTMCell and nn.GRUCell
+
+
+def linear_types() -> tuple:
+    """The module classes whose ``weight`` is a Linear's ``[out, in]`` matrix, read as ``F.linear(x, weight,
+    bias)``: ``nn.Linear``, and torch_geometric's ``Linear`` (the layer inside ``GCNConv``, ``GATConv``,
+    ``SAGEConv``, ...) once torch_geometric is imported, as it is wherever a model holds one (it is not imported
+    here: a model without it never pays for the import)."""
+    pyg = getattr(sys.modules.get("torch_geometric.nn.dense.linear"), "Linear", None)
+    return (nn.Linear,) if pyg is None else (nn.Linear, pyg)
+
+
+def prunable_types() -> tuple:
+    """The module classes whose ``weight`` holds synapses: :func:`linear_types`, ``nn.Conv1d/2d/3d`` and
+    ``nn.ConvTranspose1d/2d/3d`` (``PRUNABLE_TYPES`` without torch_geometric's Linear)."""
+    return linear_types() + PRUNABLE_TYPES[1:]
+
+
 # the layers whose weights hold synapses, as the messages list them
-PRUNABLE_LIST = ("nn.Linear, nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, nn.MultiheadAttention's projections, "
+PRUNABLE_LIST = ("nn.Linear (torch_geometric's Linear too), nn.Conv1d/2d/3d, nn.ConvTranspose1d/2d/3d, nn.MultiheadAttention's projections, "
                  "nn.RNN/LSTM/GRU and nn.RNNCell/LSTMCell/GRUCell matrices")
 
 
@@ -111,8 +129,8 @@ def _hook_sources(module: nn.Module, hook) -> list:
 
 def _prunable_weights(module: nn.Module):
     """``(parameter attribute, kind, groups)`` of each weight of ``module`` that holds synapses."""
-    if isinstance(module, PRUNABLE_TYPES):
-        kind = "linear" if isinstance(module, nn.Linear) else next(k for c, k in _CONV_KIND.items() if isinstance(module, c))
+    if isinstance(module, prunable_types()):
+        kind = "linear" if isinstance(module, linear_types()) else next(k for c, k in _CONV_KIND.items() if isinstance(module, c))
         return [("weight", kind, int(getattr(module, "groups", 1)))]
     if isinstance(module, nn.MultiheadAttention):
         # a projection of the input to queries, keys or values: a Linear without the module (a plain
@@ -259,7 +277,7 @@ def _reparametrised_weight(model: nn.Module, name: str) -> Optional[str]:
         m = model.get_submodule(owner)
     except AttributeError:
         return None
-    if not isinstance(m, PRUNABLE_TYPES):
+    if not isinstance(m, prunable_types()):
         return None
     if leaf is None:
         return ("torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', leave_parametrized=True)"

@@ -14,7 +14,7 @@ from . import ops
 from .folded import FoldedConv
 from .id_tensors import _expand
 from .trace_types import InputError, LayerFlow
-from adaptive.discovery import transposed_shape
+from adaptive.discovery import linear_types, transposed_shape
 from adaptive.warn import warn_user
 
 
@@ -33,7 +33,7 @@ class FlowLayersMixin:
         if isinstance(module, FoldedConv):  # its convolution's call: the folded term adds a constant, no edge
             module, name = module.conv, f"{n.target}.conv"
         x = self.flows.get(n.args[0] if n.args else n.kwargs.get("input"))
-        axis = -1 if isinstance(module, nn.Linear) else 1
+        axis = -1 if isinstance(module, linear_types()) else 1
         w, groups = module.weight, int(getattr(module, "groups", 1))
         transposed = isinstance(module, ops.TRANSPOSED_MODULES)
         # (out, in/groups, *kernel); a transposed convolution stores (in, out/groups, *kernel)
@@ -50,7 +50,7 @@ class FlowLayersMixin:
                              "dimension first; is example_input one sample without it? (pass x.unsqueeze(0))")
         lid = len(self.book.layers)
         gid, start = self.book.new_group(label, "layer", type(module).__name__, shape[0], layer=lid)
-        kind = "linear" if isinstance(module, nn.Linear) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
+        kind = "linear" if isinstance(module, linear_types()) else f"conv{'transpose' if transposed else ''}{w.dim() - 2}d"
         self.book.layers.append(LayerFlow(label, param, gid, kind, shape, groups, in_src, n.name,
                                           transposed=transposed))
         ids = torch.arange(start, start + shape[0])

@@ -76,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from adaptive.discovery import linear_types
 from .folded import FoldedConv
 
 # torch's own functions: a library may put a Python function of its own in their place in the torch
@@ -345,7 +346,7 @@ def linear_owner(node, root: nn.Module):
         module = root.get_submodule(owner)
     except AttributeError:
         module = None
-    if attr != "weight" or not isinstance(module, nn.Linear):
+    if attr != "weight" or not isinstance(module, linear_types()):
         kind = type(module).__name__ if module is not None else "no module"
         return None, (f"its weight {w.target!r} is not the weight of an nn.Linear (it belongs to {kind}), so no "
                       "weighted layer owns the synapses")

@@ -42,7 +42,7 @@ from .locking import serialized
 from .trace_types import InputError, InputGuessError, LayerFlow, Trace
 from .tracer import _Root, _unwrap, _wrap_root, symbolic_trace
 from .unchanged import _unchanged
-from adaptive.discovery import transposed_shape
+from adaptive.discovery import linear_types, transposed_shape
 from adaptive.warn import warn_user
 
 # importable from here, as before these moved out (callers, tests, and the code of copies saved before: a copy
@@ -247,7 +247,7 @@ def fallback_trace(model: nn.Module, reason: str) -> Trace:
     book.warnings.append(msg)
     prev = None
     for name, m in model.named_modules():
-        if not isinstance(m, ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES):
+        if not isinstance(m, ops.WEIGHTED_MODULES + ops.TRANSPOSED_MODULES + linear_types()):
             continue
         groups, transposed = int(getattr(m, "groups", 1)), isinstance(m, ops.TRANSPOSED_MODULES)
         # (out, in/groups, *kernel); a transposed convolution stores (in, out/groups, *kernel)
@@ -266,7 +266,7 @@ def fallback_trace(model: nn.Module, reason: str) -> Trace:
             in_src = j.expand(n_in).clone()
         lid = len(book.layers)
         gid, start = book.new_group(name, "layer", type(m).__name__, shape[0], layer=lid)
-        kind = "linear" if isinstance(m, nn.Linear) else f"conv{'transpose' if transposed else ''}{m.weight.dim() - 2}d"
+        kind = "linear" if isinstance(m, linear_types()) else f"conv{'transpose' if transposed else ''}{m.weight.dim() - 2}d"
         book.layers.append(LayerFlow(name, f"{name}.weight", gid, kind, shape, groups, in_src, "", transposed=transposed))
         prev = torch.arange(start, start + shape[0])
     if prev is not None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from ..connectome import Connectome, _MASKED_BY, _plain_module, _plain_names
-from ..discovery import PRUNABLE_TYPES
+from ..discovery import prunable_types
 from ..metrics import refuse_one_class
 from ..warn import warn_user
 
@@ -210,7 +210,7 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
     first = {id(m): n for n, m in model.named_modules()}
     name = layer[: -len(".weight")] if layer.endswith(".weight") and layer not in modules else layer
     # the layers the depth diagnostics can measure: a LayerNorm's or an Embedding's weight has no input units
-    weighted = [n for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    weighted = [n for n, m in model.named_modules() if isinstance(m, prunable_types())]
     owner, _, attr = layer.rpartition(".")
     if name not in modules and isinstance(getattr(modules.get(owner), attr, None), nn.Parameter):
         if isinstance(getattr(modules[owner], "weight", None), nn.Parameter):  # a Linear's bias: not its weight
