@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional
 import torch
 
 from . import unattached
+from .discovery import writes_unseen
 from .optim_state import preserves_zeros, reset_state, unresettable_state_warning, unwrap_optimizer, zero_eps_warning
 from .warn import warn_user
 from .wrappers import eager
@@ -316,14 +317,27 @@ class ConnectomeOptimizersMixin:
         self._record_versions()
 
     def _record_versions(self) -> None:
-        """Remember the in-place version counters of the weights while they are known masked."""
-        hot = self._hot
-        self._versions = (hot, [p._version for p in hot[1]]) if hot is not None else None
+        """Remember the in-place version counters of the weights while they are known masked, and whether
+        one of them belongs to a layer that writes its weight unseen by them (:func:`~adaptive.discovery.writes_unseen`)."""
+        hot, v = self._hot, getattr(self, "_versions", None)
+        if hot is None:
+            self._versions = None
+            return
+        unseen = v[2] if v is not None and v[0] is hot else any(writes_unseen(self._owner(n)) for n in hot[0])
+        self._versions = (hot, [p._version for p in hot[1]], unseen)
+
+    def _owner(self, name: str):
+        """The module holding the weight ``name``, or None where the model no longer has it."""
+        try:
+            return self.model.get_submodule(name.rpartition(".")[0])
+        except AttributeError:
+            return None
 
     def _weights_untouched(self) -> bool:
         v = getattr(self, "_versions", None)
         hot = self._hot
-        return v is not None and hot is not None and v[0] is hot and [p._version for p in hot[1]] == v[1]
+        return (v is not None and hot is not None and v[0] is hot and not v[2]
+                and [p._version for p in hot[1]] == v[1])
 
     def _after_optimizer_load(self, opt) -> None:
         # Repaired at its next step, not now: a checkpoint's connectome is often loaded after its

@@ -52,6 +52,15 @@ def linear_types() -> tuple:
     return (nn.Linear,) if pyg is None else (nn.Linear, pyg)
 
 
+def writes_unseen(module: nn.Module) -> bool:
+    """Whether ``module``'s own initialisation writes its weight behind autograd's version counter: torch_geometric's
+    ``Linear``, whose ``reset_parameters`` (called by ``GCNConv.reset_parameters``, ``model.reset_parameters()``,
+    its lazy initialisation) writes ``weight.data``. Its pruned synapses are re-masked at every step, not only after
+    a write the counter saw."""
+    pyg = getattr(sys.modules.get("torch_geometric.nn.dense.linear"), "Linear", None)
+    return pyg is not None and isinstance(module, pyg)
+
+
 def prunable_types() -> tuple:
     """The module classes whose ``weight`` holds synapses: :func:`linear_types`, ``nn.Conv1d/2d/3d`` and
     ``nn.ConvTranspose1d/2d/3d`` (``PRUNABLE_TYPES`` without torch_geometric's Linear)."""

@@ -3,9 +3,16 @@
 them "parameters of your own module(s)" and advising to rewrite the layer, so a GNN's connectome held its head
 alone. They are synapses now: masked in the forward, exact zeros after every optimizer step, saved and loaded,
 edited mask-only, and counted in the graph (a MessagePassing layer, which torch.fx cannot trace, is chained in
-module order, with the warning saying so)."""
+module order, with the warning saying so).
+
+torch_geometric is imported inside the tests (the ``pyg`` fixture), never at collection: its import costs seconds in
+every pytest-xdist worker, and it puts functions of its own in place of torch's (``torch.index_select``) for every
+test that worker runs after."""
 import copy
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +22,12 @@ from torch import nn
 import adaptive
 import graphs
 
-pyg = pytest.importorskip("torch_geometric.nn")
+
+
+@pytest.fixture
+def pyg():
+    """``torch_geometric.nn``, imported when a test needs it (skipped where it is not installed)."""
+    return pytest.importorskip("torch_geometric.nn")
 
 N = 10
 EDGES = torch.randint(0, N, (2, 30), generator=torch.Generator().manual_seed(3))
@@ -41,7 +53,7 @@ LAYERS = {"GCNConv": ["c1.lin.weight", "c2.lin.weight"], "GATConv": ["c1.lin.wei
 
 
 @pytest.mark.parametrize("conv", list(LAYERS))
-def test_a_gnn_layers_weights_are_synapses_masked_in_the_forward_and_kept_at_zero(conv):
+def test_a_gnn_layers_weights_are_synapses_masked_in_the_forward_and_kept_at_zero(conv, pyg):
     torch.manual_seed(0)
     model = GNN(getattr(pyg, conv))
     with warnings.catch_warnings():
@@ -72,7 +84,7 @@ def test_a_gnn_layers_weights_are_synapses_masked_in_the_forward_and_kept_at_zer
     assert abs(conn.density() - 0.5) < 0.05
 
 
-def test_a_gcn_connectome_saves_loads_and_optimises_mask_only(tmp_path):
+def test_a_gcn_connectome_saves_loads_and_optimises_mask_only(tmp_path, pyg):
     torch.manual_seed(0)
     model = GNN(pyg.GCNConv)
     conn = adaptive.Connectome(model)
@@ -93,7 +105,7 @@ def test_a_gcn_connectome_saves_loads_and_optimises_mask_only(tmp_path):
         assert torch.equal(v, before[k] * snap.masks[k] if k in snap.masks else before[k]), k
 
 
-def test_a_gcns_graph_counts_its_synapses_in_module_order_with_a_warning():
+def test_a_gcns_graph_counts_its_synapses_in_module_order_with_a_warning(pyg):
     torch.manual_seed(0)
     conn = adaptive.Connectome(GNN(pyg.GCNConv))
     conn.set_masks({n: torch.rand(m.shape, generator=torch.Generator().manual_seed(1)) < 0.6
@@ -105,7 +117,7 @@ def test_a_gcns_graph_counts_its_synapses_in_module_order_with_a_warning():
     assert g.live_synapses() == conn.num_live() == int((g.edge_attrs["kind"] == 0).sum())
 
 
-def test_a_traced_torch_geometric_linear_is_a_layer_of_the_graph():
+def test_a_traced_torch_geometric_linear_is_a_layer_of_the_graph(pyg):
     """fx traces into torch_geometric's Linear (no leaf module): its F.linear on the weight is that layer's call."""
     torch.manual_seed(0)
     model = nn.Sequential(pyg.Linear(5, 8), nn.ReLU(), pyg.Linear(8, 3))
@@ -118,3 +130,83 @@ def test_a_traced_torch_geometric_linear_is_a_layer_of_the_graph():
     assert [(l.param, l.kind, l.shape) for l in g.layers] == [("0.weight", "linear", (8, 5)),
                                                               ("2.weight", "linear", (3, 8))]
     assert g.live_synapses() == conn.num_live() == int((g.edge_attrs["kind"] == 0).sum())
+
+
+@pytest.mark.parametrize("init", [None, "glorot", "uniform"])
+def test_a_gnn_reset_parameters_after_pruning_is_re_masked_at_the_next_step(init, pyg):
+    """torch_geometric's initialisers write ``weight.data``, which autograd's version counter does not see: after
+    ``GCNConv.reset_parameters()`` with SGD (zero-preserving, so weights were re-masked only after a write the
+    counter saw) the pruned synapses of the GCN kept their new non-zero values through every later step."""
+    torch.manual_seed(0)
+    model = GNN(pyg.GCNConv)
+    for conv in (model.c1, model.c2):
+        conv.lin.weight_initializer = init
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: torch.rand(m.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+                    for n, m in conn.masks.items()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    for i, (x, y) in enumerate(_batches(3)):
+        if i == 1:
+            model.c1.reset_parameters()  # GCNConv -> its Linear -> torch_geometric.nn.inits: weight.data.uniform_
+            assert int((model.c1.lin.weight.detach()[~conn.masks["c1.lin.weight"]] != 0).sum()) > 0
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        for n, p in conn.params.items():
+            assert bool((p.detach()[~conn.masks[n]] == 0).all()), (i, n)
+
+
+def test_a_lazy_gnn_layer_asks_for_a_forward_pass_then_its_checkpoint_resumes(tmp_path, pyg):
+    """``GCNConv(-1, 8)``: its weight is materialised by the first forward pass (or by loading a state dict, through
+    torch_geometric's own hook); a connectome built before asks for that pass, one built after holds the weight."""
+    torch.manual_seed(0)
+    model = GNN(lambda i, o: pyg.GCNConv(-1, o))
+    with pytest.raises(ValueError, match=r"uninitialised \(lazy\) weight: run one forward pass"):
+        adaptive.Connectome(model)
+    x = _batches(1)[0][0]
+    model(x)
+    conn = adaptive.Connectome(model)
+    assert conn.layers["c1.lin.weight"].shape == (8, 5)
+    conn.set_masks({n: torch.rand(m.shape, generator=torch.Generator().manual_seed(1)) < 0.5
+                    for n, m in conn.masks.items()})
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    conn.save(tmp_path / "c.safetensors")
+    fresh = GNN(lambda i, o: pyg.GCNConv(-1, o))
+    fresh.load_state_dict(torch.load(tmp_path / "m.pt"))  # torch_geometric's hook materialises the lazy weights
+    back = adaptive.Connectome.load(tmp_path / "c.safetensors", fresh)
+    assert all(torch.equal(back.masks[n], conn.masks[n]) for n in conn.masks)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_a_gnn_layers_neuron_ensemble_is_one_output_channel(pyg):
+    """A neuron of torch_geometric's Linear is a row of its ``[out_channels, in_channels]`` weight, as for nn.Linear."""
+    conn = adaptive.Connectome(GNN(pyg.SAGEConv), ensemble="neuron")
+    for n in ("c1.lin_l.weight", "c1.lin_r.weight", "c2.lin_l.weight"):
+        assert conn.ensemble_mask(n).shape == (8,)
+    mask = torch.ones(8, 5, dtype=torch.bool)
+    mask[2] = False
+    conn.set_masks({"c1.lin_l.weight": mask})
+    assert conn.ensemble_mask("c1.lin_l.weight").tolist() == [i != 2 for i in range(8)]
+    assert conn.num_live() == conn.num_synapses() - 5
+
+
+FRESH = """
+import sys
+import adaptive, graphs
+print("torch_geometric imported by adaptive:", any(m.split(".")[0] == "torch_geometric" for m in sys.modules))
+import torch_geometric.nn as pyg
+from torch import nn
+conn = adaptive.Connectome(nn.ModuleDict({"c": pyg.GCNConv(5, 8), "s": pyg.SAGEConv(8, 3)}))
+print(sorted(conn.layers))
+"""
+
+
+def test_torch_geometric_imported_after_adaptive_is_discovered_and_adaptive_does_not_import_it(pyg):
+    """Which classes are a Linear is read when a model is discovered, not when adaptive is imported (a user imports
+    torch_geometric after adaptive); adaptive and graphs never import torch_geometric themselves."""
+    r = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.splitlines()[-2:] == ["torch_geometric imported by adaptive: False",
+                                         str(["c.lin.weight", "s.lin_l.weight", "s.lin_r.weight"])]
