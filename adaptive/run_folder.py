@@ -176,6 +176,17 @@ def _lock_file_problem(path: Path) -> str:
             "give another --output_dir")
 
 
+def busy_at_start(output_dir) -> str:
+    """:func:`busy`, asked before a multi-process launch's process group exists, on the process that
+    will take the lock (:class:`RunLock`: the main process, ``RANK`` 0); "" on every other. The others
+    asked too, each at its own moment: one found busy what the main process had not (a run that ended
+    between the two) and stopped alone, or found its own launch's lock, which the main process took
+    before this one started, and refused the launch it belongs to."""
+    if os.environ.get("RANK", "0") not in ("0", ""):
+        return ""
+    return busy(output_dir)
+
+
 def _same_file(fd, path: Path) -> bool:
     """Whether the open file ``fd`` is still the one at ``path`` (not unlinked or replaced)."""
     try:
