@@ -13,6 +13,7 @@ import itertools
 import os
 import re
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Callable, Collection, Iterable, List, Optional, Sequence
@@ -127,22 +128,63 @@ def busy(output_dir) -> str:
     reads the run's checkpoints and settings, which a live run is rewriting (it rotates its
     checkpoints: one read half-deleted was called damaged), instead of only at :meth:`RunLock.acquire`
     after minutes of data loading. It holds the lock shared for an instant (a run taking it meanwhile
-    tries again, :meth:`RunLock._lock`)."""
+    tries again, :meth:`RunLock._lock`). A ``.lock`` that is no plain file (a folder, a link, a pipe)
+    is refused here too (:func:`_lock_file_problem`); a pipe is not opened (a reader waited on it forever)."""
     import fcntl
 
     path = Path(output_dir) / ".lock"
+    problem = _lock_file_problem(path)
+    if problem:
+        return problem
     try:
-        fd = open(path, "r")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:  # no lock file (no run holds the folder), or none we can read: RunLock.acquire says
         return ""
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except OSError:
-            return _busy_message(Path(output_dir), fd.read().strip())
+            return _busy_message(Path(output_dir), _holder(fd))
         return ""
     finally:
-        fd.close()  # (closing lets go of the shared lock)
+        os.close(fd)  # (closing lets go of the shared lock)
+
+
+def _holder(fd: int) -> str:
+    """The process a lock file names (its first bytes, as text; "" for none)."""
+    try:
+        return os.pread(fd, 64, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _lock_file_problem(path: Path) -> str:
+    """Why ``path`` cannot be a run folder's lock file as it is: a folder, a link (a run wrote its
+    process id into the file it pointed to, then removed the link), a pipe or device; "" for a plain
+    file or none."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return ""
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISLNK(mode):
+        what = f"a link (to {os.readlink(path)})"
+    else:
+        what = "a folder" if stat.S_ISDIR(mode) else "no plain file"
+    return (f"{path} is {what}, where a run keeps the lock file of --output_dir {path.parent}: remove it, or "
+            "give another --output_dir")
+
+
+def busy_at_start(output_dir) -> str:
+    """:func:`busy`, asked before a multi-process launch's process group exists, on the process that
+    will take the lock (:class:`RunLock`: the main process, ``RANK`` 0); "" on every other. The others
+    asked too, each at its own moment: one found busy what the main process had not (a run that ended
+    between the two) and stopped alone, or found its own launch's lock, which the main process took
+    before this one started, and refused the launch it belongs to."""
+    if os.environ.get("RANK", "0") not in ("0", ""):
+        return ""
+    return busy(output_dir)
 
 
 def _same_file(fd, path: Path) -> bool:
@@ -213,12 +255,21 @@ class RunLock:
         while True:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = open(self.path, "a+")
+                # never through a link (its target was truncated to our process id) nor into a pipe
+                fd = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK,
+                                       0o666), "a+")
             except OSError as e:  # a folder that is a file, no permission: every process hears it
-                if self.path.is_dir():  # ("Is a directory" said of --output_dir, a folder as it should be)
-                    return (f"{self.path} is a folder, where a run keeps the lock file of --output_dir "
-                            f"{self.path.parent}: remove it, or give another --output_dir")
+                problem = _lock_file_problem(self.path)  # ("Is a directory" was said of --output_dir)
+                if problem:
+                    return problem
+                if os.path.lexists(self.path):  # (the folder may well be writable: the file is not)
+                    return (f"cannot open the lock file {self.path} of --output_dir {self.path.parent}: "
+                            f"{e.strerror or e}: remove it (no run holds it: a run holding it is named), or "
+                            "give another --output_dir")
                 return f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
+            if not stat.S_ISREG(os.fstat(fd.fileno()).st_mode):  # a pipe or device: no lock file to write
+                fd.close()
+                return _lock_file_problem(self.path) or f"{self.path} is no plain file: remove it"
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
@@ -227,8 +278,7 @@ class RunLock:
                     tries -= 1
                     time.sleep(0.05)
                     continue
-                fd.seek(0)
-                who = fd.read().strip()
+                who = _holder(fd.fileno())
                 fd.close()
                 return _busy_message(self.path.parent, who)
             if _same_file(fd, self.path):

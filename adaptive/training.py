@@ -712,10 +712,16 @@ def optimizer_state_problem(accelerator) -> Optional[str]:
     """Why the state that ``accelerator``'s optimizers loaded does not fit their parameters (a moment
     of another shape: a checkpoint of another model's optimizer, its MANIFEST.json rewritten), naming
     the parameter; None when it fits. torch's ``load_state_dict`` checks only the parameter counts, so
-    the first optimizer step failed with a traceback of mismatched tensor sizes."""
+    the first optimizer step failed with a traceback of mismatched tensor sizes. Only torch's own
+    optimizers are checked, whose moments of these names have their parameter's shape: another's (a
+    low-rank one keeping ``exp_avg`` of the projected gradient's shape, say, or a subclass) may keep
+    state of another shape by design, and was refused."""
     names = {id(p): n for m in accelerator._models for n, p in accelerator.unwrap_model(m).named_parameters()}
     for opt in accelerator._optimizers:
-        for p, st in getattr(opt, "optimizer", opt).state.items():
+        opt = getattr(opt, "optimizer", opt)
+        if type(opt).__module__.split(".")[:2] != ["torch", "optim"]:
+            continue
+        for p, st in opt.state.items():
             for k in _PARAM_SHAPED_STATE:
                 v = st.get(k)
                 if torch.is_tensor(v) and v.shape != p.shape:

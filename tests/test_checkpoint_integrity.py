@@ -147,6 +147,46 @@ def test_an_optimizer_state_of_another_model_is_refused_not_a_traceback_at_the_f
     assert "was it saved from another model?" in line, line
 
 
+class _LowRankMomentum(torch.optim.Optimizer):
+    """An optimizer whose ``exp_avg`` has another shape than its parameter by design (a low-rank
+    optimizer's moment of the projected gradient, as GaLore keeps)."""
+
+    def __init__(self, params):
+        super().__init__(params, dict(lr=0.1))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state[p]
+                st.setdefault("exp_avg", torch.zeros(1)).mul_(0.9).add_(p.grad.sum())
+                p.sub_(group["lr"] * st["exp_avg"] * p.grad.sign())
+
+
+def test_an_optimizer_whose_moments_have_other_shapes_by_design_resumes(tmp_path):
+    """The check that refuses another model's moments knew only torch's optimizers' state names, so an
+    optimizer of one's own keeping an ``exp_avg`` of another shape by design was refused at every resume."""
+    from accelerate import Accelerator
+
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def step_once():
+        AcceleratorState_reset()
+        acc = Accelerator(cpu=True)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        model, opt = acc.prepare(model, _LowRankMomentum(model.parameters()))
+        model(torch.ones(4, 3)).sum().backward()
+        opt.step()
+        return acc, opt
+
+    acc, _ = step_once()
+    save_checkpoint(acc, tmp_path, 1)
+    acc, opt = step_once()
+    load_checkpoint(acc, tmp_path / "checkpoints" / "step_00000001")
+    assert [st["exp_avg"].shape for st in opt.optimizer.state.values()] == [(1,), (1,)]
+
+
 def test_a_checkpoint_that_lost_its_manifest_is_refused_and_the_advice_works(finished_run, tmp_path, capsys):
     """A checkpoint written with a settings copy was written with a manifest: without one it was
     taken for an older checkpoint and a flipped byte went through. With no other checkpoint, the

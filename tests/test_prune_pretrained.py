@@ -1109,6 +1109,34 @@ def test_a_resume_into_a_busy_folder_is_refused_before_its_files_are_read(tmp_pa
     assert sorted(p.name for p in out.iterdir()) == [".lock", "config.yaml"]
 
 
+def test_only_the_process_that_takes_the_lock_asks_whether_the_folder_is_busy(tmp_path, weights, monkeypatch):
+    """Every process of a launch asked whether the folder was busy, each at its own moment, before the
+    process group existed: a process that started after the main process had taken the lock found its
+    own launch's lock and refused the launch it belongs to (and one that found a run the main process
+    had not seen stopped alone). Process 1 asks nothing; the main process still refuses."""
+    import fcntl
+
+    mod = recipe()
+    out = tmp_path / "run"
+    out.mkdir()
+
+    class DataRead(Exception):
+        pass
+
+    monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **k: (_ for _ in ()).throw(DataRead()))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with open(out / ".lock", "a+") as held:  # the main process of the launch holds the folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        monkeypatch.setenv("RANK", "1")
+        monkeypatch.setenv("LOCAL_RANK", "1")
+        with pytest.raises(DataRead):  # process 1 goes on to its data, as the main process did
+            mod.main(args(weights, out, "--remove", "0.5"))
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        with pytest.raises(RuntimeError, match=f"another run is writing into {out}"):
+            mod.main(args(weights, out, "--remove", "0.5"))
+
+
 def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earlier_run(tmp_path, weights, capsys):
     """--overwrite followed a symlinked remove_* folder and deleted the files behind it (or died half-way
     deleting); in a folder holding no earlier run it deleted a user's graph_report/ and figures. A

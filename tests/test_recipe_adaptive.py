@@ -948,6 +948,67 @@ def test_a_lock_file_that_is_a_folder_is_named_not_the_run_folder(tmp_path, caps
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
 
 
+@pytest.mark.parametrize("kind", ["link", "dangling_link", "pipe"])
+def test_a_lock_file_that_is_a_link_or_a_pipe_is_named_and_nothing_behind_it_is_written(tmp_path, capsys, kind):
+    """A .lock that was a link to a file: the run truncated that file to its process id, then took the
+    link away; a pipe hung the --resume's look at the lock. Each is named, with the fix, and left alone."""
+    out = tmp_path / "run"
+    out.mkdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("a user's file")
+    if kind == "pipe":
+        os.mkfifo(out / ".lock")
+    else:
+        (out / ".lock").symlink_to(precious if kind == "link" else tmp_path / "nowhere")
+    with pytest.raises(SystemExit):
+        run(out, "--max_steps", "5")
+    err = capsys.readouterr().err
+    said = "no plain file" if kind == "pipe" else f"a link (to {os.readlink(out / '.lock')})"
+    assert f"{out / '.lock'} is {said}, where a run keeps the lock file of --output_dir {out}: remove it" in err, err
+    assert "Traceback" not in err
+    assert precious.read_text() == "a user's file" and not (tmp_path / "nowhere").exists()
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_lock_file_the_run_may_not_open_is_named_not_the_run_folder(tmp_path, capsys, monkeypatch):
+    """A .lock the run may not write (another user's, or made read-only) was reported as 'cannot write
+    into --output_dir DIR: Permission denied', a folder the run may well write into: the file is named."""
+    from adaptive import run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").write_text("")
+    real = run_folder.os.open
+
+    def refuse_writing_the_lock(path, flags, *a):  # (chmod 444 refuses nothing to root: refused here)
+        if Path(path) == out / ".lock" and flags & os.O_RDWR:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, flags, *a)
+
+    monkeypatch.setattr(run_folder.os, "open", refuse_writing_the_lock)
+    with pytest.raises(SystemExit):
+        run(out, "--max_steps", "5")
+    err = capsys.readouterr().err
+    assert f"cannot open the lock file {out / '.lock'} of --output_dir {out}: Permission denied: remove it" in err, err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_a_lock_holder_that_wrote_no_text_is_still_said_busy(tmp_path):
+    """The lock file of a holder whose first bytes are not UTF-8 text: busy() raised UnicodeDecodeError."""
+    import fcntl
+
+    from adaptive import run_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "ab+") as held:
+        held.write(b"\xff\xfe 12")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_folder.busy(out).startswith(f"another run is writing into {out} (process ")
+    assert run_folder.busy(out) == ""  # let go: a killed run's file blocks nothing
+
+
 def test_a_run_into_a_folder_whose_run_is_still_running_is_refused_as_busy_before_reading_it(tmp_path, capsys):
     """A --resume into a folder whose run was still running read the checkpoints it was rotating and
     called the one half-deleted 'damaged' (a wrong fix), and a fresh run was told to --resume that live

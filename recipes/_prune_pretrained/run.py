@@ -45,7 +45,8 @@ def main(argv=None, test_loader_hook=None) -> dict:
     args = parse_args(argv)
     out = Path(args.output_dir)
     checked = None  # what the check of the checkpoint read: the run's load takes it (one read of the file)
-    busy = run_folder.busy(out)  # another run live there: said before its files (being rewritten) are read
+    # another run live there: said before its files (being rewritten) are read, by the process that takes the lock
+    busy = run_folder.busy_at_start(out)
     if busy:
         raise run_folder.RunFolderError(busy)
     if not args.resume:  # before anything is built or written
