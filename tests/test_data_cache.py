@@ -219,3 +219,67 @@ def test_a_cache_save_that_fails_after_decoding_costs_a_warning_not_the_images(t
     with pytest.warns(UserWarning, match="No space left on device.*ADAPTIVE_CACHE"):
         x, y, _ = folder_cache.cached_folder_tensor(root, "copy-train")
     assert x.shape == (4, 3, 8, 8) and y.tolist() == [0, 0, 1, 1]
+
+
+def test_processes_waiting_on_a_build_whose_save_failed_decode_at_once_not_one_after_another(tmp_path, monkeypatch):
+    """A save that failed after decoding (a full disk) left no cache: each process of the launch waiting on the
+    build lock then took it in turn and decoded under it (minutes each for CIFAR), the others waiting again.
+    A process that waited and finds no valid cache now decodes without the lock: the others decode meanwhile."""
+    import errno
+
+    root = _folder(tmp_path / "train", seed=12)
+    real = folder_cache.decode_folder
+    entered = [threading.Event() for _ in range(3)]
+    release_first = threading.Event()
+    decoded, overlapped = [], []
+
+    def decode(folder, **k):
+        n = len(decoded)
+        decoded.append(folder)
+        entered[n].set()
+        if n == 0:
+            release_first.wait(10)
+        elif n == 1:  # the second decoder waits (at most 10 s) for the third to be decoding too
+            overlapped.append(entered[2].wait(10))
+        return real(folder, **k)
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(folder_cache, "decode_folder", decode)
+    monkeypatch.setattr(folder_cache, "atomic_torch_save", full)
+    monkeypatch.setattr(folder_cache, "_UNCACHED_WARNED", set())
+    results = []
+    load = lambda: results.append(folder_cache.cached_folder_tensor(root, "train", tmp_path / "c"))  # noqa: E731
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(3)]
+    with pytest.warns(UserWarning, match="No space left on device"):
+        threads[0].start()
+        assert entered[0].wait(10)
+        threads[1].start()
+        threads[2].start()
+        entered[1].wait(0.5)  # (with turns, neither decodes while the first holds the lock)
+        assert not entered[1].is_set()
+        release_first.set()
+        for t in threads:
+            t.join(30)
+    assert len(results) == 3 and len(decoded) == 3
+    assert overlapped == [True], "the third process waited for the second's decoding"
+    assert all(torch.equal(r[0], results[0][0]) for r in results)
+    cache = folder_cache.cache_file(root, "train", tmp_path / "c")
+    assert [p.name for p in cache.parent.iterdir()] == [f".{cache.name}.lock"]  # no cache, no partial file left
+
+
+def test_the_write_probe_that_cannot_be_removed_does_not_stop_the_load(tmp_path, monkeypatch):
+    """The probe file of the cache folder's up-front check was removed unguarded: a folder that takes files but
+    lets none go (append-only) raised the removal's error out of the load. The load goes on (here, to the cache)."""
+    root = _folder(tmp_path / "copy" / "train", seed=13)
+    real_unlink = folder_cache.os.unlink
+
+    def refuse(path, *a, **k):
+        if ".write-probe-" in str(path):
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_unlink(path, *a, **k)
+
+    monkeypatch.setattr(folder_cache.os, "unlink", refuse)
+    x, y, _ = folder_cache.cached_folder_tensor(root, "copy-train", tmp_path / "c")
+    assert x.shape == (4, 3, 8, 8) and folder_cache.cache_file(root, "copy-train", tmp_path / "c").is_file()

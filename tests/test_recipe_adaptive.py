@@ -1416,6 +1416,25 @@ def test_the_adaptive_data_warning_is_shown_by_the_first_process_alone(tmp_path,
         assert len([w for w in caught if "ADAPTIVE_DATA" in str(w.message)]) == shown
 
 
+def test_the_cache_folder_warning_is_shown_by_the_first_process_alone(tmp_path, monkeypatch):
+    """A cache folder that takes no new file is every process's alike on a machine (its processes share
+    ADAPTIVE_CACHE and the folder): each process of a launch printed the warning, unlike the data settings'."""
+    import errno
+    import warnings
+    from types import SimpleNamespace
+
+    from adaptive.data import folder_cache
+
+    monkeypatch.setattr(folder_cache, "_UNCACHED_WARNED", set())
+    for main, shown in ((False, 0), (True, 1)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with recipe_train._alike_warnings_once(SimpleNamespace(is_main_process=main)):
+                folder_cache._warn_uncached(tmp_path / f"c{main}", OSError(errno.EROFS, "Read-only file system"),
+                                            explicit=False)
+        assert len([w for w in caught if "takes no new file" in str(w.message)]) == shown
+
+
 def test_an_n_m_ensemble_with_the_default_density_names_the_density_to_give(tmp_path, capsys):
     """--ensemble 2:4 without --density: the Controller's advice "pass density=0.5 or leave it out"
     named a keyword the recipe does not take, and leaving --density out is what failed (its default 0.2)."""

@@ -182,22 +182,28 @@ def cache_file(root: Path, cache_name: str, cache_dir: Optional[Path] = None) ->
 def _building(cache: Path):
     """Held while ``cache`` is checked again and (re)built, once it was found missing or stale: the
     processes of one launch that load the same folder at once take turns (the first decodes, the others
-    then read its file) instead of each decoding it; a valid cache is read without it. Where no lock can
-    be taken (no fcntl, a cache folder not writable) it holds none."""
+    then read its file) instead of each decoding it; a valid cache is read without it. Yields whether this
+    process waited on another that held it (then that one built, or failed to build, first). Where no lock
+    can be taken (no fcntl, a cache folder not writable) it holds none and yields False."""
     try:
         import fcntl
 
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd = open(cache.parent / f".{cache.name}.lock", "a")
     except (ImportError, OSError):
-        yield
+        yield False
         return
     with fd:
+        waited = False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another process builds it: wait for it
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:  # a file system without locks: each process builds its own, as before
             pass
-        yield  # (closing the file releases the lock)
+        yield waited  # (closing the file releases the lock)
 
 
 def _adopt_legacy(legacy: Path, cache: Path, meta: dict, labels: torch.Tensor) -> Optional[tuple]:
@@ -230,7 +236,8 @@ def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] 
     :func:`_read_cache`); otherwise decoded afresh (with a progress bar as ``progress`` says, see
     :func:`decode_folder`) and the cache rewritten atomically. A valid cache is read without waiting
     on anyone (the processes of one launch read it at once); processes building the same cache at
-    once take turns (:func:`_building`): one decodes, the others read what it wrote. A cache folder
+    once take turns (:func:`_building`): one decodes, the others read what it wrote (where it wrote no valid
+    one, its save failed say, those waiting decode at once, each for itself, not one after another). A cache folder
     that takes no new file (read-only, a file in its place) is found before decoding: the images are
     decoded and used uncached, with one warning naming the folder and the fix (:func:`_warn_uncached`);
     a save that fails after decoding (a disk filled meanwhile) costs the same warning, not the images."""
@@ -246,17 +253,29 @@ def cached_folder_tensor(root: Path, cache_name: str, cache_dir: Optional[Path] 
     if refused is not None:
         _warn_uncached(cache.parent, refused, explicit=cache_dir is not None)
         return decode_folder(root, desc=f"decoding {cache_name} ({why}; not cached)", progress=progress)
-    with _building(cache):
+    with _building(cache) as waited:
         found, why = _read_cache_or_legacy(cache, cache_name, meta, labels)  # (built meanwhile by another)
         if found is not None:
             return found[0], found[1], classes
-        images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})",
-                                               progress=progress)
-        try:  # readable by others (the cache is meant to be shared), never half-written
-            atomic_torch_save({"meta": meta, "images": images, "labels": labels,
-                               "crc32": _checksum(images, labels)}, cache)
-        except OSError as e:  # a disk that filled meanwhile: the decoded images still serve
-            _warn_uncached(cache.parent, e, explicit=cache_dir is not None)
+        if not waited:
+            return _decode_and_save(root, cache, cache_name, meta, why, cache_dir is not None, progress)
+    # the process ahead left no valid cache (its save failed on a full disk, it stopped, or the folder changed
+    # since): decoded here without the lock, so the processes still waiting do not decode one after another
+    return _decode_and_save(root, cache, cache_name, meta, why, cache_dir is not None, progress)
+
+
+def _decode_and_save(root: Path, cache: Path, cache_name: str, meta: dict, why: str, explicit: bool,
+                     progress: Optional[bool]) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
+    """:func:`decode_folder` of ``root``, then saved to ``cache`` atomically (never half-written; a failed
+    save leaves no partial file); a save that fails (a disk that filled meanwhile) costs a warning
+    (:func:`_warn_uncached`, ``explicit``: the folder was given as ``cache_dir=``), not the images."""
+    images, labels, classes = decode_folder(root, desc=f"decoding {cache_name} ({why}; caching to {cache})",
+                                           progress=progress)
+    try:  # readable by others (the cache is meant to be shared), never half-written
+        atomic_torch_save({"meta": meta, "images": images, "labels": labels,
+                           "crc32": _checksum(images, labels)}, cache)
+    except OSError as e:  # a disk that filled meanwhile: the decoded images still serve
+        _warn_uncached(cache.parent, e, explicit=explicit)
     return images, labels, classes
 
 
@@ -275,11 +294,16 @@ def _unwritable(folder: Path) -> Optional[OSError]:
     or a parent folder should be, a full disk; None where a file can be made there (one is, then removed)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=folder)  # (a name of its own: O_EXCL, random)
     except OSError as e:
         return e
-    os.close(fd)
-    os.unlink(probe)
+    try:
+        os.close(fd)
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:  # (a folder that lets no file go, append-only: the empty probe stays, the load goes on)
+            pass
     return None
 
 

@@ -97,7 +97,9 @@ _ALIKE_WARNINGS = (r"step \d+: the gradients observed since the last update hold
                    # and of the settings, as every process reads them at start-up (the data's sizes are compared)
                    r"the digits dataset has no augmentation", r"the digits dataset ships with scikit-learn",
                    r"\S+ \S+ asks for more examples than the \w+ split of",
-                   r"ADAPTIVE_DATA=.* is (a file, not a folder|no such folder): dataset ")
+                   r"ADAPTIVE_DATA=.* is (a file, not a folder|no such folder): dataset ",
+                   # and of the decoded images' cache folder, which the processes of a machine share
+                   r"the cache folder .* takes no new file ")
 
 
 @contextlib.contextmanager
