@@ -169,6 +169,22 @@ _REEXPORTED = (_shrink_weighted,)
 
 
 
+def _untraced_hint(model: nn.Module) -> str:
+    """What to do about a model fx could not trace: torch_geometric's message-passing layers (GCNConv, GATConv, ...)
+    named, which no rewrite of the user's forward makes traceable; else how to write a branch on the data."""
+    import sys
+
+    passing = getattr(sys.modules.get("torch_geometric.nn.conv"), "MessagePassing", None)
+    names = [f"{n}: {type(m).__name__}" for n, m in model.named_modules() if passing and isinstance(m, passing)]
+    if names:
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        return (f"torch.fx cannot trace torch_geometric's message-passing layers ({shown}), which check and route "
+                "edge_index in Python: graphs.compact cannot copy a model holding them; their Linear weights are "
+                "still pruned and trained sparse, and graphs.build chains them in module order")
+    return ("the copy is one fixed data flow: write a branch on the data, `if x.mean() > 0`, with tensor ops: "
+            "`torch.where(x.mean() > 0, a(h), b(h))`")
+
+
 @serialized  # traces, and runs models that another thread's trace would take
 @kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
@@ -240,8 +256,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             failed = e
     else:
         raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed"
-                           f"{_where(failed)}: {failed} (the copy is one fixed data flow: write a branch on the data, "
-                           "`if x.mean() > 0`, with tensor ops: `torch.where(x.mean() > 0, a(h), b(h))`)") from failed
+                           f"{_where(failed)}: {failed} ({_untraced_hint(src)})") from failed
     for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
         if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
             n.target = n.target[:-2]

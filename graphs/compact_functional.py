@@ -1,6 +1,7 @@
 """Functional layers in :func:`graphs.compact`: ``F.linear(x, self.fc.weight, self.fc.bias)`` on an
-``nn.Linear``'s own parameters taken for the layer's call, and a warning for each layer whose parameters are
-read otherwise (it keeps its size)."""
+``nn.Linear``'s own parameters taken for the layer's call (torch_geometric's ``Linear``, whose forward is that call,
+becomes an ``nn.Linear`` holding its parameters), and a warning for each layer whose parameters are read otherwise
+(it keeps its size)."""
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -8,6 +9,7 @@ from typing import Dict, List, Optional
 import torch.nn.functional as F
 from torch import fx, nn
 
+from adaptive.discovery import linear_types, writes_unseen
 from adaptive.warn import warn_user
 
 from . import ops
@@ -39,12 +41,15 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
             kept[owner] = "it has forward hooks, which its call would run and F.linear does not"
         elif inside is not None:
             kept[owner] = f"{inside!r}, called whole, reads it too"
-        elif type(module).forward is not nn.Linear.forward:
+        elif type(module).forward is not nn.Linear.forward and not writes_unseen(module):
             kept[owner] = f"{type(module).__name__}.forward is not nn.Linear's"
         if not owner or not own_bias or owner in kept or not isinstance(x, fx.Node):
             continue  # left as it is; warned below with the other direct reads of the layer's parameters
         parent, _, child = owner.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, child, module)  # fx kept a bare holder of the weight
+        # fx kept a bare holder of the weight; torch_geometric's Linear (forward: this very F.linear) becomes the
+        # nn.Linear it computes, which compaction shrinks and torch.load reads back without torch_geometric
+        layer = module if isinstance(module, nn.Linear) else _as_nn_linear(module)
+        setattr(gm.get_submodule(parent) if parent else gm, child, layer)
         with gm.graph.inserting_before(n):
             call = gm.graph.call_module(owner, (x,))
         n.replace_all_uses_with(call)
@@ -56,7 +61,7 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
     read: Dict[str, List[str]] = {}
     for n in gm.graph.nodes:
         owner = str(n.target).rpartition(".")[0] if n.op == "get_attr" else None
-        if owner and isinstance(_submodule(src, owner), _LAYERS):  # "": the model is the layer
+        if owner and isinstance(_submodule(src, owner), _LAYERS + linear_types()):  # "": the model is the layer
             read.setdefault(owner, []).extend(u.name for u in n.users)
     for owner, users in read.items():
         if owner in kept:
@@ -69,6 +74,16 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
                   f"the module itself (self.{owner}(x)) to have it compacted")
     gm.graph.lint()
     gm.recompile()
+
+
+def _as_nn_linear(module: nn.Module) -> nn.Linear:
+    """An ``nn.Linear`` holding ``module``'s own ``weight`` and ``bias`` (the same Parameters): torch_geometric's
+    ``Linear`` as the layer its forward, ``F.linear(x, self.weight, self.bias)``, computes."""
+    out_features, in_features = module.weight.shape
+    layer = nn.Linear(in_features, out_features, bias=module.bias is not None, device="meta")
+    layer.weight = module.weight
+    layer.bias = module.bias
+    return layer.train(module.training)
 
 
 def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:

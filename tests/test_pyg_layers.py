@@ -132,6 +132,67 @@ def test_a_traced_torch_geometric_linear_is_a_layer_of_the_graph(pyg):
     assert g.live_synapses() == conn.num_live() == int((g.edge_attrs["kind"] == 0).sum())
 
 
+class _PygMLP(nn.Module):
+    """A torch_geometric Linear between two nn.Linear layers (as in ``torch_geometric.nn.MLP``, a GNN's head)."""
+    def __init__(self, pyg, bias=True):
+        super().__init__()
+        self.inp, self.lin, self.head = nn.Linear(5, 8), pyg.Linear(8, 8, bias=bias), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(F.relu(self.lin(F.relu(self.inp(x)))))
+
+
+def _dead_rows(conn, rows):
+    conn.set_masks({n: torch.ones_like(m).index_fill_(0, torch.tensor(rows), False) for n, m in conn.masks.items()
+                    if n != "head.weight"})
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_compact_shrinks_a_torch_geometric_linear_as_the_nn_linear_it_computes(bias, tmp_path, pyg):
+    """graphs.compact kept a torch_geometric Linear at full size, silently, and with it the dead units of the layer
+    feeding it: its F.linear call is now that layer's, an nn.Linear holding its parameters in the copy (which loads
+    without torch_geometric's classes)."""
+    torch.manual_seed(0)
+    model = _PygMLP(pyg, bias).eval()
+    conn = adaptive.Connectome(model)
+    _dead_rows(conn, [1, 4, 6])
+    x = torch.randn(10, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = graphs.compact(model, conn, x)
+    assert small.compaction["removed"] == {"inp": 3, "lin": 3, "head": 0}
+    assert type(small.lin) is nn.Linear and small.lin.weight.shape == (5, 5)
+    assert small.compaction["params_after"] < small.compaction["params_before"]
+    conn.apply()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-6)
+    torch.save(small, tmp_path / "small.pt")
+    loaded = torch.load(tmp_path / "small.pt", weights_only=False)
+    assert not any(type(m).__module__.startswith("torch_geometric") for m in loaded.modules())
+    assert torch.equal(loaded(x), small(x))
+
+
+def test_compact_warns_that_a_hooked_torch_geometric_linear_keeps_its_size(pyg):
+    """A torch_geometric Linear whose F.linear cannot be taken for its call (a forward hook) keeps its size with a
+    warning naming it, as an nn.Linear does (it kept it silently)."""
+    model = _PygMLP(pyg).eval()
+    model.lin.register_forward_hook(lambda *a: None)
+    conn = adaptive.Connectome(model)
+    _dead_rows(conn, [1])
+    with pytest.warns(UserWarning, match=r"layer 'lin' keeps its size.*forward hooks"):
+        small = graphs.compact(model, conn, torch.randn(4, 5))
+    assert small.compaction["removed"] == {"inp": 0, "head": 0}
+
+
+@pytest.mark.parametrize("conv", ["GCNConv", "GATConv"])
+def test_compact_refuses_a_gnn_naming_its_message_passing_layers(conv, pyg):
+    """fx cannot trace a MessagePassing layer: the refusal names those layers, not a branch on the data to rewrite."""
+    model = GNN(getattr(pyg, conv)).eval()
+    with pytest.raises(RuntimeError, match=rf"message-passing layers \(c1: {conv}, c2: {conv}\)") as e:
+        graphs.compact(model, adaptive.Connectome(model), (_batches(1)[0][0],))
+    assert "torch.where" not in str(e.value)
+
+
 @pytest.mark.parametrize("init", [None, "glorot", "uniform"])
 def test_a_gnn_reset_parameters_after_pruning_is_re_masked_at_the_next_step(init, pyg):
     """torch_geometric's initialisers write ``weight.data``, which autograd's version counter does not see: after
