@@ -1898,3 +1898,33 @@ def test_a_grow_init_callable_is_called_in_the_layers_order_on_every_run():
     model(torch.randn(4, 6)).square().mean().backward()
     opt.step()  # the one update: every layer swaps some synapses
     assert calls == conn.names, calls
+
+
+def test_threshold_restore_boundary_never_adapts_below_zero_after_restoring_a_shortfall_at_a_loss():
+    """Below its target, threshold restores the shortfall wherever the restore boundary is, so it can
+    restore synapses whose gain is negative (restoring them costs loss). Its boundary then adapts to
+    the smallest gain restored but not below 0: a negative boundary would let later updates restore
+    synapses that cost loss beyond the pace, in pairs with prunes."""
+    from adaptive.utility import Estimator, register_estimator
+    from adaptive.utility.base import _ESTIMATORS
+
+    @register_estimator("test_negative_gains")
+    class NegativeGains(Estimator):
+        def removal_cost(self, ctx):
+            return ctx.weight.detach().abs().float()
+
+        def restoration_gain(self, ctx):  # every restoration costs loss
+            return -0.1 - ctx.mask.logical_not().float() * torch.arange(ctx.mask.numel()).reshape(ctx.mask.shape)
+
+    try:
+        torch.manual_seed(0)
+        m = nn.Linear(4, 4, bias=False)
+        conn = adaptive.Connectome(m)
+        conn.set_masks({"weight": torch.arange(16).reshape(4, 4) < 4})  # 4 of 16 live, the target is 8
+        ctrl = adaptive.Controller(conn, None, policy="threshold", estimator="test_negative_gains", density=0.5,
+                                   update_every=1, edit_fraction=0.5, edit_decay="constant")
+        ev = ctrl.step()
+        assert ev["grown"] == 4 and conn.num_live() == 8  # the shortfall, restored at a loss
+        assert ctrl.policy.restore_boundary == 0.0
+    finally:
+        _ESTIMATORS.pop("test_negative_gains", None)

@@ -222,3 +222,17 @@ def test_refusals_write_counts_with_separators_and_the_count_to_give_plain():
     msg = said(refuse_below_start, "5000", 5000, start)
     assert "removes 5,000 of the model's 268,336 prunable synapses, but 12,345 (4.6%) are already absent" in msg
     assert "give a target of at least 12345 synapses" in msg
+
+
+def test_a_rung_that_removes_exactly_the_absent_synapses_of_a_sparse_start_is_not_climbed():
+    """On a sparse start, target "best" climbs only the rungs that remove more than is already absent: a
+    rung removing exactly that many is the start itself (already the first candidate), so a ladder of
+    only such a rung has nothing to climb and is refused."""
+    from types import SimpleNamespace
+
+    from adaptive.mask_only_targets import rungs_above
+
+    start = SimpleNamespace(absent=25)
+    assert rungs_above([0.25, 0.5], 100, start) == [0.5]
+    with pytest.raises(ValueError, match="removes no more than the 25 of 100 synapses"):
+        rungs_above([0.1, 0.25], 100, start)

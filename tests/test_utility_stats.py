@@ -55,3 +55,61 @@ def test_the_same_gradients_reduced_in_another_order_still_count_once(tmp_path):
     the estimators credit to its mean."""
     rank = two_rank_records("two_process_gradient_stats.py", tmp_path)
     assert rank[0]["same_by_threads"] == rank[1]["same_by_threads"] == {"n": 2}, rank
+
+
+def _window(batches, shape=(1, 3)):
+    """A one-layer connectome whose utility window holds the batch gradients ``batches`` (each a list
+    of ``shape[1]`` values), and the layer's context for an estimator (train mode: no restore values)."""
+    import adaptive
+    from adaptive.utility.base import UtilityContext
+    from adaptive.utility.stats import GradientStats
+
+    m = torch.nn.Linear(shape[1], shape[0], bias=False)
+    with torch.no_grad():
+        m.weight.copy_(torch.linspace(0.5, 1.5, shape[0] * shape[1]).reshape(shape))
+    conn = adaptive.Connectome(m)
+    stats = GradientStats(conn)
+    for b in batches:
+        m.weight.grad = torch.tensor(b, dtype=torch.float32).reshape(shape)
+        stats.observe()
+    ctx = UtilityContext("weight", m.weight.detach(), conn.masks["weight"], None, stats, torch.Generator(), batch_size=4)
+    return stats, ctx
+
+
+def test_batch_variance_of_identical_batches_is_zero_not_a_rounding_error_below_it():
+    """Five batch gradients of 0.7: mean square less squared mean is -3.7e-8 in float32, a variance below
+    zero, which (with the Fisher built from it) no estimator's formula is meant to see."""
+    stats, _ = _window([[0.7, 0.7, 0.7]] * 5)
+    assert torch.equal(stats.batch_variance("weight"), torch.zeros(1, 3))
+
+
+def test_consistency_shrinks_the_mean_gradient_by_its_signal_to_noise_ratio_computed_by_hand():
+    """Consistency's first-order gradient is g * max(0, 1 - (v/n) / g^2) with v the unbiased batch variance
+    and n the window's batches: a synapse whose batches agree keeps almost all of g, one whose batches
+    disagree (t^2 < 1) counts for nothing, never with its sign flipped."""
+    from adaptive.utility import get_estimator
+
+    batches = [[1.0, 1.0, 2.0], [1.0, -1.0, 2.0], [1.2, 0.5, 2.5]]
+    stats, ctx = _window(batches)
+    b = torch.tensor(batches, dtype=torch.float64)
+    g, v, n = b.mean(0), b.var(0, unbiased=True), b.shape[0]
+    shrunk = g * (1 - (v / n) / (g * g)).clamp_min(0)
+    assert shrunk[1] == 0 and 0 < shrunk[0] < g[0]  # the case each synapse stands for
+    est = get_estimator("consistency")
+    torch.testing.assert_close(est.gradient(ctx).double().reshape(-1), shrunk, rtol=1e-5, atol=1e-7)
+    w = ctx.weight.double().reshape(-1)
+    f = g * g + 4 * v  # the per-sample Fisher with batch_size 4
+    torch.testing.assert_close(est.removal_cost(ctx).double().reshape(-1), -shrunk * w + 0.5 * f * w * w,
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_obd_growth_from_one_batch_ranks_by_the_gradient_with_the_layers_mean_curvature():
+    """With one batch in the window, OBD's train-mode growth gain g^2/(2F) divides by the layer's mean F:
+    the per-synapse F of that batch is g^2 itself, every gain 1/2, and growth would go by index."""
+    from adaptive.utility import get_estimator
+
+    stats, ctx = _window([[0.1, -3.0, 1.0]])
+    g = torch.tensor([[0.1, -3.0, 1.0]])
+    gain = get_estimator("obd").restoration_gain(ctx)
+    torch.testing.assert_close(gain, g * g / (2 * ((g * g).mean() + 1e-12)))
+    assert gain.reshape(-1).argsort(descending=True).tolist() == [1, 2, 0]
