@@ -22,3 +22,24 @@ def test_the_collinearity_results_table_has_the_columns_the_diagnostic_writes():
     share of weights whose cosine reads 0 only because no batch gave them a gradient)."""
     heads = _headers((RESULTS / "collinearity_digits.md").read_text())
     assert ["layer", "weights", *STATISTICS] in heads, heads
+
+
+def _knowledge_columns():
+    """The columns of knowledge_curve.md and knowledge_fit.md as the knowledge diagnostic writes them now."""
+    from adaptive.diagnostics import KnowledgeCurve
+    from adaptive.diagnostics.table import Table
+
+    row = {"removed": 0, "fraction": 0.0, "accuracy": 0.5, "loss": 1.0, "accuracy_drop": 0.0, "loss_increase": 0.0}
+    fit = {"rate": 0.1, "points": 3, "r2": 1.0, "within_tolerance": 1.0, "fit_from": 1, "fit_to": 3,
+           "holds_from": 1, "holds_to": 3, "floor": 0.001}
+    curve = KnowledgeCurve(Table([row]), 10, "obd", 0, {"loss_increase": fit}, 0.1)
+    return curve.shown_table().columns, curve.fit_table().columns
+
+
+def test_the_obd_knowledge_results_tables_have_the_columns_the_diagnostic_writes():
+    """knowledge_resnet20_obd.md is knowledge_curve.md and knowledge_fit.md of `recipes/diagnostics.py
+    knowledge --estimator obd`, copied: it gave the accuracy as a fraction under 'accuracy' (the curve
+    table has given percent, 'accuracy (%)', since) and lacked the fit table's fitted_above column."""
+    heads = _headers((RESULTS / "knowledge_resnet20_obd.md").read_text())
+    curve, fit = _knowledge_columns()
+    assert list(curve) in heads and list(fit) in heads, (curve, fit, heads)
