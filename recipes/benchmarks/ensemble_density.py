@@ -68,13 +68,17 @@ def main():
     ap.add_argument("--steps", type=int, default=70)
     ap.add_argument("--quick", action="store_true", help="a smoke run: rigl and utility, global budget, synapse and "
                     "neuron ensembles (checks the script, not every policy)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2; the table's figures "
+                    "depend on it: the gradient-based policies' sums add up in another order)")
     ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "ensemble_density.md"))
     args = ap.parse_args()
     if not 0.0 < args.density <= 1.0:
         raise SystemExit(f"--density must be in (0, 1], got {args.density}")
     if args.steps < 20:
         raise SystemExit("--steps must be at least 20 (updates every 10 steps, end_step = steps - 10)")
-    torch.set_num_threads(2)
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     lines = ["# Densities in synapses when ensembles differ in size (LeNet-5, digits)", "",
              "| policy | budget | ensemble | live | target | miss | largest ensemble | met | layers left empty |",

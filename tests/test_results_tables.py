@@ -1,0 +1,45 @@
+"""Results files copied from a diagnostic's output folder carry the columns that diagnostic writes now:
+a column added to the diagnostic since the copy (collinearity's no_gradient) leaves the results file
+stale, its table no longer the one its Reproduce line writes."""
+from pathlib import Path
+
+from adaptive.diagnostics.collinearity import STATISTICS
+
+RESULTS = Path(__file__).resolve().parents[1] / "recipes" / "benchmarks" / "results"
+
+
+def _headers(text: str) -> list:
+    """The column names of every Markdown table in ``text`` (a header row is the one above a --- row)."""
+    lines = text.splitlines()
+    return [[c.strip() for c in head.strip().strip("|").split("|")]
+            for head, rule in zip(lines, lines[1:])
+            if head.startswith("|") and rule.startswith("|") and set(rule.strip()) <= set("|-: ")]
+
+
+def test_the_collinearity_results_table_has_the_columns_the_diagnostic_writes():
+    """collinearity_digits.md is collinearity_layers.md of `recipes/diagnostics.py collinearity`, copied:
+    its per-layer table lacked the no_gradient column the diagnostic has written since it was added (the
+    share of weights whose cosine reads 0 only because no batch gave them a gradient)."""
+    heads = _headers((RESULTS / "collinearity_digits.md").read_text())
+    assert ["layer", "weights", *STATISTICS] in heads, heads
+
+
+def _knowledge_columns():
+    """The columns of knowledge_curve.md and knowledge_fit.md as the knowledge diagnostic writes them now."""
+    from adaptive.diagnostics import KnowledgeCurve
+    from adaptive.diagnostics.table import Table
+
+    row = {"removed": 0, "fraction": 0.0, "accuracy": 0.5, "loss": 1.0, "accuracy_drop": 0.0, "loss_increase": 0.0}
+    fit = {"rate": 0.1, "points": 3, "r2": 1.0, "within_tolerance": 1.0, "fit_from": 1, "fit_to": 3,
+           "holds_from": 1, "holds_to": 3, "floor": 0.001}
+    curve = KnowledgeCurve(Table([row]), 10, "obd", 0, {"loss_increase": fit}, 0.1)
+    return curve.shown_table().columns, curve.fit_table().columns
+
+
+def test_the_obd_knowledge_results_tables_have_the_columns_the_diagnostic_writes():
+    """knowledge_resnet20_obd.md is knowledge_curve.md and knowledge_fit.md of `recipes/diagnostics.py
+    knowledge --estimator obd`, copied: it gave the accuracy as a fraction under 'accuracy' (the curve
+    table has given percent, 'accuracy (%)', since) and lacked the fit table's fitted_above column."""
+    heads = _headers((RESULTS / "knowledge_resnet20_obd.md").read_text())
+    curve, fit = _knowledge_columns()
+    assert list(curve) in heads and list(fit) in heads, (curve, fit, heads)
