@@ -1359,6 +1359,39 @@ def test_step_hooks_run_eagerly_inside_a_compiled_optimizer_step(backend):
     assert compiling == [False] * 3 and dense == [True] * 3 and ctrl.step_count == 3
 
 
+
+def test_a_compiled_model_trains_to_the_masks_of_the_eager_one_with_no_recompile_per_edit():
+    # torch.compile(model) (aot_eager: parameters lifted into graph inputs, as inductor lifts them): the
+    # compiled forward reads the weights each call, so the controller's edits take effect at once, with
+    # no recompilation per edit; pruned weights stay 0.0 and the masks are the eager run's.
+    from torch._dynamo.utils import counters
+
+    def run(compiled):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        conn = adaptive.Connectome(model)
+        ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=2, edit_fraction=0.3,
+                                   end_step=8, seed=0)
+        fwd = torch.compile(model, backend="aot_eager") if compiled else model
+        g = torch.Generator().manual_seed(1)
+        for _ in range(8):
+            x, y = torch.randn(16, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
+            F.cross_entropy(fwd(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            assert all(bool((p[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())
+            assert torch.allclose(fwd(x), model(x), atol=1e-6)  # the latest masks and weights, not stale ones
+        assert [e["step"] for e in ctrl.events if e["kind"] == "update"] == [2, 4, 6, 8]
+        return conn
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled = run(False), run(True)
+    assert counters["frames"]["ok"] == 1 and not counters["recompiles"]  # one graph for all 4 edits
+    torch._dynamo.reset()
+    assert all(torch.equal(eager.masks[n], compiled.masks[n]) for n in eager.masks)
+
 def test_mask_only_update_inside_inference_mode_matches_one_outside():
     # ctrl.step() under torch.inference_mode() (an evaluate-then-edit helper): the update raised and
     # left pruned weights live and survivors changed; it now edits as it does outside.

@@ -688,3 +688,22 @@ def test_processes_that_found_other_band_layouts_are_refused_at_construction(mon
     assert not net[0].weight._backward_hooks and not net._forward_pre_hooks and not net[2]._forward_pre_hooks
     _one_process_group(monkeypatch, [{"0": [0, 1, 2], "2": [1]}])  # the same layouts: taken
     BandGradientScaler(net, layers=["0", "2"], depths=ONE_BAND).remove()
+
+
+def test_a_compiled_forward_of_the_module_inside_reads_no_weight_as_replaced():
+    """A scaler built on the model and a forward through torch.compile(model): dynamo traced the model's
+    forward pre-hook, where the weights' identities read as changed, so every forward warned that the weights
+    were replaced and moved their gradient hooks. The scaler must scale as it does uncompiled, silently."""
+    batches = _batches(3)
+    net, opt, scaler = _scaled()
+    _train(net, opt, batches)
+    torch._dynamo.reset()
+    twin, twin_opt, twin_scaler = _scaled()
+    compiled = torch.compile(twin, backend="eager")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="BandGradientScaler")
+        _train(compiled, twin_opt, batches)
+    assert twin_scaler.scales() == scaler.scales()
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), twin.parameters()))
+    for s in (scaler, twin_scaler):
+        s.remove()

@@ -24,6 +24,7 @@ from ._common import find_weight, live_mask, model_connectome, module_names, pla
 from ._shared_calls import CallRecorder, TiedReads, parts_adding_up
 from .gradient_depth import resolve_call_depths, weight_depths
 from ..warn import warn_user
+from ..wrappers import eager
 
 
 class BandGradientScaler:
@@ -384,9 +385,12 @@ class BandGradientScaler:
                                "of the model (the calls split are the latest forward's); a call under torch.no_grad() "
                                f"contributes no part{reentrant}"), index
 
+    @eager  # a compiled forward runs the model's hooks: traced, the weights' identities read as replaced
     def _new_forward(self, *_) -> None:
         """A forward of the model begins: the layers' calls recorded before belong to an earlier one;
-        a weight replaced since the last one gets the hook it lost (:meth:`_check_weights`)."""
+        a weight replaced since the last one gets the hook it lost (:meth:`_check_weights`). Run eagerly
+        even where ``torch.compile(model)`` (built on the module inside) runs it: traced, the weights read as
+        replaced, warned of and re-hooked at every forward."""
         self._check_weights()
         for st in self.state.values():
             if st["hooked"]:
