@@ -5,7 +5,6 @@ refusing a damaged file or one of another model before anything is built. As
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 from typing import TYPE_CHECKING, Optional
@@ -17,6 +16,7 @@ from . import bitpack
 from .atomic import atomic_path
 from .connectome_state import FORMAT, _empty_saved
 from .discovery import PRUNABLE_LIST, holds_synapses, prunable_names
+from .name_patterns import escape
 from .warn import warn_user
 from .wrappers import _plain_module, _plain_names
 
@@ -175,7 +175,7 @@ class ConnectomeFilesMixin:
         if mode == "mask_only" and not original:
             original = None  # taken from the model below
         # exact names: a ModuleDict key may hold a pattern character ('fc[1]' as a pattern matches 'fc1')
-        modules = [glob.escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in shapes]
+        modules = [escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in shapes]
         conn = cls(model, ensemble=meta["ensemble"], include=modules, mode=mode)
         # loaded into a wrapper: a Controller's protect= reads module.fc as fc, as on one built on it
         conn._built_wrapped = wrapped is not model

@@ -2,10 +2,10 @@
 
 ``include=``/``exclude=`` and ``protect=`` test every pattern against every layer's names. Where the
 patterns are exact names, as :meth:`Connectome.load <adaptive.connectome.Connectome.load>` passes one
-``glob.escape``-d name per saved layer, that was a ``fnmatchcase`` call for every (pattern, name) pair:
+:func:`escape`-d name per saved layer, that was a ``fnmatchcase`` call for every (pattern, name) pair:
 quadratic in the layers (about 4 s to load the connectome of a 1,000-layer MLP). A pattern with no
 wildcard (``*``, ``?``, ``[...]`` other than the one-character escapes ``[*]``, ``[?]``, ``[[]`` that
-``glob.escape`` writes) matches exactly the one name it spells, so :class:`PatternSet` looks those up
+:func:`escape` writes) matches exactly the one name it spells, so :class:`PatternSet` looks those up
 in a dict and runs ``fnmatchcase`` for the others only: the same answers, pattern for pattern.
 """
 from __future__ import annotations
@@ -14,9 +14,20 @@ import fnmatch
 import re
 from typing import Dict, Iterable, List, Optional, Set
 
-# a pattern made only of plain characters and glob.escape's one-character classes matches one name
+# a pattern made only of plain characters and escape's one-character classes matches one name
 _LITERAL = re.compile(r"(?:\[[*?\[]\]|[^*?\[])*")
 _ESCAPE = re.compile(r"\[([*?\[])\]")
+
+
+_SPECIAL = re.compile(r"([*?\[])")
+
+
+def escape(name: str) -> str:
+    """The ``fnmatch`` pattern that matches ``name`` alone: every ``*``, ``?`` and ``[`` bracketed
+    (``[*]``, ``[?]``, ``[[]``). ``glob.escape`` is for paths: on Windows it leaves a drive-like
+    prefix as it is (``?:fc``, ``//a*/b``), a wildcard in a layer's name; this escapes every one,
+    on every platform."""
+    return _SPECIAL.sub(r"[\1]", name)
 
 
 def literal(pattern: str) -> Optional[str]:

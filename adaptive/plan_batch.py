@@ -7,6 +7,8 @@ of those questions is asked of every layer's indices concatenated (offset so tha
 ensembles share a number), and the answers are read in one host read per device. Only a plan this
 finds anything wrong with (or cannot batch: a tensor subclass, a layer's prunes and grows on two
 devices) goes through the layer-by-layer checks, which name the first problem as they always did.
+Repeats and overlaps are found by sorting the indices, so the memory this takes grows with the number
+of edited ensembles, never with the size of the layers edited.
 """
 from __future__ import annotations
 
@@ -37,9 +39,18 @@ class _Group:
         self.sides[side].append((n, idx, size, self.offset[n]))
 
 
+def _repeats(keys: torch.Tensor) -> torch.Tensor:
+    """0-d bool: whether any value of ``keys`` occurs twice (sorted, then each compared with the next:
+    memory in the number of keys, not in the ensembles they index)."""
+    s = keys.sort().values
+    return (s[1:] == s[:-1]).any()
+
+
 def _flags(conn, dev: torch.device, group: _Group, out: Dict[torch.device, List[torch.Tensor]]) -> None:
-    """Append to ``out`` (device -> 0-d bool tensors, True: a problem) the index checks of ``group``."""
-    seen = {}
+    """Append to ``out`` (device -> 0-d bool tensors, True: a problem) the index checks of ``group``.
+    Nothing here is as large as a layer: repeats and overlaps are found by sorting the (offset)
+    indices, live and absent ensembles are read with ``take``."""
+    keys = []
     for side, want in (("prune", True), ("grow", False)):
         entries = group.sides[side]
         if not entries:
@@ -52,17 +63,16 @@ def _flags(conn, dev: torch.device, group: _Group, out: Dict[torch.device, List[
         flat = torch.cat([idx for _, idx, _, _ in entries]).long()
         out.setdefault(dev, []).append(((flat < 0) | (flat >= size)).any())  # out of range
         inside = torch.minimum(flat.clamp(min=0), size - 1)  # safe to index with (out of range is flagged)
-        seen[side] = torch.zeros(group.total, dtype=torch.bool, device=dev)
-        seen[side][inside + offset] = True
-        out[dev].append(torch.count_nonzero(seen[side]) != k)  # an ensemble listed twice
+        keys.append(inside + offset)  # one number per ensemble of the group
+        out[dev].append(_repeats(keys[-1]))  # an ensemble listed twice
         state: Dict[torch.device, list] = {}
         for (n, _, _, _), part in zip(entries, inside.split(counts)):
             ens = conn._ensemble_mask(n)  # read only
             state.setdefault(ens.device, []).append(ens.take(part if ens.device == dev else part.to(ens.device)))
         for d, got in state.items():  # prunes of absent ensembles, grows of live ones
             out.setdefault(d, []).append((torch.cat(got) != want).any())
-    if len(seen) == 2:
-        out[dev].append((seen["prune"] & seen["grow"]).any())  # pruned and grown
+    if len(keys) == 2:  # each side free of repeats (else flagged above): a repeat now is pruned and grown
+        out[dev].append(_repeats(torch.cat(keys)))
 
 
 def plan_looks_valid(conn, plan, protected) -> bool:

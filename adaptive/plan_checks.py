@@ -52,16 +52,15 @@ def _index_problem(idx, size: int) -> str | None:
         return f"is {_what(idx)}{hint}, expected a 1-d int64 (or int32) tensor of flat ensemble indices"
     if not idx.numel():
         return None
-    out = (idx < 0) | (idx >= size)
+    flat = idx.long()  # an int32 tensor compared with a size past 2**31 - 1 would wrap it
+    out = (flat < 0) | (flat >= size)
     if bool(out.any()):
         return (f"holds {int(out.sum())} indices outside [0, {size}) (the layer's ensembles): "
                 f"{_listed(idx[out])}")
-    seen = torch.zeros(size, dtype=torch.bool, device=idx.device)  # no sort; a bool scratch (as cheap as it was)
-    seen[idx] = True
-    if int(torch.count_nonzero(seen)) != idx.numel():  # a repeat: only then count which ensembles repeat
-        counted = torch.zeros(size, dtype=torch.int32, device=idx.device)
-        counted.index_add_(0, idx.long(), torch.ones_like(idx, dtype=torch.int32))
-        twice = (counted > 1).nonzero().squeeze(1)
+    s = flat.sort().values  # no scratch as large as the layer: sorted, each index beside its repeats
+    again = s[1:] == s[:-1]
+    if bool(again.any()):
+        twice = torch.unique_consecutive(s[1:][again])
         return f"lists {twice.numel()} ensemble(s) more than once: {_listed(twice)}; list each ensemble once"
     return None
 

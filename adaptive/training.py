@@ -667,7 +667,9 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     This process's random states must be there and readable: Accelerate skips an unreadable file
     with a log line, and the run would go on with other augmentation and dropout draws. Under several
     processes every one refuses together (one gather), whatever the failure of its checks: one that
-    cannot stat or list its copy of the files raises an OSError naming it on every process."""
+    cannot stat or list its copy of the files raises an OSError naming it on every process. A model
+    file holding non-zero weights where the train-mode connectome prunes (another run's, beside these
+    masks: :mod:`adaptive.checkpoint_weights`) is refused after the load, a CheckpointRefusedError."""
     from .integrity import CheckpointDamagedError, CheckpointRefusedError
 
     path = Path(path)
@@ -701,6 +703,11 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     problem = optimizer_state_problem(accelerator)
     if problem:  # (torch loads moments of other shapes silently; the first step then failed deep inside it)
         raise ValueError(problem)
+    from .checkpoint_weights import nonzero_pruned_weights
+
+    problem = nonzero_pruned_weights(accelerator, path)
+    if problem:  # a model file of another run beside these masks (the connectome's load zeroed the evidence)
+        raise CheckpointRefusedError(_damaged(path, problem))
 
 
 # the per-parameter state of torch's optimizers that has its parameter's shape

@@ -21,7 +21,6 @@ Ctrl-C ends with one line and status 130.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
 import os
@@ -33,6 +32,7 @@ from adaptive import jsonio
 from adaptive.atomic import atomic_torch_save, write_text
 from adaptive.cli import ArgumentParser, counted
 from adaptive.config import dotted_key_values
+from adaptive.name_patterns import escape
 from adaptive.paths import empty_path_problem, home_expanded
 from adaptive.warn import command_line_warnings, warn_user
 
@@ -377,7 +377,7 @@ def _connectome(path: str, net):
     sd = None if path.endswith(".safetensors") else connectome_state(path)
     if sd is None:
         return Connectome.load(path, net)
-    modules = [glob.escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in sd["masks"]]
+    modules = [escape(n[: -len(".weight")] if n.endswith(".weight") else n) for n in sd["masks"]]
     conn = Connectome(net, ensemble=sd.get("ensemble", "synapse"), include=modules, mode=sd.get("mode") or "train")
     conn.load_state_dict(sd)
     return conn

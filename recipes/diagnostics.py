@@ -451,7 +451,7 @@ def cmd_knowledge(args):
         paths = curve.plot(os.path.join(out, folder.knowledge_figure(model)), svg=args.svg,
                            title=curve.meta.get("title", ""), log_x=args.log_x)
         curve.save(out)
-        print(f"{curve.fit_table().to_markdown()}\nredrawn from {args.replot}: {_refit_note(curve, args.noise_floor)}; "
+        print(f"{curve.shown_fit_table().to_markdown()}\nredrawn from {args.replot}: {_refit_note(curve, args.noise_floor)}; "
               f"figure {paths[0]}")
         return
     model_for = model_first(args, lambda k, shape: pruned_model(args, k, shape))
@@ -489,7 +489,7 @@ def cmd_knowledge(args):
     paths = curve.plot(os.path.join(out, folder.knowledge_figure(args.model)), svg=args.svg, title=curve.meta["title"],
                        log_x=args.log_x)
     print(f"\naccuracy of what remains\n{curve.shown_table().to_markdown()}")
-    print(f"\nexponential fits (log y = a + rate * removed)\n{curve.fit_table().to_markdown()}")
+    print(f"\nexponential fits (log y = a + rate * removed)\n{curve.shown_fit_table().to_markdown()}")
     print(f"\n{curve.note}; {curve.total:,} prunable weights; curve measured in {seconds:.1f} s (as "
           f"knowledge_summary.json's seconds: the measurement alone, no training, saving or drawing); figure {paths[0]}")
 
@@ -500,7 +500,7 @@ def _refit_note(curve, given) -> str:
     was = f"{before:g}" if before is not None else "one it did not record (1e-3 unless given --noise_floor)"
     why = "--noise_floor" if given is not None else "as before" if before is not None else "the default"
     return (f"refitted above a noise floor of {curve.noise_floor:g} ({why}; the fit read from there used {was}); "
-            "recorded in knowledge_summary.json and the fit table's fitted_above")
+            "recorded in knowledge_summary.json and the fit table's fitted above")
 
 
 # ---------------------------------------------------------------------- progress

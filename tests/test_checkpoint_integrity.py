@@ -606,3 +606,38 @@ def test_load_checkpoint_raises_the_error_of_what_is_wrong(finished_run, tmp_pat
     with pytest.raises(CheckpointRefusedError, match="written by a run of 2") as e:
         load_checkpoint(Accelerator(cpu=True), tmp_path / "two")
     assert not isinstance(e.value, CheckpointDamagedError)
+
+
+def test_a_model_file_with_a_non_zero_weight_where_the_masks_prune_is_refused(finished_run, tmp_path, capsys):
+    """A model.safetensors of another run of the same shapes (its MANIFEST.json rewritten to match)
+    loaded, and the connectome's load zeroed the pruned weights: the run went on from one run's weights
+    under the other's masks. In train mode a pruned synapse's weight is saved as exactly 0, so one
+    non-zero weight there is refused, naming the checkpoint, the file and the count; the intact
+    checkpoint resumes (every pruned weight 0, -0.0 too)."""
+    from safetensors.torch import load_file, save_file
+
+    from adaptive.integrity import write_manifest
+
+    out = copy_of(finished_run, tmp_path)
+    ck = list_checkpoints(out / "checkpoints")[-1]
+    masks = torch.load(ck / "custom_checkpoint_0.pkl", weights_only=False)["masks"]
+    name = next(n for n, m in masks.items() if not m.all())
+    weights = load_file(ck / "model.safetensors")
+    assert all(torch.equal(weights[n][~m], torch.zeros_like(weights[n][~m])) for n, m in masks.items())
+    w = weights[name].clone()
+    w[~masks[name]] = -0.0  # still a zero: not refused
+    save_file({**weights, name: w}, ck / "model.safetensors", metadata={"format": "pt"})
+    write_manifest(ck)
+    AcceleratorState_reset()
+    res = run(out, "--resume", str(ck))
+    assert all(torch.equal(v, finished_run[1][k]) for k, v in res.model.state_dict().items())
+    shutil.rmtree(out)
+    out = copy_of(finished_run, tmp_path)
+    w = weights[name].clone()
+    w.view(-1)[(~masks[name]).reshape(-1).nonzero()[0]] = 0.25  # one pruned synapse holds a weight
+    save_file({**weights, name: w}, ck / "model.safetensors", metadata={"format": "pt"})
+    write_manifest(ck)
+    line = refused(capsys, out, "--resume", "latest")
+    assert f"checkpoint {ck} is damaged: model.safetensors holds 1 non-zero weight(s) at synapses the connectome " \
+           f"(custom_checkpoint_0.pkl) prunes, in 1 layer(s), first {name!r}" in line, line
+    assert "come from different runs (or steps)" in line and f"--resume {ck.parent / 'step_00000020'}" in line, line

@@ -161,6 +161,28 @@ def test_the_curve_table_people_read_gives_accuracy_in_percent_and_the_csv_keeps
     assert KnowledgeCurve.load(str(tmp_path)).table["accuracy"] == acc
 
 
+def test_the_fit_table_people_read_gives_each_floor_with_its_unit_and_the_csv_keeps_fractions(tmp_path):
+    """knowledge_fit.md gave the accuracy fit's floor as a fraction (0.00075) under the curve table's
+    accuracy drop in percentage points, in a column whose loss row is in nats: each floor now says its
+    unit (nats; points, as the curve shows the drop); knowledge_fit.csv keeps nats and a fraction."""
+    import csv
+
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, counts=[0, 2, 4], estimator="magnitude", noise_floor=0.002)
+    curve.save(tmp_path)
+    lines = (tmp_path / "knowledge_fit.md").read_text().splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[-1] == "fitted above" and "fitted_above" not in head
+    rows = {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in lines[2:])}
+    acc_floor = curve.fits["accuracy_drop"]["floor"]  # 1.5 of the 4 samples: 0.375
+    assert rows["loss_increase"][-1] == "0.002 nats"
+    assert rows["accuracy_drop"][-1] == f"{100 * acc_floor:.3g} points" == "37.5 points"
+    with open(tmp_path / "knowledge_fit.csv", newline="") as f:
+        saved = {r["quantity"]: float(r["fitted_above"]) for r in csv.DictReader(f)}
+    assert saved == {"loss_increase": 0.002, "accuracy_drop": acc_floor}
+    assert curve.fit_table()["fitted_above"] == [0.002, acc_floor]
+
+
 def test_strict_json_replaces_only_non_finite_numbers():
     import json
 

@@ -131,6 +131,9 @@ def test_knowledge_prints_accuracy_in_percent(recipe, tmp_path, capsys):
     first = [c.strip() for c in printed.splitlines()[2].strip("|").split("|")]
     intact = json.loads((tmp_path / "knowledge_summary.json").read_text())["meta"]["base"]["accuracy"]
     assert first[2] == f"{100 * intact:.2f}" and first[4] == "0.00"
+    fits = out.split("exponential fits (log y = a + rate * removed)\n")[1].split("\n\n")[0]
+    assert fits == (tmp_path / "knowledge_fit.md").read_text().strip()  # the floors in nats and points
+    assert fits.splitlines()[0].endswith("| fitted above |") and " points |" in fits and " nats |" in fits
 
 
 def test_progress(recipe, tmp_path):

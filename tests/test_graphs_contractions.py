@@ -6,6 +6,7 @@ written attention's heads all joined). And a method called unbound that the op t
 
 Checked as tests/test_graphs_rank.py checks the rank ops, against the model itself in float64: a unit of ``a`` feeds
 an input channel of ``head`` when moving that unit changes it."""
+import pathlib
 import warnings
 
 import pytest
@@ -123,6 +124,46 @@ def test_a_product_with_a_weight_no_layer_owns_is_still_an_unknown_op_naming_it(
         conn = adaptive.Connectome(Bare())
     with pytest.warns(UserWarning, match="reading the weights 'w'"):
         graphs.build(conn, "unit", example_input=torch.randn(2, 5))
+
+
+NOT_FOLLOWED = {  # docs/graphs.md names each: an unknown op, guessed densely with a warning naming it
+    "torch.mv": ("mv", lambda p, q: torch.mv(p, q[0])),
+    "torch.dot": ("dot", lambda p, q: torch.dot(p[0], q[0]).expand(p.shape)),
+    "torch.vdot": ("vdot", lambda p, q: torch.vdot(p[0], q[0]).expand(p.shape)),
+    "torch.inner": ("inner", lambda p, q: torch.inner(p, q)),
+    "torch.outer": ("outer", lambda p, q: p[:, 0].outer(q[0])),
+    "torch.kron": ("kron", lambda p, q: torch.kron(p, q)[: p.shape[0], :4]),
+    "torch.addmm": ("addmm", lambda p, q: torch.addmm(p, p, q.t())),
+    "torch.addbmm": ("addbmm", lambda p, q: torch.addbmm(p, p.unsqueeze(0), q.t().unsqueeze(0))),
+    "torch.baddbmm": ("baddbmm", lambda p, q: p.unsqueeze(1).baddbmm(p.unsqueeze(2), q.unsqueeze(1)).squeeze(1)),
+    "torch.tensordot": ("tensordot", lambda p, q: torch.tensordot(p, q.t(), dims=1)),
+    "torch.linalg.multi_dot": ("linalg_multi_dot", lambda p, q: torch.linalg.multi_dot([p, q.t(), p])),
+}
+
+
+@pytest.mark.parametrize("name", NOT_FOLLOWED)
+def test_the_products_the_docs_call_not_followed_are_unknown_ops_with_a_warning(name):
+    """docs/graphs.md named the products that are followed (``@``, matmul, mm, bmm, einsum) but not those
+    that are not: each of these is an unknown op (every unit of its operands feeds every output element,
+    a warning naming it), and the page says so by name."""
+    node, op = NOT_FOLLOWED[name]
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.head = nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(op(self.a(x), self.b(x)))
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(Two().eval())
+    with pytest.warns(UserWarning, match=rf"cannot follow the data flow through node '{node}'.*every input unit "
+                                         "feeds every output"):
+        graphs.build(conn, "unit", example_input=torch.randn(4, 4))
+    doc = " ".join((pathlib.Path(__file__).parents[1] / "docs" / "graphs.md").read_text().split())
+    said = doc.split("The other products are not followed: ")[1].split(";")[0]
+    assert f"`{name}`" in said and "unknown ops" in said
 
 
 def test_unbound_methods_the_tables_do_not_know_trace_with_one_retrace():

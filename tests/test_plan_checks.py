@@ -142,29 +142,82 @@ def test_a_density_given_as_a_tensor_or_with_float_error_is_taken(density, kept)
     assert plan_density(ctrl, density) == kept / 640
 
 
-def test_a_plan_without_repeats_is_checked_with_a_bool_scratch_and_no_count_per_ensemble():
-    """The repeat check counted every ensemble in an int32 tensor (index_add_, then a full compare and
-    nonzero) for every plan: about 3x the bool scratch it replaced, at every update of a large layer.
-    A plan without repeats takes the bool path alone; the counts are made only to name a repeat."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+class _Largest:
+    """A TorchDispatchMode (built lazily) recording the largest new storage (in elements) any op makes:
+    views and in-place results share an input's storage and are not counted."""
 
+    @staticmethod
+    def mode():
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_leaves
+
+        class Largest(TorchDispatchMode):
+            def __init__(self):
+                super().__init__()
+                self.most, self.ops = 0, []
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                got = func(*args, **(kwargs or {}))
+                self.ops.append(func.overloadpacket.__name__)
+                old = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+                       if isinstance(t, torch.Tensor)}
+                for t in tree_leaves(got):
+                    if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in old:
+                        self.most = max(self.most, t.untyped_storage().nbytes() // max(t.element_size(), 1))
+                return got
+
+        return Largest()
+
+
+def test_the_per_layer_index_check_takes_no_scratch_as_large_as_the_layer_and_no_count_per_ensemble():
+    """The repeat check counted every ensemble in an int32 tensor (index_add_), then in a bool scratch
+    as large as the layer: the indices are now sorted and each compared with the next, so a plan of a
+    few indices into a layer of a million ensembles allocates a few entries, and the counts are gone."""
     from adaptive.plan_checks import _index_problem
 
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.seen = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.seen.append(func.overloadpacket.__name__)
-            return func(*args, **(kwargs or {}))
-
-    idx = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:300]
-    with Ops() as ops:
-        assert _index_problem(idx, 1000) is None
-    assert not {"index_add", "index_add_"} & set(ops.seen)
+    idx = torch.randperm(10**6, generator=torch.Generator().manual_seed(0))[:10]
+    with _Largest.mode() as ops:
+        assert _index_problem(idx, 10**6) is None
+    assert not {"index_add", "index_add_"} & set(ops.ops)
+    assert ops.most <= 100, ops.most
     twice = torch.cat([idx, idx[:2]])
-    assert re.match(r"lists 2 ensemble\(s\) more than once: \[\d+, \d+\]", _index_problem(twice, 1000))
+    assert _index_problem(twice, 10**6) == (f"lists 2 ensemble(s) more than once: {sorted(idx[:2].tolist())}; "
+                                            "list each ensemble once")
+
+
+def test_int32_indices_into_a_layer_past_2_31_ensembles_are_not_wrapped_out_of_range():
+    """``int32_tensor >= 3_000_000_000`` wraps the size to a negative int32 in torch, so every index of
+    an int32 plan into a layer of more than 2**31 - 1 ensembles was called out of range (a size given
+    here, no such layer made)."""
+    from adaptive.plan_checks import _index_problem
+
+    idx = torch.tensor([0, 5, 2**31 - 1], dtype=torch.int32)
+    assert _index_problem(idx, 3_000_000_000) is None
+    assert _index_problem(torch.tensor([5, -1], dtype=torch.int32), 3_000_000_000).startswith(
+        "holds 1 indices outside [0, 3000000000) (the layer's ensembles): [-1]")
+    assert _index_problem(torch.tensor([7, 7], dtype=torch.int32), 3_000_000_000).startswith(
+        "lists 1 ensemble(s) more than once: [7]")
+
+
+def test_the_batched_check_allocates_in_the_edited_indices_not_in_the_layers():
+    """plan_looks_valid marked the indices of each side in a bool scratch as large as every edited
+    layer's ensembles together (two of them: about 2 GB at 10**9 synapses) where the layer-by-layer
+    check needed one layer's. It now sorts the (offset) indices: 10 edits of a layer of 10**6
+    ensembles allocate tens of entries, and a repeat or an overlap is still found."""
+    from adaptive.plan_batch import plan_looks_valid
+
+    conn = adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(1000, 1000, bias=False)))
+    g = torch.Generator().manual_seed(0)
+    conn.set_masks({"0.weight": torch.rand(1000, 1000, generator=g) < 0.5})
+    flat = conn.masks["0.weight"].reshape(-1)
+    prune, grow = flat.nonzero().squeeze(1)[:5], (~flat).nonzero().squeeze(1)[:5].int()
+    plan = EditPlan(prune={"0.weight": prune}, grow={"0.weight": grow},
+                    prune_scores={"0.weight": torch.rand(5)}, grow_scores={"0.weight": torch.rand(5)})
+    with _Largest.mode() as ops:
+        assert plan_looks_valid(conn, plan, ())
+    assert ops.most <= 1000, ops.most  # << 10**6
+    assert not plan_looks_valid(conn, EditPlan(prune={"0.weight": torch.cat([prune, prune[:1]])}), ())
+    assert not plan_looks_valid(conn, EditPlan(prune={"0.weight": prune}, grow={"0.weight": prune[:1]}), ())
 
 
 def _layered(layers, ensemble="synapse"):

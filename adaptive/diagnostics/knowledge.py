@@ -216,7 +216,7 @@ class KnowledgeCurve:
         write_text(os.path.join(out_dir, "knowledge_curve.md"), self.shown_table().to_markdown() + "\n")
         fit = self.fit_table()
         fit.to_csv(os.path.join(out_dir, "knowledge_fit.csv"))
-        write_text(os.path.join(out_dir, "knowledge_fit.md"), fit.to_markdown() + "\n")
+        write_text(os.path.join(out_dir, "knowledge_fit.md"), self.shown_fit_table().to_markdown() + "\n")
         keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
         write_text(os.path.join(out_dir, "knowledge_summary.json"), jsonio.dumps(
             {"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
@@ -273,6 +273,9 @@ class KnowledgeCurve:
         return Table({shown.get(k, k): cell(k, v) for k, v in row.items()} for row in self.table)
 
     def fit_table(self) -> Table:
+        """One row per fit (:attr:`fits`): its points, rate, e-fold (in weights and as a fraction of
+        :attr:`total`), r2, range and ``fitted_above`` (its floor, in the quantity's own unit: nats for
+        the loss increase, a fraction for the accuracy drop), as ``knowledge_fit.csv`` holds it."""
         rows = []
         for what, f in self.fits.items():
             r = f["rate"]
@@ -284,6 +287,20 @@ class KnowledgeCurve:
                 "holds_from": f["holds_from"], "holds_to": f["holds_to"], "fitted_above": f.get("floor"),
             })
         return Table(rows)
+
+    def shown_fit_table(self) -> Table:
+        """:meth:`fit_table` as people read it (``knowledge_fit.md``, the recipe's printout), beside
+        :meth:`shown_table`: ``fitted_above`` becomes ``fitted above``, each floor with its unit (the
+        loss increase's in nats, the accuracy drop's in percentage points, as the curve shows the drop).
+        The rates, e-folds and ranges are in weights removed and need no unit change."""
+        unit = {"loss_increase": lambda v: f"{v:.3g} nats", "accuracy_drop": lambda v: f"{100 * v:.3g} points"}
+
+        def floor(row):
+            v = row["fitted_above"]
+            return unit[row["quantity"]](v) if row["quantity"] in unit and isinstance(v, (int, float)) else v
+
+        return Table({**{k: v for k, v in row.items() if k != "fitted_above"}, "fitted above": floor(row)}
+                     for row in self.fit_table())
 
     def plot(self, path, svg: bool = False, title: str = "", log_x: bool = False):
         """Four panels: accuracy vs removed on linear and log x; loss increase and accuracy drop on a
