@@ -260,10 +260,10 @@ class KnowledgeCurve:
                              f"({type(e).__name__}: {e}); rerun the knowledge command to write them afresh") from None
 
     def shown_table(self) -> Table:
-        """:attr:`table` as people read it (``knowledge_curve.md``, the recipe's printout): the accuracy in
+        """:attr:`KnowledgeCurve.table` as people read it (``knowledge_curve.md``, the recipe's printout): the accuracy in
         percent and its drop in percentage points, 2 decimals, the columns' names saying so (``accuracy
         (%)``, ``accuracy drop (points)``), as the figure, the progress lines and the recipes' tables
-        show accuracy; every other column as it is. :attr:`table` and ``knowledge_curve.csv`` keep the
+        show accuracy; every other column as it is. :attr:`KnowledgeCurve.table` and ``knowledge_curve.csv`` keep the
         fractions."""
         shown = {"accuracy": "accuracy (%)", "accuracy_drop": "accuracy drop (points)"}
 
