@@ -260,8 +260,8 @@ class KnowledgeCurve:
                              f"({type(e).__name__}: {e}); rerun the knowledge command to write them afresh") from None
 
     def shown_table(self) -> Table:
-        """:attr:`KnowledgeCurve.table` as people read it (``knowledge_curve.md``, the recipe's printout): the accuracy in
-        percent and its drop in percentage points, 2 decimals, the columns' names saying so (``accuracy
+        """:attr:`KnowledgeCurve.table` as people read it (``knowledge_curve.md``, the recipe's printout): the
+        accuracy in percent and its drop in percentage points, 2 decimals, the columns' names saying so (``accuracy
         (%)``, ``accuracy drop (points)``), as the figure, the progress lines and the recipes' tables
         show accuracy; every other column as it is. :attr:`KnowledgeCurve.table` and ``knowledge_curve.csv`` keep the
         fractions."""
@@ -273,8 +273,8 @@ class KnowledgeCurve:
         return Table({shown.get(k, k): cell(k, v) for k, v in row.items()} for row in self.table)
 
     def fit_table(self) -> Table:
-        """One row per fit (:attr:`fits`): its points, rate, e-fold (in weights and as a fraction of
-        :attr:`total`), r2, range and ``fitted_above`` (its floor, in the quantity's own unit: nats for
+        """One row per fit (:attr:`KnowledgeCurve.fits`): its points, rate, e-fold (in weights and as a fraction of
+        :attr:`KnowledgeCurve.total`), r2, range and ``fitted_above`` (its floor, in the quantity's own unit: nats for
         the loss increase, a fraction for the accuracy drop), as ``knowledge_fit.csv`` holds it."""
         rows = []
         for what, f in self.fits.items():
