@@ -64,8 +64,18 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     new.weight.copy_(from_out_in(w2, g2) if transposed else w2)
     if has_bias:
         new.bias.copy_(bias[ko])
+    _grad_flags_kept(m, new)
     new.train(m.training)
     return _refolded(before, new, ko, fold)
+
+
+def _grad_flags_kept(m: nn.Module, new: nn.Module) -> None:
+    """``new``'s weight and bias require grad as ``m``'s do: a frozen layer (a fine-tuned model's backbone) stays
+    frozen in the copy, as a BatchNorm does. A bias the copy has and ``m`` lacks (the constants of dead inputs
+    folded in) takes the weight's flag."""
+    new.weight.requires_grad_(m.weight.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_((m.weight if m.bias is None else m.bias).requires_grad)
 
 
 def _refolded(m: nn.Module, new: nn.Module, ko: torch.Tensor, fold: Optional[torch.Tensor] = None) -> nn.Module:
@@ -106,6 +116,7 @@ def _shrink_depthwise(m: nn.Module, k: torch.Tensor) -> nn.Module:
     new.weight.data.copy_(m.weight.detach()[k])
     if m.bias is not None:
         new.bias.data.copy_(m.bias.detach()[k])
+    _grad_flags_kept(m, new)
     new.train(m.training)
     return new
 

@@ -2101,3 +2101,27 @@ def test_where_several_outputs_differ_the_one_that_differs_most_for_its_size_is_
         wrong.aux.bias.neg_()
     with pytest.raises(CompactionMismatchError, match=r"compaction changed output \[1\] of the 2 output tensors"):
         _verify(ref, wrong, torch.randn(2, 4), None, None)
+
+
+def test_compact_keeps_which_shrunk_layers_are_frozen():
+    """A shrunk Linear or convolution (a depthwise one too) is a new layer: its weight and bias required grad
+    whatever the model's did, so a frozen backbone fine-tuned after compaction trained again (a BatchNorm kept its
+    flags). They are kept; a bias the copy adds (dead inputs' constants folded in) takes the weight's flag."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.Flatten(), nn.Linear(64, 6), nn.ReLU(), nn.Linear(6, 5, bias=False),
+                          nn.ReLU(), nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        model[0].bias[1] = -1.0  # its dead channel is relu(-1) = 0, and with it the depthwise channel reading it
+        model[5].bias.fill_(0.5)  # its dead unit is relu(0.5), a constant folded into a bias layer 7 lacks
+    for i in (0, 2, 5, 7):
+        model[i].requires_grad_(False)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"0.weight": conn.masks["0.weight"].index_fill(0, torch.tensor([1]), False),
+                    "5.weight": conn.masks["5.weight"].index_fill(0, torch.tensor([2]), False),
+                    "7.weight": conn.masks["7.weight"].index_fill(0, torch.tensor([0]), False)})
+    small = graphs.compact(model, conn, torch.randn(2, 3, 4, 4))
+    assert small.compaction["removed"] == {"0": 1, "2": 1, "5": 1, "7": 1, "9": 0}
+    assert model[7].bias is None and small.get_submodule("7").bias is not None  # folded in
+    flags = {n: p.requires_grad for n, p in small.named_parameters()}
+    assert flags == {n: n.startswith("9.") for n in flags} and len(flags) == 10
