@@ -43,3 +43,15 @@ def test_the_obd_knowledge_results_tables_have_the_columns_the_diagnostic_writes
     heads = _headers((RESULTS / "knowledge_resnet20_obd.md").read_text())
     curve, fit = _knowledge_columns()
     assert list(curve) in heads and list(fit) in heads, (curve, fit, heads)
+
+
+def test_the_magnitude_knowledge_results_tables_have_the_columns_the_diagnostic_writes():
+    """knowledge_resnet20.md is knowledge_curve.md and knowledge_fit.md of the one-shot `recipes/diagnostics.py
+    knowledge` run the docs quote, copied: it gave the accuracy as a fraction under 'accuracy' and its drop
+    under 'accuracy_drop' (percent and points since). Every curve table and every fit table is checked."""
+    heads = _headers((RESULTS / "knowledge_resnet20.md").read_text())
+    curve, fit = _knowledge_columns()
+    curves = [h for h in heads if h[0] == "removed"]
+    fits = [h for h in heads if h[0] == "quantity"]
+    assert curves and fits and all(h == list(curve) for h in curves) and all(h == list(fit) for h in fits), heads
+
