@@ -1,20 +1,28 @@
-"""A checkpoint's weights read against its masks: in train mode (and prune mode) a pruned synapse's
-weight is exactly 0.0 in the dense parameter after every step (ARCHITECTURE.md, invariant 1), so a
-checkpoint whose model file holds a non-zero weight where its connectome prunes was not written as
-one: a model file of another run of the same shapes, or of another step, beside this one's masks.
-Accelerate loads it without a word, and the connectome's load then zeroes the pruned weights, so
-the run would go on from the weights of one run under the masks of another. The model file is read
-again, layer by layer, after :func:`~adaptive.training.load_checkpoint` loaded it.
+"""A checkpoint's weights read against its masks. In train mode a pruned synapse's weight is exactly
+0.0 after every attached optimizer's step (ARCHITECTURE.md, invariant 1), but not at every moment: a
+weight written in place between steps (``model.load_state_dict``, an ``nn.init`` re-init) is
+re-masked only at the next step's pre-hook, and a detached connectome's weights train plain. So
+:func:`~adaptive.training.save_checkpoint` records in ``pruned_weights.json`` which train-mode
+connectomes held exactly 0 at every pruned synapse when it saved (:func:`zero_where_pruned`), and
+only those are read against the model file on load. A model file that holds a non-zero weight where
+such a connectome prunes was not written beside those masks: a model file of another run of the same
+shapes, or of another step. Accelerate loads it without a word, and the connectome's load then zeroes
+the pruned weights, so the run would go on from the weights of one run under the masks of another.
+The model file is read again, layer by layer, after :func:`~adaptive.training.load_checkpoint`
+loaded it. A checkpoint without the record (written before it existed) is not read so.
 
 A mask_only connectome is not read so: its frozen originals (in the connectome's own file) give the
 weights, and the recipe's mask-only runs resume from their stage checkpoint, which has its digest.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import torch
+
+RECORD = "pruned_weights.json"  # {"zero_at_pruned": [i, ...]}: the custom_checkpoint_i whose pruned weights were 0
 
 
 def _connectomes(accelerator) -> List[Tuple[int, object]]:
@@ -25,18 +33,56 @@ def _connectomes(accelerator) -> List[Tuple[int, object]]:
             if isinstance(o, Connectome) and o.mode != "mask_only"]
 
 
+def zero_where_pruned(accelerator) -> List[int]:
+    """The indices (``custom_checkpoint_i``) of the train-mode connectomes registered with
+    ``accelerator`` whose weights now hold exactly 0 (-0.0 counts) at every pruned synapse: on device,
+    layer by layer, one host read. A connectome with a weight of another shape than its mask (a
+    sharded parameter) is left out, as is one with a non-zero weight where it prunes (written in
+    place since the last step, or trained while detached)."""
+    counts, shaped = {}, set()
+    for at, conn in _connectomes(accelerator):
+        if all(conn.params[n].shape == m.shape for n, m in conn.masks.items()):
+            shaped.add(at)
+            counts[at] = [torch.count_nonzero((conn.params[n].detach() != 0) & ~m.to(conn.params[n].device))
+                          for n, m in conn.masks.items()]
+    flat = [(at, c) for at, cs in counts.items() for c in cs]
+    got = torch.stack([c.to(flat[0][1].device) for _, c in flat]).tolist() if flat else []
+    bad = {at for (at, _), c in zip(flat, got) if c}
+    return sorted(shaped - bad)
+
+
+def write_record(folder, zero: List[int]) -> None:
+    """Write :data:`RECORD` into the checkpoint folder ``folder``: ``zero`` from :func:`zero_where_pruned`."""
+    (Path(folder) / RECORD).write_text(json.dumps({"zero_at_pruned": list(zero)}))
+
+
+def _recorded(path: Path) -> Optional[set]:
+    """The connectome indices the checkpoint's record lists, or None where it has none (one written
+    before the record; its MANIFEST.json guards a record that is there)."""
+    f = path / RECORD
+    if not f.is_file():
+        return None
+    try:
+        return {int(i) for i in json.loads(f.read_text())["zero_at_pruned"]}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def nonzero_pruned_weights(accelerator, path) -> Optional[str]:
     """Why the checkpoint folder ``path`` just loaded into ``accelerator`` mixes two runs (its model
-    file holds non-zero weights at synapses its connectome prunes: how many, in which file and first
-    layer), or None where every pruned synapse's saved weight is 0 (-0.0 counts as 0). Only
-    ``model*.safetensors`` files are read (a ``.bin`` or sharded state is left unchecked); a layer
-    stored under none of its parameter's names (a tied weight saved once) is skipped."""
+    file holds non-zero weights at synapses that a connectome, recorded as holding 0 there when the
+    checkpoint was saved, prunes: how many, in which file and first layer), or None where every such
+    pruned synapse's saved weight is 0 (-0.0 counts as 0). Only the connectomes :data:`RECORD` lists
+    are read (none where the checkpoint has no record), only ``model*.safetensors`` files (a ``.bin``
+    or sharded state is left unchecked); a layer stored under none of its parameter's names (a tied
+    weight saved once) is skipped."""
     from safetensors import safe_open
 
-    conns = _connectomes(accelerator)
+    path = Path(path)
+    listed = _recorded(path)
+    conns = [(at, c) for at, c in _connectomes(accelerator) if listed is not None and at in listed]
     if not conns:
         return None
-    path = Path(path)
     for i, model in enumerate(getattr(accelerator, "_models", ())):
         f = path / (f"model_{i}.safetensors" if i else "model.safetensors")
         if not f.is_file():
@@ -64,6 +110,7 @@ def nonzero_pruned_weights(accelerator, path) -> Optional[str]:
             (at, first), _ = bad[0]
             total = sum(c for _, c in bad)
             return (f"{f.name} holds {total:,} non-zero weight(s) at synapses the connectome "
-                    f"(custom_checkpoint_{at}.pkl) prunes, in {len(bad)} layer(s), first {first!r}: a pruned "
-                    "synapse's weight is saved as exactly 0, so the two files come from different runs (or steps)")
+                    f"(custom_checkpoint_{at}.pkl) prunes, in {len(bad)} layer(s), first {first!r}: its pruned "
+                    f"weights were exactly 0 when the checkpoint was saved ({RECORD}), so the two files come from "
+                    "different runs (or steps)")
     return None

@@ -478,7 +478,9 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     into ``.tmp-step_<step>`` first and renamed only when complete, so a run killed while saving
     leaves the previous checkpoint loadable. ``files`` (name: content) are written into it too
     (the recipe's copy of the run's config.yaml). A ``MANIFEST.json`` with the size and sha256 of
-    every file is written last, before the rename; :func:`load_checkpoint` verifies it.
+    every file is written last, before the rename; :func:`load_checkpoint` verifies it. So is
+    ``pruned_weights.json``: which train-mode connectomes held exactly 0 at every pruned weight
+    (:mod:`adaptive.checkpoint_weights`), the ones :func:`load_checkpoint` reads against the model file.
     Keeps the newest ``keep`` checkpoints (None: all).
     Every process must call it (each saves its own RNG state). With several processes, ``state``'s
     partial logging window is summed over them before it is saved, since only the main process's
@@ -488,6 +490,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     and raises :class:`~adaptive.integrity.CheckpointWriteError` naming the reason, the checkpoint
     that is still intact and how to resume from it; so does a rename into place that fails (the main
     process's alone, agreed with the others in place of a final barrier: every process raises it)."""
+    from .checkpoint_weights import write_record, zero_where_pruned
     from .distributed import agreed_call
     from .integrity import CheckpointWriteError, write_errors, write_failure, write_manifest
 
@@ -510,6 +513,9 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
         if state.silent_units is not None:
             v = state.silent_units.vector(accelerator.device)
             state.saved_silent = accelerator.reduce(v, reduction="sum").cpu().tolist()
+    # which train-mode connectomes hold exactly 0 at every pruned weight now (the main process's model is the
+    # one saved): load_checkpoint reads only those against the model file
+    zero = zero_where_pruned(accelerator) if accelerator.is_main_process else []
     if not failed:
         try:
             accelerator.save_state(str(tmp))
@@ -527,6 +533,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
         try:
             for name, content in (files or {}).items():
                 (tmp / name).write_bytes(content)
+            write_record(tmp, zero)
             write_manifest(tmp)
         except write_errors() as e:
             failed = write_failure(e)
@@ -668,8 +675,9 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     with a log line, and the run would go on with other augmentation and dropout draws. Under several
     processes every one refuses together (one gather), whatever the failure of its checks: one that
     cannot stat or list its copy of the files raises an OSError naming it on every process. A model
-    file holding non-zero weights where the train-mode connectome prunes (another run's, beside these
-    masks: :mod:`adaptive.checkpoint_weights`) is refused after the load, a CheckpointRefusedError."""
+    file holding non-zero weights where a train-mode connectome prunes that held 0 there when the
+    checkpoint was saved (another run's model file, beside these masks: :mod:`adaptive.checkpoint_weights`)
+    is refused after the load, a CheckpointRefusedError."""
     from .integrity import CheckpointDamagedError, CheckpointRefusedError
 
     path = Path(path)

@@ -2,6 +2,7 @@
 adaptive.py's checkpoint folders (MANIFEST.json), the mask-only stage checkpoint (a digest inside),
 connectome files (a sha256 in the metadata); a failed checkpoint write is one line too."""
 import errno
+import json
 import os
 import shutil
 import sys
@@ -641,3 +642,64 @@ def test_a_model_file_with_a_non_zero_weight_where_the_masks_prune_is_refused(fi
     assert f"checkpoint {ck} is damaged: model.safetensors holds 1 non-zero weight(s) at synapses the connectome " \
            f"(custom_checkpoint_0.pkl) prunes, in 1 layer(s), first {name!r}" in line, line
     assert "come from different runs (or steps)" in line and f"--resume {ck.parent / 'step_00000020'}" in line, line
+
+
+def _api_run():
+    """A connectome at density 0.5 whose controller is attached to SGD, prepared and registered with a fresh
+    Accelerator (the Python API's loop, not the recipe's)."""
+    from accelerate import Accelerator
+
+    AcceleratorState_reset()
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, opt, density=0.5, update_every=2, seed=0)
+    model, opt = acc.prepare(model, opt)
+    acc.register_for_checkpointing(conn, ctrl)
+    return acc, model, opt, conn
+
+
+def test_a_checkpoint_saved_right_after_an_in_place_write_of_the_weights_resumes(tmp_path):
+    """Weights written in place between steps (model.load_state_dict, an nn.init re-init) are re-masked
+    only at the next step's pre-hook (docs/python_api.md), so a checkpoint one's own loop saves then holds
+    non-zero weights where the masks prune: it was refused as a model file of another run, and no flag
+    let it resume. save_checkpoint records which connectomes held 0 at every pruned weight
+    (pruned_weights.json); only those are read against the model file, which still refuses another
+    run's weights beside masks saved with zeros."""
+    from safetensors.torch import load_file
+
+    from adaptive.checkpoint_weights import RECORD
+    from adaptive.integrity import CheckpointRefusedError, write_manifest
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def step(model, opt):
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    acc, model, opt, conn = _api_run()
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(3):
+        step(model, opt)
+    model.load_state_dict(dense)  # pruned weights non-zero until the next step
+    assert any(bool((p.detach()[~conn.masks[n]] != 0).any()) for n, p in conn.params.items())
+    lazy = save_checkpoint(acc, tmp_path / "lazy", 3)
+    assert json.loads((lazy / RECORD).read_text()) == {"zero_at_pruned": []}
+    step(model, opt)  # the pre-hook masks them: this checkpoint's weights are 0 wherever pruned
+    masked = save_checkpoint(acc, tmp_path / "masked", 4)
+    assert json.loads((masked / RECORD).read_text()) == {"zero_at_pruned": [0]}
+    acc, model, opt, conn = _api_run()
+    load_checkpoint(acc, lazy)  # was refused: "model.safetensors holds 29 non-zero weight(s) ..."
+    assert all(torch.equal(v, dense[k]) for k, v in load_file(lazy / "model.safetensors").items())
+    acc, model, opt, conn = _api_run()
+    load_checkpoint(acc, masked)
+    # the lazy checkpoint's model file beside the masked one's masks: still refused
+    shutil.copy(lazy / "model.safetensors", masked / "model.safetensors")
+    write_manifest(masked)
+    acc, model, opt, conn = _api_run()
+    with pytest.raises(CheckpointRefusedError, match=r"at synapses the connectome \(custom_checkpoint_0.pkl\) prunes, "
+                       r"in 2 layer\(s\), first '0.weight': its pruned weights were exactly 0 when the checkpoint was "
+                       r"saved \(pruned_weights.json\)"):
+        load_checkpoint(acc, masked)
