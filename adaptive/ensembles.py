@@ -291,12 +291,11 @@ class NMGranularity(SynapseGranularity):
         """Keep the top ``n`` of every group of ``m`` (a shorter last group keeps at most ``n``: all of it
         when it holds ``n`` or fewer); ``k`` is ignored (the density is n/m). Ties go to the lower index;
         padding sorts after every real score (a stable sort), so a group never keeps padding in place of
-        a real synapse."""
+        a real synapse, and the padding itself is cut off with the columns it fills."""
         g = self._groups(scores.float(), -math.inf)
         idx = torch.argsort(g, dim=-1, descending=True, stable=True)[..., : self.n]
         keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, idx, True)
-        keep &= self._groups(torch.ones_like(scores, dtype=torch.bool), False)  # drop padding
-        keep = rearrange(keep, "o g m -> o (g m)")[:, : math.prod(scores.shape[1:])]
+        keep = rearrange(keep, "o g m -> o (g m)")[:, : math.prod(scores.shape[1:])]  # padding cut off
         return keep.reshape(scores.shape)
 
 

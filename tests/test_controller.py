@@ -1935,6 +1935,36 @@ def test_a_grow_init_callable_is_called_in_the_layers_order_on_every_run():
     assert calls == conn.names, calls
 
 
+@pytest.mark.parametrize("frac, pruned, boundary", [(0.25, 4, -7.0), (0.01, 1, -10.0)])
+def test_threshold_without_a_target_prunes_its_limit_below_the_boundary_and_adapts_it_to_the_costliest(frac, pruned,
+                                                                                                       boundary):
+    """No density: threshold prunes the cheapest live synapses below its prune boundary, at most
+    ``edit_fraction`` of the live ones but at least one (an edit fraction that rounds to no synapse
+    still edits), and adapts the boundary to the costliest it pruned. Costs -10 .. 5 by hand: ten
+    below 0; a limit of round(0.25 x 16) = 4 prunes -10 .. -7, one of round(0.01 x 16) = 0 prunes -10."""
+    from adaptive.utility import Estimator, register_estimator
+    from adaptive.utility.base import _ESTIMATORS
+
+    @register_estimator("test_costs_by_position")
+    class CostsByPosition(Estimator):
+        def removal_cost(self, ctx):
+            return torch.arange(ctx.mask.numel(), dtype=torch.float32).reshape(ctx.mask.shape) - 10.0
+
+        def restoration_gain(self, ctx):  # nothing is worth restoring
+            return torch.full(ctx.mask.shape, -1.0)
+
+    try:
+        conn = adaptive.Connectome(nn.Linear(4, 4, bias=False))
+        ctrl = adaptive.Controller(conn, None, policy="threshold", estimator="test_costs_by_position", density=None,
+                                   update_every=1, edit_fraction=frac, edit_decay="constant")
+        ev = ctrl.step()
+        assert (ev["pruned"], ev["grown"], conn.num_live()) == (pruned, 0, 16 - pruned)
+        assert not bool(conn.masks["weight"].reshape(-1)[:pruned].any()) and bool(conn.masks["weight"].reshape(-1)[pruned:].all())
+        assert ctrl.policy.prune_boundary == boundary
+    finally:
+        _ESTIMATORS.pop("test_costs_by_position", None)
+
+
 def test_threshold_restore_boundary_never_adapts_below_zero_after_restoring_a_shortfall_at_a_loss():
     """Below its target, threshold restores the shortfall wherever the restore boundary is, so it can
     restore synapses whose gain is negative (restoring them costs loss). Its boundary then adapts to

@@ -139,6 +139,15 @@ def test_block_edge_tiles_are_smaller_and_counted_exactly():
     assert g.pool(x, "min")[1, 1] == -3.0 and g.pool(x, "max")[0, 0] == 1.0
 
 
+def test_block_edge_tiles_pool_max_and_min_over_their_real_synapses_only():
+    """An edge tile's max is its largest real score even where every one is negative (its padding
+    must not pool in as a 0), and its min its smallest where every one is positive."""
+    g = get_granularity("block:4x4")
+    x = -torch.arange(1.0, 31.0).reshape(6, 5)  # all negative: edge tiles (4x1, 2x4, 2x1) hold -5, -21, -25 at most
+    assert g.pool(x, "max").tolist() == [[-1.0, -5.0], [-21.0, -25.0]]
+    assert g.pool(-x, "min").tolist() == [[1.0, 5.0], [21.0, 25.0]]
+
+
 def test_violation_reports_a_mask_that_splits_an_ensemble():
     m = torch.ones(4, 3, 3, 3, dtype=torch.bool)
     m[0, 0, 1, 1] = False

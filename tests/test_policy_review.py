@@ -1400,3 +1400,15 @@ def test_largest_remainder_never_exceeds_a_cap_and_breaks_ties_by_name():
     assert _largest_remainder({"a": 0.9, "b": 0.6}, 2, {"a": 0, "b": 5}) == {"a": 0, "b": 2}
     # equal remainders: the first name takes the extra synapse, whatever order the dict holds them in
     assert _largest_remainder({"b": 1.5, "a": 1.5}, 3, {"a": 9, "b": 9}) == {"a": 2, "b": 1}
+
+
+def test_refillable_of_one_ensemble_size_fills_the_room_to_within_half_an_ensemble():
+    """Three ensembles of 4 synapses pruned where the absent ones can replace 6: not replaceable
+    (12 > 6 + 2), so the cheapest that fit are kept, as many as bring the room within half an
+    ensemble: round(6 / 4) = 2 of them (8 synapses, 2 over), not floor(6 / 4) = 1 (2 short)."""
+    from adaptive.policies.swap import refillable
+
+    scores, eligible = torch.tensor([3.0, 0.0, 4.0, 1.0, 2.0]), torch.ones(5, dtype=torch.bool)
+    assert refillable(scores, eligible, 4.0, torch.tensor([1, 3, 4]), 6.0).tolist() == [1, 3]
+    assert refillable(scores, eligible, 4.0, torch.tensor([1, 3, 4]), 5.0).tolist() == [1]  # 5 + 2 < 8: one fits
+    assert refillable(scores, eligible, 4.0, torch.tensor([1, 3]), 6.0).tolist() == [1, 3]  # 8 <= 6 + 2: as it is

@@ -37,8 +37,7 @@ def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None, 
     prunable = a
     held = floor_mask(ctrl, cost, alive)
     if held is not None:  # min_density: the ensembles holding each layer's floor are not pruned
-        prunable = a & ~held.to(a.device)
-        k = min(k, int(prunable.sum()))
+        prunable = a & ~held.to(a.device)  # (lowest takes at most the eligible ones: k needs no cap)
     p_idx = lowest(per_synapse(c, size), prunable, k, ordered)
     room = spare_synapses(size, a, target) if room is None else room
     p_idx = refillable(per_synapse(c, size), prunable, size, p_idx, room)
