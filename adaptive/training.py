@@ -741,7 +741,8 @@ def optimizer_state_problem(accelerator) -> Optional[str]:
                 v = st.get(k)
                 if torch.is_tensor(v) and v.shape != p.shape:
                     return (f"optimizer state {k} of {names.get(id(p), 'a parameter')!r} has shape {tuple(v.shape)}, "
-                            f"but the parameter is {tuple(p.shape)} here: was it saved from another model?")
+                            f"but the parameter is {tuple(p.shape)} here: was it saved from another model? Load a "
+                            "checkpoint of this model (its run's --resume), or build the model it was saved from")
     return None
 
 

@@ -146,6 +146,39 @@ def test_an_optimizer_state_of_another_model_is_refused_not_a_traceback_at_the_f
     line = refused(capsys, out, "--resume", "latest")
     assert f"checkpoint {ck} cannot be read" in line and "optimizer state momentum_buffer of " in line, line
     assert "was it saved from another model?" in line, line
+    assert "resume from an earlier one" in line or "run without --resume" in line, line  # the recipe's fix
+
+
+def test_load_checkpoint_names_the_fix_for_an_optimizer_state_of_another_model(tmp_path):
+    """adaptive.training.load_checkpoint (the library call, no recipe around it to add one) named the
+    mismatched moment but no fix: its ValueError says what to load instead."""
+    from accelerate import Accelerator
+
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def prepared(width):  # (a fresh Accelerator each)
+        AcceleratorState_reset()
+        acc = Accelerator(cpu=True)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(width, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model, opt = acc.prepare(model, opt)
+        return acc, model, opt
+
+    from adaptive.integrity import write_manifest
+
+    acc, model, opt = prepared(4)
+    model(torch.randn(3, 4)).sum().backward()
+    opt.step()
+    ck = save_checkpoint(acc, tmp_path, step=1)
+    state = torch.load(ck / "optimizer.bin", weights_only=False)
+    first = next(iter(state["state"]))
+    state["state"][first]["momentum_buffer"] = state["state"][first]["momentum_buffer"][:-1].clone()  # another model's
+    torch.save(state, ck / "optimizer.bin")
+    write_manifest(ck)
+    acc, model, opt = prepared(4)
+    with pytest.raises(ValueError, match=r"another model\? Load a checkpoint of this model"):
+        load_checkpoint(acc, ck)
 
 
 class _LowRankMomentum(torch.optim.Optimizer):

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from adaptive.diagnostics import progress
+from _figures import close_kept_figures
 
 
 def write_run(d, metrics_header="step,split,loss,accuracy", with_removed=False):
@@ -89,14 +90,7 @@ def test_damaged_lines_are_skipped_with_a_warning_and_undecodable_metrics_name_t
         progress(str(tmp_path))
 
 
-@pytest.fixture(autouse=True)
-def _close_kept_figures():
-    """The figures :func:`_kept_figures` keeps (save_figure would have closed them) are closed after each test:
-    more than 20 open made matplotlib warn, and they held memory for the rest of the worker's tests."""
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
+_close_kept_figures = pytest.fixture(autouse=True)(close_kept_figures)
 
 
 def _kept_figures(monkeypatch):

@@ -7,21 +7,13 @@ import warnings
 import pytest
 import torch
 from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
+from _figures import close_kept_figures  # noqa: E402
 
 torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
-@pytest.fixture(autouse=True)
-def _close_kept_figures():
-    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
-    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
-    later tests of other files) and held their memory."""
-    yield
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close("all")
+_close_kept_figures = pytest.fixture(autouse=True)(close_kept_figures)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from adaptive.diagnostics import (Progress, Table, collinearity, gradient_by_dep
                                   removal_scores)
 from adaptive.diagnostics._common import iterate_batches
 from adaptive.models import build_model
+from _figures import close_kept_figures
 
 torch.set_num_threads(1)
 collinearity_module = importlib.import_module("adaptive.diagnostics.collinearity")  # the package's names are the functions
@@ -23,16 +24,7 @@ progress_module = importlib.import_module("adaptive.diagnostics.progress")
 SHARED_MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
 
 
-@pytest.fixture(autouse=True)
-def _close_kept_figures():
-    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
-    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
-    later tests of other files) and held their memory."""
-    yield
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close("all")
+_close_kept_figures = pytest.fixture(autouse=True)(close_kept_figures)
 
 
 def densecat(batchnorm=False, depth=3, width=4, in_shape=(1, 6, 6), num_classes=5):

@@ -9,18 +9,10 @@ from torch import nn
 import adaptive
 import graphs
 from adaptive.models import build_model
+from _figures import close_kept_figures
 
 
-@pytest.fixture(autouse=True)
-def _close_kept_figures():
-    """Figures a test keeps to inspect (the saving function replaced: it would have closed them) are closed
-    after it: left open, they added up on a test worker until matplotlib warned of more than 20 (in CI, from
-    later tests of other files) and held their memory."""
-    yield
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close("all")
+_close_kept_figures = pytest.fixture(autouse=True)(close_kept_figures)
 
 
 def _random_masks(conn, density=0.5, seed=0):

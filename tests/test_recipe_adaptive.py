@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _ports import free_port, launch_two  # noqa: E402
 from _scripts import CHILD_TIMEOUT, load_script  # noqa: E402
 from _training import fresh_recipe_state  # noqa: E402
+from _figures import close_kept_figures  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "adaptive.py"
@@ -33,16 +34,7 @@ TINY = ["--max_steps", "40", "--update_every", "10", "--log_every", "5", "--thre
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
-@pytest.fixture(autouse=True)
-def _close_kept_figures():
-    """The figures a test keeps to inspect (adaptive.plots._save replaced: it would have closed them) are
-    closed after it: left open, more than 20 made matplotlib warn in CI, and they held memory for the rest
-    of the worker's tests."""
-    yield
-    import sys
-
-    if "matplotlib.pyplot" in sys.modules:  # (a test that drew nothing imports no matplotlib here)
-        sys.modules["matplotlib.pyplot"].close("all")
+_close_kept_figures = pytest.fixture(autouse=True)(close_kept_figures)
 
 
 def run(tmp, *extra, on_step=None):
