@@ -8,8 +8,10 @@ only those are read against the model file on load. A model file that holds a no
 such a connectome prunes was not written beside those masks: a model file of another run of the same
 shapes, or of another step. Accelerate loads it without a word, and the connectome's load then zeroes
 the pruned weights, so the run would go on from the weights of one run under the masks of another.
-The model file is read again, layer by layer, after :func:`~adaptive.training.load_checkpoint`
-loaded it. A checkpoint without the record (written before it existed) is not read so.
+The model file is read layer by layer against the masks in the connectome's file
+(``custom_checkpoint_i.pkl``) before :func:`~adaptive.training.load_checkpoint` loads anything, so a
+refusal leaves the model, optimizer and connectome as they were. A checkpoint without the record
+(written before it existed) is not read so.
 
 A mask_only connectome is not read so: its frozen originals (in the connectome's own file) give the
 weights, and the recipe's mask-only runs resume from their stage checkpoint, which has its digest.
@@ -68,14 +70,33 @@ def _recorded(path: Path) -> Optional[set]:
         return None
 
 
+def _saved_masks(path: Path, at: int, conn) -> Dict[str, torch.Tensor]:
+    """The bool masks the connectome file ``custom_checkpoint_<at>.pkl`` in ``path`` holds, under
+    ``conn``'s parameter names (a wrapper's prefix taken off, as its load does); empty where the file
+    cannot be read or is not a connectome state_dict (its load refuses it, naming what is wrong)."""
+    from .wrappers import _plain_names
+
+    try:
+        sd = torch.load(path / f"custom_checkpoint_{at}.pkl", map_location="cpu", weights_only=False)  # (as Accelerate)
+    except Exception:  # noqa: BLE001 - a damaged or missing file: Accelerate's load says so
+        return {}
+    if not isinstance(sd, dict) or not isinstance(sd.get("masks"), dict):
+        return {}
+    model_params = dict(conn.model.named_parameters(remove_duplicate=False))
+    saved = [n for k in ("masks", "original", "ensembles") if isinstance(sd.get(k), dict) for n in sd[k]]
+    return {n: m for n, m in _plain_names(sd["masks"], model_params, saved).items()
+            if n in conn.params and torch.is_tensor(m) and m.dtype == torch.bool}
+
+
 def nonzero_pruned_weights(accelerator, path) -> Optional[str]:
-    """Why the checkpoint folder ``path`` just loaded into ``accelerator`` mixes two runs (its model
-    file holds non-zero weights at synapses that a connectome, recorded as holding 0 there when the
-    checkpoint was saved, prunes: how many, in which file and first layer), or None where every such
-    pruned synapse's saved weight is 0 (-0.0 counts as 0). Only the connectomes :data:`RECORD` lists
-    are read (none where the checkpoint has no record), only ``model*.safetensors`` files (a ``.bin``
-    or sharded state is left unchecked); a layer stored under none of its parameter's names (a tied
-    weight saved once) is skipped."""
+    """Why the checkpoint folder ``path`` mixes two runs (its model file holds non-zero weights at
+    synapses that a connectome file, recorded as holding 0 there when the checkpoint was saved, prunes:
+    how many, in which file and first layer), or None where every such pruned synapse's saved weight
+    is 0 (-0.0 counts as 0). Read from the files before anything loads into ``accelerator``'s objects.
+    Only the connectomes :data:`RECORD` lists are read (none where the checkpoint has no record), only
+    ``model*.safetensors`` files (a ``.bin`` or sharded state is left unchecked); a layer stored under
+    none of its parameter's names (a tied weight saved once), or whose saved mask has another shape
+    than its saved weight (the load refuses it), is skipped."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -83,6 +104,7 @@ def nonzero_pruned_weights(accelerator, path) -> Optional[str]:
     conns = [(at, c) for at, c in _connectomes(accelerator) if listed is not None and at in listed]
     if not conns:
         return None
+    masks = {at: _saved_masks(path, at, conn) for at, conn in conns}
     for i, model in enumerate(getattr(accelerator, "_models", ())):
         f = path / (f"model_{i}.safetensors" if i else "model.safetensors")
         if not f.is_file():
@@ -94,14 +116,14 @@ def nonzero_pruned_weights(accelerator, path) -> Optional[str]:
         with safe_open(str(f), framework="pt", device="cpu") as sf:
             keys = set(sf.keys())
             for at, conn in conns:
-                for n, m in conn.masks.items():
+                for n, m in masks[at].items():
                     key = next((k for k in names.get(id(conn.params[n]), ()) if k in keys), None)
                     if key is None:
                         continue
                     w = sf.get_tensor(key)
                     if w.shape != m.shape:
                         continue  # (the load refuses another shape)
-                    counts[at, n] = torch.count_nonzero((w != 0) & ~m.cpu())
+                    counts[at, n] = torch.count_nonzero((w != 0) & ~m)
         if not counts:
             continue
         got = torch.stack(list(counts.values())).tolist()

@@ -674,10 +674,15 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     This process's random states must be there and readable: Accelerate skips an unreadable file
     with a log line, and the run would go on with other augmentation and dropout draws. Under several
     processes every one refuses together (one gather), whatever the failure of its checks: one that
-    cannot stat or list its copy of the files raises an OSError naming it on every process. A model
-    file holding non-zero weights where a train-mode connectome prunes that held 0 there when the
-    checkpoint was saved (another run's model file, beside these masks: :mod:`adaptive.checkpoint_weights`)
-    is refused after the load, a CheckpointRefusedError."""
+    cannot stat or list its copy of the files raises an OSError naming it on every process. Read from
+    the files before anything loads, in that same gather, so a refusal leaves the model, optimizer and
+    connectome as they were: an optimizer state that does not fit the optimizer's parameters (another
+    model's, :mod:`adaptive.checkpoint_optimizer`) is a ValueError, a model file holding non-zero weights
+    where a train-mode connectome prunes that held 0 there when the checkpoint was saved (another run's
+    model file, beside these masks: :mod:`adaptive.checkpoint_weights`) a CheckpointRefusedError. (Under
+    FSDP, DeepSpeed or Megatron-LM the optimizer state is checked after the load: their files are their own.)"""
+    from .checkpoint_optimizer import optimizer_state_problem, reads_optimizer_files, saved_optimizer_problem
+    from .checkpoint_weights import nonzero_pruned_weights
     from .integrity import CheckpointDamagedError, CheckpointRefusedError
 
     path = Path(path)
@@ -694,6 +699,12 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
                 torch.load(rng, weights_only=False)
             except Exception as e:
                 bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} cannot be read ({type(e).__name__})"))
+        if not bad and reads_optimizer_files(accelerator):  # (torch loads moments of other shapes silently; the
+            problem = saved_optimizer_problem(accelerator, path)  # first step then failed deep inside it)
+            bad = (ValueError, problem) if problem else None
+        if not bad:  # a model file of another run beside these masks (the connectome's load would zero the evidence)
+            problem = nonzero_pruned_weights(accelerator, path)
+            bad = (CheckpointRefusedError, _damaged(path, problem)) if problem else None
     except CheckpointRefusedError as e:
         bad = (type(e), str(e))
     except Exception as e:  # (a folder this process cannot list or stat) every process still meets in the gather
@@ -708,42 +719,10 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     if bad:
         raise bad[0](bad[1])
     accelerator.load_state(str(path))
-    problem = optimizer_state_problem(accelerator)
-    if problem:  # (torch loads moments of other shapes silently; the first step then failed deep inside it)
-        raise ValueError(problem)
-    from .checkpoint_weights import nonzero_pruned_weights
-
-    problem = nonzero_pruned_weights(accelerator, path)
-    if problem:  # a model file of another run beside these masks (the connectome's load zeroed the evidence)
-        raise CheckpointRefusedError(_damaged(path, problem))
-
-
-# the per-parameter state of torch's optimizers that has its parameter's shape
-_PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum",
-                       "grad_avg", "ax", "exp_inf", "prev")
-
-
-def optimizer_state_problem(accelerator) -> Optional[str]:
-    """Why the state that ``accelerator``'s optimizers loaded does not fit their parameters (a moment
-    of another shape: a checkpoint of another model's optimizer, its MANIFEST.json rewritten), naming
-    the parameter; None when it fits. torch's ``load_state_dict`` checks only the parameter counts, so
-    the first optimizer step failed with a traceback of mismatched tensor sizes. Only torch's own
-    optimizers are checked, whose moments of these names have their parameter's shape: another's (a
-    low-rank one keeping ``exp_avg`` of the projected gradient's shape, say, or a subclass) may keep
-    state of another shape by design, and was refused."""
-    names = {id(p): n for m in accelerator._models for n, p in accelerator.unwrap_model(m).named_parameters()}
-    for opt in accelerator._optimizers:
-        opt = getattr(opt, "optimizer", opt)
-        if type(opt).__module__.split(".")[:2] != ["torch", "optim"]:
-            continue
-        for p, st in opt.state.items():
-            for k in _PARAM_SHAPED_STATE:
-                v = st.get(k)
-                if torch.is_tensor(v) and v.shape != p.shape:
-                    return (f"optimizer state {k} of {names.get(id(p), 'a parameter')!r} has shape {tuple(v.shape)}, "
-                            f"but the parameter is {tuple(p.shape)} here: was it saved from another model? Load a "
-                            "checkpoint of this model (its run's --resume), or build the model it was saved from")
-    return None
+    if not reads_optimizer_files(accelerator):
+        problem = optimizer_state_problem(accelerator)
+        if problem:
+            raise ValueError(problem)
 
 
 # ----------------------------------------------------------------------------- files

@@ -736,3 +736,63 @@ def test_a_checkpoint_saved_right_after_an_in_place_write_of_the_weights_resumes
                        r"in 2 layer\(s\), first '0.weight': its pruned weights were exactly 0 when the checkpoint was "
                        r"saved \(pruned_weights.json\)"):
         load_checkpoint(acc, masked)
+
+
+def _bits(x):
+    """``x`` (a state_dict, nested) with every tensor as its raw bytes: equal only where bit-identical."""
+    if torch.is_tensor(x):
+        return (x.dtype, tuple(x.shape), x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).tolist())
+    if isinstance(x, dict):
+        return {k: _bits(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_bits(v) for v in x]
+    return x
+
+
+def _in_memory(model, opt, conn):
+    return _bits({"model": model.state_dict(), "masks": dict(conn.masks), "optimizer": opt.state_dict()})
+
+
+@pytest.mark.parametrize("spoil", ["moment", "groups", "weight"])
+def test_a_refused_checkpoint_leaves_the_model_masks_and_optimizer_as_they_were(tmp_path, spoil):
+    """The checks that refuse another model's optimizer state and another run's model file ran after
+    accelerator.load_state had loaded the model, optimizer and connectome: a Python caller who caught the
+    refusal went on with a half-loaded run (the other checkpoint's weights, masks and moments, or moments of
+    other shapes). They read the files before anything loads now: every weight, mask and moment is
+    bit-identical to before the call."""
+    from safetensors.torch import load_file, save_file
+
+    from adaptive.integrity import CheckpointRefusedError, write_manifest
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def step(model, opt):
+        model(torch.randn(4, 8)).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+
+    acc, model, opt, conn = _api_run()
+    for _ in range(3):
+        step(model, opt)
+    ck = save_checkpoint(acc, tmp_path / "run", 3)
+    if spoil == "weight":  # another run's model file beside these masks (pruned weights saved as 0)
+        name, m = next((n, m) for n, m in conn.masks.items() if not m.all())
+        weights = load_file(ck / "model.safetensors")
+        weights[name].view(-1)[(~m).reshape(-1).nonzero()[0]] = 0.25
+        save_file(weights, ck / "model.safetensors", metadata={"format": "pt"})
+        refusal = (CheckpointRefusedError, "non-zero weight")
+    else:  # another model's optimizer state: a moment of another shape, or groups of other sizes
+        sd = torch.load(ck / "optimizer.bin", weights_only=False)
+        if spoil == "moment":
+            sd["state"][0]["momentum_buffer"] = sd["state"][0]["momentum_buffer"][:-1].clone()
+        else:
+            sd["param_groups"][0]["params"] = sd["param_groups"][0]["params"][:-1]
+        torch.save(sd, ck / "optimizer.bin")
+        refusal = (ValueError, "was it saved from another model?")
+    write_manifest(ck)
+    acc, model, opt, conn = _api_run()
+    step(model, opt)  # a run of its own: other weights and moments than the checkpoint's
+    before = _in_memory(model, opt, conn)
+    assert before["model"] != _bits(load_file(ck / "model.safetensors"))
+    with pytest.raises(refusal[0], match=refusal[1]):
+        load_checkpoint(acc, ck)
+    assert _in_memory(model, opt, conn) == before

@@ -1,0 +1,103 @@
+"""A checkpoint's optimizer state read against this run's optimizers, before anything is loaded.
+torch's ``Optimizer.load_state_dict`` checks only the parameter counts of the groups, and loads the
+moments of another model (of other shapes) silently: the first step then failed deep inside it with
+a traceback of mismatched tensor sizes. :func:`saved_optimizer_problem` reads the checkpoint's
+``optimizer*.bin`` as Accelerate will (memory-mapped where it can: only the shapes are read) and
+names the first misfit, so :func:`~adaptive.training.load_checkpoint` refuses the checkpoint with the
+model, optimizer and connectome untouched. Under FSDP, DeepSpeed or Megatron-LM Accelerate writes the
+optimizer in its own layout: there :func:`optimizer_state_problem` checks the state after the load.
+
+Only torch's own optimizers are read so, whose moments of these names have their parameter's shape:
+another's (a low-rank one keeping ``exp_avg`` of the projected gradient's shape, or a subclass) may
+keep state of another shape by design.
+"""
+from __future__ import annotations
+
+import zipfile
+from itertools import chain
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+# the per-parameter state of torch's optimizers that has its parameter's shape
+_PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum",
+                       "grad_avg", "ax", "exp_inf", "prev")
+
+
+def _torch_optimizers(accelerator):
+    """``(i, optimizer)``: the registered optimizers that are torch's own (unwrapped), with their index."""
+    for i, opt in enumerate(accelerator._optimizers):
+        opt = getattr(opt, "optimizer", opt)
+        if type(opt).__module__.split(".")[:2] == ["torch", "optim"]:
+            yield i, opt
+
+
+def _param_names(accelerator) -> dict:
+    return {id(p): n for m in accelerator._models for n, p in accelerator.unwrap_model(m).named_parameters()}
+
+
+def _misfit(key: str, name: str, saved, here) -> str:
+    return (f"optimizer state {key} of {name!r} has shape {tuple(saved)}, but the parameter is {tuple(here)} here: "
+            "was it saved from another model? Load a checkpoint of this model (its run's --resume), or build the "
+            "model it was saved from")
+
+
+def reads_optimizer_files(accelerator) -> bool:
+    """Whether Accelerate writes the optimizers as ``optimizer*.bin`` state_dicts (no FSDP, DeepSpeed or
+    Megatron-LM, which keep their own layouts), which :func:`saved_optimizer_problem` reads."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                                DistributedType.MEGATRON_LM)
+
+
+def saved_optimizer_problem(accelerator, path) -> Optional[str]:
+    """Why the optimizer state in the checkpoint folder ``path`` does not fit ``accelerator``'s torch
+    optimizers (groups of other sizes, or a moment of another shape than its parameter, named), read
+    from the files before anything is loaded; None when it fits. A file that cannot be read is left to
+    Accelerate's load, which raises what ``torch.load`` raises, as before: one process's failure to read
+    its own copy is the caller's to agree (``adaptive.distributed.agreed_call``), naming that process."""
+    from accelerate.utils import load
+
+    names = _param_names(accelerator)
+    for i, opt in _torch_optimizers(accelerator):
+        f = Path(path) / (f"optimizer_{i}.bin" if i else "optimizer.bin")
+        try:
+            sd = load(f, map_location="cpu", mmap=zipfile.is_zipfile(f))  # (Accelerate's load, weights_only)
+        except Exception:  # noqa: BLE001 - a damaged or missing file: Accelerate's load says so
+            continue
+        if not (isinstance(sd, dict) and isinstance(sd.get("state"), dict) and isinstance(sd.get("param_groups"), list)
+                and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in sd["param_groups"])):
+            return f"{f.name} is not an optimizer state_dict (one of 'state' and 'param_groups'): was it replaced?"
+        saved = [g["params"] for g in sd["param_groups"]]
+        here = [g["params"] for g in opt.param_groups]
+        if [len(g) for g in saved] != [len(g) for g in here]:
+            return (f"{f.name} holds the state of parameter groups of {[len(g) for g in saved]} parameter(s), but "
+                    f"the optimizer's groups have {[len(g) for g in here]} here: was it saved from another model? "
+                    "Load a checkpoint of this model (its run's --resume), or build the model it was saved from")
+        params = dict(zip(chain.from_iterable(saved), chain.from_iterable(here)))  # as torch's load maps them
+        for k, st in sd["state"].items():
+            p = params.get(k)
+            if p is None or not isinstance(st, dict):
+                continue
+            for key in _PARAM_SHAPED_STATE:
+                v = st.get(key)
+                if torch.is_tensor(v) and v.shape != p.shape:
+                    return _misfit(key, names.get(id(p), "a parameter"), v.shape, p.shape)
+    return None
+
+
+def optimizer_state_problem(accelerator) -> Optional[str]:
+    """Why the state that ``accelerator``'s optimizers loaded does not fit their parameters (a moment
+    of another shape: a checkpoint of another model's optimizer, its MANIFEST.json rewritten), naming
+    the parameter; None when it fits. For the layouts :func:`saved_optimizer_problem` cannot read
+    (FSDP, DeepSpeed, Megatron-LM), after the load."""
+    names = _param_names(accelerator)
+    for _, opt in _torch_optimizers(accelerator):
+        for p, st in opt.state.items():
+            for k in _PARAM_SHAPED_STATE:
+                v = st.get(k)
+                if torch.is_tensor(v) and v.shape != p.shape:
+                    return _misfit(k, names.get(id(p), "a parameter"), v.shape, p.shape)
+    return None
