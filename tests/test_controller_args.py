@@ -136,8 +136,11 @@ def test_a_grow_init_callable_of_the_wrong_shape_is_blamed_not_the_policy_or_n_m
 
 
 def test_threshold_keeps_the_default_and_the_global_budget():
-    for budget in ("erk", "global"):
-        adaptive.Controller(adaptive.Connectome(net()), policy="threshold", density=0.5, budget=budget)
+    """The threshold policy ranks all layers together: the budgets it would ignore are refused (BAD above),
+    but the default (left out, or named) and 'global' are taken and kept."""
+    for kw in ({}, dict(budget="erk"), dict(budget="global")):
+        ctrl = adaptive.Controller(adaptive.Connectome(net()), policy="threshold", density=0.5, **kw)
+        assert (ctrl.policy.name, ctrl.budget) == ("threshold", kw.get("budget", "erk"))
 
 
 def loaders():

@@ -2,6 +2,7 @@
 import math
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -337,10 +338,13 @@ def test_a_curve_that_never_rises_draws_without_a_legend_warning(tmp_path):
 
     rows = [dict(removed=a, fraction=a / 8, accuracy=0.5, loss=1 - 0.01 * a, accuracy_drop=0.0, loss_increase=-0.01 * a)
             for a in (0, 1, 2, 4, 8)]
-    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, fit_curve(Table(rows), 0.5, 100), 0.5)
+    fits = fit_curve(Table(rows), 0.5, 100)
+    assert all(f["points"] == 0 and f["fit_from"] is None for f in fits.values())  # no fit to draw
+    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, fits, 0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        curve.plot(tmp_path / "k.png")
+        written = curve.plot(tmp_path / "k.png")
+    assert [Path(p) for p in written] == [tmp_path / "k.png"] and (tmp_path / "k.png").stat().st_size > 0
 
 
 def _bn_net():

@@ -160,9 +160,13 @@ def test_violation_reports_a_mask_that_splits_an_ensemble():
     assert "more than 2 live" in get_granularity("2:4").violation(three)
 
 
-@pytest.mark.parametrize("spec", ["synapse", "unstructured", "kernel", "neuron", "channel", "filter", "block:2x8", "2:4", " Kernel "])
-def test_specs_parse(spec):
-    assert isinstance(get_granularity(spec), Granularity)
+@pytest.mark.parametrize("spec, canonical", [
+    ("synapse", "synapse"), ("unstructured", "synapse"), ("kernel", "kernel"), ("neuron", "neuron"),
+    ("channel", "neuron"), ("filter", "neuron"), ("block:2x8", "block:2x8"), ("2:4", "2:4"), (" Kernel ", "kernel")])
+def test_specs_parse(spec, canonical):
+    """Each spec, an alias or a padded, capitalised one included, parses to the granularity it names."""
+    g = get_granularity(spec)
+    assert isinstance(g, Granularity) and g.spec == canonical and repr(g) == f"Granularity({canonical!r})"
 
 
 @pytest.mark.parametrize(

@@ -42,11 +42,15 @@ def test_targets_of_the_wrong_shape_for_the_loss_are_refused_naming_the_loss_to_
 
 
 def test_fitting_targets_and_unknown_losses_pass():
+    """Targets the loss takes as they are are not refused: the check raises nothing (a refusal fails this
+    test) and returns nothing, and each loss does compute a finite value on them."""
     out = torch.zeros(4, 10, 5)
-    refuse_mismatched_targets(out, torch.randint(0, 10, (4, 5)), F.cross_entropy)  # a tagger: (B, C, T), (B, T)
-    refuse_mismatched_targets(out, torch.rand(4, 10, 5), F.cross_entropy)  # probabilities
-    refuse_mismatched_targets(out, torch.rand(4, 10, 5), F.mse_loss)
-    refuse_mismatched_targets(out, torch.randn(7), lambda o, t: o.sum())  # not a loss known here: the caller's
+    for y, loss in ((torch.randint(0, 10, (4, 5)), F.cross_entropy),  # a tagger: (B, C, T), (B, T)
+                    (torch.rand(4, 10, 5), F.cross_entropy),  # probabilities
+                    (torch.rand(4, 10, 5), F.mse_loss),
+                    (torch.randn(7), lambda o, t: o.sum())):  # not a loss known here: the caller's
+        assert refuse_mismatched_targets(out, y, loss) is None
+        assert torch.isfinite(loss(out, y))
 
 
 def test_takes_reduction_checks_the_labels_before_calling_the_loss():

@@ -612,13 +612,16 @@ def test_a_plugin_with_a_state_dict_or_no_tensors_is_not_warned_of():
         def removal_cost(self, ctx):
             return (ctx.stats.mean(ctx.name) * ctx.weight).abs()
 
-    for est in (Saved(), Fresh()):
+    for est, kept in ((Saved(), ["0.weight", "2.weight"]), (Fresh(), [])):
         model = _net()
         ctrl = _driven(adaptive.Controller(adaptive.Connectome(model), policy="utility", estimator=est, density=0.5,
                                            update_every=2), model)
+        assert sorted(est.running) == kept  # Saved does keep tensors: its state_dict is why it is not warned of
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            ctrl.state_dict()
+            saved = ctrl.state_dict()["estimators"]["drop"]
+        assert sorted(saved.get("running", {})) == kept and all(
+            torch.equal(saved["running"][n], est.running[n]) for n in kept)  # ... and what it keeps is saved
 
 
 @pytest.mark.parametrize("mode", ["train", "mask_only"])

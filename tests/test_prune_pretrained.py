@@ -1152,7 +1152,7 @@ def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earli
     mod.main(args(weights, out, "--remove", "0.3", "--overwrite"))
     assert sorted(p.name for p in elsewhere.iterdir()) == ["connectome.safetensors", "notes.txt", "pruned_state_dict.pt"]
     mod.main(args(weights, out, "--remove", "0.2", "0.5", "--overwrite"))
-    with pytest.raises(Exception, match="is a result folder of the recipes/prune_pretrained.py run"):
+    with pytest.raises(mod.run_folder.RunFolderError, match="is a result folder of the recipes/prune_pretrained.py run"):
         mod.main(args(weights, out / "remove_0.2", "--remove", "0.3"))  # (its parent's lock does not cover it)
     mine = tmp_path / "mine"
     (mine / "graph_report").mkdir(parents=True)
@@ -1163,7 +1163,7 @@ def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earli
     adaptive_run = tmp_path / "adaptive_run"
     adaptive_run.mkdir()
     (adaptive_run / "metrics.csv").write_text("step\n")
-    with pytest.raises(Exception, match="holds a run of recipes/adaptive.py"):
+    with pytest.raises(mod.run_folder.RunFolderError, match="holds a run of recipes/adaptive.py"):
         mod.main(args(weights, adaptive_run, "--remove", "0.3", "--overwrite"))
     with pytest.raises(FileNotFoundError, match="no checkpoint.pt"):
         mod.main(args(weights, tmp_path / "nope", "--remove", "0.3", "--resume"))

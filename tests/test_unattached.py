@@ -82,11 +82,14 @@ def test_an_optimizer_after_detach_trains_densely_without_a_warning():
     conn = adaptive.Connectome(model)
     adaptive.Controller(conn, opt, policy="magnitude", density=0.5)
     conn.detach()
+    pruned = ~conn.masks["weight"]
+    assert pruned.any() and not model.weight[pruned].any()
     other = torch.optim.SGD(model.parameters(), lr=0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(torch.randn(2, 6)).sum().backward()
         other.step()
+    assert model.weight[pruned].all()  # densely: every pruned weight moved, as detach() says it may
 
 
 def test_weights_without_a_gradient_in_an_unattached_optimizer_are_warned_of_only_once_they_have_one():
