@@ -7,6 +7,10 @@ names the first misfit, so :func:`~adaptive.training.load_checkpoint` refuses th
 model, optimizer and connectome untouched. Under FSDP, DeepSpeed or Megatron-LM Accelerate writes the
 optimizer in its own layout: there :func:`optimizer_state_problem` checks the state after the load.
 
+An optimizer with a ``load_state_dict`` pre-hook (torch's way to adapt a state saved over other
+parameters or groups) loads what its hooks make of the file, not the file: its state is checked as
+loaded, after the load (:func:`optimizer_state_problem` with ``adapted_only``).
+
 Only torch's own optimizers are read so, whose moments of these names have their parameter's shape:
 another's (a low-rank one keeping ``exp_avg`` of the projected gradient's shape, or a subclass) may
 keep state of another shape by design.
@@ -31,6 +35,11 @@ def _torch_optimizers(accelerator):
         opt = getattr(opt, "optimizer", opt)
         if type(opt).__module__.split(".")[:2] == ["torch", "optim"]:
             yield i, opt
+
+
+def _adapted_on_load(opt) -> bool:
+    """Whether ``opt`` has ``load_state_dict`` pre-hooks, which may rewrite the state it is given."""
+    return bool(getattr(opt, "_optimizer_load_state_dict_pre_hooks", None))
 
 
 def _param_names(accelerator) -> dict:
@@ -62,6 +71,8 @@ def saved_optimizer_problem(accelerator, path) -> Optional[str]:
 
     names = _param_names(accelerator)
     for i, opt in _torch_optimizers(accelerator):
+        if _adapted_on_load(opt):  # (its hooks adapt the file's state: checked as loaded)
+            continue
         f = Path(path) / (f"optimizer_{i}.bin" if i else "optimizer.bin")
         try:
             sd = load(f, map_location="cpu", mmap=zipfile.is_zipfile(f))  # (Accelerate's load, weights_only)
@@ -88,13 +99,16 @@ def saved_optimizer_problem(accelerator, path) -> Optional[str]:
     return None
 
 
-def optimizer_state_problem(accelerator) -> Optional[str]:
+def optimizer_state_problem(accelerator, adapted_only: bool = False) -> Optional[str]:
     """Why the state that ``accelerator``'s optimizers loaded does not fit their parameters (a moment
     of another shape: a checkpoint of another model's optimizer, its MANIFEST.json rewritten), naming
     the parameter; None when it fits. For the layouts :func:`saved_optimizer_problem` cannot read
-    (FSDP, DeepSpeed, Megatron-LM), after the load."""
+    (FSDP, DeepSpeed, Megatron-LM), after the load; with ``adapted_only``, only the optimizers with
+    ``load_state_dict`` pre-hooks, which it leaves to this check."""
     names = _param_names(accelerator)
     for _, opt in _torch_optimizers(accelerator):
+        if adapted_only and not _adapted_on_load(opt):
+            continue
         for p, st in opt.state.items():
             for k in _PARAM_SHAPED_STATE:
                 v = st.get(k)

@@ -680,7 +680,8 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     model's, :mod:`adaptive.checkpoint_optimizer`) is a ValueError, a model file holding non-zero weights
     where a train-mode connectome prunes that held 0 there when the checkpoint was saved (another run's
     model file, beside these masks: :mod:`adaptive.checkpoint_weights`) a CheckpointRefusedError. (Under
-    FSDP, DeepSpeed or Megatron-LM the optimizer state is checked after the load: their files are their own.)"""
+    FSDP, DeepSpeed or Megatron-LM the optimizer state is checked after the load: their files are their own;
+    so is that of an optimizer with ``load_state_dict`` pre-hooks, which load what they make of the file.)"""
     from .checkpoint_optimizer import optimizer_state_problem, reads_optimizer_files, saved_optimizer_problem
     from .checkpoint_weights import nonzero_pruned_weights
     from .integrity import CheckpointDamagedError, CheckpointRefusedError
@@ -719,10 +720,9 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     if bad:
         raise bad[0](bad[1])
     accelerator.load_state(str(path))
-    if not reads_optimizer_files(accelerator):
-        problem = optimizer_state_problem(accelerator)
-        if problem:
-            raise ValueError(problem)
+    problem = optimizer_state_problem(accelerator, adapted_only=reads_optimizer_files(accelerator))
+    if problem:  # (another layout, or an optimizer whose load pre-hooks adapt the file: as loaded)
+        raise ValueError(problem)
 
 
 # ----------------------------------------------------------------------------- files

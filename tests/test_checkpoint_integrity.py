@@ -796,3 +796,49 @@ def test_a_refused_checkpoint_leaves_the_model_masks_and_optimizer_as_they_were(
     with pytest.raises(refusal[0], match=refusal[1]):
         load_checkpoint(acc, ck)
     assert _in_memory(model, opt, conn) == before
+
+
+def test_an_optimizer_state_adapted_by_a_load_pre_hook_resumes(tmp_path):
+    """torch's documented way to load an optimizer state whose parameters differ from the optimizer's
+    (here: one group saved, the bias given a group of its own since) is a load_state_dict pre-hook that
+    adapts the state_dict. load_checkpoint's check read the file as saved, before the hook ran, and refused
+    a checkpoint the load takes ("groups of [2] parameter(s) ... [1, 1] here"); such an optimizer's state is
+    checked as loaded, after its hooks, and a moment of another shape is still refused."""
+    from accelerate import Accelerator
+
+    from adaptive.integrity import write_manifest
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def build(split):
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Linear(4, 3)
+        groups = [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.01}] if split else model.parameters()
+        opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+        model, opt = acc.prepare(model, opt)
+        if split:
+            def split_groups(_, sd):
+                (g,) = sd["param_groups"]
+                return {**sd, "param_groups": [{**g, "params": g["params"][:1]},
+                                               {**g, "params": g["params"][1:], "lr": 0.01}]}
+            opt.optimizer.register_load_state_dict_pre_hook(split_groups)  # (after prepare, which reloads its own)
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        return acc, model, opt
+
+    acc, _, opt = build(split=False)
+    ck = save_checkpoint(acc, tmp_path / "run", 1)
+    saved = opt.state_dict()["state"]
+    acc, _, opt = build(split=True)
+    load_checkpoint(acc, ck)  # was refused: "optimizer.bin holds the state of parameter groups of [2] ..."
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 1]
+    assert all(torch.equal(opt.state_dict()["state"][i]["momentum_buffer"], saved[i]["momentum_buffer"]) for i in (0, 1))
+    sd = torch.load(ck / "optimizer.bin", weights_only=False)
+    sd["state"][0]["momentum_buffer"] = sd["state"][0]["momentum_buffer"][:-1].clone()
+    torch.save(sd, ck / "optimizer.bin")
+    write_manifest(ck)
+    acc, _, opt = build(split=True)
+    with pytest.raises(ValueError, match=r"momentum_buffer of 'weight' has shape \(2, 4\), but the parameter is "
+                       r"\(3, 4\) here: was it saved from another model\?"):
+        load_checkpoint(acc, ck)
