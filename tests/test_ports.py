@@ -1,0 +1,50 @@
+"""The two-process helpers' handling of PyTorch's gloo teardown abort (tests/_ports.py): a pair in which a
+process died of it after its work is run once more with a warning; any other failure is not retried."""
+import os
+import textwrap
+
+import pytest
+
+from _ports import GLOO_TEARDOWN_ABORT, run_two_ranks
+
+# rank 1 dies of the abort the first time it runs (as gloo's std::terminate ends a process: the line on
+# stderr, a non-zero exit); the store file of the first attempt must be gone when the pair runs again
+SCRIPT = textwrap.dedent(f"""
+    import os, sys
+    folder, rank, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    tries = os.path.join(folder, f"tries{{rank}}")
+    n = int(open(tries).read()) + 1 if os.path.exists(tries) else 1
+    open(tries, "w").write(str(n))
+    if rank == 0 and n == 2:
+        assert not os.path.exists(os.path.join(folder, "store")), "the first attempt's store file was kept"
+    open(os.path.join(folder, "store"), "a").close()
+    if rank == 1 and (mode == "always" or (mode == "once" and n == 1)):
+        sys.stderr.write({GLOO_TEARDOWN_ABORT!r} + "\\n")
+        sys.exit(134)
+    if rank == 1 and mode == "other":
+        sys.exit("another failure")
+    print(f"rank {{rank}} done on try {{n}}")
+""")
+
+
+def _run(tmp_path, mode):
+    script = tmp_path / "pair.py"
+    script.write_text(SCRIPT)
+    return run_two_ranks(script, tmp_path, dict(os.environ), mode)
+
+
+def test_a_pair_that_died_of_the_gloo_teardown_abort_runs_once_more_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning, match="gloo teardown abort"):
+        logs = _run(tmp_path, "once")
+    assert [log.strip() for log in logs] == ["rank 0 done on try 2", "rank 1 done on try 2"]
+
+
+@pytest.mark.parametrize("mode", ["always", "other"])
+def test_an_abort_twice_or_another_failure_fails_showing_the_logs(tmp_path, mode):
+    with pytest.raises(AssertionError, match="terminate called" if mode == "always" else "another failure"):
+        if mode == "always":
+            with pytest.warns(UserWarning, match="gloo teardown abort"):
+                _run(tmp_path, mode)
+        else:
+            _run(tmp_path, mode)
+    assert (tmp_path / "tries1").read_text() == ("2" if mode == "always" else "1")
