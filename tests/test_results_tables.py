@@ -3,6 +3,8 @@ a column added to the diagnostic since the copy (collinearity's no_gradient) lea
 stale, its table no longer the one its Reproduce line writes."""
 from pathlib import Path
 
+import pytest
+
 from adaptive.diagnostics.collinearity import STATISTICS
 
 RESULTS = Path(__file__).resolve().parents[1] / "recipes" / "benchmarks" / "results"
@@ -33,7 +35,7 @@ def _knowledge_columns():
     fit = {"rate": 0.1, "points": 3, "r2": 1.0, "within_tolerance": 1.0, "fit_from": 1, "fit_to": 3,
            "holds_from": 1, "holds_to": 3, "floor": 0.001}
     curve = KnowledgeCurve(Table([row]), 10, "obd", 0, {"loss_increase": fit}, 0.1)
-    return curve.shown_table().columns, curve.fit_table().columns
+    return curve.shown_table().columns, curve.shown_fit_table().columns
 
 
 def test_the_obd_knowledge_results_tables_have_the_columns_the_diagnostic_writes():
@@ -45,11 +47,13 @@ def test_the_obd_knowledge_results_tables_have_the_columns_the_diagnostic_writes
     assert list(curve) in heads and list(fit) in heads, (curve, fit, heads)
 
 
-def test_the_magnitude_knowledge_results_tables_have_the_columns_the_diagnostic_writes():
+@pytest.mark.parametrize("name", ["knowledge_resnet20.md", "knowledge_resnet20_finetuned.md"])
+def test_the_magnitude_knowledge_results_tables_have_the_columns_the_diagnostic_writes(name):
     """knowledge_resnet20.md is knowledge_curve.md and knowledge_fit.md of the one-shot `recipes/diagnostics.py
     knowledge` run the docs quote, copied: it gave the accuracy as a fraction under 'accuracy' and its drop
-    under 'accuracy_drop' (percent and points since). Every curve table and every fit table is checked."""
-    heads = _headers((RESULTS / "knowledge_resnet20.md").read_text())
+    under 'accuracy_drop' (percent and points since); knowledge_resnet20_finetuned.md likewise for the
+    --finetune_batches run and its one-shot comparison. Every curve table and every fit table is checked."""
+    heads = _headers((RESULTS / name).read_text())
     curve, fit = _knowledge_columns()
     curves = [h for h in heads if h[0] == "removed"]
     fits = [h for h in heads if h[0] == "quantity"]
