@@ -12,6 +12,7 @@ from .graph import LEVELS, ConnectomeGraph, build, layer_graph
 from . import figures
 from .compact import compact
 from .folded import FoldedConv
+from .compact_attention import CompactAttention
 from .contract import contract_junctions, junction_sources
 from .exporters import EXPORTERS, WRITERS, export, read_json, register_exporter, register_writer, write
 from .netx import from_networkx, to_networkx
@@ -25,5 +26,5 @@ __all__ = [
     "concat_composition", "figures",
     "to_pyg", "from_pyg", "to_networkx", "from_networkx", "write", "read_json", "export",
     "register_exporter", "register_writer", "EXPORTERS", "WRITERS",
-    "compact", "FoldedConv", "contract_junctions", "junction_sources",
+    "compact", "FoldedConv", "CompactAttention", "contract_junctions", "junction_sources",
 ]

@@ -57,9 +57,10 @@ def closed_gates(g, live=None) -> torch.Tensor:
     ``c`` times one constant, the same at every key position, and a softmax over key positions does
     not change when one number is added to all of them (with a mask too, and before dropout), so
     neither unit moves the weights. A query unit with no live synapse keeps key ``c`` counting: its
-    bias, which the graph does not hold, times a key that varies over positions (where that bias is 0, key ``c``
-    passes nothing either; the graph cannot tell, and counts it: an over-approximation). Where every key of
-    a head is so, its queries reach nothing; its values still pass on.
+    bias times a key that varies over positions. Where that bias is absent or exactly 0 (the node column
+    ``zero``, which :func:`graphs.build` adds for such queries), query ``c`` is 0 at every position, its term of every
+    score is 0, and the wires of both close too. Where every key of a head is so, its queries reach nothing; its
+    values still pass on.
 
     A unit with a live synapse from the constant node (its input a parameter or buffer: a table of
     learned keys or values, which the graph holds as one constant) has no such constant: the table's
@@ -84,13 +85,14 @@ def closed_gates(g, live=None) -> torch.Tensor:
     gate = into & scores[g.src]
     opened = torch.zeros(g.num_nodes, dtype=torch.bool)
     opened[g.dst[into & ~gate & ~pinned[g.src]]] = True  # some value source may vary over positions
-    return (gate & ~opened[g.dst]) | _constant_key_terms(g, scores[g.dst] & wire, pinned)
+    zero = g.node_attrs["zero"].bool() if "zero" in g.node_attrs else torch.zeros(g.num_nodes, dtype=torch.bool)
+    return (gate & ~opened[g.dst]) | _constant_key_terms(g, scores[g.dst] & wire, pinned, zero & pinned)
 
 
-def _constant_key_terms(g, into_scores: torch.Tensor, pinned: torch.Tensor) -> torch.Tensor:
+def _constant_key_terms(g, into_scores: torch.Tensor, pinned: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     """Bool per edge: of the wires ``into_scores``, those of the query/key pairs whose key unit is
-    ``pinned`` (see :func:`closed_gates`). A head's scores junction is fed by its ``d`` query units
-    then its ``d`` key units, each layer's units numbered in order and the query layer's first, so
+    ``pinned`` or whose query unit is ``zero`` (see :func:`closed_gates`). A head's scores junction is fed by its
+    ``d`` query units then its ``d`` key units, each layer's units numbered in order and the query layer's first, so
     sorted by source its wires are query 0..d-1, key 0..d-1: query ``r`` pairs with key ``r``."""
     e = into_scores.nonzero().squeeze(1)
     e = e[torch.argsort(g.dst[e] * g.num_nodes + g.src[e])]
@@ -99,9 +101,13 @@ def _constant_key_terms(g, into_scores: torch.Tensor, pinned: torch.Tensor) -> t
     start = (cnt.cumsum(0) - cnt)[dst]
     half = cnt[dst] // 2
     rank = torch.arange(e.numel()) - start
-    key = start + half + torch.where(rank < half, rank, rank - half)  # the key of each wire's pair
+    pos = torch.where(rank < half, rank, rank - half)
+    top = max(e.numel() - 1, 0)
+    key = (start + half + pos).clamp(max=top)  # the key of each wire's pair
+    query = (start + pos).clamp(max=top)  # and its query
+    shut = pinned[g.src[e[key]]] | zero[g.src[e[query]]]
     closed = torch.zeros(g.num_edges, dtype=torch.bool)
-    closed[e[(cnt[dst] % 2 == 0) & pinned[g.src[e[key.clamp(max=max(e.numel() - 1, 0))]]]]] = True
+    closed[e[(cnt[dst] % 2 == 0) & shut]] = True
     return closed
 
 

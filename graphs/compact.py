@@ -126,6 +126,10 @@ parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a
 keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
 weight) keeps the channels it reads and writes: a warning names each.
 
+Attention. An ``nn.MultiheadAttention`` keeps its input and output channels; inside it, the query/key pairs and
+value channels that are dead in a way that is exact to drop (a pinned key, a pinned query with no bias, a pinned or
+unread value) go alike from every head, and it becomes a :class:`CompactAttention` (:mod:`graphs.compact_attention`).
+
 Here: :func:`compact`, the entry. The probe is :mod:`graphs.compact_probe`, the channel items
 :mod:`graphs.compact_items`, how channels pass through ops :mod:`graphs.compact_links` (views and indexing
 :mod:`graphs.compact_views`, splits :mod:`graphs.compact_splits`, filled tensors :mod:`graphs.compact_filled`), what
@@ -146,6 +150,7 @@ from adaptive.counts import whole_number
 from adaptive.discovery import copy_model
 from adaptive.global_rng import kept_global_rng
 
+from .compact_attention import compact_attention
 from .compact_check import _axis, _verify
 from .compact_functional import _functional_layers
 from .compact_plan import _plan
@@ -159,10 +164,11 @@ from .compact_check import CompactionMismatchError  # noqa: F401
 from .compact_rewrite import channel_pad  # noqa: F401
 from .compact_shrink import _shrink_weighted  # noqa: F401
 from .folded import FoldedConv  # noqa: F401
+from .compact_attention import CompactAttention  # noqa: F401
 
 __all__ = ["compact",
            # importable from here, as before they moved out (imported above)
-           "CompactionMismatchError", "channel_pad", "FoldedConv"]
+           "CompactionMismatchError", "channel_pad", "FoldedConv", "CompactAttention"]
 # private names other modules and tests import from here (not in __all__: a star import takes the
 # public names only); named here, so that the import is used
 _REEXPORTED = (_shrink_weighted,)
@@ -286,8 +292,9 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     plan = _plan(gm, probe_env, int(align), wider_env)
     before = sum(t.numel() for t in gm.parameters())
     _rewrite(gm, plan, probe_env)
+    removed = {**plan["removed_per_layer"], **compact_attention(gm, probe_env)}  # an attention's dead channels
     after = sum(t.numel() for t in gm.parameters())
-    report = {"params_before": before, "params_after": after, "removed": plan["removed_per_layer"],
+    report = {"params_before": before, "params_after": after, "removed": removed,
               "units_removed": sum(plan["removed_per_layer"].values())}
     if verify:
         report.update(_verify(ref, gm, example_input, atol, rtol, batch))

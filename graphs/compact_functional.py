@@ -78,12 +78,19 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
 
 def _as_nn_linear(module: nn.Module) -> nn.Linear:
     """An ``nn.Linear`` holding ``module``'s own ``weight`` and ``bias`` (the same Parameters): torch_geometric's
-    ``Linear`` as the layer its forward, ``F.linear(x, self.weight, self.bias)``, computes."""
+    ``Linear`` as the layer its forward, ``F.linear(x, self.weight, self.bias)``, computes. It keeps the
+    ``in_channels`` and ``out_channels`` users read of torch_geometric's layer (:data:`CHANNEL_ATTRS`), plain
+    attributes, which :func:`graphs.compact_shrink._shrink_weighted` sets to the sizes of the shrunk layer."""
     out_features, in_features = module.weight.shape
     layer = nn.Linear(in_features, out_features, bias=module.bias is not None, device="meta")
     layer.weight = module.weight
     layer.bias = module.bias
+    layer.in_channels, layer.out_channels = in_features, out_features
     return layer.train(module.training)
+
+
+# the size attributes a layer taken for an nn.Linear keeps beside in_features and out_features (torch_geometric's)
+CHANNEL_ATTRS = ("in_channels", "out_channels")
 
 
 def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:

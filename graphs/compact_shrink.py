@@ -13,6 +13,7 @@ from torch import nn
 from adaptive.discovery import from_out_in
 
 from . import ops
+from .compact_functional import CHANNEL_ATTRS
 from .compact_layers import _BN, _folds_into_bias, _out_in_weight
 from .folded import FoldedConv, unfolded
 
@@ -58,6 +59,9 @@ def _shrink_weighted(m: nn.Module, ko: torch.Tensor, ki: torch.Tensor, k_in: tor
     has_bias = m.bias is not None or into_bias
     if isinstance(m, nn.Linear):
         new = _uninitialised(nn.Linear, w, w2.shape[1], w2.shape[0], bias=has_bias)
+        for attr, size in zip(CHANNEL_ATTRS, (w2.shape[1], w2.shape[0])):  # a torch_geometric Linear's, as its new shape
+            if attr in vars(m):
+                setattr(new, attr, int(size))
     else:
         new = _uninitialised(type(m), w, w2.shape[1] * g2, w2.shape[0], m.kernel_size, bias=has_bias,
                              **_conv_options(m, g2))

@@ -65,7 +65,8 @@ class FlowAttentionMixin:
         (no live synapse) the channel is that constant whatever the scores: the analysis
         (:func:`graphs.analysis.closed_gates`) then passes nothing through the scores' wire; nor
         through the wires of query and key unit ``c`` of a head into its scores where key unit ``c``
-        has no live synapse (a term the softmax over key positions ignores). With
+        has no live synapse (a term the softmax over key positions ignores), or where query unit ``c`` has none and
+        no bias (a term that is 0; :func:`graphs.graph._zero_queries` marks such queries). With
         ``add_bias_kv`` or ``add_zero_attn`` an appended key/value position differs from that
         constant, so the scores always count: channel ``c`` is then one junction of value unit ``c``
         and the head's query and key units. Returns (out_proj units, query units, key units)."""

@@ -1,6 +1,9 @@
 """The rule of contractions, ops that sum products over axes of their operands: ``torch.einsum`` (explicit or
 implicit output, ``...``, a repeated subscript taking a diagonal), ``torch.matmul`` and ``@`` (1-D operands and
-broadcast batch axes as torch reads them), ``torch.mm`` and ``torch.bmm``, functions and methods. Evaluated exactly on
+broadcast batch axes as torch reads them), ``torch.mm`` and ``torch.bmm``, and the other products of
+:data:`PRODUCT_OPERANDS` (``mv``, ``dot``, ``vdot``, ``inner``, ``outer``, ``ger``, ``tensordot``; ``addmm``,
+``baddbmm``, ``addbmm``, ``addmv`` and ``addr``, whose added ``input`` each output element reads at its own position,
+broadcast, unless ``beta`` is 0), functions and methods. Evaluated exactly on
 the id tensors, as :class:`FlowContractMixin`, which :class:`~graphs.flow.FlowProp` inherits.
 
 Each output element reads, of every operand, the elements whose subscripts it shares with the output at its own
@@ -29,7 +32,16 @@ from .id_tensors import _squeeze_uniform
 # refused (the dense guess, with a warning): ids that vary along every axis of a large product
 _CONTRACT_READS = 20_000_000
 _MATMUL = {torch.matmul, operator.matmul, torch.mm, torch.bmm, "matmul", "__matmul__", "mm", "bmm"}
-CONTRACTIONS = _MATMUL | {torch.einsum}
+# the other products, by name (function or method): the names of their operands, in order; an ``add*`` op's first,
+# ``input``, is added to the product (times ``beta``, the product times ``alpha``), read element by element
+PRODUCT_OPERANDS = {
+    "mv": ("input", "vec"), "outer": ("input", "vec2"), "ger": ("input", "vec2"), "dot": ("input", "tensor"),
+    "vdot": ("input", "other"), "inner": ("input", "other"), "tensordot": ("a", "b"),
+    "addmm": ("input", "mat1", "mat2"), "baddbmm": ("input", "batch1", "batch2"),
+    "addbmm": ("input", "batch1", "batch2"), "addmv": ("input", "mat", "vec"), "addr": ("input", "vec1", "vec2"),
+}
+_PRODUCTS = {getattr(torch, name) for name in PRODUCT_OPERANDS} | set(PRODUCT_OPERANDS)
+CONTRACTIONS = _MATMUL | {torch.einsum} | _PRODUCTS
 
 
 def _ellipsis(n: int) -> list:
@@ -80,6 +92,46 @@ def matmul_labels(da: int, db: int):
     return [a, b], out
 
 
+def product_labels(name: str, dims: List[int], dims_arg=2):
+    """(labels of the operands, output labels) of product ``name`` (a key of :data:`PRODUCT_OPERANDS`) on operands of
+    ``dims`` axes, the added ``input`` of an ``add*`` op first, broadcast against the output from the right.
+    ``dims_arg``: ``tensordot``'s ``dims``, a count of axes or the two lists of axes it sums."""
+    add = name.startswith("add") or name == "baddbmm"
+    prod = dims[1:] if add else dims
+    if name in ("mv", "addmv"):
+        labels, out = [["n", "k"], ["k"]], ["n"]
+    elif name in ("outer", "ger", "addr"):
+        labels, out = [["n"], ["m"]], ["n", "m"]
+    elif name in ("dot", "vdot"):
+        labels, out = [["k"], ["k"]], []
+    elif name == "addmm":
+        labels, out = [["n", "k"], ["k", "m"]], ["n", "m"]
+    elif name in ("baddbmm", "addbmm"):
+        labels, out = [["b", "n", "k"], ["b", "k", "m"]], ["b", "n", "m"] if name == "baddbmm" else ["n", "m"]
+    elif name == "inner":
+        if 0 in prod:
+            raise ValueError("inner of a 0-dim tensor")
+        a, b = ([(t, i) for i in range(d - 1)] for t, d in zip("AB", prod))
+        labels, out = [a + ["k"], b + ["k"]], a + b
+    else:  # tensordot
+        if isinstance(dims_arg, int):
+            pairs = list(zip(range(prod[0] - dims_arg, prod[0]), range(dims_arg)))
+        else:
+            pairs = list(zip(*(list(d) if isinstance(d, (list, tuple)) else [d] for d in dims_arg)))
+        a, b = ([(t, i) for i in range(d)] for t, d in zip("AB", prod))
+        for j, (i, k) in enumerate(pairs):
+            a[i % prod[0]] = b[k % prod[1]] = ("k", j)
+        summed = {("k", j) for j in range(len(pairs))}
+        labels, out = [a, b], [c for c in a + b if c not in summed]
+    if [len(ls) for ls in labels] != list(prod):
+        raise ValueError(f"operands of {list(prod)} axes where {name} takes {[len(ls) for ls in labels]}")
+    if add:
+        if dims[0] > len(out):
+            raise ValueError(f"an added input of {dims[0]} axes to a product of {len(out)}")
+        labels = [out[len(out) - dims[0]:]] + labels
+    return labels, out
+
+
 def _diagonals(t: torch.Tensor, labels: list):
     """``t`` with each subscript it repeats (``'ii->i'``) taken along its diagonal, and its labels then."""
     while len(set(labels)) < len(labels):
@@ -104,12 +156,21 @@ class FlowContractMixin:
                 rest = list(rest[0])  # torch.einsum(eq, [a, b])
             if not isinstance(eq, str) or not rest:
                 raise ValueError("einsum in sublist form (operand, [subscripts], ...) is not followed")
+        elif n.target in _PRODUCTS:
+            return self._product_operands(n)
         else:
             rest = list(n.args[:2]) + [n.kwargs[k] for k in ("input", "other", "mat2") if k in n.kwargs]
             if len(rest) != 2:
                 raise ValueError(f"{len(rest)} operands where a matrix product takes 2")
+        flows = self._operand_flows(rest)
+        dims = [f.dim() for f in flows]
+        labels, out = einsum_labels(eq, dims) if n.target is torch.einsum else matmul_labels(*dims)
+        return flows, labels, out
+
+    def _operand_flows(self, operands) -> list:
+        """The id tensors of ``operands`` (constants where made from no traced data)."""
         flows = []
-        for a in rest:
+        for a in operands:
             f = self._flow_of(a)
             if not isinstance(f, torch.Tensor):
                 real = self._real(a)
@@ -117,8 +178,23 @@ class FlowContractMixin:
                     raise ValueError(f"an operand {real!r} is not a tensor")
                 f = torch.zeros((), dtype=torch.float64).expand(real.shape)  # made from no traced data
             flows.append(f)
-        dims = [f.dim() for f in flows]
-        labels, out = einsum_labels(eq, dims) if n.target is torch.einsum else matmul_labels(*dims)
+        return flows
+
+    def _product_operands(self, n):
+        """:meth:`_contraction_operands` of a product of :data:`PRODUCT_OPERANDS` (``torch.addmm``, ``x.mv(v)``, ...):
+        an ``add*`` op's ``input`` is left out where ``beta`` is 0 (torch ignores it then, NaN too), its product
+        where ``alpha`` is 0."""
+        name = n.target if isinstance(n.target, str) else n.target.__name__
+        names = PRODUCT_OPERANDS[name]
+        if len(n.args) > len(names) and name != "tensordot":
+            raise ValueError(f"{name} given {len(n.args)} positional operands")
+        rest = [n.args[i] if i < len(n.args) else n.kwargs[k] for i, k in enumerate(names)]
+        dims_arg = self._real(n.args[2] if len(n.args) > 2 else n.kwargs.get("dims", 2)) if name == "tensordot" else 2
+        flows = self._operand_flows(rest)
+        labels, out = product_labels(name, [f.dim() for f in flows], dims_arg)
+        if len(names) == 3:  # beta * input + alpha * (product)
+            keep = [self._real(n.kwargs.get("beta", 1)) != 0] + [self._real(n.kwargs.get("alpha", 1)) != 0] * 2
+            flows, labels = [f for f, k in zip(flows, keep) if k], [ls for ls, k in zip(labels, keep) if k]
         return flows, labels, out
 
     def _on_contraction(self, n, result):
@@ -126,6 +202,8 @@ class FlowContractMixin:
         if not isinstance(result, torch.Tensor):
             raise ValueError("non-tensor result")
         flows, labels, out = self._contraction_operands(n)
+        if not flows:  # torch.addmm(..., beta=0, alpha=0): zeros
+            return torch.zeros((), dtype=torch.float64).expand(result.shape)
         pairs = [_diagonals(f, ls) for f, ls in zip(flows, labels)]
         sizes, squeezed = {}, []  # each label's size in the result; each operand shrunk where its ids are uniform
         for t, ls in pairs:

@@ -347,6 +347,8 @@ def build(
     unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
     unit.warnings.extend(notes)
     _annotate(unit)
+    if "zero" in unit.node_attrs:  # read by the depths above; the last column, the others' places as without it
+        unit.node_attrs["zero"] = unit.node_attrs.pop("zero")
     if not junctions:
         from .contract import contract_junctions
 
@@ -455,6 +457,9 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     src, dst = torch.cat(chunks_src), torch.cat(chunks_dst)
     edge_attrs = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0]}
     nodes = tr.node_table()
+    zero = _zero_queries(tr, conn, model)
+    if zero is not None:
+        nodes["zero"] = zero
     meta = {"live_synapses": total_live, "traced": tr.traced}
     shared = sum(1 for v in uses.values() if v > 1)
     tied = sum(1 for v in users.values() if len(v) > 1)  # a module called again: the trace warned
@@ -472,6 +477,43 @@ def _build_nodes_and_edges(tr: Trace, conn, model, level, utility) -> Connectome
     meta["model"] = type(model).__name__
     return ConnectomeGraph(level, nodes, src, dst, edge_attrs, tr.groups, tr.layers, tr.concats, warns,
                            meta, torch.tensor(ptr))
+
+
+def _zero_queries(tr: Trace, conn, model: nn.Module) -> Optional[torch.Tensor]:
+    """The node column ``zero`` (int8, 1 on a unit that is exactly 0 at every input), or None where no unit is so:
+    a query unit of an attention's scores (``nn.MultiheadAttention``'s, op ``attention_scores``) whose synapses are
+    all pruned and whose bias is absent or exactly 0. :func:`graphs.analysis.closed_gates` closes the scores' wires
+    of such a query and of its key, whose term of every score it multiplies by 0. Only such queries are flagged,
+    so a graph without them has no column and is as it was."""
+    zero = torch.zeros(tr.num_nodes, dtype=torch.int8)
+    nodes = tr.node_table()
+    for gid, g in enumerate(tr.groups):
+        if g.op != "attention_scores" or gid not in tr.wires:
+            continue
+        src = tr.wires[gid][0]
+        qg = tr.groups[int(nodes["group"][src.min()])]  # its query units are numbered first (see _attention_units)
+        if qg.kind != "layer":
+            continue
+        layer = tr.layers[qg.layer]
+        _, m = _weight_and_mask(conn, model, layer)
+        bias = _attention_bias(model, layer, m.shape[0])
+        dead = ~m.flatten(1).any(1) & (bias == 0)
+        zero[qg.start:qg.start + qg.count] |= dead.to(torch.int8)
+    return zero if bool(zero.any()) else None
+
+
+def _attention_bias(model: nn.Module, layer: LayerFlow, rows: int) -> torch.Tensor:
+    """The bias of an attention projection's units (``in_proj_bias``, its rows of it; zeros where it has none)."""
+    owner, _, attr = layer.param.rpartition(".")
+    module = model.get_submodule(owner)
+    bias = getattr(module, "in_proj_bias", None)
+    if bias is None:
+        return torch.zeros(rows)
+    bias = bias.detach().cpu()
+    if layer.rows is not None:
+        return bias[layer.rows[0]:layer.rows[1]]
+    at = {"q_proj_weight": 0, "k_proj_weight": 1, "v_proj_weight": 2}[attr]  # separate projections, one bias
+    return bias[at * rows:(at + 1) * rows]
 
 
 def _first_call(label: str) -> str:

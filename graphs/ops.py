@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from adaptive.discovery import linear_types
+from .flow_contract import CONTRACTIONS
 from .folded import FoldedConv
 
 # torch's own functions: a library may put a Python function of its own in their place in the torch
@@ -399,7 +400,7 @@ _CATEGORY_WHEN = {
 
 # ops that sum products over axes of their operands (matrix products, einsum): followed where their operands are traced
 # tensors alone (graphs.flow_contract); reading a parameter (x @ self.w), or where that rule fails, unknown ops
-_CONTRACTIONS = (torch.einsum, torch.matmul, torch.bmm, torch.mm, operator.matmul, "matmul", "bmm", "mm", "__matmul__")
+_CONTRACTIONS = CONTRACTIONS
 
 
 def _contraction(node) -> str:

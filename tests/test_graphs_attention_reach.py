@@ -282,3 +282,57 @@ def test_keys_or_values_read_from_a_learned_table_vary_over_positions(reads, pru
     lay = {l.module: l for l in g.layers}
     emb = g.groups[lay["emb"].group]
     assert bool(graphs.reachability(g)["to_output"][emb.start: emb.start + emb.count].all())
+
+
+def _pruned_queries(channels, bias, kdim=None):
+    """A float64 :class:`Net` whose query units ``channels`` have every synapse pruned; ``bias``: "none"
+    (``bias=False``), "zero" (torch's initial zeros) or "normal" (trained-like); and its unit graph."""
+    torch.manual_seed(0)
+    model = Net(kdim, bias=bias != "none").double().eval()
+    if bias == "normal":
+        with torch.no_grad():
+            model.attn.in_proj_bias.normal_()
+    conn = adaptive.Connectome(model)
+    name, rows = _weight(model, "q")
+    mask = torch.ones_like(conn.masks[name])
+    mask[rows][channels] = False
+    conn.set_masks({name: mask})
+    conn.apply()
+    return model, graphs.build(conn, "unit", example_input=torch.randn(2, 5, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kdim", [None, 6])
+@pytest.mark.parametrize("bias", ["none", "zero", "normal"])
+def test_a_key_whose_query_is_pruned_and_bias_free_reaches_nothing(kdim, bias):
+    """A pruned query with no bias (``bias=False``) or a bias of exactly 0 is 0 at every position, so its key's term
+    of every score is 0: the graph counted that key as live (the query's bias unknown to it). Checked on the model
+    in float64: the key's rows get no gradient where the query's bias is 0, and do where it is not."""
+    model, g = _pruned_queries([4, 5], bias, kdim)
+    name, rows = _weight(model, "k")
+    moved_k, = _moved(model, [(name, rows)])
+    expected = [True] * 4 + [bias == "normal"] * 2 + [True] * 2
+    assert moved_k.tolist() == expected  # the model
+    assert _graph_facts(g, "k")[1].tolist() == expected  # the graph agrees, unit by unit
+    assert ("zero" in g.node_attrs) == (bias != "normal")
+    dead = graphs.dead_units(g)["cannot_reach_output"]
+    lay = {l.module: l for l in g.layers}
+    k = g.groups[lay["attn.k"].group]
+    assert int(dead[k.start:k.start + k.count].sum()) == (0 if bias == "normal" else 2)
+
+
+def test_a_bias_free_pruned_query_survives_a_json_round_trip(tmp_path):
+    """The graph's ``zero`` column is written and read back, and closes the same wires."""
+    g = _pruned_queries([1, 6], "none")[1]
+    back = graphs.read_json(graphs.write(g, str(tmp_path / "g.json")))
+    assert int(graphs.analysis.closed_gates(g).sum()) == 4  # 2 queries, 2 keys
+    assert torch.equal(graphs.analysis.closed_gates(back), graphs.analysis.closed_gates(g))
+
+
+def test_a_graph_without_bias_free_pruned_queries_has_no_zero_column():
+    """Only such queries add the column: a graph of a model with every query live (bias-free) is as it was; where
+    there is one, it is the last column."""
+    g = _pruned_queries([], "none")[1]
+    assert "zero" not in g.node_attrs and not bool(graphs.analysis.closed_gates(g).any())
+    g = _pruned_queries([1], "none")[1]
+    assert list(g.node_attrs)[-1] == "zero"  # the last column: data.x's other columns keep their places
+    assert graphs.to_pyg(g).node_attr_names[-1] == "zero"

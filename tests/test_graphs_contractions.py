@@ -38,6 +38,39 @@ OPS = {
     "einsum of three": lambda h: torch.einsum("bi,bij,bj->bi", h[:, 0, :2], h[:, :, 2:], h[:, 1, 2:]),
 }
 
+# the other products (they were unknown ops, guessed densely): sample b's row reads sample 0's matrix or vector
+PRODUCTS = {
+    "mv": lambda h: torch.mv(h.flatten(1), h[0].flatten()).unsqueeze(1),
+    "mv method": lambda h: h[:, 0].mv(h[0, 1]).unsqueeze(1),
+    "dot": lambda h: torch.dot(h[0, 0], h[-1, 1]).expand(h.shape[0], 1),
+    "vdot": lambda h: torch.vdot(h[-1, 0], h[0, 1]).expand(h.shape[0], 1),
+    "inner": lambda h: torch.inner(h, h[0]),
+    "outer": lambda h: torch.outer(h[:, 0, 0], h[0, 1]),
+    "outer method": lambda h: h[:, 1, 2].outer(h[0, 0]),
+    "ger": lambda h: torch.ger(h[:, 0, 0], h[0, 1]),
+    "tensordot, dims=1": lambda h: torch.tensordot(h, h[0].t(), dims=1),
+    "tensordot, dims as lists": lambda h: torch.tensordot(h, h[0], dims=([2], [1])),
+    "tensordot of two axes": lambda h: torch.tensordot(h, h[0], dims=2).unsqueeze(1),
+    "addmm": lambda h: torch.addmm(h[:, 1, :2], h[:, 0], h[0].t()),
+    "addmm, a broadcast input": lambda h: torch.addmm(h[0, 1, :2], h[:, 0], h[0].t()),
+    "addmm, beta=0 (input ignored)": lambda h: torch.addmm(h[:, 1, :2], h[:, 0], h[0].t(), beta=0),
+    "addmm, alpha=0 (product ignored)": lambda h: torch.addmm(h[:, 1, :2], h[:, 0], h[0].t(), alpha=0),
+    "addmm method, scaled": lambda h: h[:, 1, 1:3].addmm(h[:, 0], h[-1].t(), beta=0.5, alpha=2.0),
+    "baddbmm": lambda h: torch.baddbmm(h[:, :, :2], h, h.transpose(1, 2)),
+    "baddbmm method, beta=0": lambda h: h[:, :, 2:].baddbmm(h, h.transpose(1, 2), beta=0),
+    "addbmm (sums over its batch)": lambda h: torch.addbmm(h[:, 0, :1], h.transpose(0, 1), h[0].unsqueeze(2)),
+    "addmv": lambda h: torch.addmv(h[:, 1, 0], h[:, 0], h[0, 1]).unsqueeze(1),
+    "addr": lambda h: torch.addr(h[:, 0], h[:, 1, 0], h[0, 1]),
+}
+
+
+@pytest.mark.parametrize("name", list(PRODUCTS))
+def test_the_other_matrix_products_are_followed_exactly(name):
+    """``torch.mv``, ``dot``, ``outer``, ``addmm``, ``baddbmm``, ... were unknown ops (every unit of their operands
+    feeding every output element, with a warning): each output element now reads what its sum reads, and an
+    ``add*`` op's input at its own position (not where ``beta`` is 0; nor the product where ``alpha`` is)."""
+    assert_followed_exactly(PRODUCTS[name])
+
 
 @pytest.mark.parametrize("name", list(OPS))
 def test_a_matrix_product_or_einsum_is_followed_exactly(name):
@@ -126,17 +159,27 @@ def test_a_product_with_a_weight_no_layer_owns_is_still_an_unknown_op_naming_it(
         graphs.build(conn, "unit", example_input=torch.randn(2, 5))
 
 
+def test_addmm_on_a_bias_and_weight_no_layer_owns_is_still_an_unknown_op_naming_them():
+    """``torch.addmm(self.b, x, self.w)`` (a hand-written linear layer) reads parameters no Linear owns: like ``x @
+    self.w``, an unknown op whose warning names them (its synapses get no edges)."""
+    class Bare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Linear(5, 4), nn.Linear(3, 2)
+            self.w, self.b = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.randn(3))
+
+        def forward(self, x):
+            return self.head(torch.addmm(self.b, self.a(x), self.w))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # w is no synapse of the connectome: said there
+        conn = adaptive.Connectome(Bare())
+    with pytest.warns(UserWarning, match=r"node 'addmm'.*reading the weights 'b', 'w'.*a matrix product sums"):
+        graphs.build(conn, "unit", example_input=torch.randn(2, 5))
+
+
 NOT_FOLLOWED = {  # docs/graphs.md names each: an unknown op, guessed densely with a warning naming it
-    "torch.mv": ("mv", lambda p, q: torch.mv(p, q[0])),
-    "torch.dot": ("dot", lambda p, q: torch.dot(p[0], q[0]).expand(p.shape)),
-    "torch.vdot": ("vdot", lambda p, q: torch.vdot(p[0], q[0]).expand(p.shape)),
-    "torch.inner": ("inner", lambda p, q: torch.inner(p, q)),
-    "torch.outer": ("outer", lambda p, q: p[:, 0].outer(q[0])),
     "torch.kron": ("kron", lambda p, q: torch.kron(p, q)[: p.shape[0], :4]),
-    "torch.addmm": ("addmm", lambda p, q: torch.addmm(p, p, q.t())),
-    "torch.addbmm": ("addbmm", lambda p, q: torch.addbmm(p, p.unsqueeze(0), q.t().unsqueeze(0))),
-    "torch.baddbmm": ("baddbmm", lambda p, q: p.unsqueeze(1).baddbmm(p.unsqueeze(2), q.unsqueeze(1)).squeeze(1)),
-    "torch.tensordot": ("tensordot", lambda p, q: torch.tensordot(p, q.t(), dims=1)),
     "torch.linalg.multi_dot": ("linalg_multi_dot", lambda p, q: torch.linalg.multi_dot([p, q.t(), p])),
 }
 

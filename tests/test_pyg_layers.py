@@ -172,6 +172,26 @@ def test_compact_shrinks_a_torch_geometric_linear_as_the_nn_linear_it_computes(b
     assert torch.equal(loaded(x), small(x))
 
 
+def test_a_compacted_torch_geometric_linear_keeps_in_and_out_channels_of_its_new_shape(tmp_path, pyg):
+    """The nn.Linear a torch_geometric Linear became had no ``in_channels``/``out_channels`` (what users read of
+    torch_geometric's layer): they are kept, as the shrunk layer's sizes, also on a layer that keeps its size, and
+    survive torch.save/torch.load."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), pyg.Linear(8, 6), nn.ReLU(), pyg.Linear(6, 3)).eval()
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: torch.ones_like(m).index_fill_(0, torch.tensor([1, 4, 6]), False) if n == "0.weight"
+                    else torch.ones_like(m) for n, m in conn.masks.items()})
+    small = graphs.compact(model, conn, torch.randn(10, 5))
+    assert small.compaction["removed"] == {"0": 3, "2": 0, "4": 0}
+    kept = {name: (m.in_channels, m.out_channels, m.in_features, m.out_features) for name, m in small.named_modules()
+            if isinstance(m, nn.Linear) and name != "0"}
+    assert kept == {"2": (5, 6, 5, 6), "4": (6, 3, 6, 3)}
+    torch.save(small, tmp_path / "small.pt")
+    loaded = torch.load(tmp_path / "small.pt", weights_only=False)
+    assert (loaded.get_submodule("2").in_channels, loaded.get_submodule("2").out_channels) == (5, 6)
+    assert not hasattr(loaded.get_submodule("0"), "in_channels")  # a plain nn.Linear gets none
+
+
 def test_compact_warns_that_a_hooked_torch_geometric_linear_keeps_its_size(pyg):
     """A torch_geometric Linear whose F.linear cannot be taken for its call (a forward hook) keeps its size with a
     warning naming it, as an nn.Linear does (it kept it silently)."""

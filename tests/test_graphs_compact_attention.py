@@ -1,0 +1,152 @@
+"""graphs.compact removes an nn.MultiheadAttention's dead channels where that is exact (graphs.compact_attention): a
+query/key pair whose key has no live synapse or whose query has none and no bias, a value channel with no live
+synapse (its bias folded into out_proj) or that out_proj does not read; every head keeps the same widths. They were
+all kept: attention stayed whole."""
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.vision_transformer import VisionTransformer
+
+import adaptive
+import graphs
+from graphs.compact_attention import CompactAttention
+
+torch.set_num_threads(1)
+E, H, D = 8, 2, 4  # head 1 is channels 4..7 of each projection
+
+
+class Net(nn.Module):
+    """Attention between an input layer and a head (masks and the attention weights read when asked)."""
+
+    def __init__(self, batch_first=True, kdim=None, bias=True, masks=False, pad=False, weights=False, **kw):
+        super().__init__()
+        self.emb = nn.Linear(4, E)
+        self.kv = nn.Linear(4, kdim) if kdim else None
+        self.attn = nn.MultiheadAttention(E, H, batch_first=batch_first, kdim=kdim, vdim=kdim, bias=bias, **kw)
+        self.head = nn.Linear(E, 3)
+        self.masks, self.pad, self.weights = masks, pad, weights
+        causal = torch.ones(5, 5, dtype=torch.bool).triu(1)
+        self.register_buffer("causal", torch.zeros(5, 5).masked_fill(causal, -1e9) if masks == "float" else causal)
+
+    def forward(self, x):
+        h = self.emb(x)
+        kv = self.kv(x) if self.kv is not None else h
+        if not self.attn.batch_first:
+            h, kv = h.transpose(0, 1), kv.transpose(0, 1)
+        pad = x[..., 0] > 1  # some keys padded, never the first: no query is left with none
+        pad = torch.cat([torch.zeros_like(pad[:, :1]), pad[:, 1:]], 1) if self.pad else None
+        y, w = self.attn(h, kv, kv, key_padding_mask=pad,
+                         attn_mask=self.causal if self.masks else None, need_weights=self.weights)
+        if not self.attn.batch_first:
+            y = y.transpose(0, 1)
+        out = self.head(y.mean(1))
+        return out + w.sum((1, 2)).unsqueeze(1) if self.weights else out
+
+
+def _rows(model, t):
+    if model.attn._qkv_same_embed_dim:
+        i = "qkv".index(t)
+        return "attn.in_proj_weight", slice(i * E, (i + 1) * E)
+    return f"attn.{t}_proj_weight", slice(0, E)
+
+
+def _compact(model, pruned, x):
+    """``pruned``: projection -> channels whose rows are all pruned; the compact copy, checked by compact itself."""
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(m) for n, m in conn.masks.items()}
+    for t, channels in pruned.items():
+        name, rows = _rows(model, t)
+        masks[name][rows][channels] = False
+    conn.set_masks(masks)
+    small = graphs.compact(model, conn, x)
+    conn.apply()
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-10, rtol=0)  # float64: exact but for rounding
+    return small
+
+
+def _model(seed=0, bias="normal", **kw):
+    torch.manual_seed(seed)
+    model = Net(bias=bias != "none", **kw).double().eval()
+    if bias == "normal":
+        with torch.no_grad():
+            model.attn.in_proj_bias.normal_()
+    return model
+
+
+X = torch.randn(3, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("kw", [{}, {"batch_first": False}, {"kdim": 6}, {"masks": True}, {"masks": "float"},
+                                {"pad": True}, {"weights": True}])
+def test_dead_keys_and_values_go_from_every_head_alike(kw):
+    model = _model(**kw)
+    # head 0 loses key 1 and values 0, 2; head 1 keys 5, 6 and value 7: each head drops 1 pair and 1 value
+    small = _compact(model, {"k": [1, 5, 6], "v": [0, 2, 7]}, X)
+    a = small.attn
+    assert isinstance(a, CompactAttention) and (a.qk_dim, a.v_dim, a.num_heads) == (3, 3, 2)
+    assert a.q_proj.weight.shape[0] == a.k_proj.weight.shape[0] == 6 and a.out_proj.weight.shape == (E, 6)
+    assert {k: v for k, v in small.compaction["removed"].items() if k.startswith("attn")} == \
+        {"attn.q": 2, "attn.k": 2, "attn.v": 2}
+
+
+@pytest.mark.parametrize("bias", ["none", "zero", "normal"])
+def test_a_dead_query_goes_with_its_key_only_where_it_has_no_bias(bias):
+    """A pruned query with no bias is 0: its pair goes. With a bias it is a constant times a key that varies: it
+    stays."""
+    small = _compact(_model(bias=bias), {"q": [0, 4]}, X)
+    assert isinstance(small.attn, CompactAttention) == (bias != "normal")
+    if bias != "normal":
+        assert small.attn.qk_dim == 3
+
+
+def test_an_attention_with_nothing_to_remove_stays_as_it_was():
+    small = _compact(_model(), {"k": [1]}, X)  # only head 0 could lose a pair: the heads must stay alike
+    assert type(small.attn) is nn.MultiheadAttention
+
+
+def test_a_compacted_torchvision_vit_loses_its_dead_attention_channels(tmp_path):
+    torch.manual_seed(0)
+    model = VisionTransformer(16, 8, 2, 2, 16, 32, num_classes=3).double().eval()
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(m) for n, m in conn.masks.items()}
+    for i in range(2):
+        w = masks[f"encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight"]
+        # queries 1 and 10 (torch's zero biases: they are 0), keys 3 and 13, values 0 and 9: two pairs and one
+        # value channel of each head go
+        w[[1, 10, 16 + 3, 16 + 13, 32 + 0, 32 + 9]] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = graphs.compact(model, conn, x)
+    conn.apply()
+    attn = small.get_submodule("encoder.layers.encoder_layer_0.self_attention")
+    assert isinstance(attn, CompactAttention) and (attn.qk_dim, attn.v_dim) == (6, 7)
+    with torch.no_grad():
+        assert torch.allclose(small(x), model(x), atol=1e-10, rtol=0)
+    torch.save(small, tmp_path / "small.pt")
+    loaded = torch.load(tmp_path / "small.pt", weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), small(x))
+
+
+def test_a_compact_attention_scripts_and_compacts_again():
+    """The copy compiles with torch.jit.script, and graphs traces it again: compacting it removes nothing more."""
+    small = _compact(_model(), {"k": [1, 5], "v": [0, 7]}, X)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(small)(X), small(X), atol=1e-12, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = graphs.compact(small, None, X)
+    assert again.compaction["units_removed"] == 0
+
+
+@pytest.mark.parametrize("kw", [{"add_bias_kv": True}, {"add_zero_attn": True}])
+def test_an_appended_key_and_value_keep_the_attention_whole(kw):
+    """The appended position's key and value are not the biases: a pinned key's term varies over the key positions,
+    a pinned value's channel is no constant. Nothing goes (compact's own check holds the copy to the model)."""
+    small = _compact(_model(**kw), {"k": [1, 5], "v": [0, 7]}, X)
+    assert type(small.attn) is nn.MultiheadAttention
