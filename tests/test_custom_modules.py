@@ -200,6 +200,42 @@ def test_the_frozen_layer_error_says_what_growth_would_do_and_names_a_fix_that_w
 
 
 
+def test_an_optimizer_of_the_trainable_parameters_beside_a_connectome_of_frozen_layers_is_told_why():
+    """A connectome whose weights are all frozen (a fine-tuning setup: a frozen backbone, a head read with
+    F.linear on a Parameter of its own, which stays dense) and the usual optimizer over the trainable
+    parameters: the refusal said 'build it from model.parameters()', which does not help (the optimizer then
+    holds the frozen weights and never steps them). It names the frozen weights and the fixes that work."""
+    torch.manual_seed(0)
+
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+            self.head = nn.Parameter(torch.randn(3, 8))
+            self.backbone.requires_grad_(False)
+
+        def forward(self, x):
+            return F.linear(self.backbone(x), self.head)
+
+    model = Frozen()
+    with pytest.warns(UserWarning, match="stay dense: head"):
+        conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(ValueError, match=r"none of this connectome's weights: they are all frozen \(requires_grad="
+                                         r"False: \['backbone.0.weight'\]\).*requires_grad_\(True\).*exclude=.*"
+                                         r"Controller\(conn, policy='magnitude'"):
+        adaptive.Controller(conn, opt, policy="magnitude", density=0.5)
+    with pytest.raises(ValueError, match=r"none of this connectome's weights: they are all frozen"):
+        conn.attach(opt)
+    assert conn.num_live() == conn.num_synapses()  # refused before any edit
+    adaptive.Controller(conn, policy="magnitude", density=0.5)  # the fix named for pruning them as they are
+    assert conn.num_live() == 32 and int((model.backbone[0].weight == 0).sum()) == 32
+    other = torch.optim.SGD(nn.Linear(8, 8).parameters(), lr=0.1)  # not frozen: another model's optimizer
+    with pytest.raises(ValueError, match=r"none of this connectome's weights \(\['0.weight'\]\): build it "
+                                         r"from model.parameters\(\) of the model the Connectome was built on"):
+        adaptive.Connectome(nn.Sequential(nn.Linear(8, 8))).attach(other)
+
+
 def test_a_frozen_layer_is_not_scored_by_a_gradient_it_never_gets():
     """A frozen weight (requires_grad=False) gets no gradient, so an estimator built from gradients
     scored its synapses at 0 and the global budget pruned that layer first, silently (at density 0.5,
