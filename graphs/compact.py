@@ -232,6 +232,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             raise ValueError(f"batch_axis={batch_axis} needs an example_input laid out so: graphs guesses inputs "
                              "itself (batch first, or as a recurrent first layer's batch_first says)")
         example_input = runnable_example_input(model)
+    if conn is not None and hasattr(conn, "_check_params"):
+        conn._check_params()  # its weights are still the model's (not replaced, nor computed by a parametrization)
     src = copy_model(model, "graphs.compact").eval()
     if conn is not None:
         with torch.no_grad():

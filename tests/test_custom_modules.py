@@ -367,3 +367,41 @@ def test_a_tied_weight_protected_by_its_second_name_is_never_edited_by_any_polic
                 model(torch.randn(4, 12)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
             assert bool(conn.masks["a.weight"].all()), (mode, policy)
             assert conn.masks["fc.weight"].float().mean() < 0.5, (mode, policy)  # the rest was edited
+
+
+@pytest.mark.parametrize("change", ["parametrization", "assign"])
+def test_graphs_and_diagnostics_refuse_a_connectome_whose_weights_the_model_no_longer_uses(change):
+    """A parametrization registered after the Connectome was built (the layer's weight now computed from it,
+    unmasked), or load_state_dict(assign=True) (new Parameters): the connectome's own readers refused it, but
+    graphs.build drew the layer with its stale masks, as pruned as before, while the model computed it dense;
+    graphs.compact failed with a bare KeyError '0.weight'; collinearity measured it, and knowledge_distribution
+    said the pruned weights were left out by include/exclude. Each now gives the connectome's refusal and fix."""
+    from adaptive.diagnostics import collinearity, gradient_by_depth, knowledge_distribution
+
+    class Sym(nn.Module):
+        def forward(self, w):
+            return w.triu() + w.triu(1).t()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"0.weight": torch.rand(8, 8) < 0.5})
+    if change == "parametrization":
+        torch.nn.utils.parametrize.register_parametrization(model[0], "weight", Sym())
+        fix = r"\['0.weight'\] are no longer the ones this Connectome masks.*parametrization.*remove_parametrizations"
+    else:
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        fix = r"\['0.weight', '2.weight'\] are no longer the ones this Connectome masks.*assign=True.*new Connectome"
+    x = torch.randn(4, 8)
+    data = [(torch.randn(8, 8), torch.randint(0, 3, (8,))) for _ in range(2)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for call in (lambda: graphs.build(conn, example_input=x), lambda: graphs.compact(model, conn, x),
+                 lambda: collinearity(model, data, conn=conn),
+                 lambda: gradient_by_depth(model, data, layer="2", batches=1, conn=conn, depths=torch.zeros(8)),
+                 lambda: knowledge_distribution(model, data, order_loader=data, points=3, conn=conn)):
+        with pytest.raises(RuntimeError, match=fix):
+            call()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    if change == "parametrization":
+        torch.nn.utils.parametrize.remove_parametrizations(model[0], "weight")  # the fix: the same Parameter back
+        assert graphs.build(conn, example_input=x).live_synapses() == conn.num_live()
