@@ -124,7 +124,8 @@ bias (no bias where the layer has none) is that layer's call, and is compacted a
 forward hooks, which its call would run, or sits inside a module fx calls whole: an attention's ``out_proj``). A layer whose
 parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a bias, ``self.fc.weight.t()``)
 keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
-weight) keeps the channels it reads and writes: a warning names each.
+weight) keeps the channels it reads and writes, as does a convolution or matrix product on a parameter of the
+model's own (``F.conv2d(h, self.w)``, ``h @ self.w``): a warning names each.
 
 Here: :func:`compact`, the entry. The probe is :mod:`graphs.compact_probe`, the channel items
 :mod:`graphs.compact_items`, how channels pass through ops :mod:`graphs.compact_links` (views and indexing

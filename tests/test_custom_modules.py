@@ -405,3 +405,45 @@ def test_graphs_and_diagnostics_refuse_a_connectome_whose_weights_the_model_no_l
     if change == "parametrization":
         torch.nn.utils.parametrize.remove_parametrizations(model[0], "weight")  # the fix: the same Parameter back
         assert graphs.build(conn, example_input=x).live_synapses() == conn.num_live()
+
+
+class _BareWeights(nn.Module):
+    """A convolution and a matrix product on Parameters of the model's own (no nn.Conv2d or nn.Linear)."""
+
+    def __init__(self, conv: bool):
+        super().__init__()
+        self.conv = conv
+        self.first = nn.Conv2d(3, 8, 3, padding=1) if conv else nn.Linear(6, 8)
+        self.w = nn.Parameter(torch.randn(8, 8, 1, 1) if conv else torch.randn(8, 5))
+        self.head = nn.Linear(8 if conv else 5, 3)
+
+    def forward(self, x):
+        h = F.relu(self.first(x))
+        if self.conv:
+            return self.head(F.relu(F.conv2d(h, self.w)).mean((2, 3)))
+        return self.head(F.relu(h @ self.w))
+
+
+@pytest.mark.parametrize("conv", [True, False])
+def test_compact_says_why_dead_units_read_by_a_bare_weight_stay(conv):
+    """Dead units feeding F.conv2d(h, self.w) or h @ self.w on a Parameter of the model's own stay (no layer
+    to shrink): graphs.compact kept them with no word (params_before == params_after beside summary()'s dead
+    units), where F.linear on such a weight is warned of. It names the node and the weight, and the fix."""
+    torch.manual_seed(0)
+    model = _BareWeights(conv)
+    with pytest.warns(UserWarning, match="stay dense: w"):
+        conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"first.weight": torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)})
+    x = torch.randn(2, 3, 6, 6) if conv else torch.randn(4, 6)
+    with pytest.warns(UserWarning, match="cannot follow the data flow"):
+        assert graphs.summary(graphs.build(conn, example_input=x))["dead"]["dead"] == 2
+    said = (r"node 'conv2d' .* reads 'w', a parameter of the model's own that no convolution module holds: the channels "
+            r"it reads and writes keep their size \(dead units .* an nn.Conv1d/2d/3d" if conv else
+            r"node 'matmul' .* reads 'w', a parameter of the model's own that no nn.Linear module holds: the channels it "
+            r"reads and writes keep their size \(dead units .* an nn.Linear")
+    with pytest.warns(UserWarning, match="graphs.compact: " + said):
+        small = graphs.compact(model.eval(), conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    with warnings.catch_warnings():  # held in a layer of its own, the same weight is no bare parameter: no warning
+        warnings.simplefilter("error")
+        graphs.compact(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).eval(), None, torch.randn(4, 6))
