@@ -447,3 +447,30 @@ def test_compact_says_why_dead_units_read_by_a_bare_weight_stay(conv):
     with warnings.catch_warnings():  # held in a layer of its own, the same weight is no bare parameter: no warning
         warnings.simplefilter("error")
         graphs.compact(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).eval(), None, torch.randn(4, 6))
+
+
+def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
+    """A convolutional autoencoder whose decoder is tied to its encoder (dec.weight = enc.weight: a Conv2d and a
+    ConvTranspose2d store the same (8, 3, k, k) tensor): pruned encoder channels are dead units, which compact
+    kept with no word (one tensor cannot be cut two ways). It names the layer, the count and the tie."""
+    class ConvAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Conv2d(3, 8, 3, padding=1)
+            self.dec = nn.ConvTranspose2d(8, 3, 3, padding=1)
+            self.dec.weight = self.enc.weight
+
+        def forward(self, x):
+            return self.dec(torch.relu(self.enc(x)))
+
+    torch.manual_seed(0)
+    model = ConvAE().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"enc.weight": torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)})
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"graphs.compact: layer 'enc' keeps 2 constant \(dead\) unit\(s\): its weight "
+                                         r"is tied to 'dec'.*untie them"):
+        small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
