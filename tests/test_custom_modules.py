@@ -474,3 +474,31 @@ def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
     assert small.compaction["params_after"] == small.compaction["params_before"]
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x))
+
+
+def test_compact_keeps_channels_scaled_by_a_tensor_of_the_models_own_as_the_graphs_page_says():
+    """docs/graphs.md: channels scaled or shifted by a tensor of the model's own along them (`h * self.gamma +
+    self.shift`, held in a ParameterList and a ParameterDict here) stay as they are, dead ones included; the copy
+    still computes what the masked model computes."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.ModuleDict({"a": nn.Linear(6, 8)})
+            self.gamma = nn.ParameterList([nn.Parameter(torch.rand(8) + 0.5)])
+            self.shift = nn.ParameterDict({"b": nn.Parameter(torch.randn(8))})
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.fc["a"](x)) * self.gamma[0] + self.shift["b"])
+
+    torch.manual_seed(0)
+    model = Scaled().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"fc.a.weight": torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)})
+    x = torch.randn(4, 6)
+    assert graphs.summary(graphs.build(conn, example_input=x))["dead"]["dead"] == 2
+    small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    assert small.compaction["removed"] == {"fc.a": 0, "head": 0}
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
