@@ -73,7 +73,7 @@ class ConnectomeOptimizersMixin:
         self._check_not_partly_masked()
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
         if not any(id(p) in ids for p in self.params.values()):
-            raise ValueError("the optimizer holds none of this connectome's weights: build it from model.parameters()")
+            raise ValueError(_holds_none(self.params))
         return opt
 
     def detach(self) -> None:
@@ -364,3 +364,19 @@ class ConnectomeOptimizersMixin:
                 message = unresettable_state_warning(opt, n, self.params[n]) if n in grown else None
                 if message:
                     warn_user(message)
+
+
+def _holds_none(params: Dict[str, torch.Tensor]) -> str:
+    """Why an optimizer holding none of ``params`` (a connectome's weights) cannot be attached, and the fix.
+    Where they are all frozen (``requires_grad=False``: an optimizer built from the trainable parameters
+    rightly leaves them out), ``model.parameters()`` is no fix: the optimizer would still step none of them."""
+    names = list(params)
+    shown = f"{names[:3]}{' ...' if len(names) > 3 else ''}"
+    if names and not any(p.requires_grad for p in params.values()):
+        return (f"the optimizer holds none of this connectome's weights: they are all frozen (requires_grad=False: "
+                f"{shown}), so no optimizer steps them. Unfreeze the layers to train and prune (weight.requires_grad_"
+                "(True)) and build the optimizer from model.parameters(), or build the connectome on the layers the "
+                "optimizer trains (exclude= the frozen ones); to prune frozen layers as they are, drive a Controller "
+                "without an optimizer (adaptive.Controller(conn, policy='magnitude', density=...))")
+    return (f"the optimizer holds none of this connectome's weights ({shown}): build it from model.parameters() of the "
+            "model the Connectome was built on (not a copy of it)")

@@ -124,7 +124,8 @@ bias (no bias where the layer has none) is that layer's call, and is compacted a
 forward hooks, which its call would run, or sits inside a module fx calls whole: an attention's ``out_proj``). A layer whose
 parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a bias, ``self.fc.weight.t()``)
 keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
-weight) keeps the channels it reads and writes: a warning names each.
+weight) keeps the channels it reads and writes, as does a convolution or matrix product on a parameter of the
+model's own (``F.conv2d(h, self.w)``, ``h @ self.w``): a warning names each.
 
 Attention. An ``nn.MultiheadAttention`` keeps its input and output channels; inside it, the query/key pairs and
 value channels that are dead in a way that is exact to drop (a pinned key, a pinned query with no bias, a pinned or
@@ -238,6 +239,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             raise ValueError(f"batch_axis={batch_axis} needs an example_input laid out so: graphs guesses inputs "
                              "itself (batch first, or as a recurrent first layer's batch_first says)")
         example_input = runnable_example_input(model)
+    if conn is not None and hasattr(conn, "_check_params"):
+        conn._check_params()  # its weights are still the model's (not replaced, nor computed by a parametrization)
     src = copy_model(model, "graphs.compact").eval()
     if conn is not None:
         with torch.no_grad():

@@ -1,11 +1,13 @@
 """Functional layers in :func:`graphs.compact`: ``F.linear(x, self.fc.weight, self.fc.bias)`` on an
 ``nn.Linear``'s own parameters taken for the layer's call (torch_geometric's ``Linear``, whose forward is that call,
 becomes an ``nn.Linear`` holding its parameters), and a warning for each layer whose parameters are read otherwise
-(it keeps its size)."""
+(it keeps its size), and for each convolution or matrix product on a bare parameter of the model (its channels stay)."""
 from __future__ import annotations
 
+import operator
 from typing import Dict, List, Optional
 
+import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
@@ -58,6 +60,7 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
         for a in reads:
             if not a.users:
                 gm.graph.erase_node(a)
+    _warn_bare_weights(gm, src)
     read: Dict[str, List[str]] = {}
     for n in gm.graph.nodes:
         owner = str(n.target).rpartition(".")[0] if n.op == "get_attr" else None
@@ -74,6 +77,37 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
                   f"the module itself (self.{owner}(x)) to have it compacted")
     gm.graph.lint()
     gm.recompile()
+
+
+# weighted ops on a parameter of the model's own: convolutions and the matrix products (F.linear is warned above)
+_CONVS = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+_PRODUCTS = (torch.matmul, torch.mm, torch.bmm, torch.einsum, operator.matmul)
+_PRODUCT_METHODS = ("matmul", "mm", "bmm", "__matmul__")
+
+
+def _warn_bare_weights(gm: fx.GraphModule, src: nn.Module) -> None:
+    """Warn about each convolution or matrix product that reads a parameter no layer compaction shrinks owns
+    (``F.conv2d(x, self.w)``, ``x @ self.w``): the channels it reads and writes keep their size, dead units
+    feeding it included, as for ``F.linear`` on such a weight (one owned by an ``nn.Linear``/``nn.Conv`` read so
+    is warned of as that layer's direct read)."""
+    for n in gm.graph.nodes:
+        if not ((n.op == "call_function" and (n.target in _CONVS or n.target in _PRODUCTS))
+                or (n.op == "call_method" and n.target in _PRODUCT_METHODS)):
+            continue
+        bare = []
+        for a in n.all_input_nodes:
+            if a.op != "get_attr":
+                continue
+            owner = str(a.target).rpartition(".")[0]
+            if not isinstance(_submodule(src, owner), _LAYERS + linear_types()):
+                bare.append(str(a.target))
+        if bare:
+            conv = n.target in _CONVS
+            warn_user(f"graphs.compact: node {ops.describe(n)} reads {', '.join(map(repr, bare))}, a parameter of the "
+                      f"model's own that no {'convolution' if conv else 'nn.Linear'} module holds: the channels it reads "
+                      "and writes keep their size (dead units feeding it included); hold the weight in "
+                      f"{'an nn.Conv1d/2d/3d (or ConvTranspose)' if conv else 'an nn.Linear'} and call it to have them "
+                      "compacted")
 
 
 def _as_nn_linear(module: nn.Module) -> nn.Linear:

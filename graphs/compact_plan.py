@@ -7,6 +7,8 @@ from typing import Dict, Optional
 import torch
 from torch import fx, nn
 
+from adaptive.warn import warn_user
+
 from . import ops, shape_reads
 from .compact_items import _Items, _tensor_args
 from .compact_layers import _BN, _LAYERS, _depthwise, _inputs_read, _live_weights, _module_input
@@ -32,7 +34,8 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     for mn, m in gm.named_modules(remove_duplicate=False):
         for p in m.parameters(recurse=False):
             owners.setdefault(id(p), set()).add(mn)
-    tied = {mn for names in owners.values() if len(names) > 1 for mn in names}  # weight tying
+    shared = [names for names in owners.values() if len(names) > 1]
+    tied = {mn for names in shared for mn in names}  # weight tying
     # a parameter also read directly (F.linear(x, self.fc.weight)) would be read at its old size
     tied |= {n.target.rpartition(".")[0] for n in gm.graph.nodes if n.op == "get_attr"}
     # a module called whole and a part of it called too (a FoldedConv and its convolution, an attention and its
@@ -127,6 +130,13 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods[n.target], _LAYERS) and n in items.offset:
             per_layer[n.target] = int(removed[items.ids(n)].sum())
+            kept = int((~torch.isnan(consts[items.ids(n)]) & ~removed[items.ids(n)]).sum())
+            others = sorted({o for names in shared if n.target in names for o in names} - {n.target})
+            if kept and others:  # said, as a weight read directly (compact_functional) and a bare one are
+                warn_user(f"graphs.compact: layer {n.target!r} keeps {kept} constant (dead) unit(s): its weight is "
+                          f"tied to {', '.join(map(repr, others))}, and one tensor cannot be cut two ways, so the "
+                          "layers that share it keep their size; untie them (a weight of each one's own) to have "
+                          "them compacted")
     return {"items": items, "removed": removed, "consts": consts, "weighted_inputs": weighted_inputs,
             "removed_per_layer": per_layer}
 

@@ -320,6 +320,10 @@ def build(
     model = model if model is not None else getattr(conn, "model", None)
     if model is None:
         raise ValueError("build needs a Connectome (conn=...) or a model (model=...)")
+    if conn is not None and hasattr(conn, "_check_params"):
+        # its masks are of the weights it was built on: one a parametrization registered since computes (unmasked),
+        # or a parameter replaced since, would be drawn with masks that no longer act on the model
+        conn._check_params()
     model = _plain_module(model)  # a torch.compile or DDP wrapper: the module it runs (as Connectome takes it)
     tr = traced if traced is not None else trace(model, example_input, input_nodes, batch_axis)
     notes = []

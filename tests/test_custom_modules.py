@@ -200,6 +200,42 @@ def test_the_frozen_layer_error_says_what_growth_would_do_and_names_a_fix_that_w
 
 
 
+def test_an_optimizer_of_the_trainable_parameters_beside_a_connectome_of_frozen_layers_is_told_why():
+    """A connectome whose weights are all frozen (a fine-tuning setup: a frozen backbone, a head read with
+    F.linear on a Parameter of its own, which stays dense) and the usual optimizer over the trainable
+    parameters: the refusal said 'build it from model.parameters()', which does not help (the optimizer then
+    holds the frozen weights and never steps them). It names the frozen weights and the fixes that work."""
+    torch.manual_seed(0)
+
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+            self.head = nn.Parameter(torch.randn(3, 8))
+            self.backbone.requires_grad_(False)
+
+        def forward(self, x):
+            return F.linear(self.backbone(x), self.head)
+
+    model = Frozen()
+    with pytest.warns(UserWarning, match="stay dense: head"):
+        conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    with pytest.raises(ValueError, match=r"none of this connectome's weights: they are all frozen \(requires_grad="
+                                         r"False: \['backbone.0.weight'\]\).*requires_grad_\(True\).*exclude=.*"
+                                         r"Controller\(conn, policy='magnitude'"):
+        adaptive.Controller(conn, opt, policy="magnitude", density=0.5)
+    with pytest.raises(ValueError, match=r"none of this connectome's weights: they are all frozen"):
+        conn.attach(opt)
+    assert conn.num_live() == conn.num_synapses()  # refused before any edit
+    adaptive.Controller(conn, policy="magnitude", density=0.5)  # the fix named for pruning them as they are
+    assert conn.num_live() == 32 and int((model.backbone[0].weight == 0).sum()) == 32
+    other = torch.optim.SGD(nn.Linear(8, 8).parameters(), lr=0.1)  # not frozen: another model's optimizer
+    with pytest.raises(ValueError, match=r"none of this connectome's weights \(\['0.weight'\]\): build it "
+                                         r"from model.parameters\(\) of the model the Connectome was built on"):
+        adaptive.Connectome(nn.Sequential(nn.Linear(8, 8))).attach(other)
+
+
 def test_a_frozen_layer_is_not_scored_by_a_gradient_it_never_gets():
     """A frozen weight (requires_grad=False) gets no gradient, so an estimator built from gradients
     scored its synapses at 0 and the global budget pruned that layer first, silently (at density 0.5,
@@ -331,3 +367,138 @@ def test_a_tied_weight_protected_by_its_second_name_is_never_edited_by_any_polic
                 model(torch.randn(4, 12)).pow(2).mean().backward(); opt.step(); opt.zero_grad()
             assert bool(conn.masks["a.weight"].all()), (mode, policy)
             assert conn.masks["fc.weight"].float().mean() < 0.5, (mode, policy)  # the rest was edited
+
+
+@pytest.mark.parametrize("change", ["parametrization", "assign"])
+def test_graphs_and_diagnostics_refuse_a_connectome_whose_weights_the_model_no_longer_uses(change):
+    """A parametrization registered after the Connectome was built (the layer's weight now computed from it,
+    unmasked), or load_state_dict(assign=True) (new Parameters): the connectome's own readers refused it, but
+    graphs.build drew the layer with its stale masks, as pruned as before, while the model computed it dense;
+    graphs.compact failed with a bare KeyError '0.weight'; collinearity measured it, and knowledge_distribution
+    said the pruned weights were left out by include/exclude. Each now gives the connectome's refusal and fix."""
+    from adaptive.diagnostics import collinearity, gradient_by_depth, knowledge_distribution
+
+    class Sym(nn.Module):
+        def forward(self, w):
+            return w.triu() + w.triu(1).t()
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"0.weight": torch.rand(8, 8) < 0.5})
+    if change == "parametrization":
+        torch.nn.utils.parametrize.register_parametrization(model[0], "weight", Sym())
+        fix = r"\['0.weight'\] are no longer the ones this Connectome masks.*parametrization.*remove_parametrizations"
+    else:
+        model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        fix = r"\['0.weight', '2.weight'\] are no longer the ones this Connectome masks.*assign=True.*new Connectome"
+    x = torch.randn(4, 8)
+    data = [(torch.randn(8, 8), torch.randint(0, 3, (8,))) for _ in range(2)]
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for call in (lambda: graphs.build(conn, example_input=x), lambda: graphs.compact(model, conn, x),
+                 lambda: collinearity(model, data, conn=conn),
+                 lambda: gradient_by_depth(model, data, layer="2", batches=1, conn=conn, depths=torch.zeros(8)),
+                 lambda: knowledge_distribution(model, data, order_loader=data, points=3, conn=conn)):
+        with pytest.raises(RuntimeError, match=fix):
+            call()
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+    if change == "parametrization":
+        torch.nn.utils.parametrize.remove_parametrizations(model[0], "weight")  # the fix: the same Parameter back
+        assert graphs.build(conn, example_input=x).live_synapses() == conn.num_live()
+
+
+class _BareWeights(nn.Module):
+    """A convolution and a matrix product on Parameters of the model's own (no nn.Conv2d or nn.Linear)."""
+
+    def __init__(self, conv: bool):
+        super().__init__()
+        self.conv = conv
+        self.first = nn.Conv2d(3, 8, 3, padding=1) if conv else nn.Linear(6, 8)
+        self.w = nn.Parameter(torch.randn(8, 8, 1, 1) if conv else torch.randn(8, 5))
+        self.head = nn.Linear(8 if conv else 5, 3)
+
+    def forward(self, x):
+        h = F.relu(self.first(x))
+        if self.conv:
+            return self.head(F.relu(F.conv2d(h, self.w)).mean((2, 3)))
+        return self.head(F.relu(h @ self.w))
+
+
+@pytest.mark.parametrize("conv", [True, False])
+def test_compact_says_why_dead_units_read_by_a_bare_weight_stay(conv):
+    """Dead units feeding F.conv2d(h, self.w) or h @ self.w on a Parameter of the model's own stay (no layer
+    to shrink): graphs.compact kept them with no word (params_before == params_after beside summary()'s dead
+    units), where F.linear on such a weight is warned of. It names the node and the weight, and the fix."""
+    torch.manual_seed(0)
+    model = _BareWeights(conv)
+    with pytest.warns(UserWarning, match="stay dense: w"):
+        conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"first.weight": torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)})
+    x = torch.randn(2, 3, 6, 6) if conv else torch.randn(4, 6)
+    with pytest.warns(UserWarning, match="cannot follow the data flow"):
+        assert graphs.summary(graphs.build(conn, example_input=x))["dead"]["dead"] == 2
+    said = (r"node 'conv2d' .* reads 'w', a parameter of the model's own that no convolution module holds: the channels "
+            r"it reads and writes keep their size \(dead units .* an nn.Conv1d/2d/3d" if conv else
+            r"node 'matmul' .* reads 'w', a parameter of the model's own that no nn.Linear module holds: the channels it "
+            r"reads and writes keep their size \(dead units .* an nn.Linear")
+    with pytest.warns(UserWarning, match="graphs.compact: " + said):
+        small = graphs.compact(model.eval(), conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    with warnings.catch_warnings():  # held in a layer of its own, the same weight is no bare parameter: no warning
+        warnings.simplefilter("error")
+        graphs.compact(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).eval(), None, torch.randn(4, 6))
+
+
+def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
+    """A convolutional autoencoder whose decoder is tied to its encoder (dec.weight = enc.weight: a Conv2d and a
+    ConvTranspose2d store the same (8, 3, k, k) tensor): pruned encoder channels are dead units, which compact
+    kept with no word (one tensor cannot be cut two ways). It names the layer, the count and the tie."""
+    class ConvAE(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Conv2d(3, 8, 3, padding=1)
+            self.dec = nn.ConvTranspose2d(8, 3, 3, padding=1)
+            self.dec.weight = self.enc.weight
+
+        def forward(self, x):
+            return self.dec(torch.relu(self.enc(x)))
+
+    torch.manual_seed(0)
+    model = ConvAE().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"enc.weight": torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)})
+    x = torch.randn(2, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"graphs.compact: layer 'enc' keeps 2 constant \(dead\) unit\(s\): its weight "
+                                         r"is tied to 'dec'.*untie them"):
+        small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+
+
+def test_compact_keeps_channels_scaled_by_a_tensor_of_the_models_own_as_the_graphs_page_says():
+    """docs/graphs.md: channels scaled or shifted by a tensor of the model's own along them (`h * self.gamma +
+    self.shift`, held in a ParameterList and a ParameterDict here) stay as they are, dead ones included; the copy
+    still computes what the masked model computes."""
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.ModuleDict({"a": nn.Linear(6, 8)})
+            self.gamma = nn.ParameterList([nn.Parameter(torch.rand(8) + 0.5)])
+            self.shift = nn.ParameterDict({"b": nn.Parameter(torch.randn(8))})
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.fc["a"](x)) * self.gamma[0] + self.shift["b"])
+
+    torch.manual_seed(0)
+    model = Scaled().eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"fc.a.weight": torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)})
+    x = torch.randn(4, 6)
+    assert graphs.summary(graphs.build(conn, example_input=x))["dead"]["dead"] == 2
+    small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    assert small.compaction["removed"] == {"fc.a": 0, "head": 0}
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))

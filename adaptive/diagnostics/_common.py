@@ -277,12 +277,16 @@ def model_connectome(model: nn.Module, conn, what: str, why: str) -> Optional[Co
     None (a dense model). ``what`` names the diagnostic in the errors, ``why`` says what it does with
     the masks."""
     if conn is None:
-        return attached_connectome(model)
+        conn = attached_connectome(model)
+        if conn is not None:
+            conn._check_params()  # masks of weights the model no longer holds (replaced, or parametrized since)
+        return conn
     if not isinstance(conn, Connectome):
         raise TypeError(f"conn must be the model's adaptive.Connectome (its masks say {why}), got {type(conn).__name__}")
     if conn.model is not _plain_module(model):
         raise ValueError(f"conn masks another model than the one given: pass the Connectome built on this model "
                          f"({what}(conn.model, ..., conn=conn))")
+    conn._check_params()  # masks of weights the model no longer holds (replaced, or parametrized since): refused, naming the fix
     return conn
 
 
