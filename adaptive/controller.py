@@ -775,12 +775,12 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                     s = est.ensemble_scores(ctx, gran)
                     _check_shape(est, side, n, s, gran.ensemble_shape(ctx.weight.shape), "ensemble_scores")
                     _check_scores(est, side, n, s, "ensemble_scores", ctx)
-                    out[n] = _owned(s, ctx, est)
+                    out[n] = _owned(s, ctx, est, self.conn.masks)
                     continue
                 s = est.removal_cost(ctx) if side == "cost" else est.restoration_gain(ctx)
                 _check_shape(est, side, n, s, ctx.weight.shape)
                 _check_scores(est, side, n, s, ctx=ctx)
-                s = _owned(s, ctx, est)
+                s = _owned(s, ctx, est, self.conn.masks)
                 if side == "cost" and zero_cost_order == "magnitude":  # no gradient seen: smaller weights first
                     s = order_zero_costs(s, ctx.weight)
                 out[n] = gran.pool(s, "sum")

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .ensembles import Granularity, get_granularity
+from .name_patterns import literal
 
 Rule = Tuple[Optional[str], Granularity]  # (pattern, granularity); pattern None: every layer
 
@@ -62,6 +63,40 @@ def _matches(pattern: str, names: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(n, pattern) for n in names if n)
 
 
+class _FirstMatch:
+    """The index of the first of ``rules`` that matches a layer, without testing every rule against every
+    layer: a rule spelling one name (:func:`~adaptive.name_patterns.literal`, as a mapping of every layer's
+    exact name is) is looked up in a dict, and only the wildcard rules ahead of the earliest such hit (or of
+    the default) are matched by ``fnmatchcase``. The same index as trying the rules in order (which was
+    quadratic in the layers for rules that name each layer: about 4 s for 2,000 layers)."""
+
+    def __init__(self, rules: Sequence[Rule]):
+        self.none = len(rules)
+        self.default = next((i for i, (pat, _) in enumerate(rules) if pat is None), self.none)
+        self.exact: Dict[str, int] = {}
+        self.wild: List[Tuple[int, str]] = []
+        for i, (pat, _) in enumerate(rules):
+            if pat is None:
+                continue
+            name = literal(pat)
+            if name is None:
+                self.wild.append((i, pat))
+            else:
+                self.exact.setdefault(name, i)
+
+    def __call__(self, known: Sequence[str]) -> int:
+        """The first rule matching any of ``known`` (a layer's names; empty ones match nothing), or
+        ``len(rules)`` where none does."""
+        best = min((self.exact.get(k, self.none) for k in known if k), default=self.none)
+        best = min(best, self.default)
+        for i, pat in self.wild:
+            if i >= best:
+                break
+            if _matches(pat, known):
+                return i
+        return best
+
+
 def resolve(ensemble, names: Sequence[str], aliases: Optional[Mapping[str, Sequence[str]]] = None,
             rename: Optional[Callable[[str], str]] = None) -> Tuple[Dict[str, Granularity], str]:
     """Each of ``names`` with its granularity, and the canonical spec string of the rules (the
@@ -73,13 +108,12 @@ def resolve(ensemble, names: Sequence[str], aliases: Optional[Mapping[str, Seque
         rules = [(pat if pat is None else rename(pat), g) for pat, g in rules]
     out: Dict[str, Granularity] = {}
     used = [False] * len(rules)
+    first = _FirstMatch(rules)
     for n in names:
-        known = (aliases or {}).get(n) or (n, n.rpartition(".")[0])
-        for i, (pat, g) in enumerate(rules):
-            if pat is None or _matches(pat, known):
-                out[n] = g
-                used[i] = True
-                break
+        i = first((aliases or {}).get(n) or (n, n.rpartition(".")[0]))
+        if i < len(rules):
+            out[n] = rules[i][1]
+            used[i] = True
     missing = [n for n in names if n not in out]
     if missing:
         raise ValueError(f"the ensemble rules give no granularity for {len(missing)} layer(s) ({', '.join(missing[:3])}"

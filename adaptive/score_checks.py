@@ -13,7 +13,7 @@ The controller calls them from :meth:`Controller.scores <adaptive.controller.Con
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Container, Optional
 
 import torch
 
@@ -52,15 +52,16 @@ def _check_shape(est, side: str, name: str, s, want, method: Optional[str] = Non
                      f"{per}; the controller refuses it and leaves the connectome as it was")
 
 
-def _owned(s: torch.Tensor, ctx, est=None) -> torch.Tensor:
+def _owned(s: torch.Tensor, ctx, est=None, layers: Container[str] = ()) -> torch.Tensor:
     """``s`` (checked scores) as float32 the controller may hand to a policy: detached (an estimator
     that computed them under ``torch.enable_grad``, or returned a parameter of its own), and a copy
     where they share memory with the layer's weight, mask or original values (``return ctx.weight``:
     a policy writing into its scores would write into the connectome) or with the estimator ``est``'s
     own state for the layer (:func:`_state_of`: ``Evidence`` hands back the values it keeps, which a
-    policy writing into its scores would rewrite). Scores of memory of their own are not copied."""
+    policy writing into its scores would rewrite). Scores of memory of their own are not copied. ``layers``:
+    the connectome's layer names (:func:`_state_of` passes over the other layers' entries by them)."""
     s = s.detach().float()
-    held = {_storage(t) for t in (ctx.weight, ctx.mask, ctx.restore, *_state_of(est, ctx.name))
+    held = {_storage(t) for t in (ctx.weight, ctx.mask, ctx.restore, *_state_of(est, ctx.name, layers))
             if isinstance(t, torch.Tensor) and t.device == s.device}
     held.discard(None)
     return s.clone() if _storage(s) in held else s
@@ -77,35 +78,39 @@ def _storage(t: torch.Tensor):
         return None
 
 
-def _state_of(est, name: str) -> list:
+def _state_of(est, name: str, layers: Container[str] = ()) -> list:
     """The tensors ``est`` keeps that scores of layer ``name`` may share memory with: its tensor attributes
     and, in each of its dict attributes, the entry for ``name`` wherever it sits among nested dicts
     (layer-first, ``self.stats[name]``, as ``Evidence``'s and ``Presence``'s, or stat-first,
     ``self.stats["mean"][name]``, of any order, down to :data:`_DEPTH` levels), with that entry's tensors
     where it is a dict, tuple or list of them (``{"mean": m, "var": v}`` per layer). Only keys are looked
     up: a dict holding ``name`` is not searched further, and no tensor of another layer is collected (a
-    list attribute is not read: a history of many tensors, say); nothing is copied."""
+    list attribute is not read: a history of many tensors, say); nothing is copied. A dict keyed by layers
+    (its first key one of ``layers``) that holds no entry for ``name`` is not looked through either: its
+    entries are the other layers' (a layer no gradient reached yet has no entry in ``Presence``'s moments,
+    and looking through every other layer's made each call linear in the layers, each update quadratic)."""
     out = []
     for v in getattr(est, "__dict__", {}).values():
         if isinstance(v, torch.Tensor):
             out.append(v)
         elif isinstance(v, dict):
-            _entries_for(v, name, out, _DEPTH)
+            _entries_for(v, name, out, _DEPTH, layers)
     return out
 
 
 _DEPTH = 4  # the nesting _state_of looks through (self.ema["fast"]["mean"][name] is 3): bounds a cycle's walk
 
 
-def _entries_for(d: dict, name: str, out: list, depth: int) -> None:
+def _entries_for(d: dict, name: str, out: list, depth: int, layers: Container[str] = ()) -> None:
     """Append to ``out`` the tensors of ``d``'s entry for ``name`` (:func:`_tensors_in`), or, where ``d`` holds
-    no such key, those of the dicts among its values, ``depth`` levels down at most."""
+    no such key and is not keyed by ``layers`` (its first key is not a layer's), those of the dicts among its
+    values, ``depth`` levels down at most."""
     if name in d:
         _tensors_in(d[name], out, depth)
-    elif depth > 0:
+    elif depth > 0 and not (d and next(iter(d)) in layers):
         for v in d.values():
             if isinstance(v, dict):
-                _entries_for(v, name, out, depth - 1)
+                _entries_for(v, name, out, depth - 1, layers)
 
 
 def _tensors_in(v, out: list, depth: int) -> None:

@@ -225,7 +225,8 @@ def densecats(args, num_classes, in_shape, kinds, norms) -> dict:
     is built, are nets larger than the memory available (:func:`memory_problem`)."""
     from adaptive.models import build_model
 
-    problem = memory_problem(args, kinds, norms, in_shape, num_classes)  # (torch's "can't allocate memory" otherwise)
+    # (torch's "can't allocate memory" otherwise); the nets are built and trained on the CPU, so the host's memory
+    problem = memory_problem(args, kinds, norms, in_shape, num_classes, device="cpu")
     if problem:
         _refuse(problem)
     nets = {}

@@ -145,3 +145,44 @@ def test_the_plan_counts_the_backward_to_the_layer_read():
                                                  "--batchnorm", "off", "--layer", layer])
         plan = dense_gradients_plan(args, ["cnn"], [False], (1, 28, 28))
         assert f"about {(3 * 300 + reads) * forward / 1e12:.3g} T multiply-adds" in plan, plan
+
+
+def _dense_args(width: int):
+    recipe = load_script("recipes/diagnostics.py", "diagnostics_recipe_memory")
+    return recipe.build_parser().parse_args(["dense-gradients", "--width", str(width)])
+
+
+def test_memory_for_nets_on_a_gpu_is_the_gpus_free_memory_not_the_hosts(monkeypatch):
+    """The refusal compares what the nets need with the memory of the device they are built on: a CUDA
+    device's free memory (torch.cuda.mem_get_info, which no host figure says anything of), the host's for the CPU.
+    (No GPU here: mem_get_info and the host's figure are stood in for.)"""
+    from recipes._diagnostics import dense_plan
+
+    args, kinds, norms, shape = _dense_args(100_000), ["mlp"], [False], (1, 28, 28)
+    need = dense_plan.dense_gradients_bytes(args, kinds, norms, shape, 10)
+    asked = []
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: asked.append(torch.device(d)) or (need * 10, need * 20))
+    host = need // 10  # the host has too little, the GPU plenty
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (_ for _ in ()).throw(OSError()) if f == "/proc/meminfo"
+                        else real_open(f, *a, **k))
+    monkeypatch.setattr(os, "sysconf", lambda k: host if k == "SC_PHYS_PAGES" else 1)
+    assert dense_plan.available_memory("cpu") == host
+    assert dense_plan.available_memory("cuda:1") == need * 10 and asked == [torch.device("cuda:1")]
+    assert dense_plan.memory_problem(args, kinds, norms, shape, 10, device="cuda:1") is None
+    on_cpu = dense_plan.memory_problem(args, kinds, norms, shape, 10, device="cpu")
+    assert "this machine has available: lower --width" in on_cpu
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (need // 2, need * 20))
+    on_gpu = dense_plan.memory_problem(args, kinds, norms, shape, 10, device=torch.device("cuda", 0))
+    assert f"more than the {dense_plan._bytes(need // 2)} free on cuda:0: lower --width" in on_gpu
+
+
+def test_a_gpu_whose_memory_cannot_be_read_refuses_nothing(monkeypatch):
+    from recipes._diagnostics import dense_plan
+
+    def no_cuda(device=None):
+        raise RuntimeError("Found no NVIDIA driver on your system")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda)
+    assert dense_plan.available_memory("cuda") is None
+    assert dense_plan.memory_problem(_dense_args(100_000_000), ["mlp"], [False], (1, 28, 28), 10, device="cuda") is None

@@ -265,3 +265,47 @@ def test_block_rules_on_attention_make_one_ensemble_per_head_projection():
     conn.set_ensemble_masks({"attn.in_proj_weight": off})
     dead = (~conn.masks["attn.in_proj_weight"]).all(1).nonzero().squeeze(1)
     assert dead.tolist() == list(range(64, 80))
+
+
+def _first_rule_in_order(rules, known):
+    """The rule ``resolve`` gives a layer, found as the rules read: each tried in turn, first match wins."""
+    import fnmatch
+    return next((i for i, (pat, _) in enumerate(rules)
+                 if pat is None or any(fnmatch.fnmatchcase(k, pat) for k in known if k)), len(rules))
+
+
+def test_the_first_matching_rule_is_the_one_read_in_order_whatever_mix_of_exact_and_wildcard_patterns():
+    from adaptive.ensemble_rules import _FirstMatch
+    g = torch.Generator().manual_seed(0)
+    names = ["weight", "fc.weight", "a*b.weight", "a?b.weight", "x[1].weight", "blocks.1.fc.weight",
+             "blocks.12.fc.weight", "blocks.2.attn.weight", "[.weight"]
+    pool = [None, "fc", "fc.weight", "a[*]b", "a[?]b.weight", "a*b", "x[[]1]", "x[1]", "blocks.1?.fc", "*.fc",
+            "blocks.[12]*", "*attn*", "weight", "[[].weight", "nothing", "blocks.2.attn", "*"]
+    for _ in range(300):
+        k = int(torch.randint(1, 7, (1,), generator=g))
+        picks = torch.randint(len(pool), (k,), generator=g).tolist()
+        rules = [(pool[i] if pool[i] != "*" else None, None) for i in picks]
+        first = _FirstMatch(rules)
+        for n in names:
+            known = (n, n.rpartition(".")[0])
+            assert first(known) == _first_rule_in_order(rules, known), (rules, n)
+
+
+def test_rules_naming_each_layer_are_looked_up_not_matched_against_every_layer(monkeypatch):
+    import fnmatch
+
+    from adaptive import ensemble_rules
+    from adaptive.name_patterns import escape
+    calls = []
+    real = fnmatch.fnmatchcase
+    monkeypatch.setattr(ensemble_rules.fnmatch, "fnmatchcase", lambda n, p: calls.append(p) or real(n, p))
+    names = [f"blocks.{i}.fc.weight" for i in range(300)]
+    rules = {escape(n): ("neuron" if i % 2 else "synapse") for i, n in enumerate(names)}
+    rules["*.fc"] = "kernel"  # a wildcard after every exact rule: never reached
+    with pytest.raises(ValueError, match=r"\['\*\.fc'\] match no prunable layer"):
+        resolve(rules, names)
+    del rules["*.fc"]
+    per_layer, spec = resolve(rules, names)
+    assert [per_layer[n].spec for n in names] == ["neuron" if i % 2 else "synapse" for i in range(300)]
+    assert spec.split(";")[:2] == ["blocks.0.fc.weight=synapse", "blocks.1.fc.weight=neuron"]
+    assert calls == []  # was 45,150 fnmatchcase calls: every rule before a layer's own, for each layer

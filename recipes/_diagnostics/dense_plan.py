@@ -95,11 +95,21 @@ def dense_gradients_bytes(args, kinds, norms, in_shape, num_classes: int) -> int
                            for kind in kinds))
 
 
-def available_memory() -> "int | None":
-    """Bytes of memory available to start new work: /proc/meminfo's MemAvailable (Linux), else the
-    machine's physical memory (``os.sysconf``); None where neither can be read."""
+def available_memory(device="cpu") -> "int | None":
+    """Bytes of memory available to start new work on ``device`` (where the nets' tensors will live): for a
+    CUDA device its free memory (``torch.cuda.mem_get_info``: the host's says nothing of a GPU's); else the
+    host's, /proc/meminfo's MemAvailable (Linux), else the machine's physical memory (``os.sysconf``); None
+    where none can be read."""
     import os
 
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError, ValueError):  # (no CUDA, or no such device)
+            return None
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -113,22 +123,27 @@ def available_memory() -> "int | None":
         return None
 
 
-def memory_problem(args, kinds, norms, in_shape, num_classes: int, available=None) -> "str | None":
+def memory_problem(args, kinds, norms, in_shape, num_classes: int, available=None, device="cpu") -> "str | None":
     """Why dense-gradients cannot run here, where the least memory it needs
-    (:func:`dense_gradients_bytes`) is more than the memory available (``available`` bytes, default
-    :func:`available_memory`); None where it fits, or the memory is not known. A --width 100000000
+    (:func:`dense_gradients_bytes`) is more than the memory available on ``device``, the one its nets are
+    built on (``available`` bytes, default :func:`available_memory` of that device: a GPU's free memory,
+    the host's for the CPU); None where it fits, or the memory is not known. A --width 100000000
     ended in torch's "can't allocate memory" traceback while building its nets."""
-    available = available_memory() if available is None else available
+    import torch
+
+    device = torch.device(device)
+    available = available_memory(device) if available is None else available
     need = dense_gradients_bytes(args, kinds, norms, in_shape, num_classes)
     if available is None or need <= available:
         return None
     nets = len(kinds) * len(norms)
     fewer = [o for o, more in (("--kind mlp or cnn", len(kinds) > 1), ("--batchnorm off or on", len(norms) > 1)) if more]
+    where = f"{_bytes(available)} free on {device}" if device.type == "cuda" else f"{_bytes(available)} this machine has available"
     return (f"dense-gradients needs at least about {_bytes(need)} of memory (its {nets} DenseCat "
             f"net{'s' * (nets > 1)} of depth {args.depth} x width {args.width}, one net's gradients and momentum, and "
-            f"one batch of {args.batch_size}'s activations), more than the {_bytes(available)} this machine has "
-            f"available: lower --width, --depth or --batch_size" + (f" (or build fewer nets: {', '.join(fewer)})"
-                                                                    if fewer else ""))
+            f"one batch of {args.batch_size}'s activations), more than the {where}: "
+            f"lower --width, --depth or --batch_size" + (f" (or build fewer nets: {', '.join(fewer)})"
+                                                          if fewer else ""))
 
 
 def _bytes(n: float) -> str:
