@@ -403,3 +403,37 @@ def test_a_failed_download_keeps_a_folder_it_made_that_holds_a_file(tmp_path):
             raise RuntimeError("boom")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "data", "data/mnist", "data/mnist/MNIST", "data/mnist/MNIST/raw", "data/mnist/MNIST/raw/part.gz"]
+
+
+def _image_tree(tmp_path, name):
+    """A tiny copy for the image-folder loader ``name``: (its split folder root, its splits, its dataset_kw)."""
+    if name == "cifar10":
+        return _cifar_copy(tmp_path) / "cifar10-jpeg", ("train", "test"), {}
+    root = tmp_path / "imagenet" if name == "imagenet" else tmp_path
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            _images(root / split / c)
+    return root, ("train", "val"), {"image_size": 8, "resize": 8}
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+@pytest.mark.parametrize("where", [".thumbnails/x", "sub/.cache/x", "._x"])
+def test_a_hidden_image_inside_a_class_folder_is_refused_by_every_image_folder_loader(tmp_path, monkeypatch, name, where):
+    """A hidden folder directly in a split was refused, but one inside a class folder (train/cat/.thumbnails/)
+    was walked into as torchvision's ImageFolder walks: its files read as images of that class (thumbnails
+    trained on, unsaid), and a macOS '._x.png' file (no image) failed only when decoded, mid-epoch for
+    imagenet. Every image-folder loader now refuses such images before any work, naming them."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    cls = sorted(p.name for p in (root / splits[0]).iterdir())[1]
+    stray = root / splits[0] / cls / f"{where}.png"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(stray)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[0]))}: 1 image file\(s\) lie in hidden folders "
+                                         rf"inside class folders, or are hidden files \({re.escape(cls + '/' + where)}"
+                                         r"\.png\).*move them out of the class folders"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    (root / splits[0] / cls / ".ipynb_checkpoints").mkdir()  # a hidden folder without an image changes nothing
+    (root / splits[0] / cls / ".ipynb_checkpoints" / "a.ipynb").write_text("{}")
+    stray.unlink()
+    assert len(get_datasets(name, data_dir=tmp_path, holdout=0, **kw).train) == 2 * (10 if name == "cifar10" else 2)

@@ -34,6 +34,7 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
         samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
     except FileNotFoundError:  # torchvision's says neither the folder nor the fix
         raise FileNotFoundError(_empty_classes_problem(root, classes)) from None
+    refuse_hidden_images(root, samples)
     return classes, samples
 
 
@@ -71,6 +72,33 @@ def hidden_folders_problem(root) -> Optional[str]:
             f"{root}, or, for a class, rename its folder without the leading '.'")
 
 
+def hidden_images_problem(root, samples) -> Optional[str]:
+    """Why the ``(path, class)`` ``samples`` of the split folder ``root`` (as torchvision's ``make_dataset``
+    lists them) cannot be read as they are where an image lies in a hidden folder inside a class folder
+    (``train/cat/.thumbnails/x.jpg``, ``train/cat/.ipynb_checkpoints/x.png``) or is a hidden file itself
+    (macOS's ``train/cat/._x.jpg``), naming a few and the fix; None where none is. torchvision's ImageFolder
+    walks into hidden folders and reads every file with an image extension as an image of that class:
+    thumbnails and stray copies trained on (or tested on) unsaid, and a macOS ``._`` file, no image at all,
+    failing only when it is decoded (mid-epoch for an ImageNet folder). Hidden folders without an image
+    change nothing and are not named. A string test per path: no stat, cheap for ImageNet's 1.3M."""
+    prefix = len(os.path.join(os.path.expanduser(str(root)), ""))
+    marker = os.sep + "."
+    hidden = [path[prefix:] for path, _ in samples if marker in path[prefix:]]
+    if not hidden:
+        return None
+    return (f"{root}: {len(hidden)} image file(s) lie in hidden folders inside class folders, or are hidden files "
+            f"({', '.join(hidden[:3])}{' and more' if len(hidden) > 3 else ''}), which would be read as images "
+            "of their class (as torchvision's ImageFolder reads them): move them out of the class folders (or, for "
+            "images of the class, out of the hidden folder, or rename them without the leading '.')")
+
+
+def refuse_hidden_images(root, samples) -> None:
+    """Raise :func:`hidden_images_problem`'s ValueError where ``samples`` of ``root`` hold a hidden image."""
+    problem = hidden_images_problem(root, samples)
+    if problem:
+        raise ValueError(problem)
+
+
 def _classes(root: Path) -> List[str]:
     """The class folders of ``root``, sorted as ImageFolder sorts them; a hidden folder is refused
     (:func:`hidden_folders_problem`), never read as a class."""
@@ -98,8 +126,9 @@ def folder_facts(root: Path) -> Tuple[List[str], Tuple[int, int, int]]:
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     classes = _classes(root)
-    first = make_dataset(str(root), {classes[0]: 0}, extensions=IMG_EXTENSIONS)[0][0]
-    return classes, (3, *_height_width(first))
+    samples = make_dataset(str(root), {classes[0]: 0}, extensions=IMG_EXTENSIONS)
+    refuse_hidden_images(root, samples)  # (the builder names them; the facts are unknown meanwhile)
+    return classes, (3, *_height_width(samples[0][0]))
 
 
 def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] = None
