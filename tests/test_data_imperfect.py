@@ -437,3 +437,46 @@ def test_a_hidden_image_inside_a_class_folder_is_refused_by_every_image_folder_l
     (root / splits[0] / cls / ".ipynb_checkpoints" / "a.ipynb").write_text("{}")
     stray.unlink()
     assert len(get_datasets(name, data_dir=tmp_path, holdout=0, **kw).train) == 2 * (10 if name == "cifar10" else 2)
+
+
+def test_two_processes_downloading_into_one_folder_take_turns(tmp_path, monkeypatch):
+    """The processes of one launch each download a missing dataset into the same folder. They did so at
+    once: one whose download failed took away the empty folders made since it began, among them the one
+    the other had just made for its files (whose writes then failed), and both wrote the same files. They
+    take turns now (a lock in the cache folder): the second begins once the first is done, and its failure
+    takes away nothing the first made. (Threads stand in for the processes: the lock is on an open file, so
+    two opens of it exclude each other within one process too.)"""
+    import threading
+
+    import adaptive.paths as paths
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data" / "mnist"
+    began, made, failed, seen = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def failing():  # begins first; fails once the other made its folder (or after a second: it waits its turn)
+        try:
+            with paths.downloading("mnist", root):
+                began.set()
+                made.wait(1.0)
+                raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+        except paths.DatasetNotFoundError:
+            failed.set()
+
+    def succeeding():
+        began.wait(5.0)
+        with paths.downloading("mnist", root):
+            (root / "MNIST" / "raw").mkdir(parents=True)
+            made.set()
+            failed.wait(1.0)  # the other's failure, where it runs meanwhile
+            seen["raw there"] = (root / "MNIST" / "raw").is_dir()
+            if seen["raw there"]:
+                (root / "MNIST" / "raw" / "train.gz").write_bytes(b"x")
+
+    threads = [threading.Thread(target=failing), threading.Thread(target=succeeding)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert failed.is_set() and seen == {"raw there": True}
+    assert (root / "MNIST" / "raw" / "train.gz").read_bytes() == b"x"
