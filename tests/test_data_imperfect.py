@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adaptive.data import get_datasets
@@ -480,3 +481,56 @@ def test_two_processes_downloading_into_one_folder_take_turns(tmp_path, monkeypa
         t.join(10)
     assert failed.is_set() and seen == {"raw there": True}
     assert (root / "MNIST" / "raw" / "train.gz").read_bytes() == b"x"
+
+
+def _png16(path, values, colour_type):
+    """A 16-bit PNG of ``values`` (H, W[, C]) uint16, written by hand (Pillow writes no 16-bit RGB PNG):
+    colour type 0 grey, 4 grey and alpha, 2 RGB."""
+    import struct
+    import zlib
+
+    rows = values.reshape(values.shape[0], -1).astype(">u2")
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", values.shape[1], values.shape[0],
+                                                                         16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped_white(tmp_path, monkeypatch, name):
+    """Pillow opens a 16-bit greyscale PNG as mode I;16, and convert('RGB') (torchvision's ImageFolder
+    loader, CIFAR's cache alike) clipped its values at 255: every pixel above 255 of 65535 came out white,
+    the image nearly blank, nothing said (pytorch/vision#2218). It is scaled now, by its high byte, as
+    Pillow reads a 16-bit RGB or grey-and-alpha PNG: the three give the same 8-bit image."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    for f in (root / splits[0]).rglob("*.png"):
+        f.unlink()
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040 + 7).astype(np.uint16)  # 7 .. 65527
+    classes = sorted(p.name for p in (root / splits[0]).iterdir())
+    for c in classes:
+        _png16(root / splits[0] / c / "grey.png", ramp, 0)
+        _png16(root / splits[0] / c / "rgb.png", np.stack([ramp] * 3, -1), 2)
+    ds = get_datasets(name, data_dir=tmp_path, holdout=0, normalize="none", **kw) if name == "cifar10" else \
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    grey, rgb = ds.train[0][0], ds.train[1][0]
+    assert torch.equal(grey, rgb)
+    if name == "cifar10":  # (unnormalised: the bytes themselves)
+        assert torch.equal(grey, torch.from_numpy((ramp >> 8).astype(np.uint8)).float().div(255).expand(3, 8, 8))
+
+
+def test_a_32_bit_or_float_image_is_refused_naming_it_not_clipped(tmp_path):
+    """A 32-bit integer or floating-point image (a TIFF) has no one scale to 8 bits: convert('RGB') clipped it
+    (a float image in [0, 1] came out black, unsaid); it is refused, naming the file."""
+    root, splits, kw = _image_tree(tmp_path, "folder")
+    path = root / splits[0] / "dog" / "f.tif"
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(path)
+    train = get_datasets("folder", data_dir=tmp_path, holdout=0, **kw).train
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is a floating-point image \(Pillow mode F\), with no "
+                                         r"one scale to 8 bits.*save it as 8-bit"):
+        [train[i] for i in range(len(train))]

@@ -58,6 +58,36 @@ def unreadable_image(path, error: OSError) -> ValueError:
                       "image extension in a class folder is read; replace it with a readable copy, or delete it")
 
 
+# Pillow's modes of 16-bit grey pixels (a 16-bit greyscale PNG opens as "I;16"; a TIFF as "I;16B" say)
+_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def load_rgb(path):
+    """The image file ``path`` as an 8-bit RGB PIL image, as torchvision's ImageFolder loads it
+    (``convert("RGB")``: greyscale, palette, CMYK alike), except a 16-bit greyscale image, whose values
+    are scaled to 8 bits (the high byte, as Pillow reads a 16-bit RGB or grey-and-alpha PNG) where
+    ``convert`` clips them at 255 (every pixel above 255 of 65535 white: pytorch/vision#2218); a 32-bit
+    integer or floating-point image (a TIFF), with no one scale to 8 bits, is refused naming the file,
+    not clipped. A file that cannot be decoded is a ValueError naming it (:func:`unreadable_image`); an
+    operating-system error (no such file, no permission) is raised as it is."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in _GREY16 or (im.mode == "I" and im.format == "PNG"):  # (older Pillow: a PNG's 16 bits as I)
+                grey = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+                return Image.fromarray(grey).convert("RGB")
+            if im.mode in ("I", "F"):
+                raise ValueError(f"{path} is a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image (Pillow "
+                                 f"mode {im.mode}), with no one scale to 8 bits: every image is read as 8-bit RGB; "
+                                 "save it as 8-bit (or 16-bit PNG), or delete it")
+            return im.convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
+        if e.errno is not None:  # the file gone, no permission: the operating system's error says it
+            raise
+        raise unreadable_image(path, e) from e
+
+
 def hidden_folders_problem(root) -> Optional[str]:
     """Why ``root`` (a split's folder, ``train/`` say) cannot be read as classes where it holds a hidden
     folder (a name starting with '.': ``.ipynb_checkpoints``, ``.Trash-1000``), naming it and the fix;
@@ -134,8 +164,8 @@ def folder_facts(root: Path) -> Tuple[List[str], Tuple[int, int, int]]:
 def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """All images of ``root`` as ``(N, C, H, W)`` uint8 RGB, labels ``(N,)`` and class names.
-    ``progress``: a bar (True), none (False), or a bar only when stderr is a terminal (None)."""
-    from PIL import Image
+    ``progress``: a bar (True), none (False), or a bar only when stderr is a terminal (None). Each image is
+    read by :func:`load_rgb`."""
     from tqdm.auto import tqdm
 
     from ..cli import show_progress
@@ -145,13 +175,7 @@ def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] =
     images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)
     for i, (path, _) in enumerate(tqdm(samples, desc=desc, unit="img", mininterval=1.0,
                                            disable=not show_progress(progress))):
-        try:
-            with Image.open(path) as im:
-                arr = np.array(im.convert("RGB"))  # a writable copy
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
-            if e.errno is not None:  # the file gone, no permission: the operating system's error says it
-                raise
-            raise unreadable_image(path, e) from e
+        arr = np.array(load_rgb(path))  # a writable copy
         if arr.shape[:2] != (h, w):
             raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}: this cache needs same-sized images")
         images[i] = torch.from_numpy(arr).permute(2, 0, 1)

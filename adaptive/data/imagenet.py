@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
-from .folder_cache import hidden_folders_problem, refuse_hidden_images, unreadable_image
+from .folder_cache import hidden_folders_problem, load_rgb, refuse_hidden_images
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -71,12 +71,7 @@ class FolderView(Dataset):
     def __getitem__(self, i):
         src = int(self.indices[i])
         path, label = self.folder.samples[src]
-        try:
-            image = self.folder.loader(path)
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
-            if e.errno is not None:  # the file gone, no permission: the operating system's error says it
-                raise
-            raise unreadable_image(path, e) from e
+        image = load_rgb(path)  # (ImageFolder's loader, but a 16-bit grey image scaled, not clipped)
         if self.seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
