@@ -534,3 +534,43 @@ def test_a_32_bit_or_float_image_is_refused_naming_it_not_clipped(tmp_path):
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is a floating-point image \(Pillow mode F\), with no "
                                          r"one scale to 8 bits.*save it as 8-bit"):
         [train[i] for i in range(len(train))]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+@pytest.mark.parametrize("link", ["loop", "up", "other_class"])
+def test_a_folder_of_images_reached_twice_through_links_is_refused_by_every_image_folder_loader(tmp_path, monkeypatch,
+                                                                                               name, link):
+    """torchvision's ImageFolder follows folder links: a link in a class folder to itself ('loop -> .') or to
+    the split ('up -> ..') was walked some 40 times, until the system's limit on links in a path, and every
+    image under it read that often (the link up: every class's images read 40 times more, as the class holding
+    the link), a link to another class's folder read its images under both classes, nothing said. Every
+    image-folder loader now refuses a folder of images reached by two paths, naming it."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    first, second = sorted(p.name for p in (root / splits[0]).iterdir())[:2]
+    here = root / splits[0] / second
+    os.symlink({"loop": ".", "up": "..", "other_class": f"../{first}"}[link], here / link)
+    real = {"loop": here, "up": root / splits[0] / first, "other_class": root / splits[0] / first}[link]
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[0]))}: the folder of images "
+                                         rf"{re.escape(str(real))} is reached by \d+ paths through folder links.*read "
+                                         r"once for each.*remove the link"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+
+
+def test_cifar_copy_with_a_file_name_that_is_no_utf8_is_cached_and_read(tmp_path, monkeypatch):
+    """A file name that is no UTF-8 (Latin-1 'café.png' from an old archive), which Python reads with surrogates,
+    stopped the CIFAR cache with a bare UnicodeEncodeError while it hashed the names (torchvision's ImageFolder
+    reads it). It is hashed as its bytes now: the copy is decoded, cached and read back from the cache."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, "cifar10")
+    cls = root / splits[0] / CIFAR_CLASSES[1]
+    os.rename(cls / "0.png", os.fsencode(cls) + b"/caf\xe9.png")
+    first = get_datasets("cifar10", data_dir=tmp_path, holdout=0).train
+    again = get_datasets("cifar10", data_dir=tmp_path, holdout=0).train  # (from the cache)
+    assert len(first) == len(again) == 20
+    assert all(torch.equal(first[i][0], again[i][0]) for i in range(20))
+    assert list((tmp_path / "cache").glob("cifar10-jpeg-train-*.pt"))

@@ -34,7 +34,7 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
         samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
     except FileNotFoundError:  # torchvision's says neither the folder nor the fix
         raise FileNotFoundError(_empty_classes_problem(root, classes)) from None
-    refuse_hidden_images(root, samples)
+    check_samples(root, samples)
     return classes, samples
 
 
@@ -122,9 +122,35 @@ def hidden_images_problem(root, samples) -> Optional[str]:
             "images of the class, out of the hidden folder, or rename them without the leading '.')")
 
 
-def refuse_hidden_images(root, samples) -> None:
-    """Raise :func:`hidden_images_problem`'s ValueError where ``samples`` of ``root`` hold a hidden image."""
-    problem = hidden_images_problem(root, samples)
+def repeated_folders_problem(root, samples) -> Optional[str]:
+    """Why the ``samples`` of the split folder ``root`` cannot be read as they are where one folder of images is
+    reached by two paths through folder links (torchvision's ``make_dataset`` follows them): a link to a folder
+    above it (``train/cat/loop -> ..``: walked again and again, until the system's limit on links in a path, some
+    40 times), or a class's folder linked into another class; its images would be read as many times, under
+    each class it is reached from. Naming the folder, its paths and the fix; None where no folder is reached
+    twice. A realpath per folder holding images (ImageNet's 1,000), no stat per file."""
+    folders = dict.fromkeys(path.rpartition(os.sep)[0] for path, _ in samples)
+    by_real: dict = {}
+    for folder in folders:
+        by_real.setdefault(os.path.realpath(folder), []).append(folder)
+    repeated = [(real, paths) for real, paths in by_real.items() if len(paths) > 1]
+    if not repeated:
+        return None
+    real, paths = repeated[0]
+    prefix = len(os.path.join(os.path.expanduser(str(root)), ""))
+    shown = ", ".join(p[prefix:] for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return (f"{root}: the folder of images {real} is reached by {len(paths)} paths through folder links ({shown}"
+            f"{f'; {len(repeated) - 1} more folder(s) alike' if len(repeated) > 1 else ''}), so its images would be "
+            "read once for each (as torchvision's ImageFolder, which follows links, reads them), under the class of "
+            "each: remove the link that leads back to a folder above it or into another class's folder")
+
+
+def check_samples(root, samples) -> None:
+    """Refuse (a ValueError naming them and the fix) the ``(path, class)`` ``samples`` that torchvision's
+    ``make_dataset`` lists for the split folder ``root`` where they hold a hidden image
+    (:func:`hidden_images_problem`) or a folder of images reached twice through links
+    (:func:`repeated_folders_problem`)."""
+    problem = hidden_images_problem(root, samples) or repeated_folders_problem(root, samples)
     if problem:
         raise ValueError(problem)
 
@@ -157,7 +183,7 @@ def folder_facts(root: Path) -> Tuple[List[str], Tuple[int, int, int]]:
 
     classes = _classes(root)
     samples = make_dataset(str(root), {classes[0]: 0}, extensions=IMG_EXTENSIONS)
-    refuse_hidden_images(root, samples)  # (the builder names them; the facts are unknown meanwhile)
+    check_samples(root, samples)  # (the builder names them; the facts are unknown meanwhile)
     return classes, (3, *_height_width(samples[0][0]))
 
 
@@ -190,7 +216,8 @@ def _fingerprint(root: Path, samples) -> str:
     h = hashlib.sha256()
     for path, c in samples:
         st = os.stat(path)
-        h.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{c}\n".encode())
+        # (os.fsencode: a file name that is no UTF-8, read by Python as surrogates, is hashed as its bytes)
+        h.update(os.fsencode(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{c}\n"))
     return h.hexdigest()
 
 
@@ -227,7 +254,7 @@ def cache_file(root: Path, cache_name: str, cache_dir: Optional[Path] = None) ->
     """Where :func:`cached_folder_tensor` caches ``root``: ``<cache_dir>/<cache_name>-<key>.pt``, the key
     a short hash of ``root``'s resolved path, so that two copies in folders of the same name
     (``/a/cifar10-jpeg``, ``/b/cifar10-jpeg``) never share, nor take turns rewriting, one file."""
-    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    key = hashlib.sha256(os.fsencode(str(Path(root).resolve()))).hexdigest()[:12]  # (a name that is no UTF-8: its bytes)
     return default_cache_dir(cache_dir) / f"{cache_name}-{key}.pt"
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
-from .folder_cache import hidden_folders_problem, load_rgb, refuse_hidden_images
+from .folder_cache import check_samples, hidden_folders_problem, load_rgb
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -94,7 +94,8 @@ def transforms(train: bool, image_size: int = 224, resize: int = 256):
 def _image_folder(split_dir):
     """torchvision's ImageFolder of ``split_dir``; a hidden folder in it refused, naming it (a ValueError,
     :func:`hidden_folders_problem`: ImageFolder reads it as a class), as is an image in a hidden folder inside a
-    class folder, or a hidden image file (:func:`refuse_hidden_images`: read as an image of the class); a :class:`DatasetNotFoundError` that names the
+    class folder, a hidden image file or a folder of images reached twice through links (:func:`check_samples`:
+    read as images of the class, or read twice); a :class:`DatasetNotFoundError` that names the
     layout expected, ``split/CLASS/IMAGE``, and how to get it when the folder is not in it (ImageNet's
     val/ comes flat, every image directly in val/)."""
     from pathlib import Path
@@ -108,7 +109,7 @@ def _image_folder(split_dir):
         folder = ImageFolder(str(split_dir))
     except FileNotFoundError as e:
         raise DatasetNotFoundError(_layout_problem(Path(split_dir), e)) from None
-    refuse_hidden_images(split_dir, folder.samples)  # (ImageFolder reads them as images of their class)
+    check_samples(split_dir, folder.samples)  # (ImageFolder reads them as images of their class, or twice)
     return folder
 
 
