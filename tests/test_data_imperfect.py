@@ -574,3 +574,31 @@ def test_cifar_copy_with_a_file_name_that_is_no_utf8_is_cached_and_read(tmp_path
     assert len(first) == len(again) == 20
     assert all(torch.equal(first[i][0], again[i][0]) for i in range(20))
     assert list((tmp_path / "cache").glob("cifar10-jpeg-train-*.pt"))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+def test_a_class_folder_linked_to_no_folder_is_refused_not_passed_over(tmp_path, monkeypatch, name):
+    """A class folder that is a link to a folder no longer there (a disk not mounted) was passed over by
+    torchvision's ImageFolder and CIFAR's cache alike, in both splits: one class fewer, every label after it
+    shifted, nothing said. Every image-folder loader now refuses it, naming the link and what it links to."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    for split in splits:
+        os.symlink(tmp_path / "unmounted" / "aardvark", root / split / "aardvark")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[0]))} holds the link\(s\) \['aardvark'\] to no "
+                                         r"folder .*mount or restore what they link to, or delete the links"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+
+
+def test_cifar_copy_with_an_image_of_another_size_names_both_files_and_the_folder_dataset(tmp_path, monkeypatch):
+    """An image of another size in a CIFAR copy was refused as 'this cache needs same-sized images', naming
+    neither the image it was compared with nor a way to read such a folder."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, _ = _image_tree(tmp_path, "cifar10")
+    odd = root / splits[0] / CIFAR_CLASSES[3] / "big.png"
+    Image.fromarray(np.zeros((12, 10, 3), dtype=np.uint8)).save(odd)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(odd))} is 10x12, not 8x8 as .*airplane/0\.png is: .*resize "
+                                         r"them to one size, or read the folder with --dataset folder.*image_size=8"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)

@@ -155,10 +155,31 @@ def check_samples(root, samples) -> None:
         raise ValueError(problem)
 
 
+def broken_links_problem(root) -> Optional[str]:
+    """Why ``root`` (a split's folder) cannot be read as classes where it holds a link to a folder that is not
+    there (a class kept on a disk that is not mounted, a folder moved since it was linked), naming it and the
+    fix; None where it holds none. torchvision's ImageFolder passes such a link over unsaid: a class missing,
+    every label after it shifted by one (in both splits alike, so no comparison of their classes tells)."""
+    broken = sorted(e.name for e in os.scandir(root) if e.is_symlink() and not os.path.exists(e.path))
+    if not broken:
+        return None
+    return (f"{root} holds the link(s) {broken[:5]}{' and more' if len(broken) > 5 else ''} to no folder (to "
+            f"{os.readlink(os.path.join(root, broken[0]))!r}, not found), which torchvision's ImageFolder would pass "
+            "over, a class missing and the labels after it shifted: mount or restore what they link to, or delete the "
+            "links")
+
+
+def split_folder_problem(root) -> Optional[str]:
+    """Why the split folder ``root`` cannot be read as classes (:func:`hidden_folders_problem`,
+    :func:`broken_links_problem`), or None."""
+    return hidden_folders_problem(root) or broken_links_problem(root)
+
+
 def _classes(root: Path) -> List[str]:
     """The class folders of ``root``, sorted as ImageFolder sorts them; a hidden folder is refused
-    (:func:`hidden_folders_problem`), never read as a class."""
-    problem = hidden_folders_problem(root)
+    (:func:`hidden_folders_problem`), never read as a class, as is a link to no folder
+    (:func:`broken_links_problem`), never passed over."""
+    problem = split_folder_problem(root)
     if problem:
         raise ValueError(problem)
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
@@ -203,7 +224,10 @@ def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] =
                                            disable=not show_progress(progress))):
         arr = np.array(load_rgb(path))  # a writable copy
         if arr.shape[:2] != (h, w):
-            raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}: this cache needs same-sized images")
+            raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h} as {samples[0][0]} is: the images of "
+                             "this folder are decoded unresized, all at the first one's size; resize them to one size, "
+                             "or read the folder with --dataset folder, which resizes and crops each image "
+                             f"(--dataset-kw image_size={min(h, w)} --dataset-kw resize={min(h, w)}; docs/data.md)")
         images[i] = torch.from_numpy(arr).permute(2, 0, 1)
     labels = torch.tensor([c for _, c in samples], dtype=torch.long)
     return images, labels, classes

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
-from .folder_cache import check_samples, hidden_folders_problem, load_rgb
+from .folder_cache import check_samples, load_rgb, split_folder_problem
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -93,7 +93,8 @@ def transforms(train: bool, image_size: int = 224, resize: int = 256):
 
 def _image_folder(split_dir):
     """torchvision's ImageFolder of ``split_dir``; a hidden folder in it refused, naming it (a ValueError,
-    :func:`hidden_folders_problem`: ImageFolder reads it as a class), as is an image in a hidden folder inside a
+    :func:`split_folder_problem`: ImageFolder reads it as a class), as is a link to no folder there (passed over:
+    a class missing), an image in a hidden folder inside a
     class folder, a hidden image file or a folder of images reached twice through links (:func:`check_samples`:
     read as images of the class, or read twice); a :class:`DatasetNotFoundError` that names the
     layout expected, ``split/CLASS/IMAGE``, and how to get it when the folder is not in it (ImageNet's
@@ -102,7 +103,7 @@ def _image_folder(split_dir):
 
     from torchvision.datasets import ImageFolder
 
-    problem = hidden_folders_problem(split_dir) if Path(split_dir).is_dir() else None
+    problem = split_folder_problem(split_dir) if Path(split_dir).is_dir() else None
     if problem:  # ImageFolder would read it as a class (CIFAR's folders refuse it alike)
         raise ValueError(problem)
     try:
@@ -158,7 +159,7 @@ def _folder_facts(train_dir, image_size) -> tuple:
     names that folder, not a class count that the empty folder inflates."""
     from torchvision.datasets.folder import find_classes
 
-    problem = hidden_folders_problem(train_dir) if os.path.isdir(train_dir) else None
+    problem = split_folder_problem(train_dir) if os.path.isdir(train_dir) else None
     if problem:
         raise ValueError(problem)
     classes = find_classes(str(train_dir))[0]
