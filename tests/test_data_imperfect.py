@@ -602,3 +602,34 @@ def test_cifar_copy_with_an_image_of_another_size_names_both_files_and_the_folde
     with pytest.raises(ValueError, match=rf"{re.escape(str(odd))} is 10x12, not 8x8 as .*airplane/0\.png is: .*resize "
                                          r"them to one size, or read the folder with --dataset folder.*image_size=8"):
         get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+def test_cifar_batches_that_fail_their_checksum_are_named_with_the_folder_and_the_fix(tmp_path):
+    """torchvision's pickled CIFAR-10 batches with one cut short were refused by torchvision as 'Dataset not
+    found or corrupted. You can use download=True to download it', naming neither the folder nor the file (and
+    --download does nothing where the folder is found). The refusal names both now, and the fix."""
+    import torchvision
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    cifar = torchvision.datasets.CIFAR10
+    for f, _ in cifar.train_list + cifar.test_list + [(cifar.meta["filename"], None)]:
+        (folder / f).write_bytes(b"cut short")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder))}: torchvision's CIFAR-10 batch file\(s\) "
+                                         r"\['data_batch_1', .*'test_batch', 'batches.meta'\] are missing or fail their "
+                                         r"checksum .*replace the folder with a whole copy"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+def test_class_folders_named_alike_in_another_unicode_form_are_said_to_differ_in_form(tmp_path):
+    """A class named 'café' composed (NFC) in train/ and decomposed (NFD, as macOS writes names) in val/ was
+    refused as 'only in train: ['café'], only in val: ['café']': two names that print alike. The refusal now
+    says they differ in their Unicode form, and the fix."""
+    import unicodedata
+
+    for split, form in (("train", "NFC"), ("val", "NFD")):
+        for c in ("café", "dog"):
+            _images(tmp_path / split / unicodedata.normalize(form, c))
+    with pytest.raises(ValueError, match=r"hold different classes .*; 'caf\\xe9' in train, 'cafe\\u0301' in the other: "
+                                         r"the names differ only in their Unicode form .*rename the folders of one split to the other's form"):
+        get_datasets("folder", data_dir=tmp_path, holdout=0, image_size=8, resize=8)

@@ -9,7 +9,7 @@ import torch
 
 from ..paths import DatasetNotFoundError, downloading, find_data, resolve_data_dir
 from .base import Source, register_dataset
-from .folder_cache import _classes, cached_folder_tensor, folder_facts
+from .folder_cache import _classes, cached_folder_tensor, folder_facts, unicode_form_hint
 from .tensors import TensorImages
 
 NORMALIZATIONS = {
@@ -70,8 +70,25 @@ def _normalization(normalize):
 def _torchvision_arrays(root: Path, train: bool, download: bool = False):
     import torchvision
 
-    ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    try:
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted": neither the folder nor the file named
+        if download or "corrupted" not in str(e):
+            raise
+        raise ValueError(_corrupt_batches_problem(root / "cifar-10-batches-py")) from None
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), list(ds.classes)
+
+
+def _corrupt_batches_problem(folder: Path) -> str:
+    """What is wrong with torchvision's CIFAR-10 batches in ``folder`` where torchvision refuses them: the files
+    missing or failing their MD5 checksum (cut short, altered), by name, and the fix."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    files = CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])]
+    bad = [f for f, md5 in files if not check_integrity(str(folder / f), md5)]
+    return (f"{folder}: torchvision's CIFAR-10 batch file(s) {bad} are missing or fail their checksum (cut short or "
+            "altered): replace the folder with a whole copy (or delete it and pass --download where there is internet)")
 
 
 def _test_folder(found: Path) -> Path:
@@ -92,7 +109,8 @@ def _check_test_classes(test_dir: Path, classes) -> None:
         only_train = [c for c in classes if c not in test_classes]
         raise ValueError(f"cifar10 at {test_dir.parent}: test/ has the classes {test_classes}, train/ has "
                          f"{list(classes)} (only in test/: {only_test}, only in train/: {only_train}); both splits "
-                         "need the same class folders: move or delete the folders named")
+                         "need the same class folders: move or delete the folders named"
+                         + unicode_form_hint(only_train, only_test))
 
 
 def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):

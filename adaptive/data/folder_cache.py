@@ -175,6 +175,23 @@ def split_folder_problem(root) -> Optional[str]:
     return hidden_folders_problem(root) or broken_links_problem(root)
 
 
+def unicode_form_hint(only_train, only_test) -> str:
+    """A hint for class folders found in one split only whose names differ from the other split's only in their
+    Unicode form (``café`` composed in one, ``cafe`` and a combining accent in the other: copied from macOS,
+    which decomposes names, or from two archives): the names print alike, so the refusal says why they differ
+    and the fix. "" where no name is so."""
+    import unicodedata
+
+    nfc = {unicodedata.normalize("NFC", c): c for c in only_train}
+    pairs = [(nfc[unicodedata.normalize("NFC", c)], c) for c in sorted(only_test) if unicodedata.normalize("NFC", c) in nfc]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{ascii(a)} in train, {ascii(b)} in the other" for a, b in pairs[:3])
+    return (f"; {shown}: the names differ only in their Unicode form (composed "
+            "NFC in one, decomposed NFD in the other, as macOS writes them): rename the folders of one split to the "
+            "other's form (convmv -r --nfc --notest FOLDER, say)")
+
+
 def _classes(root: Path) -> List[str]:
     """The class folders of ``root``, sorted as ImageFolder sorts them; a hidden folder is refused
     (:func:`hidden_folders_problem`), never read as a class, as is a link to no folder

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
-from .folder_cache import check_samples, load_rgb, split_folder_problem
+from .folder_cache import check_samples, load_rgb, split_folder_problem, unicode_form_hint
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -140,7 +140,8 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
         only_train = sorted(set(folder.classes) - set(test_folder.classes))
         only_test = sorted(set(test_folder.classes) - set(folder.classes))
         raise ValueError(f"{train_dir} and {test_dir} hold different classes (only in train: {only_train[:5]}, only in "
-                         f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree")
+                         f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree"
+                         + unicode_form_hint(only_train, only_test))
     eval_tf = transforms(False, image_size, resize)
     train_tf = transforms(True, image_size, resize) if augment else eval_tf
     return Source(
