@@ -633,3 +633,23 @@ def test_class_folders_named_alike_in_another_unicode_form_are_said_to_differ_in
     with pytest.raises(ValueError, match=r"hold different classes .*; 'caf\\xe9' in train, 'cafe\\u0301' in the other: "
                                          r"the names differ only in their Unicode form .*rename the folders of one split to the other's form"):
         get_datasets("folder", data_dir=tmp_path, holdout=0, image_size=8, resize=8)
+
+
+@pytest.mark.parametrize("name, how", [("folder", "test_split=train"), ("folder", "linked"), ("imagenet", "linked"),
+                                       ("cifar10", "linked")])
+def test_a_test_split_that_is_the_train_split_is_refused(tmp_path, monkeypatch, name, how):
+    """--dataset-kw test_split=train, or a test split that is a link to train/, measured test accuracy on the
+    training images, unsaid. It is refused now, by every image-folder loader."""
+    import os
+    import shutil
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    if how == "test_split=train":
+        kw["test_split"] = "train"
+    else:
+        shutil.rmtree(root / splits[1])
+        os.symlink("train", root / splits[1])
+    with pytest.raises(ValueError, match=r"the test split .* is the train split .*\(the same folder\)" if name != "cifar10"
+                       else r"test/ is train/ \(a link to the same folder\)"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)

@@ -97,6 +97,9 @@ def _test_folder(found: Path) -> Path:
     if not (found.parent / "test").is_dir():
         raise DatasetNotFoundError(f"cifar10 test split not found: expected {found.parent / 'test'} next to {found}; "
                                    f"an ImageFolder copy of CIFAR-10 needs both train/ and test/")
+    if os.path.realpath(found.parent / "test") == os.path.realpath(found):  # (test accuracy on the training images)
+        raise ValueError(f"cifar10 at {found.parent}: test/ is train/ (a link to the same folder): the test split must "
+                         "hold CIFAR-10's test images")
     return found.parent / "test"
 
 

@@ -133,7 +133,11 @@ def _layout_problem(split_dir, error: Exception) -> str:
 
 
 def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
-    """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir``."""
+    """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir`` (refused where it is
+    the same folder: test accuracy measured on the training images)."""
+    if os.path.realpath(test_dir) == os.path.realpath(train_dir):  # (test_split=train, a val/ linked to train/)
+        raise ValueError(f"the test split {test_dir} is the train split {train_dir} (the same folder): the test split "
+                         "must hold other images (for dataset 'folder', name another with --dataset-kw test_split=NAME)")
     folder = _image_folder(train_dir)
     test_folder = _image_folder(test_dir)  # scanned now: a mismatch is said before any work
     if test_folder.classes != folder.classes:
