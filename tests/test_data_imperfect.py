@@ -653,3 +653,20 @@ def test_a_test_split_that_is_the_train_split_is_refused(tmp_path, monkeypatch, 
     with pytest.raises(ValueError, match=r"the test split .* is the train split .*\(the same folder\)" if name != "cifar10"
                        else r"test/ is train/ \(a link to the same folder\)"):
         get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+
+
+def test_cifar_copy_whose_test_images_are_of_another_size_is_refused_before_training(tmp_path, monkeypatch):
+    """A CIFAR copy whose test/ images are of another size than train/'s (a test split re-exported at 28x28) was
+    built: each split is decoded at its own first image's size, and the test split, first read after training,
+    gave a network that pools adaptively images of another size, unsaid. It is refused before any training."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cifar10-jpeg"
+    for split, size in (("train", 8), ("test", 10)):
+        for c in CIFAR_CLASSES:
+            _images(root / split / c, size=size)
+    with pytest.raises(ValueError, match=r"the images of test/ are 10x10, those of train/ 8x8 .*both splits need images "
+                                         r"of one size"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+    from adaptive.data import dataset_facts
+
+    assert dataset_facts("cifar10", data_dir=tmp_path) is None

@@ -116,6 +116,18 @@ def _check_test_classes(test_dir: Path, classes) -> None:
                          + unicode_form_hint(only_train, only_test))
 
 
+def _check_test_shape(test_dir: Path, train_dir: Path, in_shape) -> None:
+    """The test split's images are decoded at the size of its first image (read from its header now, nothing
+    decoded): one other than the train split's ``in_shape`` is refused now, not met when the test split is
+    first used after training (a network that pools adaptively would test on images of another size, unsaid)."""
+    test_shape = folder_facts(test_dir)[1]
+    if tuple(test_shape) != tuple(in_shape):
+        raise ValueError(f"cifar10 at {test_dir.parent}: the images of test/ are {test_shape[2]}x{test_shape[1]}, those "
+                         f"of train/ {in_shape[2]}x{in_shape[1]} (as {train_dir.name}/'s first image is): both splits "
+                         "need images of one size; resize one split's, or read the copy with --dataset folder, which "
+                         "resizes (docs/data.md)")
+
+
 def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
     """What :func:`cifar10` will say, nothing decoded: torchvision's batches are 10 classes of
     ``(3, 32, 32)`` (what ``download`` fetches where no copy is found); an ImageFolder copy has its
@@ -140,6 +152,7 @@ def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
     test_dir = _test_folder(found)
     classes, in_shape = folder_facts(found)
     _check_test_classes(test_dir, classes)
+    _check_test_shape(test_dir, found, in_shape)
     return len(classes), in_shape
 
 
@@ -169,6 +182,7 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
         test_dir = _test_folder(found)
         x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir, progress=progress)
         _check_test_classes(test_dir, classes)
+        _check_test_shape(test_dir, found, tuple(x.shape[1:]))
 
         def load_test():
             return cached_folder_tensor(test_dir, f"{base.name}-test", cache_dir, progress=progress)[:2]
