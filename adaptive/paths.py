@@ -157,20 +157,53 @@ def downloading(name: str, root: PathLike) -> Iterator[None]:
     A failed download takes away the folders it made that it left empty (:func:`_new_folders`), never a
     folder that was there before, nor any file.
 
+    The processes of one launch that download into the same ``root`` take turns (:func:`_download_lock`):
+    one downloads, the others then find its files (torchvision checks them and downloads nothing), so
+    that none writes a file another is writing, and none takes away, after its own download failed, an
+    empty folder another has just made for its files.
+
     The timeout is Python's process-wide socket default (torchvision's downloaders take no timeout):
     it reaches only sockets made while the download runs (a socket takes it when made), at dataset
     construction, before any DataLoader worker starts."""
-    before = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if before is None else before)
-    remove_new = _new_folders(Path(root))
+    with _download_lock(name, root):
+        before = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if before is None else before)
+        remove_new = _new_folders(Path(root))  # (taken in turn: the folders the process ahead made are there)
+        try:
+            with _download_errors(name, root):
+                yield
+        except BaseException:  # (Ctrl-C too)
+            remove_new()
+            raise
+        finally:
+            socket.setdefaulttimeout(before)
+
+
+@contextmanager
+def _download_lock(name: str, root: PathLike) -> Iterator[None]:
+    """Held while dataset ``name`` is downloaded into ``root``: an exclusive lock on a file in the cache folder
+    (:func:`cache_dir`, named by ``name`` and a hash of ``root``'s resolved path; never in the data folder,
+    which a failed download may take away), so the processes of one launch (or any two on this machine)
+    download into one folder one after another. Where no lock can be taken (no fcntl, a cache folder that takes
+    no file, a file system without locks) it holds none, as before."""
+    import hashlib
+
+    key = hashlib.sha256(os.path.realpath(os.path.expanduser(str(root))).encode()).hexdigest()[:12]
     try:
-        with _download_errors(name, root):
-            yield
-    except BaseException:  # (Ctrl-C too)
-        remove_new()
-        raise
-    finally:
-        socket.setdefaulttimeout(before)
+        import fcntl
+
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = open(folder / f".download-{name}-{key}.lock", "a")
+    except (ImportError, OSError):
+        yield
+        return
+    with fd:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: each process downloads, as before
+            pass
+        yield  # (closing the file releases the lock)
 
 
 def _new_folders(root: Path):

@@ -4,6 +4,7 @@ import re
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from adaptive.data import get_datasets
@@ -403,3 +404,269 @@ def test_a_failed_download_keeps_a_folder_it_made_that_holds_a_file(tmp_path):
             raise RuntimeError("boom")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "data", "data/mnist", "data/mnist/MNIST", "data/mnist/MNIST/raw", "data/mnist/MNIST/raw/part.gz"]
+
+
+def _image_tree(tmp_path, name):
+    """A tiny copy for the image-folder loader ``name``: (its split folder root, its splits, its dataset_kw)."""
+    if name == "cifar10":
+        return _cifar_copy(tmp_path) / "cifar10-jpeg", ("train", "test"), {}
+    root = tmp_path / "imagenet" if name == "imagenet" else tmp_path
+    for split in ("train", "val"):
+        for c in ("cat", "dog"):
+            _images(root / split / c)
+    return root, ("train", "val"), {"image_size": 8, "resize": 8}
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+@pytest.mark.parametrize("where", [".thumbnails/x", "sub/.cache/x", "._x"])
+def test_a_hidden_image_inside_a_class_folder_is_refused_by_every_image_folder_loader(tmp_path, monkeypatch, name, where):
+    """A hidden folder directly in a split was refused, but one inside a class folder (train/cat/.thumbnails/)
+    was walked into as torchvision's ImageFolder walks: its files read as images of that class (thumbnails
+    trained on, unsaid), and a macOS '._x.png' file (no image) failed only when decoded, mid-epoch for
+    imagenet. Every image-folder loader now refuses such images before any work, naming them."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    cls = sorted(p.name for p in (root / splits[0]).iterdir())[1]
+    stray = root / splits[0] / cls / f"{where}.png"
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(stray)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[0]))}: 1 image file\(s\) lie in hidden folders "
+                                         rf"inside class folders, or are hidden files \({re.escape(cls + '/' + where)}"
+                                         r"\.png\).*move them out of the class folders"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    (root / splits[0] / cls / ".ipynb_checkpoints").mkdir()  # a hidden folder without an image changes nothing
+    (root / splits[0] / cls / ".ipynb_checkpoints" / "a.ipynb").write_text("{}")
+    stray.unlink()
+    assert len(get_datasets(name, data_dir=tmp_path, holdout=0, **kw).train) == 2 * (10 if name == "cifar10" else 2)
+
+
+def test_two_processes_downloading_into_one_folder_take_turns(tmp_path, monkeypatch):
+    """The processes of one launch each download a missing dataset into the same folder. They did so at
+    once: one whose download failed took away the empty folders made since it began, among them the one
+    the other had just made for its files (whose writes then failed), and both wrote the same files. They
+    take turns now (a lock in the cache folder): the second begins once the first is done, and its failure
+    takes away nothing the first made. (Threads stand in for the processes: the lock is on an open file, so
+    two opens of it exclude each other within one process too.)"""
+    import threading
+
+    import adaptive.paths as paths
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "data" / "mnist"
+    began, made, failed, seen = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def failing():  # begins first; fails once the other made its folder (or after a second: it waits its turn)
+        try:
+            with paths.downloading("mnist", root):
+                began.set()
+                made.wait(1.0)
+                raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+        except paths.DatasetNotFoundError:
+            failed.set()
+
+    def succeeding():
+        began.wait(5.0)
+        with paths.downloading("mnist", root):
+            (root / "MNIST" / "raw").mkdir(parents=True)
+            made.set()
+            failed.wait(1.0)  # the other's failure, where it runs meanwhile
+            seen["raw there"] = (root / "MNIST" / "raw").is_dir()
+            if seen["raw there"]:
+                (root / "MNIST" / "raw" / "train.gz").write_bytes(b"x")
+
+    threads = [threading.Thread(target=failing), threading.Thread(target=succeeding)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert failed.is_set() and seen == {"raw there": True}
+    assert (root / "MNIST" / "raw" / "train.gz").read_bytes() == b"x"
+
+
+def _png16(path, values, colour_type):
+    """A 16-bit PNG of ``values`` (H, W[, C]) uint16, written by hand (Pillow writes no 16-bit RGB PNG):
+    colour type 0 grey, 4 grey and alpha, 2 RGB."""
+    import struct
+    import zlib
+
+    rows = values.reshape(values.shape[0], -1).astype(">u2")
+    raw = b"".join(b"\0" + row.tobytes() for row in rows)
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", values.shape[1], values.shape[0],
+                                                                         16, colour_type, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped_white(tmp_path, monkeypatch, name):
+    """Pillow opens a 16-bit greyscale PNG as mode I;16, and convert('RGB') (torchvision's ImageFolder
+    loader, CIFAR's cache alike) clipped its values at 255: every pixel above 255 of 65535 came out white,
+    the image nearly blank, nothing said (pytorch/vision#2218). It is scaled now, by its high byte, as
+    Pillow reads a 16-bit RGB or grey-and-alpha PNG: the three give the same 8-bit image."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    for f in (root / splits[0]).rglob("*.png"):
+        f.unlink()
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040 + 7).astype(np.uint16)  # 7 .. 65527
+    classes = sorted(p.name for p in (root / splits[0]).iterdir())
+    for c in classes:
+        _png16(root / splits[0] / c / "grey.png", ramp, 0)
+        _png16(root / splits[0] / c / "rgb.png", np.stack([ramp] * 3, -1), 2)
+    ds = get_datasets(name, data_dir=tmp_path, holdout=0, normalize="none", **kw) if name == "cifar10" else \
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    grey, rgb = ds.train[0][0], ds.train[1][0]
+    assert torch.equal(grey, rgb)
+    if name == "cifar10":  # (unnormalised: the bytes themselves)
+        assert torch.equal(grey, torch.from_numpy((ramp >> 8).astype(np.uint8)).float().div(255).expand(3, 8, 8))
+
+
+def test_a_32_bit_or_float_image_is_refused_naming_it_not_clipped(tmp_path):
+    """A 32-bit integer or floating-point image (a TIFF) has no one scale to 8 bits: convert('RGB') clipped it
+    (a float image in [0, 1] came out black, unsaid); it is refused, naming the file."""
+    root, splits, kw = _image_tree(tmp_path, "folder")
+    path = root / splits[0] / "dog" / "f.tif"
+    Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32)).save(path)
+    train = get_datasets("folder", data_dir=tmp_path, holdout=0, **kw).train
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is a floating-point image \(Pillow mode F\), with no "
+                                         r"one scale to 8 bits.*save it as 8-bit"):
+        [train[i] for i in range(len(train))]
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+@pytest.mark.parametrize("link", ["loop", "up", "other_class"])
+def test_a_folder_of_images_reached_twice_through_links_is_refused_by_every_image_folder_loader(tmp_path, monkeypatch,
+                                                                                               name, link):
+    """torchvision's ImageFolder follows folder links: a link in a class folder to itself ('loop -> .') or to
+    the split ('up -> ..') was walked some 40 times, until the system's limit on links in a path, and every
+    image under it read that often (the link up: every class's images read 40 times more, as the class holding
+    the link), a link to another class's folder read its images under both classes, nothing said. Every
+    image-folder loader now refuses a folder of images reached by two paths, naming it."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    first, second = sorted(p.name for p in (root / splits[0]).iterdir())[:2]
+    here = root / splits[0] / second
+    os.symlink({"loop": ".", "up": "..", "other_class": f"../{first}"}[link], here / link)
+    real = {"loop": here, "up": root / splits[0] / first, "other_class": root / splits[0] / first}[link]
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[0]))}: the folder of images "
+                                         rf"{re.escape(str(real))} is reached by \d+ paths through folder links.*read "
+                                         r"once for each.*remove the link"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+
+
+def test_cifar_copy_with_a_file_name_that_is_no_utf8_is_cached_and_read(tmp_path, monkeypatch):
+    """A file name that is no UTF-8 (Latin-1 'café.png' from an old archive), which Python reads with surrogates,
+    stopped the CIFAR cache with a bare UnicodeEncodeError while it hashed the names (torchvision's ImageFolder
+    reads it). It is hashed as its bytes now: the copy is decoded, cached and read back from the cache."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, "cifar10")
+    cls = root / splits[0] / CIFAR_CLASSES[1]
+    os.rename(cls / "0.png", os.fsencode(cls) + b"/caf\xe9.png")
+    first = get_datasets("cifar10", data_dir=tmp_path, holdout=0).train
+    again = get_datasets("cifar10", data_dir=tmp_path, holdout=0).train  # (from the cache)
+    assert len(first) == len(again) == 20
+    assert all(torch.equal(first[i][0], again[i][0]) for i in range(20))
+    assert list((tmp_path / "cache").glob("cifar10-jpeg-train-*.pt"))
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+def test_a_class_folder_linked_to_no_folder_is_refused_not_passed_over(tmp_path, monkeypatch, name):
+    """A class folder that is a link to a folder no longer there (a disk not mounted) was passed over by
+    torchvision's ImageFolder and CIFAR's cache alike, in both splits: one class fewer, every label after it
+    shifted, nothing said. Every image-folder loader now refuses it, naming the link and what it links to."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    for split in splits:
+        os.symlink(tmp_path / "unmounted" / "aardvark", root / split / "aardvark")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[0]))} holds the link\(s\) \['aardvark'\] to no "
+                                         r"folder .*mount or restore what they link to, or delete the links"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+
+
+def test_cifar_copy_with_an_image_of_another_size_names_both_files_and_the_folder_dataset(tmp_path, monkeypatch):
+    """An image of another size in a CIFAR copy was refused as 'this cache needs same-sized images', naming
+    neither the image it was compared with nor a way to read such a folder."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, _ = _image_tree(tmp_path, "cifar10")
+    odd = root / splits[0] / CIFAR_CLASSES[3] / "big.png"
+    Image.fromarray(np.zeros((12, 10, 3), dtype=np.uint8)).save(odd)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(odd))} is 10x12, not 8x8 as .*airplane/0\.png is: .*resize "
+                                         r"them to one size, or read the folder with --dataset folder.*image_size=8"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+def test_cifar_batches_that_fail_their_checksum_are_named_with_the_folder_and_the_fix(tmp_path):
+    """torchvision's pickled CIFAR-10 batches with one cut short were refused by torchvision as 'Dataset not
+    found or corrupted. You can use download=True to download it', naming neither the folder nor the file (and
+    --download does nothing where the folder is found). The refusal names both now, and the fix."""
+    import torchvision
+
+    folder = tmp_path / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    cifar = torchvision.datasets.CIFAR10
+    for f, _ in cifar.train_list + cifar.test_list + [(cifar.meta["filename"], None)]:
+        (folder / f).write_bytes(b"cut short")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder))}: torchvision's CIFAR-10 batch file\(s\) "
+                                         r"\['data_batch_1', .*'test_batch', 'batches.meta'\] are missing or fail their "
+                                         r"checksum .*replace the folder with a whole copy"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+
+
+def test_class_folders_named_alike_in_another_unicode_form_are_said_to_differ_in_form(tmp_path):
+    """A class named 'café' composed (NFC) in train/ and decomposed (NFD, as macOS writes names) in val/ was
+    refused as 'only in train: ['café'], only in val: ['café']': two names that print alike. The refusal now
+    says they differ in their Unicode form, and the fix."""
+    import unicodedata
+
+    for split, form in (("train", "NFC"), ("val", "NFD")):
+        for c in ("café", "dog"):
+            _images(tmp_path / split / unicodedata.normalize(form, c))
+    with pytest.raises(ValueError, match=r"hold different classes .*; 'caf\\xe9' in train, 'cafe\\u0301' in the other: "
+                                         r"the names differ only in their Unicode form .*rename the folders of one split to the other's form"):
+        get_datasets("folder", data_dir=tmp_path, holdout=0, image_size=8, resize=8)
+
+
+@pytest.mark.parametrize("name, how", [("folder", "test_split=train"), ("folder", "linked"), ("imagenet", "linked"),
+                                       ("cifar10", "linked")])
+def test_a_test_split_that_is_the_train_split_is_refused(tmp_path, monkeypatch, name, how):
+    """--dataset-kw test_split=train, or a test split that is a link to train/, measured test accuracy on the
+    training images, unsaid. It is refused now, by every image-folder loader."""
+    import os
+    import shutil
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    if how == "test_split=train":
+        kw["test_split"] = "train"
+    else:
+        shutil.rmtree(root / splits[1])
+        os.symlink("train", root / splits[1])
+    with pytest.raises(ValueError, match=r"the test split .* is the train split .*\(the same folder\)" if name != "cifar10"
+                       else r"test/ is train/ \(a link to the same folder\)"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+
+
+def test_cifar_copy_whose_test_images_are_of_another_size_is_refused_before_training(tmp_path, monkeypatch):
+    """A CIFAR copy whose test/ images are of another size than train/'s (a test split re-exported at 28x28) was
+    built: each split is decoded at its own first image's size, and the test split, first read after training,
+    gave a network that pools adaptively images of another size, unsaid. It is refused before any training."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "cifar10-jpeg"
+    for split, size in (("train", 8), ("test", 10)):
+        for c in CIFAR_CLASSES:
+            _images(root / split / c, size=size)
+    with pytest.raises(ValueError, match=r"the images of test/ are 10x10, those of train/ 8x8 .*both splits need images "
+                                         r"of one size"):
+        get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+    from adaptive.data import dataset_facts
+
+    assert dataset_facts("cifar10", data_dir=tmp_path) is None

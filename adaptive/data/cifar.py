@@ -9,7 +9,7 @@ import torch
 
 from ..paths import DatasetNotFoundError, downloading, find_data, resolve_data_dir
 from .base import Source, register_dataset
-from .folder_cache import _classes, cached_folder_tensor, folder_facts
+from .folder_cache import _classes, cached_folder_tensor, folder_facts, unicode_form_hint
 from .tensors import TensorImages
 
 NORMALIZATIONS = {
@@ -70,8 +70,25 @@ def _normalization(normalize):
 def _torchvision_arrays(root: Path, train: bool, download: bool = False):
     import torchvision
 
-    ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    try:
+        ds = torchvision.datasets.CIFAR10(str(root), train=train, download=download)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted": neither the folder nor the file named
+        if download or "corrupted" not in str(e):
+            raise
+        raise ValueError(_corrupt_batches_problem(root / "cifar-10-batches-py")) from None
     return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), list(ds.classes)
+
+
+def _corrupt_batches_problem(folder: Path) -> str:
+    """What is wrong with torchvision's CIFAR-10 batches in ``folder`` where torchvision refuses them: the files
+    missing or failing their MD5 checksum (cut short, altered), by name, and the fix."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    files = CIFAR10.train_list + CIFAR10.test_list + [(CIFAR10.meta["filename"], CIFAR10.meta["md5"])]
+    bad = [f for f, md5 in files if not check_integrity(str(folder / f), md5)]
+    return (f"{folder}: torchvision's CIFAR-10 batch file(s) {bad} are missing or fail their checksum (cut short or "
+            "altered): replace the folder with a whole copy (or delete it and pass --download where there is internet)")
 
 
 def _test_folder(found: Path) -> Path:
@@ -80,6 +97,9 @@ def _test_folder(found: Path) -> Path:
     if not (found.parent / "test").is_dir():
         raise DatasetNotFoundError(f"cifar10 test split not found: expected {found.parent / 'test'} next to {found}; "
                                    f"an ImageFolder copy of CIFAR-10 needs both train/ and test/")
+    if os.path.realpath(found.parent / "test") == os.path.realpath(found):  # (test accuracy on the training images)
+        raise ValueError(f"cifar10 at {found.parent}: test/ is train/ (a link to the same folder): the test split must "
+                         "hold CIFAR-10's test images")
     return found.parent / "test"
 
 
@@ -92,7 +112,20 @@ def _check_test_classes(test_dir: Path, classes) -> None:
         only_train = [c for c in classes if c not in test_classes]
         raise ValueError(f"cifar10 at {test_dir.parent}: test/ has the classes {test_classes}, train/ has "
                          f"{list(classes)} (only in test/: {only_test}, only in train/: {only_train}); both splits "
-                         "need the same class folders: move or delete the folders named")
+                         "need the same class folders: move or delete the folders named"
+                         + unicode_form_hint(only_train, only_test))
+
+
+def _check_test_shape(test_dir: Path, train_dir: Path, in_shape) -> None:
+    """The test split's images are decoded at the size of its first image (read from its header now, nothing
+    decoded): one other than the train split's ``in_shape`` is refused now, not met when the test split is
+    first used after training (a network that pools adaptively would test on images of another size, unsaid)."""
+    test_shape = folder_facts(test_dir)[1]
+    if tuple(test_shape) != tuple(in_shape):
+        raise ValueError(f"cifar10 at {test_dir.parent}: the images of test/ are {test_shape[2]}x{test_shape[1]}, those "
+                         f"of train/ {in_shape[2]}x{in_shape[1]} (as {train_dir.name}/'s first image is): both splits "
+                         "need images of one size; resize one split's, or read the copy with --dataset folder, which "
+                         "resizes (docs/data.md)")
 
 
 def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
@@ -119,6 +152,7 @@ def _facts(data_dir=None, normalize="imagenet", cache_dir=None, download=False):
     test_dir = _test_folder(found)
     classes, in_shape = folder_facts(found)
     _check_test_classes(test_dir, classes)
+    _check_test_shape(test_dir, found, in_shape)
     return len(classes), in_shape
 
 
@@ -148,6 +182,7 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
         test_dir = _test_folder(found)
         x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir, progress=progress)
         _check_test_classes(test_dir, classes)
+        _check_test_shape(test_dir, found, tuple(x.shape[1:]))
 
         def load_test():
             return cached_folder_tensor(test_dir, f"{base.name}-test", cache_dir, progress=progress)[:2]

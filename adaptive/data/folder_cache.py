@@ -34,6 +34,7 @@ def scan_folder(root: Path) -> Tuple[List[str], List[Tuple[str, int]]]:
         samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
     except FileNotFoundError:  # torchvision's says neither the folder nor the fix
         raise FileNotFoundError(_empty_classes_problem(root, classes)) from None
+    check_samples(root, samples)
     return classes, samples
 
 
@@ -57,6 +58,36 @@ def unreadable_image(path, error: OSError) -> ValueError:
                       "image extension in a class folder is read; replace it with a readable copy, or delete it")
 
 
+# Pillow's modes of 16-bit grey pixels (a 16-bit greyscale PNG opens as "I;16"; a TIFF as "I;16B" say)
+_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def load_rgb(path):
+    """The image file ``path`` as an 8-bit RGB PIL image, as torchvision's ImageFolder loads it
+    (``convert("RGB")``: greyscale, palette, CMYK alike), except a 16-bit greyscale image, whose values
+    are scaled to 8 bits (the high byte, as Pillow reads a 16-bit RGB or grey-and-alpha PNG) where
+    ``convert`` clips them at 255 (every pixel above 255 of 65535 white: pytorch/vision#2218); a 32-bit
+    integer or floating-point image (a TIFF), with no one scale to 8 bits, is refused naming the file,
+    not clipped. A file that cannot be decoded is a ValueError naming it (:func:`unreadable_image`); an
+    operating-system error (no such file, no permission) is raised as it is."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in _GREY16 or (im.mode == "I" and im.format == "PNG"):  # (older Pillow: a PNG's 16 bits as I)
+                grey = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
+                return Image.fromarray(grey).convert("RGB")
+            if im.mode in ("I", "F"):
+                raise ValueError(f"{path} is a {'32-bit integer' if im.mode == 'I' else 'floating-point'} image (Pillow "
+                                 f"mode {im.mode}), with no one scale to 8 bits: every image is read as 8-bit RGB; "
+                                 "save it as 8-bit (or 16-bit PNG), or delete it")
+            return im.convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
+        if e.errno is not None:  # the file gone, no permission: the operating system's error says it
+            raise
+        raise unreadable_image(path, e) from e
+
+
 def hidden_folders_problem(root) -> Optional[str]:
     """Why ``root`` (a split's folder, ``train/`` say) cannot be read as classes where it holds a hidden
     folder (a name starting with '.': ``.ipynb_checkpoints``, ``.Trash-1000``), naming it and the fix;
@@ -71,10 +102,101 @@ def hidden_folders_problem(root) -> Optional[str]:
             f"{root}, or, for a class, rename its folder without the leading '.'")
 
 
+def hidden_images_problem(root, samples) -> Optional[str]:
+    """Why the ``(path, class)`` ``samples`` of the split folder ``root`` (as torchvision's ``make_dataset``
+    lists them) cannot be read as they are where an image lies in a hidden folder inside a class folder
+    (``train/cat/.thumbnails/x.jpg``, ``train/cat/.ipynb_checkpoints/x.png``) or is a hidden file itself
+    (macOS's ``train/cat/._x.jpg``), naming a few and the fix; None where none is. torchvision's ImageFolder
+    walks into hidden folders and reads every file with an image extension as an image of that class:
+    thumbnails and stray copies trained on (or tested on) unsaid, and a macOS ``._`` file, no image at all,
+    failing only when it is decoded (mid-epoch for an ImageNet folder). Hidden folders without an image
+    change nothing and are not named. A string test per path: no stat, cheap for ImageNet's 1.3M."""
+    prefix = len(os.path.join(os.path.expanduser(str(root)), ""))
+    marker = os.sep + "."
+    hidden = [path[prefix:] for path, _ in samples if marker in path[prefix:]]
+    if not hidden:
+        return None
+    return (f"{root}: {len(hidden)} image file(s) lie in hidden folders inside class folders, or are hidden files "
+            f"({', '.join(hidden[:3])}{' and more' if len(hidden) > 3 else ''}), which would be read as images "
+            "of their class (as torchvision's ImageFolder reads them): move them out of the class folders (or, for "
+            "images of the class, out of the hidden folder, or rename them without the leading '.')")
+
+
+def repeated_folders_problem(root, samples) -> Optional[str]:
+    """Why the ``samples`` of the split folder ``root`` cannot be read as they are where one folder of images is
+    reached by two paths through folder links (torchvision's ``make_dataset`` follows them): a link to a folder
+    above it (``train/cat/loop -> ..``: walked again and again, until the system's limit on links in a path, some
+    40 times), or a class's folder linked into another class; its images would be read as many times, under
+    each class it is reached from. Naming the folder, its paths and the fix; None where no folder is reached
+    twice. A realpath per folder holding images (ImageNet's 1,000), no stat per file."""
+    folders = dict.fromkeys(path.rpartition(os.sep)[0] for path, _ in samples)
+    by_real: dict = {}
+    for folder in folders:
+        by_real.setdefault(os.path.realpath(folder), []).append(folder)
+    repeated = [(real, paths) for real, paths in by_real.items() if len(paths) > 1]
+    if not repeated:
+        return None
+    real, paths = repeated[0]
+    prefix = len(os.path.join(os.path.expanduser(str(root)), ""))
+    shown = ", ".join(p[prefix:] for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return (f"{root}: the folder of images {real} is reached by {len(paths)} paths through folder links ({shown}"
+            f"{f'; {len(repeated) - 1} more folder(s) alike' if len(repeated) > 1 else ''}), so its images would be "
+            "read once for each (as torchvision's ImageFolder, which follows links, reads them), under the class of "
+            "each: remove the link that leads back to a folder above it or into another class's folder")
+
+
+def check_samples(root, samples) -> None:
+    """Refuse (a ValueError naming them and the fix) the ``(path, class)`` ``samples`` that torchvision's
+    ``make_dataset`` lists for the split folder ``root`` where they hold a hidden image
+    (:func:`hidden_images_problem`) or a folder of images reached twice through links
+    (:func:`repeated_folders_problem`)."""
+    problem = hidden_images_problem(root, samples) or repeated_folders_problem(root, samples)
+    if problem:
+        raise ValueError(problem)
+
+
+def broken_links_problem(root) -> Optional[str]:
+    """Why ``root`` (a split's folder) cannot be read as classes where it holds a link to a folder that is not
+    there (a class kept on a disk that is not mounted, a folder moved since it was linked), naming it and the
+    fix; None where it holds none. torchvision's ImageFolder passes such a link over unsaid: a class missing,
+    every label after it shifted by one (in both splits alike, so no comparison of their classes tells)."""
+    broken = sorted(e.name for e in os.scandir(root) if e.is_symlink() and not os.path.exists(e.path))
+    if not broken:
+        return None
+    return (f"{root} holds the link(s) {broken[:5]}{' and more' if len(broken) > 5 else ''} to no folder (to "
+            f"{os.readlink(os.path.join(root, broken[0]))!r}, not found), which torchvision's ImageFolder would pass "
+            "over, a class missing and the labels after it shifted: mount or restore what they link to, or delete the "
+            "links")
+
+
+def split_folder_problem(root) -> Optional[str]:
+    """Why the split folder ``root`` cannot be read as classes (:func:`hidden_folders_problem`,
+    :func:`broken_links_problem`), or None."""
+    return hidden_folders_problem(root) or broken_links_problem(root)
+
+
+def unicode_form_hint(only_train, only_test) -> str:
+    """A hint for class folders found in one split only whose names differ from the other split's only in their
+    Unicode form (``café`` composed in one, ``cafe`` and a combining accent in the other: copied from macOS,
+    which decomposes names, or from two archives): the names print alike, so the refusal says why they differ
+    and the fix. "" where no name is so."""
+    import unicodedata
+
+    nfc = {unicodedata.normalize("NFC", c): c for c in only_train}
+    pairs = [(nfc[unicodedata.normalize("NFC", c)], c) for c in sorted(only_test) if unicodedata.normalize("NFC", c) in nfc]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{ascii(a)} in train, {ascii(b)} in the other" for a, b in pairs[:3])
+    return (f"; {shown}: the names differ only in their Unicode form (composed "
+            "NFC in one, decomposed NFD in the other, as macOS writes them): rename the folders of one split to the "
+            "other's form (convmv -r --nfc --notest FOLDER, say)")
+
+
 def _classes(root: Path) -> List[str]:
     """The class folders of ``root``, sorted as ImageFolder sorts them; a hidden folder is refused
-    (:func:`hidden_folders_problem`), never read as a class."""
-    problem = hidden_folders_problem(root)
+    (:func:`hidden_folders_problem`), never read as a class, as is a link to no folder
+    (:func:`broken_links_problem`), never passed over."""
+    problem = split_folder_problem(root)
     if problem:
         raise ValueError(problem)
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
@@ -98,15 +220,16 @@ def folder_facts(root: Path) -> Tuple[List[str], Tuple[int, int, int]]:
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     classes = _classes(root)
-    first = make_dataset(str(root), {classes[0]: 0}, extensions=IMG_EXTENSIONS)[0][0]
-    return classes, (3, *_height_width(first))
+    samples = make_dataset(str(root), {classes[0]: 0}, extensions=IMG_EXTENSIONS)
+    check_samples(root, samples)  # (the builder names them; the facts are unknown meanwhile)
+    return classes, (3, *_height_width(samples[0][0]))
 
 
 def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, List[str]]:
     """All images of ``root`` as ``(N, C, H, W)`` uint8 RGB, labels ``(N,)`` and class names.
-    ``progress``: a bar (True), none (False), or a bar only when stderr is a terminal (None)."""
-    from PIL import Image
+    ``progress``: a bar (True), none (False), or a bar only when stderr is a terminal (None). Each image is
+    read by :func:`load_rgb`."""
     from tqdm.auto import tqdm
 
     from ..cli import show_progress
@@ -116,15 +239,12 @@ def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] =
     images = torch.empty((len(samples), 3, h, w), dtype=torch.uint8)
     for i, (path, _) in enumerate(tqdm(samples, desc=desc, unit="img", mininterval=1.0,
                                            disable=not show_progress(progress))):
-        try:
-            with Image.open(path) as im:
-                arr = np.array(im.convert("RGB"))  # a writable copy
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
-            if e.errno is not None:  # the file gone, no permission: the operating system's error says it
-                raise
-            raise unreadable_image(path, e) from e
+        arr = np.array(load_rgb(path))  # a writable copy
         if arr.shape[:2] != (h, w):
-            raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h}: this cache needs same-sized images")
+            raise ValueError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h} as {samples[0][0]} is: the images of "
+                             "this folder are decoded unresized, all at the first one's size; resize them to one size, "
+                             "or read the folder with --dataset folder, which resizes and crops each image "
+                             f"(--dataset-kw image_size={min(h, w)} --dataset-kw resize={min(h, w)}; docs/data.md)")
         images[i] = torch.from_numpy(arr).permute(2, 0, 1)
     labels = torch.tensor([c for _, c in samples], dtype=torch.long)
     return images, labels, classes
@@ -137,7 +257,8 @@ def _fingerprint(root: Path, samples) -> str:
     h = hashlib.sha256()
     for path, c in samples:
         st = os.stat(path)
-        h.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{c}\n".encode())
+        # (os.fsencode: a file name that is no UTF-8, read by Python as surrogates, is hashed as its bytes)
+        h.update(os.fsencode(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{c}\n"))
     return h.hexdigest()
 
 
@@ -174,7 +295,7 @@ def cache_file(root: Path, cache_name: str, cache_dir: Optional[Path] = None) ->
     """Where :func:`cached_folder_tensor` caches ``root``: ``<cache_dir>/<cache_name>-<key>.pt``, the key
     a short hash of ``root``'s resolved path, so that two copies in folders of the same name
     (``/a/cifar10-jpeg``, ``/b/cifar10-jpeg``) never share, nor take turns rewriting, one file."""
-    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    key = hashlib.sha256(os.fsencode(str(Path(root).resolve()))).hexdigest()[:12]  # (a name that is no UTF-8: its bytes)
     return default_cache_dir(cache_dir) / f"{cache_name}-{key}.pt"
 
 

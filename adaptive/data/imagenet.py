@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
-from .folder_cache import hidden_folders_problem, unreadable_image
+from .folder_cache import check_samples, load_rgb, split_folder_problem, unicode_form_hint
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -71,12 +71,7 @@ class FolderView(Dataset):
     def __getitem__(self, i):
         src = int(self.indices[i])
         path, label = self.folder.samples[src]
-        try:
-            image = self.folder.loader(path)
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated data are OSErrors without an errno
-            if e.errno is not None:  # the file gone, no permission: the operating system's error says it
-                raise
-            raise unreadable_image(path, e) from e
+        image = load_rgb(path)  # (ImageFolder's loader, but a 16-bit grey image scaled, not clipped)
         if self.seed is None:
             return self.transform(image), label
         with torch.random.fork_rng(devices=[]):
@@ -98,20 +93,25 @@ def transforms(train: bool, image_size: int = 224, resize: int = 256):
 
 def _image_folder(split_dir):
     """torchvision's ImageFolder of ``split_dir``; a hidden folder in it refused, naming it (a ValueError,
-    :func:`hidden_folders_problem`: ImageFolder reads it as a class); a :class:`DatasetNotFoundError` that names the
+    :func:`split_folder_problem`: ImageFolder reads it as a class), as is a link to no folder there (passed over:
+    a class missing), an image in a hidden folder inside a
+    class folder, a hidden image file or a folder of images reached twice through links (:func:`check_samples`:
+    read as images of the class, or read twice); a :class:`DatasetNotFoundError` that names the
     layout expected, ``split/CLASS/IMAGE``, and how to get it when the folder is not in it (ImageNet's
     val/ comes flat, every image directly in val/)."""
     from pathlib import Path
 
     from torchvision.datasets import ImageFolder
 
-    problem = hidden_folders_problem(split_dir) if Path(split_dir).is_dir() else None
+    problem = split_folder_problem(split_dir) if Path(split_dir).is_dir() else None
     if problem:  # ImageFolder would read it as a class (CIFAR's folders refuse it alike)
         raise ValueError(problem)
     try:
-        return ImageFolder(str(split_dir))
+        folder = ImageFolder(str(split_dir))
     except FileNotFoundError as e:
         raise DatasetNotFoundError(_layout_problem(Path(split_dir), e)) from None
+    check_samples(split_dir, folder.samples)  # (ImageFolder reads them as images of their class, or twice)
+    return folder
 
 
 def _layout_problem(split_dir, error: Exception) -> str:
@@ -133,14 +133,19 @@ def _layout_problem(split_dir, error: Exception) -> str:
 
 
 def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
-    """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir``."""
+    """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir`` (refused where it is
+    the same folder: test accuracy measured on the training images)."""
+    if os.path.realpath(test_dir) == os.path.realpath(train_dir):  # (test_split=train, a val/ linked to train/)
+        raise ValueError(f"the test split {test_dir} is the train split {train_dir} (the same folder): the test split "
+                         "must hold other images (for dataset 'folder', name another with --dataset-kw test_split=NAME)")
     folder = _image_folder(train_dir)
     test_folder = _image_folder(test_dir)  # scanned now: a mismatch is said before any work
     if test_folder.classes != folder.classes:
         only_train = sorted(set(folder.classes) - set(test_folder.classes))
         only_test = sorted(set(test_folder.classes) - set(folder.classes))
         raise ValueError(f"{train_dir} and {test_dir} hold different classes (only in train: {only_train[:5]}, only in "
-                         f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree")
+                         f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree"
+                         + unicode_form_hint(only_train, only_test))
     eval_tf = transforms(False, image_size, resize)
     train_tf = transforms(True, image_size, resize) if augment else eval_tf
     return Source(
@@ -159,7 +164,7 @@ def _folder_facts(train_dir, image_size) -> tuple:
     names that folder, not a class count that the empty folder inflates."""
     from torchvision.datasets.folder import find_classes
 
-    problem = hidden_folders_problem(train_dir) if os.path.isdir(train_dir) else None
+    problem = split_folder_problem(train_dir) if os.path.isdir(train_dir) else None
     if problem:
         raise ValueError(problem)
     classes = find_classes(str(train_dir))[0]
