@@ -693,7 +693,7 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     from .checkpoint_files import checkpoint_files_problem, one_line
     from .checkpoint_optimizer import optimizer_state_problem, reads_optimizer_files, saved_optimizer_problem
     from .checkpoint_weights import nonzero_pruned_weights
-    from .distributed import _rebuilt
+    from .distributed import _SAME_FILES_PASSED, _processes, _rebuilt
     from .integrity import CheckpointDamagedError, CheckpointRefusedError
 
     path = Path(path)
@@ -737,7 +737,11 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     if n > 1:  # every process refuses together, not only the one with the bad file
         from accelerate.utils import gather_object
 
-        bad = next((b for b in gather_object([bad]) if b), None)
+        every = gather_object([bad])
+        bad = next((b for b in every if b), None)
+        passed = [r for r, b in enumerate(every) if not b]
+        if bad and passed:  # (the others' copies are fine: a copy of the checkpoint differs)
+            bad = (bad[0], f"{bad[1]}; {_processes(passed, n)} found no such problem: {_SAME_FILES_PASSED}")
     if bad:
         raise (_rebuilt(*bad[0], bad[1]) if isinstance(bad[0], tuple) else bad[0](bad[1]))
     accelerator.load_state(str(path))
