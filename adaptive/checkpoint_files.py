@@ -7,9 +7,12 @@ file than objects left what loaded before it loaded, so a Python caller who caug
 with a half-loaded run. :func:`checkpoint_files_problem` reads what each of those steps will read
 (the model files' headers only: keys and shapes; the other files memory-mapped where they can be) and
 names the first misfit, so :func:`~adaptive.training.load_checkpoint` refuses the checkpoint with the
-model, optimizer, connectome and controller untouched. The registered objects' own checks of what
-their files hold (:meth:`~adaptive.connectome.Connectome.load_state_dict`'s, say) run only in the
-load: one that refuses there still leaves what loaded before it (see ``load_checkpoint``).
+model, optimizer, connectome and controller untouched. A registered object that can say what it would
+refuse without loading it (a ``check_state_dict(sd)`` method: :class:`~adaptive.connectome.Connectome`,
+:class:`~adaptive.controller.Controller`) is asked too. What is left to the load itself: another
+object's own refusal of its file, a scheduler's or sampler's ``load_state_dict`` refusing a readable
+file of another kind, and a part of the controller (an estimator, its policy) refusing its entry;
+each still leaves what loaded before it.
 
 A tensor of another dtype than its parameter's loads converted, as torch's ``load_state_dict`` does
 (no failure, so no half-load); under FSDP, DeepSpeed or Megatron-LM the files are theirs, unread here.
@@ -28,8 +31,10 @@ _CUSTOM = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # (Accelerate's pattern f
 
 
 def one_line(e: BaseException) -> str:
-    """An error's text on one line (torch's load_state_dict puts the cause on its second)."""
-    return " ".join(line.strip() for line in str(e).splitlines() if line.strip())[:400]
+    """An error's text on one line (torch's load_state_dict puts the cause on its second; a KeyError's
+    without the quotes its str adds)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:400]
 
 
 def _cannot_read(f: Path, e: BaseException) -> Tuple[bool, str]:
@@ -126,10 +131,31 @@ def checkpoint_files_problem(accelerator, path) -> Optional[Tuple[bool, str]]:
         return False, (f"it holds {len(found)} registered-object file(s) (custom_checkpoint_N.pkl), but {objects} object(s) "
                 "are registered with accelerator.register_for_checkpointing here: register the same objects, in the "
                 "same order, as the run that saved it")
-    for i in range(objects):
-        problem = _read(path / f"custom_checkpoint_{i}.pkl", weights_only=False)  # (as Accelerate loads them)
+    for i, obj in enumerate(accelerator._custom_objects):
+        problem = _object_problem(obj, path / f"custom_checkpoint_{i}.pkl")
         if problem:
             return problem
+    return None
+
+
+def _object_problem(obj, f: Path) -> Optional[Tuple[bool, str]]:
+    """``(damaged, why)``: why the registered object ``obj`` would not load its file ``f``: it cannot be
+    read (as Accelerate reads it, memory-mapped where it can be), or ``obj``'s ``check_state_dict``
+    (where it has one: :class:`~adaptive.connectome.Connectome`, :class:`~adaptive.controller.Controller`)
+    refuses what it holds; None where it loads, as far as can be known before the load."""
+    from accelerate.utils import load
+
+    try:
+        sd = load(f, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(f))
+    except Exception as e:  # noqa: BLE001 - a missing, damaged or foreign file, named
+        return _cannot_read(f, e)
+    check = getattr(obj, "check_state_dict", None)
+    if callable(check):
+        try:
+            check(sd)
+        except Exception as e:  # noqa: BLE001 - its refusal, with its type and cause
+            return False, (f"{f.name} does not load into the registered {type(obj).__name__} ({type(e).__name__}: "
+                           f"{one_line(e)})")
     return None
 
 

@@ -856,6 +856,12 @@ def _model_file(ck: Path, change) -> None:
     save_file(weights, ck / "model.safetensors", metadata={"format": "pt"})
 
 
+def _object_file(ck: Path, i: int, change) -> None:
+    sd = torch.load(ck / f"custom_checkpoint_{i}.pkl", weights_only=False)
+    change(sd)
+    torch.save(sd, ck / f"custom_checkpoint_{i}.pkl")
+
+
 _INSIDE_LOAD = {  # spoil: (what it does to the checkpoint folder, the error, what its message says)
     "model_shape": (lambda ck: _model_file(ck, lambda w: w.update({"2.bias": w["2.bias"][:-1].clone()})), ValueError,
                     "model.safetensors holds '2.bias' of shape (3,), but the model's is (4,) here: was it saved from "
@@ -869,6 +875,12 @@ _INSIDE_LOAD = {  # spoil: (what it does to the checkpoint folder, the error, wh
     "scheduler_cut": (lambda ck: _cut(ck / "scheduler.bin"), "damaged", "scheduler.bin cannot be read (RuntimeError: "),
     "controller_cut": (lambda ck: _cut(ck / "custom_checkpoint_1.pkl"), "damaged",
                        "custom_checkpoint_1.pkl cannot be read (RuntimeError: "),
+    "connectome_other": (lambda ck: _object_file(ck, 0, lambda sd: sd.update(ensemble="neuron")), ValueError,
+                         "custom_checkpoint_0.pkl does not load into the registered Connectome (ValueError: state_dict "
+                         "was saved with ensemble 'neuron', this connectome uses 'synapse'"),
+    "controller_other": (lambda ck: _object_file(ck, 1, lambda sd: sd.update(policy_name="set")), ValueError,
+                         "custom_checkpoint_1.pkl does not load into the registered Controller (ValueError: this "
+                         "controller state was saved by a controller with policy='set'"),
     "extra_object": (lambda ck: shutil.copy(ck / "custom_checkpoint_1.pkl", ck / "custom_checkpoint_2.pkl"), ValueError,
                      "it holds 3 registered-object file(s) (custom_checkpoint_N.pkl), but 2 object(s) are registered "
                      "with accelerator.register_for_checkpointing here: register the same objects"),
@@ -880,7 +892,8 @@ def test_a_checkpoint_accelerate_would_stop_loading_part_way_is_refused_before_a
     """Accelerate's load_state loads the model, optimizer, scheduler and registered objects one file after
     another and stops at the first that fails: a model file of another shape or missing a tensor (torch
     copies every tensor that fits before it raises), or any file cut short (its MANIFEST.json rewritten, or
-    none), or one registered-object file too many. A caller who caught the error went on with the
+    none), one registered-object file too many, or a connectome or controller state its object refuses
+    (another run's: another granularity, another policy; the model and optimizer had loaded). A caller who caught the error went on with the
     checkpoint's weights (and moments, masks) mixed with its own. Each is refused from the files before
     anything loads now, naming the checkpoint and the file: the model, masks, optimizer, scheduler and
     controller are bit-identical to before the call."""
