@@ -59,20 +59,23 @@ def _saved_shapes(f: Path) -> Dict[str, Tuple[int, ...]]:
 
 
 def _model_problem(model, f: Path) -> Optional[Tuple[bool, str]]:
-    """``(damaged, why)``: the model file ``f`` does not load into ``model`` (keys missing or not the model's, a tensor of
-    another shape, named), as Accelerate's load (safetensors' ``load_model``, strict: a tensor saved once
-    under one of the names sharing it counts for all of them) would refuse it; None where it fits."""
+    """``(damaged, why)``: the model file ``f`` does not load into ``model`` (keys missing or not the
+    model's, a tensor of another shape, named), as Accelerate's load (safetensors' ``load_model``, strict:
+    a tensor saved once under one of the names sharing it counts for all of them) would refuse it; None
+    where it fits."""
     try:
         saved = _saved_shapes(f)
     except Exception as e:  # noqa: BLE001 - a damaged, cut-short or foreign file, named
         return _cannot_read(f, e)
     here = model.state_dict(keep_vars=True)
-    shared: Dict[tuple, list] = {}  # the names of one tensor (tied weights): the file holds one of them
-    for k, v in here.items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape)) if v.numel() else (k,)
-        shared.setdefault(key, []).append(k)
-    missing = [n for names in shared.values() if not any(n in saved for n in names) for n in names]
+    missing = [k for k in here if k not in saved]
     unexpected = [k for k in saved if k not in here]
+    if f.suffix == ".safetensors":  # load_model's own reckoning: of the names sharing one tensor (tied weights)
+        from safetensors.torch import _remove_duplicate_names  # the file holds one; another there is unexpected
+
+        for removed in _remove_duplicate_names(here, preferred_names=list(saved)).values():
+            missing = [k for k in missing if k not in removed]
+            unexpected += [k for k in removed if k in saved]
     fix = "was it saved from another model? Load a checkpoint of this model, or build the model it was saved from"
     if missing or unexpected:
         what = "; ".join(part for part in (

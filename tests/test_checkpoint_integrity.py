@@ -936,3 +936,40 @@ def test_a_checkpoint_accelerate_would_stop_loading_part_way_is_refused_before_a
     prefix = f"checkpoint {ck} is damaged: " if error == "damaged" else f"checkpoint {ck}: "
     assert str(e.value).startswith(prefix + says), str(e.value)
     assert _bits({"run": _in_memory(model, opt, conn), "sched": sched.state_dict(), "ctrl": ctrl.state_dict()}) == before
+
+
+def test_a_checkpoint_of_a_model_with_tied_weights_passes_the_model_file_check(tmp_path):
+    """The model file holds a tied weight once, under one of its names (Accelerate's save drops the others):
+    the check of the model file's keys before the load counts it for every name, as the load does, and a
+    tensor of the model missing from the file is still refused."""
+    from accelerate import Accelerator
+    from safetensors import safe_open
+
+    from adaptive.integrity import write_manifest
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def build():
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+        model[2].weight = model[0].weight
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model, opt = acc.prepare(model, opt)
+        return acc, model, opt
+
+    acc, model, opt = build()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    ck = save_checkpoint(acc, tmp_path / "run", 1)
+    with safe_open(str(ck / "model.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["0.bias", "0.weight", "2.bias"]
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    acc, model, opt = build()
+    load_checkpoint(acc, ck)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    _model_file(ck, lambda w: w.pop("0.weight"))
+    write_manifest(ck)
+    acc, model, opt = build()
+    with pytest.raises(ValueError, match=r"missing 1 of the model's tensor\(s\), first \['0.weight'\]"):
+        load_checkpoint(acc, ck)
