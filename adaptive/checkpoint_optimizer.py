@@ -46,8 +46,8 @@ def _param_names(accelerator) -> dict:
     return {id(p): n for m in accelerator._models for n, p in accelerator.unwrap_model(m).named_parameters()}
 
 
-def _misfit(key: str, name: str, saved, here) -> str:
-    return (f"optimizer state {key} of {name!r} has shape {tuple(saved)}, but the parameter is {tuple(here)} here: "
+def _misfit(key: str, name: str, saved, here, where: str = "") -> str:
+    return (f"{where}optimizer state {key} of {name!r} has shape {tuple(saved)}, but the parameter is {tuple(here)} here: "
             "was it saved from another model? Load a checkpoint of this model (its run's --resume), or build the "
             "model it was saved from")
 
@@ -64,9 +64,8 @@ def reads_optimizer_files(accelerator) -> bool:
 def saved_optimizer_problem(accelerator, path) -> Optional[str]:
     """Why the optimizer state in the checkpoint folder ``path`` does not fit ``accelerator``'s torch
     optimizers (groups of other sizes, or a moment of another shape than its parameter, named), read
-    from the files before anything is loaded; None when it fits. A file that cannot be read is left to
-    Accelerate's load, which raises what ``torch.load`` raises, as before: one process's failure to read
-    its own copy is the caller's to agree (``adaptive.distributed.agreed_call``), naming that process."""
+    from the files before anything is loaded; None when it fits. Each misfit names its file. A file that
+    cannot be read is :func:`adaptive.checkpoint_files.checkpoint_files_problem`'s to name."""
     from accelerate.utils import load
 
     names = _param_names(accelerator)
@@ -76,7 +75,7 @@ def saved_optimizer_problem(accelerator, path) -> Optional[str]:
         f = Path(path) / (f"optimizer_{i}.bin" if i else "optimizer.bin")
         try:
             sd = load(f, map_location="cpu", mmap=zipfile.is_zipfile(f))  # (Accelerate's load, weights_only)
-        except Exception:  # noqa: BLE001 - a damaged or missing file: Accelerate's load says so
+        except Exception:  # noqa: BLE001 - a damaged or missing file: checkpoint_files_problem names it
             continue
         if not (isinstance(sd, dict) and isinstance(sd.get("state"), dict) and isinstance(sd.get("param_groups"), list)
                 and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in sd["param_groups"])):
@@ -95,7 +94,7 @@ def saved_optimizer_problem(accelerator, path) -> Optional[str]:
             for key in _PARAM_SHAPED_STATE:
                 v = st.get(key)
                 if torch.is_tensor(v) and v.shape != p.shape:
-                    return _misfit(key, names.get(id(p), "a parameter"), v.shape, p.shape)
+                    return _misfit(key, names.get(id(p), "a parameter"), v.shape, p.shape, f"{f.name}: ")
     return None
 
 

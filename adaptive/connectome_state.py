@@ -57,9 +57,27 @@ class ConnectomeStateMixin:
 
     @torch.inference_mode(False)
     def load_state_dict(self, sd: Mapping) -> None:
-        """Restore masks (and originals) saved by :meth:`state_dict`; validated before anything changes.
-        Optimizer state is reset only where a synapse is absent, so the optimizer may be loaded
-        before or after the connectome."""
+        """Restore masks (and originals) saved by :meth:`state_dict`; validated before anything changes
+        (:meth:`check_state_dict`). Optimizer state is reset only where a synapse is absent, so the
+        optimizer may be loaded before or after the connectome."""
+        clean, original = self._loadable(sd)
+        if original:
+            self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
+        # a restore, not an edit: an optimizer loaded from the same checkpoint (Accelerate loads it
+        # first) keeps its moments where a synapse is present
+        changed = self._set(clean, restore=True, notify=False)
+        self.apply()
+        if changed:  # listeners hear of the load once it is whole
+            self._notify_edit_listeners(changed)
+
+    def check_state_dict(self, sd: Mapping) -> None:
+        """Raise what :meth:`load_state_dict` would refuse ``sd`` for (other layers, shapes, granularity
+        or mode), changing nothing: :func:`~adaptive.training.load_checkpoint` asks before any of a
+        checkpoint's files loads."""
+        self._loadable(sd)
+
+    def _loadable(self, sd: Mapping) -> tuple:
+        """``(masks, originals)`` of ``sd``, checked against this connectome (the masks as private copies)."""
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
         _check_state_entries(sd)
@@ -90,15 +108,7 @@ class ConnectomeStateMixin:
             raise KeyError(f"state_dict has original weights for some layers but not for {lacking[:5]}"
                            f"{'...' if len(lacking) > 5 else ''}: save it with every layer's original "
                            "(Connectome.state_dict() does), or leave 'original' out to keep this connectome's")
-        clean = self._validate(sd["masks"])
-        if original:
-            self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
-        # a restore, not an edit: an optimizer loaded from the same checkpoint (Accelerate loads it
-        # first) keeps its moments where a synapse is present
-        changed = self._set(clean, restore=True, notify=False)
-        self.apply()
-        if changed:  # listeners hear of the load once it is whole
-            self._notify_edit_listeners(changed)
+        return self._validate(sd["masks"]), original
 
     def _other_layers(self, missing: List[str], extra: List[str], model_params: Mapping) -> str:
         """Why a state saved over other layers is refused (``missing``: our layers it has no mask for;

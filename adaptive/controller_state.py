@@ -241,23 +241,7 @@ class ControllerStateMixin:
         checked before anything loads; the parts (estimators, policy, gradient window) then load
         each through its own ``load_state_dict``, and one that raises has every part put back as it
         was before the error is raised (a :class:`ValueError` naming the part)."""
-        if not isinstance(sd, dict) or "step_count" not in sd:
-            raise ValueError("not a controller state_dict: it has no 'step_count' entry")
-        sd = self._without_empty_layers(self._under_plain_names(sd))
-        self._check_state_shapes(sd)
-        self._check_state_kinds(sd)
-        zero_cost_order = self._loaded_zero_cost_order(sd)
-        tolerance = self._loaded_line_search_tolerance(sd)
-        try:
-            step_count = int(sd["step_count"])
-            nonfinite = int(sd.get("nonfinite_windows", 0))
-            warned_missed = bool(sd.get("warned_missed", False))  # (saved before it was recorded: not known)
-            events = sd.get("events", [])
-            if not isinstance(events, (list, tuple)):
-                raise TypeError(f"'events' is a {type(events).__name__}, not a list")
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"controller state entry is malformed ({e}): pass the dict that Controller.state_dict() "
-                             "returned, unchanged") from e
+        sd, (step_count, nonfinite, warned_missed, events, zero_cost_order, tolerance) = self._loadable(sd)
         states = sd.get("estimators") or {}
         parts = [(f"estimators[{side!r}]", est, states.get(side) or {}) for side, est in self._estimators().items()]
         parts.append(("policy", self.policy, sd.get("policy") or {}))
@@ -285,6 +269,35 @@ class ControllerStateMixin:
         self.line_search_tolerance = tolerance
         self._drop_grad_hooks()  # what was noted belongs to the step this controller was at, not the loaded one
         self._renote_unstepped_grads()
+
+    def check_state_dict(self, sd: dict) -> None:
+        """Raise what :meth:`load_state_dict` refuses ``sd`` for before loading any part (other layers or
+        shapes, another policy or estimator, malformed counters), changing nothing:
+        :func:`~adaptive.training.load_checkpoint` asks before any of a checkpoint's files loads. (A part's
+        own load may still refuse, in the load: it then puts every part back.)"""
+        self._loadable(sd)
+
+    def _loadable(self, sd: dict) -> tuple:
+        """``(sd, (step_count, nonfinite_windows, warned_missed, events, zero_cost_order, line_search_tolerance))``:
+        ``sd`` under this controller's layer names, and its own entries, checked."""
+        if not isinstance(sd, dict) or "step_count" not in sd:
+            raise ValueError("not a controller state_dict: it has no 'step_count' entry")
+        sd = self._without_empty_layers(self._under_plain_names(sd))
+        self._check_state_shapes(sd)
+        self._check_state_kinds(sd)
+        zero_cost_order = self._loaded_zero_cost_order(sd)
+        tolerance = self._loaded_line_search_tolerance(sd)
+        try:
+            step_count = int(sd["step_count"])
+            nonfinite = int(sd.get("nonfinite_windows", 0))
+            warned_missed = bool(sd.get("warned_missed", False))  # (saved before it was recorded: not known)
+            events = sd.get("events", [])
+            if not isinstance(events, (list, tuple)):
+                raise TypeError(f"'events' is a {type(events).__name__}, not a list")
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"controller state entry is malformed ({e}): pass the dict that Controller.state_dict() "
+                             "returned, unchanged") from e
+        return sd, (step_count, nonfinite, warned_missed, events, zero_cost_order, tolerance)
 
     def _loaded_line_search_tolerance(self, sd: dict) -> float:
         """The line-search tolerance a resumed run goes on with: the state's, where it ran a line search

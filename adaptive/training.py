@@ -674,55 +674,80 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     This process's random states must be there and readable: Accelerate skips an unreadable file
     with a log line, and the run would go on with other augmentation and dropout draws. Under several
     processes every one refuses together (one gather), whatever the failure of its checks: one that
-    cannot stat or list its copy of the files raises an OSError naming it on every process. Read from
-    the files before anything loads, in that same gather, so a refusal leaves the model, optimizer and
-    connectome as they were: an optimizer state that does not fit the optimizer's parameters (another
-    model's, :mod:`adaptive.checkpoint_optimizer`) is a ValueError, a model file holding non-zero weights
+    cannot stat or list its copy of the files raises an OSError naming it on every process; another
+    error of one process's checks is raised on every process as its class, naming that process, its
+    type and text. Read from the files before anything loads, in that same gather, so a refusal leaves
+    the model, optimizer, connectome and controller as they were: a file that load_state would stop at
+    (a model file of other keys or shapes, any file it reads cut short or unreadable, another number of
+    registered-object files: :mod:`adaptive.checkpoint_files`) is a ValueError, or a
+    CheckpointDamagedError where it cannot be read; an optimizer state that does not fit the optimizer's
+    parameters (another model's, :mod:`adaptive.checkpoint_optimizer`) is a ValueError, a model file holding non-zero weights
     where a train-mode connectome prunes that held 0 there when the checkpoint was saved (another run's
     model file, beside these masks: :mod:`adaptive.checkpoint_weights`) a CheckpointRefusedError. (Under
     FSDP, DeepSpeed or Megatron-LM the optimizer state is checked after the load: their files are their own;
-    so is that of an optimizer with ``load_state_dict`` pre-hooks, which load what they make of the file.)"""
+    so is that of an optimizer with ``load_state_dict`` pre-hooks, which load what they make of the file.)
+    Each refusal names the checkpoint, the file and, under several processes, the process that found it.
+    What remains: a registered object's own refusal of what its file holds (a connectome of other
+    layers or granularity, a controller of another policy), and an error of a load pre-hook's, come
+    from inside the load, after the model and optimizer loaded."""
+    from .checkpoint_files import checkpoint_files_problem, one_line
     from .checkpoint_optimizer import optimizer_state_problem, reads_optimizer_files, saved_optimizer_problem
     from .checkpoint_weights import nonzero_pruned_weights
+    from .distributed import _SAME_FILES_PASSED, _processes, _rebuilt
     from .integrity import CheckpointDamagedError, CheckpointRefusedError
 
     path = Path(path)
-    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    me, n = accelerator.process_index, accelerator.num_processes
+    by = f" (found by process {me} of {n})" if n > 1 else ""  # each process reads its own copy of the files
+    rng = path / f"random_states_{me}.pkl"
     bad = None  # (the error's class, its message): damage stays CheckpointDamagedError on every process
     try:
         if not verified:
-            verify_checkpoint(path, accelerator.process_index, warn=accelerator.is_main_process,
-                              num_processes=accelerator.num_processes, hash_files=accelerator.is_main_process)
+            verify_checkpoint(path, me, warn=accelerator.is_main_process, num_processes=n,
+                              hash_files=accelerator.is_main_process)
         elif not rng.is_file():
-            bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} is missing"))
+            bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} is missing{by}"))
         if not bad:
             try:
                 torch.load(rng, weights_only=False)
             except Exception as e:
-                bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} cannot be read ({type(e).__name__})"))
+                bad = (CheckpointDamagedError, _damaged(path, f"{rng.name} cannot be read ({type(e).__name__}){by}"))
+        if not bad:  # every file load_state reads, as it reads it (it stops at the first that fails, the ones
+            found = checkpoint_files_problem(accelerator, path)  # before it loaded: a half-loaded run)
+            if found:
+                damaged, problem = found
+                bad = ((CheckpointDamagedError, _damaged(path, problem + by)) if damaged else
+                       (ValueError, f"checkpoint {path}{by}: {problem}"))
         if not bad and reads_optimizer_files(accelerator):  # (torch loads moments of other shapes silently; the
             problem = saved_optimizer_problem(accelerator, path)  # first step then failed deep inside it)
-            bad = (ValueError, problem) if problem else None
+            bad = (ValueError, f"checkpoint {path}{by}: {problem}") if problem else None
         if not bad:  # a model file of another run beside these masks (the connectome's load would zero the evidence)
             problem = nonzero_pruned_weights(accelerator, path)
-            bad = (CheckpointRefusedError, _damaged(path, problem)) if problem else None
+            bad = (CheckpointRefusedError, _damaged(path, problem + by)) if problem else None
     except CheckpointRefusedError as e:
         bad = (type(e), str(e))
-    except Exception as e:  # (a folder this process cannot list or stat) every process still meets in the gather
-        if accelerator.num_processes == 1:  # below, not only the others while this one stops: one refusal for all
+    except Exception as e:  # every process still meets in the gather below, not only the others while this one
+        if n == 1:          # stops: one refusal for all, of this error's class, its cause named
             raise
-        bad = (OSError, f"process {accelerator.process_index} of {accelerator.num_processes} cannot read checkpoint "
-                        f"{path} ({type(e).__name__}: {e}): every process must be able to read its copy of it")
-    if accelerator.num_processes > 1:  # every process refuses together, not only the one with the bad file
+        cause = f"{type(e).__name__}: {one_line(e)}"
+        bad = ((OSError, f"process {me} of {n} cannot read checkpoint {path} ({cause}): every process must be able "
+                         "to read its copy of it") if isinstance(e, OSError) else
+               ((type(e).__module__, type(e).__qualname__),
+                f"process {me} of {n} failed checking checkpoint {path} before loading it ({cause})"))
+    if n > 1:  # every process refuses together, not only the one with the bad file
         from accelerate.utils import gather_object
 
-        bad = next((b for b in gather_object([bad]) if b), None)
+        every = gather_object([bad])
+        bad = next((b for b in every if b), None)
+        passed = [r for r, b in enumerate(every) if not b]
+        if bad and passed:  # (the others' copies are fine: a copy of the checkpoint differs)
+            bad = (bad[0], f"{bad[1]}; {_processes(passed, n)} found no such problem: {_SAME_FILES_PASSED}")
     if bad:
-        raise bad[0](bad[1])
+        raise (_rebuilt(*bad[0], bad[1]) if isinstance(bad[0], tuple) else bad[0](bad[1]))
     accelerator.load_state(str(path))
     problem = optimizer_state_problem(accelerator, adapted_only=reads_optimizer_files(accelerator))
     if problem:  # (another layout, or an optimizer whose load pre-hooks adapt the file: as loaded)
-        raise ValueError(problem)
+        raise ValueError(f"checkpoint {path}{by}: {problem}")
 
 
 # ----------------------------------------------------------------------------- files

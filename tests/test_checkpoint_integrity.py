@@ -842,3 +842,134 @@ def test_an_optimizer_state_adapted_by_a_load_pre_hook_resumes(tmp_path):
     with pytest.raises(ValueError, match=r"momentum_buffer of 'weight' has shape \(2, 4\), but the parameter is "
                        r"\(3, 4\) here: was it saved from another model\?"):
         load_checkpoint(acc, ck)
+
+
+def _cut(f: Path) -> None:
+    f.write_bytes(f.read_bytes()[:-40])
+
+
+def _model_file(ck: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(ck / "model.safetensors")
+    change(weights)
+    save_file(weights, ck / "model.safetensors", metadata={"format": "pt"})
+
+
+def _object_file(ck: Path, i: int, change) -> None:
+    sd = torch.load(ck / f"custom_checkpoint_{i}.pkl", weights_only=False)
+    change(sd)
+    torch.save(sd, ck / f"custom_checkpoint_{i}.pkl")
+
+
+_INSIDE_LOAD = {  # spoil: (what it does to the checkpoint folder, the error, what its message says)
+    "model_shape": (lambda ck: _model_file(ck, lambda w: w.update({"2.bias": w["2.bias"][:-1].clone()})), ValueError,
+                    "model.safetensors holds '2.bias' of shape (3,), but the model's is (4,) here: was it saved from "
+                    "another model?"),
+    "model_key": (lambda ck: _model_file(ck, lambda w: w.pop("2.bias")), ValueError,
+                  "model.safetensors does not hold this model's tensors (missing 1 of the model's tensor(s), first "
+                  "['2.bias'])"),
+    "model_cut": (lambda ck: _cut(ck / "model.safetensors"), "damaged", "model.safetensors cannot be read "
+                  "(SafetensorError: "),
+    "optimizer_cut": (lambda ck: _cut(ck / "optimizer.bin"), "damaged", "optimizer.bin cannot be read (RuntimeError: "),
+    "scheduler_cut": (lambda ck: _cut(ck / "scheduler.bin"), "damaged", "scheduler.bin cannot be read (RuntimeError: "),
+    "controller_cut": (lambda ck: _cut(ck / "custom_checkpoint_1.pkl"), "damaged",
+                       "custom_checkpoint_1.pkl cannot be read (RuntimeError: "),
+    "connectome_other": (lambda ck: _object_file(ck, 0, lambda sd: sd.update(ensemble="neuron")), ValueError,
+                         "custom_checkpoint_0.pkl does not load into the registered Connectome (ValueError: state_dict "
+                         "was saved with ensemble 'neuron', this connectome uses 'synapse'"),
+    "controller_other": (lambda ck: _object_file(ck, 1, lambda sd: sd.update(policy_name="set")), ValueError,
+                         "custom_checkpoint_1.pkl does not load into the registered Controller (ValueError: this "
+                         "controller state was saved by a controller with policy='set'"),
+    "extra_object": (lambda ck: shutil.copy(ck / "custom_checkpoint_1.pkl", ck / "custom_checkpoint_2.pkl"), ValueError,
+                     "it holds 3 registered-object file(s) (custom_checkpoint_N.pkl), but 2 object(s) are registered "
+                     "with accelerator.register_for_checkpointing here: register the same objects"),
+}
+
+
+@pytest.mark.parametrize("spoil", list(_INSIDE_LOAD))
+def test_a_checkpoint_accelerate_would_stop_loading_part_way_is_refused_before_anything_loads(tmp_path, spoil):
+    """Accelerate's load_state loads the model, optimizer, scheduler and registered objects one file after
+    another and stops at the first that fails: a model file of another shape or missing a tensor (torch
+    copies every tensor that fits before it raises), or any file cut short (its MANIFEST.json rewritten, or
+    none), one registered-object file too many, or a connectome or controller state its object refuses
+    (another run's: another granularity, another policy; the model and optimizer had loaded). A caller who caught the error went on with the
+    checkpoint's weights (and moments, masks) mixed with its own. Each is refused from the files before
+    anything loads now, naming the checkpoint and the file: the model, masks, optimizer, scheduler and
+    controller are bit-identical to before the call."""
+    from accelerate import Accelerator
+
+    from adaptive.integrity import CheckpointDamagedError, write_manifest
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def build():
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        conn = adaptive.Connectome(model)
+        ctrl = adaptive.Controller(conn, opt, density=0.5, update_every=2, seed=0)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 2)
+        model, opt, sched = acc.prepare(model, opt, sched)
+        acc.register_for_checkpointing(conn, ctrl)
+        return acc, model, opt, sched, conn, ctrl
+
+    def steps(model, opt, sched, n):
+        for _ in range(n):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+
+    acc, model, opt, sched, conn, ctrl = build()
+    steps(model, opt, sched, 3)
+    ck = save_checkpoint(acc, tmp_path / "run", 3)
+    change, error, says = _INSIDE_LOAD[spoil]
+    change(ck)
+    write_manifest(ck)
+    acc, model, opt, sched, conn, ctrl = build()
+    steps(model, opt, sched, 5)  # a run of its own: other weights, masks, moments and counts than the checkpoint's
+    before = _bits({"run": _in_memory(model, opt, conn), "sched": sched.state_dict(), "ctrl": ctrl.state_dict()})
+    with pytest.raises(CheckpointDamagedError if error == "damaged" else error) as e:
+        load_checkpoint(acc, ck)
+    prefix = f"checkpoint {ck} is damaged: " if error == "damaged" else f"checkpoint {ck}: "
+    assert str(e.value).startswith(prefix + says), str(e.value)
+    assert _bits({"run": _in_memory(model, opt, conn), "sched": sched.state_dict(), "ctrl": ctrl.state_dict()}) == before
+
+
+def test_a_checkpoint_of_a_model_with_tied_weights_passes_the_model_file_check(tmp_path):
+    """The model file holds a tied weight once, under one of its names (Accelerate's save drops the others):
+    the check of the model file's keys before the load counts it for every name, as the load does, and a
+    tensor of the model missing from the file is still refused."""
+    from accelerate import Accelerator
+    from safetensors import safe_open
+
+    from adaptive.integrity import write_manifest
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def build():
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+        model[2].weight = model[0].weight
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model, opt = acc.prepare(model, opt)
+        return acc, model, opt
+
+    acc, model, opt = build()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    ck = save_checkpoint(acc, tmp_path / "run", 1)
+    with safe_open(str(ck / "model.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["0.bias", "0.weight", "2.bias"]
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    acc, model, opt = build()
+    load_checkpoint(acc, ck)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    _model_file(ck, lambda w: w.pop("0.weight"))
+    write_manifest(ck)
+    acc, model, opt = build()
+    with pytest.raises(ValueError, match=r"missing 1 of the model's tensor\(s\), first \['0.weight'\]"):
+        load_checkpoint(acc, ck)

@@ -217,3 +217,33 @@ def test_settings_refused_or_differing_on_one_process_are_refused_by_every_proce
     assert "passes (process 0 of 2: 1.0; process 1 of 2: 2.0)" in both and "seed (process 0 of 2: 0; process 1 of 2: 1)" \
         in both and "targets" not in both
     assert rec["agree"] == {"removed": 28}
+
+
+def test_a_load_refused_by_one_process_names_the_process_the_file_and_the_cause(tmp_path):
+    """load_checkpoint through agreed_call where process 1's copy alone is at fault: an optimizer moment
+    of another shape was refused naming neither the checkpoint's file nor the process; a check's error
+    that is no read error (a TypeError) reached every process as an OSError saying process 1 "cannot read
+    checkpoint" its copy; and recipes/adaptive.py's resume cut an error raised inside Accelerate's load to
+    its first line, where torch's load errors say nothing but "Error(s) in loading state_dict for X:" (the
+    cause is on the next). Every process now raises one error naming the process, the file and the cause."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_load_refusals.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    recs = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert recs[0] == recs[1], recs
+    rec = recs[0]
+    kind, message, alike = rec["moment"]
+    assert kind == "ValueError" and alike, rec
+    assert message.startswith(f"checkpoint {tmp_path / 'copy1' / 'moment'} (found by process 1 of 2): optimizer.bin: "
+                              "optimizer state momentum_buffer of 'weight' has shape (2, 4), but the parameter is "
+                              "(3, 4) here: was it saved from another model?"), message
+    kind, message, alike = rec["unexpected"]
+    assert kind == "TypeError" and alike, rec
+    assert message.startswith(f"process 1 of 2 failed checking checkpoint {tmp_path / 'copy1' / 'unexpected'} before "
+                              "loading it (TypeError: boom: a check that is no read); process 0 of 2 found no such "
+                              "problem"), message
+    kind, message, alike = rec["inside_load"]
+    assert kind == "CheckpointError" and alike, rec
+    assert message.startswith("process 1 of 2: checkpoint ") and "(RuntimeError: Error(s) in loading state for " \
+        "Thing: the real cause: x must be 7)" in message, message

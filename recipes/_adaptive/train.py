@@ -177,9 +177,11 @@ def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps
         load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
     except CheckpointRefusedError:  # (adaptive.integrity's)
         raise  # names the file and the run's other checkpoints
-    except Exception as e:  # a truncated or foreign file: name the folder, not a deserializer's internals
+    except Exception as e:  # a truncated or foreign file: name the folder, and the cause on one line (torch's
+        from adaptive.checkpoint_files import one_line  # load errors give it on their second)
+
         raise CheckpointError(
-            f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {one_line(e)}); "
             f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
     if state.accumulation != accum:  # (a checkpoint without the run's config.yaml: checked only here)
         raise CheckpointError(

@@ -1,0 +1,172 @@
+"""A checkpoint folder's files read against this run's objects before Accelerate's ``load_state``
+touches any of them. ``load_state`` loads the models, then the optimizers, schedulers, samplers, the
+grad scaler, the random states and the registered objects, each from its own file, and stops at the
+first that fails: a model file of other keys or shapes (torch's ``load_state_dict`` copies every tensor
+that fits before it raises), a file cut short or unreadable, or one more or fewer registered-object
+file than objects left what loaded before it loaded, so a Python caller who caught the error went on
+with a half-loaded run. :func:`checkpoint_files_problem` reads what each of those steps will read
+(the model files' headers only: keys and shapes; the other files memory-mapped where they can be) and
+names the first misfit, so :func:`~adaptive.training.load_checkpoint` refuses the checkpoint with the
+model, optimizer, connectome and controller untouched. A registered object that can say what it would
+refuse without loading it (a ``check_state_dict(sd)`` method: :class:`~adaptive.connectome.Connectome`,
+:class:`~adaptive.controller.Controller`) is asked too. What is left to the load itself: another
+object's own refusal of its file, a scheduler's or sampler's ``load_state_dict`` refusing a readable
+file of another kind, and a part of the controller (an estimator, its policy) refusing its entry;
+each still leaves what loaded before it.
+
+A tensor of another dtype than its parameter's loads converted, as torch's ``load_state_dict`` does
+(no failure, so no half-load); under FSDP, DeepSpeed or Megatron-LM the files are theirs, unread here.
+"""
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+
+_CUSTOM = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # (Accelerate's pattern for registered objects' files)
+
+
+def one_line(e: BaseException) -> str:
+    """An error's text on one line (torch's load_state_dict puts the cause on its second; a KeyError's
+    without the quotes its str adds)."""
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())[:400]
+
+
+def _cannot_read(f: Path, e: BaseException) -> Tuple[bool, str]:
+    return True, f"{f.name} cannot be read ({type(e).__name__}: {one_line(e)})"
+
+
+def _saved_shapes(f: Path) -> Dict[str, Tuple[int, ...]]:
+    """The tensor names and shapes of a model file as Accelerate will load it: a ``.safetensors``
+    file's header alone (its length is checked against the file's: one cut short raises), or a
+    ``.bin`` state_dict memory-mapped."""
+    if f.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt", device="cpu") as sf:
+            return {k: tuple(sf.get_slice(k).get_shape()) for k in sf.keys()}
+    from accelerate.utils import load
+
+    sd = load(f, map_location="cpu", mmap=zipfile.is_zipfile(f))
+    if not isinstance(sd, dict):
+        raise TypeError(f"a {type(sd).__name__}, not a state_dict")
+    return {k: tuple(v.shape) for k, v in sd.items() if torch.is_tensor(v)}
+
+
+def _model_problem(model, f: Path) -> Optional[Tuple[bool, str]]:
+    """``(damaged, why)``: the model file ``f`` does not load into ``model`` (keys missing or not the
+    model's, a tensor of another shape, named), as Accelerate's load (safetensors' ``load_model``, strict:
+    a tensor saved once under one of the names sharing it counts for all of them) would refuse it; None
+    where it fits."""
+    try:
+        saved = _saved_shapes(f)
+    except Exception as e:  # noqa: BLE001 - a damaged, cut-short or foreign file, named
+        return _cannot_read(f, e)
+    here = model.state_dict(keep_vars=True)
+    missing = [k for k in here if k not in saved]
+    unexpected = [k for k in saved if k not in here]
+    if f.suffix == ".safetensors":  # load_model's own reckoning: of the names sharing one tensor (tied weights)
+        from safetensors.torch import _remove_duplicate_names  # the file holds one; another there is unexpected
+
+        for removed in _remove_duplicate_names(here, preferred_names=list(saved)).values():
+            missing = [k for k in missing if k not in removed]
+            unexpected += [k for k in removed if k in saved]
+    fix = "was it saved from another model? Load a checkpoint of this model, or build the model it was saved from"
+    if missing or unexpected:
+        what = "; ".join(part for part in (
+            f"missing {len(missing)} of the model's tensor(s), first {missing[:3]}" if missing else "",
+            f"{len(unexpected)} tensor(s) the model does not have, first {unexpected[:3]}" if unexpected else "") if part)
+        return False, f"{f.name} does not hold this model's tensors ({what}): {fix}"
+    for k, shape in saved.items():
+        v = here[k]
+        if torch.nn.parameter.is_lazy(v) or shape == tuple(v.shape) or (v.dim() == 0 and shape == (1,)):
+            continue  # (torch's load takes a one-element tensor for a 0-d one)
+        return False, f"{f.name} holds {k!r} of shape {shape}, but the model's is {tuple(v.shape)} here: {fix}"
+    return None
+
+
+def _read(f: Path, weights_only: bool = True) -> Optional[Tuple[bool, str]]:
+    """``(True, why)``: why ``f`` cannot be read as Accelerate's load will read it (None: it can), memory-mapped where it can be."""
+    from accelerate.utils import load
+
+    try:
+        load(f, map_location="cpu", weights_only=weights_only, mmap=zipfile.is_zipfile(f))
+    except Exception as e:  # noqa: BLE001 - a missing, damaged or foreign file, named
+        return _cannot_read(f, e)
+    return None
+
+
+def checkpoint_files_problem(accelerator, path) -> Optional[Tuple[bool, str]]:
+    """``(damaged, why)``: why ``accelerator.load_state(path)`` would stop part-way (a model file of other keys or shapes or
+    cut short, or an optimizer, scheduler, sampler, scaler or registered-object file that cannot be read,
+    or another number of registered-object files than objects), read from the files before anything
+    loads (``damaged``: a file cannot be read, rather than holding what does not fit this run); None where
+    each step's file is there and fits. Only for the layouts Accelerate writes itself
+    (no FSDP, DeepSpeed or Megatron-LM: :func:`~adaptive.checkpoint_optimizer.reads_optimizer_files`).
+    The optimizer files' contents are :func:`~adaptive.checkpoint_optimizer.saved_optimizer_problem`'s."""
+    from .checkpoint_optimizer import reads_optimizer_files
+
+    if not reads_optimizer_files(accelerator):
+        return None
+    path = Path(path)
+    for i, model in enumerate(accelerator._models):
+        end = f"_{i}" if i else ""
+        f = path / f"model{end}.safetensors"
+        problem = _model_problem(model, f if f.exists() else path / f"pytorch_model{end}.bin")
+        if problem:
+            return problem
+    files = [f"optimizer{f'_{i}' if i else ''}.bin" for i in range(len(accelerator._optimizers))]
+    files += [f"scheduler{f'_{i}' if i else ''}.bin" for i in range(len(accelerator._schedulers))]
+    files += ["scaler.pt"] if accelerator.scaler is not None else []
+    files += [_sampler_file(i, dl) for i, dl in enumerate(accelerator._dataloaders) if _sampler_file(i, dl)]
+    for name in files:
+        problem = _read(path / name)
+        if problem:
+            return problem
+    found = sorted(f for f in os.listdir(path) if _CUSTOM.match(f))
+    objects = len(accelerator._custom_objects)
+    if len(found) != objects:
+        return False, (f"it holds {len(found)} registered-object file(s) (custom_checkpoint_N.pkl), but {objects} object(s) "
+                "are registered with accelerator.register_for_checkpointing here: register the same objects, in the "
+                "same order, as the run that saved it")
+    for i, obj in enumerate(accelerator._custom_objects):
+        problem = _object_problem(obj, path / f"custom_checkpoint_{i}.pkl")
+        if problem:
+            return problem
+    return None
+
+
+def _object_problem(obj, f: Path) -> Optional[Tuple[bool, str]]:
+    """``(damaged, why)``: why the registered object ``obj`` would not load its file ``f``: it cannot be
+    read (as Accelerate reads it, memory-mapped where it can be), or ``obj``'s ``check_state_dict``
+    (where it has one: :class:`~adaptive.connectome.Connectome`, :class:`~adaptive.controller.Controller`)
+    refuses what it holds; None where it loads, as far as can be known before the load."""
+    from accelerate.utils import load
+
+    try:
+        sd = load(f, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(f))
+    except Exception as e:  # noqa: BLE001 - a missing, damaged or foreign file, named
+        return _cannot_read(f, e)
+    check = getattr(obj, "check_state_dict", None)
+    if callable(check):
+        try:
+            check(sd)
+        except Exception as e:  # noqa: BLE001 - its refusal, with its type and cause
+            return False, (f"{f.name} does not load into the registered {type(obj).__name__} ({type(e).__name__}: "
+                           f"{one_line(e)})")
+    return None
+
+
+def _sampler_file(i: int, dataloader) -> Optional[str]:
+    """The sampler file Accelerate's load reads for the ``i``-th prepared dataloader, or None where it reads none."""
+    from accelerate.data_loader import IterableDatasetShard, SeedableRandomSampler
+
+    if isinstance(getattr(dataloader, "dataset", None), IterableDatasetShard) and \
+            isinstance(dataloader.get_sampler(), SeedableRandomSampler):
+        return f"sampler{f'_{i}' if i else ''}.bin"
+    return None
