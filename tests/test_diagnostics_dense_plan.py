@@ -162,6 +162,8 @@ def test_memory_for_nets_on_a_gpu_is_the_gpus_free_memory_not_the_hosts(monkeypa
     need = dense_plan.dense_gradients_bytes(args, kinds, norms, shape, 10)
     asked = []
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: asked.append(torch.device(d)) or (need * 10, need * 20))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: 0)  # (a GPU machine's own figures)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: 0)
     host = need // 10  # the host has too little, the GPU plenty
     real_open = open
     monkeypatch.setattr("builtins.open", lambda f, *a, **k: (_ for _ in ()).throw(OSError()) if f == "/proc/meminfo"
@@ -186,3 +188,20 @@ def test_a_gpu_whose_memory_cannot_be_read_refuses_nothing(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", no_cuda)
     assert dense_plan.available_memory("cuda") is None
     assert dense_plan.memory_problem(_dense_args(100_000_000), ["mlp"], [False], (1, 28, 28), 10, device="cuda") is None
+
+
+def test_memory_on_a_gpu_counts_the_blocks_the_caching_allocator_holds_unused(monkeypatch):
+    """mem_get_info's free memory leaves out what PyTorch's caching allocator keeps reserved after tensors
+    were freed (an earlier run in the same process, a notebook): new tensors reuse it, so the nets fit where
+    free + reserved - allocated covers them; counting the driver's figure alone refused them."""
+    from recipes._diagnostics import dense_plan
+
+    args, kinds, norms, shape = _dense_args(100_000), ["mlp"], [False], (1, 28, 28)
+    need = dense_plan.dense_gradients_bytes(args, kinds, norms, shape, 10)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda d=None: (need // 4, need * 20))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda d=None: need * 3)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: need)
+    assert dense_plan.available_memory("cuda:0") == need // 4 + 2 * need
+    assert dense_plan.memory_problem(args, kinds, norms, shape, 10, device="cuda:0") is None
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: need * 3)  # none of it unused
+    assert "free on cuda:0" in dense_plan.memory_problem(args, kinds, norms, shape, 10, device="cuda:0")

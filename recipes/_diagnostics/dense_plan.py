@@ -97,9 +97,10 @@ def dense_gradients_bytes(args, kinds, norms, in_shape, num_classes: int) -> int
 
 def available_memory(device="cpu") -> "int | None":
     """Bytes of memory available to start new work on ``device`` (where the nets' tensors will live): for a
-    CUDA device its free memory (``torch.cuda.mem_get_info``: the host's says nothing of a GPU's); else the
-    host's, /proc/meminfo's MemAvailable (Linux), else the machine's physical memory (``os.sysconf``); None
-    where none can be read."""
+    CUDA device its free memory (``torch.cuda.mem_get_info``: the host's says nothing of a GPU's) and the
+    blocks this process's caching allocator holds unused (reserved but not allocated: freed tensors' memory,
+    which the driver counts as taken, though new tensors reuse it); else the host's, /proc/meminfo's
+    MemAvailable (Linux), else the machine's physical memory (``os.sysconf``); None where none can be read."""
     import os
 
     import torch
@@ -107,9 +108,13 @@ def available_memory(device="cpu") -> "int | None":
     device = torch.device(device)
     if device.type == "cuda":
         try:
-            return int(torch.cuda.mem_get_info(device)[0])
+            free = int(torch.cuda.mem_get_info(device)[0])
         except (RuntimeError, AssertionError, ValueError):  # (no CUDA, or no such device)
             return None
+        try:
+            return free + max(0, int(torch.cuda.memory_reserved(device)) - int(torch.cuda.memory_allocated(device)))
+        except (RuntimeError, AssertionError, ValueError):
+            return free
     try:
         with open("/proc/meminfo") as f:
             for line in f:
