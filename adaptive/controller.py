@@ -123,7 +123,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             at commas as include=/exclude= are (``protect="0,3"``); as there, a pattern matches a weight's
             name or its layer's, and a tied weight answers to every name that holds it.
         init: how a sparse policy sparsifies at construction: "random" (train default),
-            "magnitude" (mask_only default) or "estimator" (its removal costs; refused for an
+            "magnitude" (mask_only default; refused where the weights hold NaN or inf) or
+            "estimator" (its removal costs; refused for an
             estimator that scores from gradients alone, such as curvature, obd or taylor: a new
             controller has observed none, so every score would be 0).
         window: observe gradients only during the last ``window`` steps before each update
@@ -814,6 +815,15 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             scores = {n: draw.ensemble_scores(self.context(n, 0), self.conn.granularities[n]).float()
                       .to(self.conn.masks[n].device) for n in names}
         elif self.init == "magnitude":
+            # NaN has no place in an order (kept or pruned by where nan_to_num puts it): refused, as an
+            # estimator's scores are (adaptive/score_checks.py), before anything is edited
+            bad = {n: int((~torch.isfinite(self.conn.params[n])).sum()) for n in names}
+            bad = {n: k for n, k in bad.items() if k}
+            if bad:
+                shown = ", ".join(f"{n!r} ({k:,})" for n, k in list(bad.items())[:3]) + (" ..." if len(bad) > 3 else "")
+                raise ValueError(f"init='magnitude' ranks the ensembles by the magnitude of their weights, but the weights "
+                                 f"of {len(bad)} layer(s) hold NaN or inf: {shown}, which rank nothing (a diverged run, or "
+                                 "broken weights loaded); load finite weights, or use init='random'. Nothing was edited")
             scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:
             unseen = self.stats is None or self.stats.count == 0
