@@ -153,7 +153,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             process: each may score its own shard (a loader prepared by Accelerate); the controller
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
-            rejects the try on every process), and the events log that mean.
+            rejects the try on every process; a loss already NaN or inf before an edit rolls back
+            every update while it stays so, which the first one warns of), and the events log that mean.
         verify: check at every update that all processes hold identical masks (a
             :class:`~adaptive.distributed.MaskMismatchError` otherwise, naming the step). None (the
             default): wherever a process group of several processes runs (DDP, ``accelerate
