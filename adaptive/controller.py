@@ -123,7 +123,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             at commas as include=/exclude= are (``protect="0,3"``); as there, a pattern matches a weight's
             name or its layer's, and a tied weight answers to every name that holds it.
         init: how a sparse policy sparsifies at construction: "random" (train default),
-            "magnitude" (mask_only default) or "estimator" (its removal costs; refused for an
+            "magnitude" (mask_only default; refused where the weights hold NaN or inf) or
+            "estimator" (its removal costs; refused for an
             estimator that scores from gradients alone, such as curvature, obd or taylor: a new
             controller has observed none, so every score would be 0).
         window: observe gradients only during the last ``window`` steps before each update
@@ -152,7 +153,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             process: each may score its own shard (a loader prepared by Accelerate); the controller
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
-            rejects the try on every process), and the events log that mean.
+            rejects the try on every process; a loss already NaN or inf before an edit rolls back
+            every update while it stays so, which the first one warns of), and the events log that mean.
         verify: check at every update that all processes hold identical masks (a
             :class:`~adaptive.distributed.MaskMismatchError` otherwise, naming the step). None (the
             default): wherever a process group of several processes runs (DDP, ``accelerate
@@ -814,6 +816,15 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             scores = {n: draw.ensemble_scores(self.context(n, 0), self.conn.granularities[n]).float()
                       .to(self.conn.masks[n].device) for n in names}
         elif self.init == "magnitude":
+            # NaN has no place in an order (kept or pruned by where nan_to_num puts it): refused, as an
+            # estimator's scores are (adaptive/score_checks.py), before anything is edited
+            bad = {n: int((~torch.isfinite(self.conn.params[n])).sum()) for n in names}
+            bad = {n: k for n, k in bad.items() if k}
+            if bad:
+                shown = ", ".join(f"{n!r} ({k:,})" for n, k in list(bad.items())[:3]) + (" ..." if len(bad) > 3 else "")
+                raise ValueError(f"init='magnitude' ranks the ensembles by the magnitude of their weights, but the weights "
+                                 f"of {len(bad)} layer(s) hold NaN or inf: {shown}, which rank nothing (a diverged run, or "
+                                 "broken weights loaded); load finite weights, or use init='random'. Nothing was edited")
             scores = {n: self.conn.granularities[n].pool(self.conn.params[n].detach().abs().float(), "sum") for n in names}
         else:
             unseen = self.stats is None or self.stats.count == 0
@@ -833,12 +844,15 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         # first: the init's scores only order the live ones among themselves (and the absent ones,
         # which this plan never grows). Without this, a fresh draw of random scores kept ensembles
         # that were absent and pruned live ones, far below the target.
+        # An absent ensemble is marked -inf, below every live one (a live -inf becomes the lowest finite float),
+        # which keeps the order exactly. The lift this replaced, (max - min + 1) added to the live scores, lost
+        # the order of small scores to float32 rounding beside a large one (ties, then by index) and, with an
+        # estimator's +-inf (admitted as the largest or smallest score), made every live score inf: kept by index.
         alive = self.alive()
         if scores and not all(bool(alive[n].all()) for n in scores):
-            lo = min(float(s.min()) for s in scores.values())
-            hi = max(float(s.max()) for s in scores.values())
-            lift = (hi - lo) + 1.0
-            scores = {n: s.float() + alive[n].to(s.device).reshape(s.shape).float() * lift for n, s in scores.items()}
+            low = torch.finfo(torch.float32).min
+            scores = {n: torch.where(alive[n].to(s.device).reshape(s.shape), s.float().clamp_min(low), float("-inf"))
+                      for n, s in scores.items()}
         density = self.density if self.density is not None else self.conn.density()
         return self.keep_plan(scores, density, network=not self.policy.holds_layer_counts)
 

@@ -21,6 +21,7 @@ from .distributed import all_reduce_mean_
 from .plan_checks import check_plan
 from .policies.base import EditPlan, global_synapse_target, synapse_targets
 from .rollback import EditSnapshot
+from .warn import warn_user
 
 
 # The line search's tolerance before it was recorded in the controller's state and before it defaulted
@@ -129,6 +130,8 @@ class ControllerEditsMixin:
             loss_before = self._holdout()
         # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do)
         tolerance = self.line_search_tolerance if plan.tolerance is None else plan.tolerance
+        if use_ls and not math.isfinite(loss_before) and tolerance != float("inf"):
+            self._warn_nonfinite_holdout(step, loss_before)
         current = plan
         try:
             for attempt in range(self.line_search_tries + 1 if use_ls else 1):
@@ -167,6 +170,23 @@ class ControllerEditsMixin:
         )
         self.events.append(event)
         return event
+
+    def _warn_nonfinite_holdout(self, step: int, loss: float) -> None:
+        """Warn, once per controller, that the held-out loss before an edit is NaN or inf: no rise can be
+        measured from it (NaN compares false), so the line search rolls the update back, as it will every
+        one while the loss stays so. The connectome's weights are finite here (an update skips where
+        they are not): the held-out data, the loss function or another parameter is at fault. Without
+        this, a run whose held-out set holds one corrupt example rolled back every update in silence
+        until the schedule's end."""
+        if getattr(self, "_warned_nonfinite_holdout", False):
+            return
+        self._warned_nonfinite_holdout = True
+        warn_user(f"step {step}: holdout_loss() gave {loss} before the edit, so the line search cannot measure the "
+                  "edit's effect (a NaN compares false with every tolerance) and rolls this update back, as it will "
+                  "every update while the held-out loss stays so: check the held-out data for NaN or inf (a corrupt "
+                  "example), the loss function and the model's parameters outside the connectome (biases, norms), or "
+                  "build the controller without holdout_loss= (or with line_search_tolerance=math.inf, which keeps "
+                  "every update)")
 
     def _holdout(self) -> float:
         """``holdout_loss()`` averaged over processes (as it is on one process): each process may

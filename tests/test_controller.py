@@ -1223,6 +1223,64 @@ def test_a_controller_built_on_a_sparse_connectome_keeps_its_live_synapses(tmp_p
     assert all(bool((conn3.masks[n] <= before[n]).all()) for n in before)
 
 
+def test_the_init_of_a_sparse_connectome_ranks_its_live_ensembles_by_value_per_synapse_and_admits_infinities():
+    """A connectome sparse already is sparsified by the init's scores among its live ensembles. They were
+    lifted above the absent ones by adding (max - min + 1) to their summed scores: divided by each ensemble's
+    size for the per-synapse ranking, the lift gave a 9-synapse kernel a ninth of a single weight's, and
+    init='magnitude' under the global budget emptied the conv layer (0 of 13 live kernels kept, the largest
+    kernel per synapse among those let go); an estimator's +inf (admitted as the largest score) made the lift
+    inf, every live score inf, and the ensembles kept were the first live ones by index. Now absent ones are
+    marked -inf and the live order is the scores' own."""
+    from adaptive.utility import Estimator, register_estimator
+    from adaptive.utility.base import _ESTIMATORS
+
+    def sparse(ensemble):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(96, 20), nn.ReLU(), nn.Linear(20, 5))
+        conn = adaptive.Connectome(m, ensemble=ensemble)
+        g = torch.Generator().manual_seed(3)
+        conn.set_ensemble_masks({n: torch.rand(v.shape, generator=g) < 0.6 for n, v in conn.ensemble_masks().items()})
+        return conn, {n: v.clone() for n, v in conn.ensemble_masks().items()}
+
+    conn, live = sparse("0=kernel;synapse")
+    per = {n: conn.granularities[n].pool(conn.params[n].detach().abs().float(), "sum") / (9.0 if n == "0.weight" else 1.0)
+           for n in conn.names}
+    adaptive.Controller(conn, policy="rigl", density=0.2, budget="global", init="magnitude")
+    kept = conn.ensemble_masks()
+    assert int(kept["0.weight"].sum()) > 0 and all(bool((kept[n] <= live[n]).all()) for n in live)
+    lowest_kept = min(float(per[n][kept[n]].min()) for n in per if kept[n].any())
+    highest_gone = max(float(per[n][live[n] & ~kept[n]].max()) for n in per if (live[n] & ~kept[n]).any())
+    assert lowest_kept >= highest_gone
+
+    @register_estimator("test_init_one_inf")
+    class OneInf(Estimator):
+        def removal_cost(self, ctx):  # |w|, with one synapse infinitely costly to remove
+            s = ctx.weight.detach().abs().float().clone()
+            s.view(-1)[0] = float("inf")
+            return s
+
+        def restoration_gain(self, ctx):
+            return ctx.weight.detach().abs().float()
+
+    try:
+        conn, live = sparse("synapse")
+        adaptive.Controller(conn, policy="utility", estimator="magnitude", density=0.2, budget="uniform", init="magnitude")
+        want = {n: int(m.sum()) for n, m in conn.masks.items()}  # the budget's counts, kept by finite scores
+        conn, live = sparse("synapse")
+        w = conn.params["0.weight"].detach().abs().reshape(-1)
+        adaptive.Controller(conn, policy="utility", estimator="test_init_one_inf", density=0.2, budget="uniform",
+                            init="estimator")
+        kept = conn.masks["0.weight"].reshape(-1)
+        lv = live["0.weight"].reshape(-1)
+        assert {n: int(m.sum()) for n, m in conn.masks.items()} == want and bool(kept[0])  # the infinite one stays
+        ranked = torch.where(lv, w, torch.tensor(-1.0))
+        ranked[0] = float("inf")
+        top = torch.topk(ranked, int(kept.sum())).indices
+        assert torch.equal(kept.nonzero().squeeze(1), top.sort().values)  # by cost, not the first live by index
+    finally:
+        _ESTIMATORS.pop("test_init_one_inf", None)
+
+
 def test_n_m_ensembles_fix_the_density():
     m = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     with pytest.raises(ValueError, match="fixes the density at 0.5.*pass density=0.5 or leave it out"):

@@ -15,8 +15,9 @@ def _run(holdout_loss, steps=8, **kw):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     conn = adaptive.Connectome(model)
+    kw = {"line_search_tolerance": 0.0, **kw}
     ctrl = adaptive.Controller(conn, policy="threshold", density=0.2, update_every=2, end_step=steps,
-                               holdout_loss=holdout_loss, line_search_tolerance=0.0, **kw)
+                               holdout_loss=holdout_loss, **kw)
     x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
     for _ in range(steps):
         model.zero_grad()
@@ -35,6 +36,22 @@ def test_a_line_search_that_rejects_every_cut_is_warned_of_at_the_schedule_end()
     text = str(missed[0].message)
     assert "target 0.2" in text and "density 1," in text
     assert "rolled back 3 and halved 0 of the 3 " in text and "line_search_tolerance" in text and "end_step" in text
+
+
+def test_a_held_out_loss_of_nan_before_the_edit_is_warned_of_at_the_first_update_naming_the_cause():
+    """A held-out set holding one corrupt example makes every held-out loss NaN, and NaN compares false with
+    any tolerance: every update was rolled back in silence, and only the schedule's end warned, blaming edits
+    that raise the held-out loss. Now the first such update says why, once; the masks are as before."""
+    nonfinite = "holdout_loss() gave nan before the edit"
+    with pytest.warns(UserWarning) as record:
+        ctrl, conn = _run(lambda: float("nan"))
+    said = [str(w.message) for w in record if nonfinite in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("step 2: ") and "check the held-out data for NaN or inf" in said[0]
+    assert conn.density() == 1.0 and [e["line_search_fraction"] for e in ctrl.events] == [0.0, 0.0, 0.0, None]
+    with warnings.catch_warnings():  # a finite held-out loss, or a tolerance that keeps every update: no word
+        warnings.filterwarnings("error", message=r"holdout_loss\(\) gave")
+        _run(lambda: 1.0)
+        _run(lambda: float("nan"), line_search_tolerance=float("inf"))
 
 
 @pytest.mark.parametrize("policy,kw", [("threshold", {}), ("gmp", {}), ("rigl", {}), ("set", {"budget": "uniform"}),

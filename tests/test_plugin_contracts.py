@@ -534,6 +534,27 @@ def test_a_diverged_run_under_an_estimator_reading_no_gradient_skips_its_update_
         ctrl.scores("cost", names=["0.weight"])
 
 
+@pytest.mark.parametrize("policy", ["rigl", "utility", "balanced"])
+def test_init_magnitude_over_nan_weights_is_refused_naming_the_layers_not_ranked(policy):
+    """init='magnitude' pooled |w| straight into the initial plan, unchecked: a NaN weight (nan_to_num
+    sorts it past +inf) was silently ranked, pruned, and zeroed, as if the model were sound, where the
+    magnitude policy's and init='estimator''s scores are refused. Now refused too, before any edit."""
+    model = _net()
+    with torch.no_grad():
+        model[0].weight[3, 4] = float("nan")
+        model[2].weight[1, 1] = float("inf")
+    conn = adaptive.Connectome(model)
+    with pytest.raises(ValueError, match=r"init='magnitude' .* the weights of 2 layer\(s\) hold NaN or inf: "
+                                         r"'0.weight' \(1\), '2.weight' \(1\).* use init='random'"):
+        adaptive.Controller(conn, policy=policy, density=0.3, init="magnitude")
+    assert conn.density() == 1.0 and bool(model[0].weight[3, 4].isnan()) and not conn._controllers  # untouched
+    with torch.no_grad():
+        model[0].weight[3, 4] = 0.5
+        model[2].weight[1, 1] = 0.5
+    adaptive.Controller(conn, policy=policy, density=0.3, init="magnitude")  # finite weights: built as before
+    assert abs(conn.density() - 0.3) < 0.01
+
+
 def test_an_ensemble_whose_scores_hold_both_infinities_is_refused_not_pooled_to_nan():
     """+inf and -inf in one ensemble sum to NaN after pooling, which the per-synapse check passed."""
     model = _net()

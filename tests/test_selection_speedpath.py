@@ -214,3 +214,21 @@ def test_smallest_k_of_all_of_a_float32_input_sorts_int32_keys(monkeypatch, k):
     got = _smallest_k(x, k)
     assert torch.equal(got, want)
     assert sorted_dtypes == [torch.int32]
+
+
+def test_synapse_counts_of_mixed_ensembles_are_exact_past_float32s_whole_numbers():
+    """Ensembles of several sizes (kernels beside single weights) were counted in float32, which holds
+    halves only below 2**23 (8.4 million) and whole numbers only below 2**24: take_synapses' ``cumsum -
+    s/2`` rounded 8,499,999.5 up and took one single-weight ensemble too few of an 8.5-million budget (off
+    by a whole ensemble where half is the promise; past 2**24 a GPU's float32 cumsum stops growing). In
+    float64 now, each count is exact; budgets under 2**23 come out as before."""
+    from adaptive.policies.base import live_synapses, size_sum
+
+    n = 8_600_000
+    size = torch.ones(n)
+    size[:10] = 9.0  # ten 3x3 kernels, then single weights
+    idx = torch.arange(n)
+    for budget in (90, 1000, 8_500_000):
+        took = take_synapses(idx, size, budget)
+        assert 10 + budget - 90 == took.numel(), budget  # every synapse of the budget, none over
+    assert live_synapses(size, torch.ones(n, dtype=torch.bool)) == size_sum(size, idx) == n + 80

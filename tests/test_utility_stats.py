@@ -113,3 +113,32 @@ def test_obd_growth_from_one_batch_ranks_by_the_gradient_with_the_layers_mean_cu
     gain = get_estimator("obd").restoration_gain(ctx)
     torch.testing.assert_close(gain, g * g / (2 * ((g * g).mean() + 1e-12)))
     assert gain.reshape(-1).argsort(descending=True).tolist() == [1, 2, 0]
+
+
+def test_growth_gain_with_damping_zero_is_zero_where_no_gradient_came_not_nan():
+    """``damping=0`` (accepted: g^2/(2F) undamped) made the gain of a synapse no gradient reached, whose F
+    is 0 too, 0/0 = NaN, which the controller refuses: a run with an input that is always 0 (MNIST's border
+    pixels) ended at its first update with a growth policy. No gradient, no gain; the others are g^2/(2F)."""
+    import adaptive
+    import torch.nn.functional as F
+    from adaptive.utility import get_estimator
+
+    for batches in ([[0.0, 1.0, 2.0]], [[0.0, 1.0, 2.0], [0.0, 0.5, 3.0]]):  # one batch (the layer's mean F), two
+        stats, ctx = _window(batches)
+        for name in ("obd", "consistency", "curvature"):
+            gain = get_estimator(name, damping=0.0).restoration_gain(ctx)
+            assert bool(torch.isfinite(gain).all()) and gain[0, 0] == 0 and bool((gain[0, 1:] > 0).all()), (name, gain)
+            damped = get_estimator(name).restoration_gain(ctx)
+            torch.testing.assert_close(gain, damped)  # 1e-12 of damping changes nothing else
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    x[:, 0] = 0  # an input that never fires: its synapses get no gradient
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="utility", density=0.5, update_every=2,
+                               end_step=8, estimator=get_estimator("curvature", damping=0.0))
+    for i in range(8):
+        F.cross_entropy(model(x[i * 8:(i + 1) * 8]), y[i * 8:(i + 1) * 8]).backward()
+        opt.step()
+        opt.zero_grad()
+    assert len(ctrl.events) == 5 and ctrl.conn.density() == 0.5  # the init and four updates, none refused

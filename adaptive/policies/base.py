@@ -302,6 +302,14 @@ def split(indices: torch.Tensor, names, sizes, order_scores: Optional[torch.Tens
 # size: a conv kernel holds k*k synapses where a Linear "kernel" holds one, neurons of different
 # layers have different fan-ins, edge blocks of a block:RxC granularity are smaller. Counting
 # ensembles then misses the requested density; these helpers count synapses instead.
+# Synapse counts of ensembles of several sizes are summed in float64: float32 holds every whole number
+# only up to 2**24 (16.8 million), and a network's live synapses pass that (ResNet-50, a ViT-S): a
+# float32 cumsum on the GPU stops growing there (16777216 + 1 rounds back), and one on the CPU, though
+# it adds in double, rounds each partial sum to steps of 2 or more, so a count missed its budget by
+# more than half an ensemble. float64 counts whole numbers exactly up to 2**53.
+EXACT = torch.float64
+
+
 def ensemble_size(gran, shape):
     """Synapses per ensemble of a weight shaped ``shape``: a float when every ensemble of the layer
     has the same size (the common case), else a flat float tensor (block edges)."""
@@ -342,7 +350,7 @@ def size_sum(size, idx: torch.Tensor) -> float:
     """Synapses in the ensembles ``idx``."""
     if isinstance(size, float):
         return size * idx.numel()
-    return float(size.to(idx.device)[idx].sum()) if idx.numel() else 0.0
+    return float(size.to(idx.device, EXACT)[idx].sum()) if idx.numel() else 0.0
 
 
 def max_count(size, budget: float, available: int) -> int:
@@ -361,7 +369,7 @@ def take_synapses(idx: torch.Tensor, size, budget: float) -> torch.Tensor:
         return idx[:0]
     if isinstance(size, float):
         return idx[: max(0, min(idx.numel(), math.ceil(budget / size - 0.5)))]
-    s = size.to(idx.device)[idx]
+    s = size.to(idx.device, EXACT)[idx]
     return idx[: int(((s.cumsum(0) - s / 2) < budget).sum())]
 
 
@@ -383,14 +391,14 @@ def hold_count(value, live, size, target, can_grow, can_prune):
 
 def all_synapses(size, alive: torch.Tensor) -> float:
     """Synapses in all the ensembles laid out as ``alive``, live or not."""
-    return size * alive.numel() if isinstance(size, float) else float(size.sum())
+    return size * alive.numel() if isinstance(size, float) else float(size.to(dtype=EXACT).sum())
 
 
 def live_synapses(size, alive: torch.Tensor) -> float:
     a = alive.reshape(-1)
     if isinstance(size, float):
         return size * int(torch.count_nonzero(a))
-    return float(size.to(a.device)[a].sum())
+    return float(size.to(a.device, EXACT)[a].sum())
 
 
 def reachable(ctrl, density: float, strict: bool = False) -> float:
@@ -455,7 +463,8 @@ def floor_protected(ctrl, scores: Dict[str, torch.Tensor], alive) -> Dict[str, t
         if isinstance(size, float):
             n_keep = math.ceil(floor / size)
         else:
-            n_keep = int((size.to(order.device)[order].cumsum(0) - size.to(order.device)[order] < floor).sum())
+            took = size.to(order.device, EXACT)[order]
+            n_keep = int((took.cumsum(0) - took < floor).sum())
         m = torch.zeros_like(s, dtype=torch.bool)
         m[order[:n_keep]] = True
         out[n] = m.view(scores[n].shape)

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from .base import (EditPlan, Policy, all_synapses, concat, concat_sizes, ensemble_size, floor_mask, highest,
+from .base import (EXACT, EditPlan, Policy, all_synapses, concat, concat_sizes, ensemble_size, floor_mask, highest,
                    hold_count, keep_plan, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum,
                    split, synapse_targets, take_synapses)
 
@@ -72,7 +72,7 @@ def refillable(scores, eligible, size, p_idx, room) -> torch.Tensor:
     eligible = eligible.reshape(-1)
     if isinstance(size, float):
         return lowest(scores, eligible, min(p_idx.numel(), int((room + size / 2) // size)))
-    s = size.to(eligible.device)
+    s = size.to(eligible.device, EXACT)  # (summed: whole numbers past 2**24, see base.EXACT)
     cap = room + float(s.min()) / 2
     idx = lowest(scores, eligible & (s <= cap), p_idx.numel())
     return idx[: int((s[idx].cumsum(0) <= cap).sum())]

@@ -9,6 +9,8 @@ synapse has trained; right after the edit it is still 0.0 and saves nothing.
 First-order alone is known to collapse a pretrained network when many weights move at once; the
 curvature term keeps large weights from looking free to remove.
 """
+import torch
+
 from .base import Estimator, register_estimator
 from ..registry import number_option
 
@@ -48,4 +50,7 @@ class OBD(Estimator):
             # for every synapse (growth would go by index); the layer's mean curvature keeps the
             # gain ranking by |g|
             f = f.mean()
-        return g * g / (2.0 * (f + self.damping))
+        gain = g * g
+        # no gradient, no gain: with damping 0 a synapse no gradient reached (an input that is always 0,
+        # MNIST's border pixels) is 0/0, a NaN the controller refuses, ending the run at its first update
+        return torch.where(gain == 0, gain, gain / (2.0 * (f + self.damping)))
