@@ -181,21 +181,22 @@ def downloading(name: str, root: PathLike) -> Iterator[None]:
 
 @contextmanager
 def _download_lock(name: str, root: PathLike) -> Iterator[None]:
-    """Held while dataset ``name`` is downloaded into ``root``: an exclusive lock on a file in the cache folder
-    (:func:`cache_dir`, named by ``name`` and a hash of ``root``'s resolved path; never in the data folder,
-    which a failed download may take away), so the processes of one launch (or any two on this machine)
-    download into one folder one after another. Where no lock can be taken (no fcntl, a cache folder that takes
-    no file, a file system without locks) it holds none, as before."""
-    import hashlib
-
-    key = hashlib.sha256(os.path.realpath(os.path.expanduser(str(root))).encode()).hexdigest()[:12]
+    """Held while dataset ``name`` is downloaded (into ``root``): an exclusive lock on a file in the cache folder
+    (:func:`cache_dir`, ``.download-<name>.lock``; never in the data folder, which a failed download may take
+    away), so the processes of one launch (or any two on this machine) download into one folder one after
+    another. One file a dataset, whatever the folder (downloads of it into two folders at once take turns too),
+    so that the files left behind stay as few as the datasets, not one for every folder ever downloaded into.
+    Where no lock can be taken (no fcntl, a cache folder that takes no file, a file system without locks) it
+    holds none, as before, and an error of the download says nothing of the lock."""
     try:
         import fcntl
 
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        fd = open(folder / f".download-{name}-{key}.lock", "a")
+        fd = open(folder / f".download-{name}.lock", "a")
     except (ImportError, OSError):
+        fd = None
+    if fd is None:  # (yielded outside the except: the download's own error is not chained to the lock's)
         yield
         return
     with fd:

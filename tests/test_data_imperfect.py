@@ -670,3 +670,75 @@ def test_cifar_copy_whose_test_images_are_of_another_size_is_refused_before_trai
     from adaptive.data import dataset_facts
 
     assert dataset_facts("cifar10", data_dir=tmp_path) is None
+
+
+@pytest.mark.parametrize("name", ["cifar10", "folder"])
+def test_a_16_bit_greyscale_pgm_is_scaled_like_a_16_bit_png_not_refused_as_32_bit(tmp_path, monkeypatch, name):
+    """Pillow opens a 16-bit greyscale PGM (``.pgm``, an extension ImageFolder reads; maxval above 255) as
+    mode I, which the refusal of 32-bit integer images took for one: a legitimate 16-bit image refused as
+    '32-bit'. It is scaled by its high byte, as the same values in a 16-bit PNG are."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    for f in (root / splits[0]).rglob("*.png"):
+        f.unlink()
+    ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040 + 7).astype(np.uint16)  # 7 .. 65527
+    for c in sorted(p.name for p in (root / splits[0]).iterdir()):
+        (root / splits[0] / c / "a.pgm").write_bytes(b"P5 8 8 65535\n" + ramp.astype(">u2").tobytes())
+        _png16(root / splits[0] / c / "b.png", ramp, 0)
+    extra = {"normalize": "none"} if name == "cifar10" else {}
+    train = get_datasets(name, data_dir=tmp_path, holdout=0, **kw, **extra).train
+    pgm, png = train[0][0], train[1][0]
+    assert torch.equal(pgm, png)
+    if name == "cifar10":  # (unnormalised: the bytes themselves)
+        assert torch.equal(pgm, torch.from_numpy((ramp >> 8).astype(np.uint8)).float().div(255).expand(3, 8, 8))
+
+
+def test_download_lock_files_stay_one_a_dataset_and_leave_the_downloads_error_unchained(tmp_path, monkeypatch):
+    """The download lock was a file named by the dataset and a hash of the folder downloaded into: one more
+    file left in the cache folder for every folder ever downloaded into (a test suite's tmp folders left
+    hundreds in ~/.cache/adaptive). It is one file a dataset. And where no lock file could be made, the
+    download's own error was raised inside the handler of the lock's, so its traceback read 'During handling
+    of the above exception (... .lock)' of a lock nobody needed; it now carries no such context."""
+    import adaptive.paths as paths
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    for i in range(3):
+        with paths._download_lock("mnist", tmp_path / f"data{i}" / "mnist"):
+            pass
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".download-mnist.lock"]
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "file" / "cache"))  # (no folder can be made under a file)
+    with pytest.raises(KeyError) as e:
+        with paths._download_lock("mnist", tmp_path / "data"):
+            raise KeyError("the download's own error")
+    assert e.value.__context__ is None
+
+
+def test_a_hidden_link_to_nothing_in_a_split_folder_is_passed_over_not_refused(tmp_path, monkeypatch):
+    """A link to no file in a split folder was refused as a class folder linked to a folder not there, hidden
+    ones too: Emacs's lock of a file being edited there (``.#notes.txt``, a link to no file by design) stopped
+    every loader. A hidden link is no class (ImageFolder passes it over; as a folder it would be refused as
+    hidden): it is passed over; a visible one is still refused."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, "folder")
+    os.symlink("root@host.1234:1700000000", root / splits[0] / ".#notes.txt")
+    assert len(get_datasets("folder", data_dir=tmp_path, holdout=0, **kw).train) == 4
+    os.symlink(tmp_path / "gone", root / splits[0] / "bird")
+    with pytest.raises(ValueError, match=r"holds the link\(s\) \['bird'\] to no folder"):
+        get_datasets("folder", data_dir=tmp_path, holdout=0, **kw)
+
+
+def test_an_error_while_building_a_cache_that_no_lock_guards_carries_no_lock_error(tmp_path):
+    """Where the cache's lock file could not be made (a cache folder that takes no file), an error while the
+    cache was built was raised inside the handler of the lock's error, its traceback led by 'During handling
+    of the above exception' (the lock's, which changed nothing); it now carries no such context."""
+    from adaptive.data.folder_cache import _building
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KeyError) as e:
+        with _building(tmp_path / "file" / "cache" / "x.pt") as waited:
+            assert waited is False
+            raise KeyError("the build's own error")
+    assert e.value.__context__ is None

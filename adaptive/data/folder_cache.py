@@ -60,6 +60,9 @@ def unreadable_image(path, error: OSError) -> ValueError:
 
 # Pillow's modes of 16-bit grey pixels (a 16-bit greyscale PNG opens as "I;16"; a TIFF as "I;16B" say)
 _GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+# formats whose 16-bit grey Pillow opens as mode I, values within 0..65535: a 16-bit PGM (maxval above 255, its
+# values scaled by Pillow to 0..65535), a PNG in older Pillow
+_GREY16_AS_I = ("PNG", "PPM")
 
 
 def load_rgb(path):
@@ -68,13 +71,14 @@ def load_rgb(path):
     are scaled to 8 bits (the high byte, as Pillow reads a 16-bit RGB or grey-and-alpha PNG) where
     ``convert`` clips them at 255 (every pixel above 255 of 65535 white: pytorch/vision#2218); a 32-bit
     integer or floating-point image (a TIFF), with no one scale to 8 bits, is refused naming the file,
-    not clipped. A file that cannot be decoded is a ValueError naming it (:func:`unreadable_image`); an
+    not clipped (a 16-bit greyscale PGM, which Pillow opens as 32-bit mode I, is no such image: it is scaled
+    as a 16-bit PNG is). A file that cannot be decoded is a ValueError naming it (:func:`unreadable_image`); an
     operating-system error (no such file, no permission) is raised as it is."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            if im.mode in _GREY16 or (im.mode == "I" and im.format == "PNG"):  # (older Pillow: a PNG's 16 bits as I)
+            if im.mode in _GREY16 or (im.mode == "I" and im.format in _GREY16_AS_I):
                 grey = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
                 return Image.fromarray(grey).convert("RGB")
             if im.mode in ("I", "F"):
@@ -159,8 +163,11 @@ def broken_links_problem(root) -> Optional[str]:
     """Why ``root`` (a split's folder) cannot be read as classes where it holds a link to a folder that is not
     there (a class kept on a disk that is not mounted, a folder moved since it was linked), naming it and the
     fix; None where it holds none. torchvision's ImageFolder passes such a link over unsaid: a class missing,
-    every label after it shifted by one (in both splits alike, so no comparison of their classes tells)."""
-    broken = sorted(e.name for e in os.scandir(root) if e.is_symlink() and not os.path.exists(e.path))
+    every label after it shifted by one (in both splits alike, so no comparison of their classes tells). A hidden
+    link is no class (were it a folder, it would be refused as hidden) and is passed over as ImageFolder passes it:
+    Emacs's lock of a file being edited (``.#notes.txt``) is such a link, to no file by design."""
+    broken = sorted(e.name for e in os.scandir(root)
+                    if e.is_symlink() and not e.name.startswith(".") and not os.path.exists(e.path))
     if not broken:
         return None
     return (f"{root} holds the link(s) {broken[:5]}{' and more' if len(broken) > 5 else ''} to no folder (to "
@@ -312,6 +319,8 @@ def _building(cache: Path):
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd = open(cache.parent / f".{cache.name}.lock", "a")
     except (ImportError, OSError):
+        fd = None
+    if fd is None:  # (yielded outside the except: an error while building is not chained to the lock's)
         yield False
         return
     with fd:
