@@ -476,6 +476,48 @@ def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
         torch.testing.assert_close(small(x), model(x))
 
 
+def test_compact_does_not_blame_a_tie_for_dead_units_that_would_stay_untied():
+    """A language model's head tied to its embedding (lm_head.weight = wte.weight) with vocabulary rows pruned:
+    their logits are constant, but they are the model's outputs, which stay tied or not. The warning said
+    'untie them ... to have them compacted', a fix that compacts nothing; it is kept for units the tie alone
+    keeps (the encoder of a tied autoencoder, above). A hidden layer tied beside it is still named."""
+    class TinyLM(nn.Module):
+        def __init__(self, tie_hidden: bool):
+            super().__init__()
+            self.wte = nn.Embedding(10, 8)
+            self.fc = nn.Linear(8, 8)
+            self.back = nn.Linear(8, 8)
+            if tie_hidden:
+                self.back.weight = self.fc.weight
+            self.lm_head = nn.Linear(8, 10, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, i):
+            return self.lm_head(torch.relu(self.back(torch.relu(self.fc(self.wte(i))))))
+
+    torch.manual_seed(0)
+    i = torch.randint(0, 10, (2, 5))
+    vocab = torch.tensor([1, 0, 1, 1, 1, 1, 1, 1, 0, 1], dtype=torch.bool)
+    model = TinyLM(tie_hidden=False).eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"lm_head.weight": vocab})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = graphs.compact(model, conn, i)
+    assert small.compaction["removed"]["lm_head"] == 0
+    model = TinyLM(tie_hidden=True).eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"lm_head.weight": vocab, "fc.weight": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1],
+                                                                                dtype=torch.bool)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        graphs.compact(model, conn, i)
+    tied = sorted(str(w.message) for w in said if "is tied to" in str(w.message))  # back's row 1 is fc's, pruned
+    assert len(tied) == 2, tied
+    assert "layer 'back' keeps 1 constant (dead) unit(s): its weight is tied to 'fc'" in tied[0]
+    assert "layer 'fc' keeps 1 constant (dead) unit(s): its weight is tied to 'back'" in tied[1]
+
+
 def test_compact_keeps_channels_scaled_by_a_tensor_of_the_models_own_as_the_graphs_page_says():
     """docs/graphs.md: channels scaled or shifted by a tensor of the model's own along them (`h * self.gamma +
     self.shift`, held in a ParameterList and a ParameterDict here) stay as they are, dead ones included; the copy
