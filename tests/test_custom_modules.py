@@ -1,5 +1,6 @@
 """Custom architectures through the public API: weight tying, the meta device, integer (token)
 inputs and non-tensor outputs, in the connectome, the graph and compaction."""
+import re
 import warnings
 
 import pytest
@@ -447,6 +448,41 @@ def test_compact_says_why_dead_units_read_by_a_bare_weight_stay(conv):
     with warnings.catch_warnings():  # held in a layer of its own, the same weight is no bare parameter: no warning
         warnings.simplefilter("error")
         graphs.compact(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).eval(), None, torch.randn(4, 6))
+
+
+def test_compact_warns_once_per_bare_weight_and_follows_its_views():
+    """A recurrence unrolled by the trace (h @ self.wh at every step) gave one warning per step, each naming
+    the same weight; a transposed bare weight (h @ self.wo.t(), dead units feeding it) gave none; a buffer was
+    called a parameter. One warning per tensor, naming the nodes that read it and what it is."""
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(4, 8)
+            self.wh = nn.Parameter(torch.randn(8, 8) * 0.1)
+            self.wo = nn.Parameter(torch.randn(5, 8))
+            self.register_buffer("mix", torch.randn(5, 5))
+            self.head = nn.Linear(5, 2)
+
+        def forward(self, x):
+            h = torch.zeros(x.shape[0], 8)
+            for t in range(6):
+                h = torch.tanh(self.inp(x[:, t]) + h @ self.wh)
+            return self.head((F.relu(h) @ self.wo.t()) @ self.mix)
+
+    torch.manual_seed(0)
+    model = Recurrent().eval()
+    with pytest.warns(UserWarning, match="stay dense"):
+        conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"inp.weight": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        graphs.compact(model, conn, torch.randn(2, 6, 4))
+    bare = [str(w.message) for w in said if "of the model's own" in str(w.message)]
+    assert len(bare) == 3, bare
+    said = {t: next(m for m in bare if f"read {t!r}" in m or f"reads {t!r}" in m) for t in ("wh", "wo", "mix")}
+    assert re.search(r"nodes 'matmul' .* \.\.\. \(6 in all\) read 'wh', a parameter of the model's own", said["wh"])
+    assert re.search(r"node 'matmul_6' .* reads 'wo', a parameter of the model's own .* \(dead units", said["wo"])
+    assert re.search(r"node 'matmul_7' .* reads 'mix', a buffer of the model's own", said["mix"])
 
 
 def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
