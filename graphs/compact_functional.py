@@ -17,12 +17,13 @@ from adaptive.warn import warn_user
 from . import ops
 from .compact_layers import _LAYERS
 
-def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
+def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]]:
     """Turn ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and bias into the
     call ``self.fc(x)``, which compaction shrinks; warn about each layer whose parameters are still read
     directly (it keeps its size) and each ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay).
     A layer with forward hooks (which its call would run and F.linear does not), or inside a module fx
-    calls whole (``attn.out_proj`` of a MultiheadAttention, which reads it at its full size), is left read."""
+    calls whole (``attn.out_proj`` of a MultiheadAttention, which reads it at its full size), is left read.
+    Returns :func:`_bare_readers`, for :func:`_warn_bare_weights` once the plan says which dead units stay."""
     whole = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
     kept: Dict[str, str] = {}  # a layer read by an F.linear left as it is -> the reason, when not its bias
     for n in list(gm.graph.nodes):
@@ -60,7 +61,7 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
         for a in reads:
             if not a.users:
                 gm.graph.erase_node(a)
-    _warn_bare_weights(gm, src)
+    bare = _bare_readers(gm, src)
     read: Dict[str, List[str]] = {}
     for n in gm.graph.nodes:
         owner = str(n.target).rpartition(".")[0] if n.op == "get_attr" else None
@@ -77,6 +78,7 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
                   f"the module itself (self.{owner}(x)) to have it compacted")
     gm.graph.lint()
     gm.recompile()
+    return bare
 
 
 # weighted ops on a parameter of the model's own: convolutions and the matrix products (F.linear is warned above)
@@ -99,12 +101,11 @@ def _held(a: fx.Node) -> fx.Node:
     return a
 
 
-def _warn_bare_weights(gm: fx.GraphModule, src: nn.Module) -> None:
-    """Warn about each convolution or matrix product that reads a parameter no layer compaction shrinks owns
-    (``F.conv2d(x, self.w)``, ``x @ self.w``, ``x @ self.w.t()``): the channels it reads and writes keep their
-    size, dead units feeding it included, as for ``F.linear`` on such a weight (one owned by an
-    ``nn.Linear``/``nn.Conv`` read so is warned of as that layer's direct read). One warning per tensor, naming
-    the nodes that read it (a loop unrolled by the trace reads it at every step)."""
+def _bare_readers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]]:
+    """Each tensor of the model's own that no layer compaction shrinks owns (a parameter, a buffer) read by a
+    convolution or matrix product (``F.conv2d(x, self.w)``, ``x @ self.w``, ``x @ self.w.t()``), and those nodes:
+    the channels they read and write keep their size (one owned by an ``nn.Linear``/``nn.Conv`` read so is warned
+    of as that layer's direct read)."""
     readers: Dict[str, List[fx.Node]] = {}
     for n in gm.graph.nodes:
         if not ((n.op == "call_function" and (n.target in _CONVS or n.target in _PRODUCTS))
@@ -115,9 +116,25 @@ def _warn_bare_weights(gm: fx.GraphModule, src: nn.Module) -> None:
             if a.op == "get_attr" and not isinstance(_submodule(src, owner), _LAYERS + linear_types()):
                 if n not in readers.setdefault(str(a.target), []):
                     readers[str(a.target)].append(n)
+    return readers
+
+
+def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Module) -> None:
+    """Warn, once per tensor of :func:`_bare_readers`, where a node reading it reads or writes a constant (dead)
+    unit that stays (``plan``: :func:`graphs.compact_plan._plan`), naming the nodes that read it (a loop unrolled
+    by the trace reads it at every step) and the fix; with no dead unit kept there, nothing is said."""
+    items, consts, removed = plan["items"], plan["consts"], plan["removed"]
+    kept = ~torch.isnan(consts) & ~removed
+
+    def dead_kept(n: fx.Node) -> bool:
+        units = [n] + [a for a in n.all_input_nodes if _held(a).op != "get_attr"]  # not the weight's own columns
+        return any(bool(kept[items.ids(t)].any()) for t in units if t in items.offset)
+
     params = dict(src.named_parameters(remove_duplicate=False))
     buffers = dict(src.named_buffers(remove_duplicate=False))
     for t, nodes in readers.items():
+        if not any(map(dead_kept, nodes)):
+            continue
         conv = any(n.target in _CONVS for n in nodes)
         what = "a parameter" if t in params else "a buffer" if t in buffers else "a tensor"
         who = (f"node {ops.describe(nodes[0])} reads" if len(nodes) == 1 else
@@ -125,7 +142,7 @@ def _warn_bare_weights(gm: fx.GraphModule, src: nn.Module) -> None:
                f"({len(nodes)} in all) read")
         warn_user(f"graphs.compact: {who} {t!r}, {what} of the model's own that no "
                   f"{'convolution' if conv else 'nn.Linear'} module holds: the channels it reads and writes keep "
-                  f"their size (dead units feeding it included); hold the weight in "
+                  f"their size (dead units among them included); hold the weight in "
                   f"{'an nn.Conv1d/2d/3d (or ConvTranspose)' if conv else 'an nn.Linear'} and call it to have them "
                   "compacted")
 

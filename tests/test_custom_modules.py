@@ -450,38 +450,47 @@ def test_compact_says_why_dead_units_read_by_a_bare_weight_stay(conv):
         graphs.compact(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).eval(), None, torch.randn(4, 6))
 
 
-def test_compact_warns_once_per_bare_weight_and_follows_its_views():
-    """A recurrence unrolled by the trace (h @ self.wh at every step) gave one warning per step, each naming
-    the same weight; a transposed bare weight (h @ self.wo.t(), dead units feeding it) gave none; a buffer was
-    called a parameter. One warning per tensor, naming the nodes that read it and what it is."""
-    class Recurrent(nn.Module):
+def test_compact_warns_once_per_bare_weight_where_dead_units_stay_and_follows_its_views():
+    """A loop unrolled by the trace (z[:, t] @ self.wh at every step) gave one warning per step, each naming the
+    same weight; a transposed bare weight (z @ self.wo.t()) gave none, its dead units kept with no word; a buffer
+    was called a parameter; and every bare weight was warned of at every call, with no dead unit anywhere. One
+    warning per tensor where dead units stay, naming the nodes that read it and what it is."""
+    class Unrolled(nn.Module):
         def __init__(self):
             super().__init__()
             self.inp = nn.Linear(4, 8)
-            self.wh = nn.Parameter(torch.randn(8, 8) * 0.1)
-            self.wo = nn.Parameter(torch.randn(5, 8))
-            self.register_buffer("mix", torch.randn(5, 5))
-            self.head = nn.Linear(5, 2)
+            self.wh = nn.Parameter(torch.randn(8, 8))
+            self.wo = nn.Parameter(torch.randn(8, 8))
+            self.register_buffer("mix", torch.randn(8, 8))
+            self.head = nn.Linear(8, 2)
 
         def forward(self, x):
-            h = torch.zeros(x.shape[0], 8)
-            for t in range(6):
-                h = torch.tanh(self.inp(x[:, t]) + h @ self.wh)
-            return self.head((F.relu(h) @ self.wo.t()) @ self.mix)
+            z = F.relu(self.inp(x))
+            acc = z[:, 0] @ self.wh
+            for t in range(1, 6):
+                acc = acc + z[:, t] @ self.wh
+            return self.head(acc + z.mean(1) @ self.wo.t() + z.amax(1) @ self.mix)
 
     torch.manual_seed(0)
-    model = Recurrent().eval()
+    model = Unrolled().eval()
+    x = torch.randn(2, 6, 4)
     with pytest.warns(UserWarning, match="stay dense"):
         conn = adaptive.Connectome(model, ensemble="neuron")
+    with warnings.catch_warnings(record=True) as said:  # nothing dead: nothing to say
+        warnings.simplefilter("always")
+        graphs.compact(model, conn, x)
+    assert not [str(w.message) for w in said if "of the model's own" in str(w.message)]
     conn.set_ensemble_masks({"inp.weight": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool)})
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        graphs.compact(model, conn, torch.randn(2, 6, 4))
+        small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
     bare = [str(w.message) for w in said if "of the model's own" in str(w.message)]
     assert len(bare) == 3, bare
     said = {t: next(m for m in bare if f"read {t!r}" in m or f"reads {t!r}" in m) for t in ("wh", "wo", "mix")}
-    assert re.search(r"nodes 'matmul' .* \.\.\. \(6 in all\) read 'wh', a parameter of the model's own", said["wh"])
-    assert re.search(r"node 'matmul_6' .* reads 'wo', a parameter of the model's own .* \(dead units", said["wo"])
+    assert re.search(r"nodes 'matmul' .* \.\.\. \(6 in all\) read 'wh', a parameter of the model's own .* keep "
+                     r"their size \(dead units among them included\); hold the weight in an nn.Linear", said["wh"])
+    assert re.search(r"node 'matmul_6' .* reads 'wo', a parameter of the model's own", said["wo"])
     assert re.search(r"node 'matmul_7' .* reads 'mix', a buffer of the model's own", said["mix"])
 
 
