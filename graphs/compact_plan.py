@@ -133,7 +133,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     per_layer = {}
     # the classes pinned otherwise than by a tie (a model output, a layer called twice, ...): untied, they stay too
     else_bad = torch.zeros(items.n, dtype=torch.bool)
-    for i, p_ in enumerate(items.pinned):
+    for i, p_ in enumerate(items.pinned if shared else ()):
         if i not in by_tie:
             else_bad[p_] = True
     else_bad = (torch.zeros(items.n, dtype=torch.long).index_add_(0, label, else_bad.long()) > 0)[label]
