@@ -120,14 +120,16 @@ def _bare_readers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]
 
 
 def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Module) -> None:
-    """Warn, once per tensor of :func:`_bare_readers`, where a node reading it reads or writes a constant (dead)
-    unit that stays (``plan``: :func:`graphs.compact_plan._plan`), naming the nodes that read it (a loop unrolled
+    """Warn, once per tensor of :func:`_bare_readers`, where a node reading it reads a constant (dead) unit that
+    stays (``plan``: :func:`graphs.compact_plan._plan`), naming the nodes that read it (a loop unrolled
     by the trace reads it at every step) and the fix; with no dead unit kept there, nothing is said."""
     items, consts, removed = plan["items"], plan["consts"], plan["removed"]
     kept = ~torch.isnan(consts) & ~removed
 
     def dead_kept(n: fx.Node) -> bool:
-        units = [n] + [a for a in n.all_input_nodes if _held(a).op != "get_attr"]  # not the weight's own columns
+        # the units it reads (not the weight's own columns); those it writes are dead only where the bare weight,
+        # which no connectome prunes, is zero, and its outputs may be the model's, which stay anyway
+        units = [a for a in n.all_input_nodes if _held(a).op != "get_attr"]
         return any(bool(kept[items.ids(t)].any()) for t in units if t in items.offset)
 
     params = dict(src.named_parameters(remove_duplicate=False))
@@ -142,7 +144,7 @@ def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Mo
                f"({len(nodes)} in all) read")
         warn_user(f"graphs.compact: {who} {t!r}, {what} of the model's own that no "
                   f"{'convolution' if conv else 'nn.Linear'} module holds: the channels it reads and writes keep "
-                  f"their size (dead units among them included); hold the weight in "
+                  f"their size (dead units feeding it included); hold the weight in "
                   f"{'an nn.Conv1d/2d/3d (or ConvTranspose)' if conv else 'an nn.Linear'} and call it to have them "
                   "compacted")
 

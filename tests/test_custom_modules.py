@@ -489,7 +489,7 @@ def test_compact_warns_once_per_bare_weight_where_dead_units_stay_and_follows_it
     assert len(bare) == 3, bare
     said = {t: next(m for m in bare if f"read {t!r}" in m or f"reads {t!r}" in m) for t in ("wh", "wo", "mix")}
     assert re.search(r"nodes 'matmul' .* \.\.\. \(6 in all\) read 'wh', a parameter of the model's own .* keep "
-                     r"their size \(dead units among them included\); hold the weight in an nn.Linear", said["wh"])
+                     r"their size \(dead units feeding it included\); hold the weight in an nn.Linear", said["wh"])
     assert re.search(r"node 'matmul_6' .* reads 'wo', a parameter of the model's own", said["wo"])
     assert re.search(r"node 'matmul_7' .* reads 'mix', a buffer of the model's own", said["mix"])
 
