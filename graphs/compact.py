@@ -125,7 +125,8 @@ forward hooks, which its call would run, or sits inside a module fx calls whole:
 parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a bias, ``self.fc.weight.t()``)
 keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
 weight) keeps the channels it reads and writes, as does a convolution or matrix product on a parameter of the
-model's own (``F.conv2d(h, self.w)``, ``h @ self.w``): a warning names each.
+model's own (``F.conv2d(h, self.w)``, ``h @ self.w``, ``h @ self.w.t()``; or a buffer): a warning names each where
+dead units stay, once per tensor.
 
 Attention. An ``nn.MultiheadAttention`` keeps its input and output channels; inside it, the query/key pairs and
 value channels that are dead in a way that is exact to drop (a pinned key, a pinned query with no bias, a pinned or
@@ -153,7 +154,7 @@ from adaptive.global_rng import kept_global_rng
 
 from .compact_attention import compact_attention
 from .compact_check import _axis, _verify
-from .compact_functional import _functional_layers
+from .compact_functional import _functional_layers, _warn_bare_weights
 from .compact_plan import _plan
 from .compact_probe import _float32_weights, _probe, _probe_wider
 from .compact_rewrite import _rewrite
@@ -272,7 +273,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         if isinstance(n.type, str):  # an annotation left a string by `from __future__ import annotations`:
             n.type = None            # torch 2.11's pickler took it for an object, and the copy failed to save
     gm.eval()
-    _functional_layers(gm, src)
+    bare = _functional_layers(gm, src)
     x = example_input.narrow(_axis(example_input, batch), 0, 1) if isinstance(example_input, torch.Tensor) else example_input
     weights = _float32_weights(gm)
     with torch.no_grad():
@@ -293,6 +294,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         wider_env = _probe_wider(gm, x, weights)
     del weights
     plan = _plan(gm, probe_env, int(align), wider_env)
+    _warn_bare_weights(bare, plan, src)
     before = sum(t.numel() for t in gm.parameters())
     _rewrite(gm, plan, probe_env)
     removed = {**plan["removed_per_layer"], **compact_attention(gm, probe_env)}  # an attention's dead channels

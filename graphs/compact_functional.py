@@ -17,12 +17,13 @@ from adaptive.warn import warn_user
 from . import ops
 from .compact_layers import _LAYERS
 
-def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
+def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]]:
     """Turn ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and bias into the
     call ``self.fc(x)``, which compaction shrinks; warn about each layer whose parameters are still read
     directly (it keeps its size) and each ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay).
     A layer with forward hooks (which its call would run and F.linear does not), or inside a module fx
-    calls whole (``attn.out_proj`` of a MultiheadAttention, which reads it at its full size), is left read."""
+    calls whole (``attn.out_proj`` of a MultiheadAttention, which reads it at its full size), is left read.
+    Returns :func:`_bare_readers`, for :func:`_warn_bare_weights` once the plan says which dead units stay."""
     whole = {str(n.target) for n in gm.graph.nodes if n.op == "call_module"}
     kept: Dict[str, str] = {}  # a layer read by an F.linear left as it is -> the reason, when not its bias
     for n in list(gm.graph.nodes):
@@ -60,7 +61,7 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
         for a in reads:
             if not a.users:
                 gm.graph.erase_node(a)
-    _warn_bare_weights(gm, src)
+    bare = _bare_readers(gm, src)
     read: Dict[str, List[str]] = {}
     for n in gm.graph.nodes:
         owner = str(n.target).rpartition(".")[0] if n.op == "get_attr" else None
@@ -77,37 +78,75 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> None:
                   f"the module itself (self.{owner}(x)) to have it compacted")
     gm.graph.lint()
     gm.recompile()
+    return bare
 
 
 # weighted ops on a parameter of the model's own: convolutions and the matrix products (F.linear is warned above)
 _CONVS = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
 _PRODUCTS = (torch.matmul, torch.mm, torch.bmm, torch.einsum, operator.matmul)
 _PRODUCT_METHODS = ("matmul", "mm", "bmm", "__matmul__")
+# views of a weight that keep it the model's own tensor (self.w.t(), self.w.T, self.w.view(...)): followed back to it
+_VIEW_METHODS = ("t", "transpose", "permute", "view", "reshape", "contiguous", "unsqueeze", "squeeze", "flatten")
+_VIEW_FUNCTIONS = (torch.t, torch.transpose, torch.permute, torch.reshape, torch.unsqueeze, torch.squeeze,
+                   torch.flatten)
 
 
-def _warn_bare_weights(gm: fx.GraphModule, src: nn.Module) -> None:
-    """Warn about each convolution or matrix product that reads a parameter no layer compaction shrinks owns
-    (``F.conv2d(x, self.w)``, ``x @ self.w``): the channels it reads and writes keep their size, dead units
-    feeding it included, as for ``F.linear`` on such a weight (one owned by an ``nn.Linear``/``nn.Conv`` read so
-    is warned of as that layer's direct read)."""
+def _held(a: fx.Node) -> fx.Node:
+    """The node ``a`` is a view of (a transpose, a reshape, ``.T``: followed back), else ``a``."""
+    while a.args and isinstance(a.args[0], fx.Node) and (
+            (a.op == "call_method" and a.target in _VIEW_METHODS)
+            or (a.op == "call_function" and a.target in _VIEW_FUNCTIONS)
+            or (a.op == "call_function" and a.target is getattr and a.args[1:] in (("T",), ("mT",)))):
+        a = a.args[0]
+    return a
+
+
+def _bare_readers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]]:
+    """Each tensor of the model's own that no layer compaction shrinks owns (a parameter, a buffer) read by a
+    convolution or matrix product (``F.conv2d(x, self.w)``, ``x @ self.w``, ``x @ self.w.t()``), and those nodes:
+    the channels they read and write keep their size (one owned by an ``nn.Linear``/``nn.Conv`` read so is warned
+    of as that layer's direct read)."""
+    readers: Dict[str, List[fx.Node]] = {}
     for n in gm.graph.nodes:
         if not ((n.op == "call_function" and (n.target in _CONVS or n.target in _PRODUCTS))
                 or (n.op == "call_method" and n.target in _PRODUCT_METHODS)):
             continue
-        bare = []
-        for a in n.all_input_nodes:
-            if a.op != "get_attr":
-                continue
+        for a in map(_held, n.all_input_nodes):
             owner = str(a.target).rpartition(".")[0]
-            if not isinstance(_submodule(src, owner), _LAYERS + linear_types()):
-                bare.append(str(a.target))
-        if bare:
-            conv = n.target in _CONVS
-            warn_user(f"graphs.compact: node {ops.describe(n)} reads {', '.join(map(repr, bare))}, a parameter of the "
-                      f"model's own that no {'convolution' if conv else 'nn.Linear'} module holds: the channels it reads "
-                      "and writes keep their size (dead units feeding it included); hold the weight in "
-                      f"{'an nn.Conv1d/2d/3d (or ConvTranspose)' if conv else 'an nn.Linear'} and call it to have them "
-                      "compacted")
+            if a.op == "get_attr" and not isinstance(_submodule(src, owner), _LAYERS + linear_types()):
+                if n not in readers.setdefault(str(a.target), []):
+                    readers[str(a.target)].append(n)
+    return readers
+
+
+def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Module) -> None:
+    """Warn, once per tensor of :func:`_bare_readers`, where a node reading it reads a constant (dead) unit that
+    stays (``plan``: :func:`graphs.compact_plan._plan`), naming the nodes that read it (a loop unrolled
+    by the trace reads it at every step) and the fix; with no dead unit kept there, nothing is said."""
+    items, consts, removed = plan["items"], plan["consts"], plan["removed"]
+    kept = ~torch.isnan(consts) & ~removed
+
+    def dead_kept(n: fx.Node) -> bool:
+        # the units it reads (not the weight's own columns); those it writes are dead only where the bare weight,
+        # which no connectome prunes, is zero, and its outputs may be the model's, which stay anyway
+        units = [a for a in n.all_input_nodes if _held(a).op != "get_attr"]
+        return any(bool(kept[items.ids(t)].any()) for t in units if t in items.offset)
+
+    params = dict(src.named_parameters(remove_duplicate=False))
+    buffers = dict(src.named_buffers(remove_duplicate=False))
+    for t, nodes in readers.items():
+        if not any(map(dead_kept, nodes)):
+            continue
+        conv = any(n.target in _CONVS for n in nodes)
+        what = "a parameter" if t in params else "a buffer" if t in buffers else "a tensor"
+        who = (f"node {ops.describe(nodes[0])} reads" if len(nodes) == 1 else
+               f"nodes {', '.join(ops.describe(n) for n in nodes[:3])}{' ...' if len(nodes) > 3 else ''} "
+               f"({len(nodes)} in all) read")
+        warn_user(f"graphs.compact: {who} {t!r}, {what} of the model's own that no "
+                  f"{'convolution' if conv else 'nn.Linear'} module holds: the channels it reads and writes keep "
+                  f"their size (dead units feeding it included); hold the weight in "
+                  f"{'an nn.Conv1d/2d/3d (or ConvTranspose)' if conv else 'an nn.Linear'} and call it to have them "
+                  "compacted")
 
 
 def _as_nn_linear(module: nn.Module) -> nn.Linear:

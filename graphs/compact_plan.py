@@ -42,6 +42,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     # out_proj): neither can shrink without the other; nor can a FoldedConv whose convolution's weight is tied
     tied |= _nested(calls)
     tied |= {t.rpartition(".")[0] for t in tied if isinstance(mods.get(t.rpartition(".")[0]), FoldedConv)}
+    by_tie = set()  # the entries of items.pinned made by a layer pinned for its tied weight alone
     weighted_inputs = {}  # node -> weighted consumer nodes
     grouped = []  # (input, node, groups) of each grouped, non-depthwise convolution whose input channels are items
     for n in gm.graph.nodes:
@@ -61,6 +62,7 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
         if shape is not None:  # reading a shape leaves the tensor's channels free: where the value goes decides
             items.shapes[n] = shape
             continue
+        first_pin = len(items.pinned)
         if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
             cat = "pinned"
         if cat == "weighted":
@@ -92,6 +94,8 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
         items.pin(n)
         for a in args:
             items.pin(a)
+        if cat == "pinned" and module is not None and calls[n.target] == 1 and any(n.target in s for s in shared):
+            by_tie.update(range(first_pin, len(items.pinned)))
     for n in gm.graph.nodes:  # a channel count used where compact cannot follow it: the channels it counts stay
         if n not in items.shapes:
             for a in n.all_input_nodes:
@@ -127,10 +131,17 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
         if not more:  # the same rows go: another round would only break ties otherwise
             break
     per_layer = {}
+    # the classes pinned otherwise than by a tie (a model output, a layer called twice, ...): untied, they stay too
+    else_bad = torch.zeros(items.n, dtype=torch.bool)
+    for i, p_ in enumerate(items.pinned if shared else ()):
+        if i not in by_tie:
+            else_bad[p_] = True
+    else_bad = (torch.zeros(items.n, dtype=torch.long).index_add_(0, label, else_bad.long()) > 0)[label]
     for n in gm.graph.nodes:
         if n.op == "call_module" and isinstance(mods[n.target], _LAYERS) and n in items.offset:
-            per_layer[n.target] = int(removed[items.ids(n)].sum())
-            kept = int((~torch.isnan(consts[items.ids(n)]) & ~removed[items.ids(n)]).sum())
+            ids = items.ids(n)
+            per_layer[n.target] = int(removed[ids].sum())
+            kept = int((~torch.isnan(consts[ids]) & ~removed[ids] & ~else_bad[ids]).sum())
             others = sorted({o for names in shared if n.target in names for o in names} - {n.target})
             if kept and others:  # said, as a weight read directly (compact_functional) and a bare one are
                 warn_user(f"graphs.compact: layer {n.target!r} keeps {kept} constant (dead) unit(s): its weight is "

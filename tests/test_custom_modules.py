@@ -1,5 +1,6 @@
 """Custom architectures through the public API: weight tying, the meta device, integer (token)
 inputs and non-tensor outputs, in the connectome, the graph and compaction."""
+import re
 import warnings
 
 import pytest
@@ -449,6 +450,50 @@ def test_compact_says_why_dead_units_read_by_a_bare_weight_stay(conv):
         graphs.compact(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5)).eval(), None, torch.randn(4, 6))
 
 
+def test_compact_warns_once_per_bare_weight_where_dead_units_stay_and_follows_its_views():
+    """A loop unrolled by the trace (z[:, t] @ self.wh at every step) gave one warning per step, each naming the
+    same weight; a transposed bare weight (z @ self.wo.t()) gave none, its dead units kept with no word; a buffer
+    was called a parameter; and every bare weight was warned of at every call, with no dead unit anywhere. One
+    warning per tensor where dead units stay, naming the nodes that read it and what it is."""
+    class Unrolled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inp = nn.Linear(4, 8)
+            self.wh = nn.Parameter(torch.randn(8, 8))
+            self.wo = nn.Parameter(torch.randn(8, 8))
+            self.register_buffer("mix", torch.randn(8, 8))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            z = F.relu(self.inp(x))
+            acc = z[:, 0] @ self.wh
+            for t in range(1, 6):
+                acc = acc + z[:, t] @ self.wh
+            return self.head(acc + z.mean(1) @ self.wo.t() + z.amax(1) @ self.mix)
+
+    torch.manual_seed(0)
+    model = Unrolled().eval()
+    x = torch.randn(2, 6, 4)
+    with pytest.warns(UserWarning, match="stay dense"):
+        conn = adaptive.Connectome(model, ensemble="neuron")
+    with warnings.catch_warnings(record=True) as said:  # nothing dead: nothing to say
+        warnings.simplefilter("always")
+        graphs.compact(model, conn, x)
+    assert not [str(w.message) for w in said if "of the model's own" in str(w.message)]
+    conn.set_ensemble_masks({"inp.weight": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        small = graphs.compact(model, conn, x)
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    bare = [str(w.message) for w in said if "of the model's own" in str(w.message)]
+    assert len(bare) == 3, bare
+    said = {t: next(m for m in bare if f"read {t!r}" in m or f"reads {t!r}" in m) for t in ("wh", "wo", "mix")}
+    assert re.search(r"nodes 'matmul' .* \.\.\. \(6 in all\) read 'wh', a parameter of the model's own .* keep "
+                     r"their size \(dead units feeding it included\); hold the weight in an nn.Linear", said["wh"])
+    assert re.search(r"node 'matmul_6' .* reads 'wo', a parameter of the model's own", said["wo"])
+    assert re.search(r"node 'matmul_7' .* reads 'mix', a buffer of the model's own", said["mix"])
+
+
 def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
     """A convolutional autoencoder whose decoder is tied to its encoder (dec.weight = enc.weight: a Conv2d and a
     ConvTranspose2d store the same (8, 3, k, k) tensor): pruned encoder channels are dead units, which compact
@@ -474,6 +519,48 @@ def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
     assert small.compaction["params_after"] == small.compaction["params_before"]
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x))
+
+
+def test_compact_does_not_blame_a_tie_for_dead_units_that_would_stay_untied():
+    """A language model's head tied to its embedding (lm_head.weight = wte.weight) with vocabulary rows pruned:
+    their logits are constant, but they are the model's outputs, which stay tied or not. The warning said
+    'untie them ... to have them compacted', a fix that compacts nothing; it is kept for units the tie alone
+    keeps (the encoder of a tied autoencoder, above). A hidden layer tied beside it is still named."""
+    class TinyLM(nn.Module):
+        def __init__(self, tie_hidden: bool):
+            super().__init__()
+            self.wte = nn.Embedding(10, 8)
+            self.fc = nn.Linear(8, 8)
+            self.back = nn.Linear(8, 8)
+            if tie_hidden:
+                self.back.weight = self.fc.weight
+            self.lm_head = nn.Linear(8, 10, bias=False)
+            self.lm_head.weight = self.wte.weight
+
+        def forward(self, i):
+            return self.lm_head(torch.relu(self.back(torch.relu(self.fc(self.wte(i))))))
+
+    torch.manual_seed(0)
+    i = torch.randint(0, 10, (2, 5))
+    vocab = torch.tensor([1, 0, 1, 1, 1, 1, 1, 1, 0, 1], dtype=torch.bool)
+    model = TinyLM(tie_hidden=False).eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"lm_head.weight": vocab})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = graphs.compact(model, conn, i)
+    assert small.compaction["removed"]["lm_head"] == 0
+    model = TinyLM(tie_hidden=True).eval()
+    conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"lm_head.weight": vocab, "fc.weight": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1],
+                                                                                dtype=torch.bool)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        graphs.compact(model, conn, i)
+    tied = sorted(str(w.message) for w in said if "is tied to" in str(w.message))  # back's row 1 is fc's, pruned
+    assert len(tied) == 2, tied
+    assert "layer 'back' keeps 1 constant (dead) unit(s): its weight is tied to 'fc'" in tied[0]
+    assert "layer 'fc' keeps 1 constant (dead) unit(s): its weight is tied to 'back'" in tied[1]
 
 
 def test_compact_keeps_channels_scaled_by_a_tensor_of_the_models_own_as_the_graphs_page_says():
