@@ -300,7 +300,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     removed = {**plan["removed_per_layer"], **compact_attention(gm, probe_env)}  # an attention's dead channels
     after = sum(t.numel() for t in gm.parameters())
     report = {"params_before": before, "params_after": after, "removed": removed,
-              "units_removed": sum(plan["removed_per_layer"].values())}
+              "units_removed": sum(removed.values())}  # an attention's channels too, as "removed" lists them
     if verify:
         report.update(_verify(ref, gm, example_input, atol, rtol, batch))
     gm.compaction = report

@@ -16,7 +16,8 @@ Every head keeps the same width (the heads are one reshape of the projections): 
 pairs as the head that can drop the fewest, its first such pairs, and likewise value channels; the others stay,
 exactly as they were. The scores keep the original scale, ``1 / sqrt(embed_dim / num_heads)``. Not touched (kept
 whole): an attention with ``add_bias_kv`` or ``add_zero_attn`` (the appended key and value differ from the biases at
-the other positions), one with hooks, one called more than once or whose parameters or parts another node reads. In
+the other positions), one with hooks, one called more than once or whose parameters or parts another node reads or
+another module holds too (tied weights: a copy would untie them). In
 training mode, dropout leaves attention weights that no longer sum to 1, so a folded value bias is not what the
 model computes there: like a BatchNorm fold, the copy is the eval-mode model.
 """
@@ -175,13 +176,18 @@ def compact_attention(gm: fx.GraphModule, env: dict) -> Dict[str, int]:
             node_of[str(n.target)] = n
         elif n.op == "get_attr":
             reads.add(str(n.target))
+    owners: Dict[int, set] = {}  # each parameter's owners, by path: a tied one (or an aliased module) has several
+    for path, mod in gm.named_modules(remove_duplicate=False):
+        for p in mod.parameters(recurse=False):
+            owners.setdefault(id(p), set()).add(path)
     removed: Dict[str, int] = {}
     for name, count in calls.items():
         m = gm.get_submodule(name)
         if type(m) is not nn.MultiheadAttention or count != 1 or m._forward_hooks or m._forward_pre_hooks:
             continue
         inner = [t for t in list(calls) + list(reads) if t.startswith(name + ".")]
-        if inner:
+        shared = [o for p in m.parameters() for o in owners[id(p)] if o != name and not o.startswith(name + ".")]
+        if inner or shared:  # a copy would untie what another module holds too
             continue
         query, mask, pad = (_given(node_of[name], env, i, k) for i, k in
                             ((0, "query"), (5, "attn_mask"), (3, "key_padding_mask")))

@@ -109,11 +109,15 @@ def product_labels(name: str, dims: List[int], dims_arg=2):
     elif name in ("baddbmm", "addbmm"):
         labels, out = [["b", "n", "k"], ["b", "k", "m"]], ["b", "n", "m"] if name == "baddbmm" else ["n", "m"]
     elif name == "inner":
-        if 0 in prod:
-            raise ValueError("inner of a 0-dim tensor")
-        a, b = ([(t, i) for i in range(d - 1)] for t, d in zip("AB", prod))
-        labels, out = [a + ["k"], b + ["k"]], a + b
+        if 0 in prod:  # a scalar operand: torch multiplies by it, element by element
+            a, b = ([(t, i) for i in range(d)] for t, d in zip("AB", prod))
+            labels, out = [a, b], a + b
+        else:
+            a, b = ([(t, i) for i in range(d - 1)] for t, d in zip("AB", prod))
+            labels, out = [a + ["k"], b + ["k"]], a + b
     else:  # tensordot
+        if isinstance(dims_arg, torch.Tensor):  # as torch reads one: a count where it holds one number, else two lists
+            dims_arg = int(dims_arg.item()) if dims_arg.numel() == 1 else dims_arg.tolist()
         if isinstance(dims_arg, int):
             pairs = list(zip(range(prod[0] - dims_arg, prod[0]), range(dims_arg)))
         else:

@@ -351,12 +351,12 @@ def build(
     unit = _build_nodes_and_edges(tr, conn, model, "synapse" if level == "synapse" else "unit", utility)
     unit.warnings.extend(notes)
     _annotate(unit)
-    if "zero" in unit.node_attrs:  # read by the depths above; the last column, the others' places as without it
-        unit.node_attrs["zero"] = unit.node_attrs.pop("zero")
     if not junctions:
         from .contract import contract_junctions
 
         unit = contract_junctions(unit)
+    if "zero" in unit.node_attrs:  # read by the depths above; the last column, the others' places as without it
+        unit.node_attrs["zero"] = unit.node_attrs.pop("zero")
     if level == "layer":
         return layer_graph(unit)
     return unit

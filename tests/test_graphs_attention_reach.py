@@ -336,3 +336,16 @@ def test_a_graph_without_bias_free_pruned_queries_has_no_zero_column():
     g = _pruned_queries([1], "none")[1]
     assert list(g.node_attrs)[-1] == "zero"  # the last column: data.x's other columns keep their places
     assert graphs.to_pyg(g).node_attr_names[-1] == "zero"
+
+
+def test_the_zero_column_stays_last_in_a_graph_without_junctions():
+    """``graphs.build(..., junctions=False)`` recomputes the depth and degree columns after contracting: ``zero`` is
+    still the last column (it came before them), so ``data.x``'s other columns are where they are without it."""
+    model = _pruned_queries([1], "none")[0]
+    conn = adaptive.Connectome(model)
+    conn.set_masks({n: p.detach() != 0 for n, p in conn.params.items()})  # the pruned rows, as applied
+    g = graphs.build(conn, "unit", example_input=torch.randn(2, 5, 4, dtype=torch.float64), junctions=False)
+    assert list(g.node_attrs)[-1] == "zero" and int(g.node_attrs["zero"].sum()) == 1
+    plain = graphs.build(adaptive.Connectome(model), "unit", example_input=torch.randn(2, 5, 4, dtype=torch.float64),
+                         junctions=False)
+    assert list(g.node_attrs)[:-1] == list(plain.node_attrs)

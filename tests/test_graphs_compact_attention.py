@@ -102,6 +102,48 @@ def test_a_dead_query_goes_with_its_key_only_where_it_has_no_bias(bias):
         assert small.attn.qk_dim == 3
 
 
+def test_units_removed_counts_the_attention_channels_removed():
+    """``compaction["units_removed"]`` (which the CLI prints as the dead units removed) sums ``removed``, the
+    attention's query, key and value channels too."""
+    small = _compact(_model(), {"k": [1, 5], "v": [0, 7]}, X)
+    removed = small.compaction["removed"]
+    assert removed["attn.q"] == removed["attn.k"] == removed["attn.v"] == 2
+    assert small.compaction["units_removed"] == sum(removed.values()) == 6
+
+
+class Tied(nn.Module):
+    """Two attentions holding one ``in_proj_weight`` (tied), each called once."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Linear(4, E), nn.Linear(E, 3)
+        self.a1 = nn.MultiheadAttention(E, H, batch_first=True)
+        self.a2 = nn.MultiheadAttention(E, H, batch_first=True)
+        self.a2.in_proj_weight = self.a1.in_proj_weight
+
+    def forward(self, x):
+        h = self.emb(x)
+        y, _ = self.a1(h, h, h)
+        y, _ = self.a2(y, y, y)
+        return self.head(y.mean(1))
+
+
+def test_attentions_with_tied_weights_stay_whole_and_tied():
+    """Compacting each into a CompactAttention of its own would untie the weight they hold (two copies, trained
+    apart): both stay as they were, still holding one parameter, as a tied Linear does."""
+    torch.manual_seed(0)
+    model = Tied().double().eval()
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(m) for n, m in conn.masks.items()}
+    masks["a1.in_proj_weight"][E:2 * E][[1, 5]] = False  # a dead key in each head, of both attentions
+    conn.set_masks(masks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = graphs.compact(model, conn, X)
+    assert type(small.a1) is type(small.a2) is nn.MultiheadAttention
+    assert small.a1.in_proj_weight is small.a2.in_proj_weight
+
+
 def test_an_attention_with_nothing_to_remove_stays_as_it_was():
     small = _compact(_model(), {"k": [1]}, X)  # only head 0 could lose a pair: the heads must stay alike
     assert type(small.attn) is nn.MultiheadAttention

@@ -51,6 +51,10 @@ PRODUCTS = {
     "tensordot, dims=1": lambda h: torch.tensordot(h, h[0].t(), dims=1),
     "tensordot, dims as lists": lambda h: torch.tensordot(h, h[0], dims=([2], [1])),
     "tensordot of two axes": lambda h: torch.tensordot(h, h[0], dims=2).unsqueeze(1),
+    # dims given as a tensor, read as torch reads it: one number a count of axes, else the two lists
+    "tensordot, dims a 0-d tensor": lambda h: torch.tensordot(h, h[0].t(), dims=torch.tensor(1)),
+    "tensordot, dims a tensor of lists": lambda h: torch.tensordot(h, h[0], dims=torch.tensor([[2], [1]])),
+    "inner of a scalar (a product element by element)": lambda h: torch.inner(h, h[0, 1, 2]),
     "addmm": lambda h: torch.addmm(h[:, 1, :2], h[:, 0], h[0].t()),
     "addmm, a broadcast input": lambda h: torch.addmm(h[0, 1, :2], h[:, 0], h[0].t()),
     "addmm, beta=0 (input ignored)": lambda h: torch.addmm(h[:, 1, :2], h[:, 0], h[0].t(), beta=0),
