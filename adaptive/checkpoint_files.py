@@ -15,7 +15,9 @@ file of another kind, and a part of the controller (an estimator, its policy) re
 each still leaves what loaded before it.
 
 A tensor of another dtype than its parameter's loads converted, as torch's ``load_state_dict`` does
-(no failure, so no half-load); under FSDP, DeepSpeed or Megatron-LM the files are theirs, unread here.
+(no failure, so no half-load); under FSDP, DeepSpeed or Megatron-LM the files are theirs, unread here, and
+so are the model files where a ``register_load_state_pre_hook`` hook is registered (it may load the models
+from files of its own: Accelerate then loads none of them).
 """
 from __future__ import annotations
 
@@ -162,14 +164,18 @@ def checkpoint_files_problem(accelerator, path) -> Optional[Tuple[bool, str]]:
     or another number of registered-object files than objects), read from the files before anything
     loads (``damaged``: a file cannot be read, rather than holding what does not fit this run); None where
     each step's file is there and fits. Only for the layouts Accelerate writes itself
-    (no FSDP, DeepSpeed or Megatron-LM: :func:`~adaptive.checkpoint_optimizer.reads_optimizer_files`).
+    (no FSDP, DeepSpeed or Megatron-LM: :func:`~adaptive.checkpoint_optimizer.reads_optimizer_files`); the
+    model files are left to the load where a load_state pre-hook is registered (it may load the models itself).
     The optimizer files' contents are :func:`~adaptive.checkpoint_optimizer.saved_optimizer_problem`'s."""
     from .checkpoint_optimizer import reads_optimizer_files
 
     if not reads_optimizer_files(accelerator):
         return None
     path = Path(path)
-    for i, model in enumerate(accelerator._models):
+    # a load_state pre-hook (accelerator.register_load_state_pre_hook) is handed the models before they load and
+    # may load them itself, from files of its own, taking them out of the list: the model files are then its own
+    models = [] if getattr(accelerator, "_load_model_state_pre_hook", None) else accelerator._models
+    for i, model in enumerate(models):
         end = f"_{i}" if i else ""
         f = path / f"model{end}.safetensors"
         problem = _model_problem(model, f if f.exists() else path / f"pytorch_model{end}.bin")

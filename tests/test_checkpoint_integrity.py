@@ -1122,3 +1122,42 @@ def test_a_pytorch_model_bin_with_a_modules_extra_state_resumes(tmp_path):
     with pytest.raises(ValueError, match=r"pytorch_model.bin holds 'lin.bias' as a Parameter, not a tensor"):
         load_checkpoint(acc, ck)
     assert model.note == "fresh" and all(torch.equal(v, before[k]) for k, v in model.lin.state_dict().items())
+
+
+def test_a_checkpoint_whose_models_a_load_state_pre_hook_loads_resumes(tmp_path):
+    """Accelerate's save/load state pre-hooks (register_save_state_pre_hook / register_load_state_pre_hook,
+    the pattern of diffusers' training scripts) save the models to files of their own and load them from
+    there, taking them out of the list load_state loads: the checkpoint holds no model.safetensors, and
+    load_state loads it. The model-file check before the load refused it as damaged (pytorch_model.bin
+    cannot be read); it now leaves the model files to a load with such a hook."""
+    from accelerate import Accelerator
+
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def build():
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Linear(3, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, opt = acc.prepare(model, opt)
+
+        def save_hook(models, weights, out):
+            torch.save(models[0].state_dict(), Path(out) / "own_model.pt")
+            weights.clear()
+
+        def load_hook(models, in_dir):
+            models.pop().load_state_dict(torch.load(Path(in_dir) / "own_model.pt", weights_only=True))
+
+        acc.register_save_state_pre_hook(save_hook)
+        acc.register_load_state_pre_hook(load_hook)
+        return acc, model
+
+    acc, model = build()
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ck = save_checkpoint(acc, tmp_path / "run", 1)
+    assert not any(p.name.startswith(("model", "pytorch_model")) for p in ck.iterdir())
+    acc, model = build()
+    load_checkpoint(acc, ck)
+    assert bool((model.weight == 3.0).all())
