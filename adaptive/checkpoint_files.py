@@ -15,7 +15,9 @@ file of another kind, and a part of the controller (an estimator, its policy) re
 each still leaves what loaded before it.
 
 A tensor of another dtype than its parameter's loads converted, as torch's ``load_state_dict`` does
-(no failure, so no half-load); under FSDP, DeepSpeed or Megatron-LM the files are theirs, unread here.
+(no failure, so no half-load); under FSDP, DeepSpeed or Megatron-LM the files are theirs, unread here, and
+so are the model files where a ``register_load_state_pre_hook`` hook is registered (it may load the models
+from files of its own: Accelerate then loads none of them).
 """
 from __future__ import annotations
 
@@ -23,10 +25,11 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
+_EXTRA_STATE = "_extra_state"  # (torch's key for what a module's get_extra_state returns)
 _CUSTOM = re.compile(r"^custom_checkpoint_\d+\.pkl$")  # (Accelerate's pattern for registered objects' files)
 
 
@@ -41,10 +44,10 @@ def _cannot_read(f: Path, e: BaseException) -> Tuple[bool, str]:
     return True, f"{f.name} cannot be read ({type(e).__name__}: {one_line(e)})"
 
 
-def _saved_shapes(f: Path) -> Dict[str, Tuple[int, ...]]:
-    """The tensor names and shapes of a model file as Accelerate will load it: a ``.safetensors``
+def _saved_shapes(f: Path) -> Dict[str, Optional[Tuple[int, ...]]]:
+    """The entry names and tensor shapes of a model file as Accelerate will load it: a ``.safetensors``
     file's header alone (its length is checked against the file's: one cut short raises), or a
-    ``.bin`` state_dict memory-mapped."""
+    ``.bin`` state_dict memory-mapped (an entry that is not a tensor, a module's ``_extra_state``, None)."""
     if f.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -55,7 +58,7 @@ def _saved_shapes(f: Path) -> Dict[str, Tuple[int, ...]]:
     sd = load(f, map_location="cpu", mmap=zipfile.is_zipfile(f))
     if not isinstance(sd, dict):
         raise TypeError(f"a {type(sd).__name__}, not a state_dict")
-    return {k: tuple(v.shape) for k, v in sd.items() if torch.is_tensor(v)}
+    return {k: tuple(v.shape) if torch.is_tensor(v) else None for k, v in sd.items()}
 
 
 def _model_problem(model, f: Path) -> Optional[Tuple[bool, str]]:
@@ -71,9 +74,7 @@ def _model_problem(model, f: Path) -> Optional[Tuple[bool, str]]:
     missing = [k for k in here if k not in saved]
     unexpected = [k for k in saved if k not in here]
     if f.suffix == ".safetensors":  # load_model's own reckoning: of the names sharing one tensor (tied weights)
-        from safetensors.torch import _remove_duplicate_names  # the file holds one; another there is unexpected
-
-        for removed in _remove_duplicate_names(here, preferred_names=list(saved)).values():
+        for removed in _tied_names(here, saved).values():  # the file holds one; another there is unexpected
             missing = [k for k in missing if k not in removed]
             unexpected += [k for k in removed if k in saved]
     fix = "was it saved from another model? Load a checkpoint of this model, or build the model it was saved from"
@@ -84,10 +85,66 @@ def _model_problem(model, f: Path) -> Optional[Tuple[bool, str]]:
         return False, f"{f.name} does not hold this model's tensors ({what}): {fix}"
     for k, shape in saved.items():
         v = here[k]
+        if k.rpartition(".")[2] == _EXTRA_STATE:  # a module's get_extra_state(): its set_extra_state takes any object
+            continue
+        if shape is None:
+            return False, f"{f.name} holds {k!r} as a {type(v).__name__}, not a tensor: {fix}"
         if torch.nn.parameter.is_lazy(v) or shape == tuple(v.shape) or (v.dim() == 0 and shape == (1,)):
             continue  # (torch's load takes a one-element tensor for a 0-d one)
         return False, f"{f.name} holds {k!r} of shape {shape}, but the model's is {tuple(v.shape)} here: {fix}"
     return None
+
+
+def _tied_names(here: Dict[str, torch.Tensor], saved: Iterable[str]) -> Dict[str, List[str]]:
+    """The model's names that share one tensor, as safetensors' ``load_model`` reckons them: for each
+    group, the name it keeps (one the file holds where it can) -> the others. safetensors' own
+    ``_remove_duplicate_names`` (private) where this version has it, else :func:`_duplicate_names`,
+    the same reckoning (safetensors 0.8's)."""
+    tensors = {k: v for k, v in here.items() if torch.is_tensor(v)}
+    try:
+        from safetensors.torch import _remove_duplicate_names
+    except ImportError:  # (a safetensors without it: the load's reckoning is ours)
+        return _duplicate_names(tensors, saved)
+    try:
+        return _remove_duplicate_names(tensors, preferred_names=list(saved))
+    except TypeError:  # (its signature changed)
+        return _duplicate_names(tensors, saved)
+
+
+def _duplicate_names(here: Dict[str, torch.Tensor], saved: Iterable[str]) -> Dict[str, List[str]]:
+    """safetensors' ``_remove_duplicate_names(here, preferred_names=saved)`` (0.8), for a version that
+    lacks it: tensors on one storage whose bytes overlap share a name group; each group keeps its
+    alphabetically first name among those covering the whole storage, preferring one in ``saved`` (a group
+    none of whose names covers it is refused, as safetensors refuses it)."""
+    by_storage: Dict[tuple, List[str]] = {}
+    for k, v in here.items():
+        storage = v.untyped_storage()
+        if v.device.type != "meta" and storage.data_ptr() != 0 and storage.nbytes() != 0:
+            by_storage.setdefault((v.device, storage.data_ptr(), storage.nbytes()), []).append(k)
+
+    def end(t: torch.Tensor) -> int:  # one past its last byte (as safetensors reckons it: a non-contiguous one raises)
+        return t.view(-1)[-1].data_ptr() + t.element_size() if t.numel() else t.data_ptr()
+
+    preferred, to_remove = set(saved), {}
+    for names in by_storage.values():
+        groups: List[set] = []
+        last_stop = None
+        for start, stop, name in sorted((here[n].data_ptr(), end(here[n]), n) for n in names):
+            if last_stop is None or start >= last_stop:
+                groups.append({name})
+            else:
+                groups[-1].add(name)
+            last_stop = stop
+        for group in groups:
+            complete = {n for n in group if here[n].data_ptr() == here[n].untyped_storage().data_ptr()
+                        and here[n].numel() * here[n].element_size() == here[n].untyped_storage().nbytes()}
+            if not complete:
+                raise RuntimeError(f"no name among {sorted(group)} covers the whole storage they share: safetensors "
+                                   "refuses to load such a model")
+            keep = sorted(preferred & complete or complete)[0]
+            if len(group) > 1:
+                to_remove.setdefault(keep, []).extend(sorted(n for n in group if n != keep))
+    return to_remove
 
 
 def _read(f: Path, weights_only: bool = True) -> Optional[Tuple[bool, str]]:
@@ -107,14 +164,18 @@ def checkpoint_files_problem(accelerator, path) -> Optional[Tuple[bool, str]]:
     or another number of registered-object files than objects), read from the files before anything
     loads (``damaged``: a file cannot be read, rather than holding what does not fit this run); None where
     each step's file is there and fits. Only for the layouts Accelerate writes itself
-    (no FSDP, DeepSpeed or Megatron-LM: :func:`~adaptive.checkpoint_optimizer.reads_optimizer_files`).
+    (no FSDP, DeepSpeed or Megatron-LM: :func:`~adaptive.checkpoint_optimizer.reads_optimizer_files`); the
+    model files are left to the load where a load_state pre-hook is registered (it may load the models itself).
     The optimizer files' contents are :func:`~adaptive.checkpoint_optimizer.saved_optimizer_problem`'s."""
     from .checkpoint_optimizer import reads_optimizer_files
 
     if not reads_optimizer_files(accelerator):
         return None
     path = Path(path)
-    for i, model in enumerate(accelerator._models):
+    # a load_state pre-hook (accelerator.register_load_state_pre_hook) is handed the models before they load and
+    # may load them itself, from files of its own, taking them out of the list: the model files are then its own
+    models = [] if getattr(accelerator, "_load_model_state_pre_hook", None) else accelerator._models
+    for i, model in enumerate(models):
         end = f"_{i}" if i else ""
         f = path / f"model{end}.safetensors"
         problem = _model_problem(model, f if f.exists() else path / f"pytorch_model{end}.bin")

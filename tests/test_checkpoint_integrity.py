@@ -973,3 +973,191 @@ def test_a_checkpoint_of_a_model_with_tied_weights_passes_the_model_file_check(t
     acc, model, opt = build()
     with pytest.raises(ValueError, match=r"missing 1 of the model's tensor\(s\), first \['0.weight'\]"):
         load_checkpoint(acc, ck)
+
+
+def _tied_checkpoint(tmp_path):
+    """A checkpoint of a model whose last layer's weight is its first's (saved once), and its builder."""
+    from accelerate import Accelerator
+
+    from adaptive.training import save_checkpoint
+
+    def build():
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4))
+        model[2].weight = model[0].weight
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        model, opt = acc.prepare(model, opt)
+        return acc, model, opt
+
+    acc, model, opt = build()
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    return save_checkpoint(acc, tmp_path / "run", 1), build
+
+
+def test_the_tied_weights_check_does_not_need_safetensors_private_helper(tmp_path, monkeypatch):
+    """The model file check counts a tied weight saved once for all its names as safetensors' load_model does,
+    through safetensors' private _remove_duplicate_names: a safetensors without it (or with another
+    signature) made every resume fail with an ImportError. Our own reckoning takes over, and refuses what the
+    load refuses."""
+    import types
+
+    import safetensors.torch
+
+    from adaptive.integrity import write_manifest
+    from adaptive.training import load_checkpoint
+
+    def without_helper(replacement=None):  # what `from safetensors.torch import ...` finds (Accelerate's load_model
+        fake = types.ModuleType("safetensors.torch")  # keeps the real module's)
+        fake.__dict__.update({k: v for k, v in vars(safetensors.torch).items() if k != "_remove_duplicate_names"})
+        if replacement:
+            fake._remove_duplicate_names = replacement
+        return fake
+
+    ck, build = _tied_checkpoint(tmp_path)
+    for fake in (without_helper(), without_helper(lambda sd, *, preferred: {})):
+        with monkeypatch.context() as m:
+            m.setitem(sys.modules, "safetensors.torch", fake)
+            acc, model, opt = build()
+            load_checkpoint(acc, ck)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    (tmp_path / "spoilt").mkdir()
+    spoilt = tmp_path / "spoilt" / ck.name
+    shutil.copytree(ck, spoilt)
+    _model_file(spoilt, lambda w: w.pop("0.weight"))
+    write_manifest(spoilt)
+    monkeypatch.setitem(sys.modules, "safetensors.torch", without_helper())
+    acc, model, opt = build()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"missing 1 of the model's tensor\(s\), first \['0.weight'\]"):
+        load_checkpoint(acc, spoilt)
+    assert all(torch.equal(v, fresh[k]) and not torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_our_tied_names_reckoning_is_safetensors():
+    """_duplicate_names (used where safetensors lacks _remove_duplicate_names) gives what safetensors' gives:
+    tied weights, views covering part of a storage, a transposed view, names the file prefers, a group none of
+    whose names covers its storage (refused by both)."""
+    from safetensors.torch import _remove_duplicate_names
+
+    from adaptive.checkpoint_files import _duplicate_names
+
+    big = torch.randn(6, 4)
+    w = torch.nn.Parameter(torch.randn(3, 3))
+    cases = [
+        ({"a.weight": w, "b.weight": w, "c": torch.randn(2)}, []),
+        ({"z": w, "a": w, "m": w}, ["m"]),
+        ({"z": w, "a": w, "m": w}, ["x"]),
+        ({"full": big, "top": big[:3], "bottom": big[3:], "t": big.t()}, []),
+        ({"full": big, "top": big[:3], "bottom": big[3:]}, ["bottom"]),
+        ({"e": torch.empty(0), "f": torch.empty(0), "zero_d": torch.tensor(1.0)}, []),
+        ({"top": big[:3], "bottom": big[3:]}, []),
+        ({"top": big[:3], "rows": big[1:4]}, []),
+    ]
+    for sd, preferred in cases:
+        try:
+            theirs = _remove_duplicate_names(sd, preferred_names=preferred)
+        except RuntimeError:
+            with pytest.raises(RuntimeError):  # (a non-contiguous view: torch's view(-1) raises in both)
+                _duplicate_names(sd, preferred)
+            continue
+        assert {k: sorted(v) for k, v in _duplicate_names(sd, preferred).items()} == \
+            {k: sorted(v) for k, v in theirs.items()}, (sorted(sd), preferred)
+
+
+class _Noted(torch.nn.Module):
+    """A layer whose extra state is a note, not a tensor (torch saves it as the ``_extra_state`` entry)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 3)
+        self.note = "fresh"
+
+    def get_extra_state(self):
+        return {"note": self.note}
+
+    def set_extra_state(self, state):
+        self.note = state["note"]
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_a_pytorch_model_bin_with_a_modules_extra_state_resumes(tmp_path):
+    """A model with a module's non-tensor extra state (get_extra_state) saves through save_state(safe_serialization=False)
+    as pytorch_model.bin with an ``_extra_state`` entry, which torch's load hands to set_extra_state. The model
+    file check counted only the file's tensors, so it refused that checkpoint as missing '_extra_state' (a
+    checkpoint Accelerate loads); an entry that is not a tensor where the model has a tensor is still refused
+    before anything loads."""
+    from accelerate import Accelerator
+
+    from adaptive.integrity import write_manifest
+    from adaptive.training import load_checkpoint
+
+    def build():
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = _Noted()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, opt = acc.prepare(model, opt)
+        return acc, model, opt
+
+    acc, model, opt = build()
+    model.note = "saved"
+    ck = tmp_path / "run" / "step_1"
+    acc.save_state(str(ck), safe_serialization=False)
+    write_manifest(ck)
+    acc, model, opt = build()
+    load_checkpoint(acc, ck)
+    assert model.note == "saved"
+    sd = torch.load(ck / "pytorch_model.bin", weights_only=True)
+    sd["lin.bias"] = [0.0, 0.0, 0.0]
+    torch.save(sd, ck / "pytorch_model.bin")
+    write_manifest(ck)
+    acc, model, opt = build()
+    before = {k: v.clone() for k, v in model.lin.state_dict().items()}
+    with pytest.raises(ValueError, match=r"pytorch_model.bin holds 'lin.bias' as a Parameter, not a tensor"):
+        load_checkpoint(acc, ck)
+    assert model.note == "fresh" and all(torch.equal(v, before[k]) for k, v in model.lin.state_dict().items())
+
+
+def test_a_checkpoint_whose_models_a_load_state_pre_hook_loads_resumes(tmp_path):
+    """Accelerate's save/load state pre-hooks (register_save_state_pre_hook / register_load_state_pre_hook,
+    the pattern of diffusers' training scripts) save the models to files of their own and load them from
+    there, taking them out of the list load_state loads: the checkpoint holds no model.safetensors, and
+    load_state loads it. The model-file check before the load refused it as damaged (pytorch_model.bin
+    cannot be read); it now leaves the model files to a load with such a hook."""
+    from accelerate import Accelerator
+
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    def build():
+        AcceleratorState_reset()
+        torch.manual_seed(0)
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Linear(3, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, opt = acc.prepare(model, opt)
+
+        def save_hook(models, weights, out):
+            torch.save(models[0].state_dict(), Path(out) / "own_model.pt")
+            weights.clear()
+
+        def load_hook(models, in_dir):
+            models.pop().load_state_dict(torch.load(Path(in_dir) / "own_model.pt", weights_only=True))
+
+        acc.register_save_state_pre_hook(save_hook)
+        acc.register_load_state_pre_hook(load_hook)
+        return acc, model
+
+    acc, model = build()
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    ck = save_checkpoint(acc, tmp_path / "run", 1)
+    assert not any(p.name.startswith(("model", "pytorch_model")) for p in ck.iterdir())
+    acc, model = build()
+    load_checkpoint(acc, ck)
+    assert bool((model.weight == 3.0).all())
