@@ -154,7 +154,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
             rejects the try on every process; a loss already NaN or inf before an edit rolls back
-            every update while it stays so, which the first one warns of), and the events log that mean.
+            every update while it stays so, unless an edit makes an inf finite, which the first one rolled
+            back warns of), and the events log that mean.
         verify: check at every update that all processes hold identical masks (a
             :class:`~adaptive.distributed.MaskMismatchError` otherwise, naming the step). None (the
             default): wherever a process group of several processes runs (DDP, ``accelerate

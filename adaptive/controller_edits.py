@@ -173,9 +173,9 @@ class ControllerEditsMixin:
         return event
 
     def _warn_nonfinite_holdout(self, step: int, loss: float) -> None:
-        """Warn, once per controller, that the held-out loss before an edit is NaN or inf: no rise can be
-        measured from it (NaN compares false), so the line search rolls the update back, as it will every
-        one while the loss stays so. The connectome's weights are finite here (an update skips where
+        """Warn, once per controller, that the held-out loss before an edit that was rolled back is NaN or inf:
+        no rise can be measured from it (NaN compares false), so the line search rolls the update back, as it
+        will every one while the loss stays so (from +inf, only an edit that makes it finite is kept). The connectome's weights are finite here (an update skips where
         they are not): the held-out data, the loss function or another parameter is at fault. Without
         this, a run whose held-out set holds one corrupt example rolled back every update in silence
         until the schedule's end."""
