@@ -154,7 +154,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             averages the losses over the processes before every decision (equal-size shards give
             the mean over the whole held-out set; a NaN on one process makes the mean NaN, which
             rejects the try on every process; a loss already NaN or inf before an edit rolls back
-            every update while it stays so, which the first one warns of), and the events log that mean.
+            every update while it stays so, unless an edit makes an inf finite, which the first one rolled
+            back warns of), and the events log that mean.
         verify: check at every update that all processes hold identical masks (a
             :class:`~adaptive.distributed.MaskMismatchError` otherwise, naming the step). None (the
             default): wherever a process group of several processes runs (DDP, ``accelerate
@@ -844,13 +845,15 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         # first: the init's scores only order the live ones among themselves (and the absent ones,
         # which this plan never grows). Without this, a fresh draw of random scores kept ensembles
         # that were absent and pruned live ones, far below the target.
-        # An absent ensemble is marked -inf, below every live one (a live -inf becomes the lowest finite float),
+        # An absent ensemble is marked -inf, below every live one (a live -inf becomes the float just above the
+        # lowest finite one: the selection reads -inf as the lowest finite float, so there a live -inf tied
+        # with the absent ones, by index, and one absent ahead of it was kept in its place, below the target),
         # which keeps the order exactly. The lift this replaced, (max - min + 1) added to the live scores, lost
         # the order of small scores to float32 rounding beside a large one (ties, then by index) and, with an
         # estimator's +-inf (admitted as the largest or smallest score), made every live score inf: kept by index.
         alive = self.alive()
         if scores and not all(bool(alive[n].all()) for n in scores):
-            low = torch.finfo(torch.float32).min
+            low = float(torch.nextafter(torch.tensor(torch.finfo(torch.float32).min), torch.tensor(0.0)))
             scores = {n: torch.where(alive[n].to(s.device).reshape(s.shape), s.float().clamp_min(low), float("-inf"))
                       for n, s in scores.items()}
         density = self.density if self.density is not None else self.conn.density()

@@ -130,8 +130,6 @@ class ControllerEditsMixin:
             loss_before = self._holdout()
         # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do)
         tolerance = self.line_search_tolerance if plan.tolerance is None else plan.tolerance
-        if use_ls and not math.isfinite(loss_before) and tolerance != float("inf"):
-            self._warn_nonfinite_holdout(step, loss_before)
         current = plan
         try:
             for attempt in range(self.line_search_tries + 1 if use_ls else 1):
@@ -155,6 +153,9 @@ class ControllerEditsMixin:
             if before is not None:
                 _roll_back(before, error)
             raise
+        if use_ls and fraction == 0.0 and not math.isfinite(loss_before):
+            # (only where the update was in fact rolled back: from +inf, an edit that makes the loss finite is kept)
+            self._warn_nonfinite_holdout(step, loss_before)
         pruned_syn, grown_syn = self._synapse_counts(current)
         event.update(
             pruned=pruned_syn,
@@ -172,9 +173,9 @@ class ControllerEditsMixin:
         return event
 
     def _warn_nonfinite_holdout(self, step: int, loss: float) -> None:
-        """Warn, once per controller, that the held-out loss before an edit is NaN or inf: no rise can be
-        measured from it (NaN compares false), so the line search rolls the update back, as it will every
-        one while the loss stays so. The connectome's weights are finite here (an update skips where
+        """Warn, once per controller, that the held-out loss before an edit that was rolled back is NaN or inf:
+        no rise can be measured from it (NaN compares false), so the line search rolls the update back, as it
+        will every one while the loss stays so (from +inf, only an edit that makes it finite is kept). The connectome's weights are finite here (an update skips where
         they are not): the held-out data, the loss function or another parameter is at fault. Without
         this, a run whose held-out set holds one corrupt example rolled back every update in silence
         until the schedule's end."""

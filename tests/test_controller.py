@@ -1281,6 +1281,42 @@ def test_the_init_of_a_sparse_connectome_ranks_its_live_ensembles_by_value_per_s
         _ESTIMATORS.pop("test_init_one_inf", None)
 
 
+def test_the_init_of_a_sparse_connectome_keeps_a_live_ensemble_of_cost_minus_inf_above_the_absent_ones():
+    """An estimator's removal cost of -inf (admitted as the smallest score) on a live ensemble was clamped to the
+    lowest finite float, which is where the selection puts the absent ensembles' -inf too: tied with them, by index,
+    an absent one ahead of it took its place among the kept, so it was pruned and the connectome fell below the
+    target (built at its own density: one synapse pruned under the global budget, none due). Now it ranks above
+    every absent one and below every other live one."""
+    from adaptive.utility import Estimator, register_estimator
+    from adaptive.utility.base import _ESTIMATORS
+
+    @register_estimator("test_init_last_minus_inf")
+    class LastMinusInf(Estimator):
+        def removal_cost(self, ctx):  # |w|, the last synapse of each layer free (-inf) to remove
+            s = ctx.weight.detach().abs().float().clone()
+            s.view(-1)[-1] = float("-inf")
+            return s
+
+        def restoration_gain(self, ctx):
+            return ctx.weight.detach().abs().float()
+
+    try:
+        for budget, pruned in (("global", 0), ("uniform", 1)):  # uniform: layer 2 (full) loses its -inf synapse
+            torch.manual_seed(0)
+            conn = adaptive.Connectome(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)))
+            masks = {n: torch.ones_like(v) for n, v in conn.ensemble_masks().items()}
+            masks["0.weight"].view(-1)[:5] = False  # absent ones ahead of the -inf live synapse at the end
+            conn.set_ensemble_masks(masks)
+            before = {n: v.clone() for n, v in conn.masks.items()}
+            adaptive.Controller(conn, policy="utility", estimator="test_init_last_minus_inf", budget=budget,
+                                init="estimator", density=conn.density())
+            assert bool(conn.masks["0.weight"].view(-1)[-1]), budget  # layer 0 keeps all it holds
+            assert sum(int((before[n] & ~conn.masks[n]).sum()) for n in before) == pruned, budget
+            assert all(bool((conn.masks[n] <= before[n]).all()) for n in before)
+    finally:
+        _ESTIMATORS.pop("test_init_last_minus_inf", None)
+
+
 def test_n_m_ensembles_fix_the_density():
     m = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     with pytest.raises(ValueError, match="fixes the density at 0.5.*pass density=0.5 or leave it out"):

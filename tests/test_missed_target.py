@@ -49,9 +49,20 @@ def test_a_held_out_loss_of_nan_before_the_edit_is_warned_of_at_the_first_update
     assert len(said) == 1 and said[0].startswith("step 2: ") and "check the held-out data for NaN or inf" in said[0]
     assert conn.density() == 1.0 and [e["line_search_fraction"] for e in ctrl.events] == [0.0, 0.0, 0.0, None]
     with warnings.catch_warnings():  # a finite held-out loss, or a tolerance that keeps every update: no word
-        warnings.filterwarnings("error", message=r"holdout_loss\(\) gave")
+        warnings.filterwarnings("error", message=r".*holdout_loss\(\) gave")
         _run(lambda: 1.0)
         _run(lambda: float("nan"), line_search_tolerance=float("inf"))
+
+
+def test_a_held_out_loss_of_inf_before_an_edit_that_makes_it_finite_is_not_warned_of_as_rolled_back():
+    """From a held-out loss of +inf, an edit that makes it finite is a fall of inf, which the line search keeps;
+    the warning of a non-finite held-out loss said, before the try, that the update was rolled back. It is given
+    now only where the update was rolled back (a NaN one is, test above)."""
+    calls = itertools.count()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=r".*holdout_loss\(\) gave")
+        ctrl, conn = _run(lambda: float("inf") if next(calls) == 0 else 1.0)  # inf only before the first edit
+    assert ctrl.events[0]["line_search_fraction"] == 1.0 and ctrl.events[0]["pruned"] > 0  # the first edit kept
 
 
 @pytest.mark.parametrize("policy,kw", [("threshold", {}), ("gmp", {}), ("rigl", {}), ("set", {"budget": "uniform"}),
