@@ -128,9 +128,11 @@ weight) keeps the channels it reads and writes, as does a convolution or matrix 
 model's own (``F.conv2d(h, self.w)``, ``h @ self.w``, ``h @ self.w.t()``; or a buffer): a warning names each where
 dead units stay, once per tensor.
 
-Attention. An ``nn.MultiheadAttention`` keeps its input and output channels; inside it, the query/key pairs and
-value channels that are dead in a way that is exact to drop (a pinned key, a pinned query with no bias, a pinned or
-unread value) go alike from every head, and it becomes a :class:`CompactAttention` (:mod:`graphs.compact_attention`).
+Attention. Inside an ``nn.MultiheadAttention``, the query/key pairs and value channels that are dead in a way that
+is exact to drop (a pinned key, a pinned query with no bias, a pinned or unread value) go alike from every head, and
+it becomes a :class:`CompactAttention` (:mod:`graphs.compact_attention`), before the plan: the model is traced again
+through it, so its projections are Linears of the plan, and what only the removed rows read goes in this pass, as
+the next would remove it. An attention that stays whole keeps its input and output channels.
 
 Here: :func:`compact`, the entry. The probe is :mod:`graphs.compact_probe`, the channel items
 :mod:`graphs.compact_items`, how channels pass through ops :mod:`graphs.compact_links` (views and indexing
@@ -151,6 +153,7 @@ from adaptive.connectome import _plain_module
 from adaptive.counts import whole_number
 from adaptive.discovery import copy_model
 from adaptive.global_rng import kept_global_rng
+from adaptive.warn import warn_user
 
 from .compact_attention import compact_attention
 from .compact_check import _axis, _verify
@@ -191,6 +194,22 @@ def _untraced_hint(model: nn.Module) -> str:
                 "still pruned and trained sparse, and graphs.build chains them in module order")
     return ("the copy is one fixed data flow: write a branch on the data, `if x.mean() > 0`, with tensor ops: "
             "`torch.where(x.mean() > 0, a(h), b(h))`")
+
+
+def _rehome(gm: fx.GraphModule, name: str, traced: CompactAttention) -> None:
+    """Make ``gm``'s module ``name`` (a container of the projections fx traced through, which the copy's graph calls
+    inline) the :class:`CompactAttention` of ``traced`` holding them, as compacted: the copy's attention is one."""
+    try:
+        parts = [gm.get_submodule(f"{name}.{p}") for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
+    except AttributeError:  # a projection the copy no longer calls: the container stays
+        return
+    if not all(isinstance(p, nn.Linear) for p in parts) or dict(gm.get_submodule(name).named_children()).keys() != \
+            {"q_proj", "k_proj", "v_proj", "out_proj"}:
+        return
+    new = CompactAttention(*parts, traced.num_heads, traced.scale, traced.dropout, traced.batch_first, traced.batched,
+                           (traced.bool_attn_mask, traced.bool_padding_mask)).train(traced.training)
+    parent, _, child = name.rpartition(".")
+    setattr(gm.get_submodule(parent) if parent else gm, child, new)
 
 
 @serialized  # traces, and runs models that another thread's trace would take
@@ -258,46 +277,79 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     # (temperature=1.0) stays an input of the copy unless tracing needs it fixed too
     every = _unsupplied_defaults(src, nargs, example_input if isinstance(example_input, (tuple, list)) else ()) or {}
     flags = {k: v for k, v in every.items() if v is None or isinstance(v, (bool, str))}
-    for fixed in ([flags, every] if every != flags else [every]):
-        try:
-            gm = symbolic_trace(src, concrete_args=fixed or None)
-            break
-        except Exception as e:  # noqa: BLE001 - fx raises many types; the last one is reported
-            failed = e
-    else:
-        raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed"
-                           f"{_where(failed)}: {failed} ({_untraced_hint(src)})") from failed
-    for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
-        if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
-            n.target = n.target[:-2]
-        if isinstance(n.type, str):  # an annotation left a string by `from __future__ import annotations`:
-            n.type = None            # torch 2.11's pickler took it for an object, and the copy failed to save
-    gm.eval()
-    bare = _functional_layers(gm, src)
-    x = example_input.narrow(_axis(example_input, batch), 0, 1) if isinstance(example_input, torch.Tensor) else example_input
-    weights = _float32_weights(gm)
-    with torch.no_grad():
-        try:
-            probe_env = _probe(gm, x, weights)
-            # a part of the batch one sample lacks (x.split([1, n - 1])) would hold no values to judge
-            few = any(isinstance(v, torch.Tensor) and v.numel() == 0 for v in probe_env.values())
-        except Exception as e:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
-            if x is example_input:
-                raise example_input_failed(model, x, e) from None
-            few = True
-        if few and x is not example_input:
-            x = example_input
+
+    def traced() -> fx.GraphModule:
+        for fixed in ([flags, every] if every != flags else [every]):
             try:
-                probe_env = _probe(gm, x, weights)
-            except Exception as e:  # noqa: BLE001 - the example itself does not run: said as build says it
-                raise example_input_failed(model, x, e) from None
-        wider_env = _probe_wider(gm, x, weights)
-    del weights
+                gm = symbolic_trace(src, concrete_args=fixed or None)
+                break
+            except Exception as e:  # noqa: BLE001 - fx raises many types; the last one is reported
+                failed = e
+        else:
+            raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed"
+                               f"{_where(failed)}: {failed} ({_untraced_hint(src)})") from failed
+        for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
+            if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
+                n.target = n.target[:-2]
+            if isinstance(n.type, str):  # an annotation left a string by `from __future__ import annotations`:
+                n.type = None            # torch 2.11's pickler took it for an object, and the copy failed to save
+        return gm.eval()
+
+    x = example_input.narrow(_axis(example_input, batch), 0, 1) if isinstance(example_input, torch.Tensor) else example_input
+
+    def probed(gm: fx.GraphModule, x, wider: bool = True):
+        """The probe's values of gm's nodes (and on the wider input, with ``wider``), and the input probed."""
+        weights = _float32_weights(gm)
+        with torch.no_grad():
+            try:
+                env = _probe(gm, x, weights)
+                # a part of the batch one sample lacks (x.split([1, n - 1])) would hold no values to judge
+                few = any(isinstance(v, torch.Tensor) and v.numel() == 0 for v in env.values())
+            except Exception as e:  # noqa: BLE001 - one sample is too few (the model splits its batch): the whole example
+                if x is example_input:
+                    raise example_input_failed(model, x, e) from None
+                few = True
+            if few and x is not example_input:
+                x = example_input
+                try:
+                    env = _probe(gm, x, weights)
+                except Exception as e:  # noqa: BLE001 - the example itself does not run: said as build says it
+                    raise example_input_failed(model, x, e) from None
+            return env, (_probe_wider(gm, x, weights) if wider else None), x
+
+    gm = traced()
+    before = sum(t.numel() for t in gm.parameters())  # the attentions' too, as they were
+    attention = {}
+    whole = {str(n.target): gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"
+             and type(gm.get_submodule(n.target)) is nn.MultiheadAttention}
+    if whole:
+        # an attention's dead channels go first (graphs.compact_attention, put into src), and src is traced again,
+        # through the CompactAttention: the plan then sees its projections as the Linears they are, so the units
+        # only removed rows read, and the constants the kept rows fold, go in this pass as they would in the next
+        attention = compact_attention(gm, probed(gm, x, wider=False)[0], src)
+        if attention:
+            try:
+                gm = traced()  # gm, traced before, still holds the attentions as they were
+            except RuntimeError as e:
+                names = sorted({key.rpartition(".")[0] for key in attention})
+                for name in names:
+                    parent, _, child = name.rpartition(".")
+                    setattr(src.get_submodule(parent) if parent else src, child, whole[name])
+                warn_user(f"graphs.compact: the model could not be traced through the compacted attention(s) "
+                          f"({e}); {', '.join(names)} stay whole (nn.MultiheadAttention): please report this")
+                attention = {}
+    bare = _functional_layers(gm, src)
+    probe_env, wider_env, x = probed(gm, x)
     plan = _plan(gm, probe_env, int(align), wider_env)
     _warn_bare_weights(bare, plan, src)
-    before = sum(t.numel() for t in gm.parameters())
     _rewrite(gm, plan, probe_env)
-    removed = {**plan["removed_per_layer"], **compact_attention(gm, probe_env)}  # an attention's dead channels
+    removed = dict(plan["removed_per_layer"])
+    for key, count in attention.items():  # NAME.q, NAME.k, NAME.v: with the rows the plan removed (none: a view)
+        removed[key] = count + removed.pop(key + "_proj", 0)
+    for name in {key.rpartition(".")[0] for key in attention}:
+        if not removed.get(name + ".out_proj", 1):  # out_proj's units, where some went: as the attention's layer
+            del removed[name + ".out_proj"]
+        _rehome(gm, name, src.get_submodule(name))
     after = sum(t.numel() for t in gm.parameters())
     report = {"params_before": before, "params_after": after, "removed": removed,
               "units_removed": sum(removed.values())}  # an attention's channels too, as "removed" lists them

@@ -72,11 +72,13 @@ class CompactAttention(nn.Module):
         k = self.k_proj(key).view(B, S, H, self.qk_dim).transpose(1, 2)
         v = self.v_proj(value).view(B, S, H, self.v_dim).transpose(1, 2)
         scores = (q * self.scale) @ k.transpose(-2, -1)  # [B, H, L, S]
-        if attn_mask is not None:  # [L, S] or [B * H, L, S]
-            m = attn_mask.expand(B * H, L, S).reshape(B, H, L, S)
-            scores = scores.masked_fill(m, float("-inf")) if self.bool_attn_mask else scores + m
+        if attn_mask is not None:  # [L, S] or [B * H, L, S]: both broadcast over [B * H, L, S] (and a mask that is a
+            # buffer, no traced value, needs no traced size: fx traces this forward when a copy is compacted again)
+            m, flat = attn_mask, scores.flatten(0, 1)
+            flat = flat.masked_fill(m, float("-inf")) if self.bool_attn_mask else flat + m
+            scores = flat.unflatten(0, (-1, H))
         if key_padding_mask is not None:
-            p = key_padding_mask.view(B, 1, 1, S)
+            p = key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
             scores = scores.masked_fill(p, float("-inf")) if self.bool_padding_mask else scores + p
         weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
         out = self.out_proj((weights @ v).transpose(1, 2).reshape(B, L, H * self.v_dim))
@@ -162,11 +164,15 @@ def _given(n: fx.Node, env: dict, i: int, key: str):
     return env.get(a, ...)
 
 
-def compact_attention(gm: fx.GraphModule, env: dict) -> Dict[str, int]:
+def compact_attention(gm: fx.GraphModule, env: dict, root: Optional[nn.Module] = None) -> Dict[str, int]:
     """Replace every ``nn.MultiheadAttention`` of ``gm`` that may lose channels (called once, as a whole, with no
-    hooks; see the module docstring) by its :class:`CompactAttention`; ``env``: the probe's values of the nodes, which
+    hooks; see the module docstring) by its :class:`CompactAttention`, in ``root`` (the module ``gm`` was traced
+    from, whose submodules have the same names; None: ``gm`` itself); ``env``: the probe's values of the nodes, which
     say whether the call's inputs are batched and its masks boolean. Returns the channels removed, keyed ``NAME.q``,
-    ``NAME.k`` and ``NAME.v`` as the graph's layers are named."""
+    ``NAME.k`` and ``NAME.v`` as the graph's layers are named.
+
+    :func:`graphs.compact` puts them into the model it copies, then traces it again, through each
+    :class:`CompactAttention`, whose projections are Linears: the plan shrinks them as any, in the same pass."""
     calls: Dict[str, int] = {}
     node_of: Dict[str, fx.Node] = {}
     reads = set()
@@ -199,6 +205,7 @@ def compact_attention(gm: fx.GraphModule, env: dict) -> Dict[str, int]:
             continue
         new, gone = shrunk
         parent, _, child = name.rpartition(".")
-        setattr(gm.get_submodule(parent) if parent else gm, child, new)
+        home = root if root is not None else gm
+        setattr(home.get_submodule(parent) if parent else home, child, new)
         removed.update({f"{name}.{t}": v for t, v in gone.items()})
     return removed

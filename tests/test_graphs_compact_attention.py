@@ -192,3 +192,54 @@ def test_an_appended_key_and_value_keep_the_attention_whole(kw):
     a pinned value's channel is no constant. Nothing goes (compact's own check holds the copy to the model)."""
     small = _compact(_model(**kw), {"k": [1, 5], "v": [0, 7]}, X)
     assert type(small.attn) is nn.MultiheadAttention
+
+
+class Fed(nn.Module):
+    """An input layer read by the attention alone (self-attention, no residual), and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(3, E)
+        self.attn = nn.MultiheadAttention(E, H, batch_first=True)
+        self.head = nn.Linear(E, 3)
+
+    def forward(self, x):
+        h = self.emb(x)
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+@pytest.mark.parametrize("masks", [False, True])
+def test_units_only_removed_rows_read_go_in_the_same_pass(masks):
+    """Compacting a compact copy again removes nothing more (it removed the input layer's units that only the
+    attention's removed rows read, and its constant ones, once traced through the CompactAttention; they stayed,
+    the attention reading every input channel). ``emb`` unit 6 is read only by the query rows whose keys are
+    pinned (their pairs go), unit 7 has no live weight (a constant, folded into the kept rows' biases)."""
+    torch.manual_seed(0)
+    model = (Net(masks=True) if masks else Fed()).double().eval()  # masks: a buffer, no traced value, traced again
+    conn = adaptive.Connectome(model)
+    m = {n: torch.ones_like(t) for n, t in conn.masks.items()}
+    m["emb.weight"][7] = False
+    w = m["attn.in_proj_weight"]
+    w[E + 1], w[E + 5] = False, False  # keys 1 and 5 pinned: one pair of each head goes
+    w[:, 6] = False
+    w[[1, 5], 6] = True  # unit 6: read by queries 1 and 5 alone
+    conn.set_masks(m)
+    small = graphs.compact(model, conn, X if masks else X[..., :3])
+    assert isinstance(small.attn, CompactAttention) and small.attn.qk_dim == 3
+    assert small.emb.out_features == small.attn.q_proj.in_features == small.attn.v_proj.in_features == E - 2
+    again = graphs.compact(small, None, X if masks else X[..., :3])
+    assert again.compaction["units_removed"] == 0, again.compaction["removed"]
+
+
+def test_an_attention_the_model_cannot_be_traced_through_stays_whole(monkeypatch):
+    """Where fx cannot trace the model again through the CompactAttention (here made untraceable), compact says so
+    and keeps the attention as it was, instead of failing: the copy still computes the masked model."""
+    def untraceable(self, query, *args, **kwargs):
+        if query.sum() > 0:  # a branch on the data
+            return query, None
+        return query, None
+
+    monkeypatch.setattr(CompactAttention, "forward", untraceable)
+    with pytest.warns(UserWarning, match=r"could not be traced through the compacted attention.*attn stay whole"):
+        small = _compact(_model(), {"k": [1, 5], "v": [0, 7]}, X)
+    assert type(small.attn) is nn.MultiheadAttention and "attn.q" not in small.compaction["removed"]

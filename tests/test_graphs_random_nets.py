@@ -249,3 +249,16 @@ def test_compact_of_linear_layers_reading_a_1d_tensor():
     small = graphs.compact(net, conn, x)
     assert n_params(small) <= n_params(net)
     assert_computes(small, masked_copy(net, conn.masks), [x])
+
+
+def test_compacting_a_copy_of_a_one_channel_attention_again_removes_nothing():
+    """The example hypothesis found (one channel, a pruned attention): the attention's copy kept the constant
+    ``embed`` unit and ``out_proj``'s, which compacting the copy again removed. Now they go in the first pass."""
+    spec = ("seq", 1, 1, 1, (("seq", "attn", 1, 1, 1, "relu", False, False),), 1, "mean")
+    net, x = build_net(spec, 0)
+    conn = adaptive.Connectome(net)
+    conn.set_masks(make_masks(conn, {"embed.weight": (1.0, 0.0, 0.25), "blocks.0.attn.in_proj_weight": (0.0, 0.0, 0.0),
+                                     "blocks.0.attn.out_proj.weight": (1.0, 0.0, 0.0), "head.weight": (1.0, 0.0, 0.0)}, 0))
+    small = graphs.compact(net, conn, x)
+    assert_computes(small, masked_copy(net, conn.masks), [x, *other_inputs(spec, x)])
+    assert_nothing_more_goes(small, x)
