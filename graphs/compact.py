@@ -202,7 +202,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
     ``compaction``: a dict with params before/after, units removed per layer and the verified
     maximum output difference, ``max_abs_diff``, and relative to the outputs' largest magnitude, ``max_rel_diff``. ``align`` > 1 keeps a few removable units so that every Linear/Conv
-    keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
+    keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths), as does each projection
+    of an attention that loses channels (:mod:`graphs.compact_attention`).
     ``example_input`` (batch first; None: the first input inferred from the first layer that the
     model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
     that the compact copy's outputs match the masked model's within
@@ -297,7 +298,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     _warn_bare_weights(bare, plan, src)
     before = sum(t.numel() for t in gm.parameters())
     _rewrite(gm, plan, probe_env)
-    removed = {**plan["removed_per_layer"], **compact_attention(gm, probe_env)}  # an attention's dead channels
+    removed = {**plan["removed_per_layer"], **compact_attention(gm, probe_env, int(align))}  # an attention's dead channels
     after = sum(t.numel() for t in gm.parameters())
     report = {"params_before": before, "params_after": after, "removed": removed,
               "units_removed": sum(removed.values())}  # an attention's channels too, as "removed" lists them
