@@ -679,7 +679,8 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     type and text. Read from the files before anything loads, in that same gather, so a refusal leaves
     the model, optimizer, connectome and controller as they were: a file that load_state would stop at
     (a model file of other keys or shapes, any file it reads cut short or unreadable, another number of
-    registered-object files: :mod:`adaptive.checkpoint_files`) is a ValueError, or a
+    registered-object files, a connectome or controller state its registered object's ``check_state_dict``
+    refuses: another granularity, another policy; :mod:`adaptive.checkpoint_files`) is a ValueError, or a
     CheckpointDamagedError where it cannot be read; an optimizer state that does not fit the optimizer's
     parameters (another model's, :mod:`adaptive.checkpoint_optimizer`) is a ValueError, a model file holding non-zero weights
     where a train-mode connectome prunes that held 0 there when the checkpoint was saved (another run's
@@ -687,9 +688,10 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     FSDP, DeepSpeed or Megatron-LM the optimizer state is checked after the load: their files are their own;
     so is that of an optimizer with ``load_state_dict`` pre-hooks, which load what they make of the file.)
     Each refusal names the checkpoint, the file and, under several processes, the process that found it.
-    What remains: a registered object's own refusal of what its file holds (a connectome of other
-    layers or granularity, a controller of another policy), and an error of a load pre-hook's, come
-    from inside the load, after the model and optimizer loaded."""
+    What remains (:mod:`adaptive.checkpoint_files`): the refusal of a registered object with no
+    ``check_state_dict`` of what its file holds, a scheduler's of a readable file of another kind, a
+    controller part's (an estimator's, its policy's) of its entry, and an error of a load pre-hook's
+    come from inside the load, after the model and optimizer loaded."""
     from .checkpoint_files import checkpoint_files_problem, one_line
     from .checkpoint_optimizer import optimizer_state_problem, reads_optimizer_files, saved_optimizer_problem
     from .checkpoint_weights import nonzero_pruned_weights

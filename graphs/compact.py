@@ -125,7 +125,7 @@ forward hooks, which its call would run, or sits inside a module fx calls whole:
 parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a bias, ``self.fc.weight.t()``)
 keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
 weight) keeps the channels it reads and writes, as does a convolution or matrix product on a parameter of the
-model's own (``F.conv2d(h, self.w)``, ``h @ self.w``, ``h @ self.w.t()``; or a buffer): a warning names each where
+model's own (``F.conv2d(h, self.w)``, ``h @ self.w``, ``h @ self.w.t()``, ``torch.addmm(self.b, h, self.w)``; or a buffer): a warning names each where
 dead units stay, once per tensor.
 
 Attention. Inside an ``nn.MultiheadAttention``, the query/key pairs and value channels that are dead in a way that
@@ -221,7 +221,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
     ``compaction``: a dict with params before/after, units removed per layer and the verified
     maximum output difference, ``max_abs_diff``, and relative to the outputs' largest magnitude, ``max_rel_diff``. ``align`` > 1 keeps a few removable units so that every Linear/Conv
-    keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths).
+    keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths), as does each projection
+    of an attention that loses channels (:mod:`graphs.compact_attention`).
     ``example_input`` (batch first; None: the first input inferred from the first layer that the
     model runs on, as :func:`graphs.build` guesses) drives the trace and, with ``verify``, the check
     that the compact copy's outputs match the masked model's within
@@ -326,7 +327,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         # an attention's dead channels go first (graphs.compact_attention, put into src), and src is traced again,
         # through the CompactAttention: the plan then sees its projections as the Linears they are, so the units
         # only removed rows read, and the constants the kept rows fold, go in this pass as they would in the next
-        attention = compact_attention(gm, probed(gm, x, wider=False)[0], src)
+        attention = compact_attention(gm, probed(gm, x, wider=False)[0], src, int(align))
         if attention:
             try:
                 gm = traced()  # gm, traced before, still holds the attentions as they were

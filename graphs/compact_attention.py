@@ -103,10 +103,14 @@ def _projections(m: nn.MultiheadAttention):
     return list(zip(ws, b.chunk(3)))
 
 
-def _kept(removable: Tensor, heads: int) -> Tensor:
-    """Flags of the channels kept: per head, all but its first ``n`` removable ones, ``n`` the fewest any head has."""
+def _kept(removable: Tensor, heads: int, align: int = 1) -> Tensor:
+    """Flags of the channels kept: per head, all but its first ``n`` removable ones, ``n`` the fewest any head has,
+    lowered where need be so that the projection keeps a multiple of ``align`` channels (``heads`` times the width
+    of a head; none removed where no such width is within reach, as a Linear keeps its width then)."""
     r = removable.view(heads, -1)
     n = int(r.sum(1).min())
+    while n and (heads * (r.shape[1] - n)) % align:
+        n -= 1
     first = (r.cumsum(1) <= n) & r
     return ~first.reshape(-1)
 
@@ -122,11 +126,12 @@ def _linear(w: Tensor, b: Optional[Tensor], grad: bool) -> nn.Linear:
     return layer.requires_grad_(grad)
 
 
-def shrink_attention(m: nn.MultiheadAttention, batched: bool = True, bool_masks: Tuple[bool, bool] = (True, True)
-                     ) -> Optional[Tuple[CompactAttention, Dict[str, int]]]:
+def shrink_attention(m: nn.MultiheadAttention, batched: bool = True, bool_masks: Tuple[bool, bool] = (True, True),
+                     align: int = 1) -> Optional[Tuple[CompactAttention, Dict[str, int]]]:
     """``m`` as a :class:`CompactAttention` without the channels that may go (see the module docstring), and the
     channels removed per part (``q``, ``k``, ``v``); None where none may (or ``m`` is no plain attention).
-    ``batched`` and ``bool_masks``: what its call is given (see :class:`CompactAttention`)."""
+    ``batched`` and ``bool_masks``: what its call is given (see :class:`CompactAttention`); ``align``:
+    :func:`graphs.compact`'s, each projection keeping a multiple of it."""
     if type(m) is not nn.MultiheadAttention or m.bias_k is not None or m.add_zero_attn:
         return None
     E, H = m.embed_dim, m.num_heads
@@ -136,8 +141,8 @@ def shrink_attention(m: nn.MultiheadAttention, batched: bool = True, bool_masks:
     zero_q = ~(wq != 0).any(1) & (bq == 0)
     pinned_v = ~(wv != 0).any(1)
     unread_v = ~(wo != 0).any(0)
-    keep_qk = _kept(pinned_k | zero_q, H)
-    keep_v = _kept(pinned_v | unread_v, H)
+    keep_qk = _kept(pinned_k | zero_q, H, align)
+    keep_v = _kept(pinned_v | unread_v, H, align)
     if bool(keep_qk.all()) and bool(keep_v.all()):
         return None
     bias = m.in_proj_bias is not None
@@ -164,12 +169,14 @@ def _given(n: fx.Node, env: dict, i: int, key: str):
     return env.get(a, ...)
 
 
-def compact_attention(gm: fx.GraphModule, env: dict, root: Optional[nn.Module] = None) -> Dict[str, int]:
+def compact_attention(gm: fx.GraphModule, env: dict, root: Optional[nn.Module] = None,
+                      align: int = 1) -> Dict[str, int]:
     """Replace every ``nn.MultiheadAttention`` of ``gm`` that may lose channels (called once, as a whole, with no
     hooks; see the module docstring) by its :class:`CompactAttention`, in ``root`` (the module ``gm`` was traced
     from, whose submodules have the same names; None: ``gm`` itself); ``env``: the probe's values of the nodes, which
-    say whether the call's inputs are batched and its masks boolean. Returns the channels removed, keyed ``NAME.q``,
-    ``NAME.k`` and ``NAME.v`` as the graph's layers are named.
+    say whether the call's inputs are batched and its masks boolean; ``align``: :func:`graphs.compact`'s (every
+    projection keeps a multiple of it). Returns the channels removed, keyed ``NAME.q``, ``NAME.k`` and ``NAME.v``
+    as the graph's layers are named.
 
     :func:`graphs.compact` puts them into the model it copies, then traces it again, through each
     :class:`CompactAttention`, whose projections are Linears: the plan shrinks them as any, in the same pass."""
@@ -200,7 +207,7 @@ def compact_attention(gm: fx.GraphModule, env: dict, root: Optional[nn.Module] =
         if not isinstance(query, torch.Tensor) or any(t is ... for t in (mask, pad)):
             continue  # what it is given is not known
         bool_masks = tuple(not isinstance(t, torch.Tensor) or t.dtype == torch.bool for t in (mask, pad))
-        shrunk = shrink_attention(m, query.dim() == 3, bool_masks)
+        shrunk = shrink_attention(m, query.dim() == 3, bool_masks, align)
         if shrunk is None:
             continue
         new, gone = shrunk

@@ -16,6 +16,7 @@ from adaptive.warn import warn_user
 
 from . import ops
 from .compact_layers import _LAYERS
+from .flow_contract import PRODUCT_OPERANDS
 
 def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]]:
     """Turn ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and bias into the
@@ -83,8 +84,11 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.
 
 # weighted ops on a parameter of the model's own: convolutions and the matrix products (F.linear is warned above)
 _CONVS = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
-_PRODUCTS = (torch.matmul, torch.mm, torch.bmm, torch.einsum, operator.matmul)
-_PRODUCT_METHODS = ("matmul", "mm", "bmm", "__matmul__")
+# and the other products graphs follows exactly (flow_contract.PRODUCT_OPERANDS: torch.addmm(b, h, self.w),
+# h.mv(self.v), torch.tensordot(h, self.w), ...), whose channels compaction keeps alike
+_PRODUCTS = (torch.matmul, torch.mm, torch.bmm, torch.einsum, operator.matmul,
+             *(getattr(torch, name) for name in PRODUCT_OPERANDS))
+_PRODUCT_METHODS = ("matmul", "mm", "bmm", "__matmul__", *PRODUCT_OPERANDS)
 # views of a weight that keep it the model's own tensor (self.w.t(), self.w.T, self.w.view(...)): followed back to it
 _VIEW_METHODS = ("t", "transpose", "permute", "view", "reshape", "contiguous", "unsqueeze", "squeeze", "flatten")
 _VIEW_FUNCTIONS = (torch.t, torch.transpose, torch.permute, torch.reshape, torch.unsqueeze, torch.squeeze,
@@ -111,12 +115,22 @@ def _bare_readers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]
         if not ((n.op == "call_function" and (n.target in _CONVS or n.target in _PRODUCTS))
                 or (n.op == "call_method" and n.target in _PRODUCT_METHODS)):
             continue
-        for a in map(_held, n.all_input_nodes):
+        for a in map(_held, _multiplied(n)):
             owner = str(a.target).rpartition(".")[0]
             if a.op == "get_attr" and not isinstance(_submodule(src, owner), _LAYERS + linear_types()):
                 if n not in readers.setdefault(str(a.target), []):
                     readers[str(a.target)].append(n)
     return readers
+
+
+def _multiplied(n: fx.Node) -> List[fx.Node]:
+    """The nodes product or convolution ``n`` multiplies: its inputs, but for an ``add*`` product's added ``input``
+    (``torch.addmm(self.b, h, self.w)``: a bias, added to the product, that is no weight)."""
+    name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", "")
+    if len(PRODUCT_OPERANDS.get(name, ())) != 3:
+        return n.all_input_nodes
+    added = n.args[0] if n.args else n.kwargs.get("input")
+    return [a for a in n.all_input_nodes if a is not added]
 
 
 def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Module) -> None:

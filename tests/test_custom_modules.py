@@ -494,6 +494,41 @@ def test_compact_warns_once_per_bare_weight_where_dead_units_stay_and_follows_it
     assert re.search(r"node 'matmul_7' .* reads 'mix', a buffer of the model's own", said["mix"])
 
 
+@pytest.mark.parametrize("op", ["addmm", "tensordot", "addmm_method"])
+def test_compact_warns_of_dead_units_read_by_a_bare_weight_through_the_other_matrix_products(op):
+    """The other matrix products graphs follows (torch.addmm(self.b, h, self.w), torch.tensordot, self.b.addmm(h, self.w)) on a
+    parameter of the model's own keep the dead units feeding them as h @ self.w does, but compact said nothing
+    of them (the bare-weight warning knew matmul, mm, bmm and einsum only). The added input of an add* product (a
+    bias) is not named as a weight."""
+    class Bare(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 8)
+            self.w = nn.Parameter(torch.randn(8, 4))
+            self.b = nn.Parameter(torch.randn(4))
+
+        def forward(self, x):
+            h = torch.relu(self.fc(x))
+            if op == "addmm":
+                return torch.addmm(self.b, h, self.w)
+            if op == "tensordot":
+                return torch.tensordot(h, self.w, dims=1) + self.b
+            return self.b.addmm(h, self.w)
+
+    torch.manual_seed(0)
+    model = Bare().eval()
+    with pytest.warns(UserWarning, match="stay dense"):
+        conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"fc.weight": torch.tensor([1, 0, 1, 1, 0, 1, 1, 1], dtype=torch.bool)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        small = graphs.compact(model, conn, torch.randn(3, 6))
+    assert small.compaction["params_after"] == small.compaction["params_before"]
+    bare = [str(w.message) for w in said if "of the model's own" in str(w.message)]
+    assert len(bare) == 1 and "'w', a parameter of the model's own" in bare[0], bare
+    assert "hold the weight in an nn.Linear" in bare[0]
+
+
 def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
     """A convolutional autoencoder whose decoder is tied to its encoder (dec.weight = enc.weight: a Conv2d and a
     ConvTranspose2d store the same (8, 3, k, k) tensor): pruned encoder channels are dead units, which compact

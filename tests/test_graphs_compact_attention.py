@@ -102,6 +102,27 @@ def test_a_dead_query_goes_with_its_key_only_where_it_has_no_bias(bias):
         assert small.attn.qk_dim == 3
 
 
+@pytest.mark.parametrize("align,pairs", [(1, 3), (4, 2), (16, 0)])
+def test_an_attentions_projections_keep_a_multiple_of_align(align, pairs):
+    """compact(align=N) keeps a multiple of N output units in every Linear, but a compacted attention's
+    projections took no notice of it: three dead keys per head left q_proj and k_proj 2 x 1 = 2 wide at align=4.
+    Each head now drops as many pairs as keep the projection a multiple of align (none where none can)."""
+    model = _model()
+    conn = adaptive.Connectome(model)
+    masks = {n: torch.ones_like(m) for n, m in conn.masks.items()}
+    masks["attn.in_proj_weight"][E:2 * E][[0, 1, 2, 4, 5, 6]] = False  # keys 0-2 of head 0, 4-6 of head 1
+    conn.set_masks(masks)
+    small = graphs.compact(model, conn, X, align=align)
+    conn.apply()
+    with torch.no_grad():
+        assert torch.allclose(small(X), model(X), atol=1e-10, rtol=0)
+    if pairs:
+        assert small.attn.q_proj.out_features == small.attn.k_proj.out_features == H * (D - pairs)
+        assert small.attn.q_proj.out_features % align == 0 and small.compaction["removed"]["attn.k"] == H * pairs
+    else:
+        assert isinstance(small.attn, nn.MultiheadAttention) and "attn.k" not in small.compaction["removed"]
+
+
 def test_units_removed_counts_the_attention_channels_removed():
     """``compaction["units_removed"]`` (which the CLI prints as the dead units removed) sums ``removed``, the
     attention's query, key and value channels too."""
