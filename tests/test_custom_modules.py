@@ -589,3 +589,21 @@ def test_compact_keeps_channels_scaled_by_a_tensor_of_the_models_own_as_the_grap
     assert small.compaction["removed"] == {"fc.a": 0, "head": 0}
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x))
+
+
+def test_a_mask_only_connectome_of_frozen_layers_is_told_a_fix_of_its_mode():
+    """In mask_only mode the refusal of an optimizer holding none of the (frozen) weights said 'unfreeze the
+    layers to train and prune', though weights never train there: it names the fixes of that mode instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    for m in (model[0], model[2]):
+        m.weight.requires_grad_(False)
+    conn = adaptive.Connectome(model, mode="mask_only")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)  # the biases
+    with pytest.raises(ValueError, match=r"all frozen .*in mask_only mode no optimizer steps them.*Controller "
+                                         r"without an optimizer.*mask_learning") as err:
+        conn.attach(opt)
+    assert "to train and prune" not in str(err.value)
+    assert conn.num_live() == conn.num_synapses() and not conn._optimizers  # nothing attached
+    ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5)  # the fix named
+    assert ctrl.optimizer is None and conn.num_live() == conn.num_synapses() // 2
