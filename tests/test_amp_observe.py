@@ -46,7 +46,7 @@ def _run(how, bad_step=None, unscale_first=False):
 @pytest.mark.parametrize("unscale_first", [False, True])
 def test_observe_with_the_scaler_sees_the_unscaled_gradients(unscale_first):
     """Observed explicitly after scaler.scale(loss).backward(), the gradients carried the scale (65536): the
-    window held them so and consistency's masks moved (84 of layer 0's 640 synapses in a throwaway probe).
+    window held them so and consistency's masks moved (the "trap" run below).
     With scaler=, the scale is divided out where unscale_ has not run, and not twice where it has: the masks
     and weights are those of the run without a scaler, bit for bit (the scale is a power of two)."""
     ref, _ = _run("plain")
