@@ -73,7 +73,7 @@ class ConnectomeOptimizersMixin:
         self._check_not_partly_masked()
         ids = {id(p) for g in opt.param_groups for p in g["params"]}
         if not any(id(p) in ids for p in self.params.values()):
-            raise ValueError(_holds_none(self.params))
+            raise ValueError(_holds_none(self.params, self.mode))
         return opt
 
     def detach(self) -> None:
@@ -366,12 +366,21 @@ class ConnectomeOptimizersMixin:
                     warn_user(message)
 
 
-def _holds_none(params: Dict[str, torch.Tensor]) -> str:
+def _holds_none(params: Dict[str, torch.Tensor], mode: str = "train") -> str:
     """Why an optimizer holding none of ``params`` (a connectome's weights) cannot be attached, and the fix.
     Where they are all frozen (``requires_grad=False``: an optimizer built from the trainable parameters
-    rightly leaves them out), ``model.parameters()`` is no fix: the optimizer would still step none of them."""
+    rightly leaves them out), ``model.parameters()`` is no fix: the optimizer would still step none of them.
+    In ``mask_only`` mode the weights never train, so the fix named is a controller without an optimizer."""
     names = list(params)
     shown = f"{names[:3]}{' ...' if len(names) > 3 else ''}"
+    if names and not any(p.requires_grad for p in params.values()) and mode == "mask_only":
+        return (f"the optimizer holds none of this connectome's weights: they are all frozen (requires_grad=False: "
+                f"{shown}), and in mask_only mode no optimizer steps them anyway (only the masks change). Drive a "
+                "Controller without an optimizer (adaptive.Controller(conn, policy=..., density=...), then "
+                "ctrl.observe() after backward and ctrl.step() after each step), or use adaptive.optimize_connectome; "
+                "to score by the loss, set weight.requires_grad_(True) before the forward pass (their gradients are "
+                "masked and the originals restored, so they still never change), as "
+                "adaptive.mask_only.mask_learning(model, conn) sets it up")
     if names and not any(p.requires_grad for p in params.values()):
         return (f"the optimizer holds none of this connectome's weights: they are all frozen (requires_grad=False: "
                 f"{shown}), so no optimizer steps them. Unfreeze the layers to train and prune (weight.requires_grad_"

@@ -37,6 +37,7 @@ from .controller_edits import ControllerEditsMixin, line_search_tolerance_proble
 from .controller_reports import ControllerReportsMixin
 from .controller_state import ControllerStateMixin
 from .controller_state import _holds_tensors  # noqa: F401  (importable from here, as before)
+from .amp_observe import check_scaler, grads_finite, split_scaled
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, aliases, container_hint
 from .distributed import check_masks_agree, is_distributed
@@ -176,6 +177,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     """
 
     nonfinite_windows = 0  # updates skipped for NaN or inf gradients or weights (see update)
+    skipped_observations = 0  # observe(scaler=...) calls left out: the scaler skips their step (not saved)
     _warned_missed = False  # the missed-target warning was given (see _warn_missed_target): saved with the state
 
     def __init__(
@@ -522,19 +524,39 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         """Whether :meth:`observe` reads the gradients at the coming step."""
         return self.stats is not None and self._in_window() and not self.finished
 
-    def observe(self) -> None:
+    def observe(self, scaler=None) -> None:
         """Add the current dense gradients to the utility window (call after ``backward``).
         Only for a controller driven explicitly: one attached to an optimizer observes in its
-        step hook, so a call here is refused (it would add each gradient to the window twice)."""
+        step hook, so a call here is refused (it would add each gradient to the window twice).
+
+        ``scaler``: the ``torch.amp.GradScaler`` that scaled the loss (``accelerator.scaler``), called
+        before ``scaler.step(opt)``. Gradients of an optimizer it has not unscaled yet (no
+        ``scaler.unscale_(opt)`` since the last ``scaler.update()``) still carry its scale, which is
+        divided out as they are added; and a step whose gradients hold inf or NaN, one the scaler
+        skips, is not observed (counted in :attr:`skipped_observations`), where without ``scaler=`` it
+        would leave the whole window out. Without it, scaled gradients enter the window as they are."""
         self._refuse_when_attached("observe", "observes the gradients itself at every optimizer.step()",
                                    "add each gradient to the utility window twice")
-        self._observe()
+        if scaler is not None:
+            check_scaler(scaler)
+        self._observe(scaler if scaler is not None and scaler.is_enabled() else None)
 
-    def _observe(self) -> None:
-        if self._observing():
-            names = self.conn.stepping_layers(primary=self.optimizer)
-            self._refuse_frozen(self.conn.names if names is None else names)
+    def _observe(self, scaler=None) -> None:
+        if not self._observing():
+            return
+        names = self.conn.stepping_layers(primary=self.optimizer)
+        self._refuse_frozen(self.conn.names if names is None else names)
+        if scaler is None:
             self.stats.observe() if names is None else self.stats.observe(names)
+            return
+        names = list(self.conn.names if names is None else names)
+        if not grads_finite(self.conn, names):  # the scaler skips this step: its gradients teach nothing
+            self.skipped_observations += 1
+            return
+        unscaled, scaled, scale = split_scaled(self.conn, scaler, names)
+        for part, by in ((unscaled, None), (scaled, scale)):
+            if part:
+                self.stats.observe(part, scale=by)
 
     def _refuse_frozen(self, names) -> None:
         """Refuse, before the window takes anything, to observe layers whose weights are frozen
@@ -882,6 +904,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                 self.nonfinite_windows += 1
                 if self.nonfinite_windows == 1:
                     check = "and the loss" if self.conn.mode == "mask_only" else "and the learning rate (a diverging run)"
+                    if self.optimizer is None:  # driven explicitly: a GradScaler's skipped steps poison the window
+                        check += ("; under torch.amp.GradScaler call ctrl.observe(scaler=scaler), which leaves out the "
+                                  "steps the scaler skips and divides out its scale")
                     warn_user(f"step {step}: the gradients observed since the last update hold NaN or inf (a "
                                   "non-finite loss or gradient), so this window is left out and the update skipped; "
                                   f"check the data (NaN or inf in inputs or targets) {check}. Later such windows are "

@@ -1,11 +1,12 @@
 """Functional layers in :func:`graphs.compact`: ``F.linear(x, self.fc.weight, self.fc.bias)`` on an
 ``nn.Linear``'s own parameters taken for the layer's call (torch_geometric's ``Linear``, whose forward is that call,
 becomes an ``nn.Linear`` holding its parameters), and a warning for each layer whose parameters are read otherwise
-(it keeps its size), and for each convolution or matrix product on a bare parameter of the model (its channels stay)."""
+(it keeps its size), and for each ``F.linear``, convolution or matrix product on a bare parameter of the model, or
+``F.linear`` on a weight computed in the forward, where dead units feeding it stay (its channels keep their size)."""
 from __future__ import annotations
 
 import operator
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +19,11 @@ from . import ops
 from .compact_layers import _LAYERS
 from .flow_contract import PRODUCT_OPERANDS
 
-def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]]:
+def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[Union[str, fx.Node], List[fx.Node]]:
     """Turn ``F.linear(x, self.fc.weight, self.fc.bias)`` on an ``nn.Linear``'s own weight and bias into the
     call ``self.fc(x)``, which compaction shrinks; warn about each layer whose parameters are still read
-    directly (it keeps its size) and each ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay).
+    directly (it keeps its size); an ``F.linear`` on a weight no ``nn.Linear`` owns (its channels stay) is left to
+    :func:`_bare_readers`, warned of once per weight where dead units stay, as a convolution on a bare weight is.
     A layer with forward hooks (which its call would run and F.linear does not), or inside a module fx
     calls whole (``attn.out_proj`` of a MultiheadAttention, which reads it at its full size), is left read.
     Returns :func:`_bare_readers`, for :func:`_warn_bare_weights` once the plan says which dead units stay."""
@@ -30,11 +32,9 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.
     for n in list(gm.graph.nodes):
         if n.op != "call_function" or n.target is not F.linear:
             continue
-        owner, why = ops.linear_owner(n, src)
+        owner, _ = ops.linear_owner(n, src)
         if owner is None:
-            warn_user(f"graphs.compact: node {ops.describe(n)} is F.linear where {why}: the channels it reads and "
-                      "writes keep their size; hold the weight in an nn.Linear and call it to have them compacted")
-            continue
+            continue  # a bare or computed weight: its channels stay, warned of by _warn_bare_weights where dead units do
         module = src.get_submodule(owner)
         bias = n.args[2] if len(n.args) > 2 else n.kwargs.get("bias")
         own_bias = (bias is None if module.bias is None
@@ -82,7 +82,8 @@ def _functional_layers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.
     return bare
 
 
-# weighted ops on a parameter of the model's own: convolutions and the matrix products (F.linear is warned above)
+# weighted ops on a parameter of the model's own: convolutions and the matrix products (and F.linear, whose
+# weight alone is followed: one of an nn.Linear is that layer's, and a computed one counts too)
 _CONVS = (F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
 # and the other products graphs follows exactly (flow_contract.PRODUCT_OPERANDS: torch.addmm(b, h, self.w),
 # h.mv(self.v), torch.tensordot(h, self.w), ...), whose channels compaction keeps alike
@@ -105,13 +106,25 @@ def _held(a: fx.Node) -> fx.Node:
     return a
 
 
-def _bare_readers(gm: fx.GraphModule, src: nn.Module) -> Dict[str, List[fx.Node]]:
-    """Each tensor of the model's own that no layer compaction shrinks owns (a parameter, a buffer) read by a
-    convolution or matrix product (``F.conv2d(x, self.w)``, ``x @ self.w``, ``x @ self.w.t()``), and those nodes:
-    the channels they read and write keep their size (one owned by an ``nn.Linear``/``nn.Conv`` read so is warned
-    of as that layer's direct read)."""
-    readers: Dict[str, List[fx.Node]] = {}
+def _bare_readers(gm: fx.GraphModule, src: nn.Module) -> Dict[Union[str, fx.Node], List[fx.Node]]:
+    """Each tensor of the model's own that no layer compaction shrinks owns (a parameter, a buffer: keyed by its
+    name) read by a convolution, matrix product or ``F.linear`` (``F.conv2d(x, self.w)``, ``x @ self.w``,
+    ``x @ self.w.t()``, ``F.linear(x, self.w)``), and those nodes: the channels they read and write keep their size
+    (one owned by an ``nn.Linear``/``nn.Conv`` read so is warned of as that layer's direct read). An ``F.linear``
+    whose weight is computed in the forward (``F.linear(x, 2 * self.w)``) is keyed by the node computing it."""
+    readers: Dict[Union[str, fx.Node], List[fx.Node]] = {}
     for n in gm.graph.nodes:
+        if n.op == "call_function" and n.target is F.linear:
+            w = n.args[1] if len(n.args) > 1 else n.kwargs.get("weight")
+            if not isinstance(w, fx.Node):
+                continue
+            w = _held(w)
+            owner = str(w.target).rpartition(".")[0] if w.op == "get_attr" else None
+            if owner is None or not isinstance(_submodule(src, owner), _LAYERS + linear_types()):
+                key = str(w.target) if w.op == "get_attr" else w
+                if n not in readers.setdefault(key, []):
+                    readers[key].append(n)
+            continue
         if not ((n.op == "call_function" and (n.target in _CONVS or n.target in _PRODUCTS))
                 or (n.op == "call_method" and n.target in _PRODUCT_METHODS)):
             continue
@@ -133,7 +146,7 @@ def _multiplied(n: fx.Node) -> List[fx.Node]:
     return [a for a in n.all_input_nodes if a is not added]
 
 
-def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Module) -> None:
+def _warn_bare_weights(readers: Dict[Union[str, fx.Node], List[fx.Node]], plan: dict, src: nn.Module) -> None:
     """Warn, once per tensor of :func:`_bare_readers`, where a node reading it reads a constant (dead) unit that
     stays (``plan``: :func:`graphs.compact_plan._plan`), naming the nodes that read it (a loop unrolled
     by the trace reads it at every step) and the fix; with no dead unit kept there, nothing is said."""
@@ -143,7 +156,10 @@ def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Mo
     def dead_kept(n: fx.Node) -> bool:
         # the units it reads (not the weight's own columns); those it writes are dead only where the bare weight,
         # which no connectome prunes, is zero, and its outputs may be the model's, which stay anyway
-        units = [a for a in n.all_input_nodes if _held(a).op != "get_attr"]
+        if n.target is F.linear:  # its input alone: a computed weight is no tensor of units
+            units = [a for a in [n.args[0] if n.args else n.kwargs.get("input")] if isinstance(a, fx.Node)]
+        else:
+            units = [a for a in _multiplied(n) if _held(a).op != "get_attr"]  # not an add* op's added input
         return any(bool(kept[items.ids(t)].any()) for t in units if t in items.offset)
 
     params = dict(src.named_parameters(remove_duplicate=False))
@@ -152,12 +168,16 @@ def _warn_bare_weights(readers: Dict[str, List[fx.Node]], plan: dict, src: nn.Mo
         if not any(map(dead_kept, nodes)):
             continue
         conv = any(n.target in _CONVS for n in nodes)
-        what = "a parameter" if t in params else "a buffer" if t in buffers else "a tensor"
         who = (f"node {ops.describe(nodes[0])} reads" if len(nodes) == 1 else
                f"nodes {', '.join(ops.describe(n) for n in nodes[:3])}{' ...' if len(nodes) > 3 else ''} "
                f"({len(nodes)} in all) read")
-        warn_user(f"graphs.compact: {who} {t!r}, {what} of the model's own that no "
-                  f"{'convolution' if conv else 'nn.Linear'} module holds: the channels it reads and writes keep "
+        if isinstance(t, fx.Node):
+            tensor = (f"the weight {t.name!r}, computed in the forward (F.linear on it), not a parameter that an "
+                      "nn.Linear module holds")
+        else:
+            what = "a parameter" if t in params else "a buffer" if t in buffers else "a tensor"
+            tensor = f"{t!r}, {what} of the model's own that no {'convolution' if conv else 'nn.Linear'} module holds"
+        warn_user(f"graphs.compact: {who} {tensor}: the channels it reads and writes keep "
                   f"their size (dead units feeding it included); hold the weight in "
                   f"{'an nn.Conv1d/2d/3d (or ConvTranspose)' if conv else 'an nn.Linear'} and call it to have them "
                   "compacted")

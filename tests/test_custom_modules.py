@@ -529,6 +529,32 @@ def test_compact_warns_of_dead_units_read_by_a_bare_weight_through_the_other_mat
     assert "hold the weight in an nn.Linear" in bare[0]
 
 
+def test_compact_does_not_blame_a_bare_weight_for_dead_units_that_only_feed_an_add_products_added_input():
+    """torch.addmm(g, h, self.w) adds g to the product: g's dead units stay because the sum's channels do, whatever
+    holds self.w, so the bare-weight warning (which looks at the units a product multiplies) says nothing of them;
+    it named 'w' when dead units of g alone were kept."""
+    class Added(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 8)
+            self.side = nn.Linear(6, 4)
+            self.w = nn.Parameter(torch.randn(8, 4))
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.addmm(torch.relu(self.side(x)), torch.relu(self.fc(x)), self.w))
+
+    torch.manual_seed(0)
+    model = Added().eval()
+    with pytest.warns(UserWarning, match="stay dense"):
+        conn = adaptive.Connectome(model, ensemble="neuron")
+    conn.set_ensemble_masks({"side.weight": torch.tensor([1, 0, 1, 1], dtype=torch.bool)})
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        graphs.compact(model, conn, torch.randn(3, 6))
+    assert not [str(w.message) for w in said if "of the model's own" in str(w.message)]
+
+
 def test_compact_says_why_a_tied_layer_keeps_its_dead_units():
     """A convolutional autoencoder whose decoder is tied to its encoder (dec.weight = enc.weight: a Conv2d and a
     ConvTranspose2d store the same (8, 3, k, k) tensor): pruned encoder channels are dead units, which compact
@@ -624,3 +650,21 @@ def test_compact_keeps_channels_scaled_by_a_tensor_of_the_models_own_as_the_grap
     assert small.compaction["removed"] == {"fc.a": 0, "head": 0}
     with torch.no_grad():
         torch.testing.assert_close(small(x), model(x))
+
+
+def test_a_mask_only_connectome_of_frozen_layers_is_told_a_fix_of_its_mode():
+    """In mask_only mode the refusal of an optimizer holding none of the (frozen) weights said 'unfreeze the
+    layers to train and prune', though weights never train there: it names the fixes of that mode instead."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    for m in (model[0], model[2]):
+        m.weight.requires_grad_(False)
+    conn = adaptive.Connectome(model, mode="mask_only")
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)  # the biases
+    with pytest.raises(ValueError, match=r"all frozen .*in mask_only mode no optimizer steps them.*Controller "
+                                         r"without an optimizer.*mask_learning") as err:
+        conn.attach(opt)
+    assert "to train and prune" not in str(err.value)
+    assert conn.num_live() == conn.num_synapses() and not conn._optimizers  # nothing attached
+    ctrl = adaptive.Controller(conn, policy="magnitude", density=0.5)  # the fix named
+    assert ctrl.optimizer is None and conn.num_live() == conn.num_synapses() // 2

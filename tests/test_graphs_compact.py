@@ -792,12 +792,13 @@ class FunctionalLinear(nn.Module):
 @pytest.mark.parametrize("how, removed, warned", [
     ("own", 3, None),
     ("no_bias", 0, r"layer 'a' keeps its size: node\(s\) \['linear'\] read its parameters directly.*self\.a\(x\)"),
-    ("bare", 0, r"node 'linear' \(call_function linear\) is F.linear where its weight 'w' is not the weight of an "
-                r"nn.Linear.*keep their size"),
+    ("bare", 0, None),
 ])
 def test_a_layer_read_through_functional_linear_is_compacted_or_named(how, removed, warned):
     """F.linear(x, self.a.weight, self.a.bias) is a's call: its 3 dead units go (they were kept, silently);
-    any other F.linear keeps its channels, with a warning naming the layer or the node."""
+    F.linear without a's bias keeps its channels, with a warning naming the layer. F.linear on a bare weight reads
+    the model's input, where no dead unit stays: nothing to say (see
+    test_functional_linear_on_a_bare_or_computed_weight_is_warned_of_once_per_weight_where_dead_units_stay)."""
     torch.manual_seed(0)
     model = FunctionalLinear(how).eval()
     conn = first_units_dead(model, "a.weight", 3)
@@ -808,12 +809,60 @@ def test_a_layer_read_through_functional_linear_is_compacted_or_named(how, remov
     messages = [str(w.message) for w in rec if "graphs.compact" in str(w.message)]
     if warned is None:
         assert messages == []
-        assert small.a.weight.shape == (3, 4) and small.b.weight.shape == (3, 3)
+        if how == "own":
+            assert small.a.weight.shape == (3, 4) and small.b.weight.shape == (3, 3)
     else:
         assert len(messages) == 1 and re.search(warned, messages[0]), messages
     assert small.compaction["units_removed"] == removed
     with torch.no_grad():
         assert torch.allclose(small(x), masked_output(model, conn, x), atol=1e-5)
+
+
+class BareLinear(nn.Module):
+    """F.linear on a bare Parameter in a loop the trace unrolls (``self.w`` read 4 times) and on a weight computed in
+    the forward (``2 * self.v.t()``), both fed by the units of layer ``inp``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(4, 8)
+        self.w = nn.Parameter(torch.randn(5, 8))
+        self.v = nn.Parameter(torch.randn(8, 5))
+        self.head = nn.Linear(10, 2)
+
+    def forward(self, x):
+        z = F.relu(self.inp(x))
+        acc = F.linear(z[:, 0], self.w)
+        for t in range(1, 4):
+            acc = acc + F.linear(z[:, t], self.w)
+        return self.head(torch.cat([acc, F.linear(z.mean(1), 2 * self.v.t())], 1))
+
+
+def test_functional_linear_on_a_bare_or_computed_weight_is_warned_of_once_per_weight_where_dead_units_stay():
+    """F.linear on a weight no nn.Linear owns was warned of once per node (4 times for one weight read in an
+    unrolled loop) at every call, dead units or none, where a convolution or product on a bare weight is warned
+    of once per tensor and only where dead units stay: F.linear now is too, naming the nodes."""
+    torch.manual_seed(0)
+    model = BareLinear().eval()
+    x = torch.randn(2, 4, 4)
+    with pytest.warns(UserWarning, match="stay dense"):
+        conn = adaptive.Connectome(model, ensemble="neuron")
+
+    def compact_warnings():
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            small = graphs.compact(model, conn, x)
+        assert small.compaction["params_after"] == small.compaction["params_before"]
+        return [str(w.message) for w in rec if "graphs.compact" in str(w.message)]
+
+    assert compact_warnings() == []  # nothing dead: nothing to say
+    conn.set_ensemble_masks({"inp.weight": torch.tensor([1, 0, 1, 1, 1, 1, 1, 1], dtype=torch.bool)})
+    said = compact_warnings()
+    assert len(said) == 2, said
+    assert re.search(r"nodes 'linear' \(call_function linear\), 'linear_1' .* \.\.\. \(4 in all\) read 'w', a "
+                     r"parameter of the model's own that no nn.Linear module holds: the channels it reads and writes "
+                     r"keep their size \(dead units feeding it included\); hold the weight in an nn.Linear", said[0])
+    assert re.search(r"node 'linear_4' \(call_function linear\) reads the weight 'mul', computed in the forward "
+                     r"\(F.linear on it\).*keep their size.*hold the weight in an nn.Linear", said[1])
 
 
 class HookedOrInside(nn.Module):

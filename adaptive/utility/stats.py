@@ -85,11 +85,13 @@ class GradientStats:
             self.counts.setdefault(n, 0)
 
     @torch.no_grad()
-    def observe(self, names: Optional[Iterable[str]] = None) -> bool:
+    def observe(self, names: Optional[Iterable[str]] = None, scale: Optional[torch.Tensor] = None) -> bool:
         """Add the current ``.grad`` of every weight (of the layers ``names`` only, when given) to
         the window; a layer without a gradient at this step adds zeros (the loss did not depend on
         it). Returns False when none has a gradient (nothing observed). Non-finite values are not
-        checked here, once per batch, but by :meth:`finite`, once per window."""
+        checked here, once per batch, but by :meth:`finite`, once per window. ``scale``: the loss
+        scale the gradients still carry (a GradScaler's, before ``unscale_``), divided out as
+        GradScaler does; by default the connectome's :attr:`grad_scale` (a fused optimizer's)."""
         self._ensure()
         target = list(self.conn.params if names is None else names)
         names = [n for n in target if self.conn.params[n].grad is not None]
@@ -101,8 +103,8 @@ class GradientStats:
                 if self.second_moment:
                     self.g2_sum[n].zero_()
         grads = [_dense(self.conn.params[n].grad).float() for n in names]
-        scale = getattr(self.conn, "grad_scale", None)
-        if scale is not None:  # a fused optimizer under a GradScaler: .grad is unscaled later, in its kernel
+        scale = getattr(self.conn, "grad_scale", None) if scale is None else scale
+        if scale is not None:  # a fused optimizer under a GradScaler, or one not unscaled yet: .grad is unscaled later
             inv = scale.double().reciprocal().float().reshape(()).to(grads[0].device)  # as GradScaler.unscale_
             grads = torch._foreach_mul(grads, inv)
         if grads[0].device != self.g_sum[names[0]].device:

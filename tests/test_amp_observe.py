@@ -1,0 +1,93 @@
+"""ctrl.observe(scaler=...): a controller driven explicitly under torch.amp.GradScaler observes unscaled
+gradients and leaves out the steps the scaler skips (adaptive/amp_observe.py)."""
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import adaptive
+
+
+def _run(how, bad_step=None, unscale_first=False):
+    """8 explicit steps of SGD on a small MLP, the controller (consistency, whose scores are not
+    scale-invariant) updating at step 4; ``how``: "plain" (no scaler), "scaler" (observe(scaler=)), or
+    "trap" (a scaler, observed without scaler=). At ``bad_step`` the loss is inf."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    conn.attach(opt)
+    ctrl = adaptive.Controller(conn, policy="utility", estimator="consistency", density=0.5, update_every=4,
+                               start_step=4, end_step=8)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16) if how != "plain" else None
+    g = torch.Generator().manual_seed(1)
+    for step in range(1, 9):
+        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y) * (float("inf") if step == bad_step else 1.0)
+        if scaler is None:
+            loss.backward()
+            if step != bad_step:  # what the scaler does: no observation, no step
+                ctrl.observe()
+                opt.step()
+        else:
+            scaler.scale(loss).backward()
+            if unscale_first:
+                scaler.unscale_(opt)
+            ctrl.observe(scaler=scaler) if how == "scaler" else ctrl.observe()
+            scaler.step(opt)
+            scaler.update()
+        ctrl.step()
+    return conn, ctrl
+
+
+@pytest.mark.parametrize("unscale_first", [False, True])
+def test_observe_with_the_scaler_sees_the_unscaled_gradients(unscale_first):
+    """Observed explicitly after scaler.scale(loss).backward(), the gradients carried the scale (65536): the
+    window held them so and consistency's masks moved (the "trap" run below).
+    With scaler=, the scale is divided out where unscale_ has not run, and not twice where it has: the masks
+    and weights are those of the run without a scaler, bit for bit (the scale is a power of two)."""
+    ref, _ = _run("plain")
+    conn, ctrl = _run("scaler", unscale_first=unscale_first)
+    assert ctrl.skipped_observations == 0
+    for n in ref.masks:
+        assert torch.equal(conn.masks[n], ref.masks[n]), n
+        assert torch.equal(conn.params[n], ref.params[n]), n
+    if not unscale_first:  # the trap the scaler= closes: the same loop observed without it
+        trap, _ = _run("trap")
+        assert any(not torch.equal(trap.masks[n], ref.masks[n]) for n in ref.masks)
+
+
+def test_observe_with_the_scaler_leaves_out_the_step_it_skips():
+    """A step whose gradients hold inf, which the scaler skips, was observed all the same: the window held
+    inf and the update at step 4 was skipped. With scaler= that step is left out (counted in
+    skipped_observations) and the update runs on the other steps, as the run that never took it; without
+    scaler=, the warning of the skipped window names the fix."""
+    ref, _ = _run("plain", bad_step=2)
+    conn, ctrl = _run("scaler", bad_step=2)
+    assert ctrl.skipped_observations == 1 and ctrl.nonfinite_windows == 0
+    assert conn.num_live() < conn.num_synapses()
+    for n in ref.masks:
+        assert torch.equal(conn.masks[n], ref.masks[n]), n
+        assert torch.equal(conn.params[n], ref.params[n]), n
+    with pytest.warns(UserWarning, match=r"hold NaN or inf .*ctrl\.observe\(scaler=scaler\)"):
+        _, trap = _run("trap", bad_step=2)
+    assert trap.nonfinite_windows == 1
+
+
+def test_observe_refuses_what_is_no_grad_scaler_and_ignores_a_disabled_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, policy="utility", estimator="consistency", density=0.5, update_every=2)
+    F.cross_entropy(model(torch.randn(2, 4)), torch.tensor([0, 1])).backward()
+    with pytest.raises(TypeError, match=r"torch.amp.GradScaler that scales the loss \(accelerator.scaler"):
+        ctrl.observe(scaler=2.0 ** 16)
+    assert ctrl.stats.count == 0  # nothing observed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a disabled scaler may warn that its device is unavailable
+        off = torch.amp.GradScaler("cpu", enabled=False)
+    ctrl.observe(scaler=off)
+    assert ctrl.stats.count == 1 and torch.equal(ctrl.stats.g_sum["0.weight"], model[0].weight.grad)
