@@ -40,8 +40,8 @@ def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypat
 
     real_get, test_loader = mod.get_dataloaders, []
 
-    def get(*a, **k):  # the real loaders, with a 500-image stratified draw of the test split (two passes over all
-        dl = real_get(*a, **k, test_subset=500)  # 10,000 were 90% of the time)
+    def get(*a, **k):  # the real loaders, with a 100-image stratified draw of the test split (two passes over all
+        dl = real_get(*a, **k, test_subset=100)  # 10,000 were 90% of the time)
         test_loader.append(dl.test)
         return dl
 

@@ -74,8 +74,8 @@ def test_prune_pretrained_prints_progress_lines(tmp_path, capsys):
     mod = load_script("recipes/prune_pretrained.py", "prune_pretrained_progress")
     torch.manual_seed(0)
     torch.save(build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).state_dict(), tmp_path / "w.pt")
-    mod.main(["--model", "resnet20", "--weights", str(tmp_path / "w.pt"), "--dataset", "fake", "--output_dir",
-              str(tmp_path / "out"), "--batch-size", "32", "--eval-batch-size", "64", "--window", "2", "--passes",
+    mod.main(["--model", "resnet20", "--weights", str(tmp_path / "w.pt"), "--dataset", "fake", "--dataset-kw",
+              "shape=[3, 8, 8]", "--output_dir", str(tmp_path / "out"), "--batch-size", "32", "--eval-batch-size", "64", "--window", "2", "--passes",
               "0.5", "--verify-batches", "1", "--eval-every", "2", "--train-eval-batches", "2", "--subset", "192",
               "--remove", "0.5", "--threads", "1"])
     out = capsys.readouterr().out

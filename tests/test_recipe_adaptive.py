@@ -255,10 +255,21 @@ def test_adamw_takes_momentum_as_beta1(tmp_path):
     assert not same_state(heavy, light)
 
 
-def test_two_processes_agree(tmp_path):
+# the settings of the two-process run below, which the tests that need a finished two-process run share
+TWO = [*TINY, "--checkpoint_every", "20", "--figures", "false"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """A finished run of ``TWO`` under ``accelerate launch`` with 2 processes: its folder and the launch's
+    result. One launch for the tests that check its outputs and those that resume copies of it."""
+    out = tmp_path_factory.mktemp("two_process_run") / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
-    r = launch_two([SCRIPT, *TINY, "--output_dir", tmp_path, "--checkpoint_every", "20", "--figures", "false"],
-                   env=env, cwd=ROOT)
+    return out, launch_two([SCRIPT, *TWO, "--output_dir", out], env=env, cwd=ROOT)
+
+
+def test_two_processes_agree(two_process_run):
+    tmp_path, r = two_process_run  # (the shared run's folder)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["processes"] == 2
@@ -273,6 +284,32 @@ def test_two_processes_agree(tmp_path):
     ckpt = find_checkpoint("latest", tmp_path)
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
     assert r.stdout.count("test accuracy") == 1  # the summary is printed by the main process only
+
+
+def test_a_checkpoint_copy_one_process_cannot_read_stops_every_process_with_one_error(tmp_path, two_process_run):
+    """--resume where each process reads its own copy of the checkpoint (machines of their own) and process
+    1's optimizer.bin is damaged (the main process alone hashes the files): process 1 stopped loading it
+    while process 0 went on into training, its next collective. Every process now stops together, with
+    one line naming process 1 and its file."""
+    import shutil
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    run_folder, r = two_process_run  # a copy of a finished two-process run for each process
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for p in ("p0", "p1"):
+        shutil.copytree(run_folder, tmp_path / p / "run")
+    damaged = find_checkpoint("latest", tmp_path / "p1" / "run") / "optimizer.bin"
+    damaged.write_bytes(b"not a checkpoint")
+    r = launch_two([ROOT / "tests" / "scripts" / "per_process_cwd.py", tmp_path / "p0", tmp_path / "p1", SCRIPT,
+                    *TWO, "--output_dir", "run", "--resume", "latest"], env=env, cwd=ROOT)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 1, out[-3000:]
+    line = next(x for x in out.splitlines() if "recipes/adaptive.py: error:" in x)
+    # refused before anything loads (it stopped part-way into Accelerate's load before: the model loaded)
+    assert f"error: checkpoint {damaged.parent} is damaged: optimizer.bin cannot be read (" in line, line
+    assert "(found by process 1 of 2)" in line and "process 0 of 2 found no such problem" in line, line
+    assert "resumed from" not in out, out[-3000:]
+    assert "Connection closed" not in out and "[rank0]: Traceback" not in out, out[-3000:]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -1240,32 +1277,6 @@ def test_a_setting_refused_after_prepare_under_two_processes_prints_one_error_li
     assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 1, out[-3000:]
     assert out.count("warmup_steps (100000) exceeds the run's") == 1 and "[rank0]: Traceback" not in out, out[-3000:]
     assert not (tmp_path / "run" / "config.yaml").exists()
-
-
-def test_a_checkpoint_copy_one_process_cannot_read_stops_every_process_with_one_error(tmp_path):
-    """--resume where each process reads its own copy of the checkpoint (machines of their own) and process
-    1's optimizer.bin is damaged (the main process alone hashes the files): process 1 stopped loading it
-    while process 0 went on into training, its next collective. Every process now stops together, with
-    one line naming process 1 and its file."""
-    import shutil
-
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
-    short = [*TINY, "--max_steps", "6", "--checkpoint_every", "3", "--figures", "false"]
-    r = launch_two([SCRIPT, *short, "--output_dir", tmp_path / "p0" / "run"], env=env, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    shutil.copytree(tmp_path / "p0", tmp_path / "p1")
-    damaged = find_checkpoint("latest", tmp_path / "p1" / "run") / "optimizer.bin"
-    damaged.write_bytes(b"not a checkpoint")
-    r = launch_two([ROOT / "tests" / "scripts" / "per_process_cwd.py", tmp_path / "p0", tmp_path / "p1", SCRIPT,
-                    *short, "--output_dir", "run", "--resume", "latest"], env=env, cwd=ROOT)
-    out = r.stdout + r.stderr
-    assert r.returncode != 0 and out.count("recipes/adaptive.py: error:") == 1, out[-3000:]
-    line = next(x for x in out.splitlines() if "recipes/adaptive.py: error:" in x)
-    # refused before anything loads (it stopped part-way into Accelerate's load before: the model loaded)
-    assert f"error: checkpoint {damaged.parent} is damaged: optimizer.bin cannot be read (" in line, line
-    assert "(found by process 1 of 2)" in line and "process 0 of 2 found no such problem" in line, line
-    assert "resumed from" not in out, out[-3000:]
-    assert "Connection closed" not in out and "[rank0]: Traceback" not in out, out[-3000:]
 
 
 def test_data_of_another_size_on_one_process_is_refused_by_every_process_before_training(tmp_path):
