@@ -39,15 +39,45 @@ def split_scaled(conn, scaler, names: List[str]) -> Tuple[List[str], List[str], 
             done |= {id(p) for g in opt.param_groups for p in g["params"]}
     unscaled = [n for n in names if id(conn.params[n]) in done]
     scaled = [n for n in names if id(conn.params[n]) not in done]
-    return unscaled, scaled, (torch.tensor(scaler.get_scale(), dtype=torch.float32) if scaled else None)
+    if not scaled:
+        return unscaled, scaled, None
+    scale = scaler._get_scale_async()  # the scale tensor unscale_ divides by, read without a sync (get_scale syncs)
+    return unscaled, scaled, scale if scale is not None else torch.tensor(scaler.get_scale(), dtype=torch.float32)
 
 
-def grads_finite(conn, names: List[str]) -> bool:
-    """Whether the gradients of layers ``names`` hold only finite values (scaled or not: a scaled inf is
-    an unscaled inf): one fused max-norm pass and one sync, as GradScaler's own check."""
-    grads = [conn.params[n].grad for n in names if conn.params[n].grad is not None]
+def finite_layers(conn, names: List[str], primary=None) -> Tuple[List[str], bool]:
+    """``(kept, left_out)``: the layers of ``names`` whose step the scaler takes, and whether it skips any.
+    GradScaler skips an optimizer's step where any gradient that optimizer holds is inf or NaN (a bias's, or
+    another layer's, as well as the weight's), and steps the other optimizers; so each layer goes with the
+    attached optimizer owning it (``primary`` first, then in the order attached, as
+    :meth:`~adaptive.Connectome.stepping_layers` assigns it) and is kept where every gradient of that optimizer
+    is finite, as the attached path observes only the steps taken. A layer no attached optimizer holds is
+    judged by its own gradient. One fused max-norm pass and one sync in all (scaled or not: a scaled inf is an
+    unscaled inf)."""
+    opts = [o for o in (r() for r in conn._optimizers) if o is not None]
+    order = ([primary] if primary is not None and any(o is primary for o in opts) else []) + \
+        [o for o in opts if o is not primary]
+    owner = {}
+    for i in reversed(range(len(order))):  # the earliest in ``order`` holding a parameter owns it
+        for g in order[i].param_groups:
+            for p in g["params"]:
+                owner[id(p)] = i
+    key = {n: owner.get(id(conn.params[n]), n) for n in names}  # an optimizer's index, or the layer itself
+    keys = list(dict.fromkeys(key.values()))
+    checked = []
+    for k in keys:
+        ps = [p for g in order[k].param_groups for p in g["params"]] if isinstance(k, int) else [conn.params[k]]
+        checked.append([p.grad for p in ps if p.grad is not None])
+    grads = [g.to_dense() if g.layout != torch.strided else g for gs in checked for g in gs]
     if not grads:
-        return True
-    grads = [g.to_dense() if g.layout != torch.strided else g for g in grads]
+        return list(names), False
     peaks = torch._foreach_norm(grads, float("inf"))
-    return bool(torch.isfinite(torch.stack([p.float().to(peaks[0].device) for p in peaks])).all())
+    dev = peaks[0].device
+    ok = torch.isfinite(torch.stack([p.float().to(dev) for p in peaks]))
+    flags, at = [], 0
+    for gs in checked:  # each key's verdict, all read back at once
+        flags.append(ok[at:at + len(gs)].all() if gs else torch.ones((), dtype=torch.bool, device=dev))
+        at += len(gs)
+    verdict = dict(zip(keys, torch.stack(flags).tolist()))
+    kept = [n for n in names if verdict[key[n]]]
+    return kept, len(kept) < len(names)

@@ -37,7 +37,7 @@ from .controller_edits import ControllerEditsMixin, line_search_tolerance_proble
 from .controller_reports import ControllerReportsMixin
 from .controller_state import ControllerStateMixin
 from .controller_state import _holds_tensors  # noqa: F401  (importable from here, as before)
-from .amp_observe import check_scaler, grads_finite, split_scaled
+from .amp_observe import check_scaler, finite_layers, split_scaled
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, aliases, container_hint
 from .distributed import check_masks_agree, is_distributed
@@ -177,7 +177,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     """
 
     nonfinite_windows = 0  # updates skipped for NaN or inf gradients or weights (see update)
-    skipped_observations = 0  # observe(scaler=...) calls left out: the scaler skips their step (not saved)
+    skipped_observations = 0  # observe(scaler=...) calls leaving layers out: the scaler skips their optimizer's step (not saved)
     _warned_missed = False  # the missed-target warning was given (see _warn_missed_target): saved with the state
 
     def __init__(
@@ -532,9 +532,11 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         ``scaler``: the ``torch.amp.GradScaler`` that scaled the loss (``accelerator.scaler``), called
         before ``scaler.step(opt)``. Gradients of an optimizer it has not unscaled yet (no
         ``scaler.unscale_(opt)`` since the last ``scaler.update()``) still carry its scale, which is
-        divided out as they are added; and a step whose gradients hold inf or NaN, one the scaler
-        skips, is not observed (counted in :attr:`skipped_observations`), where without ``scaler=`` it
-        would leave the whole window out. Without it, scaled gradients enter the window as they are."""
+        divided out as they are added; and the layers of an optimizer whose step the scaler skips (any
+        gradient it holds, a bias's too, is inf or NaN) are not observed, the other optimizers' layers
+        are, as the attached path observes only the steps taken (a call leaving any out is counted in
+        :attr:`skipped_observations`, which is not saved with the state), where without ``scaler=`` the
+        inf would leave the whole window out. Without it, scaled gradients enter the window as they are."""
         self._refuse_when_attached("observe", "observes the gradients itself at every optimizer.step()",
                                    "add each gradient to the utility window twice")
         if scaler is not None:
@@ -550,8 +552,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self.stats.observe() if names is None else self.stats.observe(names)
             return
         names = list(self.conn.names if names is None else names)
-        if not grads_finite(self.conn, names):  # the scaler skips this step: its gradients teach nothing
+        names, left_out = finite_layers(self.conn, names, self.optimizer)  # the scaler skips their steps
+        if left_out:
             self.skipped_observations += 1
+        if not names:
             return
         unscaled, scaled, scale = split_scaled(self.conn, scaler, names)
         for part, by in ((unscaled, None), (scaled, scale)):

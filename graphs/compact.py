@@ -125,13 +125,9 @@ forward hooks, which its call would run, or sits inside a module fx calls whole:
 parameters are read otherwise (``F.linear(x, self.fc.weight)`` on a layer with a bias, ``self.fc.weight.t()``)
 keeps its size, and ``F.linear`` on a weight that is no ``nn.Linear``'s (a bare parameter, a computed
 weight) keeps the channels it reads and writes, as does a convolution or matrix product on a parameter of the
-<<<<<<< HEAD
-model's own (``F.conv2d(h, self.w)``, ``h @ self.w``, ``h @ self.w.t()``, ``torch.addmm(self.b, h, self.w)``; or a buffer): a warning names each where
-dead units stay, once per tensor.
-=======
-model's own (``F.conv2d(h, self.w)``, ``h @ self.w``, ``h @ self.w.t()``; or a buffer): a warning names each weight
-where dead units stay, once, with the nodes that read it (a computed weight by the node computing it).
->>>>>>> s57_N2
+model's own (``F.conv2d(h, self.w)``, ``h @ self.w``, ``h @ self.w.t()``, ``torch.addmm(self.b, h, self.w)``; or a
+buffer): a warning names each weight where dead units stay, once, with the nodes that read it (a computed weight by
+the node computing it).
 
 Attention. Inside an ``nn.MultiheadAttention``, the query/key pairs and value channels that are dead in a way that
 is exact to drop (a pinned key, a pinned query with no bias, a pinned or unread value) go alike from every head, and

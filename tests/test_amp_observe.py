@@ -91,3 +91,62 @@ def test_observe_refuses_what_is_no_grad_scaler_and_ignores_a_disabled_one():
         off = torch.amp.GradScaler("cpu", enabled=False)
     ctrl.observe(scaler=off)
     assert ctrl.stats.count == 1 and torch.equal(ctrl.stats.g_sum["0.weight"], model[0].weight.grad)
+
+
+def _against_attached(explicit, case):
+    """8 steps under a GradScaler, driven explicitly with observe(scaler=) or with the controller attached
+    (scaler.step unscaling before its hooks), with one inf written into a gradient at step 2: a bias's
+    ("bias": the scaler skips the only optimizer's step, though every weight's gradient is finite) or the
+    second layer's weight's, held by a second optimizer ("two": the scaler skips that optimizer's step only).
+    Returns the masks, the per-layer window counts after each step's observation, and the controller."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
+    conn = adaptive.Connectome(model)
+    opts = ([torch.optim.SGD(model[0].parameters(), lr=0.05), torch.optim.SGD(model[2].parameters(), lr=0.05)]
+            if case == "two" else [torch.optim.SGD(model.parameters(), lr=0.05)])
+    for o in opts:
+        conn.attach(o)
+    kw = dict(policy="utility", estimator="consistency", density=0.5, update_every=4, start_step=4, end_step=8)
+    ctrl = adaptive.Controller(conn, **kw) if explicit else adaptive.Controller(conn, optimizer=opts[0], **kw)
+    scaler = torch.amp.GradScaler("cpu")
+    g = torch.Generator().manual_seed(1)
+    counts = []
+    for step in range(1, 9):
+        x, y = torch.randn(16, 20, generator=g), torch.randint(0, 5, (16,), generator=g)
+        for o in opts:
+            o.zero_grad()
+        scaler.scale(F.cross_entropy(model(x), y)).backward()
+        if step == 2:
+            (model[0].bias if case == "bias" else model[2].weight).grad[0, ...] = float("inf")
+        if explicit:
+            ctrl.observe(scaler=scaler)
+            counts.append(dict(ctrl.stats.counts))
+        for o in opts:
+            scaler.step(o)
+        if not explicit:
+            counts.append(dict(ctrl.stats.counts))
+        scaler.update()
+        # the attached controller counts only the steps taken: where the scaler skips the one optimizer's
+        # step, the explicit loop leaves its ctrl.step() out to compare alike
+        if explicit and not (case == "bias" and step == 2):
+            ctrl.step()
+    # steps 1-3 only: at step 4 the attached controller updates in the first optimizer's post-step hook, before
+    # the second optimizer's pre-step hook observes, so that optimizer's step-4 gradients open the next window
+    return conn.masks, counts[:3], ctrl
+
+
+@pytest.mark.parametrize("case", ["bias", "two"])
+def test_observe_with_the_scaler_leaves_out_what_the_attached_path_leaves_out(case):
+    """GradScaler skips an optimizer's step where ANY gradient it holds is inf or NaN, a bias's too, and still
+    steps the other optimizers. observe(scaler=) once judged only the connectome's weight gradients, all
+    together: it observed a step skipped for a bias's inf, and left out every layer for one optimizer's inf.
+    Now the window holds what the attached path's does, layer by layer (and, with one optimizer, the masks are
+    the same: with two, the attached path's update window differs at the update step, see _against_attached)."""
+    ref_masks, ref_counts, _ = _against_attached(False, case)
+    masks, counts, ctrl = _against_attached(True, case)
+    assert ctrl.skipped_observations == 1
+    assert counts == ref_counts
+    if case == "two":  # the first layer's optimizer stepped: its window kept that step
+        assert counts[1] == {"0.weight": 2, "2.weight": 1}
+    for n in (ref_masks if case == "bias" else []):
+        assert torch.equal(masks[n], ref_masks[n]), n

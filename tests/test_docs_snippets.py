@@ -349,3 +349,21 @@ def test_every_summary_and_event_field_of_a_run_is_named_on_the_training_page(mo
     if "init" not in {e["kind"] for e in events}:  # mask_only: the page said every run's first line was init
         assert "a mask_only run, starting dense, has none" in re.sub(r"\s+", " ", page)
     assert sorted(k for k in keys if f"`{k}`" not in page) == [], "docs/training.md does not name these keys"
+
+
+def test_no_file_holds_a_merge_conflict_marker():
+    """A merge resolved by hand must leave no ``<<<<<<<``/``>>>>>>>`` lines behind: inside a docstring or a page
+    they parse and run, so nothing else notices (graphs/compact.py's module docstring once showed both sides)."""
+    opening, closing = "<" * 7 + " ", ">" * 7 + " "
+    found = []
+    for top, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("__pycache__", "node_modules")]
+        for f in files:
+            if not f.endswith((".py", ".md", ".toml", ".cfg", ".txt", ".yaml", ".yml", ".json", ".sh")):
+                continue
+            path = os.path.join(top, f)
+            with open(path, encoding="utf-8", errors="replace") as fh:
+                for i, line in enumerate(fh, 1):
+                    if line.startswith((opening, closing)):
+                        found.append(f"{os.path.relpath(path, ROOT)}:{i}")
+    assert not found, f"merge conflict markers left in {found}: resolve them (keep what both sides meant)"
