@@ -199,16 +199,18 @@ def _untraced_hint(model: nn.Module) -> str:
 
 def _rehome(gm: fx.GraphModule, name: str, traced: CompactAttention) -> None:
     """Make ``gm``'s module ``name`` (a container of the projections fx traced through, which the copy's graph calls
-    inline) the :class:`CompactAttention` of ``traced`` holding them, as compacted: the copy's attention is one."""
+    inline: the projections and the dropout ``drop``) the :class:`CompactAttention` of ``traced`` holding them, as
+    compacted: the copy's attention is one."""
     try:
         parts = [gm.get_submodule(f"{name}.{p}") for p in ("q_proj", "k_proj", "v_proj", "out_proj")]
     except AttributeError:  # a projection the copy no longer calls: the container stays
         return
     if not all(isinstance(p, nn.Linear) for p in parts) or dict(gm.get_submodule(name).named_children()).keys() != \
-            {"q_proj", "k_proj", "v_proj", "out_proj"}:
+            {"q_proj", "k_proj", "v_proj", "out_proj", "drop"}:
         return
     new = CompactAttention(*parts, traced.num_heads, traced.scale, traced.dropout, traced.batch_first, traced.batched,
                            (traced.bool_attn_mask, traced.bool_padding_mask)).train(traced.training)
+    new.drop = gm.get_submodule(f"{name}.drop")  # the one the copy's graph calls
     parent, _, child = name.rpartition(".")
     setattr(gm.get_submodule(parent) if parent else gm, child, new)
 

@@ -27,7 +27,6 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 
@@ -40,7 +39,7 @@ class CompactAttention(nn.Module):
 
     ``q_proj``, ``k_proj`` and ``v_proj`` project the query, key and value inputs to ``num_heads`` heads of
     ``qk_dim``, ``qk_dim`` and ``v_dim`` channels (head-major, as ``nn.MultiheadAttention``'s rows), ``out_proj``
-    reads the heads' outputs; ``dropout`` (on the attention weights, in training) and ``batch_first`` as
+    reads the heads' outputs; ``dropout`` (on the attention weights, in training: module ``drop``) and ``batch_first`` as
     ``nn.MultiheadAttention``'s. ``batched``: the inputs hold a batch (``[B, L, E]``, or ``[L, B, E]``), else one
     sequence ``[L, E]``; ``bool_masks``: whether ``attn_mask`` and ``key_padding_mask`` are boolean (True: not
     attended) rather than added to the scores. Both are fixed here, as the call that the copy runs gives them, so that
@@ -56,6 +55,9 @@ class CompactAttention(nn.Module):
         self.qk_dim = q_proj.out_features // self.num_heads
         self.v_dim = v_proj.out_features // self.num_heads
         self.embed_dim = out_proj.out_features
+        # a module, not F.dropout(..., self.training): fx would trace the flag as a constant, and the copy, whose
+        # graph runs this forward inline, would keep no dropout when trained (small.train())
+        self.drop = nn.Dropout(self.dropout)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
                 need_weights: bool = True, attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
@@ -80,7 +82,7 @@ class CompactAttention(nn.Module):
         if key_padding_mask is not None:
             p = key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
             scores = scores.masked_fill(p, float("-inf")) if self.bool_padding_mask else scores + p
-        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        weights = self.drop(scores.softmax(-1))
         out = self.out_proj((weights @ v).transpose(1, 2).reshape(B, L, H * self.v_dim))
         if not batched:
             out = out.squeeze(0)

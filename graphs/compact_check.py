@@ -84,20 +84,28 @@ def _other_sizes(ref, x, g: torch.Generator, batch: int = 0) -> list:
 
 
 def _scale(t: torch.Tensor) -> float:
-    """The largest magnitude in output ``t`` (0 for an empty one): what the check's differences are measured against."""
+    """The largest magnitude in output ``t`` (0 for an empty one), NaNs left out: what the check's differences are
+    measured against."""
     if t.numel() == 0:
         return 0.0
-    return float(t.abs().max()) if t.dtype != torch.bool else 1.0
+    if t.dtype == torch.bool:
+        return 1.0
+    m = t.abs()
+    return float(torch.where(m.isnan(), torch.zeros_like(m), m).max())
 
 
 def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The largest ``|a - b|`` of two outputs of one shape (0 for empty ones); integer and bool outputs are
-    compared as float64 (torch refuses to subtract bool tensors, and a uint8 difference wraps: 0 - 1 is 255)."""
+    """The largest ``|a - b|`` of two outputs of one shape (0 for empty ones), where they differ: a NaN of both at one
+    place (an attention query every mask hides, in the masked model and the copy alike) or the same infinity agree, a
+    NaN of one alone is a NaN difference; integer and bool outputs are compared as float64 (torch refuses to subtract
+    bool tensors, and a uint8 difference wraps: 0 - 1 is 255)."""
     if a.numel() == 0:
         return 0.0
     if not (a.is_floating_point() or a.is_complex()):
         a, b = a.double(), b.double()
-    return float((a - b).abs().max())
+    d = (a - b).abs()
+    same = (a == b) | (a.isnan() & b.isnan())
+    return float(torch.where(same, torch.zeros_like(d), d).max())
 
 
 class Tolerances(NamedTuple):
@@ -168,7 +176,8 @@ def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float, relative:
     included; large outputs keep the plain ``atol`` (float32 rounding there is larger, not smaller), and so do
     outputs that are exactly zero everywhere (there is no magnitude to scale by: an exact match is not asked)."""
     scale = _scale(a)
-    return torch.allclose(a, b, atol=atol * ((scale if relative else min(1.0, scale)) if scale > 0 else 1.0), rtol=rtol)
+    return torch.allclose(a, b, atol=atol * ((scale if relative else min(1.0, scale)) if scale > 0 else 1.0), rtol=rtol,
+                          equal_nan=True)  # a NaN of both at one place: the copy computes what the model does
 
 
 @torch.no_grad()

@@ -2174,3 +2174,34 @@ def test_compact_keeps_which_shrunk_layers_are_frozen():
     assert model[7].bias is None and small.get_submodule("7").bias is not None  # folded in
     flags = {n: p.requires_grad for n, p in small.named_parameters()}
     assert flags == {n: n.startswith("9.") for n in flags} and len(flags) == 10
+
+
+class LogOut(nn.Module):
+    """Outputs that are NaN where the hidden sum is negative (a log): on the check's random inputs, some are."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))).log()
+
+
+def test_outputs_nan_alike_in_the_model_and_the_copy_pass_the_check():
+    """The check compared NaN with NaN as a NaN difference, and refused a correct copy of a model whose outputs are
+    NaN at some places of its random inputs (a log; an attention query that the random key padding and attention
+    masks hide entirely). A NaN at the same place agrees; one in the copy alone still fails."""
+    from graphs.compact_check import _close, _diff, _scale
+    torch.manual_seed(0)
+    model = LogOut().double().eval()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    with torch.no_grad():
+        assert model(x).isnan().any() and not model(x).isnan().all()
+    small = graphs.compact(model, first_units_dead(model, "a.weight", 2), x)
+    assert small.compaction["units_removed"] == 2 and small.compaction["max_abs_diff"] < 1e-12
+    nan = float("nan")
+    a = torch.tensor([nan, 1.0, -3.0, float("inf")])
+    assert _diff(a, a.clone()) == 0.0 and _scale(a) == float("inf") and _close(a, a.clone(), 1e-4, 1e-4)
+    b = torch.tensor([0.0, 1.0, -3.0, float("inf")])
+    assert not _close(a, b, 1e-4, 1e-4) and not _close(b, a, 1e-4, 1e-4)
+    assert _diff(a, b) != _diff(a, b)  # NaN: the difference said as such

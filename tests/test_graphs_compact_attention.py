@@ -264,3 +264,19 @@ def test_an_attention_the_model_cannot_be_traced_through_stays_whole(monkeypatch
     with pytest.warns(UserWarning, match=r"could not be traced through the compacted attention.*attn stay whole"):
         small = _compact(_model(), {"k": [1, 5], "v": [0, 7]}, X)
     assert type(small.attn) is nn.MultiheadAttention and "attn.q" not in small.compaction["removed"]
+
+
+def test_the_copy_trained_again_keeps_the_attention_dropout():
+    """The copy's graph runs the CompactAttention's ops inline: its dropout was F.dropout(..., self.training), which
+    fx traced as ``training=False``, so ``small.train()`` (fine-tuning the copy as a new model) applied no attention
+    dropout at all. It is the module ``drop`` now, which the copy's ``train()`` switches, as ``nn.Dropout`` anywhere."""
+    small = _compact(_model(dropout=0.5), {"k": [1, 5], "v": [0, 7]}, X)
+    with torch.no_grad():
+        evaluated = small(X)
+        small.train()
+        torch.manual_seed(0)
+        trained = small(X)
+        small.eval()
+        assert torch.equal(small(X), evaluated)
+    assert not torch.allclose(trained, evaluated)
+    assert isinstance(small.attn, CompactAttention) and small.attn.drop is small.get_submodule("attn.drop")
