@@ -825,3 +825,23 @@ def test_splits_linked_to_folders_of_their_own_still_load(tmp_path, monkeypatch,
     train, _, test = get_datasets(name, data_dir=base, holdout=0, **kw)
     per_split = (10 if name == "cifar10" else 2) * 2 + 3
     assert len(train) == per_split and len(test) == per_split
+
+
+def test_image_links_through_linked_folders_and_chains_of_links_are_followed_to_train_images(tmp_path):
+    """A test image linked to train's through a link to train's folder (val/cat/0.png -> ../../alias/0.png, alias ->
+    train/cat), or through a chain of links (val/cat/1.png -> ../../hop/1.png -> ../train/cat/1.png), is found: each
+    link is followed to the file it leads to, as the system follows it."""
+    import os
+
+    root, splits, kw = _image_tree(tmp_path, "folder")
+    os.symlink("train/cat", root / "alias")
+    (root / "hop").mkdir()
+    os.symlink("../train/cat/1.png", root / "hop" / "1.png")
+    for f in (root / "val" / "cat").iterdir():
+        f.unlink()
+    os.symlink("../../alias/0.png", root / "val" / "cat" / "0.png")
+    os.symlink("../../hop/1.png", root / "val" / "cat" / "1.png")
+    with pytest.raises(ValueError, match=rf"share 2 image file\(s\) through links \(cat/0\.png and cat/0\.png are "
+                                         rf"{re.escape(str((root / 'train' / 'cat' / '0.png').resolve()))}; cat/1\.png "
+                                         rf"and cat/1\.png are {re.escape(str((root / 'train' / 'cat' / '1.png').resolve()))}\)"):
+        get_datasets("folder", data_dir=tmp_path, holdout=0, **kw)
