@@ -742,3 +742,106 @@ def test_an_error_while_building_a_cache_that_no_lock_guards_carries_no_lock_err
             assert waited is False
             raise KeyError("the build's own error")
     assert e.value.__context__ is None
+
+
+def _link_tree(root, splits, how):
+    """Lead both splits of ``root`` to the same images through links, as ``how`` says: the class folder 'cat'
+    of each linked to one outside folder, the test split's linked into train's, or the image files of each
+    linked one by one to one outside pool (or the test split's to train's files). Returns what the refusal
+    names."""
+    import os
+    import shutil
+
+    train, test = root / splits[0] / "cat", root / splits[1] / "cat"
+    outside = root.parent / "outside" / "cats"
+    if how == "outside_folder":
+        _images(outside)
+        for folder in (train, test):
+            shutil.rmtree(folder)
+            os.symlink(outside, folder)
+        return "class folder", "cat and cat", outside
+    if how == "into_train":
+        shutil.rmtree(test)
+        os.symlink(os.path.join("..", splits[0], "cat"), test)
+        return "class folder", "cat and cat", train
+    if how == "sub_folder_into_train":  # only a folder inside one class folder shared
+        os.symlink(os.path.join("..", "..", splits[0], "cat"), test / "more")
+        return "class folder", "cat and cat/more", train
+    pool = outside if how == "files" else train  # the image files, one by one: test's to train's, or both to a pool
+    _images(pool)
+    for folder in (train, test) if how == "files" else (test,):
+        for f in folder.iterdir():
+            f.unlink()
+        for f in sorted(pool.iterdir()):
+            os.symlink(f, folder / f.name)
+    return "image file", "cat/0.png and cat/0.png", pool / "0.png"
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+@pytest.mark.parametrize("how", ["outside_folder", "into_train", "sub_folder_into_train", "files", "files_into_train"])
+def test_a_test_split_that_reads_train_images_through_links_is_refused(tmp_path, monkeypatch, name, how):
+    """A test split whose class folder is linked to the same outside folder as train's (train/cat -> /data/cats,
+    val/cat -> /data/cats), or into train/, or whose image files are linked one by one to train's images, was
+    read: test accuracy measured on training images, unsaid (only a test split that is the train split's folder
+    itself was refused). Every image-folder loader now refuses it before any training, naming the class folders
+    (or files) shared and the fix."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    base = tmp_path / "data"
+    root, splits, kw = _image_tree(base, name)
+    what, shown, real = _link_tree(root, splits, how)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[0]))} and {re.escape(str(root / splits[1]))} "
+                                         rf"share {1 if what == 'class folder' else 2} {what}\(s\) through links "
+                                         rf"\({re.escape(shown)} are "
+                                         rf"{re.escape(str(real.resolve()))}(; [^)]*)?\): test accuracy would be measured on "
+                                         r"training images: give the test split images of its own"):
+        get_datasets(name, data_dir=base, holdout=0, **kw)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").glob("*.pt"))  # refused before decoding
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+def test_splits_linked_to_folders_of_their_own_still_load(tmp_path, monkeypatch, name):
+    """Links that lead each split to images of its own are no leak and still load: the splits themselves linked to
+    folders elsewhere, a class folder of each linked to an outside folder of its own, image files linked one by
+    one, each split's to other files."""
+    import os
+    import shutil
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    elsewhere = tmp_path / "elsewhere"
+    root, splits, kw = _image_tree(elsewhere, name)
+    for split in splits:
+        _images(tmp_path / "outside" / split / "cat")
+        shutil.rmtree(root / split / "cat")
+        os.symlink(tmp_path / "outside" / split / "cat", root / split / "cat")
+        pool = tmp_path / "pool" / split
+        _images(pool, n=3)
+        for f in sorted(pool.iterdir()):
+            os.symlink(f, root / split / "dog" / f"linked_{f.name}")
+    base = tmp_path / "data"
+    target = base / ("imagenet" if name == "imagenet" else "cifar10-jpeg" if name == "cifar10" else "")
+    target.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        os.symlink(root / split, target / split)
+    train, _, test = get_datasets(name, data_dir=base, holdout=0, **kw)
+    per_split = (10 if name == "cifar10" else 2) * 2 + 3
+    assert len(train) == per_split and len(test) == per_split
+
+
+def test_image_links_through_linked_folders_and_chains_of_links_are_followed_to_train_images(tmp_path):
+    """A test image linked to train's through a link to train's folder (val/cat/0.png -> ../../alias/0.png, alias ->
+    train/cat), or through a chain of links (val/cat/1.png -> ../../hop/1.png -> ../train/cat/1.png), is found: each
+    link is followed to the file it leads to, as the system follows it."""
+    import os
+
+    root, splits, kw = _image_tree(tmp_path, "folder")
+    os.symlink("train/cat", root / "alias")
+    (root / "hop").mkdir()
+    os.symlink("../train/cat/1.png", root / "hop" / "1.png")
+    for f in (root / "val" / "cat").iterdir():
+        f.unlink()
+    os.symlink("../../alias/0.png", root / "val" / "cat" / "0.png")
+    os.symlink("../../hop/1.png", root / "val" / "cat" / "1.png")
+    with pytest.raises(ValueError, match=rf"share 2 image file\(s\) through links \(cat/0\.png and cat/0\.png are "
+                                         rf"{re.escape(str((root / 'train' / 'cat' / '0.png').resolve()))}; cat/1\.png "
+                                         rf"and cat/1\.png are {re.escape(str((root / 'train' / 'cat' / '1.png').resolve()))}\)"):
+        get_datasets("folder", data_dir=tmp_path, holdout=0, **kw)

@@ -9,7 +9,8 @@ import torch
 
 from ..paths import DatasetNotFoundError, downloading, find_data, resolve_data_dir
 from .base import Source, register_dataset
-from .folder_cache import _classes, cached_folder_tensor, folder_facts, unicode_form_hint
+from .folder_cache import (_classes, cached_folder_tensor, check_splits_apart, folder_facts, scan_folder,
+                           unicode_form_hint)
 from .tensors import TensorImages
 
 NORMALIZATIONS = {
@@ -180,6 +181,8 @@ def cifar10(data_dir=None, download=False, augment=False, normalize="imagenet", 
     else:
         base = Path(os.path.abspath(found.parent))  # (--data-dir . inside the copy: its name, not "")
         test_dir = _test_folder(found)
+        # before any decoding: a test/ that reads train/'s images through links measures accuracy on them
+        check_splits_apart(found, scan_folder(found)[1], test_dir, scan_folder(test_dir)[1])
         x, y, classes = cached_folder_tensor(found, f"{base.name}-train", cache_dir, progress=progress)
         _check_test_classes(test_dir, classes)
         _check_test_shape(test_dir, found, tuple(x.shape[1:]))

@@ -159,6 +159,95 @@ def check_samples(root, samples) -> None:
         raise ValueError(problem)
 
 
+def _real_folders(samples) -> dict:
+    """Each folder holding images of ``samples`` (as walked, through links) -> its resolved path (a realpath per
+    folder, none per file)."""
+    return {folder: os.path.realpath(folder) for folder in dict.fromkeys(path.rpartition(os.sep)[0] for path, _ in samples)}
+
+
+def _linked_images(folders) -> List[str]:
+    """The image files of ``folders`` (as walked) that are links themselves: one listing of each folder, the
+    entries' types as the listing gives them (no stat per file where the file system says, as Linux's do)."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    linked = []
+    for folder in folders:
+        with os.scandir(folder) as entries:
+            linked += [e.path for e in entries if e.is_symlink() and e.name.lower().endswith(IMG_EXTENSIONS)]
+    return linked
+
+
+def _resolve_file_link(path: str, real_folder) -> str:
+    """The file a link ``path`` (in a folder resolving to ``real_folder``) leads to: a readlink, a realpath of the
+    folder it names (``real_folder``'s cache: ImageNet's images linked one by one lead into 1,000 folders), an lstat
+    where the target is a link again; os.path.realpath would lstat every part of every path."""
+    folder = os.path.dirname(path)
+    for _ in range(40):  # (the system's own limit on links in a path)
+        head, name = os.path.split(os.readlink(path))
+        if name in ("", ".", ".."):  # a link to a folder under an image's name: as the system resolves it
+            return os.path.realpath(path)
+        path = os.path.join(real_folder(os.path.join(folder, head)), name)
+        if not os.path.islink(path):
+            return path
+        folder = os.path.dirname(path)
+    return os.path.realpath(path)
+
+
+def shared_images_problem(train_root, train_samples, test_root, test_samples) -> Optional[str]:
+    """Why a test split (its folder ``test_root``, its ``(path, class)`` ``test_samples`` as torchvision's
+    ``make_dataset`` lists them) cannot be read beside the train split where the two read the same images through
+    links: a class folder of each linked to one outside folder (``train/cat -> /data/cats``, ``val/cat ->
+    /data/cats``), one linked into the other split, or image files linked one by one from both. Test accuracy would
+    be measured on training images. Naming the class folders (or files) shared, first few, and the fix; None where
+    the splits share none. The folders compare by their realpaths (a few thousand for ImageNet); files only where
+    either split holds file links: one listing of each folder to find them (no stat per file), a readlink each."""
+    real_train, real_test = _real_folders(train_samples), _real_folders(test_samples)
+    test_of = {}
+    for folder, real in real_test.items():
+        test_of.setdefault(real, folder)
+    shared = [(folder, test_of[real]) for folder, real in real_train.items() if real in test_of]
+    what = "class folder(s)"
+    if not shared:
+        linked_train, linked_test = _linked_images(real_train), _linked_images(real_test)
+        if not (linked_train or linked_test):
+            return None
+        cache: dict = {}
+
+        def real_folder(folder):
+            if folder not in cache:
+                cache[folder] = os.path.realpath(folder)
+            return cache[folder]
+
+        def real_files(samples, real_folders, linked):
+            linked = {path: _resolve_file_link(path, real_folder) for path in linked}
+            found = {}
+            for path, _ in samples:
+                folder, _, name = path.rpartition(os.sep)
+                found.setdefault(linked.get(path) or os.path.join(real_folders[folder], name), path)
+            return found
+
+        in_test = real_files(test_samples, real_test, linked_test)
+        shared = [(path, in_test[real]) for real, path in real_files(train_samples, real_train, linked_train).items()
+                  if real in in_test]
+        if not shared:
+            return None
+        what = "image file(s)"
+    cut_train = len(os.path.join(os.path.expanduser(str(train_root)), ""))
+    cut_test = len(os.path.join(os.path.expanduser(str(test_root)), ""))
+    shown = "; ".join(f"{a[cut_train:]} and {b[cut_test:]} are {os.path.realpath(a)}" for a, b in shared[:3])
+    more = f"; and {len(shared) - 3} more" if len(shared) > 3 else ""
+    return (f"{train_root} and {test_root} share {len(shared)} {what} through links ({shown}{more}): test accuracy "
+            "would be measured on training images: give the test split images of its own (kept apart from the train "
+            "split's), or remove the links that lead both splits to the same images")
+
+
+def check_splits_apart(train_root, train_samples, test_root, test_samples) -> None:
+    """Refuse (a ValueError, :func:`shared_images_problem`) a test split that reads images of the train split."""
+    problem = shared_images_problem(train_root, train_samples, test_root, test_samples)
+    if problem:
+        raise ValueError(problem)
+
+
 def broken_links_problem(root) -> Optional[str]:
     """Why ``root`` (a split's folder) cannot be read as classes where it holds a link to a folder that is not
     there (a class kept on a disk that is not mounted, a folder moved since it was linked), naming it and the

@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
-from .folder_cache import check_samples, load_rgb, split_folder_problem, unicode_form_hint
+from .folder_cache import check_samples, check_splits_apart, load_rgb, split_folder_problem, unicode_form_hint
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -134,7 +134,8 @@ def _layout_problem(split_dir, error: Exception) -> str:
 
 def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
     """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir`` (refused where it is
-    the same folder: test accuracy measured on the training images)."""
+    the same folder, or reads any of train's images through links, :func:`check_splits_apart`: test accuracy
+    measured on the training images)."""
     if os.path.realpath(test_dir) == os.path.realpath(train_dir):  # (test_split=train, a val/ linked to train/)
         raise ValueError(f"the test split {test_dir} is the train split {train_dir} (the same folder): the test split "
                          "must hold other images (for dataset 'folder', name another with --dataset-kw test_split=NAME)")
@@ -146,6 +147,7 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
         raise ValueError(f"{train_dir} and {test_dir} hold different classes (only in train: {only_train[:5]}, only in "
                          f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree"
                          + unicode_form_hint(only_train, only_test))
+    check_splits_apart(train_dir, folder.samples, test_dir, test_folder.samples)  # (links to the same images)
     eval_tf = transforms(False, image_size, resize)
     train_tf = transforms(True, image_size, resize) if augment else eval_tf
     return Source(
