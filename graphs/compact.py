@@ -158,6 +158,7 @@ from adaptive.warn import warn_user
 
 from .compact_attention import compact_attention
 from .compact_check import _axis, _verify
+from .compact_dropout import warn_fixed_off_dropouts
 from .compact_functional import _functional_layers, _warn_bare_weights
 from .compact_plan import _plan
 from .compact_probe import _float32_weights, _probe, _probe_wider
@@ -342,6 +343,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
                 warn_user(f"graphs.compact: the model could not be traced through the compacted attention(s) "
                           f"({e}); {', '.join(names)} stay whole (nn.MultiheadAttention): please report this")
                 attention = {}
+    warn_fixed_off_dropouts(gm)  # F.dropout(x, p, self.training), traced at eval's False: off in the copy for good
     bare = _functional_layers(gm, src)
     probe_env, wider_env, x = probed(gm, x)
     plan = _plan(gm, probe_env, int(align), wider_env)
