@@ -37,7 +37,7 @@ def _arg(node: fx.Node, position: int, keyword: str, default):
     return node.kwargs.get(keyword, default)
 
 
-def fixed_off_dropouts(gm: fx.GraphModule) -> List[str]:
+def _fixed_off_dropouts(gm: fx.GraphModule) -> List[str]:
     """Names of ``gm``'s functional dropout calls whose training flag the trace fixed to False while their
     probability is not a literal 0: they drop nothing in the copy, in train mode too."""
     found, table = [], _table()
@@ -51,9 +51,9 @@ def fixed_off_dropouts(gm: fx.GraphModule) -> List[str]:
     return found
 
 
-def warn_fixed_off_dropouts(gm: fx.GraphModule) -> None:
-    """One warning naming the functional dropout calls that :func:`fixed_off_dropouts` finds, if any."""
-    names = fixed_off_dropouts(gm)
+def _warn_fixed_off_dropouts(gm: fx.GraphModule) -> None:
+    """One warning naming the functional dropout calls that :func:`_fixed_off_dropouts` finds, if any."""
+    names = _fixed_off_dropouts(gm)
     if names:
         shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         warn_user(f"graphs.compact: dropout node(s) {shown} were traced in eval mode, their training flag fixed to "
