@@ -73,3 +73,28 @@ def test_torchvision_stochastic_depth_traced_off_is_warned_of():
 
     said = _compacted(Residual())[1]
     assert len(said) == 1 and "stochastic_depth" in said[0]
+
+
+def test_a_dropout_probability_read_from_the_mode_is_traced_at_eval_s_0_without_a_warning():
+    """What docs/graphs.md says of the rest of what forward reads from self.training (nanoGPT's attention): the
+    copy keeps eval's dropout_p=0.0, and there is no functional dropout node to warn of."""
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.fc, self.dropout = nn.Linear(8, 24), nn.Linear(8, 4), 0.5
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).split(8, dim=-1)
+            return self.fc(F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0))
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        small = graphs.compact(Attention(), example_input=torch.randn(2, 5, 8))
+    assert [str(w.message) for w in got if "dropout" in str(w.message)] == []
+    sdpa = [n for n in small.graph.nodes if n.target is F.scaled_dot_product_attention]
+    assert len(sdpa) == 1 and sdpa[0].kwargs.get("dropout_p") == 0.0
+    small.train()
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert torch.equal(small(x), small(x))
