@@ -158,6 +158,7 @@ from adaptive.warn import warn_user
 
 from .compact_attention import compact_attention
 from .compact_check import _axis, _verify
+from .compact_dropout import _warn_fixed_off_dropouts
 from .compact_functional import _functional_layers, _warn_bare_weights
 from .compact_plan import _plan
 from .compact_probe import _float32_weights, _probe, _probe_wider
@@ -221,7 +222,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
             atol: Optional[float] = None, rtol: Optional[float] = None, verify: bool = True, align: int = 1,
             batch_axis: Optional[int] = None) -> fx.GraphModule:
     """A smaller dense copy of ``model`` (masked by ``conn`` when given) without its removable dead
-    units. Eval-mode semantics (BatchNorm running statistics). The returned GraphModule carries
+    units. Eval-mode semantics (BatchNorm running statistics; a dropout called as a function with the model's
+    mode, ``F.dropout(x, p, self.training)``, stays off in the copy, which a warning says: :mod:`graphs.compact_dropout`). The returned GraphModule carries
     ``compaction``: a dict with params before/after, units removed per layer and the verified
     maximum output difference, ``max_abs_diff``, and relative to the outputs' largest magnitude, ``max_rel_diff``. ``align`` > 1 keeps a few removable units so that every Linear/Conv
     keeps a multiple of ``align`` output units (CPU and GPU kernels run faster on such widths), as does each projection
@@ -342,6 +344,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
                 warn_user(f"graphs.compact: the model could not be traced through the compacted attention(s) "
                           f"({e}); {', '.join(names)} stay whole (nn.MultiheadAttention): please report this")
                 attention = {}
+    _warn_fixed_off_dropouts(gm)  # F.dropout(x, p, self.training), traced at eval's False: off in the copy for good
     bare = _functional_layers(gm, src)
     probe_env, wider_env, x = probed(gm, x)
     plan = _plan(gm, probe_env, int(align), wider_env)
