@@ -7,6 +7,8 @@ inherits.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from .exact_masking import bits, int_mask, mask_, mask_dtype
@@ -46,18 +48,19 @@ class ConnectomeMaskingMixin:
         return self._hot
 
     @torch.no_grad()
-    def _foreach_mask(self, grads: bool, weights: bool) -> None:
+    def _foreach_mask(self, grads: bool, weights: bool, only: Optional[set] = None) -> None:
         """Set the gradients and/or weights of every layer with pruned synapses to exactly +0.0 at
         its pruned positions, whatever they held (inf and NaN included), and leave every other bit
         as it was: one ``torch._foreach_mul_`` of their bits by the 0/1 masks
         (:mod:`adaptive.exact_masking`). A layer's gradient and weight sit side by side in the
-        list, so its mask is read from memory once for both."""
+        list, so its mask is read from memory once for both. ``only``: the ids of the weights whose
+        gradients are masked (None: every one)."""
         for attempt in range(2):
             _, params, imasks = self._hot_lists()
             ts, ms, sparse = [], [], []
             for p, f in zip(params, imasks):
                 g = p.grad
-                if grads and g is not None:
+                if grads and g is not None and (only is None or id(p) in only):
                     if g.is_sparse or g.is_conj() or g.is_neg():  # (an embedding's sparse gradient: its stored values
                         sparse.append((g, f))                    # masked; w.conj()'s gradient, a conjugate view)
                     else:
@@ -174,7 +177,8 @@ class ConnectomeMaskingMixin:
         self._foreach_mask(grads=False, weights=True)
 
     @torch.no_grad()
-    def mask_gradients(self) -> None:
+    def mask_gradients(self, only: Optional[set] = None) -> None:
         """Set the gradients at pruned positions to exactly +0.0, even over inf or NaN (called just
-        before an optimizer step)."""
-        self._foreach_mask(grads=True, weights=False)
+        before an optimizer step). ``only``: the ids of the weights whose gradients are masked (None:
+        every one)."""
+        self._foreach_mask(grads=True, weights=False, only=only)

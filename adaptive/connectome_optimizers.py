@@ -286,22 +286,35 @@ class ConnectomeOptimizersMixin:
                     owner[id(p)] = o
         return [n for n, p in self.params.items() if owner.get(id(p), first) is opt]
 
+    def _stepped_by(self, opt) -> Optional[set]:
+        """The ids of the weights whose gradients are masked before ``opt``'s step: where several
+        optimizers are attached, those ``opt`` holds and those none of them holds; the others keep their
+        dense gradients until their own optimizer's step, where the observers read them (an optimizer
+        stepped later in the same training step). None (every weight) with one optimizer attached."""
+        opts = [o for o in (r() for r in self._optimizers) if o is not None]
+        if len(opts) < 2:
+            return None
+        mine = {id(p) for g in opt.param_groups for p in g["params"]}
+        held = {id(p) for o in opts if o is not opt for g in o.param_groups for p in g["params"]}
+        return {id(p) for p in self.params.values() if id(p) in mine or id(p) not in held}
+
     def _prepare_step(self, opt) -> None:
         self._run_observers(opt)
+        only = self._stepped_by(opt)
         if self.mode == "mask_only":
-            self.mask_gradients()  # the weights are restored from the originals after the step
+            self.mask_gradients(only)  # the weights are restored from the originals after the step
         elif preserves_zeros(opt) and self._weights_untouched():
             # Nothing wrote to the weights since they were last known masked (their version
             # counters have not moved), so only the gradients need masking, unless the backward
             # hooks already did it and nothing wrote to the gradients since.
             hot = self._hot
             if hot is None or not self._masker.all_masked(hot[0], hot[1]):
-                self.mask_gradients()
+                self.mask_gradients(only)
         else:
             # an optimizer that is not zero-preserving (it is re-masked after the step too), or a
             # weight written outside the optimizer since the last step (an init, a load, an EMA
             # swap; exactly 0.0 again even over a loaded inf or NaN): gradients and weights in one pass
-            self._foreach_mask(grads=True, weights=True)
+            self._foreach_mask(grads=True, weights=True, only=only)
 
     @eager
     def _post_step(self, opt, args, kwargs):

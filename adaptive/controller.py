@@ -431,6 +431,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         to the copy's optimizer; it observes the copied connectome's gradients again."""
         state = self.__dict__.copy()
         state.update(_hook=None, optimizer=None)
+        state.pop("_order_grads", None)  # gradients of the original's parameters
         # the hooks on the model's parameters cannot be copied (the copy's parameters are other tensors); what
         # they saw, by layer name, is: __setstate__ hooks the copy's parameters again, so that a copy taken
         # between noting a step and its update judges that update's gradients as the original does
@@ -459,7 +460,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         """Step the controller after every step of ``optimizer`` (and attach the connectome to it).
         Attaching the same optimizer again does nothing; attaching another one moves the
         controller's step to it (the connectome keeps masking both). With several optimizers,
-        attach the one stepped last: the controller updates right after that optimizer's step.
+        attach the one stepped last: the controller updates right after that optimizer's step, and
+        attached to one another optimizer steps after (in the same training step), it warns once, as
+        that one's layers' windows are then one step behind.
         Another controller attached on the same connectome is detached, with a warning: one
         controller edits a connectome at a time."""
         opt = unwrap_optimizer(optimizer)
@@ -500,10 +503,49 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     def _after_step(self, opt, args, kwargs) -> None:
         if not self.conn._step_skipped(opt):  # a GradScaler's skipped step (fused optimizer) is no step
             self._advance()
+            self._note_order()
 
     def _observe_hook(self):
         if self.optimizer is not None:  # driven explicitly, ctrl.observe() is the caller's
+            self._check_order()
             self._observe()
+
+    def _note_order(self) -> None:
+        """After a step of the controller's optimizer, where other attached optimizers hold layers
+        it edits: note those layers' gradients (the tensor and its in-place version), so that
+        :meth:`_check_order` can tell whether one of those optimizers steps them later in the same
+        training step (no backward in between) instead of in the next one."""
+        if self.__dict__.get("_warned_order") or self.stats is None or len(self.conn._optimizers) < 2:
+            return
+        mine = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
+        # weak references: a gradient freed by zero_grad() is not kept through the next backward
+        self._order_grads = {n: (weakref.ref(g), g._version) for n, p in self.conn.params.items()
+                             if id(p) not in mine and (g := p.grad) is not None}
+
+    def _check_order(self) -> None:
+        """Before an attached optimizer's step: warn (once) when it steps, after the controller's own
+        optimizer in the same training step, layers whose gradients the controller observes at its
+        steps; the controller's update then comes before those gradients are observed, and they go into
+        the next window (each window of those layers one step behind). Cleared at the controller's own
+        optimizer's next step."""
+        noted = self.__dict__.pop("_order_grads", None)
+        opt = self.conn.__dict__.get("_stepping")
+        if not noted or opt is None or opt is self.optimizer:
+            return
+        names = self.conn.stepping_layers(primary=self.optimizer) or []
+        same = [n for n in names if n in noted and (g := self.conn.params[n].grad) is not None
+                and g is noted[n][0]() and g._version == noted[n][1]]
+        if not same:
+            self._order_grads = noted  # another optimizer may still follow in this training step
+            return
+        self._warned_order = True
+        warn_user(
+            f"this Controller is attached to {type(self.optimizer).__name__}, and {type(opt).__name__} steps "
+            f"{', '.join(same[:3])}{' ...' if len(same) > 3 else ''} after it in the same training step: the "
+            "controller steps and updates right after its own optimizer's step, so an update comes before those "
+            "layers' gradients of that step are observed, and each of their windows is one step behind. Attach the "
+            f"controller to the optimizer stepped last (ctrl.attach(that {type(opt).__name__}), which keeps the "
+            "other attached), or step that one last")
 
     def _in_window(self) -> bool:
         """Whether the coming step is one of the last ``window`` steps before an update, the first

@@ -55,8 +55,8 @@ def test_a_second_optimizer_over_some_layers_is_warned_of_once_and_quiet_once_at
 
     def step():
         F.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
-        body.step()
         head.step()
+        body.step()  # the controller's optimizer stepped last, as the docs ask
         body.zero_grad()
         head.zero_grad()
 
