@@ -845,3 +845,27 @@ def test_image_links_through_linked_folders_and_chains_of_links_are_followed_to_
                                          rf"{re.escape(str((root / 'train' / 'cat' / '0.png').resolve()))}; cat/1\.png "
                                          rf"and cat/1\.png are {re.escape(str((root / 'train' / 'cat' / '1.png').resolve()))}\)"):
         get_datasets("folder", data_dir=tmp_path, holdout=0, **kw)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet", "folder"])
+@pytest.mark.parametrize("split", [0, 1])
+def test_an_image_file_linked_to_no_file_is_refused_before_training(tmp_path, monkeypatch, name, split):
+    """An image file that is a link to no file (test/cat/9.png -> a pool not mounted) was listed as an image by
+    torchvision's make_dataset and loaded unsaid: it failed only when decoded, with a bare FileNotFoundError,
+    mid-epoch for imagenet/folder, and for a test split (cifar10's is decoded when first evaluated) only once
+    training was over. Every image-folder loader now refuses it at load, naming the link, where it leads, and
+    the fix; a hidden link (an editor's lock) is left to the hidden-image check, a working link loads."""
+    import os
+
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
+    root, splits, kw = _image_tree(tmp_path, name)
+    link = root / splits[split] / "cat" / "9.png"
+    os.symlink(os.path.join("..", "..", "nowhere", "9.png"), link)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(root / splits[split]))}: 1 image file\(s\) are links to "
+                                         r"no file \(cat/9\.png -> '\.\./\.\./nowhere/9\.png'\).*mount or restore what "
+                                         r"they link to, or delete the links"):
+        get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    link.unlink()
+    os.symlink("0.png", link)  # a working link loads
+    train, _, test = get_datasets(name, data_dir=tmp_path, holdout=0, **kw)
+    assert len((train, test)[split]) == 2 * (10 if name == "cifar10" else 2) + 1

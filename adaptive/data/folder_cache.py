@@ -149,12 +149,35 @@ def repeated_folders_problem(root, samples) -> Optional[str]:
             "each: remove the link that leads back to a folder above it or into another class's folder")
 
 
+def broken_image_links_problem(root, samples) -> Optional[str]:
+    """Why the ``samples`` of the split folder ``root`` cannot be read where an image file is a link to no file
+    (``train/cat/0.jpg -> /mnt/pool/0.jpg``, a disk not mounted, a pool moved since it was linked), naming a few
+    and the fix; None where none is. torchvision's ``make_dataset`` lists such a link as an image, so it failed only
+    when decoded: mid-epoch, or for a test split only once training was over, with a bare FileNotFoundError. One
+    listing of each folder holding images (entry types from the listing, no stat per file), a stat per link."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    broken = []
+    for folder in dict.fromkeys(path.rpartition(os.sep)[0] for path, _ in samples):
+        with os.scandir(folder) as entries:
+            broken += [e.path for e in entries if e.is_symlink() and e.name.lower().endswith(IMG_EXTENSIONS)
+                       and not e.name.startswith(".") and not os.path.exists(e.path)]
+    if not broken:
+        return None
+    prefix = len(os.path.join(os.path.expanduser(str(root)), ""))
+    shown = ", ".join(f"{path[prefix:]} -> {os.readlink(path)!r}" for path in broken[:3])
+    return (f"{root}: {len(broken)} image file(s) are links to no file ({shown}{' and more' if len(broken) > 3 else ''}"
+            "), which would fail only when read (mid-epoch, or after training for a test split): mount or restore "
+            "what they link to, or delete the links")
+
+
 def check_samples(root, samples) -> None:
     """Refuse (a ValueError naming them and the fix) the ``(path, class)`` ``samples`` that torchvision's
     ``make_dataset`` lists for the split folder ``root`` where they hold a hidden image
-    (:func:`hidden_images_problem`) or a folder of images reached twice through links
-    (:func:`repeated_folders_problem`)."""
-    problem = hidden_images_problem(root, samples) or repeated_folders_problem(root, samples)
+    (:func:`hidden_images_problem`), a folder of images reached twice through links
+    (:func:`repeated_folders_problem`) or a link to no file (:func:`broken_image_links_problem`)."""
+    problem = (hidden_images_problem(root, samples) or repeated_folders_problem(root, samples)
+               or broken_image_links_problem(root, samples))
     if problem:
         raise ValueError(problem)
 
