@@ -59,3 +59,15 @@ def test_the_magnitude_knowledge_results_tables_have_the_columns_the_diagnostic_
     fits = [h for h in heads if h[0] == "quantity"]
     assert curves and fits and all(h == list(curve) for h in curves) and all(h == list(fit) for h in fits), heads
 
+
+
+def test_the_prune_pretrained_best_results_table_has_the_columns_the_recipe_writes():
+    """prune_pretrained_best.md is the results.md of `recipes/prune_pretrained.py --remove best`, copied: it
+    kept the columns of an older recipe ('train acc', no '%'), which the recipe's table has not written since."""
+    from recipes._prune_pretrained.report import _table
+
+    row = {"target": "dense", "removed": 0, "fraction": 0.0, "train_loss": 1.0, "train_acc": 0.5,
+           "holdout_loss": 1.0, "holdout_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}
+    written = _headers(_table([row]))
+    heads = _headers((RESULTS / "prune_pretrained_best.md").read_text())
+    assert written and heads == written, (heads, written)
