@@ -161,8 +161,14 @@ def _pruned_keys(channels, kdim=None, dropout=0.0):
     model = MaskedNet(kdim, dropout=dropout).double().eval()
     with torch.no_grad():
         model.attn.in_proj_bias.normal_()
+    return _pruned_rows(model, "k", channels)
+
+
+def _pruned_rows(model, which, channels):
+    """``model`` with every synapse of its ``which`` ("q" or "k") units ``channels`` pruned, and its unit graph
+    on a float64 example."""
     conn = adaptive.Connectome(model)
-    name, rows = _weight(model, "k")
+    name, rows = _weight(model, which)
     mask = torch.ones_like(conn.masks[name])
     mask[rows][channels] = False
     conn.set_masks({name: mask})
@@ -292,13 +298,7 @@ def _pruned_queries(channels, bias, kdim=None):
     if bias == "normal":
         with torch.no_grad():
             model.attn.in_proj_bias.normal_()
-    conn = adaptive.Connectome(model)
-    name, rows = _weight(model, "q")
-    mask = torch.ones_like(conn.masks[name])
-    mask[rows][channels] = False
-    conn.set_masks({name: mask})
-    conn.apply()
-    return model, graphs.build(conn, "unit", example_input=torch.randn(2, 5, 4, dtype=torch.float64))
+    return _pruned_rows(model, "q", channels)
 
 
 @pytest.mark.parametrize("kdim", [None, 6])
