@@ -677,9 +677,10 @@ def test_a_model_file_with_a_non_zero_weight_where_the_masks_prune_is_refused(fi
     assert "come from different runs (or steps)" in line and f"--resume {ck.parent / 'step_00000020'}" in line, line
 
 
-def _api_run():
+def _api_run(scheduler: bool = False):
     """A connectome at density 0.5 whose controller is attached to SGD, prepared and registered with a fresh
-    Accelerator (the Python API's loop, not the recipe's)."""
+    Accelerator (the Python API's loop, not the recipe's): ``(acc, model, opt, conn)``; with ``scheduler``, a
+    StepLR prepared beside them and the controller too, ``(acc, model, opt, sched, conn, ctrl)``."""
     from accelerate import Accelerator
 
     AcceleratorState_reset()
@@ -689,9 +690,13 @@ def _api_run():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     conn = adaptive.Connectome(model)
     ctrl = adaptive.Controller(conn, opt, density=0.5, update_every=2, seed=0)
-    model, opt = acc.prepare(model, opt)
+    if scheduler:
+        sched = torch.optim.lr_scheduler.StepLR(opt, 2)
+        model, opt, sched = acc.prepare(model, opt, sched)
+    else:
+        model, opt = acc.prepare(model, opt)
     acc.register_for_checkpointing(conn, ctrl)
-    return acc, model, opt, conn
+    return (acc, model, opt, sched, conn, ctrl) if scheduler else (acc, model, opt, conn)
 
 
 def test_a_checkpoint_saved_right_after_an_in_place_write_of_the_weights_resumes(tmp_path):
@@ -897,23 +902,11 @@ def test_a_checkpoint_accelerate_would_stop_loading_part_way_is_refused_before_a
     checkpoint's weights (and moments, masks) mixed with its own. Each is refused from the files before
     anything loads now, naming the checkpoint and the file: the model, masks, optimizer, scheduler and
     controller are bit-identical to before the call."""
-    from accelerate import Accelerator
-
     from adaptive.integrity import CheckpointDamagedError, write_manifest
     from adaptive.training import load_checkpoint, save_checkpoint
 
     def build():
-        AcceleratorState_reset()
-        torch.manual_seed(0)
-        acc = Accelerator(cpu=True)
-        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        conn = adaptive.Connectome(model)
-        ctrl = adaptive.Controller(conn, opt, density=0.5, update_every=2, seed=0)
-        sched = torch.optim.lr_scheduler.StepLR(opt, 2)
-        model, opt, sched = acc.prepare(model, opt, sched)
-        acc.register_for_checkpointing(conn, ctrl)
-        return acc, model, opt, sched, conn, ctrl
+        return _api_run(scheduler=True)
 
     def steps(model, opt, sched, n):
         for _ in range(n):
