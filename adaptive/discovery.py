@@ -142,11 +142,14 @@ def _prunable_weights(module: nn.Module):
         kind = "linear" if isinstance(module, linear_types()) else next(k for c, k in _CONV_KIND.items() if isinstance(module, c))
         return [("weight", kind, int(getattr(module, "groups", 1)))]
     if isinstance(module, nn.MultiheadAttention):
-        # a projection of the input to queries, keys or values: a Linear without the module (a plain
-        # tensor where torch.nn.utils.prune masks it, which discover names)
-        masked = pruning_hooks(module)
+        # a projection of the input to queries, keys or values: a Linear without the module. Those the
+        # module does not use are None; one that torch.nn.utils.prune masks, old-style weight_norm or
+        # spectral_norm recomputes, or a parametrization computes is a plain tensor, listed all the same
+        # so that discover names it and the fix (left out, it stayed dense with no word said)
+        hooked = {**pruning_hooks(module), **weight_hooks(module)}
         return [(a, "linear", 1) for a in ATTENTION_WEIGHTS
-                if isinstance(getattr(module, a, None), nn.Parameter) or a in masked]
+                if isinstance(module._parameters.get(a), nn.Parameter) or a in hooked
+                or parametrize.is_parametrized(module, a)]
     if isinstance(module, nn.RNNBase):
         # weight_ih_l{k}[_reverse] (gates x input), weight_hh_l{k}[_reverse] (gates x hidden) and an
         # LSTM's weight_hr_l{k}[_reverse] (projection x hidden): each a Linear's matrix
