@@ -277,33 +277,42 @@ def _matches(patterns: Sequence[str], *names: str) -> bool:
 
 
 def _reparametrised_weight(model: nn.Module, name: str) -> Optional[str]:
-    """For a parameter that stores the reparametrised weight of a prunable layer (prune's
-    ``weight_orig``, weight_norm's ``weight_g``/``weight_v``, spectral_norm's ``weight_orig``, a
-    parametrization's ``parametrizations.weight.original*``): the call that removes it; else None.
-    Read from the module's hooks and parametrizations, not guessed from the name."""
+    """For a parameter that stores the reparametrised weight of a prunable layer, any of its synapse
+    weights (a Linear's ``weight``, a recurrent layer's ``weight_hh_l0``, an attention's
+    ``in_proj_weight``: prune's ``NAME_orig``, weight_norm's ``NAME_g``/``NAME_v``, spectral_norm's
+    ``NAME_orig``, a parametrization's ``parametrizations.NAME.original*``): the call that removes it;
+    else None. Read from the module's hooks and parametrizations, not guessed from the name."""
+    if ".parametrizations." in f".{name}":
+        owner, _, rest = f".{name}".rpartition(".parametrizations.")
+        attr, _, leaf = rest.partition(".")
+        m = _submodule(model, owner[1:])
+        if m is None or not leaf.startswith("original") or not parametrize.is_parametrized(m, attr) \
+                or not holds_synapses(m, attr):
+            return None
+        return f"torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r}, leave_parametrized=True)"
     owner, _, leaf = name.rpartition(".")
-    if ".parametrizations.weight.original" in f".{name}":
-        owner = f".{name}".split(".parametrizations.weight.")[0][1:]
-        leaf = None
+    m = _submodule(model, owner)
+    if m is None:
+        return None
+    for h in m._forward_pre_hooks.values():
+        attr = getattr(h, "name", getattr(h, "_tensor_name", None))
+        if not isinstance(attr, str) or not holds_synapses(m, attr):
+            continue
+        which = ")" if attr == "weight" else f", {attr!r})"
+        if isinstance(h, SpectralNorm) and leaf == f"{attr}_orig":
+            return "torch.nn.utils.remove_spectral_norm(module" + which
+        if isinstance(h, WeightNorm) and leaf in (f"{attr}_g", f"{attr}_v"):
+            return "torch.nn.utils.remove_weight_norm(module" + which
+        if isinstance(h, torch_prune.BasePruningMethod) and leaf == f"{attr}_orig":
+            return f"torch.nn.utils.prune.remove(module, {attr!r})"
+    return None
+
+
+def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
     try:
-        m = model.get_submodule(owner)
+        return model.get_submodule(name)
     except AttributeError:
         return None
-    if not isinstance(m, prunable_types()):
-        return None
-    if leaf is None:
-        return ("torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', leave_parametrized=True)"
-                if parametrize.is_parametrized(m, "weight") else None)
-    for h in m._forward_pre_hooks.values():
-        if getattr(h, "name", getattr(h, "_tensor_name", None)) != "weight":
-            continue
-        if isinstance(h, SpectralNorm) and leaf == "weight_orig":
-            return "torch.nn.utils.remove_spectral_norm(module)"
-        if isinstance(h, WeightNorm) and leaf in ("weight_g", "weight_v"):
-            return "torch.nn.utils.remove_weight_norm(module)"
-        if isinstance(h, torch_prune.BasePruningMethod) and leaf == "weight_orig":
-            return "torch.nn.utils.prune.remove(module, 'weight')"
-    return None
 
 
 def container_hint(unused: Sequence[str], names: Iterable[str]) -> str:

@@ -185,6 +185,36 @@ def test_parametrized_and_old_weight_norm_matrices_are_named_not_pruned():
     assert list(c.layers) == ["rnn.weight_ih_l0"]  # the gain vector is not a set of synapses
 
 
+@pytest.mark.parametrize("how", ["old_weight_norm", "parametrization", "prune"])
+@pytest.mark.parametrize("holder,attr", [("rnn", "weight_hh_l0"), ("attn", "in_proj_weight")])
+def test_a_pattern_naming_what_a_reparametrised_matrix_is_stored_as_names_the_call_that_removes_it(holder, attr, how):
+    """A pattern naming the tensors a recurrent matrix or an attention projection is computed from (old-style
+    weight_norm's NAME_g, a parametrization's parametrizations.NAME.original, prune's NAME_orig) is told to
+    remove that reparametrisation, as for a Linear's weight: it was told these were no prunable layer's
+    weights and to hold them in an nn.Linear."""
+    import torch.nn.utils.parametrize as P
+    from torch.nn.utils import prune
+
+    m = nn.ModuleDict({"rnn": nn.LSTM(4, 4), "attn": nn.MultiheadAttention(4, 2), "fc": nn.Linear(4, 2)})
+    module = m[holder]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (old-style weight_norm is deprecated)
+        if how == "old_weight_norm":
+            torch.nn.utils.weight_norm(module, attr)
+            stored, fix = f"{holder}.{attr}_g", rf"remove_weight_norm\(module, '{attr}'\)"
+        elif how == "parametrization":
+            P.register_parametrization(module, attr, nn.Identity())
+            stored, fix = f"{holder}.parametrizations.{attr}.original", rf"remove_parametrizations\(module, '{attr}'"
+        else:
+            prune.l1_unstructured(module, attr, amount=0.5)
+            stored, fix = f"{holder}.{attr}_orig", rf"prune.remove\(module, '{attr}'\)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=rf"reparametrised.*remove the reparametrisation first \(.*{fix}") as e:
+            adaptive.Connectome(m, include=stored)
+    assert "hold it in such a layer" not in str(e.value)
+
+
 def test_a_packed_sequence_example_input_is_refused_with_the_fix():
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 6), torch.tensor([7, 4]), batch_first=True)
     with pytest.raises(ValueError, match="PackedSequence.*pass the padded batch"):
