@@ -215,6 +215,20 @@ def test_a_pattern_naming_what_a_reparametrised_matrix_is_stored_as_names_the_ca
     assert "hold it in such a layer" not in str(e.value)
 
 
+def test_a_matrix_parametrized_after_the_connectome_is_refused_naming_its_own_attribute():
+    """The refusal of a weight a parametrization computes since the connectome was built names the call for
+    that weight (remove_parametrizations(module, 'weight_hh_l0')); it named 'weight', which an LSTM has not."""
+    from torch.nn.utils import parametrizations
+
+    m = nn.ModuleDict({"rnn": nn.LSTM(4, 4), "fc": nn.Linear(4, 2)})
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    parametrizations.weight_norm(m.rnn, "weight_hh_l0")
+    with pytest.raises(RuntimeError, match=r"\['rnn.weight_hh_l0'\].*remove_parametrizations\(module, 'weight_hh_l0'\)"):
+        opt.step()
+
+
 def test_a_packed_sequence_example_input_is_refused_with_the_fix():
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 6), torch.tensor([7, 4]), batch_first=True)
     with pytest.raises(ValueError, match="PackedSequence.*pass the padded batch"):
