@@ -308,6 +308,18 @@ def _reparametrised_weight(model: nn.Module, name: str) -> Optional[str]:
     return None
 
 
+def _other_attributes(reparametrised: Sequence[tuple]) -> str:
+    """For the refusal of a model whose prunable weights are all reparametrised: the exact calls for those
+    whose attribute is not ``weight`` (a recurrent matrix, an attention projection), which take it by name
+    ('' where every one is a ``weight``). ``reparametrised``: discover's ``((module, weight), label, call)``."""
+    calls = {label: fix for (mname, pname), label, fix in reparametrised
+             if "prune.remove" not in fix and not pname.endswith(".weight") and pname != "weight"}
+    if not calls:
+        return ""
+    return "; for " + ", ".join(f"{label}: {fix}" for label, fix in list(calls.items())[:4]) + (
+        ", ..." if len(calls) > 4 else "")
+
+
 def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
     try:
         return model.get_submodule(name)
@@ -511,7 +523,8 @@ def discover(
                 "computed at every call, so they hold no synapses. Remove the reparametrisation before building the "
                 "Connectome: torch.nn.utils.remove_weight_norm(module) (or remove_spectral_norm) for "
                 "torch.nn.utils.weight_norm, torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', "
-                "leave_parametrized=True) for a parametrization (parametrizations.weight_norm, orthogonal, ...)")
+                "leave_parametrized=True) for a parametrization (parametrizations.weight_norm, orthogonal, ...)"
+                + _other_attributes(reparametrised))
         if reasons:
             raise ValueError(f"{type(model).__name__} has no prunable layers: " + "; and ".join(reasons))
         raise ValueError(

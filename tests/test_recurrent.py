@@ -229,6 +229,24 @@ def test_a_matrix_parametrized_after_the_connectome_is_refused_naming_its_own_at
         opt.step()
 
 
+def test_a_model_whose_only_matrices_are_parametrized_is_refused_naming_the_call_for_each_attribute():
+    """Refused for holding no synapses, the fix names remove_parametrizations(module, 'weight_hh_l0', ...) for
+    a recurrent matrix and 'in_proj_weight' for an attention projection; it named only 'weight'."""
+    from torch.nn.utils import parametrizations
+
+    m = nn.ModuleDict({"rnn": nn.GRU(4, 4), "attn": nn.MultiheadAttention(4, 2, bias=False)})
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        parametrizations.weight_norm(m.rnn, name)
+    parametrizations.weight_norm(m.attn, "in_proj_weight")
+    parametrizations.weight_norm(m.attn.out_proj)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=r"no prunable layers.*rnn.weight_hh_l0: torch.nn.utils.parametrize."
+                                             r"remove_parametrizations\(module, 'weight_hh_l0', leave_parametrized=True\)"
+                                             r".*attn.in_proj_weight: .*\(module, 'in_proj_weight'"):
+            adaptive.Connectome(m)
+
+
 def test_a_packed_sequence_example_input_is_refused_with_the_fix():
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 6), torch.tensor([7, 4]), batch_first=True)
     with pytest.raises(ValueError, match="PackedSequence.*pass the padded batch"):
