@@ -125,13 +125,15 @@ class ConnectomeMaskingMixin:
                 stale.append(n)
         if stale:
             self._holders = None
+            mname = self.layers[stale[0]].module_name
+            attr = stale[0][len(mname) + 1:] if mname else stale[0]  # (an LSTM's weight_hh_l0, an attention's in_proj_weight)
             raise RuntimeError(
                 f"the model's parameter(s) {stale[:3]}{' ...' if len(stale) > 3 else ''} are no longer the ones this "
                 "Connectome masks: they were replaced (load_state_dict(..., assign=True), "
                 "torch.__future__.set_overwrite_module_params_on_conversion(True), a module swapped in) or a "
                 "parametrization now computes them. Build a new Connectome on the model as it is now and carry the "
                 "masks over: new.set_masks(old.masks); to go on pruning a parametrized layer, remove its "
-                "parametrization first: torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')")
+                f"parametrization first: torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r})")
         if self.__dict__.get("_holders") is None:  # for the per-step check, which a get_parameter walk would slow
             holders, links = [], {}
             for n, l in self.layers.items():

@@ -142,11 +142,14 @@ def _prunable_weights(module: nn.Module):
         kind = "linear" if isinstance(module, linear_types()) else next(k for c, k in _CONV_KIND.items() if isinstance(module, c))
         return [("weight", kind, int(getattr(module, "groups", 1)))]
     if isinstance(module, nn.MultiheadAttention):
-        # a projection of the input to queries, keys or values: a Linear without the module (a plain
-        # tensor where torch.nn.utils.prune masks it, which discover names)
-        masked = pruning_hooks(module)
+        # a projection of the input to queries, keys or values: a Linear without the module. Those the
+        # module does not use are None; one that torch.nn.utils.prune masks, old-style weight_norm or
+        # spectral_norm recomputes, or a parametrization computes is a plain tensor, listed all the same
+        # so that discover names it and the fix (left out, it stayed dense with no word said)
+        hooked = {**pruning_hooks(module), **weight_hooks(module)}
         return [(a, "linear", 1) for a in ATTENTION_WEIGHTS
-                if isinstance(getattr(module, a, None), nn.Parameter) or a in masked]
+                if isinstance(module._parameters.get(a), nn.Parameter) or a in hooked
+                or parametrize.is_parametrized(module, a)]
     if isinstance(module, nn.RNNBase):
         # weight_ih_l{k}[_reverse] (gates x input), weight_hh_l{k}[_reverse] (gates x hidden) and an
         # LSTM's weight_hr_l{k}[_reverse] (projection x hidden): each a Linear's matrix
@@ -274,33 +277,54 @@ def _matches(patterns: Sequence[str], *names: str) -> bool:
 
 
 def _reparametrised_weight(model: nn.Module, name: str) -> Optional[str]:
-    """For a parameter that stores the reparametrised weight of a prunable layer (prune's
-    ``weight_orig``, weight_norm's ``weight_g``/``weight_v``, spectral_norm's ``weight_orig``, a
-    parametrization's ``parametrizations.weight.original*``): the call that removes it; else None.
-    Read from the module's hooks and parametrizations, not guessed from the name."""
+    """For a parameter that stores the reparametrised weight of a prunable layer, any of its synapse
+    weights (a Linear's ``weight``, a recurrent layer's ``weight_hh_l0``, an attention's
+    ``in_proj_weight``: prune's ``NAME_orig``, weight_norm's ``NAME_g``/``NAME_v``, spectral_norm's
+    ``NAME_orig``, a parametrization's ``parametrizations.NAME.original*``): the call that removes it;
+    else None. Read from the module's hooks and parametrizations, not guessed from the name."""
+    if ".parametrizations." in f".{name}":
+        owner, _, rest = f".{name}".rpartition(".parametrizations.")
+        attr, _, leaf = rest.partition(".")
+        m = _submodule(model, owner[1:])
+        if m is None or not leaf.startswith("original") or not parametrize.is_parametrized(m, attr) \
+                or not holds_synapses(m, attr):
+            return None
+        return f"torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r}, leave_parametrized=True)"
     owner, _, leaf = name.rpartition(".")
-    if ".parametrizations.weight.original" in f".{name}":
-        owner = f".{name}".split(".parametrizations.weight.")[0][1:]
-        leaf = None
+    m = _submodule(model, owner)
+    if m is None:
+        return None
+    for h in m._forward_pre_hooks.values():
+        attr = getattr(h, "name", getattr(h, "_tensor_name", None))
+        if not isinstance(attr, str) or not holds_synapses(m, attr):
+            continue
+        which = ")" if attr == "weight" else f", {attr!r})"
+        if isinstance(h, SpectralNorm) and leaf == f"{attr}_orig":
+            return "torch.nn.utils.remove_spectral_norm(module" + which
+        if isinstance(h, WeightNorm) and leaf in (f"{attr}_g", f"{attr}_v"):
+            return "torch.nn.utils.remove_weight_norm(module" + which
+        if isinstance(h, torch_prune.BasePruningMethod) and leaf == f"{attr}_orig":
+            return f"torch.nn.utils.prune.remove(module, {attr!r})"
+    return None
+
+
+def _other_attributes(reparametrised: Sequence[tuple]) -> str:
+    """For the refusal of a model whose prunable weights are all reparametrised: the exact calls for those
+    whose attribute is not ``weight`` (a recurrent matrix, an attention projection), which take it by name
+    ('' where every one is a ``weight``). ``reparametrised``: discover's ``((module, weight), label, call)``."""
+    calls = {label: fix for (mname, pname), label, fix in reparametrised
+             if "prune.remove" not in fix and not pname.endswith(".weight") and pname != "weight"}
+    if not calls:
+        return ""
+    return "; for " + ", ".join(f"{label}: {fix}" for label, fix in list(calls.items())[:4]) + (
+        ", ..." if len(calls) > 4 else "")
+
+
+def _submodule(model: nn.Module, name: str) -> Optional[nn.Module]:
     try:
-        m = model.get_submodule(owner)
+        return model.get_submodule(name)
     except AttributeError:
         return None
-    if not isinstance(m, prunable_types()):
-        return None
-    if leaf is None:
-        return ("torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', leave_parametrized=True)"
-                if parametrize.is_parametrized(m, "weight") else None)
-    for h in m._forward_pre_hooks.values():
-        if getattr(h, "name", getattr(h, "_tensor_name", None)) != "weight":
-            continue
-        if isinstance(h, SpectralNorm) and leaf == "weight_orig":
-            return "torch.nn.utils.remove_spectral_norm(module)"
-        if isinstance(h, WeightNorm) and leaf in ("weight_g", "weight_v"):
-            return "torch.nn.utils.remove_weight_norm(module)"
-        if isinstance(h, torch_prune.BasePruningMethod) and leaf == "weight_orig":
-            return "torch.nn.utils.prune.remove(module, 'weight')"
-    return None
 
 
 def container_hint(unused: Sequence[str], names: Iterable[str]) -> str:
@@ -499,7 +523,8 @@ def discover(
                 "computed at every call, so they hold no synapses. Remove the reparametrisation before building the "
                 "Connectome: torch.nn.utils.remove_weight_norm(module) (or remove_spectral_norm) for "
                 "torch.nn.utils.weight_norm, torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', "
-                "leave_parametrized=True) for a parametrization (parametrizations.weight_norm, orthogonal, ...)")
+                "leave_parametrized=True) for a parametrization (parametrizations.weight_norm, orthogonal, ...)"
+                + _other_attributes(reparametrised))
         if reasons:
             raise ValueError(f"{type(model).__name__} has no prunable layers: " + "; and ".join(reasons))
         raise ValueError(

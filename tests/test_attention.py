@@ -54,6 +54,35 @@ def test_projections_are_synapses_packed_and_separate():
     assert list(_connectome(Block(), include="*in_proj*").layers) == ["attn.in_proj_weight"]
 
 
+@pytest.mark.parametrize("kdim,attr,how", [(None, "in_proj_weight", "weight_norm"), (12, "q_proj_weight", "spectral_norm"),
+                                           (None, "in_proj_weight", "old_weight_norm")])
+def test_a_reparametrised_projection_is_named_with_its_fix_not_left_dense_unsaid(kdim, attr, how):
+    """A projection that a parametrization (or old-style weight_norm) computes holds no synapses: it stays
+    dense, as a reparametrised Linear's weight does, and the warning says so and names the fix (it was
+    left out of discovery before, so nothing was said), and an include pattern naming it says why it
+    selects nothing."""
+    from torch.nn.utils import parametrizations
+
+    def build():
+        m = Block(kdim=kdim)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # (old-style weight_norm is deprecated)
+            if how == "old_weight_norm":
+                torch.nn.utils.weight_norm(m.attn, attr)
+            else:
+                getattr(parametrizations, how)(m.attn, attr)
+        return m
+
+    fix = r"remove_weight_norm\(module" if how == "old_weight_norm" else r"remove_parametrizations\(module, NAME\)"
+    with pytest.warns(UserWarning, match=rf"\(attn\.{attr}\).*{fix}"):
+        conn = adaptive.Connectome(build())
+    assert f"attn.{attr}" not in conn.layers and "attn.out_proj.weight" in conn.layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=rf"match layer 'attn\.{attr}'.*reparametrised.*remove"):
+            adaptive.Connectome(build(), include=f"attn.{attr}")
+
+
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_training_keeps_pruned_projections_zero_and_a_vanilla_model_reproduces_it(batch_first):
     torch.manual_seed(0)

@@ -185,6 +185,68 @@ def test_parametrized_and_old_weight_norm_matrices_are_named_not_pruned():
     assert list(c.layers) == ["rnn.weight_ih_l0"]  # the gain vector is not a set of synapses
 
 
+@pytest.mark.parametrize("how", ["old_weight_norm", "parametrization", "prune"])
+@pytest.mark.parametrize("holder,attr", [("rnn", "weight_hh_l0"), ("attn", "in_proj_weight")])
+def test_a_pattern_naming_what_a_reparametrised_matrix_is_stored_as_names_the_call_that_removes_it(holder, attr, how):
+    """A pattern naming the tensors a recurrent matrix or an attention projection is computed from (old-style
+    weight_norm's NAME_g, a parametrization's parametrizations.NAME.original, prune's NAME_orig) is told to
+    remove that reparametrisation, as for a Linear's weight: it was told these were no prunable layer's
+    weights and to hold them in an nn.Linear."""
+    import torch.nn.utils.parametrize as P
+    from torch.nn.utils import prune
+
+    m = nn.ModuleDict({"rnn": nn.LSTM(4, 4), "attn": nn.MultiheadAttention(4, 2), "fc": nn.Linear(4, 2)})
+    module = m[holder]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (old-style weight_norm is deprecated)
+        if how == "old_weight_norm":
+            torch.nn.utils.weight_norm(module, attr)
+            stored, fix = f"{holder}.{attr}_g", rf"remove_weight_norm\(module, '{attr}'\)"
+        elif how == "parametrization":
+            P.register_parametrization(module, attr, nn.Identity())
+            stored, fix = f"{holder}.parametrizations.{attr}.original", rf"remove_parametrizations\(module, '{attr}'"
+        else:
+            prune.l1_unstructured(module, attr, amount=0.5)
+            stored, fix = f"{holder}.{attr}_orig", rf"prune.remove\(module, '{attr}'\)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=rf"reparametrised.*remove the reparametrisation first \(.*{fix}") as e:
+            adaptive.Connectome(m, include=stored)
+    assert "hold it in such a layer" not in str(e.value)
+
+
+def test_a_matrix_parametrized_after_the_connectome_is_refused_naming_its_own_attribute():
+    """The refusal of a weight a parametrization computes since the connectome was built names the call for
+    that weight (remove_parametrizations(module, 'weight_hh_l0')); it named 'weight', which an LSTM has not."""
+    from torch.nn.utils import parametrizations
+
+    m = nn.ModuleDict({"rnn": nn.LSTM(4, 4), "fc": nn.Linear(4, 2)})
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    parametrizations.weight_norm(m.rnn, "weight_hh_l0")
+    with pytest.raises(RuntimeError, match=r"\['rnn.weight_hh_l0'\].*remove_parametrizations\(module, 'weight_hh_l0'\)"):
+        opt.step()
+
+
+def test_a_model_whose_only_matrices_are_parametrized_is_refused_naming_the_call_for_each_attribute():
+    """Refused for holding no synapses, the fix names remove_parametrizations(module, 'weight_hh_l0', ...) for
+    a recurrent matrix and 'in_proj_weight' for an attention projection; it named only 'weight'."""
+    from torch.nn.utils import parametrizations
+
+    m = nn.ModuleDict({"rnn": nn.GRU(4, 4), "attn": nn.MultiheadAttention(4, 2, bias=False)})
+    for name in ("weight_ih_l0", "weight_hh_l0"):
+        parametrizations.weight_norm(m.rnn, name)
+    parametrizations.weight_norm(m.attn, "in_proj_weight")
+    parametrizations.weight_norm(m.attn.out_proj)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ValueError, match=r"no prunable layers.*rnn.weight_hh_l0: torch.nn.utils.parametrize."
+                                             r"remove_parametrizations\(module, 'weight_hh_l0', leave_parametrized=True\)"
+                                             r".*attn.in_proj_weight: .*\(module, 'in_proj_weight'"):
+            adaptive.Connectome(m)
+
+
 def test_a_packed_sequence_example_input_is_refused_with_the_fix():
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(2, 7, 6), torch.tensor([7, 4]), batch_first=True)
     with pytest.raises(ValueError, match="PackedSequence.*pass the padded batch"):
