@@ -345,3 +345,44 @@ def test_a_layer_no_gradient_reached_does_not_look_through_every_other_layers_st
     want, got = plain.scores("cost"), watched.scores("cost")
     assert looked == []
     assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in names)
+
+
+class _Fixed(Estimator):
+    """Scores given per synapse (a Linear(6, 1) layer's six), whatever the step."""
+
+    def __init__(self, cost, gain):
+        self.cost, self.gain = cost, gain
+
+    def removal_cost(self, ctx):
+        return torch.tensor(self.cost).reshape(ctx.weight.shape)
+
+    def restoration_gain(self, ctx):
+        return torch.tensor(self.gain).reshape(ctx.weight.shape)
+
+
+_INF = float("inf")
+
+
+@pytest.mark.parametrize("policy, cost, gain, live, density, kept", [
+    # the pace prunes -inf, 1, 2 and one +inf: the plan's cost sums +inf and -inf
+    ("threshold", [-_INF, -_INF, _INF, _INF, 1.0, 2.0], [0.0] * 6, [1] * 6, 1 / 6, [0, 0, 0, 1, 0, 0]),
+    # a swap prunes a +inf cost for a +inf gain: +inf - +inf
+    ("utility", [_INF] * 6, [0.0, 0.0, 0.0, 0.0, _INF, _INF], [1, 1, 1, 1, 0, 0], 4 / 6, [0, 0, 1, 1, 1, 1]),
+])
+def test_infinite_scores_of_both_signs_in_one_plan_give_no_estimate_rather_than_nan(policy, cost, gain, live,
+                                                                                      density, kept):
+    """An estimator may give +inf and -inf (they rank as the largest and smallest scores), but a plan
+    whose edits hold both summed them to NaN: threshold's est_loss_change was refused by the plan checks
+    as a bad EditPlan of the policy ('its est_loss_change is nan'), failing the update, and a swap's event
+    logged est_score_change NaN. The edit goes through, ranked by the scores, and logs no estimate."""
+    model = torch.nn.Linear(6, 1, bias=False)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"weight": torch.tensor(live, dtype=torch.bool).reshape(1, 6)})
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=density, update_every=1, budget="global",
+                               edit_fraction=1.0, edit_decay="constant", estimator=_Fixed(cost, gain))
+    model(torch.randn(3, 6)).sum().backward()
+    ctrl.observe()
+    event = ctrl.update()
+    assert conn.masks["weight"].reshape(-1).int().tolist() == kept
+    assert event["est_loss_change"] is None and event["est_score_change"] is None
+    assert event["est_growth_gain"] is None or event["est_growth_gain"] == _INF

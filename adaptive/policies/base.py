@@ -49,6 +49,19 @@ def policy_names():
     return sorted(_POLICIES)
 
 
+def defined(value: Optional[float]) -> Optional[float]:
+    """``value``, or None where it is NaN: an estimated change summed from scores that hold +inf and
+    -inf (an estimator may give either: :mod:`adaptive.score_checks`) has no value, and a plan states
+    no estimate rather than a NaN (which :func:`adaptive.plan_checks.check_plan` refuses)."""
+    return None if value is None or math.isnan(value) else value
+
+
+def estimated_change(prune_scores: torch.Tensor, grow_scores: torch.Tensor) -> Optional[float]:
+    """A plan's ``est_loss_change`` from the scores of what it prunes and grows: their sums' difference,
+    or None where it has no value (+inf and -inf among the scores: :func:`defined`)."""
+    return defined(float(prune_scores.sum() - grow_scores.sum()))
+
+
 @dataclass
 class EditPlan:
     """Flat ensemble indices per layer, best first. ``info`` goes into the event."""
@@ -75,7 +88,7 @@ class EditPlan:
         if self.est_loss_change is not None or not (self.prune_scores or self.grow_scores):
             return self.est_loss_change
         prune, grow = self.score_sums()
-        return prune - grow
+        return defined(prune - grow)
 
     def score_sums(self):
         """``(summed prune scores, summed grow scores)`` of the aligned scores, each side summed in
@@ -121,7 +134,7 @@ class EditPlan:
                         out_scores[n] = scores[n][keep.to(scores[n].device)]
         est = None  # a plan without scores: its policy's figure is of the whole plan, so a part has none
         if self.prune_scores or self.grow_scores:
-            est = float(sum(v.double().sum() for v in ps.values())) - float(sum(v.double().sum() for v in gs.values()))
+            est = defined(float(sum(v.double().sum() for v in ps.values())) - float(sum(v.double().sum() for v in gs.values())))
         elif EditPlan(prune=prune, grow=grow).counts() == self.counts():
             est = self.est_loss_change  # the whole plan kept
         return EditPlan(
