@@ -386,3 +386,32 @@ def test_infinite_scores_of_both_signs_in_one_plan_give_no_estimate_rather_than_
     assert conn.masks["weight"].reshape(-1).int().tolist() == kept
     assert event["est_loss_change"] is None and event["est_score_change"] is None
     assert event["est_growth_gain"] is None or event["est_growth_gain"] == _INF
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "gmp"])
+@pytest.mark.parametrize("budget", ["global", "uniform"])
+def test_a_live_ensemble_with_a_removal_cost_of_minus_inf_is_not_passed_over_for_an_absent_one(policy, budget):
+    """gmp and magnitude marked absent ensembles -inf to keep only live ones, but a live one whose
+    cost is -inf tied with them, by index: an absent one ahead of it was kept in its place and the
+    live one pruned, the network left below its density (as the construction's init once was)."""
+    model = torch.nn.Linear(6, 1, bias=False)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"weight": torch.tensor([0, 1, 1, 1, 1, 1], dtype=torch.bool).reshape(1, 6)})
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=5 / 6, update_every=1, end_step=1, budget=budget,
+                               estimator=_Fixed([5.0, -_INF, 1.0, 2.0, 3.0, 4.0], [0.0] * 6))
+    model(torch.randn(3, 6)).sum().backward()
+    ctrl.observe()
+    ctrl.step()
+    assert conn.masks["weight"].reshape(-1).int().tolist() == [0, 1, 1, 1, 1, 1]
+
+
+def test_a_prune_of_a_minus_inf_cost_reports_it_as_such():
+    """The live -inf is ranked at the float above the lowest finite one; the event's figures read the
+    estimator's own costs (the prune is planned at construction: the estimator needs no gradient)."""
+    model = torch.nn.Linear(6, 1, bias=False)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, None, policy="magnitude", density=4 / 6, update_every=1, budget="global",
+                               estimator=_Fixed([5.0, -_INF, 1.0, 2.0, 3.0, -_INF], [0.0] * 6))
+    (event,) = ctrl.events
+    assert conn.masks["weight"].reshape(-1).int().tolist() == [1, 0, 1, 1, 1, 0]
+    assert event["est_score_change"] == -_INF

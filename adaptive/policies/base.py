@@ -619,6 +619,28 @@ def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
 
 
 
+def live_first(scores: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``scores`` (one per ensemble of each layer) with every absent ensemble marked -inf, below every
+    live one, for a keep plan that keeps live ensembles only (an absent one kept in place of a live one
+    leaves the network below its target). A live score of -inf (an estimator may give it) becomes the
+    float just above the lowest finite one: the selection reads -inf as the lowest finite float, so a
+    live -inf tied with the absent ones, broken by index, and an absent one ahead of it was kept in its
+    place. The order among the live ones is kept (an exact lift, no rounding)."""
+    low = float(torch.nextafter(torch.tensor(torch.finfo(torch.float32).min), torch.tensor(0.0)))
+    return {n: torch.where(alive[n].to(s.device).reshape(s.shape), s.float().clamp_min(low), float("-inf"))
+            for n, s in scores.items()}
+
+
+def keep_live(ctrl, costs: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor], density: float) -> EditPlan:
+    """The plan that only prunes to ``density``, keeping the live ensembles costliest to remove
+    (``costs``: :meth:`Controller.scores <adaptive.controller.Controller.scores>`'s removal costs; an
+    absent ensemble is never kept, :func:`live_first`), carrying the estimator's own costs of what it
+    prunes (a -inf reported as such, not as the lifted float it was ranked at)."""
+    plan = keep_plan(ctrl, live_first(costs, alive), density)
+    plan.prune_scores = {n: costs[n].reshape(-1)[idx.to(costs[n].device)] for n, idx in plan.prune.items()}
+    return plan
+
+
 def plan_density(ctrl, density) -> float:
     """``density`` as the float a keep plan is made for: a number in [0, 1] (an int, a numpy number or
     a one-value tensor too; float error past either end is taken as that end). Anything else (a
