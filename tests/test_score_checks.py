@@ -415,3 +415,30 @@ def test_a_prune_of_a_minus_inf_cost_reports_it_as_such():
     (event,) = ctrl.events
     assert conn.masks["weight"].reshape(-1).int().tolist() == [1, 0, 1, 1, 1, 0]
     assert event["est_score_change"] == -_INF
+
+
+class _InfInFirstLayer(Estimator):
+    """Removal costs of +inf for every synapse of the first layer, magnitudes elsewhere."""
+
+    def removal_cost(self, ctx):
+        w = ctx.weight.abs().float()
+        return torch.full_like(w, _INF) if ctx.name.startswith("0.") else w
+
+    def restoration_gain(self, ctx):
+        return torch.zeros(ctx.weight.shape)
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "gmp"])
+def test_min_density_holds_each_layers_floor_beside_another_layers_plus_inf_costs(policy):
+    """Under the global budget a keep plan marks each layer's floor +inf, to keep it first; the
+    selection read an estimator's +inf as their equal, by index, so the first layer's +inf synapses
+    took the second layer's floor and emptied it, min_density=0.1 notwithstanding."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Linear(5, 2))
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=0.1, min_density=0.1, update_every=1, end_step=1,
+                               budget="global", estimator=_InfInFirstLayer())
+    model(torch.randn(3, 2)).sum().backward()
+    ctrl.observe()
+    ctrl.step()
+    assert {n: int(m.sum()) for n, m in conn.masks.items()} == {"0.weight": 1, "1.weight": 1}

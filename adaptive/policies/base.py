@@ -689,7 +689,10 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
             # never grown, and holding the floor it would take budget a present one elsewhere needs
             held = floor_mask(ctrl, keep_scores, None if allow_grow else alive)
             if held is not None:  # each layer's floor first, then the best of the rest across layers
-                ranked = ranked.masked_fill(held.to(ranked.device), float("inf"))
+                # (the others at most the float below the largest: the selection reads +inf as the largest
+                # float, so an estimator's +inf tied with the floors, by index, and took a floor's place)
+                top = float(torch.nextafter(torch.tensor(torch.finfo(torch.float32).max), torch.tensor(0.0)))
+                ranked = torch.where(held.to(ranked.device), float("inf"), ranked.clamp_max(top))
             k = _keep_top(ranked, size, total)
             for n, part in zip(names, torch.split(k, sizes)):
                 keep[n] = part.view(keep_scores[n].shape)
