@@ -442,3 +442,19 @@ def test_min_density_holds_each_layers_floor_beside_another_layers_plus_inf_cost
     ctrl.observe()
     ctrl.step()
     assert {n: int(m.sum()) for n, m in conn.masks.items()} == {"0.weight": 1, "1.weight": 1}
+
+
+def test_balanced_swaps_a_pair_only_where_its_gain_exceeds_its_cost_infinities_included():
+    """balanced's worth ranks +-inf as the largest and smallest values: +inf gain against a finite or
+    -inf cost is worth a swap, a pair of equal infinities (gain - cost has no value) is not, and the pairs
+    worth making stay a prefix of the costs ascending against the gains descending."""
+    from adaptive.policies.balanced import Balanced
+
+    def n_worth(costs, gains):
+        cs, gs = torch.tensor(costs), torch.tensor(gains)
+        return Balanced.worth(cs, gs, torch.arange(len(costs)), torch.arange(len(gains)))[1]
+
+    assert n_worth([-_INF, 1.0, _INF], [_INF, 2.0, 0.5]) == 2
+    assert n_worth([_INF, _INF], [_INF, _INF]) == 0
+    assert n_worth([-_INF, -_INF], [3.0, -_INF]) == 1
+    assert n_worth([1.0, _INF], [_INF, _INF]) == 1
