@@ -239,10 +239,13 @@ class ConnectomeOptimizersMixin:
     def _wrap_closure(self, closure, args, kwargs):
         """``opt.step(closure)``: the closure computes the gradients inside the step, after this
         hook. Weights are re-masked now; the wrapped closure lets observers see its dense
-        gradients (first call) and masks them before the optimizer uses them (every call)."""
+        gradients (first call) and masks them before the optimizer uses them (every call): those of
+        the weights this optimizer steps, as :meth:`_prepare_step` does (:meth:`_stepped_by`), so that
+        another attached optimizer's layers keep their dense gradients for its own step's observers."""
         if self.mode == "train":
             self._foreach_mask(grads=False, weights=True)
         calls = [0]
+        only = self._stepped_by(args[0])
 
         @eager
         def masked_closure():
@@ -250,7 +253,7 @@ class ConnectomeOptimizersMixin:
             calls[0] += 1
             if calls[0] == 1:
                 self._run_observers(args[0])
-            self.mask_gradients()
+            self.mask_gradients(only)
             return loss
 
         if "closure" in kwargs:

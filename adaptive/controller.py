@@ -45,7 +45,7 @@ from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, 
 from .name_patterns import PatternSet
 from .optim_state import unwrap_optimizer
 from .registry import near_misses
-from .policies.base import _POLICIES, EditPlan, get_policy, keep_plan, synapse_targets
+from .policies.base import _POLICIES, EditPlan, get_policy, keep_plan, live_first, synapse_targets
 from .policies.base import global_synapse_target  # noqa: F401  (importable from here, as before)
 from .rollback import EditSnapshot  # noqa: F401  (importable from here, as before)
 from .score_checks import _check_pooled, _check_scores, _check_shape, _owned, _ranks_nothing
@@ -913,17 +913,14 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         # first: the init's scores only order the live ones among themselves (and the absent ones,
         # which this plan never grows). Without this, a fresh draw of random scores kept ensembles
         # that were absent and pruned live ones, far below the target.
-        # An absent ensemble is marked -inf, below every live one (a live -inf becomes the float just above the
-        # lowest finite one: the selection reads -inf as the lowest finite float, so there a live -inf tied
-        # with the absent ones, by index, and one absent ahead of it was kept in its place, below the target),
-        # which keeps the order exactly. The lift this replaced, (max - min + 1) added to the live scores, lost
-        # the order of small scores to float32 rounding beside a large one (ties, then by index) and, with an
-        # estimator's +-inf (admitted as the largest or smallest score), made every live score inf: kept by index.
+        # An absent ensemble is marked -inf, below every live one (policies.base.live_first: a live -inf is
+        # lifted just above it), which keeps the order exactly. The lift this replaced, (max - min + 1) added to
+        # the live scores, lost the order of small scores to float32 rounding beside a large one (ties, then by
+        # index) and, with an estimator's +-inf (admitted as the largest or smallest score), made every live
+        # score inf: kept by index.
         alive = self.alive()
         if scores and not all(bool(alive[n].all()) for n in scores):
-            low = float(torch.nextafter(torch.tensor(torch.finfo(torch.float32).min), torch.tensor(0.0)))
-            scores = {n: torch.where(alive[n].to(s.device).reshape(s.shape), s.float().clamp_min(low), float("-inf"))
-                      for n, s in scores.items()}
+            scores = live_first(scores, alive)
         density = self.density if self.density is not None else self.conn.density()
         return self.keep_plan(scores, density, network=not self.policy.holds_layer_counts)
 

@@ -13,7 +13,7 @@ from typing import Dict
 
 import torch
 
-from .policies.base import EditPlan, global_synapse_target
+from .policies.base import EditPlan, defined, global_synapse_target
 from .warn import warn_user
 
 
@@ -28,7 +28,7 @@ class ControllerReportsMixin:
           mode, grow_init='original'), minus what a train-mode growth at its init saves (nothing at
           grow_init='zero': a synapse at 0.0 changes no output; at other inits the grow estimator's
           gain evaluated at the values grown). None where a side has no such estimate (magnitude,
-          presence, |g| scores);
+          presence, |g| scores), or where the sum has no value (+inf and -inf among the scores);
         - ``est_score_change``: where ``est_loss_change`` is None, the plan's summed prune scores
           minus its summed grow scores, in the estimators' own units;
         - ``est_growth_gain``: in train mode, the loss a loss model expects the grown synapses to
@@ -58,6 +58,8 @@ class ControllerReportsMixin:
         growth = None
         if n_g and not restores and sums is not None and grow_est.gain_loss_units(False):
             growth = sums[1]
+        # +inf and -inf summed (an estimator may give either) have no value: no figure rather than a NaN
+        loss, est, growth = defined(loss), defined(est), defined(growth)
         return dict(est_loss_change=loss, est_score_change=None if loss is not None else est, est_growth_gain=growth)
 
     def _gain_at_init(self, plan: EditPlan, step: int) -> float:

@@ -37,7 +37,7 @@ class HeldOutLoss:
     construction: the examples an eager draw would have taken, and none read where no check comes.
 
     A call: ``loss_fn(output.float(), targets, reduction="none")`` summed over the draw and divided
-    by its examples (float64 sums), with ``model`` in eval mode and gradients off; each module's mode
+    by the number of losses it gave (one per example, or per token of a sequence; float64 sums), with ``model`` in eval mode and gradients off; each module's mode
     is given back afterwards. ``loss_fn`` defaults to plain cross-entropy (as the held-out rows of a
     run's metrics are, whatever loss it trains on).
     """
@@ -101,7 +101,7 @@ class HeldOutLoss:
         total, count = None, 0
         with torch.no_grad(), modes_kept(self.model, train=False), kept_global_rng():
             for x, y in self.data:
-                losses = self.loss_fn(self.model(x).float(), y, reduction="none").double().sum()
-                total = losses if total is None else total + losses
-                count += int(y.numel())
+                losses = self.loss_fn(self.model(x).float(), y, reduction="none")
+                total = losses.double().sum() if total is None else total + losses.double().sum()
+                count += int(losses.numel())  # (not the targets': class probabilities hold one per class)
         return float(total) / count

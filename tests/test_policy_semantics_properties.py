@@ -16,7 +16,9 @@ an independent computation on the same scores (``Controller.scores`` at the upda
 - erk/uniform budgets share the density by the paper's formula, dense-capped layers full and the
   others rescaled, within a synapse of the exact share;
 - the edit fraction follows its decay's formula, and no edit comes after ``end_step`` or off the
-  ``update_every`` grid.
+  ``update_every`` grid;
+- scores holding +inf and -inf rank as the largest and smallest: no update fails on them or logs a
+  NaN estimate, floors hold, densities are reached, the costliest live synapses are kept.
 
 Deterministic and small (tests/_property.py); ``ADAPTIVE_PROPERTY_EXAMPLES=200`` explores further.
 """
@@ -648,3 +650,60 @@ def test_balanced_and_crawl_swap_the_worthwhile_pairs_at_their_target(policy, de
         checked.append(step)
 
     run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 12, on_update)
+
+
+# ------------------------------------------------------------------------------------------- infinite scores
+class _SignedInfinities(adaptive.utility.Estimator):
+    """Magnitudes, with +inf and -inf at fixed random synapses (the same at every update): the largest
+    and smallest scores an estimator may give (adaptive/score_checks.py admits them)."""
+
+    def __init__(self, seed, share):
+        self.seed, self.share = seed, share
+
+    def _scores(self, ctx, base, salt):
+        r = torch.rand(ctx.weight.shape, generator=torch.Generator().manual_seed(self.seed * 7 + salt + len(ctx.name)))
+        return base.masked_fill(r < self.share, math.inf).masked_fill((r >= self.share) & (r < 2 * self.share), -math.inf)
+
+    def removal_cost(self, ctx):
+        return self._scores(ctx, ctx.weight.detach().abs().float(), 1)
+
+    def restoration_gain(self, ctx):
+        return self._scores(ctx, torch.rand(ctx.weight.shape, generator=ctx.generator), 2)
+
+
+@prop(6)
+@given(policy=st.sampled_from(["threshold", "balanced", "gmp", "magnitude", "utility"]),
+       budget=st.sampled_from(["global", "uniform"]), density=st.sampled_from([0.2, 0.5]),
+       min_density=st.sampled_from([0.0, 0.1]), share=st.sampled_from([0.05, 0.3]), seed=st.integers(0, 2**10))
+@example(policy="magnitude", budget="global", density=0.2, min_density=0.1, share=0.3, seed=0)
+@example(policy="threshold", budget="global", density=0.2, min_density=0.0, share=0.3, seed=0)
+def test_infinite_scores_of_either_sign_rank_as_the_largest_and_smallest(policy, budget, density, min_density,
+                                                                         share, seed):
+    """Removal costs and gains holding +inf and -inf: every update goes through (no estimate is NaN),
+    each layer keeps its min_density floor, the policies that reach a density reach it, and the pruning
+    policies keep the costliest live synapses: no kept one cheaper than a pruned one (global budget)."""
+    if policy == "threshold":
+        budget = "global"  # (it ranks all layers together)
+    torch.manual_seed(seed)
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    est = _SignedInfinities(seed, share)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ctrl = adaptive.Controller(conn, None, policy=policy, density=density, budget=budget, update_every=2,
+                                   end_step=8, edit_fraction=0.5, min_density=min_density, estimator=est, seed=seed)
+    run(ctrl, model, torch.optim.SGD(model.parameters(), lr=0.05), seed, 8)
+    for e in ctrl.events:
+        for key in ("est_loss_change", "est_score_change", "est_growth_gain"):
+            assert e.get(key) is None or not math.isnan(e[key]), (e["step"], key)
+    for n, m in conn.masks.items():
+        assert int(m.sum()) >= adaptive.budgets.floor_synapses(min_density, m.numel()), n
+    if policy != "utility":
+        assert abs(conn.num_live() - round(density * conn.num_synapses())) <= 1
+    if policy in ("gmp", "magnitude") and budget == "global" and not min_density:
+        with torch.no_grad():
+            cost = torch.cat([est.removal_cost(ctrl.context(n, 0)).reshape(-1) for n in conn.names])
+        live = torch.cat([conn.masks[n].reshape(-1) for n in conn.names])
+        # (a pruned weight is 0.0: its cost now is its magnitude's, 0, unless it drew an infinity)
+        pruned_inf = cost[~live] == math.inf
+        assert not bool(pruned_inf.any()) or bool((cost[live] == math.inf).all())

@@ -374,6 +374,26 @@ def test_a_check_changes_no_batchnorm_statistic_no_mode_and_draws_no_random_numb
         assert loss == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-6)
 
 
+class _SoftTargets(_Data):
+    def __getitem__(self, i):  # class probabilities as targets (a distilled or label-smoothed set)
+        return self.x[i], F.one_hot(self.y[i], 3).float() * 0.7 + 0.1
+
+
+def test_a_check_with_class_probability_targets_is_the_mean_loss_of_its_examples():
+    """The sum of the losses was divided by the targets' entries, 3 per example with class
+    probabilities as targets: the check read a third of the held-out loss, and a line search's
+    tolerance (a loss rise in the loss's units) was three times too loose."""
+    from adaptive.holdout_check import HeldOutLoss
+
+    model = _bn_model().eval()
+    check = HeldOutLoss(model, _SoftTargets(), batches=2, batch_size=8, device="cpu", seed=3)
+    x = torch.cat([x for x, _ in check.data])
+    y = torch.cat([y for _, y in check.data])
+    assert y.shape == (16, 3)
+    with torch.no_grad():
+        assert check() == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-6)
+
+
 class _RandomTransform(_Data):
     def __getitem__(self, i):  # a random evaluation transform, as a plugin's may draw
         return self.x[i] + torch.rand(6), int(self.y[i])

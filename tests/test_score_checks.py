@@ -345,3 +345,116 @@ def test_a_layer_no_gradient_reached_does_not_look_through_every_other_layers_st
     want, got = plain.scores("cost"), watched.scores("cost")
     assert looked == []
     assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) for n in names)
+
+
+class _Fixed(Estimator):
+    """Scores given per synapse (a Linear(6, 1) layer's six), whatever the step."""
+
+    def __init__(self, cost, gain):
+        self.cost, self.gain = cost, gain
+
+    def removal_cost(self, ctx):
+        return torch.tensor(self.cost).reshape(ctx.weight.shape)
+
+    def restoration_gain(self, ctx):
+        return torch.tensor(self.gain).reshape(ctx.weight.shape)
+
+
+_INF = float("inf")
+
+
+@pytest.mark.parametrize("policy, cost, gain, live, density, kept", [
+    # the pace prunes -inf, 1, 2 and one +inf: the plan's cost sums +inf and -inf
+    ("threshold", [-_INF, -_INF, _INF, _INF, 1.0, 2.0], [0.0] * 6, [1] * 6, 1 / 6, [0, 0, 0, 1, 0, 0]),
+    # a swap prunes a +inf cost for a +inf gain: +inf - +inf
+    ("utility", [_INF] * 6, [0.0, 0.0, 0.0, 0.0, _INF, _INF], [1, 1, 1, 1, 0, 0], 4 / 6, [0, 0, 1, 1, 1, 1]),
+])
+def test_infinite_scores_of_both_signs_in_one_plan_give_no_estimate_rather_than_nan(policy, cost, gain, live,
+                                                                                      density, kept):
+    """An estimator may give +inf and -inf (they rank as the largest and smallest scores), but a plan
+    whose edits hold both summed them to NaN: threshold's est_loss_change was refused by the plan checks
+    as a bad EditPlan of the policy ('its est_loss_change is nan'), failing the update, and a swap's event
+    logged est_score_change NaN. The edit goes through, ranked by the scores, and logs no estimate."""
+    model = torch.nn.Linear(6, 1, bias=False)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"weight": torch.tensor(live, dtype=torch.bool).reshape(1, 6)})
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=density, update_every=1, budget="global",
+                               edit_fraction=1.0, edit_decay="constant", estimator=_Fixed(cost, gain))
+    model(torch.randn(3, 6)).sum().backward()
+    ctrl.observe()
+    event = ctrl.update()
+    assert conn.masks["weight"].reshape(-1).int().tolist() == kept
+    assert event["est_loss_change"] is None and event["est_score_change"] is None
+    assert event["est_growth_gain"] is None or event["est_growth_gain"] == _INF
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "gmp"])
+@pytest.mark.parametrize("budget", ["global", "uniform"])
+def test_a_live_ensemble_with_a_removal_cost_of_minus_inf_is_not_passed_over_for_an_absent_one(policy, budget):
+    """gmp and magnitude marked absent ensembles -inf to keep only live ones, but a live one whose
+    cost is -inf tied with them, by index: an absent one ahead of it was kept in its place and the
+    live one pruned, the network left below its density (as the construction's init once was)."""
+    model = torch.nn.Linear(6, 1, bias=False)
+    conn = adaptive.Connectome(model)
+    conn.set_masks({"weight": torch.tensor([0, 1, 1, 1, 1, 1], dtype=torch.bool).reshape(1, 6)})
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=5 / 6, update_every=1, end_step=1, budget=budget,
+                               estimator=_Fixed([5.0, -_INF, 1.0, 2.0, 3.0, 4.0], [0.0] * 6))
+    model(torch.randn(3, 6)).sum().backward()
+    ctrl.observe()
+    ctrl.step()
+    assert conn.masks["weight"].reshape(-1).int().tolist() == [0, 1, 1, 1, 1, 1]
+
+
+def test_a_prune_of_a_minus_inf_cost_reports_it_as_such():
+    """The live -inf is ranked at the float above the lowest finite one; the event's figures read the
+    estimator's own costs (the prune is planned at construction: the estimator needs no gradient)."""
+    model = torch.nn.Linear(6, 1, bias=False)
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, None, policy="magnitude", density=4 / 6, update_every=1, budget="global",
+                               estimator=_Fixed([5.0, -_INF, 1.0, 2.0, 3.0, -_INF], [0.0] * 6))
+    (event,) = ctrl.events
+    assert conn.masks["weight"].reshape(-1).int().tolist() == [1, 0, 1, 1, 1, 0]
+    assert event["est_score_change"] == -_INF
+
+
+class _InfInFirstLayer(Estimator):
+    """Removal costs of +inf for every synapse of the first layer, magnitudes elsewhere."""
+
+    def removal_cost(self, ctx):
+        w = ctx.weight.abs().float()
+        return torch.full_like(w, _INF) if ctx.name.startswith("0.") else w
+
+    def restoration_gain(self, ctx):
+        return torch.zeros(ctx.weight.shape)
+
+
+@pytest.mark.parametrize("policy", ["magnitude", "gmp"])
+def test_min_density_holds_each_layers_floor_beside_another_layers_plus_inf_costs(policy):
+    """Under the global budget a keep plan marks each layer's floor +inf, to keep it first; the
+    selection read an estimator's +inf as their equal, by index, so the first layer's +inf synapses
+    took the second layer's floor and emptied it, min_density=0.1 notwithstanding."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 5), torch.nn.Linear(5, 2))
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, None, policy=policy, density=0.1, min_density=0.1, update_every=1, end_step=1,
+                               budget="global", estimator=_InfInFirstLayer())
+    model(torch.randn(3, 2)).sum().backward()
+    ctrl.observe()
+    ctrl.step()
+    assert {n: int(m.sum()) for n, m in conn.masks.items()} == {"0.weight": 1, "1.weight": 1}
+
+
+def test_balanced_swaps_a_pair_only_where_its_gain_exceeds_its_cost_infinities_included():
+    """balanced's worth ranks +-inf as the largest and smallest values: +inf gain against a finite or
+    -inf cost is worth a swap, a pair of equal infinities (gain - cost has no value) is not, and the pairs
+    worth making stay a prefix of the costs ascending against the gains descending."""
+    from adaptive.policies.balanced import Balanced
+
+    def n_worth(costs, gains):
+        cs, gs = torch.tensor(costs), torch.tensor(gains)
+        return Balanced.worth(cs, gs, torch.arange(len(costs)), torch.arange(len(gains)))[1]
+
+    assert n_worth([-_INF, 1.0, _INF], [_INF, 2.0, 0.5]) == 2
+    assert n_worth([_INF, _INF], [_INF, _INF]) == 0
+    assert n_worth([-_INF, -_INF], [3.0, -_INF]) == 1
+    assert n_worth([1.0, _INF], [_INF, _INF]) == 1

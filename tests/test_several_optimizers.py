@@ -13,10 +13,11 @@ import adaptive
 KW = dict(policy="rigl", density=0.5, budget="uniform", update_every=4, start_step=4, window=2, seed=0)
 
 
-def _run(how, steps=9):
+def _run(how, steps=9, closure=False):
     """``how``: "explicit" (observe() after backward, step() after both steps), "last" (attached to the
-    optimizer stepped last) or "first" (attached to the one stepped first). Returns the masks and, at each
-    update, the window's gradient sums by layer."""
+    optimizer stepped last) or "first" (attached to the one stepped first); ``closure``: SGD (stepped first)
+    is stepped as ``opt.step(closure)``. Returns the masks and, at each update, the window's gradient sums
+    by layer."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     conn = adaptive.Connectome(model)
@@ -40,24 +41,31 @@ def _run(how, steps=9):
         x, y = torch.randn(32, 8, generator=g), torch.randn(32, 4, generator=g)
         for o in opts:
             o.zero_grad()
-        F.mse_loss(model(x), y).backward()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
         if how == "explicit":
             ctrl.observe()
         for o in opts:
-            o.step()
+            if closure and o is opts[0]:
+                o.step(lambda: loss.detach())  # a closure computing nothing anew: the same gradients
+            else:
+                o.step()
         if how == "explicit":
             ctrl.step()
     return conn.masks, windows
 
 
-def test_each_layer_is_observed_dense_at_the_steps_an_explicit_controller_observes():
+@pytest.mark.parametrize("closure", [False, True])
+def test_each_layer_is_observed_dense_at_the_steps_an_explicit_controller_observes(closure):
     """The first optimizer's step once masked every layer's gradient, the second optimizer's layers'
     too, before that optimizer's observers read them: the window held 0.0 at their pruned positions,
-    where RigL grows by gradient, and the masks parted from the explicitly driven run's."""
+    where RigL grows by gradient, and the masks parted from the explicitly driven run's. So did a
+    step given a closure (``opt.step(closure)``) after the step without one was fixed: the wrapped
+    closure masked every layer's gradient."""
     ref_masks, ref_windows = _run("explicit")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # attached to the optimizer stepped last: nothing to warn of
-        masks, windows = _run("last")
+        masks, windows = _run("last", closure=closure)
     assert len(windows) == len(ref_windows) == 2
     for w, ref in zip(windows, ref_windows):
         for n in ref:

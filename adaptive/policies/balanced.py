@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from .base import (concat, concat_sizes, floor_mask, global_synapse_target, hold_count, live_synapses, per_synapse,
-                   register_policy)
+from .base import (concat, concat_sizes, estimated_change, floor_mask, global_synapse_target, hold_count,
+                   live_synapses, per_synapse, register_policy)
 from .swap import SET, global_candidates, global_plan, grow_candidates, replaceable, spare_synapses
 
 
@@ -39,7 +39,7 @@ class Balanced(SET):
             p_fix, g_fix = self.hold(ctrl, cost, alive, cs, gs, a, size, target, none, none)
             if p_fix.numel() or g_fix.numel():
                 plan = global_plan(c, g, names, sizes, p_fix, g_fix)
-                plan.est_loss_change = float(c[p_fix].sum() - g[g_fix].sum())
+                plan.est_loss_change = estimated_change(c[p_fix], g[g_fix])
                 plan.tolerance = math.inf
                 return plan
         p_idx, n = self.worth(cs, gs, p_idx, g_idx)
@@ -54,7 +54,7 @@ class Balanced(SET):
         if target is not None:
             p_idx, g_idx = self.hold(ctrl, cost, alive, cs, gs, a, size, target, p_idx, g_idx)
         plan = global_plan(c, g, names, sizes, p_idx, g_idx)
-        plan.est_loss_change = float(c[p_idx].sum() - g[g_idx].sum()) if p_idx.numel() or g_idx.numel() else 0.0
+        plan.est_loss_change = estimated_change(c[p_idx], g[g_idx]) if p_idx.numel() or g_idx.numel() else 0.0
         return plan
 
     @staticmethod

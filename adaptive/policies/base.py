@@ -49,6 +49,19 @@ def policy_names():
     return sorted(_POLICIES)
 
 
+def defined(value: Optional[float]) -> Optional[float]:
+    """``value``, or None where it is NaN: an estimated change summed from scores that hold +inf and
+    -inf (an estimator may give either: :mod:`adaptive.score_checks`) has no value, and a plan states
+    no estimate rather than a NaN (which :func:`adaptive.plan_checks.check_plan` refuses)."""
+    return None if value is None or math.isnan(value) else value
+
+
+def estimated_change(prune_scores: torch.Tensor, grow_scores: torch.Tensor) -> Optional[float]:
+    """A plan's ``est_loss_change`` from the scores of what it prunes and grows: their sums' difference,
+    or None where it has no value (+inf and -inf among the scores: :func:`defined`)."""
+    return defined(float(prune_scores.sum() - grow_scores.sum()))
+
+
 @dataclass
 class EditPlan:
     """Flat ensemble indices per layer, best first. ``info`` goes into the event."""
@@ -75,7 +88,7 @@ class EditPlan:
         if self.est_loss_change is not None or not (self.prune_scores or self.grow_scores):
             return self.est_loss_change
         prune, grow = self.score_sums()
-        return prune - grow
+        return defined(prune - grow)
 
     def score_sums(self):
         """``(summed prune scores, summed grow scores)`` of the aligned scores, each side summed in
@@ -121,7 +134,7 @@ class EditPlan:
                         out_scores[n] = scores[n][keep.to(scores[n].device)]
         est = None  # a plan without scores: its policy's figure is of the whole plan, so a part has none
         if self.prune_scores or self.grow_scores:
-            est = float(sum(v.double().sum() for v in ps.values())) - float(sum(v.double().sum() for v in gs.values()))
+            est = defined(float(sum(v.double().sum() for v in ps.values())) - float(sum(v.double().sum() for v in gs.values())))
         elif EditPlan(prune=prune, grow=grow).counts() == self.counts():
             est = self.est_loss_change  # the whole plan kept
         return EditPlan(
@@ -606,6 +619,28 @@ def _hold_network(ctrl, keep_scores, keep, density, alive, allow_grow):
 
 
 
+def live_first(scores: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``scores`` (one per ensemble of each layer) with every absent ensemble marked -inf, below every
+    live one, for a keep plan that keeps live ensembles only (an absent one kept in place of a live one
+    leaves the network below its target). A live score of -inf (an estimator may give it) becomes the
+    float just above the lowest finite one: the selection reads -inf as the lowest finite float, so a
+    live -inf tied with the absent ones, broken by index, and an absent one ahead of it was kept in its
+    place. The order among the live ones is kept (an exact lift, no rounding)."""
+    low = float(torch.nextafter(torch.tensor(torch.finfo(torch.float32).min), torch.tensor(0.0)))
+    return {n: torch.where(alive[n].to(s.device).reshape(s.shape), s.float().clamp_min(low), float("-inf"))
+            for n, s in scores.items()}
+
+
+def keep_live(ctrl, costs: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor], density: float) -> EditPlan:
+    """The plan that only prunes to ``density``, keeping the live ensembles costliest to remove
+    (``costs``: :meth:`Controller.scores <adaptive.controller.Controller.scores>`'s removal costs; an
+    absent ensemble is never kept, :func:`live_first`), carrying the estimator's own costs of what it
+    prunes (a -inf reported as such, not as the lifted float it was ranked at)."""
+    plan = keep_plan(ctrl, live_first(costs, alive), density)
+    plan.prune_scores = {n: costs[n].reshape(-1)[idx.to(costs[n].device)] for n, idx in plan.prune.items()}
+    return plan
+
+
 def plan_density(ctrl, density) -> float:
     """``density`` as the float a keep plan is made for: a number in [0, 1] (an int, a numpy number or
     a one-value tensor too; float error past either end is taken as that end). Anything else (a
@@ -654,7 +689,10 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
             # never grown, and holding the floor it would take budget a present one elsewhere needs
             held = floor_mask(ctrl, keep_scores, None if allow_grow else alive)
             if held is not None:  # each layer's floor first, then the best of the rest across layers
-                ranked = ranked.masked_fill(held.to(ranked.device), float("inf"))
+                # (the others at most the float below the largest: the selection reads +inf as the largest
+                # float, so an estimator's +inf tied with the floors, by index, and took a floor's place)
+                top = float(torch.nextafter(torch.tensor(torch.finfo(torch.float32).max), torch.tensor(0.0)))
+                ranked = torch.where(held.to(ranked.device), float("inf"), ranked.clamp_max(top))
             k = _keep_top(ranked, size, total)
             for n, part in zip(names, torch.split(k, sizes)):
                 keep[n] = part.view(keep_scores[n].shape)

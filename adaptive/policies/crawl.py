@@ -32,7 +32,8 @@ from typing import Dict, Optional
 
 import torch
 
-from .base import EditPlan, Policy, concat, global_synapse_target, highest, lowest, register_policy, split
+from .base import (EditPlan, Policy, concat, estimated_change, global_synapse_target, highest, lowest,
+                   register_policy, split)
 
 
 @register_policy("crawl")
@@ -215,7 +216,7 @@ class Crawl(Policy):
         })
         plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
         plan.grow, plan.grow_scores = split(r_idx, names, sizes, g[r_idx])
-        plan.est_loss_change = float(c[p_idx].sum() - g[r_idx].sum())
+        plan.est_loss_change = estimated_change(c[p_idx], g[r_idx])
         if need != 0:
             plan.tolerance = float("inf")  # the schedule's pruning goes through; its order is the estimator's
         elif self.goal is not None:

@@ -2,10 +2,8 @@
 density between start_step and end_step; removal order by magnitude or a named estimator."""
 from __future__ import annotations
 
-import torch
-
 from ..schedules import CubicDensity
-from .base import Policy, ensemble_size, keep_plan, live_synapses, register_policy, synapse_targets
+from .base import Policy, ensemble_size, keep_live, live_synapses, register_policy, synapse_targets
 from ..warn import warn_user
 
 
@@ -32,11 +30,7 @@ class GMP(Policy):
     def update(self, ctrl, step):
         target = self.schedule(step)
         alive = ctrl.alive()
-        scores = {
-            n: torch.where(alive[n].to(s.device), s, torch.full_like(s, float("-inf")))
-            for n, s in ctrl.scores("cost", step).items()
-        }
-        plan = keep_plan(ctrl, scores, target, estimates=True)
+        plan = keep_live(ctrl, ctrl.scores("cost", step), alive, target)
         warn_if_short(self, ctrl, alive, plan, step)
         return plan
 

@@ -1,9 +1,7 @@
 """One-shot pruning to a density: by magnitude (the default) or by any named estimator."""
 from __future__ import annotations
 
-import torch
-
-from .base import Policy, keep_plan, register_policy
+from .base import Policy, keep_live, register_policy
 from .gmp import warn_if_short
 
 
@@ -41,9 +39,7 @@ class OneShot(Policy):
         # (0 where w = 0, above a signed cost's negative ones) counted it in its layer's budget, and a
         # present one was pruned in its place, so a sparse network ended below its density
         alive = ctrl.alive()
-        scores = {n: torch.where(alive[n].to(s.device), s, torch.full_like(s, float("-inf")))
-                  for n, s in ctrl.scores("cost", step).items()}
-        plan = keep_plan(ctrl, scores, ctrl.density, estimates=True)
+        plan = keep_live(ctrl, ctrl.scores("cost", step), alive, ctrl.density)
         warn_if_short(self, ctrl, alive, plan, step)
         return plan
 

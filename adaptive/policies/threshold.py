@@ -41,9 +41,9 @@ from typing import Optional
 
 import torch
 
-from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, floor_mask, global_synapse_target,
-                   highest, layer_floors, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum, split,
-                   take_synapses)
+from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, estimated_change, floor_mask,
+                   global_synapse_target, highest, layer_floors, live_synapses, lowest, max_count, per_synapse,
+                   register_policy, size_sum, split, take_synapses)
 from ..utility.base import declares_signed_cost, estimator_label
 from ..utility.ties import untied
 from ..warn import warn_user
@@ -195,7 +195,7 @@ class Threshold(Policy):
         plan = EditPlan(boundaries={"prune": self.prune_boundary, "restore": self.restore_boundary})
         plan.prune, plan.prune_scores = split(p_idx, names, sizes, c[p_idx])
         plan.grow, plan.grow_scores = split(r_idx, names, sizes, g[r_idx])
-        plan.est_loss_change = float(c[p_idx].sum() - g[r_idx].sum())
+        plan.est_loss_change = estimated_change(c[p_idx], g[r_idx])
         return plan
 
     def state_dict(self):
