@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 
+from .discovery import _listed, _submodule, reparametrisation_call
 from .exact_masking import bits, int_mask, mask_, mask_dtype
 
 
@@ -125,15 +126,29 @@ class ConnectomeMaskingMixin:
                 stale.append(n)
         if stale:
             self._holders = None
-            mname = self.layers[stale[0]].module_name
-            attr = stale[0][len(mname) + 1:] if mname else stale[0]  # (an LSTM's weight_hh_l0, an attention's in_proj_weight)
+            # the exact call for a weight that something now computes (a parametrization, old-style weight_norm or
+            # spectral_norm, torch.nn.utils.prune), read from its module: each takes its own remove call and
+            # attribute (an LSTM's weight_hh_l0, an attention's in_proj_weight)
+            calls = []
+            for n in stale:
+                mname = self.layers[n].module_name
+                module = _submodule(self.model, mname)
+                call = module is not None and reparametrisation_call(module, n[len(mname) + 1:] if mname else n)
+                if call:
+                    calls.append(f"{call} for {n!r}")
+            if calls:
+                remove = f"; to go on pruning such a weight, remove what computes it first: {_listed(calls, 2)}"
+            else:
+                mname = self.layers[stale[0]].module_name
+                attr = stale[0][len(mname) + 1:] if mname else stale[0]
+                remove = ("; to go on pruning a parametrized layer, remove its parametrization first: "
+                          f"torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r})")
             raise RuntimeError(
                 f"the model's parameter(s) {stale[:3]}{' ...' if len(stale) > 3 else ''} are no longer the ones this "
                 "Connectome masks: they were replaced (load_state_dict(..., assign=True), "
                 "torch.__future__.set_overwrite_module_params_on_conversion(True), a module swapped in) or a "
-                "parametrization now computes them. Build a new Connectome on the model as it is now and carry the "
-                "masks over: new.set_masks(old.masks); to go on pruning a parametrized layer, remove its "
-                f"parametrization first: torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r})")
+                "parametrization (or torch.nn.utils.weight_norm, spectral_norm or prune) now computes them. Build a new "
+                "Connectome on the model as it is now and carry the masks over: new.set_masks(old.masks)" + remove)
         if self.__dict__.get("_holders") is None:  # for the per-step check, which a get_parameter walk would slow
             holders, links = [], {}
             for n, l in self.layers.items():

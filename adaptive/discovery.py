@@ -308,6 +308,23 @@ def _reparametrised_weight(model: nn.Module, name: str) -> Optional[str]:
     return None
 
 
+def reparametrisation_call(module: nn.Module, attr: str) -> Optional[str]:
+    """The call that removes what computes ``module``'s weight ``attr`` at every call, read from the module
+    as it is now: ``torch.nn.utils.parametrize.remove_parametrizations(module, attr, leave_parametrized=True)``
+    for a parametrization, ``torch.nn.utils.remove_weight_norm(module[, attr])`` (``remove_spectral_norm``) for
+    old-style weight_norm (spectral_norm), ``torch.nn.utils.prune.remove(module, attr)`` for
+    torch.nn.utils.prune; None when nothing computes it."""
+    if parametrize.is_parametrized(module, attr):
+        return f"torch.nn.utils.parametrize.remove_parametrizations(module, {attr!r}, leave_parametrized=True)"
+    hook = weight_hooks(module).get(attr)
+    if hook is not None:
+        fn = "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
+        return f"torch.nn.utils.remove_{fn}(module" + (")" if attr == "weight" else f", {attr!r})")
+    if attr in pruning_hooks(module):
+        return f"torch.nn.utils.prune.remove(module, {attr!r})"
+    return None
+
+
 def _other_attributes(reparametrised: Sequence[tuple]) -> str:
     """For the refusal of a model whose prunable weights are all reparametrised: the exact calls for those
     whose attribute is not ``weight`` (a recurrent matrix, an attention projection), which take it by name

@@ -225,8 +225,44 @@ def test_a_matrix_parametrized_after_the_connectome_is_refused_naming_its_own_at
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     conn.attach(opt)
     parametrizations.weight_norm(m.rnn, "weight_hh_l0")
-    with pytest.raises(RuntimeError, match=r"\['rnn.weight_hh_l0'\].*remove_parametrizations\(module, 'weight_hh_l0'\)"):
+    with pytest.raises(RuntimeError, match=r"\['rnn.weight_hh_l0'\].*remove_parametrizations\(module, 'weight_hh_l0'"):
         opt.step()
+
+
+@pytest.mark.parametrize("how", ["old_weight_norm", "old_spectral_norm", "prune", "parametrization"])
+@pytest.mark.parametrize("holder,attr", [("rnn", "weight_hh_l0"), ("attn", "in_proj_weight"), ("fc", "weight")])
+def test_a_matrix_reparametrised_after_the_connectome_is_refused_naming_the_call_that_removes_it(holder, attr, how):
+    """Old-style weight_norm/spectral_norm or torch.nn.utils.prune applied after the Connectome was built: the
+    refusal named remove_parametrizations(module, NAME), which raises on a module that has no parametrization. It
+    names the call for what computes the weight now, and that call (run as named) lets a new Connectome take it."""
+    import re
+
+    from torch.nn.utils import parametrizations, prune
+
+    m = nn.ModuleDict({"rnn": nn.LSTM(4, 4), "attn": nn.MultiheadAttention(4, 2), "fc": nn.Linear(4, 2)})
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    module, which = m[holder], "" if attr == "weight" else f", '{attr}'"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # (old-style weight_norm is deprecated)
+        if how == "old_weight_norm":
+            torch.nn.utils.weight_norm(module, attr)
+            fix = rf"torch.nn.utils.remove_weight_norm\(module{which}\)"
+        elif how == "old_spectral_norm":
+            torch.nn.utils.spectral_norm(module, attr)
+            fix = rf"torch.nn.utils.remove_spectral_norm\(module{which}\)"
+        elif how == "prune":
+            prune.random_unstructured(module, attr, amount=0.5)
+            fix = rf"torch.nn.utils.prune.remove\(module, '{attr}'\)"
+        else:
+            parametrizations.weight_norm(module, attr)
+            fix = rf"torch.nn.utils.parametrize.remove_parametrizations\(module, '{attr}', leave_parametrized=True\)"
+    with pytest.raises(RuntimeError, match=rf"\['{holder}.{attr}'\] are no longer.*first: {fix} for '{holder}.{attr}'") as e:
+        opt.step()
+    call = re.search(fix, str(e.value)).group(0)
+    eval(call.replace("(module", "(m[holder]"), {"torch": torch, "m": m, "holder": holder})
+    assert f"{holder}.{attr}" in adaptive.Connectome(m).layers
 
 
 def test_a_model_whose_only_matrices_are_parametrized_is_refused_naming_the_call_for_each_attribute():
