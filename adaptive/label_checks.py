@@ -144,6 +144,20 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
             f"or bind the label you use for ignored positions ({_ignoring(loss_fn, low)})")
 
 
+def refuse_batch_targets(out, y, loss_fn, where: str) -> None:
+    """:func:`refuse_mismatched_targets` for one batch of a loop (``where``: which batch, named in a note),
+    before ``loss_fn`` is called on it: a check of the first batch alone let a label beyond the head in a later
+    batch (a loader ordered by class passes it) reach torch's loss, a bare "Target 12 is out of bounds" (on a
+    GPU a device-side assert, which leaves the CUDA context unusable). Nothing for losses not known here; for
+    a class loss it reads the batch's smallest and largest label on the host."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    try:
+        refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")
+    except ValueError as e:
+        e.add_note(f"adaptive: found in {where}")
+        raise
+
+
 def _per_example(shape) -> int:
     """The values per example of a tensor of ``shape`` (its first axis the examples)."""
     n = 1

@@ -11,6 +11,7 @@ import torch
 from .distributed import agreed_call
 from .mask_only_best import _better, _criterion
 from .mask_only_data import _to_device, refuse_repeated_verify_batches
+from .label_checks import refuse_batch_targets
 from .mask_only_eval import _logits
 from .mask_only_result import Snapshot
 from .mask_only_window import _Window
@@ -39,6 +40,8 @@ class StageBatchesMixin:
         if self.reduction is None:  # the loss checked on this batch before any backward pass
             with torch.no_grad():  # (each process's own first batch: a refusal on one stops every process)
                 self.reduction = agreed_call(lambda: takes_reduction(s.loss_fn, out.detach(), y), passed_why=_OWN_BATCHES)
+        else:  # every batch's labels, before the loss (the first's were checked just above)
+            refuse_batch_targets(out, y, s.loss_fn, f"training batch {self.step + 1} of the run (stage {st.label})")
         loss = s.loss_fn(out, y)
         loss.backward()
         ctrl.observe()

@@ -11,7 +11,7 @@ from torch import nn
 from .data.cycle import rng_states, set_rng_states
 from .distributed import agreed_call, all_reduce_mean_
 from .global_rng import kept_global_rng
-from .label_checks import refuse_mismatched_targets
+from .label_checks import refuse_batch_targets, refuse_mismatched_targets
 from .mask_only_data import _NONE, _model_device, _to_device
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy,
                       refuse_one_class, takes_reduction)
@@ -36,7 +36,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     (None: checked on the first batch; without it the mean is weighted by the units). Every process
     of a multi-process run evaluates all of ``batches`` (pass an unsharded loader to get the same
     numbers everywhere). ``progress``: a bar (anything with ``update(n)``) advanced once per batch."""
-    loss_sum, correct, n, counted = 0.0, 0, 0, 0
+    loss_sum, correct, n, counted, batches_read = 0.0, 0, 0, 0, 0
     device = _model_device(model)
     with modes_kept(model, train=False):
         for batch in batches:
@@ -44,6 +44,9 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
             out = _logits(call_model(model, x, "mask-only optimisation"), model)
             if reduction is None:
                 reduction = takes_reduction(loss_fn, out, y)
+            else:  # every batch's labels, before the loss (takes_reduction checked the first's)
+                refuse_batch_targets(out, y, loss_fn, f"batch {batches_read + 1} of the evaluated loader")
+            batches_read += 1
             s, k = batch_loss(loss_fn, out, y, reduction)
             loss_sum += s
             n += k

@@ -1389,6 +1389,31 @@ def test_train_labels_beyond_the_head_are_refused_by_name_with_the_weights_given
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def _labels_beyond_the_head_after_the_first_batch():
+    """A 10-class MLP and data whose first batch holds labels 0..9 only (a loader ordered by class, say)
+    and whose third holds a label of 12."""
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 8), torch.arange(48) % 10
+    y[40] = 12
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10)), DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+@pytest.mark.parametrize("where", ["holdout", "train"])
+def test_labels_beyond_the_head_in_a_later_batch_are_refused_by_name_with_the_weights_given_back(where):
+    """Only the first held-out and the first training batch were checked against the head: a label beyond it in a
+    later batch (a holdout ordered by class passes the first-batch check) failed with torch's bare "Target 12 is out
+    of bounds" (on a GPU a device-side assert, which leaves the CUDA context, and the model's weights on it,
+    unusable). Every batch's labels are now checked before the loss is called: both counts and the fix named, the
+    original weights given back."""
+    model, bad = _labels_beyond_the_head_after_the_first_batch()
+    _, good = _mlp_and_labels(10)
+    before = copy.deepcopy(model.state_dict())
+    train, holdout = (good, bad) if where == "holdout" else (bad, good)
+    with pytest.raises(ValueError, match=r"model gives 10 classes.*labels go up to 12.*num_classes="):
+        optimize_connectome(model, train, holdout, target=0.5, passes=1.0, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_the_first_batch_check_moves_no_random_generator():
     """check_first_batch reads the holdout's first batch (a shuffled DataLoader draws from torch's generator
     when it starts a pass): every generator is put back, so the run reads the batches it read without it."""
