@@ -10,7 +10,7 @@ import torch
 
 from .distributed import agreed_call
 from .mask_only_best import _better, _criterion
-from .mask_only_data import _to_device, refuse_repeated_verify_batches
+from .mask_only_data import _to_device, input_shapes, refuse_repeated_verify_batches
 from .label_checks import refuse_batch_targets
 from .mask_only_eval import _logits
 from .mask_only_result import Snapshot
@@ -36,7 +36,15 @@ class StageBatchesMixin:
         x, y = _to_device(next(self.train_iter), self.device)
         for p in conn.params.values():
             p.grad = None
-        out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        try:
+            out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        except RuntimeError as e:  # (a bare one from deep inside: 'mat1 and mat2 shapes cannot be multiplied')
+            if not isinstance(e, torch.OutOfMemoryError):
+                e.add_note(f"adaptive: the model failed on training batch {self.step + 1} of the run (inputs "
+                           f"{input_shapes(x)}), having run on the held-out batches: where these inputs are of another "
+                           "shape (image size, channels, features) than the holdout loader's, give the train loader "
+                           "inputs of the shape the model takes")
+            raise
         if self.reduction is None:  # the loss checked on this batch before any backward pass
             with torch.no_grad():  # (each process's own first batch: a refusal on one stops every process)
                 self.reduction = agreed_call(lambda: takes_reduction(s.loss_fn, out.detach(), y), passed_why=_OWN_BATCHES)

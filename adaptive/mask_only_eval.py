@@ -12,7 +12,7 @@ from .data.cycle import rng_states, set_rng_states
 from .distributed import agreed_call, all_reduce_mean_
 from .global_rng import kept_global_rng
 from .label_checks import refuse_batch_targets, refuse_mismatched_targets
-from .mask_only_data import _NONE, _model_device, _to_device
+from .mask_only_data import _NONE, _model_device, _to_device, input_shapes
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy,
                       refuse_one_class, takes_reduction)
 from .modes import modes_kept
@@ -86,7 +86,14 @@ def _check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
         return
     x, y = _to_device(batch, _model_device(model))
     with modes_kept(model, train=False):
-        out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        try:
+            out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        except RuntimeError as e:  # (a bare one from deep inside: 'mat1 and mat2 shapes cannot be multiplied')
+            if not isinstance(e, torch.OutOfMemoryError):
+                e.add_note(f"adaptive: the model failed on the first held-out batch (inputs {input_shapes(x)}), checked "
+                           "before any work; nothing was changed. Where the model takes inputs of another shape (image "
+                           "size, channels, features), give the holdout loader such inputs, as the train loader's")
+            raise
     name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
     refuse_one_class(out, f"loss_fn {name}", loss_fn)  # (as takes_reduction: the one-channel head named first)
     refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")

@@ -1414,6 +1414,24 @@ def test_labels_beyond_the_head_in_a_later_batch_are_refused_by_name_with_the_we
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("where", ["holdout", "train"])
+def test_inputs_the_model_cannot_take_are_named_with_their_shape(where):
+    """A loader of inputs of another shape than the model takes (6 features for a model of 8) failed with torch's
+    bare "mat1 and mat2 shapes cannot be multiplied", naming neither the loader nor the batch: a note now names
+    which loader's batch, its inputs' shape and the fix (the holdout's before any work, nothing changed; the train
+    loader's with the weights given back)."""
+    model, good = _mlp_and_labels(10)
+    other = DataLoader(TensorDataset(torch.randn(32, 6), torch.arange(32) % 10), batch_size=16)
+    before = copy.deepcopy(model.state_dict())
+    train, holdout = (good, other) if where == "holdout" else (other, good)
+    with pytest.raises(RuntimeError) as e:
+        optimize_connectome(model, train, holdout, target=0.5, progress=False)
+    notes = " ".join(getattr(e.value, "__notes__", []))
+    which = "first held-out batch" if where == "holdout" else "training batch 1 of the run"
+    assert f"{which} (inputs (16, 6))" in notes and f"give the {where} loader" in notes, notes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_the_first_batch_check_moves_no_random_generator():
     """check_first_batch reads the holdout's first batch (a shuffled DataLoader draws from torch's generator
     when it starts a pass): every generator is put back, so the run reads the batches it read without it."""
