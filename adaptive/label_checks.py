@@ -127,10 +127,16 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
             f"{what} takes class indices as int64 (torch.long), but the targets are {str(y.dtype).replace('torch.', '')}"
             f" {shape_y} (torch refuses them deep inside the loss): give int64 labels, y.long() (in the dataset, a "
             f"target_transform or the DataLoader's collate_fn)")
-    scored = y[y != ignore] if ignore is not None else y.reshape(-1)
-    if scored.numel() == 0:
+    # the smallest and largest scored label in one read from the device (a boolean index would be a second)
+    labels = y.reshape(-1).long()
+    if labels.numel() == 0:
         return
-    low, high = (int(v) for v in torch.stack([scored.min(), scored.max()]).tolist())
+    scored = labels != ignore if ignore is not None else torch.ones_like(labels, dtype=torch.bool)
+    big = torch.iinfo(torch.int64)
+    any_scored, low, high = (int(v) for v in torch.stack([
+        scored.any().long(), torch.where(scored, labels, big.max).min(), torch.where(scored, labels, big.min).max()]).tolist())
+    if not any_scored:
+        return
     if high >= classes:
         raise ValueError(
             f"the model gives {classes} classes (output {shape_o}, class axis 1), but this batch's labels go up to {high}: labels "
