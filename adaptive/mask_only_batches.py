@@ -137,11 +137,11 @@ class StageBatchesMixin:
         rec = {"kind": "update", "step": self.step, "stage": st.index, "target": st.label,
                "removed": self.total - self.conn.num_live(), "pruned": ev["pruned"], "restored": ev["grown"],
                "train_removed": window_removed, "train_examples": int(round(win_examples * procs)),
-               "train_loss": win_loss / win_n, "train_acc": win_correct / win_counted if win_counted else None,
+               "train_loss": win_loss / win_n if win_n else None, "train_acc": win_correct / win_counted if win_counted else None,
                "verify_loss": ev.get("holdout_loss"), "est_loss_change": ev.get("est_loss_change"),
                "est_score_change": ev.get("est_score_change"),
                "actual_loss_change": ev.get("actual_loss_change"),
                "line_search_fraction": ev.get("line_search_fraction")}
         self.record(rec)
         self.start_window()
-        self.bar.set_postfix(removed=rec["removed"], loss=f"{rec['train_loss']:.3f}")
+        self.bar.set_postfix(removed=rec["removed"], **({} if rec["train_loss"] is None else {"loss": f"{rec['train_loss']:.3f}"}))

@@ -57,7 +57,9 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
             if progress is not None:
                 progress.update(1)
     if n == 0:
-        raise ValueError("evaluate: no examples")
+        raise ValueError("evaluate: no examples to score in the evaluated batches (the loader yields no batch, or every "
+                         "label is the ignored one, -100): give the holdout loader (or the evaluated one) batches with "
+                         "labels to score")
     return loss_sum / n, (correct / counted if counted else None), n
 
 
