@@ -127,10 +127,16 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
             f"{what} takes class indices as int64 (torch.long), but the targets are {str(y.dtype).replace('torch.', '')}"
             f" {shape_y} (torch refuses them deep inside the loss): give int64 labels, y.long() (in the dataset, a "
             f"target_transform or the DataLoader's collate_fn)")
-    scored = y[y != ignore] if ignore is not None else y.reshape(-1)
-    if scored.numel() == 0:
+    # the smallest and largest scored label in one read from the device (a boolean index would be a second)
+    labels = y.reshape(-1).long()
+    if labels.numel() == 0:
         return
-    low, high = (int(v) for v in torch.stack([scored.min(), scored.max()]).tolist())
+    scored = labels != ignore if ignore is not None else torch.ones_like(labels, dtype=torch.bool)
+    big = torch.iinfo(torch.int64)
+    any_scored, low, high = (int(v) for v in torch.stack([
+        scored.any().long(), torch.where(scored, labels, big.max).min(), torch.where(scored, labels, big.min).max()]).tolist())
+    if not any_scored:
+        return
     if high >= classes:
         raise ValueError(
             f"the model gives {classes} classes (output {shape_o}, class axis 1), but this batch's labels go up to {high}: labels "
@@ -142,6 +148,20 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
             f"the labels include {low}, but labels are class indices 0..{classes - 1} for the model's {classes} "
             f"classes (output {shape_o}); only {ignore} marks a position to ignore: relabel the data 0..{classes - 1}, "
             f"or bind the label you use for ignored positions ({_ignoring(loss_fn, low)})")
+
+
+def refuse_batch_targets(out, y, loss_fn, where: str) -> None:
+    """:func:`refuse_mismatched_targets` for one batch of a loop (``where``: which batch, named in a note),
+    before ``loss_fn`` is called on it: a check of the first batch alone let a label beyond the head in a later
+    batch (a loader ordered by class passes it) reach torch's loss, a bare "Target 12 is out of bounds" (on a
+    GPU a device-side assert, which leaves the CUDA context unusable). Nothing for losses not known here; for
+    a class loss it reads the batch's smallest and largest label on the host."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    try:
+        refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")
+    except ValueError as e:
+        e.add_note(f"adaptive: found in {where}")
+        raise
 
 
 def _per_example(shape) -> int:

@@ -10,7 +10,8 @@ import torch
 
 from .distributed import agreed_call
 from .mask_only_best import _better, _criterion
-from .mask_only_data import _to_device, refuse_repeated_verify_batches
+from .mask_only_data import _to_device, input_shapes, refuse_repeated_verify_batches
+from .label_checks import refuse_batch_targets
 from .mask_only_eval import _logits
 from .mask_only_result import Snapshot
 from .mask_only_window import _Window
@@ -35,10 +36,20 @@ class StageBatchesMixin:
         x, y = _to_device(next(self.train_iter), self.device)
         for p in conn.params.values():
             p.grad = None
-        out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        try:
+            out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        except RuntimeError as e:  # (a bare one from deep inside: 'mat1 and mat2 shapes cannot be multiplied')
+            if not isinstance(e, torch.OutOfMemoryError):
+                e.add_note(f"adaptive: the model failed on training batch {self.step + 1} of the run (inputs "
+                           f"{input_shapes(x)}), having run on the held-out batches: where these inputs are of another "
+                           "shape (image size, channels, features) than the holdout loader's, give the train loader "
+                           "inputs of the shape the model takes")
+            raise
         if self.reduction is None:  # the loss checked on this batch before any backward pass
             with torch.no_grad():  # (each process's own first batch: a refusal on one stops every process)
                 self.reduction = agreed_call(lambda: takes_reduction(s.loss_fn, out.detach(), y), passed_why=_OWN_BATCHES)
+        else:  # every batch's labels, before the loss (the first's were checked just above)
+            refuse_batch_targets(out, y, s.loss_fn, f"training batch {self.step + 1} of the run (stage {st.label})")
         loss = s.loss_fn(out, y)
         loss.backward()
         ctrl.observe()
@@ -126,11 +137,11 @@ class StageBatchesMixin:
         rec = {"kind": "update", "step": self.step, "stage": st.index, "target": st.label,
                "removed": self.total - self.conn.num_live(), "pruned": ev["pruned"], "restored": ev["grown"],
                "train_removed": window_removed, "train_examples": int(round(win_examples * procs)),
-               "train_loss": win_loss / win_n, "train_acc": win_correct / win_counted if win_counted else None,
+               "train_loss": win_loss / win_n if win_n else None, "train_acc": win_correct / win_counted if win_counted else None,
                "verify_loss": ev.get("holdout_loss"), "est_loss_change": ev.get("est_loss_change"),
                "est_score_change": ev.get("est_score_change"),
                "actual_loss_change": ev.get("actual_loss_change"),
                "line_search_fraction": ev.get("line_search_fraction")}
         self.record(rec)
         self.start_window()
-        self.bar.set_postfix(removed=rec["removed"], loss=f"{rec['train_loss']:.3f}")
+        self.bar.set_postfix(removed=rec["removed"], **({} if rec["train_loss"] is None else {"loss": f"{rec['train_loss']:.3f}"}))

@@ -69,6 +69,18 @@ def _to_device(batch, device):
     return type(batch)(to_device(t, device) for t in batch)
 
 
+def input_shapes(x) -> str:
+    """The shape(s) of a batch's inputs as an error names them: ``(16, 3, 32, 32)`` for a tensor, each
+    one's for a tuple, list or dict of them (nested too), the type's name for anything else."""
+    if torch.is_tensor(x):
+        return str(tuple(x.shape))
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k!r}: {input_shapes(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (tuple, list)):
+        return "[" + ", ".join(input_shapes(v) for v in x) + "]"
+    return type(x).__name__
+
+
 def _model_device(model: nn.Module) -> Optional[torch.device]:
     p = next(model.parameters(), None)
     return None if p is None else p.device

@@ -11,8 +11,8 @@ from torch import nn
 from .data.cycle import rng_states, set_rng_states
 from .distributed import agreed_call, all_reduce_mean_
 from .global_rng import kept_global_rng
-from .label_checks import refuse_mismatched_targets
-from .mask_only_data import _NONE, _model_device, _to_device
+from .label_checks import refuse_batch_targets, refuse_mismatched_targets
+from .mask_only_data import _NONE, _model_device, _to_device, input_shapes
 from .metrics import (AccuracyFn, batch_accuracy, batch_loss, call_model, check_output, default_accuracy,
                       refuse_one_class, takes_reduction)
 from .modes import modes_kept
@@ -36,7 +36,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
     (None: checked on the first batch; without it the mean is weighted by the units). Every process
     of a multi-process run evaluates all of ``batches`` (pass an unsharded loader to get the same
     numbers everywhere). ``progress``: a bar (anything with ``update(n)``) advanced once per batch."""
-    loss_sum, correct, n, counted = 0.0, 0, 0, 0
+    loss_sum, correct, n, counted, batches_read = 0.0, 0, 0, 0, 0
     device = _model_device(model)
     with modes_kept(model, train=False):
         for batch in batches:
@@ -44,6 +44,9 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
             out = _logits(call_model(model, x, "mask-only optimisation"), model)
             if reduction is None:
                 reduction = takes_reduction(loss_fn, out, y)
+            else:  # every batch's labels, before the loss (takes_reduction checked the first's)
+                refuse_batch_targets(out, y, loss_fn, f"batch {batches_read + 1} of the evaluated loader")
+            batches_read += 1
             s, k = batch_loss(loss_fn, out, y, reduction)
             loss_sum += s
             n += k
@@ -54,7 +57,9 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
             if progress is not None:
                 progress.update(1)
     if n == 0:
-        raise ValueError("evaluate: no examples")
+        raise ValueError("evaluate: no examples to score in the evaluated batches (the loader yields no batch, or every "
+                         "label is the ignored one, -100): give the holdout loader (or the evaluated one) batches with "
+                         "labels to score")
     return loss_sum / n, (correct / counted if counted else None), n
 
 
@@ -83,7 +88,14 @@ def _check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
         return
     x, y = _to_device(batch, _model_device(model))
     with modes_kept(model, train=False):
-        out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        try:
+            out = _logits(call_model(model, x, "mask-only optimisation"), model)
+        except RuntimeError as e:  # (a bare one from deep inside: 'mat1 and mat2 shapes cannot be multiplied')
+            if not isinstance(e, torch.OutOfMemoryError):
+                e.add_note(f"adaptive: the model failed on the first held-out batch (inputs {input_shapes(x)}), checked "
+                           "before any work; nothing was changed. Where the model takes inputs of another shape (image "
+                           "size, channels, features), give the holdout loader such inputs, as the train loader's")
+            raise
     name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
     refuse_one_class(out, f"loss_fn {name}", loss_fn)  # (as takes_reduction: the one-channel head named first)
     refuse_mismatched_targets(out, y, loss_fn, f"loss_fn {name}")

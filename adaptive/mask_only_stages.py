@@ -23,6 +23,7 @@ from .mask_only_learning import _kept_note, mask_learning
 from .mask_only_plan import Plan
 from .mask_only_result import MaskOnlyResult, Snapshot
 from .mask_only_settings import Settings
+from .mask_only_start import record_result
 from .warn import warn_user
 
 
@@ -206,6 +207,7 @@ class StageRun(StageBatchesMixin):
                     conn.set_masks(result.snapshots["best"].masks)
             finally:
                 self.bar.close()
+        record_result(conn)  # its masks stay on the model: a later call on these weights names where its zeros came from
         if self.ctrl.nonfinite_windows:
             warn_user(f"{self.ctrl.nonfinite_windows} window(s) of {s.window} training batch(es) were left out for a NaN or "
                           "inf loss or gradient (none of it reached the estimator or the masks); check the data (NaN or "

@@ -15,6 +15,7 @@ A dense network (no weight exactly 0.0) starts with every synapse present, exact
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -35,13 +36,16 @@ class Start:
     - ``zeros``: weights of exactly 0.0 in all (``zeros - absent`` sit in ensembles that hold
       nonzero weights too, and count as present: such an ensemble is removed or kept whole);
     - ``attached``: of the zeros, those pruned by a Connectome attached to an optimizer of the
-      model (None: no such connectome)."""
+      model (None: no such connectome);
+    - ``earlier``: of the zeros, those pruned by the masks an earlier :func:`adaptive.optimize_connectome`
+      on the same weights left on the model (its result's connectome holds their weights; None: none)."""
 
     masks: Dict[str, torch.Tensor]
     absent: int
     total: int
     zeros: int
     attached: Optional[int] = None
+    earlier: Optional[int] = None
 
     @property
     def sparse(self) -> bool:
@@ -69,7 +73,7 @@ def sparse_start(conn) -> Start:
         del nonzero
         masks[n] = keep.to(conn.masks[n].device)
         absent += int(torch.count_nonzero(g.expand(~keep, w.shape)))  # (a view where the granularity allows)
-    return Start(masks, absent, conn.num_synapses(), zeros, _attached_pruned(conn))
+    return Start(masks, absent, conn.num_synapses(), zeros, _attached_pruned(conn), _earlier_pruned(conn))
 
 
 def check_start_agrees(start: Start) -> None:
@@ -107,6 +111,42 @@ def _attached_pruned(conn) -> Optional[int]:
     return pruned if seen else None
 
 
+# per weight (by id), the connectome of the last optimize_connectome that ran on it and left its masks on the model:
+# (weak reference to the weight, weak reference to that connectome), kept only while both live
+_LEFT_BY: Dict[int, tuple] = {}
+
+
+def record_result(conn) -> None:
+    """Record that ``conn`` (a finished optimisation's mask_only connectome) leaves its masks on its model's weights,
+    so that a later optimisation of the same weights can say where their zeros came from and how to give them back
+    (:attr:`Start.earlier`). Weak references only: the record goes with the connectome or the weights."""
+    for key in [k for k, (p, c) in _LEFT_BY.items() if p() is None or c() is None]:
+        del _LEFT_BY[key]
+    for p in conn.params.values():
+        _LEFT_BY[id(p)] = (weakref.ref(p), weakref.ref(conn))
+
+
+def _earlier_pruned(conn) -> Optional[int]:
+    """The weights of ``conn`` that are 0.0 because an earlier optimisation's connectome (:func:`record_result`)
+    holds them pruned (None: none)."""
+    pruned = 0
+    for p in conn.params.values():
+        entry = _LEFT_BY.get(id(p))
+        other = entry[1]() if entry is not None and entry[0]() is p else None
+        if other is None or other is conn:
+            continue
+        name = next((k for k, q in other.params.items() if q is p), None)
+        if name is not None:
+            pruned += int(torch.count_nonzero(~other.masks[name].to(p.device) & (p.detach() == 0)))
+    return pruned or None
+
+
+# how to give back the weights an earlier optimisation left pruned on the model
+_GIVE_BACK = ("to start from the weights that earlier call was given, give them back first: "
+              "result.conn.set_masks({n: torch.ones_like(m) for n, m in result.conn.masks.items()}) on its result (on "
+              "each such result, the latest first)")
+
+
 def refuse_below_start(label: str, removed: int, start: Start) -> None:
     """Refuse target ``label`` (removing ``removed`` synapses in all) when it removes fewer than are
     absent at ``start``: mask-only optimisation cannot give them back (their weights are unknown)."""
@@ -117,12 +157,15 @@ def refuse_below_start(label: str, removed: int, start: Start) -> None:
         f"({start.absent / start.total:.1%}) are already absent: their weights are exactly 0.0{_by_attached(start)}, "
         "and mask-only optimisation keeps weights frozen, so it cannot restore them. Targets count every prunable "
         f"synapse (a fraction is the share removed at the end): give a target of at least {start.absent} "
-        f"synapses (a fraction of at least {fraction_bound(start.absent, start.total, most=False, share=True)}), or load the dense weights first")
+        f"synapses (a fraction of at least {fraction_bound(start.absent, start.total, most=False, share=True)}), or load the dense weights first"
+        + (f" ({_GIVE_BACK})" if start.earlier else ""))
 
 
 def _by_attached(start: Start) -> str:
-    return (f" ({start.attached:,} of them pruned by the Connectome attached to the model's optimizer)"
-            if start.attached else "")
+    by = ([f"{start.attached:,} of them pruned by the Connectome attached to the model's optimizer"] if start.attached
+          else []) + ([f"{start.earlier:,} of them pruned by an earlier optimize_connectome on this model, whose "
+                       "result's masks stay on the model's weights"] if start.earlier else [])
+    return f" ({'; '.join(by)})" if by else ""
 
 
 def start_note(start: Start, ensemble: str) -> str:
@@ -138,6 +181,8 @@ def start_note(start: Start, ensemble: str) -> str:
     if partly:
         note += (f" {partly:,} more weights of exactly 0.0 sit in '{ensemble}' ensembles that hold nonzero weights "
                  "too: they count as present (an ensemble is removed or kept whole).")
+    if start.earlier:
+        note += f" To start from the weights that earlier call was given instead, {_GIVE_BACK.split(', ', 1)[1]}."
     if start.attached is not None:
         note += (" The attached Connectome is left as it is (its masks do not follow the result's): to train on with "
                  "a snapshot's masks, conn.set_masks(result.use(label).masks).")

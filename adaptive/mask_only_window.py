@@ -34,7 +34,10 @@ class _Window:
         """Add a batch: its mean ``loss`` over ``units`` (positions for classification shapes, else
         examples, as :func:`adaptive.mask_only_eval.evaluate`), ``acc`` (``(correct, counted)`` or None)
         and its targets ``y``. The sums stay on the device (as float64, the host's Python floats)."""
-        self.loss += loss.detach().double() * units
+        weighted = loss.detach().double() * units
+        # a batch with no unit to score (every label the ignored one, -100) has a mean loss of NaN: it adds nothing
+        # (NaN x 0 is NaN); a where, not a read on the host, so the sums stay on the device
+        self.loss += torch.where(units > 0, weighted, 0.0) if torch.is_tensor(units) else (weighted if units else 0.0)
         self.n += units
         self.examples += example_count(y)
         if acc is not None:

@@ -1,5 +1,6 @@
 """adaptive.optimize_connectome and the crawl policy: mechanics on a tiny CNN and fake data."""
 import copy
+import math
 import os
 import re
 import sys
@@ -1386,6 +1387,89 @@ def test_train_labels_beyond_the_head_are_refused_by_name_with_the_weights_given
     before = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match=r"model gives 10 classes.*go up to 1\d"):
         optimize_connectome(model, train, holdout, target=0.5, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _labels_beyond_the_head_after_the_first_batch():
+    """A 10-class MLP and data whose first batch holds labels 0..9 only (a loader ordered by class, say)
+    and whose third holds a label of 12."""
+    torch.manual_seed(0)
+    x, y = torch.randn(48, 8), torch.arange(48) % 10
+    y[40] = 12
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10)), DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+@pytest.mark.parametrize("where", ["holdout", "train"])
+def test_labels_beyond_the_head_in_a_later_batch_are_refused_by_name_with_the_weights_given_back(where):
+    """Only the first held-out and the first training batch were checked against the head: a label beyond it in a
+    later batch (a holdout ordered by class passes the first-batch check) failed with torch's bare "Target 12 is out
+    of bounds" (on a GPU a device-side assert, which leaves the CUDA context, and the model's weights on it,
+    unusable). Every batch's labels are now checked before the loss is called: both counts and the fix named, the
+    original weights given back."""
+    model, bad = _labels_beyond_the_head_after_the_first_batch()
+    _, good = _mlp_and_labels(10)
+    before = copy.deepcopy(model.state_dict())
+    train, holdout = (good, bad) if where == "holdout" else (bad, good)
+    with pytest.raises(ValueError, match=r"model gives 10 classes.*labels go up to 12.*num_classes="):
+        optimize_connectome(model, train, holdout, target=0.5, passes=1.0, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("where", ["holdout", "train"])
+def test_inputs_the_model_cannot_take_are_named_with_their_shape(where):
+    """A loader of inputs of another shape than the model takes (6 features for a model of 8) failed with torch's
+    bare "mat1 and mat2 shapes cannot be multiplied", naming neither the loader nor the batch: a note now names
+    which loader's batch, its inputs' shape and the fix (the holdout's before any work, nothing changed; the train
+    loader's with the weights given back)."""
+    model, good = _mlp_and_labels(10)
+    other = DataLoader(TensorDataset(torch.randn(32, 6), torch.arange(32) % 10), batch_size=16)
+    before = copy.deepcopy(model.state_dict())
+    train, holdout = (good, other) if where == "holdout" else (other, good)
+    with pytest.raises(RuntimeError) as e:
+        optimize_connectome(model, train, holdout, target=0.5, progress=False)
+    notes = " ".join(getattr(e.value, "__notes__", []))
+    which = "first held-out batch" if where == "holdout" else "training batch 1 of the run"
+    assert f"{which} (inputs (16, 6))" in notes and f"give the {where} loader" in notes, notes
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _with_ignored_labels(batch_ignored):
+    """A 10-class MLP, a train loader of three batches of 16 whose batch ``batch_ignored`` holds only the ignored
+    label (-100: a batch of padding positions, say) and a holdout of real labels."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 8), torch.arange(64) % 10
+    y_train = y[:48].clone()
+    y_train[16 * batch_ignored:16 * (batch_ignored + 1)] = -100
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10))
+    return (model, DataLoader(TensorDataset(x[:48], y_train), batch_size=16),
+            DataLoader(TensorDataset(x[48:], y[48:]), batch_size=8))
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_a_training_batch_whose_every_label_is_ignored_neither_stops_the_run_nor_makes_its_window_loss_nan(window):
+    """A training batch holding only ignored labels (-100) has a loss of NaN (a mean over no position) and a gradient
+    of 0: the window's loss sum took NaN x 0 = NaN, so a window of it alone stopped the run with a bare
+    ZeroDivisionError (its loss over 0 positions) and a window with other batches reported a train loss of NaN. Such
+    a batch now adds nothing to the window's loss: a window of it alone reports no train loss (None, as an accuracy
+    with nothing to count), the others the mean over the positions they score."""
+    model, train, holdout = _with_ignored_labels(1)
+    res = optimize_connectome(model, train, holdout, target=0.3, passes=1.0, window=window, progress=False)
+    losses = [h["train_loss"] for h in res.history if h["kind"] == "update"]
+    assert res.snapshots["0.3"].removed == round(0.3 * res.conn.num_synapses())
+    if window == 1:
+        assert losses[1] is None and all(math.isfinite(v) for i, v in enumerate(losses) if i != 1), losses
+    else:
+        assert all(v is not None and math.isfinite(v) for v in losses), losses
+
+
+def test_a_holdout_whose_every_label_is_ignored_is_refused_naming_it():
+    """A holdout whose every label is the ignored one (-100) gives no held-out figure: it was refused with a bare
+    "evaluate: no examples"; now the error names the ignored labels and the fix."""
+    model, train, _ = _with_ignored_labels(0)
+    holdout = DataLoader(TensorDataset(torch.randn(16, 8), torch.full((16,), -100)), batch_size=8)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match=r"no examples to score.*ignored.*-100.*holdout"):
+        optimize_connectome(model, _with_ignored_labels(1)[1], holdout, target=0.3, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

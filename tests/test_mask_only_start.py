@@ -315,3 +315,23 @@ def test_a_fraction_bound_is_the_last_figure_on_its_side_across_totals():
                     assert resolved(beside(least, False), total) < count, least
 
     check()
+
+
+def test_a_second_call_on_a_model_an_earlier_call_pruned_names_that_call_and_how_to_give_its_weights_back():
+    """optimize_connectome leaves the model with its result's masks (the pruned weights 0.0), so a second call on the
+    same model (another seed, another target) starts from the first one's result: the start's note said only that
+    the weights were exactly 0.0 and a smaller target's refusal said to "load the dense weights first", though the
+    first result's connectome holds them. Both now name the earlier call and the fix; following it, the second call
+    starts dense, and a call on the dense model says nothing of an earlier one."""
+    m = mlp()
+    first, _ = optimize(m, 0.3, passes=0.5)
+    removed = first.snapshots["0.3"].removed
+    second, said = optimize(m, 0.5, passes=0.5)
+    note = next(w for w in said if "starts from a sparse network" in w)
+    assert f"{removed:,} of them pruned by an earlier optimize_connectome" in note and "set_masks" in note, note
+    with pytest.raises(ValueError, match=r"pruned by an earlier optimize_connectome.*result\.conn\.set_masks"):
+        optimize(m, 0.1, passes=0.5)
+    for res in (second, first):  # the fix: every mask of the earlier results 1 again
+        res.conn.set_masks({n: torch.ones_like(k) for n, k in res.conn.masks.items()})
+    third, said = optimize(m, 0.1, passes=0.5)
+    assert third.start_removed == 0 and not any("sparse network" in w for w in said)
