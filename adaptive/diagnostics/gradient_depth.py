@@ -188,8 +188,8 @@ def _warn_mixed_positions(g, name: str, in_srcs: List[torch.Tensor]) -> None:
     depths = sorted({d for _, ds in found for d in ds})
     total = sum(int(i.numel()) for i in in_srcs)
     warn_user(f"{count} of the {total} input units of {name!r} read signals of several depths ({depths}) at different "
-              "positions (a concatenation along a non-channel axis: of tokens, such as a class token beside patch "
-              "embeddings, or of the batch): the gradient of a weight reading one sums the parts of every depth, "
+              "positions (a concatenation along a non-channel axis: of tokens computed at other depths, such as raw "
+              "inputs beside embedded ones, or of the batch): the gradient of a weight reading one sums the parts of every depth, "
               "and is counted in the band of the deepest, so the bands do not separate those signals. To measure "
               "them apart, concatenate such signals along the channel (feature) axis, or measure a layer that "
               "reads each on units of its own")
