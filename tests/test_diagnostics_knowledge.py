@@ -671,3 +671,25 @@ def test_a_curve_of_some_layers_says_the_counts_are_of_those(tmp_path, monkeypat
                           for lab in labels)
     whole = knowledge_distribution(net, data, counts=[0, 6])  # every layer: nothing to say
     assert "include/exclude" not in whole.note and whole.measured_of == 72
+
+
+def test_a_gradient_order_says_which_layers_no_gradient_reached():
+    # found: a prunable head the forward never uses was scored on no gradient (its weights then counted among the
+    # removed, at no cost) with no word; collinearity and gradient_by_depth name such a layer
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head, self.aux = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"the taylor removal order: no gradient reached aux.weight in any batch "
+                                         r"\(12 weights: the forward does not use them"):
+        knowledge_distribution(Unused(), data, order_loader=data, order_batches=3, estimator="taylor", counts=[0, 12])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every layer reached: nothing to say
+        knowledge_distribution(Unused(), data, order_loader=data, order_batches=3, estimator="taylor", counts=[0, 12],
+                               exclude=["aux"])
