@@ -461,7 +461,9 @@ def cmd_knowledge(args):
     model, conn = model_for(data.num_classes, data.in_shape)
     model = trained_model(args, data, model)
     t0 = time.time()
-    order_loader = None if args.estimator == "magnitude" else holdout_mixed(data, args.seed, f"the {args.estimator} order")
+    # held-out TRAIN only for an order that reads gradients: magnitude and random read no data
+    reads_data = getattr(get_estimator(args.estimator), "needs_gradients", False)
+    order_loader = holdout_mixed(data, args.seed, f"the {args.estimator} order") if reads_data else None
     # not given: up to 20, the whole held-out part where it holds fewer (a warning is for a count asked for)
     order_batches = args.order_batches or (min(DEFAULT_ORDER_BATCHES, len(order_loader)) if order_loader else None)
     curve = D.knowledge_distribution(
@@ -478,7 +480,9 @@ def cmd_knowledge(args):
     )
     n_order = min(len(data.holdout.dataset), (order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
-    curve.note = (f"order from {'weights only' if args.estimator == 'magnitude' else f'{n_order} held-out TRAIN images'}; "
+    read = (f"{n_order} held-out TRAIN images" if reads_data else "weights only" if args.estimator == "magnitude"
+            else f"no data ({args.estimator})")
+    curve.note = (f"order from {read}; "
                   f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images"
                   + (" (a fixed random sample)" if curve.meta['base']['samples'] < len(data.test.dataset) else "")
                   + "".join("; " + c for c in curve.meta["caveats"]))

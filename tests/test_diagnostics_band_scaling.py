@@ -707,3 +707,50 @@ def test_a_compiled_forward_of_the_module_inside_reads_no_weight_as_replaced():
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), twin.parameters()))
     for s in (scaler, twin_scaler):
         s.remove()
+
+
+class _UpNet(nn.Module):
+    """A transposed convolution reading a concatenation of the input (depth 0) and a layer's output (1)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.up, self.fc = nn.Conv2d(2, 2, 1), nn.ConvTranspose2d(4, 2, 2, stride=2), nn.Conv2d(2, 3, 1)
+
+    def forward(self, x):
+        return self.fc(self.up(torch.cat([x, self.a(x)], 1))).mean((2, 3))
+
+
+def test_depths_of_a_transposed_convolution_without_layers_scale_it():
+    # found: layers=None took only Linear/Conv1d-3d among the depths= names, so a ConvTranspose's depths were
+    # dropped without a word (the layer left unscaled), or alone ended in "no layer to scale ... pass layers="
+    net = _UpNet()
+    depths = torch.tensor([0, 0, 1, 1])
+    scaler = BandGradientScaler(net, depths={"up": depths}, momentum=0.0)
+    try:
+        assert list(scaler.state) == ["up"]
+        x, y = torch.randn(3, 2, 4, 4), torch.randint(0, 3, (3,))
+        twin = _UpNet()  # the same weights, no hook: the gradient as autograd gives it
+        (raw,) = torch.autograd.grad(nn.functional.cross_entropy(twin(x), y), [twin.up.weight])
+        nn.functional.cross_entropy(net(x), y).backward()
+        scale = scaler.scales()["up"]
+        assert set(scale) == {0, 1} and scale[0] != pytest.approx(1.0)
+        want = raw * torch.tensor([scale[int(d)] for d in depths]).view(4, 1, 1, 1)  # its weight: (in, out, k, k)
+        torch.testing.assert_close(net.up.weight.grad, want, rtol=1e-5, atol=0)
+    finally:
+        scaler.remove()
+
+
+def test_depths_no_scaled_layer_takes_are_refused_naming_them():
+    # found: a misspelt depths= name was dropped without a word, the layer meant scaled by its traced (or
+    # input_depths) depths instead; a depths= entry of a layer left out of a given layers= stays the caller's choice
+    with pytest.raises(ValueError, match=r"depths= gives depths for \['upp'\], but no layer it scales is named so "
+                                         r"\(it scales \['fc'\]\).*one of \['a', 'up', 'fc'\]"):
+        BandGradientScaler(_UpNet(), depths={"upp": torch.tensor([0, 0, 1, 1]), "fc": torch.tensor([2, 3])})
+    net = _UpNet()
+    with pytest.raises(ValueError, match=r"depths= gives depths for \['fc.bias'\]"):
+        BandGradientScaler(net, layers=["up"], depths={"up": torch.tensor([0, 0, 1, 1]), "fc.bias": torch.tensor([2, 3])})
+    assert not net.up.weight._backward_hooks  # refused: no hook left behind
+    subset = BandGradientScaler(net, layers=["up"], depths={"up": torch.tensor([0, 0, 1, 1]), "fc": torch.tensor([2, 3])})
+    assert list(subset.state) == ["up"]
+    subset.remove()

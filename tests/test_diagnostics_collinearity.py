@@ -291,3 +291,24 @@ def test_the_result_and_its_figures_say_how_many_examples_were_measured(monkeypa
     assert all("(5 batches, 301 examples" in t for t in titles), titles
     recut = collinearity(model, data, batch_size=100)  # 301 re-cut into 3 of 100, the last one dropped
     assert recut.examples == 300 and recut.describe_batches() == "3 batches of 100, 300 examples"
+
+
+def test_a_layer_run_under_no_grad_is_left_out_naming_that_cause():
+    # found: a backbone the forward runs under torch.no_grad() was left out as taking "no part in the loss" (the
+    # forward's own reason, the one to change, went unsaid: it reads as an unused layer)
+    class Frozen(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            with torch.no_grad():
+                f = torch.relu(self.backbone(x))
+            return self.head(f)
+
+    torch.manual_seed(0)
+    data = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"left out \(no gradient to measure\): backbone.weight \(the forward does not "
+                                         r"use them, or runs them under torch.no_grad\(\) or detaches their output"):
+        col = collinearity(Frozen(), data)
+    assert list(col.cosine) == ["head.weight"]

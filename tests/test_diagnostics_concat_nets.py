@@ -5,6 +5,7 @@ takes about a second to trace, and a scaler of its 121 layers traced it for each
 minutes to build, printing nothing; with one trace it takes a few seconds, with the same scales.
 """
 import re
+import warnings
 
 import pytest
 import torch
@@ -162,3 +163,40 @@ def test_the_collinearity_command_takes_the_largest_batch_sizes_it_advises(optio
     monkeypatch.setattr(script, "trained_model", trained)
     with pytest.raises(_Trained):
         script.main(["collinearity", *options, "--output_dir", str(tmp_path / "out")])
+
+
+class TokenCat(nn.Module):
+    """Tokens of two depths side by side along the sequence axis, read by one Linear (``mixed``), beside a
+    channel concatenation of the same signals read by another (``split``), both after zero padding."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.mixed, self.split = nn.Linear(4, 3), nn.Linear(10, 3)
+
+    def forward(self, x):  # x: (B, 4)
+        h = self.b(F.relu(self.a(x)))  # depth 2
+        tokens = torch.cat([x.unsqueeze(1), h.unsqueeze(1)], 1)  # (B, 2 tokens, 4): depths 0 and 2 per feature
+        return self.mixed(tokens).sum(1) + self.split(F.pad(torch.cat([x, h], 1), (1, 1)))
+
+
+def test_a_layer_reading_tokens_of_several_depths_is_said_to_mix_them_in_its_deepest_band():
+    # found: a Linear reading a concatenation along the token axis (a weight reads depth 0 at one position and
+    # depth 2 at the other) had its whole gradient put in band 2, with no word; the bands looked clean
+    from adaptive.diagnostics import gradient_by_depth
+
+    net = TokenCat()
+    data = [(torch.randn(5, 4), torch.randint(0, 3, (5,))) for _ in range(2)]
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        bands = gradient_by_depth(net, data, layer="mixed", batches=2)
+    said = [str(w.message) for w in said]
+    assert any(m.startswith("4 of the 4 input units of 'mixed' read signals of several depths ([0, 2]) at different "
+                            "positions") for m in said), said
+    assert any("one band, nothing to compare" in m for m in said)
+    assert bands.depths == [2]  # counted at the deepest, as the warning says
+    with warnings.catch_warnings():  # channels of one depth each, zero padding beside them: nothing mixed
+        warnings.simplefilter("error")
+        split = gradient_by_depth(net, data, layer="split", batches=2)
+    assert split.depths == [-1, 0, 2] and [r["weights"] for r in split.table] == [6, 12, 12]

@@ -1,6 +1,7 @@
 """gradient_by_depth and BandGradientScaler on cases with known answers."""
 import contextlib
 import math
+import re
 import warnings
 
 import pytest
@@ -1138,6 +1139,26 @@ def test_a_recurrent_or_attention_matrix_is_refused_naming_it_and_the_layers_to_
         gradient_by_depth(Net(), data, layer=layer, batches=1)
     with pytest.raises(TypeError, match="not a recurrent or attention module's matrices"):
         BandGradientScaler(Net(), layers=[layer], depths={layer: torch.zeros(4)})
+
+
+@pytest.mark.parametrize("reparametrise, source, fix", [
+    (lambda m: torch.nn.utils.prune.l1_unstructured(m, "weight", amount=0.5), "['weight_orig']",
+     "torch.nn.utils.prune.remove(module, 'weight')"),
+    (torch.nn.utils.parametrizations.weight_norm, "['parametrizations.weight.original0', 'parametrizations.weight.original1']",
+     "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight', leave_parametrized=True)"),
+])
+def test_a_layer_whose_weight_is_computed_is_refused_naming_the_call_that_makes_it_a_parameter(reparametrise, source, fix):
+    # found: a Linear pruned by torch.nn.utils.prune (or under weight_norm) was refused as "a recurrent or attention
+    # module's matrices" ("its matrices ['weight_orig'] are not measured here"), offering the very layer refused
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    reparametrise(net[0])
+    said = (rf"layer '0': the `weight` of \w*Linear '0' is no parameter but a tensor computed at each call from "
+            rf"{re.escape(source)} .*; call {re.escape(fix)} first \(here the module is model.get_submodule\('0'\)\)")
+    with pytest.raises(TypeError, match=said):
+        gradient_by_depth(net, constant_loader(torch.randn(3, 4), 1), layer="0", depths=[0, 0, 1, 1], batches=1)
+    with pytest.raises(TypeError, match=said):
+        BandGradientScaler(net, layers=["0"], depths={"0": torch.tensor([0, 0, 1, 1])})
 
 
 class _Encoder(nn.Module):

@@ -644,3 +644,52 @@ def test_the_figure_title_counts_fine_tune_batches_in_words(tmp_path, monkeypatc
     monkeypatch.setattr(knowledge, "save_figure", lambda fig, path, svg=False: titles.append(fig._suptitle.get_text()))
     curve.plot(tmp_path / "k.png")
     assert words in titles[0] and "1 fine-tune batches" not in titles[0]
+
+
+def test_a_curve_of_some_layers_says_the_counts_are_of_those(tmp_path, monkeypatch):
+    # found: with include= choosing one layer, fraction 1 (every weight of that layer) read as "% of prunable
+    # weights" on the figure and nothing in the note said the other layers were left out of the count
+    import json
+
+    import adaptive.diagnostics.knowledge as K
+    from adaptive.diagnostics import KnowledgeCurve
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(10, 6), torch.randint(0, 3, (10,))) for _ in range(2)]
+    curve = knowledge_distribution(net, data, include=["2"], counts=[0, 6, 24])
+    assert curve.total == 24 and curve.table["fraction"] == [0.0, 0.25, 1.0]
+    assert ("; only 24 of the model's 72 prunable weights measured (include/exclude): removed and fractions are of "
+            "those") in curve.note
+    curve.save(str(tmp_path))
+    assert json.loads((tmp_path / "knowledge_summary.json").read_text())["measured_of"] == 72
+    labels = []
+    monkeypatch.setattr(K, "save_figure", lambda fig, path, svg=False: labels.extend(
+        c.get_xlabel() for ax in fig.axes for c in ax.child_axes) or [str(path)])
+    KnowledgeCurve.load(str(tmp_path)).plot(tmp_path / "k.png")
+    assert labels and all(lab == "% of the 24 prunable weights measured (of the model's 72 prunable weights)"
+                          for lab in labels)
+    whole = knowledge_distribution(net, data, counts=[0, 6])  # every layer: nothing to say
+    assert "include/exclude" not in whole.note and whole.measured_of == 72
+
+
+def test_a_gradient_order_says_which_layers_no_gradient_reached():
+    # found: a prunable head the forward never uses was scored on no gradient (its weights then counted among the
+    # removed, at no cost) with no word; collinearity and gradient_by_depth name such a layer
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head, self.aux = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    with pytest.warns(UserWarning, match=r"the taylor removal order: no gradient reached aux.weight in any batch "
+                                         r"\(12 weights: the forward does not use them"):
+        knowledge_distribution(Unused(), data, order_loader=data, order_batches=3, estimator="taylor", counts=[0, 12])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every layer reached: nothing to say
+        knowledge_distribution(Unused(), data, order_loader=data, order_batches=3, estimator="taylor", counts=[0, 12],
+                               exclude=["aux"])

@@ -465,6 +465,18 @@ def test_knowledge_order_batches_not_given_reads_the_held_out_part_without_a_war
         recipe.main([*args, "--output_dir", str(tmp_path / "b"), "--order_batches", "20"])
 
 
+def test_a_random_order_reads_no_held_out_data_and_says_so(recipe, tmp_path):
+    """Every estimator but magnitude was given the held-out part: --estimator random (which reads no data)
+    with --holdout 0 was refused, after the brief training, as "the random order needs held-out TRAIN data",
+    and with a held-out part its note, summary and figure said "order from 143 held-out TRAIN images"."""
+    args = ["knowledge", *COMMON, "--model", "mlp", "--train_steps", "1", "--points", "3", "--estimator", "random"]
+    recipe.main([*args, "--output_dir", str(tmp_path / "a"), "--holdout", "0"])
+    recipe.main([*args, "--output_dir", str(tmp_path / "b")])
+    for run in ("a", "b"):
+        note = json.loads((tmp_path / run / "knowledge_summary.json").read_text())["note"]
+        assert note.startswith("order from no data (random); accuracy on ") and "held-out" not in note
+
+
 def test_what_does_not_fit_the_model_is_refused_before_any_data_is_read(recipe, tmp_path, monkeypatch):
     """Where the dataset knows its classes and input shape unread (digits does), each command builds
     its model before the data (adaptive.data.model_before_data): a --weights file of another model,

@@ -240,3 +240,12 @@ def test_progress_boundaries_panel_leaves_out_synapse_counts(tmp_path, monkeypat
     progress_module.progress(str(tmp_path)).plot(tmp_path / "p.png")
     labels = {line.get_label() for line in figs[0].axes[3].get_lines()}
     assert labels == {"prune", "restore"}
+
+
+def test_a_markdown_share_that_rounds_to_1_keeps_the_digits_that_tell_it_from_1():
+    # found: 4 significant digits wrote a zero_fraction or frac_cos>0.5 of 0.99996 as "1" (all of them) in the
+    # printed and saved tables, while the figures said ">99%"
+    from adaptive.diagnostics import Table
+
+    row = Table([{"share": 0.99996, "all": 1.0, "half": 0.5, "ratio": 1.00004, "tiny": -0.9999996}]).to_markdown()
+    assert row.splitlines()[2] == "| 0.99996 | 1 | 0.5 | 1.00004 | -0.9999996 |"

@@ -223,6 +223,8 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
     mod = modules[name]
     name = first[id(mod)]
     w = getattr(mod, "weight", None)
+    if isinstance(w, torch.Tensor) and not isinstance(w, nn.Parameter):
+        _refuse_computed_weight(model, name, mod)
     if not isinstance(w, nn.Parameter):
         # the gradient is split by the depths of one `weight`'s input units, traced per call of its module
         matrices = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
@@ -232,6 +234,25 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
                         "diagnostics read the `weight` of a Linear or convolution layer, not a recurrent or attention "
                         f"module's matrices); measure a layer that reads its output, one of {weighted[:12]}")
     return name, mod, w
+
+
+def _refuse_computed_weight(model: nn.Module, name: str, mod: nn.Module) -> None:
+    """Refuse a layer whose ``weight`` is a tensor computed at each call from other parameters
+    (``torch.nn.utils.prune``'s ``weight_orig * weight_mask``, a parametrization, ``weight_norm``,
+    ``spectral_norm``), naming them and the call that makes the weight a parameter again: it was refused
+    as a recurrent or attention module's matrices, offering the very layer refused."""
+    from ..discovery import _reparametrised_weight
+
+    found = {n: _reparametrised_weight(model, f"{name}.{n}" if name else n) for n, _ in mod.named_parameters()}
+    sources = [n for n, f in found.items() if f] or [n for n in found if not n.endswith("bias")]
+    fixes = list(dict.fromkeys(f for f in found.values() if f))
+    pruned = (", pruned positions staying 0 (pass the model's Connectome as conn= to measure the live synapses only)"
+              if any("prune.remove" in f for f in fixes) else "")
+    fix = (f"call {' and '.join(fixes)} first (here the module is model.get_submodule({name!r})): it makes the weight a "
+           f"parameter again{pruned}" if fixes else "make the weight a parameter of the module again")
+    raise TypeError(f"layer {name!r}: the `weight` of {type(mod).__name__} {name!r} is no parameter but a tensor computed "
+                    f"at each call from {sources[:4]} (torch.nn.utils.prune, a parametrization, weight_norm or "
+                    f"spectral_norm), so the depth diagnostics cannot split its gradient by input column; {fix}")
 
 
 def module_names(model: nn.Module, module: nn.Module) -> List[str]:

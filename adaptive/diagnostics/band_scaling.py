@@ -41,7 +41,9 @@ class BandGradientScaler:
             ``input_depths`` works).
         depths: ``{layer: depths}``, one depth per input unit, or one row of them per call of a layer
             called several times in one forward (weight sharing), in call order; a layer by any of its
-            names (``self.out = self.head``: under ``out`` for ``layers=["head"]``).
+            names (``self.out = self.head``: under ``out`` for ``layers=["head"]``). Without ``layers``, the
+            layers named here (a transposed convolution too) are scaled; a name that no scaled layer takes
+            (misspelt, or without ``layers`` a module with no Linear or convolution weight) is refused, naming it.
         momentum: of the running log-magnitude per band (0 uses the current batch only).
         example: an input batch to trace depths with (default: an input the tracer builds).
         conn: the model's :class:`~adaptive.Connectome` when it is pruned; without it, the one
@@ -127,6 +129,7 @@ class BandGradientScaler:
         # a wrapper (DDP, DataParallel, torch.compile): its module's layers, named as a connectome names them
         plain = _plain_module(model)
         depths = {plain_layer_name(model, k): v for k, v in (depths or {}).items()}
+        chosen = layers is not None  # (depths= of a layer left out of layers= are then the caller's choice)
         if layers is None:
             layers = list(getattr(plain, "depth_layers", None) or self._layers_with_depths(plain, depths))
         layers = [plain_layer_name(model, layer) for layer in layers]
@@ -164,6 +167,7 @@ class BandGradientScaler:
                 st["tied"] = TiedReads(plain, mod, w)  # an Embedding tied to a head reads its weight too
                 self._handles += [st["recorder"], st["tied"]]
                 self._attach(st, w)
+            self._refuse_unused_depths(plain, layers, depths, chosen)
             # a layer's calls are those of the model's latest forward (one without a backward leaves none behind)
             self._handles.append(model.register_forward_pre_hook(self._new_forward))
             if len(self._hooked_layers()) < len(self.state):
@@ -186,11 +190,30 @@ class BandGradientScaler:
                                  f"and under {n!r}, two names of one module: give its depths once")
         return given[0][1] if given else None
 
+    def _refuse_unused_depths(self, model, layers, depths: dict, chosen: bool) -> None:
+        """Refuse ``depths=`` entries that no scaled layer takes where the layer meant would be scaled by
+        traced or ``input_depths`` depths, or not at all, with no word: a name no module of ``model`` has
+        (misspelt), and without ``layers=`` (``chosen`` False: the layers are found, those named in
+        ``depths=`` among them) one of a module it cannot scale. With ``layers=`` given, depths of a
+        layer of the model left out of it are the caller's choice (one dict of depths for a subset)."""
+        taken = set(layers)
+        for st in self.state.values():  # a layer under any of its names, with or without .weight
+            taken.update(f"{n}{w}" for n in module_names(model, st["module"]) for w in ("", ".weight"))
+        known = {f"{n}{w}" for n, _ in model.named_modules(remove_duplicate=False) for w in ("", ".weight")}
+        unused = [k for k in depths if k not in taken and (not chosen or k not in known)]
+        if unused:
+            scalable = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+            raise ValueError(f"BandGradientScaler: depths= gives depths for {unused[:6]}, but no layer it scales is "
+                             f"named so (it scales {list(self.state)[:12]}): a misspelt name, or a module without a "
+                             f"Linear or convolution weight; name each layer as model.named_modules() does, one of "
+                             f"{scalable[:12]}")
+
     @staticmethod
     def _layers_with_depths(model, depths):
         names = []
         for n, m in model.named_modules(remove_duplicate=False):  # depths may name a layer by any of its names
-            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            # (a transposed convolution too: weight_depths reads its (in, out/groups, *kernel) weight)
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
                 if n in depths:
                     names.append(n)
                     continue

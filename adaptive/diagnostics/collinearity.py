@@ -325,12 +325,14 @@ def collinearity(
     unused = [name for name, u in zip(names, used) if not u]
     if len(unused) == len(names):
         raise ValueError(f"collinearity: none of the measured weights ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''}) "
-                         "takes part in the loss (the model's forward does not use them), so there is no gradient to "
-                         "measure: include layers on the way to the output")
+                         "takes part in the loss (the model's forward does not use them, or runs them under "
+                         "torch.no_grad() or detaches their output), so there is no gradient to measure: include layers "
+                         "on the way to the output whose output the loss's gradient reaches")
     if unused:  # no gradient in any batch: cosine and sign agreement would read 0 ("the batches cancel")
         warn_user(f"collinearity: {len(unused)} layer(s) take no part in the loss in any batch and are left out "
-                  f"(no gradient to measure): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}; "
-                  "exclude= them to silence this")
+                  f"(no gradient to measure): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''} (the forward "
+                  "does not use them, or runs them under torch.no_grad() or detaches their output, as a frozen "
+                  "feature extractor's may); exclude= them to silence this")
     cos, agree, g2, var, rows, masks = {}, {}, {}, {}, [], {}
     for i, name in enumerate(names):
         if not used[i]:

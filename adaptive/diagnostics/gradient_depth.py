@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -145,7 +145,54 @@ def traced_call_depths(model: nn.Module, layer: str, example=None, traces: Optio
                              "category's description fits what the op does), or, where it says no category "
                              "fits, write the op with ones the tracer knows")
         calls.append(depth[lf.in_src].long().cpu())
+    _warn_mixed_positions(g, name, [found[n][1].in_src for n in names])
     return calls
+
+
+def _mixed_depths(g, in_src: torch.Tensor) -> Tuple[int, List[int]]:
+    """How many of the input units ``in_src`` of a layer in the traced graph ``g`` read signals of several
+    depths at different positions, and those depths: a unit graphs gives a ``mix`` junction (its positions
+    hold other nodes: a concatenation along a non-channel axis, of tokens or of the batch) whose sources
+    have more than one depth (constants, depth -1, such as zero padding, left out). A residual sum is no
+    such unit: each of its values is one sum, at one (longest) depth."""
+    mix = torch.tensor([gr.kind == "junction" and gr.op == "mix" for gr in g.groups] + [False])  # [-1]: no group
+    group = g.node_attrs["group"]
+    targets = torch.unique(in_src[mix[group[in_src]]])
+    if targets.numel() == 0:
+        return 0, []
+    slot = torch.full((g.num_nodes,), -1, dtype=torch.long)
+    slot[targets] = torch.arange(targets.numel())
+    into = slot[g.dst] >= 0
+    src_depth, which = g.node_attrs["depth_max"][g.src[into]].long(), slot[g.dst[into]]
+    signal = src_depth >= 0
+    src_depth, which = src_depth[signal], which[signal]
+    lo = torch.full((targets.numel(),), 1 << 62, dtype=torch.long).scatter_reduce(0, which, src_depth, "amin")
+    hi = torch.full((targets.numel(),), -1, dtype=torch.long).scatter_reduce(0, which, src_depth, "amax")
+    mixed = (hi >= 0) & (lo < hi)
+    if not bool(mixed.any()):
+        return 0, []
+    # the units of in_src (an input unit read twice counts twice) at such a junction, and its sources' depths
+    at = slot[in_src]
+    count = int(((at >= 0) & mixed[at.clamp_min(0)]).sum())
+    return count, sorted(set(src_depth[mixed[which]].tolist()))
+
+
+def _warn_mixed_positions(g, name: str, in_srcs: List[torch.Tensor]) -> None:
+    """Warn where input units of ``name`` (any of its calls) read signals of several depths at different
+    positions (:func:`_mixed_depths`): the gradient of a weight reading such a unit sums every depth's part,
+    and lands in the band of the deepest, so its bands do not separate those signals."""
+    found = [_mixed_depths(g, in_src) for in_src in in_srcs]
+    count = sum(c for c, _ in found)
+    if not count:
+        return
+    depths = sorted({d for _, ds in found for d in ds})
+    total = sum(int(i.numel()) for i in in_srcs)
+    warn_user(f"{count} of the {total} input units of {name!r} read signals of several depths ({depths}) at different "
+              "positions (a concatenation along a non-channel axis: of tokens computed at other depths, such as raw "
+              "inputs beside embedded ones, or of the batch): the gradient of a weight reading one sums the parts of every depth, "
+              "and is counted in the band of the deepest, so the bands do not separate those signals. To measure "
+              "them apart, concatenate such signals along the channel (feature) axis, or measure a layer that "
+              "reads each on units of its own")
 
 
 def _trace_graph(model: nn.Module, example=None):

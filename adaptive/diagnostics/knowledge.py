@@ -188,6 +188,8 @@ class KnowledgeCurve:
     :func:`fit_curve` fitted nothing (recorded in ``knowledge_summary.json``, the fit table and the figure).
     ``total``: the prunable weights live at the start; ``pruned_before``: those the model came with
     already pruned (its Connectome's masks), which stay pruned and are counted in neither.
+    ``measured_of``: the model's prunable weights in all, of which include/exclude chose the
+    ``total + pruned_before`` measured (the note and the figure's axis say so where that is fewer).
     ``estimator``: the removal order's estimator; ``finetune_batches``: SGD steps after each removal
     (0: one shot); ``note``: what a reader must know of the curve (no accuracy, weights pruned
     before); ``meta``: the intact network's numbers (``"base"``), the pruned copy, its connectome
@@ -205,6 +207,7 @@ class KnowledgeCurve:
     meta: dict = field(default_factory=dict)
     noise_floor: float = DEFAULT_NOISE_FLOOR
     pruned_before: int = 0
+    measured_of: Optional[int] = None
 
     def save(self, out_dir: str) -> None:
         """Write ``knowledge_curve.csv/.md``, ``knowledge_fit.csv/.md`` and ``knowledge_summary.json``
@@ -220,7 +223,7 @@ class KnowledgeCurve:
         keep = {k: v for k, v in self.meta.items() if isinstance(v, (int, float, str, dict, list)) or v is None}
         write_text(os.path.join(out_dir, "knowledge_summary.json"), jsonio.dumps(
             {"total_weights": self.total, "estimator": self.estimator, "finetune_batches": self.finetune_batches,
-             "pruned_before": self.pruned_before,
+             "pruned_before": self.pruned_before, "measured_of": self.measured_of,
              "chance": self.chance, "noise_floor": self.noise_floor, "note": self.note, "fits": self.fits,
              "meta": keep}, indent=2))
 
@@ -254,7 +257,7 @@ class KnowledgeCurve:
             fits = fit_curve(table, s["chance"], samples, noise_floor)
             meta["refit_of"] = {"folder": os.path.abspath(out_dir), "noise_floor": recorded}
             return cls(table, s["total_weights"], s["estimator"], s["finetune_batches"], fits, s["chance"],
-                       s.get("note", ""), meta, noise_floor, int(s.get("pruned_before", 0)))
+                       s.get("note", ""), meta, noise_floor, int(s.get("pruned_before", 0)), s.get("measured_of"))
         except (ValueError, KeyError, TypeError, AttributeError) as e:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"{out_dir}: knowledge_summary.json or knowledge_curve.csv cannot be read "
                              f"({type(e).__name__}: {e}); rerun the knowledge command to write them afresh") from None
@@ -327,8 +330,12 @@ class KnowledgeCurve:
                 ax.grid(True, which="both" if logx else "major", alpha=0.3)
                 ax.legend(fontsize=8)
                 sec = ax.secondary_xaxis("top", functions=(lambda v, t=self.total: 100 * v / t, lambda f, t=self.total: f * t / 100))
+                some = (f" (of the model's {self.measured_of:,} prunable weights)"
+                        if self.measured_of and self.measured_of > self.total + self.pruned_before else "")
                 sec.set_xlabel(f"% of the {self.total:,} weights live at the start ({self.pruned_before:,} already pruned)"
-                               if self.pruned_before else "% of prunable weights", fontsize=8)
+                               f"{some}" if self.pruned_before else
+                               f"% of the {self.total:,} prunable weights measured{some}" if some
+                               else "% of prunable weights", fontsize=8)
             for ax, key, label, scale in (
                 (axes[1, 0], "loss_increase", f"loss increase over the {start} (nats)", 1.0),
                 (axes[1, 1], "accuracy_drop", "accuracy drop (percentage points)", 100.0),
@@ -524,6 +531,7 @@ def knowledge_distribution(
         warn_if_zeros(conn.params.values(), "knowledge_distribution",
                       "they are counted as live weights (and fine-tuning may grow them back)")
     live_flat = torch.cat([m.reshape(-1).cpu() for m in conn.masks.values()])
+    every = _prunable_weights(work) if include is not None or exclude is not None else live_flat.numel()
     pruned_before = int((~live_flat).sum())
     total = live_flat.numel() - pruned_before  # what remains at the start: the already-pruned are not counted
     if total == 0:
@@ -625,6 +633,9 @@ def knowledge_distribution(
     note = f"evaluated on {base['samples']} samples"
     if "positions" in base:
         note += f" ({base['positions']} positions)"
+    if every > live_flat.numel():  # include/exclude left layers out: the counts are of those measured
+        note += (f"; only {live_flat.numel()} of the model's {every} prunable weights measured (include/exclude): "
+                 "removed and fractions are of those")
     if pruned_before:
         note += (f"; {pruned_before} of the {total + pruned_before} prunable weights were already pruned (the model's "
                  f"Connectome): they stay pruned and are not counted, removed and fractions are of the {total} live ones")
@@ -651,7 +662,20 @@ def knowledge_distribution(
                           note=note,
                           meta={"base": base, "model": work, "connectome": conn, "order": order,
                                 "finetune_overshot": [k for k, _, _ in overshot], "caveats": caveats},
-                          noise_floor=noise_floor, pruned_before=pruned_before)
+                          noise_floor=noise_floor, pruned_before=pruned_before, measured_of=every)
+
+
+def _prunable_weights(model: nn.Module) -> int:
+    """How many prunable weights ``model`` holds in all (every layer a Connectome would take: what
+    include/exclude chose from), its warnings about layers left dense already given by the Connectome
+    built with include/exclude."""
+    import warnings
+
+    from ..discovery import discover
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return sum(p.numel() for _, p in discover(model).values())
 
 
 def _refuse_non_finite(model: nn.Module) -> None:

@@ -56,12 +56,16 @@ def removal_scores(conn, loader=None, estimator="magnitude", batches: Optional[i
         if loader is None:
             raise ValueError(f"estimator {estimator!r} needs gradients: pass a loader of held-out training data")
         read = 0
+        reached = dict.fromkeys(conn.params, False)
         for bs in _gradient_batches(conn, loader, batches, loss_fn, desc=f"{estimator} statistics"):
             stats.observe()
             read += 1
             batch_size = max(bs, batch_size or 0)  # the loader's batch size, not a short last batch's
+            for name, p in conn.params.items():
+                reached[name] = reached[name] or p.grad is not None
         if read < (batches or 2):  # the loader ran out first (a held-out part smaller than asked for)
             _warn_short_order(estimator, read, batches)
+        _warn_unreached(estimator, [n for n, r in reached.items() if not r], conn)
     scores = {}
     for i, (name, p) in enumerate(conn.params.items()):
         ctx = UtilityContext(
@@ -82,6 +86,20 @@ def _warn_short_order(estimator: str, read: int, batches: Optional[int]) -> None
               f"holds no more, so its statistics rest on {read} batch{'es' if read > 1 else ''}{single}; give more "
               "held-out data or a smaller batch size, or ask for no more batches than the loader holds "
               "(order_batches, --order_batches)")
+
+
+def _warn_unreached(estimator: str, unreached, conn) -> None:
+    """Say which layers no gradient reached in any batch of the order (a head the forward does not use, one
+    run under torch.no_grad()): their weights are scored on no gradient, and removing them cannot change the
+    loss, yet they count among the weights removed and in the fractions."""
+    if not unreached:
+        return
+    count = sum(conn.params[n].numel() for n in unreached)
+    warn_user(f"the {estimator} removal order: no gradient reached {', '.join(unreached[:6])}"
+              f"{' ...' if len(unreached) > 6 else ''} in any batch ({count} weights: the forward does not use them, "
+              "or runs them under torch.no_grad() or detaches their output), so they are scored on no gradient and "
+              "removing them cannot change the loss, yet they count among the weights removed and in the fractions; "
+              "exclude= them (knowledge_distribution) to measure the layers the loss reads")
 
 
 def global_order(scores: Dict[str, torch.Tensor]) -> torch.Tensor:

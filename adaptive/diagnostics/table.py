@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from typing import Any, Dict, Iterable, List
 
 from ..atomic import atomic_path
@@ -31,12 +32,21 @@ class Table(list):
         return super().__getitem__(key)
 
     def to_markdown(self, floatfmt: str = ".4g") -> str:
-        """The table as Markdown, floats written with the format spec ``floatfmt``, None as blank."""
+        """The table as Markdown, floats written with the format spec ``floatfmt``, None as blank. A float
+        that is not 1 but rounds to it there (a share of 0.99996) gets the digits that tell it from 1:
+        "1" reads as all of them."""
         cols = self.columns
+        digits = re.fullmatch(r"\.(\d+)g", floatfmt)
 
         def fmt(v):
             if isinstance(v, float):
-                return format(v, floatfmt)
+                text = format(v, floatfmt)
+                if digits and text in ("1", "-1") and abs(v) != 1.0:
+                    for more in range(int(digits.group(1)) + 1, 18):
+                        text = format(v, f".{more}g")
+                        if text not in ("1", "-1"):
+                            break
+                return text
             return "" if v is None else str(v)
 
         lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
