@@ -36,10 +36,31 @@ def _where(first, here) -> str:
     return f"in {text!r}" if text and "\n" not in text else lines
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+class _NoColon:
+    """An implicit resolver's pattern that matches no scalar holding a colon: YAML 1.1's base-60 numbers
+    (``2:4`` is 124, ``1:30`` is 90), which YAML 1.2 dropped, stay strings."""
+
+    def __init__(self, regexp):
+        self.regexp = regexp
+
+    def match(self, value: str):
+        """The pattern's match of ``value``; None where ``value`` holds a colon."""
+        return None if ":" in value else self.regexp.match(value)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a mapping holding one key twice (:class:`DuplicateKeyError`).
     Keys equal as Python values count as one key (``1`` and ``1.0``; ``true`` and ``1``), as the dict
-    built from them would merge them."""
+    built from them would merge them. A plain scalar with a colon is never a number: YAML 1.1's base-60
+    integers and floats read ``ensemble: 2:4`` (an N:M ensemble) as the integer 124, refused as
+    "expects str, got 124"; it reads as the string ``2:4``, as YAML 1.2 reads it."""
+
+    yaml_implicit_resolvers = {first: [(tag, _NoColon(regexp) if tag in (_INT, _FLOAT) else regexp)
+                                       for tag, regexp in resolvers]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def flatten_mapping(self, node):
         """The safe loader's merge (``<<``) of ``node``, once no key that ``node`` itself gives repeats

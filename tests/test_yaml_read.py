@@ -56,3 +56,13 @@ def test_every_yaml_read_of_the_project_refuses_a_key_given_twice(tmp_path):
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"\byaml\.(safe_|full_|unsafe_)?load(_all)?\(", line)]
     assert not plain, f"read YAML through adaptive.yaml_read.load_yaml, not yaml.*load: {plain}"
+
+
+def test_a_plain_scalar_with_a_colon_is_a_string_not_a_base_60_number():
+    """YAML 1.1's base-60 numbers read `ensemble: 2:4` (an N:M ensemble) as 124 and `1:30` as 90, which a
+    config file's str option refused as "expects str, got 124"; they are strings, as in YAML 1.2. Every
+    other number reads as before, and yaml.safe_load itself is left as it was."""
+    assert load_yaml("ensemble: 2:4\nt: 1:30\nf: 1:30.5\n") == {"ensemble": "2:4", "t": "1:30", "f": "1:30.5"}
+    text = "a: 12\nb: -3\nc: 0x10\nd: 1_000\ne: 1.5\nf: .inf\ng: 1.0e-3\n"
+    assert load_yaml(text) == yaml.safe_load(text)
+    assert yaml.safe_load("e: 2:4") == {"e": 124}
