@@ -348,6 +348,17 @@ def test_bad_arguments_fail_clearly(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan"])
+def test_a_min_density_outside_0_1_is_refused_as_the_settings_are_read(value, capsys):
+    """--min_density 2 (or nan) passed the settings' checks and was refused by the controller only once the
+    data had loaded (an ImageNet index: minutes), without naming the option's meaning."""
+    with pytest.raises(SystemExit) as e:
+        R.parse_args(["--min_density", value])
+    assert e.value.code == 2
+    assert f"min_density must be in [0, 1] (each layer's density floor; 0: none), got {float(value)}" in \
+        capsys.readouterr().err
+
+
 def test_an_estimator_a_config_file_gives_is_refused_for_rigl_naming_the_file_and_the_option_that_drops_it(
         tmp_path, capsys):
     """--policy rigl over a --config file that names an estimator: the error names the file and the
