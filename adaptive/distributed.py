@@ -543,8 +543,8 @@ def _requested_processes(argv: Optional[List[str]]) -> Optional[int]:
 def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optional[int] = None) -> Optional[str]:
     """What to say where ``accelerate launch`` was asked for several processes and started this one
     alone (None otherwise): it starts several only with ``--multi_gpu`` (which it refuses beside its
-    ``--cpu``), so ``--cpu --num_processes 2``, or ``--num_processes 2`` on a machine without a GPU, runs
-    one process, silently. Such a launch sets MASTER_ADDR for the process group it never makes (and
+    ``--cpu``), so ``--cpu --num_processes 2``, or ``--num_processes 2`` on a machine with fewer than two
+    GPUs, runs one process, silently. Such a launch sets MASTER_ADDR for the process group it never makes (and
     WORLD_SIZE none); a MASTER_ADDR that the launcher's own environment (``launcher_pid``, default the
     parent process) holds was the user's, and counts only beside a ``--num_processes`` above 1 on its
     command line. ``script``: the recipe, as the fix names it."""
@@ -564,6 +564,6 @@ def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optio
     n = requested or "N"
     return (f"accelerate launch was asked for {asked} and started this one alone, which trains by itself: "
             "accelerate launch starts several only with --multi_gpu, and refuses that beside its own --cpu (on a "
-            f"machine without a GPU, --num_processes {n} alone starts one too). Give accelerate launch --multi_gpu "
-            f"--num_processes {n} {script} ... (it runs on CPUs too, with gloo; the recipe's own --cpu, after "
+            f"machine with fewer than two GPUs, --num_processes {n} alone starts one too). Give accelerate launch "
+            f"--multi_gpu --num_processes {n} {script} ... (it runs on CPUs too, with gloo; the recipe's own --cpu, after "
             f"{script}, keeps a run on the CPU where there is a GPU), or drop --num_processes for one process")
