@@ -567,3 +567,14 @@ def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optio
             f"machine with fewer than two GPUs, --num_processes {n} alone starts one too). Give accelerate launch "
             f"--multi_gpu --num_processes {n} {script} ... (it runs on CPUs too, with gloo; the recipe's own --cpu, after "
             f"{script}, keeps a run on the CPU where there is a GPU), or drop --num_processes for one process")
+
+
+def warn_lone_launched_process(accelerator, script: str) -> None:
+    """A warning (:func:`lone_launched_process_problem`) where ``accelerator`` runs one process of an
+    ``accelerate launch`` that was asked for several; ``script`` names the recipe in the fix."""
+    if accelerator.num_processes == 1:
+        problem = lone_launched_process_problem(script)
+        if problem:
+            import warnings
+
+            warnings.warn(problem, stacklevel=2)
