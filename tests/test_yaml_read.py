@@ -66,3 +66,11 @@ def test_a_plain_scalar_with_a_colon_is_a_string_not_a_base_60_number():
     text = "a: 12\nb: -3\nc: 0x10\nd: 1_000\ne: 1.5\nf: .inf\ng: 1.0e-3\n"
     assert load_yaml(text) == yaml.safe_load(text)
     assert yaml.safe_load("e: 2:4") == {"e": 124}
+
+
+def test_a_whole_number_with_leading_zeros_is_decimal_not_octal():
+    """YAML 1.1 read `seed: 010` as the octal 8 (and `seed: 09`, no octal, as 9 through the config's
+    text-to-int reading): a run seeded otherwise than its file says. It is ten, as in YAML 1.2."""
+    assert load_yaml("a: 010\nb: -010\nc: 0_10\nd: 00\n") == {"a": 10, "b": -10, "c": 10, "d": 0}
+    assert load_yaml("a: 0x10\nb: 0b11\nc: 0\nd: 1_000\n") == {"a": 16, "b": 3, "c": 0, "d": 1000}
+    assert yaml.safe_load("a: 010") == {"a": 8}
