@@ -183,6 +183,15 @@ def _coerce(value, tp, key: str, src: str = ""):
         for choice in args:
             if value == choice or (isinstance(value, str) and not isinstance(choice, str) and value == str(choice)):
                 return choice
+        if isinstance(value, bool) and not any(isinstance(c, bool) for c in args):
+            # YAML 1.1 reads a bare no/off/false (yes/on/true) as a boolean: mixed_precision: no is the choice 'no'
+            words = ("yes", "on", "true") if value else ("no", "off", "false")
+            for choice in args:
+                if isinstance(choice, str) and choice.lower() in words:
+                    return choice
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r} (YAML reads a bare "
+                              f"{'yes, on or true' if value else 'no, off or false'} as a yes/no: quote a word, "
+                              f"e.g. '{args[0]}')")
         raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}")
     if tp is bool:
         if isinstance(value, bool):

@@ -503,3 +503,78 @@ def exit_launched_process() -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def _launcher_view(pid: int) -> tuple:
+    """(its command line as a list, whether its environment sets MASTER_ADDR) of process ``pid``, from
+    /proc (Linux); None for what cannot be read."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        argv = None
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            has_addr = any(e.startswith(b"MASTER_ADDR=") for e in f.read().split(b"\0"))
+    except OSError:
+        has_addr = None
+    return argv, has_addr
+
+
+def _requested_processes(argv: Optional[List[str]]) -> Optional[int]:
+    """The ``--num_processes`` of an ``accelerate launch`` command line (None: not given there)."""
+    for i, tok in enumerate(argv or []):
+        if tok in ("--num_processes", "--num-processes") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif tok.startswith(("--num_processes=", "--num-processes=")):
+            value = tok.partition("=")[2]
+        else:
+            continue
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
+def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optional[int] = None) -> Optional[str]:
+    """What to say where ``accelerate launch`` was asked for several processes and started this one
+    alone (None otherwise): it starts several only with ``--multi_gpu`` (which it refuses beside its
+    ``--cpu``), so ``--cpu --num_processes 2``, or ``--num_processes 2`` on a machine with fewer than two
+    GPUs, runs one process, silently. Such a launch sets MASTER_ADDR for the process group it never makes (and
+    WORLD_SIZE none); a MASTER_ADDR that the launcher's own environment (``launcher_pid``, default the
+    parent process) holds was the user's, and counts only beside a ``--num_processes`` above 1 on its
+    command line. ``script``: the recipe, as the fix names it."""
+    env = os.environ if environ is None else environ
+    if "ACCELERATE_USE_CPU" not in env or "MASTER_ADDR" not in env:  # (not accelerate's one-process launcher)
+        return None
+    for name in _SIZE_VARIABLES:  # a launcher that sized a process group: the group says how many there are
+        if str(env.get(name, "")).strip():
+            return None
+    argv, launcher_has_addr = _launcher_view(os.getppid() if launcher_pid is None else launcher_pid)
+    requested = _requested_processes(argv) if argv and any("accelerate" in a for a in argv[:3]) else None
+    if requested is not None and requested <= 1:
+        return None
+    if requested is None and launcher_has_addr:  # the user's own MASTER_ADDR, passed on
+        return None
+    asked = f"{requested} processes" if requested else "several processes (it sets MASTER_ADDR only then)"
+    n = requested or "N"
+    return (f"accelerate launch was asked for {asked} and started this one alone, which trains by itself: "
+            "accelerate launch starts several only with --multi_gpu, and refuses that beside its own --cpu (on a "
+            f"machine with fewer than two GPUs, --num_processes {n} alone starts one too). Give accelerate launch "
+            f"--multi_gpu --num_processes {n} {script} ... (it runs on CPUs too, with gloo; the recipe's own --cpu, after "
+            f"{script}, keeps a run on the CPU where there is a GPU), or drop --num_processes for one process")
+
+
+def warn_lone_launched_process(accelerator, script: str) -> None:
+    """A warning (:func:`lone_launched_process_problem`) where ``accelerator`` runs one process of an
+    ``accelerate launch`` that was asked for several; ``script`` names the recipe in the fix."""
+    if accelerator.num_processes == 1:
+        problem = lone_launched_process_problem(script)
+        if problem:
+            import warnings
+
+            warnings.warn(problem, stacklevel=2)

@@ -36,10 +36,32 @@ def _where(first, here) -> str:
     return f"in {text!r}" if text and "\n" not in text else lines
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+
+
+class _NoColon:
+    """An implicit resolver's pattern that matches no scalar holding a colon: YAML 1.1's base-60 numbers
+    (``2:4`` is 124, ``1:30`` is 90), which YAML 1.2 dropped, stay strings."""
+
+    def __init__(self, regexp):
+        self.regexp = regexp
+
+    def match(self, value: str):
+        """The pattern's match of ``value``; None where ``value`` holds a colon."""
+        return None if ":" in value else self.regexp.match(value)
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a mapping holding one key twice (:class:`DuplicateKeyError`).
     Keys equal as Python values count as one key (``1`` and ``1.0``; ``true`` and ``1``), as the dict
-    built from them would merge them."""
+    built from them would merge them. A plain scalar with a colon is never a number: YAML 1.1's base-60
+    integers and floats read ``ensemble: 2:4`` (an N:M ensemble) as the integer 124, refused as
+    "expects str, got 124"; it reads as the string ``2:4``, as YAML 1.2 reads it. And a whole number
+    written with leading zeros is decimal (``010`` is ten, not YAML 1.1's octal eight)."""
+
+    yaml_implicit_resolvers = {first: [(tag, _NoColon(regexp) if tag in (_INT, _FLOAT) else regexp)
+                                       for tag, regexp in resolvers]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     def flatten_mapping(self, node):
         """The safe loader's merge (``<<``) of ``node``, once no key that ``node`` itself gives repeats
@@ -63,6 +85,19 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     raise DuplicateKeyError(f"the YAML key {key!r} is given twice ({_where(first, key_node.start_mark)}), "
                                             "and only the last would count: keep one of them")
         super().flatten_mapping(node)
+
+
+def _construct_int(loader: UniqueKeyLoader, node) -> int:
+    """An integer as YAML 1.2 reads it: ``010`` is ten, where YAML 1.1's leading-zero octal made it eight
+    (``seed: 010`` ran seed 8, while ``seed: 09``, no octal, ran 9); ``0x``, ``0b`` and the rest as before."""
+    value = loader.construct_scalar(node)
+    digits = value.replace("_", "").lstrip("+-")
+    if len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+        return int(value.replace("_", ""), 10)
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+UniqueKeyLoader.add_constructor(_INT, _construct_int)
 
 
 def load_yaml(stream) -> Any:

@@ -533,3 +533,25 @@ def test_prune_pretrained_says_what_a_missing_space_in_its_config_file_did(tmp_p
     assert "the config file's model_kw: YAML read 'depth:2' as a key with no value: YAML needs a space after ':' " \
            "({depth: 2})" in err and "takes no keyword" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bare_yaml_no_is_the_choice_no_and_a_colon_value_stays_text(tmp_path):
+    """`mixed_precision: no` in a config file (YAML 1.1 reads a bare no as false) was refused as "must be
+    one of ['no', 'fp16', 'bf16'], got False", and `ensemble: 2:4` as "expects str, got 124" (a base-60
+    number). A yes/no that no choice spells says to quote the word."""
+    @dataclass
+    class Cfg:
+        mixed_precision: Optional[Literal["no", "fp16", "bf16"]] = None
+        mode: Literal["train", "mask_only"] = "train"
+        ensemble: str = "synapse"
+
+    p = tmp_path / "c.yaml"
+    for word in ("no", "off", "false", "No"):
+        p.write_text(f"mixed_precision: {word}\nensemble: 2:4\n")
+        cfg = parse_config(Cfg, ["--config", str(p)])
+        assert (cfg.mixed_precision, cfg.ensemble) == ("no", "2:4")
+    assert parse_config(Cfg, ["--mixed_precision", "no"]).mixed_precision == "no"
+    p.write_text("mode: off\n")
+    with pytest.raises(ConfigError, match=r"must be one of \['train', 'mask_only'\], got False \(YAML reads a bare "
+                                          r"no, off or false as a yes/no: quote a word, e.g. 'train'\)"):
+        parse_config(Cfg, ["--config", str(p)])

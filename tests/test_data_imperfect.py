@@ -9,6 +9,29 @@ from PIL import Image
 
 from adaptive.data import get_datasets
 
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory, monkeypatch):
+    """Every test's caches (download locks, decoded images) in a folder of its own, beside its tmp_path: the
+    download tests wrote their locks into the user's ~/.cache/adaptive (a test that sets ADAPTIVE_CACHE
+    itself wins)."""
+    monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def test_the_download_tests_leave_the_users_cache_alone(tmp_path):
+    """A download of these tests took its lock in ~/.cache/adaptive, the user's cache folder."""
+    import os
+
+    import adaptive.paths as paths
+
+    with paths.downloading("mnist", tmp_path / "data"):
+        pass
+    cache = paths.cache_dir()
+    assert os.environ["ADAPTIVE_CACHE"] == str(cache) and cache != paths.Path.home() / ".cache" / "adaptive"
+    assert str(cache).startswith(str(tmp_path.parent.parent)) and (cache / ".download-mnist.lock").is_file()
+
+
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

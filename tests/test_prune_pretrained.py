@@ -1933,3 +1933,21 @@ def test_weights_none_is_the_random_initial_weights_as_help_says(tmp_path, given
     assert ns.weights is None
     (tmp_path / "c.yaml").write_text(f"weights: {given}\n")
     assert recipe().parse_args(["--config", str(tmp_path / "c.yaml"), "--dataset", "fake"]).weights is None
+
+
+def test_a_launch_asked_for_two_processes_that_starts_one_warns_here_too(monkeypatch):
+    """prune_pretrained under `accelerate launch --cpu --num_processes 2` (one process: accelerate starts
+    several only with --multi_gpu) ran alone silently, as recipes/adaptive.py did; it warns, naming itself
+    in the launch that starts two."""
+    from adaptive import distributed
+    from recipes._prune_pretrained import builders
+
+    monkeypatch.setattr(distributed, "_launcher_view", lambda pid: (
+        ["python", "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "x.py"], False))
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.warns(UserWarning, match=r"asked for 2 processes and started this one alone.*accelerate launch "
+                                         r"--multi_gpu --num_processes 2 recipes/prune_pretrained.py"):
+        builders._accelerator(argparse.Namespace(cpu=True, mixed_precision=None))

@@ -348,6 +348,17 @@ def test_bad_arguments_fail_clearly(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["2", "-0.1", "nan"])
+def test_a_min_density_outside_0_1_is_refused_as_the_settings_are_read(value, capsys):
+    """--min_density 2 (or nan) passed the settings' checks and was refused by the controller only once the
+    data had loaded (an ImageNet index: minutes), without naming the option's meaning."""
+    with pytest.raises(SystemExit) as e:
+        R.parse_args(["--min_density", value])
+    assert e.value.code == 2
+    assert f"min_density must be in [0, 1] (each layer's density floor; 0: none), got {float(value)}" in \
+        capsys.readouterr().err
+
+
 def test_an_estimator_a_config_file_gives_is_refused_for_rigl_naming_the_file_and_the_option_that_drops_it(
         tmp_path, capsys):
     """--policy rigl over a --config file that names an estimator: the error names the file and the
@@ -1494,3 +1505,44 @@ def test_the_non_finite_held_out_warning_of_a_thousand_synapses_removed_shows_on
         said = [str(w.message) for w in caught]
         assert len(said) == shown, said
         assert not said or "with 12,345 synapses removed (step 7)" in said[0]
+
+
+def test_a_launch_asked_for_two_processes_that_starts_one_says_so(tmp_path):
+    """`accelerate launch --cpu --num_processes 2` starts one process (accelerate starts several only with
+    --multi_gpu, which it refuses beside --cpu), and the run trained alone, silently. It says so now,
+    naming the launch that starts two."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", MPLBACKEND="Agg")
+    env.pop("MASTER_ADDR", None)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--main_process_port",
+           free_port(), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT, *TINY,
+           "--max_steps", "2", "--output_dir", tmp_path / "run", "--figures", "false"]
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "warning: accelerate launch was asked for 2 processes and started this one alone" in r.stderr, r.stderr
+    assert "accelerate launch --multi_gpu --num_processes 2 recipes/adaptive.py" in r.stderr, r.stderr
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["processes"] == 1
+
+
+def test_the_lone_process_warning_stays_out_of_other_launches(monkeypatch):
+    """Only a launch asked for several processes that started one warns: not one asked for one, not one
+    whose launcher sized a process group, not a MASTER_ADDR of the user's own environment."""
+    from adaptive import distributed
+
+    launch = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    accelerate = ["python", "-m", "accelerate.commands.launch"]
+    views = {"two": (accelerate + ["--cpu", "--num_processes", "2", "x.py"], False),
+             "two=": (accelerate + ["--num_processes=2", "x.py"], False),
+             "one": (accelerate + ["--num_processes", "1", "x.py"], True),
+             "users": (accelerate + ["x.py"], True),  # MASTER_ADDR the launcher's own: the user's
+             "config": (accelerate + ["x.py"], False),  # --num_processes from accelerate's config file
+             "unreadable": (None, None)}
+    monkeypatch.setattr(distributed, "_launcher_view", lambda pid: views[pid])
+    problem = distributed.lone_launched_process_problem
+    assert "asked for 2 processes" in problem("s.py", launch, "two")
+    assert "asked for 2 processes" in problem("s.py", launch, "two=")
+    assert "asked for several processes" in problem("s.py", launch, "config")
+    assert "asked for several processes" in problem("s.py", launch, "unreadable")
+    assert problem("s.py", launch, "one") is None and problem("s.py", launch, "users") is None
+    assert problem("s.py", dict(launch, WORLD_SIZE="2"), "two") is None  # (a real group: its size counts)
+    assert problem("s.py", {k: v for k, v in launch.items() if k != "MASTER_ADDR"}, "two") is None
+    assert problem("s.py", {"MASTER_ADDR": "127.0.0.1"}, "two") is None  # (not accelerate's launcher)

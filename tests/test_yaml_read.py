@@ -56,3 +56,21 @@ def test_every_yaml_read_of_the_project_refuses_a_key_given_twice(tmp_path):
              for i, line in enumerate(p.read_text().splitlines(), 1)
              if re.search(r"\byaml\.(safe_|full_|unsafe_)?load(_all)?\(", line)]
     assert not plain, f"read YAML through adaptive.yaml_read.load_yaml, not yaml.*load: {plain}"
+
+
+def test_a_plain_scalar_with_a_colon_is_a_string_not_a_base_60_number():
+    """YAML 1.1's base-60 numbers read `ensemble: 2:4` (an N:M ensemble) as 124 and `1:30` as 90, which a
+    config file's str option refused as "expects str, got 124"; they are strings, as in YAML 1.2. Every
+    other number reads as before, and yaml.safe_load itself is left as it was."""
+    assert load_yaml("ensemble: 2:4\nt: 1:30\nf: 1:30.5\n") == {"ensemble": "2:4", "t": "1:30", "f": "1:30.5"}
+    text = "a: 12\nb: -3\nc: 0x10\nd: 1_000\ne: 1.5\nf: .inf\ng: 1.0e-3\n"
+    assert load_yaml(text) == yaml.safe_load(text)
+    assert yaml.safe_load("e: 2:4") == {"e": 124}
+
+
+def test_a_whole_number_with_leading_zeros_is_decimal_not_octal():
+    """YAML 1.1 read `seed: 010` as the octal 8 (and `seed: 09`, no octal, as 9 through the config's
+    text-to-int reading): a run seeded otherwise than its file says. It is ten, as in YAML 1.2."""
+    assert load_yaml("a: 010\nb: -010\nc: 0_10\nd: 00\n") == {"a": 10, "b": -10, "c": 10, "d": 0}
+    assert load_yaml("a: 0x10\nb: 0b11\nc: 0\nd: 1_000\n") == {"a": 16, "b": 3, "c": 0, "d": 1000}
+    assert yaml.safe_load("a: 010") == {"a": 8}

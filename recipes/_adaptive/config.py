@@ -278,6 +278,9 @@ class RunConfig:
             (self.update_every >= 1, f"update_every must be >= 1, got {self.update_every}"),
             (0.0 <= self.edit_fraction <= 1.0, f"edit_fraction must be in [0, 1], got {self.edit_fraction}"),
             (0.0 < self.end_fraction <= 1.0, f"end_fraction must be in (0, 1], got {self.end_fraction}"),
+            # (the controller refused it only once the data had loaded)
+            (0.0 <= self.min_density <= 1.0, f"min_density must be in [0, 1] (each layer's density floor; 0: none), "
+                                             f"got {self.min_density}"),
             _data_option("--holdout", self.holdout, 0, 1, open_high=True, what="the part of TRAIN held out; 0: none",
                          example="0.1 (say)"),
             # (refused by the data layer only once the run folder and its lock were made)

@@ -18,7 +18,8 @@ from adaptive.cli import progress_line, progress_lines, show_progress
 from adaptive.data import check_dataset_kw, model_before_data
 from adaptive.diagnostics.silent_units import SilentUnits
 from adaptive.distributed import (RESUME_FIX, agreed_call, gather_mask_hashes, mark_raised_alike, peer_stopped,
-                                  peer_stopped_error, refuse_differing, refuse_differing_masks)
+                                  peer_stopped_error, refuse_differing, refuse_differing_masks,
+                                  warn_lone_launched_process)
 from adaptive.integrity import CheckpointWriteError
 from adaptive.training import (
     TrainState, evaluate, find_checkpoint, load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint,
@@ -49,6 +50,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,
                               gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.seed))
+    warn_lone_launched_process(accelerator, "recipes/adaptive.py")  # accelerate launch --cpu --num_processes 2
     # Accelerate takes ACCELERATE_GRADIENT_ACCUMULATION_STEPS over the argument (parse_args reconciled the two
     # for a command line; a config built in code that disagrees is refused): what runs is what is recorded
     _refuse_other_accumulation(cfg, int(accelerator.gradient_accumulation_steps))

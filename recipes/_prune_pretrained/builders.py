@@ -39,7 +39,11 @@ def _accelerator(args):
     one (``--cpu`` to stay on the CPU)."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
+    from adaptive.distributed import warn_lone_launched_process
+
+    accelerator = Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
+    warn_lone_launched_process(accelerator, "recipes/prune_pretrained.py")  # accelerate launch --cpu --num_processes 2
+    return accelerator
 
 
 def _check_num_classes(args, num_classes: int) -> None:
