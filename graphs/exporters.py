@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from typing import Callable, Dict
 
@@ -271,6 +272,7 @@ def _write_graphml_to(g, f, chunk: int) -> None:
         raise ValueError("write_graphml: a node attribute is called 'name', which GraphML files of this "
                          "package give the node names; rename the attribute (g.node_attrs['my_name'] = "
                          "g.node_attrs.pop('name'))")
+    _refuse_non_xml(g, "GraphML")  # before the first byte: an open file given is left as it was
     multi = g.level == "synapse"
     n, src, dst = g.num_nodes, g.src, g.dst
     keep, data = _graphml_edges(src, dst, n, multi)
@@ -366,18 +368,40 @@ def _interleave(lits, cols) -> str:
     return "".join(pieces)
 
 
+# what XML 1.0 cannot hold, not even as a character reference: C0 controls other than tab, newline and
+# carriage return, lone surrogates, U+FFFE and U+FFFF
+_NON_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _refuse_non_xml(g, fmt: str) -> None:
+    """Refuse a graph whose names (its groups', which name its nodes, and its attributes') hold a character
+    XML cannot hold (an ``nn.ModuleDict`` key may hold any but "."): the file would be written and then
+    fail to parse (a control character) or fail half-written (a lone surrogate)."""
+    texts = [("level", g.level)] + [("group", x.name) for x in g.groups]
+    texts += [("attribute", k) for k in (*g.node_attrs, *g.edge_attrs)]
+    for what, text in texts:
+        bad = _NON_XML.search(text)
+        if bad:
+            name = f"the graph's {what} {text!r}" if what != "group" else f"the node group {text!r} (a module's name)"
+            raise ValueError(f"cannot write {fmt}: {name} holds the character {bad.group()!r}, which no XML file can "
+                             "hold, so the file would not read back; rename it (a ModuleDict key, say), or write "
+                             ".json, which keeps any name")
+
+
 def _xml_text(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # a carriage return as a reference: XML readers turn a bare one (and CR LF) into a newline
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
 
 
 def _xml_attr(s: str) -> str:
-    return '"' + _xml_text(s).replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#09;") + '"'
+    return '"' + _xml_text(s).replace('"', "&quot;").replace("\n", "&#10;").replace("\t", "&#09;") + '"'
 
 
 @register_writer(".gexf")
 def write_gexf(g, path):
     import networkx as nx
     from .netx import to_networkx
+    _refuse_non_xml(g, "GEXF")
     if g.concats:
         warn_user(f"graphs.write: GEXF keeps no graph attributes, so the .gexf file drops the graph's {len(g.concats)} "
                   "concatenation record(s) and the header from_networkx needs to read it back; write .graphml or "
