@@ -35,8 +35,14 @@ def from_pyg(data):
     """The :class:`ConnectomeGraph` that :func:`to_pyg` exported."""
     from .exporters import from_header
 
+    from torch_geometric.data import Batch
+
     if not hasattr(data, "graph_header"):
         raise ValueError("this Data was not made by graphs.to_pyg (it has no graph_header)")
+    if isinstance(data, Batch):  # its header's values are lists, one per graph: one graph is read at a time
+        raise ValueError(f"from_pyg reads one graph, and this is a {type(data).__name__} of {data.num_graphs} (a "
+                         "DataLoader's or Batch.from_data_list's): read each with graphs.from_pyg(batch.get_example(i)), "
+                         "or [graphs.from_pyg(d) for d in batch.to_data_list()]")
     nodes = {k: data.x[:, i] for i, k in enumerate(data.node_attr_names)}
     edges = {k: data.edge_attr[:, i] for i, k in enumerate(data.edge_attr_names)}
     return from_header(data.graph_header, nodes, data.edge_index[0], data.edge_index[1], edges)

@@ -80,6 +80,18 @@ def test_pyg_networkx_round_trip(conn, level):
     assert back.live_synapses() == conn.num_live()
 
 
+
+def test_from_pyg_refuses_a_batch_naming_how_to_read_its_graphs(conn):
+    """A DataLoader's batch of exported graphs failed with a bare "unhashable type: 'list'" (its header's
+    values are lists, one per graph); each graph of it reads back."""
+    from torch_geometric.data import Batch
+
+    g = graphs.build(conn, "unit")
+    batch = Batch.from_data_list([graphs.to_pyg(g), graphs.to_pyg(g)])
+    with pytest.raises(ValueError, match=r"Batch of 2 .*from_pyg\(batch\.get_example\(i\)\)"):
+        graphs.from_pyg(batch)
+    assert_same(g, graphs.from_pyg(batch.get_example(1)))
+
 @pytest.mark.parametrize("ext", [".graphml", ".gexf", ".json"])
 def test_writers(conn, tmp_path, ext):
     g = graphs.build(conn, "unit")
