@@ -171,6 +171,31 @@ def _from_runs(ids) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def _check_columns(h: dict, node_attrs, src, dst, edge_attrs) -> None:
+    """Refuse columns that are not the whole graph the header describes: nodes or edges removed or added
+    after export (a networkx or PyG subgraph), an attribute dropped, an edge to a node that is not there.
+    Such a graph read back silently had nodes its groups did not count, or failed on a bare IndexError."""
+    nodes = len(h["groups"]) if h["level"] == "layer" else sum(int(x[4]) for x in h["groups"])
+    fix = ("from_networkx, from_pyg and read_json read back a whole exported graph, as it was written: analyse a "
+           "part of one with networkx or torch_geometric, or build the graph again (graphs.build)")
+    missing = ([f"node attribute {k!r}" for k in h["node_dtypes"] if k not in node_attrs]
+               + [f"edge attribute {k!r}" for k in h["edge_dtypes"] if k not in edge_attrs])
+    if missing:
+        raise ValueError(f"the graph lacks its {', '.join(missing[:4])}, which its header lists; {fix}")
+    sizes = {len(v) for v in node_attrs.values()}
+    if sizes - {nodes}:
+        raise ValueError(f"the graph has {max(sizes - {nodes})} nodes, but its header's groups hold {nodes}: nodes were "
+                         f"removed or added since it was exported; {fix}")
+    e = len(src)
+    if len(dst) != e or any(len(v) != e for v in edge_attrs.values()):
+        raise ValueError(f"the graph's edge columns differ in length ({e} sources, {len(dst)} targets, attributes "
+                         f"{sorted({len(v) for v in edge_attrs.values()})}); {fix}")
+    ends = torch.cat([torch.as_tensor(src).reshape(-1), torch.as_tensor(dst).reshape(-1)])
+    if ends.numel() and (int(ends.min()) < 0 or int(ends.max()) >= nodes):
+        raise ValueError(f"an edge of the graph ends at node {int(ends.max()) if int(ends.max()) >= nodes else int(ends.min())}, "
+                         f"but its nodes are 0..{nodes - 1}; {fix}")
+
+
 def from_header(h: dict, node_attrs, src, dst, edge_attrs):
     """Rebuild a ConnectomeGraph from :func:`header` output and attribute tensors."""
     from .graph import ConnectomeGraph, _edge_ptr
@@ -178,6 +203,7 @@ def from_header(h: dict, node_attrs, src, dst, edge_attrs):
 
     if h.get("format") != FORMAT:
         raise ValueError(f"not an adaptive graph (format {h.get('format')!r}, expected {FORMAT!r})")
+    _check_columns(h, node_attrs, src, dst, edge_attrs)
     groups = [Group(*x) for x in h["groups"]]
     layers = [LayerFlow(x[0], x[1], -1, x[2], tuple(x[3]), x[4], torch.zeros(0, dtype=torch.long), "",
                         tuple(x[5]) if len(x) > 5 and x[5] else None, x[2].startswith("convtranspose"))

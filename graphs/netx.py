@@ -61,24 +61,46 @@ def from_networkx(G):
                          "(graphs.write(g, 'x.graphml')), which reads back whole")
     given = G.graph["header"]
     h = header_from_doc(json.loads(given) if isinstance(given, str) else {**given, "meta": dict(given.get("meta", {}))})
-    nodes = sorted(G.nodes(data=True), key=lambda t: int(t[0]))
-    ncols = {k: _column([d[k] for _, d in nodes]) for k in h["node_dtypes"]}
+    nodes = sorted(G.nodes(data=True), key=lambda t: _node_id(t[0]))
+    ncols = {k: _column(_values(nodes, k, "node")) for k in h["node_dtypes"]}
     if G.is_multigraph():
         edges = sorted(G.edges(keys=True, data=True), key=lambda t: int(t[2]))
-        src = [int(u) for u, _, _, _ in edges]
-        dst = [int(v) for _, v, _, _ in edges]
-        datas = [d for _, _, _, d in edges]
+        src = [_node_id(u) for u, _, _, _ in edges]
+        dst = [_node_id(v) for _, v, _, _ in edges]
+        datas = [((u, v), d) for u, v, _, d in edges]
     else:
         edges = list(G.edges(data=True))
         if h.get("level") == "synapse" and edges and all("id" in d for _, _, d in edges):
             # a synapse-level file with no repeated node pair reads back as a DiGraph: the edge ids
             # GraphML kept give the original order
             edges.sort(key=lambda t: int(t[2]["id"]))
-        src = [int(u) for u, _, _ in edges]
-        dst = [int(v) for _, v, _ in edges]
-        datas = [d for _, _, d in edges]
-    ecols = {k: _column([d[k] for d in datas]) for k in h["edge_dtypes"]}
+        src = [_node_id(u) for u, _, _ in edges]
+        dst = [_node_id(v) for _, v, _ in edges]
+        datas = [((u, v), d) for u, v, d in edges]
+    ecols = {k: _column(_values(datas, k, "edge")) for k in h["edge_dtypes"]}
     return from_header(h, ncols, torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long), ecols)
+
+
+def _node_id(key) -> int:
+    """A node's key as the integer id :func:`to_networkx` gave it (``nx.read_graphml`` gives its string)."""
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"node {key!r} of this networkx graph is no node id: graphs.to_networkx keys nodes by their "
+                         "integer ids 0..N-1 (nx.read_graphml gives them as strings), which from_networkx reads back; "
+                         "a graph relabelled since (nx.relabel_nodes) is read back after relabelling it to them") from None
+
+
+def _values(items: list, k: str, what: str) -> list:
+    """Attribute ``k`` of every (key, data) in ``items``; one without it (a node or edge added in networkx) is
+    named in a ValueError."""
+    try:
+        return [d[k] for _, d in items]
+    except KeyError:
+        key = next(key for key, d in items if k not in d)
+        raise ValueError(f"{what} {key!r} has no attribute {k!r}, which every {what} of an exported graph has (the "
+                         f"{what} was added, or its attribute removed, in networkx); from_networkx reads back a whole "
+                         "exported graph, as it was written") from None
 
 
 def _column(values: list) -> torch.Tensor:
