@@ -62,22 +62,23 @@ def from_networkx(G):
     given = G.graph["header"]
     h = header_from_doc(json.loads(given) if isinstance(given, str) else {**given, "meta": dict(given.get("meta", {}))})
     nodes = sorted(G.nodes(data=True), key=lambda t: _node_id(t[0]))
-    ncols = {k: _column(_values(nodes, k, "node")) for k in h["node_dtypes"]}
+    ndatas = [d for _, d in nodes]
+    ncols = {k: _column(_values(ndatas, k, "node", lambda i: nodes[i][0])) for k in h["node_dtypes"]}
     if G.is_multigraph():
         edges = sorted(G.edges(keys=True, data=True), key=lambda t: int(t[2]))
-        src = [_node_id(u) for u, _, _, _ in edges]
-        dst = [_node_id(v) for _, v, _, _ in edges]
-        datas = [((u, v), d) for u, v, _, d in edges]
+        src = _node_ids([u for u, _, _, _ in edges])
+        dst = _node_ids([v for _, v, _, _ in edges])
+        datas = [d for _, _, _, d in edges]
     else:
         edges = list(G.edges(data=True))
         if h.get("level") == "synapse" and edges and all("id" in d for _, _, d in edges):
             # a synapse-level file with no repeated node pair reads back as a DiGraph: the edge ids
             # GraphML kept give the original order
             edges.sort(key=lambda t: int(t[2]["id"]))
-        src = [_node_id(u) for u, _, _ in edges]
-        dst = [_node_id(v) for _, v, _ in edges]
-        datas = [((u, v), d) for u, v, d in edges]
-    ecols = {k: _column(_values(datas, k, "edge")) for k in h["edge_dtypes"]}
+        src = _node_ids([u for u, _, _ in edges])
+        dst = _node_ids([v for _, v, _ in edges])
+        datas = [d for _, _, d in edges]
+    ecols = {k: _column(_values(datas, k, "edge", lambda i: edges[i][:2])) for k in h["edge_dtypes"]}
     return from_header(h, ncols, torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long), ecols)
 
 
@@ -91,13 +92,21 @@ def _node_id(key) -> int:
                          "a graph relabelled since (nx.relabel_nodes) is read back after relabelling it to them") from None
 
 
-def _values(items: list, k: str, what: str) -> list:
-    """Attribute ``k`` of every (key, data) in ``items``; one without it (a node or edge added in networkx) is
-    named in a ValueError."""
+def _node_ids(keys: list) -> list:
+    """:func:`_node_id` of every key (one ``int`` per key in bulk; the first that is none named)."""
     try:
-        return [d[k] for _, d in items]
+        return list(map(int, keys))
+    except (TypeError, ValueError):
+        return [_node_id(k) for k in keys]  # raises, naming it
+
+
+def _values(datas: list, k: str, what: str, key_of) -> list:
+    """Attribute ``k`` of every attribute dict in ``datas``; one without it (a node or edge added in networkx)
+    is named in a ValueError by ``key_of(its index)``."""
+    try:
+        return [d[k] for d in datas]
     except KeyError:
-        key = next(key for key, d in items if k not in d)
+        key = key_of(next(i for i, d in enumerate(datas) if k not in d))
         raise ValueError(f"{what} {key!r} has no attribute {k!r}, which every {what} of an exported graph has (the "
                          f"{what} was added, or its attribute removed, in networkx); from_networkx reads back a whole "
                          "exported graph, as it was written") from None
