@@ -21,10 +21,20 @@ _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
 
 
-def temp_name(name: str, pid: int, token: str) -> str:
+NAME_MAX = 255  # bytes in one file name on the common file systems (ext4, xfs, btrfs, tmpfs, APFS)
+
+
+def temp_name(name: str, pid: int, token: str, limit: int = NAME_MAX) -> str:
     """The name of :func:`atomic_path`'s temporary file for the file ``name``, written by process
-    ``pid`` (``token``: 8 random hex digits): ``.NAME.PID-TOKEN.tmpSUFFIX``."""
-    return f".{name}.{pid}-{token}.tmp{Path(name).suffix}"
+    ``pid`` (``token``: 8 random hex digits): ``.NAME.PID-TOKEN.tmpSUFFIX``. Where that would exceed
+    ``limit`` bytes, NAME's stem is cut short (its suffix kept): a name the file system takes still gets
+    a temporary file it takes (its 30-odd extra bytes failed names of 225 to 255 bytes)."""
+    suffix = Path(name).suffix
+    tail = f".{pid}-{token}.tmp{suffix}"
+    stem = name[:len(name) - len(suffix)] if suffix else name
+    while len(stem) > 1 and len(os.fsencode(f".{stem}{suffix}{tail}")) > limit:
+        stem = stem[:-1]
+    return f".{stem}{suffix}{tail}"
 
 
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp(?P<suffix>.*)", re.DOTALL)
@@ -96,14 +106,15 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
     try:
         yield tmp
-        if tmp.exists():  # some writers (safetensors) create private 0600 files: the usual permissions instead
+        if os.path.exists(tmp):  # some writers (safetensors) create private 0600 files: the usual permissions instead
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as e:
         _name_target(e, path)
         raise
     finally:
-        if tmp.exists():
+        # os.path, not Path.exists, which raises for a name too long and hid the error that named the file
+        if os.path.lexists(tmp):
             tmp.unlink()
 
 
