@@ -9,6 +9,7 @@ file's name).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -93,6 +94,19 @@ def sweep_stale_temps(folder: Union[str, os.PathLike]) -> List[Path]:
     return removed
 
 
+def _make_folder(path: Path) -> None:
+    """Create ``path``'s folder. A file where a folder of it should be raised a bare "File exists" naming
+    that file (or "Not a directory"), which read as if ``path`` were in the way: it is named as the file it is."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {str(path)!r} inside a file, not a folder (choose "
+                                 "another path, or move that file)", str(blocker)) from None
+
+
 @contextmanager
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """A temporary path beside ``path`` (same folder, same suffix, so writers that infer the format
@@ -102,7 +116,7 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     instead: the file the caller asked for, not one it never sees (also where a writer writes through
     an atomic_path of its own, whose temporary file is named after this one's)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path)
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
     try:
         yield tmp

@@ -67,6 +67,15 @@ def test_a_long_name_the_file_system_takes_is_written_through_a_shorter_temporar
         graphs.write(g, too_long)
     assert e.value.filename == str(too_long) and [p.name for p in tmp_path.iterdir()] == [name]
 
+@pytest.mark.parametrize("below", ["x.json", "a/b/x.json"])
+def test_a_file_where_the_folder_should_be_is_named_as_a_file(below, tmp_path):
+    """It raised a bare "File exists" naming the file in the way, as if the destination were taken."""
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(NotADirectoryError, match=r"cannot write .*inside a file, not a folder.*: '.*notes'$") as e:
+        with atomic_path(tmp_path / "notes" / below) as tmp:
+            tmp.write_text("new")
+    assert e.value.filename == str(tmp_path / "notes") and (tmp_path / "notes").read_text() == "mine"
+
 def test_files_get_the_usual_permissions_not_a_private_temp_file(tmp_path):
     old = os.umask(0o022)
     try:
