@@ -9,6 +9,7 @@ file's name).
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -21,10 +22,20 @@ _UMASK = os.umask(0)  # read once (os.umask can only be read by setting it)
 os.umask(_UMASK)
 
 
-def temp_name(name: str, pid: int, token: str) -> str:
+NAME_MAX = 255  # bytes in one file name on the common file systems (ext4, xfs, btrfs, tmpfs, APFS)
+
+
+def temp_name(name: str, pid: int, token: str, limit: int = NAME_MAX) -> str:
     """The name of :func:`atomic_path`'s temporary file for the file ``name``, written by process
-    ``pid`` (``token``: 8 random hex digits): ``.NAME.PID-TOKEN.tmpSUFFIX``."""
-    return f".{name}.{pid}-{token}.tmp{Path(name).suffix}"
+    ``pid`` (``token``: 8 random hex digits): ``.NAME.PID-TOKEN.tmpSUFFIX``. Where that would exceed
+    ``limit`` bytes, NAME's stem is cut short (its suffix kept): a name the file system takes still gets
+    a temporary file it takes (its 30-odd extra bytes failed names of 225 to 255 bytes)."""
+    suffix = Path(name).suffix
+    tail = f".{pid}-{token}.tmp{suffix}"
+    stem = name[:len(name) - len(suffix)] if suffix else name
+    while len(stem) > 1 and len(os.fsencode(f".{stem}{suffix}{tail}")) > limit:
+        stem = stem[:-1]
+    return f".{stem}{suffix}{tail}"
 
 
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]+)-[0-9a-f]{8}\.tmp(?P<suffix>.*)", re.DOTALL)
@@ -83,6 +94,19 @@ def sweep_stale_temps(folder: Union[str, os.PathLike]) -> List[Path]:
     return removed
 
 
+def _make_folder(path: Path) -> None:
+    """Create ``path``'s folder. A file where a folder of it should be raised a bare "File exists" naming
+    that file (or "Not a directory"), which read as if ``path`` were in the way: it is named as the file it is."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {str(path)!r} inside a file, not a folder (choose "
+                                 "another path, or move that file)", str(blocker)) from None
+
+
 @contextmanager
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """A temporary path beside ``path`` (same folder, same suffix, so writers that infer the format
@@ -92,18 +116,19 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     instead: the file the caller asked for, not one it never sees (also where a writer writes through
     an atomic_path of its own, whose temporary file is named after this one's)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path)
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
     try:
         yield tmp
-        if tmp.exists():  # some writers (safetensors) create private 0600 files: the usual permissions instead
+        if os.path.exists(tmp):  # some writers (safetensors) create private 0600 files: the usual permissions instead
             os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except OSError as e:
         _name_target(e, path)
         raise
     finally:
-        if tmp.exists():
+        # os.path, not Path.exists, which raises for a name too long and hid the error that named the file
+        if os.path.lexists(tmp):
             tmp.unlink()
 
 

@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 from typing import Callable, Dict
 
@@ -170,6 +171,31 @@ def _from_runs(ids) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def _check_columns(h: dict, node_attrs, src, dst, edge_attrs) -> None:
+    """Refuse columns that are not the whole graph the header describes: nodes or edges removed or added
+    after export (a networkx or PyG subgraph), an attribute dropped, an edge to a node that is not there.
+    Such a graph read back silently had nodes its groups did not count, or failed on a bare IndexError."""
+    nodes = len(h["groups"]) if h["level"] == "layer" else sum(int(x[4]) for x in h["groups"])
+    fix = ("from_networkx, from_pyg and read_json read back a whole exported graph, as it was written: analyse a "
+           "part of one with networkx or torch_geometric, or build the graph again (graphs.build)")
+    missing = ([f"node attribute {k!r}" for k in h["node_dtypes"] if k not in node_attrs]
+               + [f"edge attribute {k!r}" for k in h["edge_dtypes"] if k not in edge_attrs])
+    if missing:
+        raise ValueError(f"the graph lacks its {', '.join(missing[:4])}, which its header lists; {fix}")
+    sizes = {len(v) for v in node_attrs.values()}
+    if sizes - {nodes}:
+        raise ValueError(f"the graph has {max(sizes - {nodes})} nodes, but its header's groups hold {nodes}: nodes were "
+                         f"removed or added since it was exported; {fix}")
+    e = len(src)
+    if len(dst) != e or any(len(v) != e for v in edge_attrs.values()):
+        raise ValueError(f"the graph's edge columns differ in length ({e} sources, {len(dst)} targets, attributes "
+                         f"{sorted({len(v) for v in edge_attrs.values()})}); {fix}")
+    ends = torch.cat([torch.as_tensor(src).reshape(-1), torch.as_tensor(dst).reshape(-1)])
+    if ends.numel() and (int(ends.min()) < 0 or int(ends.max()) >= nodes):
+        raise ValueError(f"an edge of the graph ends at node {int(ends.max()) if int(ends.max()) >= nodes else int(ends.min())}, "
+                         f"but its nodes are 0..{nodes - 1}; {fix}")
+
+
 def from_header(h: dict, node_attrs, src, dst, edge_attrs):
     """Rebuild a ConnectomeGraph from :func:`header` output and attribute tensors."""
     from .graph import ConnectomeGraph, _edge_ptr
@@ -177,6 +203,7 @@ def from_header(h: dict, node_attrs, src, dst, edge_attrs):
 
     if h.get("format") != FORMAT:
         raise ValueError(f"not an adaptive graph (format {h.get('format')!r}, expected {FORMAT!r})")
+    _check_columns(h, node_attrs, src, dst, edge_attrs)
     groups = [Group(*x) for x in h["groups"]]
     layers = [LayerFlow(x[0], x[1], -1, x[2], tuple(x[3]), x[4], torch.zeros(0, dtype=torch.long), "",
                         tuple(x[5]) if len(x) > 5 and x[5] else None, x[2].startswith("convtranspose"))
@@ -271,6 +298,7 @@ def _write_graphml_to(g, f, chunk: int) -> None:
         raise ValueError("write_graphml: a node attribute is called 'name', which GraphML files of this "
                          "package give the node names; rename the attribute (g.node_attrs['my_name'] = "
                          "g.node_attrs.pop('name'))")
+    _refuse_non_xml(g, "GraphML")  # before the first byte: an open file given is left as it was
     multi = g.level == "synapse"
     n, src, dst = g.num_nodes, g.src, g.dst
     keep, data = _graphml_edges(src, dst, n, multi)
@@ -366,18 +394,40 @@ def _interleave(lits, cols) -> str:
     return "".join(pieces)
 
 
+# what XML 1.0 cannot hold, not even as a character reference: C0 controls other than tab, newline and
+# carriage return, lone surrogates, U+FFFE and U+FFFF
+_NON_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _refuse_non_xml(g, fmt: str) -> None:
+    """Refuse a graph whose names (its groups', which name its nodes, and its attributes') hold a character
+    XML cannot hold (an ``nn.ModuleDict`` key may hold any but "."): the file would be written and then
+    fail to parse (a control character) or fail half-written (a lone surrogate)."""
+    texts = [("level", g.level)] + [("group", x.name) for x in g.groups]
+    texts += [("attribute", k) for k in (*g.node_attrs, *g.edge_attrs)]
+    for what, text in texts:
+        bad = _NON_XML.search(text)
+        if bad:
+            name = f"the graph's {what} {text!r}" if what != "group" else f"the node group {text!r} (a module's name)"
+            raise ValueError(f"cannot write {fmt}: {name} holds the character {bad.group()!r}, which no XML file can "
+                             "hold, so the file would not read back; rename it (a ModuleDict key, say), or write "
+                             ".json, which keeps any name")
+
+
 def _xml_text(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # a carriage return as a reference: XML readers turn a bare one (and CR LF) into a newline
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
 
 
 def _xml_attr(s: str) -> str:
-    return '"' + _xml_text(s).replace('"', "&quot;").replace("\r", "&#13;").replace("\n", "&#10;").replace("\t", "&#09;") + '"'
+    return '"' + _xml_text(s).replace('"', "&quot;").replace("\n", "&#10;").replace("\t", "&#09;") + '"'
 
 
 @register_writer(".gexf")
 def write_gexf(g, path):
     import networkx as nx
     from .netx import to_networkx
+    _refuse_non_xml(g, "GEXF")
     if g.concats:
         warn_user(f"graphs.write: GEXF keeps no graph attributes, so the .gexf file drops the graph's {len(g.concats)} "
                   "concatenation record(s) and the header from_networkx needs to read it back; write .graphml or "

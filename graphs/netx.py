@@ -61,12 +61,13 @@ def from_networkx(G):
                          "(graphs.write(g, 'x.graphml')), which reads back whole")
     given = G.graph["header"]
     h = header_from_doc(json.loads(given) if isinstance(given, str) else {**given, "meta": dict(given.get("meta", {}))})
-    nodes = sorted(G.nodes(data=True), key=lambda t: int(t[0]))
-    ncols = {k: _column([d[k] for _, d in nodes]) for k in h["node_dtypes"]}
+    nodes = sorted(G.nodes(data=True), key=lambda t: _node_id(t[0]))
+    ndatas = [d for _, d in nodes]
+    ncols = {k: _column(_values(ndatas, k, "node", lambda i: nodes[i][0])) for k in h["node_dtypes"]}
     if G.is_multigraph():
         edges = sorted(G.edges(keys=True, data=True), key=lambda t: int(t[2]))
-        src = [int(u) for u, _, _, _ in edges]
-        dst = [int(v) for _, v, _, _ in edges]
+        src = _node_ids([u for u, _, _, _ in edges])
+        dst = _node_ids([v for _, v, _, _ in edges])
         datas = [d for _, _, _, d in edges]
     else:
         edges = list(G.edges(data=True))
@@ -74,11 +75,41 @@ def from_networkx(G):
             # a synapse-level file with no repeated node pair reads back as a DiGraph: the edge ids
             # GraphML kept give the original order
             edges.sort(key=lambda t: int(t[2]["id"]))
-        src = [int(u) for u, _, _ in edges]
-        dst = [int(v) for _, v, _ in edges]
+        src = _node_ids([u for u, _, _ in edges])
+        dst = _node_ids([v for _, v, _ in edges])
         datas = [d for _, _, d in edges]
-    ecols = {k: _column([d[k] for d in datas]) for k in h["edge_dtypes"]}
+    ecols = {k: _column(_values(datas, k, "edge", lambda i: edges[i][:2])) for k in h["edge_dtypes"]}
     return from_header(h, ncols, torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long), ecols)
+
+
+def _node_id(key) -> int:
+    """A node's key as the integer id :func:`to_networkx` gave it (``nx.read_graphml`` gives its string)."""
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"node {key!r} of this networkx graph is no node id: graphs.to_networkx keys nodes by their "
+                         "integer ids 0..N-1 (nx.read_graphml gives them as strings), which from_networkx reads back; "
+                         "a graph relabelled since (nx.relabel_nodes) is read back after relabelling it to them") from None
+
+
+def _node_ids(keys: list) -> list:
+    """:func:`_node_id` of every key (one ``int`` per key in bulk; the first that is none named)."""
+    try:
+        return list(map(int, keys))
+    except (TypeError, ValueError):
+        return [_node_id(k) for k in keys]  # raises, naming it
+
+
+def _values(datas: list, k: str, what: str, key_of) -> list:
+    """Attribute ``k`` of every attribute dict in ``datas``; one without it (a node or edge added in networkx)
+    is named in a ValueError by ``key_of(its index)``."""
+    try:
+        return [d[k] for d in datas]
+    except KeyError:
+        key = key_of(next(i for i, d in enumerate(datas) if k not in d))
+        raise ValueError(f"{what} {key!r} has no attribute {k!r}, which every {what} of an exported graph has (the "
+                         f"{what} was added, or its attribute removed, in networkx); from_networkx reads back a whole "
+                         "exported graph, as it was written") from None
 
 
 def _column(values: list) -> torch.Tensor:

@@ -35,8 +35,21 @@ def from_pyg(data):
     """The :class:`ConnectomeGraph` that :func:`to_pyg` exported."""
     from .exporters import from_header
 
+    from torch_geometric.data import Batch
+
     if not hasattr(data, "graph_header"):
         raise ValueError("this Data was not made by graphs.to_pyg (it has no graph_header)")
+    if isinstance(data, Batch):  # its header's values are lists, one per graph: one graph is read at a time
+        raise ValueError(f"from_pyg reads one graph, and this is a {type(data).__name__} of {data.num_graphs} (a "
+                         "DataLoader's or Batch.from_data_list's): read each with graphs.from_pyg(batch.get_example(i)), "
+                         "or [graphs.from_pyg(d) for d in batch.to_data_list()]")
+    for table, names in (("x", data.node_attr_names), ("edge_attr", data.edge_attr_names)):
+        cols = getattr(data, table)
+        width = 0 if cols is None else (cols.shape[1] if cols.dim() == 2 else -1)
+        if width != len(names):
+            raise ValueError(f"data.{table} has {width if width >= 0 else 'not 2 dims, so no'} columns, but "
+                             f"data.{'node' if table == 'x' else 'edge'}_attr_names names {len(names)}: it was changed "
+                             "since graphs.to_pyg made it; from_pyg reads back the columns to_pyg wrote")
     nodes = {k: data.x[:, i] for i, k in enumerate(data.node_attr_names)}
     edges = {k: data.edge_attr[:, i] for i, k in enumerate(data.edge_attr_names)}
     return from_header(data.graph_header, nodes, data.edge_index[0], data.edge_index[1], edges)

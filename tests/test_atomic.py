@@ -46,6 +46,36 @@ def test_an_os_error_names_the_destination_not_the_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_a_long_name_the_file_system_takes_is_written_through_a_shorter_temporary(tmp_path):
+    """The temporary file's name adds some 30 bytes to the file's: names of 225 to 255 bytes, which the
+    file system takes, failed (graphs.write(g, LONG.json) nested two), and Path.exists on the temporary
+    then raised again, naming it. Its stem is cut short now, its suffix kept; a name too long names itself."""
+    from adaptive.atomic import temp_name, temp_writer
+    import graphs
+
+    NAME_MAX = 255  # bytes in a file name (ext4, tmpfs, ...)
+
+    g = graphs.build(model=nn.Linear(2, 3))
+    name = "é" * ((NAME_MAX - len(".graphml.gz")) // 2) + ".graphml.gz"  # 255 bytes
+    short = temp_name(name, 12345, "0123abcd")
+    assert len(os.fsencode(short)) <= NAME_MAX and short.endswith(".tmp.gz") and temp_writer(short) == 12345
+    graphs.write(g, tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [name] and graphs.from_networkx(
+        __import__("networkx").read_graphml(tmp_path / name)).num_edges == g.num_edges
+    too_long = tmp_path / ("n" * NAME_MAX + ".json")
+    with pytest.raises(OSError) as e:
+        graphs.write(g, too_long)
+    assert e.value.filename == str(too_long) and [p.name for p in tmp_path.iterdir()] == [name]
+
+@pytest.mark.parametrize("below", ["x.json", "a/b/x.json"])
+def test_a_file_where_the_folder_should_be_is_named_as_a_file(below, tmp_path):
+    """It raised a bare "File exists" naming the file in the way, as if the destination were taken."""
+    (tmp_path / "notes").write_text("mine")
+    with pytest.raises(NotADirectoryError, match=r"cannot write .*inside a file, not a folder.*: '.*notes'$") as e:
+        with atomic_path(tmp_path / "notes" / below) as tmp:
+            tmp.write_text("new")
+    assert e.value.filename == str(tmp_path / "notes") and (tmp_path / "notes").read_text() == "mine"
+
 def test_files_get_the_usual_permissions_not_a_private_temp_file(tmp_path):
     old = os.umask(0o022)
     try:

@@ -80,6 +80,66 @@ def test_pyg_networkx_round_trip(conn, level):
     assert back.live_synapses() == conn.num_live()
 
 
+
+def test_from_pyg_refuses_a_batch_naming_how_to_read_its_graphs(conn):
+    """A DataLoader's batch of exported graphs failed with a bare "unhashable type: 'list'" (its header's
+    values are lists, one per graph); each graph of it reads back."""
+    from torch_geometric.data import Batch
+
+    g = graphs.build(conn, "unit")
+    batch = Batch.from_data_list([graphs.to_pyg(g), graphs.to_pyg(g)])
+    with pytest.raises(ValueError, match=r"Batch of 2 .*from_pyg\(batch\.get_example\(i\)\)"):
+        graphs.from_pyg(batch)
+    assert_same(g, graphs.from_pyg(batch.get_example(1)))
+
+
+def _cut_nx(g):
+    G = graphs.to_networkx(g)
+    G.remove_node(g.num_nodes - 1)
+    return graphs.from_networkx(G)
+
+
+def _new_node_nx(g):
+    G = graphs.to_networkx(g)
+    G.add_edge(0, g.num_nodes, **{k: 0 for k in g.edge_attrs})
+    return graphs.from_networkx(G)
+
+
+def _dropped_attr_nx(g):
+    G = graphs.to_networkx(g)
+    del G.nodes[3]["depth_max"]
+    return graphs.from_networkx(G)
+
+
+def _relabelled_nx(g):
+    return graphs.from_networkx(nx.relabel_nodes(graphs.to_networkx(g), {i: f"n{i}" for i in range(g.num_nodes)}))
+
+
+def _subgraph_pyg(g):
+    return graphs.from_pyg(graphs.to_pyg(g).subgraph(torch.arange(g.num_nodes - 1)))
+
+
+def _cut_columns_pyg(g):
+    data = graphs.to_pyg(g)
+    data.x = data.x[:, :2]
+    return graphs.from_pyg(data)
+
+
+@pytest.mark.parametrize("level", ["unit", "layer"])
+@pytest.mark.parametrize("read, match", [
+    (_cut_nx, r"has \d+ nodes, but its header's groups hold \d+: nodes were removed or added"),
+    (_new_node_nx, r"node \d+ has no attribute 'kind'.*added"),
+    (_dropped_attr_nx, r"node 3 has no attribute 'depth_max'.*attribute removed"),
+    (_relabelled_nx, r"node 'n0' of this networkx graph is no node id"),
+    (_subgraph_pyg, r"nodes were removed or added since it was exported"),
+    (_cut_columns_pyg, r"data\.x has 2 columns, but data\.node_attr_names names \d+"),
+])
+def test_reading_back_a_graph_changed_since_export_is_refused(conn, level, read, match):
+    """A PyG subgraph read back as a graph whose groups counted nodes it no longer had; the other changes
+    failed with a bare IndexError, KeyError or int() ValueError."""
+    with pytest.raises(ValueError, match=match):
+        read(graphs.build(conn, level))
+
 @pytest.mark.parametrize("ext", [".graphml", ".gexf", ".json"])
 def test_writers(conn, tmp_path, ext):
     g = graphs.build(conn, "unit")

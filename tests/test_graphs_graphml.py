@@ -238,6 +238,40 @@ def test_graphml_refuses_a_node_attribute_called_name(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+
+class Keyed(nn.Module):  # a layer under an nn.ModuleDict key, which may hold any character but "."
+    def __init__(self, key):
+        super().__init__()
+        self.key = key
+        self.d = nn.ModuleDict({key: nn.Linear(3, 4)})
+
+    def forward(self, x):
+        return self.d[self.key](x)
+
+
+@pytest.mark.filterwarnings("ignore:graphs. torch.fx could not trace")  # fx's own code cannot name such a module
+def test_graphml_keeps_a_carriage_return_in_a_node_name(tmp_path):
+    """A bare carriage return in XML text reads back as a newline: it is written as a reference."""
+    g = graphs.build(adaptive.Connectome(Keyed("a\rb")), "unit")
+    graphs.write(g, tmp_path / "x.graphml")
+    back = nx.read_graphml(tmp_path / "x.graphml")
+    assert [back.nodes[n]["name"] for n in back.nodes] == g.node_names()
+
+
+@pytest.mark.parametrize("ext", [".graphml", ".gexf", ".graphml.gz"])
+@pytest.mark.parametrize("char", ["\x01", "\ud800"])
+@pytest.mark.filterwarnings("ignore:graphs. torch.fx could not trace")
+def test_xml_refuses_a_name_no_xml_file_can_hold(ext, char, tmp_path):
+    """A control character was written and the file then failed to parse; a lone surrogate failed
+    half-way with a bare UnicodeEncodeError. Both are refused up front, naming the module; JSON keeps them."""
+    g = graphs.build(adaptive.Connectome(Keyed(f"a{char}b")), "unit")
+    old = tmp_path / f"x{ext}"
+    old.write_bytes(b"old")
+    with pytest.raises(ValueError, match=r"node group 'd\.a.*b' \(a module's name\).*rename it.*\.json"):
+        graphs.write(g, old)
+    assert old.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == [old.name]
+    assert graphs.read_json(graphs.write(g, tmp_path / "x.json")).groups[-2].name == f"d.a{char}b"
+
 @pytest.mark.parametrize("level", ["unit", "synapse"])
 def test_networkx_keeps_the_edges_of_a_graph_without_edge_attributes(level, tmp_path):
     g = graphs.build(_conn(Cat()), level)
