@@ -524,6 +524,13 @@ def _launcher_view(pid: int) -> tuple:
     return argv, has_addr
 
 
+def _is_accelerate_launch(argv: Optional[List[str]]) -> bool:
+    """Whether ``argv`` is accelerate's launcher (``accelerate launch``, ``accelerate-launch``,
+    ``python -m accelerate.commands.launch``): its first tokens name accelerate and launch."""
+    names = [os.path.basename(a) for a in (argv or [])[:4]]
+    return any(n.startswith("accelerate") for n in names) and any("launch" in n for n in names)
+
+
 def _requested_processes(argv: Optional[List[str]]) -> Optional[int]:
     """The ``--num_processes`` of an ``accelerate launch`` command line (None: not given there)."""
     for i, tok in enumerate(argv or []):
@@ -547,7 +554,9 @@ def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optio
     GPUs, runs one process, silently. Such a launch sets MASTER_ADDR for the process group it never makes (and
     WORLD_SIZE none); a MASTER_ADDR that the launcher's own environment (``launcher_pid``, default the
     parent process) holds was the user's, and counts only beside a ``--num_processes`` above 1 on its
-    command line. ``script``: the recipe, as the fix names it."""
+    command line. A launcher that is not accelerate's (a shell that exported MASTER_ADDR, srun), or one whose
+    command line cannot be read (no /proc, as on macOS), says nothing. ``script``: the recipe, as the fix
+    names it."""
     env = os.environ if environ is None else environ
     if "ACCELERATE_USE_CPU" not in env or "MASTER_ADDR" not in env:  # (not accelerate's one-process launcher)
         return None
@@ -555,10 +564,13 @@ def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optio
         if str(env.get(name, "")).strip():
             return None
     argv, launcher_has_addr = _launcher_view(os.getppid() if launcher_pid is None else launcher_pid)
-    requested = _requested_processes(argv) if argv and any("accelerate" in a for a in argv[:3]) else None
+    if not _is_accelerate_launch(argv):  # a shell, srun, ... (a MASTER_ADDR of the user's), or no /proc to tell
+        return None
+    requested = _requested_processes(argv)
     if requested is not None and requested <= 1:
         return None
-    if requested is None and launcher_has_addr:  # the user's own MASTER_ADDR, passed on
+    # the launcher's own environment held it (the user's MASTER_ADDR, passed on), or it cannot be read
+    if requested is None and launcher_has_addr is not False:
         return None
     asked = f"{requested} processes" if requested else "several processes (it sets MASTER_ADDR only then)"
     n = requested or "N"

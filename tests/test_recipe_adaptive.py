@@ -284,6 +284,7 @@ def test_two_processes_agree(two_process_run):
     ckpt = find_checkpoint("latest", tmp_path)
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in ckpt.iterdir()}
     assert r.stdout.count("test accuracy") == 1  # the summary is printed by the main process only
+    assert "started this one alone" not in r.stderr  # (a launch that started two is no lone process)
 
 
 def test_a_checkpoint_copy_one_process_cannot_read_stops_every_process_with_one_error(tmp_path, two_process_run):
@@ -1535,14 +1536,40 @@ def test_the_lone_process_warning_stays_out_of_other_launches(monkeypatch):
              "one": (accelerate + ["--num_processes", "1", "x.py"], True),
              "users": (accelerate + ["x.py"], True),  # MASTER_ADDR the launcher's own: the user's
              "config": (accelerate + ["x.py"], False),  # --num_processes from accelerate's config file
-             "unreadable": (None, None)}
+             "cli": (["/venv/bin/python", "/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "x.py"],
+                     True)}
     monkeypatch.setattr(distributed, "_launcher_view", lambda pid: views[pid])
     problem = distributed.lone_launched_process_problem
     assert "asked for 2 processes" in problem("s.py", launch, "two")
     assert "asked for 2 processes" in problem("s.py", launch, "two=")
+    assert "asked for 2 processes" in problem("s.py", launch, "cli")
     assert "asked for several processes" in problem("s.py", launch, "config")
-    assert "asked for several processes" in problem("s.py", launch, "unreadable")
     assert problem("s.py", launch, "one") is None and problem("s.py", launch, "users") is None
     assert problem("s.py", dict(launch, WORLD_SIZE="2"), "two") is None  # (a real group: its size counts)
     assert problem("s.py", {k: v for k, v in launch.items() if k != "MASTER_ADDR"}, "two") is None
     assert problem("s.py", {"MASTER_ADDR": "127.0.0.1"}, "two") is None  # (not accelerate's launcher)
+
+
+def test_the_lone_process_warning_needs_accelerates_launcher_to_say_it_was_asked_for_several(monkeypatch):
+    """A MASTER_ADDR and ACCELERATE_USE_CPU that a shell exported (an sbatch script, `export` in a terminal:
+    a shell's /proc environ is the one it started with, so its own exports are not there) beside a plain
+    `python recipes/adaptive.py` warned "accelerate launch was asked for several processes", with no
+    accelerate launch at all; and so did any launch whose parent's /proc entries cannot be read (macOS has
+    no /proc; srun's slurmstepd is root's). Only accelerate's own launcher, read, warns."""
+    from adaptive import distributed
+
+    launch = {"ACCELERATE_USE_CPU": "true", "MASTER_ADDR": "10.0.0.1"}
+    problem = distributed.lone_launched_process_problem
+    # real /proc reads: this test process (pytest: no launcher of accelerate's) and a process that does not exist
+    assert distributed._launcher_view(os.getpid())[0] is not None or not os.path.isdir("/proc")
+    assert problem("s.py", launch, os.getpid()) is None
+    assert distributed._launcher_view(2 ** 31 - 1) == (None, None)
+    assert problem("s.py", launch, 2 ** 31 - 1) is None
+    views = {"shell": (["bash", "-c", "export MASTER_ADDR=10.0.0.1; python recipes/adaptive.py"], False),
+             "srun": (["slurmstepd: [42.0]"], None),
+             "unreadable": (None, None),
+             "environ unreadable": (["python", "-m", "accelerate.commands.launch", "x.py"], None),
+             "torchrun": (["python", "/venv/bin/torchrun", "--nproc_per_node", "1", "x.py"], False)}
+    monkeypatch.setattr(distributed, "_launcher_view", lambda pid: views[pid])
+    for pid in views:
+        assert problem("s.py", launch, pid) is None, pid
