@@ -126,3 +126,38 @@ def test_edge_popup_names_training_targets_of_the_wrong_shape_or_type(y, msg):
     tr = DataLoader(TensorDataset(torch.randn(64, 3, 4, 4), y), batch_size=16)
     with pytest.raises(ValueError, match=msg):
         edge_popup(m, tr, data()[1], [0.5], passes=1.0, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_edge_popup_runs_on_a_bfloat16_or_float64_model_as_the_optimisation_does(dtype):
+    """The scores are float32; a bf16 (or float64) model's gradient times its weight was assigned to them as
+    it was, which torch refused: "attempting to assign a gradient with dtype 'c10::BFloat16' to a tensor with
+    grad_dtype 'Float'", where optimize_connectome runs. The product is now taken in float32."""
+    m = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5)).to(dtype)
+    x, y = torch.randn(64, 12, dtype=dtype), torch.randint(0, 5, (64,))
+    tr, ho = DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+    conn, snaps = edge_popup(m, tr, ho, [0.5], passes=1.0, progress=False)
+    assert snaps["0.5"]["removed"] == 68
+    assert all(torch.equal(conn.params[n], conn.original[n] * snaps["0.5"]["masks"][n]) for n in conn.names)
+
+
+def test_edge_popup_warns_of_a_layer_no_gradient_reaches_and_learns_the_others():
+    """A prunable layer the forward pass does not use (an auxiliary head) has no gradient: the score update
+    multiplied None by its weights, a bare TypeError. Its scores now stay as they started, with a warning
+    naming it and exclude=; an exclude= of it runs as before."""
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b, self.aux = nn.Linear(12, 8), nn.Linear(8, 5), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    x, y = torch.randn(64, 12), torch.randint(0, 5, (64,))
+    tr, ho = DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+    with pytest.warns(UserWarning, match=r"no gradient reached 1 layer\(s\) in any batch \(aux: .*exclude=\['aux'\]"):
+        _, snaps = edge_popup(Aux(), tr, ho, [0.5], passes=1.0, progress=False)
+    _, alone = edge_popup(Aux(), tr, ho, [0.5], passes=1.0, progress=False, exclude="aux")
+    assert snaps["0.5"]["removed"] == round(0.5 * (96 + 40 + 24))
+    assert alone["0.5"]["removed"] == round(0.5 * (96 + 40))

@@ -104,7 +104,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
     targets are checked before its loss too, :func:`adaptive.label_checks.refuse_batch_targets`), and a batch whose loss is NaN or inf on any
     process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
-    still 0.0 where the call is interrupted, as the note says."""
+    still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
+    dtype; a prunable layer no gradient reaches (one the forward does not use) keeps its starting scores,
+    with a warning naming it."""
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
@@ -133,7 +135,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
-    first, drawn = True, 0
+    first, drawn, graded = True, 0, set()
     with mask_learning(model, conn, absent=start.zeros):
         for label, removed in goals:
             keep = total - removed
@@ -166,8 +168,12 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "(logits, labels)")
                 loss.backward()
                 with torch.no_grad():
-                    for n, s in scores.items():
-                        s.grad = conn.params[n].grad * conn.original[n]  # straight through the top-k
+                    for n, s in scores.items():  # straight through the top-k, in the scores' float32 (a bf16,
+                        g = conn.params[n].grad  # half or float64 model's gradient was refused by the float32 scores)
+                        if g is None:  # a layer the forward does not use: no gradient, its scores stay as they are
+                            continue
+                        graded.add(n)
+                        s.grad = g.float() * conn.original[n].float()
                 opt.step()
                 sched.step()
                 bar.update(1)
@@ -179,6 +185,12 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
         bar.close()
+    ungraded = [conn.layers[n].module_name for n in scores if n not in graded]
+    if ungraded:
+        warn_user(f"edge-popup: no gradient reached {len(ungraded)} layer(s) in any batch ({', '.join(ungraded[:5])}"
+                  f"{', ...' if len(ungraded) > 5 else ''}: not used by the forward pass, or run under torch.no_grad()), so "
+                  "their synapses were ranked by their starting scores (|w| over the layer's RMS weight) alone; leave "
+                  f"them out with exclude={ungraded[:5]!r} if they are not part of the network's output")
     if skipped:
         warn_user(f"edge-popup left out {skipped} training batch(es) whose loss was NaN or inf and drew others in their "
                   "place (no score learned from them); check the training data for NaN or inf")
