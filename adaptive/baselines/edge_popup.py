@@ -26,6 +26,7 @@ from ..counts import whole_number
 from ..data.cycle import LoaderCycle
 from ..distributed import agreed_call, all_reduce_mean_, is_distributed
 from ..global_rng import seeded_global_rng
+from ..label_checks import refuse_batch_targets, refuse_mismatched_targets
 from ..warn import warn_user
 from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
 from ..mask_only_batches import _OWN_BATCHES
@@ -68,6 +69,14 @@ def _all_finite(loss: torch.Tensor) -> bool:
     return flag.item() == 1.0
 
 
+def _check_first(out: torch.Tensor, y, loss_fn: Callable) -> None:
+    """The first training batch's checks: an output of one class for cross-entropy, and targets that do not fit
+    the output for ``loss_fn`` (:func:`adaptive.label_checks.refuse_mismatched_targets`), each named with its fix."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    refuse_one_class(out, "edge-popup's loss_fn", loss_fn)
+    refuse_mismatched_targets(out, y, loss_fn, f"edge-popup's loss_fn {name}")
+
+
 @seeded_global_rng.by_argument("seed")
 def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence, passes: float = 1.0,
                lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
@@ -91,10 +100,13 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     gradient), whose forward and backward are collectives (the scores' gradients averaged, so every
     process learns the same masks). So, as :func:`adaptive.optimize_connectome`, call it on every
     process: its refusals are agreed (the loaders by :func:`adaptive.mask_only_settings.check_loaders`,
-    train loaders of different lengths refused; a one-class output for cross-entropy on the first
-    batch by :func:`adaptive.distributed.agreed_call`), and a batch whose loss is NaN or inf on any
+    train loaders of different lengths refused; a one-class output for cross-entropy, and targets that do not
+    fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
+    targets are checked before its loss too, :func:`adaptive.label_checks.refuse_batch_targets`), and a batch whose loss is NaN or inf on any
     process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
-    still 0.0 where the call is interrupted, as the note says."""
+    still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
+    dtype; a prunable layer no gradient reaches (one the forward does not use) keeps its starting scores,
+    with a warning naming it."""
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
@@ -123,7 +135,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     from tqdm.auto import tqdm
 
     bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
-    first = True
+    first, drawn, graded = True, 0, set()
     with mask_learning(model, conn, absent=start.zeros):
         for label, removed in goals:
             keep = total - removed
@@ -137,9 +149,14 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                     for p in conn.params.values():
                         p.grad = None
                     out = _logits(call_model(model, x, "edge-popup"), model)
+                    drawn += 1
+                    # every batch's targets fit the output before the loss sees them (torch's own error for a label
+                    # beyond the head is a bare "Target 7 is out of bounds", on a GPU a device-side assert)
                     if first:  # (each process's own first batch: a refusal on one stops every process)
-                        agreed_call(lambda: refuse_one_class(out, "edge-popup's loss_fn", loss_fn), passed_why=_OWN_BATCHES)
+                        agreed_call(lambda: _check_first(out, y, loss_fn), passed_why=_OWN_BATCHES)
                         first = False
+                    else:
+                        refuse_batch_targets(out, y, loss_fn, f"edge-popup's training batch {drawn} (target {label})")
                     loss = loss_fn(out, y)
                     if _all_finite(loss):
                         break
@@ -151,8 +168,12 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "(logits, labels)")
                 loss.backward()
                 with torch.no_grad():
-                    for n, s in scores.items():
-                        s.grad = conn.params[n].grad * conn.original[n]  # straight through the top-k
+                    for n, s in scores.items():  # straight through the top-k, in the scores' float32 (a bf16,
+                        g = conn.params[n].grad  # half or float64 model's gradient was refused by the float32 scores)
+                        if g is None:  # a layer the forward does not use: no gradient, its scores stay as they are
+                            continue
+                        graded.add(n)
+                        s.grad = g.float() * conn.original[n].float()
                 opt.step()
                 sched.step()
                 bar.update(1)
@@ -164,6 +185,12 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
         bar.close()
+    ungraded = [conn.layers[n].module_name for n in scores if n not in graded]
+    if ungraded:
+        warn_user(f"edge-popup: no gradient reached {len(ungraded)} layer(s) in any batch ({', '.join(ungraded[:5])}"
+                  f"{', ...' if len(ungraded) > 5 else ''}: not used by the forward pass, or run under torch.no_grad()), so "
+                  "their synapses were ranked by their starting scores (|w| over the layer's RMS weight) alone; leave "
+                  f"them out with exclude={ungraded[:5]!r} if they are not part of the network's output")
     if skipped:
         warn_user(f"edge-popup left out {skipped} training batch(es) whose loss was NaN or inf and drew others in their "
                   "place (no score learned from them); check the training data for NaN or inf")

@@ -1,0 +1,163 @@
+"""The mask-only benchmark's outside references, checked against independent computations: edge-popup
+(adaptive.baselines.edge_popup) against a straight-through reference written here with
+torch.func.functional_call, the global-magnitude row against torch.nn.utils.prune.global_unstructured;
+and edge-popup's refusals of training targets that do not fit the model's head."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torch.nn.utils.prune as prune
+from torch import nn
+from torch.func import functional_call
+from torch.utils.data import DataLoader, TensorDataset
+
+from adaptive import Connectome
+from adaptive.baselines.edge_popup import edge_popup
+from recipes.benchmarks.mask_only import magnitude_masks
+
+
+def net(seed=1):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 5))
+    with torch.no_grad():  # statistics that matter: evaluation mode must be kept
+        m[1].running_mean.normal_()
+        m[1].running_var.uniform_(0.5, 2.0)
+    return m
+
+
+def data(y=None, n=64, bs=16):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 4, 4, generator=g)
+    y = torch.randint(0, 5, (n,), generator=g) if y is None else y
+    return (DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True, generator=torch.Generator().manual_seed(3)),
+            DataLoader(TensorDataset(x[:32], y[:32] % 5), batch_size=16))
+
+
+def test_edge_popup_equals_an_independent_straight_through_reference():
+    """Scores |w| / the layer's RMS weight, global top-k of exactly the target's count, dL/ds = dL/dw_eff * w
+    (written here as w * (mask + s - s.detach())), Adam on a cosine per stage, BN in evaluation mode: the
+    library's masks equal the reference's at both targets, and the weights and BN statistics stay bit-exact."""
+    targets, passes, lr = [0.3, 0.6], 2, 0.05
+    m = net()
+    before = copy.deepcopy(m.state_dict())
+    tr, ho = data()
+    conn, snaps = edge_popup(m, tr, ho, targets, passes=passes, lr=lr, progress=False)
+    ref = net().eval()
+    names = [n for n, p in ref.named_parameters() if p.dim() > 1]
+    w = {n: p.detach().clone() for n, p in ref.named_parameters() if n in names}
+    s = {n: (w[n].abs() / w[n].pow(2).mean().sqrt()).requires_grad_(True) for n in names}
+    total = sum(v.numel() for v in w.values())
+    tr2, _ = data()
+    batches = [b for _ in range(2 * passes * len(targets)) for b in tr2]  # the loader's passes in order
+    steps = math.ceil(passes * len(tr2))
+
+    def top(keep):
+        flat = torch.cat([s[n].detach().reshape(-1) for n in names])
+        on = torch.zeros(flat.numel(), dtype=torch.bool)
+        on[torch.topk(flat, keep).indices] = True
+        return dict(zip(names, (c.view(w[n].shape) for n, c in zip(names, on.split([w[n].numel() for n in names])))))
+
+    for i, t in enumerate(targets):
+        keep = total - round(t * total)
+        opt = torch.optim.Adam(list(s.values()), lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+        for x, y in batches[i * steps:(i + 1) * steps]:
+            mask = top(keep)
+            weights = {n: w[n] * (mask[n].float() + s[n] - s[n].detach()) for n in names}
+            opt.zero_grad()
+            F.cross_entropy(functional_call(ref, weights, (x,)), y).backward()
+            opt.step()
+            sched.step()
+        mask = top(keep)
+        got = snaps[f"{t:g}"]
+        assert got["removed"] == round(t * total)
+        assert all(torch.equal(got["masks"][n], mask[n]) for n in names), t
+    conn.set_masks({n: torch.ones_like(v) for n, v in conn.masks.items()})
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_magnitude_row_equals_global_unstructured_on_a_fresh_model_target_after_target():
+    """The benchmark sets each target's mask on its model before the next target's is computed (from a copy
+    of that masked model): each mask still equals global_unstructured (L1) on every conv and linear weight
+    of the unmasked model."""
+    model = net().eval()
+    conn = Connectome(model, mode="mask_only")
+    mods = {n: m for n, m in net().named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert sorted(mods) == sorted(conn.layers[n].module_name for n in conn.names)
+    for t in (0.2, 0.5, 0.8):
+        fresh = copy.deepcopy(mods)
+        prune.global_unstructured([(m, "weight") for m in fresh.values()], pruning_method=prune.L1Unstructured, amount=t)
+        masks = magnitude_masks(model, conn, t)
+        assert all(torch.equal(masks[n], fresh[conn.layers[n].module_name].weight_mask.bool()) for n in conn.names), t
+        conn.set_masks(masks)
+
+
+@pytest.mark.parametrize("where, label, msg", [
+    (40, 7, "labels go up to 7: labels are class indices 0..4"),  # a later batch (the third of four)
+    (0, 9, "labels go up to 9: labels are class indices 0..4"),  # the first batch
+    (40, -3, "the labels include -3"),
+])
+def test_edge_popup_refuses_a_training_label_beyond_the_head_naming_it_and_leaving_the_model(where, label, msg):
+    """Edge-popup checked no training batch's labels: a label beyond the 5-class head was torch's bare
+    IndexError "Target 7 is out of bounds" (on a GPU a device-side assert), whether in the first batch or a
+    later one. Each batch is now checked before the loss, as mask-only's own loop does, naming the fix; the
+    model comes back as it was given."""
+    y = torch.randint(0, 5, (64,), generator=torch.Generator().manual_seed(0))
+    y[where] = label
+    m = net()
+    before = copy.deepcopy(m.state_dict())
+    tr = DataLoader(TensorDataset(torch.randn(64, 3, 4, 4), y), batch_size=16)
+    with pytest.raises(ValueError, match=msg) as info:
+        edge_popup(m, tr, data()[1], [0.5], passes=1.0, progress=False)
+    if where:
+        assert "found in edge-popup's training batch 3 (target 0.5)" in " ".join(info.value.__notes__)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.grad is None for p in m.parameters())
+
+
+@pytest.mark.parametrize("y, msg", [(torch.zeros(64, 1, dtype=torch.long), "takes one class index per example"),
+                                    (torch.zeros(64, dtype=torch.int32), "takes class indices as int64")])
+def test_edge_popup_names_training_targets_of_the_wrong_shape_or_type(y, msg):
+    """(B, 1) labels and int32 labels reached torch's loss: "0D or 1D target tensor expected, multi-target
+    not supported", "expected target dtype to be Long or Byte". Both are now named with their fix."""
+    m = net()
+    tr = DataLoader(TensorDataset(torch.randn(64, 3, 4, 4), y), batch_size=16)
+    with pytest.raises(ValueError, match=msg):
+        edge_popup(m, tr, data()[1], [0.5], passes=1.0, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_edge_popup_runs_on_a_bfloat16_or_float64_model_as_the_optimisation_does(dtype):
+    """The scores are float32; a bf16 (or float64) model's gradient times its weight was assigned to them as
+    it was, which torch refused: "attempting to assign a gradient with dtype 'c10::BFloat16' to a tensor with
+    grad_dtype 'Float'", where optimize_connectome runs. The product is now taken in float32."""
+    m = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5)).to(dtype)
+    x, y = torch.randn(64, 12, dtype=dtype), torch.randint(0, 5, (64,))
+    tr, ho = DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+    conn, snaps = edge_popup(m, tr, ho, [0.5], passes=1.0, progress=False)
+    assert snaps["0.5"]["removed"] == 68
+    assert all(torch.equal(conn.params[n], conn.original[n] * snaps["0.5"]["masks"][n]) for n in conn.names)
+
+
+def test_edge_popup_warns_of_a_layer_no_gradient_reaches_and_learns_the_others():
+    """A prunable layer the forward pass does not use (an auxiliary head) has no gradient: the score update
+    multiplied None by its weights, a bare TypeError. Its scores now stay as they started, with a warning
+    naming it and exclude=; an exclude= of it runs as before."""
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b, self.aux = nn.Linear(12, 8), nn.Linear(8, 5), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    x, y = torch.randn(64, 12), torch.randint(0, 5, (64,))
+    tr, ho = DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+    with pytest.warns(UserWarning, match=r"no gradient reached 1 layer\(s\) in any batch \(aux: .*exclude=\['aux'\]"):
+        _, snaps = edge_popup(Aux(), tr, ho, [0.5], passes=1.0, progress=False)
+    _, alone = edge_popup(Aux(), tr, ho, [0.5], passes=1.0, progress=False, exclude="aux")
+    assert snaps["0.5"]["removed"] == round(0.5 * (96 + 40 + 24))
+    assert alone["0.5"]["removed"] == round(0.5 * (96 + 40))
