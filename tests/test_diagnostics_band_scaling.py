@@ -754,3 +754,33 @@ def test_depths_no_scaled_layer_takes_are_refused_naming_them():
     subset = BandGradientScaler(net, layers=["up"], depths={"up": torch.tensor([0, 0, 1, 1]), "fc": torch.tensor([2, 3])})
     assert list(subset.state) == ["up"]
     subset.remove()
+
+
+def test_depths_under_a_weight_name_without_layers_scale_the_layer():
+    # found in review: depths= takes a layer by NAME.weight (as layers= and _given_depths do), but without layers=
+    # the layers were found by module name only: {"up.weight": ...} alone ended in "no layer to scale ... pass
+    # layers=", and beside another layer's depths it was refused as "a misspelt name"
+    depths = torch.tensor([0, 0, 1, 1])
+    for given in ({"up.weight": depths}, {"up.weight": depths, "fc": torch.tensor([2, 3])}):
+        scaler = BandGradientScaler(_UpNet(), depths=given, momentum=0.0)
+        try:
+            assert sorted(scaler.state) == sorted(k.removesuffix(".weight") for k in given)
+            assert scaler.state["up"]["hooked"] and torch.equal(scaler.state["up"]["bands"], torch.tensor([0, 1]))
+        finally:
+            scaler.remove()
+
+
+def test_depths_of_a_layer_left_out_of_depth_layers_are_refused_saying_so():
+    # found in review: a model's depth_layers choose the layers scaled without layers=; depths= of another Linear
+    # of it were refused as "a misspelt name, or a module without a Linear or convolution weight", neither true
+    class Listed(_UpNet):
+        depth_layers = ["up"]
+
+    net = Listed()
+    with pytest.raises(ValueError, match=r"\['fc'\]: layers left out of the model's depth_layers, which are the layers "
+                                         r"scaled without layers=; pass layers= naming every layer to scale") as e:
+        BandGradientScaler(net, depths={"up": torch.tensor([0, 0, 1, 1]), "fc": torch.tensor([2, 3])})
+    assert "misspelt" not in str(e.value) and not net.up.weight._backward_hooks
+    with pytest.raises(ValueError, match=r"\['fcc'\]: a misspelt name.*; \['fc'\]: layers left out of the model's"):
+        BandGradientScaler(net, depths={"up": torch.tensor([0, 0, 1, 1]), "fcc": torch.tensor([2, 3]),
+                                        "fc": torch.tensor([2, 3])})

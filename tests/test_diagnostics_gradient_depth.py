@@ -1161,6 +1161,23 @@ def test_a_layer_whose_weight_is_computed_is_refused_naming_the_call_that_makes_
         BandGradientScaler(net, layers=["0"], depths={"0": torch.tensor([0, 0, 1, 1])})
 
 
+def test_a_layer_whose_weight_is_a_buffer_is_refused_as_such():
+    # found in review: a Linear whose weight was made a buffer (a frozen layer) was refused as "a tensor computed at
+    # each call from [] (torch.nn.utils.prune, a parametrization, ...)": nothing computes it, and no call fixes it
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    w = net[0].weight.detach().clone()
+    del net[0].weight
+    net[0].register_buffer("weight", w)
+    said = (r"layer '0': the `weight` of Linear '0' is a buffer \(a tensor held by the module that is no parameter\), "
+            r"so it gets no gradient .*make it an nn.Parameter of the module")
+    with pytest.raises(TypeError, match=said) as e:
+        gradient_by_depth(net, constant_loader(torch.randn(3, 4), 1), layer="0", depths=[0, 0, 1, 1], batches=1)
+    assert "computed" not in str(e.value)
+    with pytest.raises(TypeError, match=said):
+        BandGradientScaler(net, layers=["0"], depths={"0": torch.tensor([0, 0, 1, 1])})
+
+
 class _Encoder(nn.Module):
     """A row embedding, one nn.TransformerEncoderLayer and a head: MultiheadAttention reads its out_proj's weight
     in F.multi_head_attention_forward, never calling out_proj."""

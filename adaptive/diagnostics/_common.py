@@ -245,6 +245,11 @@ def _refuse_computed_weight(model: nn.Module, name: str, mod: nn.Module) -> None
 
     found = {n: _reparametrised_weight(model, f"{name}.{n}" if name else n) for n, _ in mod.named_parameters()}
     sources = [n for n, f in found.items() if f] or [n for n in found if not n.endswith("bias")]
+    if "weight" in mod._buffers or not sources:  # stored, not computed: a frozen layer's weight made a buffer
+        raise TypeError(f"layer {name!r}: the `weight` of {type(mod).__name__} {name!r} is a buffer (a tensor held by the "
+                        "module that is no parameter), so it gets no gradient for the depth diagnostics to split; make "
+                        "it an nn.Parameter of the module (requires_grad=False keeps it frozen in training, and is "
+                        "measured all the same)")
     fixes = list(dict.fromkeys(f for f in found.values() if f))
     pruned = (", pruned positions staying 0 (pass the model's Connectome as conn= to measure the live synapses only)"
               if any("prune.remove" in f for f in fixes) else "")

@@ -203,10 +203,15 @@ class BandGradientScaler:
         unused = [k for k in depths if k not in taken and (not chosen or k not in known)]
         if unused:
             scalable = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+            named = {f"{n}{w}" for n in scalable for w in ("", ".weight")}
+            left = [k for k in unused if k in named]  # layers it can scale, left out of the model's depth_layers
+            wrong = [k for k in unused if k not in named]
+            why = ([f"{wrong[:6]}: a misspelt name, or a module without a Linear or convolution weight; name each layer "
+                    f"as model.named_modules() does, one of {scalable[:12]}"] if wrong else []) + \
+                  ([f"{left[:6]}: layers left out of the model's depth_layers, which are the layers scaled without "
+                    "layers=; pass layers= naming every layer to scale"] if left else [])
             raise ValueError(f"BandGradientScaler: depths= gives depths for {unused[:6]}, but no layer it scales is "
-                             f"named so (it scales {list(self.state)[:12]}): a misspelt name, or a module without a "
-                             f"Linear or convolution weight; name each layer as model.named_modules() does, one of "
-                             f"{scalable[:12]}")
+                             f"named so (it scales {list(self.state)[:12]}): {'; '.join(why)}")
 
     @staticmethod
     def _layers_with_depths(model, depths):
@@ -214,7 +219,7 @@ class BandGradientScaler:
         for n, m in model.named_modules(remove_duplicate=False):  # depths may name a layer by any of its names
             # (a transposed convolution too: weight_depths reads its (in, out/groups, *kernel) weight)
             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
-                if n in depths:
+                if n in depths or f"{n}.weight" in depths:  # (NAME.weight too, as _given_depths reads it)
                     names.append(n)
                     continue
                 if hasattr(model, "input_depths"):
