@@ -41,8 +41,9 @@ class HeldOutLoss:
     A call: ``loss_fn(output.float(), targets, reduction="none")`` summed over the draw and divided
     by the number of losses it gave (one per example, or per token of a sequence; float64 sums), less
     those at labels the loss ignores (:func:`counted_losses`: the mean ``reduction="mean"`` takes of an
-    unweighted cross-entropy), with ``model`` in eval mode and gradients off; each module's mode
-    is given back afterwards. ``loss_fn`` defaults to plain cross-entropy (as the held-out rows of a
+    unweighted cross-entropy; where processes hold different numbers of such labels, the controller's
+    mean over processes weighs each process's mean alike, the same at every call), with ``model`` in
+    eval mode and gradients off; each module's mode is given back afterwards. ``loss_fn`` defaults to plain cross-entropy (as the held-out rows of a
     run's metrics are, whatever loss it trains on).
     """
 
