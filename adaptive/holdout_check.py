@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from .global_rng import global_states, kept_global_rng, set_global_states
+from .label_checks import _kind
+from .metrics import IGNORE_INDEX, is_class_target
 from .modes import modes_kept
 
 
@@ -37,8 +39,11 @@ class HeldOutLoss:
     construction: the examples an eager draw would have taken, and none read where no check comes.
 
     A call: ``loss_fn(output.float(), targets, reduction="none")`` summed over the draw and divided
-    by the number of losses it gave (one per example, or per token of a sequence; float64 sums), with ``model`` in eval mode and gradients off; each module's mode
-    is given back afterwards. ``loss_fn`` defaults to plain cross-entropy (as the held-out rows of a
+    by the number of losses it gave (one per example, or per token of a sequence; float64 sums), less
+    those at labels the loss ignores (:func:`counted_losses`: the mean ``reduction="mean"`` takes of an
+    unweighted cross-entropy; where processes hold different numbers of such labels, the controller's
+    mean over processes weighs each process's mean alike, the same at every call), with ``model`` in
+    eval mode and gradients off; each module's mode is given back afterwards. ``loss_fn`` defaults to plain cross-entropy (as the held-out rows of a
     run's metrics are, whatever loss it trains on).
     """
 
@@ -101,7 +106,26 @@ class HeldOutLoss:
         total, count = None, 0
         with torch.no_grad(), modes_kept(self.model, train=False), kept_global_rng():
             for x, y in self.data:
-                losses = self.loss_fn(self.model(x).float(), y, reduction="none")
+                out = self.model(x).float()
+                losses = self.loss_fn(out, y, reduction="none")
                 total = losses.double().sum() if total is None else total + losses.double().sum()
-                count += int(losses.numel())  # (not the targets': class probabilities hold one per class)
+                count = count + counted_losses(losses, out, y, self.loss_fn)  # (a 0-d tensor: no wait per batch)
+        count = int(count)
+        if not count:
+            raise ValueError("every target of the held-out draw is a label its loss ignores (its ignore_index, -100 "
+                             "unless bound), so no held-out loss checks the updates: hold out examples with labels "
+                             "(--holdout), or turn the line search off")
         return float(total) / count
+
+
+def counted_losses(losses: torch.Tensor, out: torch.Tensor, y: torch.Tensor, loss_fn: Callable):
+    """The losses of a batch its held-out mean is taken over: every one ``loss_fn(out, y,
+    reduction="none")`` gave (``losses``: one per example, per token of a sequence, per element of an
+    element-wise loss; not the targets' entries, of which class probabilities hold one per class), less
+    those at the positions a class loss ignores (integer labels at its ``ignore_index``, -100 unless
+    bound: cross-entropy gives them 0.0, and its mean leaves them out), as the held-out rows of a run's
+    metrics count them (:func:`adaptive.metrics.loss_weight`). An int, or a 0-d tensor on ``y``'s device."""
+    if tuple(losses.shape) == tuple(y.shape) and is_class_target(out, y):
+        kind, ignore = _kind(loss_fn)
+        return (y != (ignore if kind == "class" else IGNORE_INDEX)).sum()
+    return int(losses.numel())

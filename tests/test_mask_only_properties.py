@@ -137,6 +137,34 @@ def _holdout_batches(sc) -> int:
     return -(-max(sc["bs"], sc["n"] // 3) // sc["bs"])
 
 
+def landing(c, absent, size):
+    """The synapses a stage asked to remove ``c`` (from a start of ``absent``) removes where every ensemble
+    holds ``size``: the nearest whole number of ensembles beyond the start, a tie of exactly half rounded up."""
+    return absent + size * ((c - absent + size // 2) // size)
+
+
+@st.composite
+def distinct_targets(draw, absent, total, lo, hi, least):
+    """Two or three counts the run takes (each at the start or at least ``least`` beyond it, below ``total``)
+    that its ensembles (``lo`` to ``hi`` synapses) tell apart, as the API requires (two that they cannot are
+    refused: adaptive/mask_only_targets.py refuse_indistinct, tested in test_mask_only_targets): of one
+    size, no two landing on one count; of several, every two at least ``least`` apart. One count where the
+    range holds no two such."""
+    valid = [c for c in range(absent, total) if c == absent or c >= absent + least]
+    if lo == hi:
+        groups = {}
+        for c in valid:
+            groups.setdefault(landing(c, absent, lo), []).append(c)
+        keys = draw(st.lists(st.sampled_from(sorted(groups)), min_size=min(2, len(groups)), max_size=3, unique=True))
+        return [draw(st.sampled_from(groups[k])) for k in keys]
+    picked = [draw(st.sampled_from(valid))]
+    for _ in range(draw(st.integers(1, 2))):
+        rest = [c for c in valid if all(abs(c - t) >= least for t in picked)]
+        if rest:
+            picked.append(draw(st.sampled_from(rest)))
+    return picked
+
+
 @st.composite
 def scenarios(draw):
     kind = draw(st.sampled_from(sorted(KINDS)))
@@ -180,7 +208,7 @@ def scenarios(draw):
     elif how == "count":
         target = draw(above)
     elif how == "several":
-        target = draw(st.lists(above, min_size=2, max_size=3, unique=True))
+        target = draw(distinct_targets(absent, total, lo, hi, least))
     elif how == "zero":
         target = [absent, draw(above.filter(lambda c: c != absent))] if absent < total - 1 else absent
     elif how == "all but some":

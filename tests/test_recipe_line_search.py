@@ -3,6 +3,7 @@ of held-out batches (adaptive.holdout_check.HeldOutLoss), its measured actual_lo
 off by default and then never called; checks that accept everything train exactly as no checks;
 refusals; config.yaml records and resume compares it; two processes take the same decisions.
 Also config.yaml's estimator_resolved (the estimator's full arguments, read back by nothing)."""
+import functools
 import json
 import math
 import os
@@ -392,6 +393,59 @@ def test_a_check_with_class_probability_targets_is_the_mean_loss_of_its_examples
     assert y.shape == (16, 3)
     with torch.no_grad():
         assert check() == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-6)
+
+
+class _Tagged(_Data):
+    def __getitem__(self, i):  # a label per position of a sequence of 4, the padding at the end labelled `pad`
+        y = torch.full((4,), self.pad)
+        y[: 1 + i % 4] = (self.y[i] + torch.arange(1 + i % 4)) % 3
+        return self.x[i], y
+
+
+class _Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = nn.Linear(6, 12)
+
+    def forward(self, x):  # (B, 3 classes, 4 positions)
+        return self.lin(x).view(-1, 3, 4)
+
+
+@pytest.mark.parametrize("pad, loss_fn", [
+    (-100, None),
+    (-1, functools.partial(F.cross_entropy, ignore_index=-1, label_smoothing=0.1)),
+])
+def test_a_check_of_a_tagger_leaves_out_the_positions_its_loss_ignores(pad, loss_fn):
+    """A sequence's padding, labelled with the loss's ignore_index, has a loss of 0.0 that was counted:
+    the check divided by every position (as by every target entry before), so it read the held-out loss
+    diluted by the padding's share, below the mean cross-entropy (and the run's metrics) take over the
+    labelled positions, and a line search's tolerance was as much too loose."""
+    from adaptive.holdout_check import HeldOutLoss
+
+    data = _Tagged()
+    data.pad = pad
+    model = _Tagger().eval()
+    kw = {} if loss_fn is None else dict(loss_fn=loss_fn)
+    check = HeldOutLoss(model, data, batches=2, batch_size=8, device="cpu", seed=3, **kw)
+    x = torch.cat([x for x, _ in check.data])
+    y = torch.cat([y for _, y in check.data])
+    assert bool((y == pad).any()) and bool((y != pad).any())
+    with torch.no_grad():
+        want = (loss_fn or F.cross_entropy)(model(x), y)  # the mean over the labelled positions
+    assert check() == pytest.approx(float(want), rel=1e-6)
+
+
+def test_a_check_whose_every_label_is_ignored_names_it():
+    from adaptive.holdout_check import HeldOutLoss
+
+    class _AllPadding(_Data):
+        def __getitem__(self, i):
+            return self.x[i], torch.full((4,), -100)
+
+    check = HeldOutLoss(_Tagger(), _AllPadding(), batches=1, batch_size=8, device="cpu")
+    with pytest.raises(ValueError, match="every target of the held-out draw is a label its loss ignores"):
+        check()
 
 
 class _RandomTransform(_Data):

@@ -80,8 +80,9 @@ class EditPlan:
 
     def estimate(self) -> Optional[float]:
         """The plan's summed prune scores minus its summed grow scores: ``est_loss_change`` when the
-        policy set it, else from the aligned scores (None without either). The controller logs it
-        as the edit's estimated loss change only where both sides are immediate loss changes, or
+        policy set it, else from the aligned scores (None without either, or where they hold +inf and
+        -inf: :func:`defined`). The controller logs it as the edit's estimated loss change only where
+        both sides are immediate loss changes, or
         where the policy set ``est_loss_change`` with no scores: that figure is the policy's own
         statement of the edit's immediate loss change, logged as it stands (see
         :meth:`Controller._estimates <adaptive.controller_reports.ControllerReportsMixin._estimates>`)."""
