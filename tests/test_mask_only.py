@@ -1500,6 +1500,26 @@ def test_a_training_batch_whose_every_label_is_ignored_neither_stops_the_run_nor
         assert all(v is not None and math.isfinite(v) for v in losses), losses
 
 
+def test_a_held_out_batch_whose_every_label_is_ignored_adds_nothing_under_a_loss_without_reduction():
+    """A held-out batch whose every label is the ignored one (-100) under a loss that takes no ``reduction=`` (its
+    mean, NaN there, weighted by its 0 positions) made the whole held-out loss NaN, and the run was refused with
+    "the dense network's held-out loss is nan ... check the held-out data for NaN or inf", though the data held
+    none. Such a batch now adds nothing, as it does to a training window: the loss is the other batches' mean over
+    their positions, as F.cross_entropy (which takes reduction="sum") gives it."""
+    model, train, _ = _with_ignored_labels(1)
+    y = torch.arange(24) % 10
+    y[8:16] = -100
+    holdout = DataLoader(TensorDataset(torch.randn(24, 8), y), batch_size=8)
+
+    def mean_ce(o, t):  # (no reduction= parameter: its mean is weighted by the batch's positions)
+        return F.cross_entropy(o, t)
+
+    summed, plain = evaluate(model, holdout, F.cross_entropy), evaluate(model, holdout, mean_ce)
+    assert plain[2] == summed[2] == 16 and plain[0] == pytest.approx(summed[0], rel=1e-6), (plain, summed)
+    res = optimize_connectome(model, train, holdout, target=0.3, passes=1.0, loss_fn=mean_ce, progress=False)
+    assert math.isfinite(res.snapshots["0.3"].holdout_loss)
+
+
 def test_a_holdout_whose_every_label_is_ignored_is_refused_naming_it():
     """A holdout whose every label is the ignored one (-100) gives no held-out figure: it was refused with a bare
     "evaluate: no examples"; now the error names the ignored labels and the fix."""
