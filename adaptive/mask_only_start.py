@@ -129,8 +129,9 @@ def record_result(conn) -> None:
 def _earlier_pruned(conn) -> Optional[int]:
     """The weights of ``conn`` that are 0.0 because an earlier optimisation's connectome (:func:`record_result`)
     holds them pruned (None: none). A weight whose live values are no longer the ones that connectome froze
-    (other weights loaded since, a sparse state_dict of another run, training) counts for none: giving that
-    connectome's weights back would mix its frozen values into the weights loaded since."""
+    (other weights loaded since, a sparse state_dict of another run, training; live weights zeroed by hand
+    aside) counts for none: giving that connectome's weights back would mix its frozen values into the
+    weights loaded since."""
     pruned = 0
     for p in conn.params.values():
         entry = _LEFT_BY.get(id(p))
@@ -141,7 +142,8 @@ def _earlier_pruned(conn) -> Optional[int]:
         if name is None or name not in other.original:
             continue
         kept, w = other.masks[name].to(p.device), p.detach()
-        if bool(((w != other.original[name].to(p.device)) & kept).any()):  # its live weights replaced since
+        # its live weights replaced since (one zeroed by hand is still that call's weight, less one)
+        if bool((kept & (w != 0) & (w != other.original[name].to(p.device))).any()):
             continue
         pruned += int(torch.count_nonzero(~kept & (w == 0)))
     return pruned or None
