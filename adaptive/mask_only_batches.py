@@ -10,7 +10,7 @@ import torch
 
 from .distributed import agreed_call
 from .mask_only_best import _better, _criterion
-from .mask_only_data import _to_device, input_shapes, refuse_repeated_verify_batches
+from .mask_only_data import _to_device, example_shapes, input_shapes, refuse_repeated_verify_batches
 from .label_checks import refuse_batch_targets
 from .mask_only_eval import _logits
 from .mask_only_result import Snapshot
@@ -40,11 +40,9 @@ class StageBatchesMixin:
             out = _logits(call_model(model, x, "mask-only optimisation"), model)
         except RuntimeError as e:  # (a bare one from deep inside: 'mat1 and mat2 shapes cannot be multiplied')
             if not isinstance(e, torch.OutOfMemoryError):
-                e.add_note(f"adaptive: the model failed on training batch {self.step + 1} of the run (inputs "
-                           f"{input_shapes(x)}), having run on the held-out batches: where these inputs are of another "
-                           "shape (image size, channels, features) than the holdout loader's, give the train loader "
-                           "inputs of the shape the model takes")
+                e.add_note(self._failed_note(x))
             raise
+        self.ran_shapes = example_shapes(x)
         if self.reduction is None:  # the loss checked on this batch before any backward pass
             with torch.no_grad():  # (each process's own first batch: a refusal on one stops every process)
                 self.reduction = agreed_call(lambda: takes_reduction(s.loss_fn, out.detach(), y), passed_why=_OWN_BATCHES)
@@ -81,6 +79,17 @@ class StageBatchesMixin:
                 st.best = Snapshot(st.label, e["removed"], {n: m.clone() for n, m in conn.masks.items()},
                                    e["holdout_loss"], e["holdout_acc"], self.step,
                                    selected_by=_criterion(e["holdout_acc"]))
+
+    def _failed_note(self, x) -> str:
+        """The note on an error the model raised on a training batch of inputs ``x``: which batch and its inputs'
+        shape; the shape named as the likely cause only where the model has run on no training batch of inputs of
+        this shape per example (the batch axis aside) before: otherwise the error is not about their shape."""
+        where = f"adaptive: the model failed on training batch {self.step + 1} of the run (inputs {input_shapes(x)})"
+        if self.ran_shapes is not None and self.ran_shapes == example_shapes(x):
+            return (f"{where}, after running on earlier training batches of inputs of this shape (per example), so the "
+                    "error above is not about their shape: look in this batch's data and the model's code it reaches")
+        return (f"{where}, having run on the held-out batches: where these inputs are of another shape (image size, "
+                "channels, features) than the holdout loader's, give the train loader inputs of the shape the model takes")
 
     def _before_update(self, st) -> None:
         """Before the update that ends a window of stage ``st``: the edit limit (and an estimator's step)

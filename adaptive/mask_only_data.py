@@ -81,6 +81,19 @@ def input_shapes(x) -> str:
     return type(x).__name__
 
 
+def example_shapes(x):
+    """The shape(s) of one example of a batch's inputs ``x`` (each tensor's shape without its first axis, the
+    batch's), comparable between batches of other sizes: nested as ``x`` is (tuples for tuples and lists, a
+    dict's items), the type's name for anything else."""
+    if torch.is_tensor(x):
+        return tuple(x.shape[1:])
+    if isinstance(x, dict):
+        return tuple((k, example_shapes(v)) for k, v in x.items())
+    if isinstance(x, (tuple, list)):
+        return tuple(example_shapes(v) for v in x)
+    return type(x).__name__
+
+
 def _model_device(model: nn.Module) -> Optional[torch.device]:
     p = next(model.parameters(), None)
     return None if p is None else p.device

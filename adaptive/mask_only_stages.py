@@ -100,6 +100,7 @@ class StageRun(StageBatchesMixin):
         # each estimator instance once (one instance often serves both sides)
         self.estimators = list({id(e): e for e in (ctrl.drop_est, ctrl.grow_est) if e is not None}.values())
         self.train_iter = LoaderCycle(train_loader)
+        self.ran_shapes = None  # the inputs' shapes per example of the last training batch the model ran on
 
         saved = plan.saved
         self.t_cpu, self.t_wall = time.process_time(), time.time()

@@ -128,7 +128,10 @@ def record_result(conn) -> None:
 
 def _earlier_pruned(conn) -> Optional[int]:
     """The weights of ``conn`` that are 0.0 because an earlier optimisation's connectome (:func:`record_result`)
-    holds them pruned (None: none)."""
+    holds them pruned (None: none). A weight whose live values are no longer the ones that connectome froze
+    (other weights loaded since, a sparse state_dict of another run, training; live weights zeroed by hand
+    aside) counts for none: giving that connectome's weights back would mix its frozen values into the
+    weights loaded since."""
     pruned = 0
     for p in conn.params.values():
         entry = _LEFT_BY.get(id(p))
@@ -136,8 +139,13 @@ def _earlier_pruned(conn) -> Optional[int]:
         if other is None or other is conn:
             continue
         name = next((k for k, q in other.params.items() if q is p), None)
-        if name is not None:
-            pruned += int(torch.count_nonzero(~other.masks[name].to(p.device) & (p.detach() == 0)))
+        if name is None or name not in other.original:
+            continue
+        kept, w = other.masks[name].to(p.device), p.detach()
+        # its live weights replaced since (one zeroed by hand is still that call's weight, less one)
+        if bool((kept & (w != 0) & (w != other.original[name].to(p.device))).any()):
+            continue
+        pruned += int(torch.count_nonzero(~kept & (w == 0)))
     return pruned or None
 
 

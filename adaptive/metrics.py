@@ -330,8 +330,11 @@ def _shape(v) -> str:
 def batch_loss(loss_fn: Callable, out, y, reduction: bool) -> Tuple[float, int]:
     """``(loss summed over the batch's units, units)``: with ``reduction="sum"`` over the counted positions
     for classification shapes when ``loss_fn`` takes it, else the mean ``loss_fn`` returns times
-    :func:`loss_weight`."""
+    :func:`loss_weight`. A batch with no unit to score (every label the ignored one, -100) adds nothing:
+    ``(0.0, 0)``, where its mean loss, NaN, times 0 would have made the whole sum NaN."""
     n = loss_weight(out, y)
+    if n == 0:
+        return 0.0, 0
     if reduction and is_class_target(out, y):
         return float(loss_fn(out, y, reduction="sum")), n
     return float(loss_fn(out, y)) * n, n

@@ -222,9 +222,10 @@ def _connectome_fields(conn) -> dict:
 def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn=None, lr=None,
                fields: Optional[dict] = None) -> dict:
     """Append a metrics row at ``state.step``. Its ``density`` and ``removed`` are ``conn``'s now, or
-    ``fields`` (``_connectome_fields`` taken earlier: the connectome the row's numbers were measured at)."""
+    ``fields`` (``_connectome_fields`` taken earlier: the connectome the row's numbers were measured at).
+    A ``loss`` of None (a mask-only training window whose every label was the ignored one) stays None."""
     fields = _connectome_fields(conn) if fields is None else fields
-    row = {"step": state.step, "epoch": state.epoch, "split": split, "loss": float(loss),
+    row = {"step": state.step, "epoch": state.epoch, "split": split, "loss": None if loss is None else float(loss),
            "accuracy": None if accuracy is None else float(accuracy), **fields, "lr": lr}
     state.metrics.append(row)
     return row

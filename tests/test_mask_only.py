@@ -1433,6 +1433,44 @@ def test_inputs_the_model_cannot_take_are_named_with_their_shape(where):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+class _FailsOnAMarkedExample(nn.Module):
+    """A 10-class MLP whose forward raises ``error`` (a RuntimeError unrelated to the inputs' shape: a check in
+    the model's own code, say) on a batch holding an example whose first feature is 1234."""
+
+    def __init__(self, error):
+        super().__init__()
+        self.net, self.error = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 10)), error
+
+    def forward(self, x):
+        if bool((x[:, 0] == 1234).any()):
+            raise self.error
+        return self.net(x)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the model's own check failed"), torch.OutOfMemoryError("out of memory")])
+def test_an_error_of_the_model_on_a_later_training_batch_of_the_same_shape_is_not_blamed_on_the_shape(error):
+    """The note on an error the model raised on a training batch told the user to give the train loader inputs of
+    the shape the model takes, even on a later batch whose inputs had the shape of the batches the model had just run
+    on (the error from its own code or this batch's data): it now names the batch and says the error is not about
+    the shape. The error itself is raised as it was (same object, type and message), and an out-of-memory error
+    gets no note."""
+    _, train = _mlp_and_labels(10)
+    x, y = train.dataset.tensors
+    x = x.clone()
+    x[40, 0] = 1234  # in the third batch of 16
+    model = _FailsOnAMarkedExample(error)
+    with pytest.raises(type(error)) as e:
+        optimize_connectome(model, DataLoader(TensorDataset(x, y), batch_size=16), train, target=0.5, passes=1.0,
+                            progress=False)
+    assert e.value is error and str(e.value) == str(error)
+    notes = " ".join(getattr(e.value, "__notes__", []))
+    if isinstance(error, torch.OutOfMemoryError):
+        assert "failed on training batch" not in notes, notes
+    else:
+        assert "failed on training batch 3 of the run (inputs (16, 8))" in notes and "not about their shape" in notes
+        assert "give the train loader inputs" not in notes, notes
+
+
 def _with_ignored_labels(batch_ignored):
     """A 10-class MLP, a train loader of three batches of 16 whose batch ``batch_ignored`` holds only the ignored
     label (-100: a batch of padding positions, say) and a holdout of real labels."""
@@ -1460,6 +1498,26 @@ def test_a_training_batch_whose_every_label_is_ignored_neither_stops_the_run_nor
         assert losses[1] is None and all(math.isfinite(v) for i, v in enumerate(losses) if i != 1), losses
     else:
         assert all(v is not None and math.isfinite(v) for v in losses), losses
+
+
+def test_a_held_out_batch_whose_every_label_is_ignored_adds_nothing_under_a_loss_without_reduction():
+    """A held-out batch whose every label is the ignored one (-100) under a loss that takes no ``reduction=`` (its
+    mean, NaN there, weighted by its 0 positions) made the whole held-out loss NaN, and the run was refused with
+    "the dense network's held-out loss is nan ... check the held-out data for NaN or inf", though the data held
+    none. Such a batch now adds nothing, as it does to a training window: the loss is the other batches' mean over
+    their positions, as F.cross_entropy (which takes reduction="sum") gives it."""
+    model, train, _ = _with_ignored_labels(1)
+    y = torch.arange(24) % 10
+    y[8:16] = -100
+    holdout = DataLoader(TensorDataset(torch.randn(24, 8), y), batch_size=8)
+
+    def mean_ce(o, t):  # (no reduction= parameter: its mean is weighted by the batch's positions)
+        return F.cross_entropy(o, t)
+
+    summed, plain = evaluate(model, holdout, F.cross_entropy), evaluate(model, holdout, mean_ce)
+    assert plain[2] == summed[2] == 16 and plain[0] == pytest.approx(summed[0], rel=1e-6), (plain, summed)
+    res = optimize_connectome(model, train, holdout, target=0.3, passes=1.0, loss_fn=mean_ce, progress=False)
+    assert math.isfinite(res.snapshots["0.3"].holdout_loss)
 
 
 def test_a_holdout_whose_every_label_is_ignored_is_refused_naming_it():

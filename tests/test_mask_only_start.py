@@ -335,3 +335,34 @@ def test_a_second_call_on_a_model_an_earlier_call_pruned_names_that_call_and_how
         res.conn.set_masks({n: torch.ones_like(k) for n, k in res.conn.masks.items()})
     third, said = optimize(m, 0.1, passes=0.5)
     assert third.start_removed == 0 and not any("sparse network" in w for w in said)
+
+
+def test_weights_loaded_since_an_earlier_call_are_not_said_to_be_its_pruning():
+    """The record of an earlier optimize_connectome on a model named it for every zero its masks cover, even after
+    other weights were loaded into the model (another run's pruned_state_dict.pt): the note then told the user to
+    give the earlier result's weights back, which writes that call's frozen values into the weights loaded since.
+    Only weights whose live values are still the ones the earlier call froze (a live one zeroed by hand aside) are
+    now counted as its pruning; the dense weights loaded back count for none either."""
+    m = mlp()
+    dense = {k: v.clone() for k, v in m.state_dict().items()}
+    first, _ = optimize(m, 0.3, passes=0.5)
+    removed = first.snapshots["0.3"].removed
+    with torch.no_grad():  # a live weight zeroed by hand: the others are still the earlier call's, and named so
+        live = m[0].weight[first.conn.masks["0.weight"]]
+        live[0] = 0.0
+        m[0].weight[first.conn.masks["0.weight"]] = live
+    _, said = optimize(m, 0.5, passes=0.5)
+    assert any(f"{removed:,} of them pruned by an earlier optimize_connectome" in w for w in said), said
+    m.load_state_dict(dense)  # the dense weights back: no zero, nothing to name
+    back, said = optimize(m, 0.1, passes=0.5)
+    assert back.start_removed == 0 and not any("sparse network" in w for w in said), said
+    other = {k: v + 0.01 for k, v in dense.items()}  # another run's weights, half of each layer pruned by it
+    for v in other.values():
+        if v.dim() > 1:
+            v[:, ::2] = 0
+    m.load_state_dict(other)
+    res, said = optimize(m, 0.6, passes=0.5)
+    note = next(w for w in said if "starts from a sparse network" in w)
+    assert res.start_removed == sum(int(v[:, ::2].numel()) for v in other.values() if v.dim() > 1)
+    assert "earlier optimize_connectome" not in note and "set_masks" not in note, note
+    del first

@@ -429,6 +429,38 @@ def test_mask_only_mode_changes_no_weight(tmp_path, precision, capsys):
     assert (tmp_path / "run" / "connectome.safetensors").exists() and (tmp_path / "run" / "events.jsonl").read_text()
 
 
+class _EveryOtherBatchIgnored:
+    """A train loader whose every second batch holds only the ignored label (-100: padding positions, say)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for i, (x, y) in enumerate(self.loader):
+            yield x, (torch.full_like(y, -100) if i % 2 else y)
+
+
+def test_mask_only_mode_reports_a_window_whose_every_label_is_ignored_with_no_train_loss(tmp_path, monkeypatch):
+    """optimize_connectome gives a training window whose every label is the ignored one (-100) a train_loss of
+    None (it scored nothing); the recipe turned each update into a metrics row with float(train_loss) and stopped
+    with a bare "float() argument must be ... not 'NoneType'" after the whole optimisation, writing no output.
+    Such a window's row now has an empty loss (and accuracy) in metrics.csv, as a regression's accuracy."""
+    import adaptive.mask_only as mask_only
+
+    real = mask_only.optimize_connectome
+    monkeypatch.setattr(mask_only, "optimize_connectome",  # (the recipe imports it from there as it runs)
+                        lambda model, train, holdout, target, **kw: real(model, _EveryOtherBatchIgnored(train), holdout,
+                                                                          target, **kw))
+    R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--max_steps", "6",
+            "--update_every", "1", "--threads", "1", "--progress", "false", "--figures", "true"])
+    train = [r for r in read_metrics_csv(tmp_path / "run" / "metrics.csv") if r["split"] == "train"]
+    assert len(train) == 6 and [r["loss"] is None for r in train] == [False, True] * 3, train
+    assert all(r["accuracy"] is None for r in train[1::2]) and (tmp_path / "run" / "loss_accuracy.png").exists()
+
+
 def _mask_only_from_saved_weights(tmp_path):
     """A tiny --mode mask_only run (mlp on digits, 30% removed) from a weights file saved here."""
     torch.manual_seed(123)
