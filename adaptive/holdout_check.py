@@ -14,6 +14,8 @@ a run whose checks accept every update trains exactly as one without them (same 
 """
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -44,7 +46,10 @@ class HeldOutLoss:
     unweighted cross-entropy; where processes hold different numbers of such labels, the controller's
     mean over processes weighs each process's mean alike, the same at every call), with ``model`` in
     eval mode and gradients off; each module's mode is given back afterwards. ``loss_fn`` defaults to plain cross-entropy (as the held-out rows of a
-    run's metrics are, whatever loss it trains on).
+    run's metrics are, whatever loss it trains on). A torch loss module (``nn.CrossEntropyLoss(ignore_index=-1)``,
+    ``nn.MSELoss()``), whose reduction is an attribute, not an argument, is called as a copy of itself with
+    ``reduction="none"``; a loss function without a ``reduction`` argument is refused at the first call,
+    naming the fix.
     """
 
     def __init__(self, model: torch.nn.Module, dataset, batches: int, batch_size: int, *, device,
@@ -62,6 +67,7 @@ class HeldOutLoss:
                              f"of the {processes} process(es), so the line search has nothing to check updates on: "
                              f"hold out more of TRAIN (--holdout) or lower the batch size (--eval_batch_size)")
         self.model, self.loss_fn = model, loss_fn
+        self._unreduced = unreduced(loss_fn)
         self.requested, self.batches, self.batch_size = batches, per_process, batch_size
         self.calls = 0  # checks run so far (the controller calls it before and after each tried edit)
         # the draw is taken at the first call (or the first read of .data): a run whose controller never
@@ -107,7 +113,17 @@ class HeldOutLoss:
         with torch.no_grad(), modes_kept(self.model, train=False), kept_global_rng():
             for x, y in self.data:
                 out = self.model(x).float()
-                losses = self.loss_fn(out, y, reduction="none")
+                try:
+                    losses = self._unreduced(out, y)
+                except TypeError as e:
+                    if "reduction" not in str(e):
+                        raise
+                    name = getattr(self.loss_fn, "__name__", type(self.loss_fn).__name__)
+                    raise TypeError(
+                        f"the held-out check needs the loss of each example, and loss_fn {name} takes no "
+                        f"reduction= argument ({e}): pass a loss function that does (F.cross_entropy, or "
+                        f"functools.partial(F.cross_entropy, label_smoothing=0.1) to bind options) or a torch "
+                        f"loss module (nn.CrossEntropyLoss(...)), or give {name} a reduction='none' argument") from e
                 total = losses.double().sum() if total is None else total + losses.double().sum()
                 count = count + counted_losses(losses, out, y, self.loss_fn)  # (a 0-d tensor: no wait per batch)
         count = int(count)
@@ -116,6 +132,18 @@ class HeldOutLoss:
                              "unless bound), so no held-out loss checks the updates: hold out examples with labels "
                              "(--holdout), or turn the line search off")
         return float(total) / count
+
+
+def unreduced(loss_fn: Callable) -> Callable:
+    """``loss_fn`` as a call ``(out, y) -> losses`` with no reduction: a torch loss module (a subclass of
+    ``torch.nn.modules.loss._Loss``, whose ``reduction`` is an attribute its ``forward`` reads) as a shallow
+    copy set to ``reduction="none"`` (the module given is left as it is); anything else called with
+    ``reduction="none"``."""
+    if isinstance(loss_fn, torch.nn.modules.loss._Loss):
+        none = copy.copy(loss_fn)
+        none.reduction = "none"
+        return none
+    return functools.partial(loss_fn, reduction="none")
 
 
 def counted_losses(losses: torch.Tensor, out: torch.Tensor, y: torch.Tensor, loss_fn: Callable):

@@ -516,3 +516,34 @@ def test_two_processes_take_the_same_line_search_decisions(tmp_path):
     assert {e["line_search_fraction"] for e in ups} - {1.0}  # some update was cut or undone, on both alike
     # every update's masks were compared across the processes (verify=True) after its check
     assert all("mask_hash" in e for e in updates(tmp_path))
+
+
+@pytest.mark.parametrize("module, function", [
+    (nn.CrossEntropyLoss(), F.cross_entropy),
+    (nn.CrossEntropyLoss(ignore_index=-1, label_smoothing=0.1),
+     functools.partial(F.cross_entropy, ignore_index=-1, label_smoothing=0.1)),
+])
+def test_a_check_takes_a_torch_loss_module_as_the_function_it_stands_for(module, function):
+    """A torch loss module (its reduction an attribute, not an argument) failed at the first check with
+    forward()'s bare "unexpected keyword argument 'reduction'"; it is used as a copy set to reduction='none',
+    and reads what the function with the same options reads (padding at its ignore_index left out)."""
+    from adaptive.holdout_check import HeldOutLoss
+
+    data = _Tagged()
+    data.pad = -1 if getattr(module, "ignore_index", -100) == -1 else -100
+    model = _Tagger().eval()
+    got = HeldOutLoss(model, data, batches=2, batch_size=8, device="cpu", seed=3, loss_fn=module)()
+    want = HeldOutLoss(model, data, batches=2, batch_size=8, device="cpu", seed=3, loss_fn=function)()
+    assert got == want
+    assert module.reduction == "mean"  # the module given is left as it was
+
+
+def test_a_check_refuses_a_loss_function_without_reduction_naming_the_fix():
+    from adaptive.holdout_check import HeldOutLoss
+
+    def my_loss(out, y):
+        return F.cross_entropy(out, y)
+
+    check = HeldOutLoss(_bn_model().eval(), _Data(), batches=1, batch_size=8, device="cpu", loss_fn=my_loss)
+    with pytest.raises(TypeError, match=r"loss_fn my_loss takes no reduction= argument.*functools.partial"):
+        check()
