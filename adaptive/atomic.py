@@ -29,11 +29,18 @@ def temp_name(name: str, pid: int, token: str, limit: int = NAME_MAX) -> str:
     """The name of :func:`atomic_path`'s temporary file for the file ``name``, written by process
     ``pid`` (``token``: 8 random hex digits): ``.NAME.PID-TOKEN.tmpSUFFIX``. Where that would exceed
     ``limit`` bytes, NAME's stem is cut short (its suffix kept): a name the file system takes still gets
-    a temporary file it takes (its 30-odd extra bytes failed names of 225 to 255 bytes)."""
+    a temporary file it takes (its 30-odd extra bytes failed names of 225 to 255 bytes), and one still
+    recognised as a temporary (:func:`temp_writer`): a cut that would give the shortened name a suffix
+    its own lacks (``a.bcd.`` cut to ``a.bc``) is cut further."""
     suffix = Path(name).suffix
     tail = f".{pid}-{token}.tmp{suffix}"
-    stem = name[:len(name) - len(suffix)] if suffix else name
-    while len(stem) > 1 and len(os.fsencode(f".{stem}{suffix}{tail}")) > limit:
+    whole = stem = name[:len(name) - len(suffix)] if suffix else name
+
+    def fits(stem: str) -> bool:
+        return len(os.fsencode(f".{stem}{suffix}{tail}")) <= limit and (
+            stem == whole or Path(stem + suffix).suffix == suffix)
+
+    while len(stem) > 1 and not fits(stem):
         stem = stem[:-1]
     return f".{stem}{suffix}{tail}"
 

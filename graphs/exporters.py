@@ -544,10 +544,29 @@ def read_json(path):
     if fmt != FORMAT or not isinstance(doc.get("edges"), dict) or not isinstance(doc.get("nodes"), dict):
         raise ValueError(f"{os.fspath(path)!r} is not a graph written by graphs.write (format {fmt!r}, expected "
                          f"{FORMAT!r}, with 'nodes' and 'edges')")
+    _refuse_unlisted_columns(doc)
     e = doc["edges"]
     edges = {k: _float_column(v, getattr(torch, doc["edge_dtypes"][k])) for k, v in e.items() if k not in ("src", "dst")}
     nodes = {k: _float_column(v, getattr(torch, doc["node_dtypes"][k])) for k, v in doc["nodes"].items() if k != "name"}
     return from_header(header_from_doc(doc), nodes, torch.tensor(e["src"], dtype=torch.long), torch.tensor(e["dst"], dtype=torch.long), edges)
+
+
+def _refuse_unlisted_columns(doc: dict) -> None:
+    """Refuse a .json graph whose tables hold a column its header does not list (added since it was
+    written: a bare KeyError naming the column) or lack the edges' ends (``src``, ``dst``)."""
+    fix = ("read_json reads back a whole exported graph, as graphs.write wrote it: remove the column, or analyse "
+           "the changed table with another tool")
+    for table, ends, dtypes in (("nodes", ("name",), "node_dtypes"), ("edges", ("src", "dst"), "edge_dtypes")):
+        listed = doc.get(dtypes)
+        if not isinstance(listed, dict):
+            raise ValueError(f"the graph's header has no {dtypes!r} (the type of each {table[:-1]} column); {fix}")
+        extra = [k for k in doc[table] if k not in ends and k not in listed]
+        if extra:
+            raise ValueError(f"the graph's {table} table holds column(s) {extra[:4]} that its header's {dtypes!r} does "
+                             f"not list (added since it was written); {fix}")
+    lost = [k for k in ("src", "dst") if k not in doc["edges"]]
+    if lost:
+        raise ValueError(f"the graph's edges table lacks {' and '.join(map(repr, lost))}, the ends of its edges; {fix}")
 
 
 _BUILT_IN = dict(WRITERS)  # their failures are raised as they are; a plugin's are named as its (write)

@@ -137,6 +137,29 @@ def _dead_pid() -> int:
     return p.pid
 
 
+@pytest.mark.parametrize("name", ["a.b" + "c" * 240 + ".", "v1.2 " + "ü" * 115 + "."])
+def test_a_shortened_temporary_is_still_one_the_sweep_and_errors_recognise(name, tmp_path):
+    """A long name without a suffix but with a dot in it (one ending in "."): cutting its stem short left
+    ".a.bccc.PID-HEX.tmp", whose name part now had a suffix (".bccc") that the temporary's ("") was not,
+    so sweep_stale_temps never removed it after a crash and an error inside the write named it, not the file."""
+    import errno
+
+    from adaptive.atomic import sweep_stale_temps, temp_name, temp_writer, write_text
+
+    assert 225 <= len(os.fsencode(name)) <= 255
+    dead = _dead_pid()
+    stale = temp_name(name, dead, "0123abcd")
+    assert len(os.fsencode(stale)) <= 255 and temp_writer(stale) == dead
+    (tmp_path / stale).write_text("x")
+    assert [p.name for p in sweep_stale_temps(tmp_path)] == [stale] and list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError) as e:
+        with atomic_path(tmp_path / name) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+    assert e.value.filename == str(tmp_path / name) and list(tmp_path.iterdir()) == []
+    assert write_text(tmp_path / name, "whole").read_text() == "whole"
+
+
 def test_sweep_removes_only_temporaries_of_writers_that_are_gone(tmp_path):
     """A run killed between an atomic write and its rename left .NAME.PID-HEX.tmpSUFFIX for good:
     sweep_stale_temps removes exactly those (writer gone), and nothing else."""

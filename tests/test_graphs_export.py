@@ -140,6 +140,38 @@ def test_reading_back_a_graph_changed_since_export_is_refused(conn, level, read,
     with pytest.raises(ValueError, match=match):
         read(graphs.build(conn, level))
 
+@pytest.mark.parametrize("level", ["synapse", "layer"])
+@pytest.mark.parametrize("edit, match", [
+    (lambda d, n: d["nodes"].update(mine=[0] * n), r"nodes table holds column\(s\) \['mine'\] that its header's "
+     r"'node_dtypes' does not list \(added since"),
+    (lambda d, n: d["edges"].update(mine=[0] * len(d["edges"]["src"])), r"edges table holds column\(s\) \['mine'\]"),
+    (lambda d, n: d["edges"].pop("src"), r"edges table lacks 'src', the ends of its edges"),
+    (lambda d, n: d["edges"].pop("weight" if "weight" in d["edges"] else "count"), r"lacks its edge attribute"),
+    (lambda d, n: d["edges"]["kind"].pop(), r"edge columns differ in length \((\d+) sources, \1 targets"),
+    (lambda d, n: d["edges"]["dst"].__setitem__(0, n), r"an edge of the graph ends at node (\d+), but its nodes are 0\.\.(\d+)"),
+])
+def test_read_json_refuses_a_file_changed_since_it_was_written(conn, level, edit, match, tmp_path):
+    """A column added to a table failed with a bare KeyError naming it (so did a table without "src");
+    the other changes are refused by the checks every read-back makes, which the networkx and PyG tests
+    above reach only in part."""
+    g = graphs.build(conn, level)
+    path = graphs.write(g, tmp_path / "g.json")
+    doc = json.loads(open(path).read())
+    assert_same(g, graphs.read_json(path))
+    edit(doc, g.num_nodes)
+    (tmp_path / "g.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=match):
+        graphs.read_json(path)
+
+
+def test_from_pyg_refuses_an_edge_to_a_node_that_is_not_there(conn):
+    """edge_index changed since export (an edge to node N) read back as a graph with an edge to nowhere."""
+    data = graphs.to_pyg(graphs.build(conn, "unit"))
+    data.edge_index[1, 0] = data.num_nodes
+    with pytest.raises(ValueError, match=rf"ends at node {data.num_nodes}, but its nodes are 0\.\.{data.num_nodes - 1}"):
+        graphs.from_pyg(data)
+
+
 @pytest.mark.parametrize("ext", [".graphml", ".gexf", ".json"])
 def test_writers(conn, tmp_path, ext):
     g = graphs.build(conn, "unit")
