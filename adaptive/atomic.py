@@ -13,6 +13,7 @@ import errno
 import os
 import re
 import secrets
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Union
@@ -114,6 +115,33 @@ def _make_folder(path: Path) -> None:
                                  "another path, or move that file)", str(blocker)) from None
 
 
+def _destination(path: Path) -> Path:
+    """The file a write to ``path`` replaces. A symbolic link is followed to the file it points to
+    (through chains), which is written, the link kept: renaming onto the link itself made a file of it
+    and left the file it pointed to as it was, where every ordinary write (``open(path, "w")``) writes
+    through it. A link to a file whose folder does not exist (an unmounted disk) is refused, naming both,
+    rather than creating that folder. A path that is not a regular file (a device such as
+    ``/dev/stdout`` or ``/dev/null``, a FIFO, a socket) is refused: the rename would replace the device
+    with a file (as root, for every program on the machine)."""
+    if os.path.islink(path):
+        target = Path(os.path.realpath(path))
+        if not target.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, f"cannot write {str(path)!r}: it is a symbolic link to "
+                                    f"{str(target)!r}, whose folder does not exist (mount or create it, or remove "
+                                    "the link to write a file in its place)", str(path))
+        path = target
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # no file there yet (or none that can be read): the write says what is wrong
+        return path
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # (a folder: os.replace's own IsADirectoryError names it)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise OSError(errno.EINVAL, f"cannot write {str(path)!r} atomically: it is {kind}, not a regular file, and "
+                      "an atomic write renames a new file onto its path, which would replace it: give the path of a "
+                      "file", str(path))
+    return path
+
+
 @contextmanager
 def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """A temporary path beside ``path`` (same folder, same suffix, so writers that infer the format
@@ -121,8 +149,10 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     is created if needed; the file gets the usual permissions (umask), not a private temp file's.
     An OSError naming the temporary file (a folder that takes no files, a full disk) names ``path``
     instead: the file the caller asked for, not one it never sees (also where a writer writes through
-    an atomic_path of its own, whose temporary file is named after this one's)."""
-    path = Path(path)
+    an atomic_path of its own, whose temporary file is named after this one's). A symbolic link is
+    written through (the file it points to is replaced, the link kept); a device, FIFO or socket is
+    refused (:func:`_destination`)."""
+    path = _destination(Path(path))
     _make_folder(path)
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
     try:

@@ -185,3 +185,49 @@ def test_sweep_removes_only_temporaries_of_writers_that_are_gone(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["sub"])
     assert (tmp_path / "sub" / stale[0]).exists()
     assert sweep_stale_temps(tmp_path / "none") == []
+
+
+def test_a_symbolic_link_is_written_through_and_kept(tmp_path):
+    """Renaming onto a link replaced the link with a file and left the file it pointed to as it was;
+    every ordinary write (open(path, 'w')) writes the file a link points to."""
+    from adaptive.atomic import atomic_torch_save, write_text
+
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "notes.txt"
+    target.write_text("old")
+    (tmp_path / "middle.txt").symlink_to(target)
+    link = tmp_path / "notes.txt"
+    link.symlink_to(tmp_path / "middle.txt")  # a chain of two links
+    write_text(link, "new")
+    assert link.is_symlink() and (tmp_path / "middle.txt").is_symlink()
+    assert target.read_text() == "new"
+    dangling = tmp_path / "model.pt"
+    dangling.symlink_to(tmp_path / "runs" / "model.pt")  # a link to a file not written yet
+    atomic_torch_save({"a": 1}, dangling)
+    assert dangling.is_symlink() and (tmp_path / "runs" / "model.pt").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["model.pt", "notes.txt"]  # no temporary left
+
+
+def test_a_link_to_a_missing_folder_is_refused_not_made(tmp_path):
+    from adaptive.atomic import write_text
+
+    link = tmp_path / "out.txt"
+    link.symlink_to(tmp_path / "unmounted" / "out.txt")
+    with pytest.raises(FileNotFoundError, match="symbolic link to .*unmounted.*whose folder does not exist"):
+        write_text(link, "x")
+    assert not (tmp_path / "unmounted").exists() and link.is_symlink()
+
+
+def test_a_fifo_is_refused_not_replaced_by_a_file(tmp_path):
+    """An atomic write onto a device or a FIFO renamed a file onto it: writing to /dev/full as root
+    replaced the machine's /dev/full with a regular file."""
+    import stat
+
+    from adaptive.atomic import write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="it is a FIFO, not a regular file"):
+        write_text(fifo, "x")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
