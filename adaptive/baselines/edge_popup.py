@@ -69,6 +69,14 @@ def _all_finite(loss: torch.Tensor) -> bool:
     return flag.item() == 1.0
 
 
+def _starting_scores(w: torch.Tensor) -> torch.Tensor:
+    """A layer's starting scores, float32: ``|w|`` over the layer's RMS weight, computed in float32 at least (a
+    float32 model's exactly as ever; a float16 layer of small weights, RMS below about 2.4e-4, squared to a mean
+    of 0 in its own dtype, every score of it inf)."""
+    w = w.to(torch.promote_types(w.dtype, torch.float32))
+    return (w.abs() / w.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone()
+
+
 def _check_first(out: torch.Tensor, y, loss_fn: Callable) -> None:
     """The first training batch's checks: an output of one class for cross-entropy, and targets that do not fit
     the output for ``loss_fn`` (:func:`adaptive.label_checks.refuse_mismatched_targets`), each named with its fix."""
@@ -126,8 +134,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     # them; fewest removed first
     goals = _resolve_targets(targets, total, start)
     absent = {n: ~m for n, m in start.masks.items()} if start.absent else {}
-    scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
-              for n, o in conn.original.items()}
+    scores = {n: _starting_scores(o).requires_grad_(True) for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))
     snaps, skipped = {}, 0
     it, device = LoaderCycle(train_loader), _model_device(model)
