@@ -113,8 +113,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     targets are checked before its loss too, :func:`adaptive.label_checks.refuse_batch_targets`), and a batch whose loss is NaN or inf on any
     process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
     still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
-    dtype; a prunable layer no gradient reaches (one the forward does not use) keeps its starting scores,
-    with a warning naming it."""
+    dtype (their starting values computed in float32 at least); a prunable layer no gradient reaches (one the
+    forward does not use) keeps its starting scores, with a warning naming it, and a batch that does not reach a
+    layer (a branch it does not take) leaves that layer's scores as they are."""
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
@@ -177,7 +178,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                 with torch.no_grad():
                     for n, s in scores.items():  # straight through the top-k, in the scores' float32 (a bf16,
                         g = conn.params[n].grad  # half or float64 model's gradient was refused by the float32 scores)
-                        if g is None:  # a layer the forward does not use: no gradient, its scores stay as they are
+                        if g is None:  # a layer this batch did not reach: no gradient, no step (its scores stay as
+                            s.grad = None  # they are, not stepped again with an earlier batch's gradient)
                             continue
                         graded.add(n)
                         s.grad = g.float() * conn.original[n].float()
