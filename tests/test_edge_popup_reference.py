@@ -161,3 +161,67 @@ def test_edge_popup_warns_of_a_layer_no_gradient_reaches_and_learns_the_others()
     _, alone = edge_popup(Aux(), tr, ho, [0.5], passes=1.0, progress=False, exclude="aux")
     assert snaps["0.5"]["removed"] == round(0.5 * (96 + 40 + 24))
     assert alone["0.5"]["removed"] == round(0.5 * (96 + 40))
+
+
+def test_edge_popup_starting_scores_of_a_float16_model_are_computed_in_float32(monkeypatch):
+    """The starting scores |w| / the layer's RMS weight were computed in the model's dtype, then made float32:
+    on a float16 model a layer of small weights (RMS below about 2.4e-4, whose squares are below float16's
+    smallest number) had a mean square of 0, so every score of that layer was inf (the top-k then kept that
+    whole layer in any order and removed the other: at 50% the head here lost all its synapses). They are
+    now computed in float32 from the weights (a float32 model's exactly as before): finite at every step,
+    the first top-k of the float16 run that of the float32 scores of its weights."""
+    import sys
+
+    ep = sys.modules["adaptive.baselines.edge_popup"]
+    seen = []
+    topk = ep._topk_masks
+    monkeypatch.setattr(ep, "_topk_masks", lambda scores, keep: seen.append({n: s.clone() for n, s in scores.items()})
+                        or topk(scores, keep))
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 5))
+    with torch.no_grad():
+        m[0].weight.mul_(1e-3)  # RMS about 1.7e-4: squares below 6e-8
+    m = m.half()
+    w = {n: p.detach().float() for n, p in m.named_parameters() if p.dim() > 1}
+    x, y = torch.randn(64, 12).half(), torch.randint(0, 5, (64,))
+    tr, ho = DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+    _, snaps = edge_popup(m, tr, ho, [0.5], passes=1.0, lr=0.01, progress=False)
+    assert seen and all(torch.isfinite(s).all() for step in seen for s in step.values())
+    first = {n: (v.abs() / v.pow(2).mean().sqrt()).flatten() for n, v in w.items()}
+    assert all(torch.allclose(seen[0][n].flatten(), first[n], rtol=1e-6) for n in first)
+    live = [int(v.sum()) for v in snaps["0.5"]["masks"].values()]
+    assert sum(live) == 68 and min(live) > 0, live
+
+
+def test_edge_popup_a_layer_no_gradient_reaches_in_one_batch_is_not_stepped_with_an_older_gradient(monkeypatch):
+    """A layer the forward uses in some batches only (an expert no example is routed to, a branch taken by
+    the input) has no gradient in the others: its scores kept the gradient of the last batch that reached it,
+    and Adam stepped them with it again at every batch that did not. Such a batch now leaves them as they are
+    (no gradient, no step, as torch's optimisers do for a parameter without one); the batch that reaches it
+    moves them."""
+    import sys
+
+    ep = sys.modules["adaptive.baselines.edge_popup"]
+    seen = []
+    topk = ep._topk_masks
+    monkeypatch.setattr(ep, "_topk_masks", lambda scores, keep: seen.append(scores["aux.weight"].clone())
+                        or topk(scores, keep))
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b, self.aux = nn.Linear(12, 8), nn.Linear(8, 5), nn.Linear(8, 5)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.b(h) + self.aux(h) if x[0, -1] > 0 else self.b(h)  # the branch: the first batch only
+
+    x, y = torch.randn(64, 12), torch.randint(0, 5, (64,))
+    x[:, -1] = 0.0
+    x[:16, -1] = 1.0
+    tr, ho = DataLoader(TensorDataset(x, y), batch_size=16), DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)
+    edge_popup(Branch(), tr, ho, [0.5], passes=1.0, lr=0.05, progress=False)
+    assert len(seen) == 5  # before each of the 4 steps, and the stage's snapshot
+    assert not torch.equal(seen[0], seen[1])  # the first batch reached the branch
+    assert all(torch.equal(seen[1], s) for s in seen[2:])  # the other three did not: no step

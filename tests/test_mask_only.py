@@ -650,8 +650,9 @@ def test_edge_popup_processes_agree_on_refusals_and_left_out_batches(tmp_path):
     on process 1 alone was refused there while process 0 went on into DDP's gradient all-reduce and
     failed there (a closed connection, or the group's timeout); train shards of different lengths (so
     different steps per stage) left one waiting; a NaN batch on process 1 alone was left out there only,
-    so the processes' passes no longer matched. Now both raise one ValueError naming the process and
-    the fix, a NaN batch is left out on both, and both learn the same masks."""
+    so the processes' passes no longer matched; a label beyond the head in process 1's first training batch
+    was torch's error there alone. Now both raise one ValueError naming the process and the fix, a NaN batch
+    is left out on both, and both learn the same masks."""
 
     from _ports import two_rank_records
 
@@ -664,6 +665,9 @@ def test_edge_popup_processes_agree_on_refusals_and_left_out_batches(tmp_path):
     assert "different train loader lengths (process 0 of 2: 4 batches; process 1 of 2: 2 batches)" \
         in rec["uneven"]["message"]
     assert rec["nan_on_one"]["live"] == rec["even"]["live"] == [14, 14], rec
+    assert rec["label_on_one"]["error"] == "ValueError", rec  # process 1's first batch: its label check agreed
+    assert "process 1 of 2: the model gives 3 classes" in rec["label_on_one"]["message"], rec
+    assert "labels go up to 5" in rec["label_on_one"]["message"], rec
 
 
 def test_edge_popup_interrupted_on_a_sparse_model_says_its_zeros_stay_zero():

@@ -69,6 +69,14 @@ def _all_finite(loss: torch.Tensor) -> bool:
     return flag.item() == 1.0
 
 
+def _starting_scores(w: torch.Tensor) -> torch.Tensor:
+    """A layer's starting scores, float32: ``|w|`` over the layer's RMS weight, computed in float32 at least (a
+    float32 model's exactly as ever; a float16 layer of small weights, RMS below about 2.4e-4, squared to a mean
+    of 0 in its own dtype, every score of it inf)."""
+    w = w.to(torch.promote_types(w.dtype, torch.float32))
+    return (w.abs() / w.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone()
+
+
 def _check_first(out: torch.Tensor, y, loss_fn: Callable) -> None:
     """The first training batch's checks: an output of one class for cross-entropy, and targets that do not fit
     the output for ``loss_fn`` (:func:`adaptive.label_checks.refuse_mismatched_targets`), each named with its fix."""
@@ -105,8 +113,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     targets are checked before its loss too, :func:`adaptive.label_checks.refuse_batch_targets`), and a batch whose loss is NaN or inf on any
     process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
     still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
-    dtype; a prunable layer no gradient reaches (one the forward does not use) keeps its starting scores,
-    with a warning naming it."""
+    dtype (their starting values computed in float32 at least); a prunable layer no gradient reaches (one the
+    forward does not use) keeps its starting scores, with a warning naming it, and a batch that does not reach a
+    layer (a branch it does not take) leaves that layer's scores as they are."""
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")
@@ -126,8 +135,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     # them; fewest removed first
     goals = _resolve_targets(targets, total, start)
     absent = {n: ~m for n, m in start.masks.items()} if start.absent else {}
-    scores = {n: (o.abs() / o.pow(2).mean().sqrt().clamp_min(1e-12)).float().clone().requires_grad_(True)
-              for n, o in conn.original.items()}
+    scores = {n: _starting_scores(o).requires_grad_(True) for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))
     snaps, skipped = {}, 0
     it, device = LoaderCycle(train_loader), _model_device(model)
@@ -170,7 +178,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                 with torch.no_grad():
                     for n, s in scores.items():  # straight through the top-k, in the scores' float32 (a bf16,
                         g = conn.params[n].grad  # half or float64 model's gradient was refused by the float32 scores)
-                        if g is None:  # a layer the forward does not use: no gradient, its scores stay as they are
+                        if g is None:  # a layer this batch did not reach: no gradient, no step (its scores stay as
+                            s.grad = None  # they are, not stepped again with an earlier batch's gradient)
                             continue
                         graded.add(n)
                         s.grad = g.float() * conn.original[n].float()

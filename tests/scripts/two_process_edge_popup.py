@@ -2,7 +2,8 @@
 tests/test_mask_only.py through tests/_ports.run_two_ranks): a gloo process group on the CPU with a
 short timeout, then edge_popup on a DistributedDataParallel model (whose forward and backward are
 collectives) once per case, each with loaders that only process 1 gets wrong (CASES): an empty
-holdout, train shards of different lengths, a batch of NaN on process 1 only; then one where both
+holdout, train shards of different lengths, a batch of NaN on process 1 only, a label beyond the head
+in process 1's first training batch; then one where both
 are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
 masks' live counts). A process left waiting in a collective fails there after the group's timeout
 (10 seconds) and records that instead."""
@@ -15,12 +16,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from _rank_record import record_cases
 
 
-def _loader(n: int, rank: int = 0, nan: bool = False) -> DataLoader:
+def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False) -> DataLoader:
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(n, 4, generator=g)
     if nan:
         x[:8] = float("nan")  # the first batch
-    return DataLoader(TensorDataset(x, torch.randint(0, 3, (n,), generator=g)), batch_size=8)
+    y = torch.randint(0, 3, (n,), generator=g)
+    if label_5:
+        y[3] = 5  # the first batch: a label beyond the 3-class head
+    return DataLoader(TensorDataset(x, y), batch_size=8)
 
 
 # case: (process 1's train loader, process 1's holdout); process 0 gets _loader(32) for both
@@ -28,6 +32,7 @@ CASES = {
     "empty_holdout": lambda: (_loader(32, 1), _loader(0)),
     "uneven": lambda: (_loader(16, 1), _loader(32)),
     "nan_on_one": lambda: (_loader(32, 1, nan=True), _loader(32)),
+    "label_on_one": lambda: (_loader(32, 1, label_5=True), _loader(32)),
     "even": lambda: (_loader(32, 1), _loader(32)),
 }
 
