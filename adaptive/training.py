@@ -471,6 +471,22 @@ def _continue_how(root: Path, output_dir, step: int) -> str:
     return "run again" if intact is None else f"resume with {resume_option(root, output_dir, intact)}"
 
 
+def _refuse_mid_group(accelerator, step: int) -> None:
+    """Refuse a checkpoint inside a group of accumulated batches (Accelerate's batch counter, the same
+    on every process, is no multiple of its gradient_accumulation_steps): the group's partial gradient
+    lives in ``.grad``, which no checkpoint holds, so a resume would step on the group's later batches
+    alone, silently otherwise than the uninterrupted run."""
+    k = int(getattr(accelerator, "gradient_accumulation_steps", 1) or 1)
+    taken = int(getattr(accelerator, "step", 0) or 0) % k if k > 1 else 0
+    if taken:
+        raise RuntimeError(
+            f"save_checkpoint(step={step}) inside a group of {k} accumulated batches ({taken} of {k} taken, "
+            "accelerator.sync_gradients False): their summed gradient is in .grad, which no checkpoint holds, so a "
+            "run resumed from it would step on the group's other batches alone; nothing was written. Save after the "
+            "group's optimizer step (where accelerator.sync_gradients is True inside accelerator.accumulate, as "
+            "train_one_epoch's on_step does)")
+
+
 def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None,
                     files: Optional[Dict[str, bytes]] = None) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
@@ -489,11 +505,17 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     A write that fails (a full disk, a file-size limit, an I/O error) removes the partial folder
     and raises :class:`~adaptive.integrity.CheckpointWriteError` naming the reason, the checkpoint
     that is still intact and how to resume from it; so does a rename into place that fails (the main
-    process's alone, agreed with the others in place of a final barrier: every process raises it)."""
+    process's alone, agreed with the others in place of a final barrier: every process raises it).
+
+    Under gradient accumulation (``gradient_accumulation_steps`` K > 1) it saves only between groups,
+    after a group's optimizer step: called mid-group, where ``.grad`` holds the sum of the group's
+    first batches, which no checkpoint holds (while Accelerate's saved batch counter resumes mid-group),
+    it refuses before writing anything, as a resume would step on that group's later batches alone."""
     from .checkpoint_weights import write_record, zero_where_pruned
     from .distributed import agreed_call
     from .integrity import CheckpointWriteError, write_errors, write_failure, write_manifest
 
+    _refuse_mid_group(accelerator, step)
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"

@@ -143,6 +143,42 @@ def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
         reset_accelerate()
 
 
+def test_a_checkpoint_inside_a_group_of_accumulated_batches_is_refused_and_writes_nothing(tmp_path):
+    """Mid-group, .grad holds the group's partial gradient, which no checkpoint holds, while Accelerate's
+    saved batch counter resumes mid-group: the resumed step would use the group's later batches alone
+    (a silently other run). Refused before anything is written; after the group's step it saves."""
+    from accelerate import Accelerator
+
+    from adaptive.training import list_checkpoints, save_checkpoint
+
+    reset_accelerate()
+    try:
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        g = torch.Generator().manual_seed(1)
+        for i in range(3):  # one whole group, then the first batch of the next
+            with acc.accumulate(model):
+                acc.backward(F.cross_entropy(model(torch.randn(5, 4, generator=g)), torch.randint(0, 3, (5,), generator=g)))
+                opt.step()
+                opt.zero_grad()
+        assert model.weight.grad is not None  # the open group's partial gradient
+        with pytest.raises(RuntimeError, match=r"inside a group of 2 accumulated batches \(1 of 2 taken.*nothing was "
+                                               r"written. Save after the group's optimizer step"):
+            save_checkpoint(acc, tmp_path, 1)
+        assert not (tmp_path / "checkpoints").exists()
+        with acc.accumulate(model):  # the group's last batch: the optimizer steps
+            acc.backward(F.cross_entropy(model(torch.randn(5, 4, generator=g)), torch.randint(0, 3, (5,), generator=g)))
+            opt.step()
+            opt.zero_grad()
+        assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == []
+        save_checkpoint(acc, tmp_path, 2)
+        assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000002"]
+    finally:
+        reset_accelerate()
+
+
 def test_evaluate_gives_each_module_its_own_mode_back(accelerator):
     """A BatchNorm the caller froze in eval mode inside a training model stays in eval mode after
     evaluate (a plain model.train(was_training) swept it back to training, so its running statistics
