@@ -263,6 +263,16 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
     return loss_sum / n, correct / n, n
 
 
+def _ends_mid_group(accelerator, loader, k: int) -> bool:
+    """Whether ``loader``'s batches, after the ones Accelerate has counted in the open group, end
+    inside a group of ``k`` (a loader of no length: taken as they may)."""
+    try:
+        n = len(loader)
+    except TypeError:
+        return True
+    return (int(getattr(accelerator, "step", 0) or 0) + n) % k != 0
+
+
 def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *, lr_scheduler=None,
                     conn=None, loss_fn: Callable = F.cross_entropy, max_steps: Optional[int] = None,
                     log_every: int = 50, on_step: Optional[Callable[[TrainState], None]] = None,
@@ -272,11 +282,15 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     ``accelerator.backward`` (which divides the loss by the accelerator's
     ``gradient_accumulation_steps``, K), optimizer step and ``zero_grad``, which Accelerate's
     optimizer wrapper carries out only at the last batch of each group of K (and at the loader's
-    end, where the last group may hold fewer). One such group is one step: the attached controller
+    end, where the last group may hold fewer: an Accelerator whose ``sync_with_dataloader=False`` would
+    end the epoch mid-group is refused). One such group is one step: the attached controller
     observes, masks and edits inside the real optimizer step only, on the accumulated gradient; then
     the scheduler steps and ``state.step += 1``. With K > 1 the optimizer must be one prepared by
     ``accelerator``, which knows when to step, and so must the loader, which tells it where an epoch
-    ends.
+    ends. ``lr_scheduler.step()`` is called once per step: a plain scheduler (:func:`lr_schedule`, as the
+    recipe passes it) counts optimizer steps, as ``state.step`` and the controller do; one prepared by
+    ``accelerator`` steps as Accelerate steps it, ``num_processes`` times per call unless the batches
+    are split (its convention for a schedule sized in the loader's global batches).
 
     Every ``log_every`` steps a ``train`` metric row is appended with the loss and accuracy
     averaged over the interval's examples (every batch of every group) and over all processes, and
@@ -322,6 +336,13 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                             f"it ends; over this {type(loader).__name__} an epoch whose batches are no multiple of {k} "
                             "would leave its last batches' gradient for the next epoch's first step: pass the prepared "
                             "loader")
+        if not getattr(accelerator.gradient_state, "sync_with_dataloader", True) and _ends_mid_group(accelerator, loader, k):
+            raise ValueError(f"train_one_epoch with gradient_accumulation_steps {k} steps at the loader's end too, but this "
+                             "accelerator's GradientAccumulationPlugin has sync_with_dataloader=False, and this epoch's "
+                             f"batches end inside a group of {k}: its last batches' gradient would stay in .grad for the "
+                             "next epoch's first step (and epochs would take different numbers of steps). Build the "
+                             "Accelerator with sync_with_dataloader=True (Accelerate's default: "
+                             "gradient_accumulation_steps=K alone)")
     model.train()
     # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
     # between two rows reads a value on the host, so none stalls a GPU
