@@ -31,7 +31,8 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_
 
     Call it after the last backward of a step and before ``optimizer.step()``: with gradient
     accumulation only where ``accelerator.sync_gradients`` (across processes the gradients are then
-    averaged by DDP, so every process computes the same factor). ``accelerator`` (Accelerate's):
+    averaged by DDP, so every process computes the same factor; given ``accelerator``, a call on a
+    batch it accumulates without stepping is refused). ``accelerator`` (Accelerate's):
     its gradients are unscaled first (``accelerator.unscale_gradients()``), as
     ``accelerator.clip_grad_norm_`` does under fp16 mixed precision. ``foreach``: as torch's.
     ``parameters`` may be a single tensor, as for torch's.
@@ -42,6 +43,15 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_
         limit = math.nan
     if not (math.isfinite(limit) and limit > 0):
         raise ValueError(f"clip_gradients: max_norm must be a finite number > 0, got {max_norm!r}")
+    if accelerator is not None and getattr(accelerator, "gradient_accumulation_steps", 1) > 1 \
+            and not accelerator.sync_gradients:
+        k = accelerator.gradient_accumulation_steps
+        raise RuntimeError(
+            f"clip_gradients on a batch that Accelerate accumulates without an optimizer step (accelerator."
+            f"sync_gradients is False; gradient_accumulation_steps {k}): .grad holds part of the group's gradient, "
+            "and clipping it scales those batches by a factor of their partial norm (and, under fp16, unscales them "
+            "before the rest are added still scaled); nothing was clipped. Clip once per step, on the whole group's "
+            "gradient: `if accelerator.sync_gradients: clip_gradients(...)`")
     if isinstance(parameters, torch.Tensor):  # iterated, it would give its rows, none with a .grad: nothing clipped
         parameters = [parameters]
     params = [p for p in parameters if p.grad is not None]

@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+import sys
 import weakref
 from typing import Callable, Dict, Iterable, List, Optional
 
@@ -581,6 +582,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         inf would leave the whole window out. Without it, scaled gradients enter the window as they are."""
         self._refuse_when_attached("observe", "observes the gradients itself at every optimizer.step()",
                                    "add each gradient to the utility window twice")
+        self._refuse_mid_group("observe", "add the group's partial gradient to the utility window at each batch")
         if scaler is not None:
             check_scaler(scaler)
         self._observe(scaler if scaler is not None and scaler.is_enabled() else None)
@@ -648,6 +650,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         Only for a controller driven explicitly: one attached to an optimizer steps itself after
         each of its steps, so a call here is refused (it would count each training step twice)."""
         self._refuse_when_attached("step", "steps itself after every optimizer.step()", "count each training step twice")
+        self._refuse_mid_group("step", "count each accumulated batch as a training step")
         if self.step_count == 0 or self.due(self.step_count + 1):
             self._warn_unmasked_weights()
         return self._advance()
@@ -779,6 +782,26 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                   "before training: conn.attach(optimizer) (the controller is still driven by ctrl.observe() and "
                   "ctrl.step()), or Controller(conn, optimizer, ...), which then steps itself; with an update rule "
                   "of your own, call conn.apply() after each update")
+
+    def _refuse_mid_group(self, call: str, would: str) -> None:
+        """An explicit observe()/step() in train mode on a batch Accelerate accumulates without an
+        optimizer step (its ``GradientState``: ``gradient_accumulation_steps`` > 1, ``sync_gradients``
+        False) is refused: the step is the group's, its gradient whole only at the group's last batch.
+        Without Accelerate imported, or in mask_only mode (no optimizer, no accumulation), nothing is
+        checked."""
+        mod = sys.modules.get("accelerate.state")
+        if mod is None or self.conn.mode != "train" or not getattr(mod.GradientState, "_shared_state", None):
+            return
+        gs = mod.GradientState()
+        k = int(gs.num_steps)
+        if k <= 1 or gs.sync_gradients:
+            return
+        raise RuntimeError(
+            f"ctrl.{call}() on a batch that Accelerate accumulates without an optimizer step (gradient_accumulation_steps "
+            f"{k}, accelerator.sync_gradients False): the controller's step is the optimizer's, one per group of {k} "
+            f"batches, and this call would {would}. Call ctrl.observe() and ctrl.step() only where "
+            "accelerator.sync_gradients is True (after the group's last backward, and after its optimizer step), or "
+            "attach the controller to the prepared optimizer (Controller(conn, optimizer, ...)), which steps only then")
 
     def _refuse_when_attached(self, call: str, does: str, twice: str) -> None:
         """An explicit observe()/step() on a controller its optimizer's hook already drives is refused."""

@@ -264,6 +264,16 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
     return loss_sum / n, correct / n, n
 
 
+def _ends_mid_group(accelerator, loader, k: int) -> bool:
+    """Whether ``loader``'s batches, after the ones Accelerate has counted in the open group, end
+    inside a group of ``k`` (a loader of no length: taken as they may)."""
+    try:
+        n = len(loader)
+    except TypeError:
+        return True
+    return (int(getattr(accelerator, "step", 0) or 0) + n) % k != 0
+
+
 def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *, lr_scheduler=None,
                     conn=None, loss_fn: Callable = F.cross_entropy, max_steps: Optional[int] = None,
                     log_every: int = 50, on_step: Optional[Callable[[TrainState], None]] = None,
@@ -273,11 +283,15 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     ``accelerator.backward`` (which divides the loss by the accelerator's
     ``gradient_accumulation_steps``, K), optimizer step and ``zero_grad``, which Accelerate's
     optimizer wrapper carries out only at the last batch of each group of K (and at the loader's
-    end, where the last group may hold fewer). One such group is one step: the attached controller
+    end, where the last group may hold fewer: an Accelerator whose ``sync_with_dataloader=False`` would
+    end the epoch mid-group is refused). One such group is one step: the attached controller
     observes, masks and edits inside the real optimizer step only, on the accumulated gradient; then
     the scheduler steps and ``state.step += 1``. With K > 1 the optimizer must be one prepared by
     ``accelerator``, which knows when to step, and so must the loader, which tells it where an epoch
-    ends.
+    ends. ``lr_scheduler.step()`` is called once per step: a plain scheduler (:func:`lr_schedule`, as the
+    recipe passes it) counts optimizer steps, as ``state.step`` and the controller do; one prepared by
+    ``accelerator`` steps as Accelerate steps it, ``num_processes`` times per call unless the batches
+    are split (its convention for a schedule sized in the loader's global batches).
 
     Every ``log_every`` steps a ``train`` metric row is appended with the loss and accuracy
     averaged over the interval's examples (every batch of every group) and over all processes, and
@@ -323,6 +337,13 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                             f"it ends; over this {type(loader).__name__} an epoch whose batches are no multiple of {k} "
                             "would leave its last batches' gradient for the next epoch's first step: pass the prepared "
                             "loader")
+        if not getattr(accelerator.gradient_state, "sync_with_dataloader", True) and _ends_mid_group(accelerator, loader, k):
+            raise ValueError(f"train_one_epoch with gradient_accumulation_steps {k} steps at the loader's end too, but this "
+                             "accelerator's GradientAccumulationPlugin has sync_with_dataloader=False, and this epoch's "
+                             f"batches end inside a group of {k}: its last batches' gradient would stay in .grad for the "
+                             "next epoch's first step (and epochs would take different numbers of steps). Build the "
+                             "Accelerator with sync_with_dataloader=True (Accelerate's default: "
+                             "gradient_accumulation_steps=K alone)")
     model.train()
     # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
     # between two rows reads a value on the host, so none stalls a GPU
@@ -472,6 +493,22 @@ def _continue_how(root: Path, output_dir, step: int) -> str:
     return "run again" if intact is None else f"resume with {resume_option(root, output_dir, intact)}"
 
 
+def _refuse_mid_group(accelerator, step: int) -> None:
+    """Refuse a checkpoint inside a group of accumulated batches (Accelerate's batch counter, the same
+    on every process, is no multiple of its gradient_accumulation_steps): the group's partial gradient
+    lives in ``.grad``, which no checkpoint holds, so a resume would step on the group's later batches
+    alone, silently otherwise than the uninterrupted run."""
+    k = int(getattr(accelerator, "gradient_accumulation_steps", 1) or 1)
+    taken = int(getattr(accelerator, "step", 0) or 0) % k if k > 1 else 0
+    if taken:
+        raise RuntimeError(
+            f"save_checkpoint(step={step}) inside a group of {k} accumulated batches ({taken} of {k} taken, "
+            "accelerator.sync_gradients False): their summed gradient is in .grad, which no checkpoint holds, so a "
+            "run resumed from it would step on the group's other batches alone; nothing was written. Save after the "
+            "group's optimizer step (where accelerator.sync_gradients is True inside accelerator.accumulate, as "
+            "train_one_epoch's on_step does)")
+
+
 def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None,
                     files: Optional[Dict[str, bytes]] = None) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
@@ -490,11 +527,17 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     A write that fails (a full disk, a file-size limit, an I/O error) removes the partial folder
     and raises :class:`~adaptive.integrity.CheckpointWriteError` naming the reason, the checkpoint
     that is still intact and how to resume from it; so does a rename into place that fails (the main
-    process's alone, agreed with the others in place of a final barrier: every process raises it)."""
+    process's alone, agreed with the others in place of a final barrier: every process raises it).
+
+    Under gradient accumulation (``gradient_accumulation_steps`` K > 1) it saves only between groups,
+    after a group's optimizer step: called mid-group, where ``.grad`` holds the sum of the group's
+    first batches, which no checkpoint holds (while Accelerate's saved batch counter resumes mid-group),
+    it refuses before writing anything, as a resume would step on that group's later batches alone."""
     from .checkpoint_weights import write_record, zero_where_pruned
     from .distributed import agreed_call
     from .integrity import CheckpointWriteError, write_errors, write_failure, write_manifest
 
+    _refuse_mid_group(accelerator, step)
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"

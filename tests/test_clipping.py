@@ -210,6 +210,37 @@ def test_gradient_accumulation_clips_once_per_step_on_the_accumulated_gradient()
     assert [r["grad_norm"] for r in s2.metrics] == pytest.approx([r["grad_norm"] for r in s1.metrics], rel=1e-5)
 
 
+def test_a_clip_on_a_batch_accumulated_without_a_step_is_refused_and_clips_nothing():
+    """Inside a group of accumulated batches .grad holds part of the group's gradient: clipping it
+    scales those batches by their own partial norm (a run other than one clip per step, silently), so
+    a call given the accelerator there is refused, the gradient untouched; at the group's last batch
+    it clips."""
+    from accelerate import Accelerator
+
+    reset_accelerate()
+    try:
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+        model, conn = masked_net()
+        opt = acc.prepare(torch.optim.SGD(model.parameters(), lr=0.5))
+        conn.attach(opt)
+        for i, (x, y) in enumerate(batches(2)):
+            with acc.accumulate(model):
+                acc.backward(F.cross_entropy(model(x), y))
+                before = [p.grad.clone() for p in model.parameters()]
+                if i == 0:
+                    with pytest.raises(RuntimeError, match=r"accumulates without an optimizer step.*nothing was "
+                                                           r"clipped.*if accelerator.sync_gradients: clip_gradients"):
+                        clip_gradients(model.parameters(), 0.05, conn, accelerator=acc)
+                    assert all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+                else:
+                    assert float(clip_gradients(model.parameters(), 0.05, conn, accelerator=acc)) > 0.05
+                    assert not all(torch.equal(p.grad, b) for p, b in zip(model.parameters(), before))
+                opt.step()
+                opt.zero_grad()
+    finally:
+        reset_accelerate()
+
+
 def test_a_loop_state_saved_before_the_norm_columns_loads_with_empty_ones():
     """A checkpoint's window of loss, correct and examples (written before clipping was recorded)
     loads with the norm sums at zero."""

@@ -977,6 +977,54 @@ def test_accelerate_gradient_accumulation_observes_only_real_steps():
         assert torch.all(p[~conn.masks[n]] == 0)
 
 
+def test_an_explicit_observe_or_step_on_an_accumulated_batch_without_a_step_is_refused():
+    """Driven by hand under Accelerate's gradient accumulation, ctrl.observe()/ctrl.step() on a batch
+    that ends no group would add partial gradients to the window and count batches as steps (other
+    masks than the larger batch's, silently): refused, leaving the controller as it was. Called where
+    accelerator.sync_gradients, it edits as one batch of twice the size does."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(8, 10, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(8)]
+    hashes = []
+    try:
+        for k in (1, 2):
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+            torch.manual_seed(0)
+            acc = Accelerator(cpu=True, gradient_accumulation_steps=k)
+            model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+            model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            conn = adaptive.Connectome(acc.unwrap_model(model))
+            conn.attach(opt)
+            ctrl = adaptive.Controller(conn, policy="utility", estimator="taylor", density=0.5, update_every=2)
+            batches = data if k == 2 else [(torch.cat([a for a, _ in data[i:i + 2]]), torch.cat([b for _, b in data[i:i + 2]]))
+                                           for i in range(0, 8, 2)]
+            for x, y in batches:
+                with acc.accumulate(model):
+                    acc.backward(F.cross_entropy(model(x), y))
+                    if not acc.sync_gradients:
+                        with pytest.raises(RuntimeError, match=r"ctrl.observe\(\) on a batch that Accelerate accumulates "
+                                                               r"without an optimizer step .*only where accelerator.sync_gradients"):
+                            ctrl.observe()
+                        with pytest.raises(RuntimeError, match=r"ctrl.step\(\) .*count each accumulated batch as a "
+                                                               r"training step"):
+                            ctrl.step()
+                    else:
+                        ctrl.observe()
+                    opt.step()
+                    if acc.sync_gradients:
+                        ctrl.step()
+                    opt.zero_grad()
+            assert ctrl.step_count == 4 and [e["step"] for e in ctrl.events if e["kind"] == "update"] == [2, 4]
+            hashes.append(conn.mask_hash())
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    assert hashes[0] == hashes[1]
+
+
 @pytest.mark.parametrize("kind", ["randn", "ties", "skew", "nan"])
 def test_large_selection_is_exact(kind):
     """The sampled bracket used for tens of millions of synapses selects exactly what a full

@@ -143,6 +143,74 @@ def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
         reset_accelerate()
 
 
+def test_accumulation_that_would_carry_an_epochs_last_batches_into_the_next_is_refused():
+    """With Accelerate's sync_with_dataloader=False the loader's end closes no group: 5 batches in groups
+    of 2 left the 5th batch's gradient in .grad for the next epoch's first step (2 steps, then 3).
+    Refused before any batch runs; an epoch of whole groups (4 batches) runs its 2 steps."""
+    from accelerate import Accelerator
+    from accelerate.state import GradientState
+    from accelerate.utils import GradientAccumulationPlugin
+
+    reset_accelerate()
+    try:
+        plugin = GradientAccumulationPlugin(num_steps=2, sync_with_dataloader=False)
+        acc = Accelerator(cpu=True, gradient_accumulation_plugin=plugin)
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        data = torch.utils.data.TensorDataset(torch.randn(25, 4), torch.randint(0, 3, (25,)))
+        model, opt, five, four = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                             torch.utils.data.DataLoader(data, batch_size=5),
+                                             torch.utils.data.DataLoader(data, batch_size=5, drop_last=True,
+                                                                         sampler=range(20)))
+        state = TrainState()
+        with pytest.raises(ValueError, match=r"sync_with_dataloader=False, and this epoch's batches end inside a "
+                                             r"group of 2.*Build the Accelerator with sync_with_dataloader=True"):
+            train_one_epoch(acc, model, opt, five, state, log_every=0)
+        assert state.step == 0 and model.weight.grad is None
+        for epoch in (1, 2):
+            train_one_epoch(acc, model, opt, four, state, log_every=0)
+            assert state.step == 2 * epoch and model.weight.grad is None
+    finally:
+        reset_accelerate()
+        GradientState._reset_state()
+
+
+def test_a_checkpoint_inside_a_group_of_accumulated_batches_is_refused_and_writes_nothing(tmp_path):
+    """Mid-group, .grad holds the group's partial gradient, which no checkpoint holds, while Accelerate's
+    saved batch counter resumes mid-group: the resumed step would use the group's later batches alone
+    (a silently other run). Refused before anything is written; after the group's step it saves."""
+    from accelerate import Accelerator
+
+    from adaptive.training import list_checkpoints, save_checkpoint
+
+    reset_accelerate()
+    try:
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        g = torch.Generator().manual_seed(1)
+        for i in range(3):  # one whole group, then the first batch of the next
+            with acc.accumulate(model):
+                acc.backward(F.cross_entropy(model(torch.randn(5, 4, generator=g)), torch.randint(0, 3, (5,), generator=g)))
+                opt.step()
+                opt.zero_grad()
+        assert model.weight.grad is not None  # the open group's partial gradient
+        with pytest.raises(RuntimeError, match=r"inside a group of 2 accumulated batches \(1 of 2 taken.*nothing was "
+                                               r"written. Save after the group's optimizer step"):
+            save_checkpoint(acc, tmp_path, 1)
+        assert not (tmp_path / "checkpoints").exists()
+        with acc.accumulate(model):  # the group's last batch: the optimizer steps
+            acc.backward(F.cross_entropy(model(torch.randn(5, 4, generator=g)), torch.randint(0, 3, (5,), generator=g)))
+            opt.step()
+            opt.zero_grad()
+        assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == []
+        save_checkpoint(acc, tmp_path, 2)
+        assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000002"]
+    finally:
+        reset_accelerate()
+
+
 def test_evaluate_gives_each_module_its_own_mode_back(accelerator):
     """A BatchNorm the caller froze in eval mode inside a training model stays in eval mode after
     evaluate (a plain model.train(was_training) swept it back to training, so its running statistics
