@@ -4,8 +4,12 @@ Methods, all with the same epochs, optimizer, learning-rate schedule, batch orde
 (ERK, the same per-layer densities for every sparse method):
 - ``dense``: no connectome edits (density 1);
 - ``static``: a random sparse connectome that never changes;
-- ``set``: magnitude drop, random growth (Mocanu et al. 2018);
-- ``rigl``: magnitude drop, gradient growth (Evci et al. 2020), our controller;
+- ``set``: magnitude drop, random growth (Mocanu et al. 2018, as RigL's code has it: plain magnitude,
+  grown weights at 0.0);
+- ``rigl``: magnitude drop, gradient growth (Evci et al. 2020), our controller: growth by the mean
+  gradient since the last update (the controller's default window, not RigL's one batch at the update
+  step), a weight dropped at an update not regrown at it, ``round`` where RigL truncates the count
+  (docs/python_api.md, "Fidelity to the papers");
 - ``ours``: our best utility configuration, chosen among ``--candidates`` by accuracy on a held-out
   part of the TRAIN split (never on test), per density, with a seed not used for the final runs;
 - ``rigl-torch``: the PyPI package (an outside reference), with its per-layer densities set to the
