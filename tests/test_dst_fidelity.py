@@ -34,7 +34,7 @@ def _rigl_update(mask, weight, grad, frac):
 def test_rigl_masks_match_an_independent_reimplementation_with_the_update_steps_gradient():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     conn = adaptive.Connectome(model, ensemble="synapse")
     conn.attach(opt)
     every, end, alpha = 5, 40, 0.3
@@ -64,13 +64,15 @@ def test_rigl_masks_match_an_independent_reimplementation_with_the_update_steps_
             assert torch.equal(got, want), (t, n)
             grown = got & ~before[n].reshape(-1)
             assert torch.all(conn.params[n].detach().reshape(-1)[grown] == 0)  # grown weights start at 0.0
+            assert torch.all(opt.state[conn.params[n]]["momentum_buffer"].reshape(-1)[grown] == 0)  # moments reset
             updates += grown.any()
     assert updates >= 10
 
 
-def _rigl_erk_densities(shapes, density):
+def _rigl_erk_densities(shapes, density, include_kernel=True):
     """RigL's get_sparsities_erdos_renyi: epsilon solved over the sparse layers, the layer with the
-    largest raw density made dense while any would exceed 1, epsilon solved again."""
+    largest raw density made dense while any would exceed 1, epsilon solved again. Without the
+    kernel (RigL's erdos_renyi): (n_in + n_out) / (n_in * n_out)."""
     dense = set()
     while True:
         rhs, divisor, raw = 0.0, 0.0, {}
@@ -80,7 +82,7 @@ def _rigl_erk_densities(shapes, density):
                 rhs -= size * (1 - density)
                 continue
             rhs += size * density
-            raw[n] = sum(s) / size
+            raw[n] = sum(s) / size if include_kernel else (s[0] + s[1]) / (s[0] * s[1])
             divisor += raw[n] * size
         eps = rhs / divisor
         if not any(raw[n] * eps > 1 for n in raw):
@@ -88,15 +90,16 @@ def _rigl_erk_densities(shapes, density):
         dense.add(max(raw, key=raw.get))
 
 
+@pytest.mark.parametrize("budget", ["erk", "er"])
 @pytest.mark.parametrize("name,in_shape", [("resnet20", (3, 32, 32)), ("lenet5", (1, 28, 28))])
-def test_erk_counts_match_rigls_rule_for_layers_made_dense(name, in_shape):
+def test_erk_counts_match_rigls_rule_for_layers_made_dense(name, in_shape, budget):
     conn = adaptive.Connectome(build_model(name, num_classes=10, in_shape=in_shape))
     shapes = {n: tuple(l.out_in_shape) for n, l in conn.layers.items()}
     total = sum(int(np.prod(s)) for s in shapes.values())
     made_dense = 0
     for density in (0.02, 0.1, 0.3, 0.5, 0.8):
-        counts = get_budget("erk")(conn.layers, density)
-        ref = _rigl_erk_densities(shapes, density)
+        counts = get_budget(budget)(conn.layers, density)
+        ref = _rigl_erk_densities(shapes, density, include_kernel=budget == "erk")
         made_dense += sum(v == 1.0 for v in ref.values())
         assert sum(counts.values()) == round(density * total)
         for n, s in shapes.items():  # within the rounding to whole synapses of an exact total
@@ -123,3 +126,38 @@ def test_gmp_density_follows_zhu_and_gupta_at_every_update_and_ends_exact():
             assert abs((1 - conn.num_live() / total) - s_t) <= len(conn.names) / total, t
     for name in conn.names:
         assert int(conn.masks[name].sum()) == round((1 - s_f) * conn.layers[name].numel)
+
+
+def test_set_drops_by_plain_magnitude_and_grows_as_many_absent_at_random_at_zero():
+    # SET as RigL's code has it (not Mocanu et al.'s separate positive and negative fractions)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    conn = adaptive.Connectome(model, ensemble="synapse")
+    conn.attach(opt)
+    ctrl = adaptive.Controller(conn, policy="set", density=0.3, budget="erk", update_every=4, end_step=40,
+                               edit_fraction=0.3, seed=0)
+    x, y = torch.randn(16, 20), torch.randint(0, 10, (16,))
+    grown_total = 0
+    for t in range(1, 41):
+        F.cross_entropy(model(x), y).backward()
+        ctrl.observe()
+        opt.step()
+        opt.zero_grad()
+        before = {n: conn.masks[n].clone().reshape(-1) for n in conn.names}
+        weights = {n: conn.params[n].detach().clone().reshape(-1) for n in conn.names}
+        if ctrl.step() is None:
+            continue
+        frac = 0.3 * (1 + math.cos(math.pi * t / 40)) / 2
+        for n in conn.names:
+            m, got = before[n], conn.masks[n].reshape(-1)
+            k = int(round(frac * int(m.sum())))
+            drop = torch.topk(weights[n].abs().masked_fill(~m, math.inf), k, largest=False).indices
+            kept = m.clone()
+            kept[drop] = False
+            grown = got & ~kept
+            assert torch.equal(got & m, kept), (t, n)  # the k smallest |w| went, signs pooled
+            assert int(grown.sum()) == k and not bool(grown[drop].any())
+            assert torch.all(conn.params[n].detach().reshape(-1)[grown & ~m] == 0)
+            grown_total += k
+    assert grown_total > 20
