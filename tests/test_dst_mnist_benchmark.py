@@ -97,3 +97,38 @@ def test_the_table_names_the_repository_s_results_file_relative_to_it(tmp_path, 
                                       "--methods", "rigl", "--seeds", "0"])
     runpy.run_path(str(SCRIPT), run_name="__main__")
     assert "1 of them read back from runs/benchmarks/dst_mnist/results.jsonl, not rerun" in out.read_text()
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"shared MNIST absent at {MNIST} (always present on CI)")
+def test_rigl_at_w1_grows_by_the_update_steps_gradient_as_rigl_does(tmp_path, monkeypatch):
+    # the rigl row grows by the mean gradient since the last update (the controller's default window);
+    # rigl@w1 is RigL's own criterion, the gradient of the update step's batch alone
+    import json
+    import types
+
+    import torch
+
+    import adaptive
+
+    (tmp_path / "one.jsonl").write_text(json.dumps(
+        {"key": "e12-b100-lr0.1-wd0.0005-u100|rigl|None/None|0.02|0", "holdout_acc": 0.9, "test_acc": 0.95,
+         "seconds": 60.0}) + "\n")
+    # run as __main__ (a table from one finished run), as the tests above: its policies keep their origin
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--table_only", "--results", str(tmp_path / "one.jsonl"),
+                                      "--out", str(tmp_path / "table.md"), "--data-dir", str(MNIST.parent.parent)])
+    mod = runpy.run_path(str(SCRIPT), run_name="__main__")
+    seen = []
+    real = adaptive.Controller
+
+    def controller(*a, **k):
+        seen.append(k.get("window"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(adaptive, "Controller", controller)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 784, generator=g), torch.randint(0, 10, (200,), generator=g)
+    data = ((x, y), (x[:50], y[:50]), (x[:50], y[:50]))
+    args = types.SimpleNamespace(epochs=2, batch_size=100, lr=0.1, wd=5e-4, update_every=1)
+    for method in ("rigl", "rigl@w1"):
+        mod["train_run"](method, 0.1, 0, data, args)
+    assert seen == [None, 1]

@@ -4,8 +4,13 @@ Methods, all with the same epochs, optimizer, learning-rate schedule, batch orde
 (ERK, the same per-layer densities for every sparse method):
 - ``dense``: no connectome edits (density 1);
 - ``static``: a random sparse connectome that never changes;
-- ``set``: magnitude drop, random growth (Mocanu et al. 2018);
-- ``rigl``: magnitude drop, gradient growth (Evci et al. 2020), our controller;
+- ``set``: magnitude drop, random growth (Mocanu et al. 2018, as RigL's code has it: plain magnitude,
+  grown weights at 0.0);
+- ``rigl``: magnitude drop, gradient growth (Evci et al. 2020), our controller: growth by the mean
+  gradient since the last update (the controller's default window, not RigL's one batch at the update
+  step), a weight dropped at an update not regrown at it, ``round`` where RigL truncates the count
+  (docs/python_api.md, "Fidelity to the papers"); ``rigl@w1`` (not in the default methods) grows by
+  the update step's gradient alone, as RigL does;
 - ``ours``: our best utility configuration, chosen among ``--candidates`` by accuracy on a held-out
   part of the TRAIN split (never on test), per density, with a seed not used for the final runs;
 - ``rigl-torch``: the PyPI package (an outside reference), with its per-layer densities set to the
@@ -149,9 +154,9 @@ def train_run(method, density, seed, data, args, policy=None, estimator=None, wi
     elif method == "rigl-torch":
         rt = make_rigl_torch(model, opt, conn, density, end_step, args.update_every, seed)
     else:
-        every, frac = args.update_every, 0.3
+        every, frac, window = args.update_every, 0.3, None
         variant = ""
-        if "@" in method:  # a baseline with a schedule variant: rigl@u200
+        if "@" in method:  # a baseline with a schedule variant: rigl@u200, rigl@w1
             method, variant = method.split("@", 1)
         if method == "ours" and estimator and "@" in estimator:  # a schedule variant: consistency@u50+f0.5
             estimator, variant = estimator.split("@", 1)
@@ -161,10 +166,12 @@ def train_run(method, density, seed, data, args, policy=None, estimator=None, wi
                     every = int(item[1:])
                 elif item[0] == "f":
                     frac = float(item[1:])
+                elif item[0] == "w":  # the observation window: w1, growth by the update step's gradient (RigL's)
+                    window = int(item[1:])
         pol, est, frac = {"static": ("set", None, 0.0), "set": ("set", None, frac), "rigl": ("rigl", None, frac),
                           "ours": (policy, estimator, frac)}[method]
         ctrl = adaptive.Controller(conn, opt, policy=pol, estimator=est, density=density, budget="erk",
-                                   update_every=every, end_step=end_step, edit_fraction=frac,
+                                   update_every=every, end_step=end_step, edit_fraction=frac, window=window,
                                    batch_size=args.batch_size, seed=seed)
     g = torch.Generator().manual_seed(1000 + seed)  # the batch order depends on the seed only
     t0 = time.time()
@@ -238,7 +245,7 @@ def main(argv=None):
     ap.add_argument("--selection_seed", type=int, default=100, help="seed of the selection runs (not a final seed)")
     ap.add_argument("--methods", default="dense,static,set,rigl,ours,rigl-torch")
     ap.add_argument("--candidates", default=DEFAULT_CANDIDATES,
-                    help="policy/estimator pairs for 'ours'; estimator@u50+f0.5 also sets update_every and edit fraction")
+                    help="policy/estimator pairs for 'ours'; estimator@u50+f0.5+w1 also sets update_every, edit fraction and window")
     ap.add_argument("--data-dir", "--data_dir", dest="data_dir", type=data_dir_type)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--results", type=path_type(), default=str(HERE.parents[1] / "runs" / "benchmarks" / "dst_mnist" / "results.jsonl"),
@@ -328,7 +335,8 @@ def main(argv=None):
 def write_table(args, densities, methods, seeds, table, chosen, candidates, done, tag, rigl_torch_why, data, reused=()):
     names = {"dense": "dense (100%, same runs in every column; published 98.69)", "static": "static random sparse", "set": "SET", "rigl": "RigL",
              "ours": "ours (utility, chosen on holdout)", "rigl-torch": "rigl-torch (PyPI)",
-             "rigl@u200": "RigL, updates every 200 steps"}
+             "rigl@u200": "RigL, updates every 200 steps",
+             "rigl@w1": "RigL, growth by the update step's gradient alone (the paper's; window 1)"}
     if any("@u200" in est for _, est in chosen.values()):
         names["rigl@u200"] += " (the update interval ours chose; ours' other choices not given to it)"
     (xtr, _), (xho, _), (xte, _) = data

@@ -13,7 +13,8 @@ to ``--density`` of its conv and linear weights (all layers ranked together: the
 - one-shot magnitude: the global magnitude mask at step 0 (``--policy magnitude``), which the run
   checks to be the one ``torch.nn.utils.prune.global_unstructured`` with ``L1Unstructured`` builds,
   then fine-tuning of what remains: the outside reference, prune then fine-tune;
-- gmp: Zhu & Gupta's gradual magnitude pruning (cubic schedule until 75% of the run);
+- gmp: Zhu & Gupta's gradual magnitude pruning (cubic schedule until 75% of the run; the paper prunes
+  every layer to the same sparsity, here all layers are ranked together as in the other rows);
 - gmp/curvature: the same schedule, removal order by the curvature estimator's cost (OBD's F w^2/2);
 - threshold/curvature: prune and restore boundaries on measured cost and gain, paced to the density
   by 75% of the run, evenly (``pace=even``, the policy's default when these tables were measured)
