@@ -18,3 +18,14 @@ def test_contradictory_options_are_refused(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_the_compaction_timing_alternates_which_model_runs_first():
+    """Every repeat ran the masked model before the compacted one on the same batch, so the compacted one always
+    found the input and the allocator as the masked one left them: odd repeats now run the compacted one first."""
+    interleaved = runpy.run_path(str(SCRIPT))["_interleaved"]
+    calls = []
+    masked, small = (lambda x: calls.append("masked")), (lambda x: calls.append("compact"))
+    times = interleaved(masked, small, None, 3)
+    assert calls == ["masked", "compact", "masked", "compact", "compact", "masked", "masked", "compact"]
+    assert [len(t) for t in times.values()] == [3, 3]
