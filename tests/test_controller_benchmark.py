@@ -41,3 +41,25 @@ def test_the_timed_repeats_follow_an_untimed_warm_up(tmp_path, monkeypatch):
     assert len(rows) == 1, text
     assert float(rows[0][2]) < 0.4, rows  # train step (s): the 0.5 s first call is not in it
     assert "median of 1" in text and "plus a 4.0 B/synapse float cache while attached" in text
+
+
+def test_the_targets_line_says_whether_each_target_was_met(tmp_path, monkeypatch):
+    """The text stated the targets (observe <= 3% of a step, update <= 1 s) without saying whether the run met
+    them: a slow observe now reads MISSED, with the worst policy's figure."""
+    import adaptive
+
+    real = adaptive.Controller.observe
+
+    def slow_observe(self, *a, **kw):
+        time.sleep(0.2)
+        return real(self, *a, **kw)
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(adaptive.Controller, "observe", slow_observe)
+    monkeypatch.setattr(torchvision.models, "resnet50", lambda **kw: _SlowFirstCall())
+    out = tmp_path / "controller.md"
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--batch", "2", "--size", "16", "--repeats", "1", "--out", str(out)])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    text = out.read_text()
+    assert "observe <= 3% of a training step (MISSED: at most " in text, text
+    assert "update <= 1 s on 2 cores (met: at most " in text, text
