@@ -50,6 +50,16 @@ WRITE_MAX_EDGES = 10_000_000  # graphs.write of a larger graph (resnet50's synap
 
 
 def _rss_gb() -> float:
+    """This process's peak resident memory in GB since it started (or since :func:`_reset_peak`): Linux's VmHWM.
+    Not ``getrusage``'s ru_maxrss, which in a child started by fork and exec (every row here) is at least the
+    parent's resident memory at the fork, whatever the child itself uses; ru_maxrss only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e6  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
 
 
