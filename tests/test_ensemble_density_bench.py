@@ -27,3 +27,7 @@ def test_ensemble_density_runs_with_the_threads_given_and_its_command_says_how_m
     text = out.read_text()
     assert "Reproduce: `python recipes/benchmarks/ensemble_density.py --quick --threads 1`" in text
     assert "1 torch thread(s)" in text
+    # the committed results file has the table columns this run writes (the first table: the current one)
+    heads = [l for l in text.splitlines() if l.startswith("| policy |")]
+    committed = (SCRIPT.parent / "results" / "ensemble_density.md").read_text().splitlines()
+    assert heads and [l for l in committed if l.startswith("| policy |")][0] == heads[0], heads

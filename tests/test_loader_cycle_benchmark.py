@@ -34,3 +34,31 @@ def test_bad_options_are_refused(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_the_reference_step_is_timed_in_the_same_rounds_as_the_loaders(tmp_path, monkeypatch):
+    """The reference step was timed in rounds of its own before any loader, so 'added / step' divided a
+    per-round difference by a step measured at another time (another load on a shared machine): it is now
+    timed in every round, in the rotation with plain and LoaderCycle, and the ratio taken within each round."""
+    import torch.nn.functional as F
+
+    import adaptive.data.cycle as cycle
+
+    events = []
+    real_ce = F.cross_entropy
+
+    class Recorded(cycle.LoaderCycle):
+        def __next__(self):
+            events.append("cycle")
+            return super().__next__()
+
+    def ce(*a, **kw):
+        events.append("step")
+        return real_ce(*a, **kw)
+
+    monkeypatch.setattr(cycle, "LoaderCycle", Recorded)
+    monkeypatch.setattr(F, "cross_entropy", ce)
+    main = runpy.run_path(str(SCRIPT))["main"]
+    main(["--quick", "--rounds", "3", "--batches", "2", "--n", "256", "--batch", "64", "--out", str(tmp_path / "lc.md")])
+    first, last = events.index("cycle"), len(events) - 1 - events[::-1].index("cycle")
+    assert "step" in events[first:last], "no reference step timed between the loaders' rounds"

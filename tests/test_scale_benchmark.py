@@ -51,3 +51,22 @@ def test_the_curve_masks_timed_are_the_diagnostics_own_and_every_point_is_compar
     main = runpy.run_path(str(SCRIPT))["main"]
     with pytest.raises(AssertionError, match="curve masks: the new mask at [0-9]+ removed differs"):
         main(["--model", "tiny", "--size", "16", "--rounds", "1", "--points", "5", "--out", str(tmp_path / "s.md")])
+
+
+def test_each_pair_alternates_which_side_runs_first():
+    """Every round ran a pair's old side before its new one, so the new side always found the caches and the
+    freed memory of the same-sized work just done (the docstring said 'alternately'): odd rounds now run new first."""
+    import torch
+
+    interleaved = runpy.run_path(str(SCRIPT))["interleaved"]
+    calls = []
+
+    def side(name):
+        def run():
+            calls.append(name)
+            return torch.zeros(1)
+        return run
+
+    step_t, times = interleaved(lambda: calls.append("step"), {"pair": (side("old"), side("new"))}, 4)
+    assert calls == ["step", "old", "new", "step", "new", "old", "step", "old", "new", "step", "new", "old"]
+    assert len(step_t) == 4 and [len(t) for t in times["pair"]] == [4, 4]

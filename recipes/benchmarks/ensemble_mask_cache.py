@@ -1,8 +1,8 @@
 """What the connectome's ensemble-mask cache saves in a controller update: torchvision resnet50
 (about 25.5 million synapses) with block:4x4 and neuron ensembles, RigL at density 0.5.
 
-Three ways to run the same updates, side by side in one process (same seed, same gradient, so the
-same edits: the final masks' hashes are checked equal):
+Three ways to run the same updates, side by side in one process, the variants' order rotating every
+round (same seed, same gradient, so the same edits: every run's final masks' hashes are checked equal):
 - ``before``: no cache (``Connectome._ensemble_mask`` pools the layer's mask at every call, as
   ``ensemble_masks`` did) and every mask expanded from an ensemble mask checked again against its
   granularity's rule. Not the old code itself: it pooled every layer at each of the controller's
@@ -103,7 +103,7 @@ def run(ensemble, name, updates, batch, size):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--updates", type=int, default=4, help="updates timed per run (median)")
-    ap.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved")
+    ap.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved (the order rotating)")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, default=64, help="input side: the update's cost does not depend on it")
     ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "ensemble_mask_cache.md"))
@@ -114,14 +114,15 @@ def main():
     for ensemble in ["block:4x4", "neuron"]:
         times = {v: [] for v in VARIANTS}
         pools, hashes = {}, {}
-        for _ in range(args.rounds):
-            for v in VARIANTS:
+        for r in range(args.rounds):
+            for v in VARIANTS[r % len(VARIANTS):] + VARIANTS[:r % len(VARIANTS)]:  # the order rotates every round
                 t, p, h = run(ensemble, v, args.updates, args.batch, args.size)
                 times[v] += t
-                pools[v], hashes[v] = statistics.median(p), h
+                pools[v] = statistics.median(p)
+                hashes[f"{v}, round {r + 1}"] = h  # every run's: each round must reach the same masks
                 print(f"{ensemble:10s} {v:24s} update {statistics.median(t):.3f} CPU s, poolings/update {pools[v]:.0f}", flush=True)
         if len(set(hashes.values())) != 1:
-            raise SystemExit(f"{ensemble}: the variants reached different masks: {hashes}")
+            raise SystemExit(f"{ensemble}: the runs reached different masks: {hashes}")
         med = {v: statistics.median(times[v]) for v in VARIANTS}
         rows.append((ensemble, med, pools))
     lines = ["| ensemble | " + " | ".join(f"update, {v} (CPU s)" for v in VARIANTS) + " | before / cache | before / shipped "

@@ -50,6 +50,16 @@ WRITE_MAX_EDGES = 10_000_000  # graphs.write of a larger graph (resnet50's synap
 
 
 def _rss_gb() -> float:
+    """This process's peak resident memory in GB since it started (or since :func:`_reset_peak`): Linux's VmHWM.
+    Not ``getrusage``'s ru_maxrss, which in a child started by fork and exec (every row here) is at least the
+    parent's resident memory at the fork, whatever the child itself uses; ru_maxrss only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1e6  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
 
 
@@ -315,13 +325,15 @@ def vit_compaction_row(threads, batch, repeats, fraction) -> dict:
 
 
 def _interleaved(model, small, x, repeats) -> dict:
-    """Forward times of the masked and the compacted model, run alternately after a warm-up."""
+    """Forward times of the masked and the compacted model, run alternately after a warm-up, the masked
+    one first in even repeats and the compacted one first in odd ones (neither always on the other's caches)."""
     times = {"masked": [], "compact": []}
+    pair = (("masked", model), ("compact", small))
     with torch.inference_mode():
         for m in (model, small):  # warm-up
             m(x)
-        for _ in range(repeats):
-            for name, m in (("masked", model), ("compact", small)):
+        for r in range(repeats):
+            for name, m in pair if r % 2 == 0 else pair[::-1]:
                 t = time.perf_counter()
                 m(x)
                 times[name].append(time.perf_counter() - t)
@@ -392,7 +404,8 @@ def table(rows, comp, threads, cmdline, vit=(), contract=()) -> str:
             f"random); a dead unit's output is then a per-channel constant (BatchNorm shift after ReLU), which "
             f"compaction folds into its readers. A unit on the residual stream stays when a live summand shares "
             f"its channel. Forward pass of a batch of {c['batch']} 32x32 images, eval mode, median of "
-            f"{c['repeats']} interleaved runs (masked, compacted, masked, ...), {c['threads']} torch thread(s).",
+            f"{c['repeats']} interleaved runs (masked then compacted, then compacted then masked, ...), {c['threads']} "
+            "torch thread(s).",
             "",
             "`align`: compaction keeps a few removable units so every layer keeps a multiple of that many "
             "(`graphs.compact(..., align=8)`); some kernels prefer such widths (on this CPU it did not help). "

@@ -5,7 +5,8 @@ the held-out loss rejects the edit. Measures, side by side in one process, for a
 the synapses (half pruned, half grown, spread over every layer) with Adam attached:
 - bytes held by the old snapshot (a clone of every edited layer's whole mask, weight and Adam
   moments) and by the sparse one (adaptive.rollback.EditSnapshot: the plan's positions only);
-- time of snapshot + restore, old and new (the trial edit between them is not timed);
+- time of snapshot + restore, old and new, alternately (old first in even repeats, new first in
+  odd ones; the trial edit between them is not timed);
 - that both restores leave the bits (masks, weights, moments) as they were before the edit.
 The old path is reproduced here by ``_old_snapshot`` / ``_old_restore`` (the controller code before
 the sparse snapshot), for this comparison only.
@@ -104,7 +105,7 @@ def main():
         nbytes, after = {}, {}
         before = _bits(conn, opt)  # what a restore must give back, bit for bit
         for r in range(args.repeats):
-            for how in ("old", "new"):
+            for how in ("old", "new") if r % 2 == 0 else ("new", "old"):  # neither always on the other's caches
                 t0 = time.perf_counter()
                 saved = _old_snapshot(conn, plan) if how == "old" else EditSnapshot(conn, plan)
                 t1 = time.perf_counter()

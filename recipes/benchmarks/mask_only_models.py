@@ -68,7 +68,7 @@ def main(argv=None):
     head = ("| model | prunable weights | " + " | ".join(f"{t:g}: asked / removed" for t in TARGETS)
             + " | exact | changed surviving weights | wall s |")
     lines = [head, "|---|---:|" + "---:|" * len(TARGETS) + "---|---:|---:|"]
-    failed = 0
+    failed, wrong = 0, []  # wrong: a target missed or a surviving weight changed (the table's checks)
     for name in args.models:
         try:
             r = run(name)
@@ -79,6 +79,7 @@ def main(argv=None):
             print(lines[-1], flush=True)
             continue
         exact = all(a == b for a, b in r["targets"])
+        wrong += [name] if not exact or r["changed"] else []
         lines.append(f"| {name} | {r['synapses']:,} | " + " | ".join(f"{a:,} / {b:,}" for a, b in r["targets"])
                      + f" | {'yes' if exact else 'NO'} | {r['changed']} | {r['wall']:.1f} |")
         print(lines[-1], flush=True)
@@ -89,10 +90,12 @@ def main(argv=None):
             "too) whose bits differ from the model's as built.\n\n"
             f"Machine: {machine()}.\n\n"
             f"Reproduce: `{command('mask_only_models.py', Path(HERE).parents[1], argv)}`\n")
+    print(text)
     write_text(args.output, text)
     print(f"wrote {args.output}")
-    if failed:
-        raise SystemExit(f"{failed} model(s) failed")
+    if failed or wrong:
+        raise SystemExit(f"{failed} model(s) failed; {len(wrong)} missed a target or changed a surviving weight"
+                         + (f" ({', '.join(wrong)})" if wrong else ""))
 
 
 if __name__ == "__main__":

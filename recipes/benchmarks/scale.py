@@ -16,7 +16,8 @@ checked here bit for bit.
   since the last point (the library's ``diagnostics.knowledge._point_masks``, which the diagnostic
   runs); every point's mask is checked equal once, outside the timings.
 
-Times are medians of ``--rounds`` interleaved rounds (step, then each pair old/new alternately).
+Times are medians of ``--rounds`` interleaved rounds (step, then each pair, old first in even rounds
+and new first in odd ones).
 
     OMP_NUM_THREADS=1 python recipes/benchmarks/scale.py [--model resnet50] [--batch 2] [--size 64]
 """
@@ -95,6 +96,28 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
+def interleaved(step, pairs, rounds: int):
+    """``rounds`` rounds of: the training step, then every pair of ``pairs`` (name: (old, new)), old
+    first in even rounds and new first in odd ones, so that neither side always runs on the caches
+    and freed memory the other left; each pair's results checked equal. The step's seconds, and per
+    pair (old seconds, new seconds), in round order."""
+    step_t, times = [], {k: ([], []) for k in pairs}
+    for r in range(rounds):
+        step_t.append(timed(step)[0])
+        for k, (old, new) in pairs.items():
+            if r % 2 == 0:
+                t_old, r_old = timed(old)
+                t_new, r_new = timed(new)
+            else:
+                t_new, r_new = timed(new)
+                t_old, r_old = timed(old)
+            if not torch.equal(r_old, r_new):
+                raise AssertionError(f"{k}: the new result differs from the old one")
+            times[k][0].append(t_old)
+            times[k][1].append(t_new)
+    return step_t, times
+
+
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet50", help=f"a torchvision model name or {TINY!r}")
@@ -140,16 +163,7 @@ def main(argv=None):
                                                 lambda: last(_point_masks(live, order, counts))),
     }
     same_points(live, order, counts)  # every point, once, outside the timings (the rounds compare the last)
-    step_t, times = [], {k: ([], []) for k in pairs}
-    for _ in range(args.rounds):
-        step_t.append(timed(step)[0])
-        for k, (old, new) in pairs.items():
-            t_old, r_old = timed(old)
-            t_new, r_new = timed(new)
-            if not torch.equal(r_old, r_new):
-                raise AssertionError(f"{k}: the new result differs from the old one")
-            times[k][0].append(t_old)
-            times[k][1].append(t_new)
+    step_t, times = interleaved(step, pairs, args.rounds)
     s = statistics.median(step_t)
     lines = ["| operation | before (s) | now (s) | before / step | now / step | before / now |", "|---|---:|---:|---:|---:|---:|"]
     for k, (o, w) in times.items():

@@ -1,6 +1,7 @@
 """Selection cost: the k smallest (or largest) scores of a layer, before and after the fast paths.
 
-Side by side in one process, interleaved and repeated (the best of ``--repeats``):
+Side by side in one process, interleaved (the order rotating every round) and repeated (the best of
+``--repeats``):
 - ``_smallest_k`` (what ``lowest``/``highest`` run per layer at every update) against the old
   implementation (a full stable float argsort up to 2**20 entries, a topk or a sampled bracket
   above) and against that full stable argsort, for layer sizes and fractions k/n, ordered (a line
@@ -92,11 +93,13 @@ def use(impl):
 
 
 def best(fns, repeats):
-    """Best time of each of ``fns`` (called interleaved, ``repeats`` rounds) and their last results."""
+    """Best time of each of ``fns`` (called interleaved, ``repeats`` rounds, the order rotating every round so
+    that none always runs on the caches and freed memory of another) and their last results."""
     t = [float("inf")] * len(fns)
     out = [None] * len(fns)
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
+    for r in range(repeats):
+        for i in [(r + j) % len(fns) for j in range(len(fns))]:
+            f = fns[i]
             t0 = time.perf_counter()
             out[i] = f()
             t[i] = min(t[i], time.perf_counter() - t0)
@@ -177,8 +180,8 @@ def controller_rows(repeats):
         for budget in ["erk", "global"]:
             ti, tu = {"old": [], "new": []}, {"old": [], "new": []}
             res = {}
-            for _ in range(repeats):
-                for label, impl in [("old", OLD), ("new", NEW)]:
+            for r in range(repeats):
+                for label, impl in [("old", OLD), ("new", NEW)][::1 if r % 2 == 0 else -1]:  # alternating
                     a, b, im, um, syn = controller_case(build, budget, impl)
                     ti[label].append(a)
                     tu[label].append(b)

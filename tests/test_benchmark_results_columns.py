@@ -1,0 +1,67 @@
+"""The speed and memory benchmarks' results files carry the columns their scripts write now: each script is
+run on tiny settings (a tiny model standing in for resnet50 where it needs one) and its tables' header rows
+compared with the committed file's (the figures are not: they come from the full run on another machine)."""
+import runpy
+import sys
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import adaptive.paths as paths
+
+BENCH = paths.REPO_ROOT / "recipes" / "benchmarks"
+
+
+def _headers(text: str) -> list:
+    """The column names of every Markdown table in ``text`` (a header row is the one above a --- row)."""
+    lines = text.splitlines()
+    return [[c.strip() for c in head.strip().strip("|").split("|")]
+            for head, rule in zip(lines, lines[1:])
+            if head.startswith("|") and rule.startswith("|") and set(rule.strip()) <= set("|-: ")]
+
+
+def _tiny(**kw):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 1000))
+
+
+TINY_RUNS = {  # results file: the script and its tiny options (--out added)
+    "scale.md": ("scale.py", ["--model", "tiny", "--size", "16", "--rounds", "1", "--points", "5"]),
+    "loader_cycle.md": ("loader_cycle.py", ["--quick", "--rounds", "1", "--batches", "2", "--n", "256", "--batch", "64"]),
+    "controller.md": ("controller.py", ["--batch", "2", "--size", "16", "--repeats", "1"]),
+    "ensemble_mask_cache.md": ("ensemble_mask_cache.py", ["--updates", "1", "--rounds", "1", "--size", "8"]),
+    "line_search_rollback.md": ("line_search_rollback.py", ["--repeats", "1", "--fraction", "0.2"]),
+}
+
+
+@pytest.mark.parametrize("results", sorted(TINY_RUNS))
+def test_the_results_file_has_the_columns_its_script_writes(results, tmp_path, monkeypatch):
+    script, options = TINY_RUNS[results]
+    out = tmp_path / results
+    monkeypatch.setattr(torchvision.models, "resnet50", _tiny)
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), *options, "--out", str(out)])
+    runpy.run_path(str(BENCH / script), run_name="__main__")
+    written = _headers(out.read_text())
+    assert written and _headers((BENCH / "results" / results).read_text()) == written, written
+
+
+def test_the_overhead_results_file_has_the_columns_overhead_py_writes():
+    """overhead.md's two tables, as fmt_table writes them (from one made-up case: the columns only)."""
+    ns = runpy.run_path(str(BENCH / "overhead.py"))
+    row = dict(ms=1.0, ratio=1.0, q1=1.0, q3=1.0, wall_ratio=1.0, bytes=6.0, density=0.5)
+    case = {"label": "m", "batch": 1, "shape": (1, 2, 2), "synapses": 4, "plain_ms": 1.0, "plain_wall_ms": 1.0,
+            "rows": {"ours": row}, "hooks": {n: dict(ms=0.1, bytes=6.0) for n in ns["HOOK_VARIANTS"]}}
+    written = _headers(ns["fmt_table"]([case], 1.03))
+    assert _headers((BENCH / "results" / "overhead.md").read_text()) == written, written
+
+
+def test_the_band_scaling_ddp_results_file_has_the_columns_its_script_writes():
+    """band_scaling_ddp.md's two tables, as fmt_table writes them (from one made-up case: the columns only)."""
+    ns = runpy.run_path(str(BENCH / "band_scaling_ddp.py"))
+    row = dict(times=[0.01, 0.01], ms=10.0, ratio=1.0, q1=1.0, q3=1.0, added_ms=0.0, agree=True)
+    case = {"label": "m", "batch": 1, "shape": (1, 2, 2), "layers": 2, "hooked": 1, "bands": 3, "params": 4,
+            "allreduce_s": 1e-4, "plain_ms": 10.0, "rows": {v: dict(row) for v in ns["VARIANTS"][1:]}}
+    written = _headers(ns["fmt_table"]([case]))
+    assert _headers((BENCH / "results" / "band_scaling_ddp.md").read_text()) == written, written
