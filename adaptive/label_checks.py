@@ -82,8 +82,31 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
     classes (the ignored label, -100 by default, aside); for cross-entropy, float targets not of the
     output's shape (class probabilities); for NLL, float targets at all; for the element-wise losses, targets not of the output's shape. Nothing for other
     losses, or where ``out`` or ``y`` is no tensor. Reads ``y`` on the host once (its largest and smallest label)."""
-    if not (torch.is_tensor(out) and torch.is_tensor(y)) or out.dim() == 0:
+    ignore = _labels_to_range_check(out, y, loss_fn, what)
+    if ignore is _NO_RANGE:
         return
+    # the smallest and largest scored label in one read from the device (a boolean index would be a second)
+    labels = y.reshape(-1).long()
+    if labels.numel() == 0:
+        return
+    scored = labels != ignore if ignore is not None else torch.ones_like(labels, dtype=torch.bool)
+    big = torch.iinfo(torch.int64)
+    any_scored, low, high = (int(v) for v in torch.stack([
+        scored.any().long(), torch.where(scored, labels, big.max).min(), torch.where(scored, labels, big.min).max()]).tolist())
+    if not any_scored:
+        return
+    refuse_labels_outside(low, high, tuple(out.shape), loss_fn)
+
+
+_NO_RANGE = object()  # what _labels_to_range_check returns where no label range is to be checked
+
+
+def _labels_to_range_check(out, y, loss_fn, what: str):
+    """The checks of :func:`refuse_mismatched_targets` that read nothing on the host (shapes and types),
+    raising as it does; then the label a class loss ignores (None: none) where ``y``'s labels are class
+    indices whose range is still to be checked, else :data:`_NO_RANGE`."""
+    if not (torch.is_tensor(out) and torch.is_tensor(y)) or out.dim() == 0:
+        return _NO_RANGE
     kind, ignore = _kind(loss_fn)
     shape_o, shape_y = tuple(out.shape), tuple(y.shape)
     if kind == "elementwise":
@@ -95,9 +118,9 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
             raise ValueError(
                 f"{what} compares the model's output with targets of the same shape, but the output is {shape_o} and "
                 f"the targets {shape_y} (torch would broadcast them, or fail): {fix}")
-        return
+        return _NO_RANGE
     if kind != "class" or out.dim() < 2:
-        return
+        return _NO_RANGE
     classes = shape_o[1]
     if y.is_floating_point() and _is_nll(loss_fn):  # NLL takes class indices only: no probabilities
         raise ValueError(
@@ -112,9 +135,9 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
                 f"gives {shape_o} ({classes} classes on axis 1) and the targets are {shape_y}: for class labels give "
                 f"integer class indices of shape {(shape_o[0],) + shape_o[2:]}; for a regression pass its loss "
                 f"(loss_fn=F.mse_loss) and a model with {_per_example(shape_y)} outputs per example")
-        return
+        return _NO_RANGE
     if y.is_complex() or y.dtype == torch.bool:
-        return
+        return _NO_RANGE
     wanted = (shape_o[0],) + shape_o[2:]
     if shape_y != wanted:
         raise ValueError(
@@ -127,16 +150,14 @@ def refuse_mismatched_targets(out, y, loss_fn, what: str = "loss_fn") -> None:
             f"{what} takes class indices as int64 (torch.long), but the targets are {str(y.dtype).replace('torch.', '')}"
             f" {shape_y} (torch refuses them deep inside the loss): give int64 labels, y.long() (in the dataset, a "
             f"target_transform or the DataLoader's collate_fn)")
-    # the smallest and largest scored label in one read from the device (a boolean index would be a second)
-    labels = y.reshape(-1).long()
-    if labels.numel() == 0:
-        return
-    scored = labels != ignore if ignore is not None else torch.ones_like(labels, dtype=torch.bool)
-    big = torch.iinfo(torch.int64)
-    any_scored, low, high = (int(v) for v in torch.stack([
-        scored.any().long(), torch.where(scored, labels, big.max).min(), torch.where(scored, labels, big.min).max()]).tolist())
-    if not any_scored:
-        return
+    return ignore
+
+
+def refuse_labels_outside(low: int, high: int, shape_o: tuple, loss_fn) -> None:
+    """ValueError naming the labels outside ``0..C-1`` and the fix, where a batch's smallest and largest scored label
+    (the ignored one aside), ``low`` and ``high``, do not fit an output of shape ``shape_o`` (C classes on axis 1)
+    for the class loss ``loss_fn``; nothing where they fit."""
+    classes, ignore = shape_o[1], _kind(loss_fn)[1]
     if high >= classes:
         raise ValueError(
             f"the model gives {classes} classes (output {shape_o}, class axis 1), but this batch's labels go up to {high}: labels "
@@ -162,6 +183,34 @@ def refuse_batch_targets(out, y, loss_fn, where: str) -> None:
     except ValueError as e:
         e.add_note(f"adaptive: found in {where}")
         raise
+
+
+def guarded_batch_targets(out, y, loss_fn, where: str):
+    """``(targets, found)`` for one batch of a loop that must read nothing on the host per batch (a GPU would wait on
+    every read), before ``loss_fn`` is called on it: the checks of :func:`refuse_mismatched_targets` that read nothing
+    (shapes, types) raise here, ``where`` (which batch) in a note. Class indices' range is checked on the device
+    instead: ``found`` is a 1-d int64 tensor on ``y``'s device, ``[outside, low, high]`` (whether any scored label lies
+    outside ``0..C-1``, the smallest and largest scored label), for the loop to read with its other sums and refuse with
+    :func:`refuse_labels_outside` before it acts on the batch; ``targets`` is ``y`` with those labels replaced by the
+    ignored one (0 for uint8 labels, which cannot hold it), so that torch's loss, called on them, neither fails nor, on
+    a GPU, stops at a device-side assert (which leaves the CUDA context unusable). The other labels are ``y``'s, so
+    the loss of a batch whose labels fit is the same. ``(y, None)`` where no range is to be checked."""
+    name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+    try:
+        ignore = _labels_to_range_check(out, y, loss_fn, f"loss_fn {name}")
+    except ValueError as e:
+        e.add_note(f"adaptive: found in {where}")
+        raise
+    if ignore is _NO_RANGE or y.numel() == 0:
+        return y, None
+    labels = y.long()
+    scored = labels != ignore if ignore is not None else torch.ones_like(labels, dtype=torch.bool)
+    outside = scored & ((labels < 0) | (labels >= out.shape[1]))
+    big = torch.iinfo(torch.int64)
+    found = torch.stack([outside.any().long(), torch.where(scored, labels, big.max).min(),
+                         torch.where(scored, labels, big.min).max()])
+    fill = ignore if ignore is not None and y.dtype == torch.int64 else 0
+    return torch.where(outside, fill, y), found
 
 
 def _per_example(shape) -> int:

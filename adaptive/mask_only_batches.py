@@ -11,7 +11,7 @@ import torch
 from .distributed import agreed_call
 from .mask_only_best import _better, _criterion
 from .mask_only_data import _to_device, example_shapes, input_shapes, refuse_repeated_verify_batches
-from .label_checks import refuse_batch_targets
+from .label_checks import guarded_batch_targets
 from .mask_only_eval import _logits
 from .mask_only_result import Snapshot
 from .mask_only_window import _Window
@@ -20,6 +20,9 @@ from .metrics import batch_sums, call_model, takes_reduction
 # what a refusal of the first training batch says of the processes whose own first batch passed
 _OWN_BATCHES = ("each process checked only its own first training batch (its shard of the data), so the same problem "
                 "may lie in theirs later: fix it as said, in all the data")
+# what a refusal of the labels of a window says of the processes whose own batches of the window passed
+_OWN_WINDOW = ("each process checked only the labels of its own training batches (its shard of the data), so the same "
+               "problem may lie in theirs later: fix it as said, in all the data")
 
 
 class StageBatchesMixin:
@@ -46,8 +49,10 @@ class StageBatchesMixin:
         if self.reduction is None:  # the loss checked on this batch before any backward pass
             with torch.no_grad():  # (each process's own first batch: a refusal on one stops every process)
                 self.reduction = agreed_call(lambda: takes_reduction(s.loss_fn, out.detach(), y), passed_why=_OWN_BATCHES)
-        else:  # every batch's labels, before the loss (the first's were checked just above)
-            refuse_batch_targets(out, y, s.loss_fn, f"training batch {self.step + 1} of the run (stage {st.label})")
+        else:  # every later batch's labels, before the loss, on the device (the first's were checked just above):
+            # a label outside the head is made the ignored one here and refused at the window's update, before it edits
+            y, found = guarded_batch_targets(out, y, s.loss_fn, f"training batch {self.step + 1} of the run (stage {st.label})")
+            self.window.add_labels(found, self.step + 1, tuple(out.shape))
         loss = s.loss_fn(out, y)
         loss.backward()
         ctrl.observe()
@@ -59,6 +64,7 @@ class StageBatchesMixin:
         self.window.add(loss, units, acc, y)
         self.step += 1
         if ctrl.due(ctrl.step_count + 1):
+            self._refuse_window_labels(st)
             self._before_update(st)
         # the connectome the window's batches ran through (read where the update comes)
         window_removed = self.total - conn.num_live() if ctrl.due(ctrl.step_count + 1) else None
@@ -90,6 +96,15 @@ class StageBatchesMixin:
                     "error above is not about their shape: look in this batch's data and the model's code it reaches")
         return (f"{where}, having run on the held-out batches: where these inputs are of another shape (image size, "
                 "channels, features) than the holdout loader's, give the train loader inputs of the shape the model takes")
+
+    def _refuse_window_labels(self, st) -> None:
+        """At the update that ends a window of stage ``st``, before it edits anything: the window's sums read (in the one
+        transfer the update's record uses) and a class label outside the model's head in any of its batches refused,
+        as a check of that batch would (:meth:`adaptive.mask_only_window._Window.refuse_labels`: the first such batch
+        named), on every process together. Its batches' loss ignored those labels (no device-side assert)."""
+        window, loss_fn = self.window, self.s.loss_fn
+        agreed_call(lambda: window.refuse_labels(loss_fn, lambda b: f"training batch {b} of the run (stage {st.label})"),
+                    passed_why=_OWN_WINDOW)
 
     def _before_update(self, st) -> None:
         """Before the update that ends a window of stage ``st``: the edit limit (and an estimator's step)

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adaptive.label_checks import refuse_mismatched_targets
+from adaptive.label_checks import guarded_batch_targets, refuse_labels_outside, refuse_mismatched_targets
 from adaptive.metrics import takes_reduction
+from _syncs import count_syncs
 
 
 def test_labels_beyond_the_heads_classes_name_both_counts_and_the_fix():
@@ -89,11 +90,12 @@ def test_a_loss_module_subclass_with_its_own_forward_is_the_callers_to_check():
         refuse_mismatched_targets(out, torch.tensor([0, 3, 99, 7]), WeightedCE())
 
 
-@pytest.mark.parametrize("where", ["train", "holdout"])
+@pytest.mark.parametrize("where", ["train", "later", "holdout"])
 def test_a_label_refused_on_one_process_stops_every_process_with_the_same_error(tmp_path, where):
-    """Two plain processes (a gloo group of their own, no launcher): only process 1's first training batch (or held-out batch)
-    holds a label beyond the head. That process alone refused it while process 0 went on into its next
-    collective and waited there; now both raise one ValueError naming the process and the problem."""
+    """Two plain processes (a gloo group of their own, no launcher): only process 1's first training batch (its second,
+    or a held-out batch) holds a label beyond the head. That process alone refused it while process 0 went on into its
+    next collective and waited there; now both raise one ValueError naming the process and the problem (a later
+    training batch's labels, checked on the device, at the update of its window, agreed by both processes)."""
     import os
     import sys
 
@@ -107,6 +109,9 @@ def test_a_label_refused_on_one_process_stops_every_process_with_the_same_error(
         assert "process 0 of 2 found no such problem" in rec["message"], got
     if where == "train":
         assert "its own first training batch" in got[0]["message"]
+    if where == "later":
+        assert "its own training batches" in got[0]["message"], got
+        assert all("adaptive: found in training batch 2 of the run (stage 0.5)" in r["notes"] for r in got), got
 
 
 def test_nll_float_targets_are_no_class_probabilities():
@@ -177,3 +182,32 @@ def test_class_indices_of_a_type_torchs_losses_refuse_are_named_with_the_fix():
     with pytest.raises(ValueError, match=r"targets are int32 \(8,\).*y\.long\(\)"):
         optimize_connectome(model, dl, dl, target=0.5, progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_batchs_labels_checked_on_the_device_read_nothing_and_reach_the_loss_as_the_ignored_label():
+    """guarded_batch_targets (mask-only's later training batches): no read on the host; labels outside 0..C-1 (the
+    ignored one aside) given back as the ignored label (0 for uint8, which cannot hold -100), the others unchanged,
+    with [outside, smallest, largest] scored label on the device, which refuse_labels_outside turns into the error
+    refuse_mismatched_targets raises for the batch. Shapes and types are still refused at once, naming the batch."""
+    out = torch.zeros(4, 10)
+    cases = [(torch.tensor([0, 12, 9, -100]), F.cross_entropy, [0, -100, 9, -100], [1, 0, 12]),
+             (torch.tensor([0, -3, 9, -1]), functools.partial(F.cross_entropy, ignore_index=-1), [0, -1, 9, -1], [1, -3, 9]),
+             (torch.tensor([200, 3, 9, 1], dtype=torch.uint8), nn.NLLLoss(), [0, 3, 9, 1], [1, 1, 200]),
+             (torch.tensor([4, 3, 9, -100]), F.cross_entropy, [4, 3, 9, -100], [0, 3, 9])]
+    for y, loss, targets, found in cases:
+        with count_syncs() as s:
+            got, f = guarded_batch_targets(out, y, loss, "batch 2")
+        assert s.count == 0 and got.dtype == y.dtype and got.tolist() == targets and f.tolist() == found
+        loss(out, got)  # no error from torch's loss
+        if found[0]:
+            with pytest.raises(ValueError) as mine:
+                refuse_labels_outside(found[1], found[2], tuple(out.shape), loss)
+            with pytest.raises(ValueError) as theirs:
+                refuse_mismatched_targets(out, y, loss)
+            assert str(mine.value) == str(theirs.value)
+        else:
+            refuse_labels_outside(found[1], found[2], tuple(out.shape), loss)
+    assert guarded_batch_targets(out, torch.zeros(4, 10), F.mse_loss, "batch 2")[1] is None
+    with pytest.raises(ValueError, match=r"targets are \(4, 3\)") as e:
+        guarded_batch_targets(out, torch.zeros(4, 3, dtype=torch.long), F.cross_entropy, "batch 2")
+    assert e.value.__notes__ == ["adaptive: found in batch 2"]

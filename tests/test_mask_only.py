@@ -1419,6 +1419,34 @@ def test_labels_beyond_the_head_in_a_later_batch_are_refused_by_name_with_the_we
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_label_beyond_the_head_in_a_later_training_batch_is_refused_before_its_window_is_edited(monkeypatch):
+    """A later training batch's labels are checked on the device (a read on the host per batch would stall a GPU:
+    tests/test_syncs.py), and read with the window's sums at its update: a label beyond the head (12, in batch 3 of
+    windows of 2 batches) is given to the loss as the ignored label, so torch's loss never sees it (on a GPU a
+    device-side assert), and refused at the update of batch 3's window before that update runs (the controller's
+    step, its edits): the first window's update ran, the second's not. The refusal names both class counts, the
+    fix and batch 3 (not 4, the batch of the update), and the original weights are given back."""
+    model, bad = _labels_beyond_the_head_after_the_first_batch()
+    _, good = _mlp_and_labels(10)
+    before = copy.deepcopy(model.state_dict())
+    seen, advanced = [], []
+    loss_fn = nn.CrossEntropyLoss()
+    loss_fn.register_forward_pre_hook(lambda m, args: seen.append(args[1].clone()))
+    advance = Controller._advance
+
+    def counted(self):
+        advanced.append(self.step_count + 1)
+        return advance(self)
+
+    monkeypatch.setattr(Controller, "_advance", counted)
+    with pytest.raises(ValueError, match=r"model gives 10 classes.*labels go up to 12.*num_classes=13") as e:
+        optimize_connectome(model, bad, good, target=0.5, passes=1.0, window=2, loss_fn=loss_fn, progress=False)
+    assert "adaptive: found in training batch 3 of the run (stage 0.5)" in e.value.__notes__, e.value.__notes__
+    assert advanced == [1, 2, 3], advanced  # the update at 2 ran; the one at 4, ending batch 3's window, did not
+    assert all(int(t.max()) < 10 for t in seen) and any(bool((t == -100).any()) for t in seen)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.parametrize("where", ["holdout", "train"])
 def test_inputs_the_model_cannot_take_are_named_with_their_shape(where):
     """A loader of inputs of another shape than the model takes (6 features for a model of 8) failed with torch's

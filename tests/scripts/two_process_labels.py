@@ -1,7 +1,8 @@
 """Run as ``python two_process_labels.py OUT RANK WHERE``, two at once (rank 0 and 1; started by
 tests/test_label_checks.py through tests/_ports.run_two_ranks): a gloo process group on the CPU with a
 short timeout, then optimize_connectome where only process 1's data holds a label beyond the model's
-head, in its first training batch (WHERE=train) or in its held-out batch (WHERE=holdout). Writes
+head, in its first training batch (WHERE=train), in its second (WHERE=later: checked on the device, refused at
+the window's update) or in its held-out batch (WHERE=holdout). Writes
 ``rank{N}.json`` into OUT with what the process raised."""
 import datetime
 import json
@@ -14,18 +15,18 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def _loader(bad: bool):
+def _loader(bad: bool, at: int = 0):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 4, generator=g)
     y = torch.randint(0, 3, (16,), generator=g)
     if bad:
-        y[0] = 7  # the head gives 3 classes
+        y[at] = 7  # the head gives 3 classes
     return DataLoader(TensorDataset(x, y), batch_size=8)
 
 
 def run(rank: int, folder: str, where: str) -> None:
-    """Process ``rank`` of 2: the bad label (on process 1 only) in the train loader or the holdout
-    (``where``); writes ``rank<r>.json`` with the error's type and message."""
+    """Process ``rank`` of 2: the bad label (on process 1 only) in the train loader's first or second batch or the
+    holdout (``where``); writes ``rank<r>.json`` with the error's type and message."""
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     from adaptive.mask_only import optimize_connectome
@@ -36,7 +37,8 @@ def run(rank: int, folder: str, where: str) -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     bad = rank == 1
-    train, holdout = (_loader(bad), _loader(False)) if where == "train" else (_loader(False), _loader(bad))
+    train, holdout = {"train": (_loader(bad), _loader(False)), "later": (_loader(bad, at=8), _loader(False)),
+                      "holdout": (_loader(False), _loader(bad))}[where]
     record = {"error": None}
     try:
         optimize_connectome(model, train, holdout, 0.5, passes=1.0, progress=False)
