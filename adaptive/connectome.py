@@ -139,6 +139,7 @@ class Connectome(ConnectomeQueriesMixin, ConnectomeEditsMixin, ConnectomeMasking
         if mode == "mask_only":
             self.original = {n: p.detach().clone() for n, p in self.params.items()}
         self._optimizers: List[weakref.ref] = []
+        self._wrappers: List[weakref.ref] = []  # the wrappers (Accelerate's) attach() was given around them
         self._handles: list = []
         self._observers: List[Callable[[], None]] = []
         self._controllers: List[weakref.ref] = []  # controllers built on this connectome (Controller adds itself)

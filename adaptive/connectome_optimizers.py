@@ -40,6 +40,9 @@ class ConnectomeOptimizersMixin:
         :func:`adaptive.optim_state.register_zero_preserving`). Moments at pruned positions are
         reset now and at every later mask change."""
         opt = self._check_optimizer(optimizer)
+        if optimizer is not opt and not any(r() is optimizer for r in self._wrappers):
+            # Accelerate's wrapper: it decides when the inner optimizer steps (see Controller.observe)
+            self._wrappers.append(weakref.ref(optimizer))
         if any(r() is opt for r in self._optimizers):
             return self
         self._take_over()
@@ -92,6 +95,7 @@ class ConnectomeOptimizersMixin:
         self._handles.clear()
         self._masker.remove()
         self._optimizers.clear()
+        self._wrappers.clear()
         for key in [k for k, (_, c) in _MASKED_BY.items() if c() is self]:
             del _MASKED_BY[key]
         unattached.registry_changed()

@@ -29,7 +29,7 @@ class ConnectomeStateMixin:
         """A pickled or deep-copied connectome is detached: optimizer hooks, observers and edit
         listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
         state = self.__dict__.copy()
-        state.update(_optimizers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None, _ens_cache={},
+        state.update(_optimizers=[], _wrappers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None, _ens_cache={},
                      _versions=None, _found_inf=None, _holders=None, _links=None)
         state.pop("_repair_pending", None)
         state.pop("_masker", None)
@@ -37,7 +37,7 @@ class ConnectomeStateMixin:
 
     def __setstate__(self, state: dict) -> None:
         state = {"_observer_active": [None] * len(state.get("_observers", [])), "_gen": 0, "_static_gen": 0, "_mask_in_backward": True,
-                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_ens_cache": {}, "_controllers": [], "_stopped": [], "_built_wrapped": False, **state, "_repair_pending": weakref.WeakSet()}
+                 "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_ens_cache": {}, "_controllers": [], "_stopped": [], "_wrappers": [], "_built_wrapped": False, **state, "_repair_pending": weakref.WeakSet()}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
 

@@ -469,7 +469,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         opt = unwrap_optimizer(optimizer)
         if opt is self.optimizer and self._hook is not None:
             return self
-        self.conn.attach(opt)
+        self.conn.attach(optimizer)  # (the wrapper given: Accelerate's skips the steps of an accumulated batch)
         for ref in list(self.conn._controllers):
             other = ref()
             if other is not None and other is not self and other.optimizer is not None:
@@ -787,10 +787,17 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         """An explicit observe()/step() in train mode on a batch Accelerate accumulates without an
         optimizer step (its ``GradientState``: ``gradient_accumulation_steps`` > 1, ``sync_gradients``
         False) is refused: the step is the group's, its gradient whole only at the group's last batch.
-        Without Accelerate imported, or in mask_only mode (no optimizer, no accumulation), nothing is
-        checked."""
-        mod = sys.modules.get("accelerate.state")
-        if mod is None or self.conn.mode != "train" or not getattr(mod.GradientState, "_shared_state", None):
+        Checked only where the connectome was attached through an optimizer Accelerate prepared (which
+        then skips the step): a plain optimizer steps at every batch, whatever a GradientState left by
+        an earlier Accelerator says. Without Accelerate imported, or in mask_only mode (no optimizer, no
+        accumulation), nothing is checked."""
+        mod, opt_mod = sys.modules.get("accelerate.state"), sys.modules.get("accelerate.optimizer")
+        if mod is None or opt_mod is None or self.conn.mode != "train" \
+                or not getattr(mod.GradientState, "_shared_state", None):
+            return
+        inner = [o for o in (r() for r in self.conn._optimizers) if o is not None]
+        if not any(isinstance(w, opt_mod.AcceleratedOptimizer) and any(unwrap_optimizer(w) is o for o in inner)
+                   for w in (r() for r in getattr(self.conn, "_wrappers", ()))):
             return
         gs = mod.GradientState()
         k = int(gs.num_steps)

@@ -264,14 +264,19 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
     return loss_sum / n, correct / n, n
 
 
-def _ends_mid_group(accelerator, loader, k: int) -> bool:
-    """Whether ``loader``'s batches, after the ones Accelerate has counted in the open group, end
-    inside a group of ``k`` (a loader of no length: taken as they may)."""
+def _ends_mid_group(accelerator, loader, k: int, steps_left: Optional[int] = None) -> bool:
+    """Whether the batches this epoch takes from ``loader``, after the ones Accelerate has counted in
+    the open group, end inside a group of ``k`` (a loader of no length: taken as they may). With
+    ``steps_left`` (``max_steps`` less the steps taken) the epoch stops after that many whole groups
+    if the loader holds more batches: at a group's end."""
     try:
         n = len(loader)
     except TypeError:
         return True
-    return (int(getattr(accelerator, "step", 0) or 0) + n) % k != 0
+    counted = int(getattr(accelerator, "step", 0) or 0)
+    if steps_left is not None:
+        n = min(n, max(0, steps_left * k - counted % k))
+    return (counted + n) % k != 0
 
 
 def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *, lr_scheduler=None,
@@ -337,7 +342,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                             f"it ends; over this {type(loader).__name__} an epoch whose batches are no multiple of {k} "
                             "would leave its last batches' gradient for the next epoch's first step: pass the prepared "
                             "loader")
-        if not getattr(accelerator.gradient_state, "sync_with_dataloader", True) and _ends_mid_group(accelerator, loader, k):
+        if not getattr(accelerator.gradient_state, "sync_with_dataloader", True) and _ends_mid_group(
+                accelerator, loader, k, None if max_steps is None else max_steps - state.step):
             raise ValueError(f"train_one_epoch with gradient_accumulation_steps {k} steps at the loader's end too, but this "
                              "accelerator's GradientAccumulationPlugin has sync_with_dataloader=False, and this epoch's "
                              f"batches end inside a group of {k}: its last batches' gradient would stay in .grad for the "

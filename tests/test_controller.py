@@ -1025,6 +1025,62 @@ def test_an_explicit_observe_or_step_on_an_accumulated_batch_without_a_step_is_r
     assert hashes[0] == hashes[1]
 
 
+def test_a_gradient_state_left_mid_group_by_an_earlier_accelerator_refuses_no_plain_loop():
+    """Accelerate's GradientState is one per process: a K=2 loop stopped mid-group (an exception, a
+    KeyboardInterrupt) leaves it saying gradient_accumulation_steps 2, sync_gradients False after its
+    Accelerator is gone. A later loop with a plain optimizer, which steps at every batch, drives its
+    controller by hand as it must: nothing refuses it (it did, naming accumulation it does not use), and
+    it edits as the same loop in a fresh process does. Attached through the prepared optimizer of a
+    live K=2 Accelerator (here by Controller(conn, prepared) then ctrl.detach()), a mid-group call is
+    still refused."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    def plain_loop():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        conn = adaptive.Connectome(model)
+        conn.attach(opt)
+        ctrl = adaptive.Controller(conn, policy="utility", estimator="taylor", density=0.5, update_every=2)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            F.cross_entropy(model(torch.randn(8, 10, generator=g)), torch.randint(0, 3, (8,), generator=g)).backward()
+            ctrl.observe()
+            opt.step()
+            ctrl.step()
+            opt.zero_grad()
+        assert ctrl.step_count == 4 and [e["step"] for e in ctrl.events if e["kind"] == "update"] == [2, 4]
+        return conn.mask_hash()
+
+    try:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        fresh = plain_loop()
+        acc = Accelerator(cpu=True, gradient_accumulation_steps=2)
+        model = nn.Linear(4, 3)
+        model, opt = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        conn = adaptive.Connectome(acc.unwrap_model(model))
+        # attached as the docs say (built with the prepared optimizer, then detached: the connectome stays on it)
+        ctrl = adaptive.Controller(conn, opt, policy="utility", estimator="taylor", density=0.5, update_every=2)
+        ctrl.detach()
+        with pytest.raises(KeyboardInterrupt):
+            with acc.accumulate(model):  # the group's first batch, then stopped
+                acc.backward(model(torch.randn(2, 4)).sum())
+                with pytest.raises(RuntimeError, match=r"ctrl.observe\(\) on a batch that Accelerate accumulates"):
+                    ctrl.observe()
+                raise KeyboardInterrupt
+        conn.detach()
+        del acc, model, opt, conn, ctrl
+        AcceleratorState._reset_state(True)
+        gs = GradientState()
+        assert gs.num_steps == 2 and not gs.sync_gradients  # the state the loop left
+        assert plain_loop() == fresh
+    finally:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
 @pytest.mark.parametrize("kind", ["randn", "ties", "skew", "nan"])
 def test_large_selection_is_exact(kind):
     """The sampled bracket used for tens of millions of synapses selects exactly what a full

@@ -175,6 +175,37 @@ def test_accumulation_that_would_carry_an_epochs_last_batches_into_the_next_is_r
         GradientState._reset_state()
 
 
+def test_max_steps_ending_an_epoch_between_groups_is_not_refused_under_sync_with_dataloader_false():
+    """sync_with_dataloader=False, groups of 2 over 5 batches: an epoch that max_steps stops after 2 steps
+    (4 batches, or 1 step after one already taken) ends between groups, leaving no gradient behind, so
+    it runs (it was refused from the loader's length alone); one that would reach the 5th batch is
+    still refused."""
+    from accelerate import Accelerator
+    from accelerate.state import GradientState
+    from accelerate.utils import GradientAccumulationPlugin
+
+    reset_accelerate()
+    try:
+        plugin = GradientAccumulationPlugin(num_steps=2, sync_with_dataloader=False)
+        acc = Accelerator(cpu=True, gradient_accumulation_plugin=plugin)
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        data = torch.utils.data.TensorDataset(torch.randn(25, 4), torch.randint(0, 3, (25,)))
+        model, opt, five = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                       torch.utils.data.DataLoader(data, batch_size=5))
+        state = TrainState()
+        train_one_epoch(acc, model, opt, five, state, log_every=0, max_steps=1)
+        assert state.step == 1 and acc.step == 2 and model.weight.grad is None
+        train_one_epoch(acc, model, opt, five, state, log_every=0, max_steps=3)
+        assert state.step == 3 and acc.step == 6 and model.weight.grad is None
+        with pytest.raises(ValueError, match=r"sync_with_dataloader=False, and this epoch's batches end inside"):
+            train_one_epoch(acc, model, opt, five, state, log_every=0, max_steps=6)
+        assert state.step == 3 and model.weight.grad is None
+    finally:
+        reset_accelerate()
+        GradientState._reset_state()
+
+
 def test_a_checkpoint_inside_a_group_of_accumulated_batches_is_refused_and_writes_nothing(tmp_path):
     """Mid-group, .grad holds the group's partial gradient, which no checkpoint holds, while Accelerate's
     saved batch counter resumes mid-group: the resumed step would use the group's later batches alone
