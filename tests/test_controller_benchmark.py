@@ -63,3 +63,26 @@ def test_the_targets_line_says_whether_each_target_was_met(tmp_path, monkeypatch
     text = out.read_text()
     assert "observe <= 3% of a training step (MISSED: at most " in text, text
     assert "update <= 1 s on 2 cores (met: at most " in text, text
+
+
+class _Float64(nn.Module):
+    """A tiny float64 stand-in for resnet50: its hot-path mask cache holds 8 bytes per synapse, not 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                 nn.Linear(32, 1000)).double()
+
+    def forward(self, x):
+        return self.net(x.double())
+
+
+def test_the_float_cache_size_is_the_one_measured(tmp_path, monkeypatch):
+    """The cache's size was the constant '4 B/synapse'; the test above reads 4.0 for a float32 model, which a
+    constant 4.0 would pass too: a float64 model's cache is 8 bytes per synapse, and the text must say so."""
+    torch.manual_seed(0)
+    monkeypatch.setattr(torchvision.models, "resnet50", lambda **kw: _Float64())
+    out = tmp_path / "controller.md"
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--batch", "2", "--size", "16", "--repeats", "1", "--out", str(out)])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert "plus a 8.0 B/synapse float cache while attached" in out.read_text(), out.read_text()

@@ -62,3 +62,21 @@ def test_the_reference_step_is_timed_in_the_same_rounds_as_the_loaders(tmp_path,
     main(["--quick", "--rounds", "3", "--batches", "2", "--n", "256", "--batch", "64", "--out", str(tmp_path / "lc.md")])
     first, last = events.index("cycle"), len(events) - 1 - events[::-1].index("cycle")
     assert "step" in events[first:last], "no reference step timed between the loaders' rounds"
+
+
+def test_plain_and_loadercycle_each_follow_the_reference_step_as_often(tmp_path):
+    """With the step in a three-way rotation (plain, LoaderCycle, step; then LoaderCycle, step, plain; then step,
+    plain, LoaderCycle) plain ran right after the step in two rounds of three and LoaderCycle in none, so only
+    plain found the caches as LeNet's forward and backward left them: 'added' (LoaderCycle minus plain, within a
+    round) leaned one way. Over every 4 rounds each side now follows the step once and the other side twice. The
+    timers are stand-ins recording the order they run in."""
+    ns = runpy.run_path(str(SCRIPT))
+    g = ns["main"].__globals__
+    events = []
+    g["_time_batches"] = lambda source, k: events.append(type(source).__name__.strip("_")) or 1e-4
+    g["_time_step"] = lambda model, x, y, k: events.append("step") or 1e-3
+    g["_time_capture"] = lambda loader, k: events.append("capture") or 1e-5
+    ns["main"](["--rounds", "4", "--batches", "1", "--n", "128", "--batch", "64", "--out", str(tmp_path / "lc.md")])
+    pairs = list(zip(events[1:], events[2:]))  # events[0]: the untimed warm-up step
+    assert pairs.count(("step", "Plain")) == pairs.count(("step", "LoaderCycle")) >= 1, events
+    assert pairs.count(("Plain", "LoaderCycle")) == pairs.count(("LoaderCycle", "Plain")) >= 1, events

@@ -15,7 +15,9 @@ is paid, side by side in one process:
 
 Loaders (synthetic tensors, MNIST-sized, batch 128, shuffled): a plain ``DataLoader``, and the same
 prepared by Accelerate (a single process here), which reads one batch ahead. The variants run
-interleaved, the order rotating every round, and the table reports medians over rounds.
+interleaved, plain and LoaderCycle alternating which runs first and the reference step running
+before the pair in two rounds of every 4 and after it in the other two (``_order``); the table
+reports medians over rounds.
 
     python recipes/benchmarks/loader_cycle.py            # about a minute
     python recipes/benchmarks/loader_cycle.py --quick    # a smoke run
@@ -98,6 +100,15 @@ def _time_step(model, x, y, k: int) -> float:
     return (time.perf_counter() - t) / k
 
 
+def _order(r: int) -> list:
+    """Round ``r``'s order of the timed parts, over a cycle of 4 rounds: plain and LoaderCycle alternate which
+    runs first, and the reference step runs before the pair in two rounds and after it in the other two, so that
+    each loader runs right after the step in one round of the 4 and right after the other loader in two. (A
+    rotation of the three put plain right after the step in two rounds of three and LoaderCycle in none.)"""
+    pair = ["plain", "LoaderCycle"] if r % 2 == 0 else ["LoaderCycle", "plain"]
+    return pair + ["step"] if (r // 2) % 2 == 0 else ["step"] + pair
+
+
 def run(rounds: int, batches: int, n: int, batch: int) -> tuple:
     torch.manual_seed(0)
     model = build_model("lenet300")
@@ -114,7 +125,7 @@ def run(rounds: int, batches: int, n: int, batch: int) -> tuple:
         times = {k: [] for k in timers}
         times["capture"], ratios, added, of_step = [], [], [], []
         for r in range(rounds):
-            order = list(timers)[r % len(timers):] + list(timers)[: r % len(timers)]
+            order = _order(r)
             got = {}
             for k in order:
                 got[k] = timers[k]()
@@ -142,8 +153,8 @@ def table(rows, args, seconds: float, argv=None) -> str:
         f"Synthetic MNIST-sized tensors ({args.n:,} examples), batch {args.batch}, shuffled; medians over "
         f"{args.rounds} interleaved rounds of {args.batches} batches. 'added' is LoaderCycle minus plain, the ratio LoaderCycle / plain and added / step, each taken within a round (median over rounds), so they need not equal the medians' difference or quotient on a loaded machine; "
         "'random-state copy' times the copy LoaderCycle takes before each request on its own. The reference "
-        "step is LeNet-300-100's forward and backward on one batch, timed in the same rounds (the order of plain, "
-        "LoaderCycle and step rotating every round).",
+        "step is LeNet-300-100's forward and backward on one batch, timed in the same rounds (plain and LoaderCycle "
+        "alternating which runs first, the step before them in two rounds of every 4 and after them in the other two).",
         "",
         "| loader | plain µs/batch | LoaderCycle µs/batch | added µs/batch | random-state copy µs | "
         "LoaderCycle / plain | reference step ms | added / step |",
