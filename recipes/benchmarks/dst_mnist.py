@@ -8,8 +8,9 @@ Methods, all with the same epochs, optimizer, learning-rate schedule, batch orde
   grown weights at 0.0);
 - ``rigl``: magnitude drop, gradient growth (Evci et al. 2020), our controller: growth by the mean
   gradient since the last update (the controller's default window, not RigL's one batch at the update
-  step), a weight dropped at an update not regrown at it, ``round`` where RigL truncates the count
-  (docs/python_api.md, "Fidelity to the papers"); ``rigl@w1`` (not in the default methods) grows by
+  step), a weight dropped at an update not regrown at it, ``round`` where RigL truncates the count,
+  the optimizer's step taken at an update where RigL's code skips it (docs/python_api.md, "Fidelity to
+  the papers"); ``rigl@w1`` (not in the default methods) grows by
   the update step's gradient alone, as RigL does;
 - ``ours``: our best utility configuration, chosen among ``--candidates`` by accuracy on a held-out
   part of the TRAIN split (never on test), per density, with a seed not used for the final runs;
