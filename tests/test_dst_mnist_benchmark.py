@@ -132,3 +132,50 @@ def test_rigl_at_w1_grows_by_the_update_steps_gradient_as_rigl_does(tmp_path, mo
     for method in ("rigl", "rigl@w1"):
         mod["train_run"](method, 0.1, 0, data, args)
     assert seen == [None, 1]
+
+
+@pytest.mark.parametrize("methods, says", [
+    ("rigl@x5", "bad schedule variant item 'x5'"),  # an unknown letter was ignored: a plain rigl row, named rigl@x5
+    ("rigl@w0", "bad schedule variant item 'w0'"),  # refused by the Controller only at the run itself
+    ("rigl@wabc", "bad schedule variant item 'wabc'"),
+    ("rigl@f1.5", "bad schedule variant item 'f1.5'"),
+    ("rigl@", "bad schedule variant item ''"),
+    ("rigl@u200+u50", "'u' given twice"),
+    ("dense,rigl@w1,dense@u5", "only set and rigl take a schedule variant"),
+    ("static@w1", "only set and rigl take a schedule variant"),  # static's fraction is 0 whatever a variant says
+    ("rigl,foo", "unknown method 'foo'; use dense, static, set, rigl, ours, rigl-torch"),
+])
+def test_bad_methods_and_variants_are_refused_before_any_run_naming_the_valid_ones(tmp_path, monkeypatch, capsys,
+                                                                                   methods, says):
+    # no data needed: the entries are checked before MNIST is read or anything runs (--table_only and a
+    # folder without MNIST: without the check, a quick failure elsewhere, never a training run)
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--methods", methods, "--results", str(tmp_path / "r.jsonl"),
+                                      "--out", str(tmp_path / "table.md"), "--table_only", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err, err
+    if "variant item" in says or "twice" in says:
+        assert "u<steps>" in err and "f<fraction>" in err and "w<steps>" in err  # the valid items named
+    assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "table.md").exists()
+
+
+def test_a_bad_candidate_variant_is_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--methods", "ours", "--candidates", "utility/consistency@u50+x1",
+                                      "--results", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "table.md"),
+                                      "--table_only", "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--candidates 'utility/consistency@u50+x1': bad schedule variant item 'x1'" in err, err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_help_names_the_methods_and_the_w1_variant(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--help"])
+    with pytest.raises(SystemExit):
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    out = " ".join(capsys.readouterr().out.split())
+    assert "rigl@w1" in out and "w<steps> (observation window" in out and "rigl-torch" in out

@@ -11,7 +11,8 @@ SET grows at random; RigL is SET with gradient growth; utility takes both sides 
 Where RigL (Evci et al. 2020) differs: it truncates the drop count where we round, lets a weight
 dropped at an update be grown back at it (keeping its weight), and grows by one batch's gradient at
 the update step where the controller's default window averages every step since the last update
-(``window=1`` for RigL's); SET here drops by plain magnitude, as RigL's code does, not by Mocanu et
+(``window=1`` for RigL's); RigL's code also skips the optimizer's step at an update, where the
+controller updates after it. SET here drops by plain magnitude, as RigL's code does, not by Mocanu et
 al.'s separate positive and negative fractions (docs/python_api.md, "Fidelity to the papers").
 """
 from __future__ import annotations

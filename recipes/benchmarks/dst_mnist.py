@@ -8,8 +8,9 @@ Methods, all with the same epochs, optimizer, learning-rate schedule, batch orde
   grown weights at 0.0);
 - ``rigl``: magnitude drop, gradient growth (Evci et al. 2020), our controller: growth by the mean
   gradient since the last update (the controller's default window, not RigL's one batch at the update
-  step), a weight dropped at an update not regrown at it, ``round`` where RigL truncates the count
-  (docs/python_api.md, "Fidelity to the papers"); ``rigl@w1`` (not in the default methods) grows by
+  step), a weight dropped at an update not regrown at it, ``round`` where RigL truncates the count,
+  the optimizer's step taken at an update where RigL's code skips it (docs/python_api.md, "Fidelity to
+  the papers"); ``rigl@w1`` (not in the default methods) grows by
   the update step's gradient alone, as RigL does;
 - ``ours``: our best utility configuration, chosen among ``--candidates`` by accuracy on a held-out
   part of the TRAIN split (never on test), per density, with a seed not used for the final runs;
@@ -64,6 +65,44 @@ ANCHORS = {  # published test accuracy of LeNet-300-100 on MNIST (%)
     1.0: "dense 98.69",
 }
 DEFAULT_CANDIDATES = "utility/consistency,utility/obd,utility/curvature"
+METHODS = ("dense", "static", "set", "rigl", "ours", "rigl-torch")
+VARIANT_BASES = ("set", "rigl")  # the baselines that take a schedule variant (ours takes one in --candidates)
+VARIANTS = ("u<steps> (update interval, e.g. u200), f<fraction> (edit fraction in [0, 1], e.g. f0.5), "
+            "w<steps> (observation window, e.g. w1: growth by the update step's gradient alone, RigL's), "
+            "joined by '+' (u200+f0.5)")
+
+
+def parse_variant(variant, where):
+    """The schedule a variant sets, ``{"every": int, "frac": float, "window": int}`` for the items it
+    names (``u200+f0.5+w1``); a ValueError naming ``where`` and the valid items for anything else
+    (an unknown letter, a value that is no number or out of range, an item given twice)."""
+    out = {}
+    for item in variant.split("+"):
+        key = {"u": "every", "f": "frac", "w": "window"}.get(item[:1])
+        try:
+            value = float(item[1:]) if key == "frac" else int(item[1:])
+        except ValueError:
+            value = None
+        if key in out:
+            raise ValueError(f"{where}: {item[:1]!r} given twice in the schedule variant {variant!r}; use {VARIANTS}")
+        if key is None or value is None or not (0.0 <= value <= 1.0 if key == "frac" else value >= 1):
+            raise ValueError(f"{where}: bad schedule variant item {item!r} in {variant!r}; use {VARIANTS}")
+        out[key] = value
+    return out
+
+
+def check_method(method):
+    """Refuse (ValueError naming the valid ones) a ``--methods`` entry that is no method, or a
+    variant (``rigl@w1``) that is malformed or given to a method that takes none."""
+    base, at, variant = method.partition("@")
+    if base not in METHODS:
+        raise ValueError(f"--methods: unknown method {method!r}; use {', '.join(METHODS)}, or "
+                         f"{' or '.join(VARIANT_BASES)} with a schedule variant (rigl@u200, rigl@w1)")
+    if at and base not in VARIANT_BASES:
+        raise ValueError(f"--methods: {method!r}: only {' and '.join(VARIANT_BASES)} take a schedule variant "
+                         "(ours takes one in --candidates: utility/consistency@u200)")
+    if at:
+        parse_variant(variant, f"--methods {method!r}")
 
 
 @register_policy("utility-grow")
@@ -160,14 +199,9 @@ def train_run(method, density, seed, data, args, policy=None, estimator=None, wi
             method, variant = method.split("@", 1)
         if method == "ours" and estimator and "@" in estimator:  # a schedule variant: consistency@u50+f0.5
             estimator, variant = estimator.split("@", 1)
-        if variant:
-            for item in variant.split("+"):
-                if item[0] == "u":
-                    every = int(item[1:])
-                elif item[0] == "f":
-                    frac = float(item[1:])
-                elif item[0] == "w":  # the observation window: w1, growth by the update step's gradient (RigL's)
-                    window = int(item[1:])
+        if variant:  # w1: the observation window of one step, growth by the update step's gradient (RigL's)
+            v = parse_variant(variant, f"method {method}@{variant}" if estimator is None else f"candidate {estimator}@{variant}")
+            every, frac, window = v.get("every", every), v.get("frac", frac), v.get("window", window)
         pol, est, frac = {"static": ("set", None, 0.0), "set": ("set", None, frac), "rigl": ("rigl", None, frac),
                           "ours": (policy, estimator, frac)}[method]
         ctrl = adaptive.Controller(conn, opt, policy=pol, estimator=est, density=density, budget="erk",
@@ -243,7 +277,9 @@ def main(argv=None):
     ap.add_argument("--densities", default="0.1,0.05,0.02")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--selection_seed", type=int, default=100, help="seed of the selection runs (not a final seed)")
-    ap.add_argument("--methods", default="dense,static,set,rigl,ours,rigl-torch")
+    ap.add_argument("--methods", default="dense,static,set,rigl,ours,rigl-torch",
+                    help=f"comma-separated, of {', '.join(METHODS)}; {' and '.join(VARIANT_BASES)} also with a schedule "
+                    f"variant, rigl@u200 or rigl@w1 (RigL's growth by the update step's gradient alone): {VARIANTS}")
     ap.add_argument("--candidates", default=DEFAULT_CANDIDATES,
                     help="policy/estimator pairs for 'ours'; estimator@u50+f0.5+w1 also sets update_every, edit fraction and window")
     ap.add_argument("--data-dir", "--data_dir", dest="data_dir", type=data_dir_type)
@@ -265,6 +301,14 @@ def main(argv=None):
     seeds = [int(s) for s in args.seeds.split(",")]
     methods = args.methods.split(",")
     candidates = [tuple(c.split("/")) for c in args.candidates.split(",") if c]
+    try:  # before any run: a bad entry would otherwise stop the benchmark at its first use, hours in
+        for m in methods:
+            check_method(m)
+        for c in candidates:
+            if len(c) == 2 and "@" in c[1]:
+                parse_variant(c[1].split("@", 1)[1], f"--candidates {'/'.join(c)!r}")
+    except ValueError as e:
+        ap.error(str(e))
     data = load_mnist(args.data_dir)
     res_path = Path(args.results)
     done = load_done(res_path)
