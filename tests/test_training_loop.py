@@ -143,21 +143,28 @@ def test_accumulation_needs_the_prepared_optimizer_which_steps_once_per_group():
         reset_accelerate()
 
 
+def _unsynced_groups_of_two():
+    """``(accelerator, model, dataset)``: a CPU Accelerator accumulating groups of 2 batches with
+    sync_with_dataloader=False (the loader's end closes no group), a Linear(4, 3) and 25 examples."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
+
+    plugin = GradientAccumulationPlugin(num_steps=2, sync_with_dataloader=False)
+    acc = Accelerator(cpu=True, gradient_accumulation_plugin=plugin)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    return acc, model, torch.utils.data.TensorDataset(torch.randn(25, 4), torch.randint(0, 3, (25,)))
+
+
 def test_accumulation_that_would_carry_an_epochs_last_batches_into_the_next_is_refused():
     """With Accelerate's sync_with_dataloader=False the loader's end closes no group: 5 batches in groups
     of 2 left the 5th batch's gradient in .grad for the next epoch's first step (2 steps, then 3).
     Refused before any batch runs; an epoch of whole groups (4 batches) runs its 2 steps."""
-    from accelerate import Accelerator
     from accelerate.state import GradientState
-    from accelerate.utils import GradientAccumulationPlugin
 
     reset_accelerate()
     try:
-        plugin = GradientAccumulationPlugin(num_steps=2, sync_with_dataloader=False)
-        acc = Accelerator(cpu=True, gradient_accumulation_plugin=plugin)
-        torch.manual_seed(0)
-        model = nn.Linear(4, 3)
-        data = torch.utils.data.TensorDataset(torch.randn(25, 4), torch.randint(0, 3, (25,)))
+        acc, model, data = _unsynced_groups_of_two()
         model, opt, five, four = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1),
                                              torch.utils.data.DataLoader(data, batch_size=5),
                                              torch.utils.data.DataLoader(data, batch_size=5, drop_last=True,
@@ -180,17 +187,11 @@ def test_max_steps_ending_an_epoch_between_groups_is_not_refused_under_sync_with
     (4 batches, or 1 step after one already taken) ends between groups, leaving no gradient behind, so
     it runs (it was refused from the loader's length alone); one that would reach the 5th batch is
     still refused."""
-    from accelerate import Accelerator
     from accelerate.state import GradientState
-    from accelerate.utils import GradientAccumulationPlugin
 
     reset_accelerate()
     try:
-        plugin = GradientAccumulationPlugin(num_steps=2, sync_with_dataloader=False)
-        acc = Accelerator(cpu=True, gradient_accumulation_plugin=plugin)
-        torch.manual_seed(0)
-        model = nn.Linear(4, 3)
-        data = torch.utils.data.TensorDataset(torch.randn(25, 4), torch.randint(0, 3, (25,)))
+        acc, model, data = _unsynced_groups_of_two()
         model, opt, five = acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1),
                                        torch.utils.data.DataLoader(data, batch_size=5))
         state = TrainState()
