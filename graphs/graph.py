@@ -308,8 +308,8 @@ def build(
     The contracted graph is larger: in a transformer every LayerNorm reads every channel of the
     residual stream, whose channels each come from every earlier block, so a layer after a LayerNorm
     gets an edge from each of its units to each unit that wrote to the stream (unit edges grow like
-    width^2 x depth^2: a torchvision ViT of width 128 and 8 layers has 1.2M unit edges, 6.2M
-    contracted, in 4 s and 1.2 GB over the unit graph, one thread). Time and memory follow the
+    width^2 x depth^2: a torchvision ViT of width 128 and 8 layers has 1.07M unit edges, 6.2M
+    contracted, in about 5 s and 1.2 GB over the unit graph, one thread). Time and memory follow the
     contracted graph; the synapse level keeps every copy of a shared synapse, so it grows faster.
     """
     if level not in LEVELS:
