@@ -26,10 +26,10 @@ from ..counts import whole_number
 from ..data.cycle import LoaderCycle
 from ..distributed import agreed_call, all_reduce_mean_, is_distributed
 from ..global_rng import seeded_global_rng
-from ..label_checks import refuse_batch_targets, refuse_mismatched_targets
+from ..label_checks import guarded_batch_targets, refuse_labels_outside, refuse_mismatched_targets
 from ..warn import warn_user
 from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
-from ..mask_only_batches import _OWN_BATCHES
+from ..mask_only_batches import _OWN_BATCHES, _OWN_WINDOW
 from ..mask_only_settings import check_loaders
 from ..mask_only_start import check_start_agrees, sparse_start
 from ..mask_only_targets import _resolve_targets
@@ -58,15 +58,44 @@ def _ranked(scores: Dict[str, torch.Tensor], absent: Dict[str, torch.Tensor]) ->
             for n, s in scores.items()}
 
 
-def _all_finite(loss: torch.Tensor) -> bool:
-    """Whether ``loss`` is finite on every process (one all-reduce of one number under several
-    processes, none on one): a batch left out for a NaN or inf loss on one process is left out on
-    all, so that every process runs the same forward and backward passes (a DDP model's collectives)."""
+def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where: str) -> bool:
+    """Whether a training batch's ``loss`` is finite on every process, after its targets are refused on every
+    process together where they were refused on any: ``refused`` (the error
+    :func:`adaptive.label_checks.guarded_batch_targets` raised on this process: a shape or type, ``loss`` None) or
+    ``found`` (what it found of the labels, ``[outside, low, high]`` on the device, or None: a label outside the
+    head of output ``shape``, refused by :func:`adaptive.label_checks.refuse_labels_outside` with ``where`` in a
+    note). One read on the host per batch, the finite flag and the labels together (the same one the finite check
+    alone made); under several processes one all-reduce of two numbers (as the finite check alone), and an agreed
+    refusal only where some process refused: a refusal on one process alone left the other in DDP's next
+    collective (gloo: "Connection closed by peer"; NCCL: waiting until its timeout)."""
+
+    def refuse(labels) -> None:  # this process's refusal, if any (labels: [outside, low, high] as read, or None)
+        if refused is not None:
+            raise refused
+        if labels is not None and labels[0]:
+            try:
+                refuse_labels_outside(int(labels[1]), int(labels[2]), shape, loss_fn)
+            except ValueError as e:
+                e.add_note(f"adaptive: found in {where}")
+                raise
+
     if not is_distributed():
-        return bool(torch.isfinite(loss))
-    flag = torch.isfinite(loss.detach()).to(torch.float64).reshape(1)
-    all_reduce_mean_([flag])
-    return flag.item() == 1.0
+        refuse(None)  # (a shape or type: nothing to read)
+        read = torch.cat([torch.isfinite(loss.detach()).reshape(1).long(), found]) if found is not None else \
+            torch.isfinite(loss.detach()).reshape(1)
+        read = read.tolist()
+        refuse(read[1:] if found is not None else None)
+        return bool(read[0])
+    ref = loss if loss is not None else found
+    one = torch.ones(1, dtype=torch.float64, device=ref.device if ref is not None else None)
+    flags = torch.cat([torch.isfinite(loss.detach()).reshape(1).double() if loss is not None else one * 0,
+                       one if refused is not None else found[:1].double() if found is not None else one * 0])
+    all_reduce_mean_([flags])  # (the mean of the finite flags is 1 where every process's loss is finite)
+    all_finite, any_bad = flags.tolist()
+    if any_bad > 0:  # (every process takes this branch together)
+        labels = found.tolist() if found is not None else None
+        agreed_call(lambda: refuse(labels), passed_why=_OWN_WINDOW)
+    return all_finite == 1.0
 
 
 def _starting_scores(w: torch.Tensor) -> torch.Tensor:
@@ -110,8 +139,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     process: its refusals are agreed (the loaders by :func:`adaptive.mask_only_settings.check_loaders`,
     train loaders of different lengths refused; a one-class output for cross-entropy, and targets that do not
     fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
-    targets are checked before its loss too, :func:`adaptive.label_checks.refuse_batch_targets`), and a batch whose loss is NaN or inf on any
-    process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
+    targets are checked before its loss too, on the device, :func:`adaptive.label_checks.guarded_batch_targets`, and
+    refused on every process together where any process's are wrong, before the batch's backward pass, read with its
+    loss's finite flag: no read of its own), and a batch whose loss is NaN or inf on any process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
     still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
     dtype (their starting values computed in float32 at least); a prunable layer no gradient reaches (one the
     forward does not use) keeps its starting scores, with a warning naming it, and a batch that does not reach a
@@ -160,13 +190,17 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                     drawn += 1
                     # every batch's targets fit the output before the loss sees them (torch's own error for a label
                     # beyond the head is a bare "Target 7 is out of bounds", on a GPU a device-side assert)
+                    found, refused, where = None, None, f"edge-popup's training batch {drawn} (target {label})"
                     if first:  # (each process's own first batch: a refusal on one stops every process)
                         agreed_call(lambda: _check_first(out, y, loss_fn), passed_why=_OWN_BATCHES)
                         first = False
-                    else:
-                        refuse_batch_targets(out, y, loss_fn, f"edge-popup's training batch {drawn} (target {label})")
-                    loss = loss_fn(out, y)
-                    if _all_finite(loss):
+                    else:  # on the device, read with the loss's finite flag: a label outside the head is made the
+                        try:  # ignored one for the loss, and refused (on every process) before any backward pass
+                            y, found = guarded_batch_targets(out, y, loss_fn, where)
+                        except ValueError as e:  # (a shape or type: refused on every process together below)
+                            refused = e
+                    loss = loss_fn(out, y) if refused is None else None
+                    if _batch_verdict(loss, found, refused, tuple(out.shape), loss_fn, where):
                         break
                     skipped, in_a_row = skipped + 1, in_a_row + 1
                     if in_a_row >= n_train:
