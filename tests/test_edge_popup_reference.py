@@ -225,3 +225,30 @@ def test_edge_popup_a_layer_no_gradient_reaches_in_one_batch_is_not_stepped_with
     assert len(seen) == 5  # before each of the 4 steps, and the stage's snapshot
     assert not torch.equal(seen[0], seen[1])  # the first batch reached the branch
     assert all(torch.equal(seen[1], s) for s in seen[2:])  # the other three did not: no step
+
+
+def test_edge_popup_refuses_a_held_out_label_beyond_the_head_before_any_training_batch():
+    """Edge-popup read its first held-out batch only after its first stage (a whole stage of training batches,
+    forward and backward), so a held-out label beyond the head was refused only then. The first held-out batch is
+    now checked before any work, as optimize_connectome checks it: no training example is read, the model comes
+    back as it was given (its mode too)."""
+    read = []
+
+    class Counted(TensorDataset):
+        def __getitem__(self, i):
+            read.append(i)
+            return super().__getitem__(i)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 4, 4, generator=g), torch.randint(0, 5, (64,), generator=g)
+    tr = DataLoader(Counted(x, y), batch_size=16)
+    bad = y[:32].clone()
+    bad[3] = 9
+    ho = DataLoader(TensorDataset(x[:32], bad), batch_size=16)
+    m = net().train()
+    before = copy.deepcopy(m.state_dict())
+    with pytest.raises(ValueError, match="labels go up to 9: labels are class indices 0..4"):
+        edge_popup(m, tr, ho, [0.2, 0.5], passes=1.0, progress=False)
+    assert read == []  # no training batch drawn
+    assert m.training and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.grad is None and p.requires_grad for p in m.parameters())

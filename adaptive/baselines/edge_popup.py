@@ -29,6 +29,8 @@ from ..global_rng import seeded_global_rng
 from ..label_checks import guarded_batch_targets, refuse_labels_outside, refuse_mismatched_targets
 from ..warn import warn_user
 from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
+from ..mask_only_eval import check_first_batch
+from ..mask_only_learning import refuse_grads_not_given_back
 from ..mask_only_batches import _OWN_BATCHES, _OWN_WINDOW
 from ..mask_only_settings import check_loaders
 from ..mask_only_start import check_start_agrees, sparse_start
@@ -141,7 +143,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
     targets are checked before its loss too, on the device, :func:`adaptive.label_checks.guarded_batch_targets`, and
     refused on every process together where any process's are wrong, before the batch's backward pass, read with its
-    loss's finite flag: no read of its own), and a batch whose loss is NaN or inf on any process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
+    loss's finite flag: no read of its own), and a batch whose loss is NaN or inf on any process is left out on all. The first held-out batch is checked before any work, as
+    :func:`adaptive.optimize_connectome` checks it (:func:`adaptive.mask_only_eval.check_first_batch`: a head that
+    does not fit its targets, a loss the run cannot use), agreed across processes; the model is left as given. A sparse model (weights of exactly 0.0) is given back with them
     still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
     dtype (their starting values computed in float32 at least); a prunable layer no gradient reaches (one the
     forward does not use) keeps its starting scores, with a warning naming it, and a batch that does not reach a
@@ -154,6 +158,10 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     targets = listed_targets(targets)
     passes = checked_passes(passes)
     n_train = check_loaders(train_loader, holdout_loader)
+    refuse_grads_not_given_back(model)  # (before the first held-out batch's forward, which such a parameter may fail)
+    # a head that does not fit the held-out labels (or a loss the run cannot use), on the first held-out batch before
+    # any work, as the optimisation checks it: the holdout is read first at the end of the first stage
+    check_first_batch(model, holdout_loader, loss_fn)
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
     if any(isinstance(t, str) and t == "best" for t in targets):
