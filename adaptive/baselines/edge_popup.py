@@ -127,7 +127,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     such as a fraction of 1e-9 that rounds to 0, whose snapshot would be the dense network, and one removing
     fewer synapses than a sparse model has already lost: :mod:`adaptive.mask_only_start`). As there, a synapse
     whose weight is exactly 0.0 counts as removed from the start and is never kept, so ``removed`` is what
-    each target asks for.
+    each target asks for. A target of 0 (on a sparse model, one of its absent count) keeps the start as its snapshot,
+    scored on the holdout, with no stage of its own, as there: it reads no training batch, and the other targets
+    learn exactly as without it.
 
     Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
     ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
@@ -180,14 +182,18 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     t_cpu, t_wall = time.process_time(), time.time()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
+    # a target that removes no more than the start (0 on a dense model; a sparse model's absent count) keeps the start
+    # as its snapshot with no stage of its own, as the optimisation's: a stage there (every present synapse kept, so
+    # no mask could change) moved the scores and the train loader on, and the other targets' masks with them
+    trained = sum(removed > start.absent for _, removed in goals)
+    bar = tqdm(total=steps * trained, desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
     first, drawn, graded = True, 0, set()
     with mask_learning(model, conn, absent=start.zeros):
         for label, removed in goals:
             keep = total - removed
             opt = torch.optim.Adam(list(scores.values()), lr=lr)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-            for _ in range(steps):
+            for _ in range(steps if removed > start.absent else 0):
                 conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
                 in_a_row = 0
                 while True:  # as the controller does: a batch with a non-finite loss is left out, another drawn
@@ -237,7 +243,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
         bar.close()
     ungraded = [conn.layers[n].module_name for n in scores if n not in graded]
-    if ungraded:
+    if ungraded and trained:  # (targets that keep the start alone train nothing)
         warn_user(f"edge-popup: no gradient reached {len(ungraded)} layer(s) in any batch ({', '.join(ungraded[:5])}"
                   f"{', ...' if len(ungraded) > 5 else ''}: not used by the forward pass, or run under torch.no_grad()), so "
                   "their synapses were ranked by their starting scores (|w| over the layer's RMS weight) alone; leave "
