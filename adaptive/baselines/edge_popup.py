@@ -29,7 +29,7 @@ from ..global_rng import seeded_global_rng
 from ..label_checks import guarded_batch_targets, refuse_labels_outside, refuse_mismatched_targets
 from ..warn import warn_user
 from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
-from ..mask_only_eval import check_first_batch
+from ..mask_only_eval import _agreed, check_first_batch
 from ..mask_only_learning import refuse_grads_not_given_back
 from ..mask_only_batches import _OWN_BATCHES, _OWN_WINDOW
 from ..mask_only_settings import check_loaders
@@ -98,6 +98,21 @@ def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where:
         labels = found.tolist() if found is not None else None
         agreed_call(lambda: refuse(labels), passed_why=_OWN_WINDOW)
     return all_finite == 1.0
+
+
+_OWN_HOLDOUT = ("each process evaluated its own holdout loader: give every process the same, unsharded holdout (not "
+                "prepared by accelerate), with labels that fit the model's head")
+
+
+def _holdout_figures(model: nn.Module, holdout_loader, loss_fn: Callable) -> tuple:
+    """``(loss, accuracy)`` of ``model`` over the holdout (:func:`adaptive.mask_only_eval.evaluate`), agreed by every
+    process as the optimisation's (averaged: a holdout sharded by mistake gave each process its own figures for the
+    same masks), and an error on any process (a label beyond the head in a held-out batch of its own) raised on all
+    together (it stopped that process alone, the others going on into their next stage). One process: as evaluated."""
+    hl, ha, _ = agreed_call(lambda: evaluate(model, holdout_loader, loss_fn), passed_why=_OWN_HOLDOUT)
+    if ha is None:  # no accuracy (adaptive.metrics): None, never 0
+        return _agreed(hl)[0], None
+    return tuple(_agreed(hl, ha))
 
 
 def _starting_scores(w: torch.Tensor) -> torch.Tensor:
@@ -237,7 +252,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
             conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
             for p in conn.params.values():
                 p.grad = None
-            hl, ha, _ = evaluate(model, holdout_loader, loss_fn)
+            hl, ha = _holdout_figures(model, holdout_loader, loss_fn)
             snaps[label] = {"removed": total - conn.num_live(), "masks": {n: m.clone() for n, m in conn.masks.items()},
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}

@@ -4,7 +4,8 @@ short timeout, then edge_popup on a DistributedDataParallel model (whose forward
 collectives) once per case, each with loaders that only process 1 gets wrong (CASES): an empty
 holdout, train shards of different lengths, a batch of NaN on process 1 only, a label beyond the head
 in process 1's first training batch, and in its third (a later one: checked on the device), labels of the wrong
-shape in its third; then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
+shape in its third, a holdout of other data (a sharded one), a held-out label beyond the head in its third
+held-out batch; then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
 masks' live counts). A process left waiting in a collective fails there after the group's timeout
 (10 seconds) and records that instead."""
 import sys
@@ -16,8 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from _rank_record import record_cases
 
 
-def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False, late_label_5: bool = False):
-    g = torch.Generator().manual_seed(rank)
+def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False, late_label_5: bool = False,
+            seed: int = None):
+    g = torch.Generator().manual_seed(rank if seed is None else seed)
     x = torch.randn(n, 4, generator=g)
     if nan:
         x[:8] = float("nan")  # the first batch
@@ -45,6 +47,8 @@ CASES = {
     "label_on_one": lambda: (_loader(32, 1, label_5=True), _loader(32)),
     "late_label_on_one": lambda: (_loader(32, 1, late_label_5=True), _loader(32)),
     "late_shape_on_one": lambda: (_late_wide_labels(1), _loader(32)),
+    "other_holdout_on_one": lambda: (_loader(32, 1), _loader(32, seed=7)),
+    "late_holdout_label_on_one": lambda: (_loader(32, 1), _loader(32, late_label_5=True)),
     "even": lambda: (_loader(32, 1), _loader(32)),
 }
 
@@ -60,7 +64,8 @@ def run(rank: int, folder: str) -> None:
                                                     find_unused_parameters=True)  # (the frozen biases: no gradient)
         train, holdout = loaders() if rank == 1 else (_loader(32), _loader(32))
         _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
-        return {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()],
+        return {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()], "holdout_loss": snaps["0.5"]["holdout_loss"],
+                "holdout_acc": snaps["0.5"]["holdout_acc"],
                 "masks": [m.flatten().int().tolist() for m in snaps["0.5"]["masks"].values()]}
 
     record_cases(rank, folder, CASES, attempt, timeout_s=10, message_chars=500, stop_unless="ValueError")
