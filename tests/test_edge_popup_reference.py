@@ -225,3 +225,66 @@ def test_edge_popup_a_layer_no_gradient_reaches_in_one_batch_is_not_stepped_with
     assert len(seen) == 5  # before each of the 4 steps, and the stage's snapshot
     assert not torch.equal(seen[0], seen[1])  # the first batch reached the branch
     assert all(torch.equal(seen[1], s) for s in seen[2:])  # the other three did not: no step
+
+
+def test_edge_popup_refuses_a_held_out_label_beyond_the_head_before_any_training_batch():
+    """Edge-popup read its first held-out batch only after its first stage (a whole stage of training batches,
+    forward and backward), so a held-out label beyond the head was refused only then. The first held-out batch is
+    now checked before any work, as optimize_connectome checks it: no training example is read, the model comes
+    back as it was given (its mode too)."""
+    read = []
+
+    class Counted(TensorDataset):
+        def __getitem__(self, i):
+            read.append(i)
+            return super().__getitem__(i)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 4, 4, generator=g), torch.randint(0, 5, (64,), generator=g)
+    tr = DataLoader(Counted(x, y), batch_size=16)
+    bad = y[:32].clone()
+    bad[3] = 9
+    ho = DataLoader(TensorDataset(x[:32], bad), batch_size=16)
+    m = net().train()
+    before = copy.deepcopy(m.state_dict())
+    with pytest.raises(ValueError, match="labels go up to 9: labels are class indices 0..4"):
+        edge_popup(m, tr, ho, [0.2, 0.5], passes=1.0, progress=False)
+    assert read == []  # no training batch drawn
+    assert m.training and all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+    assert all(p.grad is None and p.requires_grad for p in m.parameters())
+
+
+def test_edge_popup_target_0_keeps_the_dense_network_without_a_stage_of_its_own():
+    """Target 0 ran a whole stage of training with every synapse kept: no mask could change, but the scores moved
+    and the train loader moved on, so [0, 0.5] learned other masks at 0.5 than [0.5] alone (and read twice the
+    training batches). It now keeps the start as its snapshot with no stage, as optimize_connectome's target 0
+    does; on a sparse model, so does a target of its absent count."""
+    read = []
+
+    class Counted(TensorDataset):
+        def __getitem__(self, i):
+            read.append(i)
+            return super().__getitem__(i)
+
+    def run(targets, sparse=False):
+        m = net()
+        if sparse:
+            with torch.no_grad():
+                m[4].weight[:, :32] = 0.0  # 160 of 432 synapses absent
+        tr, ho = data()
+        read.clear()
+        tr = DataLoader(Counted(*tr.dataset.tensors), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+        out = edge_popup(m, tr, ho, targets, passes=1.0, progress=False)[1]
+        return out, len(read) // 16  # training batches read
+
+    with_0, n_with = run([0, 0.5])
+    alone, n_alone = run([0.5])
+    assert n_with == n_alone == 4
+    assert with_0["0"]["removed"] == 0 and all(m.all() for m in with_0["0"]["masks"].values())
+    assert all(torch.equal(with_0["0.5"]["masks"][n], alone["0.5"]["masks"][n]) for n in alone["0.5"]["masks"])
+    only_0, n_0 = run(0)
+    assert n_0 == 0 and only_0["0"]["holdout_loss"] == with_0["0"]["holdout_loss"]
+    at_start, n_start = run([160, 0.5], sparse=True)
+    sparse_alone, _ = run([0.5], sparse=True)
+    assert n_start == 4 and at_start["160"]["removed"] == 160
+    assert all(torch.equal(at_start["0.5"]["masks"][n], sparse_alone["0.5"]["masks"][n]) for n in sparse_alone["0.5"]["masks"])

@@ -651,7 +651,10 @@ def test_edge_popup_processes_agree_on_refusals_and_left_out_batches(tmp_path):
     failed there (a closed connection, or the group's timeout); train shards of different lengths (so
     different steps per stage) left one waiting; a NaN batch on process 1 alone was left out there only,
     so the processes' passes no longer matched; a label beyond the head in process 1's first training batch
-    was torch's error there alone. Now both raise one ValueError naming the process and the fix, a NaN batch
+    was torch's error there alone, and one in a later batch (or labels of the wrong shape there) was refused
+there alone while process 0 failed in DDP's next collective ("Connection closed by peer"); a holdout of other
+data on process 1 (sharded) gave each process its own held-out figures for the same masks, and a held-out label
+beyond the head in a later held-out batch of process 1 stopped it alone. Now both raise one ValueError naming the process and the fix, a NaN batch
     is left out on both, and both learn the same masks."""
 
     from _ports import two_rank_records
@@ -668,6 +671,17 @@ def test_edge_popup_processes_agree_on_refusals_and_left_out_batches(tmp_path):
     assert rec["label_on_one"]["error"] == "ValueError", rec  # process 1's first batch: its label check agreed
     assert "process 1 of 2: the model gives 3 classes" in rec["label_on_one"]["message"], rec
     assert "labels go up to 5" in rec["label_on_one"]["message"], rec
+    # a later batch's labels (checked on the device, read with the loss's finite flag): both raise the named error
+    # (process 1's alone stopped it while process 0 failed in DDP's next collective, "Connection closed by peer")
+    assert rec["late_label_on_one"]["error"] == "ValueError", rec
+    assert "process 1 of 2: the model gives 3 classes" in rec["late_label_on_one"]["message"], rec
+    assert "labels go up to 5" in rec["late_label_on_one"]["message"], rec
+    assert rec["late_shape_on_one"]["error"] == "ValueError", rec
+    assert "takes one class index per example" in rec["late_shape_on_one"]["message"], rec
+    # the held-out figures agreed (each process reported its own holdout's), a held-out refusal on one raised by both
+    assert "live" in rec["other_holdout_on_one"], rec
+    assert rec["late_holdout_label_on_one"]["error"] == "ValueError", rec
+    assert "process 1 of 2: the model gives 3 classes" in rec["late_holdout_label_on_one"]["message"], rec
 
 
 def test_edge_popup_interrupted_on_a_sparse_model_says_its_zeros_stay_zero():

@@ -26,10 +26,12 @@ from ..counts import whole_number
 from ..data.cycle import LoaderCycle
 from ..distributed import agreed_call, all_reduce_mean_, is_distributed
 from ..global_rng import seeded_global_rng
-from ..label_checks import refuse_batch_targets, refuse_mismatched_targets
+from ..label_checks import guarded_batch_targets, refuse_labels_outside, refuse_mismatched_targets
 from ..warn import warn_user
 from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
-from ..mask_only_batches import _OWN_BATCHES
+from ..mask_only_eval import _agreed, check_first_batch
+from ..mask_only_learning import refuse_grads_not_given_back
+from ..mask_only_batches import _OWN_BATCHES, _OWN_WINDOW
 from ..mask_only_settings import check_loaders
 from ..mask_only_start import check_start_agrees, sparse_start
 from ..mask_only_targets import _resolve_targets
@@ -58,15 +60,59 @@ def _ranked(scores: Dict[str, torch.Tensor], absent: Dict[str, torch.Tensor]) ->
             for n, s in scores.items()}
 
 
-def _all_finite(loss: torch.Tensor) -> bool:
-    """Whether ``loss`` is finite on every process (one all-reduce of one number under several
-    processes, none on one): a batch left out for a NaN or inf loss on one process is left out on
-    all, so that every process runs the same forward and backward passes (a DDP model's collectives)."""
+def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where: str) -> bool:
+    """Whether a training batch's ``loss`` is finite on every process, after its targets are refused on every
+    process together where they were refused on any: ``refused`` (the error
+    :func:`adaptive.label_checks.guarded_batch_targets` raised on this process: a shape or type, ``loss`` None) or
+    ``found`` (what it found of the labels, ``[outside, low, high]`` on the device, or None: a label outside the
+    head of output ``shape``, refused by :func:`adaptive.label_checks.refuse_labels_outside` with ``where`` in a
+    note). One read on the host per batch, the finite flag and the labels together (the same one the finite check
+    alone made); under several processes one all-reduce of two numbers (as the finite check alone), and an agreed
+    refusal only where some process refused: a refusal on one process alone left the other in DDP's next
+    collective (gloo: "Connection closed by peer"; NCCL: waiting until its timeout)."""
+
+    def refuse(labels) -> None:  # this process's refusal, if any (labels: [outside, low, high] as read, or None)
+        if refused is not None:
+            raise refused
+        if labels is not None and labels[0]:
+            try:
+                refuse_labels_outside(int(labels[1]), int(labels[2]), shape, loss_fn)
+            except ValueError as e:
+                e.add_note(f"adaptive: found in {where}")
+                raise
+
     if not is_distributed():
-        return bool(torch.isfinite(loss))
-    flag = torch.isfinite(loss.detach()).to(torch.float64).reshape(1)
-    all_reduce_mean_([flag])
-    return flag.item() == 1.0
+        refuse(None)  # (a shape or type: nothing to read)
+        read = torch.cat([torch.isfinite(loss.detach()).reshape(1).long(), found]) if found is not None else \
+            torch.isfinite(loss.detach()).reshape(1)
+        read = read.tolist()
+        refuse(read[1:] if found is not None else None)
+        return bool(read[0])
+    ref = loss if loss is not None else found
+    one = torch.ones(1, dtype=torch.float64, device=ref.device if ref is not None else None)
+    flags = torch.cat([torch.isfinite(loss.detach()).reshape(1).double() if loss is not None else one * 0,
+                       one if refused is not None else found[:1].double() if found is not None else one * 0])
+    all_reduce_mean_([flags])  # (the mean of the finite flags is 1 where every process's loss is finite)
+    all_finite, any_bad = flags.tolist()
+    if any_bad > 0:  # (every process takes this branch together)
+        labels = found.tolist() if found is not None else None
+        agreed_call(lambda: refuse(labels), passed_why=_OWN_WINDOW)
+    return all_finite == 1.0
+
+
+_OWN_HOLDOUT = ("each process evaluated its own holdout loader: give every process the same, unsharded holdout (not "
+                "prepared by accelerate), with labels that fit the model's head")
+
+
+def _holdout_figures(model: nn.Module, holdout_loader, loss_fn: Callable) -> tuple:
+    """``(loss, accuracy)`` of ``model`` over the holdout (:func:`adaptive.mask_only_eval.evaluate`), agreed by every
+    process as the optimisation's (averaged: a holdout sharded by mistake gave each process its own figures for the
+    same masks), and an error on any process (a label beyond the head in a held-out batch of its own) raised on all
+    together (it stopped that process alone, the others going on into their next stage). One process: as evaluated."""
+    hl, ha, _ = agreed_call(lambda: evaluate(model, holdout_loader, loss_fn), passed_why=_OWN_HOLDOUT)
+    if ha is None:  # no accuracy (adaptive.metrics): None, never 0
+        return _agreed(hl)[0], None
+    return tuple(_agreed(hl, ha))
 
 
 def _starting_scores(w: torch.Tensor) -> torch.Tensor:
@@ -96,7 +142,9 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     such as a fraction of 1e-9 that rounds to 0, whose snapshot would be the dense network, and one removing
     fewer synapses than a sparse model has already lost: :mod:`adaptive.mask_only_start`). As there, a synapse
     whose weight is exactly 0.0 counts as removed from the start and is never kept, so ``removed`` is what
-    each target asks for.
+    each target asks for. A target of 0 (on a sparse model, one of its absent count) keeps the start as its snapshot,
+    scored on the holdout, with no stage of its own, as there: it reads no training batch, and the other targets
+    learn exactly as without it.
 
     Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
     ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
@@ -110,8 +158,11 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     process: its refusals are agreed (the loaders by :func:`adaptive.mask_only_settings.check_loaders`,
     train loaders of different lengths refused; a one-class output for cross-entropy, and targets that do not
     fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
-    targets are checked before its loss too, :func:`adaptive.label_checks.refuse_batch_targets`), and a batch whose loss is NaN or inf on any
-    process is left out on all. A sparse model (weights of exactly 0.0) is given back with them
+    targets are checked before its loss too, on the device, :func:`adaptive.label_checks.guarded_batch_targets`, and
+    refused on every process together where any process's are wrong, before the batch's backward pass, read with its
+    loss's finite flag: no read of its own), and a batch whose loss is NaN or inf on any process is left out on all. The first held-out batch is checked before any work, as
+    :func:`adaptive.optimize_connectome` checks it (:func:`adaptive.mask_only_eval.check_first_batch`: a head that
+    does not fit its targets, a loss the run cannot use), agreed across processes; the model is left as given. A sparse model (weights of exactly 0.0) is given back with them
     still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
     dtype (their starting values computed in float32 at least); a prunable layer no gradient reaches (one the
     forward does not use) keeps its starting scores, with a warning naming it, and a batch that does not reach a
@@ -124,6 +175,10 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     targets = listed_targets(targets)
     passes = checked_passes(passes)
     n_train = check_loaders(train_loader, holdout_loader)
+    refuse_grads_not_given_back(model)  # (before the first held-out batch's forward, which such a parameter may fail)
+    # a head that does not fit the held-out labels (or a loss the run cannot use), on the first held-out batch before
+    # any work, as the optimisation checks it: the holdout is read first at the end of the first stage
+    check_first_batch(model, holdout_loader, loss_fn)
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
     if any(isinstance(t, str) and t == "best" for t in targets):
@@ -142,14 +197,18 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     t_cpu, t_wall = time.process_time(), time.time()
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps * len(goals), desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
+    # a target that removes no more than the start (0 on a dense model; a sparse model's absent count) keeps the start
+    # as its snapshot with no stage of its own, as the optimisation's: a stage there (every present synapse kept, so
+    # no mask could change) moved the scores and the train loader on, and the other targets' masks with them
+    trained = sum(removed > start.absent for _, removed in goals)
+    bar = tqdm(total=steps * trained, desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
     first, drawn, graded = True, 0, set()
     with mask_learning(model, conn, absent=start.zeros):
         for label, removed in goals:
             keep = total - removed
             opt = torch.optim.Adam(list(scores.values()), lr=lr)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-            for _ in range(steps):
+            for _ in range(steps if removed > start.absent else 0):
                 conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
                 in_a_row = 0
                 while True:  # as the controller does: a batch with a non-finite loss is left out, another drawn
@@ -160,13 +219,17 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                     drawn += 1
                     # every batch's targets fit the output before the loss sees them (torch's own error for a label
                     # beyond the head is a bare "Target 7 is out of bounds", on a GPU a device-side assert)
+                    found, refused, where = None, None, f"edge-popup's training batch {drawn} (target {label})"
                     if first:  # (each process's own first batch: a refusal on one stops every process)
                         agreed_call(lambda: _check_first(out, y, loss_fn), passed_why=_OWN_BATCHES)
                         first = False
-                    else:
-                        refuse_batch_targets(out, y, loss_fn, f"edge-popup's training batch {drawn} (target {label})")
-                    loss = loss_fn(out, y)
-                    if _all_finite(loss):
+                    else:  # on the device, read with the loss's finite flag: a label outside the head is made the
+                        try:  # ignored one for the loss, and refused (on every process) before any backward pass
+                            y, found = guarded_batch_targets(out, y, loss_fn, where)
+                        except ValueError as e:  # (a shape or type: refused on every process together below)
+                            refused = e
+                    loss = loss_fn(out, y) if refused is None else None
+                    if _batch_verdict(loss, found, refused, tuple(out.shape), loss_fn, where):
                         break
                     skipped, in_a_row = skipped + 1, in_a_row + 1
                     if in_a_row >= n_train:
@@ -189,13 +252,13 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
             conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
             for p in conn.params.values():
                 p.grad = None
-            hl, ha, _ = evaluate(model, holdout_loader, loss_fn)
+            hl, ha = _holdout_figures(model, holdout_loader, loss_fn)
             snaps[label] = {"removed": total - conn.num_live(), "masks": {n: m.clone() for n, m in conn.masks.items()},
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
         bar.close()
     ungraded = [conn.layers[n].module_name for n in scores if n not in graded]
-    if ungraded:
+    if ungraded and trained:  # (targets that keep the start alone train nothing)
         warn_user(f"edge-popup: no gradient reached {len(ungraded)} layer(s) in any batch ({', '.join(ungraded[:5])}"
                   f"{', ...' if len(ungraded) > 5 else ''}: not used by the forward pass, or run under torch.no_grad()), so "
                   "their synapses were ranked by their starting scores (|w| over the layer's RMS weight) alone; leave "

@@ -3,8 +3,9 @@ tests/test_mask_only.py through tests/_ports.run_two_ranks): a gloo process grou
 short timeout, then edge_popup on a DistributedDataParallel model (whose forward and backward are
 collectives) once per case, each with loaders that only process 1 gets wrong (CASES): an empty
 holdout, train shards of different lengths, a batch of NaN on process 1 only, a label beyond the head
-in process 1's first training batch; then one where both
-are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
+in process 1's first training batch, and in its third (a later one: checked on the device), labels of the wrong
+shape in its third, a holdout of other data (a sharded one), a held-out label beyond the head in its third
+held-out batch; then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
 masks' live counts). A process left waiting in a collective fails there after the group's timeout
 (10 seconds) and records that instead."""
 import sys
@@ -16,15 +17,26 @@ from torch.utils.data import DataLoader, TensorDataset
 from _rank_record import record_cases
 
 
-def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False) -> DataLoader:
-    g = torch.Generator().manual_seed(rank)
+def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False, late_label_5: bool = False,
+            seed: int = None):
+    g = torch.Generator().manual_seed(rank if seed is None else seed)
     x = torch.randn(n, 4, generator=g)
     if nan:
         x[:8] = float("nan")  # the first batch
     y = torch.randint(0, 3, (n,), generator=g)
     if label_5:
         y[3] = 5  # the first batch: a label beyond the 3-class head
+    if late_label_5:
+        y[20] = 5  # the third batch
     return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def _late_wide_labels(rank: int) -> list:
+    """Four batches (a list: any loader with a length) whose third has labels of shape (8, 1)."""
+    batches = list(_loader(32, rank))
+    x, y = batches[2]
+    batches[2] = (x, y[:, None])
+    return batches
 
 
 # case: (process 1's train loader, process 1's holdout); process 0 gets _loader(32) for both
@@ -33,6 +45,10 @@ CASES = {
     "uneven": lambda: (_loader(16, 1), _loader(32)),
     "nan_on_one": lambda: (_loader(32, 1, nan=True), _loader(32)),
     "label_on_one": lambda: (_loader(32, 1, label_5=True), _loader(32)),
+    "late_label_on_one": lambda: (_loader(32, 1, late_label_5=True), _loader(32)),
+    "late_shape_on_one": lambda: (_late_wide_labels(1), _loader(32)),
+    "other_holdout_on_one": lambda: (_loader(32, 1), _loader(32, seed=7)),
+    "late_holdout_label_on_one": lambda: (_loader(32, 1), _loader(32, late_label_5=True)),
     "even": lambda: (_loader(32, 1), _loader(32)),
 }
 
@@ -48,7 +64,8 @@ def run(rank: int, folder: str) -> None:
                                                     find_unused_parameters=True)  # (the frozen biases: no gradient)
         train, holdout = loaders() if rank == 1 else (_loader(32), _loader(32))
         _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
-        return {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()],
+        return {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()], "holdout_loss": snaps["0.5"]["holdout_loss"],
+                "holdout_acc": snaps["0.5"]["holdout_acc"],
                 "masks": [m.flatten().int().tolist() for m in snaps["0.5"]["masks"].values()]}
 
     record_cases(rank, folder, CASES, attempt, timeout_s=10, message_chars=500, stop_unless="ValueError")
