@@ -41,7 +41,7 @@ from .controller_state import _holds_tensors  # noqa: F401  (importable from her
 from .amp_observe import check_scaler, finite_layers, split_scaled
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, aliases, container_hint
-from .distributed import check_masks_agree, is_distributed
+from .distributed import check_masks_agree, is_distributed, world_size
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .name_patterns import PatternSet
 from .optim_state import unwrap_optimizer
@@ -388,6 +388,18 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                 f"estimator {', '.join(fisher)} recovers the per-sample Fisher from the spread of the batch gradients in "
                 f"a window, which needs two or more batches; a window of {span} leaves the squared batch gradient, about "
                 "batch_size times too small a curvature term. Use update_every (and window) >= 2")
+        # a t-statistic of one batch has no spread to divide by: evidence then adds nothing, ever, and ranks by
+        # its magnitude prior alone (mask_only: each process's batches count, as GradientStats.n counts them)
+        batches = span * (world_size() if conn.mode == "mask_only" else 1)
+        spread = sorted({estimator_label(e) for e in (self.drop_est, self.grow_est)
+                         if getattr(e, "needs_spread", False) and not getattr(e, "needs_fisher", False)})
+        if spread and batches < 2:
+            warn_user(
+                f"estimator {', '.join(spread)} learns from the t-statistic of the batch gradients in a window (their "
+                f"mean against their batch-to-batch spread), which needs two or more batches; a window of {span} has no "
+                "spread, so it learns nothing from the loss and its scores stay its prior (evidence: the weights' "
+                "magnitude, as magnitude pruning ranks them). Use update_every (and window) >= 2: window=2 or more "
+                "for adaptive.optimize_connectome, --window 2 for recipes/prune_pretrained.py")
         if self.stats is not None:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None

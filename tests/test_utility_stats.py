@@ -150,3 +150,53 @@ def test_growth_gain_with_damping_zero_is_zero_where_no_gradient_came_not_nan():
         opt.step()
         opt.zero_grad()
     assert len(ctrl.events) == 5 and ctrl.conn.density() == 0.5  # the init and four updates, none refused
+
+
+def test_evidence_on_one_batch_windows_is_warned_of_as_learning_nothing():
+    """Evidence judges a synapse by the t-statistic of its window's batch gradients, mean against
+    batch-to-batch spread: a window of one batch has no spread, so it adds no evidence at all and the
+    scores stay the magnitude prior, update after update. ``optimize_connectome(estimator="evidence")``
+    (its default window is 1) and ``prune_pretrained.py --estimator evidence`` ran so, as magnitude
+    pruning, without a word. The controller now says so; a window of two batches learns and is not warned of."""
+    import warnings
+
+    import adaptive
+    import pytest
+    import torch.nn.functional as F
+
+    def run(update_every):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        conn = adaptive.Connectome(m, mode="mask_only")
+        est = adaptive.get_estimator("evidence")
+        ctrl = adaptive.Controller(conn, policy="crawl", estimator=est, update_every=update_every, edit_decay="constant")
+        x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+        for k in range(4):
+            m.zero_grad()
+            F.cross_entropy(m(x[4 * (k % 2):][:8]), y[4 * (k % 2):][:8]).backward()
+            ctrl.observe()
+            ctrl.step()
+        return sum(float(e.abs().sum()) for e in est.evidence.values())
+
+    with pytest.warns(UserWarning, match=r"estimator evidence learns from the t-statistic.*window of 1 has no spread"):
+        learned = run(1)
+    assert learned == 0.0  # what the warning says: nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(2) > 0.0
+
+
+def test_consistency_shrinkage_is_scale_invariant_and_its_cost_is_not():
+    """What docs/python_api.md says of scaled gradients (a GradScaler's, observed without ``scaler=``):
+    consistency's shrunk gradient scales with them exactly (its signal-to-noise ratio is scale-free), but
+    its removal cost, -g*w plus F*w^2/2, does not: the curvature term grows with the square of the scale."""
+    from adaptive.utility import get_estimator
+
+    batches = [[1.0, 0.3, -2.0], [0.5, -0.2, -1.0], [0.9, 0.6, -1.5]]
+    s = 2.0 ** 16
+    _, plain = _window(batches)
+    _, scaled = _window([[x * s for x in b] for b in batches])
+    est = get_estimator("consistency")
+    torch.testing.assert_close(est.gradient(scaled), est.gradient(plain) * s)
+    cost, cost_scaled = est.removal_cost(plain), est.removal_cost(scaled) / s
+    assert cost[0, 0] < 0 < cost_scaled[0, 0]  # at the scale, curvature outweighs the first-order term
