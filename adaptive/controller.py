@@ -134,7 +134,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         batch_size: the number of samples each observed gradient averages, which lets second-order
             estimators recover the per-sample Fisher: the per-process batch, times the number of
             processes when DDP averages gradients across them before the step (train mode). An
-            integer >= 1, or None (the Fisher is then the batch gradients' second moment).
+            integer >= 1, or None (the Fisher is then the batch gradients' second moment, about batch_size
+            times too small: so are the curvature terms of obd, consistency and curvature, and the
+            ``est_loss_change`` events report from them). A short batch (an epoch's last) counts as
+            one observation like the others: the window averages batch-mean gradients.
         holdout_loss: optional callable returning the loss on held-out training data; when given,
             each update is checked and shrunk (halved, up to ``line_search_tries`` times, an integer
             >= 0; 0: the whole update or nothing) or rolled back when it raises that loss by more
