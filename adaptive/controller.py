@@ -335,6 +335,16 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if grow_init is None:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
         self.grow_init = grow_init
+        if conn.mode == "train" and grow_init != "original" and getattr(self.grow_est, "scores_by_w0", False):
+            label = estimator_label(self.grow_est)
+            warn_user(
+                f"estimator {label} values a synapse by its presence derivative g * w0, w0 its value when present, "
+                f"which in train mode is 0.0 for an absent synapse (grow_init={grow_init!r}): an absent synapse's "
+                "restoration gain learns nothing from the loss and stays the value it had when it was pruned (its "
+                f"starting value where it was absent from the start), so growth goes by stale values. {label} is an "
+                "estimator for mask_only mode; in train mode give grow_init='original' (conn.keep_original() first) "
+                "to value absent synapses at their original weights, or grow by a train-mode estimator (curvature, "
+                "obd, gradient)")
         self.min_density = min_density
         pats = _as_patterns(protect, "protect")  # a string is split at commas, as include=/exclude= are
         inside = conn._pattern_inside()  # a connectome built on a wrapper: module.fc and module.* as fc and *

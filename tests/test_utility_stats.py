@@ -200,3 +200,41 @@ def test_consistency_shrinkage_is_scale_invariant_and_its_cost_is_not():
     torch.testing.assert_close(est.gradient(scaled), est.gradient(plain) * s)
     cost, cost_scaled = est.removal_cost(plain), est.removal_cost(scaled) / s
     assert cost[0, 0] < 0 < cost_scaled[0, 0]  # at the scale, curvature outweighs the first-order term
+
+
+def test_presence_and_evidence_growing_in_train_mode_without_original_values_are_warned_of():
+    """Presence and evidence value a synapse by g * w0, w0 its value when present: in train mode an absent
+    synapse's is 0.0, so its restoration gain never moves from its value when pruned (0 where it was absent
+    from the start), and a policy that grows by it regrew by stale values, silently. The controller now says
+    so; with grow_init="original" (w0 the original weights) and in mask_only mode the gains learn, unwarned."""
+    import warnings
+
+    import adaptive
+    import pytest
+    import torch.nn.functional as F
+
+    def run(est, mode="train", grow_init=None):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        conn = adaptive.Connectome(m, mode=mode)
+        if grow_init == "original":
+            conn.keep_original()
+        ctrl = adaptive.Controller(conn, policy="utility", estimator=est, density=0.5, update_every=2, end_step=3,
+                                   grow_init=grow_init)
+        absent = {n: ~k.clone() for n, k in conn.masks.items()}  # absent from the start
+        x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+        for k in range(2):
+            m.zero_grad()
+            F.cross_entropy(m(x[8 * k:][:8]), y[8 * k:][:8]).backward()
+            ctrl.observe()
+            ctrl.step()
+        gain = ctrl.scores("gain")
+        return max(float(gain[n][a].abs().max()) for n, a in absent.items())
+
+    for est in ("presence", "evidence"):
+        with pytest.warns(UserWarning, match=f"estimator {est} values a synapse by its presence derivative"):
+            assert run(est) == 0.0  # what the warning says: the gains of synapses absent from the start stay 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert run(est, grow_init="original") > 0.0
+            assert run(est, mode="mask_only") > 0.0

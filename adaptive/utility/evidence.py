@@ -35,6 +35,7 @@ class Evidence(Estimator):
     needs_gradients = True
     needs_second_moment = True
     needs_spread = True  # a window of one batch has no spread: no evidence, the magnitude prior alone (warned of)
+    scores_by_w0 = True  # d = g * w0: an absent synapse learns only where w0 is its original value
 
     def __init__(self, step: float = 0.003, clip: float = 3.0, decay: float = 1.0):
         owner = f"utility estimator {self.name!r}"
