@@ -395,15 +395,17 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         needs_g2 = self.drop_est.needs_second_moment or (self.grow_est is not None and self.grow_est.needs_second_moment)
         self.stats = GradientStats(conn, second_moment=needs_g2) if needs_g else None
         span = min(window or update_every, update_every)
+        # the batch gradients a window holds: in mask_only mode each process's count (GradientStats.n), so a
+        # window of one step over two processes has the two batches a spread needs
+        batches = span * (world_size() if conn.mode == "mask_only" else 1)
         fisher = sorted({estimator_label(e) for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
-        if fisher and span < 2:
+        if fisher and batches < 2:
             warn_user(
                 f"estimator {', '.join(fisher)} recovers the per-sample Fisher from the spread of the batch gradients in "
                 f"a window, which needs two or more batches; a window of {span} leaves the squared batch gradient, about "
                 "batch_size times too small a curvature term. Use update_every (and window) >= 2")
         # a t-statistic of one batch has no spread to divide by: evidence then adds nothing, ever, and ranks by
-        # its magnitude prior alone (mask_only: each process's batches count, as GradientStats.n counts them)
-        batches = span * (world_size() if conn.mode == "mask_only" else 1)
+        # its magnitude prior alone
         spread = sorted({estimator_label(e) for e in (self.drop_est, self.grow_est)
                          if getattr(e, "needs_spread", False) and not getattr(e, "needs_fisher", False)})
         if spread and batches < 2:

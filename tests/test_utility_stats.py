@@ -3,6 +3,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -21,7 +22,14 @@ def _close(a, b):
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-9)
 
 
-def test_two_processes_window_is_the_window_of_all_their_batches(tmp_path):
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """The records of one two-process run of tests/scripts/two_process_gradient_stats.py, which the tests
+    below read (one launch for all of them)."""
+    return two_rank_records("two_process_gradient_stats.py", tmp_path_factory.mktemp("two_process_gradient_stats"))
+
+
+def test_two_processes_window_is_the_window_of_all_their_batches(ranks):
     """Two processes observing two batches each (mask_only: gradients differ by process) hold four batch
     gradients: their reduced window is one process's window of the four, count, batch variance and the
     consistency and evidence scores included. The count was the mean over processes, 2: the batch
@@ -30,7 +38,7 @@ def test_two_processes_window_is_the_window_of_all_their_batches(tmp_path):
     process observed the same gradients (the same batches, or DDP's averaged one), the count stays."""
     script = _script()
     one = script.window(script.batches())
-    rank = two_rank_records("two_process_gradient_stats.py", tmp_path)
+    rank = ranks
     assert rank[0] == rank[1], "the processes' reduced statistics differ"
     got = rank[0]
     assert one["n"] == 4 and got["own"]["n"] == 4, (one["n"], got["own"]["n"])
@@ -55,14 +63,22 @@ def test_two_processes_window_is_the_window_of_all_their_batches(tmp_path):
                                rtol=1e-5, atol=scale)
 
 
-def test_the_same_gradients_reduced_in_another_order_still_count_once(tmp_path):
+def test_the_same_gradients_reduced_in_another_order_still_count_once(ranks):
     """Processes holding the same gradients bit for bit (DDP's averaged one) observe them once between them,
     whatever order each device adds up its fingerprint in: one process with one torch thread, the other
     with two, a window of 2 stays 2. The fingerprint was a float64 sum, whose last bits follow the thread
     count (or a GPU's model): the processes read as differing and the window counted 4, halving the noise
     the estimators credit to its mean."""
-    rank = two_rank_records("two_process_gradient_stats.py", tmp_path)
+    rank = ranks
     assert rank[0]["same_by_threads"] == rank[1]["same_by_threads"] == {"n": 2}, rank
+
+
+def test_windows_of_one_step_over_two_processes_in_mask_only_mode_are_not_warned_of_as_one_batch(ranks):
+    """In mask_only mode each process observes its own batches: a window of one step over two processes holds
+    two batch gradients (GradientStats.n), whose spread gives consistency its per-sample Fisher and evidence its
+    t-statistic. The controller warned there that one batch was too few, naming a fix the run did not need."""
+    rank = ranks
+    assert rank[0]["short_window"] == rank[1]["short_window"] == [], rank[0]["short_window"]
 
 
 def _window(batches, shape=(1, 3)):
@@ -161,7 +177,6 @@ def test_evidence_on_one_batch_windows_is_warned_of_as_learning_nothing():
     import warnings
 
     import adaptive
-    import pytest
     import torch.nn.functional as F
 
     def run(update_every):
@@ -210,7 +225,6 @@ def test_presence_and_evidence_growing_in_train_mode_without_original_values_are
     import warnings
 
     import adaptive
-    import pytest
     import torch.nn.functional as F
 
     def run(est, mode="train", grow_init=None):
