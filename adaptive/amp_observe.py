@@ -4,7 +4,8 @@
 After ``scaler.scale(loss).backward()`` the gradients carry the loss scale (65536 at first) until
 ``scaler.unscale_(opt)``, or ``scaler.step(opt)``, divides it out; a step whose scaled gradients hold
 inf or NaN is one the scaler skips. Observed as they are, scaled gradients move the estimators whose
-scores are not scale-invariant (a damping term beside a variance), and one non-finite batch leaves the
+scores are not scale-invariant (OBD's and consistency's first-order term, -g*w, beside a curvature
+term that grows with the square of the scale), and one non-finite batch leaves the
 whole window out. Here: which layers' gradients still carry the scale, and whether a step's gradients
 are finite (the scaler's own verdict, read once, as its step reads it).
 """

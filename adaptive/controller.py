@@ -41,7 +41,7 @@ from .controller_state import _holds_tensors  # noqa: F401  (importable from her
 from .amp_observe import check_scaler, finite_layers, split_scaled
 from .counts import whole_number  # noqa: F401  (also importable from here, as before)
 from .discovery import _as_patterns, aliases, container_hint
-from .distributed import check_masks_agree, is_distributed
+from .distributed import check_masks_agree, is_distributed, world_size
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .name_patterns import PatternSet
 from .optim_state import unwrap_optimizer
@@ -134,7 +134,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         batch_size: the number of samples each observed gradient averages, which lets second-order
             estimators recover the per-sample Fisher: the per-process batch, times the number of
             processes when DDP averages gradients across them before the step (train mode). An
-            integer >= 1, or None (the Fisher is then the batch gradients' second moment).
+            integer >= 1, or None (the Fisher is then the batch gradients' second moment, about batch_size
+            times too small: so are the curvature terms of obd, consistency and curvature, and the
+            ``est_loss_change`` events report from them). A short batch (an epoch's last) counts as
+            one observation like the others: the window averages batch-mean gradients.
         holdout_loss: optional callable returning the loss on held-out training data; when given,
             each update is checked and shrunk (halved, up to ``line_search_tries`` times, an integer
             >= 0; 0: the whole update or nothing) or rolled back when it raises that loss by more
@@ -332,6 +335,16 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if grow_init is None:
             grow_init = "original" if conn.mode == "mask_only" else "zero"
         self.grow_init = grow_init
+        if conn.mode == "train" and grow_init != "original" and getattr(self.grow_est, "scores_by_w0", False):
+            label = estimator_label(self.grow_est)
+            warn_user(
+                f"estimator {label} values a synapse by its presence derivative g * w0, w0 its value when present, "
+                f"which in train mode is 0.0 for an absent synapse (grow_init={grow_init!r}): an absent synapse's "
+                "restoration gain learns nothing from the loss and stays the value it had when it was pruned (its "
+                f"starting value where it was absent from the start), so growth goes by stale values. {label} is an "
+                "estimator for mask_only mode; in train mode give grow_init='original' (conn.keep_original() first) "
+                "to value absent synapses at their original weights, or grow by a train-mode estimator (curvature, "
+                "obd, gradient)")
         self.min_density = min_density
         pats = _as_patterns(protect, "protect")  # a string is split at commas, as include=/exclude= are
         inside = conn._pattern_inside()  # a connectome built on a wrapper: module.fc and module.* as fc and *
@@ -382,12 +395,26 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         needs_g2 = self.drop_est.needs_second_moment or (self.grow_est is not None and self.grow_est.needs_second_moment)
         self.stats = GradientStats(conn, second_moment=needs_g2) if needs_g else None
         span = min(window or update_every, update_every)
+        # the batch gradients a window holds: in mask_only mode each process's count (GradientStats.n), so a
+        # window of one step over two processes has the two batches a spread needs
+        batches = span * (world_size() if conn.mode == "mask_only" else 1)
         fisher = sorted({estimator_label(e) for e in (self.drop_est, self.grow_est) if getattr(e, "needs_fisher", False)})
-        if fisher and span < 2:
+        if fisher and batches < 2:
             warn_user(
                 f"estimator {', '.join(fisher)} recovers the per-sample Fisher from the spread of the batch gradients in "
                 f"a window, which needs two or more batches; a window of {span} leaves the squared batch gradient, about "
                 "batch_size times too small a curvature term. Use update_every (and window) >= 2")
+        # a t-statistic of one batch has no spread to divide by: evidence then adds nothing, ever, and ranks by
+        # its magnitude prior alone
+        spread = sorted({estimator_label(e) for e in (self.drop_est, self.grow_est)
+                         if getattr(e, "needs_spread", False) and not getattr(e, "needs_fisher", False)})
+        if spread and batches < 2:
+            warn_user(
+                f"estimator {', '.join(spread)} learns from the t-statistic of the batch gradients in a window (their "
+                f"mean against their batch-to-batch spread), which needs two or more batches; a window of {span} has no "
+                "spread, so it learns nothing from the loss and its scores stay its prior (evidence: the weights' "
+                "magnitude, as magnitude pruning ranks them). Use update_every (and window) >= 2: window=2 or more "
+                "for adaptive.optimize_connectome, --window 2 for recipes/prune_pretrained.py")
         if self.stats is not None:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None

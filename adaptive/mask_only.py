@@ -136,7 +136,8 @@ def optimize_connectome(
         estimator: utility estimator (registry name or instance) for removal costs and restoration
             gains; "presence" (default) learns a value per synapse batch by batch from the
             normalised presence derivative g * w0, starting at its layer-normalised magnitude;
-            "evidence" uses windowed t-statistics instead.
+            "evidence" uses windowed t-statistics instead (a ``window`` of two or more batches: one
+            batch has no spread, and evidence then learns nothing, warned of).
         window: training batches whose statistics feed one update (1: every batch).
         edit_fraction: most swaps per update, as a fraction of the live ensembles (decays to 0
             over each stage, cosine; estimators with a step, like presence, decay with it).

@@ -167,6 +167,8 @@ class Estimator:
     needs_gradients = False  # True: the controller collects gradient statistics
     needs_second_moment = False
     needs_fisher = False  # True: reads GradientStats.fisher, which needs two or more batches a window
+    scores_by_w0 = False  # True: values an absent synapse by g * ctx.w0, 0 in train mode without restore values
+    needs_spread = False  # True: reads the batch-to-batch spread of a window's gradients (its learning needs two or more batches)
     signed_cost = False  # True: removal costs with a first-order term (-g*w), negative for many synapses
 
     def loss_units(self, mode: str) -> bool:

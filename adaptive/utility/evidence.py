@@ -5,8 +5,9 @@ d = dL/dm = g * w0, the first-order loss change of switching it on (w0 is its or
 mask_only mode). Each window of n batches gives d's mean and its batch-to-batch spread; their
 ratio t = mean / (spread / sqrt(n)) says how consistently the batches agree, independent of the
 weight's scale. Evidence accumulates as E <- decay * E - step * clip(t, -clip, clip), so a synapse's
-value is judged by what held across many windows, not by one window's noise. Its value of presence
-is
+value is judged by what held across many windows, not by one window's noise. A window of one batch
+has no spread and adds nothing (the Controller warns of such windows): give it two or more batches. Its
+value of presence is
 
     v = |w0| + rms(w0 of its layer) * E
 
@@ -33,6 +34,8 @@ from ..registry import number_option
 class Evidence(Estimator):
     needs_gradients = True
     needs_second_moment = True
+    needs_spread = True  # a window of one batch has no spread: no evidence, the magnitude prior alone (warned of)
+    scores_by_w0 = True  # d = g * w0: an absent synapse learns only where w0 is its original value
 
     def __init__(self, step: float = 0.003, clip: float = 3.0, decay: float = 1.0):
         owner = f"utility estimator {self.name!r}"

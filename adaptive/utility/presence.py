@@ -38,6 +38,7 @@ from ..registry import number_option
 class Presence(Estimator):
     needs_gradients = True
     needs_second_moment = False
+    scores_by_w0 = True  # d = g * w0: an absent synapse learns only where w0 is its original value
 
     def __init__(self, step: float = 0.01, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         owner = f"utility estimator {self.name!r}"

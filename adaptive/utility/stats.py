@@ -8,6 +8,9 @@ gradient per step: a window of n steps on R processes then holds n*R of them, an
 counts them so (the estimators' batch variance and standard errors are those of one process that
 observed all n*R batches); where DDP averaged the gradients before the step, every process observed
 the same ones, and n they stay.
+Each observation counts once, whatever the number of examples its gradient averages: the window's
+mean is the mean of its batch-mean gradients (a short last batch of an epoch weighs its examples more
+than the others'), and :meth:`GradientStats.fisher` takes one batch size for all of them.
 A gradient is added as it is, NaN or inf included; :meth:`GradientStats.finite` checks the reduced
 window once, before anything reads it (the controller leaves such a window out).
 """

@@ -60,6 +60,20 @@ def same_gradients(threads):
     return {"n": stats.n("weight")}
 
 
+def short_window_warnings():
+    """The warnings of controllers in mask_only mode updating at every step, by consistency (a per-sample
+    Fisher) and by evidence (a t-statistic): over two processes each window holds two batch gradients."""
+    import warnings
+
+    net = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for est in ("consistency", "evidence"):
+            adaptive.Controller(adaptive.Connectome(net, mode="mask_only"), policy="crawl", estimator=est,
+                                update_every=1, verify=False)
+    return [str(w.message)[:60] for w in seen]
+
+
 def run(rank, folder):
     from _rank_record import record_cases
 
@@ -69,7 +83,8 @@ def run(rank, folder):
     cases = {"own": lambda _: window(own),  # each process its own batches (mask_only over several processes)
              "same": lambda _: window(batches()),  # every process the same four
              "ddp": lambda _: window(both, ddp=True),
-             "same_by_threads": lambda _: same_gradients(1 + rank)}  # DDP averages the gradients of a 16-example batch
+             "same_by_threads": lambda _: same_gradients(1 + rank),
+             "short_window": lambda _: short_window_warnings()}  # DDP averages the gradients of a 16-example batch
     record_cases(rank, folder, {k: k for k in cases}, lambda k: cases[k](k))
 
 
