@@ -349,6 +349,13 @@ def test_every_summary_and_event_field_of_a_run_is_named_on_the_training_page(mo
     if "init" not in {e["kind"] for e in events}:  # mask_only: the page said every run's first line was init
         assert "a mask_only run, starting dense, has none" in re.sub(r"\s+", " ", page)
     assert sorted(k for k in keys if f"`{k}`" not in page) == [], "docs/training.md does not name these keys"
+    # every file of the run folder, and every metrics.csv column in the page's account of that file
+    assert sorted(f.name for f in tmp_path.iterdir() if f"`{f.name}`" not in page) == [], \
+        "docs/training.md does not name these files of the run folder"
+    columns = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    said = re.sub(r"\s+", " ", page[page.index("`metrics.csv`\n("):page.index("`events.jsonl` (")])
+    assert [c for c in columns if not re.search(r"(?<![\w.])" + c + r"(?!\w)", said)] == [], \
+        f"docs/training.md's account of metrics.csv ({said[:80]}...) does not name these columns"
 
 
 def test_no_file_holds_a_merge_conflict_marker():
@@ -367,3 +374,28 @@ def test_no_file_holds_a_merge_conflict_marker():
                     if line.startswith((opening, closing)):
                         found.append(f"{os.path.relpath(path, ROOT)}:{i}")
     assert not found, f"merge conflict markers left in {found}: resolve them (keep what both sides meant)"
+
+
+def test_every_file_the_graphs_commands_write_is_named_on_the_graphs_page(tmp_path, fresh_recipe):
+    """docs/graphs.md names every file `python -m graphs export`, `report` and `compact` write into a run
+    folder by default (report's figures and summary.json went unnamed: "summary + figures", and where?)."""
+    import graphs.cli
+    import graphs.figures
+    from _scripts import load_script
+
+    run = tmp_path / "run"
+    load_script("recipes/adaptive.py", "recipe_adaptive_graph_files").main(
+        ["--max_steps", "8", "--update_every", "4", "--threads", "1", "--progress", "false", "--figures", "false",
+         "--output_dir", str(run)])
+    before = {p for p in run.rglob("*")}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for argv in (["export", str(run), "--level", "unit", "--format", "graphml"], ["report", str(run)], ["compact", str(run)]):
+            assert graphs.cli.main(argv) in (0, None), argv
+    written = sorted(os.path.relpath(p, run) for p in set(run.rglob("*")) - before if p.is_file())
+    assert written and any(w.endswith(".png") for w in written), written
+    page = re.sub(r"\s+", " ", re.sub(r"```.*?```", "", PAGES["docs/graphs.md"], flags=re.S))
+    spans = re.findall(r"`([^`]+)`", page)
+    assert [w for w in written if not any(s.endswith(os.path.basename(w)) for s in spans)] == [], \
+        "docs/graphs.md does not name these files of `python -m graphs` (export, report, compact)"
+    # the figure a model without concatenations does not draw is named too
+    assert "`concat_depths.png`" in page and "concat_depths.png" in open(graphs.figures.__file__).read()
