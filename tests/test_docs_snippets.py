@@ -399,3 +399,97 @@ def test_every_file_the_graphs_commands_write_is_named_on_the_graphs_page(tmp_pa
         "docs/graphs.md does not name these files of `python -m graphs` (export, report, compact)"
     # the figure a model without concatenations does not draw is named too
     assert "`concat_depths.png`" in page and "concat_depths.png" in open(graphs.figures.__file__).read()
+
+
+def _resolves(dotted):
+    """Whether ``adaptive.x.y`` names something: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def quoted_dotted_names(text):
+    """Every ``adaptive.…``, ``graphs.…`` and ``recipes.…`` name a page writes (not a file path)."""
+    names = {n.rstrip(".") for n in re.findall(r"(?<![\w./-])((?:adaptive|graphs|recipes)(?:\.[A-Za-z_]\w*)+)", text)}
+    return {n for n in names if not n.endswith((".py", ".md", ".yaml", ".json", ".csv", ".png"))}
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_dotted_name_a_page_quotes_exists(page):
+    """A renamed or moved function leaves the pages naming the old one: each quoted ``adaptive.x.y`` resolves."""
+    _root_on_path()
+    assert sorted(n for n in quoted_dotted_names(PAGES[page]) if not _resolves(n)) == [], \
+        f"{page} names these, which do not exist (renamed or moved?)"
+
+
+def test_the_dotted_name_check_finds_a_moved_name():
+    text = "`adaptive.mask_only.changed_from`, `graphs.exporters.JSON_CHUNK`, `adaptive.utility.nowhere_now`, recipes/adaptive.py"
+    assert sorted(n for n in quoted_dotted_names(text) if not _resolves(n)) == ["adaptive.utility.nowhere_now"]
+
+
+# keywords the pages quote in code that belong to other libraries' calls (torch, torchvision, the RigL code),
+# not to one of ours
+OUTSIDE_KEYWORDS = {
+    "assign", "find_unused_parameters", "requires_grad", "retain_graph", "use_reentrant", "alpha", "beta",
+    "aux_logits", "dropout_p", "features", "output_size", "temperature", "training", "shuffle", "fused",
+    "first_layer_sparsity", "prune_first_layer", "in_proj_weight", "label_smoothing", "transform_input",
+}
+
+
+@lru_cache(maxsize=None)
+def our_keywords():
+    """Every parameter name of every function, class and method that adaptive and graphs define."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import adaptive
+    import graphs
+
+    names = set()
+    for pkg in (adaptive, graphs):
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for obj in vars(module).values():
+                if not (inspect.isfunction(obj) or inspect.isclass(obj)) or not obj.__module__.startswith(("adaptive", "graphs")):
+                    continue
+                members = [obj] + ([getattr(obj, n) for n, m in vars(obj).items() if callable(m) or isinstance(m, (staticmethod, classmethod))]
+                                   if inspect.isclass(obj) else [])
+                for f in members:
+                    with contextlib.suppress(TypeError, ValueError):
+                        names.update(inspect.signature(f).parameters)
+    return names
+
+
+def quoted_keywords(text):
+    """The ``name=`` keywords of a page's inline code (command lines and options left out)."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    spans = [s for s in re.findall(r"`([^`]+)`", prose) if not s.startswith(("python ", "accelerate ", "--")) and " --" not in s]
+    return {k for s in spans for k in re.findall(r"(?<![\w.\-])([a-z_]\w*)=(?!=)", s)}
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_keyword_a_page_quotes_is_a_parameter_of_ours(page):
+    """A keyword a page shows in code (`zero_cost_order="magnitude"`, `holdout_loss=`) is a parameter of
+    some function or class of adaptive or graphs (or a listed outside library's): a renamed parameter
+    leaves no page showing its old name."""
+    unknown = sorted(quoted_keywords(PAGES[page]) - our_keywords() - OUTSIDE_KEYWORDS)
+    assert unknown == [], f"{page} shows keywords that no function of adaptive or graphs takes: {unknown}"
+
+
+def test_the_keyword_check_finds_a_misspelt_keyword():
+    text = '`Controller(conn, zero_cost_ordr="index")`, `holdout_loss=`, `python recipes/adaptive.py --x y=1`, `--a b=2`'
+    assert quoted_keywords(text) - our_keywords() - OUTSIDE_KEYWORDS == {"zero_cost_ordr"}
