@@ -236,16 +236,19 @@ def readme_commands(texts=None):
             part = re.sub(r"\s+#.*$", "", part).strip()
             m = re.match(r"(?:python|accelerate launch)\s+(-m graphs|recipes/\S+\.py)(.*)$", part)
             if m:
-                argv = [a for a in shlex.split(re.sub(r"\[([^\]]*)\]", r"\1", m.group(2))) if a != "..."]  # quoted values stay whole
+                # an optional part written `[--opt]` is parsed as given; a value's own brackets (hidden=[512,256]) stay
+                argv = [a for a in shlex.split(re.sub(r"\[(-[^\]]*)\]", r"\1", m.group(2))) if a != "..."]  # quoted values stay whole
                 out.append((m.group(1), argv))
     return out
 
 
 def test_commands_wrapped_over_lines_are_found():
     """An inline command the page wraps over two lines is parsed whole (such commands went unchecked)."""
-    page = "run `python recipes/prune_pretrained.py --model resnet20 --weights\nw.th --remove best` and `python -m graphs\nreport RUN`"
+    page = ("run `python recipes/prune_pretrained.py --model resnet20 --weights\nw.th --remove best` and `python -m graphs\nreport RUN`"
+            " and `python -m graphs export c.safetensors --model mlp --model-kw 'hidden=[512,256]' [--contract]`")
     assert readme_commands([page]) == [("recipes/prune_pretrained.py", ["--model", "resnet20", "--weights", "w.th", "--remove", "best"]),
-                                       ("-m graphs", ["report", "RUN"])]
+                                       ("-m graphs", ["report", "RUN"]),
+                                       ("-m graphs", ["export", "c.safetensors", "--model", "mlp", "--model-kw", "hidden=[512,256]", "--contract"])]
 
 
 class _Parsed(Exception):
