@@ -48,6 +48,7 @@ import os
 assert all(torch.equal(conn2.masks[n], conn.masks[n]) for n in conn.masks)  # the masks come back as saved
 assert os.path.getsize("run/connectome.safetensors") < conn.num_synapses() / 8 + 65536  # 1 bit per synapse
 assert all((plain[n][~conn.masks[n]] == 0).all() for n in conn.masks)  # zeros where pruned
+assert conn.summary().split()[:6] == ["layer", "shape", "synapses", "live", "density", "ensemble"]
 """),
     "ctrl = adaptive.Controller(conn, optimizer, policy=\"rigl\"": ([r"\d+ density 0\.100"], ""),
     "bands = gradient_by_depth(net, data.train, layer=\"classifier\", batches=5)": (None, """
@@ -72,6 +73,8 @@ assert tuple(up.weight.shape) == (8, 2, 2, 2)  # stored (in, out/groups, *kernel
          r"\{.*'dead': 0\}"], ""),
     "conn = adaptive.Connectome(model, ensemble=\"0=neuron;synapse\")": (None, """
 assert int(hidden.all(1).sum()) == 32 and int((~hidden.any(1)).sum()) == 32  # 32 of the 64 units gone, whole
+rows = {line.split()[0]: line.split()[-1] for line in conn.summary().splitlines() if line.startswith(("0.", "2."))}
+assert rows == {"0.weight": "neuron", "2.weight": "synapse"}  # the ensemble column
 """),
     "@register_model(\"my_net\")": ([], """
 import os, subprocess, sys, recipes  # the command of its first line, run short on the file (written beside it)
