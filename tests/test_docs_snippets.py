@@ -493,3 +493,17 @@ def test_every_keyword_a_page_quotes_is_a_parameter_of_ours(page):
 def test_the_keyword_check_finds_a_misspelt_keyword():
     text = '`Controller(conn, zero_cost_ordr="index")`, `holdout_loss=`, `python recipes/adaptive.py --x y=1`, `--a b=2`'
     assert quoted_keywords(text) - our_keywords() - OUTSIDE_KEYWORDS == {"zero_cost_ordr"}
+
+
+def test_the_diagnostics_page_lists_every_data_and_model_option_its_commands_share():
+    """docs/diagnostics.md lists the data/model options every command but `progress` takes: the list left
+    out --download, --dataset-kw, --plugins, --eval_batch_size, --holdout and --threads, which they take."""
+    parser = parsers()["recipes/diagnostics.py"]
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shared = set.intersection(*({a.option_strings[0] for a in subs[c]._actions if a.option_strings}
+                                for c in ("dense-gradients", "collinearity", "knowledge")))
+    own = {"-h", "--output_dir", "--svg", "--overwrite", "--lr", "--train_steps"}  # every command's, and training's
+    page = re.sub(r"\s+", " ", PAGES["docs/diagnostics.md"])
+    listed = set(re.findall(r"`(--[\w-]+)`", page[page.index("the data/model options ("):].split(")", 1)[0]))
+    assert sorted(shared - own - listed) == [], "docs/diagnostics.md's list of the data/model options lacks these"
+    assert sorted(listed - shared) == [], "docs/diagnostics.md lists data/model options not every command takes"
