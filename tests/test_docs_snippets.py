@@ -507,3 +507,15 @@ def test_the_diagnostics_page_lists_every_data_and_model_option_its_commands_sha
     listed = set(re.findall(r"`(--[\w-]+)`", page[page.index("the data/model options ("):].split(")", 1)[0]))
     assert sorted(shared - own - listed) == [], "docs/diagnostics.md's list of the data/model options lacks these"
     assert sorted(listed - shared) == [], "docs/diagnostics.md lists data/model options not every command takes"
+
+
+def test_the_training_page_lists_the_settings_a_resume_may_change():
+    """docs/training.md lists the settings a `--resume` may change (where and how a run is shown) as
+    recipes/_adaptive/resume.py has them: one added there, or on the page alone, is a promise the other lacks."""
+    _root_on_path()
+    from recipes._adaptive.resume import _RESUME_MAY_CHANGE
+
+    page = re.sub(r"\s+", " ", PAGES["docs/training.md"])
+    start = page.index("only where and how it is shown may change: ")
+    listed = {o[2:] for o in re.findall(r"`(--\w+)`", page[start:page.index(";", start)])}
+    assert listed == _RESUME_MAY_CHANGE - {"resume", "overwrite"}, (sorted(listed), sorted(_RESUME_MAY_CHANGE))
