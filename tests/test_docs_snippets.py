@@ -519,3 +519,15 @@ def test_the_training_page_lists_the_settings_a_resume_may_change():
     start = page.index("only where and how it is shown may change: ")
     listed = {o[2:] for o in re.findall(r"`(--\w+)`", page[start:page.index(";", start)])}
     assert listed == _RESUME_MAY_CHANGE - {"resume", "overwrite"}, (sorted(listed), sorted(_RESUME_MAY_CHANGE))
+
+
+def test_the_mask_only_page_lists_the_settings_a_prune_pretrained_resume_may_change():
+    """docs/mask_only.md's list of what `prune_pretrained.py --resume` may change is RESUME_MAY_CHANGE of
+    recipes/_prune_pretrained/resume.py (less --resume, --overwrite and the folder it names)."""
+    _root_on_path()
+    from recipes._prune_pretrained.resume import RESUME_MAY_CHANGE
+
+    page = re.sub(r"\s+", " ", PAGES["docs/mask_only.md"])
+    start = page.index("; only `--data-dir`")
+    listed = {o[2:].replace("-", "_") for o in re.findall(r"`(--[\w-]+)`", page[start:page.index(" may change)", start)])}
+    assert listed == RESUME_MAY_CHANGE - {"resume", "overwrite", "output_dir"}, (sorted(listed), sorted(RESUME_MAY_CHANGE))
