@@ -531,3 +531,22 @@ def test_the_mask_only_page_lists_the_settings_a_prune_pretrained_resume_may_cha
     start = page.index("; only `--data-dir`")
     listed = {o[2:].replace("-", "_") for o in re.findall(r"`(--[\w-]+)`", page[start:page.index(" may change)", start)])}
     assert listed == RESUME_MAY_CHANGE - {"resume", "overwrite", "output_dir"}, (sorted(listed), sorted(RESUME_MAY_CHANGE))
+
+
+def test_every_built_in_policy_estimator_and_budget_is_named_on_the_api_page():
+    """python_api.md's lists of policies, utility estimators and layer budgets hold every built-in name the
+    registries know (a policy added without its line of documentation is caught here)."""
+    from adaptive.budgets import _BUDGETS
+    from adaptive.policies.base import _POLICIES
+    from adaptive.utility.base import _ESTIMATORS
+
+    def ours(registry):  # the built-in names: a plugin another test registered in this process is not
+        return [n for n, v in registry.items() if getattr(v, "__module__", "").startswith("adaptive.")]
+
+    page = re.sub(r"\s+", " ", PAGES["docs/python_api.md"])
+    sections = {"Policies (`adaptive.policies`, a registry)": ours(_POLICIES),
+                "Utility estimators (`adaptive.utility`)": ours(_ESTIMATORS), "Layer budgets:": ours(_BUDGETS)}
+    assert all(len(names) >= 4 for names in sections.values()), sections
+    for opening, names in sections.items():
+        text = page[page.index(opening):][:6000]
+        assert [n for n in names if f"`{n}`" not in text] == [], f"python_api.md's list after {opening!r} lacks these"
