@@ -349,6 +349,13 @@ def test_every_summary_and_event_field_of_a_run_is_named_on_the_training_page(mo
     if "init" not in {e["kind"] for e in events}:  # mask_only: the page said every run's first line was init
         assert "a mask_only run, starting dense, has none" in re.sub(r"\s+", " ", page)
     assert sorted(k for k in keys if f"`{k}`" not in page) == [], "docs/training.md does not name these keys"
+    # every file of the run folder, and every metrics.csv column in the page's account of that file
+    assert sorted(f.name for f in tmp_path.iterdir() if f"`{f.name}`" not in page) == [], \
+        "docs/training.md does not name these files of the run folder"
+    columns = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    said = re.sub(r"\s+", " ", page[page.index("`metrics.csv`\n("):page.index("`events.jsonl` (")])
+    assert [c for c in columns if not re.search(r"(?<![\w.])" + c + r"(?!\w)", said)] == [], \
+        f"docs/training.md's account of metrics.csv ({said[:80]}...) does not name these columns"
 
 
 def test_no_file_holds_a_merge_conflict_marker():
@@ -367,3 +374,179 @@ def test_no_file_holds_a_merge_conflict_marker():
                     if line.startswith((opening, closing)):
                         found.append(f"{os.path.relpath(path, ROOT)}:{i}")
     assert not found, f"merge conflict markers left in {found}: resolve them (keep what both sides meant)"
+
+
+def test_every_file_the_graphs_commands_write_is_named_on_the_graphs_page(tmp_path, fresh_recipe):
+    """docs/graphs.md names every file `python -m graphs export`, `report` and `compact` write into a run
+    folder by default (report's figures and summary.json went unnamed: "summary + figures", and where?)."""
+    import graphs.cli
+    import graphs.figures
+    from _scripts import load_script
+
+    run = tmp_path / "run"
+    load_script("recipes/adaptive.py", "recipe_adaptive_graph_files").main(
+        ["--max_steps", "8", "--update_every", "4", "--threads", "1", "--progress", "false", "--figures", "false",
+         "--output_dir", str(run)])
+    before = {p for p in run.rglob("*")}
+    with contextlib.redirect_stdout(io.StringIO()):
+        for argv in (["export", str(run), "--level", "unit", "--format", "graphml"], ["report", str(run)], ["compact", str(run)]):
+            assert graphs.cli.main(argv) in (0, None), argv
+    written = sorted(os.path.relpath(p, run) for p in set(run.rglob("*")) - before if p.is_file())
+    assert written and any(w.endswith(".png") for w in written), written
+    page = re.sub(r"\s+", " ", re.sub(r"```.*?```", "", PAGES["docs/graphs.md"], flags=re.S))
+    spans = re.findall(r"`([^`]+)`", page)
+    assert [w for w in written if not any(s.endswith(os.path.basename(w)) for s in spans)] == [], \
+        "docs/graphs.md does not name these files of `python -m graphs` (export, report, compact)"
+    # the figure a model without concatenations does not draw is named too
+    assert "`concat_depths.png`" in page and "concat_depths.png" in open(graphs.figures.__file__).read()
+
+
+def _resolves(dotted):
+    """Whether ``adaptive.x.y`` names something: the longest importable module prefix, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def quoted_dotted_names(text):
+    """Every ``adaptive.…``, ``graphs.…`` and ``recipes.…`` name a page writes (not a file path)."""
+    names = {n.rstrip(".") for n in re.findall(r"(?<![\w./-])((?:adaptive|graphs|recipes)(?:\.[A-Za-z_]\w*)+)", text)}
+    return {n for n in names if not n.endswith((".py", ".md", ".yaml", ".json", ".csv", ".png"))}
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_dotted_name_a_page_quotes_exists(page):
+    """A renamed or moved function leaves the pages naming the old one: each quoted ``adaptive.x.y`` resolves."""
+    _root_on_path()
+    assert sorted(n for n in quoted_dotted_names(PAGES[page]) if not _resolves(n)) == [], \
+        f"{page} names these, which do not exist (renamed or moved?)"
+
+
+def test_the_dotted_name_check_finds_a_moved_name():
+    text = "`adaptive.mask_only.changed_from`, `graphs.exporters.JSON_CHUNK`, `adaptive.utility.nowhere_now`, recipes/adaptive.py"
+    assert sorted(n for n in quoted_dotted_names(text) if not _resolves(n)) == ["adaptive.utility.nowhere_now"]
+
+
+# keywords the pages quote in code that belong to other libraries' calls (torch, torchvision, the RigL code),
+# not to one of ours
+OUTSIDE_KEYWORDS = {
+    "assign", "find_unused_parameters", "requires_grad", "retain_graph", "use_reentrant", "alpha", "beta",
+    "aux_logits", "dropout_p", "features", "output_size", "temperature", "training", "shuffle", "fused",
+    "first_layer_sparsity", "prune_first_layer", "in_proj_weight", "label_smoothing", "transform_input",
+}
+
+
+@lru_cache(maxsize=None)
+def our_keywords():
+    """Every parameter name of every function, class and method that adaptive and graphs define."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import adaptive
+    import graphs
+
+    names = set()
+    for pkg in (adaptive, graphs):
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for obj in vars(module).values():
+                if not (inspect.isfunction(obj) or inspect.isclass(obj)) or not obj.__module__.startswith(("adaptive", "graphs")):
+                    continue
+                members = [obj] + ([getattr(obj, n) for n, m in vars(obj).items() if callable(m) or isinstance(m, (staticmethod, classmethod))]
+                                   if inspect.isclass(obj) else [])
+                for f in members:
+                    with contextlib.suppress(TypeError, ValueError):
+                        names.update(inspect.signature(f).parameters)
+    return names
+
+
+def quoted_keywords(text):
+    """The ``name=`` keywords of a page's inline code (command lines and options left out)."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    spans = [s for s in re.findall(r"`([^`]+)`", prose) if not s.startswith(("python ", "accelerate ", "--")) and " --" not in s]
+    return {k for s in spans for k in re.findall(r"(?<![\w.\-])([a-z_]\w*)=(?!=)", s)}
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_keyword_a_page_quotes_is_a_parameter_of_ours(page):
+    """A keyword a page shows in code (`zero_cost_order="magnitude"`, `holdout_loss=`) is a parameter of
+    some function or class of adaptive or graphs (or a listed outside library's): a renamed parameter
+    leaves no page showing its old name."""
+    unknown = sorted(quoted_keywords(PAGES[page]) - our_keywords() - OUTSIDE_KEYWORDS)
+    assert unknown == [], f"{page} shows keywords that no function of adaptive or graphs takes: {unknown}"
+
+
+def test_the_keyword_check_finds_a_misspelt_keyword():
+    text = '`Controller(conn, zero_cost_ordr="index")`, `holdout_loss=`, `python recipes/adaptive.py --x y=1`, `--a b=2`'
+    assert quoted_keywords(text) - our_keywords() - OUTSIDE_KEYWORDS == {"zero_cost_ordr"}
+
+
+def test_the_diagnostics_page_lists_every_data_and_model_option_its_commands_share():
+    """docs/diagnostics.md lists the data/model options every command but `progress` takes: the list left
+    out --download, --dataset-kw, --plugins, --eval_batch_size, --holdout and --threads, which they take."""
+    parser = parsers()["recipes/diagnostics.py"]
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    shared = set.intersection(*({a.option_strings[0] for a in subs[c]._actions if a.option_strings}
+                                for c in ("dense-gradients", "collinearity", "knowledge")))
+    own = {"-h", "--output_dir", "--svg", "--overwrite", "--lr", "--train_steps"}  # every command's, and training's
+    page = re.sub(r"\s+", " ", PAGES["docs/diagnostics.md"])
+    listed = set(re.findall(r"`(--[\w-]+)`", page[page.index("the data/model options ("):].split(")", 1)[0]))
+    assert sorted(shared - own - listed) == [], "docs/diagnostics.md's list of the data/model options lacks these"
+    assert sorted(listed - shared) == [], "docs/diagnostics.md lists data/model options not every command takes"
+
+
+def test_the_training_page_lists_the_settings_a_resume_may_change():
+    """docs/training.md lists the settings a `--resume` may change (where and how a run is shown) as
+    recipes/_adaptive/resume.py has them: one added there, or on the page alone, is a promise the other lacks."""
+    _root_on_path()
+    from recipes._adaptive.resume import _RESUME_MAY_CHANGE
+
+    page = re.sub(r"\s+", " ", PAGES["docs/training.md"])
+    start = page.index("only where and how it is shown may change: ")
+    listed = {o[2:] for o in re.findall(r"`(--\w+)`", page[start:page.index(";", start)])}
+    assert listed == _RESUME_MAY_CHANGE - {"resume", "overwrite"}, (sorted(listed), sorted(_RESUME_MAY_CHANGE))
+
+
+def test_the_mask_only_page_lists_the_settings_a_prune_pretrained_resume_may_change():
+    """docs/mask_only.md's list of what `prune_pretrained.py --resume` may change is RESUME_MAY_CHANGE of
+    recipes/_prune_pretrained/resume.py (less --resume, --overwrite and the folder it names)."""
+    _root_on_path()
+    from recipes._prune_pretrained.resume import RESUME_MAY_CHANGE
+
+    page = re.sub(r"\s+", " ", PAGES["docs/mask_only.md"])
+    start = page.index("; only `--data-dir`")
+    listed = {o[2:].replace("-", "_") for o in re.findall(r"`(--[\w-]+)`", page[start:page.index(" may change)", start)])}
+    assert listed == RESUME_MAY_CHANGE - {"resume", "overwrite", "output_dir"}, (sorted(listed), sorted(RESUME_MAY_CHANGE))
+
+
+def test_every_built_in_policy_estimator_and_budget_is_named_on_the_api_page():
+    """python_api.md's lists of policies, utility estimators and layer budgets hold every built-in name the
+    registries know (a policy added without its line of documentation is caught here)."""
+    from adaptive.budgets import _BUDGETS
+    from adaptive.policies.base import _POLICIES
+    from adaptive.utility.base import _ESTIMATORS
+
+    def ours(registry):  # the built-in names: a plugin another test registered in this process is not
+        return [n for n, v in registry.items() if getattr(v, "__module__", "").startswith("adaptive.")]
+
+    page = re.sub(r"\s+", " ", PAGES["docs/python_api.md"])
+    sections = {"Policies (`adaptive.policies`, a registry)": ours(_POLICIES),
+                "Utility estimators (`adaptive.utility`)": ours(_ESTIMATORS), "Layer budgets:": ours(_BUDGETS)}
+    assert all(len(names) >= 4 for names in sections.values()), sections
+    for opening, names in sections.items():
+        text = page[page.index(opening):][:6000]
+        assert [n for n in names if f"`{n}`" not in text] == [], f"python_api.md's list after {opening!r} lacks these"

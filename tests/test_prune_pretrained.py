@@ -137,6 +137,9 @@ def test_end_to_end_outputs_and_test_split_read_last(tmp_path, weights, capsys, 
     first = next(h for h in hist if h["kind"] == "update")  # the jump to the first target
     assert first["train_removed"] == 0 < first["removed"]  # its window ran through the dense network
     assert "read only for this report" in (out / "results.md").read_text()
+    # docs/mask_only.md names every file the recipe writes (its own folder's and each target's)
+    page = (ROOT / "docs" / "mask_only.md").read_text()
+    assert sorted({f.name for f in out.rglob("*") if f.is_file() and f"`{f.name}`" not in page}) == []
     # the exported state_dict reproduces the connectome model exactly
     result = summary["result"]
     result.use("300")

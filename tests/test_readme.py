@@ -39,12 +39,94 @@ def test_readme_stays_short():
     assert len(PAGES) > 1
 
 
+# What an example shows of its output, checked where the example does not assert it itself: a line that
+# only its example has -> (a regex for each line it prints, or None where a table is printed; code run after
+# the example, in its process, that checks what its comments say of its values and files)
+EXAMPLE_CHECKS = {
+    "conn = adaptive.Connectome(model, ensemble=\"kernel\")": (None, """
+import os
+assert all(torch.equal(conn2.masks[n], conn.masks[n]) for n in conn.masks)  # the masks come back as saved
+assert os.path.getsize("run/connectome.safetensors") < conn.num_synapses() / 8 + 65536  # 1 bit per synapse
+assert all((plain[n][~conn.masks[n]] == 0).all() for n in conn.masks)  # zeros where pruned
+assert conn.summary().split()[:6] == ["layer", "shape", "synapses", "live", "density", "ensemble"]
+"""),
+    "ctrl = adaptive.Controller(conn, optimizer, policy=\"rigl\"": ([r"\d+ density 0\.100"], ""),
+    "bands = gradient_by_depth(net, data.train, layer=\"classifier\", batches=5)": (None, """
+import os
+assert all(os.path.getsize(f) > 0 for f in ("gradients_by_depth.png", "collinearity.png", "knowledge.png"))
+assert {"depth", "median", "q1", "q3"} <= set(bands.table.columns)  # median and quartiles per source depth
+assert col.fraction_above([0.5, 0.9]).columns == ["layer", "weights", ">0.5", ">0.9"]
+assert curve.shown_fit_table().columns[0] == "quantity"
+"""),
+    "g = graphs.build(conn, level=\"unit\")": ([r"\{.*'dead': [1-9]\d*\}", r"269722 -> \d+"], """
+import os
+assert 0.75 < conn.density() < 0.85  # about 20% of the filters pruned
+assert tuple(data.edge_index.shape) == (2, nxg.number_of_edges()) and data.num_nodes == nxg.number_of_nodes()
+assert os.path.getsize("run/connectome.graphml") > 0
+assert small.compaction["params_after"] < small.compaction["params_before"]  # the dead units removed
+"""),
+    "up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2, groups=2)": ([r"\(4, 4, 2, 2\)"], """
+assert tuple(up.weight.shape) == (8, 2, 2, 2)  # stored (in, out/groups, *kernel)
+"""),
+    "vit = torchvision.models.VisionTransformer(": (
+        [r"\[" + ", ".join(f"'encoder\\.layers\\.encoder_layer_0\\.self_attention\\.{p}'" for p in ("q", "k", "v", "out_proj")) + r"\]",
+         r"\{.*'dead': 0\}"], ""),
+    "conn = adaptive.Connectome(model, ensemble=\"0=neuron;synapse\")": (None, """
+assert int(hidden.all(1).sum()) == 32 and int((~hidden.any(1)).sum()) == 32  # 32 of the 64 units gone, whole
+rows = {line.split()[0]: line.split()[-1] for line in conn.summary().splitlines() if line.startswith(("0.", "2."))}
+assert rows == {"0.weight": "neuron", "2.weight": "synapse"}  # the ensemble column
+"""),
+    "@register_model(\"my_net\")": ([], """
+import os, subprocess, sys, recipes  # the command of its first line, run short on the file (written beside it)
+root = os.path.dirname(os.path.dirname(recipes.__file__))
+r = subprocess.run([sys.executable, os.path.join(root, "recipes", "adaptive.py"), "--plugins", "my_ext.py", "--model",
+                    "my_net", "--max_steps", "4", "--threads", "1", "--progress", "false", "--figures", "false",
+                    "--output_dir", "run"], capture_output=True, text=True)
+assert r.returncode == 0, r.stderr[-3000:]
+assert "model: my_net" in open("run/config.yaml").read()
+"""),
+    "snap = res.use(\"0.5\")": ([r"25100 held-out accuracy 0\.\d{3}"], """
+assert snap.removed == res.conn.num_synapses() // 2
+vanilla = build_model("lenet300", num_classes=10, in_shape=data.in_shape)
+vanilla.load_state_dict(torch.load("pruned_state_dict.pt"))  # loads into a vanilla model
+assert all(torch.equal(vanilla.state_dict()[n], p * res.conn.masks[n]) for n, p in res.conn.params.items())
+"""),
+    "@register_estimator(\"snip\")": ([r"density 0\.050, test accuracy 0\.\d{3}"], ""),
+}
+
+
+def example_checks(code):
+    """The EXAMPLE_CHECKS entry of the example ``code``: (line regexes or None, code run after it)."""
+    found = [check for line, check in EXAMPLE_CHECKS.items() if line in code]
+    assert len(found) <= 1, "two EXAMPLE_CHECKS entries match one example"
+    return found[0] if found else (None, "")
+
+
+def test_every_example_checks_what_it_shows():
+    """An example that runs is not yet an example that shows what its page says: each one asserts its
+    claims itself or has an EXAMPLE_CHECKS entry, and every entry still names exactly one example."""
+    for line in EXAMPLE_CHECKS:
+        assert sum(line in code for code in python_blocks()) == 1, f"EXAMPLE_CHECKS: {line!r} is no longer in exactly one example"
+    unchecked = [(p, i) for p, i, code in page_blocks() if "assert " not in code and not example_checks(code)[1].strip()
+                 and example_checks(code)[0] is None]
+    assert unchecked == [], f"examples that check nothing of what they show: {unchecked}"
+
+
 @pytest.mark.parametrize("page, index", [(p, i) for p, i, _ in page_blocks()], ids=lambda v: str(v))
 def test_readme_python_example_runs(page, index, tmp_path):
     code = next(c for p, i, c in page_blocks() if (p, i) == (page, index))
+    printed, after = example_checks(code)
+    named = re.match(r"# (\w+\.py):", code)
+    if named:  # a file the page names (a plugin), written where the example runs, as the page has it saved
+        (tmp_path / named.group(1)).write_text(code)
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
+    r = subprocess.run([sys.executable, "-c", code + "\n" + after], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=CHILD_TIMEOUT, env=env)
     assert r.returncode == 0, f"{page} example {index} failed:\n{code}\n--- stderr ---\n{r.stderr[-4000:]}"
+    if printed is not None:
+        lines = r.stdout.splitlines()
+        assert len(lines) == len(printed) and all(re.fullmatch(p, line) for p, line in zip(printed, lines)), \
+            f"{page} example {index} printed {lines}, not what its comments say ({printed})"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -157,16 +239,19 @@ def readme_commands(texts=None):
             part = re.sub(r"\s+#.*$", "", part).strip()
             m = re.match(r"(?:python|accelerate launch)\s+(-m graphs|recipes/\S+\.py)(.*)$", part)
             if m:
-                argv = [a for a in shlex.split(re.sub(r"\[([^\]]*)\]", r"\1", m.group(2))) if a != "..."]  # quoted values stay whole
+                # an optional part written `[--opt]` is parsed as given; a value's own brackets (hidden=[512,256]) stay
+                argv = [a for a in shlex.split(re.sub(r"\[(-[^\]]*)\]", r"\1", m.group(2))) if a != "..."]  # quoted values stay whole
                 out.append((m.group(1), argv))
     return out
 
 
 def test_commands_wrapped_over_lines_are_found():
     """An inline command the page wraps over two lines is parsed whole (such commands went unchecked)."""
-    page = "run `python recipes/prune_pretrained.py --model resnet20 --weights\nw.th --remove best` and `python -m graphs\nreport RUN`"
+    page = ("run `python recipes/prune_pretrained.py --model resnet20 --weights\nw.th --remove best` and `python -m graphs\nreport RUN`"
+            " and `python -m graphs export c.safetensors --model mlp --model-kw 'hidden=[512,256]' [--contract]`")
     assert readme_commands([page]) == [("recipes/prune_pretrained.py", ["--model", "resnet20", "--weights", "w.th", "--remove", "best"]),
-                                       ("-m graphs", ["report", "RUN"])]
+                                       ("-m graphs", ["report", "RUN"]),
+                                       ("-m graphs", ["export", "c.safetensors", "--model", "mlp", "--model-kw", "hidden=[512,256]", "--contract"])]
 
 
 class _Parsed(Exception):
