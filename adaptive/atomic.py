@@ -151,7 +151,13 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     instead: the file the caller asked for, not one it never sees (also where a writer writes through
     an atomic_path of its own, whose temporary file is named after this one's). A symbolic link is
     written through (the file it points to is replaced, the link kept); a device, FIFO or socket is
-    refused (:func:`_destination`)."""
+    refused (:func:`_destination`).
+
+    Durable, as checkpoints were alone before: the new file is flushed to disk (fsync) before the rename
+    and the folder after it, so after a power cut or a crash of the machine ``path`` holds the old file
+    or the whole new one, never an empty or cut-short one, and the rename itself is on disk (an export
+    or a summary the run reported written is there). The cost is the disk write the kernel would
+    otherwise do later, and a wait for the disk on each file: no file is written in a training step."""
     path = _destination(Path(path))
     _make_folder(path)
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
@@ -159,7 +165,9 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
         yield tmp
         if os.path.exists(tmp):  # some writers (safetensors) create private 0600 files: the usual permissions instead
             os.chmod(tmp, 0o666 & ~_UMASK)
+            _fsync(tmp)
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except OSError as e:
         _name_target(e, path)
         raise
@@ -167,6 +175,34 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
         # os.path, not Path.exists, which raises for a name too long and hid the error that named the file
         if os.path.lexists(tmp):
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush the file ``path`` (its data and size) to disk; a file that is not a regular one (a writer's
+    folder, which the rename then refuses) is left to that."""
+    if not os.path.isfile(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries (a rename into it) to disk. Where the system cannot open or sync a folder
+    (Windows; some network file systems answer EINVAL) the rename is left to the system, as before."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _name_target(e: OSError, path: Path) -> None:
@@ -191,16 +227,14 @@ def atomic_torch_save(obj: Any, path: Union[str, os.PathLike]) -> Path:
     the path it is given, here the temporary file's random name, so it is handed an open file instead
     (its archive is then named ``archive``, whatever the file's name). An OSError the writer raises
     without a file name (a full disk) names ``path``, not the temporary file a reader never sees.
-    The file is flushed to disk (fsync) before the rename: after a power cut or a crash of the
-    machine, ``path`` holds the old file or the whole new one, never an empty or cut-short one
-    (checkpoints are what a run resumes from)."""
+    The file is flushed to disk before the rename, and the folder after it (:func:`atomic_path`): after a
+    power cut or a crash of the machine, ``path`` holds the old file or the whole new one, never an empty
+    or cut-short one (checkpoints are what a run resumes from)."""
     import torch
 
     try:
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
     except OSError as e:
         if e.filename is None:  # one naming the temporary file names path already (atomic_path)
             e.filename = str(path)

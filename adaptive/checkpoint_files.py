@@ -9,10 +9,16 @@ with a half-loaded run. :func:`checkpoint_files_problem` reads what each of thos
 names the first misfit, so :func:`~adaptive.training.load_checkpoint` refuses the checkpoint with the
 model, optimizer, connectome and controller untouched. A registered object that can say what it would
 refuse without loading it (a ``check_state_dict(sd)`` method: :class:`~adaptive.connectome.Connectome`,
-:class:`~adaptive.controller.Controller`) is asked too. What is left to the load itself: another
-object's own refusal of its file, a scheduler's or sampler's ``load_state_dict`` refusing a readable
-file of another kind, and a part of the controller (an estimator, its policy) refusing its entry;
-each still leaves what loaded before it.
+:class:`~adaptive.controller.Controller`, whose estimators and policy load their entries on trial and are
+put back, :class:`~adaptive.training.TrainState`) is asked too; an LR scheduler (prepared, or registered as
+the recipe registers its schedule) loads its file into a copy of itself (:func:`_trial_problem`: a few
+numbers, its optimizer shared, not copied); a sampler file must hold a sampler of the dataloader's
+sampler's class and a stateful dataloader's ``dl_state_dict`` file a dict. What is left to the load
+itself: the refusal of a registered object of yours with no ``check_state_dict`` (give it one, raising
+what its ``load_state_dict`` would, to have it asked first; a generic trial on a copy could copy a model
+the object holds, or write into one it shares), a scheduler that cannot be copied, a stateful
+dataloader's own ``load_state_dict`` refusing a dict, and a load pre-hook's error; each still leaves
+what loaded before it.
 
 A tensor of another dtype than its parameter's loads converted, as torch's ``load_state_dict`` does
 (no failure, so no half-load); under FSDP, DeepSpeed or Megatron-LM the files are theirs, unread here, and
@@ -185,8 +191,18 @@ def checkpoint_files_problem(accelerator, path) -> Optional[Tuple[bool, str]]:
     files += [f"scheduler{f'_{i}' if i else ''}.bin" for i in range(len(accelerator._schedulers))]
     files += ["scaler.pt"] if accelerator.scaler is not None else []
     files += [_sampler_file(i, dl) for i, dl in enumerate(accelerator._dataloaders) if _sampler_file(i, dl)]
+    files += [n for n in (_dataloader_state_file(i, dl) for i, dl in enumerate(accelerator._dataloaders))
+              if n and (path / n).exists()]  # (Accelerate loads one where it is there)
     for name in files:
         problem = _read(path / name)
+        if problem:
+            return problem
+    for i, sched in enumerate(accelerator._schedulers):
+        problem = _trial_problem(accelerator, sched, path / f"scheduler{f'_{i}' if i else ''}.bin", "scheduler")
+        if problem:
+            return problem
+    for i, dl in enumerate(accelerator._dataloaders):
+        problem = _dataloader_problem(i, dl, path)
         if problem:
             return problem
     found = sorted(f for f in os.listdir(path) if _CUSTOM.match(f))
@@ -196,17 +212,18 @@ def checkpoint_files_problem(accelerator, path) -> Optional[Tuple[bool, str]]:
                 "are registered with accelerator.register_for_checkpointing here: register the same objects, in the "
                 "same order, as the run that saved it")
     for i, obj in enumerate(accelerator._custom_objects):
-        problem = _object_problem(obj, path / f"custom_checkpoint_{i}.pkl")
+        problem = _object_problem(accelerator, obj, path / f"custom_checkpoint_{i}.pkl")
         if problem:
             return problem
     return None
 
 
-def _object_problem(obj, f: Path) -> Optional[Tuple[bool, str]]:
+def _object_problem(accelerator, obj, f: Path) -> Optional[Tuple[bool, str]]:
     """``(damaged, why)``: why the registered object ``obj`` would not load its file ``f``: it cannot be
     read (as Accelerate reads it, memory-mapped where it can be), or ``obj``'s ``check_state_dict``
-    (where it has one: :class:`~adaptive.connectome.Connectome`, :class:`~adaptive.controller.Controller`)
-    refuses what it holds; None where it loads, as far as can be known before the load."""
+    (where it has one: :class:`~adaptive.connectome.Connectome`, :class:`~adaptive.controller.Controller`,
+    :class:`~adaptive.training.TrainState`) refuses what it holds, or, for an LR scheduler, a copy of it
+    refuses it (:func:`_trial_problem`); None where it loads, as far as can be known before the load."""
     from accelerate.utils import load
 
     try:
@@ -220,6 +237,76 @@ def _object_problem(obj, f: Path) -> Optional[Tuple[bool, str]]:
         except Exception as e:  # noqa: BLE001 - its refusal, with its type and cause
             return False, (f"{f.name} does not load into the registered {type(obj).__name__} ({type(e).__name__}: "
                            f"{one_line(e)})")
+    elif _is_scheduler(obj):  # (the recipe registers its LR schedule, unprepared)
+        return _trial_problem(accelerator, obj, f, "registered")
+    return None
+
+
+def _is_scheduler(obj) -> bool:
+    from accelerate.scheduler import AcceleratedScheduler
+
+    return isinstance(obj, (torch.optim.lr_scheduler.LRScheduler, AcceleratedScheduler))
+
+
+def _trial_problem(accelerator, sched, f: Path, what: str) -> Optional[Tuple[bool, str]]:
+    """``(False, why)``: why the LR scheduler ``sched`` refuses its file ``f`` (a readable file of another kind:
+    a LambdaLR given a StepLR's state, which lacks its 'lr_lambdas'), found by loading the file into a copy of
+    it, which shares its optimizer (the copy's load reads and writes only the scheduler's own entries): a copy
+    of a few numbers and functions, where the load itself would refuse it after the model and optimizer loaded.
+    None where the copy takes it, or where the scheduler cannot be copied (left to the load)."""
+    import copy
+
+    from accelerate.utils import load
+
+    keep = {}
+    for o in accelerator._optimizers:  # shared, not copied: the scheduler's load leaves its optimizer alone
+        keep[id(o)] = o
+        inner = getattr(o, "optimizer", None)
+        if inner is not None:
+            keep[id(inner)] = inner
+    for m in accelerator._models:
+        keep[id(m)] = m
+    try:
+        trial = copy.deepcopy(sched, keep)
+    except Exception:  # noqa: BLE001 - a scheduler that cannot be copied: what its load says is left to the load
+        return None
+    try:
+        trial.load_state_dict(load(f, map_location="cpu", weights_only=False, mmap=zipfile.is_zipfile(f)))
+    except Exception as e:  # noqa: BLE001 - its refusal, with its type and cause
+        return False, (f"{f.name} does not load into the {what} {type(sched).__name__} ({type(e).__name__}: "
+                       f"{one_line(e)}): was it saved with another learning-rate schedule? Build the schedule "
+                       "the run was saved with")
+    return None
+
+
+def _dataloader_state_file(i: int, dataloader) -> Optional[str]:
+    """The ``dl_state_dict`` file Accelerate's load reads for the ``i``-th prepared dataloader of a stateful
+    one (``use_stateful_dataloader``), or None."""
+    if getattr(dataloader, "use_stateful_dataloader", False):
+        return "dl_state_dict.bin" if i == 0 else f"dl_state_dict_{i}.bin"
+    return None
+
+
+def _dataloader_problem(i: int, dataloader, path: Path) -> Optional[Tuple[bool, str]]:
+    """``(False, why)``: the ``i``-th dataloader's files in ``path`` hold what its load would refuse or take
+    wrongly: a sampler file holding another object than a sampler of the dataloader's own sampler's class (Accelerate
+    sets whatever it holds as the sampler), or a ``dl_state_dict`` file holding no dict (a stateful dataloader's
+    state is one); None where they fit, as far as can be told before the load."""
+    from accelerate.utils import load
+
+    name = _sampler_file(i, dataloader)
+    if name:
+        saved, own = load(path / name), dataloader.get_sampler()
+        if not isinstance(saved, type(own)):
+            return False, (f"{name} holds a {type(saved).__name__}, not a {type(own).__name__} as dataloader {i}'s "
+                           "sampler is: was it saved from another data pipeline? Load a checkpoint of this one")
+    name = _dataloader_state_file(i, dataloader)
+    if name and (path / name).exists():
+        saved = load(path / name, weights_only=False)
+        if not isinstance(saved, dict):
+            return False, (f"{name} holds a {type(saved).__name__}, not the state dict of dataloader {i} (a stateful "
+                           "dataloader's state_dict()): was it saved from another data pipeline? Load a checkpoint "
+                           "of this one")
     return None
 
 

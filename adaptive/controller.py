@@ -20,7 +20,6 @@ an estimator's scores in :mod:`adaptive.score_checks`.
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import os
 import sys
@@ -1051,5 +1050,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     # ------------------------------------------------------------------ persistence
     # (state_dict and load_state_dict: ControllerStateMixin, adaptive/controller_state.py)
     def write_events(self, path: str | os.PathLike) -> None:
-        """Write every event as JSON lines."""
-        write_text(path, "".join(json.dumps(e, default=float) + "\n" for e in self.events))
+        """Write every event as JSON lines, strict JSON (:mod:`adaptive.jsonio`: a NaN or infinite number is
+        the string "NaN", "Infinity" or "-Infinity"; :func:`adaptive.jsonio.loads` reads them back)."""
+        from . import jsonio
+
+        write_text(path, jsonio.dumps_lines(self.events))

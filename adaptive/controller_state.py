@@ -12,6 +12,7 @@ line-search tolerance).
 from __future__ import annotations
 
 import collections
+import copy
 import json
 from typing import Dict
 
@@ -242,25 +243,7 @@ class ControllerStateMixin:
         each through its own ``load_state_dict``, and one that raises has every part put back as it
         was before the error is raised (a :class:`ValueError` naming the part)."""
         sd, (step_count, nonfinite, warned_missed, events, zero_cost_order, tolerance) = self._loadable(sd)
-        states = sd.get("estimators") or {}
-        parts = [(f"estimators[{side!r}]", est, states.get(side) or {}) for side, est in self._estimators().items()]
-        parts.append(("policy", self.policy, sd.get("policy") or {}))
-        if self.stats is not None and sd.get("stats"):
-            parts.append(("stats", self.stats, sd["stats"]))
-        saved = [(obj, obj.state_dict(), getattr(obj, "_reduced", None)) for _, obj, _ in parts]
-        for i, (name, obj, state) in enumerate(parts):
-            try:
-                if not isinstance(state, dict):
-                    raise TypeError(f"a {type(state).__name__}, not a dict")
-                obj.load_state_dict(state)
-            except Exception as e:
-                for o, before, reduced in saved[:i + 1]:  # all or nothing: the parts loaded so far, and this one, go back
-                    o.load_state_dict(before)
-                    if reduced is not None:
-                        o._reduced = reduced
-                raise ValueError(f"controller state entry {name} does not load into this controller's "
-                                 f"{type(obj).__name__} ({type(e).__name__}: {e}); nothing was changed: pass a state "
-                                 "saved by Controller.state_dict() of a controller built with the same settings") from e
+        self._load_parts(sd, keep=True)
         self.step_count = step_count
         self.events = list(events)
         self.nonfinite_windows = nonfinite
@@ -270,12 +253,45 @@ class ControllerStateMixin:
         self._drop_grad_hooks()  # what was noted belongs to the step this controller was at, not the loaded one
         self._renote_unstepped_grads()
 
+    def _load_parts(self, sd: dict, keep: bool) -> None:
+        """Load the parts (estimators, policy, gradient window) each through its own ``load_state_dict``;
+        one that raises has every part put back as it was before the error is raised (a :class:`ValueError`
+        naming the part). ``keep=False``: a trial, every part put back after it loaded too."""
+        states = sd.get("estimators") or {}
+        parts = [(f"estimators[{side!r}]", est, states.get(side) or {}) for side, est in self._estimators().items()]
+        parts.append(("policy", self.policy, sd.get("policy") or {}))
+        if self.stats is not None and sd.get("stats"):
+            parts.append(("stats", self.stats, sd["stats"]))
+        # (a trial keeps copies: a part whose load writes into the tensors its state_dict gave would change them)
+        own = (lambda sd: sd) if keep else copy.deepcopy
+        saved = [(obj, own(obj.state_dict()), getattr(obj, "_reduced", None)) for _, obj, _ in parts]
+
+        def put_back(upto: int) -> None:
+            for o, before, reduced in saved[:upto]:
+                o.load_state_dict(before)
+                if reduced is not None:
+                    o._reduced = reduced
+
+        for i, (name, obj, state) in enumerate(parts):
+            try:
+                if not isinstance(state, dict):
+                    raise TypeError(f"a {type(state).__name__}, not a dict")
+                obj.load_state_dict(state)
+            except Exception as e:
+                put_back(i + 1)  # all or nothing: the parts loaded so far, and this one, go back
+                raise ValueError(f"controller state entry {name} does not load into this controller's "
+                                 f"{type(obj).__name__} ({type(e).__name__}: {e}); nothing was changed: pass a state "
+                                 "saved by Controller.state_dict() of a controller built with the same settings") from e
+        if not keep:
+            put_back(len(parts))
+
     def check_state_dict(self, sd: dict) -> None:
-        """Raise what :meth:`load_state_dict` refuses ``sd`` for before loading any part (other layers or
-        shapes, another policy or estimator, malformed counters), changing nothing:
-        :func:`~adaptive.training.load_checkpoint` asks before any of a checkpoint's files loads. (A part's
-        own load may still refuse, in the load: it then puts every part back.)"""
-        self._loadable(sd)
+        """Raise what :meth:`load_state_dict` refuses ``sd`` for, leaving the controller as it was (other
+        layers or shapes, another policy or estimator, malformed counters, and a part, an estimator or the
+        policy, refusing its entry: each part is loaded on trial and put back, as the load puts them back
+        when one refuses): :func:`~adaptive.training.load_checkpoint` asks before any of a checkpoint's
+        files loads."""
+        self._load_parts(self._loadable(sd)[0], keep=False)
 
     def _loadable(self, sd: dict) -> tuple:
         """``(sd, (step_count, nonfinite_windows, warned_missed, events, zero_cost_order, line_search_tolerance))``:

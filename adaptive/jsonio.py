@@ -1,22 +1,36 @@
-"""Strict JSON for the files other tools read (summary.json and the like).
+"""Strict JSON for the files other tools read (events.jsonl, history.jsonl, summary.json,
+knowledge_summary.json, benchmark results).
 
-Python's ``json.dumps`` writes a failed fit's NaN or an infinite loss as the bare tokens ``NaN`` and
-``Infinity``, which are not JSON: JavaScript's ``JSON.parse``, Go, Rust's serde and
-``json.loads(..., parse_constant=...)`` refuse the whole file. :func:`dumps` writes them as ``null``
-(a value that does not exist), and numbers of other types (tensors, NumPy scalars) as plain floats.
+Python's ``json.dumps`` writes a failed fit's NaN or an infinite loss as the bare tokens ``NaN``,
+``Infinity`` and ``-Infinity``, which are not JSON (RFC 8259): ``jq``, JavaScript's ``JSON.parse``, Go,
+Rust's serde refuse the whole file. :func:`dumps` writes them as the strings ``"NaN"``, ``"Infinity"``
+and ``"-Infinity"`` (:data:`NONFINITE`: protobuf's JSON mapping does the same, and so does the graph
+export, ``graphs.write``), which keeps what the value was (a NaN loss is not an infinite one), and
+numbers of other types (tensors, NumPy scalars) as plain floats; ``allow_nan=False`` makes any value
+it missed an error rather than a bare token. :func:`loads` reads such text back, the three strings as
+their floats (anywhere: these files hold no text that reads exactly so), and also the bare tokens and
+the ``null`` of files written before.
 """
 from __future__ import annotations
 
 import json
 import math
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
+
+
+NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def nonfinite_text(x: float) -> str:
+    """The :data:`NONFINITE` string of a float that is NaN or infinite."""
+    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
 
 
 def finite(obj: Any) -> Any:
-    """``obj`` with every float that is NaN or infinite replaced by None, through dicts, lists and
-    tuples; a 0-d tensor or NumPy scalar becomes its Python number first."""
+    """``obj`` with every float that is NaN or infinite replaced by its :data:`NONFINITE` string, through
+    dicts, lists and tuples; a 0-d tensor or NumPy scalar becomes its Python number first."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        return obj if math.isfinite(obj) else nonfinite_text(obj)
     if isinstance(obj, dict):
         return {k: finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -26,6 +40,29 @@ def finite(obj: Any) -> Any:
     return obj
 
 
+def restore(obj: Any) -> Any:
+    """``obj`` (parsed JSON) with every :data:`NONFINITE` string given back as its float, through dicts
+    and lists: the inverse of :func:`finite`."""
+    if isinstance(obj, str):
+        return NONFINITE.get(obj, obj)
+    if isinstance(obj, dict):
+        return {k: restore(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [restore(v) for v in obj]
+    return obj
+
+
 def dumps(obj: Any, indent: Optional[int] = None) -> str:
     """Strict JSON text of ``obj`` (see the module docstring); other objects through ``float``."""
     return json.dumps(finite(obj), indent=indent, allow_nan=False, default=lambda o: finite(float(o)))
+
+
+def dumps_lines(records: Iterable[Any]) -> str:
+    """JSON lines (one :func:`dumps` per record, each ending in a newline), as events.jsonl holds."""
+    return "".join(dumps(r) + "\n" for r in records)
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse strict JSON written by :func:`dumps`, its :data:`NONFINITE` strings as floats (the bare
+    tokens of an older file read as floats too)."""
+    return restore(json.loads(text))

@@ -136,23 +136,47 @@ class TrainState:
 
     def load_state_dict(self, sd: dict) -> None:
         """Each process takes an equal share of the saved window, so the next row's sum over
-        processes is the saved total whatever the number of processes now."""
-        self.step, self.epoch = int(sd["step"]), int(sd["epoch"])
-        self.metrics = [dict(r) for r in sd.get("metrics", [])]
-        self.processes = int(sd.get("processes", self.processes))  # older checkpoints: taken as this run's
-        self.steps_per_epoch = int(sd.get("steps_per_epoch", self.steps_per_epoch))
-        self.accumulation = int(sd.get("gradient_accumulation_steps", 1))  # older checkpoints: none accumulated
-        self.lr = sd.get("lr", self.lr)
-        seconds = sd.get("seconds")  # older checkpoints: None, the earlier sessions' time is unknown
-        self.seconds = None if seconds is None else float(seconds)
-        n = _world_size()
-        window = [float(v) / n for v in sd.get("window", ())]
-        self.window = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
+        processes is the saved total whatever the number of processes now. Checked whole first
+        (:meth:`check_state_dict`): a malformed state changes nothing."""
+        values, silent = self._loaded(sd)
+        for k, v in values.items():
+            setattr(self, k, v)
         if self.silent_units is not None:  # (every process takes the whole: only where it is zero counts)
-            if "silent" in sd:
-                self.silent_units.load_vector(torch.tensor(sd["silent"], dtype=torch.float32))
+            if silent is not None:
+                self.silent_units.load_vector(silent)
             else:  # older checkpoints: the interval restarts here
                 self.silent_units.reset()
+
+    def check_state_dict(self, sd: dict) -> None:
+        """Raise what :meth:`load_state_dict` refuses ``sd`` for, changing nothing:
+        :func:`~adaptive.training.load_checkpoint` asks before any of a checkpoint's files loads (the
+        load set the step and epoch before a malformed entry after them raised)."""
+        self._loaded(sd)
+
+    def _loaded(self, sd: dict):
+        """``(attributes, silent vector or None)`` that ``sd`` loads as, every entry converted and checked."""
+        try:
+            values = {"step": int(sd["step"]), "epoch": int(sd["epoch"]),
+                      "metrics": [dict(r) for r in sd.get("metrics", [])],
+                      "processes": int(sd.get("processes", self.processes)),  # older checkpoints: taken as this run's
+                      "steps_per_epoch": int(sd.get("steps_per_epoch", self.steps_per_epoch)),
+                      "accumulation": int(sd.get("gradient_accumulation_steps", 1)),  # older: none accumulated
+                      "lr": sd.get("lr", self.lr)}
+            seconds = sd.get("seconds")  # older checkpoints: None, the earlier sessions' time is unknown
+            values["seconds"] = None if seconds is None else float(seconds)
+            n = _world_size()
+            window = [float(v) / n for v in sd.get("window", ())]
+            values["window"] = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
+            silent = None
+            if self.silent_units is not None and "silent" in sd:
+                silent = torch.tensor(sd["silent"], dtype=torch.float32).flatten()
+                expected = sum(self.silent_units.units.values()) + len(self.silent_units.names)
+                if silent.numel() != expected:
+                    raise ValueError(f"silent units: {silent.numel()} entries, and these layers take {expected}")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"not a TrainState state this run can load ({type(e).__name__}: {e}): pass the dict "
+                             "TrainState.state_dict() returned, unchanged, from a run of this model") from e
+        return values, silent
 
 
 def _world_size() -> int:
@@ -738,9 +762,11 @@ def load_checkpoint(accelerator, path, optimizer=None, verified: bool = False) -
     FSDP, DeepSpeed or Megatron-LM the optimizer state is checked after the load: their files are their own;
     so is that of an optimizer with ``load_state_dict`` pre-hooks, which load what they make of the file.)
     Each refusal names the checkpoint, the file and, under several processes, the process that found it.
-    What remains (:mod:`adaptive.checkpoint_files`): the refusal of a registered object with no
-    ``check_state_dict`` of what its file holds, a scheduler's of a readable file of another kind, a
-    controller part's (an estimator's, its policy's) of its entry, and an error of a load pre-hook's
+    A scheduler's refusal of a readable file of another kind, a sampler or stateful dataloader file of
+    another kind, a controller part's (an estimator's, its policy's) refusal of its entry and a TrainState
+    entry it cannot take are found before anything loads too. What remains (:mod:`adaptive.checkpoint_files`):
+    the refusal of a registered object with no ``check_state_dict`` of what its file holds, a scheduler
+    that cannot be copied, a stateful dataloader's own refusal of a dict, and an error of a load pre-hook's
     come from inside the load, after the model and optimizer loaded."""
     from .checkpoint_files import checkpoint_files_problem, one_line
     from .checkpoint_optimizer import optimizer_state_problem, reads_optimizer_files, saved_optimizer_problem

@@ -777,7 +777,7 @@ def _refuse_a_foreign_summary(out: str) -> None:
         return
     try:
         with open(path) as f:
-            old = json.load(f)
+            old = jsonio.loads(f.read())
     except (OSError, ValueError):
         old = None
     if not (isinstance(old, dict) and _GRAPH_SUMMARY_KEYS <= old.keys()):

@@ -25,6 +25,7 @@ from typing import Callable, Dict
 
 import torch
 
+from adaptive import jsonio
 from adaptive import registry as _registry
 from adaptive.atomic import atomic_path
 from adaptive.plugins import PluginError
@@ -79,12 +80,18 @@ def export(g, name: str):
 def write(g, path, format: str | None = None) -> str:
     """Write ``g`` to ``path``; the format comes from ``format`` ("json", ".graphml", any case) or
     the file extension. The built-in formats are gzip- or bzip2-compressed where ``path`` ends in .gz
-    or .bz2 (``x.graphml.gz`` is GraphML, compressed)."""
+    or .bz2 (``x.graphml.gz`` is GraphML, compressed). A ``format`` that contradicts a suffix naming another
+    known format (``write(g, "x.graphml", format="json")``, which wrote JSON under a GraphML name) is refused,
+    as the command line's ``--format`` is; with a suffix no writer knows (``x.dat``), ``format`` decides."""
     path = os.fspath(path)
-    ext = _extension(format) if format else os.path.splitext(path)[1].lower()
-    if not format and ext in COMPRESSED:
+    named = os.path.splitext(path)[1].lower()  # the format the path's suffix names
+    if named in COMPRESSED:
         inner = os.path.splitext(os.path.splitext(path)[0])[1].lower()
-        ext = inner if inner in COMPRESSIBLE else ext
+        named = inner if inner in COMPRESSIBLE else named
+    ext = _extension(format) if format else named
+    if format and named in WRITERS and named != ext:
+        raise ValueError(f"cannot write {path!r} as format {format!r}: its suffix {named!r} names another format; "
+                         f"leave format out (the suffix names it) or give the path a {ext!r} suffix")
     if ext not in WRITERS:
         raise ValueError(f"cannot write {path!r}: unknown format {ext!r}; known are {sorted(WRITERS)}")
     fn = WRITERS[ext]
@@ -446,11 +453,9 @@ JSON_CHUNK = 1 << 18  # values of a column formatted and written at a time by wr
 # JSON has no NaN or infinity (json.dumps' bare NaN/Infinity tokens are refused by JavaScript's JSON.parse,
 # Go, serde...): write_json writes them as these strings (protobuf's JSON mapping does the same), which
 # read_json turns back into the floats in a float column or a meta key listed under "nonfinite_meta"
-NONFINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
-
-
-def _nonfinite_text(x: float) -> str:
-    return "NaN" if x != x else ("Infinity" if x > 0 else "-Infinity")
+# (the convention of every JSON file the project writes: adaptive.jsonio)
+NONFINITE = jsonio.NONFINITE
+_nonfinite_text = jsonio.nonfinite_text
 
 
 def _json_values(part) -> str:

@@ -181,11 +181,14 @@ def _weight_and_mask(conn, model: nn.Module, layer: LayerFlow, w: Optional[torch
 
 def _utility_for(utility, conn, layer: LayerFlow, shape, model=None) -> Optional[torch.Tensor]:
     """``utility`` of ``layer``'s synapses (its rows of the parameter's); ``shape`` is the whole
-    parameter's."""
+    parameter's. float32 (half and bfloat16 widen exactly), a float64 utility's float64, as the weights
+    (:func:`_weight_and_mask`): it was rounded to float32, so the graph's ``utility`` (and an export of
+    it) lost the precision the estimator's float64 scores had."""
     name = layer.param if model is None else _conn_name(conn, model, layer)
     if not utility or name not in utility:
         return None
-    u = utility[name].detach().float().cpu()
+    u = utility[name].detach()
+    u = u.to(torch.float64 if u.dtype == torch.float64 else torch.float32).cpu()
     if tuple(u.shape) == tuple(shape):
         return layer.part(u)
     gran = conn.granularities.get(name) if conn is not None else None

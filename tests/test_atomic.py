@@ -231,3 +231,52 @@ def test_a_fifo_is_refused_not_replaced_by_a_file(tmp_path):
         write_text(fifo, "x")
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
+def _synced(monkeypatch):
+    """Record what os.fsync syncs: (the file or folder's name, whether it is a folder, the names in the
+    folder of the file at that moment)."""
+    import stat
+
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((os.path.basename(target), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real(fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name the synced file")
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+@pytest.mark.parametrize("writer", ["write_text", "graph_json", "graph_graphml"])
+def test_every_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(writer, tmp_path, monkeypatch):
+    """Checkpoints were synced, exports and summaries were not, and no folder was after the rename: a
+    power cut could leave an empty summary.json or a cut-short export under its final name, or lose the
+    rename. Every atomic write now syncs the temporary file, then the folder once it is renamed."""
+    from adaptive.atomic import temp_target, write_text
+
+    synced = _synced(monkeypatch)
+    if writer == "write_text":
+        path = tmp_path / "summary.json"
+        write_text(path, "{}")
+    else:
+        import graphs
+        from torch import nn
+
+        from adaptive import Connectome
+
+        g = graphs.build(Connectome(nn.Sequential(nn.Linear(3, 2))), "unit")
+        path = tmp_path / ("g.json" if writer == "graph_json" else "g.graphml")
+        synced.clear()
+        graphs.write(g, path)
+    def final(name):  # (a writer that writes through an atomic_path of its own: a temporary of the temporary)
+        while temp_target(name) is not None:
+            name = temp_target(name)
+        return name
+
+    files = [n for n, folder in synced if not folder]
+    assert files and all(n != path.name and final(n) == path.name for n in files), synced
+    assert synced[-1] == (tmp_path.name, True), synced  # the folder, last: after the rename

@@ -139,9 +139,10 @@ def test_the_whole_file_reaches_the_disk_before_the_rename(tmp_path, monkeypatch
         pytest.skip("needs /proc/self/fd to name the synced file")
     monkeypatch.setattr(os, "fsync", fsync)
     atomic_torch_save(OBJ, path)
-    assert len(synced) == 1, synced
+    assert len(synced) == 2, synced  # the file, then its folder (the rename)
     name, size, renamed = synced[0]
     assert temp_target(name) == "x.pt" and size == path.stat().st_size and not renamed
+    assert synced[1][0] == tmp_path.name and synced[1][2]
 
 
 def test_an_interrupted_save_leaves_no_temporary_file(tmp_path, monkeypatch):

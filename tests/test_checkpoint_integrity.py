@@ -886,6 +886,15 @@ _INSIDE_LOAD = {  # spoil: (what it does to the checkpoint folder, the error, wh
     "controller_other": (lambda ck: _object_file(ck, 1, lambda sd: sd.update(policy_name="set")), ValueError,
                          "custom_checkpoint_1.pkl does not load into the registered Controller (ValueError: this "
                          "controller state was saved by a controller with policy='set'"),
+    # (these four were refused inside the load, after the model and optimizer had loaded)
+    "scheduler_other": (lambda ck: torch.save(["a", "list"], ck / "scheduler.bin"), ValueError,
+                        "scheduler.bin does not load into the scheduler AcceleratedScheduler ("),
+    "controller_policy": (lambda ck: _object_file(ck, 1, lambda sd: sd.update(policy="not a dict")), ValueError,
+                          "custom_checkpoint_1.pkl does not load into the registered Controller (ValueError: controller "
+                          "state entry policy does not load"),
+    "controller_estimator": (lambda ck: _object_file(ck, 1, lambda sd: sd["estimators"].update(drop=[1])), ValueError,
+                             "custom_checkpoint_1.pkl does not load into the registered Controller (ValueError: "
+                             "controller state entry estimators['drop'] does not load"),
     "extra_object": (lambda ck: shutil.copy(ck / "custom_checkpoint_1.pkl", ck / "custom_checkpoint_2.pkl"), ValueError,
                      "it holds 3 registered-object file(s) (custom_checkpoint_N.pkl), but 2 object(s) are registered "
                      "with accelerator.register_for_checkpointing here: register the same objects"),
@@ -1142,3 +1151,91 @@ def test_a_checkpoint_whose_models_a_load_state_pre_hook_loads_resumes(tmp_path)
     acc, model = build()
     load_checkpoint(acc, ck)
     assert bool((model.weight == 3.0).all())
+
+
+def test_the_recipes_registered_train_state_and_schedule_are_checked_before_anything_loads(tmp_path):
+    """The recipe registers a TrainState and its LambdaLR schedule beside the connectome and controller:
+    a TrainState entry it cannot take (it set the step and epoch before the entry after them raised) and a
+    schedule file of another kind (a StepLR's state, no 'lr_lambdas': a KeyError inside the load) stopped
+    Accelerate's load part way, after the model, optimizer, connectome and controller had loaded. Both are
+    refused before anything loads now: everything is bit-identical to before the call."""
+    from adaptive.integrity import write_manifest
+    from adaptive.training import TrainState, load_checkpoint, lr_schedule, save_checkpoint
+
+    def build():
+        acc, model, opt, conn = _api_run()
+        ctrl = acc._custom_objects[1]
+        state, sched = TrainState(), lr_schedule(opt, 20, 2)
+        acc.register_for_checkpointing(state, sched)
+        return acc, model, opt, conn, ctrl, state, sched
+
+    def steps(model, opt, sched, state, n):
+        for _ in range(n):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            opt.step()
+            sched.step()
+            opt.zero_grad()
+            state.step += 1
+
+    acc, model, opt, conn, ctrl, state, sched = build()
+    steps(model, opt, sched, state, 3)
+    ck = save_checkpoint(acc, tmp_path / "run", 3)
+    good = {n: (ck / n).read_bytes() for n in ("custom_checkpoint_2.pkl", "custom_checkpoint_3.pkl")}
+    step_lr = torch.optim.lr_scheduler.StepLR(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), 2)
+    for spoil, says in [(lambda: _object_file(ck, 2, lambda sd: sd.update(metrics=5)),
+                         "custom_checkpoint_2.pkl does not load into the registered TrainState (ValueError: not a "
+                         "TrainState state this run can load"),
+                        (lambda: torch.save(step_lr.state_dict(), ck / "custom_checkpoint_3.pkl"),
+                         "custom_checkpoint_3.pkl does not load into the registered LambdaLR (KeyError: lr_lambdas)")]:
+        for n, b in good.items():
+            (ck / n).write_bytes(b)
+        spoil()
+        write_manifest(ck)
+        acc, model, opt, conn, ctrl, state, sched = build()
+        steps(model, opt, sched, state, 5)
+        snap = lambda: _bits({"run": _in_memory(model, opt, conn), "sched": sched.state_dict(), "ctrl": ctrl.state_dict(),
+                              "state": state.state_dict()})
+        before = snap()
+        with pytest.raises(ValueError) as e:
+            load_checkpoint(acc, ck)
+        assert str(e.value).startswith(f"checkpoint {ck}: {says}"), str(e.value)
+        assert snap() == before
+    for n, b in good.items():
+        (ck / n).write_bytes(b)
+    write_manifest(ck)
+    acc, model, opt, conn, ctrl, state, sched = build()
+    load_checkpoint(acc, ck)  # the checks take the checkpoint as saved
+    assert state.step == 3 and sched.last_epoch == 3
+
+
+def test_a_dataloader_file_of_another_kind_is_refused_before_anything_loads(tmp_path):
+    """A sampler file holding another object than a sampler (Accelerate sets whatever it holds as the
+    sampler) and a stateful dataloader's dl_state_dict.bin holding no dict were taken or refused inside the
+    load, after the model and optimizer loaded: the files are read against the dataloaders first now."""
+    from accelerate.data_loader import IterableDatasetShard, SeedableRandomSampler
+
+    from adaptive.checkpoint_files import checkpoint_files_problem
+    from adaptive.training import save_checkpoint
+
+    class Loader:  # what the checks read of a prepared dataloader
+        def __init__(self, shard, stateful):
+            self.dataset = IterableDatasetShard(range(8)) if shard else list(range(8))
+            self.use_stateful_dataloader = stateful
+            self._sampler = SeedableRandomSampler(range(8))
+
+        def get_sampler(self):
+            return self._sampler
+
+    acc, model, opt, conn = _api_run()
+    ck = save_checkpoint(acc, tmp_path / "run", 0)
+    acc._dataloaders[:] = [Loader(shard=False, stateful=True)]
+    torch.save({"any": "state"}, ck / "dl_state_dict.bin")
+    assert checkpoint_files_problem(acc, ck) is None
+    torch.save([1, 2], ck / "dl_state_dict.bin")
+    damaged, why = checkpoint_files_problem(acc, ck)
+    assert not damaged and why.startswith("dl_state_dict.bin holds a list, not the state dict of dataloader 0"), why
+    acc._dataloaders[:] = [Loader(shard=True, stateful=False)]
+    torch.save({"not": "a sampler"}, ck / "sampler.bin")  # (readable as Accelerate reads it: weights only)
+    assert checkpoint_files_problem(acc, ck) == (False, "sampler.bin holds a dict, not a SeedableRandomSampler as "
+                                                 "dataloader 0's sampler is: was it saved from another data pipeline? "
+                                                 "Load a checkpoint of this one")

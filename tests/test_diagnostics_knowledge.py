@@ -111,7 +111,8 @@ def test_fit_recovers_an_exponential_and_finds_where_it_breaks():
 
 def test_a_failed_fit_is_written_as_strict_json(tmp_path):
     """knowledge_summary.json held a bare NaN for a fit with too few points: JSON.parse and other
-    strict readers refused the whole file. A failed fit's figures are null now, and it loads again."""
+    strict readers refused the whole file. A failed fit's figures are the string "NaN" now (as every JSON
+    file of the project writes them, adaptive.jsonio), and it loads again."""
     import json
 
     from adaptive.diagnostics.knowledge import KnowledgeCurve
@@ -125,7 +126,7 @@ def test_a_failed_fit_is_written_as_strict_json(tmp_path):
         raise ValueError(f"non-JSON constant {name}")
 
     doc = json.loads((tmp_path / "knowledge_summary.json").read_text(), parse_constant=refuse)
-    assert doc["fits"]["loss_increase"]["rate"] is None
+    assert doc["fits"]["loss_increase"]["rate"] == "NaN"
     assert KnowledgeCurve.load(str(tmp_path)).total == curve.total
 
 
@@ -186,26 +187,27 @@ def test_strict_json_replaces_only_non_finite_numbers():
     doc = {"a": float("nan"), "b": [1.5, float("inf"), -float("inf")], "c": torch.tensor(2.5), "d": np.float32(0.25),
            "e": (1, "x", None), "f": {"g": torch.tensor(float("nan"))}}
     out = json.loads(jsonio.dumps(doc))
-    assert out == {"a": None, "b": [1.5, None, None], "c": 2.5, "d": 0.25, "e": [1, "x", None], "f": {"g": None}}
+    assert out == {"a": "NaN", "b": [1.5, "Infinity", "-Infinity"], "c": 2.5, "d": 0.25, "e": [1, "x", None],
+                   "f": {"g": "NaN"}}
 
 
-def test_strict_json_writes_a_non_finite_number_in_a_tuple_as_null():
-    """(low, high) with a NaN was refused as 'Out of range float values', not written as null."""
+def test_strict_json_writes_a_non_finite_number_in_a_tuple_as_its_string():
+    """(low, high) with a NaN was refused as 'Out of range float values', not written as "NaN"."""
     import json
 
     from adaptive import jsonio
 
-    assert json.loads(jsonio.dumps({"loss_range": (0.5, float("nan"))})) == {"loss_range": [0.5, None]}
+    assert json.loads(jsonio.dumps({"loss_range": (0.5, float("nan"))})) == {"loss_range": [0.5, "NaN"]}
 
 
-def test_strict_json_writes_a_non_finite_one_element_tensor_as_null():
-    """A 1-d one-element tensor goes through float(): an infinite one is null, as a 0-d one is."""
+def test_strict_json_writes_a_non_finite_one_element_tensor_as_its_string():
+    """A 1-d one-element tensor goes through float(): an infinite one is "Infinity", as a 0-d one is."""
     import json
 
     from adaptive import jsonio
 
     text = jsonio.dumps({"loss": torch.tensor([float("inf")]), "best": torch.tensor([0.25])})
-    assert json.loads(text) == {"loss": None, "best": 0.25}
+    assert json.loads(text) == {"loss": "Infinity", "best": 0.25}
 
 
 def _trained_mlp():

@@ -233,7 +233,6 @@ class KnowledgeCurve:
         ``noise_floor`` (None: the one the run recorded; 1e-3 for a run that recorded none).
         ``meta["refit_of"]`` names the folder and the noise floor its fit used (None: not recorded)."""
         import csv
-        import json
         import os
 
         if not os.path.isdir(out_dir):
@@ -244,7 +243,7 @@ class KnowledgeCurve:
                                     "finished knowledge run (KnowledgeCurve.save writes both there)")
         try:
             with open(os.path.join(out_dir, "knowledge_summary.json")) as f:
-                s = json.load(f)
+                s = jsonio.loads(f.read())
             with open(os.path.join(out_dir, "knowledge_curve.csv"), newline="") as f:
                 rows = [{k: (int(v) if k == "removed" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
             table = Table(rows)

@@ -29,6 +29,7 @@ from typing import Dict, List, Optional
 from ..plots import SPLIT_COLOR, boundary_scale, closed_on_error, density_before, finite, legend_below, line_style, note_nonfinite, single_point_marker
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
+from .. import jsonio
 
 
 def _number(v):
@@ -57,7 +58,7 @@ def _json_lines(path: str):
         if not raw.strip():
             continue
         try:
-            e = json.loads(raw.decode("utf-8"))
+            e = jsonio.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             e = None
         if isinstance(e, dict):
@@ -394,7 +395,7 @@ def progress(run_dir: str, total_synapses: Optional[int] = None) -> Progress:
     if not total_synapses:  # the run's own count, where its summary recorded one
         try:
             with open(os.path.join(run_dir, "summary.json")) as f:
-                total_synapses = int(json.load(f).get("synapses") or 0) or None
+                total_synapses = int(jsonio.loads(f.read()).get("synapses") or 0) or None
         except (OSError, ValueError, TypeError, AttributeError):
             total_synapses = None
     events = Table(sorted(events, key=lambda e: e.get("step") if isinstance(e.get("step"), (int, float)) else math.inf))

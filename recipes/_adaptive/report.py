@@ -3,7 +3,6 @@
 closing lines, and :class:`RunResult` for the caller."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -64,7 +63,7 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
 
     def write():
         write_metrics_csv(rows, files["metrics"])
-        write_text(files["events"], "".join(json.dumps(e, default=float) + "\n" for e in events))
+        write_text(files["events"], jsonio.dumps_lines(events))
         conn.save(files["connectome"], with_original=conn.mode == "mask_only")
         atomic_torch_save(conn.dense_state_dict(device="cpu"), files["dense_state_dict"])  # loads on any machine
         if cfg.figures:

@@ -4,7 +4,6 @@ report, the only reader of the test split, and the outputs). Tests patch ``optim
 ``get_dataloaders`` here, where they are called."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -285,8 +284,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
         with atomic_path(out / "results.md") as tmp:
             tmp.write_text("# prune_pretrained\n\n" + table + note)
         with atomic_path(out / "history.jsonl") as tmp, open(tmp, "w") as f:
-            for h in result.history:
-                f.write(json.dumps(h, default=float) + "\n")
+            f.write(jsonio.dumps_lines(result.history))
         result.controller.write_events(out / "events.jsonl")
         _plot(result.history, rows, result.events, out / "curves.png",
               title=run_title(args.model, args.dataset, out, what="prune_pretrained: "),

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import statistics
 import sys
@@ -52,6 +51,7 @@ from adaptive.budgets import get_budget  # noqa: E402
 from adaptive.data.split import stratified_split  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from adaptive import jsonio  # noqa: E402
 from recipes.benchmarks._reproduce import machine  # noqa: E402
 from adaptive import paths  # noqa: E402
 from adaptive.paths import find_data  # noqa: E402
@@ -234,7 +234,7 @@ def load_done(path):
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
-                r = json.loads(line)
+                r = jsonio.loads(line)
                 done[r["key"]] = r
     return done
 
@@ -242,7 +242,7 @@ def load_done(path):
 def record(path, key, row):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps({"key": key, **row}) + "\n")
+        f.write(jsonio.dumps({"key": key, **row}) + "\n")
 
 
 def settings_tag(args):

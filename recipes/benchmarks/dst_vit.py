@@ -25,7 +25,6 @@ held-out accuracy on 10% of TRAIN). Runs already finished under ``--runs`` are r
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -36,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive import jsonio  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def run(name: str, extra: list, args) -> dict:
         if subprocess.run(cmd).returncode != 0:
             sys.exit(f"error: the {name} run failed (its output is above); nothing was written to the table")
         print(f"  {name}: {(time.time() - t0) / 60:.1f} min", flush=True)
-    return json.loads(summary.read_text())
+    return jsonio.loads(summary.read_text())
 
 
 def projection_density(run_dir: Path, separate: bool) -> dict:

@@ -33,7 +33,6 @@ folder under ``--runs``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import resource
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
+from adaptive import jsonio  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
@@ -86,7 +86,7 @@ def run_row(name: str, common, out: Path, quiet: bool) -> dict:
     done = subprocess.run(cmd, capture_output=quiet, text=True)
     if done.returncode != 0:
         raise SystemExit(f"row {name!r} failed (exit {done.returncode}): {' '.join(cmd)}\n{(done.stderr or '')[-3000:]}")
-    summary = json.loads((out / "summary.json").read_text())
+    summary = jsonio.loads((out / "summary.json").read_text())
     summary.update(cpu_min=(_child_cpu() - c0) / 60, wall_min=(time.time() - t0) / 60)
     return summary
 
@@ -126,7 +126,7 @@ def plot_rows(runs: Path, names, path: Path, title: str) -> Path:
             held = [r for r in rows if r["split"] == "holdout"]
             # (rows that share a density curve, gmp and gmp/curvature, one-shot and utility, differ in dash)
             style = dict(label=name, ls=("-", "--", "-", "--", ":", "-.")[i % 6], lw=1.6)
-            events = [json.loads(ln) for ln in (run_folder(runs, name) / "events.jsonl").read_text().splitlines() if ln]
+            events = [jsonio.loads(ln) for ln in (run_folder(runs, name) / "events.jsonl").read_text().splitlines() if ln]
             events = [e for e in events if "density" in e]
             last = max([r["step"] for r in rows], default=0)
             if events:  # each event's density holds until the next; before the first, the density it started from
