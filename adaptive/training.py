@@ -239,9 +239,16 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
     that even out the last batch across processes are dropped). Each module's own mode is restored.
     ``progress``: a progress bar (anything with ``update(n)``, e.g. tqdm) advanced once per batch;
     a tqdm bar made with ``total=None`` gets the loader's length here, when the evaluation starts (a
-    lazily built test split is then read by the evaluation, not before)."""
+    lazily built test split is then read by the evaluation, not before). Loaders of different lengths
+    on the processes (prepared with ``even_batches=False``, or each process's own) are refused by every
+    process alike, before a batch is read: their gathers would pair other processes' batches or wait."""
     from accelerate.utils import send_to_device
 
+    try:
+        batches = len(loader)
+    except TypeError:
+        batches = None
+    _refuse_uneven_batches(batches, "evaluation", "evaluate gathers each batch's predictions from every process")
     loss_sum, correct, n = 0.0, 0, 0
     if progress is not None and getattr(progress, "total", 0) is None:
         progress.total = len(loader)
@@ -264,19 +271,47 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
     return loss_sum / n, correct / n, n
 
 
+def _batches_taken(accelerator, loader, k: int, steps_left: Optional[int] = None) -> Optional[int]:
+    """The batches this epoch takes from ``loader`` (None for a loader of no length): all of them, or
+    with ``steps_left`` (``max_steps`` less the steps taken) no more than that many whole groups of
+    ``k`` need, less the ones Accelerate has counted in the open group."""
+    try:
+        n = len(loader)
+    except TypeError:
+        return None
+    if steps_left is not None:
+        counted = int(getattr(accelerator, "step", 0) or 0)
+        n = min(n, max(0, steps_left * k - counted % k))
+    return n
+
+
 def _ends_mid_group(accelerator, loader, k: int, steps_left: Optional[int] = None) -> bool:
     """Whether the batches this epoch takes from ``loader``, after the ones Accelerate has counted in
     the open group, end inside a group of ``k`` (a loader of no length: taken as they may). With
     ``steps_left`` (``max_steps`` less the steps taken) the epoch stops after that many whole groups
     if the loader holds more batches: at a group's end."""
-    try:
-        n = len(loader)
-    except TypeError:
+    n = _batches_taken(accelerator, loader, k, steps_left)
+    if n is None:
         return True
     counted = int(getattr(accelerator, "step", 0) or 0)
-    if steps_left is not None:
-        n = min(n, max(0, steps_left * k - counted % k))
     return (counted + n) % k != 0
+
+
+_EVEN_BATCHES = ("give every process as many batches: accelerator.prepare(loader) with even_batches=True (Accelerate's "
+                 "default, DataLoaderConfiguration(even_batches=True)), which evens the shards out by repeating a few "
+                 "examples, or a DistributedSampler, which pads them (drop_last=True trims them)")
+
+
+def _refuse_uneven_batches(n: Optional[int], role: str, why: str) -> None:
+    """Raise a ValueError on every process alike where the processes would take different numbers of
+    batches ``n`` (None: a loader of no length, taken as it comes) from their ``role`` loader; one
+    gather, nothing on one process. ``why``: what meets the other processes at each batch."""
+    from .distributed import refuse_differing
+
+    said = "batches of no count (a loader of no length)" if n is None else f"{n} batch{'es' if n != 1 else ''}"
+    refuse_differing(said, f"numbers of batches to take from the {role} loader",
+                     fix=f"{why}, and a process with fewer batches would leave the others waiting in a collective "
+                         f"until the process group's timeout; {_EVEN_BATCHES}")
 
 
 def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *, lr_scheduler=None,
@@ -305,6 +340,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     an earlier update mixes both densities and reports the later one). ``on_step(state)`` runs after
     each step (checkpointing, tests), so a checkpoint always falls between groups. Stops early at
     ``max_steps``. Returns the epoch's mean loss/accuracy over the processed batches on this process.
+    Processes that would take different numbers of batches (loaders prepared with ``even_batches=False``)
+    are refused by every process alike, before a batch is read: each step meets the other processes.
 
     ``max_grad_norm``: clip each step's gradient to this total 2-norm
     (:func:`~adaptive.clipping.clip_gradients`: measured on the live gradients ``conn`` leaves the
@@ -350,6 +387,12 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                              "next epoch's first step (and epochs would take different numbers of steps). Build the "
                              "Accelerator with sync_with_dataloader=True (Accelerate's default: "
                              "gradient_accumulation_steps=K alone)")
+    # every process must take as many batches: each step meets the others (DDP's gradient all-reduce, the
+    # controller's reduced statistics, the rows' reductions); a process with fewer waited in its next one
+    _refuse_uneven_batches(_batches_taken(accelerator, loader, accelerator.gradient_accumulation_steps,
+                                          None if max_steps is None else max_steps - state.step),
+                           "train", "train_one_epoch steps every process together (DDP's gradient all-reduce, the "
+                           "controller's reduced statistics, the logged rows' sums)")
     model.train()
     # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
     # between two rows reads a value on the host, so none stalls a GPU

@@ -247,3 +247,22 @@ def test_a_load_refused_by_one_process_names_the_process_the_file_and_the_cause(
     assert kind == "CheckpointError" and alike, rec
     assert message.startswith("process 1 of 2: checkpoint ") and "(RuntimeError: Error(s) in loading state for " \
         "Thing: the real cause: x must be 7)" in message, message
+
+
+def test_loaders_of_uneven_batches_are_refused_by_every_process_alike(tmp_path):
+    """train_one_epoch and evaluate over loaders prepared with even_batches=False (process 0: two batches,
+    process 1: one): process 0 went on alone into its second batch's collective and both died of a bare gloo
+    timeout (after 30 minutes by default), and evaluate's gathers paired other batches first. Both refuse now,
+    on every process alike, naming each process's count and even_batches; loaders Accelerate evens out run."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_uneven_batches.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert a == b, (a, b)
+    for case, role in (("train_uneven", "train"), ("evaluate_uneven", "evaluation")):
+        assert a[case]["error"] == "ValueError", a
+        assert (f"different numbers of batches to take from the {role} loader (process 0 of 2: 2 batches; "
+                "process 1 of 2: 1 batch)") in a[case]["message"], a
+        assert "even_batches=True" in a[case]["message"]
+    assert a["evaluate_even"] == {"examples": 5} and "mask_hash" in a["train_even"]
