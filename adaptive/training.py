@@ -234,21 +234,23 @@ def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn
 @torch.no_grad()
 def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, progress=None) -> tuple:
     """``(mean loss, accuracy, examples)`` of ``model`` over ``loader`` (prepared by Accelerate, or any
-    iterable of batches, which are moved to the accelerator's device), every process
-    evaluating its shard and the predictions gathered with ``gather_for_metrics`` (duplicates
-    that even out the last batch across processes are dropped). Each module's own mode is restored.
+    iterable of batches, which are moved to the accelerator's device), every process evaluating its
+    shard. Over a loader Accelerate prepared with even batches (its default) each batch's predictions
+    are gathered with ``gather_for_metrics``, which drops the duplicates that even out the last batch
+    across processes; over any other (prepared with ``even_batches=False``, or each process's own
+    batches, of any sizes and counts: none hold duplicates) each process sums its own and the sums are
+    added across processes once, at the end. Each module's own mode is restored.
     ``progress``: a progress bar (anything with ``update(n)``, e.g. tqdm) advanced once per batch;
     a tqdm bar made with ``total=None`` gets the loader's length here, when the evaluation starts (a
-    lazily built test split is then read by the evaluation, not before). Loaders of different lengths
-    on the processes (prepared with ``even_batches=False``, or each process's own) are refused by every
-    process alike, before a batch is read: their gathers would pair other processes' batches or wait."""
+    lazily built test split is then read by the evaluation, not before)."""
+    from accelerate.data_loader import DataLoaderStateMixin
     from accelerate.utils import send_to_device
 
-    try:
-        batches = len(loader)
-    except TypeError:
-        batches = None
-    _refuse_uneven_batches(batches, "evaluation", "evaluate gathers each batch's predictions from every process")
+    # batches Accelerate evened out across the processes (the same sizes on each, the last padded with
+    # duplicates) are gathered one by one; others may differ in size and count between the processes,
+    # which a gather of each batch cannot take (gloo aborts on tensors of other sizes, or waits)
+    gathered = isinstance(loader, DataLoaderStateMixin) and getattr(getattr(loader, "batch_sampler", None),
+                                                                    "even_batches", True)
     loss_sum, correct, n = 0.0, 0, 0
     if progress is not None and getattr(progress, "total", 0) is None:
         progress.total = len(loader)
@@ -260,12 +262,17 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
             out = model(x)
             losses = loss_fn(out.float(), y, reduction="none")
             preds = out.argmax(1)
-            losses, preds, y = accelerator.gather_for_metrics((losses, preds, y))
+            if gathered:
+                losses, preds, y = accelerator.gather_for_metrics((losses, preds, y))
             loss_sum += float(losses.double().sum())
             correct += int((preds == y).sum())
             n += int(y.numel())
             if progress is not None:
                 progress.update(1)
+    if not gathered and accelerator.num_processes > 1:
+        sums = accelerator.reduce(torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=accelerator.device),
+                                  reduction="sum").tolist()
+        loss_sum, correct, n = sums[0], int(sums[1]), int(sums[2])
     if n == 0:
         raise ValueError("evaluate: the loader yielded no examples")
     return loss_sum / n, correct / n, n

@@ -1,8 +1,10 @@
 """Run under `accelerate launch --multi_gpu --num_processes 2`: train_one_epoch and evaluate over loaders
 prepared with even_batches=False, whose 5 examples in batches of 2 give process 0 two batches and process 1
-one; then both again over loaders Accelerate evens out (its default). Writes one JSON file per rank into
-argv[1]: each case's error (type and message) or outcome. A process left waiting in a collective waits there
-for the group's timeout (20 seconds here, 30 minutes by default) and records a bare gloo error instead."""
+one; then both again over loaders Accelerate evens out (its default); then evaluate over each process's own
+batches, of other sizes (process 0: 2 and 1 examples, process 1: 2 and 2) and counts (process 0: 2, 2 and 1;
+process 1: 2). Writes one JSON file per rank into argv[1]: each case's error (type and message) or outcome.
+A process left waiting in a collective waits there for the group's timeout (20 seconds here, 30 minutes by
+default) and records a bare gloo error instead (one whose gather aborts takes the launch down)."""
 import datetime
 import sys
 
@@ -37,10 +39,20 @@ def main(out_dir):
                     train_one_epoch(acc, model, opt, loader, TrainState(), conn=conn, log_every=1)
                     outcome = {"mask_hash": conn.mask_hash()}
                 else:
-                    outcome = {"examples": evaluate(acc, model, loader)[2]}
+                    loss, _, examples = evaluate(acc, model, loader)
+                    outcome = {"examples": examples, "loss": round(loss, 12)}
             except Exception as e:  # noqa: BLE001 - what each process raised is the test's to judge
                 outcome = {"error": type(e).__name__, "message": str(e)}
             record[f"{case}_{'even' if even else 'uneven'}"] = outcome
+    for case, sizes in (("own_sizes", [[2, 1], [2, 2]]), ("own_counts", [[2, 2, 1], [2]])):
+        torch.manual_seed(0)
+        model = nn.Linear(4, 3)
+        g = torch.Generator().manual_seed(1)
+        every = [[(torch.randn(n, 4, generator=g), torch.randint(0, 3, (n,), generator=g)) for n in own] for own in sizes]
+        loss, _, examples = evaluate(acc, model, every[acc.process_index])
+        whole = [b for own in every for b in own]
+        expected = sum(float(torch.nn.functional.cross_entropy(model(x), y, reduction="sum")) for x, y in whole)
+        record[case] = {"examples": examples, "loss_matches": abs(loss - expected / examples) < 1e-6}
     write_record_and_finish(acc, out_dir, acc.process_index, record)
 
 
