@@ -271,3 +271,19 @@ def test_loaders_of_uneven_batches_are_refused_in_training_and_evaluated_whole(t
     assert abs(a["evaluate_uneven"]["loss"] - a["evaluate_even"]["loss"]) < 1e-9
     assert a["own_sizes"] == {"examples": 7, "loss_matches": True}
     assert a["own_counts"] == {"examples": 7, "loss_matches": True}
+
+
+def test_a_holdout_loss_that_raises_on_one_process_is_raised_by_every_process_alike(tmp_path):
+    """A line search's holdout_loss() that raised on process 1 alone (a held-out shard only it reads) left
+    process 0 waiting in the mean of the held-out losses until the group's timeout, a bare gloo error. Every
+    process raises it now, naming the process it came from, and each rolls its edit back; the group stays
+    usable (the next case's update runs on both)."""
+    from _ports import two_rank_records
+
+    a, b = two_rank_records("two_process_holdout_error.py", tmp_path)
+    assert a == b, (a, b)
+    for case in ("before_the_edit", "after_the_edit"):
+        assert a[case]["error"] == "FileNotFoundError" and a[case]["masks_as_before"], a
+        assert "process 1 of 2: process 1's held-out shard is gone" in a[case]["message"], a
+        assert "process 0 of 2 found no such problem" in a[case]["message"], a
+    assert a["nowhere"]["updates"] == 1 and not a["nowhere"]["masks_as_before"]
