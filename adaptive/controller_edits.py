@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import torch
 
 from .connectome import EnsembleRuleError
-from .distributed import all_reduce_mean_
+from .distributed import agreed_call, all_reduce_mean_
 from .plan_checks import check_plan
 from .policies.base import EditPlan, global_synapse_target, synapse_targets
 from .rollback import EditSnapshot
@@ -193,9 +193,15 @@ class ControllerEditsMixin:
         """``holdout_loss()`` averaged over processes (as it is on one process): each process may
         score its own shard, and every process must accept, halve or roll back alike. All processes
         call this equally often, since the tries depend only on agreed values (these means, plans
-        made from reduced statistics)."""
-        with torch.no_grad():
-            loss = torch.tensor([float(self.holdout_loss())], dtype=torch.float64)
+        made from reduced statistics). An error ``holdout_loss()`` raises on some processes only (a
+        shard only one reads) is raised by every process alike (:func:`adaptive.distributed.agreed_call`),
+        naming the processes it came from, so that each rolls its edit back instead of the others waiting
+        in this mean until the process group's timeout."""
+        def score() -> torch.Tensor:
+            with torch.no_grad():
+                return torch.tensor([float(self.holdout_loss())], dtype=torch.float64)
+
+        loss = agreed_call(score, passed_why="each process scores holdout_loss() on its own (its own shard, say)")
         all_reduce_mean_([loss])
         return float(loss)
 

@@ -531,8 +531,13 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
         if k == "weights" and _is_sums(a) and _is_sums(b) and len(a) == len(b):  # weights_checksum on both sides
             if all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-12) for x, y in zip(a, b)):
                 continue  # sums on another device may differ in the last bits
-        if k in ("precision", "eval_every") and a is None:
-            continue  # recorded before the precision (the held-out cadence) was
+        if k in ("precision", "eval_every", "processes") and a is None:
+            continue  # recorded before the precision (the held-out cadence, the process count) was
+        if k == "processes" and a != b:  # what differs in the train data's batches then is its consequence: said so
+            out.append(f"processes: checkpoint {a}, this run {b} (a run's train batches are split over its processes, "
+                       f"so each process's batches and the stages' steps differ too: resume it under {a} "
+                       f"process{'es' if a != 1 else ''}, as it ran)")
+            continue
         if k in ("loss_fn", "accuracy_fn") and k not in saved:
             continue  # recorded before the loss and accuracy functions were
         if k in ("loss_fn", "accuracy_fn") and " globals " not in repr(a) and a == _without_globals(b):

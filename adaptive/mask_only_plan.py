@@ -11,7 +11,7 @@ from torch import nn
 
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
-from .distributed import rank
+from .distributed import rank, world_size
 from .mask_only_data import _data_identity
 from .mask_only_settings import Settings, _precision, stage_batches
 from .mask_only_start import Start, check_start_agrees, sparse_start, start_note
@@ -72,7 +72,9 @@ def plan_run(model: nn.Module, s: Settings, train_loader, holdout_loader, checke
                               loss_fn=ckpt.callable_identity(s.loss_fn),
                               accuracy_fn=ckpt.callable_identity(s.accuracy_fn),
                               weights=ckpt.weights_digest(conn.original), precision=_precision(model),
-                              train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader))
+                              train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader),
+                              # each process's share of the train batches (its loader's length) follows from it
+                              processes=world_size())
         # a foreign file fails here, before anything changes
         saved = ckpt.load_stage(s.checkpoint, fp, conn.original, checked=checked)
         finished = saved is not None and (saved["stage"] + 1 >= len(resolved)

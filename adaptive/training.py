@@ -258,14 +258,23 @@ def metric_row(state: TrainState, split: str, loss: float, accuracy: float, conn
 @torch.no_grad()
 def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, progress=None) -> tuple:
     """``(mean loss, accuracy, examples)`` of ``model`` over ``loader`` (prepared by Accelerate, or any
-    iterable of batches, which are moved to the accelerator's device), every process
-    evaluating its shard and the predictions gathered with ``gather_for_metrics`` (duplicates
-    that even out the last batch across processes are dropped). Each module's own mode is restored.
+    iterable of batches, which are moved to the accelerator's device), every process evaluating its
+    shard. Over a loader Accelerate prepared with even batches (its default) each batch's predictions
+    are gathered with ``gather_for_metrics``, which drops the duplicates that even out the last batch
+    across processes; over any other (prepared with ``even_batches=False``, or each process's own
+    batches, of any sizes and counts: none hold duplicates) each process sums its own and the sums are
+    added across processes once, at the end. Each module's own mode is restored.
     ``progress``: a progress bar (anything with ``update(n)``, e.g. tqdm) advanced once per batch;
     a tqdm bar made with ``total=None`` gets the loader's length here, when the evaluation starts (a
     lazily built test split is then read by the evaluation, not before)."""
+    from accelerate.data_loader import DataLoaderStateMixin
     from accelerate.utils import send_to_device
 
+    # batches Accelerate evened out across the processes (the same sizes on each, the last padded with
+    # duplicates) are gathered one by one; others may differ in size and count between the processes,
+    # which a gather of each batch cannot take (gloo aborts on tensors of other sizes, or waits)
+    gathered = isinstance(loader, DataLoaderStateMixin) and getattr(getattr(loader, "batch_sampler", None),
+                                                                    "even_batches", True)
     loss_sum, correct, n = 0.0, 0, 0
     if progress is not None and getattr(progress, "total", 0) is None:
         progress.total = len(loader)
@@ -277,15 +286,34 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
             out = model(x)
             losses = loss_fn(out.float(), y, reduction="none")
             preds = out.argmax(1)
-            losses, preds, y = accelerator.gather_for_metrics((losses, preds, y))
+            if gathered:
+                losses, preds, y = accelerator.gather_for_metrics((losses, preds, y))
             loss_sum += float(losses.double().sum())
             correct += int((preds == y).sum())
             n += int(y.numel())
             if progress is not None:
                 progress.update(1)
+    if not gathered and accelerator.num_processes > 1:
+        sums = accelerator.reduce(torch.tensor([loss_sum, correct, n], dtype=torch.float64, device=accelerator.device),
+                                  reduction="sum").tolist()
+        loss_sum, correct, n = sums[0], int(sums[1]), int(sums[2])
     if n == 0:
         raise ValueError("evaluate: the loader yielded no examples")
     return loss_sum / n, correct / n, n
+
+
+def _batches_taken(accelerator, loader, k: int, steps_left: Optional[int] = None) -> Optional[int]:
+    """The batches this epoch takes from ``loader`` (None for a loader of no length): all of them, or
+    with ``steps_left`` (``max_steps`` less the steps taken) no more than that many whole groups of
+    ``k`` need, less the ones Accelerate has counted in the open group."""
+    try:
+        n = len(loader)
+    except TypeError:
+        return None
+    if steps_left is not None:
+        counted = int(getattr(accelerator, "step", 0) or 0)
+        n = min(n, max(0, steps_left * k - counted % k))
+    return n
 
 
 def _ends_mid_group(accelerator, loader, k: int, steps_left: Optional[int] = None) -> bool:
@@ -293,14 +321,28 @@ def _ends_mid_group(accelerator, loader, k: int, steps_left: Optional[int] = Non
     the open group, end inside a group of ``k`` (a loader of no length: taken as they may). With
     ``steps_left`` (``max_steps`` less the steps taken) the epoch stops after that many whole groups
     if the loader holds more batches: at a group's end."""
-    try:
-        n = len(loader)
-    except TypeError:
+    n = _batches_taken(accelerator, loader, k, steps_left)
+    if n is None:
         return True
     counted = int(getattr(accelerator, "step", 0) or 0)
-    if steps_left is not None:
-        n = min(n, max(0, steps_left * k - counted % k))
     return (counted + n) % k != 0
+
+
+_EVEN_BATCHES = ("give every process as many batches: accelerator.prepare(loader) with even_batches=True (Accelerate's "
+                 "default, DataLoaderConfiguration(even_batches=True)), which evens the shards out by repeating a few "
+                 "examples, or a DistributedSampler, which pads them (drop_last=True trims them)")
+
+
+def _refuse_uneven_batches(n: Optional[int], role: str, why: str) -> None:
+    """Raise a ValueError on every process alike where the processes would take different numbers of
+    batches ``n`` (None: a loader of no length, taken as it comes) from their ``role`` loader; one
+    gather, nothing on one process. ``why``: what meets the other processes at each batch."""
+    from .distributed import refuse_differing
+
+    said = "batches of no count (a loader of no length)" if n is None else f"{n} batch{'es' if n != 1 else ''}"
+    refuse_differing(said, f"numbers of batches to take from the {role} loader",
+                     fix=f"{why}, and a process with fewer batches would leave the others waiting in a collective "
+                         f"until the process group's timeout; {_EVEN_BATCHES}")
 
 
 def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *, lr_scheduler=None,
@@ -329,6 +371,8 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     an earlier update mixes both densities and reports the later one). ``on_step(state)`` runs after
     each step (checkpointing, tests), so a checkpoint always falls between groups. Stops early at
     ``max_steps``. Returns the epoch's mean loss/accuracy over the processed batches on this process.
+    Processes that would take different numbers of batches (loaders prepared with ``even_batches=False``)
+    are refused by every process alike, before a batch is read: each step meets the other processes.
 
     ``max_grad_norm``: clip each step's gradient to this total 2-norm
     (:func:`~adaptive.clipping.clip_gradients`: measured on the live gradients ``conn`` leaves the
@@ -374,6 +418,12 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                              "next epoch's first step (and epochs would take different numbers of steps). Build the "
                              "Accelerator with sync_with_dataloader=True (Accelerate's default: "
                              "gradient_accumulation_steps=K alone)")
+    # every process must take as many batches: each step meets the others (DDP's gradient all-reduce, the
+    # controller's reduced statistics, the rows' reductions); a process with fewer waited in its next one
+    _refuse_uneven_batches(_batches_taken(accelerator, loader, accelerator.gradient_accumulation_steps,
+                                          None if max_steps is None else max_steps - state.step),
+                           "train", "train_one_epoch steps every process together (DDP's gradient all-reduce, the "
+                           "controller's reduced statistics, the logged rows' sums)")
     model.train()
     # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
     # between two rows reads a value on the host, so none stalls a GPU

@@ -402,6 +402,8 @@ def test_evaluate_moves_the_batches_of_any_loader_to_the_device(device):
     from adaptive.training import evaluate
 
     class OneProcess:  # what evaluate reads of an Accelerator
+        num_processes = 1
+
         def __init__(self, device):
             self.device = torch.device(device)
 

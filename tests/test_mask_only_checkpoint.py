@@ -917,3 +917,24 @@ def test_a_loader_without_a_batch_size_is_said_to_lack_one_not_a_length():
     assert now == [96, 6, None]
     assert _differences({"train_data": [96, 6, 16]}, {"train_data": now}) == [
         "train_data: batch size (checkpoint 16, this run not known (no .batch_size))"]
+
+
+def test_a_resume_under_another_process_count_is_refused_naming_it(tmp_path, monkeypatch):
+    """A stage checkpoint of a 2-process run resumed on 1 process was refused for other steps per stage and
+    other train batches, the consequences, as written "by another run" whose settings were to be given again,
+    which they had been. The count of processes is recorded now, and the refusal names it first and says to
+    resume under the run's own count; a checkpoint recorded before the count was still resumes."""
+    import adaptive.mask_only_plan as plan
+
+    path = tmp_path / "ck.pt"
+    monkeypatch.setattr(plan, "world_size", lambda: 2)  # the interrupted run's: 2 processes
+    interrupted(tiny(), [0.2, 0.5], path, at_stage=1)
+    monkeypatch.undo()
+    with pytest.raises(CheckpointMismatchError, match=r"written by another run; it differs in processes: checkpoint "
+                                                      r"2, this run 1 \(.*resume it under 2 processes, as it ran\)"):
+        optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    state = torch.load(path, weights_only=False)
+    del state["fingerprint"]["processes"], state["sha256"]  # a checkpoint recorded before the count was
+    save_stage(path, state)
+    resumed = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    assert [h["kind"] for h in resumed.history].count("resume") == 1

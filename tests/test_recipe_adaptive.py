@@ -1540,6 +1540,57 @@ def test_the_non_finite_held_out_warning_of_a_thousand_synapses_removed_shows_on
         assert not said or "with 12,345 synapses removed (step 7)" in said[0]
 
 
+def test_the_controllers_warnings_are_shown_by_the_first_process_alone():
+    """The controller's warnings come from what every process of a launch holds alike (its settings, masks
+    that agree, statistics reduced across the processes, held-out losses averaged over them): each process
+    printed them (the schedule's missed target twice under --line_search with two processes). Process 0's
+    alone are shown now; each warning is made by the controller itself, so the patterns are checked against
+    what it says."""
+    import itertools
+    import types
+    import warnings
+
+    from torch import nn
+
+    def warn_all():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        with torch.no_grad():
+            model[2].weight.mul_(1e-3)  # magnitude's global order empties the last layer first
+        adaptive.Controller(adaptive.Connectome(model, ensemble="neuron"), policy="magnitude", density=0.5,
+                            budget="global")  # no live synapse left
+        adaptive.Controller(adaptive.Connectome(model), policy="utility", estimator="obd", density=0.5,
+                            update_every=1)  # a window of one batch for the Fisher
+        adaptive.Controller(adaptive.Connectome(model), policy="gmp", density=0.5, update_every=10,
+                            end_step=5)  # no update before end_step
+        adaptive.Controller(adaptive.Connectome(model), policy="utility", density=0.5, update_every=1).step()  # no gradient
+        conn = adaptive.Connectome(model)
+        rising = itertools.count()
+        ctrl = adaptive.Controller(conn, policy="threshold", density=0.2, update_every=2, end_step=4,
+                                   holdout_loss=lambda: float("nan") if next(rising) < 2 else 1.0,
+                                   line_search_tolerance=0.0)
+        x, y = torch.randn(32, 8), torch.randint(0, 4, (32,))
+        for _ in range(4):  # the held-out NaN, then the missed target
+            model.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            ctrl.observe()
+            ctrl.step()
+
+    expected = ("have no live synapse left", "recovers the per-sample Fisher", "policy 'gmp': no update falls",
+                "step 1: no gradient was observed", "holdout_loss() gave nan before the edit",
+                "the controller's schedule ended at step 4")
+    for main in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with recipe_train._alike_warnings_once(types.SimpleNamespace(is_main_process=main)):
+                warn_all()
+        said = [str(w.message) for w in caught]
+        if main:
+            assert all(any(e in m for m in said) for e in expected), said
+        else:
+            assert said == [], said
+
+
 def test_a_launch_asked_for_two_processes_that_starts_one_says_so(tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts one process (accelerate starts several only with
     --multi_gpu, which it refuses beside --cpu), and the run trained alone, silently. It says so now,

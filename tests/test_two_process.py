@@ -247,3 +247,43 @@ def test_a_load_refused_by_one_process_names_the_process_the_file_and_the_cause(
     assert kind == "CheckpointError" and alike, rec
     assert message.startswith("process 1 of 2: checkpoint ") and "(RuntimeError: Error(s) in loading state for " \
         "Thing: the real cause: x must be 7)" in message, message
+
+
+def test_loaders_of_uneven_batches_are_refused_in_training_and_evaluated_whole(tmp_path):
+    """train_one_epoch and evaluate over loaders prepared with even_batches=False (process 0: two batches,
+    process 1: one): process 0 went on alone into its second batch's collective and both died of a bare gloo
+    timeout (after 30 minutes by default), and evaluate's per-batch gathers paired other batches first; over
+    each process's own batches of other sizes, gloo aborted the gather. train_one_epoch refuses now, on every
+    process alike, naming each process's count and even_batches; evaluate adds each process's sums once at
+    the end wherever batches may differ, and counts every example once; loaders Accelerate evens out run."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_uneven_batches.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert a == b, (a, b)
+    assert a["train_uneven"]["error"] == "ValueError", a
+    assert ("different numbers of batches to take from the train loader (process 0 of 2: 2 batches; "
+            "process 1 of 2: 1 batch)") in a["train_uneven"]["message"], a
+    assert "even_batches=True" in a["train_uneven"]["message"]
+    assert "mask_hash" in a["train_even"]
+    assert a["evaluate_uneven"]["examples"] == a["evaluate_even"]["examples"] == 5
+    assert abs(a["evaluate_uneven"]["loss"] - a["evaluate_even"]["loss"]) < 1e-9
+    assert a["own_sizes"] == {"examples": 7, "loss_matches": True}
+    assert a["own_counts"] == {"examples": 7, "loss_matches": True}
+
+
+def test_a_holdout_loss_that_raises_on_one_process_is_raised_by_every_process_alike(tmp_path):
+    """A line search's holdout_loss() that raised on process 1 alone (a held-out shard only it reads) left
+    process 0 waiting in the mean of the held-out losses until the group's timeout, a bare gloo error. Every
+    process raises it now, naming the process it came from, and each rolls its edit back; the group stays
+    usable (the next case's update runs on both)."""
+    from _ports import two_rank_records
+
+    a, b = two_rank_records("two_process_holdout_error.py", tmp_path)
+    assert a == b, (a, b)
+    for case in ("before_the_edit", "after_the_edit"):
+        assert a[case]["error"] == "FileNotFoundError" and a[case]["masks_as_before"], a
+        assert "process 1 of 2: process 1's held-out shard is gone" in a[case]["message"], a
+        assert "process 0 of 2 found no such problem" in a[case]["message"], a
+    assert a["nowhere"]["updates"] == 1 and not a["nowhere"]["masks_as_before"]

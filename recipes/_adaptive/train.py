@@ -101,7 +101,17 @@ _ALIKE_WARNINGS = (r"step \d+: the gradients observed since the last update hold
                    r"\S+ \S+ asks for more examples than the \w+ split of",
                    r"ADAPTIVE_DATA=.* is (a file, not a folder|no such folder): dataset ",
                    # and of the decoded images' cache folder, which the processes of a machine share
-                   r"the cache folder .* takes no new file ")
+                   r"the cache folder .* takes no new file ",
+                   # and the controller's, of its settings and of masks that agree across the processes, statistics
+                   # reduced across them and held-out losses averaged over them (the line search's)
+                   r"the controller's schedule ended at step \d+ with the network at density ",
+                   r"layer\(s\) \[.*\] have no live synapse left: ",
+                   r"step \d+: no gradient was observed since the last update",
+                   r"step \d+: holdout_loss\(\) gave \S+ before the edit",
+                   r"estimator .* recovers the per-sample Fisher from the spread of the batch gradients",
+                   r"init=.* was not used: nothing was sparsified at construction",
+                   r"density \S+ is out of reach: the protected layers ",
+                   r"policy '(threshold|gmp)'(: | with estimator )", r"policy '\w+' at step \d+: ")
 
 
 @contextlib.contextmanager
