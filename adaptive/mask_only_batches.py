@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from .distributed import agreed_call
+from .distributed import agreed_call, is_distributed
 from .mask_only_best import _better, _criterion
 from .mask_only_data import _to_device, example_shapes, input_shapes, refuse_repeated_verify_batches
 from .label_checks import guarded_batch_targets
@@ -46,22 +46,34 @@ class StageBatchesMixin:
                 e.add_note(self._failed_note(x))
             raise
         self.ran_shapes = example_shapes(x)
+        refused = None  # a later batch's labels refused on the host (several processes: at the window's update)
         if self.reduction is None:  # the loss checked on this batch before any backward pass
             with torch.no_grad():  # (each process's own first batch: a refusal on one stops every process)
                 self.reduction = agreed_call(lambda: takes_reduction(s.loss_fn, out.detach(), y), passed_why=_OWN_BATCHES)
         else:  # every later batch's labels, before the loss, on the device (the first's were checked just above):
             # a label outside the head is made the ignored one here and refused at the window's update, before it edits
-            y, found = guarded_batch_targets(out, y, s.loss_fn, f"training batch {self.step + 1} of the run (stage {st.label})")
+            try:
+                y, found = guarded_batch_targets(out, y, s.loss_fn,
+                                                 f"training batch {self.step + 1} of the run (stage {st.label})")
+            except ValueError as e:  # labels of the wrong shape or type: no loss can be taken of them
+                if not is_distributed():
+                    raise  # (one process: refused at once)
+                # several: refused at the window's update by every process together, as a label beyond the head (a
+                # refusal here alone left the others in their next collective: "Connection closed by peer")
+                refused, found = e, None
+                self.window.add_refused(e, self.step + 1)
             self.window.add_labels(found, self.step + 1, tuple(out.shape))
-        loss = s.loss_fn(out, y)
+        # a refused batch's backward pass still runs (a DDP model's collectives), of a loss of no gradient
+        loss = s.loss_fn(out, y) if refused is None else out.sum() * 0.0
         loss.backward()
         ctrl.observe()
         if ctrl.batch_size is None:
             ctrl.batch_size = int(y.shape[0])
-        # positions for classification shapes, else examples (as evaluate); the sums stay on the
-        # device (as float64, the host's Python floats) and are read at the window's update
-        units, acc = batch_sums(s.accuracy_fn, out.detach(), y)
-        self.window.add(loss, units, acc, y)
+        if refused is None:  # (a refused batch's targets cannot be scored; the window is refused at its update)
+            # positions for classification shapes, else examples (as evaluate); the sums stay on the
+            # device (as float64, the host's Python floats) and are read at the window's update
+            units, acc = batch_sums(s.accuracy_fn, out.detach(), y)
+            self.window.add(loss, units, acc, y)
         self.step += 1
         if ctrl.due(ctrl.step_count + 1):
             self._refuse_window_labels(st)
@@ -99,8 +111,9 @@ class StageBatchesMixin:
 
     def _refuse_window_labels(self, st) -> None:
         """At the update that ends a window of stage ``st``, before it edits anything: the window's sums read (in the one
-        transfer the update's record uses) and a class label outside the model's head in any of its batches refused,
-        as a check of that batch would (:meth:`adaptive.mask_only_window._Window.refuse_labels`: the first such batch
+        transfer the update's record uses) and a class label outside the model's head in any of its batches refused
+        (or, under several processes, labels of the wrong shape or type: :meth:`_Window.add_refused`), as a check of
+        that batch would (:meth:`adaptive.mask_only_window._Window.refuse_labels`: the first such batch
         named), on every process together. Its batches' loss ignored those labels (no device-side assert)."""
         window, loss_fn = self.window, self.s.loss_fn
         agreed_call(lambda: window.refuse_labels(loss_fn, lambda b: f"training batch {b} of the run (stage {st.label})"),

@@ -36,6 +36,7 @@ class _Window:
         self.loss, self.correct, self.n, self.counted, self.examples = _EMPTY_WINDOW
         self.labels = None
         self.label_shapes = {}  # the output's shape of each batch whose labels were checked, by its number
+        self.refused = None  # (error, batch): the first batch whose labels were refused on the host (add_refused)
         self._read = None  # this process's sums and ``labels`` as read on the host (read once)
 
     def add(self, loss: torch.Tensor, units, acc, y) -> None:
@@ -66,6 +67,13 @@ class _Window:
         else:
             self.labels = torch.where(bad & (self.labels[0] == 0), row, self.labels)
 
+    def add_refused(self, error: ValueError, batch: int) -> None:
+        """Keep ``error``, the refusal of the labels of training batch ``batch`` (its number in the run) on the host
+        (a shape or type: :func:`adaptive.label_checks.guarded_batch_targets`), for :meth:`refuse_labels` to raise at
+        the window's update, where every process refuses together (the first such batch of the window kept)."""
+        if self.refused is None:
+            self.refused = (error, batch)
+
     def read(self) -> List[float]:
         """This process's loss, correct, units and counted sums, then (where labels were checked) ``labels``
         (:class:`_Window`), read on the host in one transfer, at the window's update (once: the values are kept). The
@@ -78,10 +86,14 @@ class _Window:
     def refuse_labels(self, loss_fn, where) -> None:
         """ValueError as :func:`adaptive.label_checks.refuse_mismatched_targets` raises for a batch, where a batch of
         the window held a class label outside the model's head for ``loss_fn``: the first such batch's labels named,
-        and ``where(batch)`` (which batch: its number in the run) in a note. Reads the window (:meth:`read`): call it
+        and ``where(batch)`` (which batch: its number in the run) in a note; or the refusal kept by :meth:`add_refused`,
+        where its batch came first. Reads the window (:meth:`read`): call it
         at the update, before the update edits anything. Nothing where every label fits (or none was checked)."""
         read = self.read()
-        if len(read) < 7 or not read[4]:
+        outside = int(read[4]) if len(read) >= 7 and read[4] else None  # the first batch with a label beyond the head
+        if self.refused is not None and (outside is None or self.refused[1] < outside):
+            raise self.refused[0]  # (its note names the batch)
+        if outside is None:
             return
         batch, low, high = (int(v) for v in read[4:7])
         try:

@@ -288,3 +288,41 @@ def test_edge_popup_target_0_keeps_the_dense_network_without_a_stage_of_its_own(
     sparse_alone, _ = run([0.5], sparse=True)
     assert n_start == 4 and at_start["160"]["removed"] == 160
     assert all(torch.equal(at_start["0.5"]["masks"][n], sparse_alone["0.5"]["masks"][n]) for n in sparse_alone["0.5"]["masks"])
+
+
+def test_edge_popup_says_a_batch_left_out_had_every_label_ignored_not_nan_in_the_data():
+    """A training batch whose every label is the ignored one (-100) has a cross-entropy of NaN (a mean over no
+    label), so edge-popup left it out, but its warning blamed NaN or inf in the training data, which held none.
+    It now says the batch had no label to score (read with the finite flag: no read of its own), and a whole pass
+    of such batches is refused saying so; a batch of NaN data is still named as such."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 4, 4, generator=g), torch.randint(0, 5, (64,), generator=g)
+    ho = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
+    for first, n in ((True, 2), (False, 1)):  # the first batch (checked on the host; drawn again at the 4th step) and
+        y2 = y.clone()  # a later one (on the device)
+        y2[(0 if first else 32):(16 if first else 48)] = -100
+        with pytest.warns(UserWarning) as said:
+            edge_popup(net(), DataLoader(TensorDataset(x, y2), batch_size=16), ho, [0.5], passes=1.0, progress=False)
+        said = [str(w.message) for w in said if "left out" in str(w.message)]
+        assert len(said) == 1 and f"left out {n} training batch(es)" in said[0], said
+        assert f"{n} whose every label was the ignored one (-100), so no label was left to score" in said[0], said
+        assert "NaN or inf" not in said[0], said
+    x2 = x.clone()
+    x2[16] = float("nan")
+    y2 = y.clone()
+    y2[32:48] = -100
+    with pytest.warns(UserWarning) as said:  # one of each: each named
+        edge_popup(net(), DataLoader(TensorDataset(x2, y2), batch_size=16), ho, [0.5], passes=1.0, progress=False)
+    said = [str(w.message) for w in said if "left out" in str(w.message)]
+    # (batches 1 and 2 of 4, each drawn twice in the 4 steps)
+    assert "left out 4 training batch(es)" in said[0] and "2 whose loss was NaN or inf (check the training data" in said[0]
+    assert "2 whose every label was the ignored one (-100)" in said[0], said
+    m = net()
+    before = copy.deepcopy(m.state_dict())
+    y2 = y.clone()
+    y2[:] = -100  # every batch: a whole pass in a row
+    with pytest.raises(ValueError, match=r"NaN or inf on 4 batches in a row .a whole pass. at target 0.5, so no score "
+                                         r"can be learned: 4 whose every label was the ignored one \(-100\), so no label was left") as refused:
+        edge_popup(m, DataLoader(TensorDataset(x, y2), batch_size=16), ho, [0.5], passes=1.0, progress=False)
+    assert "whose loss was NaN or inf" not in str(refused.value)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

@@ -211,3 +211,51 @@ def test_a_batchs_labels_checked_on_the_device_read_nothing_and_reach_the_loss_a
     with pytest.raises(ValueError, match=r"targets are \(4, 3\)") as e:
         guarded_batch_targets(out, torch.zeros(4, 3, dtype=torch.long), F.cross_entropy, "batch 2")
     assert e.value.__notes__ == ["adaptive: found in batch 2"]
+
+
+@pytest.mark.parametrize("where, problem", [("later_shape", "takes one class index per example"),
+                                            ("later_dtype", "takes class indices as int64")])
+def test_later_labels_of_the_wrong_shape_or_type_on_one_process_stop_every_process_with_the_same_error(
+        tmp_path, where, problem):
+    """Two plain processes: only process 1's second training batch holds labels of the wrong shape ((8, 1)) or type
+    (int32). That process refused them at once (a check on the host, no read) while process 0 went on to the window's
+    update and failed in its collective there ("Connection closed by peer"); now the refusal waits for the window's
+    update, where both processes agree it, as a label beyond the head: one ValueError on both, naming the process, the
+    problem and the batch."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _ports import two_rank_records
+
+    got = two_rank_records("two_process_labels.py", tmp_path, where)
+    for rec in got:
+        assert rec["error"] == "ValueError", got
+        assert "process 1 of 2:" in rec["message"] and problem in rec["message"], got
+        assert "process 0 of 2 found no such problem" in rec["message"], got
+        assert "its own training batches" in rec["message"], got
+        assert "adaptive: found in training batch 2 of the run (stage 0.5)" in rec["notes"], got
+
+
+def test_later_labels_of_the_wrong_shape_on_one_process_are_refused_at_once_the_model_given_back():
+    """On one process a later training batch's labels of the wrong shape are still refused at that batch (no window's
+    update waited for: only several processes must agree it), naming the batch, the model's weights given back."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from adaptive.mask_only import optimize_connectome
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g)
+    batches = list(DataLoader(TensorDataset(x, y), batch_size=8))
+    batches[1] = (batches[1][0], batches[1][1][:, None])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = []
+    model.register_forward_hook(lambda *a: seen.append(1) if torch.is_grad_enabled() else None)  # (training batches)
+    with pytest.raises(ValueError, match="takes one class index per example") as refused:
+        optimize_connectome(model, batches, DataLoader(TensorDataset(x, y), batch_size=8), 0.5, window=4,
+                            progress=False)
+    assert "adaptive: found in training batch 2 of the run (stage 0.5)" in refused.value.__notes__, refused.value.__notes__
+    assert len(seen) == 2  # the first two training batches' forward passes: none after the refused one
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

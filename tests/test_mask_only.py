@@ -654,7 +654,8 @@ def test_edge_popup_processes_agree_on_refusals_and_left_out_batches(tmp_path):
     was torch's error there alone, and one in a later batch (or labels of the wrong shape there) was refused
 there alone while process 0 failed in DDP's next collective ("Connection closed by peer"); a holdout of other
 data on process 1 (sharded) gave each process its own held-out figures for the same masks, and a held-out label
-beyond the head in a later held-out batch of process 1 stopped it alone. Now both raise one ValueError naming the process and the fix, a NaN batch
+beyond the head in a later held-out batch of process 1 stopped it alone; a batch of process 1 whose every label was
+the ignored one was left out on both, blamed on NaN or inf in the data. Now both raise one ValueError naming the process and the fix, a NaN batch
     is left out on both, and both learn the same masks."""
 
     from _ports import two_rank_records
@@ -668,6 +669,12 @@ beyond the head in a later held-out batch of process 1 stopped it alone. Now bot
     assert "different train loader lengths (process 0 of 2: 4 batches; process 1 of 2: 2 batches)" \
         in rec["uneven"]["message"]
     assert rec["nan_on_one"]["live"] == rec["even"]["live"] == [14, 14], rec
+    assert "2 whose loss was NaN or inf" in rec["nan_on_one"]["left_out"][0], rec  # (its first batch, drawn twice)
+    # a batch of process 1 with every label ignored (a NaN cross-entropy) left out on both, named as such on both
+    # (both blamed NaN or inf in the data)
+    assert rec["unlabelled_on_one"]["live"] == [14, 14] and len(rec["unlabelled_on_one"]["left_out"]) == 1, rec
+    assert "1 whose every label was the ignored one (-100)" in rec["unlabelled_on_one"]["left_out"][0], rec
+    assert "NaN or inf" not in rec["unlabelled_on_one"]["left_out"][0], rec
     assert rec["label_on_one"]["error"] == "ValueError", rec  # process 1's first batch: its label check agreed
     assert "process 1 of 2: the model gives 3 classes" in rec["label_on_one"]["message"], rec
     assert "labels go up to 5" in rec["label_on_one"]["message"], rec

@@ -2,6 +2,7 @@
 connectome, the controller, the utility windows, gradient clipping, SilentUnits, the recipe's
 train_one_epoch and mask-only's loop read no value on the host, so a GPU never waits on them.
 Counted on CPU tensors with tests/_syncs.py (the calls that would sync on a GPU are the same)."""
+import collections
 import warnings
 
 import pytest
@@ -159,3 +160,38 @@ def test_mask_only_steps_between_updates_make_no_sync():
     batches = [c - before for (_, before), (_, c) in zip(seen, seen[1:])]
     assert batches[:2] == [0, 0], batches
     assert r.history[0]["train_acc"] is not None
+
+
+def test_edge_popup_reads_the_host_once_per_training_batch_of_its_own():
+    """Edge-popup's own reads per training batch: its loss's finite flag and its labels' range, read together in one
+    transfer (adaptive.baselines.edge_popup._batch_verdict); a check of the labels on the host (a read of its own) made
+    it two. Counted as the growth from one pass to two (4 more batches) of each line of edge_popup.py: only that
+    read grows, by one a batch, besides Adam's step (its step counter, a CPU tensor: free on a GPU)."""
+    import inspect
+    import re
+
+    import importlib
+
+    mod = importlib.import_module("adaptive.baselines.edge_popup")  # the module (the package's name is the function)
+    lines, first = inspect.getsourcelines(mod._batch_verdict)
+    source = inspect.getsource(mod).splitlines()
+    step_line = 1 + next(i for i, line in enumerate(source) if line.strip() == "opt.step()")
+
+    def per_line(passes):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+        with count_syncs() as s:
+            mod.edge_popup(model, _loader(32), _loader(16), [0.5], passes=passes, progress=False)
+        got = collections.Counter()
+        for where, k in s.where.items():
+            hit = re.search(r"adaptive/baselines/edge_popup\.py:(\d+)$", where)
+            if hit:
+                got[int(hit.group(1))] += k
+        return got
+
+    one, two = per_line(1.0), per_line(2.0)
+    grew = {line: two[line] - one[line] for line in set(one) | set(two) if two[line] != one[line]}
+    grew.pop(step_line, None)
+    assert len(grew) == 1, grew
+    (line, more), = grew.items()
+    assert first <= line < first + len(lines) and more == 4, (grew, first)

@@ -26,7 +26,7 @@ from ..counts import whole_number
 from ..data.cycle import LoaderCycle
 from ..distributed import agreed_call, all_reduce_mean_, is_distributed
 from ..global_rng import seeded_global_rng
-from ..label_checks import guarded_batch_targets, refuse_labels_outside, refuse_mismatched_targets
+from ..label_checks import _kind, guarded_batch_targets, refuse_labels_outside, refuse_mismatched_targets
 from ..warn import warn_user
 from ..mask_only import _logits, _model_device, _to_device, checked_passes, evaluate, listed_targets, mask_learning
 from ..mask_only_eval import _agreed, check_first_batch
@@ -60,16 +60,18 @@ def _ranked(scores: Dict[str, torch.Tensor], absent: Dict[str, torch.Tensor]) ->
             for n, s in scores.items()}
 
 
-def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where: str) -> bool:
-    """Whether a training batch's ``loss`` is finite on every process, after its targets are refused on every
-    process together where they were refused on any: ``refused`` (the error
+def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where: str) -> tuple:
+    """``(usable, unlabelled)`` of a training batch: whether its ``loss`` is finite on every process, and whether
+    some process's batch had no label to score (every one the ignored label, -100 by default: cross-entropy's mean
+    over no label is NaN, so such a batch is left out, named so rather than blamed on NaN or inf in the data); after
+    its targets are refused on every process together where they were refused on any: ``refused`` (the error
     :func:`adaptive.label_checks.guarded_batch_targets` raised on this process: a shape or type, ``loss`` None) or
     ``found`` (what it found of the labels, ``[outside, low, high]`` on the device, or None: a label outside the
     head of output ``shape``, refused by :func:`adaptive.label_checks.refuse_labels_outside` with ``where`` in a
-    note). One read on the host per batch, the finite flag and the labels together (the same one the finite check
-    alone made); under several processes one all-reduce of two numbers (as the finite check alone), and an agreed
-    refusal only where some process refused: a refusal on one process alone left the other in DDP's next
-    collective (gloo: "Connection closed by peer"; NCCL: waiting until its timeout)."""
+    note; no label scored where ``low > high``). One read on the host per batch, the finite flag and the labels
+    together (the same one the finite check alone made); under several processes one all-reduce of three numbers,
+    and an agreed refusal only where some process refused: a refusal on one process alone left the other in DDP's
+    next collective (gloo: "Connection closed by peer"; NCCL: waiting until its timeout)."""
 
     def refuse(labels) -> None:  # this process's refusal, if any (labels: [outside, low, high] as read, or None)
         if refused is not None:
@@ -87,17 +89,33 @@ def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where:
             torch.isfinite(loss.detach()).reshape(1)
         read = read.tolist()
         refuse(read[1:] if found is not None else None)
-        return bool(read[0])
+        return bool(read[0]), found is not None and read[2] > read[3]
     ref = loss if loss is not None else found
     one = torch.ones(1, dtype=torch.float64, device=ref.device if ref is not None else None)
     flags = torch.cat([torch.isfinite(loss.detach()).reshape(1).double() if loss is not None else one * 0,
-                       one if refused is not None else found[:1].double() if found is not None else one * 0])
+                       one if refused is not None else found[:1].double() if found is not None else one * 0,
+                       (found[1:2] > found[2:3]).double() if found is not None else one * 0])
     all_reduce_mean_([flags])  # (the mean of the finite flags is 1 where every process's loss is finite)
-    all_finite, any_bad = flags.tolist()
+    all_finite, any_bad, any_unlabelled = flags.tolist()
     if any_bad > 0:  # (every process takes this branch together)
         labels = found.tolist() if found is not None else None
         agreed_call(lambda: refuse(labels), passed_why=_OWN_WINDOW)
-    return all_finite == 1.0
+    return all_finite == 1.0, any_unlabelled > 0
+
+
+def _left_out(nonfinite: int, unlabelled: int, ignore) -> str:
+    """What a message says of training batches left out: ``nonfinite`` for a NaN or inf loss, ``unlabelled`` with
+    every label the ignored one (``ignore``, None where the loss names none), each with its fix."""
+    said = []
+    if nonfinite:
+        said.append(f"{nonfinite} whose loss was NaN or inf (check the training data for NaN or inf, and that loss_fn "
+                    "takes (logits, labels))")
+    if unlabelled:
+        said.append(f"{unlabelled} whose every label was the ignored one ({ignore if ignore is not None else 'ignore_index'}"
+                    "), so no label was left to score and the loss, a mean over none, was NaN (not the data's values): "
+                    "give every batch labels to score (leave such examples out of the training data, or shuffle them in "
+                    "among labelled ones)")
+    return "; ".join(said)
 
 
 _OWN_HOLDOUT = ("each process evaluated its own holdout loader: give every process the same, unsharded holdout (not "
@@ -160,7 +178,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
     targets are checked before its loss too, on the device, :func:`adaptive.label_checks.guarded_batch_targets`, and
     refused on every process together where any process's are wrong, before the batch's backward pass, read with its
-    loss's finite flag: no read of its own), and a batch whose loss is NaN or inf on any process is left out on all. The first held-out batch is checked before any work, as
+    loss's finite flag: no read of its own), and a batch whose loss is NaN or inf on any process is left out on all (one with every label the ignored one, whose cross-entropy is NaN, named so in the warning, not blamed on the data). The first held-out batch is checked before any work, as
     :func:`adaptive.optimize_connectome` checks it (:func:`adaptive.mask_only_eval.check_first_batch`: a head that
     does not fit its targets, a loss the run cannot use), agreed across processes; the model is left as given. A sparse model (weights of exactly 0.0) is given back with them
     still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
@@ -192,7 +210,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     absent = {n: ~m for n, m in start.masks.items()} if start.absent else {}
     scores = {n: _starting_scores(o).requires_grad_(True) for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))
-    snaps, skipped = {}, 0
+    snaps, skipped, unlabelled = {}, 0, 0  # batches left out: all, and those with no label to score
+    ignore = _kind(loss_fn)[1]
     it, device = LoaderCycle(train_loader), _model_device(model)
     t_cpu, t_wall = time.process_time(), time.time()
     from tqdm.auto import tqdm
@@ -210,7 +229,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
             for _ in range(steps if removed > start.absent else 0):
                 conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
-                in_a_row = 0
+                in_a_row = row_unlabelled = 0
                 while True:  # as the controller does: a batch with a non-finite loss is left out, another drawn
                     x, y = _to_device(next(it), device)  # (NaN gradients would make every score NaN, top-k arbitrary)
                     for p in conn.params.values():
@@ -223,20 +242,24 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                     if first:  # (each process's own first batch: a refusal on one stops every process)
                         agreed_call(lambda: _check_first(out, y, loss_fn), passed_why=_OWN_BATCHES)
                         first = False
+                        y, found = guarded_batch_targets(out, y, loss_fn, where)  # (labels that fit: y's own; found
+                        # says whether any is scored, read with the finite flag)
                     else:  # on the device, read with the loss's finite flag: a label outside the head is made the
                         try:  # ignored one for the loss, and refused (on every process) before any backward pass
                             y, found = guarded_batch_targets(out, y, loss_fn, where)
                         except ValueError as e:  # (a shape or type: refused on every process together below)
                             refused = e
                     loss = loss_fn(out, y) if refused is None else None
-                    if _batch_verdict(loss, found, refused, tuple(out.shape), loss_fn, where):
+                    usable, no_label = _batch_verdict(loss, found, refused, tuple(out.shape), loss_fn, where)
+                    if usable:
                         break
                     skipped, in_a_row = skipped + 1, in_a_row + 1
+                    unlabelled, row_unlabelled = unlabelled + no_label, row_unlabelled + no_label
                     if in_a_row >= n_train:
                         raise ValueError(
                             f"edge-popup's training loss was NaN or inf on {in_a_row} batches in a row (a whole pass) at "
-                            f"target {label}: check the training data for NaN or inf, and that loss_fn takes "
-                            "(logits, labels)")
+                            f"target {label}, so no score can be learned: "
+                            f"{_left_out(in_a_row - row_unlabelled, row_unlabelled, ignore)}")
                 loss.backward()
                 with torch.no_grad():
                     for n, s in scores.items():  # straight through the top-k, in the scores' float32 (a bf16,
@@ -264,6 +287,6 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                   "their synapses were ranked by their starting scores (|w| over the layer's RMS weight) alone; leave "
                   f"them out with exclude={ungraded[:5]!r} if they are not part of the network's output")
     if skipped:
-        warn_user(f"edge-popup left out {skipped} training batch(es) whose loss was NaN or inf and drew others in their "
-                  "place (no score learned from them); check the training data for NaN or inf")
+        warn_user(f"edge-popup left out {skipped} training batch(es) and drew others in their place (no score learned "
+                  f"from them): {_left_out(skipped - unlabelled, unlabelled, ignore)}")
     return conn, snaps

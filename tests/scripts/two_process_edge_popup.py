@@ -5,10 +5,11 @@ collectives) once per case, each with loaders that only process 1 gets wrong (CA
 holdout, train shards of different lengths, a batch of NaN on process 1 only, a label beyond the head
 in process 1's first training batch, and in its third (a later one: checked on the device), labels of the wrong
 shape in its third, a holdout of other data (a sharded one), a held-out label beyond the head in its third
-held-out batch; then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
+held-out batch, a third batch whose every label is the ignored one (-100); then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
 masks' live counts). A process left waiting in a collective fails there after the group's timeout
 (10 seconds) and records that instead."""
 import sys
+import warnings
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from _rank_record import record_cases
 
 
 def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False, late_label_5: bool = False,
-            seed: int = None):
+            seed: int = None, late_unlabelled: bool = False):
     g = torch.Generator().manual_seed(rank if seed is None else seed)
     x = torch.randn(n, 4, generator=g)
     if nan:
@@ -28,6 +29,8 @@ def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False, lat
         y[3] = 5  # the first batch: a label beyond the 3-class head
     if late_label_5:
         y[20] = 5  # the third batch
+    if late_unlabelled:
+        y[16:24] = -100  # the third batch: every label the ignored one
     return DataLoader(TensorDataset(x, y), batch_size=8)
 
 
@@ -49,6 +52,7 @@ CASES = {
     "late_shape_on_one": lambda: (_late_wide_labels(1), _loader(32)),
     "other_holdout_on_one": lambda: (_loader(32, 1), _loader(32, seed=7)),
     "late_holdout_label_on_one": lambda: (_loader(32, 1), _loader(32, late_label_5=True)),
+    "unlabelled_on_one": lambda: (_loader(32, 1, late_unlabelled=True), _loader(32)),
     "even": lambda: (_loader(32, 1), _loader(32)),
 }
 
@@ -63,8 +67,11 @@ def run(rank: int, folder: str) -> None:
         model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)),
                                                     find_unused_parameters=True)  # (the frozen biases: no gradient)
         train, holdout = loaders() if rank == 1 else (_loader(32), _loader(32))
-        _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
         return {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()], "holdout_loss": snaps["0.5"]["holdout_loss"],
+                "left_out": [str(w.message) for w in said if "left out" in str(w.message)],
                 "holdout_acc": snaps["0.5"]["holdout_acc"],
                 "masks": [m.flatten().int().tolist() for m in snaps["0.5"]["masks"].values()]}
 

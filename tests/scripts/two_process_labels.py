@@ -2,7 +2,8 @@
 tests/test_label_checks.py through tests/_ports.run_two_ranks): a gloo process group on the CPU with a
 short timeout, then optimize_connectome where only process 1's data holds a label beyond the model's
 head, in its first training batch (WHERE=train), in its second (WHERE=later: checked on the device, refused at
-the window's update) or in its held-out batch (WHERE=holdout). Writes
+the window's update) or in its held-out batch (WHERE=holdout); or whose second training batch holds labels of the
+wrong shape (WHERE=later_shape: (8, 1)) or type (WHERE=later_dtype: int32), refused on the host at once. Writes
 ``rank{N}.json`` into OUT with what the process raised."""
 import datetime
 import json
@@ -24,6 +25,16 @@ def _loader(bad: bool, at: int = 0):
     return DataLoader(TensorDataset(x, y), batch_size=8)
 
 
+def _later_batch(bad: bool, change):
+    """The two batches of ``_loader(False)`` (a list: any loader with a length), the second's labels ``change``d
+    where ``bad``."""
+    batches = list(_loader(False))
+    if bad:
+        x, y = batches[1]
+        batches[1] = (x, change(y))
+    return batches
+
+
 def run(rank: int, folder: str, where: str) -> None:
     """Process ``rank`` of 2: the bad label (on process 1 only) in the train loader's first or second batch or the
     holdout (``where``); writes ``rank<r>.json`` with the error's type and message."""
@@ -38,7 +49,9 @@ def run(rank: int, folder: str, where: str) -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     bad = rank == 1
     train, holdout = {"train": (_loader(bad), _loader(False)), "later": (_loader(bad, at=8), _loader(False)),
-                      "holdout": (_loader(False), _loader(bad))}[where]
+                      "holdout": (_loader(False), _loader(bad)),
+                      "later_shape": (_later_batch(bad, lambda y: y[:, None]), _loader(False)),
+                      "later_dtype": (_later_batch(bad, lambda y: y.int()), _loader(False))}[where]
     record = {"error": None}
     try:
         optimize_connectome(model, train, holdout, 0.5, passes=1.0, progress=False)
