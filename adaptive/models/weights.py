@@ -38,7 +38,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             sd = load_file(path, device="cpu")
         else:
             _check_integrity(path)
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = _load_tensors(path)
     except WeightsMismatchError:
         raise
     except Exception as e:  # truncated, not a torch file, or pickled objects weights_only refuses
@@ -66,6 +66,40 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if meta is not None:  # the modules' versions, which some loaders need (torchvision's MNASNet)
         out._metadata = OrderedDict((_strip(k + ".")[:-1] if k else k, v) for k, v in meta.items())
     return out
+
+
+# objects a training checkpoint holds beside its weights that unpickle to plain data (their fields are
+# whatever tensors-only loading allows): the command line's options, which torchvision's reference
+# training scripts (and timm's) save as ``"args": argparse.Namespace``
+_PLAIN_GLOBALS = {"argparse.Namespace": ("argparse", "Namespace")}
+
+
+def _load_tensors(path: str):
+    """``torch.load(path, weights_only=True)``, a training checkpoint's options allowed (:data:`_PLAIN_GLOBALS`:
+    torchvision's reference scripts save ``{"model": ..., "optimizer": ..., "args": Namespace(...)}``); a file that
+    holds other Python objects is refused naming them, and how to save its weights alone."""
+    import importlib
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # not a zip checkpoint (the legacy format): the first error says what it can
+            unsafe = []
+        if not unsafe:
+            raise
+    others = [g for g in unsafe if g not in _PLAIN_GLOBALS]
+    if others:
+        raise WeightsMismatchError(
+            f"weights file {path!r} holds Python objects besides tensors ({', '.join(others[:5])}), which tensors-only "
+            "loading refuses (loading them could run code): it is a training checkpoint, or a pickled model. If you "
+            "trust the file, load it with torch.load(path, weights_only=False), torch.save the state_dict it holds "
+            "(model.state_dict() of a pickled model) to a new file, and pass that")
+    allowed = [getattr(importlib.import_module(m), n) for m, n in (_PLAIN_GLOBALS[g] for g in unsafe)]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _strip(key: str) -> str:

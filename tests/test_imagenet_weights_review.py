@@ -1,0 +1,36 @@
+"""Review of the "any torchvision classifier, its weights file and an ImageNet folder" path of mask-only
+optimisation: the weights files a user has (torchvision's reference training checkpoints, ...) and what
+the errors say."""
+import argparse
+
+import pytest
+import torch
+
+from adaptive.models import WeightsMismatchError, load_weights
+from adaptive.models.weights import read_state_dict
+
+torch.set_num_threads(1)
+
+
+def test_a_torchvision_reference_training_checkpoint_loads(tmp_path):
+    """torchvision's references/classification/train.py saves {"model", "optimizer", "lr_scheduler", "epoch",
+    "args": argparse.Namespace, "model_ema"}: tensors-only loading refused the Namespace, so the file could not
+    be read at all (an UnpicklingError whose first line named no object and no fix)."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    ckpt = {"model": net.state_dict(), "optimizer": opt.state_dict(), "epoch": 599,
+            "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 30).state_dict(),
+            "args": argparse.Namespace(model="mobilenet_v3_large", lr=0.064, weights=None, lr_steps=[16, 22])}
+    torch.save(ckpt, tmp_path / "checkpoint.pth")
+    sd = read_state_dict(tmp_path / "checkpoint.pth")
+    assert set(sd) == {"0.weight", "0.bias"} and torch.equal(sd["0.weight"], net[0].weight.detach())
+    other = load_weights(torch.nn.Sequential(torch.nn.Linear(4, 3)), tmp_path / "checkpoint.pth")
+    assert torch.equal(other[0].bias, net[0].bias)
+
+
+def test_a_pickled_model_is_refused_naming_its_class_and_the_fix(tmp_path):
+    """A whole model saved with torch.save(model): its class is named, and how to save its state_dict."""
+    torch.save(torch.nn.Linear(4, 3), tmp_path / "model.pth")
+    with pytest.raises(WeightsMismatchError, match=r"holds Python objects besides tensors \(torch\.nn\.modules\.linear"
+                                                   r"\.Linear.*torch\.save the state_dict it holds"):
+        read_state_dict(tmp_path / "model.pth")
