@@ -6,7 +6,7 @@ import argparse
 import pytest
 import torch
 
-from adaptive.models import WeightsMismatchError, load_weights
+from adaptive.models import WeightsMismatchError, build_model, load_weights
 from adaptive.models.weights import read_state_dict
 
 torch.set_num_threads(1)
@@ -34,3 +34,22 @@ def test_a_pickled_model_is_refused_naming_its_class_and_the_fix(tmp_path):
     with pytest.raises(WeightsMismatchError, match=r"holds Python objects besides tensors \(torch\.nn\.modules\.linear"
                                                    r"\.Linear.*torch\.save the state_dict it holds"):
         read_state_dict(tmp_path / "model.pth")
+
+
+def test_a_weights_file_of_another_network_of_the_family_is_named(tmp_path):
+    """MobileNetV3-Large's file given for MobileNetV3-Small (or resnet50's for resnet18): the error listed
+    a hundred keys and said "check --model"; it names the network the file holds, and its classes."""
+    import torchvision
+
+    torch.save(torchvision.models.mobilenet_v3_large(num_classes=7).state_dict(), tmp_path / "large.pth")
+    model = build_model("torchvision:mobilenet_v3_small", num_classes=7)
+    with pytest.raises(WeightsMismatchError, match=r"holds the weights of torchvision:mobilenet_v3_large \(7 classes\): "
+                                                   r"give that --model"):
+        load_weights(model, tmp_path / "large.pth")
+    torch.save(torchvision.models.mobilenet_v3_large(num_classes=1000).state_dict(), tmp_path / "large1000.pth")
+    with pytest.raises(WeightsMismatchError, match=r"torchvision:mobilenet_v3_large \(1000 classes\)"):
+        load_weights(model, tmp_path / "large1000.pth")
+    # a file of another family: no network named, the keys say it
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "linear.pth")
+    with pytest.raises(WeightsMismatchError, match=r"Check --model and num_classes against the file\.$"):
+        load_weights(model, tmp_path / "linear.pth")

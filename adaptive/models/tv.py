@@ -4,6 +4,7 @@ Weights never download: pass a weights file through ``build_model(..., weights=P
 """
 from __future__ import annotations
 
+import functools
 import time
 
 from torch import nn
@@ -43,9 +44,67 @@ def torchvision_model(arch: str, num_classes=1000, in_shape=None, **kw) -> nn.Mo
     net = torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes), **kw)
     if heads and not kw["aux_logits"]:  # a weights file's heads (torchvision's own files hold them) are skipped
         net.skipped_weight_prefixes = heads
+    # a weights file that does not fit: load_weights names the network of this family it fits, if one does
+    net.weights_mismatch_hint = functools.partial(fitting_relatives, arch, dict(kw, num_classes=int(num_classes)))
     if in_shape is not None:
         _check_input(net, arch, tuple(int(d) for d in in_shape), _fixed_size(net, kw))
     return net
+
+
+def fitting_relatives(arch: str, kw: dict, state_dict: dict) -> str:
+    """What to give where ``state_dict`` (a weights file's) does not fit torchvision's ``arch`` built
+    with the keywords ``kw`` (``num_classes`` among them, as :func:`torchvision_model` takes them): the
+    other classifiers of its family (those its builder's module builds: resnet18 ... wide_resnet101_2
+    for resnet50, mobilenet_v3_small for mobilenet_v3_large) whose keys and shapes the file's are,
+    but for the outputs' count, named with that count (``"torchvision:mobilenet_v3_large (1000
+    classes)"``, ", "-joined); "" where none is. Each is built on the meta device (no memory, no
+    initialisation: a second or so for a family); one that cannot be built there (RegNet's) is passed
+    over."""
+    import warnings
+
+    import torch
+    import torchvision
+
+    module = torchvision.models.get_model_builder(arch).__module__
+    relatives = [n for n in torchvision.models.list_models(module=torchvision.models)
+                 if n != arch and torchvision.models.get_model_builder(n).__module__ == module]
+    found = []
+    for name in relatives:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (GoogLeNet's and Inception's warnings about their initialisation)
+                net = torchvision_model(name, **kw)
+        except Exception:  # a builder that reads values while building (RegNet's widths), or takes not kw
+            continue
+        classes = _fits_but_outputs(net, state_dict)
+        if classes is not None:
+            found.append(f"torchvision:{name} ({classes} classes)")
+    return ", ".join(found)
+
+
+def _fits_but_outputs(net: nn.Module, state_dict: dict):
+    """The file's count of outputs where ``state_dict`` holds ``net``'s weights for some count of
+    classes (every key, less those ``net`` skips; every shape, or one that differs in its first
+    dimension alone, all such by one count), else None."""
+    own = net.state_dict()
+    skipped = tuple(getattr(net, "skipped_weight_prefixes", ()))
+    sd = {k: v for k, v in state_dict.items() if k in own or not k.startswith(skipped)}
+    if set(sd) - set(own) or any(k not in sd and not k.endswith("num_batches_tracked") for k in own):
+        return None
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if any(sd[k].dim() != own[k].dim() or sd[k].dim() == 0 or tuple(sd[k].shape[1:]) != tuple(own[k].shape[1:])
+           for k in wrong):
+        return None
+    classes = {int(sd[k].shape[0]) for k in wrong}
+    if len(classes) > 1:
+        return None
+    return classes.pop() if classes else _outputs(net)
+
+
+def _outputs(net: nn.Module):
+    """The number of outputs of ``net``'s last linear layer (None without one)."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None
 
 
 def _fixed_size(net: nn.Module, kw: dict):

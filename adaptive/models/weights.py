@@ -175,6 +175,9 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
     ``state_dict``: what :func:`read_state_dict` read from ``path`` already (it is not read again, nor
     changed); ``path`` then only names the file in errors.
 
+    Where it does not fit, a model's ``weights_mismatch_hint(state_dict)`` (a torchvision classifier's,
+    :func:`adaptive.models.tv.fitting_relatives`) names the models the file fits.
+
     Keys under the prefixes a model lists in ``model.skipped_weight_prefixes`` (parts of the network
     it deliberately lacks, as torchvision's GoogLeNet built without its auxiliary heads) are skipped.
     Raises :class:`WeightsMismatchError` naming the missing, unexpected and wrongly shaped keys,
@@ -212,10 +215,13 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
             parts.append(f"unexpected keys [{fmt(unexpected)}]")
         if shapes:
             parts.append(f"shape mismatches [{fmt(shapes)}]")
+        hint = getattr(model, "weights_mismatch_hint", None)  # (a torchvision model: the network of its family
+        fits = hint(sd) if callable(hint) else ""  # the file fits, if one does)
         raise WeightsMismatchError(
             f"weights file {path!r} does not match model {type(model).__name__}: "
             + "; ".join(parts)
-            + ". Check --model and num_classes against the file."
+            + (f". The file holds the weights of {fits}: give that --model (and its number of classes)" if fits else
+               ". Check --model and num_classes against the file.")
         )
     for k in own:  # filled as PyTorch fills it for an unversioned file (a versioned one is refused)
         if k.endswith("num_batches_tracked") and k not in sd:
