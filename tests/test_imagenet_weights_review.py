@@ -53,3 +53,26 @@ def test_a_weights_file_of_another_network_of_the_family_is_named(tmp_path):
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "linear.pth")
     with pytest.raises(WeightsMismatchError, match=r"Check --model and num_classes against the file\.$"):
         load_weights(model, tmp_path / "linear.pth")
+
+
+def test_a_torchvision_weights_name_for_weights_says_which_file_and_transform(tmp_path, monkeypatch):
+    """--weights MobileNet_V3_Large_Weights.IMAGENET1K_V2 (or IMAGENET1K_V2 with --model torchvision:...), as
+    torchvision's own API takes weights: it said only 'does not exist'; it names the file to get, where torch's
+    download cache holds it, and the transform the weights were evaluated with."""
+    from recipes.prune_pretrained import parse_args
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    enum = "MobileNet_V3_Large_Weights.IMAGENET1K_V2"
+    for argv in (["--weights", enum], ["--model", "torchvision:mobilenet_v3_large", "--weights", "IMAGENET1K_V2"]):
+        with pytest.raises(SystemExit, match=rf"names torchvision's weights {enum}, not a file.*mobilenet_v3_large-"
+                                             r"5c1a4163\.pth.*--dataset-kw resize=232 --dataset-kw image_size=224"):
+            parse_args(["--dataset", "imagenet", *argv])
+    cached = tmp_path / "hub" / "checkpoints" / "mobilenet_v3_large-5c1a4163.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    with pytest.raises(SystemExit, match=rf"download cache holds it: --weights {cached}"):
+        parse_args(["--dataset", "imagenet", "--weights", enum])
+    with pytest.raises(FileNotFoundError, match=rf"names torchvision's weights {enum}"):
+        read_state_dict(enum)
+    with pytest.raises(SystemExit, match=r"--weights nofile\.pth does not exist"):  # a file name: as before
+        parse_args(["--weights", "nofile.pth"])

@@ -51,6 +51,44 @@ def torchvision_model(arch: str, num_classes=1000, in_shape=None, **kw) -> nn.Mo
     return net
 
 
+def weights_name_hint(text: str, model: str = "") -> str:
+    """Where ``text`` (a ``--weights`` value that is no file) names torchvision's weights instead, an
+    enum's member (``MobileNet_V3_Large_Weights.IMAGENET1K_V2``; a member name alone, ``IMAGENET1K_V2`` or
+    ``DEFAULT``, for a ``model`` ``torchvision:ARCH``): what to pass instead, as a sentence (the file's name
+    and address, its path where torch's download cache holds it, and the evaluation transform the weights
+    were made with, as ``--dataset-kw`` values); "" where it names none. Nothing is downloaded."""
+    import os
+
+    import torch
+    import torchvision
+
+    text = str(text).strip()
+    weights = None
+    try:
+        if "." in text:
+            weights = torchvision.models.get_weight(text)
+        elif str(model).startswith("torchvision:") and text.isidentifier():
+            weights = torchvision.models.get_model_weights(str(model)[len("torchvision:"):])[text]
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return ""
+    if weights is None or not getattr(weights, "url", None):
+        return ""
+    file = os.path.basename(weights.url)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", file)
+    where = (f"torch's download cache holds it: --weights {cached}" if os.path.isfile(cached) else
+             f"download {weights.url} where there is internet, or find {file} in a torch download cache "
+             f"({cached} on the machine that downloaded it), and pass its path")
+    tf = weights.transforms() if callable(getattr(weights, "transforms", None)) else None
+    size = getattr(tf, "crop_size", None), getattr(tf, "resize_size", None)
+    transform = (f"; they were evaluated with resize {size[1][0]}, center crop {size[0][0]}: --dataset-kw "
+                 f"resize={size[1][0]} --dataset-kw image_size={size[0][0]}" if all(size) else "")
+    interpolation = getattr(getattr(tf, "interpolation", None), "value", "bilinear")
+    if interpolation != "bilinear":
+        transform += f" (with {interpolation} interpolation, where the data here is resized bilinearly)"
+    return (f"{text} names torchvision's weights {type(weights).__name__}.{weights.name}, not a file: this project "
+            f"never downloads weights; their file is {file}: {where}{transform}")
+
+
 def fitting_relatives(arch: str, kw: dict, state_dict: dict) -> str:
     """What to give where ``state_dict`` (a weights file's) does not fit torchvision's ``arch`` built
     with the keywords ``kw`` (``num_classes`` among them, as :func:`torchvision_model` takes them): the

@@ -27,6 +27,11 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if os.path.isdir(path):
         raise FileNotFoundError(f"weights path {path!r} is a folder; pass the weights file inside it")
     if not os.path.isfile(path):
+        from .tv import weights_name_hint
+
+        named = "" if os.path.exists(path) else weights_name_hint(path)  # a torchvision weights enum's name
+        if named:
+            raise FileNotFoundError(named)
         raise FileNotFoundError(
             f"weights file {path!r} does not exist; pass the path of a saved state_dict "
             f"(this project never downloads weights)"
