@@ -74,5 +74,42 @@ def test_a_torchvision_weights_name_for_weights_says_which_file_and_transform(tm
         parse_args(["--dataset", "imagenet", "--weights", enum])
     with pytest.raises(FileNotFoundError, match=rf"names torchvision's weights {enum}"):
         read_state_dict(enum)
+    with pytest.raises(SystemExit, match=r"resize=256 --dataset-kw image_size=224 --dataset-kw interpolation=bicubic"):
+        parse_args(["--weights", "EfficientNet_B0_Weights.IMAGENET1K_V1"])  # (evaluated with bicubic resizing)
     with pytest.raises(SystemExit, match=r"--weights nofile\.pth does not exist"):  # a file name: as before
         parse_args(["--weights", "nofile.pth"])
+
+
+def _tiny_imagenet(root, classes=("n01440764", "n01443537"), n=(2, 1), size=(50, 70)):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, k in zip(("train", "val"), n):
+        for wnid in classes:
+            folder = root / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(k):
+                Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"{wnid}_{i}.JPEG")
+
+
+def test_the_evaluation_transform_can_match_bicubic_weights(tmp_path):
+    """EfficientNet-B0's (Swin's, MaxViT's, ViT SWAG's) weights are evaluated with bicubic resizing: every image
+    here was resized bilinearly (up to 0.58 off in normalised units on noise), with no way to ask otherwise.
+    --dataset-kw interpolation=bicubic gives torchvision's own preset transform exactly; a name that is no
+    interpolation is refused naming the choices."""
+    import torchvision
+    from PIL import Image
+
+    from adaptive.data import get_datasets
+
+    _tiny_imagenet(tmp_path)
+    preset = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.transforms(crop_size=32, resize_size=40)
+    for name in ("imagenet", "folder"):
+        root = tmp_path if name == "imagenet" else tmp_path / "imagenet"
+        ds = get_datasets(name, data_dir=root, holdout=0.0, image_size=32, resize=40, interpolation="bicubic")
+        x, y = ds.test[0]
+        with Image.open(sorted((tmp_path / "imagenet" / "val" / "n01440764").iterdir())[0]) as im:
+            assert torch.equal(x, preset(im.convert("RGB"))) and y == 0
+        with pytest.raises(ValueError, match=r"interpolation 'cubic' is not one of bilinear, bicubic"):
+            get_datasets(name, data_dir=root, holdout=0.0, image_size=32, resize=40, interpolation="cubic")

@@ -82,13 +82,32 @@ class FolderView(Dataset):
             return self.transform(image), label
 
 
-def transforms(train: bool, image_size: int = 224, resize: int = 256):
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact", "lanczos", "box", "hamming")
+
+
+def check_interpolation(interpolation) -> str:
+    """``interpolation`` where it is one of :data:`INTERPOLATIONS`, else a ValueError naming them and the fix."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}: give the one the "
+                         "weights were evaluated with (their torchvision Weights' transforms() names it), e.g. "
+                         "--dataset-kw interpolation=bicubic")
+    return interpolation
+
+
+def transforms(train: bool, image_size: int = 224, resize: int = 256, interpolation: str = "bilinear"):
+    """torchvision's transforms for ImageNet-style classifiers: for evaluation resize (the shorter side to
+    ``resize``), center crop ``image_size`` (torchvision's ``ImageClassification`` preset, which its weights
+    name as their ``transforms``); for training a random resized crop of ``image_size`` and a flip; both
+    normalised with ImageNet's mean and std. ``interpolation``: how images are resized, as the weights
+    were evaluated (bilinear for most of torchvision's; bicubic for EfficientNet-B0..B7's, Swin's,
+    MaxViT's and ViT's SWAG weights), one of :data:`INTERPOLATIONS`."""
     import torchvision.transforms as T
 
+    mode = T.InterpolationMode(check_interpolation(interpolation))
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     if train:
-        return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()] + norm)
-    return T.Compose([T.Resize(resize), T.CenterCrop(image_size)] + norm)
+        return T.Compose([T.RandomResizedCrop(image_size, interpolation=mode), T.RandomHorizontalFlip()] + norm)
+    return T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop(image_size)] + norm)
 
 
 def _image_folder(split_dir):
@@ -132,7 +151,8 @@ def _layout_problem(split_dir, error: Exception) -> str:
     return f"{split_dir} {found}: {layout}; {how}"
 
 
-def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
+def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int,
+                   interpolation: str = "bilinear") -> Source:
     """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir`` (refused where it is
     the same folder, or reads any of train's images through links, :func:`check_splits_apart`: test accuracy
     measured on the training images)."""
@@ -148,8 +168,8 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
                          f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree"
                          + unicode_form_hint(only_train, only_test))
     check_splits_apart(train_dir, folder.samples, test_dir, test_folder.samples)  # (links to the same images)
-    eval_tf = transforms(False, image_size, resize)
-    train_tf = transforms(True, image_size, resize) if augment else eval_tf
+    eval_tf = transforms(False, image_size, resize, interpolation)
+    train_tf = transforms(True, image_size, resize, interpolation) if augment else eval_tf
     return Source(
         train_labels=torch.as_tensor(folder.targets),
         train_view=lambda idx: FolderView(folder, idx, train_tf),
@@ -159,13 +179,15 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
     )
 
 
-def _folder_facts(train_dir, image_size) -> tuple:
+def _folder_facts(train_dir, image_size, interpolation="bilinear") -> tuple:
     """(classes, in_shape) of an ImageFolder source from the names of its class folders (the
     classes ImageFolder finds; the transforms crop every image to ``image_size``). A class folder
     without an image makes the facts unknown (DatasetNotFoundError), so that building the dataset
-    names that folder, not a class count that the empty folder inflates."""
+    names that folder, not a class count that the empty folder inflates. An ``interpolation`` that is
+    none makes them unknown as well (the builder names it)."""
     from torchvision.datasets.folder import find_classes
 
+    check_interpolation(interpolation)
     problem = split_folder_problem(train_dir) if os.path.isdir(train_dir) else None
     if problem:
         raise ValueError(problem)
@@ -216,14 +238,17 @@ def _imagenet_train(data_dir):
     return train_dir
 
 
-@register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256:
-                  _folder_facts(_imagenet_train(data_dir), image_size))
-def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256) -> Source:
+@register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256, interpolation="bilinear":
+                  _folder_facts(_imagenet_train(data_dir), image_size, interpolation))
+def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256,
+             interpolation="bilinear") -> Source:
     """ImageFolder ``<data>/imagenet/train`` and ``<data>/imagenet/val``. The train part uses
     RandomResizedCrop + flip when ``augment``, else the evaluation transform (resize 256, center
-    crop 224), which holdout and val always use. ImageNet cannot be downloaded automatically."""
+    crop 224, bilinear: ``interpolation`` as :func:`transforms` takes it), which holdout and val always
+    use. ImageNet cannot be downloaded automatically."""
+    check_interpolation(interpolation)  # (before the folders' scan: ImageNet's takes a while)
     train_dir = _imagenet_train(data_dir)
-    return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize)
+    return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize, interpolation)
 
 
 def _folder_train(data_dir):
@@ -240,19 +265,22 @@ def _folder_train(data_dir):
     return root / "train"
 
 
-@register_dataset("folder", facts=lambda data_dir=None, image_size=224, resize=256, test_split=None:
-                  _folder_facts(_folder_train(data_dir), image_size))
-def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None) -> Source:
+@register_dataset("folder", facts=lambda data_dir=None, image_size=224, resize=256, test_split=None,
+                  interpolation="bilinear": _folder_facts(_folder_train(data_dir), image_size, interpolation))
+def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None,
+           interpolation="bilinear") -> Source:
     """Any image classification dataset in ImageFolder layout: ``data_dir/train/<class>/*`` and a
     test split beside it, ``data_dir/<test_split>/<class>/*`` (default: ``val``, else ``test``).
-    Images are resized to ``resize``, center-cropped to ``image_size`` and normalised with the
+    Images are resized to ``resize`` (``interpolation``: bilinear, or as :func:`transforms` takes it),
+    center-cropped to ``image_size`` and normalised with the
     ImageNet mean and std (torchvision's pretrained classifiers and the CIFAR ResNets here expect
     that); ``augment`` uses RandomResizedCrop + flip for the train part. The holdout is drawn from
     train, as for every dataset."""
+    check_interpolation(interpolation)  # (before the folders' scan)
     root = _folder_train(data_dir).parent
     splits = [test_split] if test_split else ["val", "test"]
     found = [root / s for s in splits if (root / s).is_dir()]
     if not found:
         raise DatasetNotFoundError(f"dataset 'folder': no test split in {root} (looked for {', '.join(splits)}/); "
                                    "add one, or name it with --dataset-kw test_split=NAME")
-    return _folder_source(root / "train", found[0], augment, image_size, resize)
+    return _folder_source(root / "train", found[0], augment, image_size, resize, interpolation)

@@ -84,7 +84,7 @@ def weights_name_hint(text: str, model: str = "") -> str:
                  f"resize={size[1][0]} --dataset-kw image_size={size[0][0]}" if all(size) else "")
     interpolation = getattr(getattr(tf, "interpolation", None), "value", "bilinear")
     if interpolation != "bilinear":
-        transform += f" (with {interpolation} interpolation, where the data here is resized bilinearly)"
+        transform += f" --dataset-kw interpolation={interpolation}"
     return (f"{text} names torchvision's weights {type(weights).__name__}.{weights.name}, not a file: this project "
             f"never downloads weights; their file is {file}: {where}{transform}")
 
