@@ -113,3 +113,24 @@ def test_the_evaluation_transform_can_match_bicubic_weights(tmp_path):
             assert torch.equal(x, preset(im.convert("RGB"))) and y == 0
         with pytest.raises(ValueError, match=r"interpolation 'cubic' is not one of bilinear, bicubic"):
             get_datasets(name, data_dir=root, holdout=0.0, image_size=32, resize=40, interpolation="cubic")
+
+
+def test_a_data_dir_that_is_the_imagenet_folder_itself_names_both_fixes(tmp_path):
+    """--data-dir /data/ILSVRC/Data/CLS-LOC (Kaggle's), or the folder PyTorch's examples/imagenet takes: dataset
+    'imagenet' reads DATA_DIR/imagenet/train, and said only 'not found; looked in ...'. It names the parent to give,
+    and --dataset folder, which reads that folder as it is."""
+    from adaptive.data import get_datasets
+    from adaptive.paths import DatasetNotFoundError
+
+    _tiny_imagenet(tmp_path)
+    cls_loc = tmp_path / "CLS-LOC"
+    (tmp_path / "imagenet").rename(cls_loc)
+    with pytest.raises(DatasetNotFoundError, match=rf"--data-dir {cls_loc} holds train/ itself.*give --data-dir "
+                                                   rf"{tmp_path} with {cls_loc} renamed \(or linked\) as "
+                                                   rf"{tmp_path / 'imagenet'}, or read it as it is with --dataset "
+                                                   rf"folder --data-dir {cls_loc} "):
+        get_datasets("imagenet", data_dir=cls_loc, holdout=0.0, image_size=32, resize=40)
+    assert len(get_datasets("folder", data_dir=cls_loc, holdout=0.0, image_size=32, resize=40).test) == 2
+    with pytest.raises(DatasetNotFoundError, match=r"not found; looked in") as e:  # no train/ there: as before
+        get_datasets("imagenet", data_dir=tmp_path / "CLS-LOC" / "train", holdout=0.0)
+    assert "itself" not in str(e.value)

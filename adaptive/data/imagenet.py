@@ -228,10 +228,24 @@ def _holds_an_image(folder: str) -> bool:
 
 
 def _imagenet_train(data_dir):
-    """ImageNet's train folder, with val/ beside it."""
-    train_dir = find_data("imagenet", ("imagenet/train", "ILSVRC2012/train"), data_dir,
-                          how="laid out as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG "
-                              "(ImageNet has no automatic download)")
+    """ImageNet's train folder, with val/ beside it. A ``data_dir`` that holds train/ itself (the folder
+    PyTorch's examples/imagenet takes, Kaggle's ILSVRC/Data/CLS-LOC) is refused naming the two ways to read it."""
+    from pathlib import Path
+
+    try:
+        train_dir = find_data("imagenet", ("imagenet/train", "ILSVRC2012/train"), data_dir,
+                              how="laid out as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG "
+                                  "(ImageNet has no automatic download)")
+    except DatasetNotFoundError as e:
+        given = Path(data_dir).expanduser() if data_dir is not None and str(data_dir) != "" else None
+        if given is None or not (given / "train").is_dir():
+            raise
+        raise DatasetNotFoundError(
+            f"--data-dir {given} holds train/ itself, where dataset 'imagenet' reads DATA_DIR/imagenet/train: give "
+            f"--data-dir {given.parent}" + ("" if given.name in ("imagenet", "ILSVRC2012") else
+                                            f" with {given} renamed (or linked) as {given.parent / 'imagenet'}")
+            + f", or read it as it is with --dataset folder --data-dir {given} (the same transforms and split; "
+            f"dataset_kw alike). ({e})") from None
     if not (train_dir.parent / "val").is_dir():  # said now, not after a whole run when the report needs it
         raise DatasetNotFoundError(f"imagenet validation split not found: expected {train_dir.parent / 'val'} next to "
                                    f"{train_dir} (laid out as val/<wnid>/*.JPEG)")
