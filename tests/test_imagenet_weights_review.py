@@ -134,3 +134,18 @@ def test_a_data_dir_that_is_the_imagenet_folder_itself_names_both_fixes(tmp_path
     with pytest.raises(DatasetNotFoundError, match=r"not found; looked in") as e:  # no train/ there: as before
         get_datasets("imagenet", data_dir=tmp_path / "CLS-LOC" / "train", holdout=0.0)
     assert "itself" not in str(e.value)
+
+
+def test_a_checkpoint_holding_numpy_numbers_loads(tmp_path):
+    """A best accuracy saved as np.float64 (or a np.dtype) beside the weights: plain numbers, refused by
+    tensors-only loading as Python objects; an array of objects is still refused, naming what it holds."""
+    import numpy as np
+
+    net = torch.nn.Linear(4, 3)
+    torch.save({"state_dict": net.state_dict(), "best_acc1": np.float64(71.5), "step": np.int64(3),
+                "dtype": np.dtype("float32"), "flag": np.bool_(True)}, tmp_path / "best.pth")
+    sd = read_state_dict(tmp_path / "best.pth")
+    assert set(sd) == {"weight", "bias"} and torch.equal(sd["bias"], net.bias.detach())
+    torch.save({"state_dict": net.state_dict(), "names": np.array(["a", None], dtype=object)}, tmp_path / "obj.pth")
+    with pytest.raises(WeightsMismatchError, match=r"holds Python objects besides tensors \(.*_reconstruct"):
+        read_state_dict(tmp_path / "obj.pth")

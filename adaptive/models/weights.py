@@ -75,16 +75,27 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
 
 # objects a training checkpoint holds beside its weights that unpickle to plain data (their fields are
 # whatever tensors-only loading allows): the command line's options, which torchvision's reference
-# training scripts (and timm's) save as ``"args": argparse.Namespace``
-_PLAIN_GLOBALS = {"argparse.Namespace": ("argparse", "Namespace")}
+# training scripts (and timm's) save as ``"args": argparse.Namespace``, and NumPy numbers (a best accuracy
+# saved as np.float64: a scalar, its dtype and dtype class), as torch.load's documentation allows them
+_PLAIN_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype")
+
+
+def _plain(name: str) -> bool:
+    """Whether the global ``name`` (``module.attribute``) is plain data to unpickle (:data:`_PLAIN_GLOBALS`, a
+    NumPy dtype class)."""
+    import re
+
+    return name in _PLAIN_GLOBALS or re.fullmatch(r"numpy\.dtypes\.[A-Za-z0-9]+DType", name) is not None
 
 
 def _load_tensors(path: str):
-    """``torch.load(path, weights_only=True)``, a training checkpoint's options allowed (:data:`_PLAIN_GLOBALS`:
-    torchvision's reference scripts save ``{"model": ..., "optimizer": ..., "args": Namespace(...)}``); a file that
+    """``torch.load(path, weights_only=True)``, a training checkpoint's options and NumPy numbers allowed
+    (:func:`_plain`: torchvision's reference scripts save ``{"model": ..., "optimizer": ..., "args": Namespace(...)}``,
+    others a best accuracy as ``np.float64``); a file that
     holds other Python objects is refused naming them, and how to save its weights alone."""
     import importlib
     import pickle
+    import warnings
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -95,14 +106,21 @@ def _load_tensors(path: str):
             unsafe = []
         if not unsafe:
             raise
-    others = [g for g in unsafe if g not in _PLAIN_GLOBALS]
+    others = [g for g in unsafe if not _plain(g)]
     if others:
         raise WeightsMismatchError(
             f"weights file {path!r} holds Python objects besides tensors ({', '.join(others[:5])}), which tensors-only "
             "loading refuses (loading them could run code): it is a training checkpoint, or a pickled model. If you "
             "trust the file, load it with torch.load(path, weights_only=False), torch.save the state_dict it holds "
             "(model.state_dict() of a pickled model) to a new file, and pass that")
-    allowed = [getattr(importlib.import_module(m), n) for m, n in (_PLAIN_GLOBALS[g] for g in unsafe)]
+    with warnings.catch_warnings():  # (numpy.core, as NumPy 1 saved it, is deprecated in NumPy 2)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # (each under the name the file gives it: NumPy 2's numpy._core.multiarray.scalar is NumPy 1's numpy.core...)
+        allowed = [(getattr(importlib.import_module(m), n), g) for g in unsafe for m, n in [g.rsplit(".", 1)]]
+        if "numpy.dtype" in unsafe:  # a dtype is built as np.dtype(...), then given its state as an instance of its
+            import numpy as np  # class (numpy.dtypes.Float64DType), which the file does not name
+
+            allowed += [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
     with torch.serialization.safe_globals(allowed):
         return torch.load(path, map_location="cpu", weights_only=True)
 
