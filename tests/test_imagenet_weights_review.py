@@ -2,6 +2,7 @@
 optimisation: the weights files a user has (torchvision's reference training checkpoints, ...) and what
 the errors say."""
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from adaptive.models import WeightsMismatchError, build_model, load_weights
 from adaptive.models.weights import read_state_dict
 
 torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_torchvision_reference_training_checkpoint_loads(tmp_path):
@@ -149,3 +151,28 @@ def test_a_checkpoint_holding_numpy_numbers_loads(tmp_path):
     torch.save({"state_dict": net.state_dict(), "names": np.array(["a", None], dtype=object)}, tmp_path / "obj.pth")
     with pytest.raises(WeightsMismatchError, match=r"holds Python objects besides tensors \(.*_reconstruct"):
         read_state_dict(tmp_path / "obj.pth")
+
+
+def test_torchvisions_own_weights_file_fed_other_images_than_it_was_evaluated_on_is_warned(tmp_path):
+    """The ImageNet config (resize 232, IMAGENET1K_V2's) run with the V1 file (evaluated at resize 256), or an
+    EfficientNet file without bicubic resizing: the accuracies were silently not the weights' own. torchvision's
+    files are known by their names; the values that match are named."""
+    import warnings
+
+    from recipes.prune_pretrained import parse_args
+
+    config = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")
+    for name in ("mobilenet_v3_large-5c1a4163.pth", "mobilenet_v3_large-8738ca79.pth",
+                 "efficientnet_b0_rwightman-7f5810bc.pth", "mine.pth"):
+        (tmp_path / name).write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the V2 file, as the config says: nothing to say
+        for name in ("mobilenet_v3_large-5c1a4163.pth", "mine.pth"):  # (mine: not torchvision's, unknown)
+            parse_args(["--config", config, "--num-workers", "0", "--weights", str(tmp_path / name)])
+    with pytest.warns(UserWarning, match=r"MobileNet_V3_Large_Weights\.IMAGENET1K_V1, evaluated with resize 256, "
+                                         r"image_size 224, interpolation bilinear, and the images here are given "
+                                         r"resize 232: give --dataset-kw resize=256 "):
+        parse_args(["--config", config, "--num-workers", "0", "--weights", str(tmp_path / "mobilenet_v3_large-8738ca79.pth")])
+    with pytest.warns(UserWarning, match=r"given interpolation bilinear: give --dataset-kw interpolation=bicubic "):
+        parse_args(["--model", "torchvision:efficientnet_b0", "--dataset", "imagenet",
+                    "--weights", str(tmp_path / "efficientnet_b0_rwightman-7f5810bc.pth")])

@@ -51,6 +51,52 @@ def torchvision_model(arch: str, num_classes=1000, in_shape=None, **kw) -> nn.Mo
     return net
 
 
+def _weights_transform(weights) -> dict:
+    """``{"resize": ..., "image_size": ..., "interpolation": ...}``, the evaluation transform torchvision's
+    ``weights`` (a Weights member) were made with, as ``--dataset-kw`` names them ({} where it says none)."""
+    tf = weights.transforms() if callable(getattr(weights, "transforms", None)) else None
+    crop, resize = getattr(tf, "crop_size", None), getattr(tf, "resize_size", None)
+    if not (crop and resize):
+        return {}
+    return {"resize": int(resize[0]), "image_size": int(crop[0]),
+            "interpolation": str(getattr(getattr(tf, "interpolation", None), "value", "bilinear"))}
+
+
+def weights_of_file(path) -> object:
+    """torchvision's Weights member whose file ``path`` is, known by its name (``mobilenet_v3_large-5c1a4163.pth``,
+    as torch.hub saves it); None for any other name. Nothing is read."""
+    import os
+
+    import torchvision
+
+    name = os.path.basename(str(path))
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        for weights in torchvision.models.get_model_weights(arch):
+            if os.path.basename(getattr(weights, "url", "") or "") == name:
+                return weights
+    return None
+
+
+def transform_mismatch(path, dataset_kw: dict, defaults=None) -> str:
+    """Where the weights file ``path`` is one of torchvision's (:func:`weights_of_file`) and ``dataset_kw`` (over
+    ``defaults``: the dataset's resize 256, image size 224, bilinear) resizes or crops otherwise than those weights
+    were evaluated, what differs and the ``--dataset-kw`` values that match; else "". The accuracies of a network
+    fed otherwise are not its weights' own (MobileNetV3-Large's V2 weights lose ~0.5 points at resize 256)."""
+    weights = weights_of_file(path)
+    want = _weights_transform(weights) if weights is not None else {}
+    if not want:
+        return ""
+    have = {"resize": 256, "image_size": 224, "interpolation": "bilinear", **(defaults or {}), **dict(dataset_kw)}
+    differ = [k for k in want if str(have.get(k)) != str(want[k])]
+    if not differ:
+        return ""
+    return (f"--weights {path} is torchvision's {type(weights).__name__}.{weights.name}, evaluated with "
+            f"{', '.join(f'{k} {want[k]}' for k in want)}, and the images here are given "
+            f"{', '.join(f'{k} {have.get(k)}' for k in differ)}: give "
+            + " ".join(f"--dataset-kw {k}={want[k]}" for k in differ) + " (its accuracies are otherwise not the "
+            "weights' own)")
+
+
 def weights_name_hint(text: str, model: str = "") -> str:
     """Where ``text`` (a ``--weights`` value that is no file) names torchvision's weights instead, an
     enum's member (``MobileNet_V3_Large_Weights.IMAGENET1K_V2``; a member name alone, ``IMAGENET1K_V2`` or
@@ -78,13 +124,11 @@ def weights_name_hint(text: str, model: str = "") -> str:
     where = (f"torch's download cache holds it: --weights {cached}" if os.path.isfile(cached) else
              f"download {weights.url} where there is internet, or find {file} in a torch download cache "
              f"({cached} on the machine that downloaded it), and pass its path")
-    tf = weights.transforms() if callable(getattr(weights, "transforms", None)) else None
-    size = getattr(tf, "crop_size", None), getattr(tf, "resize_size", None)
-    transform = (f"; they were evaluated with resize {size[1][0]}, center crop {size[0][0]}: --dataset-kw "
-                 f"resize={size[1][0]} --dataset-kw image_size={size[0][0]}" if all(size) else "")
-    interpolation = getattr(getattr(tf, "interpolation", None), "value", "bilinear")
-    if interpolation != "bilinear":
-        transform += f" --dataset-kw interpolation={interpolation}"
+    want = _weights_transform(weights)
+    transform = (f"; they were evaluated with resize {want['resize']}, center crop {want['image_size']}: --dataset-kw "
+                 f"resize={want['resize']} --dataset-kw image_size={want['image_size']}" if want else "")
+    if want and want["interpolation"] != "bilinear":
+        transform += f" --dataset-kw interpolation={want['interpolation']}"
     return (f"{text} names torchvision's weights {type(weights).__name__}.{weights.name}, not a file: this project "
             f"never downloads weights; their file is {file}: {where}{transform}")
 
