@@ -176,3 +176,22 @@ def test_torchvisions_own_weights_file_fed_other_images_than_it_was_evaluated_on
     with pytest.warns(UserWarning, match=r"given interpolation bilinear: give --dataset-kw interpolation=bicubic "):
         parse_args(["--model", "torchvision:efficientnet_b0", "--dataset", "imagenet",
                     "--weights", str(tmp_path / "efficientnet_b0_rwightman-7f5810bc.pth")])
+
+
+def test_a_lightning_checkpoint_whose_keys_carry_the_modules_attribute_loads(tmp_path):
+    """PyTorch Lightning saves {"state_dict": {"model.<key>": ...}} (the LightningModule's self.model): every key
+    was unexpected and every one of the model's missing. One prefix on every key, the model's keys without it,
+    is stripped; a prefix that leaves other keys is not (the mismatch is said as before)."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    net(torch.zeros(1, 3, 5, 5))
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3,
+                "pytorch-lightning_version": "2.4.0"}, tmp_path / "last.ckpt")
+    other = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(36, 2))
+    load_weights(other, tmp_path / "last.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), net.state_dict().values()))
+    torch.save({f"teacher.backbone.{k}": v for k, v in net.state_dict().items()}, tmp_path / "deep.pth")
+    load_weights(other, tmp_path / "deep.pth")
+    sd = {f"model.{k}": v for k, v in net.state_dict().items() if not k.startswith("3.")}  # the head left out
+    torch.save(sd, tmp_path / "partial.pth")
+    with pytest.raises(WeightsMismatchError, match=r"missing keys \[0\.weight"):
+        load_weights(other, tmp_path / "partial.pth")

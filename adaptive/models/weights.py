@@ -193,12 +193,42 @@ def _check_copyable(path: str, key: str, t: torch.Tensor, own: torch.Tensor) -> 
                                    f"{own.dtype} yourself and re-save it")
 
 
+def strip_model_prefix(sd: Dict[str, torch.Tensor], own, skipped=()) -> Dict[str, torch.Tensor]:
+    """``sd`` with the prefix every one of its keys carries removed (one to three dotted parts: ``model.``,
+    ``net.backbone.``), where the keys without it are exactly the keys of ``own`` (a model's state_dict; less
+    its ``num_batches_tracked``, which old files lack, and the file's keys under the ``skipped`` prefixes):
+    the weights of a model saved as an attribute of another (a PyTorch Lightning module's ``self.model``, an
+    EMA or distillation wrapper), whose keys are otherwise all unexpected. ``sd`` itself (not copied) where no
+    prefix makes the keys the model's."""
+    keys = list(sd)
+    if not keys or any(k in own for k in keys):
+        return sd
+    needed = {k for k in own if not k.endswith("num_batches_tracked")}
+    parts = keys[0].split(".")
+    for depth in range(1, min(3, len(parts) - 1) + 1):
+        prefix = ".".join(parts[:depth]) + "."
+        if not all(k.startswith(prefix) for k in keys):
+            break
+        stripped = [k[len(prefix):] for k in keys]
+        kept = {k for k in stripped if k in own or not k.startswith(tuple(skipped))}
+        if kept <= set(own) and needed <= kept:
+            out = OrderedDict(zip(stripped, sd.values()))
+            meta = getattr(sd, "_metadata", None)
+            if meta is not None:  # the modules' versions, under their names in the model
+                out._metadata = OrderedDict((k[len(prefix):], v) for k, v in meta.items() if k.startswith(prefix))
+                if prefix[:-1] in meta:
+                    out._metadata[""] = meta[prefix[:-1]]
+            return out
+    return sd
+
+
 def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
     """Load the weights file ``path`` into ``model`` with ``strict=True``; returns ``model``.
     ``state_dict``: what :func:`read_state_dict` read from ``path`` already (it is not read again, nor
     changed); ``path`` then only names the file in errors.
 
-    Where it does not fit, a model's ``weights_mismatch_hint(state_dict)`` (a torchvision classifier's,
+    A file whose every key carries one prefix, the model's keys without it (a Lightning module's ``model.``),
+    loads without it (:func:`strip_model_prefix`). Where it does not fit, a model's ``weights_mismatch_hint(state_dict)`` (a torchvision classifier's,
     :func:`adaptive.models.tv.fitting_relatives`) names the models the file fits.
 
     Keys under the prefixes a model lists in ``model.skipped_weight_prefixes`` (parts of the network
@@ -215,6 +245,7 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
     # parts of the network the model deliberately lacks (torchvision's GoogLeNet and Inception-v3 without
     # their auxiliary heads, which torchvision's own files hold): the file's keys under them are skipped
     skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))
+    sd = strip_model_prefix(sd, own, skipped)  # (a Lightning module's "model.": every key under the model's name)
     for k in [k for k in sd if k not in own and k.startswith(skipped)]:
         del sd[k]  # (in place: the file's _metadata, which some modules' loaders read, stays)
     # Checkpoints older than BatchNorm's ``num_batches_tracked`` lack it; PyTorch's own strict
