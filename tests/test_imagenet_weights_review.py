@@ -195,3 +195,24 @@ def test_a_lightning_checkpoint_whose_keys_carry_the_modules_attribute_loads(tmp
     torch.save(sd, tmp_path / "partial.pth")
     with pytest.raises(WeightsMismatchError, match=r"missing keys \[0\.weight"):
         load_weights(other, tmp_path / "partial.pth")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"resize": 30}, r"resize 30 is smaller than image_size 32: the center crop of 32x32 would pad every image with "
+                     r"black borders; give a resize of at least 32"),
+    ({"resize": [30, 40]}, r"resize \[30, 40\] is smaller than image_size 32"),
+    ({"resize": "abc"}, r"resize must be a whole number of pixels >= 1 .* got 'abc': give --dataset-kw resize=256"),
+    ({"resize": 0}, r"resize must be a whole number of pixels >= 1"),
+    ({"resize": 36.5}, r"resize must be a whole number"),
+    ({"image_size": 0}, r"image_size must be a whole number of pixels >= 1 .* got 0"),
+])
+def test_sizes_that_pad_or_are_no_sizes_are_refused_naming_the_option(tmp_path, kw, match):
+    """resize below image_size padded every image with black borders unsaid (torchvision's CenterCrop pads); a
+    string was read as a sequence of sizes, and 0 or 36.5 failed in torchvision with messages naming no option."""
+    from adaptive.data import get_datasets
+
+    _tiny_imagenet(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        get_datasets("imagenet", data_dir=tmp_path, holdout=0.0, **{"image_size": 32, "resize": 36, **kw})
+    assert len(get_datasets("folder", data_dir=tmp_path / "imagenet", holdout=0.0, image_size=32,
+                            resize=[36, 40]).test) == 2  # a pair: resized to exactly that

@@ -94,6 +94,29 @@ def check_interpolation(interpolation) -> str:
     return interpolation
 
 
+def check_sizes(image_size, resize) -> None:
+    """Refuse (a ValueError naming the value and the fix) an ``image_size`` that is no whole number of pixels >= 1,
+    a ``resize`` that is neither that nor a pair of them (``[H, W]``: resized to exactly that), and a ``resize``
+    smaller than ``image_size``, for which the center crop pads every image with black borders (torchvision's
+    CenterCrop pads what is smaller than the crop): torchvision's own messages named neither the option nor the
+    fix, and a string was read as a sequence of sizes."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not whole(image_size):
+        raise ValueError(f"dataset_kw image_size must be a whole number of pixels >= 1 (the side of the square crop the "
+                         f"network reads), got {image_size!r}: give --dataset-kw image_size=224 (say)")
+    pair = isinstance(resize, (list, tuple)) and len(resize) == 2 and all(whole(v) for v in resize)
+    if not (whole(resize) or pair):
+        raise ValueError(f"dataset_kw resize must be a whole number of pixels >= 1 (the shorter side is resized to it) "
+                         f"or a pair [H, W] of them, got {resize!r}: give --dataset-kw resize=256 (say)")
+    if min(resize if pair else [resize]) < image_size:
+        raise ValueError(f"dataset_kw resize {resize!r} is smaller than image_size {image_size}: the center crop of "
+                         f"{image_size}x{image_size} would pad every image with black borders; give a resize of at "
+                         f"least {image_size} (torchvision's weights were evaluated at resize 256 or 232, image_size "
+                         "224: their Weights' transforms() says)")
+
+
 def transforms(train: bool, image_size: int = 224, resize: int = 256, interpolation: str = "bilinear"):
     """torchvision's transforms for ImageNet-style classifiers: for evaluation resize (the shorter side to
     ``resize``), center crop ``image_size`` (torchvision's ``ImageClassification`` preset, which its weights
@@ -104,6 +127,7 @@ def transforms(train: bool, image_size: int = 224, resize: int = 256, interpolat
     import torchvision.transforms as T
 
     mode = T.InterpolationMode(check_interpolation(interpolation))
+    check_sizes(image_size, resize)
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     if train:
         return T.Compose([T.RandomResizedCrop(image_size, interpolation=mode), T.RandomHorizontalFlip()] + norm)
@@ -179,15 +203,16 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
     )
 
 
-def _folder_facts(train_dir, image_size, interpolation="bilinear") -> tuple:
+def _folder_facts(train_dir, image_size, interpolation="bilinear", resize=256) -> tuple:
     """(classes, in_shape) of an ImageFolder source from the names of its class folders (the
     classes ImageFolder finds; the transforms crop every image to ``image_size``). A class folder
     without an image makes the facts unknown (DatasetNotFoundError), so that building the dataset
     names that folder, not a class count that the empty folder inflates. An ``interpolation`` that is
-    none makes them unknown as well (the builder names it)."""
+    none, or sizes :func:`check_sizes` refuses, make them unknown as well (the builder names it)."""
     from torchvision.datasets.folder import find_classes
 
     check_interpolation(interpolation)
+    check_sizes(image_size, resize)
     problem = split_folder_problem(train_dir) if os.path.isdir(train_dir) else None
     if problem:
         raise ValueError(problem)
@@ -253,7 +278,7 @@ def _imagenet_train(data_dir):
 
 
 @register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256, interpolation="bilinear":
-                  _folder_facts(_imagenet_train(data_dir), image_size, interpolation))
+                  _folder_facts(_imagenet_train(data_dir), image_size, interpolation, resize))
 def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256,
              interpolation="bilinear") -> Source:
     """ImageFolder ``<data>/imagenet/train`` and ``<data>/imagenet/val``. The train part uses
@@ -261,6 +286,7 @@ def imagenet(data_dir=None, download=False, augment=False, image_size=224, resiz
     crop 224, bilinear: ``interpolation`` as :func:`transforms` takes it), which holdout and val always
     use. ImageNet cannot be downloaded automatically."""
     check_interpolation(interpolation)  # (before the folders' scan: ImageNet's takes a while)
+    check_sizes(image_size, resize)
     train_dir = _imagenet_train(data_dir)
     return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize, interpolation)
 
@@ -280,7 +306,7 @@ def _folder_train(data_dir):
 
 
 @register_dataset("folder", facts=lambda data_dir=None, image_size=224, resize=256, test_split=None,
-                  interpolation="bilinear": _folder_facts(_folder_train(data_dir), image_size, interpolation))
+                  interpolation="bilinear": _folder_facts(_folder_train(data_dir), image_size, interpolation, resize))
 def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None,
            interpolation="bilinear") -> Source:
     """Any image classification dataset in ImageFolder layout: ``data_dir/train/<class>/*`` and a
@@ -291,6 +317,7 @@ def folder(data_dir=None, download=False, augment=False, image_size=224, resize=
     that); ``augment`` uses RandomResizedCrop + flip for the train part. The holdout is drawn from
     train, as for every dataset."""
     check_interpolation(interpolation)  # (before the folders' scan)
+    check_sizes(image_size, resize)
     root = _folder_train(data_dir).parent
     splits = [test_split] if test_split else ["val", "test"]
     found = [root / s for s in splits if (root / s).is_dir()]
