@@ -216,3 +216,20 @@ def test_sizes_that_pad_or_are_no_sizes_are_refused_naming_the_option(tmp_path, 
         get_datasets("imagenet", data_dir=tmp_path, holdout=0.0, **{"image_size": 32, "resize": 36, **kw})
     assert len(get_datasets("folder", data_dir=tmp_path / "imagenet", holdout=0.0, image_size=32,
                             resize=[36, 40]).test) == 2  # a pair: resized to exactly that
+
+
+def test_a_vit_file_of_another_image_size_names_the_size():
+    """ViT's SWAG weights are made for 384x384 (vit_h_14's 518): loaded into a ViT of the default 224 the error
+    named only the position embeddings' shapes; it names --model-kw image_size (read from the file's position
+    embeddings and patch size), and a relative of that size. (Shapes only: built on the meta device.)"""
+    import torchvision
+
+    from adaptive.models.tv import fitting_relatives
+
+    with torch.device("meta"):
+        sd = torchvision.models.vit_b_16(num_classes=10, image_size=96).state_dict()
+    assert fitting_relatives("vit_b_16", {"num_classes": 10}, sd) == \
+        "torchvision:vit_b_16 with --model-kw image_size=96 (10 classes)"
+    assert fitting_relatives("vit_b_16", {"num_classes": 3, "image_size": 96}, sd) == ""  # the same: no relative
+    assert fitting_relatives("vit_b_32", {"num_classes": 3, "image_size": 96}, sd) == \
+        "torchvision:vit_b_16 (10 classes)"

@@ -150,18 +150,34 @@ def fitting_relatives(arch: str, kw: dict, state_dict: dict) -> str:
     module = torchvision.models.get_model_builder(arch).__module__
     relatives = [n for n in torchvision.models.list_models(module=torchvision.models)
                  if n != arch and torchvision.models.get_model_builder(n).__module__ == module]
+    tries = [(name, kw, "") for name in relatives]
+    size = _vit_image_size(state_dict)
+    if size is not None and size != kw.get("image_size", 224):  # a ViT file of another image size (SWAG's 384, 518)
+        tries += [(name, dict(kw, image_size=size), f" with --model-kw image_size={size}") for name in [arch, *relatives]]
     found = []
-    for name in relatives:
+    for name, name_kw, extra in tries:
         try:
             with torch.device("meta"), warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # (GoogLeNet's and Inception's warnings about their initialisation)
-                net = torchvision_model(name, **kw)
+                net = torchvision_model(name, **name_kw)
         except Exception:  # a builder that reads values while building (RegNet's widths), or takes not kw
             continue
         classes = _fits_but_outputs(net, state_dict)
         if classes is not None:
-            found.append(f"torchvision:{name} ({classes} classes)")
+            found.append(f"torchvision:{name}{extra} ({classes} classes)")
     return ", ".join(found)
+
+
+def _vit_image_size(state_dict: dict):
+    """The image size a torchvision ViT's weights ``state_dict`` were made for (its position embeddings, one per
+    patch and the class token's, and its patch size), or None where it holds no ViT's (or a non-square grid)."""
+    import math
+
+    pos, proj = state_dict.get("encoder.pos_embedding"), state_dict.get("conv_proj.weight")
+    if pos is None or proj is None or pos.dim() != 3 or proj.dim() != 4:
+        return None
+    side = math.isqrt(max(int(pos.shape[1]) - 1, 0))
+    return side * int(proj.shape[-1]) if side and side * side == int(pos.shape[1]) - 1 else None
 
 
 def _fits_but_outputs(net: nn.Module, state_dict: dict):

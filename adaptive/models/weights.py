@@ -274,7 +274,7 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
         raise WeightsMismatchError(
             f"weights file {path!r} does not match model {type(model).__name__}: "
             + "; ".join(parts)
-            + (f". The file holds the weights of {fits}: give that --model (and its number of classes)" if fits else
+            + (f". The file holds the weights of {fits}: give that --model (its --model-kw, its number of classes)" if fits else
                ". Check --model and num_classes against the file.")
         )
     for k in own:  # filled as PyTorch fills it for an unversioned file (a versioned one is refused)
