@@ -82,13 +82,56 @@ class FolderView(Dataset):
             return self.transform(image), label
 
 
-def transforms(train: bool, image_size: int = 224, resize: int = 256):
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "nearest-exact", "lanczos", "box", "hamming")
+
+
+def check_interpolation(interpolation) -> str:
+    """``interpolation`` where it is one of :data:`INTERPOLATIONS`, else a ValueError naming them and the fix."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {', '.join(INTERPOLATIONS)}: give the one the "
+                         "weights were evaluated with (their torchvision Weights' transforms() names it), e.g. "
+                         "--dataset-kw interpolation=bicubic")
+    return interpolation
+
+
+def check_sizes(image_size, resize) -> None:
+    """Refuse (a ValueError naming the value and the fix) an ``image_size`` that is no whole number of pixels >= 1,
+    a ``resize`` that is neither that nor a pair of them (``[H, W]``: resized to exactly that), and a ``resize``
+    smaller than ``image_size``, for which the center crop pads every image with black borders (torchvision's
+    CenterCrop pads what is smaller than the crop): torchvision's own messages named neither the option nor the
+    fix, and a string was read as a sequence of sizes."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    if not whole(image_size):
+        raise ValueError(f"dataset_kw image_size must be a whole number of pixels >= 1 (the side of the square crop the "
+                         f"network reads), got {image_size!r}: give --dataset-kw image_size=224 (say)")
+    pair = isinstance(resize, (list, tuple)) and len(resize) == 2 and all(whole(v) for v in resize)
+    if not (whole(resize) or pair):
+        raise ValueError(f"dataset_kw resize must be a whole number of pixels >= 1 (the shorter side is resized to it) "
+                         f"or a pair [H, W] of them, got {resize!r}: give --dataset-kw resize=256 (say)")
+    if min(resize if pair else [resize]) < image_size:
+        raise ValueError(f"dataset_kw resize {resize!r} is smaller than image_size {image_size}: the center crop of "
+                         f"{image_size}x{image_size} would pad every image with black borders; give a resize of at "
+                         f"least {image_size} (torchvision's weights were evaluated at resize 256 or 232, image_size "
+                         "224: their Weights' transforms() says)")
+
+
+def transforms(train: bool, image_size: int = 224, resize: int = 256, interpolation: str = "bilinear"):
+    """torchvision's transforms for ImageNet-style classifiers: for evaluation resize (the shorter side to
+    ``resize``), center crop ``image_size`` (torchvision's ``ImageClassification`` preset, which its weights
+    name as their ``transforms``); for training a random resized crop of ``image_size`` and a flip; both
+    normalised with ImageNet's mean and std. ``interpolation``: how images are resized, as the weights
+    were evaluated (bilinear for most of torchvision's; bicubic for EfficientNet-B0..B7's, Swin's,
+    MaxViT's and ViT's SWAG weights), one of :data:`INTERPOLATIONS`."""
     import torchvision.transforms as T
 
+    mode = T.InterpolationMode(check_interpolation(interpolation))
+    check_sizes(image_size, resize)
     norm = [T.ToTensor(), T.Normalize(MEAN, STD)]
     if train:
-        return T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()] + norm)
-    return T.Compose([T.Resize(resize), T.CenterCrop(image_size)] + norm)
+        return T.Compose([T.RandomResizedCrop(image_size, interpolation=mode), T.RandomHorizontalFlip()] + norm)
+    return T.Compose([T.Resize(resize, interpolation=mode), T.CenterCrop(image_size)] + norm)
 
 
 def _image_folder(split_dir):
@@ -132,7 +175,8 @@ def _layout_problem(split_dir, error: Exception) -> str:
     return f"{split_dir} {found}: {layout}; {how}"
 
 
-def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int) -> Source:
+def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int,
+                   interpolation: str = "bilinear") -> Source:
     """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir`` (refused where it is
     the same folder, or reads any of train's images through links, :func:`check_splits_apart`: test accuracy
     measured on the training images)."""
@@ -148,8 +192,8 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
                          f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree"
                          + unicode_form_hint(only_train, only_test))
     check_splits_apart(train_dir, folder.samples, test_dir, test_folder.samples)  # (links to the same images)
-    eval_tf = transforms(False, image_size, resize)
-    train_tf = transforms(True, image_size, resize) if augment else eval_tf
+    eval_tf = transforms(False, image_size, resize, interpolation)
+    train_tf = transforms(True, image_size, resize, interpolation) if augment else eval_tf
     return Source(
         train_labels=torch.as_tensor(folder.targets),
         train_view=lambda idx: FolderView(folder, idx, train_tf),
@@ -159,13 +203,16 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
     )
 
 
-def _folder_facts(train_dir, image_size) -> tuple:
+def _folder_facts(train_dir, image_size, interpolation="bilinear", resize=256) -> tuple:
     """(classes, in_shape) of an ImageFolder source from the names of its class folders (the
     classes ImageFolder finds; the transforms crop every image to ``image_size``). A class folder
     without an image makes the facts unknown (DatasetNotFoundError), so that building the dataset
-    names that folder, not a class count that the empty folder inflates."""
+    names that folder, not a class count that the empty folder inflates. An ``interpolation`` that is
+    none, or sizes :func:`check_sizes` refuses, make them unknown as well (the builder names it)."""
     from torchvision.datasets.folder import find_classes
 
+    check_interpolation(interpolation)
+    check_sizes(image_size, resize)
     problem = split_folder_problem(train_dir) if os.path.isdir(train_dir) else None
     if problem:
         raise ValueError(problem)
@@ -206,24 +253,42 @@ def _holds_an_image(folder: str) -> bool:
 
 
 def _imagenet_train(data_dir):
-    """ImageNet's train folder, with val/ beside it."""
-    train_dir = find_data("imagenet", ("imagenet/train", "ILSVRC2012/train"), data_dir,
-                          how="laid out as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG "
-                              "(ImageNet has no automatic download)")
+    """ImageNet's train folder, with val/ beside it. A ``data_dir`` that holds train/ itself (the folder
+    PyTorch's examples/imagenet takes, Kaggle's ILSVRC/Data/CLS-LOC) is refused naming the two ways to read it."""
+    from pathlib import Path
+
+    try:
+        train_dir = find_data("imagenet", ("imagenet/train", "ILSVRC2012/train"), data_dir,
+                              how="laid out as imagenet/train/<wnid>/*.JPEG and imagenet/val/<wnid>/*.JPEG "
+                                  "(ImageNet has no automatic download)")
+    except DatasetNotFoundError as e:
+        given = Path(data_dir).expanduser() if data_dir is not None and str(data_dir) != "" else None
+        if given is None or not (given / "train").is_dir():
+            raise
+        raise DatasetNotFoundError(
+            f"--data-dir {given} holds train/ itself, where dataset 'imagenet' reads DATA_DIR/imagenet/train: give "
+            f"--data-dir {given.parent}" + ("" if given.name in ("imagenet", "ILSVRC2012") else
+                                            f" with {given} renamed (or linked) as {given.parent / 'imagenet'}")
+            + f", or read it as it is with --dataset folder --data-dir {given} (the same transforms and split; "
+            f"dataset_kw alike). ({e})") from None
     if not (train_dir.parent / "val").is_dir():  # said now, not after a whole run when the report needs it
         raise DatasetNotFoundError(f"imagenet validation split not found: expected {train_dir.parent / 'val'} next to "
                                    f"{train_dir} (laid out as val/<wnid>/*.JPEG)")
     return train_dir
 
 
-@register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256:
-                  _folder_facts(_imagenet_train(data_dir), image_size))
-def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256) -> Source:
+@register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256, interpolation="bilinear":
+                  _folder_facts(_imagenet_train(data_dir), image_size, interpolation, resize))
+def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256,
+             interpolation="bilinear") -> Source:
     """ImageFolder ``<data>/imagenet/train`` and ``<data>/imagenet/val``. The train part uses
     RandomResizedCrop + flip when ``augment``, else the evaluation transform (resize 256, center
-    crop 224), which holdout and val always use. ImageNet cannot be downloaded automatically."""
+    crop 224, bilinear: ``interpolation`` as :func:`transforms` takes it), which holdout and val always
+    use. ImageNet cannot be downloaded automatically."""
+    check_interpolation(interpolation)  # (before the folders' scan: ImageNet's takes a while)
+    check_sizes(image_size, resize)
     train_dir = _imagenet_train(data_dir)
-    return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize)
+    return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize, interpolation)
 
 
 def _folder_train(data_dir):
@@ -240,19 +305,23 @@ def _folder_train(data_dir):
     return root / "train"
 
 
-@register_dataset("folder", facts=lambda data_dir=None, image_size=224, resize=256, test_split=None:
-                  _folder_facts(_folder_train(data_dir), image_size))
-def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None) -> Source:
+@register_dataset("folder", facts=lambda data_dir=None, image_size=224, resize=256, test_split=None,
+                  interpolation="bilinear": _folder_facts(_folder_train(data_dir), image_size, interpolation, resize))
+def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None,
+           interpolation="bilinear") -> Source:
     """Any image classification dataset in ImageFolder layout: ``data_dir/train/<class>/*`` and a
     test split beside it, ``data_dir/<test_split>/<class>/*`` (default: ``val``, else ``test``).
-    Images are resized to ``resize``, center-cropped to ``image_size`` and normalised with the
+    Images are resized to ``resize`` (``interpolation``: bilinear, or as :func:`transforms` takes it),
+    center-cropped to ``image_size`` and normalised with the
     ImageNet mean and std (torchvision's pretrained classifiers and the CIFAR ResNets here expect
     that); ``augment`` uses RandomResizedCrop + flip for the train part. The holdout is drawn from
     train, as for every dataset."""
+    check_interpolation(interpolation)  # (before the folders' scan)
+    check_sizes(image_size, resize)
     root = _folder_train(data_dir).parent
     splits = [test_split] if test_split else ["val", "test"]
     found = [root / s for s in splits if (root / s).is_dir()]
     if not found:
         raise DatasetNotFoundError(f"dataset 'folder': no test split in {root} (looked for {', '.join(splits)}/); "
                                    "add one, or name it with --dataset-kw test_split=NAME")
-    return _folder_source(root / "train", found[0], augment, image_size, resize)
+    return _folder_source(root / "train", found[0], augment, image_size, resize, interpolation)

@@ -4,6 +4,7 @@ Weights never download: pass a weights file through ``build_model(..., weights=P
 """
 from __future__ import annotations
 
+import functools
 import time
 
 from torch import nn
@@ -43,9 +44,165 @@ def torchvision_model(arch: str, num_classes=1000, in_shape=None, **kw) -> nn.Mo
     net = torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes), **kw)
     if heads and not kw["aux_logits"]:  # a weights file's heads (torchvision's own files hold them) are skipped
         net.skipped_weight_prefixes = heads
+    # a weights file that does not fit: load_weights names the network of this family it fits, if one does
+    net.weights_mismatch_hint = functools.partial(fitting_relatives, arch, dict(kw, num_classes=int(num_classes)))
     if in_shape is not None:
         _check_input(net, arch, tuple(int(d) for d in in_shape), _fixed_size(net, kw))
     return net
+
+
+def _weights_transform(weights) -> dict:
+    """``{"resize": ..., "image_size": ..., "interpolation": ...}``, the evaluation transform torchvision's
+    ``weights`` (a Weights member) were made with, as ``--dataset-kw`` names them ({} where it says none)."""
+    tf = weights.transforms() if callable(getattr(weights, "transforms", None)) else None
+    crop, resize = getattr(tf, "crop_size", None), getattr(tf, "resize_size", None)
+    if not (crop and resize):
+        return {}
+    return {"resize": int(resize[0]), "image_size": int(crop[0]),
+            "interpolation": str(getattr(getattr(tf, "interpolation", None), "value", "bilinear"))}
+
+
+def weights_of_file(path) -> object:
+    """torchvision's Weights member whose file ``path`` is, known by its name (``mobilenet_v3_large-5c1a4163.pth``,
+    as torch.hub saves it); None for any other name. Nothing is read."""
+    import os
+
+    import torchvision
+
+    name = os.path.basename(str(path))
+    for arch in torchvision.models.list_models(module=torchvision.models):
+        for weights in torchvision.models.get_model_weights(arch):
+            if os.path.basename(getattr(weights, "url", "") or "") == name:
+                return weights
+    return None
+
+
+def transform_mismatch(path, dataset_kw: dict, defaults=None) -> str:
+    """Where the weights file ``path`` is one of torchvision's (:func:`weights_of_file`) and ``dataset_kw`` (over
+    ``defaults``: the dataset's resize 256, image size 224, bilinear) resizes or crops otherwise than those weights
+    were evaluated, what differs and the ``--dataset-kw`` values that match; else "". The accuracies of a network
+    fed otherwise are not its weights' own (MobileNetV3-Large's V2 weights lose ~0.5 points at resize 256)."""
+    weights = weights_of_file(path)
+    want = _weights_transform(weights) if weights is not None else {}
+    if not want:
+        return ""
+    have = {"resize": 256, "image_size": 224, "interpolation": "bilinear", **(defaults or {}), **dict(dataset_kw)}
+    differ = [k for k in want if str(have.get(k)) != str(want[k])]
+    if not differ:
+        return ""
+    return (f"--weights {path} is torchvision's {type(weights).__name__}.{weights.name}, evaluated with "
+            f"{', '.join(f'{k} {want[k]}' for k in want)}, and the images here are given "
+            f"{', '.join(f'{k} {have.get(k)}' for k in differ)}: give "
+            + " ".join(f"--dataset-kw {k}={want[k]}" for k in differ) + " (its accuracies are otherwise not the "
+            "weights' own)")
+
+
+def weights_name_hint(text: str, model: str = "") -> str:
+    """Where ``text`` (a ``--weights`` value that is no file) names torchvision's weights instead, an
+    enum's member (``MobileNet_V3_Large_Weights.IMAGENET1K_V2``; a member name alone, ``IMAGENET1K_V2`` or
+    ``DEFAULT``, for a ``model`` ``torchvision:ARCH``): what to pass instead, as a sentence (the file's name
+    and address, its path where torch's download cache holds it, and the evaluation transform the weights
+    were made with, as ``--dataset-kw`` values); "" where it names none. Nothing is downloaded."""
+    import os
+
+    import torch
+    import torchvision
+
+    text = str(text).strip()
+    weights = None
+    try:
+        if "." in text:
+            weights = torchvision.models.get_weight(text)
+        elif str(model).startswith("torchvision:") and text.isidentifier():
+            weights = torchvision.models.get_model_weights(str(model)[len("torchvision:"):])[text]
+    except (ValueError, KeyError, AttributeError, TypeError):
+        return ""
+    if weights is None or not getattr(weights, "url", None):
+        return ""
+    file = os.path.basename(weights.url)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", file)
+    where = (f"torch's download cache holds it: --weights {cached}" if os.path.isfile(cached) else
+             f"download {weights.url} where there is internet, or find {file} in a torch download cache "
+             f"({cached} on the machine that downloaded it), and pass its path")
+    want = _weights_transform(weights)
+    transform = (f"; they were evaluated with resize {want['resize']}, center crop {want['image_size']}: --dataset-kw "
+                 f"resize={want['resize']} --dataset-kw image_size={want['image_size']}" if want else "")
+    if want and want["interpolation"] != "bilinear":
+        transform += f" --dataset-kw interpolation={want['interpolation']}"
+    return (f"{text} names torchvision's weights {type(weights).__name__}.{weights.name}, not a file: this project "
+            f"never downloads weights; their file is {file}: {where}{transform}")
+
+
+def fitting_relatives(arch: str, kw: dict, state_dict: dict) -> str:
+    """What to give where ``state_dict`` (a weights file's) does not fit torchvision's ``arch`` built
+    with the keywords ``kw`` (``num_classes`` among them, as :func:`torchvision_model` takes them): the
+    other classifiers of its family (those its builder's module builds: resnet18 ... wide_resnet101_2
+    for resnet50, mobilenet_v3_small for mobilenet_v3_large) whose keys and shapes the file's are,
+    but for the outputs' count, named with that count (``"torchvision:mobilenet_v3_large (1000
+    classes)"``, ", "-joined); "" where none is. Each is built on the meta device (no memory, no
+    initialisation: a second or so for a family); one that cannot be built there (RegNet's) is passed
+    over."""
+    import warnings
+
+    import torch
+    import torchvision
+
+    module = torchvision.models.get_model_builder(arch).__module__
+    relatives = [n for n in torchvision.models.list_models(module=torchvision.models)
+                 if n != arch and torchvision.models.get_model_builder(n).__module__ == module]
+    tries = [(name, kw, "") for name in relatives]
+    size = _vit_image_size(state_dict)
+    if size is not None and size != kw.get("image_size", 224):  # a ViT file of another image size (SWAG's 384, 518)
+        tries += [(name, dict(kw, image_size=size), f" with --model-kw image_size={size}") for name in [arch, *relatives]]
+    found = []
+    for name, name_kw, extra in tries:
+        try:
+            with torch.device("meta"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # (GoogLeNet's and Inception's warnings about their initialisation)
+                net = torchvision_model(name, **name_kw)
+        except Exception:  # a builder that reads values while building (RegNet's widths), or takes not kw
+            continue
+        classes = _fits_but_outputs(net, state_dict)
+        if classes is not None:
+            found.append(f"torchvision:{name}{extra} ({classes} classes)")
+    return ", ".join(found)
+
+
+def _vit_image_size(state_dict: dict):
+    """The image size a torchvision ViT's weights ``state_dict`` were made for (its position embeddings, one per
+    patch and the class token's, and its patch size), or None where it holds no ViT's (or a non-square grid)."""
+    import math
+
+    pos, proj = state_dict.get("encoder.pos_embedding"), state_dict.get("conv_proj.weight")
+    if pos is None or proj is None or pos.dim() != 3 or proj.dim() != 4:
+        return None
+    side = math.isqrt(max(int(pos.shape[1]) - 1, 0))
+    return side * int(proj.shape[-1]) if side and side * side == int(pos.shape[1]) - 1 else None
+
+
+def _fits_but_outputs(net: nn.Module, state_dict: dict):
+    """The file's count of outputs where ``state_dict`` holds ``net``'s weights for some count of
+    classes (every key, less those ``net`` skips; every shape, or one that differs in its first
+    dimension alone, all such by one count), else None."""
+    own = net.state_dict()
+    skipped = tuple(getattr(net, "skipped_weight_prefixes", ()))
+    sd = {k: v for k, v in state_dict.items() if k in own or not k.startswith(skipped)}
+    if set(sd) - set(own) or any(k not in sd and not k.endswith("num_batches_tracked") for k in own):
+        return None
+    wrong = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if any(sd[k].dim() != own[k].dim() or sd[k].dim() == 0 or tuple(sd[k].shape[1:]) != tuple(own[k].shape[1:])
+           for k in wrong):
+        return None
+    classes = {int(sd[k].shape[0]) for k in wrong}
+    if len(classes) > 1:
+        return None
+    return classes.pop() if classes else _outputs(net)
+
+
+def _outputs(net: nn.Module):
+    """The number of outputs of ``net``'s last linear layer (None without one)."""
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None
 
 
 def _fixed_size(net: nn.Module, kw: dict):

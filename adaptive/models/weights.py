@@ -27,6 +27,11 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if os.path.isdir(path):
         raise FileNotFoundError(f"weights path {path!r} is a folder; pass the weights file inside it")
     if not os.path.isfile(path):
+        from .tv import weights_name_hint
+
+        named = "" if os.path.exists(path) else weights_name_hint(path)  # a torchvision weights enum's name
+        if named:
+            raise FileNotFoundError(named)
         raise FileNotFoundError(
             f"weights file {path!r} does not exist; pass the path of a saved state_dict "
             f"(this project never downloads weights)"
@@ -38,7 +43,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             sd = load_file(path, device="cpu")
         else:
             _check_integrity(path)
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = _load_tensors(path)
     except WeightsMismatchError:
         raise
     except Exception as e:  # truncated, not a torch file, or pickled objects weights_only refuses
@@ -66,6 +71,58 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     if meta is not None:  # the modules' versions, which some loaders need (torchvision's MNASNet)
         out._metadata = OrderedDict((_strip(k + ".")[:-1] if k else k, v) for k, v in meta.items())
     return out
+
+
+# objects a training checkpoint holds beside its weights that unpickle to plain data (their fields are
+# whatever tensors-only loading allows): the command line's options, which torchvision's reference
+# training scripts (and timm's) save as ``"args": argparse.Namespace``, and NumPy numbers (a best accuracy
+# saved as np.float64: a scalar, its dtype and dtype class), as torch.load's documentation allows them
+_PLAIN_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype")
+
+
+def _plain(name: str) -> bool:
+    """Whether the global ``name`` (``module.attribute``) is plain data to unpickle (:data:`_PLAIN_GLOBALS`, a
+    NumPy dtype class)."""
+    import re
+
+    return name in _PLAIN_GLOBALS or re.fullmatch(r"numpy\.dtypes\.[A-Za-z0-9]+DType", name) is not None
+
+
+def _load_tensors(path: str):
+    """``torch.load(path, weights_only=True)``, a training checkpoint's options and NumPy numbers allowed
+    (:func:`_plain`: torchvision's reference scripts save ``{"model": ..., "optimizer": ..., "args": Namespace(...)}``,
+    others a best accuracy as ``np.float64``); a file that
+    holds other Python objects is refused naming them, and how to save its weights alone."""
+    import importlib
+    import pickle
+    import warnings
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # not a zip checkpoint (the legacy format): the first error says what it can
+            unsafe = []
+        if not unsafe:
+            raise
+    others = [g for g in unsafe if not _plain(g)]
+    if others:
+        raise WeightsMismatchError(
+            f"weights file {path!r} holds Python objects besides tensors ({', '.join(others[:5])}), which tensors-only "
+            "loading refuses (loading them could run code): it is a training checkpoint, or a pickled model. If you "
+            "trust the file, load it with torch.load(path, weights_only=False), torch.save the state_dict it holds "
+            "(model.state_dict() of a pickled model) to a new file, and pass that")
+    with warnings.catch_warnings():  # (numpy.core, as NumPy 1 saved it, is deprecated in NumPy 2)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        # (each under the name the file gives it: NumPy 2's numpy._core.multiarray.scalar is NumPy 1's numpy.core...)
+        allowed = [(getattr(importlib.import_module(m), n), g) for g in unsafe for m, n in [g.rsplit(".", 1)]]
+        if "numpy.dtype" in unsafe:  # a dtype is built as np.dtype(...), then given its state as an instance of its
+            import numpy as np  # class (numpy.dtypes.Float64DType), which the file does not name
+
+            allowed += [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _strip(key: str) -> str:
@@ -136,10 +193,43 @@ def _check_copyable(path: str, key: str, t: torch.Tensor, own: torch.Tensor) -> 
                                    f"{own.dtype} yourself and re-save it")
 
 
+def strip_model_prefix(sd: Dict[str, torch.Tensor], own, skipped=()) -> Dict[str, torch.Tensor]:
+    """``sd`` with the prefix every one of its keys carries removed (one to three dotted parts: ``model.``,
+    ``net.backbone.``), where the keys without it are exactly the keys of ``own`` (a model's state_dict; less
+    its ``num_batches_tracked``, which old files lack, and the file's keys under the ``skipped`` prefixes):
+    the weights of a model saved as an attribute of another (a PyTorch Lightning module's ``self.model``, an
+    EMA or distillation wrapper), whose keys are otherwise all unexpected. ``sd`` itself (not copied) where no
+    prefix makes the keys the model's."""
+    keys = list(sd)
+    if not keys or any(k in own for k in keys):
+        return sd
+    needed = {k for k in own if not k.endswith("num_batches_tracked")}
+    parts = keys[0].split(".")
+    for depth in range(1, min(3, len(parts) - 1) + 1):
+        prefix = ".".join(parts[:depth]) + "."
+        if not all(k.startswith(prefix) for k in keys):
+            break
+        stripped = [k[len(prefix):] for k in keys]
+        kept = {k for k in stripped if k in own or not k.startswith(tuple(skipped))}
+        if kept <= set(own) and needed <= kept:
+            out = OrderedDict(zip(stripped, sd.values()))
+            meta = getattr(sd, "_metadata", None)
+            if meta is not None:  # the modules' versions, under their names in the model
+                out._metadata = OrderedDict((k[len(prefix):], v) for k, v in meta.items() if k.startswith(prefix))
+                if prefix[:-1] in meta:
+                    out._metadata[""] = meta[prefix[:-1]]
+            return out
+    return sd
+
+
 def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
     """Load the weights file ``path`` into ``model`` with ``strict=True``; returns ``model``.
     ``state_dict``: what :func:`read_state_dict` read from ``path`` already (it is not read again, nor
     changed); ``path`` then only names the file in errors.
+
+    A file whose every key carries one prefix, the model's keys without it (a Lightning module's ``model.``),
+    loads without it (:func:`strip_model_prefix`). Where it does not fit, a model's ``weights_mismatch_hint(state_dict)`` (a torchvision classifier's,
+    :func:`adaptive.models.tv.fitting_relatives`) names the models the file fits.
 
     Keys under the prefixes a model lists in ``model.skipped_weight_prefixes`` (parts of the network
     it deliberately lacks, as torchvision's GoogLeNet built without its auxiliary heads) are skipped.
@@ -155,6 +245,7 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
     # parts of the network the model deliberately lacks (torchvision's GoogLeNet and Inception-v3 without
     # their auxiliary heads, which torchvision's own files hold): the file's keys under them are skipped
     skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))
+    sd = strip_model_prefix(sd, own, skipped)  # (a Lightning module's "model.": every key under the model's name)
     for k in [k for k in sd if k not in own and k.startswith(skipped)]:
         del sd[k]  # (in place: the file's _metadata, which some modules' loaders read, stays)
     # Checkpoints older than BatchNorm's ``num_batches_tracked`` lack it; PyTorch's own strict
@@ -178,10 +269,13 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
             parts.append(f"unexpected keys [{fmt(unexpected)}]")
         if shapes:
             parts.append(f"shape mismatches [{fmt(shapes)}]")
+        hint = getattr(model, "weights_mismatch_hint", None)  # (a torchvision model: the network of its family
+        fits = hint(sd) if callable(hint) else ""  # the file fits, if one does)
         raise WeightsMismatchError(
             f"weights file {path!r} does not match model {type(model).__name__}: "
             + "; ".join(parts)
-            + ". Check --model and num_classes against the file."
+            + (f". The file holds the weights of {fits}: give that --model (its --model-kw, its number of classes)" if fits else
+               ". Check --model and num_classes against the file.")
         )
     for k in own:  # filled as PyTorch fills it for an unversioned file (a versioned one is refused)
         if k.endswith("num_batches_tracked") and k not in sd:

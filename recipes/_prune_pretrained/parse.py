@@ -129,9 +129,19 @@ def _parse_args(argv) -> argparse.Namespace:
         raise SystemExit(str(e)) from None
     _check_dataset_kw(cfg["dataset"], cfg["dataset_kw"])
     if cfg["weights"] is not None and not os.path.isfile(cfg["weights"]):  # (it failed once the data had loaded)
+        from adaptive.models.tv import weights_name_hint
+
+        named = "" if os.path.exists(cfg["weights"]) else weights_name_hint(cfg["weights"], cfg["model"])
         what = ("is a folder: pass the weights file inside it" if os.path.isdir(cfg["weights"]) else
                 "does not exist: pass the path of a saved state_dict (this project never downloads weights)")
-        raise SystemExit(f"{origin('weights')} {cfg['weights']} {what}")
+        raise SystemExit(f"{origin('weights')} {named}" if named else f"{origin('weights')} {cfg['weights']} {what}")
+    if cfg["weights"] is not None and cfg["dataset"] in ("imagenet", "folder"):  # torchvision's own file, by its name
+        from adaptive.models.tv import transform_mismatch
+        from adaptive.warn import warn_user
+
+        mismatch = transform_mismatch(cfg["weights"], cfg["dataset_kw"])
+        if mismatch:
+            warn_user(mismatch)
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         problem = range_problem(origin(key), cfg.get(key), least, whole=True,  # (--key, or the file's key)
