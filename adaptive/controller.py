@@ -414,7 +414,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                 f"mean against their batch-to-batch spread), which needs two or more batches; a window of {span} has no "
                 "spread, so it learns nothing from the loss and its scores stay its prior (evidence: the weights' "
                 "magnitude, as magnitude pruning ranks them). Use update_every (and window) >= 2: window=2 or more "
-                "for adaptive.optimize_connectome, --window 2 for recipes/prune_pretrained.py")
+                "for adaptive.optimize_connectome, --window 2 for recipes/prune_pretrained.py, --update_every 2 for "
+                "recipes/adaptive.py")
         if self.stats is not None:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None
