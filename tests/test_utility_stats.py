@@ -249,8 +249,10 @@ def test_presence_and_evidence_growing_in_train_mode_without_original_values_are
         return max(float(gain[n][a].abs().max()) for n, a in absent.items())
 
     for est in ("presence", "evidence"):
-        with pytest.warns(UserWarning, match=f"estimator {est} values a synapse by its presence derivative"):
+        with pytest.warns(UserWarning, match=f"estimator {est} values a synapse by its presence derivative") as seen:
             assert run(est) == 0.0  # what the warning says: the gains of synapses absent from the start stay 0
+        # the fix in the recipe's terms too (the controller keeps the original weights itself: no call needed first)
+        assert "--controller_kw grow_init=original in recipes/adaptive.py" in str(seen[0].message), seen[0].message
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert run(est, grow_init="original") > 0.0
