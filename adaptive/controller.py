@@ -341,9 +341,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                 f"which in train mode is 0.0 for an absent synapse (grow_init={grow_init!r}): an absent synapse's "
                 "restoration gain learns nothing from the loss and stays the value it had when it was pruned (its "
                 f"starting value where it was absent from the start), so growth goes by stale values. {label} is an "
-                "estimator for mask_only mode; in train mode give grow_init='original' (conn.keep_original() first) "
-                "to value absent synapses at their original weights, or grow by a train-mode estimator (curvature, "
-                "obd, gradient)")
+                "estimator for mask_only mode; in train mode give grow_init='original' (--controller_kw "
+                "grow_init=original in recipes/adaptive.py) to value absent synapses at their original weights (those "
+                "of conn.keep_original(), else the weights the controller starts from), or grow by a train-mode "
+                "estimator (curvature, obd, gradient)")
         self.min_density = min_density
         pats = _as_patterns(protect, "protect")  # a string is split at commas, as include=/exclude= are
         inside = conn._pattern_inside()  # a connectome built on a wrapper: module.fc and module.* as fc and *
@@ -413,7 +414,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                 f"mean against their batch-to-batch spread), which needs two or more batches; a window of {span} has no "
                 "spread, so it learns nothing from the loss and its scores stay its prior (evidence: the weights' "
                 "magnitude, as magnitude pruning ranks them). Use update_every (and window) >= 2: window=2 or more "
-                "for adaptive.optimize_connectome, --window 2 for recipes/prune_pretrained.py")
+                "for adaptive.optimize_connectome, --window 2 for recipes/prune_pretrained.py, --update_every 2 for "
+                "recipes/adaptive.py")
         if self.stats is not None:
             self.stats._ensure()  # allocate (and touch) the window now, not inside a training step
         self._hook = None

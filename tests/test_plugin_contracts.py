@@ -738,3 +738,34 @@ def test_a_plugin_keeping_tensors_in_nested_containers_is_warned_of(nest):
                                        density=0.5, update_every=2), model)
     with pytest.warns(UserWarning, match=r"_NestedRunningMean keeps tensors in its attribute\(s\) \['moments'\]"):
         ctrl.state_dict()
+
+
+def test_every_estimator_flag_is_documented_with_a_default_that_warns_of_nothing():
+    """The class flags the controller reads on an estimator (needs_fisher, needs_spread, scores_by_w0,
+    signed_cost, ...) are the plugin contract's: docs/python_api.md names each of them, where only
+    needs_gradients was named. Each is False on Estimator, so a class of one's own that sets none is
+    warned of nothing: in train mode, growing, updating at every step, valuing absent synapses by ctx.w0."""
+    from pathlib import Path
+
+    flags = sorted(k for k, v in vars(Estimator).items() if isinstance(v, bool))
+    assert {"needs_gradients", "needs_fisher", "needs_spread", "scores_by_w0", "signed_cost"} <= set(flags), flags
+    assert not any(getattr(Estimator, k) for k in flags)
+    page = (Path(__file__).resolve().parents[1] / "docs" / "python_api.md").read_text()
+    assert [k for k in flags if f"`{k}`" not in page] == []
+
+    class OwnSnip(Estimator):
+        needs_gradients = True
+
+        def removal_cost(self, ctx):
+            return (ctx.stats.mean(ctx.name) * ctx.weight.detach()).abs()
+
+        def restoration_gain(self, ctx):
+            return (ctx.stats.mean(ctx.name) * ctx.w0).abs()
+
+    model = _net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adaptive.Controller(adaptive.Connectome(model), opt, policy="utility", estimator=OwnSnip(), density=0.5,
+                            update_every=1, end_step=4, seed=0)
+        _train(model, opt, 3)

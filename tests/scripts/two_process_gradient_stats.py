@@ -83,8 +83,8 @@ def run(rank, folder):
     cases = {"own": lambda _: window(own),  # each process its own batches (mask_only over several processes)
              "same": lambda _: window(batches()),  # every process the same four
              "ddp": lambda _: window(both, ddp=True),
-             "same_by_threads": lambda _: same_gradients(1 + rank),
-             "short_window": lambda _: short_window_warnings()}  # DDP averages the gradients of a 16-example batch
+             "same_by_threads": lambda _: same_gradients(1 + rank),  # DDP averages the gradients of a 16-example batch
+             "short_window": lambda _: short_window_warnings()}
     record_cases(rank, folder, {k: k for k in cases}, lambda k: cases[k](k))
 
 
