@@ -60,8 +60,8 @@ def test_each_run_uses_its_order_and_the_table_shows_the_runs_summaries(tmp_path
                                      "'mlp/digits 20%, threshold' --seeds 0 --max-steps 200`")
 
 
-@pytest.mark.parametrize("script", ["zero_cost_ties", "threshold_pace", "gradual_pruning", "lenet5_stability",
-                                    "mask_only_ceiling", "band_scaling_ddp"])
+@pytest.mark.parametrize("script", ["zero_cost_ties", "threshold_pace", "threshold_estimators", "gradual_pruning",
+                                    "lenet5_stability", "mask_only_ceiling", "band_scaling_ddp"])
 def test_loading_a_benchmark_leaves_its_folder_off_the_import_path(script):
     """threshold_pace.py and gradual_pruning.py put recipes/benchmarks on sys.path for good, so a later
     ``import graphs`` in the same process found recipes/benchmarks/graphs.py instead of the package

@@ -1,6 +1,7 @@
 """Shared by the benchmarks that train each setting once per variant and seed, every run a
-``recipes/adaptive.py`` job (threshold_pace.py, zero_cost_ties.py, lenet5_stability.py): the run, the
-figure that joins a seed's runs across the variants, and their small argument and table helpers."""
+``recipes/adaptive.py`` job (threshold_pace.py, zero_cost_ties.py, lenet5_stability.py,
+threshold_estimators.py): the run, the figure that joins a seed's runs across the variants, and their
+small argument and table helpers."""
 from __future__ import annotations
 
 import statistics
