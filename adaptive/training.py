@@ -395,6 +395,14 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     ``silent_units``, the share of its units no gradient reached over the row's steps, and
     ``state.silent_layers`` holds the row's per-layer counts.
     """
+    # every process must take as many batches: each step meets the others (DDP's gradient all-reduce, the
+    # controller's reduced statistics, the rows' reductions); a process with fewer waited in its next one.
+    # First, before the refusals below that read this process's own batches (an epoch ending inside a group
+    # under sync_with_dataloader=False): one process raising there skipped this gather that the others made
+    _refuse_uneven_batches(_batches_taken(accelerator, loader, accelerator.gradient_accumulation_steps,
+                                          None if max_steps is None else max_steps - state.step),
+                           "train", "train_one_epoch steps every process together (DDP's gradient all-reduce, the "
+                           "controller's reduced statistics, the logged rows' sums)")
     if accelerator.gradient_accumulation_steps > 1:
         from accelerate.data_loader import DataLoaderStateMixin
         from accelerate.optimizer import AcceleratedOptimizer
@@ -418,12 +426,6 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                              "next epoch's first step (and epochs would take different numbers of steps). Build the "
                              "Accelerator with sync_with_dataloader=True (Accelerate's default: "
                              "gradient_accumulation_steps=K alone)")
-    # every process must take as many batches: each step meets the others (DDP's gradient all-reduce, the
-    # controller's reduced statistics, the rows' reductions); a process with fewer waited in its next one
-    _refuse_uneven_batches(_batches_taken(accelerator, loader, accelerator.gradient_accumulation_steps,
-                                          None if max_steps is None else max_steps - state.step),
-                           "train", "train_one_epoch steps every process together (DDP's gradient all-reduce, the "
-                           "controller's reduced statistics, the logged rows' sums)")
     model.train()
     # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
     # between two rows reads a value on the host, so none stalls a GPU
