@@ -2,7 +2,9 @@
 and sync_with_dataloader=False over a loader prepared with even_batches=False, whose 5 examples in batches of 1
 give process 0 three batches and process 1 two: first with max_steps=1, which takes one group of 2 from each
 (not refused), then whole, where process 0's epoch would end inside a group of 2 (which that setting refuses)
-and process 1's not; then evaluate over a loader Accelerate evens out, to show the processes still meet in step.
+and process 1's not; then under sync_with_dataloader=True, where the loader's end closes each process's last
+group: 7 examples (process 0: four batches, process 1: three) make two steps on each (not refused), 5 examples
+(three batches, two) two steps and one (refused); then evaluate over a loader Accelerate evens out, to show the processes still meet in step.
 Writes one JSON file per rank into argv[1]: each case's error (type and message) or outcome. A process left
 waiting in a collective waits there for the group's timeout (20 seconds here) and records a bare gloo error."""
 import datetime
@@ -35,6 +37,16 @@ def main(out_dir):
             train_one_epoch(acc, model, opt, loader, state, log_every=1, max_steps=max_steps)
             record[case] = {"steps": state.step}
         except Exception as e:  # noqa: BLE001 - what each process raised is the test's to judge
+            record[case] = {"error": type(e).__name__, "message": str(e)}
+    acc.gradient_state.plugin_kwargs["sync_with_dataloader"] = True
+    for case, examples in (("closed_by_the_end", 7), ("closed_uneven", 5)):
+        try:
+            state = TrainState()
+            g = torch.Generator().manual_seed(0)
+            more = TensorDataset(torch.randn(examples, 4, generator=g), torch.randint(0, 3, (examples,), generator=g))
+            train_one_epoch(acc, model, opt, acc.prepare(DataLoader(more, batch_size=1)), state, log_every=1)
+            record[case] = {"steps": state.step}
+        except Exception as e:  # noqa: BLE001
             record[case] = {"error": type(e).__name__, "message": str(e)}
     acc.dataloader_config.even_batches = True
     try:
