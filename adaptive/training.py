@@ -333,15 +333,31 @@ _EVEN_BATCHES = ("give every process as many batches: accelerator.prepare(loader
                  "examples, or a DistributedSampler, which pads them (drop_last=True trims them)")
 
 
-def _refuse_uneven_batches(n: Optional[int], role: str, why: str) -> None:
+def _steps_taken(accelerator, n: int, k: int) -> int:
+    """The optimizer steps ``n`` batches make under ``gradient_accumulation_steps``
+    ``k`` with ``sync_with_dataloader`` (Accelerate's default), where the loader's last batch closes its
+    group, full or not: after the ones Accelerate has counted in the open group, each ``k`` batches make
+    one, and a rest makes one more."""
+    counted = int(getattr(accelerator, "step", 0) or 0) % k
+    return (counted + n) // k + (1 if n and (counted + n) % k else 0)
+
+
+def _refuse_uneven_batches(n: Optional[int], role: str, why: str, steps: Optional[Callable[[int], int]] = None) -> None:
     """Raise a ValueError on every process alike where the processes would take different numbers of
     batches ``n`` (None: a loader of no length, taken as it comes) from their ``role`` loader; one
-    gather, nothing on one process. ``why``: what meets the other processes at each batch."""
+    gather, nothing on one process. ``why``: what meets the other processes at each batch. ``steps``
+    (under gradient accumulation whose groups the loader's end closes): the steps of ``n`` batches
+    (:func:`_steps_taken`), compared instead, the batches shown beside them: only a step meets the
+    other processes, and processes whose last groups are of other sizes take as many."""
     from .distributed import refuse_differing
 
     said = "batches of no count (a loader of no length)" if n is None else f"{n} batch{'es' if n != 1 else ''}"
-    refuse_differing(said, f"numbers of batches to take from the {role} loader",
-                     fix=f"{why}, and a process with fewer batches would leave the others waiting in a collective "
+    unit = "batches" if steps is None else "steps"
+    value, detail = said, None
+    if steps is not None and n is not None:
+        value, detail = f"{steps(n)} step{'s' if steps(n) != 1 else ''}", said
+    refuse_differing(value, f"numbers of {unit} to take from the {role} loader", detail=detail,
+                     fix=f"{why}, and a process with fewer {unit} would leave the others waiting in a collective "
                          f"until the process group's timeout; {_EVEN_BATCHES}")
 
 
@@ -372,7 +388,9 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     each step (checkpointing, tests), so a checkpoint always falls between groups. Stops early at
     ``max_steps``. Returns the epoch's mean loss/accuracy over the processed batches on this process.
     Processes that would take different numbers of batches (loaders prepared with ``even_batches=False``)
-    are refused by every process alike, before a batch is read: each step meets the other processes.
+    are refused by every process alike, before a batch is read: each step meets the other processes (under
+    gradient accumulation whose groups the loader's end closes, Accelerate's default, the steps are compared:
+    processes whose last groups differ in size may take as many).
 
     ``max_grad_norm``: clip each step's gradient to this total 2-norm
     (:func:`~adaptive.clipping.clip_gradients`: measured on the live gradients ``conn`` leaves the
@@ -395,6 +413,18 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
     ``silent_units``, the share of its units no gradient reached over the row's steps, and
     ``state.silent_layers`` holds the row's per-layer counts.
     """
+    # every process must take as many batches: each step meets the others (DDP's gradient all-reduce, the
+    # controller's reduced statistics, the rows' reductions); a process with fewer waited in its next one.
+    # First, before the refusals below that read this process's own batches (an epoch ending inside a group
+    # under sync_with_dataloader=False): one process raising there skipped this gather that the others made
+    # (under accumulation whose groups the loader's end closes, the steps are compared: other batch counts
+    # may make as many, the last group shorter on some processes)
+    k = accelerator.gradient_accumulation_steps
+    taken = _batches_taken(accelerator, loader, k, None if max_steps is None else max_steps - state.step)
+    closes = k > 1 and getattr(accelerator.gradient_state, "sync_with_dataloader", True)
+    _refuse_uneven_batches(taken, "train", "train_one_epoch steps every process together (DDP's gradient all-reduce, "
+                           "the controller's reduced statistics, the logged rows' sums)",
+                           steps=(lambda n: _steps_taken(accelerator, n, k)) if closes else None)
     if accelerator.gradient_accumulation_steps > 1:
         from accelerate.data_loader import DataLoaderStateMixin
         from accelerate.optimizer import AcceleratedOptimizer
@@ -418,12 +448,6 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                              "next epoch's first step (and epochs would take different numbers of steps). Build the "
                              "Accelerator with sync_with_dataloader=True (Accelerate's default: "
                              "gradient_accumulation_steps=K alone)")
-    # every process must take as many batches: each step meets the others (DDP's gradient all-reduce, the
-    # controller's reduced statistics, the rows' reductions); a process with fewer waited in its next one
-    _refuse_uneven_batches(_batches_taken(accelerator, loader, accelerator.gradient_accumulation_steps,
-                                          None if max_steps is None else max_steps - state.step),
-                           "train", "train_one_epoch steps every process together (DDP's gradient all-reduce, the "
-                           "controller's reduced statistics, the logged rows' sums)")
     model.train()
     # the epoch's loss and correct sums stay on the device (as the window's) until it ends: no step
     # between two rows reads a value on the host, so none stalls a GPU

@@ -1564,6 +1564,17 @@ def test_the_controllers_warnings_are_shown_by_the_first_process_alone():
         adaptive.Controller(adaptive.Connectome(model), policy="gmp", density=0.5, update_every=10,
                             end_step=5)  # no update before end_step
         adaptive.Controller(adaptive.Connectome(model), policy="utility", density=0.5, update_every=1).step()  # no gradient
+        adaptive.Controller(adaptive.Connectome(model), policy="threshold", estimator="taylor",
+                            density=0.5)  # an estimator of first-order costs under threshold
+        hand = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        cut = adaptive.Connectome(hand)
+        gmp = adaptive.Controller(cut, policy="gmp", density=0.5, update_every=1, start_step=0, end_step=4)
+        cut.set_masks({cut.names[0]: torch.zeros_like(cut.masks[cut.names[0]])})  # hand edits under gmp's target
+        for _ in range(2):
+            hand.zero_grad()
+            nn.functional.cross_entropy(hand(torch.randn(32, 8)), torch.randint(0, 4, (32,))).backward()
+            gmp.observe()
+            gmp.step()
         conn = adaptive.Connectome(model)
         rising = itertools.count()
         ctrl = adaptive.Controller(conn, policy="threshold", density=0.2, update_every=2, end_step=4,
@@ -1578,7 +1589,8 @@ def test_the_controllers_warnings_are_shown_by_the_first_process_alone():
 
     expected = ("have no live synapse left", "recovers the per-sample Fisher", "policy 'gmp': no update falls",
                 "step 1: no gradient was observed", "holdout_loss() gave nan before the edit",
-                "the controller's schedule ended at step 4")
+                "the controller's schedule ended at step 4", "policy 'threshold' with estimator 'taylor'",
+                "policy 'gmp' at step 1: layer 0.weight holds 0 live synapses")
     for main in (True, False):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -287,3 +287,28 @@ def test_a_holdout_loss_that_raises_on_one_process_is_raised_by_every_process_al
         assert "process 1 of 2: process 1's held-out shard is gone" in a[case]["message"], a
         assert "process 0 of 2 found no such problem" in a[case]["message"], a
     assert a["nowhere"]["updates"] == 1 and not a["nowhere"]["masks_as_before"]
+
+
+def test_uneven_batches_under_accumulation_are_refused_alike_where_the_steps_differ(tmp_path):
+    """train_one_epoch with gradient_accumulation_steps 2, sync_with_dataloader=False and a loader prepared with
+    even_batches=False (process 0: three batches, process 1: two): process 0 raised its own refusal of an epoch
+    ending inside a group before the gather of the processes' batch counts, which process 1 made alone, so the
+    next collective of each paired with another (gloo aborted the launch). The counts are compared first now,
+    and every process raises the same refusal naming them; max_steps=1, one group of 2 on each, still trains.
+    Under sync_with_dataloader=True (Accelerate's default) the loader's end closes each process's last group,
+    and four batches and three made two steps on each, which met, but were refused for their batch counts: the
+    steps are compared there now (the batches shown beside them), and two steps against one are refused."""
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_uneven_accumulation.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    a, b = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert a == b, (a, b)
+    assert a["max_steps"] == {"steps": 1}, a
+    assert a["whole"]["error"] == "ValueError", a
+    assert ("different numbers of batches to take from the train loader (process 0 of 2: 3 batches; "
+            "process 1 of 2: 2 batches)") in a["whole"]["message"], a
+    assert a["closed_by_the_end"] == {"steps": 2}, a
+    assert ("different numbers of steps to take from the train loader (process 0 of 2: 2 steps (3 batches); "
+            "process 1 of 2: 1 step (2 batches))") in a["closed_uneven"]["message"], a
+    assert a["evaluate"] == {"examples": 5}, a
