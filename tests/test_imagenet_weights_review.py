@@ -233,3 +233,40 @@ def test_a_vit_file_of_another_image_size_names_the_size():
     assert fitting_relatives("vit_b_16", {"num_classes": 3, "image_size": 96}, sd) == ""  # the same: no relative
     assert fitting_relatives("vit_b_32", {"num_classes": 3, "image_size": 96}, sd) == \
         "torchvision:vit_b_16 (10 classes)"
+
+
+def test_sizes_torchvision_took_before_the_refusals_are_still_taken(tmp_path):
+    """The size refusals refused what torchvision's transforms read and the datasets took before them: a resize of
+    [S] (torchvision's Resize reads it as S, the shorter side) and an image_size of [H, W] (a crop of H x W) or [S].
+    They give the tensors they gave (the int forms' where they mean the same), the facts say a pair's shape, a
+    [H, W] crop is refused only where a resize certainly pads it, and torchvision's own file given resize [232] is
+    not warned of as other than its 232."""
+    import warnings
+
+    from adaptive.data import dataset_facts, get_datasets
+    from adaptive.models.tv import transform_mismatch
+
+    _tiny_imagenet(tmp_path)
+    root = tmp_path / "imagenet"
+    x = get_datasets("folder", data_dir=root, holdout=0.0, image_size=32, resize=36).test[0][0]
+    for kw in ({"image_size": 32, "resize": [36]}, {"image_size": [32], "resize": 36},
+               {"image_size": [32, 32], "resize": (36,)}):
+        assert torch.equal(get_datasets("folder", data_dir=root, holdout=0.0, **kw).test[0][0], x), kw
+    assert get_datasets("imagenet", data_dir=tmp_path, holdout=0.0, image_size=[32, 24], resize=36).test[0][0].shape \
+        == (3, 32, 24)
+    assert dataset_facts("folder", data_dir=root, image_size=[32, 24], resize=36) == (2, (3, 32, 24))
+    assert dataset_facts("folder", data_dir=root, image_size=[32], resize=[36]) == (2, (3, 32, 32))
+    with pytest.raises(ValueError, match=r"resize \[36, 20\] is smaller than image_size \[32, 24\]: the center crop "
+                                         r"of 32x24 would pad .* at least \[32, 24\]"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=[32, 24], resize=[36, 20])
+    with pytest.raises(ValueError, match=r"resize 20 is smaller than image_size \[32, 24\]"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=[32, 24], resize=20)
+    with pytest.raises(ValueError, match=r"image_size must be a whole number .* or a pair \[H, W\] of them, got "
+                                         r"\[32, 24, 3\]"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=[32, 24, 3], resize=36)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v2 = "mobilenet_v3_large-5c1a4163.pth"
+        assert transform_mismatch(v2, {"resize": [232]}) == transform_mismatch(v2, {"resize": 232}) == ""
+        assert transform_mismatch(v2, {"resize": 232, "image_size": [224, 224]}) == ""
+        assert "given resize [232, 232]" in transform_mismatch(v2, {"resize": [232, 232]})  # (another transform)
