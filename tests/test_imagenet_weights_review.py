@@ -270,3 +270,26 @@ def test_sizes_torchvision_took_before_the_refusals_are_still_taken(tmp_path):
         assert transform_mismatch(v2, {"resize": [232]}) == transform_mismatch(v2, {"resize": 232}) == ""
         assert transform_mismatch(v2, {"resize": 232, "image_size": [224, 224]}) == ""
         assert "given resize [232, 232]" in transform_mismatch(v2, {"resize": [232, 232]})  # (another transform)
+
+
+def test_loading_a_numpy_checkpoint_keeps_what_the_process_allowed_already(tmp_path):
+    """The NumPy classes a checkpoint needs are allowed for its load alone (torch.serialization.safe_globals), whose
+    exit removed them from the process's own allow-list too where the user (or another library) had allowed them
+    with torch.serialization.add_safe_globals (NumPy's dtype classes, as torch's documentation says to): their
+    later torch.load of a NumPy checkpoint then failed. What was allowed stays allowed, and nothing is left
+    allowed that was not."""
+    import numpy as np
+
+    torch.save({"state_dict": torch.nn.Linear(2, 2).state_dict(), "best": np.float64(1.5),
+                "args": argparse.Namespace(lr=0.1)}, tmp_path / "best.pth")
+    mine = [type(np.dtype("float32")), type(np.dtype("float64"))]
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals(mine)
+    try:
+        read_state_dict(tmp_path / "best.pth")
+        assert set(torch.serialization.get_safe_globals()) == set(before) | set(mine)
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+    read_state_dict(tmp_path / "best.pth")
+    assert set(torch.serialization.get_safe_globals()) == set(before)  # (nothing left allowed)
