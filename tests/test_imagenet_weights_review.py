@@ -2,6 +2,7 @@
 optimisation: the weights files a user has (torchvision's reference training checkpoints, ...) and what
 the errors say."""
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,24 @@ def test_loading_a_numpy_checkpoint_keeps_what_the_process_allowed_already(tmp_p
         torch.serialization.add_safe_globals(before)
     read_state_dict(tmp_path / "best.pth")
     assert set(torch.serialization.get_safe_globals()) == set(before)  # (nothing left allowed)
+
+
+def test_a_data_dir_given_as_dot_that_holds_train_names_its_real_parent(tmp_path, monkeypatch):
+    """--data-dir . (or x/..) holding train/: the fix named --data-dir . itself (the parent of "." is ".") or the
+    wrong folder (x, the parent of x/..), with "." renamed as "imagenet"; it names the folder's real parent."""
+    from adaptive.data import get_datasets
+    from adaptive.paths import DatasetNotFoundError
+
+    _tiny_imagenet(tmp_path)
+    here = tmp_path / "imagenet"
+    monkeypatch.chdir(here)
+    for given in (".", "train/.."):
+        with pytest.raises(DatasetNotFoundError, match=rf"--data-dir {re.escape(given)} holds train/ itself.*give "
+                                                       rf"--data-dir {tmp_path}, or read it as it is with --dataset "
+                                                       rf"folder --data-dir {re.escape(given)} "):
+            get_datasets("imagenet", data_dir=given, holdout=0.0, image_size=32, resize=40)
+    (tmp_path / "imagenet").rename(tmp_path / "CLS-LOC")
+    monkeypatch.chdir(tmp_path / "CLS-LOC")
+    with pytest.raises(DatasetNotFoundError, match=rf"give --data-dir {tmp_path} with {tmp_path / 'CLS-LOC'} renamed "
+                                                   rf"\(or linked\) as {tmp_path / 'imagenet'}, or"):
+        get_datasets("imagenet", data_dir=".", holdout=0.0, image_size=32, resize=40)

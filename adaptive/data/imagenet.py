@@ -286,10 +286,11 @@ def _imagenet_train(data_dir):
         given = Path(data_dir).expanduser() if data_dir is not None and str(data_dir) != "" else None
         if given is None or not (given / "train").is_dir():
             raise
+        full = Path(os.path.abspath(given))  # (its parent and name: "." and "x/.." name none themselves)
         raise DatasetNotFoundError(
             f"--data-dir {given} holds train/ itself, where dataset 'imagenet' reads DATA_DIR/imagenet/train: give "
-            f"--data-dir {given.parent}" + ("" if given.name in ("imagenet", "ILSVRC2012") else
-                                            f" with {given} renamed (or linked) as {given.parent / 'imagenet'}")
+            f"--data-dir {full.parent}" + ("" if full.name in ("imagenet", "ILSVRC2012") else
+                                           f" with {full} renamed (or linked) as {full.parent / 'imagenet'}")
             + f", or read it as it is with --dataset folder --data-dir {given} (the same transforms and split; "
             f"dataset_kw alike). ({e})") from None
     if not (train_dir.parent / "val").is_dir():  # said now, not after a whole run when the report needs it
