@@ -2,6 +2,7 @@
 optimisation: the weights files a user has (torchvision's reference training checkpoints, ...) and what
 the errors say."""
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,84 @@ def test_a_vit_file_of_another_image_size_names_the_size():
     assert fitting_relatives("vit_b_16", {"num_classes": 3, "image_size": 96}, sd) == ""  # the same: no relative
     assert fitting_relatives("vit_b_32", {"num_classes": 3, "image_size": 96}, sd) == \
         "torchvision:vit_b_16 (10 classes)"
+
+
+def test_sizes_torchvision_took_before_the_refusals_are_still_taken(tmp_path):
+    """The size refusals refused what torchvision's transforms read and the datasets took before them: a resize of
+    [S] (torchvision's Resize reads it as S, the shorter side) and an image_size of [H, W] (a crop of H x W) or [S].
+    They give the tensors they gave (the int forms' where they mean the same), the facts say a pair's shape, a
+    [H, W] crop is refused only where a resize certainly pads it, and torchvision's own file given resize [232] is
+    not warned of as other than its 232."""
+    import warnings
+
+    from adaptive.data import dataset_facts, get_datasets
+    from adaptive.models.tv import transform_mismatch
+
+    _tiny_imagenet(tmp_path)
+    root = tmp_path / "imagenet"
+    x = get_datasets("folder", data_dir=root, holdout=0.0, image_size=32, resize=36).test[0][0]
+    for kw in ({"image_size": 32, "resize": [36]}, {"image_size": [32], "resize": 36},
+               {"image_size": [32, 32], "resize": (36,)}):
+        assert torch.equal(get_datasets("folder", data_dir=root, holdout=0.0, **kw).test[0][0], x), kw
+    assert get_datasets("imagenet", data_dir=tmp_path, holdout=0.0, image_size=[32, 24], resize=36).test[0][0].shape \
+        == (3, 32, 24)
+    assert dataset_facts("folder", data_dir=root, image_size=[32, 24], resize=36) == (2, (3, 32, 24))
+    assert dataset_facts("folder", data_dir=root, image_size=[32], resize=[36]) == (2, (3, 32, 32))
+    with pytest.raises(ValueError, match=r"resize \[36, 20\] is smaller than image_size \[32, 24\]: the center crop "
+                                         r"of 32x24 would pad .* at least \[32, 24\]"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=[32, 24], resize=[36, 20])
+    with pytest.raises(ValueError, match=r"resize 20 is smaller than image_size \[32, 24\]"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=[32, 24], resize=20)
+    with pytest.raises(ValueError, match=r"image_size must be a whole number .* or a pair \[H, W\] of them, got "
+                                         r"\[32, 24, 3\]"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=[32, 24, 3], resize=36)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v2 = "mobilenet_v3_large-5c1a4163.pth"
+        assert transform_mismatch(v2, {"resize": [232]}) == transform_mismatch(v2, {"resize": 232}) == ""
+        assert transform_mismatch(v2, {"resize": 232, "image_size": [224, 224]}) == ""
+        assert "given resize [232, 232]" in transform_mismatch(v2, {"resize": [232, 232]})  # (another transform)
+
+
+def test_loading_a_numpy_checkpoint_keeps_what_the_process_allowed_already(tmp_path):
+    """The NumPy classes a checkpoint needs are allowed for its load alone (torch.serialization.safe_globals), whose
+    exit removed them from the process's own allow-list too where the user (or another library) had allowed them
+    with torch.serialization.add_safe_globals (NumPy's dtype classes, as torch's documentation says to): their
+    later torch.load of a NumPy checkpoint then failed. What was allowed stays allowed, and nothing is left
+    allowed that was not."""
+    import numpy as np
+
+    torch.save({"state_dict": torch.nn.Linear(2, 2).state_dict(), "best": np.float64(1.5),
+                "args": argparse.Namespace(lr=0.1)}, tmp_path / "best.pth")
+    mine = [type(np.dtype("float32")), type(np.dtype("float64"))]
+    before = torch.serialization.get_safe_globals()
+    torch.serialization.add_safe_globals(mine)
+    try:
+        read_state_dict(tmp_path / "best.pth")
+        assert set(torch.serialization.get_safe_globals()) == set(before) | set(mine)
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+    read_state_dict(tmp_path / "best.pth")
+    assert set(torch.serialization.get_safe_globals()) == set(before)  # (nothing left allowed)
+
+
+def test_a_data_dir_given_as_dot_that_holds_train_names_its_real_parent(tmp_path, monkeypatch):
+    """--data-dir . (or x/..) holding train/: the fix named --data-dir . itself (the parent of "." is ".") or the
+    wrong folder (x, the parent of x/..), with "." renamed as "imagenet"; it names the folder's real parent."""
+    from adaptive.data import get_datasets
+    from adaptive.paths import DatasetNotFoundError
+
+    _tiny_imagenet(tmp_path)
+    here = tmp_path / "imagenet"
+    monkeypatch.chdir(here)
+    for given in (".", "train/.."):
+        with pytest.raises(DatasetNotFoundError, match=rf"--data-dir {re.escape(given)} holds train/ itself.*give "
+                                                       rf"--data-dir {tmp_path}, or read it as it is with --dataset "
+                                                       rf"folder --data-dir {re.escape(given)} "):
+            get_datasets("imagenet", data_dir=given, holdout=0.0, image_size=32, resize=40)
+    (tmp_path / "imagenet").rename(tmp_path / "CLS-LOC")
+    monkeypatch.chdir(tmp_path / "CLS-LOC")
+    with pytest.raises(DatasetNotFoundError, match=rf"give --data-dir {tmp_path} with {tmp_path / 'CLS-LOC'} renamed "
+                                                   rf"\(or linked\) as {tmp_path / 'imagenet'}, or"):
+        get_datasets("imagenet", data_dir=".", holdout=0.0, image_size=32, resize=40)

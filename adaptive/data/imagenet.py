@@ -94,26 +94,47 @@ def check_interpolation(interpolation) -> str:
     return interpolation
 
 
-def check_sizes(image_size, resize) -> None:
-    """Refuse (a ValueError naming the value and the fix) an ``image_size`` that is no whole number of pixels >= 1,
-    a ``resize`` that is neither that nor a pair of them (``[H, W]``: resized to exactly that), and a ``resize``
-    smaller than ``image_size``, for which the center crop pads every image with black borders (torchvision's
-    CenterCrop pads what is smaller than the crop): torchvision's own messages named neither the option nor the
-    fix, and a string was read as a sequence of sizes."""
+def _sizes(value):
+    """``value`` as torchvision's transforms read a size: a whole number of pixels >= 1 as itself, a list or
+    tuple of one such as that number, of two as the pair ``(H, W)``; None for anything else."""
     def whole(v):
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
-    if not whole(image_size):
+    if whole(value):
+        return value
+    if isinstance(value, (list, tuple)) and len(value) in (1, 2) and all(whole(v) for v in value):
+        return value[0] if len(value) == 1 else (value[0], value[1])
+    return None
+
+
+def crop_shape(image_size) -> tuple:
+    """``(H, W)`` of the crop that ``image_size`` (a side, or ``[H, W]``, as :func:`check_sizes` accepts it) gives."""
+    size = _sizes(image_size)
+    return size if isinstance(size, tuple) else (size, size)
+
+
+def check_sizes(image_size, resize) -> None:
+    """Refuse (a ValueError naming the value and the fix) an ``image_size`` that is no whole number of pixels >= 1
+    nor a pair ``[H, W]`` of them (a crop of H x W; ``[S]`` is ``S``, as torchvision reads it), a ``resize`` that
+    is neither (``[H, W]``: resized to exactly that; ``[S]`` is ``S``), and a ``resize`` that makes the center crop
+    pad every image with black borders (torchvision's CenterCrop pads what is smaller than the crop: a shorter
+    side below both of the crop's, a pair below the crop's in either): torchvision's own messages named neither
+    the option nor the fix, and a string was read as a sequence of sizes."""
+    crop, size = _sizes(image_size), _sizes(resize)
+    if crop is None:
         raise ValueError(f"dataset_kw image_size must be a whole number of pixels >= 1 (the side of the square crop the "
-                         f"network reads), got {image_size!r}: give --dataset-kw image_size=224 (say)")
-    pair = isinstance(resize, (list, tuple)) and len(resize) == 2 and all(whole(v) for v in resize)
-    if not (whole(resize) or pair):
+                         f"network reads) or a pair [H, W] of them, got {image_size!r}: give --dataset-kw "
+                         "image_size=224 (say)")
+    if size is None:
         raise ValueError(f"dataset_kw resize must be a whole number of pixels >= 1 (the shorter side is resized to it) "
                          f"or a pair [H, W] of them, got {resize!r}: give --dataset-kw resize=256 (say)")
-    if min(resize if pair else [resize]) < image_size:
-        raise ValueError(f"dataset_kw resize {resize!r} is smaller than image_size {image_size}: the center crop of "
-                         f"{image_size}x{image_size} would pad every image with black borders; give a resize of at "
-                         f"least {image_size} (torchvision's weights were evaluated at resize 256 or 232, image_size "
+    (h, w), shown = crop_shape(image_size), (crop if isinstance(crop, int) else f"{list(crop)}")
+    pads = (size[0] < h or size[1] < w) if isinstance(size, tuple) else size < min(h, w)
+    if pads:
+        least = f"[{h}, {w}]" if isinstance(size, tuple) else max(h, w)
+        raise ValueError(f"dataset_kw resize {resize!r} is smaller than image_size {shown}: the center crop of "
+                         f"{h}x{w} would pad every image with black borders; give a resize of at "
+                         f"least {least} (torchvision's weights were evaluated at resize 256 or 232, image_size "
                          "224: their Weights' transforms() says)")
 
 
@@ -220,7 +241,7 @@ def _folder_facts(train_dir, image_size, interpolation="bilinear", resize=256) -
     empty = [c for c in classes if not _holds_an_image(os.path.join(str(train_dir), c))]
     if empty:
         raise DatasetNotFoundError(f"{train_dir}: no image in the class folder(s) {empty[:5]}")
-    return len(classes), (3, int(image_size), int(image_size))
+    return len(classes), (3, *crop_shape(image_size))
 
 
 def _holds_an_image(folder: str) -> bool:
@@ -265,10 +286,11 @@ def _imagenet_train(data_dir):
         given = Path(data_dir).expanduser() if data_dir is not None and str(data_dir) != "" else None
         if given is None or not (given / "train").is_dir():
             raise
+        full = Path(os.path.abspath(given))  # (its parent and name: "." and "x/.." name none themselves)
         raise DatasetNotFoundError(
             f"--data-dir {given} holds train/ itself, where dataset 'imagenet' reads DATA_DIR/imagenet/train: give "
-            f"--data-dir {given.parent}" + ("" if given.name in ("imagenet", "ILSVRC2012") else
-                                            f" with {given} renamed (or linked) as {given.parent / 'imagenet'}")
+            f"--data-dir {full.parent}" + ("" if full.name in ("imagenet", "ILSVRC2012") else
+                                           f" with {full} renamed (or linked) as {full.parent / 'imagenet'}")
             + f", or read it as it is with --dataset folder --data-dir {given} (the same transforms and split; "
             f"dataset_kw alike). ({e})") from None
     if not (train_dir.parent / "val").is_dir():  # said now, not after a whole run when the report needs it

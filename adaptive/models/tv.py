@@ -87,7 +87,7 @@ def transform_mismatch(path, dataset_kw: dict, defaults=None) -> str:
     if not want:
         return ""
     have = {"resize": 256, "image_size": 224, "interpolation": "bilinear", **(defaults or {}), **dict(dataset_kw)}
-    differ = [k for k in want if str(have.get(k)) != str(want[k])]
+    differ = [k for k in want if str(_as_one(k, have.get(k))) != str(want[k])]
     if not differ:
         return ""
     return (f"--weights {path} is torchvision's {type(weights).__name__}.{weights.name}, evaluated with "
@@ -95,6 +95,15 @@ def transform_mismatch(path, dataset_kw: dict, defaults=None) -> str:
             f"{', '.join(f'{k} {have.get(k)}' for k in differ)}: give "
             + " ".join(f"--dataset-kw {k}={want[k]}" for k in differ) + " (its accuracies are otherwise not the "
             "weights' own)")
+
+
+def _as_one(key: str, value):
+    """A ``--dataset-kw`` size as torchvision's weights name it: ``[S]`` is ``S`` (torchvision's transforms read
+    both alike), and so is an ``image_size`` of ``[S, S]`` (a crop of S x S); anything else as it is."""
+    if isinstance(value, (list, tuple)) and (len(value) == 1 or (key == "image_size" and len(value) == 2
+                                                                 and value[0] == value[1])):
+        return value[0]
+    return value
 
 
 def weights_name_hint(text: str, model: str = "") -> str:

@@ -121,7 +121,10 @@ def _load_tensors(path: str):
             import numpy as np  # class (numpy.dtypes.Float64DType), which the file does not name
 
             allowed += [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
-    with torch.serialization.safe_globals(allowed):
+    # for this load alone; what the process allowed already (torch.serialization.add_safe_globals: the user's, another
+    # library's) is left out, as safe_globals' exit removes what it was given, and stays allowed after
+    before = set(torch.serialization.get_safe_globals())
+    with torch.serialization.safe_globals([g for g in allowed if g not in before]):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
