@@ -1239,3 +1239,32 @@ def test_a_dataloader_file_of_another_kind_is_refused_before_anything_loads(tmp_
     assert checkpoint_files_problem(acc, ck) == (False, "sampler.bin holds a dict, not a SeedableRandomSampler as "
                                                  "dataloader 0's sampler is: was it saved from another data pipeline? "
                                                  "Load a checkpoint of this one")
+
+
+def test_a_checkpoint_reaches_the_disk_whole_before_it_is_renamed_in_place(tmp_path, monkeypatch):
+    """save_checkpoint synced its MANIFEST.json alone: the model, optimizer and registered objects' files
+    Accelerate wrote were left to the kernel, and the folder holding the renamed checkpoint was not synced,
+    while the older checkpoints are removed as soon as it is in place. After a power cut the only checkpoint
+    left could hold empty or cut-short files (its manifest then refuses it: nothing to resume from). Every
+    file and folder of the checkpoint is synced before the rename now, and the checkpoints' folder after it."""
+    import stat
+
+    from adaptive.training import save_checkpoint
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name the synced file")
+    acc, model, opt, conn = _api_run()
+    save_checkpoint(acc, tmp_path / "run", 1)  # (an older checkpoint: the second one removes it)
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        synced.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ck = save_checkpoint(acc, tmp_path / "run", 2, keep=1)
+    files = {p.name for p in ck.rglob("*") if p.is_file()}
+    assert {n for n, folder in synced if not folder} == files, synced
+    assert (".tmp-step_00000002", True) in synced, synced  # the checkpoint's folder, before the rename
+    assert synced[-1] == ("checkpoints", True), synced  # the folder it is renamed in, after the rename
+    assert [p.name for p in ck.parent.iterdir()] == [ck.name]
