@@ -153,11 +153,12 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     written through (the file it points to is replaced, the link kept); a device, FIFO or socket is
     refused (:func:`_destination`).
 
-    Durable, as checkpoints are (:func:`~adaptive.training.save_checkpoint`, :func:`sync_tree`): the new file is flushed to disk (fsync) before the rename
-    and the folder after it, so after a power cut or a crash of the machine ``path`` holds the old file
-    or the whole new one, never an empty or cut-short one, and the rename itself is on disk (an export
-    or a summary the run reported written is there). The cost is the disk write the kernel would
-    otherwise do later, and a wait for the disk on each file: no file is written in a training step."""
+    Durable, as checkpoints are (:func:`~adaptive.training.save_checkpoint`, :func:`sync_tree`): the new
+    file is flushed to disk (fsync) before the rename and the folder after it, so after a power cut or a
+    crash of the machine ``path`` holds the old file or the whole new one, never an empty or cut-short one,
+    and the rename itself is on disk (an export or a summary the run reported written is there). The cost
+    is the disk write the kernel would otherwise do later, and a wait for the disk on each file (a few
+    milliseconds): the recipes write at an evaluation or a checkpoint (metrics.csv), never per batch."""
     path = _destination(Path(path))
     _make_folder(path)
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
