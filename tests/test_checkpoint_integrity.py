@@ -1268,3 +1268,40 @@ def test_a_checkpoint_reaches_the_disk_whole_before_it_is_renamed_in_place(tmp_p
     assert (".tmp-step_00000002", True) in synced, synced  # the checkpoint's folder, before the rename
     assert synced[-1] == ("checkpoints", True), synced  # the folder it is renamed in, after the rename
     assert [p.name for p in ck.parent.iterdir()] == [ck.name]
+
+
+def test_a_schedules_trial_load_copies_no_tensor_and_changes_no_schedule(tmp_path, monkeypatch):
+    """The trial load of a schedule's file (checkpoint_files._trial_problem) deep-copied the schedule with
+    only the prepared optimizers and models shared: a schedule of an optimizer registered for checkpointing
+    itself (not prepared) copied that optimizer, its parameters and Adam moments (three times the model's
+    size), and the gradient state copied with it. They are shared now (the copy holds no tensor), and a
+    schedule registered beside its prepared wrapper is copied, never loaded into on trial."""
+    from accelerate import Accelerator
+
+    from adaptive.checkpoint_files import checkpoint_files_problem
+    from adaptive.training import save_checkpoint
+
+    AcceleratorState_reset()
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True)
+    model, other = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    opt, adam = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.Adam(other.parameters())
+    own, step_lr = torch.optim.lr_scheduler.LambdaLR(adam, lambda s: 0.9 ** s), torch.optim.lr_scheduler.StepLR(opt, 2)
+    model, opt, prepared = acc.prepare(model, opt, step_lr)
+    acc.register_for_checkpointing(other, adam, own, step_lr)  # (StepLR: registered too, beside its wrapper)
+    for _ in range(3):
+        model(torch.randn(2, 8)).sum().backward()
+        other(torch.randn(2, 8)).sum().backward()
+        opt.step(), adam.step(), prepared.step(), own.step()
+    ck = save_checkpoint(acc, tmp_path / "run", 3)
+    for _ in range(2):
+        opt.step(), adam.step(), prepared.step(), own.step()
+    copied = []
+    for cls in (torch.Tensor, torch.nn.Parameter):
+        real = cls.__deepcopy__
+        monkeypatch.setattr(cls, "__deepcopy__", lambda self, memo, real=real: copied.append(self.shape) or real(self, memo))
+    before = _bits({"own": own.state_dict(), "step_lr": step_lr.state_dict(), "adam": adam.state_dict()})
+    assert checkpoint_files_problem(acc, ck) is None
+    assert copied == []
+    assert _bits({"own": own.state_dict(), "step_lr": step_lr.state_dict(), "adam": adam.state_dict()}) == before
+    assert (own.last_epoch, step_lr.last_epoch) == (5, 5)
