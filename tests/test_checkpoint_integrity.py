@@ -1305,3 +1305,40 @@ def test_a_schedules_trial_load_copies_no_tensor_and_changes_no_schedule(tmp_pat
     assert copied == []
     assert _bits({"own": own.state_dict(), "step_lr": step_lr.state_dict(), "adam": adam.state_dict()}) == before
     assert (own.last_epoch, step_lr.last_epoch) == (5, 5)
+
+
+def test_a_trial_load_puts_back_an_estimator_whose_load_writes_into_the_tensors_its_state_dict_gave():
+    """Controller.check_state_dict loads each part on trial and puts it back from what its state_dict gave
+    before: an estimator whose state_dict hands out its own tensors and whose load copies into them would
+    have that saved state overwritten by the load and put back as the loaded one (the checked state taken
+    for real). The trial keeps copies (deep), so the estimator is bit-identical after it."""
+    from adaptive.utility.base import Estimator
+
+    class InPlace(Estimator):
+        def __init__(self):
+            self.acc = torch.zeros(3)
+
+        def removal_cost(self, ctx):
+            return ctx.weight.abs()
+
+        def restoration_gain(self, ctx):
+            return ctx.weight.abs()
+
+        def state_dict(self):
+            return {"acc": self.acc}  # its own tensor, not a copy
+
+        def load_state_dict(self, sd):
+            self._check_state_keys(sd, ("acc",))
+            self.acc.copy_(sd["acc"])
+
+    def build(value):
+        torch.manual_seed(0)
+        conn = adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
+        est = InPlace()
+        est.acc.fill_(value)
+        return adaptive.Controller(conn, density=0.5, policy="utility", estimator=est), est
+
+    ctrl, est = build(1.0)
+    other, _ = build(2.0)
+    ctrl.check_state_dict(other.state_dict())
+    assert est.acc.tolist() == [1.0, 1.0, 1.0]
