@@ -153,11 +153,12 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
     written through (the file it points to is replaced, the link kept); a device, FIFO or socket is
     refused (:func:`_destination`).
 
-    Durable, as checkpoints were alone before: the new file is flushed to disk (fsync) before the rename
-    and the folder after it, so after a power cut or a crash of the machine ``path`` holds the old file
-    or the whole new one, never an empty or cut-short one, and the rename itself is on disk (an export
-    or a summary the run reported written is there). The cost is the disk write the kernel would
-    otherwise do later, and a wait for the disk on each file: no file is written in a training step."""
+    Durable, as checkpoints are (:func:`~adaptive.training.save_checkpoint`, :func:`sync_tree`): the new
+    file is flushed to disk (fsync) before the rename and the folder after it, so after a power cut or a
+    crash of the machine ``path`` holds the old file or the whole new one, never an empty or cut-short one,
+    and the rename itself is on disk (an export or a summary the run reported written is there). The cost
+    is the disk write the kernel would otherwise do later, and a wait for the disk on each file (a few
+    milliseconds): the recipes write at an evaluation or a checkpoint (metrics.csv), never per batch."""
     path = _destination(Path(path))
     _make_folder(path)
     tmp = path.with_name(temp_name(path.name, os.getpid(), secrets.token_hex(4)))
@@ -203,6 +204,22 @@ def _fsync_folder(folder: Path) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def sync_tree(folder: Union[str, os.PathLike]) -> None:
+    """Flush every file under ``folder`` and each of its folders (``folder`` last) to disk: a folder then
+    renamed into place (a checkpoint, :func:`~adaptive.training.save_checkpoint`) is whole on disk before
+    its rename is, as :func:`atomic_path` does for one file. (Call :func:`sync_folder` on the folder it is
+    renamed in after the rename.)"""
+    for dirpath, _, names in os.walk(folder, topdown=False):
+        for n in names:
+            _fsync(Path(dirpath) / n)
+        _fsync_folder(Path(dirpath))
+
+
+def sync_folder(folder: Union[str, os.PathLike]) -> None:
+    """Flush ``folder``'s entries (a rename into it, a removal) to disk, where the system can sync a folder."""
+    _fsync_folder(Path(folder))
 
 
 def _name_target(e: OSError, path: Path) -> None:

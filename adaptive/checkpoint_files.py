@@ -259,13 +259,22 @@ def _trial_problem(accelerator, sched, f: Path, what: str) -> Optional[Tuple[boo
     from accelerate.utils import load
 
     keep = {}
-    for o in accelerator._optimizers:  # shared, not copied: the scheduler's load leaves its optimizer alone
+    # shared, not copied: the scheduler's load leaves its optimizer alone. Its own optimizer too, where
+    # Accelerate has not prepared it (a schedule of an optimizer registered for checkpointing itself: its
+    # parameters and moments were copied), the other registered objects and the gradient state (which may
+    # hold the dataloaders)
+    own = [getattr(sched, "optimizer", None), *getattr(sched, "optimizers", ()),
+           getattr(getattr(sched, "scheduler", None), "optimizer", None)]
+    for o in [*accelerator._optimizers, *own]:
+        if o is None:
+            continue
         keep[id(o)] = o
         inner = getattr(o, "optimizer", None)
         if inner is not None:
             keep[id(inner)] = inner
-    for m in accelerator._models:
-        keep[id(m)] = m
+    for o in [*accelerator._models, *accelerator._custom_objects, getattr(sched, "gradient_state", None)]:
+        if o is not None and not _is_scheduler(o):  # (a scheduler, this one or the one it wraps, is copied)
+            keep[id(o)] = o
     try:
         trial = copy.deepcopy(sched, keep)
     except Exception:  # noqa: BLE001 - a scheduler that cannot be copied: what its load says is left to the load

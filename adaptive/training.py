@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .atomic import atomic_path
+from .atomic import atomic_path, sync_folder, sync_tree
 from .modes import modes_kept
 from .clipping import clip_factor, clip_gradients
 
@@ -623,6 +623,9 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     every file is written last, before the rename; :func:`load_checkpoint` verifies it. So is
     ``pruned_weights.json``: which train-mode connectomes held exactly 0 at every pruned weight
     (:mod:`adaptive.checkpoint_weights`), the ones :func:`load_checkpoint` reads against the model file.
+    Every file and folder of it is flushed to disk (fsync) before the rename, and the checkpoints' folder
+    after it: after a power cut or a crash of the machine the newest checkpoint is whole, never one of
+    empty or cut-short files whose manifest refuses it while the older ones are gone.
     Keeps the newest ``keep`` checkpoints (None: all).
     Every process must call it (each saves its own RNG state). With several processes, ``state``'s
     partial logging window is summed over them before it is saved, since only the main process's
@@ -683,6 +686,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
                 (tmp / name).write_bytes(content)
             write_record(tmp, zero)
             write_manifest(tmp)
+            sync_tree(tmp)  # every process's files on disk whole before the rename (the older ones go after it)
         except write_errors() as e:
             failed = write_failure(e)
     if accelerator.num_processes > 1:
@@ -711,6 +715,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
                 f"putting checkpoint {final} in place failed ({write_failure(e)}{where}); its files were removed, and "
                 + _continue_from(root, step) + f": make {root} writable (or free disk space) and "
                 + _continue_how(root, output_dir, step)) from e
+        sync_folder(root)  # the rename on disk before any older checkpoint is removed
         for later in list_checkpoints(root):  # a run resumed from an earlier checkpoint: later ones
             if _step_of(later) > step:        # belong to the abandoned timeline (--resume latest would splice)
                 shutil.rmtree(later, ignore_errors=True)

@@ -1239,3 +1239,106 @@ def test_a_dataloader_file_of_another_kind_is_refused_before_anything_loads(tmp_
     assert checkpoint_files_problem(acc, ck) == (False, "sampler.bin holds a dict, not a SeedableRandomSampler as "
                                                  "dataloader 0's sampler is: was it saved from another data pipeline? "
                                                  "Load a checkpoint of this one")
+
+
+def test_a_checkpoint_reaches_the_disk_whole_before_it_is_renamed_in_place(tmp_path, monkeypatch):
+    """save_checkpoint synced its MANIFEST.json alone: the model, optimizer and registered objects' files
+    Accelerate wrote were left to the kernel, and the folder holding the renamed checkpoint was not synced,
+    while the older checkpoints are removed as soon as it is in place. After a power cut the only checkpoint
+    left could hold empty or cut-short files (its manifest then refuses it: nothing to resume from). Every
+    file and folder of the checkpoint is synced before the rename now, and the checkpoints' folder after it."""
+    import stat
+
+    from adaptive.training import save_checkpoint
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc/self/fd to name the synced file")
+    acc, model, opt, conn = _api_run()
+    save_checkpoint(acc, tmp_path / "run", 1)  # (an older checkpoint: the second one removes it)
+    real, synced = os.fsync, []
+
+    def fsync(fd):
+        synced.append((os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    ck = save_checkpoint(acc, tmp_path / "run", 2, keep=1)
+    files = {p.name for p in ck.rglob("*") if p.is_file()}
+    assert {n for n, folder in synced if not folder} == files, synced
+    assert (".tmp-step_00000002", True) in synced, synced  # the checkpoint's folder, before the rename
+    assert synced[-1] == ("checkpoints", True), synced  # the folder it is renamed in, after the rename
+    assert [p.name for p in ck.parent.iterdir()] == [ck.name]
+
+
+def test_a_schedules_trial_load_copies_no_tensor_and_changes_no_schedule(tmp_path, monkeypatch):
+    """The trial load of a schedule's file (checkpoint_files._trial_problem) deep-copied the schedule with
+    only the prepared optimizers and models shared: a schedule of an optimizer registered for checkpointing
+    itself (not prepared) copied that optimizer, its parameters and Adam moments (three times the model's
+    size), and the gradient state copied with it. They are shared now (the copy holds no tensor), and a
+    schedule registered beside its prepared wrapper is copied, never loaded into on trial."""
+    from accelerate import Accelerator
+
+    from adaptive.checkpoint_files import checkpoint_files_problem
+    from adaptive.training import save_checkpoint
+
+    AcceleratorState_reset()
+    torch.manual_seed(0)
+    acc = Accelerator(cpu=True)
+    model, other = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    opt, adam = torch.optim.SGD(model.parameters(), lr=0.1), torch.optim.Adam(other.parameters())
+    own, step_lr = torch.optim.lr_scheduler.LambdaLR(adam, lambda s: 0.9 ** s), torch.optim.lr_scheduler.StepLR(opt, 2)
+    model, opt, prepared = acc.prepare(model, opt, step_lr)
+    acc.register_for_checkpointing(other, adam, own, step_lr)  # (StepLR: registered too, beside its wrapper)
+    for _ in range(3):
+        model(torch.randn(2, 8)).sum().backward()
+        other(torch.randn(2, 8)).sum().backward()
+        opt.step(), adam.step(), prepared.step(), own.step()
+    ck = save_checkpoint(acc, tmp_path / "run", 3)
+    for _ in range(2):
+        opt.step(), adam.step(), prepared.step(), own.step()
+    copied = []
+    for cls in (torch.Tensor, torch.nn.Parameter):
+        real = cls.__deepcopy__
+        monkeypatch.setattr(cls, "__deepcopy__", lambda self, memo, real=real: copied.append(self.shape) or real(self, memo))
+    before = _bits({"own": own.state_dict(), "step_lr": step_lr.state_dict(), "adam": adam.state_dict()})
+    assert checkpoint_files_problem(acc, ck) is None
+    assert copied == []
+    assert _bits({"own": own.state_dict(), "step_lr": step_lr.state_dict(), "adam": adam.state_dict()}) == before
+    assert (own.last_epoch, step_lr.last_epoch) == (5, 5)
+
+
+def test_a_trial_load_puts_back_an_estimator_whose_load_writes_into_the_tensors_its_state_dict_gave():
+    """Controller.check_state_dict loads each part on trial and puts it back from what its state_dict gave
+    before: an estimator whose state_dict hands out its own tensors and whose load copies into them would
+    have that saved state overwritten by the load and put back as the loaded one (the checked state taken
+    for real). The trial keeps copies (deep), so the estimator is bit-identical after it."""
+    from adaptive.utility.base import Estimator
+
+    class InPlace(Estimator):
+        def __init__(self):
+            self.acc = torch.zeros(3)
+
+        def removal_cost(self, ctx):
+            return ctx.weight.abs()
+
+        def restoration_gain(self, ctx):
+            return ctx.weight.abs()
+
+        def state_dict(self):
+            return {"acc": self.acc}  # its own tensor, not a copy
+
+        def load_state_dict(self, sd):
+            self._check_state_keys(sd, ("acc",))
+            self.acc.copy_(sd["acc"])
+
+    def build(value):
+        torch.manual_seed(0)
+        conn = adaptive.Connectome(torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)))
+        est = InPlace()
+        est.acc.fill_(value)
+        return adaptive.Controller(conn, density=0.5, policy="utility", estimator=est), est
+
+    ctrl, est = build(1.0)
+    other, _ = build(2.0)
+    ctrl.check_state_dict(other.state_dict())
+    assert est.acc.tolist() == [1.0, 1.0, 1.0]

@@ -695,3 +695,17 @@ def test_a_gradient_order_says_which_layers_no_gradient_reached():
         warnings.simplefilter("error")  # every layer reached: nothing to say
         knowledge_distribution(Unused(), data, order_loader=data, order_batches=3, estimator="taylor", counts=[0, 12],
                                exclude=["aux"])
+
+
+def test_a_knowledge_run_of_a_model_named_infinity_loads_its_name(tmp_path):
+    """KnowledgeCurve.load read a model registered as "Infinity" (the registry takes the name) back as the
+    float inf, and an estimator named "NaN" as a float NaN: names are text fields (adaptive.jsonio.TEXT_FIELDS)."""
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+
+    model, data = constructed()
+    curve = knowledge_distribution(model, data, counts=[0, 1, 2, 3], estimator="magnitude")
+    curve.estimator = "NaN"
+    curve.meta.update(model="Infinity", dataset="-Infinity")
+    curve.save(tmp_path)
+    back = KnowledgeCurve.load(str(tmp_path))
+    assert (back.meta["model"], back.meta["dataset"], back.estimator) == ("Infinity", "-Infinity", "NaN")

@@ -74,3 +74,26 @@ def test_the_graph_export_and_the_other_files_share_one_convention():
     from graphs import exporters
 
     assert exporters.NONFINITE is jsonio.NONFINITE
+
+
+def test_a_name_that_reads_like_a_non_finite_number_stays_text(tmp_path):
+    """The reader gave every "NaN", "Infinity" and "-Infinity" string back as a float, text fields too: a
+    policy, estimator, model or dataset may be registered under such a name (the registry takes it), and
+    read back the events' policy was a float NaN and a knowledge run's model name a float (its --replot
+    named the figure knowledge_inf.png). Text fields stay text; the numbers beside them still read back."""
+    ctrl = _controller()
+    ctrl.events[:] = [{"step": 1, "kind": "update", "policy": "NaN", "target": "Infinity", "holdout_loss": float("nan")}]
+    path = tmp_path / "events.jsonl"
+    ctrl.write_events(path)
+    (e,) = read_events(str(path))
+    assert e["policy"] == "NaN" and e["target"] == "Infinity" and math.isnan(e["holdout_loss"])
+    doc = jsonio.loads(jsonio.dumps({"estimator": "NaN", "density_note": "-Infinity", "loss": float("-inf"),
+                                     "meta": {"model": "Infinity", "dataset": "NaN", "caveats": ["NaN"],
+                                              "refit_of": {"folder": "NaN", "noise_floor": float("inf")}},
+                                     "rows": [{"target": "NaN", "test_loss": float("nan")}]}))
+    assert (doc["estimator"], doc["density_note"], doc["meta"]["model"], doc["meta"]["dataset"]) == (
+        "NaN", "-Infinity", "Infinity", "NaN")
+    assert doc["meta"]["caveats"] == ["NaN"] and doc["meta"]["refit_of"]["folder"] == "NaN"
+    assert doc["loss"] == float("-inf") and doc["meta"]["refit_of"]["noise_floor"] == float("inf")
+    assert doc["rows"][0]["target"] == "NaN" and math.isnan(doc["rows"][0]["test_loss"])
+

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import adaptive
+from adaptive import jsonio
 from adaptive.config import load_config
 from adaptive.models import build_model
 from adaptive.training import find_checkpoint, list_checkpoints, read_metrics_csv
@@ -54,6 +55,20 @@ def safetensors_parts(path):
     return json.loads(raw[8:8 + n]), raw[8 + n:]
 
 
+def outside_text_fields(doc, key=None):
+    """The strings of parsed JSON ``doc`` that are not under a text field (adaptive.jsonio.TEXT_FIELDS) nor
+    one of the non-finite numbers' strings: what a reader would take for a number if it ever read "NaN"."""
+    if jsonio.text_field(key):
+        return []
+    if isinstance(doc, str):
+        return [] if doc in jsonio.NONFINITE else [(key, doc)]
+    if isinstance(doc, dict):
+        return [s for k, v in doc.items() for s in outside_text_fields(v, k)]
+    if isinstance(doc, list):
+        return [s for v in doc for s in outside_text_fields(v, key)]
+    return []
+
+
 def test_default_run_writes_every_output(tmp_path, capsys):
     res = run(tmp_path, "--figures", "true")
     out = capsys.readouterr().out
@@ -79,6 +94,10 @@ def test_default_run_writes_every_output(tmp_path, capsys):
     assert all(e["pruned"] == e["grown"] for e in events[1:]) and all(e["pruned"] > 0 for e in events[1:3])
     assert all(len(e["mask_hash"]) == 64 for e in events[1:])
     assert events == json.loads(json.dumps(cfg.events, default=float))
+    # every text the outputs hold is under a text field, which the readers never take for a number (a policy
+    # registered as "NaN"): a new text field goes into adaptive.jsonio.TEXT_FIELDS
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert outside_text_fields(events) == [] and outside_text_fields(summary) == []
     # the connectome file rebuilds the same masks on a fresh model
     model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
     assert adaptive.Connectome.load(tmp_path / "connectome.safetensors", model).mask_hash() == res.conn.mask_hash()
