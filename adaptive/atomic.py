@@ -180,10 +180,16 @@ def atomic_path(path: Union[str, os.PathLike]) -> Iterator[Path]:
 
 def _fsync(path: Path) -> None:
     """Flush the file ``path`` (its data and size) to disk; a file that is not a regular one (a writer's
-    folder, which the rename then refuses) is left to that."""
+    folder, which the rename then refuses) is left to that. Through a handle open for writing where the
+    file allows one: Windows flushes no other (``os.fsync`` of a read-only descriptor there is
+    ``[Errno 9] Bad file descriptor``, which failed every write, checkpoints' included, whose own flush
+    had gone through the writer's handle); POSIX flushes either."""
     if not os.path.isfile(path):
         return
-    fd = os.open(path, os.O_RDONLY)
+    try:
+        fd = os.open(path, os.O_RDWR)  # (opening for writing neither truncates nor changes the file)
+    except PermissionError:  # a file its writer left read-only to us (a umask without the owner's w): POSIX flushes it so
+        fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -280,3 +280,55 @@ def test_every_atomic_write_syncs_the_file_before_the_rename_and_the_folder_afte
     files = [n for n, folder in synced if not folder]
     assert files and all(n != path.name and final(n) == path.name for n in files), synced
     assert synced[-1] == (tmp_path.name, True), synced  # the folder, last: after the rename
+
+
+@pytest.mark.parametrize("writer", ["write_text", "atomic_torch_save"])
+def test_a_file_is_synced_through_a_handle_open_for_writing(writer, tmp_path, monkeypatch):
+    """The durable write reopened its temporary file read-only to sync it: POSIX syncs that, but Windows's
+    fsync (``_commit``: FlushFileBuffers needs write access) answers ``[Errno 9] Bad file descriptor``, so
+    every atomic write failed there, checkpoints' too, whose own sync had gone through the writer's handle.
+    os.fsync here refuses a read-only file descriptor as Windows does; a folder's sync is left to fail as
+    it may (it is skipped where the system refuses it)."""
+    import errno
+    import fcntl
+    import stat
+
+    import torch
+
+    from adaptive.atomic import atomic_torch_save, write_text
+
+    real = os.fsync
+
+    def windows_fsync(fd):
+        if not stat.S_ISDIR(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", windows_fsync)
+    path = tmp_path / ("summary.json" if writer == "write_text" else "ckpt.pt")
+    if writer == "write_text":
+        write_text(path, "{}")
+        assert path.read_text() == "{}"
+    else:
+        atomic_torch_save({"w": torch.ones(2)}, path)
+        assert torch.equal(torch.load(path)["w"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_file_left_read_only_is_still_synced(tmp_path, monkeypatch):
+    """A file the process may not open for writing (its writer left it read-only to us) is synced through
+    a read-only handle, as POSIX allows, rather than refused."""
+    import adaptive.atomic as atomic
+
+    real_open, opened = os.open, []
+
+    def no_write_access(path, flags, *a, **kw):
+        if os.path.isfile(path) and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(13, "Permission denied", str(path))
+        opened.append(flags & os.O_ACCMODE)
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", no_write_access)
+    path = tmp_path / "summary.json"
+    atomic.write_text(path, "{}")
+    assert path.read_text() == "{}" and os.O_RDONLY in opened

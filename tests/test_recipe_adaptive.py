@@ -1622,6 +1622,31 @@ def test_the_controllers_warnings_are_shown_by_the_first_process_alone():
             assert said == [], said
 
 
+def test_the_estimator_warnings_are_shown_by_the_first_process_alone():
+    """The controller's warnings of an estimator that learns nothing from a window of one batch (evidence's
+    t-statistic) or that values absent synapses by g * w0 in train mode (presence, evidence) come from the
+    settings every process of a launch holds alike, but joined the controller after the patterns that keep
+    its warnings to process 0: each process printed them. The warnings are made by the controller itself."""
+    import types
+    import warnings
+
+    from torch import nn
+
+    expected = ("learns from the t-statistic of the batch gradients", "values a synapse by its presence derivative")
+    for main in (True, False):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with recipe_train._alike_warnings_once(types.SimpleNamespace(is_main_process=main)):
+                model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+                adaptive.Controller(adaptive.Connectome(model), policy="utility", estimator="evidence", density=0.5,
+                                    update_every=1)
+        said = [str(w.message) for w in caught]
+        if main:
+            assert all(any(e in m for m in said) for e in expected), said
+        else:
+            assert said == [], said
+
+
 def test_a_launch_asked_for_two_processes_that_starts_one_says_so(tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts one process (accelerate starts several only with
     --multi_gpu, which it refuses beside --cpu), and the run trained alone, silently. It says so now,

@@ -109,6 +109,8 @@ _ALIKE_WARNINGS = (r"step \d+: the gradients observed since the last update hold
                    r"step \d+: no gradient was observed since the last update",
                    r"step \d+: holdout_loss\(\) gave \S+ before the edit",
                    r"estimator .* recovers the per-sample Fisher from the spread of the batch gradients",
+                   r"estimator .* learns from the t-statistic of the batch gradients in a window",
+                   r"estimator .* values a synapse by its presence derivative g \* w0",
                    r"init=.* was not used: nothing was sparsified at construction",
                    r"density \S+ is out of reach: the protected layers ",
                    r"policy '(threshold|gmp)'(: | with estimator )", r"policy '\w+' at step \d+: ")
