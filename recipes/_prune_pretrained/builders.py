@@ -100,3 +100,43 @@ def _file_class_count(model: torch.nn.Module, path: str, classes: int):
     if len(counts) != 1:
         return None
     return counts.pop(), ", ".join(f"{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in wrong)
+
+
+
+def _load_changes(path, loaded, model: torch.nn.Module):
+    """``(changed, names)``: per tensor of the weights file ``path``, a boolean tensor of the values the
+    load changed in ``model`` (``loaded``, :func:`adaptive.mask_only.loaded_state` of it; only tensors
+    with such values), each read as :func:`load_weights` reads it and compared in the wider of the two
+    dtypes: a float64 file's values cast to a float32 model's (lossless casts, float16 into float32,
+    change none); ``names`` says which, with both dtypes. The 'surviving weights that differ' check
+    compares with the weights as loaded: where the load itself changed the file's values,
+    pruned_state_dict.pt differs from the file there too (:func:`_changed_by_load`). ``({}, [])`` for no file."""
+    from adaptive.mask_only_bits import _same_bits
+
+    if not path:
+        return {}, []
+    sd = read_state_dict(path)
+    skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))
+    sd = strip_model_prefix(sd, loaded, skipped)
+    changed, names = {}, []
+    for k, v in sd.items():
+        ref = loaded.get(k)
+        if ref is None or not torch.is_tensor(v) or v.shape != ref.shape:  # (skipped, or refused by the load)
+            continue
+        wide = torch.promote_types(v.dtype, ref.dtype)
+        c = ~_same_bits(v.detach().cpu().to(wide), ref.to(wide))
+        if bool(c.any()):
+            changed[k] = c
+            names.append(f"{k}: {str(v.dtype).replace('torch.', '')} in the file, {str(ref.dtype).replace('torch.', '')} "
+                         "in the model")
+    return changed, names
+
+
+def _changed_by_load(state, loaded, changed) -> int:
+    """Entries of ``state`` (a pruned state_dict) that hold the value as loaded (``loaded``) where the
+    load had changed the file's (``changed``, :func:`_load_changes`): surviving values that differ
+    from the file though the optimisation left them as loaded (a pruned one is 0.0, not as loaded,
+    and is not counted; one the optimisation changed is counted by :func:`adaptive.mask_only.changed_from`)."""
+    from adaptive.mask_only_bits import _same_bits
+
+    return sum(int((c & _same_bits(state[k].detach().cpu(), loaded[k])).sum()) for k, c in changed.items() if k in state)
