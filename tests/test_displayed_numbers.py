@@ -68,3 +68,40 @@ def test_adaptive_closing_line_never_rounds_onto_full_density_or_accuracy(tmp_pa
     out = capsys.readouterr().out
     assert "test accuracy 99.998% on 50,000" in out and "held-out part of TRAIN 0.002%" in out, out
     assert "density 0.99999 (199,999 of 200,000" in out, out
+
+
+def _saved_axes(monkeypatch):
+    """The axes of every figure saved from here on (a spy on Figure.savefig)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    saved, real = [], matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kw):
+        saved.append(list(fig.axes))
+        return real(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return saved
+
+
+def test_accuracy_axes_name_their_unit(tmp_path, monkeypatch):
+    """loss_accuracy.png and prune_pretrained's curves.png plot accuracy as the fraction metrics.csv
+    and summary.json hold (0.82), beside a closing line and results.md that print percent (82.00), under
+    a bare 'accuracy' axis; the axis now says the unit."""
+    from adaptive.plots import plot_loss_accuracy
+    from recipes._prune_pretrained.plot import _plot
+
+    saved = _saved_axes(monkeypatch)
+    plot_loss_accuracy([{"step": 1, "split": "train", "loss": 1.0, "accuracy": 0.5},
+                        {"step": 1, "split": "test", "loss": 1.0, "accuracy": 0.82}], tmp_path / "la.png")
+    loss, acc = saved[-1]
+    assert acc.get_ylabel() == "accuracy (fraction correct)" and loss.get_ylabel() == "loss"
+    assert [list(line.get_ydata()) for line in acc.get_lines()] == [[0.5], [0.82]]  # the fractions, as labelled
+    ups = [{"kind": "update", "step": 1, "removed": 10, "train_loss": 1.0, "train_acc": 0.5}]
+    evs = [{"kind": "eval", "step": 1, "stage": 0, "removed": 10, "holdout_loss": 1.0, "holdout_acc": 0.6}]
+    rows = [{"target": "dense", "removed": 0, "holdout_acc": 0.7, "holdout_loss": 0.9, "test_acc": 0.65, "test_loss": 1.1}]
+    _plot(ups + evs, rows, [], tmp_path / "curves.png")
+    assert saved[-1][1].get_ylabel() == "accuracy (fraction correct)" and saved[-1][0].get_ylabel() == "loss"

@@ -51,7 +51,8 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
             counts = {x for line in ax.get_lines() for x in line.get_xdata()}
             if len(counts) == 1:  # one count (every target 0): a tick there, not "-40 m" ticks around it
                 ax.set_xticks(list(counts))
-            ax.set_ylabel(name)
+            # the rows' fractions, where results.md prints percent: the unit said
+            ax.set_ylabel("accuracy (fraction correct)" if key == "acc" else name)
             ax.set_title(f"{name} against removed weights", fontsize=10)
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
