@@ -105,3 +105,21 @@ def test_accuracy_axes_name_their_unit(tmp_path, monkeypatch):
     rows = [{"target": "dense", "removed": 0, "holdout_acc": 0.7, "holdout_loss": 0.9, "test_acc": 0.65, "test_loss": 1.1}]
     _plot(ups + evs, rows, [], tmp_path / "curves.png")
     assert saved[-1][1].get_ylabel() == "accuracy (fraction correct)" and saved[-1][0].get_ylabel() == "loss"
+
+
+def test_prune_pretrained_curves_say_where_a_value_is_not_finite(tmp_path, monkeypatch):
+    """curves.png drew a NaN or inf loss (a bf16 overflow, say) as a silent gap while results.md
+    printed 'nan'; the panel now says how many of its points are left out."""
+    from recipes._prune_pretrained.plot import _plot
+
+    saved = _saved_axes(monkeypatch)
+    ups = [{"kind": "update", "step": s, "removed": 10, "train_loss": v, "train_acc": 0.5}
+           for s, v in ((1, 1.0), (2, math.nan), (3, math.inf))]
+    evs = [{"kind": "eval", "step": 3, "stage": 0, "removed": 10, "holdout_loss": 1.0, "holdout_acc": 0.6}]
+    rows = [{"target": "dense", "removed": 0, "holdout_acc": 0.7, "holdout_loss": 0.9, "test_acc": 0.65, "test_loss": 1.1},
+            {"target": "10", "removed": 10, "holdout_acc": 0.6, "holdout_loss": 1.0, "test_acc": None,
+             "test_loss": math.nan}]
+    _plot(ups + evs, rows, [], tmp_path / "curves.png")
+    loss, acc = saved[-1][:2]
+    assert "loss not finite at 3 of 7 points (left out)" in loss.get_title(), loss.get_title()
+    assert "not finite" not in acc.get_title()  # a missing accuracy (None) is no value, not a NaN
