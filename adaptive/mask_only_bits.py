@@ -1,6 +1,7 @@
 """Bit-exact comparisons of weights: what a mask-only optimisation guarantees (no surviving weight
 changes by a single bit) checked against the connectome's originals (:func:`changed_weights`) or
-against the state_dict as loaded (:func:`loaded_state`, :func:`changed_from`)."""
+against the state_dict as loaded (:func:`loaded_state`, :func:`changed_from`), and what the load itself
+changed of the weights file (:func:`load_changes`, :func:`changed_by_load`)."""
 from __future__ import annotations
 
 from typing import Dict, Mapping, Optional
@@ -76,3 +77,53 @@ def changed_from(state: Dict[str, torch.Tensor], reference: Dict[str, torch.Tens
             same |= pruned[k] & _same_bits(a, torch.zeros_like(a))
         n += int((~same).sum())
     return n
+
+
+def load_changes(path, loaded: Mapping[str, torch.Tensor], model: nn.Module):
+    """``(changed, names)``: per tensor of the weights file ``path``, a boolean tensor of the values the
+    load changed in ``model`` (``loaded``: :func:`loaded_state` of it; only tensors with such values),
+    each read as :func:`adaptive.models.load_weights` reads it and compared in the wider of the two
+    dtypes: a float64 file's values cast to a float32 model's (lossless casts, float16 into float32,
+    change none); ``names`` says which tensors, with both dtypes. :func:`changed_from` compares with
+    the weights as loaded: where the load itself changed the file's values, a pruned state_dict
+    differs from the file there too (:func:`changed_by_load`). ``({}, [])`` for no file (None)."""
+    from .models.weights import read_state_dict, strip_model_prefix
+
+    if not path:
+        return {}, []
+    sd = strip_model_prefix(read_state_dict(path), loaded, tuple(getattr(model, "skipped_weight_prefixes", ())))
+    changed, names = {}, []
+    for k, v in sd.items():
+        ref = loaded.get(k)
+        if ref is None or not torch.is_tensor(v) or v.shape != ref.shape:  # (skipped, or refused by the load)
+            continue
+        wide = torch.promote_types(v.dtype, ref.dtype)
+        c = ~_same_bits(v.detach().cpu().to(wide), ref.to(wide))
+        if bool(c.any()):
+            changed[k] = c
+            names.append(f"{k}: {str(v.dtype).replace('torch.', '')} in the file, {str(ref.dtype).replace('torch.', '')} "
+                         "in the model")
+    return changed, names
+
+
+def changed_by_load(state: Mapping[str, torch.Tensor], loaded: Mapping[str, torch.Tensor],
+                    changed: Mapping[str, torch.Tensor]) -> int:
+    """Entries of ``state`` (a pruned state_dict) that hold the value as loaded (``loaded``) where the
+    load had changed the file's (``changed``, :func:`load_changes`): surviving values that differ from
+    the file though the optimisation left them as loaded. A pruned one is 0.0, not as loaded, and is
+    not counted; one the optimisation changed is :func:`changed_from`'s, so the two add up."""
+    return sum(int((c & _same_bits(state[k].detach().cpu(), loaded[k])).sum()) for k, c in changed.items() if k in state)
+
+
+def differ_words(differ: int, by_load: int, names, weights, what: str) -> str:
+    """The 'surviving weights that differ from the original' line's count and its parenthesis:
+    ``differ`` (:func:`changed_from`) plus ``by_load`` (:func:`changed_by_load`), and where the load
+    changed values of the file ``weights`` (``names``, :func:`load_changes`), which and how. ``what``:
+    the state compared ("pruned_state_dict.pt", "the model")."""
+    if not names:
+        return (f"{differ + by_load:,} (every tensor of {what}, biases and normalisation statistics too, compared bit "
+                "for bit with the weights as loaded)")
+    return (f"{differ + by_load:,} ({by_load:,} changed by the load itself, which cast values of --weights {weights} to "
+            f"the model's dtypes ({'; '.join(names[:3])}{' ...' if len(names) > 3 else ''}), so {what} holds them as "
+            f"loaded, not as in the file; {differ:,} by the optimisation: every tensor of {what} compared bit for bit "
+            "with the weights as loaded)")

@@ -350,6 +350,28 @@ def to_device(obj, device):
     return tree_map(lambda t: t.to(device, non_blocking=True) if torch.is_tensor(t) else t, obj)
 
 
+def fmt_unsaturated(value: float, spec: str, bounds=(0.0, 100.0)) -> str:
+    """``format(value, spec)``, with the decimals (``f``) or significant digits (``g``) it needs where
+    that text would read as one of ``bounds`` (0 or 100 for a percentage; 0 or 1 for a fraction) and
+    ``value`` is not exactly it: 99.996% is "99.996", not "100.00" (every one), and a drop of 0.002
+    points "0.002", not "0.00" (none). Anything else (NaN, inf, a value off the bounds, a spec of
+    another kind) is ``format(value, spec)`` as it is."""
+    text = format(value, spec)
+    parts = re.fullmatch(r"(.*\.)(\d+)([fg])", spec)
+    if parts is None or not isinstance(value, (int, float)) or value in bounds:
+        return text
+    head, digits, kind = parts.groups()
+    for more in range(int(digits) + 1, 19):
+        try:
+            if float(text) not in bounds:
+                break
+        except ValueError:  # (a spec that writes more than a number: ',' groups, say)
+            break
+        text = format(value, f"{head}{more}{kind}")
+    return text
+
+
 def fmt_accuracy(acc: Optional[float], scale: float = 100.0, spec: str = ".2f") -> str:
-    """An accuracy for display: n/a when there is none."""
-    return "n/a" if acc is None else format(scale * acc, spec)
+    """An accuracy for display: n/a when there is none. One short of all or none keeps the digits
+    that say so (:func:`fmt_unsaturated`): 49,999 of 50,000 is "99.998", never "100.00"."""
+    return "n/a" if acc is None else fmt_unsaturated(scale * acc, spec, (0.0, scale))

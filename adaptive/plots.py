@@ -204,7 +204,8 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
                 ax.plot([kept["step"]], [held], **KEPT_STYLE)
             ax.set_xlabel("training step")
             whole_steps(ax)
-            ax.set_ylabel(key)
+            # metrics.csv's fraction, where the closing line and the tables print percent: the unit said
+            ax.set_ylabel("accuracy (fraction correct)" if key == "accuracy" else key)
             ax.set_title(key)
             ax.grid(alpha=0.3)
             drawn = bool(ax.get_legend_handles_labels()[0])

@@ -1954,3 +1954,33 @@ def test_a_launch_asked_for_two_processes_that_starts_one_warns_here_too(monkeyp
     with pytest.warns(UserWarning, match=r"asked for 2 processes and started this one alone.*accelerate launch "
                                          r"--multi_gpu --num_processes 2 recipes/prune_pretrained.py"):
         builders._accelerator(argparse.Namespace(cpu=True, mixed_precision=None))
+
+
+def test_the_differ_check_counts_what_the_load_changed_of_a_float64_file(tmp_path, weights, capsys):
+    """The check compared pruned_state_dict.pt with a copy of the model taken after the load: a float64
+    weights file, cast to the model's float32 as it loaded, printed 'differ from the original: 0' while
+    every surviving value of pruned_state_dict.pt differed from the file. It now counts them (and says
+    the load, not the optimisation, changed them); a lossless float16 file changes none."""
+    sd = torch.load(weights, weights_only=True)["state_dict"]
+    torch.manual_seed(1)
+    wide = {k: (v.double() + 1e-12 * torch.randn(v.shape, dtype=torch.float64)) if v.is_floating_point() else v
+            for k, v in sd.items()}  # values a float32 cannot hold
+    w64 = tmp_path / "w64.pt"
+    torch.save({"state_dict": wide}, w64)
+    summary = recipe().main(args(w64, tmp_path / "run", "--remove", "300"))
+    printed = capsys.readouterr().out
+    pruned = torch.load(tmp_path / "run" / "pruned_state_dict.pt", weights_only=True)
+    file = {k.removeprefix("module."): v for k, v in wide.items()}
+    # independently: surviving (nonzero) entries of the pruned file whose value is not the file's
+    differ = sum(int(((pruned[k].double() != file[k].double()) & (pruned[k] != 0)).sum()) for k in file)
+    assert differ > 0
+    row = next(r for r in summary["rows"] if r["target"] == "300")
+    assert row["changed"] == row["changed_by_load"] == differ
+    assert f"surviving weights that differ from the original: {differ:,} ({differ:,} changed by the load itself" in printed
+    assert "float64 in the file, float32 in the model" in printed and "0 by the optimisation" in printed
+
+    half = tmp_path / "w16.pt"  # float16 into float32 is exact: nothing changed, nothing said
+    torch.save({"state_dict": {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}}, half)
+    summary = recipe().main(args(half, tmp_path / "run16", "--remove", "300"))
+    assert [r["changed"] for r in summary["rows"] if r["target"] == "300"] == [0]
+    assert "changed by the load itself" not in capsys.readouterr().out

@@ -511,6 +511,25 @@ def test_mask_only_differ_line_counts_a_surviving_weight_moved_by_one_bit(tmp_pa
     assert "surviving weights that differ from the original: 1 " in capsys.readouterr().out
 
 
+def test_mask_only_differ_line_counts_what_the_load_changed_of_a_float64_file(tmp_path, capsys):
+    """The line compared the model with a copy taken after the load: a float64 weights file, cast to the
+    model's float32 as it loaded, printed 'differ from the original: 0' while every surviving weight
+    differed from the file. It now counts them, saying the load (not the optimisation) changed them."""
+    torch.manual_seed(123)
+    sd = {k: v.double() + 1e-12 * torch.randn(v.shape, dtype=torch.float64)  # values a float32 cannot hold
+          for k, v in build_model("mlp", num_classes=10, in_shape=(64,)).state_dict().items()}
+    torch.save(sd, tmp_path / "w64.pt")
+    res = R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+                  "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
+                  "--weights", str(tmp_path / "w64.pt")])
+    final = res.model.state_dict()
+    differ = sum(int(((final[k].cpu().double() != v) & (final[k].cpu() != 0)).sum()) for k, v in sd.items())
+    out = capsys.readouterr().out
+    assert differ > 0 and (f"surviving weights that differ from the original: {differ:,} ({differ:,} changed by the "
+                           "load itself") in out, out
+    assert "float64 in the file, float32 in the model" in out and "0 by the optimisation" in out
+
+
 def test_mask_only_mode_reads_the_test_split_only_for_the_report(tmp_path, monkeypatch):
     """--mode mask_only scores its snapshots on the held-out part of TRAIN and leaves the test split
     unread until the final report (README: the holdout used for every choice is a stratified, seeded

@@ -24,7 +24,7 @@ from ..connectome import Connectome, _local_module, _plain_patterns
 from ..discovery import copy_model
 from ..counts import whole_number
 from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, default_accuracy, example_count, loss_weight,
-                       to_device)
+                       to_device, fmt_unsaturated)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
 from ._common import (batch_statistics_explained, default_loss, iterate_batches, held_masks, kept_buffers, model_connectome,
@@ -270,7 +270,8 @@ class KnowledgeCurve:
         shown = {"accuracy": "accuracy (%)", "accuracy_drop": "accuracy drop (points)"}
 
         def cell(key, value):
-            return f"{100 * value:.2f}" if key in shown and isinstance(value, (int, float)) else value
+            # (one image of 50,000 is a drop of 0.002 points: "0.00" read as none, fmt_unsaturated)
+            return fmt_unsaturated(100 * value, ".2f") if key in shown and isinstance(value, (int, float)) else value
 
         return Table({shown.get(k, k): cell(k, v) for k, v in row.items()} for row in self.table)
 

@@ -106,10 +106,14 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)
     from adaptive.mask_only import changed_from
+    from adaptive.mask_only_bits import changed_by_load, differ_words, load_changes
 
-    accelerator.print(f"surviving weights that differ from the original: {changed_from(conn.dense_state_dict(), loaded, conn)} "
-                      "(every tensor of the model, biases and normalisation statistics too, compared bit for bit "
-                      "with the weights as loaded)")
+    # against the weights as loaded, and what the load itself changed of the --weights file (a float64 file
+    # cast to the model's float32: 'differ from the original: 0' where every surviving value differed from it)
+    held = conn.dense_state_dict()  # (not `state`: the run's TrainState)
+    at_load, at_load_names = load_changes(cfg.weights, loaded, model)
+    accelerator.print("surviving weights that differ from the original: " + differ_words(
+        changed_from(held, loaded, conn), changed_by_load(held, loaded, at_load), at_load_names, cfg.weights, "the model"))
     # for 'best' the figures star the masks the model now holds (the chosen rung, or the dense network):
     # the lines end at the last rung tried
     best = result.snapshots.get("best")

@@ -13,6 +13,7 @@ from adaptive import Connectome, Controller, jsonio
 from adaptive.atomic import atomic_torch_save, write_text
 from adaptive.cli import counted, show_progress
 from adaptive.data import test_images, test_split_size
+from adaptive.metrics import fmt_accuracy, fmt_unsaturated
 from adaptive.training import TrainState, evaluate, write_metrics_csv
 
 from .folder import main_writes
@@ -111,9 +112,11 @@ def _finish(accelerator, output_dir, summary, files):
         whole = summary.get("test_split_examples", n_test)
         test = f"a stratified draw of {whole:,}: --test_subset" if whole > n_test else "the whole test split"
         print(
-            f"\ndone in {summary['seconds']:.0f}s: test accuracy {100 * summary['test_accuracy']:.2f}% on "
-            f"{n_test:,} test images ({test}; held-out part of TRAIN {'n/a' if ho is None else f'{100 * ho:.2f}%'}), "
-            f"density {summary['density']:.4f} ({summary['live']:,} of {summary['synapses']:,} synapses live"
+            f"\ndone in {summary['seconds']:.0f}s: test accuracy {fmt_accuracy(summary['test_accuracy'])}% on "
+            f"{n_test:,} test images ({test}; held-out part of TRAIN {'n/a' if ho is None else f'{fmt_accuracy(ho)}%'}), "
+            # (a density short of 1 or above 0 keeps the digits that say so: "1.0000" read as dense)
+            f"density {fmt_unsaturated(summary['density'], '.4f', (0.0, 1.0))} ({summary['live']:,} of "
+            f"{summary['synapses']:,} synapses live"
             + (f", {zero_live:,} of them holding exactly 0.0" if zero_live else "")
             + f"), {counted(summary['updates'], 'controller update')}"
             + (f"; every figure measured under {mp} autocast (--mixed_precision), so a float32 evaluation of "

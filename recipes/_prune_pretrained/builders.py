@@ -100,3 +100,5 @@ def _file_class_count(model: torch.nn.Module, path: str, classes: int):
     if len(counts) != 1:
         return None
     return counts.pop(), ", ".join(f"{k}: file {tuple(sd[k].shape)}, model {tuple(own[k].shape)}" for k in wrong)
+
+

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Optional
 
 from adaptive.atomic import atomic_path
-from adaptive.plots import (SPLIT_COLOR, boundary_scale, closed_on_error, legend_below, step_points, tight_artists,
-                            whole_steps)
+from adaptive.plots import (SPLIT_COLOR, boundary_scale, closed_on_error, finite, legend_below, note_nonfinite, step_points,
+                            tight_artists, whole_steps)
 
 
 def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images: Optional[int] = None):
@@ -51,8 +51,15 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
             counts = {x for line in ax.get_lines() for x in line.get_xdata()}
             if len(counts) == 1:  # one count (every target 0): a tick there, not "-40 m" ticks around it
                 ax.set_xticks(list(counts))
-            ax.set_ylabel(name)
+            # the rows' fractions, where results.md prints percent: the unit said
+            ax.set_ylabel("accuracy (fraction correct)" if key == "acc" else name)
             ax.set_title(f"{name} against removed weights", fontsize=10)
+            # a NaN or inf (a bf16 overflow, NaN weights in the file) left a gap no one saw: the panel says so
+            shown = ([h[f"train_{key}"] for h in ups] + list(held.values()) + [v for _, v in during]
+                     + [r[f"test_{key}"] for r in rows])
+            shown = [v for v in shown if v is not None]  # (no accuracy: not a value, not drawn)
+            bad = sum(1 for v in shown if not finite(v))
+            note_nonfinite(ax, name, bad, len(shown), drawn=bad < len(shown))
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
         ax = axes[1, 0]

@@ -3,16 +3,20 @@ says the held-out part decided (:func:`_holdout_use`) and the test rows were (:f
 from __future__ import annotations
 
 from adaptive.data import is_test_draw, test_images
-from adaptive.metrics import fmt_accuracy
+from adaptive.metrics import fmt_accuracy, fmt_unsaturated
 from adaptive.mask_only import resolve_target
 
 
 def _table(rows) -> str:
     head = ("| target | removed | removed % | train loss | train acc % | held-out loss | held-out acc % | test loss | test acc % |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+    # a share or loss that rounds onto 0 or 100 without being it keeps the digits that say so (fmt_unsaturated):
+    # 100 of 268,336 removed read "0.0" %, and all but 10 "100.0"
+    pct = lambda f: fmt_unsaturated(100 * f, ".1f")  # noqa: E731
+    loss = lambda v: fmt_unsaturated(v, ".4f", (0.0,))  # noqa: E731
     body = "".join(
-        f"| {r['target']} | {r['removed']:,} | {100 * r['fraction']:.1f} | {r['train_loss']:.4f} | {fmt_accuracy(r['train_acc'])} | "
-        f"{r['holdout_loss']:.4f} | {fmt_accuracy(r['holdout_acc'])} | {r['test_loss']:.4f} | {fmt_accuracy(r['test_acc'])} |\n"
+        f"| {r['target']} | {r['removed']:,} | {pct(r['fraction'])} | {loss(r['train_loss'])} | {fmt_accuracy(r['train_acc'])} | "
+        f"{loss(r['holdout_loss'])} | {fmt_accuracy(r['holdout_acc'])} | {loss(r['test_loss'])} | {fmt_accuracy(r['test_acc'])} |\n"
         for r in rows)
     return head + body
 

@@ -17,6 +17,7 @@ from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import gather_mask_hashes, refuse_differing_masks
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
+from adaptive.mask_only_bits import changed_by_load, differ_words, load_changes
 from adaptive.cli_checks import examples_in, one_pass_problem
 from adaptive.mask_only_data import verify_pass_length
 from adaptive.mask_only_targets import one_synapse_note
@@ -193,6 +194,9 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
 
     extra = {"callback": on_record} if args.overwrite or show is not None else {}
     loaded = loaded_state(model)  # the weights as loaded, before the connectome: what the report checks against
+    # and what the load itself changed of the file (a float64 file cast to the model's float32): the check
+    # against the weights as loaded said 0 where pruned_state_dict.pt differed from the file in every such value
+    at_load, at_load_names = load_changes(args.weights, loaded, model)
     t0 = time.time()
     try:
         with accelerator.autocast():  # --mixed-precision bf16: forward passes in bf16, weights and masks untouched
@@ -259,12 +263,12 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
                 conn.save(folder / "connectome.safetensors")
             tl, ta, _ = train_eval()
             sl, sa, _ = evaluate_sharded(accelerator, model, test_dl, progress=report_bar)
-            accelerator.print(f"[{label}] surviving weights that differ from the original: {differ:,} "
-                              "(every tensor of pruned_state_dict.pt, biases and normalisation statistics too, "
-                              "compared bit for bit with the weights as loaded)")
+            by_load = changed_by_load(pruned_sd, loaded, at_load)
+            accelerator.print(f"[{label}] surviving weights that differ from the original: "
+                              + differ_words(differ, by_load, at_load_names, args.weights, "pruned_state_dict.pt"))
             rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
                              train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
-                             test_loss=sl, test_acc=sa, changed=differ, folder=str(folder)))
+                             test_loss=sl, test_acc=sa, changed=differ + by_load, changed_by_load=by_load, folder=str(folder)))
     report_bar.close()
     table = _table(rows)
     note = (f"\n{args.model} on {args.dataset}, {total:,} prunable synapses, {minutes:.1f} min of optimisation "

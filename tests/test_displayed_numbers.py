@@ -1,0 +1,125 @@
+"""The numbers the recipes print at the end of a run never round onto a bound they are not at: a
+share of 99.996% read "100.00" (every one), one image of 50,000 "0.00" points (none), a density of
+0.99999 "1.0000" (dense) and 100 of 268,336 weights removed "0.0" %."""
+import math
+import types
+
+import torch
+
+from adaptive.metrics import fmt_accuracy, fmt_unsaturated
+
+torch.set_num_threads(1)
+
+
+def test_fmt_unsaturated_keeps_the_digits_that_tell_a_value_from_its_bounds():
+    """Short of 100 or above 0 by less than the last digit: the digits that say so; at a bound, or
+    well inside, the text as the spec writes it; NaN and inf as they are."""
+    assert fmt_unsaturated(100 * 49_999 / 50_000, ".2f") == "99.998"
+    assert fmt_unsaturated(100 / 50_000, ".2f") == "0.002"
+    assert fmt_unsaturated(100.0, ".2f") == "100.00" and fmt_unsaturated(0.0, ".2f") == "0.00"
+    assert fmt_unsaturated(86.3, ".2f") == "86.30" and fmt_unsaturated(99.94, ".1f") == "99.9"
+    assert fmt_unsaturated(0.99999, ".4f", (0.0, 1.0)) == "0.99999"
+    assert fmt_unsaturated(3e-5, ".4f", (0.0,)) == "0.00003"
+    assert fmt_unsaturated(1 - 1e-16, ".4f", (0.0, 1.0)) != "1.0000"
+    assert fmt_unsaturated(math.nan, ".2f") == "nan" and fmt_unsaturated(math.inf, ".4f", (0.0,)) == "inf"
+    assert fmt_accuracy(49_999 / 50_000) == "99.998" and fmt_accuracy(1.0) == "100.00" and fmt_accuracy(None) == "n/a"
+
+
+def test_prune_pretrained_results_table_never_rounds_onto_0_or_100():
+    """results.md's 'removed %' was `.1f` (100 of 268,336 removed: "0.0"; all but 10: "100.0"), its
+    accuracies `.2f` (49,999 of 50,000: "100.00") and its losses `.4f` (3e-5: "0.0000")."""
+    from recipes._prune_pretrained.report import _table
+
+    total = 268_336
+    rows = [dict(target="100", removed=100, fraction=100 / total, train_loss=3e-5, train_acc=49_999 / 50_000,
+                 holdout_loss=0.25, holdout_acc=1.0, test_loss=1.5, test_acc=1 / 50_000),
+            dict(target=str(total - 10), removed=total - 10, fraction=(total - 10) / total, train_loss=2.0,
+                 train_acc=0.1, holdout_loss=2.0, holdout_acc=0.1, test_loss=2.0, test_acc=0.1)]
+    head, _, *body = _table(rows).splitlines()
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    first, last = ({c: v.strip() for c, v in zip(cols, line.strip("|").split("|"))} for line in body)
+    assert first["removed %"] == "0.04" and last["removed %"] == "99.996", (first, last)
+    assert first["train acc %"] == "99.998" and first["test acc %"] == "0.002" and first["held-out acc %"] == "100.00"
+    assert first["train loss"] == "0.00003" and first["held-out loss"] == "0.2500"
+
+
+def test_knowledge_table_says_a_one_image_drop_is_not_none():
+    """knowledge_curve.md (and the printout) gave accuracy in percent and its drop in points with 2
+    decimals: on 50,000 test images (ImageNet's) a drop of one image read "0.00", as no drop at all."""
+    from adaptive.diagnostics import KnowledgeCurve
+    from adaptive.diagnostics.table import Table
+
+    rows = [{"removed": 0, "fraction": 0.0, "accuracy": 1.0, "loss": 0.1, "accuracy_drop": 0.0, "loss_increase": 0.0},
+            {"removed": 5, "fraction": 0.5, "accuracy": 49_999 / 50_000, "loss": 0.1, "accuracy_drop": 1 / 50_000,
+             "loss_increase": 1e-6}]
+    shown = KnowledgeCurve(Table(rows), 10, "magnitude", 0, {}, 0.1).shown_table()
+    assert shown["accuracy (%)"] == ["100.00", "99.998"] and shown["accuracy drop (points)"] == ["0.00", "0.002"]
+
+
+def test_adaptive_closing_line_never_rounds_onto_full_density_or_accuracy(tmp_path, capsys):
+    """recipes/adaptive.py's last line printed `.2f` accuracies and a `.4f` density: 199,999 of
+    200,000 synapses live read "density 1.0000" (dense) and 49,999 of 50,000 test images "100.00%"."""
+    from recipes._adaptive.report import _finish
+
+    acc = types.SimpleNamespace(is_main_process=True, mixed_precision="no", native_amp=False, num_processes=1)
+    summary = dict(seconds=1.0, test_accuracy=49_999 / 50_000, test_examples=50_000, holdout_accuracy=1 / 50_000,
+                   density=199_999 / 200_000, live=199_999, nonzero=199_999, synapses=200_000, updates=0)
+    _finish(acc, tmp_path, summary, {})
+    out = capsys.readouterr().out
+    assert "test accuracy 99.998% on 50,000" in out and "held-out part of TRAIN 0.002%" in out, out
+    assert "density 0.99999 (199,999 of 200,000" in out, out
+
+
+def _saved_axes(monkeypatch):
+    """The axes of every figure saved from here on (a spy on Figure.savefig)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    saved, real = [], matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kw):
+        saved.append(list(fig.axes))
+        return real(fig, path, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return saved
+
+
+def test_accuracy_axes_name_their_unit(tmp_path, monkeypatch):
+    """loss_accuracy.png and prune_pretrained's curves.png plot accuracy as the fraction metrics.csv
+    and summary.json hold (0.82), beside a closing line and results.md that print percent (82.00), under
+    a bare 'accuracy' axis; the axis now says the unit."""
+    from adaptive.plots import plot_loss_accuracy
+    from recipes._prune_pretrained.plot import _plot
+
+    saved = _saved_axes(monkeypatch)
+    plot_loss_accuracy([{"step": 1, "split": "train", "loss": 1.0, "accuracy": 0.5},
+                        {"step": 1, "split": "test", "loss": 1.0, "accuracy": 0.82}], tmp_path / "la.png")
+    loss, acc = saved[-1]
+    assert acc.get_ylabel() == "accuracy (fraction correct)" and loss.get_ylabel() == "loss"
+    assert [list(line.get_ydata()) for line in acc.get_lines()] == [[0.5], [0.82]]  # the fractions, as labelled
+    ups = [{"kind": "update", "step": 1, "removed": 10, "train_loss": 1.0, "train_acc": 0.5}]
+    evs = [{"kind": "eval", "step": 1, "stage": 0, "removed": 10, "holdout_loss": 1.0, "holdout_acc": 0.6}]
+    rows = [{"target": "dense", "removed": 0, "holdout_acc": 0.7, "holdout_loss": 0.9, "test_acc": 0.65, "test_loss": 1.1}]
+    _plot(ups + evs, rows, [], tmp_path / "curves.png")
+    assert saved[-1][1].get_ylabel() == "accuracy (fraction correct)" and saved[-1][0].get_ylabel() == "loss"
+
+
+def test_prune_pretrained_curves_say_where_a_value_is_not_finite(tmp_path, monkeypatch):
+    """curves.png drew a NaN or inf loss (a bf16 overflow, say) as a silent gap while results.md
+    printed 'nan'; the panel now says how many of its points are left out."""
+    from recipes._prune_pretrained.plot import _plot
+
+    saved = _saved_axes(monkeypatch)
+    ups = [{"kind": "update", "step": s, "removed": 10, "train_loss": v, "train_acc": 0.5}
+           for s, v in ((1, 1.0), (2, math.nan), (3, math.inf))]
+    evs = [{"kind": "eval", "step": 3, "stage": 0, "removed": 10, "holdout_loss": 1.0, "holdout_acc": 0.6}]
+    rows = [{"target": "dense", "removed": 0, "holdout_acc": 0.7, "holdout_loss": 0.9, "test_acc": 0.65, "test_loss": 1.1},
+            {"target": "10", "removed": 10, "holdout_acc": 0.6, "holdout_loss": 1.0, "test_acc": None,
+             "test_loss": math.nan}]
+    _plot(ups + evs, rows, [], tmp_path / "curves.png")
+    loss, acc = saved[-1][:2]
+    assert "loss not finite at 3 of 7 points (left out)" in loss.get_title(), loss.get_title()
+    assert "not finite" not in acc.get_title()  # a missing accuracy (None) is no value, not a NaN
