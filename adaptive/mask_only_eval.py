@@ -64,7 +64,7 @@ def evaluate(model: nn.Module, batches: Iterable, loss_fn: Callable = F.cross_en
 
 
 @torch.no_grad()
-def check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
+def check_first_batch(model: nn.Module, loader, loss_fn: Callable, who: str = "mask-only optimisation") -> None:
     """Refuse, before any work, a ``model`` whose output does not fit the targets of ``loader``'s first
     batch for ``loss_fn`` (:func:`adaptive.label_checks.refuse_mismatched_targets`: a 10-class head on
     labels up to 99, a regression's targets under cross-entropy): one forward pass in evaluation mode
@@ -73,11 +73,12 @@ def check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
     ``loss_fn`` on that batch must give a loss the run can use (:func:`refuse_unusable_loss`). On
     several processes the refusal is agreed (:func:`adaptive.distributed.agreed_call`): each reads
     the same unsharded holdout, but a process with other files (or a loader sharded by mistake)
-    would otherwise raise alone while the others wait in their next collective."""
-    agreed_call(lambda: _check_first_batch(model, loader, loss_fn))
+    would otherwise raise alone while the others wait in their next collective. ``who`` names the caller in
+    the refusals (``"edge-popup"`` for :func:`adaptive.baselines.edge_popup`)."""
+    agreed_call(lambda: _check_first_batch(model, loader, loss_fn, who))
 
 
-def _check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
+def _check_first_batch(model: nn.Module, loader, loss_fn: Callable, who: str = "mask-only optimisation") -> None:
     """:func:`check_first_batch` on this process alone."""
     states = rng_states(loader)
     try:
@@ -89,7 +90,7 @@ def _check_first_batch(model: nn.Module, loader, loss_fn: Callable) -> None:
     x, y = _to_device(batch, _model_device(model))
     with modes_kept(model, train=False):
         try:
-            out = _logits(call_model(model, x, "mask-only optimisation"), model)
+            out = _logits(call_model(model, x, who), model)
         except RuntimeError as e:  # (a bare one from deep inside: 'mat1 and mat2 shapes cannot be multiplied')
             if not isinstance(e, torch.OutOfMemoryError):
                 e.add_note(f"adaptive: the model failed on the first held-out batch (inputs {input_shapes(x)}), checked "

@@ -169,10 +169,7 @@ class TrainState:
             values["window"] = window + [0.0] * (_WINDOW - len(window))  # older checkpoints: loss and accuracy only
             silent = None
             if self.silent_units is not None and "silent" in sd:
-                silent = torch.tensor(sd["silent"], dtype=torch.float32).flatten()
-                expected = sum(self.silent_units.units.values()) + len(self.silent_units.names)
-                if silent.numel() != expected:
-                    raise ValueError(f"silent units: {silent.numel()} entries, and these layers take {expected}")
+                silent = self.silent_units.check_vector(torch.tensor(sd["silent"], dtype=torch.float32))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"not a TrainState state this run can load ({type(e).__name__}: {e}): pass the dict "
                              "TrainState.state_dict() returned, unchanged, from a run of this model") from e

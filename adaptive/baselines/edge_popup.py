@@ -196,7 +196,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     refuse_grads_not_given_back(model)  # (before the first held-out batch's forward, which such a parameter may fail)
     # a head that does not fit the held-out labels (or a loss the run cannot use), on the first held-out batch before
     # any work, as the optimisation checks it: the holdout is read first at the end of the first stage
-    check_first_batch(model, holdout_loader, loss_fn)
+    check_first_batch(model, holdout_loader, loss_fn, "edge-popup")
     conn = Connectome(model, include=include, exclude=exclude, mode="mask_only")
     total = conn.num_synapses()
     if any(isinstance(t, str) and t == "best" for t in targets):

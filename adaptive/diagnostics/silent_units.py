@@ -216,13 +216,19 @@ class SilentUnits:
         parts.append(torch.tensor([float(self._peak[n] is not None) for n in self.names], device=device))
         return torch.cat(parts) if parts else torch.zeros(0, device=device)
 
-    def load_vector(self, v: torch.Tensor) -> None:
-        """Continue an interval from :meth:`vector` (summed over the processes that wrote it)."""
+    def check_vector(self, v) -> torch.Tensor:
+        """``v`` (a saved :meth:`vector`) as the float32 vector :meth:`load_vector` takes, or the
+        ValueError naming both sizes where it does not fit these layers; nothing changed."""
         expected = sum(self.units.values()) + len(self.names)
         v = torch.as_tensor(v, dtype=torch.float32).flatten()
         if v.numel() != expected:
             raise ValueError(f"SilentUnits: a saved state of {v.numel()} entries does not fit these layers "
                              f"({expected}: {sum(self.units.values())} units of {len(self.names)} layers)")
+        return v
+
+    def load_vector(self, v: torch.Tensor) -> None:
+        """Continue an interval from :meth:`vector` (summed over the processes that wrote it)."""
+        v = self.check_vector(v)
         measured = v[-len(self.names):]
         self.__dict__.pop("_before", None)
         at = 0
