@@ -86,12 +86,15 @@ def load_changes(path, loaded: Mapping[str, torch.Tensor], model: nn.Module):
     dtypes: a float64 file's values cast to a float32 model's (lossless casts, float16 into float32,
     change none); ``names`` says which tensors, with both dtypes. :func:`changed_from` compares with
     the weights as loaded: where the load itself changed the file's values, a pruned state_dict
-    differs from the file there too (:func:`changed_by_load`). ``({}, [])`` for no file (None)."""
+    differs from the file there too (:func:`changed_by_load`). ``({}, [])`` for no file (None). The file
+    is read memory-mapped where its format allows (:func:`adaptive.models.weights.read_state_dict`)."""
     from .models.weights import read_state_dict, strip_model_prefix
 
     if not path:
         return {}, []
-    sd = strip_model_prefix(read_state_dict(path), loaded, tuple(getattr(model, "skipped_weight_prefixes", ())))
+    # memory-mapped (a second read of a file the model holds already, beside ``loaded``: no copy of a large
+    # model's whole file in memory, a float64 one twice the model's size)
+    sd = strip_model_prefix(read_state_dict(path, mmap=True), loaded, tuple(getattr(model, "skipped_weight_prefixes", ())))
     changed, names = {}, []
     for k, v in sd.items():
         ref = loaded.get(k)

@@ -19,6 +19,7 @@ returns, weighted by the batch's examples, ``y.shape[0]``).
 from __future__ import annotations
 
 import inspect
+import numbers
 import re
 from typing import Callable, Optional, Tuple
 
@@ -355,18 +356,24 @@ def fmt_unsaturated(value: float, spec: str, bounds=(0.0, 100.0)) -> str:
     that text would read as one of ``bounds`` (0 or 100 for a percentage; 0 or 1 for a fraction) and
     ``value`` is not exactly it: 99.996% is "99.996", not "100.00" (every one), and a drop of 0.002
     points "0.002", not "0.00" (none). Anything else (NaN, inf, a value off the bounds, a spec of
-    another kind) is ``format(value, spec)`` as it is."""
+    another kind) is ``format(value, spec)`` as it is; None is "n/a". A NumPy number is one too (an
+    np.float32 accuracy of 0.99999 is "99.999", not "100.00"); one too close to a bound for 18 decimals
+    (a loss of 1e-30) is written in ``e`` notation ("1.0e-30"), not as eighteen zeros that read as 0."""
+    if value is None:
+        return "n/a"
     text = format(value, spec)
     parts = re.fullmatch(r"(.*\.)(\d+)([fg])", spec)
-    if parts is None or not isinstance(value, (int, float)) or value in bounds:
+    if parts is None or isinstance(value, bool) or not isinstance(value, numbers.Real) or value in bounds:
         return text
     head, digits, kind = parts.groups()
-    for more in range(int(digits) + 1, 19):
+    for more in range(int(digits) + 1, 20):
         try:
             if float(text) not in bounds:
-                break
+                return text
         except ValueError:  # (a spec that writes more than a number: ',' groups, say)
-            break
+            return text
+        if more == 19:  # (eighteen decimals still read as the bound: the exponent says how far it is)
+            return format(value, f"{head.rstrip('.')}.1e")
         text = format(value, f"{head}{more}{kind}")
     return text
 

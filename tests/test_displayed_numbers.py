@@ -25,6 +25,20 @@ def test_fmt_unsaturated_keeps_the_digits_that_tell_a_value_from_its_bounds():
     assert fmt_accuracy(49_999 / 50_000) == "99.998" and fmt_accuracy(1.0) == "100.00" and fmt_accuracy(None) == "n/a"
 
 
+def test_fmt_unsaturated_of_numpy_numbers_none_and_values_beyond_eighteen_decimals():
+    """An np.float32 accuracy of 0.99999 printed "100.00" (only int and float kept their digits), None
+    raised TypeError where fmt_accuracy says "n/a", and a loss of 1e-30 printed eighteen zeros, which
+    read as 0: now "99.999", "n/a" and "1.0e-30"; a bool is written as it is."""
+    import numpy as np
+
+    assert fmt_unsaturated(np.float32(0.99999) * 100, ".2f") == "99.999"
+    assert fmt_unsaturated(np.float64(1e-5), ".4f", (0.0,)) == "0.00001"
+    assert fmt_unsaturated(None, ".4f", (0.0,)) == "n/a"
+    assert fmt_unsaturated(1e-30, ".4f", (0.0,)) == "1.0e-30" and fmt_unsaturated(-1e-25, ".2f") == "-1.0e-25"
+    assert fmt_unsaturated(1e-18, ".4f", (0.0,)) == "0.000000000000000001"
+    assert fmt_unsaturated(True, ".1f") == "1.0"
+
+
 def test_prune_pretrained_results_table_never_rounds_onto_0_or_100():
     """results.md's 'removed %' was `.1f` (100 of 268,336 removed: "0.0"; all but 10: "100.0"), its
     accuracies `.2f` (49,999 of 50,000: "100.00") and its losses `.4f` (3e-5: "0.0000")."""

@@ -530,6 +530,33 @@ def test_mask_only_differ_line_counts_what_the_load_changed_of_a_float64_file(tm
     assert "float64 in the file, float32 in the model" in out and "0 by the optimisation" in out
 
 
+def test_mask_only_differ_line_reads_the_weights_file_as_it_was_loaded(tmp_path, capsys, monkeypatch):
+    """The line's count of what the load changed re-read --weights at the report, after the optimisation:
+    a weights file replaced during the run (a new export under the same name) or removed stopped the run
+    at its report, or compared with values it never loaded. It is read at the set-up, as it loaded."""
+    from recipes._adaptive import mask_only_run
+
+    torch.manual_seed(123)
+    sd = {k: v.double() + 1e-12 * torch.randn(v.shape, dtype=torch.float64)  # values a float32 cannot hold
+          for k, v in build_model("mlp", num_classes=10, in_shape=(64,)).state_dict().items()}
+    path = tmp_path / "w64.pt"
+    torch.save(sd, path)
+    real = mask_only_run._test_eval
+
+    def replaced_then_scored(*a, **kw):  # the file replaced by its float32 cast while the run went on
+        torch.save({k: v.float() for k, v in sd.items()}, path)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(mask_only_run, "_test_eval", replaced_then_scored)
+    res = R.main(["--output_dir", str(tmp_path / "run"), "--mode", "mask_only", "--target", "0.3", "--epochs", "1",
+                  "--update_every", "8", "--threads", "1", "--progress", "false", "--figures", "false",
+                  "--weights", str(path)])
+    final = res.model.state_dict()
+    differ = sum(int(((final[k].cpu().double() != v) & (final[k].cpu() != 0)).sum()) for k, v in sd.items())
+    out = capsys.readouterr().out
+    assert differ > 0 and f"differ from the original: {differ:,} ({differ:,} changed by the load itself" in out, out
+
+
 def test_mask_only_mode_reads_the_test_split_only_for_the_report(tmp_path, monkeypatch):
     """--mode mask_only scores its snapshots on the held-out part of TRAIN and leaves the test split
     unread until the final report (README: the holdout used for every choice is a stratified, seeded

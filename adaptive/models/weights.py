@@ -17,11 +17,14 @@ class WeightsMismatchError(RuntimeError):
     """A weights file does not fit the model it is loaded into."""
 
 
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
     """Read a state_dict from ``path`` (``.pt``/``.pth``/``.th`` or ``.safetensors``).
 
     Unwraps ``{"state_dict": ...}``-style wrappers and strips ``module.`` (DataParallel) and
-    ``_orig_mod.`` (torch.compile) prefixes. Loads tensors only (``weights_only=True``).
+    ``_orig_mod.`` (torch.compile) prefixes. Loads tensors only (``weights_only=True``). ``mmap``: a
+    zip-format torch file's tensors are memory-mapped (``torch.load(mmap=True)``: read from the file as
+    they are used, no copy of the whole file in memory; a safetensors file's are already), for a
+    second read of a file a model holds already; a legacy-format file, which cannot be, is read whole.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -43,7 +46,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             sd = load_file(path, device="cpu")
         else:
             _check_integrity(path)
-            sd = _load_tensors(path)
+            sd = _load_tensors(path, mmap)
     except WeightsMismatchError:
         raise
     except Exception as e:  # truncated, not a torch file, or pickled objects weights_only refuses
@@ -88,17 +91,21 @@ def _plain(name: str) -> bool:
     return name in _PLAIN_GLOBALS or re.fullmatch(r"numpy\.dtypes\.[A-Za-z0-9]+DType", name) is not None
 
 
-def _load_tensors(path: str):
+def _load_tensors(path: str, mmap: bool = False):
     """``torch.load(path, weights_only=True)``, a training checkpoint's options and NumPy numbers allowed
     (:func:`_plain`: torchvision's reference scripts save ``{"model": ..., "optimizer": ..., "args": Namespace(...)}``,
     others a best accuracy as ``np.float64``); a file that
-    holds other Python objects is refused naming them, and how to save its weights alone."""
+    holds other Python objects is refused naming them, and how to save its weights alone. ``mmap``: a
+    zip-format file memory-mapped (:func:`read_state_dict`)."""
     import importlib
     import pickle
     import warnings
+    import zipfile
+
+    mapped = {"mmap": True} if mmap and zipfile.is_zipfile(path) else {}  # (the legacy format cannot be)
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, **mapped)
     except pickle.UnpicklingError:
         try:
             unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -125,7 +132,7 @@ def _load_tensors(path: str):
     # library's) is left out, as safe_globals' exit removes what it was given, and stays allowed after
     before = set(torch.serialization.get_safe_globals())
     with torch.serialization.safe_globals([g for g in allowed if g not in before]):
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, **mapped)
 
 
 def _strip(key: str) -> str:

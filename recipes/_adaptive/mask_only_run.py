@@ -49,7 +49,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         # each process loaded its own copy of the data: one of another size would stop matching the others'
         # reductions inside optimize_connectome (the test split, unread until the report, is compared there)
         _refuse_differing_splits(cfg, loaders, train=train_dl, holdout=holdout_dl)
-        model, kw, synapses, loaded = agreed_call(
+        model, kw, synapses, loaded, at_load = agreed_call(
             lambda: _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt))
         saved = []
 
@@ -106,14 +106,14 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn)
     from adaptive.mask_only import changed_from
-    from adaptive.mask_only_bits import changed_by_load, differ_words, load_changes
+    from adaptive.mask_only_bits import changed_by_load, differ_words
 
     # against the weights as loaded, and what the load itself changed of the --weights file (a float64 file
-    # cast to the model's float32: 'differ from the original: 0' where every surviving value differed from it)
+    # cast to the model's float32: 'differ from the original: 0' where every surviving value differed from it),
+    # read at the set-up, not here: the file may have been replaced or removed while the run went on
     held = conn.dense_state_dict()  # (not `state`: the run's TrainState)
-    at_load, at_load_names = load_changes(cfg.weights, loaded, model)
     accelerator.print("surviving weights that differ from the original: " + differ_words(
-        changed_from(held, loaded, conn), changed_by_load(held, loaded, at_load), at_load_names, cfg.weights, "the model"))
+        changed_from(held, loaded, conn), changed_by_load(held, loaded, at_load[0]), at_load[1], cfg.weights, "the model"))
     # for 'best' the figures star the masks the model now holds (the chosen rung, or the dense network):
     # the lines end at the last rung tried
     best = result.snapshots.get("best")
@@ -137,10 +137,11 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
 
 
 def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tuple:
-    """What :func:`adaptive.optimize_connectome` runs with: ``(model, kw, synapses, loaded)``, the model
+    """What :func:`adaptive.optimize_connectome` runs with: ``(model, kw, synapses, loaded, at_load)``, the model
     on the process's device (no DDP wrapper: no weight is trained; the controller reduces its
-    statistics across processes), its keywords, its synapses and the weights as loaded (the final
-    check's reference), the start line printed. Its refusals (an empty train loader, a setting) are
+    statistics across processes), its keywords, its synapses, the weights as loaded (the final
+    check's reference) and what the load changed of the --weights file
+    (:func:`adaptive.mask_only_bits.load_changes`), the start line printed. Its refusals (an empty train loader, a setting) are
     every process's alike; its other failures (its own device's memory) may be one process's. No
     collective: call it through :func:`adaptive.distributed.agreed_call`."""
     from adaptive.mask_only import count_synapses, loaded_state, resolve_target, stage_batches
@@ -176,7 +177,11 @@ def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tup
                       f"{sum(p.numel() for p in model.parameters()):,} parameters), target {_shown(target)}, {reads}, "
                       f"estimator {cfg.estimator} -> {output_dir}")
     loaded = loaded_state(model)  # the weights as loaded, before the connectome: the final check's reference
-    return model, kw, synapses, loaded
+    # what the load changed of the --weights file, read now (the file as it was loaded, as prune_pretrained reads
+    # it), not at the report after the optimisation, when the file may have been replaced, moved or deleted
+    from adaptive.mask_only_bits import load_changes
+
+    return model, kw, synapses, loaded, load_changes(cfg.weights, loaded, model)
 
 
 def _check_pass_bounds(cfg, kw: dict, train_dl, holdout_dl, accelerator) -> None:
