@@ -352,10 +352,12 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
         try:
             load_weights(net, weights, state_dict=_weights_state(weights))
         except WeightsMismatchError as e:  # keys or shapes that differ: the model's; a damaged file: the file's
-            said = str(e).replace(" Check --model and num_classes against the file.", "")
-            if said == str(e):  # unreadable, damaged, a meta or quantized tensor: rebuilding otherwise cannot help
-                raise
-            raise WeightsMismatchError(f"{said.rstrip('.')}: {model_args.fix(name, kw)}") from e
+            if not getattr(e, "keys_differ", False):  # unreadable, damaged, a meta or quantized tensor: rebuilding
+                raise  # the model otherwise cannot help
+            fits = f". The file holds the weights of {e.fits}" if e.fits else ""  # (a torchvision file of its family)
+            error = WeightsMismatchError(f"{e.found}{fits}: {model_args.fix(name, kw)}")
+            error.keys_differ, error.found, error.fits = True, e.found, e.fits
+            raise error from e
     else:
         print(f"note: no weights file ({' or '.join(WEIGHT_FILES)}) in {run_dir}: L1/L2 come from a fresh init",
               file=sys.stderr)

@@ -215,3 +215,17 @@ def test_a_damaged_weights_file_is_not_blamed_on_the_model_arguments(wide, tmp_p
     err = _error_line(capsys)
     assert "cannot be read" in err and "copy it again" in err
     assert "not the run's" not in err and "--model-kw" not in err and not (tmp_path / "g.json").exists()
+
+
+def test_weights_of_a_network_the_loader_names_keep_the_rebuild_advice(tmp_path, capsys, monkeypatch):
+    """Where the loader names the network the file holds (a torchvision file of the model's family), its message
+    lacks "Check --model and num_classes against the file.", the text the command looked for: it re-raised the
+    loader's error without its own advice about the rebuilt model. It reads the error's keys_differ, not its text."""
+    run = tmp_path / "run"
+    _run(run, hidden=(16,), bias=False)
+    monkeypatch.setattr(models.MLP, "weights_mismatch_hint", lambda self, sd: "mlp (10 classes)", raising=False)
+    assert main(["export", str(run), "--out", str(tmp_path / "g.json"), "--model-kw", "hidden=[16]"]) == 2
+    err = _error_line(capsys)
+    assert "missing keys [fc1.bias" in err and "The file holds the weights of mlp (10 classes)" in err
+    assert "rebuilt as mlp with hidden=[16], which is not the run's" in err and "--model-kw KEY=VALUE" in err
+    assert not (tmp_path / "g.json").exists()

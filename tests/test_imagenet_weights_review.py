@@ -315,3 +315,18 @@ def test_a_data_dir_given_as_dot_that_holds_train_names_its_real_parent(tmp_path
     with pytest.raises(DatasetNotFoundError, match=rf"give --data-dir {tmp_path} with {tmp_path / 'CLS-LOC'} renamed "
                                                    rf"\(or linked\) as {tmp_path / 'imagenet'}, or"):
         get_datasets("imagenet", data_dir=".", holdout=0.0, image_size=32, resize=40)
+
+
+def test_a_lightning_checkpoint_of_another_network_of_the_family_is_named(tmp_path):
+    """A Lightning checkpoint ({"state_dict": {"model.<key>": ...}}) of MobileNetV3-Large given for -Small: the
+    family hint read the keys with their prefix, which fit no network, and named none; it reads them as the
+    loader does."""
+    import torchvision
+
+    sd = torchvision.models.mobilenet_v3_large(num_classes=7).state_dict()
+    torch.save({"state_dict": {f"model.{k}": v for k, v in sd.items()}, "epoch": 1}, tmp_path / "last.ckpt")
+    model = build_model("torchvision:mobilenet_v3_small", num_classes=7)
+    with pytest.raises(WeightsMismatchError, match=r"holds the weights of torchvision:mobilenet_v3_large \(7 classes\): "
+                                                   r"give that --model") as caught:
+        load_weights(model, tmp_path / "last.ckpt")
+    assert caught.value.keys_differ and caught.value.fits == "torchvision:mobilenet_v3_large (7 classes)"

@@ -1758,3 +1758,30 @@ def test_the_lone_process_warning_needs_accelerates_launcher_to_say_it_was_asked
     monkeypatch.setattr(distributed, "_launcher_view", lambda pid: views[pid])
     for pid in views:
         assert problem("s.py", launch, pid) is None, pid
+
+
+def test_torchvisions_own_weights_file_fed_other_images_is_warned_once(tmp_path, monkeypatch):
+    """The shipped ImageNet config of this recipe (resize 232, IMAGENET1K_V2's) run with the V1 file (evaluated at
+    resize 256): only recipes/prune_pretrained.py warned; this recipe says it too, through the same function, on
+    the first process of a launch alone."""
+    import warnings
+
+    config = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly_adaptive.yaml")
+    for name in ("mobilenet_v3_large-5c1a4163.pth", "mobilenet_v3_large-8738ca79.pth"):
+        (tmp_path / name).write_bytes(b"")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the V2 file, as the config says: nothing to say
+        R.parse_args(["--config", config, "--num_workers", "0", "--weights",
+                      str(tmp_path / "mobilenet_v3_large-5c1a4163.pth")])
+    v1 = ["--config", config, "--num_workers", "0", "--weights", str(tmp_path / "mobilenet_v3_large-8738ca79.pth")]
+    with pytest.warns(UserWarning, match=r"MobileNet_V3_Large_Weights\.IMAGENET1K_V1, evaluated with resize 256, .* "
+                                         r"given resize 232: give --dataset-kw resize=256 "):
+        R.parse_args(v1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # the second process of a launch, before its process group exists
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    shown = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda *a, **k: shown.append(a)
+        R.parse_args(v1)
+    assert shown == []

@@ -97,6 +97,22 @@ def transform_mismatch(path, dataset_kw: dict, defaults=None) -> str:
             "weights' own)")
 
 
+def warn_transform_mismatch(path, dataset: str, dataset_kw: dict) -> None:
+    """Warn (:func:`adaptive.warn.warn_user`) where the weights file ``path`` (None: none) is torchvision's own
+    and the ``dataset`` (``imagenet`` or ``folder``; any other is left alone) is given with ``dataset_kw``
+    that resize or crop its images otherwise than those weights were evaluated (:func:`transform_mismatch`).
+    The recipes call it while reading their settings, so that it shows once under several processes."""
+    import os
+
+    if path is None or dataset not in ("imagenet", "folder") or not os.path.isfile(path):
+        return
+    mismatch = transform_mismatch(path, dataset_kw or {})
+    if mismatch:
+        from adaptive.warn import warn_user
+
+        warn_user(mismatch)
+
+
 def _as_one(key: str, value):
     """A ``--dataset-kw`` size as torchvision's weights name it: ``[S]`` is ``S`` (torchvision's transforms read
     both alike), and so is an ``image_size`` of ``[S, S]`` (a crop of S x S); anything else as it is."""
@@ -192,9 +208,13 @@ def _vit_image_size(state_dict: dict):
 def _fits_but_outputs(net: nn.Module, state_dict: dict):
     """The file's count of outputs where ``state_dict`` holds ``net``'s weights for some count of
     classes (every key, less those ``net`` skips; every shape, or one that differs in its first
-    dimension alone, all such by one count), else None."""
+    dimension alone, all such by one count), else None. A file whose every key carries one prefix (a Lightning
+    module's ``model.``) is read without it where :func:`load_weights` would load it so into ``net``."""
+    from .weights import strip_model_prefix
+
     own = net.state_dict()
     skipped = tuple(getattr(net, "skipped_weight_prefixes", ()))
+    state_dict = strip_model_prefix(state_dict, own, skipped)  # (the loader's prefix handling, for this network)
     sd = {k: v for k, v in state_dict.items() if k in own or not k.startswith(skipped)}
     if set(sd) - set(own) or any(k not in sd and not k.endswith("num_batches_tracked") for k in own):
         return None

@@ -14,7 +14,17 @@ _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 
 class WeightsMismatchError(RuntimeError):
-    """A weights file does not fit the model it is loaded into."""
+    """A weights file does not fit the model it is loaded into.
+
+    ``keys_differ`` is True where the file's keys or shapes are not the model's (another model's file, or the
+    model built with other arguments: :func:`load_weights`), False where the file cannot be loaded for another
+    reason (a damaged file, a tensor the model cannot take). Where True, ``found`` says what differs (the
+    message less its advice) and ``fits`` names the networks the file fits ("" where none is known), so that
+    a caller can give its own advice without reading the message's text."""
+
+    keys_differ = False
+    found = ""
+    fits = ""
 
 
 def read_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
@@ -281,12 +291,12 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
             parts.append(f"shape mismatches [{fmt(shapes)}]")
         hint = getattr(model, "weights_mismatch_hint", None)  # (a torchvision model: the network of its family
         fits = hint(sd) if callable(hint) else ""  # the file fits, if one does)
-        raise WeightsMismatchError(
-            f"weights file {path!r} does not match model {type(model).__name__}: "
-            + "; ".join(parts)
-            + (f". The file holds the weights of {fits}: give that --model (its --model-kw, its number of classes)" if fits else
-               ". Check --model and num_classes against the file.")
-        )
+        found = f"weights file {path!r} does not match model {type(model).__name__}: " + "; ".join(parts)
+        error = WeightsMismatchError(
+            found + (f". The file holds the weights of {fits}: give that --model (its --model-kw, its number of classes)"
+                     if fits else ". Check --model and num_classes against the file."))
+        error.keys_differ, error.found, error.fits = True, found, fits
+        raise error
     for k in own:  # filled as PyTorch fills it for an unversioned file (a versioned one is refused)
         if k.endswith("num_batches_tracked") and k not in sd:
             sd[k] = own[k].detach().clone()

@@ -410,7 +410,12 @@ def parse_args(argv=None) -> RunConfig:
         raise SystemExit(0)
     try:
         with start_up_warnings_once():
-            return parse_config(RunConfig, argv, prog="recipes/adaptive.py")
+            cfg = parse_config(RunConfig, argv, prog="recipes/adaptive.py")
+            from adaptive.models.tv import warn_transform_mismatch
+
+            # torchvision's own weights file fed images resized or cropped otherwise than it was evaluated with
+            warn_transform_mismatch(cfg.weights, cfg.dataset, cfg.dataset_kw)
+            return cfg
     except ConfigError as e:
         say_error(error_lines("recipes/adaptive.py", e), e, once=True)
         raise SystemExit(2) from None

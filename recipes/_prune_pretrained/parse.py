@@ -135,13 +135,9 @@ def _parse_args(argv) -> argparse.Namespace:
         what = ("is a folder: pass the weights file inside it" if os.path.isdir(cfg["weights"]) else
                 "does not exist: pass the path of a saved state_dict (this project never downloads weights)")
         raise SystemExit(f"{origin('weights')} {named}" if named else f"{origin('weights')} {cfg['weights']} {what}")
-    if cfg["weights"] is not None and cfg["dataset"] in ("imagenet", "folder"):  # torchvision's own file, by its name
-        from adaptive.models.tv import transform_mismatch
-        from adaptive.warn import warn_user
+    from adaptive.models.tv import warn_transform_mismatch
 
-        mismatch = transform_mismatch(cfg["weights"], cfg["dataset_kw"])
-        if mismatch:
-            warn_user(mismatch)
+    warn_transform_mismatch(cfg["weights"], cfg["dataset"], cfg["dataset_kw"])  # torchvision's own file, by its name
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         problem = range_problem(origin(key), cfg.get(key), least, whole=True,  # (--key, or the file's key)
