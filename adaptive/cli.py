@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import difflib
 import math
+import numbers
 import os
 import re
 import signal
@@ -139,7 +140,10 @@ def progress_line(**figures) -> str:
     """One plain progress line, no carriage return: ``progress: step 40/200, epoch 2, train loss 0.512,
     ...``; a figure that is None is left out, a float shows 4 significant digits, except an accuracy (a
     key ending in ``accuracy``, given as a fraction), shown as a percentage with 2 decimals as the recipes'
-    closing lines and tables show it (``holdout accuracy 88.98%``), ``seconds`` comes last."""
+    closing lines and tables show it (``holdout accuracy 88.98%``), and a ``density`` (a fraction), shown
+    with 4 decimals (``density 0.2000``); ``seconds`` comes last. An accuracy or density that would round
+    onto none or all without being it keeps the digits that say so (``fmt_unsaturated``): 49,999 of
+    50,000 is "99.998%", not "100.00%", a density of 199,999 of 200,000 "0.99999", not "1.0000"."""
     seconds = figures.pop("seconds", None)
     parts = [f"{k.replace('_', ' ')} {_figure(k, v)}" for k, v in figures.items() if v is not None]
     if seconds is not None:
@@ -148,11 +152,19 @@ def progress_line(**figures) -> str:
 
 
 def _figure(key: str, value) -> str:
-    """One figure of :func:`progress_line`: an accuracy fraction as a percentage, another float to
+    """One figure of :func:`progress_line`: an accuracy fraction as a percentage, a density fraction to
+    4 decimals (neither shown as 0 or all where it is not: ``fmt_unsaturated``), another float to
     4 significant digits, anything else as it is."""
-    if isinstance(value, float) and key.endswith("accuracy"):
-        return f"{100 * value:.2f}%"
-    return f"{value:.4g}" if isinstance(value, float) else f"{value}"
+    real = isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral)  # (bool too)
+    if real and key.endswith("accuracy"):
+        from .metrics import fmt_accuracy  # (torch: not at the CLI's import)
+
+        return f"{fmt_accuracy(value)}%"
+    if real and key == "density":
+        from .metrics import fmt_unsaturated
+
+        return fmt_unsaturated(value, ".4f", (0.0, 1.0))
+    return f"{value:.4g}" if real else f"{value}"
 
 
 def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Callable[[dict], None]:
@@ -169,7 +181,7 @@ def mask_only_progress(total_synapses: int, show: Callable[[str], None]) -> Call
             train_loss = last.get("train_loss") if last.get("target") == target else None
             show(progress_line(step=rec["step"], target=target, train_loss=train_loss,
                                holdout_loss=rec.get("holdout_loss"), holdout_accuracy=rec.get("holdout_acc"),
-                               density=f"{1 - rec['removed'] / max(1, total_synapses):.4f}",
+                               density=1 - rec['removed'] / max(1, total_synapses),
                                seconds=rec.get("wall_seconds")))
     return on_record
 

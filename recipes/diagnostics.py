@@ -493,7 +493,7 @@ def cmd_knowledge(args):
     curve.save(out)  # first: a figure that fails to draw must not lose the measured curve
     paths = curve.plot(os.path.join(out, folder.knowledge_figure(args.model)), svg=args.svg, title=curve.meta["title"],
                        log_x=args.log_x)
-    print(f"\naccuracy of what remains\n{curve.shown_table().to_markdown()}")
+    print(f"\naccuracy of what remains\n{curve.shown_markdown()}")
     print(f"\nexponential fits (log y = a + rate * removed)\n{curve.shown_fit_table().to_markdown()}")
     print(f"\n{curve.note}; {curve.total:,} prunable weights; curve measured in {seconds:.1f} s (as "
           f"knowledge_summary.json's seconds: the measurement alone, no training, saving or drawing); figure {paths[0]}")

@@ -117,8 +117,8 @@ def test_knowledge_prints_accuracy_in_percent(recipe, tmp_path, capsys):
     recipe.main(["knowledge", *COMMON, "--output_dir", str(tmp_path), "--model", "mlp", "--train_steps", "2",
                  "--points", "3"])
     out = capsys.readouterr().out
-    printed = out.split("accuracy of what remains\n")[1].split("\n\n")[0]
-    assert printed == (tmp_path / "knowledge_curve.md").read_text().strip()
+    printed = out.split("accuracy of what remains\n")[1].split("\n\nexponential fits")[0]
+    assert printed == (tmp_path / "knowledge_curve.md").read_text().strip()  # (its caption too)
     assert printed.startswith("| removed | fraction | accuracy (%) | loss | accuracy drop (points) |")
     first = [c.strip() for c in printed.splitlines()[2].strip("|").split("|")]
     intact = json.loads((tmp_path / "knowledge_summary.json").read_text())["meta"]["base"]["accuracy"]

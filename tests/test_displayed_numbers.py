@@ -4,6 +4,7 @@ share of 99.996% read "100.00" (every one), one image of 50,000 "0.00" points (n
 import math
 import types
 
+import numpy as np
 import torch
 
 from adaptive.metrics import fmt_accuracy, fmt_unsaturated
@@ -137,3 +138,49 @@ def test_prune_pretrained_curves_say_where_a_value_is_not_finite(tmp_path, monke
     loss, acc = saved[-1][:2]
     assert "loss not finite at 3 of 7 points (left out)" in loss.get_title(), loss.get_title()
     assert "not finite" not in acc.get_title()  # a missing accuracy (None) is no value, not a NaN
+
+
+def test_progress_lines_never_round_onto_full_or_empty_density_or_accuracy():
+    """The progress lines of recipes/adaptive.py and prune_pretrained.py printed a `.2f` accuracy and a
+    `.4f` density: 49,999 of 50,000 images read "100.00%", 199,999 of 200,000 synapses "density 1.0000"
+    and one of 200,000 "density 0.0000". A value that does not saturate keeps its format."""
+    from adaptive.cli import mask_only_progress, progress_line
+
+    line = progress_line(step="1/2", holdout_accuracy=49_999 / 50_000, density=199_999 / 200_000, seconds=1.0)
+    assert line == "progress: step 1/2, holdout accuracy 99.998%, density 0.99999, 1 s", line
+    line = progress_line(holdout_accuracy=1 / 50_000, density=1 / 200_000)
+    assert line == "progress: holdout accuracy 0.002%, density 0.00001", line
+    assert progress_line(holdout_accuracy=1.0, density=0.2) == "progress: holdout accuracy 100.00%, density 0.2000"
+    shown = []  # prune_pretrained's lines (mask_only_progress) compute their density from the records
+    on_record = mask_only_progress(200_000, shown.append)
+    on_record({"kind": "eval", "step": 5, "holdout_acc": 0.875, "removed": 1, "wall_seconds": 3.0})
+    assert shown == ["progress: step 5, holdout accuracy 87.50%, density 0.99999, 3 s"], shown
+
+
+def test_knowledge_table_formats_numpy_numbers():
+    """shown_table's cell formatted only Python int and float: an np.float64 accuracy (an array's
+    mean) went into knowledge_curve.md unformatted, as a fraction under "accuracy (%)"."""
+    from adaptive.diagnostics import KnowledgeCurve
+    from adaptive.diagnostics.table import Table
+
+    rows = [{"removed": 0, "fraction": 0.0, "accuracy": np.float64(0.8), "loss": 0.1,
+             "accuracy_drop": np.float32(0.0), "loss_increase": 0.0},
+            {"removed": 5, "fraction": 0.5, "accuracy": np.float32(49_999 / 50_000), "loss": 0.1,
+             "accuracy_drop": np.float64(1 / 50_000), "loss_increase": 1e-6}]
+    shown = KnowledgeCurve(Table(rows), 10, "magnitude", 0, {}, 0.1).shown_table()
+    assert shown["accuracy (%)"] == ["80.00", "99.998"] and shown["accuracy drop (points)"] == ["0.00", "0.002"], shown
+
+
+def test_knowledge_curve_md_says_fraction_is_of_the_weights_live_at_the_start(tmp_path):
+    """knowledge_curve.md's fraction column is a share of the weights live at the start (pruned ones not
+    counted), but only the printout's last line and the figure's top axis said so, not the file."""
+    from adaptive.diagnostics import KnowledgeCurve
+    from adaptive.diagnostics.table import Table
+
+    rows = [{"removed": 0, "fraction": 0.0, "accuracy": 1.0, "loss": 0.1, "accuracy_drop": 0.0, "loss_increase": 0.0}]
+    KnowledgeCurve(Table(rows), 600, "magnitude", 0, {}, 0.1, pruned_before=400).save(str(tmp_path))
+    text = (tmp_path / "knowledge_curve.md").read_text()
+    table, caption = text.strip().split("\n\n")
+    assert table.startswith("| removed | fraction | accuracy (%) |")
+    assert "600 prunable weights live at the start" in caption and "400 already pruned" in caption, caption
+    assert KnowledgeCurve.load(str(tmp_path)).total == 600  # (load reads the CSV, not the caption)

@@ -216,7 +216,7 @@ class KnowledgeCurve:
 
         os.makedirs(out_dir, exist_ok=True)
         self.table.to_csv(os.path.join(out_dir, "knowledge_curve.csv"))  # fractions, for reading back (load)
-        write_text(os.path.join(out_dir, "knowledge_curve.md"), self.shown_table().to_markdown() + "\n")
+        write_text(os.path.join(out_dir, "knowledge_curve.md"), self.shown_markdown() + "\n")
         fit = self.fit_table()
         fit.to_csv(os.path.join(out_dir, "knowledge_fit.csv"))
         write_text(os.path.join(out_dir, "knowledge_fit.md"), self.shown_fit_table().to_markdown() + "\n")
@@ -271,9 +271,26 @@ class KnowledgeCurve:
 
         def cell(key, value):
             # (one image of 50,000 is a drop of 0.002 points: "0.00" read as none, fmt_unsaturated)
-            return fmt_unsaturated(100 * value, ".2f") if key in shown and isinstance(value, (int, float)) else value
+            # (a NumPy number too, np.float64 from an array's sum: not a bool, which is no figure)
+            number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+            return fmt_unsaturated(100 * value, ".2f") if key in shown and number else value
 
         return Table({shown.get(k, k): cell(k, v) for k, v in row.items()} for row in self.table)
+
+    def shown_caption(self) -> str:
+        """The line under :meth:`shown_table` in ``knowledge_curve.md`` and the recipe's printout: what
+        ``removed`` and ``fraction`` count, the weights live at the start (not all the model's, where
+        some were already pruned or only some layers measured), as the figure's top axis says."""
+        some = (f" in the layers measured (the model has {self.measured_of:,})"
+                if self.measured_of and self.measured_of > self.total + self.pruned_before else "")
+        before = f"; {self.pruned_before:,} already pruned are not counted" if self.pruned_before else ""
+        return (f"removed and fraction count the {self.total:,} prunable weights live at the start{some}"
+                f"{before}: fraction is removed / {self.total:,}, not a share of all the model's weights.")
+
+    def shown_markdown(self) -> str:
+        """``knowledge_curve.md`` (and the recipe's printout of it): :meth:`shown_table` as markdown, then,
+        after a blank line, :meth:`shown_caption`."""
+        return f"{self.shown_table().to_markdown()}\n\n{self.shown_caption()}"
 
     def fit_table(self) -> Table:
         """One row per fit (:attr:`KnowledgeCurve.fits`): its points, rate, e-fold (in weights and as a fraction of

@@ -352,7 +352,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
             if lines:  # no bar: one plain line per evaluation, so a piped or logged run is not silent
                 print(progress_line(step=f"{s.step}/{total_steps}", epoch=f"{s.epoch + 1}/{epochs}",
                                     train_loss=_last_train_loss(state.metrics, s.step),
-                                    holdout_accuracy=holdout, density=f"{conn.density():.4f}", seconds=elapsed()),
+                                    holdout_accuracy=holdout, density=conn.density(), seconds=elapsed()),
                       flush=True)
         if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0 and s.step < total_steps:
             s.seconds = elapsed()  # the run's time so far, carried on by a resume from this checkpoint
