@@ -1,5 +1,6 @@
 """recipes/benchmarks/lenet5_stability.py: every run is a recipe job with its variant's options, the
 table shows what the runs' own summaries say, and bad settings fail before any run."""
+import dataclasses
 import json
 import re
 import statistics
@@ -8,6 +9,7 @@ import pytest
 import yaml
 
 import adaptive.paths as paths
+from adaptive.config import parse_config
 from _scripts import assert_refused_before_any_run, load_script  # noqa: E402
 
 MNIST = paths.SHARED_DATA / "mnist" / "mnist.npz"
@@ -33,6 +35,7 @@ def _where(tmp_path) -> list:
     (["--variants", "lr 0.2"], "--variants: unknown ['lr 0.2']"),
     (["--seeds", "0,x"], "--seeds: comma-separated whole numbers"),
     (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
     (["--jobs", "0"], "--jobs must be >= 1"),
     # a warmup of at most half the run (the benchmark's rule; the recipe refuses only one longer than the
     # run): refused before the first run, not when the warmup's run starts
@@ -57,7 +60,7 @@ def test_each_variant_passes_its_options_and_nothing_else(monkeypatch, tmp_path)
     mod = _bench()
     seen = {}
     monkeypatch.setattr(mod, "recipe_run", lambda opts, out, label: seen.setdefault(label, opts))
-    args = type("A", (), {"threads": 1, "data": tmp_path, "max_steps": None, "subset": None})()
+    args = type("A", (), {"threads": 1, "data": tmp_path, "max_steps": None, "subset": None, "epochs": 3})()
     for v in mod.VARIANTS:
         mod.run_one("threshold 5%, batch 32", v, 4, args, tmp_path / v)
     base = seen["threshold 5%, batch 32, lr 0.1, seed 4"]
@@ -138,3 +141,42 @@ def test_the_rigl_setting_runs_rigl_on_lenet5_at_five_percent(tmp_path):
             cfg["max_grad_norm"]) == ("rigl", None, "lenet5", 0.05, 100, 100, 1.0)
     r = results["rigl 5%, batch 100"]["clip 1"][2]
     assert abs(r["density"] - 0.05) < 1e-3 and r["steps"] == 30
+
+
+def _jobs(monkeypatch, tmp_path, argv) -> tuple:
+    """The recipe options of each job ``main(argv)`` starts (none runs) and the table it writes."""
+    mod, seen = _bench(), {}
+    monkeypatch.setattr(mod, "recipe_run", lambda opts, out, label: seen.setdefault(label, opts) and
+                        {"holdout_accuracy": 0.9, "test_accuracy": 0.9, "wall_min": 0.1})
+    monkeypatch.setattr(mod, "paired_plot", lambda *a, **k: None)
+    mod.main([*argv, "--no-progress", *_where(tmp_path)])
+    return seen, (tmp_path / "t.md").read_text()
+
+
+def test_epochs_sets_every_runs_epochs_and_the_table_says_so(monkeypatch, tmp_path):
+    argv = ["--settings", "threshold 5%, batch 32;rigl 5%, batch 100", "--variants", "clip 1;lr 0.1", "--seeds", "0"]
+    for extra, epochs in [([], 3), (["--epochs", "20"], 20), (["--epochs=1"], 1)]:
+        seen, text = _jobs(monkeypatch, tmp_path / f"epochs{epochs}", argv + extra)
+        assert len(seen) == 4
+        for label, opts in seen.items():  # the setting's own epochs replaced, not followed by a second --epochs
+            assert opts.count("--epochs") == 1 and opts[opts.index("--epochs") + 1] == str(epochs), (label, opts)
+        budget = f"{epochs} epoch{'s' * (epochs != 1)}"
+        assert text.startswith("# ") and text.splitlines()[0].endswith(f"({budget} per run)"), text
+        assert f"in train mode, {budget}, SGD" in text
+        reproduce = text.splitlines()[-1]
+        assert reproduce.endswith("--seeds 0" + "".join(f" {a}" for a in extra) + "`"), reproduce
+
+
+def test_epochs_20_of_the_threshold_batch_100_setting_is_the_shipped_lenet5_config(monkeypatch, tmp_path):
+    """'threshold 5%, batch 100' with 'clip 1' for 20 epochs is recipes/configs/mnist_lenet5.yaml as shipped,
+    every setting equal, and with 'lr 0.1' the same with --max_grad_norm none (the figures docs/training.md
+    quotes for that config come from this benchmark's table)."""
+    recipe = load_script("recipes/adaptive.py", "recipe_adaptive_lenet5_cfg")
+    seen, _ = _jobs(monkeypatch, tmp_path, ["--settings", "threshold 5%, batch 100", "--variants", "clip 1;lr 0.1",
+                                           "--seeds", "1", "--epochs", "20"])
+    shipped = ["--config", str(paths.REPO_ROOT / "recipes" / "configs" / "mnist_lenet5.yaml"), "--seed", "1",
+               "--threads", "1", "--data-dir", str(tmp_path / "data")]
+    for variant, extra in [("clip 1", []), ("lr 0.1", ["--max_grad_norm", "none"])]:
+        ran = dataclasses.asdict(parse_config(recipe.RunConfig, seen[f"threshold 5%, batch 100, {variant}, seed 1"]))
+        want = dataclasses.asdict(parse_config(recipe.RunConfig, shipped + extra))
+        assert ran == want and ran["epochs"] == 20 and ran["density"] == 0.05, variant

@@ -3,6 +3,8 @@
     python recipes/benchmarks/lenet5_stability.py                      # 3 settings x 4 variants x 8 seeds
     python recipes/benchmarks/lenet5_stability.py --settings "dense, batch 100" --variants "lr 0.1;clip 1" --seeds 0,1
     python recipes/benchmarks/lenet5_stability.py --jobs 1             # one run at a time
+    python recipes/benchmarks/lenet5_stability.py --settings "threshold 5%, batch 100" --variants "clip 1;lr 0.1" \
+        --seeds 0,1 --epochs 20 --output recipes/benchmarks/results/lenet5_config.md  # the shipped mnist_lenet5.yaml
     python recipes/benchmarks/lenet5_stability.py --settings "utility 5%, batch 100" --variants "lr 0.1;clip 1" \
         --output recipes/benchmarks/results/lenet5_stability_utility.md  # the utility policy, sparse from the start
     python recipes/benchmarks/lenet5_stability.py --settings "utility 5%, batch 100;rigl 5%, batch 100" \
@@ -46,19 +48,20 @@ from recipes.benchmarks._paired_runs import (  # noqa: E402
     rel as _rel)
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
+EPOCHS = 3  # each run's epochs unless --epochs says otherwise (every setting below lists them)
 COLLAPSED = 0.5  # a run below 50% held-out accuracy on 10 classes counts as collapsed in the table
 _SHIPPED = ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"), "--model", "lenet5",
-            "--epochs", "3"]
+            "--epochs", str(EPOCHS)]
 SETTINGS = {  # name: the recipe options before the variant's and --seed
     "dense, batch 100": [*_SHIPPED, "--density", "1.0"],
     "threshold 5%, batch 100": [*_SHIPPED, "--policy", "threshold", "--density", "0.05"],
-    "threshold 5%, batch 32": ["--dataset", "mnist", "--model", "lenet5", "--epochs", "3", "--policy", "threshold",
+    "threshold 5%, batch 32": ["--dataset", "mnist", "--model", "lenet5", "--epochs", str(EPOCHS), "--policy", "threshold",
                                "--density", "0.05"],
     # sparse (ERK) from the first step, not dense first
     "utility 5%, batch 100": [*_SHIPPED, "--policy", "utility", "--density", "0.05"],
     # RigL (magnitude drop, gradient growth) on the same schedule: the reference for the utility policy
     "rigl 5%, batch 100": ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_rigl.yaml"), "--model", "lenet5",
-                           "--epochs", "3", "--density", "0.05"],
+                           "--epochs", str(EPOCHS), "--density", "0.05"],
 }
 POLICY_NOTES = {  # how each setting's policy reaches 5%, said under the table where one of its settings ran
     "threshold": "the threshold policy starts dense and prunes to 5% (curvature estimator)",
@@ -92,18 +95,21 @@ MNIST_TRAIN, HOLDOUT = 60_000, 0.1  # MNIST's TRAIN split and the recipe's held-
 
 
 def fewest_steps(settings, args) -> int:
-    """A lower bound on the steps of the shortest run: --max-steps, else 3 epochs of the train part at
+    """A lower bound on the steps of the shortest run: --max-steps, else --epochs epochs of the train part at
     the setting's batch size, the last batch kept (of --subset examples where given, less the held-out
     share; its stratified rounding moves the train part by at most 5 examples, under a batch)."""
     if args.max_steps:
         return args.max_steps
     train = int(min(args.subset or MNIST_TRAIN, MNIST_TRAIN) * (1 - HOLDOUT)) - 5
-    return min(3 * math.ceil(train / (100 if "batch 100" in s else 32)) for s in settings)
+    return min(args.epochs * math.ceil(train / (100 if "batch 100" in s else 32)) for s in settings)
 
 
 def run_one(setting: str, variant: str, seed: int, args, out: Path) -> dict:
-    """One recipe run; its summary.json plus the wall time it took."""
-    opts = [*SETTINGS[setting], *VARIANTS[variant], "--seed", str(seed), "--threads", str(args.threads),
+    """One recipe run; its summary.json plus the wall time it took. The setting's ``--epochs`` is
+    ``args.epochs``."""
+    base = SETTINGS[setting]
+    base = [str(args.epochs) if i and base[i - 1] == "--epochs" else a for i, a in enumerate(base)]
+    opts = [*base, *VARIANTS[variant], "--seed", str(seed), "--threads", str(args.threads),
             "--data-dir", str(args.data)]
     if args.max_steps:
         opts += ["--max_steps", str(args.max_steps)]
@@ -119,6 +125,8 @@ def main(argv=None):
     ap.add_argument("--variants", default=";".join(VARIANTS), help=f"semicolon-separated, of: {'; '.join(VARIANTS).replace('%', '%%')} "
                                                                   "(the first is the baseline of the differences)")
     ap.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds (split, data order, weights)")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help=f"epochs of every run (default {EPOCHS}; the shipped "
+                    "recipes/configs/mnist_lenet5.yaml trains 20)")
     ap.add_argument("--max-steps", type=int, default=None, help="steps of every run instead of its epochs (quick runs)")
     ap.add_argument("--subset", type=int, default=None, help="train examples (quick runs; the table says so)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
@@ -133,7 +141,7 @@ def main(argv=None):
     settings = name_list(args.settings, SETTINGS, "--settings", ap)
     variants = name_list(args.variants, VARIANTS, "--variants", ap)
     seeds = _int_list(args.seeds, "--seeds", ap)
-    at_least_one(args, ("max_steps", "subset", "threads", "jobs"), ap)
+    at_least_one(args, ("epochs", "max_steps", "subset", "threads", "jobs"), ap)
     if "warmup 500" in variants and fewest_steps(settings, args) < 2 * WARMUP:
         ap.error(f"--variants 'warmup 500' needs runs of at least {2 * WARMUP} steps (a warmup of at most half the "
                  f"run), and the shortest here has about {fewest_steps(settings, args)}: give a larger --max-steps or "
@@ -160,7 +168,7 @@ def main(argv=None):
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process
         for (setting, variant, seed), r in pool.map(one, jobs):
             results[setting][variant][seed] = r
-    budget = f"{args.max_steps} steps" if args.max_steps else "3 epochs"
+    budget = f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch{'s' * (args.epochs != 1)}"
     lines = [f"# LeNet-5 on MNIST at SGD lr 0.1: held-out accuracy and collapses of each setting and variant ({budget} per run)", "",
              "| setting | variant | held-out acc % (median) | held-out acc % (mean ± sd) | collapsed (held-out "
              f"< {100 * COLLAPSED:.0f}%) | test acc % (median) | held-out per seed | wall min per run |",
