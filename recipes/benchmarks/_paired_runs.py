@@ -98,6 +98,20 @@ def figure_path(args, name: str) -> Path:
     return Path(args.output).with_suffix(".png") if args.output else ROOT / "docs" / "figures" / f"{name}.png"
 
 
+def table_path(args, name: str) -> Path:
+    """Where a benchmark's table goes: ``--output``, else recipes/benchmarks/results/``name``.md."""
+    return Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / f"{name}.md"
+
+
+def write_table(out: Path, lines) -> None:
+    """Write the table's ``lines`` to ``out`` (atomically), print them and say where they went."""
+    from adaptive.atomic import write_text  # (the benchmark put the repository on the path)
+
+    write_text(out, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten to {out}")
+
+
 def collapse_cells(rs, collapsed: float) -> str:
     """The cells a table of repeated runs gives one variant's runs ``rs`` (their summaries, in seed
     order): held-out median, mean ± sd, how many fell below ``collapsed``, test median, held-out per

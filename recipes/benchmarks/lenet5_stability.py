@@ -38,14 +38,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
-from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
 # sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
 from recipes.benchmarks._paired_runs import (  # noqa: E402
     at_least_one, collapse_cells, figure_path, int_list as _int_list, name_list, paired_plot, recipe_run,
-    rel as _rel)
+    rel as _rel, table_path, write_table)
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 EPOCHS = 3  # each run's epochs unless --epochs says otherwise (every setting below lists them)
@@ -201,13 +200,11 @@ def main(argv=None):
               "the end.", "",
               "Reproduce: `python recipes/benchmarks/lenet5_stability.py"
               f"{shown_args(argv, ROOT, dropped=('--runs', '--data-dir', '--jobs'))}`"]
-    out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "lenet5_stability.md"
+    out = table_path(args, "lenet5_stability")
     paired_plot(results, variants, seeds, figure_path(args, "lenet5_stability"), variants,
                 f"LeNet-5 on MNIST, seeds {', '.join(map(str, seeds))}: a line joins a seed's runs",
                 center=statistics.median)
-    write_text(out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {out}")
+    write_table(out, lines)
     return results
 
 

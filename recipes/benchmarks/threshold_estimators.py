@@ -27,7 +27,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 from adaptive.utility.base import get_estimator  # noqa: E402
@@ -35,7 +34,7 @@ from adaptive.utility.base import get_estimator  # noqa: E402
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
 # sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
 from recipes.benchmarks._paired_runs import (  # noqa: E402
-    at_least_one, int_list as _int_list, mean_sd as _mean_sd, name_list, recipe_run)
+    at_least_one, int_list as _int_list, mean_sd as _mean_sd, name_list, recipe_run, table_path, write_table)
 from recipes.benchmarks._reproduce import machine, shown_args  # noqa: E402
 
 ESTIMATORS = ("taylor", "obd", "consistency", "curvature")  # the three signed ones, then curvature
@@ -119,10 +118,8 @@ def main(argv=None):
               f"{time.strftime('%Y-%m-%d', time.gmtime())} (UTC).", "",
               f"Reproduce: `python recipes/benchmarks/threshold_estimators.py"
               f"{shown_args(argv, ROOT, dropped=('--runs', '--data-dir'))}`"]
-    out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "threshold_estimators.md"
-    write_text(out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {out}")
+    out = table_path(args, "threshold_estimators")
+    write_table(out, lines)
     return results
 
 

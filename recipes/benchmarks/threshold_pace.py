@@ -31,14 +31,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
-from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
 # sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
 from recipes.benchmarks._paired_runs import (  # noqa: E402
     at_least_one, figure_path, int_list as _int_list, mean_sd as _mean_sd, name_list, paired_plot, recipe_run,
-    rel as _rel)
+    rel as _rel, table_path, write_table)
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 PACES = ("even", "cubic")
@@ -147,11 +146,9 @@ def main(argv=None):
               f"Whole benchmark: {(time.time() - start) / 60:.1f} min wall on {os.cpu_count()} cores; 1-minute load "
               f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.", "",
               f"Reproduce: `python recipes/benchmarks/threshold_pace.py{shown_args(argv, ROOT, dropped=('--runs', '--data-dir'))}`"]
-    out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "threshold_pace.md"
+    out = table_path(args, "threshold_pace")
     plot(results, seeds, figure_path(args, "threshold_pace"))
-    write_text(out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {out}")
+    write_table(out, lines)
     return results
 
 

@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
-from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 from adaptive.utility.ties import ZERO_COST_ORDERS  # noqa: E402
 
@@ -40,7 +39,7 @@ from adaptive.utility.ties import ZERO_COST_ORDERS  # noqa: E402
 # sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
 from recipes.benchmarks._paired_runs import (  # noqa: E402
     at_least_one, collapse_cells, figure_path, int_list as _int_list, name_list, paired_plot, recipe_run,
-    rel as _rel)
+    rel as _rel, table_path, write_table)
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 ORDERS = ("index", "magnitude")
@@ -143,11 +142,9 @@ def main(argv=None):
               f"average {load0:.1f} at the start and {os.getloadavg()[0]:.1f} at the end.", "",
               "Reproduce: `python recipes/benchmarks/zero_cost_ties.py"
               f"{shown_args(argv, ROOT, dropped=('--runs', '--data-dir'))}`"]
-    out = Path(args.output) if args.output else ROOT / "recipes" / "benchmarks" / "results" / "zero_cost_ties.md"
+    out = table_path(args, "zero_cost_ties")
     plot(results, seeds, figure_path(args, "zero_cost_ties"))
-    write_text(out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nwritten to {out}")
+    write_table(out, lines)
     return results
 
 
