@@ -1815,3 +1815,17 @@ def test_the_training_bar_is_closed_when_the_run_raises(tmp_path, capsys):
     assert len(bars) == 1 and bars[0].n == 3, bars
     assert bars[0] not in tqdm._instances, "the training bar was left open"
     assert capsys.readouterr().err.endswith("\n")  # (its line ended: the traceback starts on a line of its own)
+
+
+def test_the_density_note_never_shows_a_density_of_all_or_none_that_it_is_not():
+    """"the run ended at density 1.0000, not the requested 0.5" was said of a run that had pruned a few synapses
+    (0.99996): the note now keeps the digits that say so (fmt_unsaturated), an exact 1.0 written as before."""
+    from types import SimpleNamespace
+
+    from recipes._adaptive.notes import _density_note
+
+    cfg = SimpleNamespace(density=0.5, ensemble="synapse", policy="gmp", update_every=10, end_fraction=0.75)
+    ctrl = SimpleNamespace(editable=lambda: [], events=[])
+    for got, said in ((0.99996, "0.99996"), (1.0, "1.0000"), (0.00004, "0.00004"), (0.7, "0.7000")):
+        note = _density_note(cfg, {"density": got, "updates": 0}, 100, ctrl)
+        assert note.startswith(f"the run ended at density {said}, not the requested 0.5: policy 'gmp'"), note
