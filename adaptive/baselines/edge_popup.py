@@ -221,8 +221,10 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     train loaders of different lengths refused; a one-class output for cross-entropy, and targets that do not
     fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
     targets are checked before its loss too, on the device, :func:`adaptive.label_checks.guarded_batch_targets`, and
-    refused on every process together where any process's are wrong, before the batch's backward pass, read with its
-    loss's finite flag: no read of its own), and a batch whose loss, or whose
+    refused on every process together where any process's are wrong, before any score learns from the batch (under
+    several processes before its backward pass; on one, the labels beyond the head ignored by the loss, read after
+    it), read with its loss's finite flag (and, on one process, its gradients'): no read of its own), and a batch whose
+    loss, or whose
     gradient of the scores, holds NaN or inf on any process is left out on all, another drawn in its place (as the
     mask-only path leaves out such a window; one with every label the ignored one, whose cross-entropy is NaN, named
     so in the warning, not blamed on the data; a whole pass of them in a row refused). The first held-out batch is checked before any work, as
@@ -280,8 +282,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
             for _ in range(steps if removed > start.absent else 0):
                 conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
                 in_a_row = row_unlabelled = row_bad_grads = 0
-                while True:  # as the controller does: a batch with a non-finite loss is left out, another drawn
-                    x, y = _to_device(next(it), device)  # (NaN gradients would make every score NaN, top-k arbitrary)
+                while True:  # as the controller does: a batch with a non-finite loss or gradient is left out, another
+                    x, y = _to_device(next(it), device)  # drawn (NaN gradients would make every score NaN)
                     for p in conn.params.values():
                         p.grad = None
                     out = _logits(call_model(model, x, "edge-popup"), model)
@@ -295,7 +297,7 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                         y, found = guarded_batch_targets(out, y, loss_fn, where)  # (labels that fit: y's own; found
                         # says whether any is scored, read with the finite flag)
                     else:  # on the device, read with the loss's finite flag: a label outside the head is made the
-                        try:  # ignored one for the loss, and refused (on every process) before any backward pass
+                        try:  # ignored one for the loss, and refused (on every process) before any score's step
                             y, found = guarded_batch_targets(out, y, loss_fn, where)
                         except ValueError as e:  # (a shape or type: refused on every process together below)
                             refused = e
