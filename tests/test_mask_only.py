@@ -675,6 +675,10 @@ the ignored one was left out on both, blamed on NaN or inf in the data. Now both
     assert rec["unlabelled_on_one"]["live"] == [14, 14] and len(rec["unlabelled_on_one"]["left_out"]) == 1, rec
     assert "1 whose every label was the ignored one (-100)" in rec["unlabelled_on_one"]["left_out"][0], rec
     assert "NaN or inf" not in rec["unlabelled_on_one"]["left_out"][0], rec
+    # a first batch of process 1 whose loss was finite but gradient NaN (DDP's average made it NaN on both): it went
+    # into both processes' Adam, every score of the layer NaN, with no word; now left out on both, named so
+    assert rec["nan_grad_on_one"]["live"] == [14, 14] and len(rec["nan_grad_on_one"]["left_out"]) == 1, rec
+    assert "whose loss was finite but whose gradient held NaN or inf" in rec["nan_grad_on_one"]["left_out"][0], rec
     assert rec["label_on_one"]["error"] == "ValueError", rec  # process 1's first batch: its label check agreed
     assert "process 1 of 2: the model gives 3 classes" in rec["label_on_one"]["message"], rec
     assert "labels go up to 5" in rec["label_on_one"]["message"], rec
