@@ -13,7 +13,14 @@ import torch
 
 from . import bitpack
 from .ensembles import Granularity, unwrapped
+from .metrics import fmt_unsaturated
 
+
+
+def _percent(part: int, whole: int) -> str:
+    """``part`` of ``whole`` as a percentage of 2 decimals, with the digits it needs where it is not all or none
+    (:func:`adaptive.metrics.fmt_unsaturated`): 1 synapse pruned of a million is "99.9999%", not "100.00%"."""
+    return fmt_unsaturated(100 * part / whole, ".2f") + "%"
 
 class ConnectomeQueriesMixin:
     """Counts, queries and reports of :class:`~adaptive.connectome.Connectome` (it reads the
@@ -123,9 +130,9 @@ class ConnectomeQueriesMixin:
             m = self.masks[n]
             live = int(m.sum())
             shape = "x".join(map(str, l.shape)) + (" (transposed)" if l.transposed else "")
-            rows.append((n, shape, f"{m.numel():,}", f"{live:,}", f"{live / m.numel():.2%}", self.granularities[n].spec))
+            rows.append((n, shape, f"{m.numel():,}", f"{live:,}", _percent(live, m.numel()), self.granularities[n].spec))
         total, live = self.num_synapses(), self.num_live()
-        rows.append(("total", "", f"{total:,}", f"{live:,}", f"{live / max(total, 1):.2%}", f"mode={self.mode}"))
+        rows.append(("total", "", f"{total:,}", f"{live:,}", _percent(live, max(total, 1)), f"mode={self.mode}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = []
         for i, r in enumerate(rows):
@@ -137,7 +144,7 @@ class ConnectomeQueriesMixin:
     def __repr__(self) -> str:
         return (
             f"Connectome({type(self.model).__name__}, layers={len(self.layers)}, synapses={self.num_synapses():,}, "
-            f"density={self.density():.4f}, ensemble={self.ensemble!r}, mode={self.mode!r})"
+            f"density={fmt_unsaturated(self.density(), '.4f', (0.0, 1.0))}, ensemble={self.ensemble!r}, mode={self.mode!r})"
         )
 
     def _mixed(self) -> bool:

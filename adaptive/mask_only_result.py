@@ -10,6 +10,7 @@ import torch
 from .connectome import Connectome
 from .controller import Controller
 from .mask_only_targets import _label, _plain_number
+from .metrics import fmt_unsaturated
 
 
 @dataclass
@@ -37,9 +38,10 @@ class Snapshot:
     selected_by: Optional[str] = None  # target "best": "holdout_acc" or "holdout_loss", the criterion that chose it
 
     def __repr__(self) -> str:  # the masks as a count: printed whole they ran to megabytes
-        acc = "None" if self.holdout_acc is None else f"{self.holdout_acc:.4f}"
+        # (neither figure shown as a bound it is not: an accuracy of 0.99999 is not "1.0000", a loss of 1e-5 not "0.0000")
+        acc = "None" if self.holdout_acc is None else fmt_unsaturated(self.holdout_acc, ".4f", (0.0, 1.0))
         return (f"Snapshot(label={self.label!r}, removed={self.removed}, masks=<{len(self.masks)} layers>, "
-                f"holdout_loss={self.holdout_loss:.4f}, holdout_acc={acc}, step={self.step}, "
+                f"holdout_loss={fmt_unsaturated(self.holdout_loss, '.4f', (0.0,))}, holdout_acc={acc}, step={self.step}, "
                 f"selected_by={self.selected_by!r})")
 
 

@@ -65,3 +65,18 @@ def test_the_band_scaling_ddp_results_file_has_the_columns_its_script_writes():
             "allreduce_s": 1e-4, "plain_ms": 10.0, "rows": {v: dict(row) for v in ns["VARIANTS"][1:]}}
     written = _headers(ns["fmt_table"]([case]))
     assert _headers((BENCH / "results" / "band_scaling_ddp.md").read_text()) == written, written
+
+
+def test_benchmark_tables_never_show_a_figure_of_all_or_none_that_it_is_not():
+    """The benchmarks wrote accuracies as ``100 * acc:.2f`` and shares as ``:.2%``: 99.996% read "100.00" (every
+    example right) and an overhead of 0.004% "0.00%" (none, so its target "met" on a figure that says nothing).
+    They keep the digits that say so (adaptive.metrics.fmt_unsaturated); other figures are written as before."""
+    from recipes.benchmarks import controller, line_search_rollback
+    from recipes.benchmarks._paired_runs import collapse_cells
+
+    rs = [{"holdout_accuracy": h, "test_accuracy": t, "wall_min": 1.0} for h, t in ((0.99996, 0.99999), (0.5, 1.0))]
+    cells = [c.strip() for c in collapse_cells(rs, 0.2).split("|")]
+    assert cells[0] == "75.00" and cells[3] == "99.999" and cells[4] == "99.996, 50.00", cells
+    for mod in (controller, line_search_rollback):
+        assert mod._pct(0.00004) == "0.004%" and mod._pct(0.99996) == "99.996%" and mod._pct(0.25) == "25.00%"
+        assert mod._pct(0.0) == "0.00%" and mod._pct(1.0) == "100.00%"

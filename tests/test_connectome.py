@@ -941,3 +941,20 @@ def test_apply_in_mask_only_mode_restores_a_layer_with_no_pruned_synapse_too():
     conn.apply()
     assert torch.equal(model[0].weight, conn.original["0.weight"] * mask)
     assert torch.equal(model[2].weight, conn.original["2.weight"])
+
+
+def test_repr_and_summary_never_show_a_density_of_all_or_none_that_it_is_not():
+    """The repr's density (4 decimals) and the summary's percentages (2) rounded one synapse pruned of a million to
+    "1.0000" and "100.00%" (every synapse live), and one kept to "0.0000" and "0.00%": they keep the digits that
+    say so (adaptive.metrics.fmt_unsaturated); an exact 1 or 0 is written as before."""
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(1000, 1000, bias=False)))
+    assert "density=1.0000," in repr(conn) and conn.summary().splitlines()[-1].split()[3] == "100.00%"
+    one_off = torch.ones(1000, 1000, dtype=torch.bool)
+    one_off[0, 0] = False
+    conn.set_masks({"0.weight": one_off})
+    assert "density=0.999999," in repr(conn), repr(conn)
+    assert [line.split()[-2] for line in conn.summary().splitlines() if line.startswith(("0.weight", "total"))] == \
+        ["99.9999%", "99.9999%"]
+    conn.set_masks({"0.weight": ~one_off})
+    assert "density=0.000001," in repr(conn), repr(conn)
+    assert conn.summary().splitlines()[-1].split()[3] == "0.0001%"

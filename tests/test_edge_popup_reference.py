@@ -326,3 +326,98 @@ def test_edge_popup_says_a_batch_left_out_had_every_label_ignored_not_nan_in_the
         edge_popup(m, DataLoader(TensorDataset(x, y2), batch_size=16), ho, [0.5], passes=1.0, progress=False)
     assert "whose loss was NaN or inf" not in str(refused.value)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+class _NanGradOnMarked(torch.autograd.Function):
+    """Identity forward; a backward of NaN where the batch held the marker (a finite loss, a NaN gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, bad):
+        ctx.bad = bad
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * float("nan") if ctx.bad else g), None
+
+
+class _NanGradNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = net()
+
+    def forward(self, x):
+        bad = bool((x == 7.0).any())  # (the marker: a test's own read)
+        h = self.body[:4](x)
+        return self.body[4](_NanGradOnMarked.apply(h, bad))
+
+
+def test_edge_popup_leaves_out_a_batch_whose_gradient_is_nan_though_its_loss_is_finite():
+    """A batch whose loss was finite but whose gradient held NaN (an overflow in the backward pass) went straight
+    into Adam: its moments, and so every score of the layer, became NaN, the top-k arbitrary ever after, with no
+    word said. It is now left out and another drawn in its place, as a NaN loss is (and as the mask-only path
+    leaves out a window with a NaN gradient), named in the warning; the masks are exactly those of a run on the
+    batches drawn in its place. A whole pass of such batches is refused, naming the gradient, the model untouched."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 4, 4, generator=g), torch.randint(0, 5, (64,), generator=g)
+    ho = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
+    xb = x.clone()
+    xb[16, 0, 0, 0] = 7.0  # batch 2 of 4 (unshuffled): drawn at step 2, left out, batches 3, 4, 1 drawn after it
+    with pytest.warns(UserWarning) as said:
+        conn, snaps = edge_popup(_NanGradNet(), DataLoader(TensorDataset(xb, y), batch_size=16), ho, [0.5],
+                                 passes=1.0, progress=False)
+    said = [str(w.message) for w in said if "left out" in str(w.message)]
+    assert len(said) == 1 and "left out 1 training batch(es)" in said[0], said
+    assert "1 whose loss was finite but whose gradient held NaN or inf" in said[0], said
+    assert "whose loss was NaN or inf" not in said[0], said
+    order = torch.cat([torch.arange(0, 16), torch.arange(32, 64), torch.arange(0, 16)])
+    _, clean = edge_popup(_NanGradNet(), DataLoader(TensorDataset(x[order], y[order]), batch_size=16), ho, [0.5],
+                          passes=1.0, progress=False)
+    assert all(torch.equal(snaps["0.5"]["masks"][n], m) for n, m in clean["0.5"]["masks"].items())
+    assert snaps["0.5"]["holdout_loss"] == clean["0.5"]["holdout_loss"]
+    m = _NanGradNet()
+    before = copy.deepcopy(m.state_dict())
+    xb = x.clone()
+    xb[::16, 0, 0, 0] = 7.0  # every batch
+    with pytest.raises(ValueError, match=r"loss or gradient was NaN or inf on 4 batches in a row .a whole pass. at target "
+                                         r"0.5, so no score can be learned: 4 whose loss was finite but whose gradient "
+                                         r"held NaN or inf"):
+        edge_popup(m, DataLoader(TensorDataset(xb, y), batch_size=16), ho, [0.5], passes=1.0, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_edge_popup_closes_its_progress_bar_when_the_run_raises(capsys):
+    """Edge-popup's bar was closed only after the last target: an error in the run (here the user's loader, at
+    its third batch) left it open, garbling the terminal and the error's message. It is closed however the run
+    ends, and the error comes through intact."""
+    from tqdm import tqdm
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 4, 4, generator=g), torch.randint(0, 5, (64,), generator=g)
+
+    class Failing(torch.utils.data.Dataset):
+        def __len__(self):
+            return 64
+
+        def __getitem__(self, i):
+            if i == 40:
+                raise RuntimeError("the loader's own error at example 40")
+            return x[i], y[i]
+
+    ho = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
+    opened = []
+    init = tqdm.__init__
+
+    def keep(self, *a, **k):
+        init(self, *a, **k)
+        opened.append(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tqdm, "__init__", keep)
+        with pytest.raises(RuntimeError) as raised:
+            edge_popup(net(), DataLoader(Failing(), batch_size=16), ho, [0.5], passes=1.0, progress=True)
+    assert str(raised.value) == "the loader's own error at example 40"
+    bars = [b for b in opened if b.desc == "edge-popup"]
+    assert len(bars) == 1 and bars[0].n == 2, bars
+    assert bars[0] not in getattr(tqdm, "_instances", set()), "the bar was left open"
+    assert capsys.readouterr().err.endswith("\n")  # (its line ended: what follows starts on a line of its own)

@@ -675,6 +675,10 @@ the ignored one was left out on both, blamed on NaN or inf in the data. Now both
     assert rec["unlabelled_on_one"]["live"] == [14, 14] and len(rec["unlabelled_on_one"]["left_out"]) == 1, rec
     assert "1 whose every label was the ignored one (-100)" in rec["unlabelled_on_one"]["left_out"][0], rec
     assert "NaN or inf" not in rec["unlabelled_on_one"]["left_out"][0], rec
+    # a first batch of process 1 whose loss was finite but gradient NaN (DDP's average made it NaN on both): it went
+    # into both processes' Adam, every score of the layer NaN, with no word; now left out on both, named so
+    assert rec["nan_grad_on_one"]["live"] == [14, 14] and len(rec["nan_grad_on_one"]["left_out"]) == 1, rec
+    assert "whose loss was finite but whose gradient held NaN or inf" in rec["nan_grad_on_one"]["left_out"][0], rec
     assert rec["label_on_one"]["error"] == "ValueError", rec  # process 1's first batch: its label check agreed
     assert "process 1 of 2: the model gives 3 classes" in rec["label_on_one"]["message"], rec
     assert "labels go up to 5" in rec["label_on_one"]["message"], rec
@@ -1676,3 +1680,14 @@ def test_verify_batches_above_a_holdout_of_no_length_is_refused_at_the_first_pas
     tr, ho = loaders()
     r = optimize_connectome(tiny(), tr, _Batches(ho), 0.3, passes=1.0, window=2, verify_batches=2, progress=False)
     assert r.history
+
+
+def test_a_snapshots_repr_never_shows_an_accuracy_of_all_or_a_loss_of_none_that_it_is_not():
+    """A snapshot's repr wrote its held-out figures to 4 decimals: an accuracy of 0.99999 read "1.0000" (every
+    example right) and a loss of 1e-5 "0.0000"; they keep the digits that say so (fmt_unsaturated), an exact 1
+    or 0, NaN and None as before."""
+    from adaptive.mask_only_result import Snapshot
+
+    assert "holdout_loss=0.00001, holdout_acc=0.99999," in repr(Snapshot("0.5", 3, {}, 1e-5, 0.99999, 4))
+    assert "holdout_loss=0.0000, holdout_acc=1.0000," in repr(Snapshot("0.5", 3, {}, 0.0, 1.0, 4))
+    assert "holdout_loss=nan, holdout_acc=None," in repr(Snapshot("0.5", 3, {}, float("nan"), None, 4))

@@ -1984,3 +1984,29 @@ def test_the_differ_check_counts_what_the_load_changed_of_a_float64_file(tmp_pat
     summary = recipe().main(args(half, tmp_path / "run16", "--remove", "300"))
     assert [r["changed"] for r in summary["rows"] if r["target"] == "300"] == [0]
     assert "changed by the load itself" not in capsys.readouterr().out
+
+
+def test_the_final_reports_bar_is_closed_when_the_report_raises(tmp_path, weights, monkeypatch, capsys):
+    """The final report's bar was closed only after its last snapshot: a refusal inside the report (here masks
+    that parted between processes, simulated) left it open, the error written onto its line. It is closed however
+    the report ends, and the error comes through intact."""
+    from tqdm import tqdm
+
+    mod = recipe()
+    opened, init = [], tqdm.__init__
+
+    def keep(self, *a, **k):
+        init(self, *a, **k)
+        opened.append(self)
+
+    def parted(*a, **k):
+        raise RuntimeError("the masks parted (simulated)")
+
+    monkeypatch.setattr(tqdm, "__init__", keep)
+    monkeypatch.setattr(pp_run, "refuse_differing_masks", parted)
+    with pytest.raises(RuntimeError) as raised:
+        mod.main(args(weights, tmp_path / "out", "--remove", "0.2", "--progress"))
+    assert str(raised.value) == "the masks parted (simulated)"
+    bars = [b for b in opened if b.desc == "final report"]
+    assert len(bars) == 1 and bars[0].n > 0, bars
+    assert bars[0] not in tqdm._instances, "the final report's bar was left open"

@@ -1785,3 +1785,47 @@ def test_torchvisions_own_weights_file_fed_other_images_is_warned_once(tmp_path,
         warnings.showwarning = lambda *a, **k: shown.append(a)
         R.parse_args(v1)
     assert shown == []
+
+
+def test_the_training_bar_is_closed_when_the_run_raises(tmp_path, capsys):
+    """The recipe closed its training bar only after the last epoch: an error in the loop (here the caller's
+    on_step, at step 3) left it open, so the traceback was written onto the bar's line and the bar redrawn after
+    it. It is closed however the loop ends, and the error comes through intact."""
+    from tqdm import tqdm
+
+    class Stop(Exception):
+        pass
+
+    opened, init = [], tqdm.__init__
+
+    def keep(self, *a, **k):
+        init(self, *a, **k)
+        opened.append(self)
+
+    def stop(state):
+        if state.step == 3:
+            raise Stop("stopped at step 3")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tqdm, "__init__", keep)
+        with pytest.raises(Stop) as raised:
+            run(tmp_path, "--max_steps", "10", "--progress", "true", on_step=stop)
+    assert str(raised.value) == "stopped at step 3"
+    bars = [b for b in opened if b.desc == "train"]
+    assert len(bars) == 1 and bars[0].n == 3, bars
+    assert bars[0] not in tqdm._instances, "the training bar was left open"
+    assert capsys.readouterr().err.endswith("\n")  # (its line ended: the traceback starts on a line of its own)
+
+
+def test_the_density_note_never_shows_a_density_of_all_or_none_that_it_is_not():
+    """"the run ended at density 1.0000, not the requested 0.5" was said of a run that had pruned a few synapses
+    (0.99996): the note now keeps the digits that say so (fmt_unsaturated), an exact 1.0 written as before."""
+    from types import SimpleNamespace
+
+    from recipes._adaptive.notes import _density_note
+
+    cfg = SimpleNamespace(density=0.5, ensemble="synapse", policy="gmp", update_every=10, end_fraction=0.75)
+    ctrl = SimpleNamespace(editable=lambda: [], events=[])
+    for got, said in ((0.99996, "0.99996"), (1.0, "1.0000"), (0.00004, "0.00004"), (0.7, "0.7000")):
+        note = _density_note(cfg, {"density": got, "updates": 0}, 100, ctrl)
+        assert note.startswith(f"the run ended at density {said}, not the requested 0.5: policy 'gmp'"), note

@@ -60,10 +60,14 @@ def _ranked(scores: Dict[str, torch.Tensor], absent: Dict[str, torch.Tensor]) ->
             for n, s in scores.items()}
 
 
-def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where: str) -> tuple:
-    """``(usable, unlabelled)`` of a training batch: whether its ``loss`` is finite on every process, and whether
+def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where: str, grads_finite=None) -> tuple:
+    """``(usable, unlabelled, bad_grads)`` of a training batch: whether its ``loss`` is finite on every process (and,
+    on one process, its score gradients: ``grads_finite``, the flag of :func:`_score_grads` after the batch's
+    backward, read with the others; None where there was none), whether
     some process's batch had no label to score (every one the ignored label, -100 by default: cross-entropy's mean
-    over no label is NaN, so such a batch is left out, named so rather than blamed on NaN or inf in the data); after
+    over no label is NaN, so such a batch is left out, named so rather than blamed on NaN or inf in the data), and
+    whether the loss was finite but the gradients not (one process; False under several, which check the gradients
+    after the backward: :func:`_grads_agreed`); after
     its targets are refused on every process together where they were refused on any: ``refused`` (the error
     :func:`adaptive.label_checks.guarded_batch_targets` raised on this process: a shape or type, ``loss`` None) or
     ``found`` (what it found of the labels, ``[outside, low, high]`` on the device, or None: a label outside the
@@ -85,11 +89,16 @@ def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where:
 
     if not is_distributed():
         refuse(None)  # (a shape or type: nothing to read)
-        read = torch.cat([torch.isfinite(loss.detach()).reshape(1).long(), found]) if found is not None else \
-            torch.isfinite(loss.detach()).reshape(1)
-        read = read.tolist()
-        refuse(read[1:] if found is not None else None)
-        return bool(read[0]), found is not None and read[2] > read[3]
+        flags = [torch.isfinite(loss.detach()).reshape(1).long()]
+        if grads_finite is not None:
+            flags.append(grads_finite.reshape(1).long())
+        if found is not None:
+            flags.append(found)
+        read = torch.cat(flags).tolist() if len(flags) > 1 else flags[0].tolist()
+        loss_ok, grads_ok = bool(read[0]), grads_finite is None or bool(read[1])
+        labels = read[1 + (grads_finite is not None):] if found is not None else None
+        refuse(labels)
+        return loss_ok and grads_ok, labels is not None and labels[1] > labels[2], loss_ok and not grads_ok
     ref = loss if loss is not None else found
     one = torch.ones(1, dtype=torch.float64, device=ref.device if ref is not None else None)
     flags = torch.cat([torch.isfinite(loss.detach()).reshape(1).double() if loss is not None else one * 0,
@@ -100,16 +109,21 @@ def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where:
     if any_bad > 0:  # (every process takes this branch together)
         labels = found.tolist() if found is not None else None
         agreed_call(lambda: refuse(labels), passed_why=_OWN_WINDOW)
-    return all_finite == 1.0, any_unlabelled > 0
+    return all_finite == 1.0, any_unlabelled > 0, False  # (the gradients: after the backward, _grads_agreed)
 
 
-def _left_out(nonfinite: int, unlabelled: int, ignore) -> str:
-    """What a message says of training batches left out: ``nonfinite`` for a NaN or inf loss, ``unlabelled`` with
-    every label the ignored one (``ignore``, None where the loss names none), each with its fix."""
+def _left_out(nonfinite: int, unlabelled: int, ignore, bad_grads: int = 0) -> str:
+    """What a message says of training batches left out: ``nonfinite`` for a NaN or inf loss, ``bad_grads`` for a
+    finite loss whose gradient held NaN or inf, ``unlabelled`` with every label the ignored one (``ignore``, None
+    where the loss names none), each with its fix."""
     said = []
     if nonfinite:
         said.append(f"{nonfinite} whose loss was NaN or inf (check the training data for NaN or inf, and that loss_fn "
                     "takes (logits, labels))")
+    if bad_grads:
+        said.append(f"{bad_grads} whose loss was finite but whose gradient held NaN or inf (none of it reached the "
+                    "scores: check the training data for extreme values and the model's backward pass for an overflow, "
+                    "e.g. a half-precision layer or a sqrt or log at 0)")
     if unlabelled:
         said.append(f"{unlabelled} whose every label was the ignored one ({ignore if ignore is not None else 'ignore_index'}"
                     "), so no label was left to score and the loss, a mean over none, was NaN (not the data's values): "
@@ -131,6 +145,36 @@ def _holdout_figures(model: nn.Module, holdout_loader, loss_fn: Callable) -> tup
     if ha is None:  # no accuracy (adaptive.metrics): None, never 0
         return _agreed(hl)[0], None
     return tuple(_agreed(hl, ha))
+
+
+@torch.no_grad()
+def _score_grads(scores: Dict[str, torch.Tensor], conn: Connectome) -> tuple:
+    """``(grads, finite)``: each score's gradient straight through the top-k (``dL/ds = dL/dw_eff * w``, in the
+    scores' float32: a bf16, half or float64 model's gradient was refused by the float32 scores), None for a layer
+    the batch did not reach (no gradient, no step: its scores stay as they are, not stepped again with an earlier
+    batch's gradient), and a 0-d bool tensor on the scores' device, True where every one is finite (read with the
+    batch's other flags by :func:`_batch_verdict`, or by :func:`_grads_agreed`)."""
+    grads, flags = {}, []
+    for n in scores:
+        g = conn.params[n].grad
+        if g is None:
+            grads[n] = None
+            continue
+        grads[n] = g.float() * conn.original[n].float()
+        flags.append(torch.isfinite(grads[n]).all())
+    device = next(iter(scores.values())).device
+    finite = torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
+    return grads, finite
+
+
+def _grads_agreed(finite: torch.Tensor) -> bool:
+    """Whether the score gradients are finite on every process (``finite``: this process's flag,
+    :func:`_score_grads`): under several processes one all-reduce of one number (DDP averaged the gradients, so a
+    NaN on one process reached all, but a model not wrapped in DDP would leave each its own), so that every process
+    leaves the batch out together, none stepping while another draws."""
+    flag = finite.reshape(1).double()
+    all_reduce_mean_([flag])
+    return flag.item() == 1.0
 
 
 def _starting_scores(w: torch.Tensor) -> torch.Tensor:
@@ -177,8 +221,13 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     train loaders of different lengths refused; a one-class output for cross-entropy, and targets that do not
     fit the output for ``loss_fn``, on the first batch by :func:`adaptive.distributed.agreed_call`; every later batch's
     targets are checked before its loss too, on the device, :func:`adaptive.label_checks.guarded_batch_targets`, and
-    refused on every process together where any process's are wrong, before the batch's backward pass, read with its
-    loss's finite flag: no read of its own), and a batch whose loss is NaN or inf on any process is left out on all (one with every label the ignored one, whose cross-entropy is NaN, named so in the warning, not blamed on the data). The first held-out batch is checked before any work, as
+    refused on every process together where any process's are wrong, before any score learns from the batch (under
+    several processes before its backward pass; on one, the labels beyond the head ignored by the loss, read after
+    it), read with its loss's finite flag (and, on one process, its gradients'): no read of its own), and a batch whose
+    loss, or whose
+    gradient of the scores, holds NaN or inf on any process is left out on all, another drawn in its place (as the
+    mask-only path leaves out such a window; one with every label the ignored one, whose cross-entropy is NaN, named
+    so in the warning, not blamed on the data; a whole pass of them in a row refused). The first held-out batch is checked before any work, as
     :func:`adaptive.optimize_connectome` checks it (:func:`adaptive.mask_only_eval.check_first_batch`: a head that
     does not fit its targets, a loss the run cannot use), agreed across processes; the model is left as given. A sparse model (weights of exactly 0.0) is given back with them
     still 0.0 where the call is interrupted, as the note says. The scores are float32 whatever the model's
@@ -210,7 +259,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     absent = {n: ~m for n, m in start.masks.items()} if start.absent else {}
     scores = {n: _starting_scores(o).requires_grad_(True) for n, o in conn.original.items()}
     steps = max(1, int(math.ceil(passes * n_train - 1e-9)))
-    snaps, skipped, unlabelled = {}, 0, 0  # batches left out: all, and those with no label to score
+    snaps, skipped, unlabelled, bad_grads = {}, 0, 0, 0  # batches left out: all, those with no label to score, and
+    # those whose loss was finite but gradient not
     ignore = _kind(loss_fn)[1]
     it, device = LoaderCycle(train_loader), _model_device(model)
     t_cpu, t_wall = time.process_time(), time.time()
@@ -220,18 +270,20 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     # as its snapshot with no stage of its own, as the optimisation's: a stage there (every present synapse kept, so
     # no mask could change) moved the scores and the train loader on, and the other targets' masks with them
     trained = sum(removed > start.absent for _, removed in goals)
-    bar = tqdm(total=steps * trained, desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0)
     first, drawn, graded = True, 0, set()
-    with mask_learning(model, conn, absent=start.zeros):
+    # (the bar closed however the run ends, a refusal or an error in the user's loader included: one left open
+    # garbled the terminal and the error's message)
+    with tqdm(total=steps * trained, desc="edge-popup", unit="batch", disable=not progress, mininterval=2.0) as bar, \
+            mask_learning(model, conn, absent=start.zeros):
         for label, removed in goals:
             keep = total - removed
             opt = torch.optim.Adam(list(scores.values()), lr=lr)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
             for _ in range(steps if removed > start.absent else 0):
                 conn.set_masks(_topk_masks(_ranked(scores, absent), keep))
-                in_a_row = row_unlabelled = 0
-                while True:  # as the controller does: a batch with a non-finite loss is left out, another drawn
-                    x, y = _to_device(next(it), device)  # (NaN gradients would make every score NaN, top-k arbitrary)
+                in_a_row = row_unlabelled = row_bad_grads = 0
+                while True:  # as the controller does: a batch with a non-finite loss or gradient is left out, another
+                    x, y = _to_device(next(it), device)  # drawn (NaN gradients would make every score NaN)
                     for p in conn.params.values():
                         p.grad = None
                     out = _logits(call_model(model, x, "edge-popup"), model)
@@ -245,30 +297,36 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                         y, found = guarded_batch_targets(out, y, loss_fn, where)  # (labels that fit: y's own; found
                         # says whether any is scored, read with the finite flag)
                     else:  # on the device, read with the loss's finite flag: a label outside the head is made the
-                        try:  # ignored one for the loss, and refused (on every process) before any backward pass
+                        try:  # ignored one for the loss, and refused (on every process) before any score's step
                             y, found = guarded_batch_targets(out, y, loss_fn, where)
                         except ValueError as e:  # (a shape or type: refused on every process together below)
                             refused = e
                     loss = loss_fn(out, y) if refused is None else None
-                    usable, no_label = _batch_verdict(loss, found, refused, tuple(out.shape), loss_fn, where)
-                    if usable:
-                        break
+                    grads = grads_finite = None
+                    if loss is not None and not is_distributed():  # one process: the backward first, so that the
+                        loss.backward()  # gradients' finite flag is read with the loss's (one read a batch; a NaN
+                        grads, grads_finite = _score_grads(scores, conn)  # loss's backward is left out with it)
+                    usable, no_label, bad_grad = _batch_verdict(loss, found, refused, tuple(out.shape), loss_fn, where,
+                                                                grads_finite)
+                    if usable and grads is None:  # several processes: the backward (DDP's collective) once every
+                        loss.backward()  # process's loss is usable, and its gradients' flag agreed after it
+                        grads, grads_finite = _score_grads(scores, conn)
+                        usable = _grads_agreed(grads_finite)
+                        bad_grad = not usable
+                    if usable:  # (NaN or inf in a score's gradient would make Adam's moments, and so every score, NaN:
+                        break  # the top-k arbitrary ever after; left out, as the mask-only path leaves out its window)
                     skipped, in_a_row = skipped + 1, in_a_row + 1
                     unlabelled, row_unlabelled = unlabelled + no_label, row_unlabelled + no_label
+                    bad_grads, row_bad_grads = bad_grads + bad_grad, row_bad_grads + bad_grad
                     if in_a_row >= n_train:
                         raise ValueError(
-                            f"edge-popup's training loss was NaN or inf on {in_a_row} batches in a row (a whole pass) at "
-                            f"target {label}, so no score can be learned: "
-                            f"{_left_out(in_a_row - row_unlabelled, row_unlabelled, ignore)}")
-                loss.backward()
-                with torch.no_grad():
-                    for n, s in scores.items():  # straight through the top-k, in the scores' float32 (a bf16,
-                        g = conn.params[n].grad  # half or float64 model's gradient was refused by the float32 scores)
-                        if g is None:  # a layer this batch did not reach: no gradient, no step (its scores stay as
-                            s.grad = None  # they are, not stepped again with an earlier batch's gradient)
-                            continue
+                            f"edge-popup's training loss or gradient was NaN or inf on {in_a_row} batches in a row (a "
+                            f"whole pass) at target {label}, so no score can be learned: "
+                            f"{_left_out(in_a_row - row_unlabelled - row_bad_grads, row_unlabelled, ignore, row_bad_grads)}")
+                for n, s in scores.items():  # a layer this batch did not reach: None, no step (its scores as they are)
+                    s.grad = grads[n]
+                    if grads[n] is not None:
                         graded.add(n)
-                        s.grad = g.float() * conn.original[n].float()
                 opt.step()
                 sched.step()
                 bar.update(1)
@@ -279,7 +337,6 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
             snaps[label] = {"removed": total - conn.num_live(), "masks": {n: m.clone() for n, m in conn.masks.items()},
                             "holdout_loss": hl, "holdout_acc": ha,
                             "cpu_seconds": time.process_time() - t_cpu, "wall_seconds": time.time() - t_wall}
-        bar.close()
     ungraded = [conn.layers[n].module_name for n in scores if n not in graded]
     if ungraded and trained:  # (targets that keep the start alone train nothing)
         warn_user(f"edge-popup: no gradient reached {len(ungraded)} layer(s) in any batch ({', '.join(ungraded[:5])}"
@@ -288,5 +345,5 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
                   f"them out with exclude={ungraded[:5]!r} if they are not part of the network's output")
     if skipped:
         warn_user(f"edge-popup left out {skipped} training batch(es) and drew others in their place (no score learned "
-                  f"from them): {_left_out(skipped - unlabelled, unlabelled, ignore)}")
+                  f"from them): {_left_out(skipped - unlabelled - bad_grads, unlabelled, ignore, bad_grads)}")
     return conn, snaps

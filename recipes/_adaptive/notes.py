@@ -6,6 +6,8 @@ from typing import List, Optional, Union
 
 import torch
 
+from adaptive.metrics import fmt_unsaturated
+
 
 def _density_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
     """A line for the summary when the run ended more than one point of density away from the
@@ -14,22 +16,23 @@ def _density_note(cfg, summary, total_steps, ctrl) -> Optional[str]:
     got, want = summary["density"], cfg.density
     if want is None or abs(got - want) <= 0.01:  # --density none: the policy's own boundaries set it
         return None
+    got = fmt_unsaturated(got, ".4f", (0.0, 1.0))  # (a density of 0.99996 is not "1.0000", every synapse live)
     largest = _whole_ensembles(ctrl, want)
     if largest is not None:
-        return (f"the run ended at density {got:.4f}, not the requested {want:g}: its {cfg.ensemble!r} ensembles "
-                f"(up to {largest:,} synapses each) are kept or pruned whole, and {got:.4f} is as near as whole "
+        return (f"the run ended at density {got}, not the requested {want:g}: its {cfg.ensemble!r} ensembles "
+                f"(up to {largest:,} synapses each) are kept or pruned whole, and {got} is as near as whole "
                 "ensembles come (within half an ensemble of the budget's target); a finer --ensemble lands nearer")
     vetoed = [e for e in ctrl.events if e.get("kind") == "update" and e.get("line_search_fraction") is not None
               and e["line_search_fraction"] < 1.0]
     if vetoed:  # the held-out check held the edits back, not the schedule
         undone = sum(1 for e in vetoed if e["line_search_fraction"] == 0.0)
-        return (f"the run ended at density {got:.4f}, not the requested {want:g}: the held-out check (--line_search "
+        return (f"the run ended at density {got}, not the requested {want:g}: the held-out check (--line_search "
                 f"{cfg.line_search}) undid {undone} and shrank {len(vetoed) - undone} of {summary['updates']} update(s), "
                 f"whose held-out loss rose by more than --line_search_tolerance {cfg.line_search_tolerance:g} "
                 "(events.jsonl: line_search_fraction, actual_loss_change); raise the tolerance to let the density "
                 "follow its schedule")
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
-    return (f"the run ended at density {got:.4f}, not the requested {want:g}: policy {cfg.policy!r} made "
+    return (f"the run ended at density {got}, not the requested {want:g}: policy {cfg.policy!r} made "
             f"{summary['updates']} update(s), one every {cfg.update_every} steps until step {end_step} of {total_steps} "
             f"(end_fraction {cfg.end_fraction:g}); give it more steps (--epochs, --max_steps) or a smaller --update_every")
 

@@ -374,22 +374,25 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     train_loss = (functools.partial(F.cross_entropy, label_smoothing=cfg.label_smoothing) if cfg.label_smoothing
                   else F.cross_entropy)
     start_epoch, skip = divmod(state.step, steps_per_epoch)
-    for epoch in range(start_epoch, epochs):
-        state.epoch = epoch
-        train_dl.set_epoch(epoch)
-        if hasattr(train_dl.dataset, "set_epoch"):  # augmentation keyed on (seed, epoch, example): exact resume
-            train_dl.dataset.set_epoch(epoch, seed=cfg.seed)
-        loader = train_dl
-        if epoch == start_epoch and skip:  # the batches of the steps already taken (whole groups: no epoch's last)
-            loader = accelerator.skip_first_batches(train_dl, skip * accum)
-            loader.set_epoch(epoch)
-        train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
-                        max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress,
-                        max_grad_norm=cfg.max_grad_norm, loss_fn=train_loss)
-        if state.step >= total_steps:
-            break
-    if progress is not None:
-        progress.close()
+    try:  # the bar closed however the loop ends (an error, a refusal, Ctrl-C): one left open garbled the
+        # terminal and the error's message
+        for epoch in range(start_epoch, epochs):
+            state.epoch = epoch
+            train_dl.set_epoch(epoch)
+            if hasattr(train_dl.dataset, "set_epoch"):  # augmentation keyed on (seed, epoch, example): exact resume
+                train_dl.dataset.set_epoch(epoch, seed=cfg.seed)
+            loader = train_dl
+            if epoch == start_epoch and skip:  # the batches of the steps already taken (whole groups: no epoch's last)
+                loader = accelerator.skip_first_batches(train_dl, skip * accum)
+                loader.set_epoch(epoch)
+            train_one_epoch(accelerator, model, optimizer, loader, state, lr_scheduler=lr_scheduler, conn=conn,
+                            max_steps=total_steps, log_every=cfg.log_every, on_step=step_hook, progress=progress,
+                            max_grad_norm=cfg.max_grad_norm, loss_fn=train_loss)
+            if state.step >= total_steps:
+                break
+    finally:
+        if progress is not None:
+            progress.close()
     # masks that parted after the last update's check (or a run with no update left) stop here, before any output
     hashes = gather_mask_hashes(accelerator, conn)
     refuse_differing_masks(hashes, conn, state.step, ", the run's end")

@@ -232,6 +232,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
     rows, hashes = [], {}
     # one bar over every evaluation of the report: the dense network's train sample, held-out part
     # and test split, then each snapshot's train sample and test split
+    # (closed however the report ends: a refusal of parted masks left it open, garbling the terminal and the error)
     report_bar = tqdm(total=(1 + len(result.snapshots)) * (len(train_sample) + len(test_dl)) + len(dl.holdout),
                       desc="final report", unit="batch", mininterval=1.0, leave=False,
                       disable=not (show_progress(args.progress) and accelerator.is_local_main_process))
@@ -239,7 +240,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
     def train_eval():  # the same images for every row and on every process
         return evaluate(model, train_sample, progress=report_bar)
 
-    with torch.no_grad(), accelerator.autocast():
+    with report_bar, torch.no_grad(), accelerator.autocast():
         conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
         tl, ta, _ = train_eval()
         hl, ha, _ = evaluate(model, dl.holdout, progress=report_bar)
@@ -269,7 +270,6 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             rows.append(dict(target=label, removed=snap.removed, fraction=snap.removed / total, train_loss=tl,
                              train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
                              test_loss=sl, test_acc=sa, changed=differ + by_load, changed_by_load=by_load, folder=str(folder)))
-    report_bar.close()
     table = _table(rows)
     note = (f"\n{args.model} on {args.dataset}, {total:,} prunable synapses, {minutes:.1f} min of optimisation "
             f"on {accelerator.num_processes} process(es) ({accelerator.device.type}, mixed precision "

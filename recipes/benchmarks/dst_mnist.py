@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import adaptive  # noqa: E402
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.budgets import get_budget  # noqa: E402
 from adaptive.data.split import stratified_split  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -250,7 +251,7 @@ def settings_tag(args):
 
 
 def test_note(row) -> str:
-    return "" if row.get("test_acc") is None else f"test={100 * row['test_acc']:.2f} "
+    return "" if row.get("test_acc") is None else f"test={fmt_accuracy(row['test_acc'])} "
 
 
 def fmt(xs):
@@ -340,7 +341,7 @@ def main(argv=None):
         record(res_path, key, row)
         done[key] = row
         print(f"[{time.strftime('%H:%M:%S')}] {method:10s} {str(policy) + '/' + str(estimator):22s} d={density:<5g} "
-              f"seed={seed} holdout={100 * row['holdout_acc']:.2f} {test_note(row)}"
+              f"seed={seed} holdout={fmt_accuracy(row['holdout_acc'])} {test_note(row)}"
               f"density={row['density']:.4f} ({time.time() - t:.0f}s)", flush=True)
         return row
 
@@ -356,7 +357,7 @@ def main(argv=None):
             scores = {c: r["holdout_acc"] for c, r in rows.items()}
             chosen[d] = max(scores, key=lambda c: (scores[c], -candidates.index(c)))
             print(f"density {d:g}: chose {'/'.join(chosen[d])} on the holdout "
-                  f"({', '.join(f'{p}/{e} {100 * s:.2f}' for (p, e), s in scores.items())})", flush=True)
+                  f"({', '.join(f'{p}/{e} {fmt_accuracy(s)}' for (p, e), s in scores.items())})", flush=True)
     # 2) final runs, seed by seed (an interrupted benchmark still has whole seeds to show)
     table = {(m, d): [] for d in densities for m in methods}
     for s in seeds:
@@ -419,7 +420,7 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
                   "|---|" + "---|" * (len(candidates) + 1)]
         for d in (d for d in densities if d in chosen):
             accs = [done[f"{tag}|ours|{p}/{e}|{d}|{args.selection_seed}"]["holdout_acc"] for p, e in candidates]
-            lines.append(f"| {100 * d:g}% | " + " | ".join(f"{100 * a:.2f}" for a in accs) + f" | {'/'.join(chosen[d])} |")
+            lines.append(f"| {100 * d:g}% | " + " | ".join(f"{fmt_accuracy(a)}" for a in accs) + f" | {'/'.join(chosen[d])} |")
     if table.get(("ours", 0.02)) and table.get(("rigl", 0.02)):
         ours = statistics.mean(r["test_acc"] for r in table[("ours", 0.02)])
         gaps = []
@@ -427,7 +428,7 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
             if table.get((m, 0.02)):
                 gap = 100 * (ours - statistics.mean(r["test_acc"] for r in table[(m, 0.02)]))
                 gaps.append(f"ours - {names.get(m, m)} >= 0.20 points (got {gap:+.3f}: {'met' if gap >= 0.2 else 'missed'})")
-        lines += ["", f"Targets at 2%: ours >= 98.20 (got {100 * ours:.2f}: {'met' if ours >= 0.982 else 'missed'}); "
+        lines += ["", f"Targets at 2%: ours >= 98.20 (got {fmt_accuracy(ours)}: {'met' if ours >= 0.982 else 'missed'}); "
                   + "; ".join(gaps) + "."]
     # the runs behind this table: its rows and the choosing runs of its densities (a results file
     # shared with other sections holds more runs with the same settings)

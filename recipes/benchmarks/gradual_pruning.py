@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
@@ -209,7 +210,7 @@ def main(argv=None):
         # a row's options come after the shared ones: the dense row's --density 1.0 wins
         results[name] = run_row(name, common, run_folder(runs, name), args.no_progress)
         r = results[name]
-        print(f"  test {100 * r['test_accuracy']:.2f}%, held-out {100 * r['holdout_accuracy']:.2f}%, density "
+        print(f"  test {fmt_accuracy(r['test_accuracy'])}%, held-out {fmt_accuracy(r['holdout_accuracy'])}%, density "
               f"{r['density']:.4f}, {r['wall_min']:.1f} min", flush=True)
     check = None
     if "one-shot magnitude" in results:
@@ -218,8 +219,8 @@ def main(argv=None):
              "| row | live weights | density | test acc % | test loss | held-out acc % | CPU min | wall min |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['live']:,} | {r['density']:.4f} | {100 * r['test_accuracy']:.2f} | "
-                     f"{r['test_loss']:.4f} | {100 * r['holdout_accuracy']:.2f} | {r['cpu_min']:.1f} | {r['wall_min']:.1f} |")
+        lines.append(f"| {name} | {r['live']:,} | {r['density']:.4f} | {fmt_accuracy(r['test_accuracy'])} | "
+                     f"{r['test_loss']:.4f} | {fmt_accuracy(r['holdout_accuracy'])} | {r['cpu_min']:.1f} | {r['wall_min']:.1f} |")
     any_r = next(iter(results.values()))
     lines += ["", f"{args.model} ({any_r['synapses']:,} conv and linear weights) from "
               f"{WEIGHTS[args.model]}, on cifar10-jpeg: {args.epochs} epoch(s) of fine-tuning per row over "

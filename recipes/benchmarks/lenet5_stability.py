@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
@@ -161,7 +162,7 @@ def main(argv=None):
         r = run_one(setting, variant, seed, args, runs / f"{safe}_seed{seed}")
         if not args.no_progress:
             print(f"[{(time.time() - start) / 60:5.1f} min] {setting}, {variant}, seed {seed}: held-out "
-                  f"{100 * r['holdout_accuracy']:.2f}%, test {100 * r['test_accuracy']:.2f}%", flush=True)
+                  f"{fmt_accuracy(r['holdout_accuracy'])}%, test {fmt_accuracy(r['test_accuracy'])}%", flush=True)
         return job, r
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each run is its own process

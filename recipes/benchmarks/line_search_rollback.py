@@ -30,12 +30,19 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import adaptive  # noqa: E402
 from adaptive.cli import path_type  # noqa: E402
+from adaptive.metrics import fmt_unsaturated  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.optim_state import restore_state, snapshot_state  # noqa: E402
 from adaptive.policies.base import EditPlan  # noqa: E402
 from adaptive.rollback import EditSnapshot  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
+
+
+def _pct(fraction: float, spec: str = ".2f") -> str:
+    """``fraction`` as a percentage, with the digits it needs where it is not 0 or 100 (fmt_unsaturated): an
+    overhead of 0.004% is not "0.00%", none."""
+    return fmt_unsaturated(100 * fraction, spec) + "%"
 
 def _old_snapshot(conn, plan):
     """The controller's snapshot before this benchmark's change: whole layers."""
@@ -129,7 +136,7 @@ def main():
            "| time sparse / old | same bits after restore |")
     lines = [hdr, "|" + "---|" * 11]
     for e, syn, pos, ob, nb, ot, nt, same in rows:
-        lines.append(f"| {e} | {syn:,} | {pos:,} ({pos / syn:.2%}) | {ob / 2**20:.1f} | {nb / 2**20:.2f} | {nb / ob:.2%} "
+        lines.append(f"| {e} | {syn:,} | {pos:,} ({_pct(pos / syn)}) | {ob / 2**20:.1f} | {nb / 2**20:.2f} | {_pct(nb / ob)} "
                      f"| {ot[0]:.3f} / {nt[0]:.3f} | {ot[1]:.3f} / {nt[1]:.3f} | {ot[2]:.3f} / {nt[2]:.3f} "
                      f"| {nt[2] / ot[2]:.0%} | {'yes' if same else 'NO'} |")
     text = (

@@ -54,6 +54,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
@@ -278,7 +279,7 @@ def main(argv=None):
                 ratios += r["se_over_loss"]
                 if not args.no_progress:
                     print(f"[{(time.time() - start) / 60:5.1f} min] {p}, {v}, seed {seed}: density {r['density']:.3f}, "
-                          f"eval {100 * r['eval_accuracy']:.2f}%, kept/halved/back {r['kept']}/{r['halved']}/"
+                          f"eval {fmt_accuracy(r['eval_accuracy'])}%, kept/halved/back {r['kept']}/{r['halved']}/"
                           f"{r['rolled_back']}", flush=True)
     held_n = args.holdout_batches * args.holdout_batch_size
     lines = [f"# Held-out line search in train mode: lenet300 on MNIST, density {args.density:g}, {args.steps} steps, "

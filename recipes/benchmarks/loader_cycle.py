@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import path_type  # noqa: E402
+from adaptive.metrics import fmt_unsaturated  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.data.cycle import LoaderCycle, _capture  # noqa: E402
 from adaptive.models import build_model  # noqa: E402
@@ -162,7 +163,7 @@ def table(rows, args, seconds: float, argv=None) -> str:
     ]
     for r in rows:
         lines.append(f"| {r['loader']} | {r['plain_us']:.1f} | {r['cycle_us']:.1f} | {r['extra_us']:.1f} | "
-                     f"{r['capture_us']:.1f} | {r['ratio']:.2f} | {r['step_ms']:.2f} | {100 * r['of_step']:.1f}% |")
+                     f"{r['capture_us']:.1f} | {r['ratio']:.2f} | {r['step_ms']:.2f} | {fmt_unsaturated(100 * r['of_step'], '.1f')}% |")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines += ["", f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} thread(s), CPU; "
               f"load average at the end {load:.1f} on {os.cpu_count()} cores; {seconds:.0f} s.", ""]

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
@@ -173,7 +174,7 @@ def main(argv=None):
     out.sort(key=lambda r: (r[1], order[r[0]]))
     head = ("| method | removed | removed weights | test acc % | test loss | held-out acc % | CPU min | changed surviving weights |\n"
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-    body = "".join(f"| {m} | {100 * t:.0f}% | {r} | {100 * ta:.2f} | {tl:.4f} | {100 * ha:.2f} | {c:.1f} | {ch} |\n"
+    body = "".join(f"| {m} | {100 * t:.0f}% | {r} | {fmt_accuracy(ta)} | {tl:.4f} | {fmt_accuracy(ha)} | {c:.1f} | {ch} |\n"
                    for m, t, r, ta, tl, ha, c, ch in out)
     by = {(m, t): ta for m, t, _, ta, *_ in out}
     checks = []

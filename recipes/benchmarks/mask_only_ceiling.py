@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
@@ -95,12 +96,12 @@ def main(argv=None):
             cpu = (time.process_time() - c0) / 60
             h = evaluate(model, dl.holdout)[1]
             runs.append((p, lr, {k: v.clone() for k, v in model.state_dict().items()}, h, cpu))
-            print(f"passes {p:g}, lr {lr:g}: held-out {100 * h:.2f}% ({cpu:.1f} CPU min)", flush=True)
+            print(f"passes {p:g}, lr {lr:g}: held-out {fmt_accuracy(h)}% ({cpu:.1f} CPU min)", flush=True)
     # ---- final report: the test split is read from here on only, for the held-out's choices
     assert not dl.datasets.test.materialized, "the test split was read before the final report"
     model = build_model(args.model, weights=str(data_dir / WEIGHTS[args.model])).eval()
     _, dense_acc, _ = evaluate(model, dl.test)
-    rows = [f"| dense (pretrained, unchanged) | - | - | {100 * evaluate(model, dl.holdout)[1]:.2f} | {100 * dense_acc:.2f} | - |"]
+    rows = [f"| dense (pretrained, unchanged) | - | - | {fmt_accuracy(evaluate(model, dl.holdout)[1])} | {fmt_accuracy(dense_acc)} | - |"]
     for p in passes:
         cands = [r for r in runs if r[0] == p]
         best = max(cands, key=lambda r: r[3])
@@ -108,8 +109,8 @@ def main(argv=None):
             test = "not read"
             if lr == best[1]:
                 model.load_state_dict(sd)
-                test = f"**{100 * evaluate(model, dl.test)[1]:.2f}** (chosen)"
-            rows.append(f"| every weight fine-tuned | {q:g} | {lr:g} | {100 * h:.2f} | {test} | {cpu:.1f} |")
+                test = f"**{fmt_accuracy(evaluate(model, dl.test)[1])}** (chosen)"
+            rows.append(f"| every weight fine-tuned | {q:g} | {lr:g} | {fmt_accuracy(h)} | {test} | {cpu:.1f} |")
     wall = (time.time() - t_start) / 60
     cmd = command("mask_only_ceiling.py", ROOT, argv, dropped=("--data-dir",))
     text = (

@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 from adaptive.utility.base import get_estimator  # noqa: E402
 
@@ -88,7 +89,7 @@ def main(argv=None):
             results[estimator][seed] = r
             if not args.no_progress:
                 print(f"[{(time.time() - start) / 60:5.1f} min] {estimator}, seed {seed}: held-out "
-                      f"{100 * r['holdout_accuracy']:.2f}%, test {100 * r['test_accuracy']:.2f}%, density "
+                      f"{fmt_accuracy(r['holdout_accuracy'])}%, test {fmt_accuracy(r['test_accuracy'])}%, density "
                       f"{r['density']:.4f}", flush=True)
     budget = f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch(s)"
     lines = [f"# threshold policy on lenet300/MNIST at 5%, from scratch, by estimator ({budget} per run)", "",
@@ -97,7 +98,7 @@ def main(argv=None):
     for estimator in estimators:
         for seed in seeds:
             r = results[estimator][seed]
-            lines.append(f"| {estimator} | {seed} | {100 * r['holdout_accuracy']:.2f} | {100 * r['test_accuracy']:.2f} | "
+            lines.append(f"| {estimator} | {seed} | {fmt_accuracy(r['holdout_accuracy'])} | {fmt_accuracy(r['test_accuracy'])} | "
                          f"{r['density']:.4f} | {r['wall_min']:.1f} |")
     lines += ["", "Per estimator, over the seeds:", ""]
     lines += [f"- {e}: held-out {_mean_sd([results[e][s]['holdout_accuracy'] for s in seeds])} "

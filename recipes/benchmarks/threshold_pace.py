@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
@@ -110,7 +111,7 @@ def main(argv=None):
                 results[setting][pace][seed] = r
                 if not args.no_progress:
                     print(f"[{(time.time() - start) / 60:5.1f} min] {setting}, pace={pace}, seed {seed}: held-out "
-                          f"{100 * r['holdout_accuracy']:.2f}%, test {100 * r['test_accuracy']:.2f}%, density "
+                          f"{fmt_accuracy(r['holdout_accuracy'])}%, test {fmt_accuracy(r['test_accuracy'])}%, density "
                           f"{r['density']:.4f}", flush=True)
     budget = (f"{args.max_steps} steps" if args.max_steps else f"{args.epochs} epoch(s)" if args.epochs else
               "3 epochs on MNIST, 20 on digits")
@@ -121,7 +122,7 @@ def main(argv=None):
     for setting in settings:
         for pace in PACES:
             rs = [results[setting][pace][s] for s in seeds]
-            per_seed = ", ".join(f"{100 * r['holdout_accuracy']:.2f}" for r in rs)
+            per_seed = ", ".join(f"{fmt_accuracy(r['holdout_accuracy'])}" for r in rs)
             lines.append(f"| {setting} | {pace} | {_mean_sd([r['holdout_accuracy'] for r in rs])} | "
                          f"{_mean_sd([r['test_accuracy'] for r in rs])} | "
                          f"{per_seed} | "

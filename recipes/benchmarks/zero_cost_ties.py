@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 from adaptive.utility.ties import ZERO_COST_ORDERS  # noqa: E402
 
@@ -113,7 +114,7 @@ def main(argv=None):
                 results[setting][order][seed] = r
                 if not args.no_progress:
                     print(f"[{(time.time() - start) / 60:5.1f} min] {setting}, {order}, seed {seed}: held-out "
-                          f"{100 * r['holdout_accuracy']:.2f}%, test {100 * r['test_accuracy']:.2f}%", flush=True)
+                          f"{fmt_accuracy(r['holdout_accuracy'])}%, test {fmt_accuracy(r['test_accuracy'])}%", flush=True)
     budget = f"{args.max_steps} steps" if args.max_steps else "3 epochs on MNIST, 20 on digits"
     lines = [f"# Zero removal costs: ordered by index or by magnitude ({budget} per run)", "",
              "| setting | zero_cost_order | held-out acc % (median) | held-out acc % (mean ± sd) | collapsed (held-out "

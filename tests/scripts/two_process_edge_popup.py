@@ -5,7 +5,8 @@ collectives) once per case, each with loaders that only process 1 gets wrong (CA
 holdout, train shards of different lengths, a batch of NaN on process 1 only, a label beyond the head
 in process 1's first training batch, and in its third (a later one: checked on the device), labels of the wrong
 shape in its third, a holdout of other data (a sharded one), a held-out label beyond the head in its third
-held-out batch, a third batch whose every label is the ignored one (-100); then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
+held-out batch, a third batch whose every label is the ignored one (-100), a first batch whose loss is finite but
+whose gradient is NaN (the model's marked backward); then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
 masks' live counts). A process left waiting in a collective fails there after the group's timeout
 (10 seconds) and records that instead."""
 import sys
@@ -18,12 +19,39 @@ from torch.utils.data import DataLoader, TensorDataset
 from _rank_record import record_cases
 
 
+class _NanGrad(torch.autograd.Function):
+    """Identity forward; a NaN backward where ``bad`` (the batch held the marker 7.0): a finite loss, a NaN gradient."""
+
+    @staticmethod
+    def forward(ctx, h, bad):
+        ctx.bad = bad
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * float("nan") if ctx.bad else g), None
+
+
+class _Net(nn.Module):
+    """Linear(4, 8), ReLU, Linear(8, 3), the first layer's gradient NaN on a batch holding the marker 7.0."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+    def forward(self, x):
+        bad = bool((x == 7.0).any())
+        return self.net[2](self.net[1](_NanGrad.apply(self.net[0](x), bad)))
+
+
 def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False, late_label_5: bool = False,
-            seed: int = None, late_unlabelled: bool = False):
+            seed: int = None, late_unlabelled: bool = False, nan_grad: bool = False):
     g = torch.Generator().manual_seed(rank if seed is None else seed)
     x = torch.randn(n, 4, generator=g)
     if nan:
         x[:8] = float("nan")  # the first batch
+    if nan_grad:
+        x[0, 0] = 7.0  # the first batch: a finite loss, a NaN gradient (_Net)
     y = torch.randint(0, 3, (n,), generator=g)
     if label_5:
         y[3] = 5  # the first batch: a label beyond the 3-class head
@@ -53,6 +81,7 @@ CASES = {
     "other_holdout_on_one": lambda: (_loader(32, 1), _loader(32, seed=7)),
     "late_holdout_label_on_one": lambda: (_loader(32, 1), _loader(32, late_label_5=True)),
     "unlabelled_on_one": lambda: (_loader(32, 1, late_unlabelled=True), _loader(32)),
+    "nan_grad_on_one": lambda: (_loader(32, 1, nan_grad=True), _loader(32)),
     "even": lambda: (_loader(32, 1), _loader(32)),
 }
 
@@ -64,8 +93,7 @@ def run(rank: int, folder: str) -> None:
     def attempt(loaders):
         from adaptive.baselines import edge_popup
 
-        model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)),
-                                                    find_unused_parameters=True)  # (the frozen biases: no gradient)
+        model = nn.parallel.DistributedDataParallel(_Net(), find_unused_parameters=True)  # (the frozen biases: no gradient)
         train, holdout = loaders() if rank == 1 else (_loader(32), _loader(32))
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
