@@ -149,3 +149,91 @@ def test_the_docs_command_scores_a_1000_class_network_on_imagenet_labels(tmp_pat
                                              r"give --dataset-kw wnids=FILE.*LOC_synset_mapping.txt"):
             recipe().main(found[:-2] + ["--output_dir", str(tmp_path / "none")] + more)
     assert not (tmp_path / "none").exists()
+
+
+def _kaggle(root, classes=PICKED, val=(PICKED[2], PICKED[0], PICKED[1], PICKED[0])):
+    """Kaggle's ImageNet download, tiny: ``ILSVRC/Data/CLS-LOC/train/<wnid>/`` beside a flat ``val/`` of
+    ``ILSVRC2012_val_<n>.JPEG``, and ``LOC_val_solution.csv`` (each image's wnid first in its string) and
+    ``LOC_synset_mapping.txt`` at the top. Returns the CLS-LOC folder."""
+    from PIL import Image
+
+    cls_loc = root / "ILSVRC" / "Data" / "CLS-LOC"
+    _subset(cls_loc, classes=classes, n=(3, 0), mapping=None)
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} thing number {i}\n" for i, w in enumerate(WNIDS)))
+    for split in ("val",):
+        for wnid in classes:
+            (cls_loc / split / wnid).rmdir()
+    rows = ["ImageId,PredictionString"]
+    rng = np.random.default_rng(1)
+    for n, wnid in enumerate(val, 1):
+        Image.fromarray(rng.integers(0, 256, (20, 22, 3), dtype=np.uint8)).save(cls_loc / "val" / f"ILSVRC2012_val_{n:08d}.JPEG")
+        rows.append(f"ILSVRC2012_val_{n:08d},{wnid} 10 12 200 220 {wnid} 1 2 30 40")
+    rows.append(f"ILSVRC2012_val_{99:08d},{WNIDS[500]} 1 2 3 4")  # (an image of the whole val/ not copied here)
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return cls_loc
+
+
+def test_a_flat_val_folder_is_labelled_by_kaggles_solution_file(tmp_path):
+    """Kaggle's val/ (every image in one folder) was refused, pointing at valprep.sh: with LOC_val_solution.csv in
+    it or up to four folders above it, each image is labelled by its wnid there, numbered as train/'s folders (0..K-1,
+    or with wnids their ImageNet index); both datasets."""
+    cls_loc = _kaggle(tmp_path / "kaggle")
+    ds = get_datasets("folder", data_dir=cls_loc, holdout=0.0, image_size=16, resize=16)
+    assert ds.test.targets.tolist() == [2, 0, 1, 0] and ds.test[2][1] == 1
+    ds = get_datasets("folder", data_dir=cls_loc, holdout=0.0, image_size=16, resize=16,
+                      wnids=str(tmp_path / "kaggle" / "LOC_synset_mapping.txt"))
+    assert ds.num_classes == 1000 and ds.test.targets.tolist() == [999, 0, 217, 0]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "imagenet").symlink_to(cls_loc)  # (dataset imagenet reads DATA/imagenet/{train,val})
+    assert get_datasets("imagenet", data_dir=tmp_path / "data", holdout=0.0, image_size=16,
+                        resize=16).test.targets.tolist() == [2, 0, 1, 0]
+
+
+def test_a_flat_val_the_solution_file_does_not_fit_is_refused_naming_the_fix(tmp_path):
+    kw = dict(holdout=0.0, image_size=16, resize=16)
+    cls_loc = _kaggle(tmp_path / "a", val=(PICKED[0], PICKED[1], PICKED[2], WNIDS[3]))  # a class train/ has not
+    with pytest.raises(ValueError, match=r"only in val: \['n01440785'\].*the flat val/ is labelled by .*"
+                                         r"LOC_val_solution.csv: move out of it the images of classes train/ has not"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+    cls_loc = _kaggle(tmp_path / "b")
+    (cls_loc / "val" / "ILSVRC2012_val_00000001.JPEG").rename(cls_loc / "val" / "extra.JPEG")
+    with pytest.raises(ValueError, match=r"1 image\(s\) of .*val are not listed in .*LOC_val_solution.csv "
+                                         r"\(\['extra.JPEG'\]\).*move the others out"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+    (tmp_path / "b" / "LOC_val_solution.csv").write_text("id,label\nextra,n01440764\n")
+    with pytest.raises(ValueError, match=r"no header ImageId,PredictionString.*valprep.sh"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+    (tmp_path / "b" / "LOC_val_solution.csv").unlink()  # none: the layout refused, naming both ways
+    from adaptive.paths import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match=r"holds 4 file\(s\) directly.*put Kaggle's LOC_val_solution.csv in "
+                                                   r"it or in a folder above it.*or run the usual valprep.sh"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+
+
+def test_kaggles_download_as_it_comes_runs_a_1000_class_network(tmp_path, capsys, monkeypatch):
+    """--dataset folder --data-dir ILSVRC/Data/CLS-LOC of a (tiny) Kaggle download, 1000-class weights, no
+    dataset_kw: LOC_synset_mapping.txt three folders above train/ labels the folders, LOC_val_solution.csv the
+    flat val/, and the final report reads val/ with ImageNet's indices."""
+    from recipes._prune_pretrained import run as pp_run
+
+    cls_loc, weights, seen = _kaggle(tmp_path / "kaggle"), _weights(tmp_path), []
+    real = pp_run.get_dataloaders
+
+    def spy(*a, **kw):
+        dl = real(*a, **kw)
+        seen.append((dl.num_classes, dl.test.dataset.targets.tolist()))
+        return dl
+
+    monkeypatch.setattr(pp_run, "get_dataloaders", spy)
+    argv = [a for a in _tiny(_doc_command(), tmp_path, weights, cls_loc, tmp_path / "run") if not a.startswith("wnids=")]
+    argv.remove("--dataset-kw")
+    summary = recipe().main(argv)
+    assert seen == [(1000, [999, 0, 217, 0])] and summary["rows"]
+    assert f"listed in {tmp_path / 'kaggle' / 'LOC_synset_mapping.txt'} (found in" in capsys.readouterr().out
+    (tmp_path / "data").mkdir()  # dataset imagenet, DATA/imagenet a link to CLS-LOC: both files found through it
+    (tmp_path / "data" / "imagenet").symlink_to(cls_loc)
+    at = argv.index("folder")
+    argv[at:at + 3] = ["imagenet", "--data-dir", str(tmp_path / "data")]
+    recipe().main(argv[:-1] + [str(tmp_path / "run2")])
+    assert seen[-1] == (1000, [999, 0, 217, 0])

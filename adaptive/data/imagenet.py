@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
 from .folder_cache import check_samples, check_splits_apart, load_rgb, split_folder_problem, unicode_form_hint
+from .imagenet_val import SOLUTION, FlatSplit, find_solution, flat_split, image_files
 from .wnids import read_wnids, wnid_labels
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -179,6 +180,23 @@ def _image_folder(split_dir):
     return folder
 
 
+def _test_folder(test_dir, train_folder):
+    """The test split ``test_dir``: an ImageFolder (:func:`_image_folder`), or where it holds its images directly,
+    no class folder, and Kaggle's ``LOC_val_solution.csv`` is found in it or above it
+    (:func:`adaptive.data.imagenet_val.find_solution`), those images labelled by that file, numbered by
+    ``train_folder``'s classes (:func:`adaptive.data.imagenet_val.flat_split`)."""
+    from pathlib import Path
+
+    problem = split_folder_problem(test_dir) if Path(test_dir).is_dir() else None
+    files = image_files(test_dir) if Path(test_dir).is_dir() and not problem else []
+    solution = find_solution(test_dir) if files else None
+    if solution is None:
+        return _image_folder(test_dir)
+    flat = flat_split(test_dir, files, solution, train_folder.class_to_idx)
+    check_samples(test_dir, flat.samples)  # (a hidden image, a link to no file)
+    return flat
+
+
 def _layout_problem(split_dir, error: Exception) -> str:
     split = split_dir.name
     layout = (f"{split}/ needs the ImageFolder layout {split}/CLASS/IMAGE "
@@ -191,7 +209,8 @@ def _layout_problem(split_dir, error: Exception) -> str:
     files = sum(e.is_file() for e in entries)
     found = f"holds {files} file(s) directly and no class folders" if files else "holds no class folders"
     how = ("move each image into the folder of its class" if split == "train" else
-           "for ImageNet's flat val/, run the usual valprep.sh (from PyTorch's examples/imagenet), which moves "
+           f"for ImageNet's flat val/, put Kaggle's {SOLUTION} in it or in a folder above it (it is read from there, "
+           "labelling each image), or run the usual valprep.sh (from PyTorch's examples/imagenet), which moves "
            "each image into its wnid folder; otherwise move each image into the folder of its class, named as "
            "in train/")
     return f"{split_dir} {found}: {layout}; {how}"
@@ -208,13 +227,15 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
         raise ValueError(f"the test split {test_dir} is the train split {train_dir} (the same folder): the test split "
                          "must hold other images (for dataset 'folder', name another with --dataset-kw test_split=NAME)")
     folder = _image_folder(train_dir)
-    test_folder = _image_folder(test_dir)  # scanned now: a mismatch is said before any work
+    test_folder = _test_folder(test_dir, folder)  # scanned now: a mismatch is said before any work
     if test_folder.classes != folder.classes:
         only_train = sorted(set(folder.classes) - set(test_folder.classes))
         only_test = sorted(set(test_folder.classes) - set(folder.classes))
+        flat = (f" (the flat {test_dir.name}/ is labelled by {find_solution(test_dir)}: move out of it the images of "
+                "classes train/ has not, and give train/ the classes of its images)") if isinstance(test_folder, FlatSplit) else ""
         raise ValueError(f"{train_dir} and {test_dir} hold different classes (only in train: {only_train[:5]}, only in "
                          f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree"
-                         + unicode_form_hint(only_train, only_test))
+                         + flat + unicode_form_hint(only_train, only_test))
     check_splits_apart(train_dir, folder.samples, test_dir, test_folder.samples)  # (links to the same images)
     classes = folder.classes
     if index is not None:

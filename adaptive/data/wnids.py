@@ -66,12 +66,18 @@ def read_wnids(path) -> List[str]:
     return words
 
 
-def find_wnid_file(folders: Sequence) -> Optional[Path]:
-    """The first of :data:`MAPPING_FILES` found in ``folders`` (in that order), or None."""
-    for folder in folders:
-        for name in MAPPING_FILES:
-            if (Path(folder) / name).is_file():
-                return Path(folder) / name
+LEVELS_UP = 3  # Kaggle's: ILSVRC/Data/CLS-LOC (which holds train/), LOC_synset_mapping.txt three folders above
+
+
+def find_wnid_file(data_folder) -> Optional[Path]:
+    """The first of :data:`MAPPING_FILES` found in ``data_folder`` (the folder holding train/) or in one of the
+    :data:`LEVELS_UP` folders above it (as given, then, where it is reached through a link, above the folder it
+    leads to), or None."""
+    for here in dict.fromkeys((Path(os.path.abspath(data_folder)), Path(os.path.realpath(data_folder)))):
+        for folder in [here, *list(here.parents)[:LEVELS_UP]]:
+            for name in MAPPING_FILES:
+                if (folder / name).is_file():
+                    return folder / name
     return None
 
 

@@ -68,7 +68,7 @@ def _imagenet_index(args):
 
     from adaptive.data import dataset_facts
     from adaptive.data.imagenet import _folder_train, _imagenet_train
-    from adaptive.data.wnids import HOW, MAPPING_FILES, NUM_WNIDS, all_wnids, find_wnid_file
+    from adaptive.data.wnids import HOW, LEVELS_UP, MAPPING_FILES, NUM_WNIDS, all_wnids, find_wnid_file
     from adaptive.paths import DatasetNotFoundError
 
     kw = dict(args.dataset_kw)
@@ -95,14 +95,13 @@ def _imagenet_index(args):
         outputs, why = (found[0] if found else None), f"--weights {args.weights} holds a {found and found[0]}-class classifier"
     if outputs != NUM_WNIDS:
         return kw, None
-    folders = [train.parent, *list(train.parent.parents)[:3]]  # (Kaggle's: ILSVRC/Data/CLS-LOC/train, the file 3 above)
-    path = find_wnid_file(folders)
+    path = find_wnid_file(train.parent)
     if path is None:
         raise ValueError(f"the {len(classes)} class folders of {train} are ImageNet wnids ({', '.join(classes[:3])}"
                          f"{', ...' if len(classes) > 3 else ''}) and the model has {NUM_WNIDS} outputs ({why}), but "
                          f"no list of ImageNet's wnids was found to give each folder its ImageNet index: {HOW}; or put "
                          f"that file, as {MAPPING_FILES[0]}, in {train.parent} (looked for {', '.join(MAPPING_FILES)} "
-                         f"there and in the {len(folders) - 1} folders above it); or give weights of "
+                         f"there and in the {LEVELS_UP} folders above it); or give weights of "
                          f"{len(classes)} classes")
     kw["wnids"] = str(path)
     return kw, (f"labels: each of the {len(classes)} class folders by its index among ImageNet's {NUM_WNIDS} wnids "
