@@ -142,12 +142,22 @@ def test_the_docs_command_scores_a_1000_class_network_on_imagenet_labels(tmp_pat
            f"{data / 'LOC_synset_mapping.txt'} (found in the data's folders" in capsys.readouterr().out
 
     (data / "LOC_synset_mapping.txt").unlink()
-    for more, why in (([], rf"--weights {re.escape(str(weights))} holds a 1000-class classifier"),
-                      (["--num-classes", "1000"], r"--num-classes 1000")):
+    unweighted = found[:found.index("--weights")] + found[found.index("--weights") + 2:]
+    for argv, why in ((found, rf"--weights {re.escape(str(weights))} holds a 1000-class classifier"),
+                      (unweighted + ["--num-classes", "1000"], r"--num-classes 1000")):
         with pytest.raises(ValueError, match=rf"the 3 class folders of .*train are ImageNet wnids \(n01440764, "
                                              rf"n01442283, n01447757\) and the model has 1000 outputs \({why}\).*"
                                              r"give --dataset-kw wnids=FILE.*LOC_synset_mapping.txt"):
-            recipe().main(found[:-2] + ["--output_dir", str(tmp_path / "none")] + more)
+            recipe().main(argv[:argv.index("--output_dir")] + ["--output_dir", str(tmp_path / "none")]
+                          + argv[argv.index("--output_dir") + 2:])
+    assert not (tmp_path / "none").exists()
+    # weights of the folders' 3 classes beside the --num-classes 1000 of a config: refused as before, no list asked
+    import torchvision
+
+    torch.save(torchvision.models.squeezenet1_1(num_classes=3).state_dict(), tmp_path / "three.pt")
+    with pytest.raises(ValueError, match=r"--num-classes 1000 does not match the 3 classes of the folder data"):
+        recipe().main([str(tmp_path / "three.pt") if a == str(weights) else a for a in found[:-2]]
+                      + ["--output_dir", str(tmp_path / "none"), "--num-classes", "1000"])
     assert not (tmp_path / "none").exists()
 
 

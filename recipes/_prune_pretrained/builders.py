@@ -62,7 +62,8 @@ def _imagenet_index(args):
     --weights of a 1000-class classifier), each folder is labelled by its ImageNet index, so that loss and accuracy
     are the 1000-class network's own: ``wnids`` (a file of the 1000 wnids) is taken from --dataset-kw, else looked
     for in the data's folders (:data:`adaptive.data.wnids.MAPPING_FILES`); none found is refused naming the option
-    and the file. Anything this cannot tell (no such folder, a weights file it cannot read) leaves dataset_kw as
+    and the file. Weights of the data's class count keep it as it is (a --num-classes 1000 beside them is refused
+    as before: the data's classes are not the model's). Anything this cannot tell (no such folder, a weights file it cannot read) leaves dataset_kw as
     it is: building the model and the data says what is wrong."""
     from torchvision.datasets.folder import find_classes
 
@@ -85,7 +86,7 @@ def _imagenet_index(args):
     if not all_wnids(classes) or len(classes) >= NUM_WNIDS:
         return kw, None
     outputs, why = args.num_classes, f"--num-classes {args.num_classes}"
-    if not outputs and args.weights:
+    if args.weights:  # (its outputs, where they differ from the data's classes: --num-classes is checked against them)
         facts = dataset_facts(args.dataset, data_dir=args.data_dir, **kw)
         try:
             model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=facts[0], in_shape=facts[1])
