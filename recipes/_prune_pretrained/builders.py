@@ -58,13 +58,14 @@ def _check_num_classes(args, num_classes: int) -> None:
 def _imagenet_index(args):
     """``(dataset_kw, note)``: --dataset-kw as the run reads it, and the line that says how the classes are labelled
     (None: as before, 0..K-1). Where datasets ``imagenet`` and ``folder`` find class folders named as ImageNet
-    wnids, fewer than its 1000 (Imagenette's ten, say), and the model has 1000 outputs (--num-classes 1000, or
-    --weights of a 1000-class classifier), each folder is labelled by its ImageNet index, so that loss and accuracy
-    are the 1000-class network's own: ``wnids`` (a file of the 1000 wnids) is taken from --dataset-kw, else looked
-    for in the data's folders (:data:`adaptive.data.wnids.MAPPING_FILES`); none found is refused naming the option
-    and the file. Weights of the data's class count keep it as it is (a --num-classes 1000 beside them is refused
-    as before: the data's classes are not the model's). Anything this cannot tell (no such folder, a weights file it cannot read) leaves dataset_kw as
-    it is: building the model and the data says what is wrong."""
+    wnids, fewer than its 1000 (Imagenette's ten, say), and the model has 1000 outputs (--weights of a 1000-class
+    classifier; without --weights, --num-classes 1000), each folder is labelled by its ImageNet index, so that loss
+    and accuracy are the 1000-class network's own: ``wnids`` (a file of the 1000 wnids) is taken from --dataset-kw,
+    else looked for in the data's folders (:func:`adaptive.data.wnids.find_wnid_file`); none found is refused
+    naming the option and the file. Weights of the data's class count keep it as it is (a --num-classes 1000
+    beside them is refused as before: the data's classes are not the model's). Anything this cannot tell (no such
+    folder, a weights file it cannot read) leaves dataset_kw as it is: building the model and the data says what
+    is wrong. The weights file is read here too (once more) only where the class folders are wnids."""
     from torchvision.datasets.folder import find_classes
 
     from adaptive.data import dataset_facts
