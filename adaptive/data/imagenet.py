@@ -10,6 +10,8 @@ from torch.utils.data import Dataset
 from ..paths import DatasetNotFoundError, find_data
 from .base import Source, register_dataset
 from .folder_cache import check_samples, check_splits_apart, load_rgb, split_folder_problem, unicode_form_hint
+from .imagenet_val import SOLUTION, FlatSplit, find_solution, flat_split, image_files
+from .wnids import read_wnids, wnid_labels
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -178,6 +180,23 @@ def _image_folder(split_dir):
     return folder
 
 
+def _test_folder(test_dir, train_folder):
+    """The test split ``test_dir``: an ImageFolder (:func:`_image_folder`), or where it holds its images directly,
+    no class folder, and Kaggle's ``LOC_val_solution.csv`` is found in it or above it
+    (:func:`adaptive.data.imagenet_val.find_solution`), those images labelled by that file, numbered by
+    ``train_folder``'s classes (:func:`adaptive.data.imagenet_val.flat_split`)."""
+    from pathlib import Path
+
+    problem = split_folder_problem(test_dir) if Path(test_dir).is_dir() else None
+    files = image_files(test_dir) if Path(test_dir).is_dir() and not problem else []
+    solution = find_solution(test_dir) if files else None
+    if solution is None:
+        return _image_folder(test_dir)
+    flat = flat_split(test_dir, files, solution, train_folder.class_to_idx)
+    check_samples(test_dir, flat.samples)  # (a hidden image, a link to no file)
+    return flat
+
+
 def _layout_problem(split_dir, error: Exception) -> str:
     split = split_dir.name
     layout = (f"{split}/ needs the ImageFolder layout {split}/CLASS/IMAGE "
@@ -190,29 +209,40 @@ def _layout_problem(split_dir, error: Exception) -> str:
     files = sum(e.is_file() for e in entries)
     found = f"holds {files} file(s) directly and no class folders" if files else "holds no class folders"
     how = ("move each image into the folder of its class" if split == "train" else
-           "for ImageNet's flat val/, run the usual valprep.sh (from PyTorch's examples/imagenet), which moves "
+           f"for ImageNet's flat val/, put Kaggle's {SOLUTION} in it or in a folder above it (it is read from there, "
+           "labelling each image), or run the usual valprep.sh (from PyTorch's examples/imagenet), which moves "
            "each image into its wnid folder; otherwise move each image into the folder of its class, named as "
            "in train/")
     return f"{split_dir} {found}: {layout}; {how}"
 
 
 def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: int,
-                   interpolation: str = "bilinear") -> Source:
+                   interpolation: str = "bilinear", wnids=None) -> Source:
     """Train (with its holdout) from the ImageFolder ``train_dir``, test from ``test_dir`` (refused where it is
     the same folder, or reads any of train's images through links, :func:`check_splits_apart`: test accuracy
-    measured on the training images)."""
+    measured on the training images). ``wnids``: a file of ImageNet's 1000 wnids (:func:`read_wnids`), by which
+    each class folder, named as its wnid, is labelled with its ImageNet index (1000 classes), not 0..K-1."""
+    index = read_wnids(wnids) if wnids is not None else None  # (a bad file refused before the folders' scan)
     if os.path.realpath(test_dir) == os.path.realpath(train_dir):  # (test_split=train, a val/ linked to train/)
         raise ValueError(f"the test split {test_dir} is the train split {train_dir} (the same folder): the test split "
                          "must hold other images (for dataset 'folder', name another with --dataset-kw test_split=NAME)")
     folder = _image_folder(train_dir)
-    test_folder = _image_folder(test_dir)  # scanned now: a mismatch is said before any work
+    test_folder = _test_folder(test_dir, folder)  # scanned now: a mismatch is said before any work
     if test_folder.classes != folder.classes:
         only_train = sorted(set(folder.classes) - set(test_folder.classes))
         only_test = sorted(set(test_folder.classes) - set(folder.classes))
+        flat = (f" (the flat {test_dir.name}/ is labelled by {find_solution(test_dir)}: move out of it the images of "
+                "classes train/ has not, and give train/ the classes of its images)") if isinstance(test_folder, FlatSplit) else ""
         raise ValueError(f"{train_dir} and {test_dir} hold different classes (only in train: {only_train[:5]}, only in "
                          f"{test_dir.name}: {only_test[:5]}): both need the same class folders, so that labels agree"
-                         + unicode_form_hint(only_train, only_test))
+                         + flat + unicode_form_hint(only_train, only_test))
     check_splits_apart(train_dir, folder.samples, test_dir, test_folder.samples)  # (links to the same images)
+    classes = folder.classes
+    if index is not None:
+        lut = wnid_labels(folder.classes, index, wnids, train_dir)
+        _relabel(folder, lut)
+        _relabel(test_folder, lut)
+        classes = index
     eval_tf = transforms(False, image_size, resize, interpolation)
     train_tf = transforms(True, image_size, resize, interpolation) if augment else eval_tf
     return Source(
@@ -220,16 +250,24 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
         train_view=lambda idx: FolderView(folder, idx, train_tf),
         eval_view=lambda idx: FolderView(folder, idx, eval_tf),
         test=lambda: FolderView(test_folder, None, eval_tf),
-        num_classes=len(folder.classes), in_shape=(3, image_size, image_size), classes=folder.classes,
+        num_classes=len(classes), in_shape=(3, image_size, image_size), classes=list(classes),
     )
 
 
-def _folder_facts(train_dir, image_size, interpolation="bilinear", resize=256) -> tuple:
+def _relabel(folder, lut: torch.Tensor) -> None:
+    """Give each sample of the ImageFolder ``folder`` the label ``lut[its class index]`` (samples, imgs, targets)."""
+    targets = lut[torch.as_tensor(folder.targets, dtype=torch.long)].tolist()
+    folder.samples = [(path, t) for (path, _), t in zip(folder.samples, targets)]
+    folder.imgs, folder.targets = folder.samples, targets
+
+
+def _folder_facts(train_dir, image_size, interpolation="bilinear", resize=256, wnids=None) -> tuple:
     """(classes, in_shape) of an ImageFolder source from the names of its class folders (the
     classes ImageFolder finds; the transforms crop every image to ``image_size``). A class folder
     without an image makes the facts unknown (DatasetNotFoundError), so that building the dataset
     names that folder, not a class count that the empty folder inflates. An ``interpolation`` that is
-    none, or sizes :func:`check_sizes` refuses, make them unknown as well (the builder names it)."""
+    none, or sizes :func:`check_sizes` refuses, make them unknown as well (the builder names it). With ``wnids``
+    (a file of ImageNet's wnids), the classes are its 1000, where every class folder is listed there."""
     from torchvision.datasets.folder import find_classes
 
     check_interpolation(interpolation)
@@ -241,6 +279,10 @@ def _folder_facts(train_dir, image_size, interpolation="bilinear", resize=256) -
     empty = [c for c in classes if not _holds_an_image(os.path.join(str(train_dir), c))]
     if empty:
         raise DatasetNotFoundError(f"{train_dir}: no image in the class folder(s) {empty[:5]}")
+    if wnids is not None:
+        index = read_wnids(wnids)
+        wnid_labels(classes, index, wnids, train_dir)  # (a folder not listed: refused, facts unknown)
+        return len(index), (3, *crop_shape(image_size))
     return len(classes), (3, *crop_shape(image_size))
 
 
@@ -299,18 +341,20 @@ def _imagenet_train(data_dir):
     return train_dir
 
 
-@register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256, interpolation="bilinear":
-                  _folder_facts(_imagenet_train(data_dir), image_size, interpolation, resize))
+@register_dataset("imagenet", facts=lambda data_dir=None, image_size=224, resize=256, interpolation="bilinear",
+                  wnids=None: _folder_facts(_imagenet_train(data_dir), image_size, interpolation, resize, wnids))
 def imagenet(data_dir=None, download=False, augment=False, image_size=224, resize=256,
-             interpolation="bilinear") -> Source:
+             interpolation="bilinear", wnids=None) -> Source:
     """ImageFolder ``<data>/imagenet/train`` and ``<data>/imagenet/val``. The train part uses
     RandomResizedCrop + flip when ``augment``, else the evaluation transform (resize 256, center
     crop 224, bilinear: ``interpolation`` as :func:`transforms` takes it), which holdout and val always
-    use. ImageNet cannot be downloaded automatically."""
+    use. ImageNet cannot be downloaded automatically. ``wnids``: a file of ImageNet's 1000 wnids
+    (:mod:`adaptive.data.wnids`), by which the class folders are labelled with their ImageNet index (a folder of
+    some of the classes, as Imagenette's, scored by a 1000-class network)."""
     check_interpolation(interpolation)  # (before the folders' scan: ImageNet's takes a while)
     check_sizes(image_size, resize)
     train_dir = _imagenet_train(data_dir)
-    return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize, interpolation)
+    return _folder_source(train_dir, train_dir.parent / "val", augment, image_size, resize, interpolation, wnids)
 
 
 def _folder_train(data_dir):
@@ -328,16 +372,17 @@ def _folder_train(data_dir):
 
 
 @register_dataset("folder", facts=lambda data_dir=None, image_size=224, resize=256, test_split=None,
-                  interpolation="bilinear": _folder_facts(_folder_train(data_dir), image_size, interpolation, resize))
+                  interpolation="bilinear", wnids=None: _folder_facts(_folder_train(data_dir), image_size,
+                                                                      interpolation, resize, wnids))
 def folder(data_dir=None, download=False, augment=False, image_size=224, resize=256, test_split=None,
-           interpolation="bilinear") -> Source:
+           interpolation="bilinear", wnids=None) -> Source:
     """Any image classification dataset in ImageFolder layout: ``data_dir/train/<class>/*`` and a
     test split beside it, ``data_dir/<test_split>/<class>/*`` (default: ``val``, else ``test``).
     Images are resized to ``resize`` (``interpolation``: bilinear, or as :func:`transforms` takes it),
     center-cropped to ``image_size`` and normalised with the
     ImageNet mean and std (torchvision's pretrained classifiers and the CIFAR ResNets here expect
     that); ``augment`` uses RandomResizedCrop + flip for the train part. The holdout is drawn from
-    train, as for every dataset."""
+    train, as for every dataset. ``wnids``: as :func:`imagenet` takes it."""
     check_interpolation(interpolation)  # (before the folders' scan)
     check_sizes(image_size, resize)
     root = _folder_train(data_dir).parent
@@ -346,4 +391,4 @@ def folder(data_dir=None, download=False, augment=False, image_size=224, resize=
     if not found:
         raise DatasetNotFoundError(f"dataset 'folder': no test split in {root} (looked for {', '.join(splits)}/); "
                                    "add one, or name it with --dataset-kw test_split=NAME")
-    return _folder_source(root / "train", found[0], augment, image_size, resize, interpolation)
+    return _folder_source(root / "train", found[0], augment, image_size, resize, interpolation, wnids)

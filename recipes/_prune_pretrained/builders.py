@@ -55,6 +55,62 @@ def _check_num_classes(args, num_classes: int) -> None:
                          "data with the model's classes")
 
 
+def _imagenet_index(args):
+    """``(dataset_kw, note)``: --dataset-kw as the run reads it, and the line that says how the classes are labelled
+    (None: as before, 0..K-1). Where datasets ``imagenet`` and ``folder`` find class folders named as ImageNet
+    wnids, fewer than its 1000 (Imagenette's ten, say), and the model has 1000 outputs (--weights of a 1000-class
+    classifier; without --weights, --num-classes 1000), each folder is labelled by its ImageNet index, so that loss
+    and accuracy are the 1000-class network's own: ``wnids`` (a file of the 1000 wnids) is taken from --dataset-kw,
+    else looked for in the data's folders (:func:`adaptive.data.wnids.find_wnid_file`); none found is refused
+    naming the option and the file. Weights of the data's class count keep it as it is (a --num-classes 1000
+    beside them is refused as before: the data's classes are not the model's). Anything this cannot tell (no such
+    folder, a weights file it cannot read) leaves dataset_kw as it is: building the model and the data says what
+    is wrong. The weights file is read here too (once more) only where the class folders are wnids."""
+    from torchvision.datasets.folder import find_classes
+
+    from adaptive.data import dataset_facts
+    from adaptive.data.imagenet import _folder_train, _imagenet_train
+    from adaptive.data.wnids import HOW, LEVELS_UP, MAPPING_FILES, NUM_WNIDS, all_wnids, find_wnid_file
+    from adaptive.paths import DatasetNotFoundError
+
+    kw = dict(args.dataset_kw)
+    if args.dataset not in ("imagenet", "folder"):
+        return kw, None
+    if kw.get("wnids") is not None:
+        return kw, (f"labels: each class folder by its index among ImageNet's {NUM_WNIDS} wnids listed in {kw['wnids']} "
+                    f"(dataset_kw wnids); loss and accuracy over all {NUM_WNIDS} outputs")
+    try:
+        train = _imagenet_train(args.data_dir) if args.dataset == "imagenet" else _folder_train(args.data_dir)
+        classes = find_classes(str(train))[0]
+    except (DatasetNotFoundError, OSError):
+        return kw, None
+    if not all_wnids(classes) or len(classes) >= NUM_WNIDS:
+        return kw, None
+    outputs, why = args.num_classes, f"--num-classes {args.num_classes}"
+    if args.weights:  # (its outputs, where they differ from the data's classes: --num-classes is checked against them)
+        facts = dataset_facts(args.dataset, data_dir=args.data_dir, **kw)
+        try:
+            model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=facts[0], in_shape=facts[1])
+            found = _file_class_count(model, args.weights, facts[0])
+        except Exception:  # (no facts, a file that is no weights: building the model says what is wrong)
+            found = None
+        outputs, why = (found[0] if found else None), f"--weights {args.weights} holds a {found and found[0]}-class classifier"
+    if outputs != NUM_WNIDS:
+        return kw, None
+    path = find_wnid_file(train.parent)
+    if path is None:
+        raise ValueError(f"the {len(classes)} class folders of {train} are ImageNet wnids ({', '.join(classes[:3])}"
+                         f"{', ...' if len(classes) > 3 else ''}) and the model has {NUM_WNIDS} outputs ({why}), but "
+                         f"no list of ImageNet's wnids was found to give each folder its ImageNet index: {HOW}; or put "
+                         f"that file, as {MAPPING_FILES[0]}, in {train.parent} (looked for {', '.join(MAPPING_FILES)} "
+                         f"there and in the {LEVELS_UP} folders above it); or give weights of "
+                         f"{len(classes)} classes")
+    kw["wnids"] = str(path)
+    return kw, (f"labels: each of the {len(classes)} class folders by its index among ImageNet's {NUM_WNIDS} wnids "
+                f"listed in {path} (found in the data's folders; --dataset-kw wnids=FILE names another); loss and "
+                f"accuracy over all {NUM_WNIDS} outputs")
+
+
 def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
     """The model for data of ``num_classes`` classes (unless --num-classes says, which must be the
     data's) and inputs ``in_shape``, its --remove counts checked against its synapses."""

@@ -24,7 +24,7 @@ from adaptive.mask_only_targets import one_synapse_note
 from adaptive.plots import run_title
 from adaptive.training import evaluate as evaluate_sharded
 
-from .builders import _accelerator, _build, _estimator, _train_sample
+from .builders import _accelerator, _build, _estimator, _imagenet_index, _train_sample
 from .folder import (AFRESH, CHECKPOINT, OTHER_RECIPE_FILES, RESUME_FIX, RUN_FILES, _STARTED, _delete_run,
                      _earlier_run, _kept_earlier_note, _refuse_earlier_run, _write_config)
 from .parse import parse_args
@@ -84,13 +84,14 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     # the model (its weights loaded) before the data where the dataset knows its classes and input
     # shape unread: a weights file that does not fit, or a count beyond the model's synapses, is
     # refused before minutes of data loading (an ImageNet folder scan, CIFAR-10's JPEG decoding)
+    dataset_kw, labels = _imagenet_index(args)  # (a subset of ImageNet's classes scored by a 1000-class network)
     model_for = model_before_data(args.dataset, lambda k, shape: _build(args, k, shape), data_dir=args.data_dir,
-                                  download=args.download, **args.dataset_kw)
+                                  download=args.download, **dataset_kw)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
                          download=args.download,
                          seed=args.seed, subset=args.subset, test_subset=args.test_subset, eval_batch_size=args.eval_batch_size,
                          num_workers=args.num_workers, progress=args.progress, holdout_required=True,
-                         option_names={"subset": "--subset", "test_subset": "--test-subset", "holdout": "--holdout"}, **args.dataset_kw)
+                         option_names={"subset": "--subset", "test_subset": "--test-subset", "holdout": "--holdout"}, **dataset_kw)
     _check_verify_batches(args, dl.holdout)
     test_loader = test_loader_hook(dl.test) if test_loader_hook else dl.test  # wrapping reads nothing
     model = model_for(dl.num_classes, dl.in_shape)
@@ -100,6 +101,8 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     _check_window(args, train_dl, accelerator)
     accelerator.print(f"{args.model}: mask-only on {accelerator.device}, {accelerator.num_processes} process(es), "
                       f"{len(train_dl):,} train batches of {args.batch_size} per process and pass")
+    if labels:
+        accelerator.print(labels)
     if args.weights is None:
         accelerator.print("note: no --weights given, so the masks are learned on the network's random initial "
                           "weights (a supermask search), not on a pretrained network; pass --weights FILE for that")

@@ -1,0 +1,94 @@
+"""ImageNet's class index: the 1000 wnids (``n01440764``, ...) in sorted order, read from a file the user has.
+
+A folder of some of ImageNet's classes (Imagenette, Imagewoof: ten ``train/<wnid>/`` folders) is numbered
+0..K-1 by torchvision's ImageFolder; a network trained on ImageNet numbers them by their place among all 1000
+wnids. ``dataset_kw wnids=FILE`` (datasets ``imagenet`` and ``folder``) labels each class folder by that place, so
+that labels, loss and accuracy are those of the 1000-class network. torchvision ships no wnid list: the file is
+``LOC_synset_mapping.txt`` of Kaggle's ImageNet download (``n01440764 tench, Tinca tinca`` a line), the devkit's
+or Caffe's ``synsets.txt`` / ``synset_words.txt``, or any list of the 1000 wnids, one a line (the first word of a
+line is read).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import torch
+
+WNID = re.compile(r"n\d{8}")
+NUM_WNIDS = 1000  # ImageNet-1k's, which torchvision's classifiers output
+MAPPING_FILES = ("LOC_synset_mapping.txt", "synset_words.txt", "synsets.txt")
+HOW = ("give --dataset-kw wnids=FILE (in a --config file: dataset_kw: {wnids: FILE}), FILE being LOC_synset_mapping.txt "
+       "of Kaggle's ImageNet download or a list of ImageNet's 1000 wnids one a line, sorted")
+
+
+def is_wnid(name: str) -> bool:
+    """Whether ``name`` is an ImageNet wnid: ``n`` and eight digits."""
+    return WNID.fullmatch(name) is not None
+
+
+def all_wnids(classes: Sequence[str]) -> bool:
+    """Whether every one of ``classes`` (at least one) is a wnid."""
+    return bool(classes) and all(is_wnid(c) for c in classes)
+
+
+def read_wnids(path) -> List[str]:
+    """The wnids of the file ``path``, in its order: the first word of each non-blank line. Refused (a ValueError
+    naming the file, the line and the fix): a file that is not there, a line whose first word is no wnid, a wnid
+    listed twice, a list of other than 1000 wnids, a list not sorted (the index of torchvision's weights is the
+    sorted order; a list in another order would give every class another network's label)."""
+    path = Path(os.path.expanduser(str(path)))
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset_kw wnids {path}: no such file; {HOW}")
+    words = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if not is_wnid(parts[0]):
+                raise ValueError(f"dataset_kw wnids {path}, line {n}: {parts[0][:40]!r} is no ImageNet wnid (n and eight "
+                                 f"digits, e.g. n01440764): {HOW}")
+            words.append(parts[0])
+    twice = [w for w, k in Counter(words).items() if k > 1]
+    if twice:
+        raise ValueError(f"dataset_kw wnids {path} lists {twice[:3]} more than once: each of ImageNet's 1000 wnids "
+                         f"must be listed once; {HOW}")
+    if len(words) != NUM_WNIDS:
+        raise ValueError(f"dataset_kw wnids {path} lists {len(words)} wnids, not ImageNet's {NUM_WNIDS} (the outputs of "
+                         f"a 1000-class network): {HOW}")
+    if words != sorted(words):
+        raise ValueError(f"dataset_kw wnids {path} is not in sorted order (the order of ImageNet's class index, which "
+                         f"the weights' outputs follow): sort it (sort FILE > SORTED); {HOW}")
+    return words
+
+
+LEVELS_UP = 3  # Kaggle's: ILSVRC/Data/CLS-LOC (which holds train/), LOC_synset_mapping.txt three folders above
+
+
+def find_wnid_file(data_folder) -> Optional[Path]:
+    """The first of :data:`MAPPING_FILES` found in ``data_folder`` (the folder holding train/) or in one of the
+    :data:`LEVELS_UP` folders above it (as given, then, where it is reached through a link, above the folder it
+    leads to), or None."""
+    for here in dict.fromkeys((Path(os.path.abspath(data_folder)), Path(os.path.realpath(data_folder)))):
+        for folder in [here, *list(here.parents)[:LEVELS_UP]]:
+            for name in MAPPING_FILES:
+                if (folder / name).is_file():
+                    return folder / name
+    return None
+
+
+def wnid_labels(classes: Sequence[str], wnids: Sequence[str], path, split_dir) -> torch.Tensor:
+    """The ImageNet index of each of ``classes`` (the class folders of ``split_dir``): their places in ``wnids``
+    (read from ``path``). A class folder whose name is not in the list is refused, naming it and the fix."""
+    index = {w: i for i, w in enumerate(wnids)}
+    missing = [c for c in classes if c not in index]
+    if missing:
+        kind = ("are not among its wnids" if all_wnids(missing) else "are no ImageNet wnids (n and eight digits)")
+        raise ValueError(f"the class folder(s) {missing[:5]} of {split_dir} {kind}, so dataset_kw wnids {path} gives them "
+                         "no ImageNet index: rename each class folder as its wnid, or leave out dataset_kw wnids to "
+                         "number the folders 0..K-1 (for weights of K classes)")
+    return torch.tensor([index[c] for c in classes], dtype=torch.long)

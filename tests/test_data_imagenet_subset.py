@@ -1,0 +1,249 @@
+"""A folder of some of ImageNet's classes (Imagenette, Imagewoof: wnid folders) read with ImageNet's own labels
+(dataset_kw wnids, a file of the 1000 wnids), so that a 1000-class network is scored as on ImageNet; tiny random
+images and a made-up list of 1000 wnids."""
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _scripts import load_script
+from _training import fresh_recipe_state
+
+from adaptive.data import dataset_facts, get_datasets
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parents[1]
+WNIDS = [f"n{i * 7 + 1440764:08d}" for i in range(1000)]  # sorted, like ImageNet's
+PICKED = (WNIDS[0], WNIDS[217], WNIDS[999])  # (ImageNet indices 0, 217, 999)
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)
+
+
+def _subset(root, classes=PICKED, n=(3, 1), mapping="LOC_synset_mapping.txt"):
+    """``root/train/<wnid>/`` and ``root/val/<wnid>/`` of tiny random images, and (``mapping``) Kaggle's list of
+    the 1000 wnids beside them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, k in zip(("train", "val"), n):
+        for wnid in classes:
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(k):
+                Image.fromarray(rng.integers(0, 256, (20, 22, 3), dtype=np.uint8)).save(root / split / wnid / f"{i}.JPEG")
+    if mapping:
+        (root / mapping).write_text("".join(f"{w} thing number {i}, a class\n" for i, w in enumerate(WNIDS)))
+    return root
+
+
+def test_wnid_folders_are_labelled_by_their_imagenet_index(tmp_path):
+    """Both datasets, every split: labels are the places of the folders' wnids among the 1000 (0, 217, 999), not
+    0..2, and the classes are the 1000; the facts (the model built before the data) say 1000 too. A plain list of
+    wnids, one a line, reads the same as Kaggle's file; without wnids the folders are numbered 0..K-1 as before."""
+    root = _subset(tmp_path / "imagenet")
+    (tmp_path / "plain.txt").write_text("\n".join(WNIDS) + "\n")
+    for name, data in (("imagenet", tmp_path), ("folder", root)):
+        for wnids in (root / "LOC_synset_mapping.txt", tmp_path / "plain.txt"):
+            ds = get_datasets(name, data_dir=data, holdout=1 / 3, image_size=16, resize=16, wnids=str(wnids))
+            assert ds.num_classes == 1000 and ds.classes == WNIDS
+            assert sorted(ds.train.targets.tolist()) == [0, 0, 217, 217, 999, 999]
+            assert sorted(ds.holdout.targets.tolist()) == [0, 217, 999]
+            assert ds.test.targets.tolist() == [0, 217, 999] and ds.test[1][1] == 217
+            assert dataset_facts(name, data_dir=data, image_size=16, resize=16, wnids=str(wnids)) == (1000, (3, 16, 16))
+        plain = get_datasets(name, data_dir=data, holdout=0.0, image_size=16, resize=16)
+        assert plain.num_classes == 3 and plain.test.targets.tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("lines, match", [
+    (WNIDS[:999], r"lists 999 wnids, not ImageNet's 1000"),
+    (WNIDS[:999] + [WNIDS[5]], r"lists \['n01440799'\] more than once"),
+    (WNIDS[1:] + ["n00000001"], r"is not in sorted order.*sort it"),
+    (WNIDS[:3] + ["tench"] + WNIDS[4:], r"line 4: 'tench' is no ImageNet wnid"),
+])
+def test_a_wnid_list_that_is_not_imagenets_1000_is_refused_naming_the_fix(tmp_path, lines, match):
+    root = _subset(tmp_path / "data", mapping=None)
+    (tmp_path / "w.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=match + r".*--dataset-kw wnids=FILE.*LOC_synset_mapping.txt"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=16, resize=16, wnids=str(tmp_path / "w.txt"))
+    with pytest.raises(FileNotFoundError, match=r"no-such.txt: no such file; give --dataset-kw wnids=FILE"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=16, resize=16, wnids=str(tmp_path / "no-such.txt"))
+
+
+def test_a_class_folder_not_in_the_list_is_refused_by_name(tmp_path):
+    root = _subset(tmp_path / "data", classes=(WNIDS[3], "n09999999", "cat"))
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['cat', 'n09999999'\] of .*train are no ImageNet wnids.*"
+                                         r"rename each class folder as its wnid, or leave out dataset_kw wnids"):
+        get_datasets("folder", data_dir=root, holdout=0.0, image_size=16, resize=16,
+                     wnids=str(root / "LOC_synset_mapping.txt"))
+    assert dataset_facts("folder", data_dir=root, image_size=16, resize=16,
+                         wnids=str(root / "LOC_synset_mapping.txt")) is None  # (the builder names it)
+
+
+def recipe():
+    return load_script("recipes/prune_pretrained.py", "prune_pretrained_imagenet_subset")
+
+
+def _weights(tmp_path):
+    """A 1000-class SqueezeNet 1.1 (random weights: the run's labels, not its accuracy, are what is checked)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    path = tmp_path / "squeeze_1000.pt"
+    torch.save(torchvision.models.squeezenet1_1().state_dict(), path)
+    return path
+
+
+def _doc_command():
+    """The command docs/data.md shows for a 1000-class network on Imagenette, as argv."""
+    text = (ROOT / "docs" / "data.md").read_text()
+    block = re.search(r"```bash\n(python recipes/prune_pretrained.py[^`]*?wnids=[^`]*?)```", text, flags=re.S).group(1)
+    return shlex.split(block.replace("\\\n", " "))[2:]
+
+
+def _tiny(argv, tmp_path, weights, data, out):
+    """``argv`` (the doc's command) with this test's files and a tiny run's settings."""
+    swap = {"torchvision:mobilenet_v3_large": "torchvision:squeezenet1_1", "mobilenet_v3_large-5c1a4163.pth": str(weights),
+            "imagenette2": str(data), "imagenette2/LOC_synset_mapping.txt": str(data / "LOC_synset_mapping.txt")}
+    argv = [swap.get(a, a) for a in argv]
+    argv = [f"wnids={swap[a[6:]]}" if a.startswith("wnids=") else a for a in argv]
+    return argv + ["--dataset-kw", "{image_size: 32, resize: 32}", "--batch-size", "3", "--eval-batch-size", "3",
+                   "--holdout", "0.34", "--eval-every", "2", "--train-eval-batches", "1", "--threads", "1",
+                   "--output_dir", str(out)]
+
+
+def test_the_docs_command_scores_a_1000_class_network_on_imagenet_labels(tmp_path, capsys, monkeypatch):
+    """docs/data.md's command, tiny: the 1000-class weights load (they were refused: the data had 3 classes), every
+    batch the run reads carries the ImageNet indices, the run says which list labelled them; without wnids=
+    the list is found in the data's folder; with none there the refusal names the option and the file."""
+    from recipes._prune_pretrained import run as pp_run
+
+    data, weights = _subset(tmp_path / "imagenette2"), _weights(tmp_path)
+    argv = _doc_command()
+    assert "--dataset-kw" in argv and "wnids=imagenette2/LOC_synset_mapping.txt" in argv
+    seen = []
+    real = pp_run.get_dataloaders
+
+    def spy(*a, **kw):
+        dl = real(*a, **kw)
+        seen.append((dl.num_classes, set(dl.train.dataset.targets.tolist()), dl.test.dataset.targets.tolist()))
+        return dl
+
+    monkeypatch.setattr(pp_run, "get_dataloaders", spy)
+    summary = recipe().main(_tiny(argv, tmp_path, weights, data, tmp_path / "given"))
+    assert seen[-1] == (1000, {0, 217, 999}, [0, 217, 999]) and summary["rows"]
+    assert f"labels: each class folder by its index among ImageNet's 1000 wnids listed in {data / 'LOC_synset_mapping.txt'}" \
+        in capsys.readouterr().out
+
+    found = [a for a in _tiny(argv, tmp_path, weights, data, tmp_path / "found") if not a.startswith("wnids=")]
+    found.remove("--dataset-kw")  # (the doc's wnids= alone)
+    recipe().main(found)
+    assert seen[-1] == (1000, {0, 217, 999}, [0, 217, 999])
+    assert f"labels: each of the 3 class folders by its index among ImageNet's 1000 wnids listed in " \
+           f"{data / 'LOC_synset_mapping.txt'} (found in the data's folders" in capsys.readouterr().out
+
+    (data / "LOC_synset_mapping.txt").unlink()
+    unweighted = found[:found.index("--weights")] + found[found.index("--weights") + 2:]
+    for argv, why in ((found, rf"--weights {re.escape(str(weights))} holds a 1000-class classifier"),
+                      (unweighted + ["--num-classes", "1000"], r"--num-classes 1000")):
+        with pytest.raises(ValueError, match=rf"the 3 class folders of .*train are ImageNet wnids \(n01440764, "
+                                             rf"n01442283, n01447757\) and the model has 1000 outputs \({why}\).*"
+                                             r"give --dataset-kw wnids=FILE.*LOC_synset_mapping.txt"):
+            recipe().main(argv[:argv.index("--output_dir")] + ["--output_dir", str(tmp_path / "none")]
+                          + argv[argv.index("--output_dir") + 2:])
+    assert not (tmp_path / "none").exists()
+    # weights of the folders' 3 classes beside the --num-classes 1000 of a config: refused as before, no list asked
+    import torchvision
+
+    torch.save(torchvision.models.squeezenet1_1(num_classes=3).state_dict(), tmp_path / "three.pt")
+    with pytest.raises(ValueError, match=r"--num-classes 1000 does not match the 3 classes of the folder data"):
+        recipe().main([str(tmp_path / "three.pt") if a == str(weights) else a for a in found[:-2]]
+                      + ["--output_dir", str(tmp_path / "none"), "--num-classes", "1000"])
+    assert not (tmp_path / "none").exists()
+
+
+def _kaggle(root, classes=PICKED, val=(PICKED[2], PICKED[0], PICKED[1], PICKED[0])):
+    """Kaggle's ImageNet download, tiny: ``ILSVRC/Data/CLS-LOC/train/<wnid>/`` beside a flat ``val/`` of
+    ``ILSVRC2012_val_<n>.JPEG``, and ``LOC_val_solution.csv`` (each image's wnid first in its string) and
+    ``LOC_synset_mapping.txt`` at the top. Returns the CLS-LOC folder."""
+    from PIL import Image
+
+    cls_loc = root / "ILSVRC" / "Data" / "CLS-LOC"
+    _subset(cls_loc, classes=classes, n=(3, 0), mapping=None)
+    (root / "LOC_synset_mapping.txt").write_text("".join(f"{w} thing number {i}\n" for i, w in enumerate(WNIDS)))
+    for split in ("val",):
+        for wnid in classes:
+            (cls_loc / split / wnid).rmdir()
+    rows = ["ImageId,PredictionString"]
+    rng = np.random.default_rng(1)
+    for n, wnid in enumerate(val, 1):
+        Image.fromarray(rng.integers(0, 256, (20, 22, 3), dtype=np.uint8)).save(cls_loc / "val" / f"ILSVRC2012_val_{n:08d}.JPEG")
+        rows.append(f"ILSVRC2012_val_{n:08d},{wnid} 10 12 200 220 {wnid} 1 2 30 40")
+    rows.append(f"ILSVRC2012_val_{99:08d},{WNIDS[500]} 1 2 3 4")  # (an image of the whole val/ not copied here)
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return cls_loc
+
+
+def test_a_flat_val_folder_is_labelled_by_kaggles_solution_file(tmp_path):
+    """Kaggle's val/ (every image in one folder) was refused, pointing at valprep.sh: with LOC_val_solution.csv in
+    it or up to four folders above it, each image is labelled by its wnid there, numbered as train/'s folders (0..K-1,
+    or with wnids their ImageNet index); both datasets."""
+    cls_loc = _kaggle(tmp_path / "kaggle")
+    ds = get_datasets("folder", data_dir=cls_loc, holdout=0.0, image_size=16, resize=16)
+    assert ds.test.targets.tolist() == [2, 0, 1, 0] and ds.test[2][1] == 1
+    ds = get_datasets("folder", data_dir=cls_loc, holdout=0.0, image_size=16, resize=16,
+                      wnids=str(tmp_path / "kaggle" / "LOC_synset_mapping.txt"))
+    assert ds.num_classes == 1000 and ds.test.targets.tolist() == [999, 0, 217, 0]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "imagenet").symlink_to(cls_loc)  # (dataset imagenet reads DATA/imagenet/{train,val})
+    assert get_datasets("imagenet", data_dir=tmp_path / "data", holdout=0.0, image_size=16,
+                        resize=16).test.targets.tolist() == [2, 0, 1, 0]
+
+
+def test_a_flat_val_the_solution_file_does_not_fit_is_refused_naming_the_fix(tmp_path):
+    kw = dict(holdout=0.0, image_size=16, resize=16)
+    cls_loc = _kaggle(tmp_path / "a", val=(PICKED[0], PICKED[1], PICKED[2], WNIDS[3]))  # a class train/ has not
+    with pytest.raises(ValueError, match=r"only in val: \['n01440785'\].*the flat val/ is labelled by .*"
+                                         r"LOC_val_solution.csv: move out of it the images of classes train/ has not"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+    cls_loc = _kaggle(tmp_path / "b")
+    (cls_loc / "val" / "ILSVRC2012_val_00000001.JPEG").rename(cls_loc / "val" / "extra.JPEG")
+    with pytest.raises(ValueError, match=r"1 image\(s\) of .*val are not listed in .*LOC_val_solution.csv "
+                                         r"\(\['extra.JPEG'\]\).*move the others out"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+    (tmp_path / "b" / "LOC_val_solution.csv").write_text("id,label\nextra,n01440764\n")
+    with pytest.raises(ValueError, match=r"no header ImageId,PredictionString.*valprep.sh"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+    (tmp_path / "b" / "LOC_val_solution.csv").unlink()  # none: the layout refused, naming both ways
+    from adaptive.paths import DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match=r"holds 4 file\(s\) directly.*put Kaggle's LOC_val_solution.csv in "
+                                                   r"it or in a folder above it.*or run the usual valprep.sh"):
+        get_datasets("folder", data_dir=cls_loc, **kw)
+
+
+def test_kaggles_download_as_it_comes_runs_a_1000_class_network(tmp_path, capsys, monkeypatch):
+    """--dataset folder --data-dir ILSVRC/Data/CLS-LOC of a (tiny) Kaggle download, 1000-class weights, no
+    dataset_kw: LOC_synset_mapping.txt three folders above train/ labels the folders, LOC_val_solution.csv the
+    flat val/, and the final report reads val/ with ImageNet's indices."""
+    from recipes._prune_pretrained import run as pp_run
+
+    cls_loc, weights, seen = _kaggle(tmp_path / "kaggle"), _weights(tmp_path), []
+    real = pp_run.get_dataloaders
+
+    def spy(*a, **kw):
+        dl = real(*a, **kw)
+        seen.append((dl.num_classes, dl.test.dataset.targets.tolist()))
+        return dl
+
+    monkeypatch.setattr(pp_run, "get_dataloaders", spy)
+    argv = [a for a in _tiny(_doc_command(), tmp_path, weights, cls_loc, tmp_path / "run") if not a.startswith("wnids=")]
+    argv.remove("--dataset-kw")
+    summary = recipe().main(argv)
+    assert seen == [(1000, [999, 0, 217, 0])] and summary["rows"]
+    assert f"listed in {tmp_path / 'kaggle' / 'LOC_synset_mapping.txt'} (found in" in capsys.readouterr().out
+    (tmp_path / "data").mkdir()  # dataset imagenet, DATA/imagenet a link to CLS-LOC: both files found through it
+    (tmp_path / "data" / "imagenet").symlink_to(cls_loc)
+    at = argv.index("folder")
+    argv[at:at + 3] = ["imagenet", "--data-dir", str(tmp_path / "data")]
+    recipe().main(argv[:-1] + [str(tmp_path / "run2")])
+    assert seen[-1] == (1000, [999, 0, 217, 0])
