@@ -138,3 +138,116 @@ def test_the_cifar_config_compares_policies_by_changing_only_the_policy():
     for policy, estimator in (("rigl", None), ("set", None), ("gmp", None), ("threshold", "curvature")):
         cfg = parse_config(R.RunConfig, ["--config", path, "--policy", policy])
         assert (cfg.policy, cfg.estimator) == (policy, estimator)
+
+
+# the shipped train-mode configs, each run end to end by recipes/adaptive.py as a user would, at tiny settings
+# given as command-line overrides (fake data of the config's input shape, a few steps); the ImageNet one on a
+# tiny folder of random JPEGs with a randomly initialised network's weights file
+ADAPTIVE_CONFIGS = [p for p in CONFIGS if recipe_of(p) == "adaptive"]
+
+
+def _imagenet_folder(root: Path) -> None:
+    """A tiny ImageNet-like tree: <root>/imagenet/{train,val}/<wnid>/*.JPEG, two classes of random images."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for wnid in ("n01440764", "n01443537"):
+            folder = root / "imagenet" / split / wnid
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+
+
+@pytest.mark.parametrize("path", ADAPTIVE_CONFIGS, ids=[p.stem for p in ADAPTIVE_CONFIGS])
+def test_each_shipped_config_runs_end_to_end(path, tmp_path):
+    """recipes/adaptive.py --config FILE runs to its end and writes its run folder, the config's own settings
+    kept but those the overrides name (command line over file): what a user's first short try does."""
+    cfg = parse_config(R.RunConfig, ["--config", str(path)])
+    out = tmp_path / "run"
+    common = ["--config", str(path), "--output_dir", str(out), "--threads", "1", "--num_workers", "0",
+              "--progress", "false", "--figures", "false", "--batch_size", "4", "--eval_batch_size", "4"]
+    if cfg.mode == "mask_only":
+        import torchvision
+
+        _imagenet_folder(tmp_path)
+        torch.manual_seed(0)
+        torch.save(torchvision.models.mobilenet_v3_large(num_classes=2).state_dict(), tmp_path / "mnv3.pth")
+        argv = common + ["--data-dir", str(tmp_path), "--weights", str(tmp_path / "mnv3.pth"), "--holdout", "0.35",
+                         "--dataset_kw.resize", "36", "--dataset_kw.image_size", "32"]
+    else:
+        argv = common + ["--dataset", "fake", "--dataset_kw.shape", str(SHAPES[cfg.dataset]),
+                         "--dataset_kw.train_size", "40", "--dataset_kw.test_size", "8", "--augment", "false",
+                         "--holdout", "0.25", "--max_steps", "6", "--update_every", "2", "--warmup_steps", "1",
+                         "--eval_every", "3", "--checkpoint_every", "3", "--log_every", "2"]
+    res = R.main(argv)
+    ran = parse_config(R.RunConfig, ["--config", str(out / "config.yaml")])
+    # the file's settings ran but where the command line named another value
+    for key in ("model", "policy", "estimator", "budget", "ensemble", "protect", "lr", "weight_decay",
+                "max_grad_norm", "edit_fraction", "end_fraction", "mode", "target", "mask_only_kw"):
+        assert getattr(ran, key) == getattr(cfg, key), key
+    assert (ran.batch_size, ran.eval_batch_size, ran.num_workers) == (4, 4, 0)
+    assert (out / "summary.json").is_file() and (out / "connectome.safetensors").is_file()
+    if cfg.mode == "mask_only":
+        assert res.summary["synapses"] - res.summary["live"] == cfg.target
+        assert adaptive.mask_only.changed_weights(res.conn) == 0
+        return
+    assert ran.update_every == 2 and ran.max_steps == 6 and res.state.step == 6
+    assert res.conn.density() == pytest.approx(cfg.density, abs=2e-3)
+    assert [int(p.name.split("_")[1]) for p in (out / "checkpoints").iterdir()] == [3]  # (--checkpoint_every 3)
+    for n in res.controller.protected:  # (cifar10_resnet20_dst.yaml: the first convolution and the classifier)
+        assert bool(res.conn.masks[n].all())
+
+
+def test_prune_pretrained_reads_a_config_files_exponent_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads 1e-2 (no decimal point) as text: recipes/prune_pretrained.py's --config file
+    refused `step: 1e-2` ('must be a number > 0, got '1e-2'') where the command line's --step 1e-2 and
+    recipes/adaptive.py's --config read the number; a text option's value stays as written."""
+    f = tmp_path / "c.yaml"
+    f.write_text("step: 1e-2\nholdout: 2e-1\nedit_fraction: 5e-1\napproach: 0e0\npasses: 2e0\n"
+                 "remove: [best]\nladder: [1e-1, 3e-1]\n")
+    ns = P.parse_args(["--config", str(f)])
+    assert (ns.step, ns.holdout, ns.edit_fraction, ns.approach, ns.passes, ns.ladder) == (0.01, 0.2, 0.5, 0.0, 2.0,
+                                                                                          [0.1, 0.3])
+    assert ns.step == P.parse_args(["--step", "1e-2"]).step
+    # the command line still wins over the file's number
+    assert P.parse_args(["--config", str(f), "--step", "0.03", "--holdout", "0.1"]).step == 0.03
+    f.write_text("remove: [1e6]\n")  # a count written as a float: refused, naming the whole number to write
+    with pytest.raises(ValueError, match=r"give it as a whole number \(1000000\)"):
+        P.parse_args(["--config", str(f)])
+    f.write_text("model: 1e3\n")  # (a name: YAML's text, refused as no model, not read as the number 1000.0)
+    with pytest.raises(SystemExit, match=r"1e3: unknown model"):
+        P.parse_args(["--config", str(f)])
+
+
+def test_a_config_of_the_other_recipe_is_refused_naming_the_recipe_it_is_for(tmp_path, capsys):
+    """A mask-only yaml of recipes/prune_pretrained.py given to recipes/adaptive.py (or one of
+    recipes/adaptive.py's given to recipes/prune_pretrained.py) is refused before anything runs, as any
+    unknown key is, and the refusal says which recipe the file is for; a misspelt key is named with the
+    key it is closest to."""
+    pp_yaml = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")
+    out = tmp_path / "run"
+    for argv in (["--config", pp_yaml], [f"--config={pp_yaml}"]):
+        with pytest.raises(SystemExit) as e:
+            R.parse_args(argv + ["--output_dir", str(out)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "unknown config key" in err and "Traceback" not in err
+        assert (f"{pp_yaml} is a config of recipes/prune_pretrained.py (approach, num_classes, passes, remove, step, "
+                "train_eval_batches, verify_batches, window: its keys") in err
+        assert f"run python recipes/prune_pretrained.py --config {pp_yaml}" in err
+    assert not out.exists()
+    bad = tmp_path / "bad.yaml"  # a misspelt key of this recipe's own: no word of the other recipe
+    bad.write_text("update_evry: 5\n")
+    with pytest.raises(SystemExit):
+        R.parse_args(["--config", str(bad)])
+    assert "prune_pretrained" not in capsys.readouterr().err
+    for name in ("imagenet_mobilenetv3_maskonly_adaptive.yaml", "mnist_lenet300_rigl.yaml"):
+        path = str(ROOT / "recipes" / "configs" / name)
+        with pytest.raises(SystemExit, match=rf"{path} is a config of recipes/adaptive.py \(.*: its keys, not this "
+                                             rf"recipe's\): run python recipes/adaptive.py --config {path}"):
+            P.parse_args(["--config", path])
+    bad.write_text("stpe: 0.01\n")
+    with pytest.raises(SystemExit, match=r"unknown key\(s\) \['stpe'\].*\(did you mean 'step' for 'stpe'\?\)$"):
+        P.parse_args(["--config", str(bad)])
