@@ -269,3 +269,28 @@ def test_every_figure_in_a_configs_comments_is_in_a_file_it_cites():
         for figure in re.findall(r"(\d+\.\d+)%", comments):
             assert figure in text, f"{path.name}: {figure}% is in none of {cited}"
         assert not re.search(r"~\s*\d+ (?:minutes|points)", comments), path.name  # (the two unbacked ones)
+
+
+def test_override_precedence_as_docs_training_md_says(tmp_path):
+    """docs/training.md, "--key value overrides come last": the command line beats every --config file
+    wherever it stands on the line, a later file beats an earlier one per key, a mapping option
+    (controller_kw, dataset_kw, mask_only_kw) is merged entry by entry, a list option given anew replaces
+    the file's list, a file's quoted 'false' and 1e-2 (PyYAML's text) are the boolean and the number."""
+    f, g = tmp_path / "f.yaml", tmp_path / "g.yaml"
+    f.write_text("model: lenet300\ndataset: mnist\ncontroller_kw: {grow_init: zero, window: 3}\nprotect: [fc1]\n"
+                 "augment: 'false'\nlr: 1e-2\nweight_decay: 5e-4\n")
+    g.write_text("controller_kw:\n  window: 4\nlr: 2e-2\n")
+    for argv in (["--config", str(f), "--config", str(g), "--lr", "3e-2", "--controller_kw.grow_init", "gradient"],
+                 ["--lr", "3e-2", "--controller_kw.grow_init", "gradient", "--config", str(f), "--config", str(g)]):
+        cfg = parse_config(R.RunConfig, argv)
+        assert (cfg.lr, cfg.weight_decay, cfg.augment, cfg.protect) == (0.03, 5e-4, False, ["fc1"])
+        assert cfg.controller_kw == {"grow_init": "gradient", "window": 4}
+    cfg = parse_config(R.RunConfig, ["--config", str(f), "--protect", "fc2", "--augment", "true",
+                                     "--controller_kw", "pace=even"])
+    assert (cfg.protect, cfg.augment, cfg.controller_kw) == (["fc2"], True, {"grow_init": "zero", "window": 3,
+                                                                            "pace": "even"})
+    shipped = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")
+    for argv in (["--config", shipped, "--holdout", "0.2", "--dataset-kw", "image_size=192", "--remove", "0.5"],
+                 ["--holdout", "0.2", "--dataset-kw", "image_size=192", "--remove", "0.5", "--config", shipped]):
+        ns = P.parse_args(argv + ["--num-workers", "0"])
+        assert (ns.holdout, ns.dataset_kw, ns.remove, ns.step) == (0.2, {"resize": 232, "image_size": 192}, [0.5], 0.01)
