@@ -294,3 +294,61 @@ def test_override_precedence_as_docs_training_md_says(tmp_path):
                  ["--holdout", "0.2", "--dataset-kw", "image_size=192", "--remove", "0.5", "--config", shipped]):
         ns = P.parse_args(argv + ["--num-workers", "0"])
         assert (ns.holdout, ns.dataset_kw, ns.remove, ns.step) == (0.2, {"resize": 232, "image_size": 192}, [0.5], 0.01)
+
+
+def _comment_commands(path):
+    """The command lines a config's comments show (``python recipes/...`` or ``accelerate launch ...``,
+    continued over lines ending in a backslash), each as its words."""
+    import shlex
+
+    lines = [line.partition("#")[2].strip() for line in path.read_text().splitlines() if line.lstrip().startswith("#")]
+    commands, current = [], None
+    for line in lines:
+        if current is None and not line.startswith(("python recipes/", "accelerate launch")):
+            continue
+        current = (current or []) + shlex.split(line.rstrip("\\"))
+        if not line.endswith("\\"):
+            commands.append(current)
+            current = None
+    return commands
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_the_commands_a_config_shows_parse_and_fit_its_schedule(path, tmp_path):
+    """Every command a shipped config's comments show is accepted as written (its placeholder paths
+    replaced by files that exist), and the short CPU try of cifar10_resnet20_dst.yaml runs the 72 steps
+    its comment says, its shortened warmup, updates and checkpoints falling inside them."""
+    weights = tmp_path / "mobilenet_v3_large-5c1a4163.pth"  # (the name the comments give: torchvision's V2 file)
+    weights.write_bytes(b"")
+    commands = _comment_commands(path)
+    assert commands, f"{path.name} shows no command"
+    for words in commands:
+        script = next(w for w in words if w.startswith("recipes/") and w.endswith(".py"))
+        argv = words[words.index(script) + 1:]
+        if "..." in argv:  # ('--config ... (same options)': the command above, launched on several processes)
+            continue
+        argv = [str(weights) if a.endswith(".pth") else a for a in argv] + ["--num_workers", "0"]
+        assert argv[:2] == ["--config", f"recipes/configs/{path.name}"], words
+        argv[1] = str(path)
+        if script == "recipes/prune_pretrained.py":
+            assert P.parse_args(argv).weights == str(weights)
+            continue
+        cfg = R.parse_args(argv)
+        if "--subset" not in argv:
+            continue
+        # the short try: its steps as the comment counts them (the train part less the held-out share)
+        steps_per_epoch = math.ceil((cfg.subset - round(cfg.holdout * cfg.subset)) / cfg.batch_size)
+        total = cfg.epochs * steps_per_epoch
+        assert f"its {total} steps" in path.read_text()
+        assert cfg.warmup_steps <= total and 0 < cfg.checkpoint_every <= total and cfg.update_every < total
+        tiny = R.parse_args(argv + ["--dataset", "fake", "--dataset_kw.shape", str(SHAPES[cfg.dataset]),
+                                    "--dataset_kw.train_size", "40", "--dataset_kw.test_size", "8", "--augment",
+                                    "false", "--subset", "40", "--holdout", "0.25"])
+        loaders = R.get_dataloaders(tiny)
+        model = build_model(tiny.model, num_classes=loaders.num_classes, in_shape=loaders.in_shape)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ctrl = R.build_controller(tiny, R.build_connectome(tiny, model), R.build_optimizer(tiny, model),
+                                      total_steps=total)
+        assert not [str(w.message) for w in caught if "no update falls" in str(w.message)]
+        assert ctrl.end_step == round(cfg.end_fraction * total) > cfg.update_every
