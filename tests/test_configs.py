@@ -352,3 +352,23 @@ def test_the_commands_a_config_shows_parse_and_fit_its_schedule(path, tmp_path):
                                       total_steps=total)
         assert not [str(w.message) for w in caught if "no update falls" in str(w.message)]
         assert ctrl.end_step == round(cfg.end_fraction * total) > cfg.update_every
+
+
+def test_no_shipped_config_gives_a_key_its_policy_ignores():
+    """mnist_lenet5.yaml gave `budget: erk` to the threshold policy, which ranks the synapses of every
+    layer together: no layer budget applies, and the controller lets the default 'erk' through unused
+    (another budget is refused), so the key read as a setting the run did not have. A train-mode config
+    names a budget only for a policy that applies one, and an estimator only for one that takes one."""
+    from adaptive.policies.base import get_policy
+
+    for path in CONFIGS:
+        if recipe_of(path) != "adaptive":
+            continue
+        given = {k.replace("-", "_"): v for k, v in yaml.safe_load(path.read_text()).items()}
+        if given.get("mode", "train") != "train":
+            continue
+        cfg = parse_config(R.RunConfig, ["--config", str(path)])
+        if get_policy(cfg.policy).ranks_globally:
+            assert "budget" not in given, f"{path.name}: policy {cfg.policy} applies no layer budget"
+        if R._estimator_slots(cfg.policy)[0] is False:
+            assert given.get("estimator") is None, f"{path.name}: policy {cfg.policy} takes no estimator"
