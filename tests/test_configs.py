@@ -7,6 +7,7 @@ connectome and controller."""
 import dataclasses
 import inspect
 import math
+import re
 import warnings
 from pathlib import Path
 
@@ -258,7 +259,6 @@ def test_every_figure_in_a_configs_comments_is_in_a_file_it_cites():
     docs pages they name, with the same value, and every file they name exists: "~3 minutes on 2 CPU
     cores" (mnist_lenet300_rigl.yaml) and "~10 points below published lossless figures"
     (cifar10_resnet20_dst.yaml) were quoted from no file."""
-    import re
 
     for path in CONFIGS:
         comments = " ".join(line.partition("#")[2] for line in path.read_text().splitlines() if "#" in line)
@@ -372,3 +372,43 @@ def test_no_shipped_config_gives_a_key_its_policy_ignores():
             assert "budget" not in given, f"{path.name}: policy {cfg.policy} applies no layer budget"
         if R._estimator_slots(cfg.policy)[0] is False:
             assert given.get("estimator") is None, f"{path.name}: policy {cfg.policy} takes no estimator"
+
+
+def test_the_weights_file_a_config_names_for_a_pretrained_start_loads():
+    """cifar10_resnet20_dst.yaml names ../shared/data/resnet-cifar10/resnet20-12fca82f.th "to start
+    pretrained": given as --weights over the file's null, it loads strictly into the config's model."""
+
+    path = ROOT / "recipes" / "configs" / "cifar10_resnet20_dst.yaml"
+    (rel,) = re.findall(r"^weights: null +#.*?(\S+\.th) to start pretrained", path.read_text(), re.M)
+    weights = (ROOT / rel).resolve()
+    if not weights.is_file():
+        pytest.skip(f"shared weights absent at {weights}")
+    cfg = R.parse_args(["--config", str(path), "--weights", rel.replace("..", str(ROOT.parent), 1)])
+    model = R.build_model_for(cfg, 10, SHAPES[cfg.dataset])
+    sd = torch.load(weights, map_location="cpu", weights_only=True)
+    sd = sd.get("state_dict", sd)
+    first = next(k for k in sd if k.endswith("conv1.weight"))
+    assert torch.equal(model.state_dict()["conv1.weight"], sd[first])
+
+
+def test_a_config_path_that_is_no_yaml_mapping_is_refused_saying_what_a_config_is(tmp_path, capsys):
+    """An image given as --config said "cannot be read ('utf-8' codec can't decode byte 0x89 in position
+    0: invalid start byte)", and `lr = 0.1` (not YAML's `lr: 0.1`) "must hold a mapping of keys to
+    values, got str": both now say what a config file is, in both recipes, before anything is written."""
+    image = tmp_path / "c.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    ini = tmp_path / "c.txt"
+    ini.write_text("lr = 0.1\n")
+    nospace = tmp_path / "c.yaml"
+    nospace.write_text("lr:0.1\n")
+    for path, said in ((image, "is not a text file: a config is YAML text, a 'key: value' line per option"),
+                       (ini, "must hold a mapping of keys to values, got str ('lr = 0.1'): a config is YAML with a "
+                             "'key: value' line per option (a space after each colon)"),
+                       (nospace, "got str ('lr:0.1')")):
+        out = tmp_path / "run"
+        with pytest.raises(SystemExit) as e:
+            R.parse_args(["--config", str(path), "--output_dir", str(out)])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+        with pytest.raises(SystemExit, match=re.escape(said)):
+            P.parse_args(["--config", str(path), "--output_dir", str(out)])
+        assert not out.exists()
