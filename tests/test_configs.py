@@ -412,3 +412,21 @@ def test_a_config_path_that_is_no_yaml_mapping_is_refused_saying_what_a_config_i
         with pytest.raises(SystemExit, match=re.escape(said)):
             P.parse_args(["--config", str(path), "--output_dir", str(out)])
         assert not out.exists()
+
+
+def test_a_yes_no_word_after_a_prune_pretrained_flag_says_the_flag_takes_none(capsys):
+    """recipes/adaptive.py takes `--cpu false`; recipes/prune_pretrained.py's yes/no options are flags,
+    and `--cpu false` was refused as "unrecognized arguments: false", naming no option: the refusal now
+    says the flag takes no value and how to say yes or no."""
+    for argv, said in ((["--cpu", "false"], "--cpu is a flag and takes no value ('false'): give --cpu alone to set "
+                                            "it, or leave it out"),
+                       (["--progress", "true"], "--progress is a flag and takes no value ('true'): give --progress "
+                                                "alone to set it, or leave it out (--no-progress says no)"),
+                       (["--no_progress", "no"], "--no-progress is a flag and takes no value ('no')")):
+        with pytest.raises(SystemExit) as e:
+            P.parse_args(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "unrecognized arguments" in err and said in err, err
+    with pytest.raises(SystemExit):
+        P.parse_args(["--seed", "1", "false"])  # (a stray word after an option that takes a value: argparse's own)
+    assert "is a flag" not in capsys.readouterr().err
