@@ -430,3 +430,17 @@ def test_a_yes_no_word_after_a_prune_pretrained_flag_says_the_flag_takes_none(ca
     with pytest.raises(SystemExit):
         P.parse_args(["--seed", "1", "false"])  # (a stray word after an option that takes a value: argparse's own)
     assert "is a flag" not in capsys.readouterr().err
+
+
+def test_a_mask_only_config_without_line_search_says_nothing_is_verified():
+    """imagenet_mobilenetv3_maskonly_adaptive.yaml said its held-out images "verify every step" and its
+    weights were "chosen and verified" on them, with verify_batches: 0 (no per-update check) a few lines
+    below: a config whose line search is off says no other line verifies anything."""
+    for path in CONFIGS:
+        data = yaml.safe_load(path.read_text())
+        verify = data.get("verify_batches", (data.get("mask_only_kw") or {}).get("verify_batches"))
+        if verify != 0:
+            continue
+        said = [line for line in path.read_text().splitlines()
+                if "verif" in line.partition("#")[2].lower() and "verify_batches" not in line]
+        assert not said, f"{path.name}: {said}"
