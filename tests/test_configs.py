@@ -165,7 +165,7 @@ def _imagenet_folder(root: Path) -> None:
 def test_each_shipped_config_runs_end_to_end(path, tmp_path):
     """recipes/adaptive.py --config FILE runs to its end and writes its run folder, the config's own settings
     kept but those the overrides name (command line over file): what a user's first short try does."""
-    cfg = parse_config(R.RunConfig, ["--config", str(path)])
+    cfg = parse_config(R.RunConfig, ["--config", str(path), "--num_workers", "0"])
     out = tmp_path / "run"
     common = ["--config", str(path), "--output_dir", str(out), "--threads", "1", "--num_workers", "0",
               "--progress", "false", "--figures", "false", "--batch_size", "4", "--eval_batch_size", "4"]
