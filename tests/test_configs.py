@@ -444,3 +444,21 @@ def test_a_mask_only_config_without_line_search_says_nothing_is_verified():
         said = [line for line in path.read_text().splitlines()
                 if "verif" in line.partition("#")[2].lower() and "verify_batches" not in line]
         assert not said, f"{path.name}: {said}"
+
+
+def test_a_misspelt_nested_controller_kw_key_is_refused_naming_the_option(tmp_path, capsys):
+    """A --config file's `controller_kw: {grow_intit: zero}` (or --controller_kw grow_intit=zero) was
+    refused as "unknown argument(s) ['grow_intit'] for policy 'utility'", naming neither the option nor
+    that it is a nested key of controller_kw; the refusal names it now, before the run folder is made."""
+    f = tmp_path / "c.yaml"
+    f.write_text("controller_kw:\n  grow_intit: zero\n")
+    tiny = ["--max_steps", "2", "--threads", "1", "--progress", "false", "--figures", "false"]
+    for argv in (["--config", str(f)], ["--controller_kw", "grow_intit=zero"]):
+        out = tmp_path / "run"
+        with pytest.raises(SystemExit) as e:
+            R.main(argv + tiny + ["--output_dir", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "Traceback" not in err
+        assert ("error: --controller_kw grow_intit (on the command line or in a --config file's controller_kw): "
+                "unknown argument(s) ['grow_intit']") in err and "did you mean the Controller's 'grow_init'" in err
+        assert not out.exists()
