@@ -68,9 +68,10 @@ class ArgumentParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None):
         ns, extras = self.parse_known_args(args, namespace)
         if extras:
-            known, parser = [], self
+            known, flags, parser = [], set(), self
             while True:  # this parser's options, then those of the subcommand given, and so on
                 known += [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+                flags |= {o for a in parser._actions for o in a.option_strings if a.nargs == 0 and o.startswith("--")}
                 subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
                 chosen = subs[0].choices.get(getattr(ns, subs[0].dest, None)) if subs else None
                 if chosen is None:
@@ -78,9 +79,29 @@ class ArgumentParser(argparse.ArgumentParser):
                 parser = chosen
             hints = [f"{m[0]} for {o}" for o in (e.split("=", 1)[0] for e in extras if e.startswith("--"))
                      if (m := difflib.get_close_matches(o, known, 1, 0.75))]
+            flag = _flag_given_a_value(list(sys.argv[1:] if args is None else args), extras, flags)
             parser.error(f"unrecognized arguments: {' '.join(extras)}"
-                         + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+                         + (f" (did you mean {', '.join(hints)}?)" if hints else "") + flag)
         return ns
+
+
+_YES_NO = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def _flag_given_a_value(argv, extras, flags) -> str:
+    """What an "unrecognized arguments" error adds where one of ``extras`` is a yes/no word typed after
+    a flag (``--cpu false``, as recipes/adaptive.py's options take it): the flag takes no value, and
+    how to say yes or no; "" otherwise."""
+    for before, word in zip(argv, argv[1:]):
+        spellings = {before, "--" + before[2:].replace("_", "-"), "--" + before[2:].replace("-", "_")}
+        flag = next((f for f in sorted(spellings) if f in flags), None)
+        if flag is None or word not in extras or word.strip().lower() not in _YES_NO:
+            continue
+        negative = next((f for f in (f"--no-{flag[2:]}", f"--no_{flag[2:]}") if f in flags), None)
+        return (f": {flag} is a flag and takes no value ({word!r}): give {flag} alone to set it, or leave it out"
+                + (f" ({negative} says no)" if negative else ""))
+    return ""
+
 
 
 def path_type(what: str = "the path", fix: str = "a path, or leave the option out for its default"

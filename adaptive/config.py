@@ -465,12 +465,17 @@ def read_yaml(path, option: Optional[str] = "--config") -> Dict[str, Any]:
             data = _load(f.read(), given)
     except yaml.YAMLError as e:
         raise ConfigError(f"{given} is not valid YAML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{given} cannot be read ({getattr(e, 'strerror', None) or e})") from None
+    except UnicodeDecodeError:  # (an image, a checkpoint: 'utf-8' codec can't decode byte 0x89 said nothing of it)
+        raise ConfigError(f"{given} is not a text file: a config is YAML text, a 'key: value' line per option "
+                          "(a run folder's config.yaml, say)") from None
+    except OSError as e:
+        raise ConfigError(f"{given} cannot be read ({e.strerror or e})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{given} must hold a mapping of keys to values, got {type(data).__name__}")
+        shown = f" ({data!r:.60})" if isinstance(data, (str, int, float)) else ""
+        raise ConfigError(f"{given} must hold a mapping of keys to values, got {type(data).__name__}{shown}: a config "
+                          "is YAML with a 'key: value' line per option (a space after each colon), e.g. 'lr: 0.1'")
     return data
 
 

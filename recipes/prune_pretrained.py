@@ -11,8 +11,8 @@ On several GPUs (the training batches split over processes, every process holdin
 
 The weights stay bit-exact and the model stays in evaluation mode (normalisation statistics
 frozen); only the connectome changes (see :func:`adaptive.optimize_connectome`). Selection uses the
-training split only (a held-out part of it verifies every step and scores the snapshots); the test
-split is read once, for the final report, after every decision is made.
+training split only (a held-out part of it scores the snapshots, and with --verify-batches N checks every
+update); the test split is read once, for the final report, after every decision is made.
 
 Writes into ``--output_dir`` (one subfolder ``remove_<target>`` per target when there are several):
 ``pruned_state_dict.pt`` (a plain state_dict of CPU tensors with zeros where pruned: ``torch.load(path,

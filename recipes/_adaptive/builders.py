@@ -124,11 +124,23 @@ def build_controller(cfg: RunConfig, conn: Connectome, optimizer=None, total_ste
         raise ConfigError(f"--ensemble {cfg.ensemble} fixes the density at {nm:g} (n of every m kept), so --density "
                           f"{cfg.density:g}{default} cannot be met: give --density {nm:g}")
     end_step = max(1, int(round(cfg.end_fraction * total_steps)))
-    return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
-                      update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
-                      estimator=_estimator(cfg) if _uses_estimator(cfg.policy) else None, min_density=cfg.min_density,
-                      protect=cfg.protect, batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * num_processes,
-                      seed=cfg.seed, verify=True, **search, **cfg.controller_kw)
+    try:
+        return Controller(conn, optimizer, policy=cfg.policy, density=cfg.density, budget=cfg.budget,
+                          update_every=cfg.update_every, end_step=end_step, edit_fraction=cfg.edit_fraction,
+                          estimator=_estimator(cfg) if _uses_estimator(cfg.policy) else None,
+                          min_density=cfg.min_density, protect=cfg.protect,
+                          batch_size=cfg.batch_size * cfg.gradient_accumulation_steps * num_processes,
+                          seed=cfg.seed, verify=True, **search, **cfg.controller_kw)
+    except ValueError as e:
+        # a misspelt key of --controller_kw (or of a --config file's controller_kw: a nested key) was refused
+        # as "unknown argument(s) [...] for policy ...", naming neither the option nor where it was given
+        named = [k for k in cfg.controller_kw if f"'{k}'" in str(e)]
+        if type(e) is not ValueError or not named or not str(e).startswith("unknown argument"):
+            raise
+        from adaptive.cli import with_notes_of
+
+        raise with_notes_of(ValueError(f"--controller_kw {', '.join(named)} (on the command line or in a --config "
+                                       f"file's controller_kw): {e}"), e) from None
 
 
 def _holdout_check(cfg: RunConfig, accelerator, model, loaders):

@@ -417,5 +417,37 @@ def parse_args(argv=None) -> RunConfig:
             warn_transform_mismatch(cfg.weights, cfg.dataset, cfg.dataset_kw)
             return cfg
     except ConfigError as e:
+        note = _other_recipes_config(argv) if str(e).startswith("unknown config key") else None
+        if note:
+            e.add_note(note)
         say_error(error_lines("recipes/adaptive.py", e), e, once=True)
         raise SystemExit(2) from None
+
+
+def _config_files(argv) -> List[str]:
+    """The --config files ``argv`` names (``--config FILE`` and ``--config=FILE``), in order."""
+    files = [tok.partition("=")[2] for tok in argv if tok.startswith("--config=")]
+    return files + [argv[i + 1] for i, tok in enumerate(argv[:-1]) if tok == "--config"]
+
+
+def _other_recipes_config(argv) -> Optional[str]:
+    """What an unknown-key error adds where a --config file in ``argv`` is recipes/prune_pretrained.py's
+    (every key this recipe does not know is one of that recipe's: num_classes, remove, passes, window, ...):
+    run it with that recipe, or write it in this recipe's keys; None otherwise."""
+    import dataclasses
+
+    from adaptive.config import normalize_key, read_yaml
+    from recipes._prune_pretrained.options import DEFAULTS
+
+    own = {f.name for f in dataclasses.fields(RunConfig)}
+    for path in _config_files(argv):
+        try:
+            unknown = {normalize_key(str(k)) for k in read_yaml(path)} - own
+        except ConfigError:
+            continue
+        if unknown and unknown <= set(DEFAULTS):
+            return (f"{path} is a config of recipes/prune_pretrained.py ({', '.join(sorted(unknown))}: its keys, not "
+                    f"this recipe's): run python recipes/prune_pretrained.py --config {path}, or write it in this "
+                    "recipe's keys (mode: mask_only runs its job here: "
+                    "recipes/configs/imagenet_mobilenetv3_maskonly_adaptive.yaml is the shipped example)")
+    return None

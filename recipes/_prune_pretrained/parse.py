@@ -9,11 +9,11 @@ import sys
 from adaptive import run_folder
 from adaptive.cli import check_parallelism, message_lines, quiet_at_start, start_up_warnings_once
 from adaptive.cli_checks import range_problem
-from adaptive.config import (SEED_RANGE, ConfigError, check_keys, dotted_key_values, merge_key_values,
-                             normalize_key, seed_in_range)
+from adaptive.config import (SEED_RANGE, ConfigError, _exponent_floats, check_keys, dotted_key_values,
+                             merge_key_values, normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
 
-from .checks import _check_dataset_kw, _check_file_values, _check_names, _check_ranges, _resumed_plugins
+from .checks import _TEXT, _check_dataset_kw, _check_file_values, _check_names, _check_ranges, _resumed_plugins
 from .options import DEFAULTS, MODEL_SETS, _shown, build_parser, parse_remove
 
 
@@ -62,10 +62,15 @@ def _parse_args(argv) -> argparse.Namespace:
         loaded = {normalize_key(str(k)): v for k, v in loaded.items()}
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
-            raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
+            raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}"
+                             + _unknown_keys_hint(args.config, unknown))
         # a key with no value (`batch_size:`) is unset: the default, as where the key is left out (it crashed
         # obscurely: "'<' not supported between 'NoneType' and 'int'"); an empty output_dir is refused below
         loaded = {k: v for k, v in loaded.items() if v is not None or k == "output_dir"}
+        # YAML 1.1 reads 1e-2 (no decimal point) as text: the number it was written as, as recipes/adaptive.py's
+        # --config and the command line read it (`step: 1e-2` was 'must be a number > 0, got '1e-2''); a text
+        # option's value stays as written (remove: [1e6] is refused by its own check, naming the count 1000000)
+        loaded = {k: v if k in _TEXT else _exponent_floats(v) for k, v in loaded.items()}
         if loaded.get("mixed_precision") is False:  # YAML reads a bare `no` as false
             loaded["mixed_precision"] = "no"
         _check_file_values(args.config, loaded, parser)
@@ -182,3 +187,21 @@ def _parse_args(argv) -> argparse.Namespace:
     if cfg["resume"] and cfg["overwrite"]:
         raise SystemExit("--resume continues the run in --output_dir and --overwrite deletes it: give one of them")
     return argparse.Namespace(**cfg)
+
+
+def _unknown_keys_hint(path: str, unknown) -> str:
+    """What the refusal of a --config file's ``unknown`` keys adds: that the file is recipes/adaptive.py's
+    where every one of them is that recipe's (mode, target, epochs, mask_only_kw: a mask-only yaml of that
+    recipe, say), else the known key a misspelt one is closest to; "" where neither fits."""
+    import dataclasses
+    import difflib
+
+    from recipes._adaptive.config import RunConfig
+
+    theirs = {f.name for f in dataclasses.fields(RunConfig)}
+    if set(unknown) <= theirs:
+        return (f": {path} is a config of recipes/adaptive.py ({', '.join(unknown)}: its keys, not this recipe's): "
+                f"run python recipes/adaptive.py --config {path}, or write it in this recipe's keys "
+                "(recipes/configs/imagenet_mobilenetv3_maskonly.yaml is the shipped example)")
+    close = [f"'{c[0]}' for '{k}'" for k in unknown for c in [difflib.get_close_matches(k, list(DEFAULTS), n=1)] if c]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
