@@ -349,3 +349,79 @@ def test_zero_redundancy_optimizer_on_one_process_resets_its_local_optimizers_st
                 assert not bool(opt.optim.state[p]["exp_avg_sq"][~conn.masks[n]].any()), n
     finally:
         dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------- the project's checkpoints
+ALL = {**{n: (lambda n: lambda m: make_opt(n, "foreach", groups(m, n)))(n) for n in OPTIMIZERS}, **OTHERS}
+
+
+def _prepared(make, hidden=8):
+    """``(accelerator, model, optimizer, conn)``: :func:`net` (its first hidden layer ``hidden`` wide) under a
+    SET controller, prepared and registered with a fresh Accelerator."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, hidden), nn.ReLU(), nn.Linear(hidden, 8), nn.ReLU(), nn.Linear(8, 4))
+    opt = make(model)
+    conn, ctrl = dst(model, opt)
+    model, opt = acc.prepare(model, opt)
+    acc.register_for_checkpointing(conn, ctrl)
+    return acc, model, opt, conn
+
+
+@pytest.mark.filterwarnings("ignore:Adafactor keeps state")
+@pytest.mark.parametrize("name", list(ALL))
+def test_save_checkpoint_and_load_checkpoint_resume_dst_exactly(name, tmp_path):
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    acc, model, opt, conn = _prepared(ALL[name])
+    for s in range(5):
+        train_step(model, opt, s)
+    ck = save_checkpoint(acc, tmp_path, 5)
+    for s in range(5, 10):
+        train_step(model, opt, s)
+    want = {k: v.clone() for k, v in model.state_dict().items()}, conn.mask_hash()
+    acc, model, opt, conn = _prepared(ALL[name])
+    load_checkpoint(acc, ck)
+    for s in range(5, 10):
+        train_step(model, opt, s)
+        assert_pruned_zero(conn, f"resumed step {s}: ")
+    assert conn.mask_hash() == want[1]
+    assert all(torch.equal(v, want[0][k]) for k, v in model.state_dict().items())
+
+
+def _flat_state(opt):
+    """The optimizer's state as comparable plain values (every tensor as a list)."""
+    st = unwrap_optimizer(opt).state
+    return [(k, v.tolist() if torch.is_tensor(v) else [x.tolist() for x in v] if isinstance(v, list) else v)
+            for p in st for k, v in sorted(st[p].items())]
+
+
+@pytest.mark.filterwarnings("ignore:Adafactor keeps state")
+@pytest.mark.parametrize("name", [n for n in ALL if n != "sgd"])  # (plain SGD keeps no state)
+def test_another_models_optimizer_state_is_refused_before_anything_loads(name, tmp_path):
+    """Adafactor's factored moments (row_var, col_var) and L-BFGS's history vectors of another model were
+    loaded, unchecked: Adafactor's next step failed inside torch ("The size of tensor a (8) must match the
+    size of tensor b (9)"), L-BFGS's went on with another model's curvature pairs or failed likewise."""
+    import shutil
+
+    from adaptive.integrity import write_manifest
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    cks = []
+    for hidden in (8, 9):
+        acc, model, opt, conn = _prepared(ALL[name], hidden)
+        for s in range(3):
+            train_step(model, opt, s)
+        cks.append(save_checkpoint(acc, tmp_path / str(hidden), 3))
+    shutil.copy(cks[0] / "optimizer.bin", cks[1] / "optimizer.bin")  # the 8-wide model's optimizer state
+    write_manifest(cks[1])
+    acc, model, opt, conn = _prepared(ALL[name], 9)
+    before = copy.deepcopy(model.state_dict()), conn.mask_hash(), _flat_state(opt)
+    with pytest.raises(ValueError, match=r"optimizer\.bin: .*was it saved from another model\? Load a checkpoint of this model"):
+        load_checkpoint(acc, cks[1])
+    assert conn.mask_hash() == before[1] and _flat_state(opt) == before[2]
+    assert all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items())
