@@ -425,3 +425,49 @@ def test_another_models_optimizer_state_is_refused_before_anything_loads(name, t
         load_checkpoint(acc, cks[1])
     assert conn.mask_hash() == before[1] and _flat_state(opt) == before[2]
     assert all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items())
+
+
+# ------------------------------------------------------------------------- maximize=True and the controller's scores
+def _maximized_run(maximize, policy, **kw):
+    """Masks and weights after 8 steps of a controller with ``policy`` on SGD with momentum, raising the
+    objective -cross_entropy with ``maximize=True`` or lowering cross_entropy with ``maximize=False``."""
+    model = net()
+    opt = O.SGD(model.parameters(), lr=0.05, momentum=0.9, maximize=maximize)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy=policy, density=0.5, update_every=2, end_step=8, seed=0, **kw)
+    for s in range(8):
+        x, y = data(s)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        (-loss if maximize else loss).backward()
+        opt.step()
+    return conn.mask_hash(), [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("policy, kw", [("rigl", {}), ("utility", {}), ("threshold", {})], ids=["rigl", "utility", "threshold"])
+def test_a_controller_whose_scores_read_the_gradients_size_edits_alike_under_maximize(policy, kw):
+    a, b = _maximized_run(True, policy, **kw), _maximized_run(False, policy, **kw)
+    assert a[0] == b[0]
+    assert all(torch.equal(p, q) for p, q in zip(a[1], b[1]))
+
+
+@pytest.mark.parametrize("kw", [dict(estimator="obd"), dict(estimator="taylor"), dict(estimator="consistency"),
+                                dict(grow_init="original")], ids=["obd", "taylor", "consistency", "curvature-restoring"])
+@pytest.mark.parametrize("how", ["Controller", "ctrl.attach"])
+def test_maximize_is_refused_by_a_controller_whose_scores_read_the_gradients_sign(kw, how):
+    """Such estimators (-g*w, g*w0) score by the gradient of a loss to lower; an optimizer with maximize=True
+    observes the gradient of an objective to raise, so they pruned the synapses that helped most."""
+    model = net()
+    opt = O.Adam(model.parameters(), lr=0.01, maximize=True)
+    conn = adaptive.Connectome(model)
+    with pytest.raises(ValueError, match=r"maximize=True.*loss = -objective with maximize=False"):
+        if how == "Controller":
+            adaptive.Controller(conn, opt, policy="utility", density=0.5, update_every=2, **kw)
+        else:
+            ctrl = adaptive.Controller(conn, policy="utility", density=0.5, update_every=2, **kw)
+            before = conn.mask_hash()
+            ctrl.attach(opt)
+    if how == "Controller":
+        assert conn.density() == 1.0 and not conn._optimizers and not conn._controllers
+    else:
+        assert conn.mask_hash() == before and not conn._optimizers and ctrl.optimizer is None
