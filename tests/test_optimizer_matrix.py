@@ -471,3 +471,17 @@ def test_maximize_is_refused_by_a_controller_whose_scores_read_the_gradients_sig
         assert conn.density() == 1.0 and not conn._optimizers and not conn._controllers
     else:
         assert conn.mask_hash() == before and not conn._optimizers and ctrl.optimizer is None
+
+
+def test_conn_attach_of_a_maximizing_optimizer_is_refused_before_anything_when_a_stopped_controller_would_refuse_it():
+    """conn.attach(opt) attaches the controllers conn.detach() stopped again; one refusing the optimizer
+    must refuse the whole attach before the connectome is hooked to it."""
+    model = net()
+    conn = adaptive.Connectome(model)
+    ctrl = adaptive.Controller(conn, O.SGD(model.parameters(), lr=0.1), policy="utility", estimator="obd",
+                               density=0.5, update_every=2)
+    conn.detach()
+    opt = O.SGD(model.parameters(), lr=0.1, maximize=True)
+    with pytest.raises(ValueError, match="maximize=True"):
+        conn.attach(opt)
+    assert not conn._optimizers and not conn._handles and ctrl.optimizer is None
