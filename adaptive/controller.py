@@ -43,7 +43,7 @@ from .discovery import _as_patterns, aliases, container_hint
 from .distributed import check_masks_agree, is_distributed, world_size
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .name_patterns import PatternSet
-from .optim_state import unwrap_optimizer
+from .optim_state import _is_zero_redundancy, unwrap_optimizer
 from .registry import near_misses
 from .policies.base import _POLICIES, EditPlan, get_policy, keep_plan, live_first, synapse_targets
 from .policies.base import global_synapse_target  # noqa: F401  (importable from here, as before)
@@ -535,7 +535,12 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self.conn.add_observer(self._observe_hook, active=self._editing)
         if self._hook is not None:
             self._hook.remove()
-        self._hook = opt.register_step_post_hook(self._after_step)
+        if _is_zero_redundancy(optimizer):
+            # its local optimizer steps this process's shard alone, and the other shards' weights arrive after
+            # that step, broadcast by the processes that own them: the update reads them all, after the whole step
+            self._hook = optimizer.register_step_post_hook(lambda _zero, args, kwargs: self._after_step(opt, args, kwargs))
+        else:
+            self._hook = opt.register_step_post_hook(self._after_step)
         self.optimizer = opt
         self._renote_unstepped_grads()
         return self
@@ -714,7 +719,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if (self.conn.mode != "train" or not opts or self.__dict__.get("_warned_unstepped")
                 or (self.policy.grow_by is None and self.stats is None)):
             return (), []
-        held = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
+        wrappers = [w for w in (r() for r in self.conn._wrappers) if w is not None]  # (a ZeroRedundancyOptimizer
+        held = {id(p) for o in opts + wrappers for g in o.param_groups for p in g["params"]}  # holds every shard)
         return opts, [n for n in self.editable()
                       if id(self.conn.params[n]) not in held and self.conn.params[n].requires_grad]
 

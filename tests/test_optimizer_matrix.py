@@ -485,3 +485,18 @@ def test_conn_attach_of_a_maximizing_optimizer_is_refused_before_anything_when_a
     with pytest.raises(ValueError, match="maximize=True"):
         conn.attach(opt)
     assert not conn._optimizers and not conn._handles and ctrl.optimizer is None
+
+
+def test_zero_redundancy_optimizer_over_two_processes_masks_and_resets_each_ranks_shard(tmp_path):
+    """Each rank's local optimizer holds only its shard. The controller updated right after that local step,
+    before ZeroRedundancyOptimizer broadcast the other shards' new weights, so each rank pruned by other
+    weights: MaskMismatchError at the first update. It also warned that the layers of the other rank's shard
+    were held by no optimizer of the connectome (their weights 'never train')."""
+    from _ports import two_rank_records
+
+    recs = [r["zero"] for r in two_rank_records("two_process_zero_redundancy.py", tmp_path)]
+    for r in recs:
+        assert "error" not in r, r
+        assert r["warnings"] == [] and r["zero"] and r["stale"] == 0 and r["events"] >= 3, r
+    assert recs[0]["hash"] == recs[1]["hash"]
+    assert recs[0]["held"] != recs[1]["held"]  # sharded indeed
