@@ -3,7 +3,9 @@ torch's ``Optimizer.load_state_dict`` checks only the parameter counts of the gr
 moments of another model (of other shapes) silently: the first step then failed deep inside it with
 a traceback of mismatched tensor sizes. :func:`saved_optimizer_problem` reads the checkpoint's
 ``optimizer*.bin`` as Accelerate will (memory-mapped where it can: only the shapes are read) and
-names the first misfit, so :func:`~adaptive.training.load_checkpoint` refuses the checkpoint with the
+names the first misfit (a moment of another shape than its parameter; Adafactor's factored
+``row_var``/``col_var`` of another row or column count; L-BFGS's history vectors of another length
+than all its parameters together), so :func:`~adaptive.training.load_checkpoint` refuses the checkpoint with the
 model, optimizer and connectome untouched. Under FSDP, DeepSpeed or Megatron-LM Accelerate writes the
 optimizer in its own layout: there :func:`optimizer_state_problem` checks the state after the load.
 
@@ -26,7 +28,50 @@ import torch
 
 # the per-parameter state of torch's optimizers that has its parameter's shape
 _PARAM_SHAPED_STATE = ("momentum_buffer", "exp_avg", "exp_avg_sq", "max_exp_avg_sq", "square_avg", "acc_delta", "sum",
-                       "grad_avg", "ax", "exp_inf", "prev")
+                       "grad_avg", "ax", "exp_inf", "prev", "step_size", "variance")
+# L-BFGS's state, kept under its first parameter: vectors over all its parameters at once
+_LBFGS_FLAT = ("d", "prev_flat_grad")
+_LBFGS_FLAT_LISTS = ("old_dirs", "old_stps")
+
+
+def _expected_shapes(shape) -> dict:
+    """``{key: shape}``: the shape each state entry of torch's optimizers should have for a parameter of
+    ``shape``: its own for the moments, and for Adafactor's factored second moments that of a row's
+    (``row_var``: the last dimension 1) and a column's (``col_var``: the one before it 1)."""
+    out = {k: tuple(shape) for k in _PARAM_SHAPED_STATE}
+    if len(shape) >= 2:
+        out["row_var"] = tuple(shape[:-1]) + (1,)
+        out["col_var"] = tuple(shape[:-2]) + (1, shape[-1])
+    return out
+
+
+def _shape_misfit(st: dict, p):
+    """``(key, saved shape)`` of the first state entry in ``st`` that does not fit parameter ``p``, else None."""
+    for key, want in _expected_shapes(p.shape).items():
+        v = st.get(key)
+        if torch.is_tensor(v) and tuple(v.shape) != want:
+            return key, v.shape
+    return None
+
+
+def _lbfgs_misfit(opt, state: dict):
+    """``(key, saved length, length here)`` where an L-BFGS state (``state``: the one of its first
+    parameter) holds a history vector of another length than all its parameters together (complex ones
+    counted as pairs of reals), else None: another model's history, which its next step fails on."""
+    if not isinstance(opt, torch.optim.LBFGS) or not isinstance(state, dict):
+        return None
+    n = sum(2 * p.numel() if torch.is_complex(p) else p.numel() for g in opt.param_groups for p in g["params"])
+    vs = [(k, state.get(k)) for k in _LBFGS_FLAT] + [(k, v) for k in _LBFGS_FLAT_LISTS for v in (state.get(k) or [])]
+    for k, v in vs:
+        if torch.is_tensor(v) and v.numel() != n:
+            return k, v.numel(), n
+    return None
+
+
+def _lbfgs_message(bad, where: str = "") -> str:
+    key, saved, here = bad
+    return (f"{where}L-BFGS state {key} has {saved} entries, but its parameters hold {here} here: was it saved from "
+            "another model? Load a checkpoint of this model (its run's --resume), or build the model it was saved from")
 
 
 def _torch_optimizers(accelerator):
@@ -91,10 +136,12 @@ def saved_optimizer_problem(accelerator, path) -> Optional[str]:
             p = params.get(k)
             if p is None or not isinstance(st, dict):
                 continue
-            for key in _PARAM_SHAPED_STATE:
-                v = st.get(key)
-                if torch.is_tensor(v) and v.shape != p.shape:
-                    return _misfit(key, names.get(id(p), "a parameter"), v.shape, p.shape, f"{f.name}: ")
+            bad = _shape_misfit(st, p)
+            if bad:
+                return _misfit(bad[0], names.get(id(p), "a parameter"), bad[1], p.shape, f"{f.name}: ")
+            bad = _lbfgs_misfit(opt, st)
+            if bad:
+                return _lbfgs_message(bad, f"{f.name}: ")
     return None
 
 
@@ -109,8 +156,10 @@ def optimizer_state_problem(accelerator, adapted_only: bool = False) -> Optional
         if adapted_only and not _adapted_on_load(opt):
             continue
         for p, st in opt.state.items():
-            for k in _PARAM_SHAPED_STATE:
-                v = st.get(k)
-                if torch.is_tensor(v) and v.shape != p.shape:
-                    return _misfit(k, names.get(id(p), "a parameter"), v.shape, p.shape)
+            bad = _shape_misfit(st, p)
+            if bad:
+                return _misfit(bad[0], names.get(id(p), "a parameter"), bad[1], p.shape)
+            bad = _lbfgs_misfit(opt, st)
+            if bad:
+                return _lbfgs_message(bad)
     return None

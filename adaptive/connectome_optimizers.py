@@ -14,7 +14,8 @@ import torch
 
 from . import unattached
 from .discovery import writes_unseen
-from .optim_state import preserves_zeros, reset_state, unresettable_state_warning, unwrap_optimizer, zero_eps_warning
+from .optim_state import (_is_zero_redundancy, preserves_zeros, reset_state, unresettable_state_warning, unsupported_problem,
+                          unwrap_optimizer, zero_eps_warning)
 from .warn import warn_user
 from .wrappers import eager
 
@@ -40,6 +41,9 @@ class ConnectomeOptimizersMixin:
         :func:`adaptive.optim_state.register_zero_preserving`). Moments at pruned positions are
         reset now and at every later mask change."""
         opt = self._check_optimizer(optimizer)
+        for ctrl in (r() for r in self._stopped):  # the controllers it attaches again below refuse it now, if at all
+            if ctrl is not None and ctrl.optimizer is None and ctrl.conn is self:
+                ctrl._check_maximize(opt)
         if optimizer is not opt and not any(r() is optimizer for r in self._wrappers):
             # Accelerate's wrapper: it decides when the inner optimizer steps (see Controller.observe)
             self._wrappers.append(weakref.ref(optimizer))
@@ -58,6 +62,8 @@ class ConnectomeOptimizersMixin:
         # next step (moments zeroed where a synapse is absent then), so no moment at a pruned
         # position can move its weight.
         self._handles.append(opt.register_load_state_dict_post_hook(self._after_optimizer_load))
+        if _is_zero_redundancy(optimizer):  # its load_state_dict writes .optim's state directly, past that hook
+            self._handles.append(optimizer.register_load_state_dict_post_hook(lambda _: self._after_optimizer_load(opt)))
         if not self._masker.handles:
             self._masker.register(self.params)  # removed by detach() through self._masker
         self._edited()
@@ -74,9 +80,13 @@ class ConnectomeOptimizersMixin:
         opt = unwrap_optimizer(optimizer)
         self._check_params()
         self._check_not_partly_masked()
-        ids = {id(p) for g in opt.param_groups for p in g["params"]}
+        # (a ZeroRedundancyOptimizer's groups: its local optimizer holds only this process's shard)
+        ids = {id(p) for o in (opt, optimizer) for g in getattr(o, "param_groups", ()) for p in g["params"]}
         if not any(id(p) in ids for p in self.params.values()):
             raise ValueError(_holds_none(self.params, self.mode))
+        why = unsupported_problem(opt)
+        if why:
+            raise ValueError(why)
         return opt
 
     def detach(self) -> None:

@@ -43,7 +43,7 @@ from .discovery import _as_patterns, aliases, container_hint
 from .distributed import check_masks_agree, is_distributed, world_size
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .name_patterns import PatternSet
-from .optim_state import unwrap_optimizer
+from .optim_state import _is_zero_redundancy, unwrap_optimizer
 from .registry import near_misses
 from .policies.base import _POLICIES, EditPlan, get_policy, keep_plan, live_first, synapse_targets
 from .policies.base import global_synapse_target  # noqa: F401  (importable from here, as before)
@@ -428,6 +428,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         # cannot be met): a failed construction leaves it as it was.
         if optimizer is not None:
             conn._check_optimizer(optimizer)
+            self._check_maximize(optimizer)
         if self.density is not None and conn.fixed_density is None:
             synapse_targets(self, self.density, strict=True)  # raises now, not at the first update, when it cannot be met
         kept = grow_init == "original" and not conn.original
@@ -454,6 +455,27 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         conn._controllers.append(weakref.ref(self))
         if optimizer is not None:
             self.attach(optimizer)
+
+    def _check_maximize(self, optimizer) -> None:
+        """Raise if ``optimizer`` maximizes (``maximize=True`` in a group) while an estimator of this
+        controller reads the gradient's sign: the gradients it observes are then those of an objective to
+        raise, not of a loss to lower, and its scores would be turned around."""
+        opt = unwrap_optimizer(optimizer)
+        if not any(g.get("maximize") for g in opt.param_groups):
+            return
+        restores = self.conn.mode == "mask_only" or self.grow_init == "original"  # (as context() gives ctx.restore)
+        signed = [e for e in dict.fromkeys((self.drop_est, self.grow_est))
+                  if e is not None and e.reads_gradient_sign(restores)]
+        if not signed:
+            return
+        names = ", ".join(repr(getattr(e, "name", None) or type(e).__name__) for e in signed)
+        raise ValueError(
+            f"{type(opt).__name__} has maximize=True: it climbs the gradient of its objective, but this controller's "
+            f"estimator {names} scores synapses by the gradient of a loss to lower (its sign: -g*w, g*w0), so it "
+            "would prune the synapses that raise the objective most and grow those that lower it. Minimize the "
+            "negated objective instead (loss = -objective with maximize=False: the same steps), or an estimator "
+            "that reads the gradient's size only (policy 'rigl' or 'set'; estimator 'curvature', the default, without "
+            "grow_init='original')")
 
     def __getstate__(self) -> dict:
         """A copied controller (``copy.deepcopy``) is detached like its copied connectome: attach it
@@ -497,6 +519,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         opt = unwrap_optimizer(optimizer)
         if opt is self.optimizer and self._hook is not None:
             return self
+        self._check_maximize(opt)
         self.conn.attach(optimizer)  # (the wrapper given: Accelerate's skips the steps of an accumulated batch)
         for ref in list(self.conn._controllers):
             other = ref()
@@ -512,7 +535,12 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self.conn.add_observer(self._observe_hook, active=self._editing)
         if self._hook is not None:
             self._hook.remove()
-        self._hook = opt.register_step_post_hook(self._after_step)
+        if _is_zero_redundancy(optimizer):
+            # its local optimizer steps this process's shard alone, and the other shards' weights arrive after
+            # that step, broadcast by the processes that own them: the update reads them all, after the whole step
+            self._hook = optimizer.register_step_post_hook(lambda _zero, args, kwargs: self._after_step(opt, args, kwargs))
+        else:
+            self._hook = opt.register_step_post_hook(self._after_step)
         self.optimizer = opt
         self._renote_unstepped_grads()
         return self
@@ -691,7 +719,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if (self.conn.mode != "train" or not opts or self.__dict__.get("_warned_unstepped")
                 or (self.policy.grow_by is None and self.stats is None)):
             return (), []
-        held = {id(p) for o in opts for g in o.param_groups for p in g["params"]}
+        wrappers = [w for w in (r() for r in self.conn._wrappers) if w is not None]  # (a ZeroRedundancyOptimizer
+        held = {id(p) for o in opts + wrappers for g in o.param_groups for p in g["params"]}  # holds every shard)
         return opts, [n for n in self.editable()
                       if id(self.conn.params[n]) not in held and self.conn.params[n].requires_grad]
 

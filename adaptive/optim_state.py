@@ -20,17 +20,53 @@ import torch
 
 
 def unwrap_optimizer(optimizer):
-    """The torch optimizer inside Accelerate's ``AcceleratedOptimizer`` (or the optimizer itself)."""
+    """The torch optimizer inside Accelerate's ``AcceleratedOptimizer`` or torch's
+    ``ZeroRedundancyOptimizer`` (or the optimizer itself): the one that keeps the per-parameter state
+    and whose step moves the weights."""
     inner = optimizer
-    # AcceleratedOptimizer subclasses torch.optim.Optimizer but keeps the real one in .optimizer
+    # AcceleratedOptimizer subclasses torch.optim.Optimizer but keeps the real one in .optimizer;
+    # ZeroRedundancyOptimizer keeps this process's shard in a local optimizer, .optim, whose state
+    # holds the moments (its own .state stays empty) and whose step it calls inside its own
     for _ in range(4):
         nxt = getattr(inner, "optimizer", None)
+        if nxt is None and _is_zero_redundancy(inner):
+            nxt = inner.optim
         if nxt is None or nxt is inner:
             break
         inner = nxt
     if not isinstance(inner, torch.optim.Optimizer):
         raise TypeError(f"expected a torch.optim.Optimizer (or a wrapper with .optimizer), got {type(optimizer).__name__}")
     return inner
+
+
+def unsupported_problem(optimizer: torch.optim.Optimizer) -> str | None:
+    """Why the torch optimizer ``optimizer`` cannot step a connectome's weights (a module's dense
+    parameters), naming the fix; None where it can. Refused when attached, before anything changes,
+    rather than at a first step that would fail inside torch:
+    ``SparseAdam`` steps only sparse gradients (an ``nn.Embedding(sparse=True)``'s), and
+    ``differentiable=True`` updates the weights in place under autograd, which torch refuses for a
+    module's parameters (leaf tensors that require grad)."""
+    name = type(optimizer).__name__
+    if isinstance(optimizer, torch.optim.SparseAdam):
+        return (f"{name} steps only sparse gradients (those of nn.Embedding(sparse=True)), but a connectome's weights "
+                "(Linear, Conv) get dense ones: its first step would fail ('SparseAdam does not support dense "
+                "gradients'). Step them with torch.optim.Adam or AdamW, and keep SparseAdam in a second optimizer "
+                "built from the sparse embeddings' parameters alone (not attached to the connectome)")
+    if any(g.get("differentiable") for g in optimizer.param_groups):
+        return (f"{name} has differentiable=True: its step updates the weights in place under autograd, which torch "
+                "refuses for a module's parameters (leaf tensors that require grad: 'a leaf Variable that requires grad "
+                "is being used in an in-place operation'), with or without a connectome. Build it with "
+                "differentiable=False (the default)")
+    return None
+
+
+def _is_zero_redundancy(optimizer) -> bool:
+    """Whether ``optimizer`` is a ``torch.distributed.optim.ZeroRedundancyOptimizer`` (read without
+    importing torch.distributed where nothing has)."""
+    import sys
+
+    mod = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")
+    return mod is not None and isinstance(optimizer, mod.ZeroRedundancyOptimizer)
 
 
 @torch.no_grad()

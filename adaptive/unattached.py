@@ -61,7 +61,7 @@ def _check(opt, args, kwargs) -> None:
         for p in g["params"]:
             entry = _MASKED_BY.get(id(p))
             conn = entry[1]() if entry is not None and entry[0]() is p else None
-            if conn is None or any(r() is opt for r in conn._optimizers):
+            if conn is None or any(r() is opt for r in conn._optimizers) or any(r() is opt for r in conn._wrappers):
                 continue
             if p.grad is None:
                 idle.append(p)

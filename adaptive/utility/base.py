@@ -170,12 +170,20 @@ class Estimator:
     scores_by_w0 = False  # True: values an absent synapse by g * ctx.w0, 0 in train mode without restore values
     needs_spread = False  # True: reads the batch-to-batch spread of a window's gradients (its learning needs two or more batches)
     signed_cost = False  # True: removal costs with a first-order term (-g*w), negative for many synapses
+    sign_free = False  # True: reads the gradient's size alone (|g|, g^2), never its sign (see reads_gradient_sign)
 
     def loss_units(self, mode: str) -> bool:
         """Whether this estimator's removal costs are expected loss changes in connectome ``mode`` (a
         loss model: Taylor, OBD, ...), rather than scores that only order synapses (magnitude,
         presence, |w|). Only loss-unit values are reported as estimated loss changes."""
         return False
+
+    def reads_gradient_sign(self, restores: bool) -> bool:
+        """Whether the scores depend on the sign of the observed gradient (``restores``: whether absent
+        synapses have restore values, ``ctx.restore``): those of an optimizer that maximizes
+        (``maximize=True``, its gradient the objective's) would be turned around, so a controller
+        with such an estimator refuses it. False for estimators reading no gradient or its size only."""
+        return self.needs_gradients and not self.sign_free
 
     def gain_loss_units(self, restores: bool) -> bool:
         """Whether this estimator's restoration gains are in loss units. ``restores``: an absent

@@ -17,6 +17,10 @@ from .consistency import Consistency
 class Curvature(Consistency):
     signed_cost = False  # F*w^2/2 alone: never negative
 
+    def reads_gradient_sign(self, restores: bool) -> bool:
+        """Only through restore values (``-(g*w0 + F*w0^2/2)``): ``F*w^2/2`` and ``g^2/(2F)`` are sign-free."""
+        return restores
+
     def removal_cost(self, ctx):
         w = ctx.weight.detach().float()
         return 0.5 * ctx.stats.fisher(ctx.name, ctx.batch_size) * w * w

@@ -5,6 +5,7 @@ from .base import Estimator, register_estimator
 @register_estimator("gradient")
 class GradientMagnitude(Estimator):
     needs_gradients = True
+    sign_free = True  # |g|
 
     def removal_cost(self, ctx):
         return ctx.weight.detach().abs().float()
