@@ -326,3 +326,17 @@ def test_edge_popup_says_a_batch_left_out_had_every_label_ignored_not_nan_in_the
         edge_popup(m, DataLoader(TensorDataset(x, y2), batch_size=16), ho, [0.5], passes=1.0, progress=False)
     assert "whose loss was NaN or inf" not in str(refused.value)
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_edge_popup_takes_optimize_connectomes_target_name():
+    """optimize_connectome takes target=, edge_popup targets: edge_popup(..., target=0.5) failed with Python's
+    'unexpected keyword argument', naming nothing. It is the same argument under either name; both, or neither,
+    are refused naming the argument."""
+    _, by_target = edge_popup(net(), *data(), target=[0.5], passes=0.5, progress=False)
+    _, by_targets = edge_popup(net(), *data(), [0.5], passes=0.5, progress=False)  # fresh loaders: the same batches
+    tr, ho = data()
+    assert all(torch.equal(by_target["0.5"]["masks"][n], m) for n, m in by_targets["0.5"]["masks"].items())
+    with pytest.raises(TypeError, match="both targets= and target="):
+        edge_popup(net(), tr, ho, [0.5], target=[0.5], progress=False)
+    with pytest.raises(TypeError, match=r"targets=\[0.5, 0.9\]"):
+        edge_popup(net(), tr, ho, progress=False)
