@@ -1,4 +1,5 @@
 """gradient_by_depth and BandGradientScaler on cases with known answers."""
+import ast
 import contextlib
 import math
 import re
@@ -1135,10 +1136,22 @@ def test_a_recurrent_or_attention_matrix_is_refused_naming_it_and_the_layers_to_
 
     data = constant_loader(torch.randn(2, 5, 4), 1)
     with pytest.raises(TypeError, match=r"has no `weight` parameter: its matrices \[.*(weight_hh_l0|in_proj_weight).*"
-                                        r"are not measured here .* one of \[.*'fc'\]"):
+                                        r"are not measured here .* first, are \[.*'fc'\]"):
         gradient_by_depth(Net(), data, layer=layer, batches=1)
     with pytest.raises(TypeError, match="not a recurrent or attention module's matrices"):
         BandGradientScaler(Net(), layers=[layer], depths={layer: torch.zeros(4)})
+
+
+def test_the_layers_offered_for_an_attention_start_with_those_after_it():
+    """The layers offered in place of a second block's attention listed the first block's Linears among those
+    'that read its output', before the ones that do: its own out_proj first, then those after it in the model's order."""
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2)
+    model = nn.Sequential(enc, nn.Linear(8, 3))
+    data = constant_loader(torch.randn(2, 4, 8), 1)
+    with pytest.raises(TypeError) as err:
+        gradient_by_depth(model, data, layer="0.layers.1.self_attn", batches=1)
+    offered = re.search(r"first, are (\[.*\])", str(err.value)).group(1)
+    assert ast.literal_eval(offered)[:4] == ["0.layers.1.self_attn.out_proj", "0.layers.1.linear1", "0.layers.1.linear2", "1"]
 
 
 @pytest.mark.parametrize("reparametrise, source, fix", [

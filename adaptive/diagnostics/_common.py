@@ -232,10 +232,15 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
         # the gradient is split by the depths of one `weight`'s input units, traced per call of its module
         matrices = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
         held = f": its matrices {matrices[:6]} are not measured here" if matrices else ""
-        weighted.sort(key=lambda n: not n.startswith(name + "."))  # its own first: an attention's out_proj
+        # its own first (an attention's out_proj), then those registered after it, which may read its output, in
+        # the model's order (those before it, the earlier blocks of a transformer, cannot come first)
+        order = [n for n, _ in model.named_modules()]
+        at = order.index(name)
+        weighted.sort(key=lambda n: (not n.startswith(name + "."), order.index(n) < at))
         raise TypeError(f"layer {layer!r}: {type(mod).__name__} {name!r} has no `weight` parameter{held} (the depth "
                         "diagnostics read the `weight` of a Linear or convolution layer, not a recurrent or attention "
-                        f"module's matrices); measure a layer that reads its output, one of {weighted[:12]}")
+                        "module's matrices); measure a layer that reads its output: the layers it can measure, its own "
+                        f"and those after it in the model's order first, are {weighted[:12]}")
     return name, mod, w
 
 
