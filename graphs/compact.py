@@ -200,11 +200,11 @@ def _untraced_hint(model: nn.Module, failed: Optional[BaseException] = None) -> 
     said = str(failed) if isinstance(failed, TypeError) else ""
     if "Proxy" in said or "slice indices must be integers" in said:
         # fx gives a size of a traced input (t.shape[1]) as a traced value, which Python cannot use as an int
-        return ("a size of the input (`t.shape[1]`, `t.size(1)`) is used there as a Python number, a slice bound of "
-                "a parameter or buffer (`self.pos[:, :t.shape[1]]`), `range(...)` or `int(...)`, which tracing cannot "
-                "give: move that code into a module-level function marked `@torch.fx.wrap` (`@torch.fx.wrap\n"
-                "def crop(pos, t): return pos[:, :t.shape[1]]`, called as `crop(self.pos, t)`), which the copy calls as "
-                "it is, or index the input itself (`t[:, :n]` traces)")
+        return ("a size of the input (`x.shape[1]`, `x.size(1)`) is used there as a Python number, which a copy that "
+                "runs inputs of any size cannot fix: hold a loop's count in the model (`for t in range(self.steps)`, "
+                "which fx unrolls), and move a slice of a parameter or buffer (`self.pos[:, :x.shape[1]]`) into a "
+                "module-level function marked `@torch.fx.wrap` (`@torch.fx.wrap\ndef crop(pos, x): return "
+                "pos[:, :x.shape[1]]`, called as `crop(self.pos, x)`), which the copy calls as it is")
     return ("the copy is one fixed data flow: write a branch on the data, `if x.mean() > 0`, with tensor ops: "
             "`torch.where(x.mean() > 0, a(h), b(h))`")
 

@@ -94,3 +94,30 @@ def test_compact_names_fx_wrap_for_a_size_used_as_a_number():
     model = PosLM(wrapped=True)  # the fix the message names
     small = graphs.compact(model, adaptive.Connectome(model), t)
     assert torch.allclose(small(t), model(t))
+
+
+class CellLoop(nn.Module):
+    """A GRUCell run over the input's steps (``range(x.shape[1])``, untraceable by fx alone) or over a count it holds."""
+
+    def __init__(self, steps=None):
+        super().__init__()
+        self.steps = steps
+        self.cell = nn.GRUCell(3, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = x.new_zeros(x.shape[0], 4)
+        for t in range(x.shape[1] if self.steps is None else self.steps):
+            h = self.cell(x[:, t], h)
+        return self.head(h)
+
+
+def test_compact_names_a_held_count_for_a_loop_over_the_inputs_steps():
+    torch.manual_seed(0)
+    x = torch.randn(2, L, 3)
+    model = CellLoop()
+    with pytest.raises(RuntimeError, match=r"range\(self\.steps\)"):
+        graphs.compact(model, adaptive.Connectome(model), x)
+    model = CellLoop(steps=L)  # the fix the message names
+    small = graphs.compact(model, adaptive.Connectome(model), x)
+    assert torch.allclose(small(x), model(x))
