@@ -1269,10 +1269,12 @@ def test_a_weight_also_read_by_an_op_the_tracer_cannot_follow_is_refused_naming_
 
 def test_the_refusal_of_an_attention_in_a_deep_encoder_names_its_own_out_proj_first():
     # the list of layers to measure was cut at the model's first 12: a later block's out_proj was not in it
+    # (then the layers after it, which may read its output, before those ahead of it, the first Linear '0')
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
     model = nn.Sequential(nn.Linear(3, 8), nn.TransformerEncoder(layer, 5, enable_nested_tensor=False))
     data = constant_loader(torch.randn(2, 4, 3), 1)
-    with pytest.raises(TypeError, match=r"one of \['1.layers.4.self_attn.out_proj', '0', "):
+    with pytest.raises(TypeError, match=r"are \['1.layers.4.self_attn.out_proj', '1.layers.4.linear1', "
+                                        r"'1.layers.4.linear2', '0', "):
         gradient_by_depth(model, data, layer="1.layers.4.self_attn", batches=1)
 
 
