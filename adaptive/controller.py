@@ -106,7 +106,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             but the default and "global", as they refuse ``min_density``.
         update_every: steps between updates (>= 1).
         start_step / end_step: first update step / the step where edits stop (edit fraction reaches
-            0; gmp reaches its density).
+            0; gmp reaches its density). Without ``end_step`` (None, the default) the edit fraction
+            never decays and set/rigl/utility/balanced edit at every update to the end of training;
+            threshold prunes to its density at its first update; gmp refuses it.
         edit_fraction: fraction of live ensembles edited at an update, decaying (``edit_decay``:
             "cosine", "linear", "constant") to 0 at ``end_step``.
         estimator: utility estimator for the utility/balanced/threshold policies (default

@@ -140,11 +140,17 @@ def _labels_to_range_check(out, y, loss_fn, what: str):
         return _NO_RANGE
     wanted = (shape_o[0],) + shape_o[2:]
     if shape_y != wanted:
+        # a sequence model's (batch, time, classes) output with (batch, time) labels: torch's class losses want the
+        # classes on axis 1, so such a model needs a loss that moves them there (a language model's usual layout)
+        last = (" The targets are the output's shape without its last axis, as a sequence model's (batch, time, "
+                "classes) output with (batch, time) labels has: pass loss_fn=lambda out, y: "
+                "F.cross_entropy(out.flatten(0, -2), y.flatten()), which reads the classes on the last axis."
+                if len(shape_o) > 2 and shape_y == shape_o[:-1] else "")
         raise ValueError(
             f"{what} takes one class index per example (per position), of shape {wanted} for the model's output "
             f"{shape_o} ({classes} classes on axis 1), but the targets are {shape_y}: give integer class labels of "
             f"that shape, or pass the loss these targets are for as loss_fn= (F.mse_loss for regression values, "
-            f"F.binary_cross_entropy_with_logits for multi-label 0/1 targets, on float targets)")
+            f"F.binary_cross_entropy_with_logits for multi-label 0/1 targets, on float targets).{last}")
     if y.dtype not in (torch.int64, torch.uint8):  # torch's class losses take int64 (or uint8) indices only
         raise ValueError(
             f"{what} takes class indices as int64 (torch.long), but the targets are {str(y.dtype).replace('torch.', '')}"

@@ -182,9 +182,12 @@ _REEXPORTED = (_shrink_weighted,)
 
 
 
-def _untraced_hint(model: nn.Module) -> str:
+def _untraced_hint(model: nn.Module, failed: Optional[BaseException] = None) -> str:
     """What to do about a model fx could not trace: torch_geometric's message-passing layers (GCNConv, GATConv, ...)
-    named, which no rewrite of the user's forward makes traceable; else how to write a branch on the data."""
+    named, which no rewrite of the user's forward makes traceable; a size of the input used as a Python number
+    (``failed``, fx's TypeError: a slice of a parameter or buffer, ``self.pos[:, :t.shape[1]]``, a ``range`` or an
+    ``int()`` of it), which a function marked ``@torch.fx.wrap`` keeps out of the trace; else how to write a branch
+    on the data."""
     import sys
 
     passing = getattr(sys.modules.get("torch_geometric.nn.conv"), "MessagePassing", None)
@@ -194,6 +197,14 @@ def _untraced_hint(model: nn.Module) -> str:
         return (f"torch.fx cannot trace torch_geometric's message-passing layers ({shown}), which check and route "
                 "edge_index in Python: graphs.compact cannot copy a model holding them; their Linear weights are "
                 "still pruned and trained sparse, and graphs.build chains them in module order")
+    said = str(failed) if isinstance(failed, TypeError) else ""
+    if "Proxy" in said or "slice indices must be integers" in said:
+        # fx gives a size of a traced input (t.shape[1]) as a traced value, which Python cannot use as an int
+        return ("a size of the input (`x.shape[1]`, `x.size(1)`) is used there as a Python number, which a copy that "
+                "runs inputs of any size cannot fix: hold a loop's count in the model (`for t in range(self.steps)`, "
+                "which fx unrolls), and move a slice of a parameter or buffer (`self.pos[:, :x.shape[1]]`) into a "
+                "module-level function marked `@torch.fx.wrap` (`@torch.fx.wrap\ndef crop(pos, x): return "
+                "pos[:, :x.shape[1]]`, called as `crop(self.pos, x)`), which the copy calls as it is")
     return ("the copy is one fixed data flow: write a branch on the data, `if x.mean() > 0`, with tensor ops: "
             "`torch.where(x.mean() > 0, a(h), b(h))`")
 
@@ -293,7 +304,7 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
                 failed = e
         else:
             raise RuntimeError(f"compact needs an fx-traceable model; tracing {type(model).__name__} failed"
-                               f"{_where(failed)}: {failed} ({_untraced_hint(src)})") from failed
+                               f"{_where(failed)}: {failed} ({_untraced_hint(src, failed)})") from failed
         for n in gm.graph.nodes:  # fx names such a parameter mask_1: the copy takes mask=None, as the model does
             if n.op == "placeholder" and n.target.endswith("_1") and n.target[:-2] in fixed:
                 n.target = n.target[:-2]

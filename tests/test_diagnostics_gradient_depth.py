@@ -1,4 +1,5 @@
 """gradient_by_depth and BandGradientScaler on cases with known answers."""
+import ast
 import contextlib
 import math
 import re
@@ -1135,10 +1136,22 @@ def test_a_recurrent_or_attention_matrix_is_refused_naming_it_and_the_layers_to_
 
     data = constant_loader(torch.randn(2, 5, 4), 1)
     with pytest.raises(TypeError, match=r"has no `weight` parameter: its matrices \[.*(weight_hh_l0|in_proj_weight).*"
-                                        r"are not measured here .* one of \[.*'fc'\]"):
+                                        r"are not measured here .* first, are \[.*'fc'\]"):
         gradient_by_depth(Net(), data, layer=layer, batches=1)
     with pytest.raises(TypeError, match="not a recurrent or attention module's matrices"):
         BandGradientScaler(Net(), layers=[layer], depths={layer: torch.zeros(4)})
+
+
+def test_the_layers_offered_for_an_attention_start_with_those_after_it():
+    """The layers offered in place of a second block's attention listed the first block's Linears among those
+    'that read its output', before the ones that do: its own out_proj first, then those after it in the model's order."""
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True), 2)
+    model = nn.Sequential(enc, nn.Linear(8, 3))
+    data = constant_loader(torch.randn(2, 4, 8), 1)
+    with pytest.raises(TypeError) as err:
+        gradient_by_depth(model, data, layer="0.layers.1.self_attn", batches=1)
+    offered = re.search(r"first, are (\[.*\])", str(err.value)).group(1)
+    assert ast.literal_eval(offered)[:4] == ["0.layers.1.self_attn.out_proj", "0.layers.1.linear1", "0.layers.1.linear2", "1"]
 
 
 @pytest.mark.parametrize("reparametrise, source, fix", [
@@ -1256,10 +1269,12 @@ def test_a_weight_also_read_by_an_op_the_tracer_cannot_follow_is_refused_naming_
 
 def test_the_refusal_of_an_attention_in_a_deep_encoder_names_its_own_out_proj_first():
     # the list of layers to measure was cut at the model's first 12: a later block's out_proj was not in it
+    # (then the layers after it, which may read its output, before those ahead of it, the first Linear '0')
     layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
     model = nn.Sequential(nn.Linear(3, 8), nn.TransformerEncoder(layer, 5, enable_nested_tensor=False))
     data = constant_loader(torch.randn(2, 4, 3), 1)
-    with pytest.raises(TypeError, match=r"one of \['1.layers.4.self_attn.out_proj', '0', "):
+    with pytest.raises(TypeError, match=r"are \['1.layers.4.self_attn.out_proj', '1.layers.4.linear1', "
+                                        r"'1.layers.4.linear2', '0', "):
         gradient_by_depth(model, data, layer="1.layers.4.self_attn", batches=1)
 
 

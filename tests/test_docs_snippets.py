@@ -5,6 +5,7 @@ pages quote are the parsers' defaults, and every figure a page shows names the c
 import argparse
 import contextlib
 import glob
+import inspect
 import io
 import math
 import os
@@ -166,6 +167,13 @@ def _diagnostics_constant(name):
     return getattr(knowledge, name) if hasattr(knowledge, name) else getattr(load_script("recipes/diagnostics.py", "diag_docs"), name)
 
 
+def _controller_default(name):
+    """The default of ``adaptive.Controller``'s argument ``name``."""
+    import adaptive
+
+    return inspect.signature(adaptive.Controller).parameters[name].default
+
+
 def _prune_pretrained_default(key):
     from _scripts import load_script
 
@@ -213,6 +221,8 @@ DEFAULTS = [
     ("docs/diagnostics.md", "`--bn_batches` (0)", lambda: _diagnostics_default("knowledge", "--bn_batches"), 0),
     ("docs/diagnostics.md", "`--order_batches` (20)", lambda: _diagnostics_constant("DEFAULT_ORDER_BATCHES"), 20),
     ("docs/diagnostics.md", "`--noise_floor` (1e-3)", lambda: _diagnostics_constant("DEFAULT_NOISE_FLOOR"), 1e-3),
+    ("docs/python_api.md", "`end_step` defaults to None: left\nout, the fraction stays at `edit_fraction`",
+     lambda: _controller_default("end_step"), None),
     ("docs/mask_only.md", "`--window` (training batches per update, default 1)", lambda: _prune_pretrained_default("window"), 1),
     ("docs/mask_only.md", "decaying over a stage; default 1.0)", lambda: _prune_pretrained_default("edit_fraction"), 1.0),
     ("docs/mask_only.md", "default 0, a jump at the stage's start", lambda: _prune_pretrained_default("approach"), 0),

@@ -421,3 +421,17 @@ def test_edge_popup_closes_its_progress_bar_when_the_run_raises(capsys):
     assert len(bars) == 1 and bars[0].n == 2, bars
     assert bars[0] not in getattr(tqdm, "_instances", set()), "the bar was left open"
     assert capsys.readouterr().err.endswith("\n")  # (its line ended: what follows starts on a line of its own)
+
+
+def test_edge_popup_takes_optimize_connectomes_target_name():
+    """optimize_connectome takes target=, edge_popup targets: edge_popup(..., target=0.5) failed with Python's
+    'unexpected keyword argument', naming nothing. It is the same argument under either name; both, or neither,
+    are refused naming the argument."""
+    _, by_target = edge_popup(net(), *data(), target=[0.5], passes=0.5, progress=False)
+    _, by_targets = edge_popup(net(), *data(), [0.5], passes=0.5, progress=False)  # fresh loaders: the same batches
+    tr, ho = data()
+    assert all(torch.equal(by_target["0.5"]["masks"][n], m) for n, m in by_targets["0.5"]["masks"].items())
+    with pytest.raises(TypeError, match="both targets= and target="):
+        edge_popup(net(), tr, ho, [0.5], target=[0.5], progress=False)
+    with pytest.raises(TypeError, match=r"targets=\[0.5, 0.9\]"):
+        edge_popup(net(), tr, ho, progress=False)

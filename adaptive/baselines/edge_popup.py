@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -194,12 +194,13 @@ def _check_first(out: torch.Tensor, y, loss_fn: Callable) -> None:
 
 
 @seeded_global_rng.by_argument("seed")
-def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence, passes: float = 1.0,
+def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Optional[Sequence] = None, passes: float = 1.0,
                lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
-               exclude=None, seed: int = 0):
+               exclude=None, seed: int = 0, *, target=None):
     """Learn masks for frozen ``model`` by edge-popup. Returns ``(conn, snapshots)`` with
-    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target (``targets``:
-    one number or a list of them, as :func:`adaptive.optimize_connectome` takes, "best" excepted, and refused
+    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target (``targets``, or
+    ``target=``, the name :func:`adaptive.optimize_connectome` gives it: one number or a list of them, as
+    :func:`adaptive.optimize_connectome` takes, "best" excepted, and refused
     as it refuses them: every synapse or more, two removing one count, a positive one that removes no synapse,
     such as a fraction of 1e-9 that rounds to 0, whose snapshot would be the dense network, and one removing
     fewer synapses than a sparse model has already lost: :mod:`adaptive.mask_only_start`). As there, a synapse
@@ -234,6 +235,13 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Sequence
     dtype (their starting values computed in float32 at least); a prunable layer no gradient reaches (one the
     forward does not use) keeps its starting scores, with a warning naming it, and a batch that does not reach a
     layer (a branch it does not take) leaves that layer's scores as they are."""
+    if targets is not None and target is not None:
+        raise TypeError("edge_popup got both targets= and target= (the same argument under optimize_connectome's "
+                        "name): give one of them")
+    if targets is None and target is None:
+        raise TypeError("edge_popup needs the targets to remove: targets= (or target=, as optimize_connectome "
+                        "takes it), a fraction or count of synapses or a list of them, e.g. targets=[0.5, 0.9]")
+    targets = target if targets is None else targets
     if whole_number(seed, floats=True) is None:
         raise ValueError(f"seed must be an integer (a Python, numpy or torch integer), got {seed!r}: pass a whole "
                          f"number such as seed=0")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from ..connectome import Connectome, _MASKED_BY, _plain_module, _plain_names
 from ..discovery import prunable_types
+from ..label_checks import _labels_to_range_check
 from ..metrics import refuse_one_class
 from ..warn import warn_user
 
@@ -27,6 +28,8 @@ def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             "`loss_fn=lambda out, y: F.cross_entropy(out[0], y)`, or `out.logits`), or wrap the model in a module "
             "whose forward returns the logits")
     refuse_one_class(output, "the default loss, F.cross_entropy,")
+    # targets of another shape or type: an error naming loss_fn= (torch's own names neither), read on no host
+    _labels_to_range_check(output, target, F.cross_entropy, "the default loss, F.cross_entropy,")
     return F.cross_entropy(output, target)
 
 
@@ -229,10 +232,15 @@ def find_weight(model: nn.Module, layer: str) -> Tuple[str, nn.Module, nn.Parame
         # the gradient is split by the depths of one `weight`'s input units, traced per call of its module
         matrices = [n for n, p in mod.named_parameters(recurse=False) if p.dim() >= 2]
         held = f": its matrices {matrices[:6]} are not measured here" if matrices else ""
-        weighted.sort(key=lambda n: not n.startswith(name + "."))  # its own first: an attention's out_proj
+        # its own first (an attention's out_proj), then those registered after it, which may read its output, in
+        # the model's order (those before it, the earlier blocks of a transformer, cannot come first)
+        order = [n for n, _ in model.named_modules()]
+        at = order.index(name)
+        weighted.sort(key=lambda n: (not n.startswith(name + "."), order.index(n) < at))
         raise TypeError(f"layer {layer!r}: {type(mod).__name__} {name!r} has no `weight` parameter{held} (the depth "
                         "diagnostics read the `weight` of a Linear or convolution layer, not a recurrent or attention "
-                        f"module's matrices); measure a layer that reads its output, one of {weighted[:12]}")
+                        "module's matrices); measure a layer that reads its output: the layers it can measure, its own "
+                        f"and those after it in the model's order first, are {weighted[:12]}")
     return name, mod, w
 
 
@@ -336,9 +344,10 @@ def held_masks(model: nn.Module, conn: Optional[Connectome]) -> dict:
     """Every weight of ``model`` a connectome holds, by its parameter name in ``model``, mapped to its
     live mask (:func:`live_mask`: ``conn`` first, else the Connectome attached to an optimizer that
     masks that weight, so several attached connectomes over disjoint layers are all read). Empty for a
-    dense model."""
+    dense model. A weight held under several names (a language model's head tied to its embedding) is
+    given under every one of them."""
     found = {}
-    for name, p in _plain_module(model).named_parameters():
+    for name, p in _plain_module(model).named_parameters(remove_duplicate=False):
         m = live_mask(conn, p)
         if m is not None:
             found[name] = m

@@ -730,9 +730,13 @@ def _carry_pruning(source: dict, conn: Connectome) -> None:
     """Set ``conn`` (on the copy) to the pruning ``source`` gives (the model's live masks by parameter
     name, :func:`held_masks`); refuse pruned layers that ``conn`` does not measure, whose weights
     fine-tuning would grow back."""
-    left_out = [n for n, m in source.items() if n not in conn.masks and not bool(m.all())]
+    # every name of each weight ``conn`` holds, by identity: a tied weight (a language model's head sharing its
+    # embedding's table) is one parameter under two names, and ``conn`` keeps only one of them
+    held = {id(p): n for n, p in conn.params.items()}
+    alias = {n: held[id(p)] for n, p in conn.model.named_parameters(remove_duplicate=False) if id(p) in held}
+    left_out = [n for n, m in source.items() if n not in alias and not bool(m.all())]
     if left_out:
         raise ValueError(f"the model's Connectome has pruned weights in {left_out[:3]}{' ...' if len(left_out) > 3 else ''}, "
                          "which include/exclude leave out of this measurement: measure them too (widen include/exclude), "
                          "or the curve would not be of the pruned model")
-    conn.set_masks({n: source[n] for n in conn.masks if n in source})
+    conn.set_masks({alias[n]: m for n, m in source.items() if n in alias})
