@@ -297,3 +297,20 @@ def test_a_byte_order_mark_is_no_part_of_the_first_word(tmp_path):
     (tmp_path / "s.csv").write_text("ImageId,PredictionString\r\nILSVRC2012_val_00000001,n01751748 1 2 3 4 \r\n",
                                     encoding="utf-8-sig")
     assert read_solution(tmp_path / "s.csv") == {"ILSVRC2012_val_00000001": "n01751748"}
+
+
+def test_weights_of_the_folders_own_classes_beside_wnids_are_refused_naming_wnids(tmp_path):
+    """docs/data.md's command with weights fine-tuned on the folders' own 3 classes: the data has 1000 classes by
+    wnids=, which the refusal ('the folder data has 1000 classes') did not say, nor that leaving it out is the fix."""
+    import torchvision
+
+    from adaptive.models.weights import WeightsMismatchError
+
+    data = _subset(tmp_path / "imagenette2")
+    torch.save(torchvision.models.squeezenet1_1(num_classes=3).state_dict(), tmp_path / "three.pt")
+    argv = _tiny(_doc_command(), tmp_path, tmp_path / "three.pt", data, tmp_path / "out")
+    with pytest.raises(WeightsMismatchError, match=r"holds a 3-class classifier .* folder data has 1000 classes \(by "
+                                                   r"--dataset-kw wnids=.*LOC_synset_mapping.txt, each class folder "
+                                                   r"labelled by its index among ImageNet's 1000 wnids: leave it out"):
+        recipe().main(argv)
+    assert not (tmp_path / "out").exists()
