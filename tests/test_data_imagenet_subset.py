@@ -247,3 +247,70 @@ def test_kaggles_download_as_it_comes_runs_a_1000_class_network(tmp_path, capsys
     argv[at:at + 3] = ["imagenet", "--data-dir", str(tmp_path / "data")]
     recipe().main(argv[:-1] + [str(tmp_path / "run2")])
     assert seen[-1] == (1000, [999, 0, 217, 0])
+
+
+def test_a_test_subset_needs_one_image_of_each_class_folder_not_of_each_of_the_1000(tmp_path):
+    """With wnids the data has 1000 classes but its test split holds only the folders' K: a test_subset of K took
+    the refusal 'cannot hold one test example of each of the 1000 classes' (give at least 1000)."""
+    root = _subset(tmp_path / "data", n=(3, 2))
+    kw = dict(holdout=0.0, image_size=16, resize=16, wnids=str(root / "LOC_synset_mapping.txt"))
+    ds = get_datasets("folder", data_dir=root, test_subset=3, **kw)
+    assert ds.num_classes == 1000 and ds.test.targets.tolist() == [0, 217, 999]
+    with pytest.raises(ValueError, match=r"test_subset 2 cannot hold one test example of each of the 3 classes of "
+                                         r"folder: give a test_subset of at least 3"):
+        get_datasets("folder", data_dir=root, test_subset=2, **kw)
+
+
+def test_an_image_size_pair_gives_the_in_shape_of_its_crop(tmp_path):
+    """image_size [H, W] crops H x W, as the facts said, but the data said in_shape (3, [H, W], [H, W]), which no
+    model builder takes (nor the check that the model built before the data fits it)."""
+    root = _subset(tmp_path / "data")
+    ds = get_datasets("folder", data_dir=root, holdout=0.0, image_size=[16, 12], resize=20)
+    assert ds.in_shape == (3, 16, 12) == tuple(ds.test[0][0].shape)
+    assert dataset_facts("folder", data_dir=root, image_size=[16, 12], resize=20) == (3, ds.in_shape)
+
+
+def test_a_relative_wnids_file_is_recorded_absolute_so_config_yaml_reruns_anywhere(tmp_path, monkeypatch):
+    """Both recipes record the data folder and the weights absolute (config.yaml reruns from any working directory);
+    dataset_kw wnids, as docs/data.md gives it (relative), was recorded as typed, so a rerun elsewhere lost it."""
+    (tmp_path / "w.txt").write_text("\n".join(WNIDS) + "\n")
+    monkeypatch.chdir(tmp_path)
+    ns = recipe().parse_args(["--model", "resnet20", "--dataset", "folder", "--data-dir", ".", "--dataset-kw",
+                              "wnids=w.txt", "--output_dir", str(tmp_path / "out")])
+    assert ns.dataset_kw["wnids"] == str(tmp_path / "w.txt")
+    adaptive_recipe = load_script("recipes/adaptive.py", "adaptive_imagenet_subset")
+    cfg = adaptive_recipe.RunConfig(dataset="folder", dataset_kw={"wnids": "w.txt", "image_size": 16})
+    assert cfg.dataset_kw == {"wnids": str(tmp_path / "w.txt"), "image_size": 16}
+    # a file that is not there stays as typed: building the data names it
+    assert recipe().parse_args(["--dataset", "folder", "--dataset-kw", "wnids=none.txt", "--output_dir",
+                                str(tmp_path / "out")]).dataset_kw["wnids"] == "none.txt"
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_word(tmp_path):
+    """A list or a LOC_val_solution.csv saved by a Windows editor or Excel starts with a BOM: its first wnid was
+    'no ImageNet wnid', its header not ImageId."""
+    from adaptive.data.imagenet_val import read_solution
+    from adaptive.data.wnids import read_wnids
+
+    (tmp_path / "w.txt").write_text("\n".join(WNIDS) + "\n", encoding="utf-8-sig")
+    assert read_wnids(tmp_path / "w.txt") == WNIDS
+    (tmp_path / "s.csv").write_text("ImageId,PredictionString\r\nILSVRC2012_val_00000001,n01751748 1 2 3 4 \r\n",
+                                    encoding="utf-8-sig")
+    assert read_solution(tmp_path / "s.csv") == {"ILSVRC2012_val_00000001": "n01751748"}
+
+
+def test_weights_of_the_folders_own_classes_beside_wnids_are_refused_naming_wnids(tmp_path):
+    """docs/data.md's command with weights fine-tuned on the folders' own 3 classes: the data has 1000 classes by
+    wnids=, which the refusal ('the folder data has 1000 classes') did not say, nor that leaving it out is the fix."""
+    import torchvision
+
+    from adaptive.models.weights import WeightsMismatchError
+
+    data = _subset(tmp_path / "imagenette2")
+    torch.save(torchvision.models.squeezenet1_1(num_classes=3).state_dict(), tmp_path / "three.pt")
+    argv = _tiny(_doc_command(), tmp_path, tmp_path / "three.pt", data, tmp_path / "out")
+    with pytest.raises(WeightsMismatchError, match=r"holds a 3-class classifier .* folder data has 1000 classes \(by "
+                                                   r"--dataset-kw wnids=.*LOC_synset_mapping.txt, each class folder "
+                                                   r"labelled by its index among ImageNet's 1000 wnids: leave it out"):
+        recipe().main(argv)
+    assert not (tmp_path / "out").exists()

@@ -93,13 +93,14 @@ def get_datasets(name: str, data_dir=None, holdout: float = 0.1, seed: int = 0, 
         kw["progress"] = progress
     src: Source = builder(data_dir=data_dir, download=download, augment=augment, **kw)
     labels = src.train_labels
-    if (test_subset is not None and test_subset < src.num_classes  # (the test split is read only once trained)
+    in_test = src.test_classes or src.num_classes  # (a class subset labelled by ImageNet's index: its K of 1000)
+    if (test_subset is not None and test_subset < in_test  # (the test split is read only once trained)
             and (src.test_size is None or test_subset < src.test_size)):  # (a test_subset of the whole split takes it all)
-        least = src.num_classes if src.test_size is None else min(src.num_classes, src.test_size)
+        least = in_test if src.test_size is None else min(in_test, src.test_size)
         whole = (f" (the test split holds only {src.test_size} examples, fewer than the classes: {least} takes it all)"
-                 if least < src.num_classes else "")
+                 if least < in_test else "")
         raise ValueError(f"{named['test_subset']} {test_subset} cannot hold one test example of each of the "
-                         f"{src.num_classes} classes of {name}: give a {named['test_subset']} of at least {least}{whole} "
+                         f"{in_test} classes of {name}: give a {named['test_subset']} of at least {least}{whole} "
                          "(or leave it out)")
     _warn_short(name, "train", subset, len(labels), named["subset"])
     present = int(torch.unique(torch.as_tensor(labels)).numel()) if subset is not None and subset < len(labels) else 0

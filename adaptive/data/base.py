@@ -36,6 +36,9 @@ class Source:
     in_shape: Tuple[int, ...]
     classes: List[str] = field(default_factory=list)
     test_size: Optional[int] = None  # the test split's size, where known without building it (None: not known)
+    # the classes the test split holds, where fewer than num_classes (None: all of them): a folder of some of
+    # ImageNet's classes labelled by their ImageNet index (dataset_kw wnids) holds K of its 1000
+    test_classes: Optional[int] = None
 
 
 _DATASETS: Dict[str, Callable[..., Source]] = {}

@@ -250,7 +250,8 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
         train_view=lambda idx: FolderView(folder, idx, train_tf),
         eval_view=lambda idx: FolderView(folder, idx, eval_tf),
         test=lambda: FolderView(test_folder, None, eval_tf),
-        num_classes=len(classes), in_shape=(3, image_size, image_size), classes=list(classes),
+        num_classes=len(classes), in_shape=(3, *crop_shape(image_size)), classes=list(classes),
+        test_classes=len(folder.classes) if index is not None else None,  # (K folders of the 1000)
     )
 
 

@@ -51,7 +51,7 @@ def read_solution(path) -> dict:
     """``{image id: wnid}`` of Kaggle's ``LOC_val_solution.csv`` at ``path``; a file that is not one (another
     header, a row whose string starts with no wnid) is refused naming the file, the row and the fix."""
     labels = {}
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:  # (Excel's BOM)
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None or [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:

@@ -44,7 +44,7 @@ def read_wnids(path) -> List[str]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset_kw wnids {path}: no such file; {HOW}")
     words = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # (a BOM, as Notepad writes, is no word)
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -79,6 +79,18 @@ def find_wnid_file(data_folder) -> Optional[Path]:
                 if (folder / name).is_file():
                     return folder / name
     return None
+
+
+def absolute_wnids(dataset_kw):
+    """``dataset_kw`` (a copy) with its ``wnids`` file, where given as a path, read with a leading ``~`` as the home
+    folder and, where it names a file, made absolute: a recipe's config.yaml records its data folder and weights
+    absolute, so that it reruns from any working directory; a relative wnids there was read from the rerun's.
+    Anything else (no wnids, no mapping) is returned as it is."""
+    from ..paths import absolute_if_exists, home_expanded
+
+    if not isinstance(dataset_kw, dict) or not isinstance(dataset_kw.get("wnids"), str):
+        return dataset_kw
+    return {**dataset_kw, "wnids": absolute_if_exists(home_expanded(dataset_kw["wnids"]))}
 
 
 def wnid_labels(classes: Sequence[str], wnids: Sequence[str], path, split_dir) -> torch.Tensor:

@@ -232,6 +232,7 @@ class RunConfig:
                 # where --mask_only_kw is typed with it (the run's own command), the key won, as it did
                 if key not in typed or "mask_only_kw" in typed:
                     setattr(self, key, value)
+        from adaptive.data.wnids import absolute_wnids
         from adaptive.paths import absolute_if_exists, empty_path_problem, home_expanded
 
         # "" or " " (an unset variable) meant something else unsaid: resume a new run, weights none, data_dir the
@@ -252,6 +253,7 @@ class RunConfig:
             setattr(self, key, home_expanded(getattr(self, key)))
         # config.yaml then reruns from any working directory
         self.weights, self.data_dir = absolute_if_exists(self.weights), absolute_if_exists(self.data_dir)
+        self.dataset_kw = absolute_wnids(self.dataset_kw)  # (its wnids file, as the data folder)
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
             problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)

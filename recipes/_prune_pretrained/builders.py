@@ -125,9 +125,13 @@ def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
             if found is None:
                 raise
             other, shapes = found
+            wnids = (args.dataset_kw or {}).get("wnids")  # (given: the folders labelled as 1000 classes)
+            why = "" if wnids is None else (f" (by --dataset-kw wnids={wnids}, each class folder labelled by its "
+                                            f"index among ImageNet's {classes} wnids: leave it out for weights of the "
+                                            "folders' own classes)")
             raise WeightsMismatchError(
                 f"--weights {args.weights} holds a {other}-class classifier ({shapes}), and the {args.dataset} data has "
-                f"{classes} classes: mask-only optimisation changes no weight, so it cannot change the number of "
+                f"{classes} classes{why}: mask-only optimisation changes no weight, so it cannot change the number of "
                 f"outputs. Give the weights of this model with {classes} outputs, trained on these classes (e.g. "
                 f"torch.save(model.state_dict(), path) of a model built with num_classes={classes}), or data with "
                 f"the model's {other} classes") from None

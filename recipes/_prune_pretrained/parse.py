@@ -91,6 +91,7 @@ def _parse_args(argv) -> argparse.Namespace:
                                                examples=("damping=1e-6", "{damping: 1.0e-6}"))
     except ValueError as e:
         raise SystemExit(str(e)) from None
+    from adaptive.data.wnids import absolute_wnids
     from adaptive.paths import absolute_if_exists, empty_path_problem, home_expanded
     from adaptive.plugins import PluginError, load_plugins, resolved
 
@@ -112,6 +113,7 @@ def _parse_args(argv) -> argparse.Namespace:
     # ~ as the shell would have (a --config file's, --weights=~/x; ~ made a folder called ~), before any other reading
     cfg["weights"], cfg["data_dir"], cfg["output_dir"] = (home_expanded(cfg[k]) for k in ("weights", "data_dir", "output_dir"))
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
+    cfg["dataset_kw"] = absolute_wnids(cfg["dataset_kw"])  # (its wnids file, as the data folder: config.yaml reruns)
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
         cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
         problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)
