@@ -108,7 +108,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         start_step / end_step: first update step / the step where edits stop (edit fraction reaches
             0; gmp reaches its density). Without ``end_step`` (None, the default) the edit fraction
             never decays and set/rigl/utility/balanced edit at every update to the end of training;
-            threshold prunes to its density at its first update; gmp refuses it.
+            threshold removes toward its density as fast as the edit limit allows (at most
+            ``edit_fraction`` of the live ensembles an update: 30% of them at the first, by default,
+            not all the way to its density at once) and edits at every update after; gmp refuses it.
         edit_fraction: fraction of live ensembles edited at an update, decaying (``edit_decay``:
             "cosine", "linear", "constant") to 0 at ``end_step``.
         estimator: utility estimator for the utility/balanced/threshold policies (default

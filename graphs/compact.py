@@ -186,8 +186,8 @@ def _untraced_hint(model: nn.Module, failed: Optional[BaseException] = None) -> 
     """What to do about a model fx could not trace: torch_geometric's message-passing layers (GCNConv, GATConv, ...)
     named, which no rewrite of the user's forward makes traceable; a size of the input used as a Python number
     (``failed``, fx's TypeError: a slice of a parameter or buffer, ``self.pos[:, :t.shape[1]]``, a ``range`` or an
-    ``int()`` of it), which a function marked ``@torch.fx.wrap`` keeps out of the trace; else how to write a branch
-    on the data."""
+    ``int()`` of it; its RuntimeError for ``len(x)``), which a function marked ``@torch.fx.wrap`` keeps out of the
+    trace; else how to write a branch on the data."""
     import sys
 
     passing = getattr(sys.modules.get("torch_geometric.nn.conv"), "MessagePassing", None)
@@ -198,10 +198,13 @@ def _untraced_hint(model: nn.Module, failed: Optional[BaseException] = None) -> 
                 "edge_index in Python: graphs.compact cannot copy a model holding them; their Linear weights are "
                 "still pruned and trained sparse, and graphs.build chains them in module order")
     said = str(failed) if isinstance(failed, TypeError) else ""
-    if "Proxy" in said or "slice indices must be integers" in said:
+    if ("Proxy" in said or "slice indices must be integers" in said
+            or "'len' is not supported in symbolic tracing" in str(failed)):  # (fx's RuntimeError for len(x))
         # fx gives a size of a traced input (t.shape[1]) as a traced value, which Python cannot use as an int
-        return ("a size of the input (`x.shape[1]`, `x.size(1)`) is used there as a Python number, which a copy that "
-                "runs inputs of any size cannot fix: hold a loop's count in the model (`for t in range(self.steps)`, "
+        return ("a size of the input (`x.shape[1]`, `x.size(1)`, `len(x)`) is used there as a Python number, which a "
+                "copy that runs inputs of any size cannot fix: in tensor arithmetic write it as `x.shape[0]` "
+                "(`h * x.shape[0]`, `x.new_zeros(x.shape[0], 4)`: fx traces those), "
+                "hold a loop's count in the model (`for t in range(self.steps)`, "
                 "which fx unrolls), and move a slice of a parameter or buffer (`self.pos[:, :x.shape[1]]`) into a "
                 "module-level function marked `@torch.fx.wrap` (`@torch.fx.wrap\ndef crop(pos, x): return "
                 "pos[:, :x.shape[1]]`, called as `crop(self.pos, x)`), which the copy calls as it is")

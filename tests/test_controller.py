@@ -2191,3 +2191,28 @@ def test_threshold_restore_boundary_never_adapts_below_zero_after_restoring_a_sh
         assert ctrl.policy.restore_boundary == 0.0
     finally:
         _ESTIMATORS.pop("test_negative_gains", None)
+
+
+def test_the_docstrings_end_step_none_for_threshold_is_what_it_does():
+    """Controller's docstring said that without end_step threshold 'prunes to its density at its first update'; it
+    removes at most edit_fraction of the live ensembles an update (0.3 by default: density 0.7 after the first, the
+    target 0.2 reached at the fifth) and edits at every update after. The docstring now says so."""
+    doc = " ".join(adaptive.Controller.__doc__.split())
+    assert "threshold prunes to its density at its first update" not in doc
+    assert "threshold removes toward its density as fast as the edit limit allows (at most ``edit_fraction``" in doc
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 40), nn.ReLU(), nn.Linear(40, 5))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with pytest.warns(UserWarning, match="a window of 1"):  # (curvature's, on one batch an update: not measured here)
+        ctrl = adaptive.Controller(adaptive.Connectome(model), opt, policy="threshold", density=0.2, update_every=1)
+    assert ctrl.end_step is None and ctrl.edit_fraction(0) == 0.3
+    densities, edits = [], []
+    for _ in range(8):
+        before = {n: m.clone() for n, m in ctrl.conn.masks.items()}
+        F.cross_entropy(model(torch.randn(16, 20)), torch.randint(0, 5, (16,))).backward()
+        opt.step()
+        opt.zero_grad()
+        densities.append(ctrl.conn.density())
+        edits.append(sum(int((before[n] != m).sum()) for n, m in ctrl.conn.masks.items()))
+    assert densities[0] == pytest.approx(0.7, abs=1e-3) and densities[3] > 0.2 + 1e-3  # not at once
+    assert all(d == pytest.approx(0.2, abs=1e-3) for d in densities[4:]) and all(e > 0 for e in edits[4:])

@@ -174,6 +174,14 @@ def _controller_default(name):
     return inspect.signature(adaptive.Controller).parameters[name].default
 
 
+def _edge_popup_call():
+    """edge_popup's first five parameters, the default of ``passes`` and the keyword-only name ``target``."""
+    from adaptive.baselines.edge_popup import edge_popup
+
+    params = inspect.signature(edge_popup).parameters
+    return list(params)[:5], params["passes"].default, params["target"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
 def _prune_pretrained_default(key):
     from _scripts import load_script
 
@@ -223,6 +231,8 @@ DEFAULTS = [
     ("docs/diagnostics.md", "`--noise_floor` (1e-3)", lambda: _diagnostics_constant("DEFAULT_NOISE_FLOOR"), 1e-3),
     ("docs/python_api.md", "`end_step` defaults to None: left\nout, the fraction stays at `edit_fraction`",
      lambda: _controller_default("end_step"), None),
+    ("docs/mask_only.md", "`edge_popup(model, train_loader, holdout_loader, targets, passes=1.0, ...)`, `targets` as `target=`",
+     _edge_popup_call, (["model", "train_loader", "holdout_loader", "targets", "passes"], 1.0, True)),
     ("docs/mask_only.md", "`--window` (training batches per update, default 1)", lambda: _prune_pretrained_default("window"), 1),
     ("docs/mask_only.md", "decaying over a stage; default 1.0)", lambda: _prune_pretrained_default("edit_fraction"), 1.0),
     ("docs/mask_only.md", "default 0, a jump at the stage's start", lambda: _prune_pretrained_default("approach"), 0),

@@ -121,3 +121,29 @@ def test_compact_names_a_held_count_for_a_loop_over_the_inputs_steps():
     model = CellLoop(steps=L)  # the fix the message names
     small = graphs.compact(model, adaptive.Connectome(model), x)
     assert torch.allclose(small(x), model(x))
+
+
+class Scaled(nn.Module):
+    """A Linear's output scaled by the batch's length: by len(x) (which fx refuses) or by x.shape[0] (which it traces)."""
+
+    def __init__(self, by_len):
+        super().__init__()
+        self.by_len = by_len
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(x) * (len(x) if self.by_len else x.shape[0])
+
+
+def test_compact_names_the_size_fix_for_len_of_the_input():
+    """len(x) is a size of the input read as a number too (fx: "'len' is not supported in symbolic tracing"), but its
+    refusal was told to write a branch on the data with torch.where; it gets the size hint, x.shape[0] included."""
+    torch.manual_seed(0)
+    model = Scaled(by_len=True)
+    with pytest.raises(RuntimeError, match=r"`len\(x\)`\) is used there as a Python number.*write it as `x\.shape\[0\]`") as err:
+        graphs.compact(model, adaptive.Connectome(model), torch.randn(4, 3))
+    assert "torch.where" not in str(err.value)
+    model = Scaled(by_len=False)  # the fix the message names: the copy runs another batch size as the model does
+    small = graphs.compact(model, adaptive.Connectome(model), torch.randn(4, 3))
+    x = torch.randn(7, 3)
+    assert torch.allclose(small(x), model(x))
