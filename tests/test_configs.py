@@ -462,3 +462,23 @@ def test_a_misspelt_nested_controller_kw_key_is_refused_naming_the_option(tmp_pa
         assert ("error: --controller_kw grow_intit (on the command line or in a --config file's controller_kw): "
                 "unknown argument(s) ['grow_intit']") in err and "did you mean the Controller's 'grow_init'" in err
         assert not out.exists()
+
+
+def test_a_config_of_this_recipe_with_a_stray_key_of_the_other_is_not_called_the_others(tmp_path, capsys):
+    """A file of recipes/adaptive.py's keys with one stray key that recipes/prune_pretrained.py has (window)
+    was called 'a config of recipes/prune_pretrained.py' (run it there), which would refuse its policy and
+    density in turn; and the other way round (step with a stray epochs). Each is refused naming the stray key
+    as the other recipe's, not sending the whole file there."""
+    f = tmp_path / "c.yaml"
+    f.write_text("policy: rigl\ndensity: 0.1\nwindow: 5\n")
+    with pytest.raises(SystemExit):
+        R.parse_args(["--config", str(f)])
+    err = capsys.readouterr().err
+    assert "unknown config key" in err and "is a config of recipes/prune_pretrained.py" not in err
+    assert f"{f}: window: key(s) of recipes/prune_pretrained.py, not of this recipe" in err
+    assert "(density, policy: this recipe's keys alone)" in err
+    f.write_text("model: resnet20\nstep: 0.01\nepochs: 3\n")
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(["--config", str(f)])
+    assert "is a config of recipes/adaptive.py" not in str(e.value)
+    assert str(e.value).endswith("(epochs: key(s) of recipes/adaptive.py, not of this recipe)")

@@ -432,8 +432,10 @@ def _config_files(argv) -> List[str]:
 
 def _other_recipes_config(argv) -> Optional[str]:
     """What an unknown-key error adds where a --config file in ``argv`` is recipes/prune_pretrained.py's
-    (every key this recipe does not know is one of that recipe's: num_classes, remove, passes, window, ...):
-    run it with that recipe, or write it in this recipe's keys; None otherwise."""
+    (every key of it is one of that recipe's, and some are not this recipe's: num_classes, remove, passes,
+    window, ...): run it with that recipe, or write it in this recipe's keys; where the file also holds keys
+    of this recipe alone (policy, density, ...), it is no config of that recipe: the note only says which
+    of its keys are that recipe's; None otherwise."""
     import dataclasses
 
     from adaptive.config import normalize_key, read_yaml
@@ -442,10 +444,17 @@ def _other_recipes_config(argv) -> Optional[str]:
     own = {f.name for f in dataclasses.fields(RunConfig)}
     for path in _config_files(argv):
         try:
-            unknown = {normalize_key(str(k)) for k in read_yaml(path)} - own
+            keys = {normalize_key(str(k)) for k in read_yaml(path)}
         except ConfigError:
             continue
-        if unknown and unknown <= set(DEFAULTS):
+        unknown = keys - own
+        if unknown and unknown <= set(DEFAULTS) and not keys <= set(DEFAULTS):
+            # (policy: rigl with a stray window: 5 was called a config of recipes/prune_pretrained.py, which
+            # would refuse its policy in turn)
+            return (f"{path}: {', '.join(sorted(unknown))}: key(s) of recipes/prune_pretrained.py, not of this recipe; "
+                    f"the file is no config of that recipe ({', '.join(sorted(keys - set(DEFAULTS)))}: this recipe's "
+                    "keys alone)")
+        if unknown and keys <= set(DEFAULTS):
             return (f"{path} is a config of recipes/prune_pretrained.py ({', '.join(sorted(unknown))}: its keys, not "
                     f"this recipe's): run python recipes/prune_pretrained.py --config {path}, or write it in this "
                     "recipe's keys (mode: mask_only runs its job here: "

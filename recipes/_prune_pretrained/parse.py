@@ -63,7 +63,7 @@ def _parse_args(argv) -> argparse.Namespace:
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}"
-                             + _unknown_keys_hint(args.config, unknown))
+                             + _unknown_keys_hint(args.config, unknown, set(loaded)))
         # a key with no value (`batch_size:`) is unset: the default, as where the key is left out (it crashed
         # obscurely: "'<' not supported between 'NoneType' and 'int'"); an empty output_dir is refused below
         loaded = {k: v for k, v in loaded.items() if v is not None or k == "output_dir"}
@@ -189,19 +189,22 @@ def _parse_args(argv) -> argparse.Namespace:
     return argparse.Namespace(**cfg)
 
 
-def _unknown_keys_hint(path: str, unknown) -> str:
-    """What the refusal of a --config file's ``unknown`` keys adds: that the file is recipes/adaptive.py's
-    where every one of them is that recipe's (mode, target, epochs, mask_only_kw: a mask-only yaml of that
-    recipe, say), else the known key a misspelt one is closest to; "" where neither fits."""
+def _unknown_keys_hint(path: str, unknown, keys) -> str:
+    """What the refusal of a --config file's ``unknown`` keys (of all its ``keys``) adds: that the file is
+    recipes/adaptive.py's where every one of its keys is that recipe's (mode, target, epochs, mask_only_kw: a
+    mask-only yaml of that recipe, say), else the known key a misspelt one is closest to, and which unknown
+    keys are recipes/adaptive.py's; "" where nothing fits."""
     import dataclasses
     import difflib
 
     from recipes._adaptive.config import RunConfig
 
     theirs = {f.name for f in dataclasses.fields(RunConfig)}
-    if set(unknown) <= theirs:
+    if set(keys) <= theirs:  # (every key: step: 0.01 with a stray epochs: 3 is no config of that recipe)
         return (f": {path} is a config of recipes/adaptive.py ({', '.join(unknown)}: its keys, not this recipe's): "
                 f"run python recipes/adaptive.py --config {path}, or write it in this recipe's keys "
                 "(recipes/configs/imagenet_mobilenetv3_maskonly.yaml is the shipped example)")
     close = [f"'{c[0]}' for '{k}'" for k in unknown for c in [difflib.get_close_matches(k, list(DEFAULTS), n=1)] if c]
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    others = [k for k in unknown if k in theirs]
+    return ((f" (did you mean {', '.join(close)}?)" if close else "")
+            + (f" ({', '.join(others)}: key(s) of recipes/adaptive.py, not of this recipe)" if others else ""))
