@@ -482,3 +482,46 @@ def test_a_config_of_this_recipe_with_a_stray_key_of_the_other_is_not_called_the
         P.parse_args(["--config", str(f)])
     assert "is a config of recipes/adaptive.py" not in str(e.value)
     assert str(e.value).endswith("(epochs: key(s) of recipes/adaptive.py, not of this recipe)")
+
+
+def test_a_torchvision_model_searched_mask_only_without_weights_is_warned_of_at_the_start(tmp_path):
+    """imagenet_mobilenetv3_maskonly.yaml run without --weights searched the masks of a randomly initialised
+    MobileNetV3, said only by a note once the data had loaded (minutes of an ImageNet folder scan). Both
+    recipes now warn while reading their settings, naming the weights file to pass; --weights none (or a
+    file's weights: null) asks for the random network on purpose, and a model of this project's own, or a
+    train-mode run (training from scratch), is not warned of."""
+    def warned(parse, argv):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parse(argv)
+        return [str(w.message) for w in caught if "is given no weights" in str(w.message)]
+
+    shipped = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")
+    [message] = warned(P.parse_args, ["--config", shipped])
+    assert message.startswith(f"{shipped}: model torchvision:mobilenet_v3_large is given no weights, so mask-only "
+                              "optimisation would search the masks of a randomly initialised network")
+    assert "pass --weights FILE, torchvision's MobileNet_V3_Large_Weights.IMAGENET1K_V2 file mobilenet_v3_large-5c1a4163.pth" in message
+    assert "give --weights none to search masks of the random network on purpose" in message
+    assert not warned(P.parse_args, ["--config", shipped, "--weights", "none"])
+    null = tmp_path / "null.yaml"
+    null.write_text(Path(shipped).read_text() + "weights: null\n")
+    assert not warned(P.parse_args, ["--config", str(null)])
+    assert not warned(P.parse_args, ["--model", "resnet20", "--remove", "0.2"])  # (this project's own CIFAR model)
+    mask_only = ["--mode", "mask_only", "--model", "torchvision:resnet18", "--dataset", "imagenet"]
+    [message] = warned(R.parse_args, mask_only)
+    assert message.startswith("--model torchvision:resnet18 is given no weights") and "resnet18-f37072fd.pth" in message
+    assert not warned(R.parse_args, mask_only + ["--weights", "none"])
+    null.write_text("mode: mask_only\nmodel: torchvision:resnet18\ndataset: imagenet\nweights: null\n")
+    assert not warned(R.parse_args, ["--config", str(null)])
+    assert not warned(R.parse_args, ["--model", "torchvision:resnet18", "--dataset", "imagenet"])  # train mode
+
+
+def test_a_mask_only_run_folders_config_yaml_given_to_prune_pretrained_is_named_as_adaptive_pys(tmp_path):
+    """A recipes/adaptive.py mask-only run's config.yaml records estimator_resolved beside its settings (a key
+    its RECORDED_KEYS allow, not a setting): given to recipes/prune_pretrained.py, the file most likely to be
+    fed to the wrong recipe was not named as recipes/adaptive.py's (only its settings' keys counted)."""
+    f = tmp_path / "config.yaml"
+    f.write_text((ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly_adaptive.yaml").read_text()
+                 + "estimator_resolved:\n  name: presence\n  arguments: {step: 0.01}\n")
+    with pytest.raises(SystemExit, match=rf"{f} is a config of recipes/adaptive.py \(.*estimator_resolved.*: its keys"):
+        P.parse_args(["--config", str(f)])

@@ -252,6 +252,12 @@ class RunConfig:
             setattr(self, key, home_expanded(getattr(self, key)))
         # config.yaml then reruns from any working directory
         self.weights, self.data_dir = absolute_if_exists(self.weights), absolute_if_exists(self.data_dir)
+        if self.mode == "mask_only" and self.weights is None and given is not None and "weights" not in given:
+            from adaptive.models.tv import warn_random_weights
+
+            # a torchvision network's masks searched on its random initial weights, said only by a note once the
+            # data had loaded; --weights none (or weights: null in a --config file) asks for it: no warning then
+            warn_random_weights(self.model, "--model")
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
             problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)
@@ -441,7 +447,7 @@ def _other_recipes_config(argv) -> Optional[str]:
     from adaptive.config import normalize_key, read_yaml
     from recipes._prune_pretrained.options import DEFAULTS
 
-    own = {f.name for f in dataclasses.fields(RunConfig)}
+    own = {f.name for f in dataclasses.fields(RunConfig)} | set(RunConfig.RECORDED_KEYS)  # (estimator_resolved)
     for path in _config_files(argv):
         try:
             keys = {normalize_key(str(k)) for k in read_yaml(path)}

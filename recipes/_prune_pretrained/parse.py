@@ -45,7 +45,7 @@ def _parse_args(argv) -> argparse.Namespace:
                          "settings as options on the command line (they override the file's)")
     args.config = (args.config or [None])[0]
     cfg = dict(DEFAULTS)
-    loaded = {}
+    loaded, file_keys = {}, set()
     if args.config is not None:  # (--config '' was read as no file: refused by read_yaml)
         from adaptive.config import read_yaml
 
@@ -60,6 +60,7 @@ def _parse_args(argv) -> argparse.Namespace:
         except ConfigError as e:
             raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
         loaded = {normalize_key(str(k)): v for k, v in loaded.items()}
+        file_keys = set(loaded)  # (before the keys given no value are dropped: weights: null asks for none)
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}"
@@ -140,9 +141,13 @@ def _parse_args(argv) -> argparse.Namespace:
         what = ("is a folder: pass the weights file inside it" if os.path.isdir(cfg["weights"]) else
                 "does not exist: pass the path of a saved state_dict (this project never downloads weights)")
         raise SystemExit(f"{origin('weights')} {named}" if named else f"{origin('weights')} {cfg['weights']} {what}")
-    from adaptive.models.tv import warn_transform_mismatch
+    from adaptive.models.tv import warn_random_weights, warn_transform_mismatch
 
     warn_transform_mismatch(cfg["weights"], cfg["dataset"], cfg["dataset_kw"])  # torchvision's own file, by its name
+    if cfg["weights"] is None and args.weights is None and "weights" not in file_keys:
+        # a torchvision network's masks searched on its random initial weights, said only by a note once the
+        # data had loaded (minutes of an ImageNet folder scan); --weights none (or weights: null) asks for it
+        warn_random_weights(cfg["model"], origin("model"))
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         problem = range_problem(origin(key), cfg.get(key), least, whole=True,  # (--key, or the file's key)
@@ -199,7 +204,8 @@ def _unknown_keys_hint(path: str, unknown, keys) -> str:
 
     from recipes._adaptive.config import RunConfig
 
-    theirs = {f.name for f in dataclasses.fields(RunConfig)}
+    # (with the keys its config.yaml records beside its settings: a mask-only run's estimator_resolved)
+    theirs = {f.name for f in dataclasses.fields(RunConfig)} | set(RunConfig.RECORDED_KEYS)
     if set(keys) <= theirs:  # (every key: step: 0.01 with a stray epochs: 3 is no config of that recipe)
         return (f": {path} is a config of recipes/adaptive.py ({', '.join(unknown)}: its keys, not this recipe's): "
                 f"run python recipes/adaptive.py --config {path}, or write it in this recipe's keys "
