@@ -525,3 +525,30 @@ def test_a_mask_only_run_folders_config_yaml_given_to_prune_pretrained_is_named_
                  + "estimator_resolved:\n  name: presence\n  arguments: {step: 0.01}\n")
     with pytest.raises(SystemExit, match=rf"{f} is a config of recipes/adaptive.py \(.*estimator_resolved.*: its keys"):
         P.parse_args(["--config", str(f)])
+
+
+def test_a_prune_pretrained_run_folders_config_yaml_reruns_there_and_is_named_as_its_by_adaptive_py(tmp_path, capsys):
+    """The config.yaml a recipes/prune_pretrained.py run writes is taken back by that recipe's --config (a rerun
+    into another folder, no --resume), and recipes/adaptive.py refuses it naming the recipe it is for, not as a
+    file of its own keys with a stray one: the other-recipe check must not refuse (or misname) a run's own
+    record. (recipes/adaptive.py's own config.yaml reruns: test_each_shipped_config_runs_end_to_end.)"""
+    from _training import reset_accelerate
+
+    torch.manual_seed(0)
+    torch.save(build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "run"
+    reset_accelerate()
+    try:
+        P.main(["--model", "resnet20", "--weights", str(tmp_path / "w.pt"), "--dataset", "fake", "--dataset-kw",
+                "shape=[3, 8, 8]", "--output_dir", str(out), "--batch-size", "32", "--eval-batch-size", "64",
+                "--window", "2", "--passes", "0.5", "--eval-every", "2", "--train-eval-batches", "1", "--subset", "96",
+                "--test-subset", "32", "--remove", "0.2", "--step", "1e-2", "--no-progress"])
+    finally:
+        reset_accelerate()
+    again = P.parse_args(["--config", str(out / "config.yaml"), "--output_dir", str(tmp_path / "again")])
+    assert (again.remove, again.step, again.window, again.model) == ([0.2], 0.01, 2, "resnet20")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        R.parse_args(["--config", str(out / "config.yaml"), "--output_dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert f"{out / 'config.yaml'} is a config of recipes/prune_pretrained.py (" in err and "not of this recipe;" not in err
