@@ -462,3 +462,93 @@ def test_a_misspelt_nested_controller_kw_key_is_refused_naming_the_option(tmp_pa
         assert ("error: --controller_kw grow_intit (on the command line or in a --config file's controller_kw): "
                 "unknown argument(s) ['grow_intit']") in err and "did you mean the Controller's 'grow_init'" in err
         assert not out.exists()
+
+
+def test_a_config_of_this_recipe_with_a_stray_key_of_the_other_is_not_called_the_others(tmp_path, capsys):
+    """A file of recipes/adaptive.py's keys with one stray key that recipes/prune_pretrained.py has (window)
+    was called 'a config of recipes/prune_pretrained.py' (run it there), which would refuse its policy and
+    density in turn; and the other way round (step with a stray epochs). Each is refused naming the stray key
+    as the other recipe's, not sending the whole file there."""
+    f = tmp_path / "c.yaml"
+    f.write_text("policy: rigl\ndensity: 0.1\nwindow: 5\n")
+    with pytest.raises(SystemExit):
+        R.parse_args(["--config", str(f)])
+    err = capsys.readouterr().err
+    assert "unknown config key" in err and "is a config of recipes/prune_pretrained.py" not in err
+    assert f"{f}: window: key(s) of recipes/prune_pretrained.py, not of this recipe" in err
+    assert "(density, policy: this recipe's keys alone)" in err
+    f.write_text("model: resnet20\nstep: 0.01\nepochs: 3\n")
+    with pytest.raises(SystemExit) as e:
+        P.parse_args(["--config", str(f)])
+    assert "is a config of recipes/adaptive.py" not in str(e.value)
+    assert str(e.value).endswith("(epochs: key(s) of recipes/adaptive.py, not of this recipe)")
+
+
+def test_a_torchvision_model_searched_mask_only_without_weights_is_warned_of_at_the_start(tmp_path):
+    """imagenet_mobilenetv3_maskonly.yaml run without --weights searched the masks of a randomly initialised
+    MobileNetV3, said only by a note once the data had loaded (minutes of an ImageNet folder scan). Both
+    recipes now warn while reading their settings, naming the weights file to pass; --weights none (or a
+    file's weights: null) asks for the random network on purpose, and a model of this project's own, or a
+    train-mode run (training from scratch), is not warned of."""
+    def warned(parse, argv):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parse(argv)
+        return [str(w.message) for w in caught if "is given no weights" in str(w.message)]
+
+    shipped = str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml")
+    [message] = warned(P.parse_args, ["--config", shipped])
+    assert message.startswith(f"{shipped}: model torchvision:mobilenet_v3_large is given no weights, so mask-only "
+                              "optimisation would search the masks of a randomly initialised network")
+    assert "pass --weights FILE, torchvision's MobileNet_V3_Large_Weights.IMAGENET1K_V2 file mobilenet_v3_large-5c1a4163.pth" in message
+    assert "give --weights none to search masks of the random network on purpose" in message
+    assert not warned(P.parse_args, ["--config", shipped, "--weights", "none"])
+    null = tmp_path / "null.yaml"
+    null.write_text(Path(shipped).read_text() + "weights: null\n")
+    assert not warned(P.parse_args, ["--config", str(null)])
+    assert not warned(P.parse_args, ["--model", "resnet20", "--remove", "0.2"])  # (this project's own CIFAR model)
+    mask_only = ["--mode", "mask_only", "--model", "torchvision:resnet18", "--dataset", "imagenet"]
+    [message] = warned(R.parse_args, mask_only)
+    assert message.startswith("--model torchvision:resnet18 is given no weights") and "resnet18-f37072fd.pth" in message
+    assert not warned(R.parse_args, mask_only + ["--weights", "none"])
+    null.write_text("mode: mask_only\nmodel: torchvision:resnet18\ndataset: imagenet\nweights: null\n")
+    assert not warned(R.parse_args, ["--config", str(null)])
+    assert not warned(R.parse_args, ["--model", "torchvision:resnet18", "--dataset", "imagenet"])  # train mode
+
+
+def test_a_mask_only_run_folders_config_yaml_given_to_prune_pretrained_is_named_as_adaptive_pys(tmp_path):
+    """A recipes/adaptive.py mask-only run's config.yaml records estimator_resolved beside its settings (a key
+    its RECORDED_KEYS allow, not a setting): given to recipes/prune_pretrained.py, the file most likely to be
+    fed to the wrong recipe was not named as recipes/adaptive.py's (only its settings' keys counted)."""
+    f = tmp_path / "config.yaml"
+    f.write_text((ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly_adaptive.yaml").read_text()
+                 + "estimator_resolved:\n  name: presence\n  arguments: {step: 0.01}\n")
+    with pytest.raises(SystemExit, match=rf"{f} is a config of recipes/adaptive.py \(.*estimator_resolved.*: its keys"):
+        P.parse_args(["--config", str(f)])
+
+
+def test_a_prune_pretrained_run_folders_config_yaml_reruns_there_and_is_named_as_its_by_adaptive_py(tmp_path, capsys):
+    """The config.yaml a recipes/prune_pretrained.py run writes is taken back by that recipe's --config (a rerun
+    into another folder, no --resume), and recipes/adaptive.py refuses it naming the recipe it is for, not as a
+    file of its own keys with a stray one: the other-recipe check must not refuse (or misname) a run's own
+    record. (recipes/adaptive.py's own config.yaml reruns: test_each_shipped_config_runs_end_to_end.)"""
+    from _training import reset_accelerate
+
+    torch.manual_seed(0)
+    torch.save(build_model("resnet20", num_classes=10, in_shape=(3, 8, 8)).state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "run"
+    reset_accelerate()
+    try:
+        P.main(["--model", "resnet20", "--weights", str(tmp_path / "w.pt"), "--dataset", "fake", "--dataset-kw",
+                "shape=[3, 8, 8]", "--output_dir", str(out), "--batch-size", "32", "--eval-batch-size", "64",
+                "--window", "2", "--passes", "0.5", "--eval-every", "2", "--train-eval-batches", "1", "--subset", "96",
+                "--test-subset", "32", "--remove", "0.2", "--step", "1e-2", "--no-progress"])
+    finally:
+        reset_accelerate()
+    again = P.parse_args(["--config", str(out / "config.yaml"), "--output_dir", str(tmp_path / "again")])
+    assert (again.remove, again.step, again.window, again.model) == ([0.2], 0.01, 2, "resnet20")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        R.parse_args(["--config", str(out / "config.yaml"), "--output_dir", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert f"{out / 'config.yaml'} is a config of recipes/prune_pretrained.py (" in err and "not of this recipe;" not in err

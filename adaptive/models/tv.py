@@ -113,6 +113,45 @@ def warn_transform_mismatch(path, dataset: str, dataset_kw: dict) -> None:
         warn_user(mismatch)
 
 
+def random_weights_warning(model: str, where: str = "--model") -> str:
+    """What a mask-only run of ``model`` (``where`` names the option or file key that gave it) given no
+    weights is warned, where ``model`` is torchvision's (``torchvision:ARCH``): its masks would be searched
+    on the network's random initial weights (a supermask search), where a torchvision network is almost
+    always named for its pretrained weights; the weights file to pass (torchvision's default for ARCH: its
+    name and address; nothing is downloaded), and how to ask for the random network on purpose (``--weights
+    none``, which the recipes then take without this warning). "" for any other model."""
+    import os
+
+    import torchvision
+
+    if not str(model).startswith("torchvision:"):
+        return ""
+    arch = str(model)[len("torchvision:"):]
+    try:
+        default = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError, AttributeError, TypeError):
+        default = None
+    url = getattr(default, "url", None)
+    file = (f", torchvision's {type(default).__name__}.{default.name} file {os.path.basename(url)} (download {url} "
+            "where there is internet, or find it in a torch download cache: this project never downloads weights)"
+            if url else " (a state_dict of it: this project never downloads weights)")
+    return (f"{where} {model} is given no weights, so mask-only optimisation would search the masks of a randomly "
+            f"initialised network (a supermask search), not of the pretrained one a torchvision model is almost always "
+            f"named for: pass --weights FILE{file}; or give --weights none to search masks of the random network on "
+            "purpose (no warning then)")
+
+
+def warn_random_weights(model: str, where: str = "--model") -> None:
+    """Warn (:func:`adaptive.warn.warn_user`) :func:`random_weights_warning`'s message, where it has one. The
+    recipes call it while reading their settings, before any data is read, so that it shows at the start of
+    the run (once under several processes), not after minutes of loading ImageNet."""
+    message = random_weights_warning(model, where)
+    if message:
+        from adaptive.warn import warn_user
+
+        warn_user(message)
+
+
 def _as_one(key: str, value):
     """A ``--dataset-kw`` size as torchvision's weights name it: ``[S]`` is ``S`` (torchvision's transforms read
     both alike), and so is an ``image_size`` of ``[S, S]`` (a crop of S x S); anything else as it is."""

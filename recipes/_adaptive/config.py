@@ -254,6 +254,12 @@ class RunConfig:
         # config.yaml then reruns from any working directory
         self.weights, self.data_dir = absolute_if_exists(self.weights), absolute_if_exists(self.data_dir)
         self.dataset_kw = absolute_wnids(self.dataset_kw)  # (its wnids file, as the data folder)
+        if self.mode == "mask_only" and self.weights is None and given is not None and "weights" not in given:
+            from adaptive.models.tv import warn_random_weights
+
+            # a torchvision network's masks searched on its random initial weights, said only by a note once the
+            # data had loaded; --weights none (or weights: null in a --config file) asks for it: no warning then
+            warn_random_weights(self.model, "--model")
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
             problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)
@@ -434,20 +440,29 @@ def _config_files(argv) -> List[str]:
 
 def _other_recipes_config(argv) -> Optional[str]:
     """What an unknown-key error adds where a --config file in ``argv`` is recipes/prune_pretrained.py's
-    (every key this recipe does not know is one of that recipe's: num_classes, remove, passes, window, ...):
-    run it with that recipe, or write it in this recipe's keys; None otherwise."""
+    (every key of it is one of that recipe's, and some are not this recipe's: num_classes, remove, passes,
+    window, ...): run it with that recipe, or write it in this recipe's keys; where the file also holds keys
+    of this recipe alone (policy, density, ...), it is no config of that recipe: the note only says which
+    of its keys are that recipe's; None otherwise."""
     import dataclasses
 
     from adaptive.config import normalize_key, read_yaml
     from recipes._prune_pretrained.options import DEFAULTS
 
-    own = {f.name for f in dataclasses.fields(RunConfig)}
+    own = {f.name for f in dataclasses.fields(RunConfig)} | set(RunConfig.RECORDED_KEYS)  # (estimator_resolved)
     for path in _config_files(argv):
         try:
-            unknown = {normalize_key(str(k)) for k in read_yaml(path)} - own
+            keys = {normalize_key(str(k)) for k in read_yaml(path)}
         except ConfigError:
             continue
-        if unknown and unknown <= set(DEFAULTS):
+        unknown = keys - own
+        if unknown and unknown <= set(DEFAULTS) and not keys <= set(DEFAULTS):
+            # (policy: rigl with a stray window: 5 was called a config of recipes/prune_pretrained.py, which
+            # would refuse its policy in turn)
+            return (f"{path}: {', '.join(sorted(unknown))}: key(s) of recipes/prune_pretrained.py, not of this recipe; "
+                    f"the file is no config of that recipe ({', '.join(sorted(keys - set(DEFAULTS)))}: this recipe's "
+                    "keys alone)")
+        if unknown and keys <= set(DEFAULTS):
             return (f"{path} is a config of recipes/prune_pretrained.py ({', '.join(sorted(unknown))}: its keys, not "
                     f"this recipe's): run python recipes/prune_pretrained.py --config {path}, or write it in this "
                     "recipe's keys (mode: mask_only runs its job here: "

@@ -45,7 +45,7 @@ def _parse_args(argv) -> argparse.Namespace:
                          "settings as options on the command line (they override the file's)")
     args.config = (args.config or [None])[0]
     cfg = dict(DEFAULTS)
-    loaded = {}
+    loaded, file_keys = {}, set()
     if args.config is not None:  # (--config '' was read as no file: refused by read_yaml)
         from adaptive.config import read_yaml
 
@@ -60,10 +60,11 @@ def _parse_args(argv) -> argparse.Namespace:
         except ConfigError as e:
             raise SystemExit(f"recipes/prune_pretrained.py: error: {e}") from None
         loaded = {normalize_key(str(k)): v for k, v in loaded.items()}
+        file_keys = set(loaded)  # (before the keys given no value are dropped: weights: null asks for none)
         unknown = sorted(set(loaded) - set(DEFAULTS))
         if unknown:
             raise SystemExit(f"{args.config}: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}"
-                             + _unknown_keys_hint(args.config, unknown))
+                             + _unknown_keys_hint(args.config, unknown, set(loaded)))
         # a key with no value (`batch_size:`) is unset: the default, as where the key is left out (it crashed
         # obscurely: "'<' not supported between 'NoneType' and 'int'"); an empty output_dir is refused below
         loaded = {k: v for k, v in loaded.items() if v is not None or k == "output_dir"}
@@ -142,9 +143,13 @@ def _parse_args(argv) -> argparse.Namespace:
         what = ("is a folder: pass the weights file inside it" if os.path.isdir(cfg["weights"]) else
                 "does not exist: pass the path of a saved state_dict (this project never downloads weights)")
         raise SystemExit(f"{origin('weights')} {named}" if named else f"{origin('weights')} {cfg['weights']} {what}")
-    from adaptive.models.tv import warn_transform_mismatch
+    from adaptive.models.tv import warn_random_weights, warn_transform_mismatch
 
     warn_transform_mismatch(cfg["weights"], cfg["dataset"], cfg["dataset_kw"])  # torchvision's own file, by its name
+    if cfg["weights"] is None and args.weights is None and "weights" not in file_keys:
+        # a torchvision network's masks searched on its random initial weights, said only by a note once the
+        # data had loaded (minutes of an ImageNet folder scan); --weights none (or weights: null) asks for it
+        warn_random_weights(cfg["model"], origin("model"))
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         problem = range_problem(origin(key), cfg.get(key), least, whole=True,  # (--key, or the file's key)
@@ -191,19 +196,23 @@ def _parse_args(argv) -> argparse.Namespace:
     return argparse.Namespace(**cfg)
 
 
-def _unknown_keys_hint(path: str, unknown) -> str:
-    """What the refusal of a --config file's ``unknown`` keys adds: that the file is recipes/adaptive.py's
-    where every one of them is that recipe's (mode, target, epochs, mask_only_kw: a mask-only yaml of that
-    recipe, say), else the known key a misspelt one is closest to; "" where neither fits."""
+def _unknown_keys_hint(path: str, unknown, keys) -> str:
+    """What the refusal of a --config file's ``unknown`` keys (of all its ``keys``) adds: that the file is
+    recipes/adaptive.py's where every one of its keys is that recipe's (mode, target, epochs, mask_only_kw: a
+    mask-only yaml of that recipe, say), else the known key a misspelt one is closest to, and which unknown
+    keys are recipes/adaptive.py's; "" where nothing fits."""
     import dataclasses
     import difflib
 
     from recipes._adaptive.config import RunConfig
 
-    theirs = {f.name for f in dataclasses.fields(RunConfig)}
-    if set(unknown) <= theirs:
+    # (with the keys its config.yaml records beside its settings: a mask-only run's estimator_resolved)
+    theirs = {f.name for f in dataclasses.fields(RunConfig)} | set(RunConfig.RECORDED_KEYS)
+    if set(keys) <= theirs:  # (every key: step: 0.01 with a stray epochs: 3 is no config of that recipe)
         return (f": {path} is a config of recipes/adaptive.py ({', '.join(unknown)}: its keys, not this recipe's): "
                 f"run python recipes/adaptive.py --config {path}, or write it in this recipe's keys "
                 "(recipes/configs/imagenet_mobilenetv3_maskonly.yaml is the shipped example)")
     close = [f"'{c[0]}' for '{k}'" for k in unknown for c in [difflib.get_close_matches(k, list(DEFAULTS), n=1)] if c]
-    return f" (did you mean {', '.join(close)}?)" if close else ""
+    others = [k for k in unknown if k in theirs]
+    return ((f" (did you mean {', '.join(close)}?)" if close else "")
+            + (f" ({', '.join(others)}: key(s) of recipes/adaptive.py, not of this recipe)" if others else ""))
