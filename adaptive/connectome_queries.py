@@ -16,11 +16,11 @@ from .ensembles import Granularity, unwrapped
 from .metrics import fmt_unsaturated
 
 
-
 def _percent(part: int, whole: int) -> str:
     """``part`` of ``whole`` as a percentage of 2 decimals, with the digits it needs where it is not all or none
     (:func:`adaptive.metrics.fmt_unsaturated`): 1 synapse pruned of a million is "99.9999%", not "100.00%"."""
     return fmt_unsaturated(100 * part / whole, ".2f") + "%"
+
 
 class ConnectomeQueriesMixin:
     """Counts, queries and reports of :class:`~adaptive.connectome.Connectome` (it reads the

@@ -67,3 +67,24 @@ def test_a_cached_run_with_other_settings_is_not_reused(tmp_path):
         mod.run("set", ["--density", "0.1", "--policy", "set"], args)
     with pytest.raises(SystemExit, match="lr: 0.001 there, 0.003 here"):
         mod.run("set", ["--density", "0.2", "--policy", "set"], argparse.Namespace(**{**vars(args), "lr": 0.003}))
+
+
+def test_the_table_never_shows_an_accuracy_of_all_or_none_that_it_is_not(tmp_path, monkeypatch):
+    """dst_vit.py wrote its accuracies as ``100 * acc:.2f``, as the other benchmarks did before
+    adaptive.metrics.fmt_accuracy: a held-out accuracy of 0.99996 read "100.00" (every example right). It keeps the
+    digits that say so; other accuracies are written as before, a missing one "nan" as before."""
+    mod = load_script("recipes/benchmarks/dst_vit.py", "dst_vit_table")
+    accs = {"dense": (0.99996, 0.5), "set": (0.00004, 1.0)}
+
+    def run(name, extra, args):
+        test, held = accs.get(name, (0.25, None))
+        return {"density": 1.0, "live_synapses": 10, "synapses": 10, "test_accuracy": test, "holdout_accuracy": held,
+                "wall_seconds": 60.0}
+
+    monkeypatch.setattr(mod, "run", run)
+    monkeypatch.setattr(mod, "projection_density", lambda *a: {"q": [1.0], "k": [1.0], "v": [1.0]})
+    mod.main(["--out", str(tmp_path / "t.md"), "--runs", str(tmp_path)])
+    rows = {r[0]: r[3:5] for r in ([c.strip() for c in line.strip("|").split("|")]
+                                   for line in (tmp_path / "t.md").read_text().splitlines()[4:9])}
+    assert rows["dense"] == ["99.996", "50.00"] and rows["set"] == ["0.004", "100.00"], rows
+    assert rows["rigl"] == ["25.00", "nan"], rows

@@ -386,6 +386,37 @@ def test_edge_popup_leaves_out_a_batch_whose_gradient_is_nan_though_its_loss_is_
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
 
 
+def test_edge_popup_counts_a_batch_left_out_for_its_gradient_once_though_it_had_no_label_to_score():
+    """A batch whose every label was the ignored one, under a loss that sums (finite, 0, over no label), with a NaN
+    gradient was counted both as unlabelled and as a gradient's: one batch given three reasons, among them "-1 whose
+    loss was NaN or inf" (and a NaN mean blamed where the loss was 0). No label scored explains a NaN loss only: it is
+    now counted once, for its gradient, in the warning and in a whole pass's refusal."""
+    import functools
+
+    summed = functools.partial(F.cross_entropy, reduction="sum")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 4, 4, generator=g), torch.randint(0, 5, (64,), generator=g)
+    ho = DataLoader(TensorDataset(x[:32], y[:32]), batch_size=16)
+    xb, yb = x.clone(), y.clone()
+    xb[16, 0, 0, 0], yb[16:32] = 7.0, -100  # batch 2 of 4: no label scored, a NaN gradient
+    with pytest.warns(UserWarning) as said:
+        edge_popup(_NanGradNet(), DataLoader(TensorDataset(xb, yb), batch_size=16), ho, [0.5], passes=1.0,
+                   loss_fn=summed, progress=False)
+    said = [str(w.message) for w in said if "left out" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith("edge-popup left out 1 training batch(es) and drew others in their "
+                                                 "place (no score learned from them): 1 whose loss was finite but "
+                                                 "whose gradient held NaN or inf"), said
+    assert "whose loss was NaN or inf" not in said[0] and "ignored one" not in said[0], said
+    xb[::16, 0, 0, 0], yb[:] = 7.0, -100  # every batch
+    yb[0] = 0  # (the first batch has a label to score: the first-batch check refuses one with none)
+    with pytest.raises(ValueError) as refused:
+        edge_popup(_NanGradNet(), DataLoader(TensorDataset(xb, yb), batch_size=16), ho, [0.5], passes=1.0,
+                   loss_fn=summed, progress=False)
+    assert str(refused.value).endswith("so no score can be learned: 4 whose loss was finite but whose gradient held "
+                                       "NaN or inf (none of it reached the scores: check the training data for extreme "
+                                       "values and the model's backward pass for an overflow, e.g. a half-precision "
+                                       "layer or a sqrt or log at 0)"), str(refused.value)
+
 def test_edge_popup_closes_its_progress_bar_when_the_run_raises(capsys):
     """Edge-popup's bar was closed only after the last target: an error in the run (here the user's loader, at
     its third batch) left it open, garbling the terminal and the error's message. It is closed however the run

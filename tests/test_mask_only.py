@@ -679,6 +679,13 @@ the ignored one was left out on both, blamed on NaN or inf in the data. Now both
     # into both processes' Adam, every score of the layer NaN, with no word; now left out on both, named so
     assert rec["nan_grad_on_one"]["live"] == [14, 14] and len(rec["nan_grad_on_one"]["left_out"]) == 1, rec
     assert "whose loss was finite but whose gradient held NaN or inf" in rec["nan_grad_on_one"]["left_out"][0], rec
+    # every label ignored and a NaN gradient under a summed loss (finite, 0): counted as unlabelled and as a gradient's,
+    # the one batch three reasons and "-1 whose loss was NaN or inf"; now its gradient's alone
+    said = rec["summed_unlabelled_nan_grad_on_one"]["left_out"]
+    assert len(said) == 1 and "left out 1 training batch(es)" in said[0], rec
+    assert said[0].endswith("from them): 1 whose loss was finite but whose gradient held NaN or inf (none of it reached "
+                            "the scores: check the training data for extreme values and the model's backward pass for an "
+                            "overflow, e.g. a half-precision layer or a sqrt or log at 0)"), said
     assert rec["label_on_one"]["error"] == "ValueError", rec  # process 1's first batch: its label check agreed
     assert "process 1 of 2: the model gives 3 classes" in rec["label_on_one"]["message"], rec
     assert "labels go up to 5" in rec["label_on_one"]["message"], rec

@@ -64,8 +64,9 @@ def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where:
     """``(usable, unlabelled, bad_grads)`` of a training batch: whether its ``loss`` is finite on every process (and,
     on one process, its score gradients: ``grads_finite``, the flag of :func:`_score_grads` after the batch's
     backward, read with the others; None where there was none), whether
-    some process's batch had no label to score (every one the ignored label, -100 by default: cross-entropy's mean
-    over no label is NaN, so such a batch is left out, named so rather than blamed on NaN or inf in the data), and
+    some process's batch had no label to score where some loss was not finite (every one the ignored label, -100 by
+    default: cross-entropy's mean over no label is NaN, so such a batch is left out, named so rather than blamed on
+    NaN or inf in the data; a loss that sums over no label is finite, 0, and says nothing of it), and
     whether the loss was finite but the gradients not (one process; False under several, which check the gradients
     after the backward: :func:`_grads_agreed`); after
     its targets are refused on every process together where they were refused on any: ``refused`` (the error
@@ -97,8 +98,8 @@ def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where:
         read = torch.cat(flags).tolist() if len(flags) > 1 else flags[0].tolist()
         loss_ok, grads_ok = bool(read[0]), grads_finite is None or bool(read[1])
         labels = read[1 + (grads_finite is not None):] if found is not None else None
-        refuse(labels)
-        return loss_ok and grads_ok, labels is not None and labels[1] > labels[2], loss_ok and not grads_ok
+        refuse(labels)  # (no label scored explains a NaN loss only: a finite one left out was its gradient's)
+        return loss_ok and grads_ok, not loss_ok and labels is not None and labels[1] > labels[2], loss_ok and not grads_ok
     ref = loss if loss is not None else found
     one = torch.ones(1, dtype=torch.float64, device=ref.device if ref is not None else None)
     flags = torch.cat([torch.isfinite(loss.detach()).reshape(1).double() if loss is not None else one * 0,
@@ -109,7 +110,9 @@ def _batch_verdict(loss, found, refused, shape: tuple, loss_fn: Callable, where:
     if any_bad > 0:  # (every process takes this branch together)
         labels = found.tolist() if found is not None else None
         agreed_call(lambda: refuse(labels), passed_why=_OWN_WINDOW)
-    return all_finite == 1.0, any_unlabelled > 0, False  # (the gradients: after the backward, _grads_agreed)
+    # (the gradients: after the backward, _grads_agreed; no label scored explains a NaN loss only, not a batch whose
+    # every loss was finite, left out, if at all, for its gradient)
+    return all_finite == 1.0, all_finite != 1.0 and any_unlabelled > 0, False
 
 
 def _left_out(nonfinite: int, unlabelled: int, ignore, bad_grads: int = 0) -> str:

@@ -32,11 +32,11 @@ from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 
-
 def _pct(fraction: float, spec: str = ".2f") -> str:
     """``fraction`` as a percentage, with the digits it needs where it is not 0 or 100 (fmt_unsaturated): an
     overhead of 0.004% is not "0.00%", none."""
     return fmt_unsaturated(100 * fraction, spec) + "%"
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
+from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 
@@ -125,7 +126,7 @@ def main(argv=None):
              "|---|---:|---:|---:|---:|---:|"]
     for name, s in results:
         lines.append(f"| {labels.get(name, name)} | {pick(s, 'density'):.3f} | {pick(s, 'live_synapses', 'live'):,} | "
-                     f"{100 * pick(s, 'test_accuracy'):.2f} | {100 * pick(s, 'holdout_accuracy'):.2f} | "
+                     f"{fmt_accuracy(pick(s, 'test_accuracy'))} | {fmt_accuracy(pick(s, 'holdout_accuracy'))} | "
                      f"{pick(s, 'wall_seconds', 'seconds') / 60:.1f} |")
     total = results[0][1].get("synapses", float("nan"))
     lines += ["", f"vit_tiny: {total:,} synapses (every weight matrix; attention in_proj_weight included). "

@@ -6,13 +6,16 @@ holdout, train shards of different lengths, a batch of NaN on process 1 only, a 
 in process 1's first training batch, and in its third (a later one: checked on the device), labels of the wrong
 shape in its third, a holdout of other data (a sharded one), a held-out label beyond the head in its third
 held-out batch, a third batch whose every label is the ignored one (-100), a first batch whose loss is finite but
-whose gradient is NaN (the model's marked backward); then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
+whose gradient is NaN (the model's marked backward), a third batch of every label ignored and a NaN gradient under
+a loss that sums (finite over no label); then one where both are right. Writes ``rank{N}.json`` into OUT: each case's error (type and message) or outcome (the
 masks' live counts). A process left waiting in a collective fails there after the group's timeout
 (10 seconds) and records that instead."""
+import functools
 import sys
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -45,13 +48,15 @@ class _Net(nn.Module):
 
 
 def _loader(n: int, rank: int = 0, nan: bool = False, label_5: bool = False, late_label_5: bool = False,
-            seed: int = None, late_unlabelled: bool = False, nan_grad: bool = False):
+            seed: int = None, late_unlabelled: bool = False, nan_grad: bool = False, late_nan_grad: bool = False):
     g = torch.Generator().manual_seed(rank if seed is None else seed)
     x = torch.randn(n, 4, generator=g)
     if nan:
         x[:8] = float("nan")  # the first batch
     if nan_grad:
         x[0, 0] = 7.0  # the first batch: a finite loss, a NaN gradient (_Net)
+    if late_nan_grad:
+        x[16, 0] = 7.0  # the third batch: a NaN gradient (_Net)
     y = torch.randint(0, 3, (n,), generator=g)
     if label_5:
         y[3] = 5  # the first batch: a label beyond the 3-class head
@@ -82,6 +87,10 @@ CASES = {
     "late_holdout_label_on_one": lambda: (_loader(32, 1), _loader(32, late_label_5=True)),
     "unlabelled_on_one": lambda: (_loader(32, 1, late_unlabelled=True), _loader(32)),
     "nan_grad_on_one": lambda: (_loader(32, 1, nan_grad=True), _loader(32)),
+    # a third batch of process 1 with every label ignored and a NaN gradient, under a loss that sums (finite, 0,
+    # over no label): left out for its gradient alone, not also counted as unlabelled (a count of -1 NaN losses)
+    "summed_unlabelled_nan_grad_on_one": lambda: (_loader(32, 1, late_unlabelled=True, late_nan_grad=True),
+                                                  _loader(32), functools.partial(F.cross_entropy, reduction="sum")),
     "even": lambda: (_loader(32, 1), _loader(32)),
 }
 
@@ -94,10 +103,12 @@ def run(rank: int, folder: str) -> None:
         from adaptive.baselines import edge_popup
 
         model = nn.parallel.DistributedDataParallel(_Net(), find_unused_parameters=True)  # (the frozen biases: no gradient)
-        train, holdout = loaders() if rank == 1 else (_loader(32), _loader(32))
+        case = loaders()  # (train, holdout) of process 1, and the loss of both where the case names one
+        train, holdout = case[:2] if rank == 1 else (_loader(32), _loader(32))
+        loss_fn = case[2] if len(case) > 2 else F.cross_entropy
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
-            _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, progress=False)
+            _, snaps = edge_popup(model, train, holdout, [0.5], passes=1.0, loss_fn=loss_fn, progress=False)
         return {"live": [int(m.sum()) for m in snaps["0.5"]["masks"].values()], "holdout_loss": snaps["0.5"]["holdout_loss"],
                 "left_out": [str(w.message) for w in said if "left out" in str(w.message)],
                 "holdout_acc": snaps["0.5"]["holdout_acc"],
