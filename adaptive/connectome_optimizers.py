@@ -72,7 +72,8 @@ class ConnectomeOptimizersMixin:
         stopped, self._stopped = self._stopped, []
         for ctrl in (r() for r in stopped):  # the controllers detach() stopped go on with this optimizer
             if ctrl is not None and ctrl.optimizer is None and ctrl.conn is self:
-                ctrl.attach(opt)
+                # the one given, not its inner one: a ZeroRedundancyOptimizer's controller steps after its whole step
+                ctrl.attach(optimizer)
         return self
 
     def _check_optimizer(self, optimizer) -> torch.optim.Optimizer:

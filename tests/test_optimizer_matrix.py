@@ -491,12 +491,16 @@ def test_zero_redundancy_optimizer_over_two_processes_masks_and_resets_each_rank
     """Each rank's local optimizer holds only its shard. The controller updated right after that local step,
     before ZeroRedundancyOptimizer broadcast the other shards' new weights, so each rank pruned by other
     weights: MaskMismatchError at the first update. It also warned that the layers of the other rank's shard
-    were held by no optimizer of the connectome (their weights 'never train')."""
+    were held by no optimizer of the connectome (their weights 'never train').
+    Case "reattach": conn.detach() then conn.attach(opt) attached the stopped controller to the local optimizer
+    inside, not to ZeroRedundancyOptimizer itself: the same MaskMismatchError at the first update after it."""
     from _ports import two_rank_records
 
-    recs = [r["zero"] for r in two_rank_records("two_process_zero_redundancy.py", tmp_path)]
-    for r in recs:
-        assert "error" not in r, r
-        assert r["warnings"] == [] and r["zero"] and r["stale"] == 0 and r["events"] >= 3, r
-    assert recs[0]["hash"] == recs[1]["hash"]
-    assert recs[0]["held"] != recs[1]["held"]  # sharded indeed
+    records = two_rank_records("two_process_zero_redundancy.py", tmp_path)
+    for case in ("zero", "reattach"):
+        recs = [r[case] for r in records]
+        for r in recs:
+            assert "error" not in r, (case, r)
+            assert r["warnings"] == [] and r["zero"] and r["stale"] == 0 and r["events"] >= 3, (case, r)
+        assert recs[0]["hash"] == recs[1]["hash"], case
+        assert recs[0]["held"] != recs[1]["held"], case  # sharded indeed
