@@ -41,9 +41,9 @@ class ConnectomeOptimizersMixin:
         :func:`adaptive.optim_state.register_zero_preserving`). Moments at pruned positions are
         reset now and at every later mask change."""
         opt = self._check_optimizer(optimizer)
-        for ctrl in (r() for r in self._stopped):  # the controllers it attaches again below refuse it now, if at all
-            if ctrl is not None and ctrl.optimizer is None and ctrl.conn is self:
-                ctrl._check_maximize(opt)
+        for ctrl in (r() for r in self._controllers + self._stopped):  # every controller that would read its
+            if ctrl is not None and ctrl.conn is self:  # gradients refuses it now, if at all (before any hook)
+                ctrl._check_maximize(optimizer)
         if optimizer is not opt and not any(r() is optimizer for r in self._wrappers):
             # Accelerate's wrapper: it decides when the inner optimizer steps (see Controller.observe)
             self._wrappers.append(weakref.ref(optimizer))
@@ -72,7 +72,8 @@ class ConnectomeOptimizersMixin:
         stopped, self._stopped = self._stopped, []
         for ctrl in (r() for r in stopped):  # the controllers detach() stopped go on with this optimizer
             if ctrl is not None and ctrl.optimizer is None and ctrl.conn is self:
-                ctrl.attach(opt)
+                # the one given, not its inner one: a ZeroRedundancyOptimizer's controller steps after its whole step
+                ctrl.attach(optimizer)
         return self
 
     def _check_optimizer(self, optimizer) -> torch.optim.Optimizer:

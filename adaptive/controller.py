@@ -432,7 +432,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         # cannot be met): a failed construction leaves it as it was.
         if optimizer is not None:
             conn._check_optimizer(optimizer)
-            self._check_maximize(optimizer)
+        # (driven explicitly, it reads the gradients of the optimizers the connectome is attached to as well)
+        for opt in [optimizer] + [r() for r in conn._optimizers] + [r() for r in conn._wrappers]:
+            if opt is not None:
+                self._check_maximize(opt)
         if self.density is not None and conn.fixed_density is None:
             synapse_targets(self, self.density, strict=True)  # raises now, not at the first update, when it cannot be met
         kept = grow_init == "original" and not conn.original
@@ -461,11 +464,17 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             self.attach(optimizer)
 
     def _check_maximize(self, optimizer) -> None:
-        """Raise if ``optimizer`` maximizes (``maximize=True`` in a group) while an estimator of this
-        controller reads the gradient's sign: the gradients it observes are then those of an objective to
-        raise, not of a loss to lower, and its scores would be turned around."""
+        """Raise if ``optimizer`` maximizes (``maximize=True`` in a group that holds one of the
+        connectome's weights) while an estimator of this controller reads the gradient's sign: the
+        gradients it observes are then those of an objective to raise, not of a loss to lower, and its
+        scores would be turned around. A group of other parameters may maximize (a min-max game of one loss)."""
         opt = unwrap_optimizer(optimizer)
-        if not any(g.get("maximize") for g in opt.param_groups):
+        # (a ZeroRedundancyOptimizer's own groups: its local optimizer holds only this process's shard)
+        groups = [g for o in dict.fromkeys((opt, optimizer)) for g in getattr(o, "param_groups", ()) if g.get("maximize")]
+        if not groups:
+            return
+        mine = {id(p) for p in self.conn.params.values()}
+        if not any(id(p) in mine for g in groups for p in g["params"]):
             return
         restores = self.conn.mode == "mask_only" or self.grow_init == "original"  # (as context() gives ctx.restore)
         signed = [e for e in dict.fromkeys((self.drop_est, self.grow_est))
@@ -523,7 +532,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         opt = unwrap_optimizer(optimizer)
         if opt is self.optimizer and self._hook is not None:
             return self
-        self._check_maximize(opt)
+        self._check_maximize(optimizer)
         self.conn.attach(optimizer)  # (the wrapper given: Accelerate's skips the steps of an accumulated batch)
         for ref in list(self.conn._controllers):
             other = ref()
@@ -1021,6 +1030,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     def update(self) -> Optional[dict]:
         """Run one update now: reduce statistics, let the policy plan, apply, log an event."""
         step = self.step_count
+        for opt in [r() for r in self.conn._optimizers] + [r() for r in self.conn._wrappers]:
+            if opt is not None:  # (a group added with maximize=True since the attach: refused before any edit)
+                self._check_maximize(opt)
         # a policy that is done observed nothing since (see finished), and plans nothing from the window
         if self.stats is not None and not self.policy.finished:
             self.stats.reduce()

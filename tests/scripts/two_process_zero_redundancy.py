@@ -1,14 +1,16 @@
 """Run as ranks 0 and 1 (tests/_ports.two_rank_records): a RigL controller on a connectome attached to a
 ZeroRedundancyOptimizer over Adam, whose local optimizer on each rank holds only that rank's shard of the
-parameters. Records per rank: the warnings given, whether every pruned weight was +0.0 after every step,
-the moments left at pruned positions of the rank's own shard, the masks' hash and the controller's events."""
+parameters. Case "reattach": the same, with conn.detach() and conn.attach(opt) half-way (the controller the
+detach stopped attached again by the connectome). Records per rank: the warnings given, whether every pruned
+weight was +0.0 after every step, the moments left at pruned positions of the rank's own shard, the masks'
+hash and the controller's events."""
 import sys
 import warnings
 
 from _rank_record import record_cases
 
 
-def attempt(_):
+def attempt(reattach):
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -26,7 +28,10 @@ def attempt(_):
                                    end_step=8, seed=0)
         zero = True
         g = torch.Generator().manual_seed(3)  # the same batches on both ranks (no DDP here)
-        for _ in range(8):
+        for s in range(8):
+            if reattach and s == 4:
+                conn.detach()
+                conn.attach(opt)
             x, y = torch.randn(6, 6, generator=g), torch.randint(0, 4, (6,), generator=g)
             opt.zero_grad()
             F.cross_entropy(model(x), y).backward()
@@ -42,4 +47,4 @@ def attempt(_):
 
 if __name__ == "__main__":
     folder, rank = sys.argv[1], int(sys.argv[2])
-    record_cases(rank, folder, {"zero": None}, attempt, timeout_s=60, message_chars=2000)
+    record_cases(rank, folder, {"zero": False, "reattach": True}, attempt, timeout_s=60, message_chars=2000)
