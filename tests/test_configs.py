@@ -147,20 +147,6 @@ def test_the_cifar_config_compares_policies_by_changing_only_the_policy():
 ADAPTIVE_CONFIGS = [p for p in CONFIGS if recipe_of(p) == "adaptive"]
 
 
-def _imagenet_folder(root: Path) -> None:
-    """A tiny ImageNet-like tree: <root>/imagenet/{train,val}/<wnid>/*.JPEG, two classes of random images."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for wnid in ("n01440764", "n01443537"):
-            folder = root / "imagenet" / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
-
-
 @pytest.mark.parametrize("path", ADAPTIVE_CONFIGS, ids=[p.stem for p in ADAPTIVE_CONFIGS])
 def test_each_shipped_config_runs_end_to_end(path, tmp_path):
     """recipes/adaptive.py --config FILE runs to its end and writes its run folder, the config's own settings
@@ -170,11 +156,9 @@ def test_each_shipped_config_runs_end_to_end(path, tmp_path):
     common = ["--config", str(path), "--output_dir", str(out), "--threads", "1", "--num_workers", "0",
               "--progress", "false", "--figures", "false", "--batch_size", "4", "--eval_batch_size", "4"]
     if cfg.mode == "mask_only":
-        import torchvision
+        from _tiny_imagenet import tiny_imagenet_with_weights
 
-        _imagenet_folder(tmp_path)
-        torch.manual_seed(0)
-        torch.save(torchvision.models.mobilenet_v3_large(num_classes=2).state_dict(), tmp_path / "mnv3.pth")
+        tiny_imagenet_with_weights(tmp_path)
         argv = common + ["--data-dir", str(tmp_path), "--weights", str(tmp_path / "mnv3.pth"), "--holdout", "0.35",
                          "--dataset_kw.resize", "36", "--dataset_kw.image_size", "32"]
     else:

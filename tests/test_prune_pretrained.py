@@ -626,19 +626,11 @@ def test_imagenet_config_runs_end_to_end_on_a_tiny_image_folder(tmp_path):
     """The shipped MobileNetV3-Large ImageNet config, pointed at a tiny ImageFolder tree (random
     JPEGs, small images) and a weights file of a randomly initialised network: the whole job runs,
     removes its two counts exactly and changes no surviving weight."""
-    import numpy as np
-    from PIL import Image
     import torchvision
 
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("val", 2)):
-        for wnid in ("n01440764", "n01443537"):
-            folder = tmp_path / "imagenet" / split / wnid
-            folder.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
-    torch.manual_seed(0)
-    torch.save(torchvision.models.mobilenet_v3_large(num_classes=2).state_dict(), tmp_path / "mnv3.pth")
+    from _tiny_imagenet import tiny_imagenet_with_weights
+
+    tiny_imagenet_with_weights(tmp_path)
     out = tmp_path / "run"
     mod = recipe()
     argv = ["--config", str(ROOT / "recipes" / "configs" / "imagenet_mobilenetv3_maskonly.yaml"),
