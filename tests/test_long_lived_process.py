@@ -93,3 +93,51 @@ def test_graph_figures_keep_the_users_backend(tmp_path):
                        capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "svg True True"  # the user's backend and open figure, figures written
+
+
+def _mask_only_data():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 8, generator=g)
+    y = x[:, :3].argmax(1)
+    train = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:64], y[:64]), batch_size=16)
+    holdout = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[64:], y[64:]), batch_size=16)
+    return train, holdout
+
+
+def _mask_only_runs():
+    from adaptive.baselines.edge_popup import edge_popup
+
+    def oc(model, train, holdout):
+        r = adaptive.optimize_connectome(model, train, holdout, target=[0.3, 0.6], progress=False, seed=0)
+        return r.conn, {k: (s.masks, s.holdout_loss) for k, s in r.snapshots.items()}
+
+    def ep(model, train, holdout):
+        conn, snaps = edge_popup(model, train, holdout, targets=[0.3, 0.6], progress=False, seed=0)
+        return conn, {k: (s["masks"], s["holdout_loss"]) for k, s in snaps.items()}
+    return {"optimize_connectome": oc, "edge_popup": ep}
+
+
+@pytest.mark.parametrize("call", ["optimize_connectome", "edge_popup"])
+def test_mask_only_calls_run_alike_under_no_grad_and_inference_mode(call):
+    # they learn masks from gradients: called under torch.no_grad() (a notebook cell's, say) they failed on the
+    # first backward with torch's "element 0 of tensors does not require grad", and under torch.inference_mode()
+    # blamed loss_fn for an output not connected to the model; the diagnostics already ran under either
+    run = _mask_only_runs()[call]
+    train, holdout = _mask_only_data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    results = []
+    for mode in (None, torch.no_grad, torch.inference_mode):
+        if mode is None:
+            conn, snaps = run(model, train, holdout)
+        else:
+            with mode():
+                conn, snaps = run(model, train, holdout)
+                assert not torch.is_grad_enabled()  # the caller's mode is back
+        results.append(snaps)
+        conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})  # the dense start again
+    for other in results[1:]:
+        assert other.keys() == results[0].keys()
+        for k, (masks, loss) in other.items():
+            assert loss == results[0][k][1]
+            assert all(torch.equal(m, results[0][k][0][n]) for n, m in masks.items())
