@@ -141,3 +141,20 @@ def test_mask_only_calls_run_alike_under_no_grad_and_inference_mode(call):
         for k, (masks, loss) in other.items():
             assert loss == results[0][k][1]
             assert all(torch.equal(m, results[0][k][0][n]) for n, m in masks.items())
+
+
+@pytest.mark.parametrize("policy", ["rigl", "utility"])
+def test_a_controller_built_under_inference_mode_trains_outside_it(policy):
+    # its gradient statistics were made inference tensors there, and the first step outside it failed with torch's
+    # "Inplace update to inference tensor outside InferenceMode"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torch.inference_mode():
+        conn = adaptive.Connectome(model)
+        ctrl = adaptive.Controller(conn, opt, policy=policy, density=0.5, update_every=2, end_step=6, seed=0)
+    for _ in range(6):
+        nn.functional.cross_entropy(model(torch.randn(16, 8)), torch.randint(0, 3, (16,))).backward()
+        opt.step()
+        opt.zero_grad()
+    assert ctrl.step_count == 6 and abs(conn.density() - 0.5) < 0.02
