@@ -187,6 +187,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     skipped_observations = 0  # observe(scaler=...) calls leaving layers out: the scaler skips their optimizer's step (not saved)
     _warned_missed = False  # the missed-target warning was given (see _warn_missed_target): saved with the state
 
+    @torch.inference_mode(False)  # its statistics and state are updated in place at every step: built under
+    # torch.inference_mode() (a notebook cell), they were inference tensors, and the first update outside it failed
     def __init__(
         self,
         conn: Connectome,

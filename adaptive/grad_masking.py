@@ -45,7 +45,11 @@ class BackwardMasker:
         self.static_gen = -1  # the connectome's generation of edits only, and what it decided
         self.static_on = False
         self.on = False
-        self.hot = None  # the connectome's hot-path cache the hooks' masks came from
+        # the mask list of the connectome's hot-path cache the hooks' masks came from: that list alone, never the
+        # cache whole, whose parameters would close a cycle through their hooks (parameter -> its C++-held hook ->
+        # this masker -> the parameter) that Python's collector cannot see, keeping a dropped model's weights and
+        # gradients alive for good (a sweep building a model per run); held, so its id is never another list's
+        self.hot = None
         self.hooks: Dict[str, _GradHook] = {}
         self.handles: list = []
         self.done: Dict[str, tuple] = {}  # name -> (weakref to the gradient, its version after masking)
@@ -83,10 +87,10 @@ class BackwardMasker:
         if on and conn._observer_active:
             on = not conn._wants_dense_gradients()
         if on:
-            hot = conn._hot_lists()  # rebuilt after an edit or a move of the model
-            if hot is not self.hot:
-                self.hot = hot
-                masks = dict(zip(hot[0], hot[2]))
+            names, _, imasks = conn._hot_lists()  # rebuilt after an edit or a move of the model
+            if imasks is not self.hot:
+                self.hot = imasks
+                masks = dict(zip(names, imasks))
                 for n, h in self.hooks.items():
                     h.mask = masks.get(n)
         self.on = on

@@ -53,6 +53,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional, Sequence, Union
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -90,6 +91,8 @@ _REEXPORTED = (_better, _criterion, _finite, _refuse_nonfinite_dense, _bits, _sa
 
 
 @seeded_global_rng.by_argument("seed")
+@torch.inference_mode(False)  # it learns masks from gradients, whatever the caller's mode: a call under
+@torch.enable_grad()  # torch.no_grad() (a notebook cell) failed on the first backward
 def optimize_connectome(
     model: nn.Module,
     train_loader,
@@ -209,7 +212,8 @@ def optimize_connectome(
     Guarantees: no surviving weight changes by a single bit; each numeric target is met exactly
     (to the ensemble) at its snapshot; only ``train_loader`` and ``holdout_loader`` are read; if
     the run is interrupted (an error in a loader or the loss, Ctrl-C), the model gets its original
-    weights back before the exception propagates.
+    weights back before the exception propagates. It computes gradients whatever the caller's mode: a call
+    under ``torch.no_grad()`` or ``torch.inference_mode()`` runs alike (batches made outside inference mode).
     Raises ValueError before any work on a bad target (a positive one too small to remove one
     ensemble included: a fraction of 1e-9 would give back the dense network), an empty loader or a bad setting (a
     ``loss_fn``, ``accuracy_fn`` or ``callback`` that cannot be called included). A holdout loader

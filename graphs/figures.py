@@ -14,12 +14,12 @@ from . import analysis
 
 
 def _plt():
-    import matplotlib
+    """matplotlib.pyplot on the backend the user picked (``MPLBACKEND``, ``matplotlib.use``, a
+    matplotlibrc's, or the one a pyplot already in use runs on), Agg only where none was picked:
+    switching a notebook's backend to Agg would leave its later ``plt.show()`` showing nothing."""
+    from adaptive.diagnostics.table import pyplot
 
-    matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _headed(title: Optional[str], own: str) -> str:

@@ -197,6 +197,8 @@ def _check_first(out: torch.Tensor, y, loss_fn: Callable) -> None:
 
 
 @seeded_global_rng.by_argument("seed")
+@torch.inference_mode(False)  # it learns masks from gradients, whatever the caller's mode: a call under
+@torch.enable_grad()  # torch.no_grad() (a notebook cell) failed on the first backward
 def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Optional[Sequence] = None, passes: float = 1.0,
                lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
                exclude=None, seed: int = 0, *, target=None):
@@ -215,7 +217,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Optional
     Edge-popup itself draws nothing at random; the call runs with the global generators seeded from
     ``seed`` and puts the caller's back afterwards, as :func:`adaptive.optimize_connectome` does: a
     loader without a ``generator`` of its own reads the same batches at every call with this seed,
-    one with a generator shuffles by it, untouched.
+    one with a generator shuffles by it, untouched. Like it, it computes gradients whatever the caller's mode:
+    a call under ``torch.no_grad()`` or ``torch.inference_mode()`` runs alike (batches made outside inference mode).
 
     Edge-popup makes no collective call of its own, but under several processes the model is
     typically DistributedDataParallel (``find_unused_parameters=True``: the frozen biases get no
