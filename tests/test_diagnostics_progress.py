@@ -369,3 +369,21 @@ def test_the_density_panel_starts_at_step_0_as_the_runs_density_png(tmp_path, mo
     assert list(ours.get_xdata()) == list(runs.get_xdata()) == [0, 25, 50, 60]
     assert list(ours.get_ydata()) == list(runs.get_ydata()) == [1.0, 0.9, 0.8, 0.8]
     plt.close("all")
+
+
+def test_the_held_out_point_at_the_test_points_count_is_drawn_over_it(tmp_path, monkeypatch):
+    """A run's last held-out evaluation and its test report share a removed count, and often nearly a value: both
+    were drawn as the same 3-point circle, the test one after, so the held-out point lay hidden under it (a real
+    lenet300 run's progress.png showed no held-out point at all). As in loss_accuracy.png, the test point is now a
+    larger square and the held-out circle lies over it."""
+    rows = ["step,split,loss,accuracy,removed"] + [f"{s},train,1.0,0.5,{s * 10}" for s in (10, 20)]
+    rows += ["20,holdout,0.9,0.6,200", "20,test,0.9,0.6,200"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    for ax in figs[0].axes[:2]:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        held, test = lines["held-out (part of TRAIN)"], lines["test"]
+        assert list(held.get_xydata()[0]) == list(test.get_xydata()[0])  # the same place
+        assert held.get_zorder() > test.get_zorder()
+        assert test.get_markersize() > held.get_markersize()  # the test point shows around the held-out one

@@ -115,6 +115,10 @@ def _held_to(pts: list, end) -> list:
     return pts
 
 
+# the test and held-out points of a run often share a count (its last): the test square larger, under the circle
+_SPLIT_MARK = {"test": dict(marker="s", ms=6), "holdout": dict(zorder=3)}
+
+
 @dataclass
 class Progress:
     """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row:
@@ -157,7 +161,11 @@ class Progress:
                 for s in splits:
                     pts = [(r[xkey], r[key]) for r in given if str(r.get("split", "all")) == s and finite(r[key])]
                     if pts:
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=names.get(s, s), color=SPLIT_COLOR.get(s))
+                        # as in loss_accuracy.png: the test point a larger square, the held-out circle over it. Drawn
+                        # alike in split order, the run's last held-out point (at the test point's count) lay under it
+                        style = dict(marker="o", ms=3, ls="-") | _SPLIT_MARK.get(s, {})
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=names.get(s, s), color=SPLIT_COLOR.get(s),
+                                **style)
                         drawn = True
                 ax.set_xlabel(xlabel)
                 ax.xaxis.set_major_formatter(EngFormatter(sep=""))
