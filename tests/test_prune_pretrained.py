@@ -1882,6 +1882,9 @@ def test_curves_of_a_short_run_tick_whole_batches_show_its_boundaries_and_promis
     assert crawl.get_title().endswith("(no update swapped a synapse)")
     (prune,) = bounds.get_lines()
     assert prune.get_markersize() >= 4
+    for ax in fig.axes[:2]:  # the 4 train windows' dots were specks too (3 points, half transparent)
+        (train,) = [line for line in ax.get_lines() if line.get_label() == "train (update windows)"]
+        assert train.get_markersize() >= 6
     close(fig)
     figs.clear()
     events[1] = dict(kind="update", step=2, pruned=3, grown=3, boundaries=None)  # a swap: the title names swaps

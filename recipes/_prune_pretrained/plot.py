@@ -30,8 +30,10 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
         held_out = "part of TRAIN" + (f", {holdout_images:,} images" if holdout_images is not None else "")
         for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
             if ups:  # (a run whose every target is 0 has none: no empty legend entry)
-                ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3,
-                        alpha=0.5, color=SPLIT_COLOR["train"], label="train (update windows)")
+                # sized for a thousand update windows, a short run's few dots (alpha 0.5) were specks beside the
+                # held-out and test markers: larger where there are few, as the boundaries panel's
+                ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".",
+                        ms=3 if len(ups) > 100 else 7, alpha=0.5, color=SPLIT_COLOR["train"], label="train (update windows)")
             ends = sorted(_stage_ends(evs))
             held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}
             if dense and dense[0]["removed"] not in held:  # the starting network's score starts the line
