@@ -42,11 +42,13 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
             if during:  # evaluations before a stage had settled: right after a jump the network is still adapting
                 ax.plot(*zip(*during), "o", ms=3, mfc="none", color=SPLIT_COLOR["holdout"], alpha=0.8, zorder=3,
                         label="held-out, during a stage")
-            ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"], zorder=3,
-                    label=f"held-out ({held_out}), end of each stage")  # over the test squares at the same counts
+            if held:  # (none logged: no legend entry for a line that is not there)
+                ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"], zorder=3,
+                        label=f"held-out ({held_out}), end of each stage")  # over the test squares at the same counts
             rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
-            ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
-                    color=SPLIT_COLOR["test"], label="test (final report)")
+            if rows:
+                ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
+                        color=SPLIT_COLOR["test"], label="test (final report)")
             ax.set_xlabel("removed weights")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a count: no "500 m" ticks between 0 and 3
             ax.xaxis.set_major_formatter(EngFormatter())
@@ -62,7 +64,10 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
             shown = [v for v in shown if v is not None]  # (no accuracy: not a value, not drawn)
             bad = sum(1 for v in shown if not finite(v))
             note_nonfinite(ax, name, bad, len(shown), drawn=bad < len(shown))
-            ax.legend(fontsize=8)
+            if ax.get_lines():
+                # under the panel (room made above the one below): inside ("best"), a run of one count (--remove 0)
+                # had its held-out point and test square at the top and bottom of the middle, and the legend on them
+                legend_below(ax, ncol=2, in_layout=True)
             ax.grid(alpha=0.3)
         ax = axes[1, 0]
         # a step function: the count jumps at an update and holds until the next; from step 0 at the count
