@@ -14,12 +14,11 @@ from . import analysis
 
 
 def _plt():
-    import matplotlib
+    """pyplot on the backend the user picked (``matplotlib.use``, a matplotlibrc, ``MPLBACKEND``), Agg where none
+    was: ``matplotlib.use("Agg")`` on every call unless MPLBACKEND was set switched a user's own choice away."""
+    from adaptive.diagnostics.table import pyplot
 
-    matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
-    import matplotlib.pyplot as plt
-
-    return plt
+    return pyplot()
 
 
 def _headed(title: Optional[str], own: str) -> str:

@@ -13,11 +13,10 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
     """``curves.png``: loss and accuracy against removed weights, the removed count and swaps per
     update against step, and the edit boundaries; ``title`` (the model and dataset) heads it, and
     the held-out line's legend gives ``holdout_images``, the held-out part's size, where known."""
-    import matplotlib
+    from adaptive.diagnostics.table import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # the user's backend where one was picked (matplotlib.use("Agg") here switched it away), else Agg
+    plt = pyplot()
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
     ups = [h for h in history if h["kind"] == "update"]
