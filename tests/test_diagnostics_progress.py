@@ -387,3 +387,27 @@ def test_the_held_out_point_at_the_test_points_count_is_drawn_over_it(tmp_path, 
         assert list(held.get_xydata()[0]) == list(test.get_xydata()[0])  # the same place
         assert held.get_zorder() > test.get_zorder()
         assert test.get_markersize() > held.get_markersize()  # the test point shows around the held-out one
+
+
+def test_a_density_legend_of_many_long_layer_names_covers_no_other_legend(tmp_path, monkeypatch):
+    """53 layers named as in a wrapped ResNet ("module.backbone.layer4.block1.conv1.weight"): the density panel's
+    legend in four columns was twice as wide as its panel and lay over the boundaries panel's legend beside it ("restore"
+    was hidden). Its columns now fit under its panel. The empty estimates panel has no 0-1 ticks, as the empty
+    boundaries panel."""
+    names = [f"module.backbone.layer{i // 3}.block{i % 3}.conv{i % 2}.weight" for i in range(53)]
+    _events(tmp_path, [{"step": s, "kind": "update", "pruned": 100, "grown": 50, "density": 0.9 - 0.01 * s,
+                        "layer_density": {n: 0.5 for n in names}, "boundaries": {"prune": 0.1, "restore": 0.2}}
+                       for s in (10, 20)])
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n10,train,1.0,0.5,100\n20,train,1.0,0.5,200\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 5
+    for i, a in enumerate(legends):
+        assert not any(a.get_window_extent(r).overlaps(b.get_window_extent(r)) for b in legends[i + 1:])
+        assert not any(a.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)
+    assert len(fig.axes[4].get_legend().get_texts()) == 54
+    assert not list(fig.axes[5].get_xticks()) and not list(fig.axes[5].get_yticks())

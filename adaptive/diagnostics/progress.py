@@ -252,7 +252,15 @@ class Progress:
             ax.set_ylim(0, 1.05)  # from 0, as the run's density.png: a drop from 1.0 to 0.9 looked like one to nothing
             ax.set_title("density" + (f" (legend below: all {len(layers)} layers)" if layers else ""), fontsize=9)
             if pts or layers:  # under the panel: inside, it covered the layers' lines
-                legend_below(ax, fontsize=6, ncol=max(2, min(4, math.ceil(len(layers) / 8))))
+                ncol = max(2, min(4, math.ceil(len(layers) / 8)))
+                leg = legend_below(ax, fontsize=6, ncol=ncol)
+                # no wider than the panel (measured before tight_layout, which only widens it): four columns of a
+                # wrapped ResNet's names ("module.backbone.layer4.block1.conv1.weight") ran under the boundaries
+                # panel's legend beside it and covered it
+                while ncol > 1 and leg.get_window_extent().width > ax.get_window_extent().width:
+                    leg.remove()
+                    ncol -= 1
+                    leg = legend_below(ax, fontsize=6, ncol=ncol)
             else:
                 ax.text(0.5, 0.5, "no density logged", ha="center", va="center", transform=ax.transAxes)
             ax.grid(True, alpha=0.3)
@@ -314,6 +322,8 @@ class Progress:
             if measured:
                 msg += f"\n{measured} measured loss change(s) logged, with no estimate to compare"
         ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.set_xticks([])  # (0 to 1 is no loss change's scale: the empty boundaries panel has no ticks either)
+        ax.set_yticks([])
         ax.set_xlabel("estimated loss change of the update")
         ax.set_ylabel("actual loss change (held-out)")
         ax.set_title("utility estimate against outcome", fontsize=9)
