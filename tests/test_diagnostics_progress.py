@@ -411,3 +411,21 @@ def test_a_density_legend_of_many_long_layer_names_covers_no_other_legend(tmp_pa
         assert not any(a.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)
     assert len(fig.axes[4].get_legend().get_texts()) == 54
     assert not list(fig.axes[5].get_xticks()) and not list(fig.axes[5].get_yticks())
+
+
+def test_step_and_removal_axes_of_a_short_run_tick_whole_numbers(tmp_path, monkeypatch):
+    """A two-update run (prune_pretrained --subset 512 --passes 0.5): progress.png ticked its step axes at 1.2, 1.4,
+    ..., 0.96, 0.98, ... and 1.900, 1.925, ..., steps that do not exist (the run's own figures tick whole steps)."""
+    _events(tmp_path, [{"step": 1, "kind": "update", "pruned": 50, "grown": 0, "density": 0.8, "layer_density": {"a": 0.8},
+                        "boundaries": {"prune": 0.19}, "est_loss_change": 0.0},
+                       {"step": 2, "kind": "update", "pruned": 0, "grown": 0, "density": 0.8, "layer_density": {"a": 0.8},
+                        "est_loss_change": 0.01}])
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n1,train,0.5,0.8,0\n2,train,0.4,0.9,3\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
