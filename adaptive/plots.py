@@ -290,9 +290,13 @@ def plot_density(events: Sequence[dict], path, kept: Optional[dict] = None, last
         ax.set_title(_headed(title, "connectome density, overall and per layer" + ("; silent units" if silent else "")))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            # beside the axes: inside, it covered the layers' lines
-            ax.legend(fontsize=7, ncol=2 if evs and len(evs[-1].get("layer_density", {})) > 24 else 1,
-                      loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+            # beside the axes: inside, it covered the layers' lines. Out of tight_layout, which cannot fit
+            # a wide legend (a ResNet-50's 53 long layer names in two columns) in the figure's 8 inches: it
+            # warned "Tight layout not applied" and left the margins as they were; the saved canvas
+            # (bbox_inches="tight" with tight_artists) grows to hold the legend instead
+            leg = ax.legend(fontsize=7, ncol=2 if evs and len(evs[-1].get("layer_density", {})) > 24 else 1,
+                            loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+            leg.set_in_layout(False)
         fig.tight_layout()
         return _save(fig, plt, path)
 

@@ -8,7 +8,7 @@ from typing import List, Optional
 import torch
 
 from adaptive.atomic import atomic_path
-from adaptive.plots import closed_on_error
+from adaptive.plots import closed_on_error, tight_artists
 
 from . import analysis
 
@@ -31,9 +31,16 @@ def _save(fig, out_dir, name) -> str:
     path = os.path.join(out_dir, name)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
+        # "tight": the canvas grows to hold a legend beside the axes (:func:`_legend_beside`)
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
     _plt().close(fig)
     return path
+
+
+def _legend_beside(ax) -> None:
+    """The legend right of the axes, out of tight_layout (the saved canvas grows to hold it): inside ("best"),
+    dead_units.png's legend lay over a layer's bar when every corner held one (lenet300 at 5%: fc2's 88%)."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0).set_in_layout(False)
 
 
 def _layer_ticks(ax, names) -> None:
@@ -121,7 +128,7 @@ def plot_dead(g, out_dir, title: Optional[str] = None) -> str:
         ax.set_ylabel("fraction of the layer's units that are dead")
         ax.set_xlabel("layer")
         ax.set_title(_headed(title, f"dead units: {int(dead['dead'].sum())} of {int((g.node_attrs['kind'] == 2).sum())} (unreachable either way)"))
-        ax.legend(fontsize=7)
+        _legend_beside(ax)
         return _save(fig, out_dir, "dead_units.png")
 
 
@@ -140,7 +147,7 @@ def plot_reachability(g, out_dir, title: Optional[str] = None) -> str:
         ax.set_ylabel("fraction of units")
         ax.set_xlabel("layer (topological order)")
         ax.set_title(_headed(title, "reachability through live synapses"))
-        ax.legend(fontsize=7)
+        _legend_beside(ax)
         return _save(fig, out_dir, "reachability.png")
 
 

@@ -312,3 +312,28 @@ def test_a_layer_run_under_no_grad_is_left_out_naming_that_cause():
                                          r"use them, or runs them under torch.no_grad\(\) or detaches their output"):
         col = collinearity(Frozen(), data)
     assert list(col.cosine) == ["head.weight"]
+
+
+def test_the_noise_line_legend_of_the_scatter_lies_off_its_cells(monkeypatch):
+    """The 1/sqrt(batches) legend sat inside the hexbin panel, upper left, where cells of weights with a small G and a
+    high collinearity are drawn: it now lies under the axes, off them, and on the saved canvas."""
+    import importlib
+
+    import matplotlib.pyplot as plt
+
+    module = importlib.import_module("adaptive.diagnostics.collinearity")
+    figs = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [path])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    res = collinearity(model, [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(4)])
+    res.plot("a.png")
+    fig = figs[0]
+    try:
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        legend = fig.axes[0].get_legend()
+        assert [t.get_text() for t in legend.get_texts()] == ["1/sqrt(batches): one batch alone, or noise"]
+        assert not any(legend.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)  # nor the colorbar
+    finally:
+        plt.close(fig)

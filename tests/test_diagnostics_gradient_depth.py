@@ -1320,3 +1320,26 @@ def test_a_tied_weight_read_by_another_module_too_is_refused(model, layer, other
     x = torch.randint(0, 10, (4, 5)) if model is TiedHead else torch.randn(4, 4)
     with pytest.raises(ValueError, match=rf"the weight of '{layer}' is also that of \['{other}'\] \(a tied weight"):
         gradient_by_depth(model(), [(x, torch.randint(0, 3, (4,)))], layer=layer, batches=1)
+
+
+def test_a_log_axis_of_gradients_all_of_one_size_spans_a_decade(monkeypatch):
+    """Every gradient 1.0 (inputs of one value, two bands): the log axis autoscaled to 1.000-1.008, where the
+    medians' and quartiles' histogram bins (1/200 decade) stood as a spread above every weight's point, with tick
+    labels "1.002x10^0". The axis now spans at least a decade around what it draws."""
+    import matplotlib.pyplot as plt
+
+    import adaptive.diagnostics.gradient_depth as gd
+
+    layer = nn.Linear(4, 2, bias=False)
+    x = torch.ones(1, 4)
+    res = gradient_by_depth(layer, constant_loader(x, 3), layer="", batches=3, loss_fn=sum_loss,
+                            depths=torch.tensor([0, 0, 1, 1]))
+    figs = []
+    monkeypatch.setattr(gd, "save_figure", lambda fig, path, svg=False: figs.append(fig) or [path])
+    res.plot("g.png")
+    try:
+        ax = figs[0].axes[0]
+        lo, hi = ax.get_ylim()
+        assert ax.get_yscale() == "log" and hi / lo >= 10 * 0.999 and lo < 1.0 < hi
+    finally:
+        plt.close(figs[0])

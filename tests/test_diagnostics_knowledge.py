@@ -628,7 +628,7 @@ def test_the_fit_panels_legends_hide_no_measured_point_of_the_resnet20_curve(mon
     fig.canvas.draw()
     for ax in fig.axes[2:4]:  # the loss-increase and accuracy-drop panels
         box = ax.get_legend().get_window_extent()
-        points = next(line for line in ax.get_lines() if line.get_label() == "measured (> 0)")
+        points = next(line for line in ax.get_lines() if line.get_label().startswith("measured (> 0"))
         shown = ax.transData.transform(points.get_xydata())
         assert not any(box.contains(x, y) for x, y in shown), ax.get_ylabel()
 
@@ -709,3 +709,28 @@ def test_a_knowledge_run_of_a_model_named_infinity_loads_its_name(tmp_path):
     curve.save(tmp_path)
     back = KnowledgeCurve.load(str(tmp_path))
     assert (back.meta["model"], back.meta["dataset"], back.estimator) == ("Infinity", "-Infinity", "NaN")
+
+
+def test_the_log_panels_count_the_points_at_or_below_0_they_leave_out(tmp_path, monkeypatch):
+    """The loss-increase and accuracy-drop panels are log axes: a removal that left the accuracy as it was (or raised
+    it) has no place there, and the panel dropped it without a word; the legend now counts them (the 0-removed
+    point, 0 by definition, is not counted)."""
+    import matplotlib.pyplot as plt
+
+    from adaptive.diagnostics import Table
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+
+    k = [0, 1, 2, 4, 8]
+    rows = [dict(removed=a, fraction=a / 8, accuracy=c, loss=1 + x, accuracy_drop=0.8 - c, loss_increase=x)
+            for a, x, c in zip(k, [0, 0.01, 0.02, 0.1, 1.0], [0.8, 0.8, 0.81, 0.7, 0.4])]
+    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, {}, 0.1)
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    curve.plot(tmp_path / "k.png")
+    fig = figs[0]
+    try:
+        loss, drop = fig.axes[2], fig.axes[3]
+        assert [t.get_text() for t in loss.get_legend().get_texts()] == ["measured (> 0)"]
+        assert [t.get_text() for t in drop.get_legend().get_texts()] == ["measured (> 0; 2 of 4 at or below 0 not drawn)"]
+    finally:
+        plt.close(fig)

@@ -369,3 +369,63 @@ def test_the_density_panel_starts_at_step_0_as_the_runs_density_png(tmp_path, mo
     assert list(ours.get_xdata()) == list(runs.get_xdata()) == [0, 25, 50, 60]
     assert list(ours.get_ydata()) == list(runs.get_ydata()) == [1.0, 0.9, 0.8, 0.8]
     plt.close("all")
+
+
+def test_the_held_out_point_at_the_test_points_count_is_drawn_over_it(tmp_path, monkeypatch):
+    """A run's last held-out evaluation and its test report share a removed count, and often nearly a value: both
+    were drawn as the same 3-point circle, the test one after, so the held-out point lay hidden under it (a real
+    lenet300 run's progress.png showed no held-out point at all). As in loss_accuracy.png, the test point is now a
+    larger square and the held-out circle lies over it."""
+    rows = ["step,split,loss,accuracy,removed"] + [f"{s},train,1.0,0.5,{s * 10}" for s in (10, 20)]
+    rows += ["20,holdout,0.9,0.6,200", "20,test,0.9,0.6,200"]
+    (tmp_path / "metrics.csv").write_text("\n".join(rows) + "\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    for ax in figs[0].axes[:2]:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        held, test = lines["held-out (part of TRAIN)"], lines["test"]
+        assert list(held.get_xydata()[0]) == list(test.get_xydata()[0])  # the same place
+        assert held.get_zorder() > test.get_zorder()
+        assert test.get_markersize() > held.get_markersize()  # the test point shows around the held-out one
+
+
+def test_a_density_legend_of_many_long_layer_names_covers_no_other_legend(tmp_path, monkeypatch):
+    """53 layers named as in a wrapped ResNet ("module.backbone.layer4.block1.conv1.weight"): the density panel's
+    legend in four columns was twice as wide as its panel and lay over the boundaries panel's legend beside it ("restore"
+    was hidden). Its columns now fit under its panel. The empty estimates panel has no 0-1 ticks, as the empty
+    boundaries panel."""
+    names = [f"module.backbone.layer{i // 3}.block{i % 3}.conv{i % 2}.weight" for i in range(53)]
+    _events(tmp_path, [{"step": s, "kind": "update", "pruned": 100, "grown": 50, "density": 0.9 - 0.01 * s,
+                        "layer_density": {n: 0.5 for n in names}, "boundaries": {"prune": 0.1, "restore": 0.2}}
+                       for s in (10, 20)])
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n10,train,1.0,0.5,100\n20,train,1.0,0.5,200\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 5
+    for i, a in enumerate(legends):
+        assert not any(a.get_window_extent(r).overlaps(b.get_window_extent(r)) for b in legends[i + 1:])
+        assert not any(a.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)
+    assert len(fig.axes[4].get_legend().get_texts()) == 54
+    assert not list(fig.axes[5].get_xticks()) and not list(fig.axes[5].get_yticks())
+
+
+def test_step_and_removal_axes_of_a_short_run_tick_whole_numbers(tmp_path, monkeypatch):
+    """A two-update run (prune_pretrained --subset 512 --passes 0.5): progress.png ticked its step axes at 1.2, 1.4,
+    ..., 0.96, 0.98, ... and 1.900, 1.925, ..., steps that do not exist (the run's own figures tick whole steps)."""
+    _events(tmp_path, [{"step": 1, "kind": "update", "pruned": 50, "grown": 0, "density": 0.8, "layer_density": {"a": 0.8},
+                        "boundaries": {"prune": 0.19}, "est_loss_change": 0.0},
+                       {"step": 2, "kind": "update", "pruned": 0, "grown": 0, "density": 0.8, "layer_density": {"a": 0.8},
+                        "est_loss_change": 0.01}])
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n1,train,0.5,0.8,0\n2,train,0.4,0.9,3\n")
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)

@@ -107,6 +107,12 @@ X = torch.randn(32, 4); Y = torch.randint(0, 3, (32,))
 col = collinearity(net, [(X[:16], Y[:16]), (X[16:], Y[16:])])
 col.plot(sys.argv[2] + "/col.png")
 plot_loss_accuracy([{"step": 1, "split": "train", "loss": 1.0, "accuracy": 0.5}], sys.argv[2] + "/la.png")
+# prune_pretrained's curves.png and the graphs figures called matplotlib.use("Agg") (graphs: unless MPLBACKEND was set)
+from recipes._prune_pretrained.plot import _plot
+_plot([], [dict(target="dense", removed=0, holdout_acc=0.8, holdout_loss=0.5, test_acc=0.7, test_loss=0.6)], [],
+      sys.argv[2] + "/curves.png")
+from graphs.figures import _plt
+_plt()
 print(matplotlib.get_backend().lower(), plt.get_fignums())
 """
 
@@ -119,7 +125,7 @@ def test_plots_keep_the_users_backend(tmp_path, choice, expect):
                        capture_output=True, text=True, timeout=CHILD_TIMEOUT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == expect
-    assert (tmp_path / "col.png").exists() and (tmp_path / "la.png").exists()
+    assert (tmp_path / "col.png").exists() and (tmp_path / "la.png").exists() and (tmp_path / "curves.png").exists()
 
 
 @pytest.mark.parametrize("values, dtype", [

@@ -51,3 +51,35 @@ def test_rows_run_the_recipe_and_the_one_shot_mask_is_torchs(tmp_path):
     assert shown == ("Reproduce: `python recipes/benchmarks/gradual_pruning.py --rows 'dense,one-shot magnitude' "
                      f"--subset 300 --test-subset 100 --epochs 1 --density 0.2 --data-dir {SHARED}`")
     assert (tmp_path / "runs" / "one-shot_magnitude" / "connectome.safetensors").is_file()
+
+
+def test_a_dashed_row_is_drawn_over_a_solid_one_on_the_same_points(tmp_path, monkeypatch):
+    """One-shot magnitude (dashed) and utility/curvature (solid) both hold density 0.1 from step 0: the solid line,
+    drawn later, covered the dashed one, and docs/figures/gradual_pruning_resnet20.png showed no one-shot density. Every
+    broken line now lies over every solid one."""
+    import json
+
+    import matplotlib.pyplot as plt
+
+    from adaptive import plots
+
+    bench = _bench()
+    names = ["dense", "one-shot magnitude", "gmp", "gmp/curvature", "threshold/curvature",
+             "threshold/curvature (cubic pace)", "utility/curvature"]
+    for name in names:
+        folder = bench.run_folder(tmp_path, name)
+        folder.mkdir()
+        (folder / "metrics.csv").write_text("step,epoch,split,loss,accuracy\n10,0,train,1.0,0.5\n20,0,train,0.9,0.6\n"
+                                            "20,0,holdout,0.9,0.6\n")
+        (folder / "events.jsonl").write_text(json.dumps({"kind": "init", "step": 0, "density": 0.1}) + "\n")
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, path: figs.append(fig) or path)
+    bench.plot_rows(tmp_path, names, tmp_path / "f.png", "t")
+    try:
+        lines = {line.get_label(): line for line in figs[0].axes[0].get_lines()}
+        solid = [line.get_zorder() for line in lines.values() if line.get_linestyle() == "-"]
+        broken = [line.get_zorder() for line in lines.values() if line.get_linestyle() != "-"]
+        assert lines["one-shot magnitude"].get_linestyle() == "--" and lines["utility/curvature"].get_linestyle() == "-"
+        assert min(broken) > max(solid)
+    finally:
+        plt.close(figs[0])

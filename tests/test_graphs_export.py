@@ -1138,3 +1138,30 @@ def test_cli_compact_prints_the_difference_relative_to_the_outputs_too(mlp_run, 
     said = f"(outputs agree to {c['max_abs_diff']:.2g}, {c['max_rel_diff']:.2g} relative to their largest magnitude)"
     out = capsys.readouterr().out
     assert said in out and f"{said}, checked at atol 0.0001 (x each output's largest magnitude where below 1), rtol 0.0001;" in out
+
+
+def test_per_layer_figure_legends_lie_beside_the_axes_on_the_saved_canvas(tmp_path, monkeypatch):
+    """dead_units.png of lenet300 at 5% density: fc2's bar (88% dead) reached under the legend, which matplotlib's
+    "best" placed inside over it, every corner holding a bar. The legends of the dead-units and reachability
+    figures now lie right of the axes, and the saved canvas holds them."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    models = pytest.importorskip("adaptive.models")
+    m = models.build_model("lenet300", num_classes=10, in_shape=(1, 28, 28))
+    g = graphs.build(model=m, level="unit")
+    figs = []
+    real = graphs.figures._save
+    monkeypatch.setattr(graphs.figures, "_save", lambda fig, out_dir, name: figs.append((name, fig)) or real(fig, out_dir, name))
+    for plot in (graphs.figures.plot_dead, graphs.figures.plot_reachability):
+        path = plot(g, tmp_path)
+        from PIL import Image
+
+        with Image.open(path) as im:
+            width = im.size[0]
+        name, fig = figs[-1]
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent(renderer)
+        assert not legend.overlaps(ax.get_window_extent(renderer)), name
+        assert legend.x0 > ax.get_window_extent(renderer).x1, name
+        assert width > fig.get_figwidth() * 110, name  # the canvas grew to hold it (dpi 110)

@@ -348,3 +348,36 @@ def test_step_axes_of_a_one_step_run_tick_that_step_alone(figures, tmp_path):
         for ax in fig.axes:
             if ax.get_xlabel().startswith("training step"):
                 assert _ticks_in_view(ax.xaxis, ax.get_xlim()) == [1.0], ax.get_xlabel()
+
+
+def test_a_density_legend_of_many_long_layer_names_warns_nothing_and_keeps_the_axes(tmp_path):
+    """53 layers with long names (a ResNet-50's, wrapped in a module): the two-column legend beside the axes was
+    wider than the figure, and tight_layout warned "Tight layout not applied" and left the margins as they were.
+    The legend is now out of the layout, the axes keep their width, and the saved canvas holds the legend."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    names = [f"module.backbone.layer{i // 3}.block{i % 3}.conv{i % 2}.weight_very_long_name_{i}" for i in range(53)]
+    ev = [{"step": s, "kind": "update", "density": 0.9 - 0.01 * s, "layer_density": {n: 0.5 for n in names}}
+          for s in range(1, 6)]
+    kept = []
+    real_close = plt.close
+    plt.close = lambda fig=None: kept.append(fig)  # keep the figure to inspect after the real save
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            path = plots.plot_density(ev, tmp_path / "density.png", last_step=8)
+    finally:
+        plt.close = real_close
+    (fig,) = kept
+    try:
+        assert path.is_file()
+        ax = fig.axes[0]
+        leg = ax.get_legend()
+        assert not leg.get_in_layout()
+        assert ax.get_position().width * fig.get_figwidth() > 5  # inches: the axes were not squeezed by the legend
+        assert not _window(fig, leg).overlaps(_window(fig, ax))
+        assert len(_legend(ax)) == 54
+    finally:
+        plt.close(fig)

@@ -1874,6 +1874,9 @@ def test_curves_of_a_short_run_tick_whole_batches_show_its_boundaries_and_promis
     assert crawl.get_title().endswith("(no update swapped a synapse)")
     (prune,) = bounds.get_lines()
     assert prune.get_markersize() >= 4
+    for ax in fig.axes[:2]:  # the 4 train windows' dots were specks too (3 points, half transparent)
+        (train,) = [line for line in ax.get_lines() if line.get_label() == "train (update windows)"]
+        assert train.get_markersize() >= 6
     close(fig)
     figs.clear()
     events[1] = dict(kind="update", step=2, pruned=3, grown=3, boundaries=None)  # a swap: the title names swaps
@@ -2002,3 +2005,44 @@ def test_the_final_reports_bar_is_closed_when_the_report_raises(tmp_path, weight
     bars = [b for b in opened if b.desc == "final report"]
     assert len(bars) == 1 and bars[0].n > 0, bars
     assert bars[0] not in tqdm._instances, "the final report's bar was left open"
+
+
+@pytest.mark.parametrize("run", ["dense only", "stages"])
+def test_curves_legends_lie_off_every_panel_and_name_only_what_is_drawn(tmp_path, monkeypatch, run):
+    """--remove 0 (the dense network scored, no stage run): the top panels' one held-out point and one test square lie
+    at the top and bottom of the middle, and the legend inside ("best") lay on one of them; a run with no test rows
+    listed a "test (final report)" entry with nothing drawn. The legends now lie under the panels, off every axes and
+    each other, and name only the lines drawn."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    if run == "dense only":
+        history = [dict(kind="eval", step=0, stage=0, removed=0, holdout_loss=0.5, holdout_acc=0.8)]
+        rows = [dict(target="dense", removed=0, holdout_acc=0.8, holdout_loss=0.5, test_acc=0.79, test_loss=0.55)]
+        events = []
+    else:  # every kind of line, with the longest labels, and no test rows
+        history = [dict(kind="update", step=s, stage=s // 3, removed=r, train_removed=r, train_loss=0.4, train_acc=0.8)
+                   for s, r in ((1, 50_000), (2, 50_000), (3, 120_000), (4, 120_000))]
+        history += [dict(kind="eval", step=s, stage=s // 3, removed=r, holdout_loss=0.5, holdout_acc=0.8)
+                    for s, r in ((1, 50_000), (2, 50_000), (4, 120_000))]
+        rows = []
+        events = [dict(kind="update", step=s, pruned=3, grown=3, boundaries={"prune": 0.1, "restore": 0.2}) for s in (1, 2, 3, 4)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        recipe()._plot(history, rows, events, tmp_path / "curves.png", holdout_images=5000)
+    fig = figs[0]
+    try:
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        legends = [ax.get_legend() for ax in fig.axes[:2]]
+        for legend in legends:
+            assert not any(legend.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)
+        assert not legends[0].get_window_extent(r).overlaps(legends[1].get_window_extent(r))
+        names = [t.get_text() for t in legends[0].get_texts()]
+        assert ("test (final report)" in names) == (run == "dense only")
+        assert ("train (update windows)" in names) == (run == "stages")
+    finally:
+        close(fig)

@@ -36,7 +36,7 @@ from ..warn import warn_user
 from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, live_mask,
                       measured_gradients, model_connectome, model_device, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
-from ..plots import closed_on_error
+from ..plots import closed_on_error, legend_below
 from .table import Table, pyplot, save_figure
 
 THRESHOLDS = (0.1, 0.25, 0.5, 0.75, 0.9)
@@ -179,7 +179,9 @@ class Collinearity:
                         ha="center", va="center", transform=ax.transAxes, fontsize=8)
             if measure == "cosine" and self.batches > 1:
                 ax.axhline(self.batches ** -0.5, color="red", ls=":", lw=1, label="1/sqrt(batches): one batch alone, or noise")
-                ax.legend(fontsize=7, loc="upper left")
+                # under the axes: inside (upper left), it lay over the cells of weights with a small G and a high
+                # collinearity, which a run's single-batch flukes fill
+                legend_below(ax, fontsize=7, ncol=1)
             ax.set_xlabel(f"squared gradient G² (log10), G = mean over the {self.batches} batches")
             ax.set_ylabel("cosine collinearity |mean g|/rms g" if measure == "cosine" else "sign agreement with G")
             zero = int((~keep).sum())

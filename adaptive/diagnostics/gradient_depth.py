@@ -358,6 +358,14 @@ class GradientByDepth:
             ax.errorbar(have, med, yerr=[lo, hi], fmt="D", color="black", ms=5, capsize=4, label="median, quartiles (all batches)")
             if bool((self.per_weight > 0).any()):
                 ax.set_yscale("log")
+                # at least a decade: gradients all of one size (a band of equal inputs) autoscaled to 1.000-1.008,
+                # where the median and quartiles' histogram bins (1/200 decade) looked like a spread above every point
+                shown = self.per_weight[self.per_weight > 0]
+                ends = [float(shown.min()), float(shown.max())] + [row[self.depths[i]][q] for i in have for q in ("q1", "q3")]
+                lo, hi = min(ends), max(ends)
+                if hi < 10 * lo:
+                    mid = math.sqrt(lo * hi)
+                    ax.set_ylim(mid / math.sqrt(10), mid * math.sqrt(10))
             else:  # (matplotlib warns that it cannot log-scale data without a positive value)
                 ax.text(0.5, 0.9, "every gradient measured is exactly 0", transform=ax.transAxes, ha="center",
                         va="top", fontsize=9, color="C3")

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ..plots import SPLIT_COLOR, boundary_scale, closed_on_error, density_before, finite, legend_below, line_style, note_nonfinite, single_point_marker
+from ..plots import SPLIT_COLOR, boundary_scale, closed_on_error, density_before, finite, legend_below, line_style, note_nonfinite, single_point_marker, whole_steps
 from .table import Table, pyplot, save_figure
 from ..warn import warn_user
 from .. import jsonio
@@ -115,6 +115,10 @@ def _held_to(pts: list, end) -> list:
     return pts
 
 
+# the test and held-out points of a run often share a count (its last): the test square larger, under the circle
+_SPLIT_MARK = {"test": dict(marker="s", ms=6), "holdout": dict(zorder=3)}
+
+
 @dataclass
 class Progress:
     """Events and metrics of one run, as tables, with ``removed`` filled in for every metrics row:
@@ -138,7 +142,7 @@ class Progress:
         fig, axes = plt.subplots(2, 3, figsize=(15, 8))
         with closed_on_error(fig):
             m = self.metrics
-            from matplotlib.ticker import EngFormatter
+            from matplotlib.ticker import EngFormatter, MaxNLocator
 
             xkey = "removed" if self.removed_source != "step" else "step"
             xlabel = "synapses removed" if xkey == "removed" else "step (no removed count logged)"
@@ -157,9 +161,16 @@ class Progress:
                 for s in splits:
                     pts = [(r[xkey], r[key]) for r in given if str(r.get("split", "all")) == s and finite(r[key])]
                     if pts:
-                        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=3, label=names.get(s, s), color=SPLIT_COLOR.get(s))
+                        # as in loss_accuracy.png: the test point a larger square, the held-out circle over it. Drawn
+                        # alike in split order, the run's last held-out point (at the test point's count) lay under it
+                        style = dict(marker="o", ms=3, ls="-") | _SPLIT_MARK.get(s, {})
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=names.get(s, s), color=SPLIT_COLOR.get(s),
+                                **style)
                         drawn = True
                 ax.set_xlabel(xlabel)
+                # steps and removed counts are whole numbers: a short run was ticked at 1.2, 1.4, ... (the removal
+                # axis with the default ticks: MaxNLocator's own put them at 6k, 12k, ...)
+                ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True, min_n_ticks=1))
                 ax.xaxis.set_major_formatter(EngFormatter(sep=""))
                 ax.set_ylabel("loss (nats for cross-entropy)" if key == "loss" else "accuracy (fraction correct)")
                 ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)
@@ -184,6 +195,7 @@ class Progress:
                             color=c, label=key if key == "pruned" else "restored / grown")  # distinct when the counts coincide
                     counts += [p[1] for p in pts if p[1]]
             ax.set_xlabel("step")
+            whole_steps(ax)
             ax.set_ylabel("synapses per update")
             if counts and max(counts) > 50 * sorted(counts)[len(counts) // 2]:
                 ax.set_yscale("symlog", linthresh=1)
@@ -208,6 +220,7 @@ class Progress:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2, label=k)
             if series:
                 boundary_scale(ax, [p[1] for pts in series.values() for p in pts])
+                whole_steps(ax)
                 legend_below(ax, fontsize=7, ncol=max(2, min(4, math.ceil(len(series) / 8))))  # off the lines
             else:
                 ax.text(0.5, 0.5, "no boundaries logged", ha="center", va="center", transform=ax.transAxes)
@@ -240,11 +253,20 @@ class Progress:
                 ax.plot([p[0] for p in lp], [p[1] for p in lp], lw=0.8, alpha=0.7, ls=line_style(i), label=k,
                         drawstyle="steps-post", **single_point_marker(len(lp)))
             ax.set_xlabel("step")
+            whole_steps(ax)
             ax.set_ylabel("density (fraction of synapses present)")
             ax.set_ylim(0, 1.05)  # from 0, as the run's density.png: a drop from 1.0 to 0.9 looked like one to nothing
             ax.set_title("density" + (f" (legend below: all {len(layers)} layers)" if layers else ""), fontsize=9)
             if pts or layers:  # under the panel: inside, it covered the layers' lines
-                legend_below(ax, fontsize=6, ncol=max(2, min(4, math.ceil(len(layers) / 8))))
+                ncol = max(2, min(4, math.ceil(len(layers) / 8)))
+                leg = legend_below(ax, fontsize=6, ncol=ncol)
+                # no wider than the panel (measured before tight_layout, which only widens it): four columns of a
+                # wrapped ResNet's names ("module.backbone.layer4.block1.conv1.weight") ran under the boundaries
+                # panel's legend beside it and covered it
+                while ncol > 1 and leg.get_window_extent().width > ax.get_window_extent().width:
+                    leg.remove()
+                    ncol -= 1
+                    leg = legend_below(ax, fontsize=6, ncol=ncol)
             else:
                 ax.text(0.5, 0.5, "no density logged", ha="center", va="center", transform=ax.transAxes)
             ax.grid(True, alpha=0.3)
@@ -290,6 +312,7 @@ class Progress:
         if est and all(isinstance(s, (int, float)) for s, _, _ in est):  # nothing to compare: the estimates alone
             ax.plot([s for s, _, _ in est], [a for _, a, _ in est], "o", ms=4, color="tab:purple")
             ax.set_xlabel("step")
+            whole_steps(ax)
             ax.set_ylabel("estimated loss change of the update")
             why = (f"no measured loss change to compare (no held-out line search;\n{self.measure_hint})"
                    if not measured else
@@ -306,6 +329,8 @@ class Progress:
             if measured:
                 msg += f"\n{measured} measured loss change(s) logged, with no estimate to compare"
         ax.text(0.5, 0.5, msg, ha="center", va="center", transform=ax.transAxes, fontsize=8)
+        ax.set_xticks([])  # (0 to 1 is no loss change's scale: the empty boundaries panel has no ticks either)
+        ax.set_yticks([])
         ax.set_xlabel("estimated loss change of the update")
         ax.set_ylabel("actual loss change (held-out)")
         ax.set_title("utility estimate against outcome", fontsize=9)

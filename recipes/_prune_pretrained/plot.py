@@ -13,11 +13,10 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
     """``curves.png``: loss and accuracy against removed weights, the removed count and swaps per
     update against step, and the edit boundaries; ``title`` (the model and dataset) heads it, and
     the held-out line's legend gives ``holdout_images``, the held-out part's size, where known."""
-    import matplotlib
+    from adaptive.diagnostics.table import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    # the user's backend where one was picked (matplotlib.use("Agg") here switched it away), else Agg
+    plt = pyplot()
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
     ups = [h for h in history if h["kind"] == "update"]
@@ -30,8 +29,10 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
         held_out = "part of TRAIN" + (f", {holdout_images:,} images" if holdout_images is not None else "")
         for ax, key, name in ((axes[0, 0], "loss", "loss"), (axes[0, 1], "acc", "accuracy")):
             if ups:  # (a run whose every target is 0 has none: no empty legend entry)
-                ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".", ms=3,
-                        alpha=0.5, color=SPLIT_COLOR["train"], label="train (update windows)")
+                # sized for a thousand update windows, a short run's few dots (alpha 0.5) were specks beside the
+                # held-out and test markers: larger where there are few, as the boundaries panel's
+                ax.plot([h.get("train_removed", h["removed"]) for h in ups], [h[f"train_{key}"] for h in ups], ".",
+                        ms=3 if len(ups) > 100 else 7, alpha=0.5, color=SPLIT_COLOR["train"], label="train (update windows)")
             ends = sorted(_stage_ends(evs))
             held = {evs[i]["removed"]: evs[i][f"holdout_{key}"] for i in ends}
             if dense and dense[0]["removed"] not in held:  # the starting network's score starts the line
@@ -40,11 +41,13 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
             if during:  # evaluations before a stage had settled: right after a jump the network is still adapting
                 ax.plot(*zip(*during), "o", ms=3, mfc="none", color=SPLIT_COLOR["holdout"], alpha=0.8, zorder=3,
                         label="held-out, during a stage")
-            ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"], zorder=3,
-                    label=f"held-out ({held_out}), end of each stage")  # over the test squares at the same counts
+            if held:  # (none logged: no legend entry for a line that is not there)
+                ax.plot(sorted(held), [held[r] for r in sorted(held)], "o-", ms=4, color=SPLIT_COLOR["holdout"], zorder=3,
+                        label=f"held-out ({held_out}), end of each stage")  # over the test squares at the same counts
             rows = [r for r in snapshots_rows if r.get(f"test_{key}") is not None]
-            ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
-                    color=SPLIT_COLOR["test"], label="test (final report)")
+            if rows:
+                ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
+                        color=SPLIT_COLOR["test"], label="test (final report)")
             ax.set_xlabel("removed weights")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a count: no "500 m" ticks between 0 and 3
             ax.xaxis.set_major_formatter(EngFormatter())
@@ -60,7 +63,10 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
             shown = [v for v in shown if v is not None]  # (no accuracy: not a value, not drawn)
             bad = sum(1 for v in shown if not finite(v))
             note_nonfinite(ax, name, bad, len(shown), drawn=bad < len(shown))
-            ax.legend(fontsize=8)
+            if ax.get_lines():
+                # under the panel (room made above the one below): inside ("best"), a run of one count (--remove 0)
+                # had its held-out point and test square at the top and bottom of the middle, and the legend on them
+                legend_below(ax, ncol=2, in_layout=True)
             ax.grid(alpha=0.3)
         ax = axes[1, 0]
         # a step function: the count jumps at an update and holds until the next; from step 0 at the count

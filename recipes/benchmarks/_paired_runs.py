@@ -32,7 +32,7 @@ def recipe_run(options, out: Path, label: str) -> dict:
 def paired_plot(results, variants, seeds, path: Path, ticks, title: str, center=statistics.mean) -> Path:
     """Held-out accuracy of every run: one panel per setting, a line per seed joining its runs across
     ``variants`` (the same split, data order and initial weights), and each variant's ``center``."""
-    from adaptive.plots import _pyplot, _save, closed_on_error
+    from adaptive.plots import _pyplot, _save, closed_on_error, legend_below
 
     plt = _pyplot()
     names = list(results)
@@ -53,8 +53,12 @@ def paired_plot(results, variants, seeds, path: Path, ticks, title: str, center=
             ax.set_title(name, fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         axes[0][0].set_ylabel("held-out accuracy % (final network)")
-        axes[0][0].legend(fontsize=8, loc="lower right")
-        fig.suptitle(title)
+        # under the first panel: inside (lower right), it lay where a seed that collapsed under the last variant falls
+        legend_below(axes[0][0], fontsize=8, ncol=2, inches=0.35)
+        # the panels' accuracy axes are scaled apart (a 97.2-97.7 panel beside a 10-100 one): said, so that a
+        # half-point step drawn as tall as a collapse is not read as one
+        spans = {tuple(round(v, 6) for v in ax.get_ylim()) for ax in axes[0]}
+        fig.suptitle(title + ("\n(each panel has its own accuracy scale)" if len(spans) > 1 else ""))
         fig.tight_layout()
         return _save(fig, plt, path)
 

@@ -126,7 +126,10 @@ def plot_rows(runs: Path, names, path: Path, title: str) -> Path:
             train = [r for r in rows if r["split"] == "train"]
             held = [r for r in rows if r["split"] == "holdout"]
             # (rows that share a density curve, gmp and gmp/curvature, one-shot and utility, differ in dash)
-            style = dict(label=name, ls=("-", "--", "-", "--", ":", "-.")[i % 6], lw=1.6)
+            ls = ("-", "--", "-", "--", ":", "-.")[i % 6]
+            # broken lines over solid ones: one-shot magnitude's dashed density (0.1 from step 0) lay under
+            # utility/curvature's solid one, drawn later on the same points, and did not show at all
+            style = dict(label=name, ls=ls, lw=1.6, zorder=2 if ls == "-" else 3)
             events = [jsonio.loads(ln) for ln in (run_folder(runs, name) / "events.jsonl").read_text().splitlines() if ln]
             events = [e for e in events if "density" in e]
             last = max([r["step"] for r in rows], default=0)
