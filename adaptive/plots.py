@@ -77,10 +77,13 @@ def whole_steps(ax, axis: str = "x") -> None:
     """Tick a step (or batch) axis at whole numbers only: a run of a few steps was ticked at "1.5",
     "2.5", steps that do not exist. Long runs get the same ticks as before; a run of one step its step
     alone (``min_n_ticks=1``: with the default 2, an axis holding one whole number fell back to "-0.04",
-    "-0.02", ...)."""
+    "-0.02", ...). The default locator's tick count and steps (``nbins="auto"``, 1-2-2.5-5-10): with
+    MaxNLocator's own (10 bins, every step from 1 to 10), steps 10 to 60 were ticked at 12, 18, ..., 54
+    and 500 batches at 60, 120, ..., 480."""
     from matplotlib.ticker import MaxNLocator
 
-    getattr(ax, f"{axis}axis").set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    getattr(ax, f"{axis}axis").set_major_locator(
+        MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True, min_n_ticks=1))
 
 
 def line_style(i: int) -> str:

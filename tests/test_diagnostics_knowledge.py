@@ -734,3 +734,29 @@ def test_the_log_panels_count_the_points_at_or_below_0_they_leave_out(tmp_path, 
         assert [t.get_text() for t in drop.get_legend().get_texts()] == ["measured (> 0; 2 of 4 at or below 0 not drawn)"]
     finally:
         plt.close(fig)
+
+
+def test_a_log_panel_with_every_point_at_or_below_0_says_so(tmp_path, monkeypatch):
+    """Pruning that never lowered the accuracy: every accuracy drop is 0, the log panel has no point to draw and no
+    legend to count them in, and it stood blank without a word. It now says how many were left out; a NaN (not
+    measured) is not counted as one at or below 0."""
+    import matplotlib.pyplot as plt
+
+    from adaptive.diagnostics import Table
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+
+    k = [0, 1, 2, 4, 8]
+    rows = [dict(removed=a, fraction=a / 8, accuracy=0.8, loss=1 + x, accuracy_drop=c, loss_increase=x)
+            for a, x, c in zip(k, [0, 0.01, 0.02, 0.1, 1.0], [0, 0, -0.01, 0, float("nan")])]
+    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, {}, 0.1)
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    curve.plot(tmp_path / "k.png")
+    fig = figs[0]
+    try:
+        drop = fig.axes[3]
+        assert not drop.get_lines() and drop.get_legend() is None
+        said = [t.get_text() for t in drop.texts]
+        assert said == ["3 of 4 measured (accuracy drop past 0 removed) at or below 0:\nnone has a place on a log axis"]
+    finally:
+        plt.close(fig)

@@ -429,3 +429,22 @@ def test_step_and_removal_axes_of_a_short_run_tick_whole_numbers(tmp_path, monke
         lo, hi = ax.get_xlim()
         ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
+
+
+def test_step_and_removal_axes_of_a_longer_run_tick_round_numbers(tmp_path, monkeypatch):
+    """Updates at steps 10, 20, ..., 60: progress.png ticked its step axes at 12, 18, ..., 54 (whole_steps used
+    MaxNLocator's own 10 bins and steps 1 to 10); they tick 10, 20, ... as matplotlib's default, as the removal axes."""
+    _events(tmp_path, [{"step": s, "kind": "update", "pruned": 100, "grown": 50, "density": 0.9 - 0.001 * s,
+                        "layer_density": {"a": 0.9}, "boundaries": {"prune": 0.1, "restore": 0.2}, "est_loss_change": 0.01}
+                       for s in range(10, 70, 10)])
+    (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n"
+                                          + "".join(f"{s},train,1.0,0.5,{10 * s}\n" for s in range(10, 70, 10)))
+    figs = _kept_figures(monkeypatch)
+    progress(str(tmp_path)).plot(tmp_path / "progress.png")
+    fig = figs[0]
+    fig.canvas.draw()
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(t % 10 == 0 for t in ticks), (ax.get_title(), ticks)
+    assert [t for t in fig.axes[0].get_xticks() if 100 <= t <= 600] == [100, 200, 300, 400, 500, 600]

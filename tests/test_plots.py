@@ -381,3 +381,21 @@ def test_a_density_legend_of_many_long_layer_names_warns_nothing_and_keeps_the_a
         assert len(_legend(ax)) == 54
     finally:
         plt.close(fig)
+
+
+def test_step_axes_of_a_longer_run_tick_round_steps(figures, tmp_path):
+    """A run logged at steps 10, 20, ..., 60 had its step axes ticked at 12, 18, ..., 54 (whole_steps used MaxNLocator's
+    own 10 bins and steps 1 to 10 where matplotlib's default picks 1-2-2.5-5-10): the ticks are the default ones again."""
+    rows = [dict(step=s, split="train", loss=2.0 / s, accuracy=0.01 * s, grad_norm=1.0, clipped=0.5) for s in range(10, 70, 10)]
+    ev = [{"step": s, "kind": "update", "density": 0.5, "layer_density": {"a": 0.5}, "pruned": 3, "grown": 3}
+          for s in range(10, 70, 10)]
+    plots.plot_run(rows, ev, tmp_path / "run", max_grad_norm=2.0)
+    seen = 0
+    for fig in figures:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            if ax.get_xlabel().startswith("training step"):
+                ticks = _ticks_in_view(ax.xaxis, ax.get_xlim())
+                assert ticks and all(t % 10 == 0 for t in ticks), (ax.get_xlabel(), ticks)
+                seen += 1
+    assert seen >= 3

@@ -2046,3 +2046,28 @@ def test_curves_legends_lie_off_every_panel_and_name_only_what_is_drawn(tmp_path
         assert ("train (update windows)" in names) == (run == "stages")
     finally:
         close(fig)
+
+
+def test_curves_of_a_longer_run_tick_round_counts_and_batches(tmp_path, monkeypatch):
+    """Stages of 30k removed weights over 500 batches: curves.png ticked the removed axes at 15k, 30k, ..., 105k and the
+    batch axes at 60, 120, ..., 480 (MaxNLocator's own 10 bins and steps 1 to 10); they tick 20k, 40k, ... and 100, 200,
+    ... as matplotlib's default."""
+    import matplotlib.pyplot as plt
+
+    figs, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    ups = [dict(kind="update", step=s, stage=s // 100, removed=(s // 100) * 30_000, train_removed=(s // 100) * 30_000,
+                train_loss=0.4, train_acc=0.8) for s in range(1, 500, 7)]
+    evs = [dict(kind="eval", step=s, stage=s // 100, removed=(s // 100) * 30_000, holdout_loss=0.5, holdout_acc=0.8)
+           for s in range(50, 500, 50)]
+    events = [dict(kind="update", step=s, pruned=30, grown=3, boundaries={"prune": 0.1, "restore": 0.2}) for s in range(1, 500, 7)]
+    recipe()._plot(ups + evs, [], events, tmp_path / "curves.png")
+    fig = figs[0]
+    try:
+        fig.canvas.draw()
+        for ax, unit in ((fig.axes[0], 20_000), (fig.axes[1], 20_000), (fig.axes[2], 100), (fig.axes[3], 100)):
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert len(ticks) >= 4 and all(t % unit == 0 for t in ticks), (ax.get_title(), ticks)
+    finally:
+        close(fig)

@@ -368,11 +368,14 @@ class KnowledgeCurve:
                 # a log axis has no place for a drop of 0 or below (pruning that helped): the legend counts those
                 # left out, past the first removal (0 removed is 0 by definition); without it a curve whose drop
                 # was 0 over its first half read as one measured from the middle on
-                hidden = sum(1 for a, b in zip(k, y) if a > 0 and not b > 0)
+                hidden = sum(1 for a, b in zip(k, y) if a > 0 and b <= 0)  # (a NaN is neither: not counted as one)
+                past = sum(1 for a in k if a > 0)
                 if pos:
                     ax.plot([p[0] for p in pos], [p[1] for p in pos], "o", ms=3,
-                            label=f"measured (> 0; {hidden} of {sum(1 for a in k if a > 0)} at or below 0 not drawn)"
-                            if hidden else "measured (> 0)")
+                            label=f"measured (> 0; {hidden} of {past} at or below 0 not drawn)" if hidden else "measured (> 0)")
+                elif hidden:  # every point left out: the panel was blank, with no legend to count them
+                    ax.text(0.5, 0.75, f"{hidden} of {past} measured ({label.split(' (')[0]} past 0 removed) at or below 0:\n"
+                            "none has a place on a log axis", ha="center", va="center", transform=ax.transAxes, fontsize=8)
                 f = self.fits.get(key, {})
                 if f and f.get("rate") == f.get("rate") and f.get("fit_from") is not None:
                     # on a log axis, points spaced evenly in log x (an even grid leaves the first decades empty)

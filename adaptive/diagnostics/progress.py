@@ -142,7 +142,7 @@ class Progress:
         fig, axes = plt.subplots(2, 3, figsize=(15, 8))
         with closed_on_error(fig):
             m = self.metrics
-            from matplotlib.ticker import EngFormatter, MaxNLocator
+            from matplotlib.ticker import EngFormatter
 
             xkey = "removed" if self.removed_source != "step" else "step"
             xlabel = "synapses removed" if xkey == "removed" else "step (no removed count logged)"
@@ -168,9 +168,8 @@ class Progress:
                                 **style)
                         drawn = True
                 ax.set_xlabel(xlabel)
-                # steps and removed counts are whole numbers: a short run was ticked at 1.2, 1.4, ... (the removal
-                # axis with the default ticks: MaxNLocator's own put them at 6k, 12k, ...)
-                ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True, min_n_ticks=1))
+                # steps and removed counts are whole numbers: a short run was ticked at 1.2, 1.4, ...
+                whole_steps(ax)
                 ax.xaxis.set_major_formatter(EngFormatter(sep=""))
                 ax.set_ylabel("loss (nats for cross-entropy)" if key == "loss" else "accuracy (fraction correct)")
                 ax.set_title(f"{key} against {'removal' if xkey == 'removed' else 'step'}", fontsize=9)

@@ -17,7 +17,7 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
 
     # the user's backend where one was picked (matplotlib.use("Agg") here switched it away), else Agg
     plt = pyplot()
-    from matplotlib.ticker import EngFormatter, MaxNLocator
+    from matplotlib.ticker import EngFormatter
 
     ups = [h for h in history if h["kind"] == "update"]
     evs = [h for h in history if h["kind"] == "eval"]
@@ -49,7 +49,7 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
                 ax.plot([r["removed"] for r in rows], [r[f"test_{key}"] for r in rows], "s", ms=7,
                         color=SPLIT_COLOR["test"], label="test (final report)")
             ax.set_xlabel("removed weights")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # a count: no "500 m" ticks between 0 and 3
+            whole_steps(ax)  # a count: no "500 m" ticks between 0 and 3 (nor 15k, 30k, ... up to 120k)
             ax.xaxis.set_major_formatter(EngFormatter())
             counts = {x for line in ax.get_lines() for x in line.get_xdata()}
             if len(counts) == 1:  # one count (every target 0): a tick there, not "-40 m" ticks around it
