@@ -19,6 +19,7 @@ The per-gradient hook runs on the backward hot path, so it does as little Python
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Dict, Optional
 
@@ -31,6 +32,18 @@ from .optim_state import preserves_zeros
 _DIST = torch.distributed if torch.distributed.is_available() else None
 
 
+# the hook handles of connectomes collected while attached (dropped without detach(), their model kept): removed at
+# the next register(), a safe point, not when the connectome goes (that may be inside backward, while autograd walks a
+# weight's hooks); their masks are dropped at once (BackwardMasker's weak-reference callback)
+_ORPHANED: list = []
+
+
+def _forget(masker_ref, _conn_ref, orphaned=_ORPHANED) -> None:
+    masker = masker_ref()
+    if masker is not None:
+        masker.forget(orphaned)
+
+
 def distributed() -> bool:
     """Whether this process is one of several (a DDP reducer may write gradients after the hooks)."""
     return _DIST is not None and _DIST.is_initialized() and _DIST.get_world_size() > 1
@@ -40,7 +53,9 @@ class BackwardMasker:
     """The per-weight gradient hooks of one connectome and what they did in the current step."""
 
     def __init__(self, conn):
-        self.ref = weakref.ref(conn)
+        # its connectome dropped without detach() while its model lives on (a notebook cell run again, a sweep over
+        # one model): the hooks stay on the weights, so what they hold is let go (see forget)
+        self.ref = weakref.ref(conn, functools.partial(_forget, weakref.ref(self)))
         self.gen = -1  # the connectome's generation (one per step and edit) when the hooks were last armed
         self.static_gen = -1  # the connectome's generation of edits only, and what it decided
         self.static_on = False
@@ -55,6 +70,9 @@ class BackwardMasker:
         self.done: Dict[str, tuple] = {}  # name -> (weakref to the gradient, its version after masking)
 
     def register(self, params: Dict[str, torch.nn.Parameter]) -> list:
+        while _ORPHANED:  # the hooks of connectomes collected while attached: no-ops, which piled up on the weights
+            for h in _ORPHANED.pop():
+                h.remove()
         for n, p in params.items():
             if not p.requires_grad:  # frozen now: if unfrozen later, the step masks its gradient
                 continue
@@ -68,6 +86,19 @@ class BackwardMasker:
         self.handles.clear()
         self.hooks.clear()
         self.done.clear()
+        self.on = False
+
+    def forget(self, orphaned: list) -> None:
+        """The connectome was collected while attached: drop the masks its hooks hold (one tensor the size of each
+        pruned weight), which its model, still alive, kept for good; the hooks, no-ops now, are handed to
+        ``orphaned`` to be removed at the next :meth:`register`."""
+        for h in self.hooks.values():
+            h.mask = None
+        orphaned.append(self.handles)
+        self.handles = []
+        self.hooks = {}
+        self.done.clear()
+        self.hot = None
         self.on = False
 
     def arm(self, conn) -> None:

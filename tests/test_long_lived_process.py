@@ -46,6 +46,40 @@ def test_a_dropped_model_trained_through_a_connectome_is_freed(pruned):
     assert not alive, f"{len(alive)} weights or gradients of the dropped model still alive: {[tuple(t.shape) for t in alive]}"
 
 
+def test_a_connectome_dropped_while_attached_lets_go_of_its_masks_while_its_model_lives_on():
+    # a notebook cell run again (or a sweep over one model) builds a new connectome and optimizer for the same model
+    # and drops the old pair without detach(): the old gradient hooks stay on the weights (autograd holds them), and
+    # each kept its connectome's masks (a tensor the size of each pruned weight) for good, one more hook a weight a run
+    from adaptive.grad_masking import _GradHook
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+
+    def run(seed):
+        conn = adaptive.Connectome(model)
+        g = torch.Generator().manual_seed(seed)
+        conn.set_masks({n: torch.rand(m.shape, generator=g) < 0.5 for n, m in conn.masks.items()})
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        conn.attach(opt)
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.randn(16, 12)), torch.randint(0, 4, (16,))).backward()
+            opt.step()
+        assert all(bool((p.grad[~conn.masks[n]] == 0).all()) for n, p in conn.params.items())  # the hooks still mask
+
+    def held():
+        gc.collect()
+        objs = gc.get_objects()
+        return (sum(1 for o in objs if issubclass(type(o), torch.Tensor)),  # (type: no __class__ read)
+                sum(1 for o in objs if type(o) is _GradHook))
+
+    run(0)
+    before = held()
+    for seed in range(1, 4):
+        run(seed)
+    assert held() == before  # (tensors, hooks) alive: what one run leaves, not one more set a run
+
+
 def test_knowledge_distribution_fine_tuned_frees_its_copy():
     # its fine-tune trains a copy of the model through an attached connectome: 6 tensors (a pruned layer's
     # weight, gradient and mask each) outlived every call before
