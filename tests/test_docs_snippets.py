@@ -595,11 +595,15 @@ def test_edge_popups_snapshot_keys_are_the_ones_its_docstring_and_the_mask_only_
 
 
 @pytest.mark.parametrize("script", ["recipes/prune_pretrained.py", "recipes/adaptive.py"])
-def test_the_dataset_kw_help_names_wnids(script):
-    """--dataset-kw wnids=FILE (docs/data.md) is named by the --help of both recipes that take it; neither did."""
+def test_the_recipes_help_names_wnids_and_weights_none(script):
+    """--dataset-kw wnids=FILE (docs/data.md) is named by the --help of both recipes that take it; neither did. And
+    --weights none: recipes/adaptive.py's help did not say it."""
     import subprocess
 
     out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
                          cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "wnids=FILE" in out.stdout and "LOC_synset_mapping.txt" in out.stdout
+    # (--weights none, which both recipes' warning of a torchvision model given no weights asks for, said in both too)
+    weights = re.sub(r"\s+", " ", out.stdout[out.stdout.index("\n  --weights"):])[:300]
+    assert "none: random initial weights" in weights or "none: the model's random initial weights" in weights, weights

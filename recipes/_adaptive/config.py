@@ -79,7 +79,7 @@ class RunConfig:
     model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20/32/44/56/110, densecat, vit_tiny, "
                                                          "torchvision:NAME, or a model a --plugins file registers"})
     model_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra model arguments (e.g. hidden for mlp)"})
-    weights: Optional[str] = _help("pretrained weights file (loaded strictly)")
+    weights: Optional[str] = _help("pretrained weights file (loaded strictly; none: the model's random initial weights, which a mask_only run of a torchvision: model is warned of unless given so)")
     # connectome and controller
     ensemble: str = _opt("synapse", "what one mask entry switches: synapse, kernel, neuron, block:RxC, N:M; or per layer, "
                         "first match wins: '*fc*=neuron;synapse'")
