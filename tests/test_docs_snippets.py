@@ -607,3 +607,17 @@ def test_the_recipes_help_names_wnids_and_weights_none(script):
     # (--weights none, which both recipes' warning of a torchvision model given no weights asks for, said in both too)
     weights = re.sub(r"\s+", " ", out.stdout[out.stdout.index("\n  --weights"):])[:300]
     assert "none: random initial weights" in weights or "none: the model's random initial weights" in weights, weights
+
+
+def test_the_attach_docstrings_say_what_python_api_md_says_they_refuse():
+    """python_api.md says Connectome.attach refuses SparseAdam, differentiable=True and (under a sign-reading
+    controller) maximize=True, and takes a ZeroRedundancyOptimizer through its local optimizer; the docstrings of
+    Connectome.attach and Controller.attach said none of it."""
+    from adaptive import Connectome, Controller
+
+    conn_doc = re.sub(r"\s+", " ", Connectome.attach.__doc__)
+    for words in ("ZeroRedundancyOptimizer", "SparseAdam", "differentiable=True", "maximize=True"):
+        assert words in conn_doc, words
+    ctrl_doc = re.sub(r"\s+", " ", Controller.attach.__doc__)
+    for words in ("maximize=True", "reads_gradient_sign", "ZeroRedundancyOptimizer"):
+        assert words in ctrl_doc, words
