@@ -621,3 +621,13 @@ def test_the_attach_docstrings_say_what_python_api_md_says_they_refuse():
     ctrl_doc = re.sub(r"\s+", " ", Controller.attach.__doc__)
     for words in ("maximize=True", "reads_gradient_sign", "ZeroRedundancyOptimizer"):
         assert words in ctrl_doc, words
+
+
+def test_the_imagenet_and_folder_docstrings_say_they_read_a_flat_val_folder():
+    """docs/data.md says datasets imagenet and folder read Kaggle's flat val/ with LOC_val_solution.csv; their
+    docstrings said only ImageFolder class folders."""
+    from adaptive.data.imagenet import folder, imagenet
+
+    for builder in (imagenet, folder):
+        doc = re.sub(r"\s+", " ", builder.__doc__)
+        assert "LOC_val_solution.csv" in doc and "flat" in doc and "wnids" in doc, builder.__name__
