@@ -39,7 +39,11 @@ class ConnectomeOptimizersMixin:
         and weights re-masked (one pass), the step runs, and the weights are re-masked again unless
         the optimizer is registered as zero-preserving (SGD, Adam, AdamW, ...: see
         :func:`adaptive.optim_state.register_zero_preserving`). Moments at pruned positions are
-        reset now and at every later mask change."""
+        reset now and at every later mask change. A ``ZeroRedundancyOptimizer`` is attached through
+        its local optimizer (``.optim``). Refused before anything changes: ``torch.optim.SparseAdam``
+        and an optimizer built with ``differentiable=True``, and, where a controller of this connectome
+        has an estimator that reads the gradient's sign, one with ``maximize=True`` in a group holding
+        a connectome weight."""
         opt = self._check_optimizer(optimizer)
         for ctrl in (r() for r in self._controllers + self._stopped):  # every controller that would read its
             if ctrl is not None and ctrl.conn is self:  # gradients refuses it now, if at all (before any hook)

@@ -530,7 +530,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         attached to one another optimizer steps after (in the same training step), it warns once, as
         that one's layers' windows are then one step behind.
         Another controller attached on the same connectome is detached, with a warning: one
-        controller edits a connectome at a time."""
+        controller edits a connectome at a time. An optimizer with ``maximize=True`` in a group
+        holding a connectome weight is refused where an estimator of this controller reads the
+        gradient's sign (``reads_gradient_sign``); a ``ZeroRedundancyOptimizer``'s controller updates
+        after its whole step, once every shard has been broadcast."""
         opt = unwrap_optimizer(optimizer)
         if opt is self.optimizer and self._hook is not None:
             return self

@@ -570,3 +570,64 @@ def test_every_built_in_policy_estimator_and_budget_is_named_on_the_api_page():
     for opening, names in sections.items():
         text = page[page.index(opening):][:6000]
         assert [n for n in names if f"`{n}`" not in text] == [], f"python_api.md's list after {opening!r} lacks these"
+
+
+def test_edge_popups_snapshot_keys_are_the_ones_its_docstring_and_the_mask_only_page_name():
+    """mask_only.md and edge_popup's docstring list the entries of ``snapshots[label]``: they named four, where a run
+    returns six (cpu_seconds and wall_seconds too)."""
+    import torch
+    from torch import nn
+
+    from adaptive.baselines.edge_popup import edge_popup
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(32, 6), torch.randint(0, 3, (32,)))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    _, snaps = edge_popup(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)), loader, loader, target=[0.5],
+                          passes=0.5, progress=False)
+    keys = set(next(iter(snaps.values())))
+    page = re.sub(r"\s+", " ", PAGES["docs/mask_only.md"])
+    said = page[page.index("`snapshots[label]` a dict of"):][:200]
+    said = set(re.findall(r"`(\w+)`", said[:said.index(")")]))
+    assert said == keys, (sorted(said), sorted(keys))
+    doc = re.sub(r"\s+", " ", edge_popup.__doc__)
+    assert set(re.findall(r'"(\w+)"', doc[doc.index("snapshots[label] = {"):].split("}")[0])) == keys
+
+
+@pytest.mark.parametrize("script", ["recipes/prune_pretrained.py", "recipes/adaptive.py"])
+def test_the_recipes_help_names_wnids_and_weights_none(script):
+    """--dataset-kw wnids=FILE (docs/data.md) is named by the --help of both recipes that take it; neither did. And
+    --weights none: recipes/adaptive.py's help did not say it."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "wnids=FILE" in out.stdout and "LOC_synset_mapping.txt" in out.stdout
+    # (--weights none, which both recipes' warning of a torchvision model given no weights asks for, said in both too)
+    weights = re.sub(r"\s+", " ", out.stdout[out.stdout.index("\n  --weights"):])[:300]
+    assert "none: random initial weights" in weights or "none: the model's random initial weights" in weights, weights
+
+
+def test_the_attach_docstrings_say_what_python_api_md_says_they_refuse():
+    """python_api.md says Connectome.attach refuses SparseAdam, differentiable=True and (under a sign-reading
+    controller) maximize=True, and takes a ZeroRedundancyOptimizer through its local optimizer; the docstrings of
+    Connectome.attach and Controller.attach said none of it."""
+    from adaptive import Connectome, Controller
+
+    conn_doc = re.sub(r"\s+", " ", Connectome.attach.__doc__)
+    for words in ("ZeroRedundancyOptimizer", "SparseAdam", "differentiable=True", "maximize=True"):
+        assert words in conn_doc, words
+    ctrl_doc = re.sub(r"\s+", " ", Controller.attach.__doc__)
+    for words in ("maximize=True", "reads_gradient_sign", "ZeroRedundancyOptimizer"):
+        assert words in ctrl_doc, words
+
+
+def test_the_imagenet_and_folder_docstrings_say_they_read_a_flat_val_folder():
+    """docs/data.md says datasets imagenet and folder read Kaggle's flat val/ with LOC_val_solution.csv; their
+    docstrings said only ImageFolder class folders."""
+    from adaptive.data.imagenet import folder, imagenet
+
+    for builder in (imagenet, folder):
+        doc = re.sub(r"\s+", " ", builder.__doc__)
+        assert "LOC_val_solution.csv" in doc and "flat" in doc and "wnids" in doc, builder.__name__

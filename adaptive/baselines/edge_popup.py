@@ -203,8 +203,8 @@ def edge_popup(model: nn.Module, train_loader, holdout_loader, targets: Optional
                lr: float = 0.01, loss_fn: Callable = F.cross_entropy, progress: bool = True, include=None,
                exclude=None, seed: int = 0, *, target=None):
     """Learn masks for frozen ``model`` by edge-popup. Returns ``(conn, snapshots)`` with
-    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc"}`` per target (``targets``, or
-    ``target=``, the name :func:`adaptive.optimize_connectome` gives it: one number or a list of them, as
+    ``snapshots[label] = {"removed", "masks", "holdout_loss", "holdout_acc", "cpu_seconds", "wall_seconds"}``
+    (the last two the seconds since the run began) per target (``targets``, or ``target=``, the name :func:`adaptive.optimize_connectome` gives it: one number or a list of them, as
     :func:`adaptive.optimize_connectome` takes, "best" excepted, and refused
     as it refuses them: every synapse or more, two removing one count, a positive one that removes no synapse,
     such as a fraction of 1e-9 that rounds to 0, whose snapshot would be the dense network, and one removing

@@ -351,7 +351,10 @@ def imagenet(data_dir=None, download=False, augment=False, image_size=224, resiz
     crop 224, bilinear: ``interpolation`` as :func:`transforms` takes it), which holdout and val always
     use. ImageNet cannot be downloaded automatically. ``wnids``: a file of ImageNet's 1000 wnids
     (:mod:`adaptive.data.wnids`), by which the class folders are labelled with their ImageNet index (a folder of
-    some of the classes, as Imagenette's, scored by a 1000-class network)."""
+    some of the classes, as Imagenette's, scored by a 1000-class network). A flat ``val/`` (every image directly
+    in it, as Kaggle's ``ILSVRC/Data/CLS-LOC/val/``) is read with Kaggle's ``LOC_val_solution.csv`` found in it or
+    in one of the four folders above it (:mod:`adaptive.data.imagenet_val`), each image labelled by its wnid;
+    without that file it is refused, naming the file and PyTorch's ``valprep.sh``."""
     check_interpolation(interpolation)  # (before the folders' scan: ImageNet's takes a while)
     check_sizes(image_size, resize)
     train_dir = _imagenet_train(data_dir)
@@ -383,7 +386,8 @@ def folder(data_dir=None, download=False, augment=False, image_size=224, resize=
     center-cropped to ``image_size`` and normalised with the
     ImageNet mean and std (torchvision's pretrained classifiers and the CIFAR ResNets here expect
     that); ``augment`` uses RandomResizedCrop + flip for the train part. The holdout is drawn from
-    train, as for every dataset. ``wnids``: as :func:`imagenet` takes it."""
+    train, as for every dataset. ``wnids``, and a flat test split with ``LOC_val_solution.csv``: as
+    :func:`imagenet` takes them."""
     check_interpolation(interpolation)  # (before the folders' scan)
     check_sizes(image_size, resize)
     root = _folder_train(data_dir).parent

@@ -59,7 +59,7 @@ class RunConfig:
     dataset: str = field(default="digits", metadata={"help": "digits, mnist, cifar10, imagenet, folder (any ImageFolder tree: --data-dir holds train/ and val/ or test/), fake"})
     data_dir: Optional[str] = _help("data folder (default: $ADAPTIVE_DATA or ../shared/data)")
     download: bool = _opt(False, "let torchvision download a dataset that is not found (needs internet)")
-    dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake)"})
+    dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake; wnids=FILE for imagenet and folder: a list of ImageNet's 1000 wnids, such as LOC_synset_mapping.txt, labelling class folders named by wnids with their ImageNet index, never looked for here)"})
     holdout: float = field(default=0.1, metadata={"help": "fraction of TRAIN held out for selection/evaluation"})
     subset: Optional[int] = _help("use only this many train examples (a stratified draw that includes the held-out part)")
     test_subset: Optional[int] = _help("evaluate on only this many test examples (a stratified draw; one of the "
@@ -79,7 +79,7 @@ class RunConfig:
     model: str = field(default="mlp", metadata={"help": "mlp, lenet300, lenet5, resnet20/32/44/56/110, densecat, vit_tiny, "
                                                          "torchvision:NAME, or a model a --plugins file registers"})
     model_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra model arguments (e.g. hidden for mlp)"})
-    weights: Optional[str] = _help("pretrained weights file (loaded strictly)")
+    weights: Optional[str] = _help("pretrained weights file (loaded strictly; none: the model's random initial weights, which a mask_only run of a torchvision: model is warned of unless given so)")
     # connectome and controller
     ensemble: str = _opt("synapse", "what one mask entry switches: synapse, kernel, neuron, block:RxC, N:M; or per layer, "
                         "first match wins: '*fc*=neuron;synapse'")

@@ -86,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", metavar="KEY=VALUE",
                    help="an argument of the dataset builder, e.g. resize=232 for imagenet, or several as a YAML mapping "
                         "'{resize: 232, image_size: 224}' (repeatable, later ones winning per key, over the "
-                        "--config file's; YAML values)")
+                        "--config file's; YAML values); wnids=FILE (imagenet, folder): a list of ImageNet's 1000 "
+                        "wnids, such as LOC_synset_mapping.txt, labelling class folders named by wnids with their "
+                        "ImageNet index for a 1000-class network (looked for in the data's folders where not given)")
     p.add_argument("--subset", type=int,
                    help="use only this many train images (quick runs; a stratified draw that includes the held-out part)")
     p.add_argument("--test-subset", "--test_subset", dest="test_subset", type=int,
