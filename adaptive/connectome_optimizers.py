@@ -33,7 +33,7 @@ class ConnectomeOptimizersMixin:
     """Optimizer hooks, observers and edit listeners of :class:`~adaptive.connectome.Connectome` (it
     reads the connectome's parameters, masks, mode and controllers)."""
 
-    def attach(self, optimizer) -> "Connectome":
+    def attach(self, optimizer, *, _by=None) -> "Connectome":
         """Hook ``optimizer`` (a torch optimizer or Accelerate's wrapper) so that pruned weights stay
         exactly 0.0 through every step: observers see dense gradients, then gradients are masked
         and weights re-masked (one pass), the step runs, and the weights are re-masked again unless
@@ -43,11 +43,16 @@ class ConnectomeOptimizersMixin:
         its local optimizer (``.optim``). Refused before anything changes: ``torch.optim.SparseAdam``
         and an optimizer built with ``differentiable=True``, and, where a controller of this connectome
         has an estimator that reads the gradient's sign, one with ``maximize=True`` in a group holding
-        a connectome weight."""
+        a connectome weight. (``_by``: the controller whose ``attach`` calls this, checked by it
+        already; the other controllers it detaches right after are not checked.)"""
         opt = self._check_optimizer(optimizer)
+        stopped = {id(r()) for r in self._stopped}
         for ctrl in (r() for r in self._controllers + self._stopped):  # every controller that would read its
-            if ctrl is not None and ctrl.conn is self:  # gradients refuses it now, if at all (before any hook)
-                ctrl._check_maximize(optimizer)
+            if ctrl is None or ctrl.conn is not self or ctrl is _by:  # gradients refuses it now, if at all (before
+                continue  # any hook)
+            if _by is not None and (ctrl.optimizer is not None or id(ctrl) in stopped):
+                continue  # (replaced: _by's attach detaches every other attached controller, the stopped ones too)
+            ctrl._check_maximize(optimizer)
         if optimizer is not opt and not any(r() is optimizer for r in self._wrappers):
             # Accelerate's wrapper: it decides when the inner optimizer steps (see Controller.observe)
             self._wrappers.append(weakref.ref(optimizer))
@@ -74,8 +79,9 @@ class ConnectomeOptimizersMixin:
         self.apply()
         self._reset_optimizer_state({n: ~m for n, m in self.masks.items() if not self._dense[n]}, only=[opt])
         stopped, self._stopped = self._stopped, []
-        for ctrl in (r() for r in stopped):  # the controllers detach() stopped go on with this optimizer
-            if ctrl is not None and ctrl.optimizer is None and ctrl.conn is self:
+        for ctrl in (r() for r in stopped):  # the controllers detach() stopped go on with this optimizer (not where
+            # a controller's attach calls this: _by replaces them, and one refusing the optimizer left this half-done)
+            if ctrl is not None and ctrl.optimizer is None and ctrl.conn is self and _by is None:
                 # the one given, not its inner one: a ZeroRedundancyOptimizer's controller steps after its whole step
                 ctrl.attach(optimizer)
         return self

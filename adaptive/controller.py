@@ -538,10 +538,14 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if opt is self.optimizer and self._hook is not None:
             return self
         self._check_maximize(optimizer)
-        self.conn.attach(optimizer)  # (the wrapper given: Accelerate's skips the steps of an accumulated batch)
+        # (the wrapper given: Accelerate's skips the steps of an accumulated batch; the controllers this attach
+        # replaces, detached below, are not asked whether they would refuse the optimizer)
+        stopped = [c for c in (r() for r in self.conn._stopped) if c is not None and c is not self]
+        self.conn.attach(optimizer, _by=self)
         for ref in list(self.conn._controllers):
             other = ref()
-            if other is not None and other is not self and other.optimizer is not None:
+            if other is not None and other is not self and (other.optimizer is not None
+                                                            or any(other is c for c in stopped)):
                 warn_user(
                     f"this connectome was already edited by another Controller attached to an optimizer (policy "
                     f"{other.policy.name!r}; a cell run twice, or a second Controller on the same connectome): that one is "

@@ -94,7 +94,8 @@ class BackwardMasker:
         ``orphaned`` to be removed at the next :meth:`register`."""
         for h in self.hooks.values():
             h.mask = None
-        orphaned.append(self.handles)
+        if self.handles:  # (none where it was never attached, or detached: nothing to remove, nothing kept; an
+            orphaned.append(self.handles)  # empty list a connectome piled up until the next register)
         self.handles = []
         self.hooks = {}
         self.done.clear()

@@ -497,6 +497,9 @@ def test_a_torchvision_model_searched_mask_only_without_weights_is_warned_of_at_
     assert not warned(R.parse_args, mask_only + ["--weights", "none"])
     null.write_text("mode: mask_only\nmodel: torchvision:resnet18\ndataset: imagenet\nweights: null\n")
     assert not warned(R.parse_args, ["--config", str(null)])
+    null.write_text("mode: mask_only\nmodel: torchvision:resnet18\ndataset: imagenet\n")  # (named by the file that gave it)
+    [message] = warned(R.parse_args, ["--config", str(null)])
+    assert message.startswith(f"{null}: model torchvision:resnet18 is given no weights")
     assert not warned(R.parse_args, ["--model", "torchvision:resnet18", "--dataset", "imagenet"])  # train mode
 
 

@@ -80,6 +80,25 @@ def test_a_connectome_dropped_while_attached_lets_go_of_its_masks_while_its_mode
     assert held() == before  # (tensors, hooks) alive: what one run leaves, not one more set a run
 
 
+def test_connectomes_never_attached_or_detached_leave_nothing_behind_when_collected():
+    # every collected connectome handed its hook handles to grad_masking's list of those to remove at the next
+    # register(), an empty list where it had none (never attached, or detached): a process building connectomes
+    # without attaching one (diagnostics, graph exports, a sweep of mask-only runs) piled them up for good
+    from adaptive.grad_masking import _ORPHANED
+
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
+    gc.collect()
+    before = len(_ORPHANED)
+    for i in range(20):
+        conn = adaptive.Connectome(model)
+        if i % 2:
+            conn.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+            conn.detach()
+        del conn
+    gc.collect()
+    assert len(_ORPHANED) <= before
+
+
 def test_knowledge_distribution_fine_tuned_frees_its_copy():
     # its fine-tune trains a copy of the model through an attached connectome: 6 tensors (a pruned layer's
     # weight, gradient and mask each) outlived every call before

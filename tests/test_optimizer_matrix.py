@@ -526,6 +526,32 @@ def test_a_controller_driven_explicitly_refuses_the_maximizing_optimizer_its_con
         assert len(conn._controllers) == 0
 
 
+@pytest.mark.parametrize("old_state", ["attached", "stopped by conn.detach()"])
+def test_a_sign_free_controller_replacing_a_sign_reading_one_takes_a_maximizing_optimizer(old_state):
+    """A second Controller on the connectome replaces the first (detached, with a warning). conn.attach asked the
+    controller being replaced whether it accepted the new optimizer: a 'rigl' controller on a maximizing one was
+    refused for the old 'obd' estimator it was about to detach; the old one stopped by conn.detach() was even
+    attached again to it inside the attach, and its refusal left the connectome hooked to an optimizer no
+    controller stepped after."""
+    model = net()
+    conn = adaptive.Connectome(model)
+    old = adaptive.Controller(conn, O.SGD(model.parameters(), lr=0.1), policy="utility", estimator="obd",
+                              density=0.5, update_every=2)
+    if old_state != "attached":
+        conn.detach()
+    opt = O.SGD(model.parameters(), lr=0.1, maximize=True)
+    with pytest.warns(UserWarning, match="already edited by another Controller.*now detached"):
+        new = adaptive.Controller(conn, opt, policy="rigl", density=0.5, update_every=2, end_step=6)
+    assert old.optimizer is None and new.optimizer is opt
+    for s in range(4):
+        train_step(model, opt, s)
+    assert [e["kind"] for e in new.events].count("update") == 2
+    assert not [e for e in old.events if e["kind"] == "update"]
+    assert_pruned_zero(conn)
+    with pytest.raises(ValueError, match="maximize=True"):  # the replaced one, driven by hand, still refuses it
+        old.update()
+
+
 def test_a_maximizing_group_added_after_attach_is_refused_at_the_next_update_before_any_edit():
     """opt.add_param_group({..., "maximize": True}) over connectome weights after the attach was never checked:
     the controller went on scoring by the sign of an objective's gradient."""

@@ -259,7 +259,8 @@ class RunConfig:
 
             # a torchvision network's masks searched on its random initial weights, said only by a note once the
             # data had loaded; --weights none (or weights: null in a --config file) asks for it: no warning then
-            warn_random_weights(self.model, "--model")
+            source = given.get("model")  # (named where it came from, as recipes/prune_pretrained.py names it)
+            warn_random_weights(self.model, f"{source}: model" if source not in (None, COMMAND_LINE) else "--model")
         if self.output_dir:  # so that --config RUN/config.yaml names this run folder from anywhere
             self.output_dir = os.path.abspath(self.output_dir)
             problem = run_folder.not_a_folder(self.output_dir)  # (it was refused only after the data had loaded)
