@@ -74,8 +74,16 @@ def test_every_reproduce_command_parses_with_its_script(name, command, monkeypat
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parsed(argparse.ArgumentParser.parse_args))
     monkeypatch.setattr(adaptive.cli.ArgumentParser, "parse_args", parsed(adaptive.cli.ArgumentParser.parse_args))
-    monkeypatch.setattr(sys, "argv", [script, *argv])
     monkeypatch.syspath_prepend(str(ROOT))
+    import recipes._adaptive.config as adaptive_recipe  # (recipes/adaptive.py reads its settings with parse_config)
+
+    def parse_config(original):
+        def read(*args, **kwargs):
+            raise _Parsed(original(*args, **kwargs))
+        return read
+
+    monkeypatch.setattr(adaptive_recipe, "parse_config", parse_config(adaptive_recipe.parse_config))
+    monkeypatch.setattr(sys, "argv", [script, *argv])
     threads, handler = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
     try:
         runpy.run_path(str(ROOT / script), run_name="__main__")
