@@ -615,8 +615,6 @@ def _zero_redundancy_optimizers(accelerator, step: int) -> list:
     of its state; its ``state_dict()`` raises unless ``consolidate_state_dict`` gathered the shards first,
     on every process). One over a process group other than the run's every process is refused before
     anything is written: the gather would be paired with processes outside it."""
-    import torch.distributed as dist
-
     from .optim_state import _is_zero_redundancy
 
     found = []
@@ -624,8 +622,7 @@ def _zero_redundancy_optimizers(accelerator, step: int) -> list:
         inner = getattr(opt, "optimizer", opt)
         if not _is_zero_redundancy(inner):
             continue
-        if inner.world_size != accelerator.num_processes or (dist.is_initialized() and dist.get_world_size(
-                inner.process_group) != dist.get_world_size()):
+        if inner.world_size != accelerator.num_processes:  # (the size of its process group)
             raise RuntimeError(
                 f"save_checkpoint(step={step}): a ZeroRedundancyOptimizer over a process group of {inner.world_size} "
                 f"of the run's {accelerator.num_processes} processes cannot be gathered by save_checkpoint; nothing "

@@ -592,7 +592,8 @@ def test_save_checkpoint_of_a_zero_redundancy_optimizer_over_two_processes_resum
     state_dict() on every process, which raises unless consolidate_state_dict gathered the shards onto that
     process first (a collective), and the failure came out as a CheckpointWriteError telling to free disk
     space. It now gathers them itself, on every process, before the main process writes; load_checkpoint loads
-    each process's shard back, and the resumed run ends with the uninterrupted run's masks and weights."""
+    each process's shard back, and the resumed run ends with the uninterrupted run's masks and weights. One over a group of fewer processes is
+refused before anything is written."""
     import json
     import os
 
@@ -604,7 +605,14 @@ def test_save_checkpoint_of_a_zero_redundancy_optimizer_over_two_processes_resum
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for i in range(2):
         rec = json.loads((tmp_path / f"rank{i}.json").read_text())
-        assert rec == {"saved_entries": 6, "params": 6, "same_masks": True, "same_weights": True}, rec
+        sub = rec.pop("subgroup")
+        assert rec == {"saved_entries": 6, "params": 6, "same_masks": True, "same_weights": True,
+                       "left": ["step_00000003"]}, rec
+        assert sub == ("save_checkpoint(step=9): a ZeroRedundancyOptimizer over a process group of 1 of the run's 2 "
+                       "processes cannot be gathered by save_checkpoint; nothing was written. Build it over every "
+                       "process (the default process group), or save its state yourself "
+                       "(consolidate_state_dict(to=...) on every process of its group, then "
+                       "torch.save(opt.state_dict()))"), sub
 
 
 def test_save_checkpoint_of_a_zero_redundancy_optimizer_writes_its_state_as_of_now(tmp_path):

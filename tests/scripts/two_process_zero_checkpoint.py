@@ -2,7 +2,8 @@
 a ZeroRedundancyOptimizer over Adam (each process holding one shard of its state), saved with save_checkpoint
 at step 3 of 6, then, after step 6, loaded back with load_checkpoint and run to step 6 again. Writes per rank into argv[1]:
 save_checkpoint's error (type, message) if it raised, else whether the resumed run ended with the uninterrupted
-run's masks and weights, and the number of state entries in the checkpoint's optimizer file."""
+run's masks and weights, and the number of state entries in the checkpoint's optimizer file; then
+save_checkpoint's refusal of a ZeroRedundancyOptimizer over a group of one process, and the checkpoints left."""
 import datetime
 import sys
 
@@ -60,6 +61,19 @@ def main(out_dir):
     steps(model, opt, conn, 3, 6)
     record["same_masks"] = conn.mask_hash() == want[1]
     record["same_weights"] = all(torch.equal(v, want[0][k]) for k, v in model.state_dict().items())
+    # a second ZeroRedundancyOptimizer, each process's over a group of itself alone: refused before writing
+    groups = [torch.distributed.new_group([r]) for r in range(2)]
+    other = nn.Linear(2, 2)
+    alone = ZeroRedundancyOptimizer(other.parameters(), optimizer_class=torch.optim.SGD, lr=0.1,
+                                    process_group=groups[acc.process_index])
+    acc.prepare(other, alone, device_placement=[True, False])
+    try:
+        save_checkpoint(acc, f"{out_dir}/run", 9)
+        record["subgroup"] = "returned"
+    except RuntimeError as e:
+        record["subgroup"] = str(e)
+    acc.wait_for_everyone()
+    record["left"] = sorted(p.name for p in (ck.parent).iterdir())
     write_record_and_finish(acc, out_dir, acc.process_index, record)
 
 
