@@ -716,15 +716,15 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     # which train-mode connectomes hold exactly 0 at every pruned weight now (the main process's model is the
     # one saved): load_checkpoint reads only those against the model file
     pruned_zero = zero_where_pruned(accelerator) if accelerator.is_main_process else []
-    if not failed:
-        try:
-            with _consolidated(accelerator, zero):
+    with _consolidated(accelerator, zero):  # (on every process, whether or not the main one's mkdir failed)
+        if not failed:
+            try:
                 accelerator.save_state(str(tmp))
-        except write_errors() as e:
-            failed = write_failure(e)
-        finally:
-            if state is not None:
-                state.saved_window = state.saved_silent = None
+            except write_errors() as e:
+                failed = write_failure(e)
+            finally:
+                if state is not None:
+                    state.saved_window = state.saved_silent = None
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1:  # every process raises together, not only the one whose write failed
         from accelerate.utils import gather_object
