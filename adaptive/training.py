@@ -610,6 +610,54 @@ def _refuse_mid_group(accelerator, step: int) -> None:
             "train_one_epoch's on_step does)")
 
 
+def _zero_redundancy_optimizers(accelerator, step: int) -> list:
+    """The registered optimizers that are torch's ``ZeroRedundancyOptimizer`` (each process holds one shard
+    of its state; its ``state_dict()`` raises unless ``consolidate_state_dict`` gathered the shards first,
+    on every process). One over a process group other than the run's every process is refused before
+    anything is written: the gather would be paired with processes outside it."""
+    from .optim_state import _is_zero_redundancy
+
+    found = []
+    for opt in accelerator._optimizers:
+        inner = getattr(opt, "optimizer", opt)
+        if not _is_zero_redundancy(inner):
+            continue
+        if inner.world_size != accelerator.num_processes:  # (the size of its process group)
+            raise RuntimeError(
+                f"save_checkpoint(step={step}): a ZeroRedundancyOptimizer over a process group of {inner.world_size} "
+                f"of the run's {accelerator.num_processes} processes cannot be gathered by save_checkpoint; nothing "
+                "was written. Build it over every process (the default process group), or save its state yourself "
+                "(consolidate_state_dict(to=...) on every process of its group, then torch.save(opt.state_dict()))")
+        found.append(inner)
+    return found
+
+
+class _consolidated:
+    """Within it, each ``ZeroRedundancyOptimizer`` of ``zero`` has its shards gathered (a collective, on
+    every process: consolidate_state_dict) onto the processes that write (the main process; with
+    ``save_on_each_node`` every process), so the checkpoint holds its whole state, as of now (not an earlier
+    consolidation's); the other processes' ``state_dict()``, whose result Accelerate does not write, returns
+    nothing meanwhile. The gathered copies are dropped after it (memory)."""
+
+    def __init__(self, accelerator, zero):
+        self.acc, self.zero = accelerator, zero
+
+    def __enter__(self):
+        every = bool(getattr(self.acc.project_configuration, "save_on_each_node", False))
+        for opt in self.zero:
+            for to in (range(opt.world_size) if every else [0]):
+                opt.consolidate_state_dict(to=to)
+            if not every and opt.rank != 0:
+                opt.state_dict = dict  # (an instance attribute, removed on exit)
+        return self
+
+    def __exit__(self, *exc):
+        for opt in self.zero:
+            opt.__dict__.pop("state_dict", None)
+            opt._all_state_dicts = []
+        return False
+
+
 def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None,
                     files: Optional[Dict[str, bytes]] = None) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
@@ -624,7 +672,10 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     after it: after a power cut or a crash of the machine the newest checkpoint is whole, never one of
     empty or cut-short files whose manifest refuses it while the older ones are gone.
     Keeps the newest ``keep`` checkpoints (None: all).
-    Every process must call it (each saves its own RNG state). With several processes, ``state``'s
+    Every process must call it (each saves its own RNG state). A ``ZeroRedundancyOptimizer`` (each process
+    holding a shard of its state) has its shards gathered onto the writing process first, on every process,
+    so the checkpoint holds its whole state as of now (:class:`_consolidated`); one over a process group of
+    fewer processes than the run's is refused before anything is written. With several processes, ``state``'s
     partial logging window is summed over them before it is saved, since only the main process's
     copy is written (each process takes an equal share back on load).
 
@@ -642,6 +693,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     from .integrity import CheckpointWriteError, write_errors, write_failure, write_manifest
 
     _refuse_mid_group(accelerator, step)
+    zero = _zero_redundancy_optimizers(accelerator, step)
     root = checkpoint_root(output_dir)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp-step_{step:08d}"
@@ -663,15 +715,16 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
             state.saved_silent = accelerator.reduce(v, reduction="sum").cpu().tolist()
     # which train-mode connectomes hold exactly 0 at every pruned weight now (the main process's model is the
     # one saved): load_checkpoint reads only those against the model file
-    zero = zero_where_pruned(accelerator) if accelerator.is_main_process else []
-    if not failed:
-        try:
-            accelerator.save_state(str(tmp))
-        except write_errors() as e:
-            failed = write_failure(e)
-        finally:
-            if state is not None:
-                state.saved_window = state.saved_silent = None
+    pruned_zero = zero_where_pruned(accelerator) if accelerator.is_main_process else []
+    with _consolidated(accelerator, zero):  # (on every process, whether or not the main one's mkdir failed)
+        if not failed:
+            try:
+                accelerator.save_state(str(tmp))
+            except write_errors() as e:
+                failed = write_failure(e)
+            finally:
+                if state is not None:
+                    state.saved_window = state.saved_silent = None
     accelerator.wait_for_everyone()
     if accelerator.num_processes > 1:  # every process raises together, not only the one whose write failed
         from accelerate.utils import gather_object
@@ -681,7 +734,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
         try:
             for name, content in (files or {}).items():
                 (tmp / name).write_bytes(content)
-            write_record(tmp, zero)
+            write_record(tmp, pruned_zero)
             write_manifest(tmp)
             sync_tree(tmp)  # every process's files on disk whole before the rename (the older ones go after it)
         except write_errors() as e:

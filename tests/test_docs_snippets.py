@@ -464,6 +464,7 @@ OUTSIDE_KEYWORDS = {
     "assign", "find_unused_parameters", "requires_grad", "retain_graph", "use_reentrant", "alpha", "beta",
     "aux_logits", "dropout_p", "features", "output_size", "temperature", "training", "shuffle", "fused",
     "first_layer_sparsity", "prune_first_layer", "in_proj_weight", "label_smoothing", "transform_input",
+    "device_placement",  # (Accelerate's prepare)
 }
 
 

@@ -584,3 +584,72 @@ def test_zero_redundancy_optimizer_over_two_processes_masks_and_resets_each_rank
             assert r["warnings"] == [] and r["zero"] and r["stale"] == 0 and r["events"] >= 3, (case, r)
         assert recs[0]["hash"] == recs[1]["hash"], case
         assert recs[0]["held"] != recs[1]["held"], case  # sharded indeed
+
+
+def test_save_checkpoint_of_a_zero_redundancy_optimizer_over_two_processes_resumes_exactly(tmp_path):
+    """save_checkpoint under two processes with a ZeroRedundancyOptimizer (prepared with device_placement
+    False: Accelerate's placement calls its state_dict()) failed: Accelerate's save_state called its
+    state_dict() on every process, which raises unless consolidate_state_dict gathered the shards onto that
+    process first (a collective), and the failure came out as a CheckpointWriteError telling to free disk
+    space. It now gathers them itself, on every process, before the main process writes; load_checkpoint loads
+    each process's shard back, and the resumed run ends with the uninterrupted run's masks and weights. One over a group of fewer processes is
+refused before anything is written."""
+    import json
+    import os
+
+    from _ports import launch_two
+
+    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_zero_checkpoint.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    r = launch_two([script, tmp_path], env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for i in range(2):
+        rec = json.loads((tmp_path / f"rank{i}.json").read_text())
+        sub = rec.pop("subgroup")
+        assert rec == {"saved_entries": 6, "params": 6, "same_masks": True, "same_weights": True,
+                       "left": ["step_00000003"]}, rec
+        assert sub == ("save_checkpoint(step=9): a ZeroRedundancyOptimizer over a process group of 1 of the run's 2 "
+                       "processes cannot be gathered by save_checkpoint; nothing was written. Build it over every "
+                       "process (the default process group), or save its state yourself "
+                       "(consolidate_state_dict(to=...) on every process of its group, then "
+                       "torch.save(opt.state_dict()))"), sub
+
+
+def test_save_checkpoint_of_a_zero_redundancy_optimizer_writes_its_state_as_of_now(tmp_path):
+    """ZeroRedundancyOptimizer.state_dict() returns the state last consolidated: after a
+    consolidate_state_dict of an earlier step (the fix torch's error names), save_checkpoint wrote that
+    stale state, silently (here: none at all, consolidated before the first step; on a GPU the moments of
+    then), and a resume stepped with it. save_checkpoint gathers the state itself, as of the save."""
+    import torch.distributed as dist
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    from adaptive.training import save_checkpoint
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        def zero(model):
+            return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=O.Adam, lr=0.01)
+
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(True)
+        acc = Accelerator(cpu=True)
+        torch.manual_seed(0)
+        model = net()
+        opt = zero(model)
+        conn, ctrl = dst(model, opt)
+        model, opt = acc.prepare(model, opt, device_placement=[True, False])
+        acc.register_for_checkpointing(conn, ctrl)
+        opt.optimizer.consolidate_state_dict(to=0)  # before the first step: no state yet
+        for s in range(4):
+            train_step(model, opt, s)
+        ck = save_checkpoint(acc, tmp_path, 4)
+        saved = torch.load(ck / "optimizer.bin", weights_only=False)["state"]
+        index = {p: i for i, p in enumerate(q for g in opt.optimizer.param_groups for q in g["params"])}
+        live = opt.optimizer.optim.state
+        assert len(saved) == len(live) == len(index)
+        for p, st in live.items():
+            assert torch.equal(saved[index[p]]["exp_avg"], st["exp_avg"]) and int(saved[index[p]]["step"]) == 4
+    finally:
+        dist.destroy_process_group()
