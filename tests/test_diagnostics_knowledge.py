@@ -711,23 +711,31 @@ def test_a_knowledge_run_of_a_model_named_infinity_loads_its_name(tmp_path):
     assert (back.meta["model"], back.meta["dataset"], back.estimator) == ("Infinity", "-Infinity", "NaN")
 
 
+_REMOVED = [0, 1, 2, 4, 8]  # (synapses removed at each point of the curves below, of 8)
+
+
+def _kept_curve_figure(rows, tmp_path, monkeypatch):
+    """The figure of a magnitude-order knowledge curve over 8 synapses with ``rows``, drawn and kept open."""
+    import matplotlib.pyplot as plt
+
+    from adaptive.diagnostics import Table
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+
+    figs = []
+    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
+    KnowledgeCurve(Table(rows), 8, "magnitude", 0, {}, 0.1).plot(tmp_path / "k.png")
+    return figs[0]
+
+
 def test_the_log_panels_count_the_points_at_or_below_0_they_leave_out(tmp_path, monkeypatch):
     """The loss-increase and accuracy-drop panels are log axes: a removal that left the accuracy as it was (or raised
     it) has no place there, and the panel dropped it without a word; the legend now counts them (the 0-removed
     point, 0 by definition, is not counted)."""
     import matplotlib.pyplot as plt
 
-    from adaptive.diagnostics import Table
-    from adaptive.diagnostics.knowledge import KnowledgeCurve
-
-    k = [0, 1, 2, 4, 8]
     rows = [dict(removed=a, fraction=a / 8, accuracy=c, loss=1 + x, accuracy_drop=0.8 - c, loss_increase=x)
-            for a, x, c in zip(k, [0, 0.01, 0.02, 0.1, 1.0], [0.8, 0.8, 0.81, 0.7, 0.4])]
-    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, {}, 0.1)
-    figs = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
-    curve.plot(tmp_path / "k.png")
-    fig = figs[0]
+            for a, x, c in zip(_REMOVED, [0, 0.01, 0.02, 0.1, 1.0], [0.8, 0.8, 0.81, 0.7, 0.4])]
+    fig = _kept_curve_figure(rows, tmp_path, monkeypatch)
     try:
         loss, drop = fig.axes[2], fig.axes[3]
         assert [t.get_text() for t in loss.get_legend().get_texts()] == ["measured (> 0)"]
@@ -742,17 +750,9 @@ def test_a_log_panel_with_every_point_at_or_below_0_says_so(tmp_path, monkeypatc
     measured) is not counted as one at or below 0."""
     import matplotlib.pyplot as plt
 
-    from adaptive.diagnostics import Table
-    from adaptive.diagnostics.knowledge import KnowledgeCurve
-
-    k = [0, 1, 2, 4, 8]
     rows = [dict(removed=a, fraction=a / 8, accuracy=0.8, loss=1 + x, accuracy_drop=c, loss_increase=x)
-            for a, x, c in zip(k, [0, 0.01, 0.02, 0.1, 1.0], [0, 0, -0.01, 0, float("nan")])]
-    curve = KnowledgeCurve(Table(rows), 8, "magnitude", 0, {}, 0.1)
-    figs = []
-    monkeypatch.setattr(plt, "close", lambda fig=None: figs.append(fig))
-    curve.plot(tmp_path / "k.png")
-    fig = figs[0]
+            for a, x, c in zip(_REMOVED, [0, 0.01, 0.02, 0.1, 1.0], [0, 0, -0.01, 0, float("nan")])]
+    fig = _kept_curve_figure(rows, tmp_path, monkeypatch)
     try:
         drop = fig.axes[3]
         assert not drop.get_lines() and drop.get_legend() is None

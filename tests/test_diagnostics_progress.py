@@ -218,6 +218,20 @@ def test_the_progress_command_names_the_runs_model_and_dataset(tmp_path, monkeyp
     assert "resnet32 on cifar10 (run run_a)" in head
 
 
+def _drawn_progress(run, monkeypatch):
+    """progress.png of the run folder ``run``, drawn (its figure kept open for the test to read)."""
+    figs = _kept_figures(monkeypatch)
+    progress(str(run)).plot(run / "progress.png")
+    figs[0].canvas.draw()
+    return figs[0]
+
+
+def _shown_xticks(ax) -> list:
+    """The x ticks of ``ax`` within its limits."""
+    lo, hi = ax.get_xlim()
+    return [t for t in ax.get_xticks() if lo <= t <= hi]
+
+
 def test_no_legend_of_progress_png_lies_on_a_panel(tmp_path, monkeypatch):
     """A 2-step run has one held-out and one test point per panel: the legends inside the panels
     could hide them (as in loss_accuracy.png). Every legend now lies outside every panel."""
@@ -227,10 +241,7 @@ def test_no_legend_of_progress_png_lies_on_a_panel(tmp_path, monkeypatch):
                         "layer_density": {"a": 0.2}, "boundaries": {"prune": 0.1, "restore": 0.2}},
                        {"step": 2, "kind": "update", "pruned": 3, "grown": 3, "density": 0.2,
                         "layer_density": {"a": 0.2}, "boundaries": {"prune": 0.1, "restore": 0.2}}])
-    figs = _kept_figures(monkeypatch)
-    progress(str(tmp_path)).plot(tmp_path / "progress.png")
-    fig = figs[0]
-    fig.canvas.draw()
+    fig = _drawn_progress(tmp_path, monkeypatch)
     r = fig.canvas.get_renderer()
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     assert len(legends) == 5  # loss, accuracy, updates, boundaries, density
@@ -399,10 +410,7 @@ def test_a_density_legend_of_many_long_layer_names_covers_no_other_legend(tmp_pa
                         "layer_density": {n: 0.5 for n in names}, "boundaries": {"prune": 0.1, "restore": 0.2}}
                        for s in (10, 20)])
     (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n10,train,1.0,0.5,100\n20,train,1.0,0.5,200\n")
-    figs = _kept_figures(monkeypatch)
-    progress(str(tmp_path)).plot(tmp_path / "progress.png")
-    fig = figs[0]
-    fig.canvas.draw()
+    fig = _drawn_progress(tmp_path, monkeypatch)
     r = fig.canvas.get_renderer()
     legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     assert len(legends) == 5
@@ -421,13 +429,9 @@ def test_step_and_removal_axes_of_a_short_run_tick_whole_numbers(tmp_path, monke
                        {"step": 2, "kind": "update", "pruned": 0, "grown": 0, "density": 0.8, "layer_density": {"a": 0.8},
                         "est_loss_change": 0.01}])
     (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n1,train,0.5,0.8,0\n2,train,0.4,0.9,3\n")
-    figs = _kept_figures(monkeypatch)
-    progress(str(tmp_path)).plot(tmp_path / "progress.png")
-    fig = figs[0]
-    fig.canvas.draw()
+    fig = _drawn_progress(tmp_path, monkeypatch)
     for ax in fig.axes:
-        lo, hi = ax.get_xlim()
-        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        ticks = _shown_xticks(ax)
         assert ticks and all(float(t).is_integer() for t in ticks), (ax.get_title(), ticks)
 
 
@@ -439,12 +443,8 @@ def test_step_and_removal_axes_of_a_longer_run_tick_round_numbers(tmp_path, monk
                        for s in range(10, 70, 10)])
     (tmp_path / "metrics.csv").write_text("step,split,loss,accuracy,removed\n"
                                           + "".join(f"{s},train,1.0,0.5,{10 * s}\n" for s in range(10, 70, 10)))
-    figs = _kept_figures(monkeypatch)
-    progress(str(tmp_path)).plot(tmp_path / "progress.png")
-    fig = figs[0]
-    fig.canvas.draw()
+    fig = _drawn_progress(tmp_path, monkeypatch)
     for ax in fig.axes:
-        lo, hi = ax.get_xlim()
-        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        ticks = _shown_xticks(ax)
         assert ticks and all(t % 10 == 0 for t in ticks), (ax.get_title(), ticks)
     assert [t for t in fig.axes[0].get_xticks() if 100 <= t <= 600] == [100, 200, 300, 400, 500, 600]
