@@ -179,6 +179,14 @@ def write_failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def is_write_failure(e: BaseException) -> bool:
+    """Whether ``e`` (one of :func:`write_errors`) is a failed write: the operating system's,
+    safetensors', or torch.save's writer's (a RuntimeError of its inline_container), not another
+    RuntimeError raised while making what is written (a figure's tick locator, an object's
+    ``state_dict()``, a tensor on a failed device), whose fix is not disk space."""
+    return not isinstance(e, RuntimeError) or any(s in str(e) for s in ("inline_container", "PytorchStreamWriter"))
+
+
 def write_errors() -> Tuple[type, ...]:
     """The exceptions a failed checkpoint write raises (OSError, torch's writer, safetensors)."""
     from safetensors import SafetensorError

@@ -658,6 +658,9 @@ class _consolidated:
         return False
 
 
+_NOT_THE_DISK = "\x00state: "  # (marks a failure of save_checkpoint that is no failed write, across processes)
+
+
 def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2, state: Optional[TrainState] = None,
                     files: Optional[Dict[str, bytes]] = None) -> Path:
     """Save the accelerator's state (model, optimizer, RNG states and the objects registered for
@@ -690,7 +693,7 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     it refuses before writing anything, as a resume would step on that group's later batches alone."""
     from .checkpoint_weights import write_record, zero_where_pruned
     from .distributed import agreed_call
-    from .integrity import CheckpointWriteError, write_errors, write_failure, write_manifest
+    from .integrity import CheckpointWriteError, is_write_failure, write_errors, write_failure, write_manifest
 
     _refuse_mid_group(accelerator, step)
     zero = _zero_redundancy_optimizers(accelerator, step)
@@ -722,6 +725,8 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
                 accelerator.save_state(str(tmp))
             except write_errors() as e:
                 failed = write_failure(e)
+                if not is_write_failure(e):  # (an object's state_dict() raised, not the disk: its fix is no disk space)
+                    failed = _NOT_THE_DISK + failed
             finally:
                 if state is not None:
                     state.saved_window = state.saved_silent = None
@@ -746,6 +751,13 @@ def save_checkpoint(accelerator, output_dir, step: int, keep: Optional[int] = 2,
     if failed:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
+        if failed.startswith(_NOT_THE_DISK):
+            raise CheckpointWriteError(
+                f"saving checkpoint {final} failed while its state was made, not written "
+                f"({failed[len(_NOT_THE_DISK):]}): the error came from what is saved (a state_dict() of the model, "
+                "an optimizer, a scheduler or a registered object), not from the disk; the partial write was removed, "
+                "and " + _continue_from(root, step) + ": fix the cause of that error and "
+                + _continue_how(root, output_dir, step))
         raise CheckpointWriteError(f"writing checkpoint {final} failed ({failed}); the partial write was removed, and "
                                    + _continue_from(root, step) + ": free disk space (or raise the "
                                    "file-size limit) and " + _continue_how(root, output_dir, step))

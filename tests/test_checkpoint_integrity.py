@@ -1342,3 +1342,40 @@ def test_a_trial_load_puts_back_an_estimator_whose_load_writes_into_the_tensors_
     other, _ = build(2.0)
     ctrl.check_state_dict(other.state_dict())
     assert est.acc.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_checkpoint_whose_state_raised_is_not_called_a_full_disk(tmp_path):
+    """save_checkpoint took every RuntimeError raised inside Accelerate's save_state for a failed write
+    (torch.save's writer raises one on a full disk): a registered object whose state_dict() raised (an
+    unconsolidated ZeroRedundancyOptimizer did) ended in "... failed (RuntimeError: ...): free disk space (or
+    raise the file-size limit)", advice that cannot help. It now says the error came from what is saved, not
+    the disk, and to fix its cause; the partial write is removed and the earlier checkpoint kept, as before.
+    torch's writer's own failure is still a failed write."""
+    from adaptive.integrity import CheckpointWriteError
+    from adaptive.training import save_checkpoint
+
+    acc, model, opt, conn = _api_run()
+    save_checkpoint(acc, tmp_path, 1)
+
+    class Raising:
+        def __init__(self, message):
+            self.message = message
+
+        def state_dict(self):
+            raise RuntimeError(self.message)
+
+        def load_state_dict(self, sd):
+            pass
+
+    acc.register_for_checkpointing(Raising("the object's own error: its state cannot be made"))
+    with pytest.raises(CheckpointWriteError) as raised:
+        save_checkpoint(acc, tmp_path, 2)
+    text = str(raised.value)
+    assert "failed while its state was made, not written (RuntimeError: the object's own error" in text, text
+    assert "not from the disk" in text and "fix the cause of that error" in text and "free disk space" not in text
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step_00000001"]
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    acc._custom_objects[-1].message = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+    with pytest.raises(CheckpointWriteError, match=r"writing checkpoint .* failed \(RuntimeError: \[enforce fail at "
+                                                   r"inline_container.*free disk space \(or raise the file-size limit"):
+        save_checkpoint(acc, tmp_path, 3)

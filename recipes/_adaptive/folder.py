@@ -105,7 +105,7 @@ def main_writes(accelerator, what: str, write: Callable[[], T]) -> Optional[T]:
     timeout) beside it."""
     from adaptive.atomic import temp_target
     from adaptive.distributed import agreed_call
-    from adaptive.integrity import write_errors, write_failure
+    from adaptive.integrity import is_write_failure, write_errors, write_failure
 
     def write_on_main():
         if not accelerator.is_main_process:
@@ -113,7 +113,7 @@ def main_writes(accelerator, what: str, write: Callable[[], T]) -> Optional[T]:
         try:
             return write()
         except write_errors() as e:
-            if not _write_failed(e):  # (an error making what is written: a figure's, a tensor's) as it is
+            if not is_write_failure(e):  # (an error making what is written: a figure's, a tensor's) as it is
                 raise
             name = getattr(e, "filename", None)
             if isinstance(name, str) and temp_target(os.path.basename(name)):  # (an atomic write's temporary file)
@@ -124,14 +124,6 @@ def main_writes(accelerator, what: str, write: Callable[[], T]) -> Optional[T]:
                 f"the run folder writable){'; ' + how if how else ''}") from e
 
     return agreed_call(write_on_main, some_alone=True)
-
-
-def _write_failed(e: BaseException) -> bool:
-    """Whether ``e`` (one of :func:`adaptive.integrity.write_errors`) is a failed write: the operating
-    system's, safetensors', or torch.save's writer's (a RuntimeError of its inline_container), not
-    another RuntimeError raised while making what is written (a figure's tick locator, a tensor on a
-    failed device), whose fix is not disk space."""
-    return not isinstance(e, RuntimeError) or any(s in str(e) for s in ("inline_container", "PytorchStreamWriter"))
 
 
 def _save_config(accelerator, cfg: RunConfig, output_dir: Path) -> Optional[bytes]:
