@@ -84,3 +84,18 @@ def two_rank_records(script_name, folder, *args):
                PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
     run_two_ranks(tests / "scripts" / script_name, folder, env, *args)
     return [json.loads((Path(folder) / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def launched_two_records(script_name, folder, *args):
+    """``tests/scripts/<script_name> folder *args`` run by :func:`launch_two` (one thread each, no GPU),
+    which must succeed; returns the two records it wrote, ``rank0.json`` and ``rank1.json`` in ``folder``,
+    read back."""
+    import json
+    import os
+    from pathlib import Path
+
+    script = Path(__file__).parent / "scripts" / script_name
+    r = launch_two([str(script), str(folder), *map(str, args)],
+                   env=dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES=""))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return [json.loads((Path(folder) / f"rank{r}.json").read_text()) for r in range(2)]

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ports import launch_two  # noqa: E402
+from _ports import launch_two, launched_two_records  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -14,11 +14,7 @@ def controller_run(tmp_path_factory):
     """The records of both ranks of one launch of two_process_controller.py (a launch takes seconds:
     the tests below read the same one). A rank that hung on another would run into the launch's timeout."""
     out = tmp_path_factory.mktemp("two_process_controller")
-    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_controller.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, out], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
+    return launched_two_records("two_process_controller.py", out)
 
 
 def test_two_processes_hold_identical_masks(controller_run):
@@ -56,11 +52,7 @@ def test_a_missed_target_is_warned_alike_on_both_ranks(controller_run):
 
 
 def test_process_group_helpers_on_two_processes(tmp_path):
-    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_helpers.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, tmp_path], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    recs = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    recs = launched_two_records("two_process_helpers.py", tmp_path)
     for i, rec in enumerate(recs):
         assert rec["index"] == rec["rank"] == i and rec["world"] == 2
         assert rec["mean"] == [[1.5, 3.0], [[15.0]], "torch.float32", "torch.float64"]  # the mean, not the sum
@@ -103,11 +95,7 @@ def test_band_gradient_scaler_scales_alike_on_every_process(tmp_path):
     processes, so both ranks apply the same scales, those recomputed from both ranks' gradients together."""
     import torch
 
-    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_band_scaling.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, tmp_path], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    a, b = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
+    a, b = launched_two_records("two_process_band_scaling.py", tmp_path)
     assert a["world"] == b["world"] == 2 and a["weights"] == b["weights"]
     assert a["scales"] == b["scales"]  # each rank sized its bands by its own gradient, and scaled them apart
     band = torch.tensor([0, 0, 1, 1, 2, 2]).expand(5, 6).reshape(-1)  # the band of each weight entry (by input)
@@ -169,11 +157,7 @@ def test_a_checkpoint_the_main_process_cannot_put_in_place_stops_every_process_a
     collective. Every process now raises one CheckpointWriteError naming the checkpoint, the one that is
     intact and how to resume; and where a later checkpoint of a timeline a resume abandoned is there,
     a failed write names the intact one to resume from (--resume latest would take the later one)."""
-    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_checkpoint_tail.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, tmp_path], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    recs = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    recs = launched_two_records("two_process_checkpoint_tail.py", tmp_path)
     run, ck = tmp_path / "run", tmp_path / "run" / "checkpoints"
     assert recs[0]["rename"] == recs[1]["rename"], recs
     kind, message, alike = recs[0]["rename"]
@@ -226,11 +210,7 @@ def test_a_load_refused_by_one_process_names_the_process_the_file_and_the_cause(
     checkpoint" its copy; and recipes/adaptive.py's resume cut an error raised inside Accelerate's load to
     its first line, where torch's load errors say nothing but "Error(s) in loading state_dict for X:" (the
     cause is on the next). Every process now raises one error naming the process, the file and the cause."""
-    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_load_refusals.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, tmp_path], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    recs = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    recs = launched_two_records("two_process_load_refusals.py", tmp_path)
     assert recs[0] == recs[1], recs
     rec = recs[0]
     kind, message, alike = rec["moment"]
@@ -256,11 +236,7 @@ def test_loaders_of_uneven_batches_are_refused_in_training_and_evaluated_whole(t
     each process's own batches of other sizes, gloo aborted the gather. train_one_epoch refuses now, on every
     process alike, naming each process's count and even_batches; evaluate adds each process's sums once at
     the end wherever batches may differ, and counts every example once; loaders Accelerate evens out run."""
-    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_uneven_batches.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, tmp_path], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    a, b = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    a, b = launched_two_records("two_process_uneven_batches.py", tmp_path)
     assert a == b, (a, b)
     assert a["train_uneven"]["error"] == "ValueError", a
     assert ("different numbers of batches to take from the train loader (process 0 of 2: 2 batches; "
@@ -298,11 +274,7 @@ def test_uneven_batches_under_accumulation_are_refused_alike_where_the_steps_dif
     Under sync_with_dataloader=True (Accelerate's default) the loader's end closes each process's last group,
     and four batches and three made two steps on each, which met, but were refused for their batch counts: the
     steps are compared there now (the batches shown beside them), and two steps against one are refused."""
-    script = os.path.join(os.path.dirname(__file__), "scripts", "two_process_uneven_accumulation.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    r = launch_two([script, tmp_path], env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    a, b = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    a, b = launched_two_records("two_process_uneven_accumulation.py", tmp_path)
     assert a == b, (a, b)
     assert a["max_steps"] == {"steps": 1}, a
     assert a["whole"]["error"] == "ValueError", a
