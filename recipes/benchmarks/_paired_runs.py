@@ -94,6 +94,34 @@ def at_least_one(args, names, ap) -> None:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
+def add_run_options(ap, name: str, seeds: str, epochs, epochs_help: str) -> None:
+    """The options of a benchmark whose every run is one recipe job: ``--seeds`` (default ``seeds``),
+    ``--epochs`` (default ``epochs``), ``--max-steps``, ``--subset``, ``--threads``, ``--data-dir``, ``--runs``,
+    ``--output`` (default results/``name``.md); read them back with :func:`run_options`."""
+    from adaptive.cli import data_dir_type, path_type
+
+    ap.add_argument("--seeds", default=seeds, help="comma-separated seeds (split, data order, initialisation)")
+    ap.add_argument("--epochs", type=int, default=epochs, help=epochs_help)
+    ap.add_argument("--max-steps", type=int, default=None, help="steps of every run instead of --epochs (quick runs)")
+    ap.add_argument("--subset", type=int, default=None, help="train examples (quick runs; the table says so)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
+    ap.add_argument("--data-dir", type=data_dir_type, default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
+    ap.add_argument("--runs", type=path_type(), default=None, help="folder for the runs' own folders (default: a temporary one)")
+    ap.add_argument("--output", type=path_type(), default=None,
+                    help=f"the table (default: recipes/benchmarks/results/{name}.md)")
+
+
+def run_options(args, ap) -> list:
+    """The seeds of :func:`add_run_options`' options, each checked (``ap.error`` otherwise), with
+    ``args.data`` set to the data folder they name."""
+    from adaptive.paths import resolve_data_dir
+
+    seeds = int_list(args.seeds, "--seeds", ap)
+    at_least_one(args, ("epochs", "max_steps", "subset", "threads"), ap)
+    args.data = resolve_data_dir(args.data_dir)
+    return seeds
+
+
 def figure_path(args, name: str) -> Path:
     """Where a benchmark's figure goes: ``--figure``, else beside ``--output`` (a .png of the same
     name), else docs/figures/``name``.png."""

@@ -27,15 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
-from adaptive.paths import resolve_data_dir  # noqa: E402
 from adaptive.utility.base import get_estimator  # noqa: E402
 
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
 # sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
 from recipes.benchmarks._paired_runs import (  # noqa: E402
-    at_least_one, int_list as _int_list, mean_sd as _mean_sd, name_list, recipe_run, table_path, write_table)
+    add_run_options, mean_sd as _mean_sd, name_list, recipe_run, run_options, table_path, write_table)
 from recipes.benchmarks._reproduce import machine, shown_args  # noqa: E402
 
 ESTIMATORS = ("taylor", "obd", "consistency", "curvature")  # the three signed ones, then curvature
@@ -61,21 +59,11 @@ def run_one(estimator: str, seed: int, args, out: Path) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # (the Reproduce line)
     ap.add_argument("--estimators", default=",".join(ESTIMATORS), help=f"comma-separated, of: {', '.join(ESTIMATORS)}")
-    ap.add_argument("--seeds", default="0,1", help="comma-separated seeds (split, data order, initialisation)")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs of every run (default 3)")
-    ap.add_argument("--max-steps", type=int, default=None, help="steps of every run instead of --epochs (quick runs)")
-    ap.add_argument("--subset", type=int, default=None, help="train examples (quick runs; the table says so)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of each run (default 1)")
-    ap.add_argument("--data-dir", type=data_dir_type, default=None, help="data folder (default: $ADAPTIVE_DATA or ../shared/data)")
-    ap.add_argument("--runs", type=path_type(), default=None, help="folder for the runs' own folders (default: a temporary one)")
-    ap.add_argument("--output", type=path_type(), default=None,
-                    help="the table (default: recipes/benchmarks/results/threshold_estimators.md)")
+    add_run_options(ap, "threshold_estimators", "0,1", 3, "epochs of every run (default 3)")
     ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
     args = ap.parse_args(argv)
     estimators = name_list(args.estimators, ESTIMATORS, "--estimators", ap, sep=",")
-    seeds = _int_list(args.seeds, "--seeds", ap)
-    at_least_one(args, ("epochs", "max_steps", "subset", "threads"), ap)
-    args.data = resolve_data_dir(args.data_dir)
+    seeds = run_options(args, ap)
     if not (args.data / "mnist" / "mnist.npz").is_file():
         ap.error(f"the runs need {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
     import tempfile
