@@ -19,10 +19,17 @@ ADD = re.compile(r'add_argument\("([\w-]+)"(.*)')
 NEEDS = {"proxy.py": ["pretrain"]}
 
 
+def _declared(script):
+    """(option, rest of its add_argument line) of every option ``script`` declares, those its call of the
+    shared ``_paired_runs.add_recipe_run_options`` declares included."""
+    text = script.read_text()
+    return ADD.findall(text) + (ADD.findall((BENCH / "_paired_runs.py").read_text()) if "add_recipe_run_options(ap" in text else [])
+
+
 def _path_options():
     found = []
     for script in SCRIPTS:
-        for name, rest in ADD.findall(script.read_text()):
+        for name, rest in _declared(script):
             if re.search(r"type=path_type\(", rest):
                 found.append((script, name))
     return found
@@ -31,7 +38,7 @@ def _path_options():
 def test_every_path_option_of_every_benchmark_takes_the_shared_path_type():
     """A static guard: a benchmark's option named like a path (found in the source) is typed by
     path_type (or data_dir_type), so a new --out cannot come back without the check."""
-    missing = [f"{s.relative_to(BENCH)} {name}" for s in SCRIPTS for name, rest in ADD.findall(s.read_text())
+    missing = [f"{s.relative_to(BENCH)} {name}" for s in SCRIPTS for name, rest in _declared(s)
                if PATHISH.fullmatch(name) and not re.search(r"type=(path_type\(|data_dir_type)", rest)]
     assert not missing, missing
     assert len({s for s, _ in _path_options()}) >= 25  # the top-level benchmarks and the mask-only ablations

@@ -94,10 +94,10 @@ def at_least_one(args, names, ap) -> None:
             ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def add_run_options(ap, name: str, seeds: str, epochs, epochs_help: str) -> None:
+def add_recipe_run_options(ap, name: str, seeds: str, epochs, epochs_help: str) -> None:
     """The options of a benchmark whose every run is one recipe job: ``--seeds`` (default ``seeds``),
     ``--epochs`` (default ``epochs``), ``--max-steps``, ``--subset``, ``--threads``, ``--data-dir``, ``--runs``,
-    ``--output`` (default results/``name``.md); read them back with :func:`run_options`."""
+    ``--output`` (default results/``name``.md); read them back with :func:`recipe_run_options`."""
     from adaptive.cli import data_dir_type, path_type
 
     ap.add_argument("--seeds", default=seeds, help="comma-separated seeds (split, data order, initialisation)")
@@ -111,8 +111,8 @@ def add_run_options(ap, name: str, seeds: str, epochs, epochs_help: str) -> None
                     help=f"the table (default: recipes/benchmarks/results/{name}.md)")
 
 
-def run_options(args, ap) -> list:
-    """The seeds of :func:`add_run_options`' options, each checked (``ap.error`` otherwise), with
+def recipe_run_options(args, ap) -> list:
+    """The seeds of :func:`add_recipe_run_options`' options, each checked (``ap.error`` otherwise), with
     ``args.data`` set to the data folder they name."""
     from adaptive.paths import resolve_data_dir
 

@@ -33,7 +33,7 @@ from adaptive.utility.base import get_estimator  # noqa: E402
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
 # sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
 from recipes.benchmarks._paired_runs import (  # noqa: E402
-    add_run_options, mean_sd as _mean_sd, name_list, recipe_run, run_options, table_path, write_table)
+    add_recipe_run_options, mean_sd as _mean_sd, name_list, recipe_run, recipe_run_options, table_path, write_table)
 from recipes.benchmarks._reproduce import machine, shown_args  # noqa: E402
 
 ESTIMATORS = ("taylor", "obd", "consistency", "curvature")  # the three signed ones, then curvature
@@ -59,11 +59,11 @@ def run_one(estimator: str, seed: int, args, out: Path) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # (the Reproduce line)
     ap.add_argument("--estimators", default=",".join(ESTIMATORS), help=f"comma-separated, of: {', '.join(ESTIMATORS)}")
-    add_run_options(ap, "threshold_estimators", "0,1", 3, "epochs of every run (default 3)")
+    add_recipe_run_options(ap, "threshold_estimators", "0,1", 3, "epochs of every run (default 3)")
     ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
     args = ap.parse_args(argv)
     estimators = name_list(args.estimators, ESTIMATORS, "--estimators", ap, sep=",")
-    seeds = run_options(args, ap)
+    seeds = recipe_run_options(args, ap)
     if not (args.data / "mnist" / "mnist.npz").is_file():
         ap.error(f"the runs need {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
     import tempfile

@@ -36,8 +36,8 @@ from adaptive.metrics import fmt_accuracy  # noqa: E402
 # the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
 # sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
 from recipes.benchmarks._paired_runs import (  # noqa: E402
-    add_run_options, figure_path, mean_sd as _mean_sd, name_list, paired_plot, recipe_run, rel as _rel, run_options,
-    table_path, write_table)
+    add_recipe_run_options, figure_path, mean_sd as _mean_sd, name_list, paired_plot, recipe_run, recipe_run_options,
+    rel as _rel, table_path, write_table)
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 PACES = ("even", "cubic")
@@ -79,14 +79,14 @@ def plot(results, seeds, path: Path) -> Path:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)  # (the Reproduce line)
     ap.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated, of: {', '.join(SETTINGS).replace('%', '%%')}")
-    add_run_options(ap, "threshold_pace", "0,1,2", None, "epochs of every run (the schedules span them; default: "
+    add_recipe_run_options(ap, "threshold_pace", "0,1,2", None, "epochs of every run (the schedules span them; default: "
                                                         "3 on MNIST, 20 on digits)")
     ap.add_argument("--figure", type=path_type(), default=None, help="the figure (default: docs/figures/threshold_pace.png, or beside "
                                                    "--output)")
     ap.add_argument("--no-progress", action="store_true", help="no per-run lines")
     args = ap.parse_args(argv)
     settings = name_list(args.settings, SETTINGS, "--settings", ap, sep=",")
-    seeds = run_options(args, ap)
+    seeds = recipe_run_options(args, ap)
     if any(s in NEEDS_DATA for s in settings) and not (args.data / "mnist" / "mnist.npz").is_file():
         ap.error(f"the MNIST settings need {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
     import tempfile
