@@ -116,7 +116,10 @@ def _parse_args(argv) -> argparse.Namespace:
     # ~ as the shell would have (a --config file's, --weights=~/x; ~ made a folder called ~), before any other reading
     cfg["weights"], cfg["data_dir"], cfg["output_dir"] = (home_expanded(cfg[k]) for k in ("weights", "data_dir", "output_dir"))
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
-    cfg["dataset_kw"] = absolute_wnids(cfg["dataset_kw"])  # (its wnids file, as the data folder: config.yaml reruns)
+    try:
+        cfg["dataset_kw"] = absolute_wnids(cfg["dataset_kw"])  # (its wnids file, as the data folder: config.yaml reruns)
+    except ValueError as e:  # (wnids: 1e5, a number: no file name)
+        raise SystemExit(str(e)) from None
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
         cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
         problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)
