@@ -73,6 +73,18 @@ def boundary_scale(ax, values) -> None:
     ax.set_yscale("symlog", linthresh=10.0 ** max(lowest, math.ceil(math.log10(max(vals))) - 4))
 
 
+LOG_LOSS_DECADES = 3  # a loss panel spanning more decades than this is drawn on a log scale
+
+
+def loss_scale(ax, values) -> None:
+    """A log y-scale for a panel of losses whose finite values are all above 0 and span more than
+    :data:`LOG_LOSS_DECADES` decades (a run that diverged to 1e5 from 0.3): on a linear axis the
+    useful part, before the divergence, lay flat along 0. Otherwise the axis stays linear."""
+    vals = [v for v in values if finite(v)]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 10.0 ** LOG_LOSS_DECADES:
+        ax.set_yscale("log")
+
+
 def whole_steps(ax, axis: str = "x") -> None:
     """Tick a step (or batch) axis at whole numbers only: a run of a few steps was ticked at "1.5",
     "2.5", steps that do not exist. Long runs get the same ticks as before; a run of one step its step
@@ -183,7 +195,8 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
     (``step``, ``holdout_loss``, ``holdout_acc``): the held-out evaluation of the masks a run kept
     when they are not its last ones, marked with a star; the test point, measured on those masks, is
     drawn at their step. ``title``: the figure's title (name the model and dataset). The legend sits
-    under each panel: inside, it hid a run's only held-out point."""
+    under each panel: inside, it hid a run's only held-out point. The loss panel is drawn on a log
+    scale where its losses span more than three decades (:func:`loss_scale`)."""
     plt = _pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -205,6 +218,8 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
             held = None if kept is None else kept.get(held_key)
             if finite(held):
                 ax.plot([kept["step"]], [held], **KEPT_STYLE)
+            if key == "loss":
+                loss_scale(ax, [y for line in ax.get_lines() for y in line.get_ydata()])
             ax.set_xlabel("training step")
             whole_steps(ax)
             # metrics.csv's fraction, where the closing line and the tables print percent: the unit said

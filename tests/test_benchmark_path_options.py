@@ -2,6 +2,7 @@
 whitespace-only value (``--out "$DIR"`` with DIR unset) as the recipes and every --data-dir do, through the
 shared ``adaptive.cli.path_type``: '' had meant the default file unsaid (``args.out or DEFAULT``), the working
 directory (``Path('')``), a file named by a space, or (a default of '') "do not save"."""
+import ast
 import re
 import runpy
 import sys
@@ -19,11 +20,29 @@ ADD = re.compile(r'add_argument\("([\w-]+)"(.*)')
 NEEDS = {"proxy.py": ["pretrain"]}
 
 
-def _declared(script):
-    """(option, rest of its add_argument line) of every option ``script`` declares, those its call of the
-    shared ``_paired_runs.add_recipe_run_options`` declares included."""
+def _shared_declarers(script):
+    """The source of every function ``script`` imports from another benchmark module (``from
+    recipes.benchmarks.MOD import NAME``) and calls on its parser (``NAME(ap``): the shared options it declares
+    there (``_paired_runs.add_recipe_run_options``, ``mask_only.add_run_options``)."""
     text = script.read_text()
-    return ADD.findall(text) + (ADD.findall((BENCH / "_paired_runs.py").read_text()) if "add_recipe_run_options(ap" in text else [])
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recipes.benchmarks."):
+            module = BENCH.joinpath(*node.module.split(".")[2:]).with_suffix(".py")
+            source = module.read_text()
+            for alias in node.names:
+                if f"{alias.asname or alias.name}(ap" not in text:
+                    continue
+                for fn in ast.walk(ast.parse(source)):
+                    if isinstance(fn, ast.FunctionDef) and fn.name == alias.name:
+                        found.append(ast.get_source_segment(source, fn))
+    return found
+
+
+def _declared(script):
+    """(option, rest of its add_argument line) of every option ``script`` declares, those declared by a shared
+    function it calls (:func:`_shared_declarers`) included."""
+    return ADD.findall(script.read_text()) + [d for source in _shared_declarers(script) for d in ADD.findall(source)]
 
 
 def _path_options():
@@ -43,6 +62,14 @@ def test_every_path_option_of_every_benchmark_takes_the_shared_path_type():
     assert not missing, missing
     assert len({s for s, _ in _path_options()}) >= 25  # the top-level benchmarks and the mask-only ablations
 
+
+
+def test_options_declared_by_a_shared_function_are_followed():
+    """mask_only_ceiling.py declares --output through mask_only.add_run_options, which the scan did not follow
+    (it followed _paired_runs.add_recipe_run_options alone, by name): its empty --output went unchecked here."""
+    found = set(_path_options())
+    assert (BENCH / "mask_only_ceiling.py", "--output") in found and (BENCH / "mask_only.py", "--output") in found
+    assert {(BENCH / s, o) for s in ("threshold_pace.py", "threshold_estimators.py") for o in ("--runs", "--output")} <= found
 
 @pytest.mark.parametrize("script, option", _path_options(), ids=lambda v: v.name if isinstance(v, Path) else v)
 @pytest.mark.parametrize("value", ["", "  "])

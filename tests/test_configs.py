@@ -206,6 +206,38 @@ def test_prune_pretrained_reads_a_config_files_exponent_numbers(tmp_path):
         P.parse_args(["--config", str(f)])
 
 
+
+@pytest.mark.parametrize("text, read", [
+    ("seed: 1e3\nbatch_size: 6.4e1\nnum_workers: 0.0\n", dict(seed=1000, batch_size=64, num_workers=0)),
+    ("overwrite: 'false'\ncpu: 'yes'\n", dict(overwrite=False, cpu=True)),
+    ("overwrite: 'TRUE'\ncpu: 'off'\n", dict(overwrite=True, cpu=False)),
+])
+def test_both_recipes_read_a_config_files_whole_numbers_and_quoted_flags_alike(tmp_path, text, read):
+    """recipes/prune_pretrained.py refused seed: 1e3 ('must be an integer, got 1000.0': YAML's text 1e3, read as
+    the float) and a quoted overwrite: 'false', both of which recipes/adaptive.py's --config reads (1000; false):
+    one file now means the same in both (docs/training.md)."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    ns, cfg = P.parse_args(["--config", str(f)]), parse_config(R.RunConfig, ["--config", str(f)])
+    for key, value in read.items():
+        assert getattr(ns, key) == value == getattr(cfg, key) and type(getattr(ns, key)) is type(value), key
+
+
+@pytest.mark.parametrize("text, prune, adaptive", [
+    ("seed: 2.5\n", r"c\.yaml: seed must be an integer, got 2\.5", r"seed' .*expects int, got 2\.5"),
+    ("overwrite: 'maybe'\n", r"overwrite must be true or false, got 'maybe': write true or false",
+     r"overwrite' .*expects bool, got 'maybe' \(use true or false\)"),
+    ("overwrite: 0\n", r"overwrite must be true or false, got 0$", r"overwrite' .*expects bool, got 0"),
+])
+def test_both_recipes_refuse_a_fractional_count_and_a_flag_that_is_no_yes_or_no(tmp_path, text, prune, adaptive):
+    """What neither recipe reads as the option's value is refused by both, naming it."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(SystemExit, match=prune):
+        P.parse_args(["--config", str(f)])
+    with pytest.raises(ConfigError, match=adaptive):
+        parse_config(R.RunConfig, ["--config", str(f)])
+
 def test_a_config_of_the_other_recipe_is_refused_naming_the_recipe_it_is_for(tmp_path, capsys):
     """A mask-only yaml of recipes/prune_pretrained.py given to recipes/adaptive.py (or one of
     recipes/adaptive.py's given to recipes/prune_pretrained.py) is refused before anything runs, as any

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from _scripts import load_script
 from _training import fresh_recipe_state
 
@@ -15,7 +16,8 @@ from adaptive.data import dataset_facts, get_datasets
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
-WNIDS = [f"n{i * 7 + 1440764:08d}" for i in range(1000)]  # sorted, like ImageNet's
+# sorted, ImageNet-1k's first and last (read_wnids checks them) and 998 made up between
+WNIDS = [f"n{i * 7 + 1440764:08d}" for i in range(999)] + ["n15075141"]
 PICKED = (WNIDS[0], WNIDS[217], WNIDS[999])  # (ImageNet indices 0, 217, 999)
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)
 
@@ -59,6 +61,11 @@ def test_wnid_folders_are_labelled_by_their_imagenet_index(tmp_path):
     (WNIDS[:999] + [WNIDS[5]], r"lists \['n01440799'\] more than once"),
     (WNIDS[1:] + ["n00000001"], r"is not in sorted order.*sort it"),
     (WNIDS[:3] + ["tench"] + WNIDS[4:], r"line 4: 'tench' is no ImageNet wnid"),
+    # sorted, 1000, once each, but not ImageNet-1k's (accepted before: every class labelled by another list's place)
+    ([f"n{i * 7 + 1440765:08d}" for i in range(1000)], r"lists 1000 wnids, sorted, but not ImageNet-1k's: its first and "
+                                                       r"last are n01440765 and n01447758, ImageNet-1k's n01440764 "
+                                                       r"\(tench\) and n15075141 \(toilet tissue\)"),
+    (WNIDS[:999] + ["n15075142"], r"but not ImageNet-1k's: its first and last are n01440764 and n15075142"),
 ])
 def test_a_wnid_list_that_is_not_imagenets_1000_is_refused_naming_the_fix(tmp_path, lines, match):
     root = _subset(tmp_path / "data", mapping=None)
@@ -146,7 +153,7 @@ def test_the_docs_command_scores_a_1000_class_network_on_imagenet_labels(tmp_pat
     for argv, why in ((found, rf"--weights {re.escape(str(weights))} holds a 1000-class classifier"),
                       (unweighted + ["--num-classes", "1000"], r"--num-classes 1000")):
         with pytest.raises(ValueError, match=rf"the 3 class folders of .*train are ImageNet wnids \(n01440764, "
-                                             rf"n01442283, n01447757\) and the model has 1000 outputs \({why}\).*"
+                                             rf"n01442283, n15075141\) and the model has 1000 outputs \({why}\).*"
                                              r"give --dataset-kw wnids=FILE.*LOC_synset_mapping.txt"):
             recipe().main(argv[:argv.index("--output_dir")] + ["--output_dir", str(tmp_path / "none")]
                           + argv[argv.index("--output_dir") + 2:])
@@ -314,3 +321,95 @@ def test_weights_of_the_folders_own_classes_beside_wnids_are_refused_naming_wnid
                                                    r"labelled by its index among ImageNet's 1000 wnids: leave it out"):
         recipe().main(argv)
     assert not (tmp_path / "out").exists()
+
+
+def yaml_load(path):
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _found_argv(tmp_path, weights, data, out):
+    """docs/data.md's command, tiny, without its wnids= (the list found in the data's folders)."""
+    argv = [a for a in _tiny(_doc_command(), tmp_path, weights, data, out) if not a.startswith("wnids=")]
+    argv.remove("--dataset-kw")  # (the doc's wnids= alone)
+    return argv
+
+
+def test_a_list_found_in_the_data_folders_is_recorded_in_config_yaml(tmp_path):
+    """A list found automatically labelled the run but was not recorded: config.yaml's dataset_kw had no wnids, so a
+    rerun from it depended on finding the list again (another list, or none, where the data had moved). Now the path
+    used is recorded; a --resume with the original command (which finds it again) is accepted, also against a
+    config.yaml written before (no wnids there), and one with another list is still refused."""
+    from recipes._prune_pretrained import resume as pp_resume
+
+    data, weights = _subset(tmp_path / "imagenette2"), _weights(tmp_path)
+    out = tmp_path / "run"
+    argv = _found_argv(tmp_path, weights, data, out)
+    recipe().main(argv)
+    recorded = yaml_load(out / "config.yaml")
+    listed = str(data / "LOC_synset_mapping.txt")
+    assert recorded["dataset_kw"]["wnids"] == listed
+    assert recipe().parse_args(["--config", str(out / "config.yaml")]).dataset_kw["wnids"] == listed
+
+    args = recipe().parse_args(argv + ["--resume"])
+    args.dataset_kw = {**args.dataset_kw, "wnids": listed}  # (as main's _imagenet_index finds it)
+    pp_resume._check_resumed_settings(args, out, found_wnids=listed)
+    older = {**recorded, "dataset_kw": {k: v for k, v in recorded["dataset_kw"].items() if k != "wnids"}}
+    (out / "config.yaml").write_text(yaml.safe_dump(older))
+    pp_resume._check_resumed_settings(args, out, found_wnids=listed)  # (found then too, unrecorded)
+    (out / "config.yaml").write_text(yaml.safe_dump(recorded))
+    (tmp_path / "other.txt").write_text("\n".join(WNIDS) + "\n")
+    args.dataset_kw["wnids"] = str(tmp_path / "other.txt")
+    with pytest.raises(Exception, match=r"records other settings \(dataset_kw"):
+        pp_resume._check_resumed_settings(args, out, found_wnids=None)
+
+
+def test_a_list_found_automatically_is_refused_in_words_for_a_list_nobody_gave(tmp_path):
+    """A class folder not in a list found in the data's folders was refused with "leave out dataset_kw wnids", which
+    the user never gave: the refusal now names the list as found, and the fixes that work (rename the folder, name
+    ImageNet's list with --dataset-kw wnids=FILE, mend the file, or weights of the folders' own classes). A found list
+    that is not ImageNet-1k's is refused the same way, before any folder is taken."""
+    data, weights = _subset(tmp_path / "imagenette2", classes=PICKED + ("n09999999",)), _weights(tmp_path)
+    listed = data / "LOC_synset_mapping.txt"
+    argv = _found_argv(tmp_path, weights, data, tmp_path / "none")
+    found = (rf"{re.escape(str(listed))}, the list of ImageNet's wnids found in the data's folders \(used as the model "
+             r"has 1000 outputs\),")
+    with pytest.raises(ValueError) as e:
+        recipe().main(argv)
+    assert re.search(r"the class folder\(s\) \['n09999999'\] of .*train are not among its wnids, so " + found
+                     + r" gives them no ImageNet index: rename each class folder as its wnid, or give --dataset-kw "
+                     r"wnids=FILE naming ImageNet's list \(it is then not looked for\), or remove or mend .*; or give "
+                     r"weights of the folders' 4 classes", str(e.value)), str(e.value)
+    assert "leave out dataset_kw wnids" not in str(e.value)
+    (data / "train" / "n09999999").rename(data / "n09999999")
+    (data / "val" / "n09999999").rename(data / "val_n09999999")
+    listed.write_text("".join(f"{w} thing\n" for w in WNIDS[:999] + ["n15075142"]))
+    with pytest.raises(ValueError, match=found + r" lists 1000 wnids, sorted, but not ImageNet-1k's.*give --dataset-kw "
+                                         r"wnids=FILE naming ImageNet's list"):
+        recipe().main(argv)
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("text, shown", [("{wnids: 1e5}", "100000.0"), ("{wnids: 12345}", "12345")])
+def test_a_wnids_file_named_by_a_bare_number_is_refused_naming_the_fix(tmp_path, text, shown, monkeypatch):
+    """wnids: 1e5 (YAML, and --dataset-kw wnids=1e5, read it as the number 100000.0) was looked for as the file
+    '100000.0': 'no such file', naming a file nobody gave. Both recipes and the Python API refuse a number, naming the
+    fix (the name with its folder, ./1e5, reads as text), which reads the file."""
+    from adaptive.config import ConfigError, parse_config
+
+    adaptive_recipe = load_script("recipes/adaptive.py", "adaptive_imagenet_subset_number")
+    msg = rf"dataset_kw wnids must name a file, got the number {re.escape(shown)} .*wnids=\./1e5"
+    f = tmp_path / "c.yaml"
+    f.write_text(f"dataset: folder\ndataset_kw: {text}\n")
+    with pytest.raises(SystemExit, match=msg):
+        recipe().parse_args(["--config", str(f)])
+    with pytest.raises(SystemExit, match=msg):
+        recipe().parse_args(["--dataset", "folder", "--dataset-kw", "wnids=" + text[8:-1]])
+    with pytest.raises(ConfigError, match=msg):
+        parse_config(adaptive_recipe.RunConfig, ["--config", str(f)])
+    with pytest.raises(ValueError, match=msg):
+        get_datasets("folder", data_dir=_subset(tmp_path / "d", mapping=None), holdout=0.0, wnids=float(shown) if "." in shown else int(shown))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "1e5").write_text("\n".join(WNIDS) + "\n")
+    f.write_text("dataset: folder\ndataset_kw: {wnids: ./1e5}\n")
+    assert recipe().parse_args(["--config", str(f)]).dataset_kw["wnids"] == str(tmp_path / "1e5")
+    assert parse_config(adaptive_recipe.RunConfig, ["--config", str(f)]).dataset_kw["wnids"] == str(tmp_path / "1e5")

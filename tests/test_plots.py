@@ -399,3 +399,16 @@ def test_step_axes_of_a_longer_run_tick_round_steps(figures, tmp_path):
                 assert ticks and all(t % 10 == 0 for t in ticks), (ax.get_xlabel(), ticks)
                 seen += 1
     assert seen >= 3
+
+
+@pytest.mark.parametrize("losses, scale", [([2.3, 1.1, 0.4, 1e5], "log"), ([2.3, 1.1, 0.4, 300.0], "linear"),
+                                           ([2.3, 0.0, 1e5], "linear")])
+def test_the_loss_panel_turns_log_where_the_losses_span_more_than_three_decades(figures, losses, scale):
+    """A run that diverged (a loss of 1e5 after 0.4) drew its loss panel on a linear axis, flattening the
+    useful part along 0: log where the positive losses span more than three decades; linear within them,
+    and where a loss is 0 (no log axis holds it). The accuracy panel stays linear."""
+    rows = [dict(step=10 * (i + 1), split="train", loss=v, accuracy=0.5) for i, v in enumerate(losses)]
+    rows.append(dict(step=10 * len(losses), split="test", loss=0.5, accuracy=0.5))
+    plots.plot_loss_accuracy(rows, "la.png")
+    loss, acc = figures[0].axes
+    assert (loss.get_yscale(), acc.get_yscale()) == (scale, "linear")

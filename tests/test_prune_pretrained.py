@@ -267,17 +267,21 @@ def test_config_file_values_are_checked_as_the_command_line_checks_them(tmp_path
     assert recipe().parse_args(["--config", _config(tmp_path, "mixed_precision: no\n")]).mixed_precision == "no"
 
 
-@pytest.mark.parametrize("text", ["overwrite: 'false'\n", "cpu: 'no'\n", "download: 'false'\n", "resume: 0\n",
-                                  "progress: 'false'\n"])
+@pytest.mark.parametrize("text", ["overwrite: 'maybe'\n", "cpu: 'nope'\n", "download: ''\n", "resume: 0\n",
+                                  "progress: 2\n"])
 def test_a_config_files_flags_must_be_true_or_false(tmp_path, text):
     """A flag's value went in unchecked: a quoted overwrite: 'false' counted as true, so the earlier
-    run in --output_dir was deleted instead of refused."""
+    run in --output_dir was deleted instead of refused. A quoted yes/no word is now the flag's value, as
+    in recipes/adaptive.py's --config (tests/test_configs.py); anything else is refused."""
     key = text.split(":")[0]
-    hint = r": write true or false unquoted \(YAML reads a quoted" if "'" in text else "$"
+    hint = r": write true or false \(a quoted word other than true" if "'" in text else "$"
     with pytest.raises(SystemExit, match=rf"c\.yaml: {key} must be true or false, got .*{hint}"):
         recipe().parse_args(["--config", _config(tmp_path, text)])
     ns = recipe().parse_args(["--config", _config(tmp_path, "overwrite: false\ncpu: true\nprogress: false\n")])
     assert ns.overwrite is False and ns.cpu is True and ns.progress is False
+    ns = recipe().parse_args(["--config", _config(tmp_path, "overwrite: 'false'\ncpu: 'no'\ndownload: 'true'\n"
+                                                            "progress: 'off'\n")])
+    assert ns.overwrite is False and ns.cpu is False and ns.download is True and ns.progress is False
 
 
 def test_a_config_files_empty_remove_is_refused_while_parsing(tmp_path):

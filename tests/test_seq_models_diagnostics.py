@@ -52,6 +52,26 @@ def test_knowledge_distribution_carries_a_tied_heads_pruning():
     assert curve.table["removed"][-1] == conn.num_live()  # the live synapses only: the pruning was carried
 
 
+
+def test_knowledge_distribution_warns_of_a_tied_weight_once_per_model():
+    """Every call built a Connectome on its copy of the model, which warned of the tied weight again: a sweep
+    over estimators (or a notebook cell run again) repeated it at every call. Now once per model, at the first
+    call; another model warns at its own first call."""
+    import warnings
+
+    def tied_warnings(model):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            knowledge_distribution(model, _data(), order_loader=_data(), loss_fn=lm_loss, points=2, order_batches=3)
+        return [str(w.message) for w in seen if "same Parameter" in str(w.message)]
+
+    torch.manual_seed(0)
+    model, other = TiedLM(), TiedLM()
+    first = tied_warnings(model)
+    assert len(first) == 1 and "out.weight (layer 'out') is the same Parameter as emb.weight (Embedding)" in first[0]
+    assert tied_warnings(model) == [] and tied_warnings(model) == []
+    assert tied_warnings(other) == first
+
 def test_default_loss_names_loss_fn_for_classes_on_the_last_axis():
     """A (batch, time, classes) output with (batch, time) labels: torch's own error named no fix."""
     torch.manual_seed(0)

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
+import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -527,7 +530,9 @@ def knowledge_distribution(
     through fine-tuning, and are not counted: ``total``, ``removed`` and ``fraction`` are of the
     weights still live at the start (``pruned_before`` says how many were already pruned, and the
     note says so). Without one, a model of which 1% or more of the prunable weights are exact zeros
-    gets a warning. A model inside DistributedDataParallel or ``nn.DataParallel`` (``accelerator.prepare``'s): the
+    gets a warning. A synapse weight also held by a module that is no synapse layer (a head tied to an
+    Embedding) is warned of as the Connectome warns of it, once per model: at the first call, not again at later
+    ones. A model inside DistributedDataParallel or ``nn.DataParallel`` (``accelerator.prepare``'s): the
     copy is of the module it holds (``conn`` built on either, as a connectome takes the module inside), measured
     and fine-tuned by this process alone.
 
@@ -549,7 +554,7 @@ def knowledge_distribution(
     source = model_connectome(model, conn, "knowledge_distribution", "what is already pruned")
     _refuse_non_finite(model)
     work = copy_model(model, "knowledge_distribution")
-    conn = Connectome(work, include=include, exclude=exclude)
+    conn = _copy_connectome(model, work, include, exclude)
     carried = held_masks(model, source)  # every attached connectome's layers, not only the first one's
     if carried:
         _carry_pruning(carried, conn)
@@ -690,6 +695,31 @@ def knowledge_distribution(
                                 "finetune_overshot": [k for k, _, _ in overshot], "caveats": caveats},
                           noise_floor=noise_floor, pruned_before=pruned_before, measured_of=every)
 
+
+
+# the tied-weight warnings (a weight also held by an Embedding) given for each model measured: the Connectome
+# built on every call's copy repeated it at every call (a notebook cell, a sweep over estimators)
+_TIED_WARNED: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+
+
+def _copy_connectome(model: nn.Module, work: nn.Module, include, exclude) -> Connectome:
+    """The Connectome of ``work`` (the copy of ``model`` that is measured), its warning that a synapse weight is
+    also held by a module that is no synapse layer (:func:`adaptive.discovery.shared_weight_warning`) given once
+    per ``model`` (and per text: other include/exclude may name other weights), at the first call; later calls
+    on the same model say nothing more of it. Its other warnings are given as ever."""
+    from ..discovery import discover, shared_weight_warning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (discover's own warnings: the Connectome below gives them)
+        text = shared_weight_warning(work, discover(work, include, exclude))
+    seen = _TIED_WARNED.setdefault(model, set())
+    with warnings.catch_warnings():
+        if text is not None and text in seen:
+            warnings.filterwarnings("ignore", message=re.escape(text) + "$")
+        conn = Connectome(work, include=include, exclude=exclude)
+    if text is not None:
+        seen.add(text)
+    return conn
 
 def _prunable_weights(model: nn.Module) -> int:
     """How many prunable weights ``model`` holds in all (every layer a Connectome would take: what

@@ -253,7 +253,10 @@ class RunConfig:
             setattr(self, key, home_expanded(getattr(self, key)))
         # config.yaml then reruns from any working directory
         self.weights, self.data_dir = absolute_if_exists(self.weights), absolute_if_exists(self.data_dir)
-        self.dataset_kw = absolute_wnids(self.dataset_kw)  # (its wnids file, as the data folder)
+        try:
+            self.dataset_kw = absolute_wnids(self.dataset_kw)  # (its wnids file, as the data folder)
+        except ValueError as e:  # (wnids: 1e5, a number: no file name)
+            raise ConfigError(str(e)) from None
         if self.mode == "mask_only" and self.weights is None and given is not None and "weights" not in given:
             from adaptive.models.tv import warn_random_weights
 

@@ -62,7 +62,9 @@ def _imagenet_index(args):
     classifier; without --weights, --num-classes 1000), each folder is labelled by its ImageNet index, so that loss
     and accuracy are the 1000-class network's own: ``wnids`` (a file of the 1000 wnids) is taken from --dataset-kw,
     else looked for in the data's folders (:func:`adaptive.data.wnids.find_wnid_file`); none found is refused
-    naming the option and the file. Weights of the data's class count keep it as it is (a --num-classes 1000
+    naming the option and the file, and one found is read and checked against the folders here, its refusals worded
+    for a list nobody gave (how to name another, or to need none). The list found is in the ``dataset_kw`` returned,
+    which main sets as the run's --dataset-kw: config.yaml records it. Weights of the data's class count keep it as it is (a --num-classes 1000
     beside them is refused as before: the data's classes are not the model's). Anything this cannot tell (no such
     folder, a weights file it cannot read) leaves dataset_kw as it is: building the model and the data says what
     is wrong. The weights file is read here too (once more) only where the class folders are wnids."""
@@ -70,7 +72,8 @@ def _imagenet_index(args):
 
     from adaptive.data import dataset_facts
     from adaptive.data.imagenet import _folder_train, _imagenet_train
-    from adaptive.data.wnids import HOW, LEVELS_UP, MAPPING_FILES, NUM_WNIDS, all_wnids, find_wnid_file
+    from adaptive.data.wnids import (HOW, LEVELS_UP, MAPPING_FILES, NUM_WNIDS, all_wnids, find_wnid_file, read_wnids,
+                                     wnid_labels)
     from adaptive.paths import DatasetNotFoundError
 
     kw = dict(args.dataset_kw)
@@ -105,7 +108,13 @@ def _imagenet_index(args):
                          f"that file, as {MAPPING_FILES[0]}, in {train.parent} (looked for {', '.join(MAPPING_FILES)} "
                          f"there and in the {LEVELS_UP} folders above it); or give weights of "
                          f"{len(classes)} classes")
-    kw["wnids"] = str(path)
+    # checked here, in words for a list nobody gave (its errors said "leave out dataset_kw wnids"; the user gave none)
+    name = f"{path}, the list of ImageNet's wnids found in the data's folders (used as the model has {NUM_WNIDS} outputs),"
+    other = (f"give --dataset-kw wnids=FILE naming ImageNet's list (it is then not looked for), or remove or mend {path}")
+    wnid_labels(classes, read_wnids(path, name=name, how=other), path, train, name=name,
+                fix=(f"{other}; or give weights of the folders' {len(classes)} classes, numbered 0..K-1 (no list is "
+                     "looked for then)"))
+    kw["wnids"] = str(path)  # (recorded in config.yaml: a rerun from it uses this list, found or not)
     return kw, (f"labels: each of the {len(classes)} class folders by its index among ImageNet's {NUM_WNIDS} wnids "
                 f"listed in {path} (found in the data's folders; --dataset-kw wnids=FILE names another); loss and "
                 f"accuracy over all {NUM_WNIDS} outputs")

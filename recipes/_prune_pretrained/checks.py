@@ -78,6 +78,32 @@ def _check_names(cfg: dict, origin, resumed=lambda: "") -> None:
                          "'neuron' or 'block:RxC'")
 
 
+def _read_as_recipes_read(loaded: dict, parser: argparse.ArgumentParser) -> dict:
+    """A --config file's values read as recipes/adaptive.py's --config reads them (:func:`adaptive.config._coerce`),
+    so that one file means the same in both recipes: a whole number written as a float (``seed: 1e3``, which YAML
+    reads as text and :func:`adaptive.config._exponent_floats` as 1000.0; ``window: 4.0``) is the integer for an
+    integer option (it was refused as 'got 1000.0'; 2.5 is still refused), and a flag's quoted word true, yes, on
+    or 1 (false, no, off or 0) is the flag's true (false): a quoted ``overwrite: 'false'`` is false (it was refused;
+    before that it counted as true). Anything else is left for :func:`_check_file_values` to refuse."""
+    from adaptive.config import _FALSE, _TRUE
+
+    def whole(v):
+        return int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
+
+    actions = {a.dest: a for a in parser._actions}
+    out = dict(loaded)
+    for key, value in loaded.items():
+        action = actions.get(key)
+        if action is None:
+            continue
+        if action.type is int:
+            out[key] = [whole(v) for v in value] if isinstance(value, list) else whole(value)
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and isinstance(value, str) \
+                and value.strip().lower() in _TRUE | _FALSE:
+            out[key] = value.strip().lower() in _TRUE
+    return out
+
+
 def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser) -> None:
     """A --config file's values checked as the command line checks them: its choices, its types and its
     flags (``cfg.update`` alone let ``mixed_precision: fp16`` run float32 under an fp16 label, and a
@@ -88,8 +114,8 @@ def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser)
         if action is None or value is None or key in RANGED:  # RANGED: _check_ranges names the range too
             continue
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and not isinstance(value, bool):
-            hint = (f": write true or false unquoted (YAML reads a quoted {value!r} as text, which counts as true)"
-                    if isinstance(value, str) else "")
+            hint = (": write true or false (a quoted word other than true, yes, on, 1, false, no, off or 0 is text, "
+                    "no yes/no)" if isinstance(value, str) else "")
             raise SystemExit(f"{path}: {key} must be true or false, got {value!r}{hint}")
         if action.choices is not None and value not in action.choices:
             raise SystemExit(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")

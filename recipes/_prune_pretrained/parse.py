@@ -13,7 +13,8 @@ from adaptive.config import (SEED_RANGE, ConfigError, _exponent_floats, check_ke
                              merge_key_values, normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
 
-from .checks import _TEXT, _check_dataset_kw, _check_file_values, _check_names, _check_ranges, _resumed_plugins
+from .checks import (_TEXT, _check_dataset_kw, _check_file_values, _check_names, _check_ranges, _read_as_recipes_read,
+                     _resumed_plugins)
 from .options import DEFAULTS, MODEL_SETS, _shown, build_parser, parse_remove
 
 
@@ -74,6 +75,7 @@ def _parse_args(argv) -> argparse.Namespace:
         loaded = {k: v if k in _TEXT else _exponent_floats(v) for k, v in loaded.items()}
         if loaded.get("mixed_precision") is False:  # YAML reads a bare `no` as false
             loaded["mixed_precision"] = "no"
+        loaded = _read_as_recipes_read(loaded, parser)  # seed: 1e3 is 1000, overwrite: 'false' false, as there
         _check_file_values(args.config, loaded, parser)
         cfg.update(loaded)
     for k, v in vars(args).items():
@@ -114,7 +116,10 @@ def _parse_args(argv) -> argparse.Namespace:
     # ~ as the shell would have (a --config file's, --weights=~/x; ~ made a folder called ~), before any other reading
     cfg["weights"], cfg["data_dir"], cfg["output_dir"] = (home_expanded(cfg[k]) for k in ("weights", "data_dir", "output_dir"))
     cfg["weights"], cfg["data_dir"] = absolute_if_exists(cfg["weights"]), absolute_if_exists(cfg["data_dir"])
-    cfg["dataset_kw"] = absolute_wnids(cfg["dataset_kw"])  # (its wnids file, as the data folder: config.yaml reruns)
+    try:
+        cfg["dataset_kw"] = absolute_wnids(cfg["dataset_kw"])  # (its wnids file, as the data folder: config.yaml reruns)
+    except ValueError as e:  # (wnids: 1e5, a number: no file name)
+        raise SystemExit(str(e)) from None
     if cfg.get("output_dir"):  # config.yaml names this run folder from any working directory
         cfg["output_dir"] = os.path.abspath(cfg["output_dir"])
         problem = run_folder.not_a_folder(cfg["output_dir"])  # (it was refused only after the data had loaded)

@@ -16,10 +16,12 @@ RESUME_MAY_CHANGE = {"resume", "overwrite", "output_dir", "data_dir", "download"
                      "num_workers"}
 
 
-def _check_resumed_settings(args, out: Path) -> None:
+def _check_resumed_settings(args, out: Path, found_wnids=None) -> None:
     """Refuse, before any data is read, to resume the run in ``out`` with settings other than the
     ones its config.yaml records (other data through --dataset-kw, another --eval-every: the stage
-    checkpoint's fingerprint knows the data only by its counts, and not the evaluation cadence)."""
+    checkpoint's fingerprint knows the data only by its counts, and not the evaluation cadence).
+    ``found_wnids``: the list of ImageNet's wnids found in the data's folders this time (not given), which
+    a config.yaml written before such a list was recorded leaves out: the run found it too."""
     from adaptive.paths import absolute_if_exists
     from adaptive.utility.base import comparable_estimator_kw
 
@@ -32,6 +34,8 @@ def _check_resumed_settings(args, out: Path) -> None:
     saved.setdefault("model_kw", {})  # a run recorded before --model-kw was built without one
     saved.setdefault("estimator_kw", {})  # ... and one before --estimator-kw with the estimator's defaults
     now = _settings(args)
+    if found_wnids is not None and "wnids" not in (saved.get("dataset_kw") or {}):
+        now["dataset_kw"] = {k: v for k, v in now["dataset_kw"].items() if k != "wnids"}
     comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
     free = RESUME_MAY_CHANGE | ({"num_classes"} if now.get("num_classes") is None else set())  # (the data's)
     if "best" not in args.remove:  # unused by fixed targets (a config.yaml recorded before a file's were refused)

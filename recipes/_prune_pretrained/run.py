@@ -43,6 +43,11 @@ def main(argv=None, test_loader_hook=None) -> dict:
     only the main process writes."""
     _STARTED["replaced_earlier"] = False  # an earlier main() in this process replaced its own folder's run
     args = parse_args(argv)
+    # a list of ImageNet's wnids found in the data's folders joins --dataset-kw before anything else reads it:
+    # config.yaml records it (a rerun from config.yaml depended on finding it again) and --resume compares it
+    given = args.dataset_kw.get("wnids")
+    args.dataset_kw, labels = _imagenet_index(args)  # (a subset of ImageNet's classes scored by a 1000-class network)
+    found = args.dataset_kw.get("wnids") if given is None else None
     out = Path(args.output_dir)
     checked = None  # what the check of the checkpoint read: the run's load takes it (one read of the file)
     # another run live there: said before its files (being rewritten) are read, by the process that takes the lock
@@ -62,20 +67,20 @@ def main(argv=None, test_loader_hook=None) -> dict:
                      f"target recorded to continue from (stopped before its first one, say): {AFRESH}" if earlier
                      else "run without --resume to start")
             raise FileNotFoundError(f"--resume: no {CHECKPOINT} in {out} to continue; {start}")
-        _check_resumed_settings(args, out)
+        _check_resumed_settings(args, out, found)
         ckpt = out / CHECKPOINT if (out / CHECKPOINT).is_file() else out / (CHECKPOINT + ".earlier")
         try:  # a damaged one was refused only once the data had loaded (its settings are compared then)
             checked = stage_checkpoint.check_readable(ckpt)
         except stage_checkpoint.CheckpointMismatchError as e:
             raise e.with_fix(RESUME_FIX, afresh=AFRESH) from None
     try:
-        return _run(args, out, checked, test_loader_hook)
+        return _run(args, out, checked, test_loader_hook, labels)
     finally:  # a run stopped before its load (data refused, say) holds no checkpoint state after it
         if checked is not None:
             checked.drop()
 
 
-def _run(args, out: Path, checked, test_loader_hook) -> dict:
+def _run(args, out: Path, checked, test_loader_hook, labels=None) -> dict:
     """The command once its options and --resume's checkpoint are checked: data, model, then the
     run in its locked folder. ``checked``: what the check read of the checkpoint, for its load."""
     if args.threads:
@@ -84,7 +89,7 @@ def _run(args, out: Path, checked, test_loader_hook) -> dict:
     # the model (its weights loaded) before the data where the dataset knows its classes and input
     # shape unread: a weights file that does not fit, or a count beyond the model's synapses, is
     # refused before minutes of data loading (an ImageNet folder scan, CIFAR-10's JPEG decoding)
-    dataset_kw, labels = _imagenet_index(args)  # (a subset of ImageNet's classes scored by a 1000-class network)
+    dataset_kw = args.dataset_kw  # (with the list of ImageNet's wnids main found; ``labels`` says so)
     model_for = model_before_data(args.dataset, lambda k, shape: _build(args, k, shape), data_dir=args.data_dir,
                                   download=args.download, **dataset_kw)
     dl = get_dataloaders(args.dataset, batch_size=args.batch_size, data_dir=args.data_dir, holdout=args.holdout,
