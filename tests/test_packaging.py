@@ -97,3 +97,14 @@ def test_the_sdist_holds_the_whole_project(built):
     assert sorted(wanted - sdist) == [], "committed files left out of the sdist: add them to MANIFEST.in"
     assert {"LICENSE", "README.md", "pyproject.toml", "tests/_scripts.py", "recipes/adaptive.py"} <= sdist
 
+
+@pytest.mark.parametrize("recipe", ["adaptive.py", "prune_pretrained.py", "diagnostics.py"])
+def test_a_recipe_runs_on_the_installed_package(recipe, tmp_path):
+    """A copy of recipes/ with no package beside it (the packages installed, found on the path as
+    site-packages would be): the recipe imports the package, not recipes/adaptive.py, which Python put first
+    on sys.path by running a file of that folder ('cannot import name ... from partially initialized module')."""
+    shutil.copytree(os.path.join(ROOT, "recipes"), tmp_path / "recipes", ignore=_NOT_BUILT)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, str(tmp_path / "recipes" / recipe), "--help"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr[-3000:]
