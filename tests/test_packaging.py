@@ -31,15 +31,31 @@ def _package_files():
     return found
 
 
+def _committed():
+    """The committed files that are in the working tree, by path; None where there is no git checkout."""
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True) if shutil.which("git") else None
+    if listed is None or listed.returncode != 0 or not listed.stdout:
+        return None
+    return {f for f in listed.stdout.splitlines() if os.path.isfile(os.path.join(ROOT, f))}
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """(wheel's file names, sdist's file names relative to its top folder, the wheel's METADATA), built with
-    setuptools (a test extra) without build isolation, from a copy of the tree: a build/ folder left in the
-    checkout by an earlier build would otherwise put modules deleted since into the wheel."""
+    setuptools (a test extra) without build isolation, from a copy of the committed files and of the two
+    packages' folders (so a file added to a package and not yet committed counts): a build/ folder left in the
+    checkout by an earlier build would otherwise put modules deleted since into the wheel, and what other tests
+    write while this one copies (run folders, temporary files) is not copied."""
     pytest.importorskip("setuptools", minversion="77", reason="the build backend pyproject.toml asks for")
     tmp = tmp_path_factory.mktemp("packaging")
     src, out = tmp / "src", tmp / "dist"
-    shutil.copytree(ROOT, src, ignore=_NOT_BUILT)
+    committed = _committed()
+    if committed is None:  # (an unpacked sdist: nothing else is in it)
+        shutil.copytree(ROOT, src, ignore=_NOT_BUILT)
+    else:
+        for rel in sorted(committed | _package_files()):
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, rel), src / rel)
     names = []
     for build in ("build_wheel", "build_sdist"):  # (one process each: a second call in the same one writes elsewhere)
         code = f"import sys; from setuptools import build_meta as b; print('BUILT', b.{build}(sys.argv[1]))"
@@ -89,11 +105,10 @@ def test_the_version_is_written_once(built):
 def test_the_sdist_holds_the_whole_project(built):
     """Everything committed but CI's own files: the tests need recipes/ and docs/ beside them."""
     _, sdist, _ = built
-    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True) if shutil.which("git") else None
-    if listed is None or listed.returncode != 0 or not listed.stdout:
+    committed = _committed()
+    if committed is None:
         pytest.skip("no git checkout to list the committed files of (an unpacked sdist)")
-    committed = listed.stdout.split()
-    wanted = {f for f in committed if not f.startswith((".ci/", ".gitignore")) and os.path.isfile(os.path.join(ROOT, f))}
+    wanted = {f for f in committed if not f.startswith((".ci/", ".gitignore"))}
     assert sorted(wanted - sdist) == [], "committed files left out of the sdist: add them to MANIFEST.in"
     assert {"LICENSE", "README.md", "pyproject.toml", "tests/_scripts.py", "recipes/adaptive.py"} <= sdist
 
