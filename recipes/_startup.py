@@ -5,7 +5,8 @@ ignored. ``adaptive.cli.run_cli`` puts Python's own handler back once the run st
 this one by its ``adaptive_startup`` attribute. Under a multi-process launch (``WORLD_SIZE`` > 1, set by
 the launcher) a Ctrl-C reaches every process: the first of each machine (``LOCAL_RANK`` 0) writes the
 line, the others end with the same status silently. Under torchelastic (``torchrun``, ``accelerate launch
---multi_gpu``) each process also stops as on a Ctrl-C when the launcher ends (:func:`_stop_with_the_launcher`)."""
+--multi_gpu``) each process also stops as on a Ctrl-C when the launcher ends (:func:`_stop_with_the_launcher`).
+It also takes the recipes' own folder off ``sys.path`` once it is imported (:func:`_free_the_package_names`)."""
 import os
 import signal
 import sys
@@ -64,3 +65,17 @@ def _stop_with_the_launcher() -> None:
 
 
 _stop_with_the_launcher()
+
+
+def _free_the_package_names() -> None:
+    """Take this folder (recipes/) off ``sys.path``: Python put it first for the recipe run as a program,
+    and the recipe put it there to import this file; beside ``adaptive.py`` (the recipe), ``import adaptive``
+    would import the recipe itself, not the package. Where the package is no longer beside recipes/ (an
+    installed ``adaptive`` with a copy of recipes/), the recipes stopped at 'cannot import name ... from
+    partially initialized module adaptive'. The recipes import their parts as ``recipes._adaptive`` etc.,
+    from the folder above, which they put on ``sys.path`` themselves."""
+    here = os.path.realpath(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != here]
+
+
+_free_the_package_names()
