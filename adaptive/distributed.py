@@ -590,3 +590,30 @@ def warn_lone_launched_process(accelerator, script: str) -> None:
             import warnings
 
             warnings.warn(problem, stacklevel=2)
+
+
+def sharded_launch_problem(script: str) -> Optional[str]:
+    """What to say where this process was launched to run under FSDP (``accelerate launch --use_fsdp``, of
+    either ``--fsdp_version``, or ``distributed_type: FSDP`` in an ``accelerate config`` file: Accelerate's own
+    flag, ``ACCELERATE_USE_FSDP``, which every process of the launch reads alike); None otherwise. FSDP shards
+    each weight across the processes (FSDP2's DTensor shards, FSDP1's FlatParameters), while a connectome
+    masks, scores and edits whole weights (a mask cannot be applied to a DTensor shard); on a CPU Accelerate
+    shards nothing and silently runs DDP instead. ``script`` names the recipe in the fix."""
+    from accelerate.utils import parse_flag_from_env
+
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return None
+    return (f"FSDP (accelerate launch --use_fsdp, or distributed_type: FSDP in its config file) cannot run {script}: "
+            "it shards each weight across the processes (DTensor shards, or FSDP1's flat parameters), while the "
+            "connectome masks, scores and edits whole weights (and on a CPU Accelerate shards nothing and would "
+            f"silently run DDP). Launch with accelerate launch --multi_gpu --num_processes N {script} ... (DDP: every "
+            "process holds the whole model; on CPUs too, with gloo)")
+
+
+def refuse_sharded_launch(script: str) -> None:
+    """Raise :func:`sharded_launch_problem`'s ValueError under an FSDP launch: called before the
+    ``Accelerator`` is made (and before anything is written), on every process alike (the flag is the
+    launch's)."""
+    problem = sharded_launch_problem(script)
+    if problem:
+        raise ValueError(problem)
