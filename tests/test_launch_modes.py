@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _ports import launch_two  # noqa: E402
 from _scripts import load_script  # noqa: E402
+from _training import fresh_recipe_state, reset_accelerate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "recipes" / "adaptive.py"
@@ -19,6 +20,10 @@ TINY = ["--max_steps", "20", "--update_every", "10", "--log_every", "5", "--thre
         "--figures", "false"]
 P = load_script("recipes/prune_pretrained.py", "recipe_prune_pretrained_launch_modes")
 ENV = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+
+_fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
+PRUNE_TINY = ["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
+              "--batch-size", "32", "--remove", "10", "--no-progress", "--cpu", "--threads", "1"]
 
 FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
 debug: false
@@ -70,10 +75,8 @@ def test_an_fsdp_launch_is_refused_before_anything_is_written(tmp_path, how):
 def test_prune_pretrained_refuses_fsdp_before_anything_is_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what accelerate launch --use_fsdp sets
     out = tmp_path / "run"
-    argv = ["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
-            "--batch-size", "32", "--output_dir", str(out), "--remove", "10", "--no-progress", "--cpu"]
     with pytest.raises(SystemExit) as e:
-        P.command(argv)
+        P.command([*PRUNE_TINY, "--output_dir", str(out)])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "recipes/prune_pretrained.py: error: FSDP (accelerate launch --use_fsdp" in err and "Traceback" not in err
@@ -126,3 +129,25 @@ def test_a_config_file_with_bf16_and_dynamo_is_applied_keeps_the_invariants_and_
     done = rec["resumed"][0]
     assert done["resumed_weights_equal"] and done["plain_pruned_nonzero"] == 0, done
     assert done["plain_load_mask_hash"] == done["mask_hash"], done
+
+
+def test_prune_pretrained_runs_the_precision_accelerate_launch_gives(tmp_path, monkeypatch, capsys):
+    """`accelerate launch --mixed_precision bf16 recipes/prune_pretrained.py` ran float32 and said so ("mixed precision
+    no"): the recipe's default "no", handed to the Accelerator, overrode the launch's. Now the launch's precision runs
+    and is recorded where neither the recipe's option nor its --config file gives one; fp16, which the recipe does not
+    run, is refused before anything is written; the recipe's own option still wins."""
+    import yaml
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what accelerate launch --mixed_precision bf16 sets
+    P.main([*PRUNE_TINY, "--output_dir", str(tmp_path / "bf16")])
+    assert "(cpu, mixed precision bf16; every figure here was measured under bf16 autocast" in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "bf16" / "config.yaml").read_text())["mixed_precision"] == "bf16"
+    reset_accelerate()  # (another precision: a fresh Accelerator state, as a new process has)
+    P.main([*PRUNE_TINY, "--output_dir", str(tmp_path / "no"), "--mixed_precision", "no"])
+    assert "(cpu, mixed precision no)" in capsys.readouterr().out
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(SystemExit) as e:
+        P.command([*PRUNE_TINY, "--output_dir", str(tmp_path / "fp16")])
+    assert e.value.code == 2 and not (tmp_path / "fp16").exists()
+    assert ("recipes/prune_pretrained.py: error: mixed precision fp16 (from accelerate launch or its config) is not one "
+            "recipes/prune_pretrained.py runs: launch with --mixed_precision bf16 or no") in capsys.readouterr().err
