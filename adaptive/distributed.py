@@ -617,3 +617,17 @@ def refuse_sharded_launch(script: str) -> None:
     problem = sharded_launch_problem(script)
     if problem:
         raise ValueError(problem)
+
+
+def uncompiled_model_note(accelerator, script: str) -> Optional[str]:
+    """The warning line (None where there is nothing to say) for a launch whose dynamo backend
+    (``accelerate launch --dynamo_backend``, or ``dynamo_config`` in its config file) a mask-only run does
+    not apply: it hands Accelerate its data loaders, never the model (no weight trains, and the
+    presence statistics read the plain model), so nothing is compiled. ``script`` names the recipe."""
+    from accelerate.utils import DynamoBackend
+
+    backend = accelerator.state.dynamo_plugin.backend
+    if backend == DynamoBackend.NO:
+        return None
+    return (f"warning: --dynamo_backend {backend.value.lower()} (from accelerate launch or its config) is not applied: "
+            f"{script} in mask-only mode does not prepare (or compile) the model; the run continues uncompiled")

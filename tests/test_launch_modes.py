@@ -151,3 +151,17 @@ def test_prune_pretrained_runs_the_precision_accelerate_launch_gives(tmp_path, m
     assert e.value.code == 2 and not (tmp_path / "fp16").exists()
     assert ("recipes/prune_pretrained.py: error: mixed precision fp16 (from accelerate launch or its config) is not one "
             "recipes/prune_pretrained.py runs: launch with --mixed_precision bf16 or no") in capsys.readouterr().err
+
+
+def test_a_dynamo_backend_a_mask_only_run_does_not_apply_is_warned(tmp_path, monkeypatch, capsys):
+    """Mask-only runs hand Accelerate the data loaders, never the model, so `accelerate launch --dynamo_backend`
+    compiled nothing without a word: both recipes say so, once, and run on."""
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_launch_modes_test")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")  # what accelerate launch --dynamo_backend eager sets
+    R.main([*TINY, "--mode", "mask_only", "--target", "0.3", "--output_dir", str(tmp_path / "a")])
+    said = ("warning: --dynamo_backend eager (from accelerate launch or its config) is not applied: {} in mask-only "
+            "mode does not prepare (or compile) the model; the run continues uncompiled")
+    assert capsys.readouterr().out.count(said.format("recipes/adaptive.py")) == 1
+    reset_accelerate()
+    P.main([*PRUNE_TINY, "--output_dir", str(tmp_path / "p")])
+    assert capsys.readouterr().out.count(said.format("recipes/prune_pretrained.py")) == 1
