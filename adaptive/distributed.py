@@ -531,20 +531,35 @@ def _is_accelerate_launch(argv: Optional[List[str]]) -> bool:
     return any(n.startswith("accelerate") for n in names) and any("launch" in n for n in names)
 
 
-def _requested_processes(argv: Optional[List[str]]) -> Optional[int]:
-    """The ``--num_processes`` of an ``accelerate launch`` command line (None: not given there)."""
+def _option_value(argv: Optional[List[str]], *names: str) -> Optional[str]:
+    """The value of the first of ``names`` (``--opt V`` or ``--opt=V``) on command line ``argv``, or None."""
     for i, tok in enumerate(argv or []):
-        if tok in ("--num_processes", "--num-processes") and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif tok.startswith(("--num_processes=", "--num-processes=")):
-            value = tok.partition("=")[2]
-        else:
-            continue
-        try:
-            return int(value)
-        except ValueError:
-            return None
+        if tok in names and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith(tuple(n + "=" for n in names)):
+            return tok.partition("=")[2]
     return None
+
+
+def _requested_processes(argv: Optional[List[str]]) -> Optional[int]:
+    """The ``--num_processes`` of an ``accelerate launch`` command line, else its ``--config_file``'s
+    ``num_processes`` (read by Accelerate's own reader; a file that cannot be read counts as none); None:
+    given in neither (Accelerate's default config file is not read)."""
+    value = _option_value(argv, "--num_processes", "--num-processes")
+    if value is None:
+        path = _option_value(argv, "--config_file", "--config-file")
+        if path is None:
+            return None
+        try:
+            from accelerate.commands.config.config_args import load_config_from_file
+
+            value = load_config_from_file(path).num_processes
+        except Exception:  # noqa: BLE001 - a warning's wording only: a file unread says "several processes"
+            return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optional[int] = None) -> Optional[str]:

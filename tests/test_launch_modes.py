@@ -165,3 +165,23 @@ def test_a_dynamo_backend_a_mask_only_run_does_not_apply_is_warned(tmp_path, mon
     reset_accelerate()
     P.main([*PRUNE_TINY, "--output_dir", str(tmp_path / "p")])
     assert capsys.readouterr().out.count(said.format("recipes/prune_pretrained.py")) == 1
+
+
+def test_the_lone_process_warning_reads_the_process_count_of_the_launchs_config_file(tmp_path, monkeypatch):
+    """`accelerate launch --config_file F` of a `distributed_type: MULTI_CPU` file for two processes (as `accelerate
+    config` writes it, without mpirun) starts one: the warning said "asked for several processes" and "--num_processes
+    N"; it reads the file's count now, as Accelerate reads the file."""
+    from adaptive import distributed
+
+    (tmp_path / "cpu.yaml").write_text(MODES_CONFIG.replace("MULTI_GPU", "MULTI_CPU").replace("use_cpu: false",
+                                                                                          "use_cpu: true"))
+    launch = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    accelerate = ["python", "-m", "accelerate.commands.launch"]
+    views = {"file": (accelerate + ["--config_file", str(tmp_path / "cpu.yaml"), "x.py"], False),
+             "file=": (accelerate + [f"--config_file={tmp_path / 'cpu.yaml'}", "x.py"], False),
+             "unread": (accelerate + ["--config_file", str(tmp_path / "missing.yaml"), "x.py"], False)}
+    monkeypatch.setattr(distributed, "_launcher_view", lambda pid: views[pid])
+    for pid in ("file", "file="):
+        said = distributed.lone_launched_process_problem("s.py", launch, pid)
+        assert "asked for 2 processes" in said and "--multi_gpu --num_processes 2 s.py" in said, said
+    assert "asked for several processes" in distributed.lone_launched_process_problem("s.py", launch, "unread")
