@@ -531,20 +531,35 @@ def _is_accelerate_launch(argv: Optional[List[str]]) -> bool:
     return any(n.startswith("accelerate") for n in names) and any("launch" in n for n in names)
 
 
-def _requested_processes(argv: Optional[List[str]]) -> Optional[int]:
-    """The ``--num_processes`` of an ``accelerate launch`` command line (None: not given there)."""
+def _option_value(argv: Optional[List[str]], *names: str) -> Optional[str]:
+    """The value of the first of ``names`` (``--opt V`` or ``--opt=V``) on command line ``argv``, or None."""
     for i, tok in enumerate(argv or []):
-        if tok in ("--num_processes", "--num-processes") and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif tok.startswith(("--num_processes=", "--num-processes=")):
-            value = tok.partition("=")[2]
-        else:
-            continue
-        try:
-            return int(value)
-        except ValueError:
-            return None
+        if tok in names and i + 1 < len(argv):
+            return argv[i + 1]
+        if tok.startswith(tuple(n + "=" for n in names)):
+            return tok.partition("=")[2]
     return None
+
+
+def _requested_processes(argv: Optional[List[str]]) -> Optional[int]:
+    """The ``--num_processes`` of an ``accelerate launch`` command line, else its ``--config_file``'s
+    ``num_processes`` (read by Accelerate's own reader; a file that cannot be read counts as none); None:
+    given in neither (Accelerate's default config file is not read)."""
+    value = _option_value(argv, "--num_processes", "--num-processes")
+    if value is None:
+        path = _option_value(argv, "--config_file", "--config-file")
+        if path is None:
+            return None
+        try:
+            from accelerate.commands.config.config_args import load_config_from_file
+
+            value = load_config_from_file(path).num_processes
+        except Exception:  # noqa: BLE001 - a warning's wording only: a file unread says "several processes"
+            return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def lone_launched_process_problem(script: str, environ=None, launcher_pid: Optional[int] = None) -> Optional[str]:
@@ -590,3 +605,44 @@ def warn_lone_launched_process(accelerator, script: str) -> None:
             import warnings
 
             warnings.warn(problem, stacklevel=2)
+
+
+def sharded_launch_problem(script: str) -> Optional[str]:
+    """What to say where this process was launched to run under FSDP (``accelerate launch --use_fsdp``, of
+    either ``--fsdp_version``, or ``distributed_type: FSDP`` in an ``accelerate config`` file: Accelerate's own
+    flag, ``ACCELERATE_USE_FSDP``, which every process of the launch reads alike); None otherwise. FSDP shards
+    each weight across the processes (FSDP2's DTensor shards, FSDP1's FlatParameters), while a connectome
+    masks, scores and edits whole weights (a mask cannot be applied to a DTensor shard); on a CPU Accelerate
+    shards nothing and silently runs DDP instead. ``script`` names the recipe in the fix."""
+    from accelerate.utils import parse_flag_from_env
+
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        return None
+    return (f"FSDP (accelerate launch --use_fsdp, or distributed_type: FSDP in its config file) cannot run {script}: "
+            "it shards each weight across the processes (DTensor shards, or FSDP1's flat parameters), while the "
+            "connectome masks, scores and edits whole weights (and on a CPU Accelerate shards nothing and would "
+            f"silently run DDP). Launch with accelerate launch --multi_gpu --num_processes N {script} ... (DDP: every "
+            "process holds the whole model; on CPUs too, with gloo)")
+
+
+def refuse_sharded_launch(script: str) -> None:
+    """Raise :func:`sharded_launch_problem`'s ValueError under an FSDP launch: called before the
+    ``Accelerator`` is made (and before anything is written), on every process alike (the flag is the
+    launch's)."""
+    problem = sharded_launch_problem(script)
+    if problem:
+        raise ValueError(problem)
+
+
+def uncompiled_model_note(accelerator, script: str) -> Optional[str]:
+    """The warning line (None where there is nothing to say) for a launch whose dynamo backend
+    (``accelerate launch --dynamo_backend``, or ``dynamo_config`` in its config file) a mask-only run does
+    not apply: it hands Accelerate its data loaders, never the model (no weight trains, and the
+    presence statistics read the plain model), so nothing is compiled. ``script`` names the recipe."""
+    from accelerate.utils import DynamoBackend
+
+    backend = accelerator.state.dynamo_plugin.backend
+    if backend == DynamoBackend.NO:
+        return None
+    return (f"warning: --dynamo_backend {backend.value.lower()} (from accelerate launch or its config) is not applied: "
+            f"{script} in mask-only mode does not prepare (or compile) the model; the run continues uncompiled")

@@ -17,9 +17,16 @@ def free_port() -> str:
 GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
 
 
-def launch_two(script_and_args, *, cwd=None, env=None, timeout=CHILD_TIMEOUT):
+# what launch_two gives accelerate launch beside the mode, so that it warns of no default it took
+LAUNCH_SETTINGS = ("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+
+
+def launch_two(script_and_args, *, cwd=None, env=None, timeout=CHILD_TIMEOUT, mode=("--multi_gpu",),
+               settings=LAUNCH_SETTINGS):
     """``accelerate launch --multi_gpu --num_processes 2`` on the CPU (gloo), each attempt on a free
-    port. A run that died of the gloo teardown abort is run once more, with a warning, so that the
+    port; ``mode`` stands for ``--multi_gpu`` (``("--use_fsdp", "--fsdp_version", "2")``, or
+    ``("--config_file", PATH)``), and ``settings`` for :data:`LAUNCH_SETTINGS` (``()`` leaves them to a
+    config file). A run that died of the gloo teardown abort is run once more, with a warning, so that the
     abort stays visible in the test summary; any other outcome is returned as it is."""
     import os
     import subprocess
@@ -30,9 +37,8 @@ def launch_two(script_and_args, *, cwd=None, env=None, timeout=CHILD_TIMEOUT):
     # loaded machine the other may take longer than the default 20 s to reach the same error
     env = dict(os.environ if env is None else env, ADAPTIVE_LEFT_TO_ANOTHER_SECONDS="300")
     for attempt in range(2):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--main_process_port", free_port(), "--num_machines", "1", "--mixed_precision", "no",
-               "--dynamo_backend", "no", *map(str, script_and_args)]
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", *map(str, mode), "--num_processes", "2",
+               "--main_process_port", free_port(), *map(str, settings), *map(str, script_and_args)]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
         if r.returncode == 0 or GLOO_TEARDOWN_ABORT not in r.stdout + r.stderr or attempt == 1:
             return r

@@ -6,7 +6,7 @@ import time
 
 from adaptive import mask_only_checkpoint as stage_checkpoint
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
-from adaptive.distributed import agreed_call, gather_mask_hashes, refuse_differing_masks
+from adaptive.distributed import agreed_call, gather_mask_hashes, refuse_differing_masks, uncompiled_model_note
 from adaptive.mask_only_targets import one_synapse_note
 from adaptive.training import TrainState, metric_row
 
@@ -30,6 +30,9 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     one = one_synapse_note(cfg.target, "--target")  # (--density D means --target 1-D: a fraction, never the count 1)
     if one:
         accelerator.print(one)
+    uncompiled = uncompiled_model_note(accelerator, "recipes/adaptive.py")
+    if uncompiled:
+        accelerator.print(uncompiled)
     lock.acquire(cfg)
     # an earlier run's checkpoint (set aside by begin) survives a run refused or stopped before its
     # first target, from here on: the setup below can fail or be interrupted too

@@ -19,7 +19,7 @@ from adaptive.data import check_dataset_kw, model_before_data
 from adaptive.diagnostics.silent_units import SilentUnits
 from adaptive.distributed import (RESUME_FIX, agreed_call, gather_mask_hashes, mark_raised_alike, peer_stopped,
                                   peer_stopped_error, refuse_differing, refuse_differing_masks,
-                                  warn_lone_launched_process)
+                                  refuse_sharded_launch, warn_lone_launched_process)
 from adaptive.integrity import CheckpointWriteError
 from adaptive.training import (
     TrainState, evaluate, find_checkpoint, load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint,
@@ -45,6 +45,7 @@ def training_function(cfg: RunConfig, on_step: Optional[Callable[[TrainState], N
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    refuse_sharded_launch("recipes/adaptive.py")  # FSDP: before Accelerate's own FSDP errors, before any write
     _env_accumulation()  # one Accelerate cannot read (a blank one too) is refused, naming it
     # without a GPU, cpu=True is what makes a multi-process launch a gloo (MULTI_CPU) run
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision,

@@ -81,6 +81,8 @@ def _parse_args(argv) -> argparse.Namespace:
     for k, v in vars(args).items():
         if k not in ("config", "dataset_kw", "model_kw", "estimator_kw") and v is not None:
             cfg[k] = v
+    if args.mixed_precision is None and "mixed_precision" not in loaded:  # neither option nor file: the launch's
+        cfg["mixed_precision"] = _launch_precision()  # (the default "no" passed to Accelerator dropped it silently)
     for key, what, example in (("dataset_kw", "dataset", "{resize: 232}"), ("model_kw", "model", "{hidden: [64]}"),
                                ("estimator_kw", "estimator", "{damping: 1.0e-6}")):
         if not isinstance(cfg.get(key) or {}, dict):
@@ -221,3 +223,17 @@ def _unknown_keys_hint(path: str, unknown, keys) -> str:
     others = [k for k in unknown if k in theirs]
     return ((f" (did you mean {', '.join(close)}?)" if close else "")
             + (f" ({', '.join(others)}: key(s) of recipes/adaptive.py, not of this recipe)" if others else ""))
+
+
+def _launch_precision() -> str:
+    """The mixed precision ``accelerate launch --mixed_precision`` (or its config file) gave this process, read
+    as Accelerate reads it (``no`` where none): the run's where neither ``--mixed_precision`` nor the --config
+    file sets one. fp16, which this recipe does not run, is refused naming the fix."""
+    from accelerate.utils import parse_choice_from_env
+
+    given = parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if given not in ("no", "bf16"):
+        raise SystemExit(f"mixed precision {given} (from accelerate launch or its config) is not one "
+                         "recipes/prune_pretrained.py runs: launch with --mixed_precision bf16 or no, or give the "
+                         "recipe's own --mixed_precision bf16 or no (after recipes/prune_pretrained.py)")
+    return given
