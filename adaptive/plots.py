@@ -196,7 +196,7 @@ def plot_loss_accuracy(rows: Sequence[dict], path, labels: Optional[Dict[str, st
     when they are not its last ones, marked with a star; the test point, measured on those masks, is
     drawn at their step. ``title``: the figure's title (name the model and dataset). The legend sits
     under each panel: inside, it hid a run's only held-out point. The loss panel is drawn on a log
-    scale where its losses span more than three decades (:func:`loss_scale`)."""
+    scale where its losses, all above 0, span more than three decades (:func:`loss_scale`)."""
     plt = _pyplot()
     labels = labels or {}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

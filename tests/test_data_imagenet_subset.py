@@ -357,10 +357,38 @@ def test_a_list_found_in_the_data_folders_is_recorded_in_config_yaml(tmp_path):
     (out / "config.yaml").write_text(yaml.safe_dump(older))
     pp_resume._check_resumed_settings(args, out, found_wnids=listed)  # (found then too, unrecorded)
     (out / "config.yaml").write_text(yaml.safe_dump(recorded))
-    (tmp_path / "other.txt").write_text("\n".join(WNIDS) + "\n")
+    # another list (one wnid other, still sorted: read_wnids takes it), which gives that class another place
+    (tmp_path / "other.txt").write_text("\n".join(WNIDS[:500] + [f"n{int(WNIDS[500][1:]) + 1:08d}"] + WNIDS[501:]) + "\n")
     args.dataset_kw["wnids"] = str(tmp_path / "other.txt")
     with pytest.raises(Exception, match=r"records other settings \(dataset_kw"):
         pp_resume._check_resumed_settings(args, out, found_wnids=None)
+
+
+def test_a_resume_with_the_data_moved_reads_the_list_found_in_its_new_place(tmp_path, capsys):
+    """--data_dir may change on --resume (the data moved), but the list of wnids found in the data's folders was
+    recorded at its old place: the same command with the new --data_dir was refused as other settings
+    (dataset_kw), and so was the fix its error led to (--dataset-kw wnids= naming the list in its new place). The
+    same list in another place is the same setting, the data moved or copied; config.yaml then records the new
+    place. A list of other wnids is still refused."""
+    import shutil
+
+    data, weights = _subset(tmp_path / "imagenette2"), _weights(tmp_path)
+    out = tmp_path / "run"
+    argv = _found_argv(tmp_path, weights, data, out)
+    recipe().main(argv)
+    shutil.copytree(data, tmp_path / "copied")  # (both lists there: compared by what they list)
+    shutil.move(str(data), str(tmp_path / "moved"))
+    for place in ("moved", "copied"):
+        again = [str(tmp_path / place) if a == str(data) else a for a in argv]
+        for given in ([], ["--dataset-kw", f"wnids={tmp_path / place / 'LOC_synset_mapping.txt'}"]):
+            recipe().main(again + given + ["--resume"])
+            assert yaml_load(out / "config.yaml")["dataset_kw"]["wnids"] == str(tmp_path / place / "LOC_synset_mapping.txt")
+    listed = (tmp_path / "moved" / "LOC_synset_mapping.txt").read_text().splitlines()
+    (tmp_path / "moved" / "LOC_synset_mapping.txt").write_text("\n".join(listed[:500] + ["n01444265 other"]
+                                                                        + listed[501:]) + "\n")
+    capsys.readouterr()
+    with pytest.raises(Exception, match=r"records other settings \(dataset_kw"):
+        recipe().main([str(tmp_path / "moved") if a == str(data) else a for a in argv] + ["--resume"])
 
 
 def test_a_list_found_automatically_is_refused_in_words_for_a_list_nobody_gave(tmp_path):
