@@ -185,3 +185,71 @@ def test_the_lone_process_warning_reads_the_process_count_of_the_launchs_config_
         said = distributed.lone_launched_process_problem("s.py", launch, pid)
         assert "asked for 2 processes" in said and "--multi_gpu --num_processes 2 s.py" in said, said
     assert "asked for several processes" in distributed.lone_launched_process_problem("s.py", launch, "unread")
+
+
+@pytest.mark.parametrize("flags, refused", [
+    ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"), ({"ACCELERATE_USE_FSDP": "TRUE"}, "FSDP"),
+    ({"ACCELERATE_USE_FSDP": "false"}, None), ({"ACCELERATE_USE_FSDP": "0"}, None),
+    ({"ACCELERATE_USE_FSDP": "1"}, None),  # Accelerate runs no FSDP for it: only "true" turns it on
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO stage 3"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, None),  # (Accelerate's default stage, 2)
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ds.json": 3},
+     "DeepSpeed ZeRO stage 3"),  # the DeepSpeed config file's stage is the one run
+    ({"ACCELERATE_USE_DEEPSPEED": "false", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, None)])
+def test_a_launch_is_refused_where_accelerate_shards_the_weights_only(tmp_path, monkeypatch, flags, refused):
+    """The launch's flags read as Accelerate reads them: ACCELERATE_USE_FSDP=1 (which Accelerate runs as DDP) was
+    refused as FSDP; DeepSpeed ZeRO stage 3 (--zero_stage 3, or a --deepspeed_config_file's zero_optimization.stage),
+    which partitions each weight as FSDP does, was let through. Stages 0-2 keep whole weights on every process."""
+    from adaptive import distributed
+
+    for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+              "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in flags.items():
+        if k == "ds.json":
+            (tmp_path / k).write_text(json.dumps({"zero_optimization": {"stage": v}}))
+            monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / k))
+        else:
+            monkeypatch.setenv(k, v)
+    said = distributed.sharded_launch_problem("s.py")
+    if refused is None:
+        assert said is None, said
+    else:
+        assert said.startswith(refused) and said.endswith(
+            "Launch with accelerate launch --multi_gpu --num_processes N s.py ... (DDP: every process holds the whole "
+            "model; on CPUs too, with gloo)"), said
+
+
+def test_prune_pretrained_refuses_deepspeed_zero_stage_3_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch --use_deepspeed --zero_stage 3 sets
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(SystemExit) as e:
+        P.command([*PRUNE_TINY, "--output_dir", str(tmp_path / "run")])
+    assert e.value.code == 2 and not (tmp_path / "run").exists()
+    err = capsys.readouterr().err
+    assert "recipes/prune_pretrained.py: error: DeepSpeed ZeRO stage 3 (accelerate launch --use_deepspeed" in err, err
+    assert "Traceback" not in err and "accelerate launch --multi_gpu --num_processes N recipes/prune_pretrained.py" in err
+
+
+def test_a_connectome_refuses_a_model_fsdp_shards_naming_data_parallel(tmp_path):
+    """Built by the Python API on a model FSDP shards: FSDP2's DTensor weights were taken as whole (set_masks then
+    failed in torch: 'mixed torch.Tensor and DTensor'), FSDP1's flat parameters were said to be reparametrised
+    (weight_norm) and, with use_orig_params, its 1-D shards (another shape on each process) were silently masked as
+    whole weights; a connectome built whole and then sharded said to build a new one on the sharded model. Each is
+    refused on every process, naming the sharding and the data-parallel run to use."""
+    from _ports import two_rank_records
+
+    fix = ("while a Connectome masks, scores and edits whole weights: build it on the unsharded model and run data "
+           "parallel instead, every process holding the whole model (torch's DistributedDataParallel, an Accelerator "
+           "without an fsdp_plugin, accelerate launch --multi_gpu)")
+    for rec in two_rank_records("two_process_sharded_model.py", tmp_path):
+        for case, how in (("fully_shard", "FSDP2 (fully_shard: DTensor shards)"),
+                          ("fsdp1", "FSDP (FullyShardedDataParallel: flat parameters)"),
+                          ("fsdp1_orig_params", "FSDP (FullyShardedDataParallel: flat parameters)")):
+            assert rec[case] == {"error": "ValueError",
+                                 "message": f"the model is sharded across processes by {how}, {fix}"}, rec
+        assert rec["sharded_after"]["error"] == "RuntimeError", rec
+        assert rec["sharded_after"]["message"] == (
+            "the model's parameter(s) ['0.weight', '2.weight'] were replaced by shards since this Connectome was built: "
+            f"the model is sharded across processes by FSDP2 (fully_shard: DTensor shards), {fix}"), rec
