@@ -253,3 +253,14 @@ def test_a_connectome_refuses_a_model_fsdp_shards_naming_data_parallel(tmp_path)
         assert rec["sharded_after"]["message"] == (
             "the model's parameter(s) ['0.weight', '2.weight'] were replaced by shards since this Connectome was built: "
             f"the model is sharded across processes by FSDP2 (fully_shard: DTensor shards), {fix}"), rec
+
+
+def test_prune_pretrained_refuses_a_sharded_launch_before_reading_the_data(tmp_path, monkeypatch, capsys):
+    """The refusal came once the data had loaded (minutes of an ImageNet folder scan), when the Accelerator was
+    made: here the data is not there at all, and the launch is still what is refused."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(SystemExit) as e:
+        P.command(["--model", "resnet20", "--dataset", "cifar10", "--data_dir", str(tmp_path / "nowhere"), "--cpu",
+                   "--no-progress", "--remove", "10", "--output_dir", str(tmp_path / "run")])
+    assert e.value.code == 2 and not (tmp_path / "run").exists()
+    assert "recipes/prune_pretrained.py: error: FSDP (accelerate launch --use_fsdp" in capsys.readouterr().err
