@@ -232,27 +232,46 @@ def test_prune_pretrained_refuses_deepspeed_zero_stage_3_before_anything_is_writ
     assert "Traceback" not in err and "accelerate launch --multi_gpu --num_processes N recipes/prune_pretrained.py" in err
 
 
+@pytest.mark.filterwarnings("ignore:FSDP is switching to use `NO_SHARD`")  # (one process: nothing to shard)
 def test_a_connectome_refuses_a_model_fsdp_shards_naming_data_parallel(tmp_path):
     """Built by the Python API on a model FSDP shards: FSDP2's DTensor weights were taken as whole (set_masks then
     failed in torch: 'mixed torch.Tensor and DTensor'), FSDP1's flat parameters were said to be reparametrised
-    (weight_norm) and, with use_orig_params, its 1-D shards (another shape on each process) were silently masked as
-    whole weights; a connectome built whole and then sharded said to build a new one on the sharded model. Each is
-    refused on every process, naming the sharding and the data-parallel run to use."""
-    from _ports import two_rank_records
+    (weight_norm) and, with use_orig_params, its 1-D shards (of another shape on each of several processes) were
+    silently masked as whole weights; a connectome built whole and then sharded said to build a new one on the
+    sharded model. Each is refused, naming the sharding and the data-parallel run to use (a one-process group:
+    nothing here depends on the count)."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+
+    from adaptive import Connectome
 
     fix = ("while a Connectome masks, scores and edits whole weights: build it on the unsharded model and run data "
            "parallel instead, every process holding the whole model (torch's DistributedDataParallel, an Accelerator "
            "without an fsdp_plugin, accelerate launch --multi_gpu)")
-    for rec in two_rank_records("two_process_sharded_model.py", tmp_path):
-        for case, how in (("fully_shard", "FSDP2 (fully_shard: DTensor shards)"),
-                          ("fsdp1", "FSDP (FullyShardedDataParallel: flat parameters)"),
-                          ("fsdp1_orig_params", "FSDP (FullyShardedDataParallel: flat parameters)")):
-            assert rec[case] == {"error": "ValueError",
-                                 "message": f"the model is sharded across processes by {how}, {fix}"}, rec
-        assert rec["sharded_after"]["error"] == "RuntimeError", rec
-        assert rec["sharded_after"]["message"] == (
-            "the model's parameter(s) ['0.weight', '2.weight'] were replaced by shards since this Connectome was built: "
-            f"the model is sharded across processes by FSDP2 (fully_shard: DTensor shards), {fix}"), rec
+    fsdp1, fsdp2 = "FSDP (FullyShardedDataParallel: flat parameters)", "FSDP2 (fully_shard: DTensor shards)"
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        for how, said in (("fully_shard", fsdp2), ("fsdp1", fsdp1), ("fsdp1_orig_params", fsdp1)):
+            model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+            if how == "fully_shard":
+                fully_shard(model)
+            else:
+                model = FullyShardedDataParallel(model, device_id=torch.device("cpu"),
+                                                 use_orig_params=how == "fsdp1_orig_params")
+            with pytest.raises(ValueError) as e:
+                Connectome(model)
+            assert str(e.value) == f"the model is sharded across processes by {said}, {fix}", how
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = Connectome(model)
+        fully_shard(model)  # (as accelerator.prepare does under FSDP, on GPUs)
+        with pytest.raises(RuntimeError) as e:
+            conn.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+        assert str(e.value) == ("the model's parameter(s) ['0.weight', '2.weight'] were replaced by shards since this "
+                                f"Connectome was built: the model is sharded across processes by {fsdp2}, {fix}")
+    finally:
+        dist.destroy_process_group()
 
 
 def test_prune_pretrained_refuses_a_sharded_launch_before_reading_the_data(tmp_path, monkeypatch, capsys):
