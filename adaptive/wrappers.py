@@ -159,6 +159,8 @@ def sharded_model_problem(model: nn.Module) -> Optional[str]:
     built on shards (FSDP1's flattened shards, of another shape on each process, would be taken for weights;
     a DTensor cannot take a whole mask). Reads only the modules already imported (nothing is sharded by a
     module never imported)."""
+    if not isinstance(model, nn.Module):  # (refused as no module where it is read)
+        return None
     fsdp = sys.modules.get("torch.distributed.fsdp")
     dtensor = sys.modules.get("torch.distributed.tensor")
     how = None
