@@ -42,7 +42,7 @@ from .discovery import SynapseLayer, aliases, discover, shared_weight_warning
 from .ensembles import Granularity, check_granularity, for_layer
 from .grad_masking import BackwardMasker
 from .warn import warn_user
-from .wrappers import _pattern_inside, _plain_module, _plain_patterns
+from .wrappers import _pattern_inside, _plain_module, _plain_patterns, sharded_model_problem
 from .wrappers import _local_module, _plain_names, _stripped, _wrapper_prefix, eager  # noqa: F401  (as before)
 
 __all__ = ["Connectome", "MODES",
@@ -85,6 +85,9 @@ class Connectome(ConnectomeQueriesMixin, ConnectomeEditsMixin, ConnectomeMasking
     ):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}: use 'train' or 'mask_only'")
+        sharded = sharded_model_problem(model)  # FSDP's shards: not whole weights (before any is taken for one)
+        if sharded:
+            raise ValueError(sharded)
         include, exclude = _plain_patterns(model, include), _plain_patterns(model, exclude)  # module.* of a wrapper
         wrapped, model = model, _plain_module(model)
         # built on a wrapper: the patterns given later (ensemble rules, a Controller's protect=) may name

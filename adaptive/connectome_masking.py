@@ -13,6 +13,7 @@ import torch
 
 from .discovery import _listed, _submodule, reparametrisation_call
 from .exact_masking import bits, int_mask, mask_, mask_dtype
+from .wrappers import sharded_model_problem
 
 
 def _forget_autocast_copies() -> None:
@@ -126,6 +127,10 @@ class ConnectomeMaskingMixin:
                 stale.append(n)
         if stale:
             self._holders = None
+            sharded = sharded_model_problem(self.model)  # fully_shard (accelerator.prepare under FSDP) after building
+            if sharded:
+                raise RuntimeError(f"the model's parameter(s) {stale[:3]}{' ...' if len(stale) > 3 else ''} were "
+                                   f"replaced by shards since this Connectome was built: {sharded}")
             # the exact call for a weight that something now computes (a parametrization, old-style weight_norm or
             # spectral_norm, torch.nn.utils.prune), read from its module: each takes its own remove call and
             # attribute (an LSTM's weight_hh_l0, an attention's in_proj_weight)

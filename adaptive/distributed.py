@@ -607,22 +607,47 @@ def warn_lone_launched_process(accelerator, script: str) -> None:
             warnings.warn(problem, stacklevel=2)
 
 
-def sharded_launch_problem(script: str) -> Optional[str]:
-    """What to say where this process was launched to run under FSDP (``accelerate launch --use_fsdp``, of
-    either ``--fsdp_version``, or ``distributed_type: FSDP`` in an ``accelerate config`` file: Accelerate's own
-    flag, ``ACCELERATE_USE_FSDP``, which every process of the launch reads alike); None otherwise. FSDP shards
-    each weight across the processes (FSDP2's DTensor shards, FSDP1's FlatParameters), while a connectome
-    masks, scores and edits whole weights (a mask cannot be applied to a DTensor shard); on a CPU Accelerate
-    shards nothing and silently runs DDP instead. ``script`` names the recipe in the fix."""
-    from accelerate.utils import parse_flag_from_env
+def sharded_launch_problem(script: str, environ=None) -> Optional[str]:
+    """What to say where this process was launched to shard the model's weights; None otherwise: FSDP
+    (``accelerate launch --use_fsdp``, of either ``--fsdp_version``, or ``distributed_type: FSDP`` in an
+    ``accelerate config`` file: Accelerate's own flag, ``ACCELERATE_USE_FSDP``, read as Accelerate reads it,
+    only ``true`` turning FSDP on), or DeepSpeed ZeRO stage 3 (``--use_deepspeed --zero_stage 3``, or
+    ``zero_optimization.stage: 3`` in its ``--deepspeed_config_file``), flags every process of the launch reads
+    alike. Both shard each weight across the processes (FSDP2's DTensor shards, FSDP1's FlatParameters,
+    ZeRO-3's partitions), while a connectome masks, scores and edits whole weights (a mask cannot be applied to
+    a shard); on a CPU Accelerate shards nothing under FSDP and silently runs DDP instead. ``script`` names the
+    recipe in the fix; ``environ``: the environment read (``os.environ``)."""
+    environ = os.environ if environ is None else environ
+    fix = (f"Launch with accelerate launch --multi_gpu --num_processes N {script} ... (DDP: every process holds the "
+           "whole model; on CPUs too, with gloo)")
+    if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":  # (Accelerate's test: "1" is not FSDP)
+        return (f"FSDP (accelerate launch --use_fsdp, or distributed_type: FSDP in its config file) cannot run {script}: "
+                "it shards each weight across the processes (DTensor shards, or FSDP1's flat parameters), while the "
+                "connectome masks, scores and edits whole weights (and on a CPU Accelerate shards nothing and would "
+                f"silently run DDP). {fix}")
+    if environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and _deepspeed_zero_stage(environ) == 3:
+        return (f"DeepSpeed ZeRO stage 3 (accelerate launch --use_deepspeed --zero_stage 3, or zero_optimization.stage 3 "
+                f"in its DeepSpeed config) cannot run {script}: it partitions each weight across the processes, while "
+                f"the connectome masks, scores and edits whole weights. {fix}")
+    return None
 
-    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
+
+def _deepspeed_zero_stage(environ) -> Optional[int]:
+    """The ZeRO stage a DeepSpeed launch gives, as Accelerate's DeepSpeedPlugin reads it: its
+    ``--deepspeed_config_file``'s ``zero_optimization.stage`` (a JSON file), else ``--zero_stage``, else 2; None
+    where the file cannot be read (Accelerate says why)."""
+    path = environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+    stage = environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2)
+    try:
+        if path != "none":
+            import json
+
+            with open(path) as f:
+                given = json.load(f)["zero_optimization"].get("stage", "auto")
+            stage = stage if given == "auto" else given
+        return int(stage)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-    return (f"FSDP (accelerate launch --use_fsdp, or distributed_type: FSDP in its config file) cannot run {script}: "
-            "it shards each weight across the processes (DTensor shards, or FSDP1's flat parameters), while the "
-            "connectome masks, scores and edits whole weights (and on a CPU Accelerate shards nothing and would "
-            f"silently run DDP). Launch with accelerate launch --multi_gpu --num_processes N {script} ... (DDP: every "
-            "process holds the whole model; on CPUs too, with gloo)")
 
 
 def refuse_sharded_launch(script: str) -> None:

@@ -150,3 +150,31 @@ def _pattern_inside(plain: nn.Module) -> Callable[[str], str]:
             q = q.split(".", 1)[1]
         return q if matches(q) else p
     return plain_one
+
+
+def sharded_model_problem(model: nn.Module) -> Optional[str]:
+    """What to say where ``model``'s weights are sharded across processes: FSDP1's
+    ``FullyShardedDataParallel`` (flat parameters), FSDP2's ``fully_shard`` or any DTensor parameter (tensor
+    parallelism too); None otherwise. A connectome masks, scores and edits whole weights, so it cannot be
+    built on shards (FSDP1's flattened shards, of another shape on each process, would be taken for weights;
+    a DTensor cannot take a whole mask). Reads only the modules already imported (nothing is sharded by a
+    module never imported)."""
+    if not isinstance(model, nn.Module):  # (refused as no module where it is read)
+        return None
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    how = None
+    if fsdp is not None:
+        kinds = ((getattr(fsdp, "FullyShardedDataParallel", ()), "FSDP (FullyShardedDataParallel: flat parameters)"),
+                 (getattr(fsdp, "FSDPModule", ()), "FSDP2 (fully_shard: DTensor shards)"))
+        how = next((said for m in model.modules() for kind, said in kinds if isinstance(m, kind)), None)
+    if how is None and dtensor is not None:
+        held = [n for n, p in model.named_parameters() if isinstance(p, dtensor.DTensor)]
+        if held:
+            how = f"DTensor parameters ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}: FSDP2 or tensor parallel)"
+    if how is None:
+        return None
+    return (f"the model is sharded across processes by {how}, while a Connectome masks, scores and edits whole "
+            "weights: build it on the unsharded model and run data parallel instead, every process holding the "
+            "whole model (torch's DistributedDataParallel, an Accelerator without an fsdp_plugin, accelerate launch "
+            "--multi_gpu)")

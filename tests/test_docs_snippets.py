@@ -20,7 +20,7 @@ from test_readme import PAGES, ROOT, page_blocks  # noqa: E402
 
 # the options of `accelerate launch` itself, and placeholders the prose writes as options
 NOT_OURS = {"--multi_gpu", "--num_processes", "--use_fsdp", "--fsdp_version", "--config_file", "--dynamo_backend",
-            "--use_deepspeed", "--key"}
+            "--use_deepspeed", "--zero_stage", "--key"}
 
 
 class _Got(Exception):

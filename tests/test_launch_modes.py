@@ -185,3 +185,101 @@ def test_the_lone_process_warning_reads_the_process_count_of_the_launchs_config_
         said = distributed.lone_launched_process_problem("s.py", launch, pid)
         assert "asked for 2 processes" in said and "--multi_gpu --num_processes 2 s.py" in said, said
     assert "asked for several processes" in distributed.lone_launched_process_problem("s.py", launch, "unread")
+
+
+@pytest.mark.parametrize("flags, refused", [
+    ({"ACCELERATE_USE_FSDP": "true"}, "FSDP"), ({"ACCELERATE_USE_FSDP": "TRUE"}, "FSDP"),
+    ({"ACCELERATE_USE_FSDP": "false"}, None), ({"ACCELERATE_USE_FSDP": "0"}, None),
+    ({"ACCELERATE_USE_FSDP": "1"}, None),  # Accelerate runs no FSDP for it: only "true" turns it on
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO stage 3"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, None),  # (Accelerate's default stage, 2)
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2", "ds.json": 3},
+     "DeepSpeed ZeRO stage 3"),  # the DeepSpeed config file's stage is the one run
+    ({"ACCELERATE_USE_DEEPSPEED": "false", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, None)])
+def test_a_launch_is_refused_where_accelerate_shards_the_weights_only(tmp_path, monkeypatch, flags, refused):
+    """The launch's flags read as Accelerate reads them: ACCELERATE_USE_FSDP=1 (which Accelerate runs as DDP) was
+    refused as FSDP; DeepSpeed ZeRO stage 3 (--zero_stage 3, or a --deepspeed_config_file's zero_optimization.stage),
+    which partitions each weight as FSDP does, was let through. Stages 0-2 keep whole weights on every process."""
+    from adaptive import distributed
+
+    for k in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE",
+              "ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in flags.items():
+        if k == "ds.json":
+            (tmp_path / k).write_text(json.dumps({"zero_optimization": {"stage": v}}))
+            monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / k))
+        else:
+            monkeypatch.setenv(k, v)
+    said = distributed.sharded_launch_problem("s.py")
+    if refused is None:
+        assert said is None, said
+    else:
+        assert said.startswith(refused) and said.endswith(
+            "Launch with accelerate launch --multi_gpu --num_processes N s.py ... (DDP: every process holds the whole "
+            "model; on CPUs too, with gloo)"), said
+
+
+def test_prune_pretrained_refuses_deepspeed_zero_stage_3_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what accelerate launch --use_deepspeed --zero_stage 3 sets
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    with pytest.raises(SystemExit) as e:
+        P.command([*PRUNE_TINY, "--output_dir", str(tmp_path / "run")])
+    assert e.value.code == 2 and not (tmp_path / "run").exists()
+    err = capsys.readouterr().err
+    assert "recipes/prune_pretrained.py: error: DeepSpeed ZeRO stage 3 (accelerate launch --use_deepspeed" in err, err
+    assert "Traceback" not in err and "accelerate launch --multi_gpu --num_processes N recipes/prune_pretrained.py" in err
+
+
+@pytest.mark.filterwarnings("ignore:FSDP is switching to use `NO_SHARD`")  # (one process: nothing to shard)
+def test_a_connectome_refuses_a_model_fsdp_shards_naming_data_parallel(tmp_path):
+    """Built by the Python API on a model FSDP shards: FSDP2's DTensor weights were taken as whole (set_masks then
+    failed in torch: 'mixed torch.Tensor and DTensor'), FSDP1's flat parameters were said to be reparametrised
+    (weight_norm) and, with use_orig_params, its 1-D shards (of another shape on each of several processes) were
+    silently masked as whole weights; a connectome built whole and then sharded said to build a new one on the
+    sharded model. Each is refused, naming the sharding and the data-parallel run to use (a one-process group:
+    nothing here depends on the count)."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+
+    from adaptive import Connectome
+
+    fix = ("while a Connectome masks, scores and edits whole weights: build it on the unsharded model and run data "
+           "parallel instead, every process holding the whole model (torch's DistributedDataParallel, an Accelerator "
+           "without an fsdp_plugin, accelerate launch --multi_gpu)")
+    fsdp1, fsdp2 = "FSDP (FullyShardedDataParallel: flat parameters)", "FSDP2 (fully_shard: DTensor shards)"
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        for how, said in (("fully_shard", fsdp2), ("fsdp1", fsdp1), ("fsdp1_orig_params", fsdp1)):
+            model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+            if how == "fully_shard":
+                fully_shard(model)
+            else:
+                model = FullyShardedDataParallel(model, device_id=torch.device("cpu"),
+                                                 use_orig_params=how == "fsdp1_orig_params")
+            with pytest.raises(ValueError) as e:
+                Connectome(model)
+            assert str(e.value) == f"the model is sharded across processes by {said}, {fix}", how
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        conn = Connectome(model)
+        fully_shard(model)  # (as accelerator.prepare does under FSDP, on GPUs)
+        with pytest.raises(RuntimeError) as e:
+            conn.attach(torch.optim.SGD(model.parameters(), lr=0.1))
+        assert str(e.value) == ("the model's parameter(s) ['0.weight', '2.weight'] were replaced by shards since this "
+                                f"Connectome was built: the model is sharded across processes by {fsdp2}, {fix}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_prune_pretrained_refuses_a_sharded_launch_before_reading_the_data(tmp_path, monkeypatch, capsys):
+    """The refusal came once the data had loaded (minutes of an ImageNet folder scan), when the Accelerator was
+    made: here the data is not there at all, and the launch is still what is refused."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(SystemExit) as e:
+        P.command(["--model", "resnet20", "--dataset", "cifar10", "--data_dir", str(tmp_path / "nowhere"), "--cpu",
+                   "--no-progress", "--remove", "10", "--output_dir", str(tmp_path / "run")])
+    assert e.value.code == 2 and not (tmp_path / "run").exists()
+    assert "recipes/prune_pretrained.py: error: FSDP (accelerate launch --use_fsdp" in capsys.readouterr().err

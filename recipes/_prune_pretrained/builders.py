@@ -39,9 +39,8 @@ def _accelerator(args):
     one (``--cpu`` to stay on the CPU)."""
     from accelerate import Accelerator
 
-    from adaptive.distributed import refuse_sharded_launch, uncompiled_model_note, warn_lone_launched_process
+    from adaptive.distributed import uncompiled_model_note, warn_lone_launched_process
 
-    refuse_sharded_launch("recipes/prune_pretrained.py")  # FSDP: before Accelerate's own FSDP errors
     accelerator = Accelerator(cpu=bool(args.cpu) or not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
     warn_lone_launched_process(accelerator, "recipes/prune_pretrained.py")  # accelerate launch --cpu --num_processes 2
     uncompiled = uncompiled_model_note(accelerator, "recipes/prune_pretrained.py")  # --dynamo_backend: never applied

@@ -15,7 +15,7 @@ from adaptive import jsonio
 from adaptive import run_folder
 from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
-from adaptive.distributed import gather_mask_hashes, refuse_differing_masks
+from adaptive.distributed import gather_mask_hashes, refuse_differing_masks, refuse_sharded_launch
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
 from adaptive.mask_only_bits import changed_by_load, differ_words, load_changes
 from adaptive.cli_checks import examples_in, one_pass_problem
@@ -43,6 +43,7 @@ def main(argv=None, test_loader_hook=None) -> dict:
     only the main process writes."""
     _STARTED["replaced_earlier"] = False  # an earlier main() in this process replaced its own folder's run
     args = parse_args(argv)
+    refuse_sharded_launch("recipes/prune_pretrained.py")  # FSDP, ZeRO-3: before the data (minutes of a folder scan)
     # a list of ImageNet's wnids found in the data's folders joins --dataset-kw before anything else reads it:
     # config.yaml records it (a rerun from config.yaml depended on finding it again) and --resume compares it
     given = args.dataset_kw.get("wnids")
