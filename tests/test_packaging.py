@@ -41,15 +41,8 @@ def _committed():
     return {f for f in listed.stdout.splitlines() if os.path.isfile(os.path.join(ROOT, f))}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(wheel's file names, sdist's file names relative to its top folder, the wheel's METADATA), built with
-    setuptools (a test extra) without build isolation, from a copy of the committed files and of the two
-    packages' folders (so a file added to a package and not yet committed counts): a build/ folder left in the
-    checkout by an earlier build would otherwise put modules deleted since into the wheel, and what other tests
-    write while this one copies (run folders, temporary files) is not copied."""
-    pytest.importorskip("setuptools", minversion="77", reason="the build backend pyproject.toml asks for")
-    tmp = tmp_path_factory.mktemp("packaging")
+def _build(tmp):
+    """Build the wheel and the sdist in ``tmp`` (see :func:`built`); their file names."""
     src, out = tmp / "src", tmp / "dist"
     committed = _committed()
     if committed is None:  # (an unpacked sdist: nothing else is in it)
@@ -69,13 +62,50 @@ def built(tmp_path_factory):
         assert r.returncode == 0, f"{r.stderr[-4000:]}\n(where the build imported adaptive: adaptive.__version__ must " \
                                   "stay a plain string, which setuptools reads from the file without importing the package)"
         names.append(r.stdout.splitlines()[-1].split()[1])  # (setuptools logs to stdout before it)
-    wheel_name, sdist_name = names
-    with zipfile.ZipFile(out / wheel_name) as z:
+    return [str(out / n) for n in names]
+
+
+def _built_once(shared):
+    """The wheel's and the sdist's paths, built in ``shared/packaging`` by the first process to ask (under a
+    lock) and read from there by the others."""
+    from filelock import FileLock  # (a dependency of torch)
+
+    tmp, done = shared / "packaging", shared / "packaging.json"
+    with FileLock(str(shared / "packaging.lock")):
+        if not done.is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # (what a build that failed left)
+            tmp.mkdir()
+            done.write_text(json.dumps(_build(tmp)))
+    return json.loads(done.read_text())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(wheel's file names, sdist's file names relative to its top folder, the wheel's METADATA), built with
+    setuptools (a test extra) without build isolation, from a copy of the committed files and of the two
+    packages' folders (so a file added to a package and not yet committed counts): a build/ folder left in the
+    checkout by an earlier build would otherwise put modules deleted since into the wheel, and what other tests
+    write while this one copies (run folders, temporary files) is not copied. Built once a test session: the
+    workers of pytest-xdist (CI's -n 2, where these tests are spread over both) share the folder above their own."""
+    pytest.importorskip("setuptools", minversion="77", reason="the build backend pyproject.toml asks for")
+    base = tmp_path_factory.getbasetemp()
+    wheel_path, sdist_path = _built_once(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+    with zipfile.ZipFile(wheel_path) as z:
         wheel = set(z.namelist())
         metadata = next(z.read(n).decode() for n in wheel if n.endswith(".dist-info/METADATA"))
-    with tarfile.open(out / sdist_name) as t:
+    with tarfile.open(sdist_path) as t:
         sdist = {m.name.split("/", 1)[1] for m in t.getmembers() if m.isfile() and "/" in m.name}
     return wheel, sdist, metadata
+
+
+def test_the_build_is_made_once_a_session(built, tmp_path_factory):
+    """Every process of the session that asks again gets the same files, unbuilt again: each pytest-xdist worker
+    built them for itself (the module fixture runs once a worker), twice the cost on CI."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    paths = json.loads((shared / "packaging.json").read_text())
+    before = [os.stat(p).st_mtime_ns for p in paths]
+    assert _built_once(shared) == paths and [os.stat(p).st_mtime_ns for p in paths] == before
 
 
 def test_the_wheel_holds_every_file_of_the_packages(built):
