@@ -1,7 +1,9 @@
 """What ``pip install`` of the project gets: the wheel holds every module of the two packages and every
 file they read, and nothing else (no tests, recipes or data); the sdist holds the whole project, so its
-tests run from it; the version is written once. The tests and CI use an editable checkout, which
-never shows a file left out of the wheel: these build both, once, from a copy of the working tree."""
+tests run from it; the version is written once and read from the file (the build imports no package).
+The tests and CI use an editable checkout, which never shows a file left out of the wheel: these build
+both, once, from a copy of the working tree."""
+import json
 import os
 import re
 import shutil
@@ -39,15 +41,8 @@ def _committed():
     return {f for f in listed.stdout.splitlines() if os.path.isfile(os.path.join(ROOT, f))}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """(wheel's file names, sdist's file names relative to its top folder, the wheel's METADATA), built with
-    setuptools (a test extra) without build isolation, from a copy of the committed files and of the two
-    packages' folders (so a file added to a package and not yet committed counts): a build/ folder left in the
-    checkout by an earlier build would otherwise put modules deleted since into the wheel, and what other tests
-    write while this one copies (run folders, temporary files) is not copied."""
-    pytest.importorskip("setuptools", minversion="77", reason="the build backend pyproject.toml asks for")
-    tmp = tmp_path_factory.mktemp("packaging")
+def _build(tmp):
+    """Build the wheel and the sdist in ``tmp`` (see :func:`built`); their file names."""
     src, out = tmp / "src", tmp / "dist"
     committed = _committed()
     if committed is None:  # (an unpacked sdist: nothing else is in it)
@@ -57,19 +52,60 @@ def built(tmp_path_factory):
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(os.path.join(ROOT, rel), src / rel)
     names = []
-    for build in ("build_wheel", "build_sdist"):  # (one process each: a second call in the same one writes elsewhere)
-        code = f"import sys; from setuptools import build_meta as b; print('BUILT', b.{build}(sys.argv[1]))"
+    for build in ("build_wheel", "build_sdist"):  # (one process each: in one, the second writes elsewhere)
+        # the packages cannot be imported there, as in pip's isolated build environment (setuptools alone, no
+        # torch): the version must be read from the file
+        code = ("import sys; sys.modules.update(adaptive=None, graphs=None, torch=None)\n"
+                f"from setuptools import build_meta as b; print('BUILT', b.{build}(sys.argv[1]))")
         r = subprocess.run([sys.executable, "-c", code, str(out)], cwd=src, capture_output=True, text=True,
                            timeout=CHILD_TIMEOUT)
-        assert r.returncode == 0, r.stderr[-4000:]
+        assert r.returncode == 0, f"{r.stderr[-4000:]}\n(where the build imported adaptive: adaptive.__version__ must " \
+                                  "stay a plain string, which setuptools reads from the file without importing the package)"
         names.append(r.stdout.splitlines()[-1].split()[1])  # (setuptools logs to stdout before it)
-    wheel_name, sdist_name = names
-    with zipfile.ZipFile(out / wheel_name) as z:
+    return [str(out / n) for n in names]
+
+
+def _built_once(shared):
+    """The wheel's and the sdist's paths, built in ``shared/packaging`` by the first process to ask (under a
+    lock) and read from there by the others."""
+    from filelock import FileLock  # (a dependency of torch)
+
+    tmp, done = shared / "packaging", shared / "packaging.json"
+    with FileLock(str(shared / "packaging.lock")):
+        if not done.is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # (what a build that failed left)
+            tmp.mkdir()
+            done.write_text(json.dumps(_build(tmp)))
+    return json.loads(done.read_text())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(wheel's file names, sdist's file names relative to its top folder, the wheel's METADATA), built with
+    setuptools (a test extra) without build isolation, from a copy of the committed files and of the two
+    packages' folders (so a file added to a package and not yet committed counts): a build/ folder left in the
+    checkout by an earlier build would otherwise put modules deleted since into the wheel, and what other tests
+    write while this one copies (run folders, temporary files) is not copied. Built once a test session: the
+    workers of pytest-xdist (CI's -n 2, where these tests are spread over both) share the folder above their own."""
+    pytest.importorskip("setuptools", minversion="77", reason="the build backend pyproject.toml asks for")
+    base = tmp_path_factory.getbasetemp()
+    wheel_path, sdist_path = _built_once(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+    with zipfile.ZipFile(wheel_path) as z:
         wheel = set(z.namelist())
         metadata = next(z.read(n).decode() for n in wheel if n.endswith(".dist-info/METADATA"))
-    with tarfile.open(out / sdist_name) as t:
+    with tarfile.open(sdist_path) as t:
         sdist = {m.name.split("/", 1)[1] for m in t.getmembers() if m.isfile() and "/" in m.name}
     return wheel, sdist, metadata
+
+
+def test_the_build_is_made_once_a_session(built, tmp_path_factory):
+    """Every process of the session that asks again gets the same files, unbuilt again: each pytest-xdist worker
+    built them for itself (the module fixture runs once a worker), twice the cost on CI."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    paths = json.loads((shared / "packaging.json").read_text())
+    before = [os.stat(p).st_mtime_ns for p in paths]
+    assert _built_once(shared) == paths and [os.stat(p).st_mtime_ns for p in paths] == before
 
 
 def test_the_wheel_holds_every_file_of_the_packages(built):
@@ -113,13 +149,44 @@ def test_the_sdist_holds_the_whole_project(built):
     assert {"LICENSE", "README.md", "pyproject.toml", "tests/_scripts.py", "recipes/adaptive.py"} <= sdist
 
 
-@pytest.mark.parametrize("recipe", ["adaptive.py", "prune_pretrained.py", "diagnostics.py"])
-def test_a_recipe_runs_on_the_installed_package(recipe, tmp_path):
+RECIPES = ("adaptive.py", "prune_pretrained.py", "diagnostics.py")
+# Runs each recipe given as an argument as ``python RECIPE --help`` would, one after another in this one
+# process (torch imported once, not once a recipe): sys.path as Python sets it for a program (the recipe's
+# folder first), no module of the project or of the recipes' folder imported yet, the default Ctrl-C handler.
+# Prints one line a recipe: OK, or what it stopped at.
+_AS_PROGRAMS = """
+import contextlib, io, json, runpy, signal, sys, traceback
+import torch  # (what every recipe imports: once for all of them)
+path, default = list(sys.path), signal.getsignal(signal.SIGINT)
+ours = ("adaptive", "graphs", "recipes", "_startup", "_adaptive", "_diagnostics", "_prune_pretrained",
+        "prune_pretrained", "diagnostics")
+for recipe in sys.argv[1:]:
+    for name in [m for m in sys.modules if m.split(".")[0] in ours]:
+        del sys.modules[name]
+    sys.path[:] = [recipe.rsplit("/", 1)[0]] + path[1:]
+    sys.argv = [recipe, "--help"]
+    signal.signal(signal.SIGINT, default)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(recipe, run_name="__main__")
+        got = "ran on past --help"
+    except SystemExit as e:
+        got = "OK" if e.code in (0, None) and out.getvalue().startswith("usage:") else f"exit {e.code}: {out.getvalue()[:300]}"
+    except BaseException:
+        got = traceback.format_exc()[-2000:]
+    print("RECIPE", json.dumps([recipe.rsplit("/", 1)[1], got]), flush=True)
+"""
+
+
+def test_the_recipes_run_on_the_installed_package(tmp_path):
     """A copy of recipes/ with no package beside it (the packages installed, found on the path as
-    site-packages would be): the recipe imports the package, not recipes/adaptive.py, which Python put first
-    on sys.path by running a file of that folder ('cannot import name ... from partially initialized module')."""
+    site-packages would be): each recipe imports the package, not recipes/adaptive.py, which Python put first
+    on sys.path by running a file of that folder ('cannot import name ... from partially initialized module').
+    The three run in one process (see _AS_PROGRAMS), which imports torch once."""
     shutil.copytree(os.path.join(ROOT, "recipes"), tmp_path / "recipes", ignore=_NOT_BUILT)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, str(tmp_path / "recipes" / recipe), "--help"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
-    assert r.returncode == 0 and r.stdout.startswith("usage:"), r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-c", _AS_PROGRAMS, *(f"{tmp_path}/recipes/{n}" for n in RECIPES)],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=CHILD_TIMEOUT, env=env)
+    got = dict(json.loads(line.split(" ", 1)[1]) for line in r.stdout.splitlines() if line.startswith("RECIPE "))
+    assert got == dict.fromkeys(RECIPES, "OK"), f"{got}\n{r.stderr[-3000:]}"
