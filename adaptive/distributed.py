@@ -651,7 +651,7 @@ def _deepspeed_zero_stage(environ) -> Optional[int]:
 
 
 def refuse_sharded_launch(script: str) -> None:
-    """Raise :func:`sharded_launch_problem`'s ValueError under an FSDP launch: called before the
+    """Raise :func:`sharded_launch_problem`'s ValueError under an FSDP or DeepSpeed ZeRO-3 launch: called before the
     ``Accelerator`` is made (and before anything is written), on every process alike (the flag is the
     launch's)."""
     problem = sharded_launch_problem(script)

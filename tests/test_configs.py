@@ -211,6 +211,9 @@ def test_prune_pretrained_reads_a_config_files_exponent_numbers(tmp_path):
     ("seed: 1e3\nbatch_size: 6.4e1\nnum_workers: 0.0\n", dict(seed=1000, batch_size=64, num_workers=0)),
     ("overwrite: 'false'\ncpu: 'yes'\n", dict(overwrite=False, cpu=True)),
     ("overwrite: 'TRUE'\ncpu: 'off'\n", dict(overwrite=True, cpu=False)),
+    # a number quoted: recipes/adaptive.py's --config read it, recipes/prune_pretrained.py's refused it
+    ("batch_size: '64'\nseed: ' 7 '\nholdout: '0.25'\n",
+     dict(batch_size=64, seed=7, holdout=0.25)),
 ])
 def test_both_recipes_read_a_config_files_whole_numbers_and_quoted_flags_alike(tmp_path, text, read):
     """recipes/prune_pretrained.py refused seed: 1e3 ('must be an integer, got 1000.0': YAML's text 1e3, read as

@@ -79,16 +79,22 @@ def _check_names(cfg: dict, origin, resumed=lambda: "") -> None:
 
 
 def _read_as_recipes_read(loaded: dict, parser: argparse.ArgumentParser) -> dict:
-    """A --config file's values read as recipes/adaptive.py's --config reads them (:func:`adaptive.config._coerce`),
-    so that one file means the same in both recipes: a whole number written as a float (``seed: 1e3``, which YAML
-    reads as text and :func:`adaptive.config._exponent_floats` as 1000.0; ``window: 4.0``) is the integer for an
-    integer option (it was refused as 'got 1000.0'; 2.5 is still refused), and a flag's quoted word true, yes, on
-    or 1 (false, no, off or 0) is the flag's true (false): a quoted ``overwrite: 'false'`` is false (it was refused;
-    before that it counted as true). Anything else is left for :func:`_check_file_values` to refuse."""
-    from adaptive.config import _FALSE, _TRUE
+    """A --config file's values read as recipes/adaptive.py's --config reads them (:func:`adaptive.config._coerce`,
+    the same code), so that one file means the same in both recipes: a whole number written as a float (``seed:
+    1e3``, which YAML reads as text and :func:`adaptive.config._exponent_floats` as 1000.0; ``window: 4.0``) is the
+    integer for an integer option (it was refused as 'got 1000.0'; 2.5 is still refused), a number quoted
+    (``batch_size: '64'``, ``holdout: '0.25'``) is the number, and a flag's quoted word true, yes, on or 1 (false,
+    no, off or 0) is the flag's true (false): a quoted ``overwrite: 'false'`` is false (it was refused; before that
+    it counted as true). Anything else is left for :func:`_check_file_values` to refuse."""
+    from adaptive.config import ConfigError, _coerce
 
-    def whole(v):
-        return int(v) if isinstance(v, float) and math.isfinite(v) and v.is_integer() else v
+    def read(v, tp, key):
+        if tp is float and not isinstance(v, str):  # (a number as written: 2 stays 2, as before)
+            return v
+        try:
+            return _coerce(v, tp, key)
+        except ConfigError:
+            return v
 
     actions = {a.dest: a for a in parser._actions}
     out = dict(loaded)
@@ -96,11 +102,11 @@ def _read_as_recipes_read(loaded: dict, parser: argparse.ArgumentParser) -> dict
         action = actions.get(key)
         if action is None:
             continue
-        if action.type is int:
-            out[key] = [whole(v) for v in value] if isinstance(value, list) else whole(value)
-        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and isinstance(value, str) \
-                and value.strip().lower() in _TRUE | _FALSE:
-            out[key] = value.strip().lower() in _TRUE
+        if action.type in (int, float):
+            out[key] = ([read(v, action.type, key) for v in value] if isinstance(value, list)
+                        else read(value, action.type, key))
+        elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and isinstance(value, str):
+            out[key] = read(value, bool, key)
     return out
 
 
