@@ -70,7 +70,14 @@ def boundary_scale(ax, values) -> None:
     # linthresh off the decades (the smallest |value|, say 7.7e-8) put the decade ticks inside the
     # narrow linear part, where their labels (1e-8, 0, -1e-8) were drawn over each other
     lowest = math.floor(math.log10(min(vals)))
-    ax.set_yscale("symlog", linthresh=10.0 ** max(lowest, math.ceil(math.log10(max(vals))) - 4))
+    top = math.ceil(math.log10(max(vals)))
+    low = max(lowest, top - 4)
+    ax.set_yscale("symlog", linthresh=10.0 ** low)
+    # ticks at 0 and the decades from linthresh up, as matplotlib 3.11.2 places them: its own locator in 3.11.0
+    # and older also ticked the decade below linthresh (1e-8 for 1e-7), its label drawn over those of 0 and 1e-7
+    from matplotlib.ticker import FixedLocator
+
+    ax.yaxis.set_major_locator(FixedLocator(sorted([0.0] + [s * 10.0 ** e for e in range(low, top + 1) for s in (-1, 1)])))
 
 
 LOG_LOSS_DECADES = 3  # a loss panel spanning more decades than this is drawn on a log scale

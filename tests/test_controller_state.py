@@ -13,7 +13,7 @@ import adaptive
 torch.set_num_threads(1)
 
 
-def setup():
+def controller_net():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 5))
     return m, adaptive.Connectome(m)
@@ -30,7 +30,7 @@ def train(m, opt, steps, seed=0):
 
 @pytest.mark.parametrize("case", ["policy as optimizer", "model as optimizer", "foreign optimizer", "budget", "option"])
 def test_a_failed_construction_leaves_the_connectome_as_it_was(case):
-    m, conn = setup()
+    m, conn = controller_net()
     before = conn.mask_hash(), {k: v.clone() for k, v in m.state_dict().items()}
     make = {
         "policy as optimizer": lambda: adaptive.Controller(conn, "rigl", density=0.3),
@@ -58,7 +58,7 @@ def test_a_failed_construction_leaves_the_connectome_as_it_was(case):
 
 
 def test_a_rolled_back_edit_keeps_the_optimizer_moments():
-    m, conn = setup()
+    m, conn = controller_net()
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     calls = [0]
 
@@ -85,7 +85,7 @@ def test_a_rolled_back_edit_keeps_the_optimizer_moments():
 
 
 def test_attaching_the_same_optimizer_twice_counts_each_step_once():
-    m, conn = setup()
+    m, conn = controller_net()
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
     ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=10, end_step=100, seed=0)
     ctrl.attach(opt)
@@ -304,14 +304,14 @@ def test_a_state_saved_under_a_ddp_models_names_still_loads(policy, estimator):
             return {(f"module.{k}" if k in conn.masks else k): prefixed(x) for k, x in v.items()}
         return [prefixed(x) for x in v] if isinstance(v, list) else v
 
-    m, conn = setup()
+    m, conn = controller_net()
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
     ctrl = adaptive.Controller(conn, opt, policy=policy, estimator=estimator, density=0.5, update_every=4, end_step=40)
     train(m, opt, 6)
     sd = ctrl.state_dict()
     old = prefixed(sd)
     assert "module.0.weight" in str(old) and "'0.weight'" not in str(old)
-    m2, conn2 = setup()
+    m2, conn2 = controller_net()
     opt2 = torch.optim.SGD(m2.parameters(), lr=0.1)
     ctrl2 = adaptive.Controller(conn2, opt2, policy=policy, estimator=estimator, density=0.5, update_every=4, end_step=40)
     ctrl2.load_state_dict(old)
@@ -393,7 +393,7 @@ def test_a_state_of_the_other_mode_is_refused_before_anything_loads():
 def _searched(seed_steps=6, **kw):
     """A gmp controller with a line search on a held-out loss that every prune raises (1 - density):
     at tolerance 0 every prune is rolled back, at inf (train mode's default) each is kept."""
-    m, conn = setup()
+    m, conn = controller_net()
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     ctrl = adaptive.Controller(conn, opt, policy="gmp", density=0.3, budget="uniform", update_every=2, end_step=12,
                                holdout_loss=lambda: 1.0 - conn.density(), **kw)
@@ -429,6 +429,6 @@ def test_a_loaded_state_keeps_the_line_search_tolerance_it_ran_with():
     assert given.step_count == 0 and given.events == [] and given.line_search_tolerance == float("inf")
     with pytest.raises(ValueError, match="line_search_tolerance is malformed .*it must be >= 0, got -1"):
         _searched(seed_steps=0)[0].load_state_dict({**sd, "line_search_tolerance": -1})
-    no_check = adaptive.Controller(setup()[1], None, policy="gmp", density=0.3, update_every=2, end_step=12)
+    no_check = adaptive.Controller(controller_net()[1], None, policy="gmp", density=0.3, update_every=2, end_step=12)
     assert no_check.state_dict()["line_search_tolerance"] is None  # (no holdout_loss: none ran)
 

@@ -12,7 +12,7 @@ import adaptive
 torch.set_num_threads(1)
 
 
-def setup(opt_cls=torch.optim.SGD, **opt_kw):
+def masked_net(opt_cls=torch.optim.SGD, **opt_kw):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 4))
     conn = adaptive.Connectome(model)
@@ -37,7 +37,7 @@ def pruned_weights_zero(conn):
 
 
 def test_backward_masks_gradients_and_the_step_keeps_pruned_weights_at_zero():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     calls = []
     real = conn.mask_gradients
     conn.mask_gradients = lambda: (calls.append(1), real())[1]
@@ -54,7 +54,7 @@ def test_backward_masks_gradients_and_the_step_keeps_pruned_weights_at_zero():
 def test_backward_masks_a_pruned_gradient_to_plus_zero_whatever_it_holds(bad):
     """The hook multiplied by the 0/1 mask, and 0 * inf = 0 * NaN = NaN (and 0 * -1.5 = -0.0): the
     masked gradient of a pruned position is now all bits zero, the live ones keep their bits."""
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     p, pruned = conn.params["0.weight"], ~conn.masks["0.weight"]
     h = p.register_hook(lambda g: g.masked_fill(pruned, bad))  # runs before the masking hook
     backward(model, x, y)
@@ -69,7 +69,7 @@ def test_backward_masks_a_pruned_gradient_to_plus_zero_whatever_it_holds(bad):
 
 
 def test_a_write_to_the_gradient_after_backward_is_masked_by_the_step():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     for _ in range(2):
         opt.zero_grad()
         backward(model, x, y)
@@ -80,7 +80,7 @@ def test_a_write_to_the_gradient_after_backward_is_masked_by_the_step():
 
 
 def test_a_mask_edit_between_backward_and_step_is_honoured():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     opt.zero_grad()
     backward(model, x, y)
     name = "0.weight"
@@ -93,7 +93,7 @@ def test_a_mask_edit_between_backward_and_step_is_honoured():
 
 
 def test_gradients_accumulated_over_two_backwards_stay_masked():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     opt.zero_grad()
     backward(model, x, y)
     backward(model, x * 2, y)
@@ -103,7 +103,7 @@ def test_gradients_accumulated_over_two_backwards_stay_masked():
 
 
 def test_an_active_observer_sees_dense_gradients_and_an_idle_one_does_not_stop_the_hooks():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     seen = []
     active = {"on": True}
     conn.add_observer(lambda: seen.append(pruned_grads(conn).abs().sum().item()), active=lambda: active["on"])
@@ -127,7 +127,7 @@ def test_an_active_observer_sees_dense_gradients_and_an_idle_one_does_not_stop_t
 
 
 def test_mask_in_backward_off_keeps_gradients_dense_until_the_step():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     conn.mask_in_backward = False
     opt.zero_grad()
     backward(model, x, y)
@@ -172,7 +172,7 @@ def test_optimizer_that_may_move_zeros_is_re_masked_and_hooks_stand_aside():
                     if p.grad is not None:
                         p.add_(p.grad + 0.01, alpha=-g["lr"])
 
-    model, conn, opt, x, y = setup(Plain)
+    model, conn, opt, x, y = masked_net(Plain)
     opt.zero_grad()
     backward(model, x, y)
     assert pruned_grads(conn).abs().sum() > 0  # no hook masking: the step does a full pass anyway
@@ -181,7 +181,7 @@ def test_optimizer_that_may_move_zeros_is_re_masked_and_hooks_stand_aside():
 
 
 def test_copies_of_the_model_carry_no_hooks_and_detach_removes_them():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     twin = copy.deepcopy(model)
     backward(twin, x, y)
     assert sum(float(p.grad[~conn.masks[f"{i}.weight"]].abs().sum()) for i, p in ((0, twin[0].weight), (2, twin[2].weight))) > 0
@@ -224,7 +224,7 @@ def test_controller_driven_explicitly_observes_dense_gradients_on_an_attached_co
 
 def test_step_with_a_closure_keeps_pruned_weights_at_zero_and_observers_see_its_gradients():
     for opt_cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.LBFGS):
-        model, conn, opt, x, y = setup(opt_cls)
+        model, conn, opt, x, y = masked_net(opt_cls)
         seen = []
         conn.add_observer(lambda: seen.append(pruned_grads(conn).abs().sum().item()))
 
@@ -244,7 +244,7 @@ def test_step_with_a_closure_keeps_pruned_weights_at_zero_and_observers_see_its_
 
 
 def test_bad_observer_or_switch_is_refused_and_changes_nothing():
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     with pytest.raises(TypeError, match="callable fn"):
         conn.add_observer("not a function")
     with pytest.raises(TypeError, match="active must be None or a callable"):
@@ -258,7 +258,7 @@ def test_bad_observer_or_switch_is_refused_and_changes_nothing():
 
 
 def test_a_gradient_replaced_by_a_new_tensor_with_the_same_version_is_masked_by_the_step():
-    model, conn, opt, x, y = setup(torch.optim.SGD)
+    model, conn, opt, x, y = masked_net(torch.optim.SGD)
     for step in range(2):  # the first step records the weights' versions; the second may trust the hooks
         opt.zero_grad()
         backward(model, x, y)
@@ -278,7 +278,7 @@ def test_a_gradient_built_with_create_graph_is_masked_where_autograd_sees_it():
     is part of the graph, so a derivative taken through the masked gradient is that of the masked
     gradient. A write through the gradient's integer view changed its value behind autograd, and the
     Hessian-vector product below came out as that of the unmasked gradient."""
-    model, conn, opt, x, y = setup()
+    model, conn, opt, x, y = masked_net()
     p, keep = conn.params["0.weight"], conn.masks["0.weight"]
     nn.functional.cross_entropy(model(x), y).backward(create_graph=True)
     assert p.grad.requires_grad and bool((p.grad.detach().view(torch.int32)[~keep] == 0).all())

@@ -137,7 +137,10 @@ def _load_tensors(path: str, mmap: bool = False):
         if "numpy.dtype" in unsafe:  # a dtype is built as np.dtype(...), then given its state as an instance of its
             import numpy as np  # class (numpy.dtypes.Float64DType), which the file does not name
 
-            allowed += [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+            if hasattr(np, "dtypes"):
+                allowed += [c for c in vars(np.dtypes).values() if isinstance(c, type) and issubclass(c, np.dtype)]
+            else:  # NumPy before 1.25 names no module of them: the class of each scalar type's dtype
+                allowed += list({type(np.dtype(t)) for t in np.sctypeDict.values()})
     # for this load alone; what the process allowed already (torch.serialization.add_safe_globals: the user's, another
     # library's) is left out, as safe_globals' exit removes what it was given, and stays allowed after
     before = set(torch.serialization.get_safe_globals())
