@@ -35,7 +35,7 @@ def no_curves(monkeypatch):
     """curves.png written as an empty placeholder, not drawn: for tests of what a run does with its folder,
     options, report or weights on runs of the ordinary shape, whose claims never read the figure (drawing it
     is about half of such a tiny run's time). The test_curves_*/test_figure_* tests, the end-to-end, resume,
-    bf16, target-0, best and multi-process runs still draw it."""
+    sparse-start, bf16, target-0, best and multi-process runs still draw it."""
     monkeypatch.setattr(pp_run, "_plot", lambda history, rows, events, path, **kw: Path(path).write_bytes(b""))
 
 
@@ -333,7 +333,7 @@ def test_a_config_files_ladder_or_patience_with_fixed_targets_is_refused_as_the_
         recipe().parse_args(["--config", _config(tmp_path, text), *argv])
 
 
-def test_a_config_yaml_with_the_default_ladder_still_reruns_fixed_targets(tmp_path, weights):
+def test_a_config_yaml_with_the_default_ladder_still_reruns_fixed_targets(tmp_path, weights, no_curves):
     """Every config.yaml a run writes holds ladder and patience, a fixed-target run's the defaults:
     it reruns (and resumes) its targets."""
     mod = recipe()
@@ -1533,7 +1533,7 @@ def _mlp_weights(path, hidden):
     return path
 
 
-def test_model_kw_builds_the_model_its_weights_fit_and_everything_rebuilt_from_the_run_uses_it(tmp_path):
+def test_model_kw_builds_the_model_its_weights_fit_and_everything_rebuilt_from_the_run_uses_it(tmp_path, no_curves):
     """prune_pretrained had no --model-kw: a network built with other arguments than its family's
     defaults (an mlp of other hidden sizes, a ViT with qkv=separate, a GoogLeNet trained without
     transform_input) could not be loaded. Now --model-kw builds it, config.yaml records it, a --resume
