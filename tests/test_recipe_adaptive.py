@@ -227,7 +227,7 @@ def test_kill_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
     partial = root / ".tmp-step_00000040"
     assert (partial / "model.safetensors").exists() and not (partial / "custom_checkpoint_1.pkl").exists()
     resumed = run(tmp_path / "run", *common, "--resume", "latest")  # loads step 20 and finishes
-    full = run(tmp_path / "full", "--max_steps", "60")
+    full = run(tmp_path / "full", "--max_steps", "60", "--figures", "false")  # (the resumed run draws its figures)
     assert resumed.conn.mask_hash() == full.conn.mask_hash() and same_state(resumed, full)
     assert not partial.exists()  # the next save cleaned it up
 
@@ -1051,10 +1051,10 @@ def test_a_fresh_run_over_a_finished_run_is_refused_unless_overwrite(tmp_path, c
 def test_resuming_another_runs_checkpoint_checks_that_runs_settings(tmp_path, capsys):
     """Only the new --output_dir's config.yaml was compared: a checkpoint of a density-0.2 run
     continued as 'density 0.05' with config.yaml recording settings neither part used."""
-    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false")
     ckpt = list_checkpoints(tmp_path / "a" / "checkpoints")[0]
     with pytest.raises(SystemExit):
-        run(tmp_path / "b", "--max_steps", "40", "--density", "0.05", "--resume", str(ckpt))
+        run(tmp_path / "b", "--max_steps", "40", "--density", "0.05", "--resume", str(ckpt), "--figures", "false")
     err = capsys.readouterr().err
     # the settings the checkpoint was made with: its own copy of the run's config.yaml
     assert "density: run 0.2, now 0.05" in err and f"--config {ckpt / 'config.yaml'}" in err
@@ -1154,7 +1154,7 @@ def test_a_run_into_a_folder_whose_run_is_still_running_is_refused_as_busy_befor
     import fcntl
 
     out = tmp_path / "live"
-    run(out, "--max_steps", "20", "--checkpoint_every", "5")
+    run(out, "--max_steps", "20", "--checkpoint_every", "5", "--figures", "false")
     oldest = list_checkpoints(out / "checkpoints")[0]
     (oldest / "random_states_0.pkl").unlink()  # the live run was deleting this checkpoint, its oldest
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*")) + [".lock"]
@@ -1164,7 +1164,7 @@ def test_a_run_into_a_folder_whose_run_is_still_running_is_refused_as_busy_befor
         held.flush()
         for extra in (("--resume", "latest"), ("--resume", str(oldest)), ()):
             with pytest.raises(SystemExit):
-                run(out, "--max_steps", "20", "--checkpoint_every", "5", *extra)
+                run(out, "--max_steps", "20", "--checkpoint_every", "5", "--figures", "false", *extra)
             err = capsys.readouterr().err
             assert f"another run is writing into {out} (process 4242): wait for it to finish" in err, (extra, err)
             assert "damaged" not in err and "holds an earlier run" not in err, (extra, err)
@@ -1319,7 +1319,7 @@ def test_config_records_the_run_folder_absolute(tmp_path, monkeypatch):
     """A relative --output_dir was recorded as given, so --config RUN/config.yaml from elsewhere wrote
     a new run somewhere else."""
     monkeypatch.chdir(tmp_path)
-    run("rel", "--max_steps", "5")
+    run("rel", "--max_steps", "5", "--figures", "false")
     assert load_config(R.RunConfig, tmp_path / "rel" / "config.yaml").output_dir == str(tmp_path / "rel")
 
 
