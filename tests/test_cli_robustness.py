@@ -24,6 +24,16 @@ from recipes._adaptive import mask_only_run  # noqa: E402  (importable once the 
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
+@pytest.fixture
+def no_curves(monkeypatch):
+    """recipes/prune_pretrained.py writes curves.png as an empty placeholder, not drawn: for the tests here of
+    what its runs leave in their folder and what they refuse; drawing the figure is about half of such a tiny
+    run (test_prune_pretrained.py's figure tests draw it)."""
+    from recipes._prune_pretrained import run
+
+    monkeypatch.setattr(run, "_plot", lambda history, rows, events, path, **kw: Path(path).write_bytes(b""))
+
+
 def error_of(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
         A.main(argv)
@@ -242,7 +252,7 @@ PRUNE_TINY = ["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape
               "--batch-size", "32", "--passes", "0.5", "--no-progress", "--cpu", "--threads", "1"]
 
 
-def test_prune_pretrained_refused_resume_names_the_options_that_fix_it(tmp_path):
+def test_prune_pretrained_refused_resume_names_the_options_that_fix_it(tmp_path, no_curves):
     """The refusal said 'another checkpoint path': the recipe has no such option."""
     out = tmp_path / "run"
     P.main(PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.2"])
@@ -1276,7 +1286,7 @@ def test_temp_files_a_killed_mask_only_run_left_go_on_resume_and_on_overwrite(tm
     assert (run / A.MASK_ONLY_CHECKPOINT).is_file()
 
 
-def test_temp_files_a_killed_prune_pretrained_run_left_go_on_resume_and_on_overwrite(tmp_path):
+def test_temp_files_a_killed_prune_pretrained_run_left_go_on_resume_and_on_overwrite(tmp_path, no_curves):
     out = tmp_path / "run"
     argv = PRUNE_TINY + ["--output_dir", str(out), "--remove", "0.2", "0.3"]
     P.main(argv)

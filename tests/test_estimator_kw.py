@@ -19,6 +19,18 @@ TINY = ["--max_steps", "20", "--update_every", "10", "--threads", "1", "--progre
 _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a fresh Accelerator per in-process run
 
 
+@pytest.fixture
+def no_curves(monkeypatch):
+    """recipes/prune_pretrained.py writes curves.png as an empty placeholder, not drawn: these tests are about
+    the estimator's options, and drawing the figure is about half of such a tiny run (test_prune_pretrained.py's
+    figure tests draw it)."""
+    from pathlib import Path
+
+    from recipes._prune_pretrained import run
+
+    monkeypatch.setattr(run, "_plot", lambda history, rows, events, path, **kw: Path(path).write_bytes(b""))
+
+
 def _error(main, argv, capsys) -> str:
     from accelerate.state import AcceleratorState
 
@@ -91,7 +103,7 @@ PRUNE = ["--model", "mlp", "--dataset", "fake", "--dataset-kw", "shape=[64]", "-
 
 
 def test_prune_pretrained_builds_the_estimator_with_its_options_records_them_and_compares_them_on_resume(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, no_curves):
     P = load_script("recipes/prune_pretrained.py", "prune_pretrained_estimator_kw")
     seen, real = {}, P.optimize_connectome
 
@@ -234,7 +246,7 @@ def test_a_resume_that_spells_out_the_estimators_defaults_continues_a_run_record
     assert "records other settings (estimator_kw: run {'damping': 1e-12}, now {'damping': 0.001})" in err
 
 
-def test_prune_pretrained_resumes_with_the_estimators_defaults_spelt_out(tmp_path):
+def test_prune_pretrained_resumes_with_the_estimators_defaults_spelt_out(tmp_path, no_curves):
     P = load_script("recipes/prune_pretrained.py", "prune_pretrained_estimator_kw_defaults")
     out = tmp_path / "run"
     P.main(PRUNE + ["--estimator", "evidence", "--step", "0.1", "--output_dir", str(out)])

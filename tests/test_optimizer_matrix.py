@@ -46,9 +46,13 @@ FRESH = {(O.Adagrad, "sum"): "initial_accumulator_value", (O.Rprop, "step_size")
 
 
 def variants():
+    """foreach=True for every optimizer; the for-loop implementation runs in the "maximize" variant
+    (foreach left at None: on a CPU, torch picks the for-loop one). No for-loop twin of "foreach": our
+    code never reads the foreach setting, and both implementations keep the same state keys, shapes,
+    dtypes and devices for every optimizer here (checked against torch 2.14), so the pair ran one path twice."""
     out = []
     for name, (cls, kw) in OPTIMIZERS.items():
-        out += [(name, "foreach"), (name, "for-loop")]
+        out.append((name, "foreach"))
         if cls in FUSED and not kw.get("nesterov") and not kw.get("dampening"):
             out.append((name, "fused"))
         if cls in MAXIMIZE:
@@ -65,8 +69,6 @@ def make_opt(name, variant, groups):
     kw = dict(kw)
     if variant == "foreach":
         kw["foreach"] = True
-    elif variant == "for-loop":
-        kw["foreach"] = False
     elif variant == "fused":
         kw["fused"] = True
     elif variant == "maximize":

@@ -31,6 +31,15 @@ _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a 
 
 
 @pytest.fixture
+def no_curves(monkeypatch):
+    """curves.png written as an empty placeholder, not drawn: for tests of what a run does with its folder,
+    options, report or weights on runs of the ordinary shape, whose claims never read the figure (drawing it
+    is about half of such a tiny run's time). The test_curves_*/test_figure_* tests, the end-to-end, resume,
+    sparse-start, bf16, target-0, best and multi-process runs still draw it."""
+    monkeypatch.setattr(pp_run, "_plot", lambda history, rows, events, path, **kw: Path(path).write_bytes(b""))
+
+
+@pytest.fixture
 def weights(tmp_path):
     torch.manual_seed(0)
     m = build_model("resnet20", num_classes=10, in_shape=(3, 8, 8))
@@ -328,7 +337,7 @@ def test_a_config_files_ladder_or_patience_with_fixed_targets_is_refused_as_the_
         recipe().parse_args(["--config", _config(tmp_path, text), *argv])
 
 
-def test_a_config_yaml_with_the_default_ladder_still_reruns_fixed_targets(tmp_path, weights):
+def test_a_config_yaml_with_the_default_ladder_still_reruns_fixed_targets(tmp_path, weights, no_curves):
     """Every config.yaml a run writes holds ladder and patience, a fixed-target run's the defaults:
     it reruns (and resumes) its targets."""
     mod = recipe()
@@ -714,7 +723,7 @@ P.main(sys.argv[1:])
 '''
 
 
-def test_without_weights_it_says_the_masks_are_learned_on_random_weights(tmp_path, weights, capsys):
+def test_without_weights_it_says_the_masks_are_learned_on_random_weights(tmp_path, weights, capsys, no_curves):
     mod = recipe()
     a = args(weights, tmp_path / "random", "--remove", "0.1")
     i = a.index("--weights")
@@ -724,7 +733,7 @@ def test_without_weights_it_says_the_masks_are_learned_on_random_weights(tmp_pat
     assert "no --weights given" not in capsys.readouterr().out
 
 
-def test_config_yaml_reruns_the_job_and_lets_graphs_rebuild_each_target(tmp_path, weights):
+def test_config_yaml_reruns_the_job_and_lets_graphs_rebuild_each_target(tmp_path, weights, no_curves):
     import json
 
     import graphs.cli as gcli
@@ -965,7 +974,7 @@ def test_a_fresh_run_into_a_folder_holding_an_earlier_run_is_refused_before_anyt
         mod.parse_args(["--resume", "--overwrite"])
 
 
-def test_overwrite_deletes_only_the_earlier_runs_files_once_the_new_settings_are_accepted(tmp_path, weights):
+def test_overwrite_deletes_only_the_earlier_runs_files_once_the_new_settings_are_accepted(tmp_path, weights, no_curves):
     mod = recipe()
     out = tmp_path / "run"
     before = _earlier_run_in(out)
@@ -1138,7 +1147,7 @@ def test_only_the_process_that_takes_the_lock_asks_whether_the_folder_is_busy(tm
             mod.main(args(weights, out, "--remove", "0.5"))
 
 
-def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earlier_run(tmp_path, weights, capsys):
+def test_overwrite_never_deletes_through_a_link_nor_in_a_folder_without_an_earlier_run(tmp_path, weights, capsys, no_curves):
     """--overwrite followed a symlinked remove_* folder and deleted the files behind it (or died half-way
     deleting); in a folder holding no earlier run it deleted a user's graph_report/ and figures. A
     recipes/adaptive.py run folder was half-deleted by it; a --resume into a missing folder created it."""
@@ -1220,7 +1229,7 @@ def test_a_resume_with_other_data_or_evaluation_settings_is_refused_before_the_d
     assert [h["kind"] for h in hist].count("resume") == 1
 
 
-def test_a_resume_of_a_run_killed_before_its_first_target_names_the_command_that_starts_it(tmp_path, capsys):
+def test_a_resume_of_a_run_killed_before_its_first_target_names_the_command_that_starts_it(tmp_path, capsys, no_curves):
     """A run killed before its first target (SIGKILL: config.yaml written as it starts, no
     checkpoint.pt): --resume said 'run without --resume to start', and that command is refused
     (the folder holds an earlier run: config.yaml)."""
@@ -1303,7 +1312,7 @@ def test_names_and_seeds_are_refused_before_the_data_is_read(tmp_path, monkeypat
     assert recipe().parse_args(["--seed", "4294967295"]).seed == 4294967295
 
 
-def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, weights, capsys, monkeypatch):
+def test_the_differ_check_counts_a_surviving_weight_moved_by_one_bit(tmp_path, weights, capsys, monkeypatch, no_curves):
     """The 'surviving weights that differ from the original' check compares pruned_state_dict.pt with
     a copy of the weights taken at load: a surviving weight moved by one ulp after the optimisation, in
     the model and in the connectome's own copy alike, prints 1 (a self-comparison would print 0)."""
@@ -1425,7 +1434,7 @@ def test_a_damaged_checkpoint_is_refused_before_the_data_loads(tmp_path, monkeyp
     assert (out / "checkpoint.pt").read_bytes() == damage
 
 
-def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys):
+def test_test_subset_reports_on_a_stratified_draw(tmp_path, weights, capsys, no_curves):
     """The refusal named test_subset, not this recipe's --test-subset; a --test-subset of the whole
     test split or more was reported as 'a stratified draw from the test split'. A test_loader_hook
     wrapper without ``.dataset`` failed the report under --test-subset (its words read the wrapper)."""
@@ -1528,7 +1537,7 @@ def _mlp_weights(path, hidden):
     return path
 
 
-def test_model_kw_builds_the_model_its_weights_fit_and_everything_rebuilt_from_the_run_uses_it(tmp_path):
+def test_model_kw_builds_the_model_its_weights_fit_and_everything_rebuilt_from_the_run_uses_it(tmp_path, no_curves):
     """prune_pretrained had no --model-kw: a network built with other arguments than its family's
     defaults (an mlp of other hidden sizes, a ViT with qkv=separate, a GoogLeNet trained without
     transform_input) could not be loaded. Now --model-kw builds it, config.yaml records it, a --resume

@@ -149,7 +149,7 @@ def test_resume_is_bit_exact(tmp_path, data):
     # ignores --augment; the fake images are cropped and flipped from the RNG, so RNG states must be
     # restored too. With loader workers that persisted across epochs, a resumed run's crops differed
     common = ["--max_steps", "70", "--batch_size", "64", "--augment", "true", "--eval_every", "20", *data]
-    full = run(tmp_path / "full", *common)
+    full = run(tmp_path / "full", *common, "--figures", "false")  # (the resumed run draws its figures)
 
     def stop(state):
         if state.step == 35:
@@ -190,7 +190,7 @@ def test_resume_is_bit_exact_on_an_augmented_image_folder(tmp_path):
     common = ["--dataset", "imagenet", "--data-dir", str(tmp_path / "data"), "--dataset_kw", "{image_size: 12, resize: 14}",
               "--max_steps", "24", "--batch_size", "16", "--augment", "true", "--eval_every", "12", "--update_every", "6",
               "--num_workers", "2"]
-    full = run(tmp_path / "full", *common)
+    full = run(tmp_path / "full", *common, "--figures", "false")  # (the resumed run draws its figures)
 
     def stop(state):
         if state.step == 11:  # mid-epoch: 72 train images make 4.5 batches of 16
@@ -227,7 +227,7 @@ def test_kill_while_saving_leaves_previous_checkpoint(tmp_path, monkeypatch):
     partial = root / ".tmp-step_00000040"
     assert (partial / "model.safetensors").exists() and not (partial / "custom_checkpoint_1.pkl").exists()
     resumed = run(tmp_path / "run", *common, "--resume", "latest")  # loads step 20 and finishes
-    full = run(tmp_path / "full", "--max_steps", "60")
+    full = run(tmp_path / "full", "--max_steps", "60", "--figures", "false")  # (the resumed run draws its figures)
     assert resumed.conn.mask_hash() == full.conn.mask_hash() and same_state(resumed, full)
     assert not partial.exists()  # the next save cleaned it up
 
@@ -944,7 +944,7 @@ def test_resume_from_the_last_step_of_an_epoch_keeps_its_holdout_row(tmp_path):
     """The epoch's holdout row comes before the checkpoint of its last step (it came after, so a run
     resumed from there never had it)."""
     common = ["--max_steps", "60", "--batch_size", "64"]  # 21 steps per epoch, holdout every epoch
-    full = run(tmp_path / "full", *common)
+    full = run(tmp_path / "full", *common, "--figures", "false")  # (the resumed run draws its figures)
 
     def stop(state):
         if state.step == 25:
@@ -962,7 +962,7 @@ def test_resume_from_the_last_step_of_an_epoch_keeps_its_holdout_row(tmp_path):
 def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path, capsys):
     """A rerun (--config OUTPUT_DIR/config.yaml) would write beside the earlier run's checkpoints and
     a later --resume would splice the two runs."""
-    run(tmp_path / "a", "--checkpoint_every", "20")
+    run(tmp_path / "a", "--checkpoint_every", "20", "--figures", "false")
     with pytest.raises(SystemExit):
         R.main(["--config", str(tmp_path / "a" / "config.yaml"), "--density", "0.5"])
     err = capsys.readouterr().err
@@ -973,13 +973,13 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(tmp_path, capsys)
 
 
 def test_magnitude_policies_prune_by_magnitude_unless_told_otherwise(tmp_path, capsys):
-    run(tmp_path / "m", "--policy", "magnitude", "--density", "0.3")
+    run(tmp_path / "m", "--policy", "magnitude", "--density", "0.3", "--figures", "false")
     assert "policy magnitude," in capsys.readouterr().out  # no estimator: |w| order
     assert load_config(R.RunConfig, tmp_path / "m" / "config.yaml").estimator is None
 
 
 def test_the_final_holdout_score_is_of_the_final_network(tmp_path):
-    res = run(tmp_path, "--max_steps", "41", "--eval_every", "20")
+    res = run(tmp_path, "--max_steps", "41", "--eval_every", "20", "--figures", "false")
     last = [r for r in res.state.metrics if r["split"] == "holdout"][-1]
     assert last["step"] == 41 and res.summary["holdout_accuracy"] == last["accuracy"]
 
@@ -1051,10 +1051,10 @@ def test_a_fresh_run_over_a_finished_run_is_refused_unless_overwrite(tmp_path, c
 def test_resuming_another_runs_checkpoint_checks_that_runs_settings(tmp_path, capsys):
     """Only the new --output_dir's config.yaml was compared: a checkpoint of a density-0.2 run
     continued as 'density 0.05' with config.yaml recording settings neither part used."""
-    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false")
     ckpt = list_checkpoints(tmp_path / "a" / "checkpoints")[0]
     with pytest.raises(SystemExit):
-        run(tmp_path / "b", "--max_steps", "40", "--density", "0.05", "--resume", str(ckpt))
+        run(tmp_path / "b", "--max_steps", "40", "--density", "0.05", "--resume", str(ckpt), "--figures", "false")
     err = capsys.readouterr().err
     # the settings the checkpoint was made with: its own copy of the run's config.yaml
     assert "density: run 0.2, now 0.05" in err and f"--config {ckpt / 'config.yaml'}" in err
@@ -1154,7 +1154,7 @@ def test_a_run_into_a_folder_whose_run_is_still_running_is_refused_as_busy_befor
     import fcntl
 
     out = tmp_path / "live"
-    run(out, "--max_steps", "20", "--checkpoint_every", "5")
+    run(out, "--max_steps", "20", "--checkpoint_every", "5", "--figures", "false")
     oldest = list_checkpoints(out / "checkpoints")[0]
     (oldest / "random_states_0.pkl").unlink()  # the live run was deleting this checkpoint, its oldest
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*")) + [".lock"]
@@ -1164,7 +1164,7 @@ def test_a_run_into_a_folder_whose_run_is_still_running_is_refused_as_busy_befor
         held.flush()
         for extra in (("--resume", "latest"), ("--resume", str(oldest)), ()):
             with pytest.raises(SystemExit):
-                run(out, "--max_steps", "20", "--checkpoint_every", "5", *extra)
+                run(out, "--max_steps", "20", "--checkpoint_every", "5", "--figures", "false", *extra)
             err = capsys.readouterr().err
             assert f"another run is writing into {out} (process 4242): wait for it to finish" in err, (extra, err)
             assert "damaged" not in err and "holds an earlier run" not in err, (extra, err)
@@ -1246,11 +1246,11 @@ def test_the_interrupt_message_points_at_the_checkpoint_or_says_there_is_none(tm
 
 
 def test_a_damaged_random_state_file_is_refused_on_resume(tmp_path, capsys):
-    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false")
     rng = list_checkpoints(tmp_path / "a" / "checkpoints")[0] / "random_states_0.pkl"
     rng.write_bytes(rng.read_bytes()[:100])
     with pytest.raises(SystemExit):
-        run(tmp_path / "a", "--max_steps", "40", "--resume", "latest")
+        run(tmp_path / "a", "--max_steps", "40", "--resume", "latest", "--figures", "false")
     err = capsys.readouterr().err  # (its MANIFEST.json finds it cut short before it is read)
     assert "random_states_0.pkl has 100 bytes" in err and "is damaged" in err
 
@@ -1265,8 +1265,8 @@ def test_an_output_dir_that_is_a_file_is_one_error_line(tmp_path, capsys):
 
 
 def test_resume_accepts_settings_that_mean_the_same_run(tmp_path):
-    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")  # recorded: mixed_precision None, cpu False
-    res = run(tmp_path / "a", "--max_steps", "40", "--resume", "latest", "--mixed_precision", "no",
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false")  # recorded: mixed_precision None, cpu False
+    res = run(tmp_path / "a", "--max_steps", "40", "--resume", "latest", "--mixed_precision", "no", "--figures", "false",
               *(["--cpu", "true"] if not torch.cuda.is_available() else []))
     assert res.state.step == 40
 
@@ -1276,12 +1276,12 @@ def test_a_refused_command_creates_nothing(tmp_path, capsys):
         run(tmp_path / "q", "--weights", str(tmp_path / "missing.pt"))
     assert not (tmp_path / "q").exists()
     # a refused resume into a new folder leaves that folder free for a fresh run
-    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20")
+    run(tmp_path / "a", "--max_steps", "40", "--checkpoint_every", "20", "--figures", "false")
     ckpt = list_checkpoints(tmp_path / "a" / "checkpoints")[0]
     rng = ckpt / "random_states_0.pkl"
     rng.write_bytes(rng.read_bytes()[:100])
     with pytest.raises(SystemExit):
-        run(tmp_path / "h", "--max_steps", "40", "--resume", str(ckpt))
+        run(tmp_path / "h", "--max_steps", "40", "--resume", str(ckpt), "--figures", "false")
     assert not (tmp_path / "h").exists() or not any((tmp_path / "h").iterdir())
     assert run(tmp_path / "h", "--max_steps", "5").state.step == 5
 
@@ -1319,7 +1319,7 @@ def test_config_records_the_run_folder_absolute(tmp_path, monkeypatch):
     """A relative --output_dir was recorded as given, so --config RUN/config.yaml from elsewhere wrote
     a new run somewhere else."""
     monkeypatch.chdir(tmp_path)
-    run("rel", "--max_steps", "5")
+    run("rel", "--max_steps", "5", "--figures", "false")
     assert load_config(R.RunConfig, tmp_path / "rel" / "config.yaml").output_dir == str(tmp_path / "rel")
 
 
