@@ -57,7 +57,7 @@ def test_an_fsdp_launch_is_refused_before_anything_is_written(tmp_path, how):
     its DTensor shards cannot take a whole weight's mask; FSDP1 stopped inside Accelerate with a traceback from each
     process. Both are refused, with one line naming FSDP and the launch to use, before the run folder is made."""
     if how == "fsdp1":  # (accelerate launch's defaults: sync_module_states and cpu_ram_efficient_loading on)
-        mode = ("--use_fsdp", "--fsdp_version", "1")
+        mode = ("--use_fsdp",)  # FSDP1: the default of every accelerate; 1.1 has no --fsdp_version
     else:  # a config file as `accelerate config` writes it for FSDP2
         (tmp_path / "fsdp.yaml").write_text(FSDP_CONFIG)
         mode = ("--config_file", tmp_path / "fsdp.yaml")

@@ -176,8 +176,26 @@ def test_dynamic_sparse_training_keeps_pruned_weights_zero_and_regrown_state_fre
     assert moved == list(conn.params), "a layer never trained"
 
 
+def _steps_a_group_added_later(name):
+    """Whether torch's own optimizer (no connectome) can step a group added after construction: Adagrad made
+    its state only in its constructor in torch 2.11 (a KeyError at the step; lazily made in 2.14)."""
+    probe, extra = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    cls, kw = OPTIMIZERS[name]
+    opt = cls([probe], **kw)
+    opt.add_param_group({"params": [extra]})
+    (probe.sum() + extra.sum()).backward()
+    try:
+        opt.step()
+    except KeyError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_a_param_group_added_after_attach_is_masked_and_reset(name):
+    if not _steps_a_group_added_later(name):
+        pytest.skip(f"torch {torch.__version__}'s {name} cannot step a group added after construction, "
+                    "with or without a connectome (its state is made in its constructor)")
     model = net()
     gs = groups(model, name)
     opt = make_opt(name, "foreach", gs[:2])

@@ -22,10 +22,9 @@ set_up = train._set_up
 def probed_set_up(cfg, accelerator, model, *args):
     """The recipe's _set_up, keeping the prepared model and the connectome for the step hook, and a hook on
     the first layer that records the forward's autocast and output dtype."""
-    from accelerate.utils import is_compiled_module
-
     out = set_up(cfg, accelerator, model, *args)
-    seen.update(conn=out[4], compiled=is_compiled_module(model), dtype=None, autocast=None)
+    compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)  # (accelerate 1.1 has no is_compiled_module)
+    seen.update(conn=out[4], compiled=compiled, dtype=None, autocast=None)
     layer = next(m for m in accelerator.unwrap_model(model).modules() if isinstance(m, torch.nn.Linear))
 
     def forward_hook(module, inputs, output):
