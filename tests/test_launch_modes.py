@@ -25,6 +25,18 @@ _fresh_accelerate_state = pytest.fixture(autouse=True)(fresh_recipe_state)  # a 
 PRUNE_TINY = ["--model", "resnet20", "--dataset", "fake", "--dataset-kw", "shape=[3,8,8]", "--subset", "64",
               "--batch-size", "32", "--remove", "10", "--no-progress", "--cpu", "--threads", "1"]
 
+# the part of an `accelerate config` file both launches below share: one machine, two processes
+ONE_MACHINE_TWO_PROCESSES = """machine_rank: 0
+main_training_function: main
+num_machines: 1
+num_processes: 2
+rdzv_backend: static
+same_network: true
+tpu_env: []
+tpu_use_cluster: false
+tpu_use_sudo: false
+use_cpu: false
+"""
 FSDP_CONFIG = """compute_environment: LOCAL_MACHINE
 debug: false
 distributed_type: FSDP
@@ -37,18 +49,8 @@ fsdp_config:
   fsdp_reshard_after_forward: true
   fsdp_state_dict_type: SHARDED_STATE_DICT
   fsdp_version: 2
-machine_rank: 0
-main_training_function: main
 mixed_precision: 'no'
-num_machines: 1
-num_processes: 2
-rdzv_backend: static
-same_network: true
-tpu_env: []
-tpu_use_cluster: false
-tpu_use_sudo: false
-use_cpu: false
-"""
+""" + ONE_MACHINE_TWO_PROCESSES
 
 
 @pytest.mark.parametrize("how", ["fsdp1", "fsdp2_config_file"])
@@ -94,18 +96,8 @@ dynamo_config:
   dynamo_backend: EAGER
 enable_cpu_affinity: false
 gpu_ids: all
-machine_rank: 0
-main_training_function: main
 mixed_precision: bf16
-num_machines: 1
-num_processes: 2
-rdzv_backend: static
-same_network: true
-tpu_env: []
-tpu_use_cluster: false
-tpu_use_sudo: false
-use_cpu: false
-"""
+""" + ONE_MACHINE_TWO_PROCESSES
 
 
 def test_a_config_file_with_bf16_and_dynamo_is_applied_keeps_the_invariants_and_resumes_exactly(tmp_path):
