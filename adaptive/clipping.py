@@ -62,8 +62,8 @@ def clip_gradients(parameters: Iterable[torch.nn.Parameter] | torch.Tensor, max_
         _, weights, imasks = conn._hot_lists()  # layers with pruned synapses; 0/1 masks on each weight's device
         masks = {id(p): f for p, f in zip(weights, imasks)}
     live = [masked(p.grad, masks[id(p)]) if id(p) in masks else p.grad for p in params]
-    total = _total_norm(live, norm_type, foreach)
-    _clip_with_norm(params, limit, total, foreach)
+    total = torch.nn.utils.get_total_norm(live, norm_type, foreach=foreach)
+    torch.nn.utils.clip_grads_with_norm_(params, limit, total, foreach=foreach)
     return total
 
 
@@ -74,28 +74,3 @@ def clip_factor(total: torch.Tensor, max_norm: float) -> torch.Tensor:
     ``total``; ``factor < 1`` is what "this step was clipped" means. ``max_norm`` is taken as a
     Python float, as torch takes it (a float64 0-d tensor would otherwise compute in float64)."""
     return torch.clamp(float(max_norm) / (total + 1e-6), max=1.0)
-
-
-def _total_norm(tensors, norm_type: float, foreach: Optional[bool]) -> torch.Tensor:
-    """torch's ``get_total_norm`` (torch >= 2.6); before it, the same sum: each tensor's norm, then the
-    norm of those, on the first tensor's device."""
-    own = getattr(torch.nn.utils, "get_total_norm", None)
-    if own is not None:
-        return own(tensors, norm_type, foreach=foreach)
-    if not tensors:
-        return torch.tensor(0.0)
-    first = tensors[0].device
-    norms = [torch.linalg.vector_norm(t, norm_type).to(first) for t in tensors]
-    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
-
-
-def _clip_with_norm(params, limit: float, total: torch.Tensor, foreach: Optional[bool]) -> None:
-    """torch's ``clip_grads_with_norm_`` (torch >= 2.6); before it, the same factor,
-    min(1, limit / (total + 1e-6)), multiplied into every gradient."""
-    own = getattr(torch.nn.utils, "clip_grads_with_norm_", None)
-    if own is not None:
-        own(params, limit, total, foreach=foreach)
-        return
-    factor = clip_factor(total, limit)
-    for p in params:  # (one multiply per parameter, as torch's non-foreach path)
-        p.grad.mul_(factor.to(p.grad.device))

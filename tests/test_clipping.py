@@ -249,26 +249,6 @@ def test_a_loop_state_saved_before_the_norm_columns_loads_with_empty_ones():
     assert state.window == [6.0, 2.0, 10.0, 0.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
-def test_before_torch_2_6_the_same_norm_and_clip_are_computed_without_its_helpers(monkeypatch, norm_type):
-    """pyproject allows torch >= 2.1, and torch.nn.utils.get_total_norm / clip_grads_with_norm_ came in
-    2.6: without them (deleted here) the norm and the clipped gradients are torch's own, to rounding."""
-    grads = {}
-    for helpers in (True, False):
-        if not helpers:
-            monkeypatch.delattr(torch.nn.utils, "get_total_norm")
-            monkeypatch.delattr(torch.nn.utils, "clip_grads_with_norm_")
-        model, conn = masked_net()
-        F.cross_entropy(model(torch.randn(5, 6, generator=torch.Generator().manual_seed(1))),
-                        torch.tensor([0, 1, 2, 0, 1])).backward()
-        norm = clip_gradients(model.parameters(), 0.05, conn, norm_type=norm_type)
-        assert float(norm) > 0.05
-        grads[helpers] = (norm, [p.grad.clone() for p in model.parameters()])
-    torch.testing.assert_close(grads[False][0], grads[True][0], rtol=1e-6, atol=0)
-    for a, b in zip(grads[False][1], grads[True][1]):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
-
-
 @pytest.mark.parametrize("offset, expect", [(0.0, 1.0), (5e-7, 1.0), (-5e-7, 1.0), (1e-3, 0.0)],
                          ids=["limit equal to the norm", "limit a hair above it", "limit a hair below it", "limit well above it"])
 def test_clipped_counts_the_steps_torch_scales_down_also_within_its_epsilon(accelerator, offset, expect):
