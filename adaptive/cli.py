@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import warnings
 from typing import Any, Callable, List, Optional, Tuple, Union
 
@@ -467,6 +468,20 @@ def _interrupt_left_to_another() -> bool:
     return claim_interrupt_report() is False
 
 
+def _release_frames(error: BaseException) -> None:
+    """Clear the local variables of the finished frames of ``error``'s traceback (and of the errors it
+    chains), once its line is said: the ``SystemExit`` raised from it keeps it, and with it what those frames
+    held (a model, a data loader's iterator) until a later garbage collection. A DataLoader iterator whose
+    worker raised, freed there among the other objects of its reference cycle, waited 5 s for its worker
+    at each such collection (torch's join timeout), in whichever later code it came; freed now, it stops
+    its worker at once. The message, the notes and the error's type stay as they were."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)  # (the running frames, run_cli's own, are left alone)
+        error = error.__cause__ or error.__context__
+
+
 def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callable[[], str]] = "",
             errors: Tuple[type, ...] = (), once: bool = False) -> Any:
     """Run ``main()``; a bad option, missing data or weights that do not fit print one line naming
@@ -500,6 +515,7 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         say_error(error_lines(prog, e), e, once)
+        _release_frames(e)
         raise SystemExit(2) from e
     except (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError) as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
@@ -510,19 +526,23 @@ def run_cli(main: Callable[[], Any], prog: str, on_interrupt: Union[str, Callabl
                                   "paths)", *_notes(e)]), e, once)
         else:
             say_error(error_lines(prog, e, " (check the output and input paths)"), e, once)
+        _release_frames(e)
         raise SystemExit(2) from e
     except SystemExit as e:  # a refusal raised with its message (its error line, or the bare message): status 2
         if os.environ.get("ADAPTIVE_TRACEBACK") or not isinstance(e.code, str):
             raise
         say_error(e.code if e.code.startswith(f"{prog}: error:") else f"{prog}: error: {e.code}", e, once)
+        _release_frames(e)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if os.environ.get("ADAPTIVE_TRACEBACK"):
             raise
         if once and _interrupt_left_to_another():
+            _release_frames(e)
             raise SystemExit(130) from None
         how = on_interrupt() if callable(on_interrupt) else on_interrupt
         _say(f"{prog}: interrupted" + (f"; {how}" if how else ""))
+        _release_frames(e)
         raise SystemExit(130) from None
 
 

@@ -325,6 +325,46 @@ def test_the_notes_of_an_error_raised_in_a_data_loader_worker_follow_its_line(ca
                                        "process 0)\nadaptive: a note from the worker\n")
 
 
+@pytest.mark.parametrize("raised", ["ValueError", "SystemExit", "KeyboardInterrupt"])
+def test_what_the_failed_frames_held_is_freed_once_the_error_is_said(capsys, monkeypatch, raised):
+    """The SystemExit that run_cli raises keeps the error it reported, whose traceback kept every frame's
+    locals: a DataLoader iterator whose worker raised lived on until a later garbage collection, where,
+    freed among the other objects of its reference cycle, it waited torch's 5-s join timeout for its worker,
+    in whichever later code that collection came (the suite met such 5- and 10-s stalls in unrelated tests).
+    The frames' locals are cleared once the error is said: freed at once, by reference count, no collection."""
+    import gc
+    import weakref
+
+    import torch
+    from adaptive.cli import run_cli
+
+    class Unreadable(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            raise ValueError("train/dog/1.png cannot be read as an image")
+
+    held = []
+
+    def main():
+        batches = iter(torch.utils.data.DataLoader(Unreadable(), num_workers=1))
+        held.append(weakref.ref(batches))
+        if raised == "ValueError":
+            next(batches)
+        raise SystemExit("refused") if raised == "SystemExit" else KeyboardInterrupt()
+
+    monkeypatch.delenv("ADAPTIVE_TRACEBACK", raising=False)
+    gc.disable()  # (what is freed here is freed by reference count)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_cli(main, "prog")
+        assert held[0]() is None, "the iterator outlived the error it failed with"
+    finally:
+        gc.enable()
+    assert e.value.code in (2, 130) and "prog: " in capsys.readouterr().err
+
+
 def test_notes_that_are_no_list_of_strings_print_as_python_prints_them(capsys, monkeypatch):
     """``__notes__`` set by hand to a string printed it one character a line; a note whose ``str()``
     raised replaced the error line with a traceback from the printer itself: a string is one note,
