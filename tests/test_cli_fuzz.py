@@ -418,7 +418,8 @@ def test_the_data_layer_names_the_keyword_and_the_fix():
 
 @pytest.mark.parametrize("argv, line", [
     (["--holdout", "0"], "recipes/prune_pretrained.py: error: --holdout must be a fraction in (0, 1)"),  # the checks'
-    (["--batch-size", "x"], ": error: argument --batch-size/--batch_size: invalid int value"),  # argparse's own
+    (["--batch-size", "x"], ": error: argument --batch-size/--batch_size: expects a whole number (e.g. 64 or 1e3), "
+                            "got 'x'"),  # argparse's own
     (["-h"], "usage: "),
 ])
 @pytest.mark.parametrize("local_rank", ["0", "1"])

@@ -226,6 +226,27 @@ def test_both_recipes_read_a_config_files_whole_numbers_and_quoted_flags_alike(t
         assert getattr(ns, key) == value == getattr(cfg, key) and type(getattr(ns, key)) is type(value), key
 
 
+@pytest.mark.parametrize("argv, read", [
+    (["--seed", "1e3", "--batch_size", "6.4e1"], dict(seed=1000, batch_size=64)),
+    (["--seed", "7", "--num_workers", "0.0"], dict(seed=7, num_workers=0)),
+])
+def test_both_recipes_read_a_command_lines_whole_numbers_alike(argv, read):
+    """recipes/prune_pretrained.py --seed 1e3 stopped at argparse's "invalid int value: '1e3'", which
+    recipes/adaptive.py reads as 1000 (as both read seed: 1e3 in a --config file)."""
+    ns, cfg = P.parse_args(argv), parse_config(R.RunConfig, argv)
+    for key, value in read.items():
+        assert getattr(ns, key) == value == getattr(cfg, key) and type(getattr(ns, key)) is int, key
+
+
+@pytest.mark.parametrize("value", ["2.5", "1e-3", "x"])
+def test_both_recipes_refuse_a_command_lines_count_that_is_no_whole_number(value, capsys):
+    with pytest.raises(SystemExit):
+        P.parse_args(["--seed", value])
+    assert f"argument --seed: expects a whole number (e.g. 64 or 1e3), got '{value}'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=rf"seed' .*expects int, got '{re.escape(value)}'"):
+        parse_config(R.RunConfig, ["--seed", value])
+
+
 @pytest.mark.parametrize("text, prune, adaptive", [
     ("seed: 2.5\n", r"c\.yaml: seed must be an integer, got 2\.5", r"seed' .*expects int, got 2\.5"),
     ("overwrite: 'maybe'\n", r"overwrite must be true or false, got 'maybe': write true or false",

@@ -11,7 +11,7 @@ from pathlib import Path
 from adaptive.cli import message_lines
 from adaptive.cli_checks import range_problem
 
-from .options import number_or_none
+from .options import number_or_none, whole_number
 
 
 def _check_dataset_kw(dataset: str, kw: dict) -> None:
@@ -102,9 +102,9 @@ def _read_as_recipes_read(loaded: dict, parser: argparse.ArgumentParser) -> dict
         action = actions.get(key)
         if action is None:
             continue
-        if action.type in (int, float):
-            out[key] = ([read(v, action.type, key) for v in value] if isinstance(value, list)
-                        else read(value, action.type, key))
+        tp = int if action.type is whole_number else action.type  # (the command line's whole numbers: int)
+        if tp in (int, float):
+            out[key] = ([read(v, tp, key) for v in value] if isinstance(value, list) else read(value, tp, key))
         elif isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)) and isinstance(value, str):
             out[key] = read(value, bool, key)
     return out
@@ -132,7 +132,7 @@ def _check_file_values(path: str, loaded: dict, parser: argparse.ArgumentParser)
         if key in _TEXT and action.nargs in ("*", "+") and any(
                 not isinstance(v, (str, int, float)) or isinstance(v, bool) for v in values):
             raise SystemExit(f"{path}: {key} must be {_TEXT[key]}, got {value!r}")
-        if action.type is int and any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        if action.type in (int, whole_number) and any(isinstance(v, bool) or not isinstance(v, int) for v in values):
             raise SystemExit(f"{path}: {key} must be an integer, got {value!r}")
         if action.type in (float, number_or_none) and any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in values if v != "none"):

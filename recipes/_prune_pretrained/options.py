@@ -46,6 +46,18 @@ def parse_remove(values: List[str]):
     return out
 
 
+def whole_number(text: str) -> int:
+    """An integer option's value, read as recipes/adaptive.py reads its command line (and both recipes their
+    --config files): 64, 1e3 (1000) or 6.4e1 (64); 2.5 or 1e-3 refused. argparse's own int refused 1e3, which
+    recipes/adaptive.py takes, so one command line meant something in one recipe and nothing in the other."""
+    from adaptive.config import ConfigError, _Cli, _coerce
+
+    try:
+        return _coerce(_Cli(text), int, "")
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"expects a whole number (e.g. 64 or 1e3), got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=DESCRIPTION, allow_abbrev=False)  # --remov is not --remove
     p.add_argument("--config", action="append", help="YAML file of defaults (keys are the options below, with dashes "
@@ -71,16 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_dir", "--output-dir", dest="output_dir",
                    help="run folder: pruned_state_dict.pt, connectome, table, figure, config.yaml (one subfolder "
                         "per target when there are several)")
-    p.add_argument("--seed", type=int, help="seed of the train/held-out split, the data order and the controller")
+    p.add_argument("--seed", type=whole_number, help="seed of the train/held-out split, the data order and the controller")
     p.add_argument("--passes", type=float, help="passes over the train part per target (per rung for 'best'; none "
                                                  "for a target of 0)")
     p.add_argument("--ladder", nargs="*", type=float, action="extend",
                    help="for --remove best: removal fractions climbed in order (repeatable, the values adding "
                         "up); none given: threshold mode")
-    p.add_argument("--patience", type=int, help="for --remove best: rungs without a better held-out accuracy "
+    p.add_argument("--patience", type=whole_number, help="for --remove best: rungs without a better held-out accuracy "
                                                   "before the climb stops")
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, help="train batch size")
-    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=whole_number, help="train batch size")
+    p.add_argument("--eval-batch-size", dest="eval_batch_size", type=whole_number,
                    help="batch size of the held-out and test evaluations")
     p.add_argument("--holdout", type=float, help="fraction of the TRAIN split held out for selection")
     p.add_argument("--dataset-kw", "--dataset_kw", dest="dataset_kw", action="append", metavar="KEY=VALUE",
@@ -89,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--config file's; YAML values); wnids=FILE (imagenet, folder): a list of ImageNet's 1000 "
                         "wnids, such as LOC_synset_mapping.txt, labelling class folders named by wnids with their "
                         "ImageNet index for a 1000-class network (looked for in the data's folders where not given)")
-    p.add_argument("--subset", type=int,
+    p.add_argument("--subset", type=whole_number,
                    help="use only this many train images (quick runs; a stratified draw that includes the held-out part)")
-    p.add_argument("--test-subset", "--test_subset", dest="test_subset", type=int,
+    p.add_argument("--test-subset", "--test_subset", dest="test_subset", type=whole_number,
                    help="report on only this many test images (quick runs; a stratified draw, the same for every row; "
                         "at least one per class; one of the split's size or more takes the whole split)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
@@ -103,19 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=number_or_none,
                    help="step of the presence or evidence estimator (none: the estimator's own, also over a "
                         "--config file's step)")
-    p.add_argument("--window", type=int, help="training batches per update (at most the batches of one pass of the "
+    p.add_argument("--window", type=whole_number, help="training batches per update (at most the batches of one pass of the "
                                                  "train part: more is refused)")
     p.add_argument("--edit-fraction", dest="edit_fraction", type=float,
                    help="most swaps per update, as a fraction of the live ensembles (decays over a stage)")
     p.add_argument("--approach", type=float, help="fraction of each stage spent reaching its target")
-    p.add_argument("--verify-batches", dest="verify_batches", type=int, help="held-out batches per line search (0: no line search)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, help="updates between held-out evaluations")
-    p.add_argument("--train-eval-batches", dest="train_eval_batches", type=int,
+    p.add_argument("--verify-batches", dest="verify_batches", type=whole_number, help="held-out batches per line search (0: no line search)")
+    p.add_argument("--eval-every", dest="eval_every", type=whole_number, help="updates between held-out evaluations")
+    p.add_argument("--train-eval-batches", dest="train_eval_batches", type=whole_number,
                    help="batches' worth of train-part images (a fixed sample) behind the table's train loss and accuracy")
-    p.add_argument("--num-classes", dest="num_classes", type=int,
+    p.add_argument("--num-classes", dest="num_classes", type=whole_number,
                    help="classes of the model's output (default: the dataset's)")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
-    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int,
+    p.add_argument("--threads", type=whole_number, help="torch threads (default: torch's own)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=whole_number,
                    help="data loading worker processes per process (ImageNet JPEGs want several)")
     p.add_argument("--cpu", action="store_true", default=None, help="stay on the CPU even when a GPU is there")
     p.add_argument("--resume", action="store_true", default=None,
