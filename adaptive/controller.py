@@ -1067,7 +1067,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                                   f"check the data (NaN or inf in inputs or targets) {check}. Later such windows are "
                                   "counted in ctrl.nonfinite_windows, not warned again")  # update, its inference_mode wrapper, step, the caller
                 return self._skipped(step)
-        broken = [n for n in self.editable() if not bool(torch.isfinite(self.conn.params[n]).all())]
+        broken = self._nonfinite_layers(self.editable())
         if broken:
             # scores made from them (magnitude, gmp: estimators that read no gradient) would be NaN, which
             # ranks nothing: the update is skipped, as a window with non-finite gradients is
@@ -1088,6 +1088,22 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if self.verify or (self.verify is None and is_distributed()):
             event["mask_hash"] = check_masks_agree(self.conn, step)
         return event
+
+    def _nonfinite_layers(self, names) -> List[str]:
+        """The layers of ``names`` whose weights hold a NaN or inf: each layer's largest |w| in one fused pass
+        (``torch._foreach_norm``, inf norm: NaN and inf propagate, and it cannot overflow), one host read per
+        device rather than a pass and a read per layer."""
+        params = [(n, self.conn.params[n]) for n in names if self.conn.params[n].numel()]
+        by_device: Dict[torch.device, list] = {}
+        for n, p in params:
+            by_device.setdefault(p.device, []).append((n, p))
+        broken = set()
+        for group in by_device.values():
+            with torch.no_grad():
+                peaks = torch._foreach_norm([p.detach() for _, p in group], float("inf"))
+                ok = torch.isfinite(torch.stack(peaks)).tolist()
+            broken.update(n for (n, _), fine in zip(group, ok) if not fine)
+        return [n for n in names if n in broken]
 
     def edit_fraction(self, step: Optional[int] = None) -> float:
         """The fraction of the live ensembles an update at ``step`` edits: the edit decay's value, a

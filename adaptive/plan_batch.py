@@ -39,18 +39,25 @@ class _Group:
         self.sides[side].append((n, idx, size, self.offset[n]))
 
 
-def _repeats(keys: torch.Tensor) -> torch.Tensor:
-    """0-d bool: whether any value of ``keys`` occurs twice (sorted, then each compared with the next:
-    memory in the number of keys, not in the ensembles they index)."""
+def _repeats(keys: torch.Tensor, total: int) -> torch.Tensor:
+    """0-d bool: whether any value of ``keys`` (each in [0, ``total``)) occurs twice. Where a flag per
+    ensemble (1 byte each) takes no more memory than sorting the keys (16 bytes each: values and
+    indices), the keys are marked in one and counted (several times faster than the sort an update's
+    millions of edits would take); else sorted, then each compared with the next."""
+    if keys.numel() < 2:
+        return torch.zeros((), dtype=torch.bool, device=keys.device)
+    if total <= 16 * keys.numel():
+        seen = torch.zeros(total, dtype=torch.bool, device=keys.device)
+        seen[keys] = True
+        return torch.count_nonzero(seen) != keys.numel()
     s = keys.sort().values
     return (s[1:] == s[:-1]).any()
 
 
 def _flags(conn, dev: torch.device, group: _Group, out: Dict[torch.device, List[torch.Tensor]]) -> None:
     """Append to ``out`` (device -> 0-d bool tensors, True: a problem) the index checks of ``group``.
-    Nothing here is as large as a layer: repeats and overlaps are found by sorting the (offset)
-    indices, live and absent ensembles are read with ``take``."""
-    keys = []
+    Repeats are found by marking the (offset) indices in a flag per ensemble of the group, or by sorting
+    them where that takes less memory; live and absent ensembles are read with ``take``."""
     for side, want in (("prune", True), ("grow", False)):
         entries = group.sides[side]
         if not entries:
@@ -63,16 +70,15 @@ def _flags(conn, dev: torch.device, group: _Group, out: Dict[torch.device, List[
         flat = torch.cat([idx for _, idx, _, _ in entries]).long()
         out.setdefault(dev, []).append(((flat < 0) | (flat >= size)).any())  # out of range
         inside = torch.minimum(flat.clamp(min=0), size - 1)  # safe to index with (out of range is flagged)
-        keys.append(inside + offset)  # one number per ensemble of the group
-        out[dev].append(_repeats(keys[-1]))  # an ensemble listed twice
+        out[dev].append(_repeats(inside + offset, group.total))  # an ensemble listed twice (one number each)
         state: Dict[torch.device, list] = {}
         for (n, _, _, _), part in zip(entries, inside.split(counts)):
             ens = conn._ensemble_mask(n)  # read only
             state.setdefault(ens.device, []).append(ens.take(part if ens.device == dev else part.to(ens.device)))
         for d, got in state.items():  # prunes of absent ensembles, grows of live ones
             out.setdefault(d, []).append((torch.cat(got) != want).any())
-    if len(keys) == 2:  # each side free of repeats (else flagged above): a repeat now is pruned and grown
-        out[dev].append(_repeats(torch.cat(keys)))
+    # (an ensemble both pruned and grown needs no sort of both sides together: it is live, so its grow is flagged
+    # above, or absent, so its prune is)
 
 
 def plan_looks_valid(conn, plan, protected) -> bool:

@@ -47,6 +47,12 @@ def order_zero_costs(cost: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     zero = cost == 0
     if not bool(zero.any()):
         return cost
-    a = weight.detach().abs().to(device=cost.device, dtype=cost.dtype)
-    key = torch.where(torch.isfinite(a) & (a > 0), a.clamp_min(FLOOR) * TIE, torch.zeros_like(a))
-    return torch.where(zero, key, cost)
+    w = weight.detach()
+    # only a zero cost beside a weight other than 0 changes: an absent synapse (weight 0), most of the zeros of a
+    # sparse layer, keeps it, so a layer with no other zero cost is returned as it came, with no pass over |w|
+    tie = zero & (w != 0).to(cost.device)
+    if not bool(tie.any()):
+        return cost
+    a = w.abs().to(device=cost.device, dtype=cost.dtype)
+    key = torch.where(torch.isfinite(a), a.clamp_min(FLOOR) * TIE, torch.zeros_like(a))  # (NaN, inf: cost 0)
+    return torch.where(tie, key, cost)
