@@ -15,6 +15,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .finite import finite_flags
+
 
 def check_scaler(scaler) -> None:
     """Refuse what is no ``torch.amp.GradScaler`` (``torch.cuda.amp.GradScaler`` and Accelerate's
@@ -72,9 +74,8 @@ def finite_layers(conn, names: List[str], primary=None) -> Tuple[List[str], bool
     grads = [g.to_dense() if g.layout != torch.strided else g for gs in checked for g in gs]
     if not grads:
         return list(names), False
-    peaks = torch._foreach_norm(grads, float("inf"))
-    dev = peaks[0].device
-    ok = torch.isfinite(torch.stack([p.float().to(dev) for p in peaks]))
+    ok = finite_flags(grads)
+    dev = ok.device
     flags, at = [], 0
     for gs in checked:  # each key's verdict, all read back at once
         flags.append(ok[at:at + len(gs)].all() if gs else torch.ones((), dtype=torch.bool, device=dev))

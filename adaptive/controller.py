@@ -53,6 +53,7 @@ from .score_checks import _describe, _nonfinite_weights  # noqa: F401  (importab
 from .schedules import get_decay
 from .utility import GradientStats, UtilityContext, get_estimator
 from .utility.base import Estimator, estimator_label, scores_side
+from .finite import finite_flags
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
 from .warn import warn_user
 
@@ -1090,20 +1091,10 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         return event
 
     def _nonfinite_layers(self, names) -> List[str]:
-        """The layers of ``names`` whose weights hold a NaN or inf: each layer's largest |w| in one fused pass
-        (``torch._foreach_norm``, inf norm: NaN and inf propagate, and it cannot overflow), one host read per
-        device rather than a pass and a read per layer."""
-        params = [(n, self.conn.params[n]) for n in names if self.conn.params[n].numel()]
-        by_device: Dict[torch.device, list] = {}
-        for n, p in params:
-            by_device.setdefault(p.device, []).append((n, p))
-        broken = set()
-        for group in by_device.values():
-            with torch.no_grad():
-                peaks = torch._foreach_norm([p.detach() for _, p in group], float("inf"))
-                ok = torch.isfinite(torch.stack(peaks)).tolist()
-            broken.update(n for (n, _), fine in zip(group, ok) if not fine)
-        return [n for n in names if n in broken]
+        """The layers of ``names`` whose weights hold a NaN or inf, in one fused pass and one read
+        (:func:`adaptive.finite.finite_flags`) rather than a pass and a read per layer."""
+        ok = finite_flags([self.conn.params[n] for n in names]).tolist() if names else []
+        return [n for n, fine in zip(names, ok) if not fine]
 
     def edit_fraction(self, step: Optional[int] = None) -> float:
         """The fraction of the live ensembles an update at ``step`` edits: the edit decay's value, a

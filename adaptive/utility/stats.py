@@ -21,6 +21,7 @@ from typing import Dict, Iterable, Optional
 import torch
 
 from ..distributed import all_reduce_mean_, collective_device, is_distributed, world_size
+from ..finite import finite_flags
 
 
 def _dense(g: torch.Tensor) -> torch.Tensor:
@@ -176,8 +177,7 @@ class GradientStats:
         sums = [t for d in (self.g_sum, self.g2_sum) for n, t in d.items() if self.counts[n] > 0]
         if not sums:
             return True
-        peaks = torch._foreach_norm(sums, float("inf"))  # the largest |sum| of each layer; NaN propagates
-        return bool(torch.isfinite(torch.stack(peaks)).all())
+        return bool(finite_flags(sums).all())
 
     def mean(self, name: str) -> torch.Tensor:
         self._ensure()

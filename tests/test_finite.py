@@ -1,0 +1,21 @@
+"""adaptive.finite.finite_flags: the one check, shared by the gradient window, the weight check and the
+GradScaler path, of which tensors hold a NaN or inf."""
+import torch
+
+from adaptive.finite import finite_flags
+
+
+def test_each_tensor_is_flagged_by_what_it_holds_whatever_its_dtype_or_size():
+    nan, inf = float("nan"), float("inf")
+    tensors = [torch.tensor([1.0, nan, 2.0]).bfloat16(), torch.randn(3, 4), torch.zeros(0),
+               torch.tensor([-inf, 0.0]).half(), torch.full((70000,), 3.0e38).double(),  # (a sum would overflow)
+               torch.cat([torch.ones(100000), torch.tensor([nan])])]
+    assert finite_flags(tensors).tolist() == [False, True, True, False, True, False]
+    assert finite_flags([torch.zeros(0), torch.zeros(0, 3)]).tolist() == [True, True]  # (the inf norm refuses these)
+    assert finite_flags([]).tolist() == []
+
+
+def test_the_flags_do_not_join_the_autograd_graph():
+    w = torch.nn.Parameter(torch.randn(4))
+    flags = finite_flags([w])
+    assert flags.tolist() == [True] and not flags.requires_grad and flags.grad_fn is None
