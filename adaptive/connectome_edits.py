@@ -116,12 +116,13 @@ class ConnectomeEditsMixin:
             # grown (at grow_init): absent from the mask the weights now follow, so also one switched off
             # in place; not one switched on in place, which the steps since apply() may have trained
             grown = new & ~now if touched else new & ~old
+            any_grown = bool(grown.any())
             init = None
-            if self.mode == "train" and grow_init != "zero" and bool(grown.any()):
+            if self.mode == "train" and grow_init != "zero" and any_grown:
                 init = self._grown_values(k, new, grown, grow_init)
-            plan.append((k, new, ch, init, new._version, grown))
+            plan.append((k, new, ch, init, new._version, grown, any_grown))
         changed, regrown = {}, set()
-        for k, new, ch, init, version, grown in plan:
+        for k, new, ch, init, version, grown, any_grown in plan:
             self.masks[k] = new
             self._last_set[k] = new.clone()
             self._set_tensor[k], self._set_version[k] = new, version
@@ -130,9 +131,8 @@ class ConnectomeEditsMixin:
             self._dense[k] = bool(new.all())
             self._hot = None
             self._edited()
-            if bool(ch.any()):
-                changed[k] = ch
-            if not restore and bool(grown.any()):
+            changed[k] = ch  # (a layer whose mask did not change is not planned)
+            if not restore and any_grown:
                 regrown.add(k)
             p = self.params[k]
             if self.mode == "mask_only":

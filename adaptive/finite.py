@@ -22,3 +22,11 @@ def finite_flags(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
             peaks = torch._foreach_norm([tensors[i].detach() for i in live], float("inf"))
             flags[torch.tensor(live, device=dev)] = torch.isfinite(torch.stack([p.float().to(dev) for p in peaks]))
     return flags
+
+
+def holds_nan(t: torch.Tensor) -> bool:
+    """Whether float tensor ``t`` holds a NaN: its sum first (one read, no bool copy written), which is
+    NaN wherever ``t`` holds one (and where it holds +inf and -inf both, or sums to both), and only then
+    ``isnan().any()``, which tells those apart. One host read where the sum is not NaN."""
+    with torch.no_grad():
+        return bool(torch.isnan(t.sum())) and bool(torch.isnan(t).any())

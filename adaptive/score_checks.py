@@ -17,6 +17,8 @@ from typing import Container, Optional
 
 import torch
 
+from .finite import holds_nan
+
 
 def _ranks_nothing(scores: torch.Tensor) -> bool:
     """Whether ``scores`` order nothing: their finite values all equal, or none finite (NaN and inf
@@ -137,7 +139,8 @@ def _check_pooled(est, side: str, name: str, pooled: torch.Tensor, gran) -> None
 def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ctx=None) -> None:
     """Refuse an estimator's scores that rank nothing meaningfully: complex values, or NaN (which
     the policies cannot agree on: a swap sorts it last, a keep plan first). +-inf is taken (the
-    largest and smallest scores: never or always chosen first). One ``isnan().any()`` per layer."""
+    largest and smallest scores: never or always chosen first). One read of the sum per layer
+    (:func:`adaptive.finite.holds_nan`)."""
     who, what = _describe(est, side, method)
     if not isinstance(s, torch.Tensor):
         raise ValueError(f"{who}'s {what} for layer {name!r} is a {type(s).__name__}, not a tensor: "
@@ -149,7 +152,7 @@ def _check_scores(est, side: str, name: str, s, method: Optional[str] = None, ct
     if s.is_complex():
         raise ValueError(f"{who}'s {what} for layer {name!r} is complex ({s.dtype}): scores must be real "
                          "numbers; return a real tensor (e.g. .abs() or .real of it)")
-    if s.is_floating_point() and bool(torch.isnan(s).any()):
+    if s.is_floating_point() and holds_nan(s):
         bad = int(torch.isnan(s).sum())
         broken = _nonfinite_weights(ctx) if ctx is not None else 0
         if broken:  # the scores inherit it: the estimator is not at fault

@@ -1751,6 +1751,26 @@ def test_stats_a_window_with_nan_in_one_layer_is_not_finite():
     assert not stats.finite()
 
 
+@pytest.mark.parametrize("second_moment", [True, False])
+@pytest.mark.parametrize("window", [(1.0, 3.0), (float("nan"),), (float("inf"),), (-float("inf"),),
+                                    (float("inf"), -float("inf")), (3e38, 3e38), (-3e38, -3e38, 1.0)])
+def test_stats_finite_reads_the_sums_it_needs_and_answers_for_both(window, second_moment):
+    """With second moments finite() reads only their sums: the window is finite exactly when every sum of
+    gradients and of their squares is, also where the gradients' own sum alone breaks (inf + -inf is NaN,
+    3e38 + 3e38 is past the largest float)."""
+    from adaptive.utility.stats import GradientStats
+
+    net, conn, _ = _two_layers()
+    stats = GradientStats(conn, second_moment=second_moment)
+    for v in window:
+        _grads(net, 1.0, v)
+        stats.observe()
+    sums = list(stats.g_sum.values()) + (list(stats.g2_sum.values()) if second_moment else [])
+    want = all(bool(torch.isfinite(t).all()) for t in sums)
+    assert want == (window == (1.0, 3.0))  # the window as built: only the first is finite
+    assert stats.finite() == want
+
+
 def _reloaded(stats):
     from adaptive.utility.stats import GradientStats
 

@@ -1,5 +1,6 @@
 """adaptive.finite.finite_flags: the one check, shared by the gradient window, the weight check and the
 GradScaler path, of which tensors hold a NaN or inf."""
+import pytest
 import torch
 
 from adaptive.finite import finite_flags
@@ -19,3 +20,19 @@ def test_the_flags_do_not_join_the_autograd_graph():
     w = torch.nn.Parameter(torch.randn(4))
     flags = finite_flags([w])
     assert flags.tolist() == [True] and not flags.requires_grad and flags.grad_fn is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_holds_nan_answers_as_isnan_any_also_where_the_sum_alone_is_nan(dtype):
+    """holds_nan reads the sum first: NaN there also from +inf and -inf together, or from partial sums past
+    the largest float of both signs, where only isnan().any() tells whether a NaN is held."""
+    from adaptive.finite import holds_nan
+
+    big = torch.finfo(dtype).max
+    cases = [torch.zeros(0), torch.randn(1000), torch.tensor([1.0, float("nan")]), torch.tensor([float("inf"), 2.0]),
+             torch.tensor([float("inf"), -float("inf")]), torch.tensor([float("inf"), -float("inf"), float("nan")]),
+             torch.cat([torch.full((5000,), big, dtype=dtype), torch.full((5000,), -big, dtype=dtype)]),  # partial sums of both signs overflow
+             torch.tensor([-float("inf")] * 3 + [float("nan")])]
+    for t in cases:
+        t = t.to(dtype)
+        assert holds_nan(t) == bool(torch.isnan(t).any()), t

@@ -423,10 +423,10 @@ def test_check_plan_refuses_every_spoilt_plan_with_the_layer_by_layer_checks_mes
 
 
 def test_repeats_by_flags_or_by_sort_agree_with_a_count_of_distinct_keys():
-    """plan_batch._repeats marks the keys in a flag per ensemble where that takes no more memory than a sort
-    of them (an update's millions of edits: a sort of 3 million keys was a third of a ViT-S update), and sorts
+    """plan_batch._repeats marks the keys in a flag per ensemble where there are at most FLAGS_PER_KEY ensembles
+    per key (an update's millions of edits: a sort of 3 million keys was a third of a ViT-S update), and sorts
     them otherwise: both ways answer as a count of the distinct keys does, with and without a repeat."""
-    from adaptive.plan_batch import _repeats
+    from adaptive.plan_batch import FLAGS_PER_KEY, _repeats
 
     g = torch.Generator().manual_seed(0)
     for total in (1, 2, 7, 100, 5000):
@@ -439,4 +439,4 @@ def test_repeats_by_flags_or_by_sort_agree_with_a_count_of_distinct_keys():
             for ks in (keys, distinct):
                 want = ks.unique().numel() != ks.numel()
                 assert bool(_repeats(ks, total)) == want, (total, k)  # whichever way total and k choose
-                assert bool(_repeats(ks, 16 * max(ks.numel(), 1) + total)) == want  # sorted: the flags would be larger
+                assert bool(_repeats(ks, FLAGS_PER_KEY * max(ks.numel(), 1) + total)) == want  # sorted: too few keys

@@ -260,3 +260,38 @@ def test_take_synapses_counts_in_float64_without_a_float64_copy_of_every_size():
         took = take_synapses(idx, size, 500)
     assert took.numel() == 10 + 410  # ten 9-synapse kernels, then 410 single weights
     assert mode.bytes <= 2 * 8 * idx.numel(), mode.bytes
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "fewties", "zeros", "special", "mostlynan"])
+def test_eligible_selection_of_a_large_input_without_gathering_matches_the_reference(kind, monkeypatch):
+    """Past 2**20 entries, lowest/highest bracket the k-th eligible value without gathering the eligible
+    entries (base._bracketed_eligible): the same indices as the gathering reference, in its order where
+    ordered, for sparse and dense eligibility, both sides, with ties, +-inf, NaN and the largest floats;
+    where the bracket cannot be used (it reaches NaN or inf) the gathering path answers instead."""
+    g = torch.Generator().manual_seed(11 + KINDS.index(kind))
+    n = (1 << 20) + 4097
+    x = _values(kind, n, g)
+    if kind == "fewties":
+        x = torch.randint(0, 1500, (n,), generator=g).float()
+    answered = []
+    bracketed = base._bracketed_eligible
+
+    def counted(*a, **kw):
+        out = bracketed(*a, **kw)
+        answered.append((a[2] == a[3] - 1) or out is not None)  # (k, count): all but one may miss the sample's top
+        return out
+
+    monkeypatch.setattr(base, "_bracketed_eligible", counted)
+    for share in (0.05, 0.5, 0.97):
+        ok = torch.rand(n, generator=g) < share
+        idx = ok.nonzero().squeeze(1)
+        count = idx.numel()
+        for pick, sign in ((lowest, 1.0), (highest, -1.0)):
+            order = idx[ref_smallest(sign * x[idx], count)]  # the whole eligible order, prefixes below
+            for k in (2049, count // 20, count // 2, count - 1):
+                assert torch.equal(pick(x, ok, k), order[:k]), (share, k, pick.__name__)
+                got = pick(x, ok, k, ordered=False)
+                assert torch.equal(got.sort().values, order[:k].sort().values), (share, k, pick.__name__)
+    assert len(answered) == 3 * 2 * 4 * 2  # tried at every selection
+    if kind in ("randn", "ties", "fewties", "zeros"):  # finite values: the bracket answers below the top
+        assert all(answered), answered

@@ -270,20 +270,70 @@ def lowest(scores: torch.Tensor, eligible: torch.Tensor, k: int, ordered: bool =
 
 def highest(scores: torch.Tensor, eligible: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     """Flat indices of the ``k`` largest eligible scores, largest first (see :func:`lowest`)."""
-    return _eligible_smallest_k(-scores.reshape(-1), eligible.reshape(-1), k, ordered)
+    return _eligible_smallest_k(scores.reshape(-1), eligible.reshape(-1), k, ordered, negate=True)
 
 
-def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: bool) -> torch.Tensor:
+def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: bool,
+                         negate: bool = False) -> torch.Tensor:
+    """:func:`_smallest_k` of the entries of ``flat`` (of ``-flat`` with ``negate``) where ``ok``
+    holds, as indices into ``flat``."""
     count = int(torch.count_nonzero(ok))
     k = min(int(k), count)
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
+    if count < flat.numel() and flat.is_floating_point() and flat.numel() > 1 << 20 and k > 2048:
+        sel = _bracketed_eligible(flat, ok, k, count, ordered, negate)
+        if sel is not None:
+            return sel
+    if negate:
+        flat = -flat
     if count == flat.numel():
         return _smallest_k(flat, k, ordered)
     # order only the eligible entries: filling the others with +inf would tie them with eligible
     # +inf or NaN scores, and the tie (by index) could then pick an ineligible one
     idx = ok.nonzero().squeeze(1)
     return idx[_smallest_k(flat[idx], k, ordered)]
+
+
+def _bracketed_eligible(x: torch.Tensor, ok: torch.Tensor, k: int, count: int, ordered: bool, negate: bool = False):
+    """:func:`_smallest_k` of the ``count`` entries of large float ``x`` (of ``-x`` with ``negate``,
+    read without negating ``x``) where ``ok`` holds, without gathering them (a ``nonzero`` of half
+    of tens of millions of entries and a copy cost more than the selection): the k-th eligible value
+    is bracketed from a strided sample of the eligible entries, the eligible ones below the bracket
+    are taken whole and only those inside it sorted. The same indices as gathering first (in the
+    same order when ``ordered``: by value, ties by index; unordered, in index order); None where
+    the bracket misses or reaches the largest floats (+-inf, NaN and the largest floats tie or
+    order there as :func:`_smallest_k` says): the caller gathers instead."""
+    n = x.numel()
+    stride = max(1, n >> 18)
+    sample = x[::stride][ok[::stride]]
+    m = sample.numel()
+    if m < 1024:  # too few eligible entries in the sample to bracket
+        return None
+    sv = torch.sort(torch.nan_to_num(-sample if negate else sample, nan=float("inf"))).values
+    q, slack = k / count, 6.0 / m**0.5
+    lo, hi = sv[max(1, int((q - slack) * m)) - 1], sv[min(m, int((q + slack) * m) + 1) - 1]
+    big = torch.finfo(x.dtype).max
+    if not (-big < float(lo) and float(hi) < big):  # within the finite floats: NaN and +-inf lie outside
+        return None
+    # y = -x with negate: y <= hi is x >= -hi (NaN never); one pass over x finds the eligible entries up to the
+    # bracket's top, in index order, and their own values tell those below it from those inside it
+    upto = (x >= -hi) if negate else (x <= hi)
+    idx = upto.logical_and_(ok).nonzero().squeeze(1)
+    y = -x[idx] if negate else x[idx]
+    inside = y >= lo
+    pos = inside.nonzero().squeeze(1)  # (positions in idx of the entries inside the bracket)
+    need = k - (idx.numel() - pos.numel())
+    if need < 0 or need > pos.numel():
+        return None
+    pos = pos[_stable_argsort(y[pos])[:need]]  # ties at the k-th value: lowest index
+    if not ordered:  # the whole selection, read in index order (what split() reads fastest)
+        keep = inside.logical_not_()  # (in place: the entries below the bracket)
+        keep[pos] = True
+        return idx[keep]
+    below = (~inside).nonzero().squeeze(1)
+    # -inf ties with the lowest float, as in _smallest_k; ``below`` is in index order
+    return torch.cat([idx[below[_stable_argsort(torch.nan_to_num(y[below]))]], idx[pos]])
 
 
 def concat(d: Dict[str, torch.Tensor]):
@@ -296,17 +346,19 @@ def concat(d: Dict[str, torch.Tensor]):
 
 def split(indices: torch.Tensor, names, sizes, order_scores: Optional[torch.Tensor] = None):
     """Map flat global indices back to per-layer flat indices, keeping their order within a layer
-    (one stable sort by layer, then ``torch.split``: no per-layer boolean passes)."""
+    (one stable sort by layer, none where they come in layer order already, an unordered selection's
+    index order; then ``torch.split``: no per-layer boolean passes)."""
     offsets = torch.tensor([0] + list(sizes), device=indices.device).cumsum(0)
     which = torch.bucketize(indices, offsets[1:], right=True)
-    perm = torch.argsort(which, stable=True)
+    in_order = which.numel() < 2 or bool((which[1:] >= which[:-1]).all())
+    perm = None if in_order else torch.argsort(which, stable=True)
     counts = torch.bincount(which, minlength=len(names)).tolist()
-    local = (indices - offsets[which])[perm]
-    parts = torch.split(local, counts)
+    local = indices - offsets[which]
+    parts = torch.split(local if perm is None else local[perm], counts)
     out = {n: parts[i] for i, n in enumerate(names)}
     scores = {}
     if order_scores is not None:
-        sparts = torch.split(order_scores[perm], counts)
+        sparts = torch.split(order_scores if perm is None else order_scores[perm], counts)
         scores = {n: sparts[i] for i, n in enumerate(names)}
     return out, scores
 

@@ -15,6 +15,16 @@ from .base import Estimator, register_estimator
 from ..registry import number_option
 
 
+def _holds(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` has the shape and dtype of ``a`` op ``b``: an in-place op on it gives the same values."""
+    return a.shape == torch.broadcast_shapes(a.shape, b.shape) and a.dtype == torch.result_type(a, b)
+
+
+def _times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a * b``, written into ``a`` (a tensor of the caller's own) where it holds the product."""
+    return a.mul_(b) if _holds(a, b) else a * b
+
+
 @register_estimator("obd")
 class OBD(Estimator):
     signed_cost = True  # -g*w (+ F*w^2/2): negative wherever the first-order term outweighs
@@ -37,7 +47,11 @@ class OBD(Estimator):
     def removal_cost(self, ctx):
         g, w = self.gradient(ctx), ctx.weight.detach().float()
         f = ctx.stats.fisher(ctx.name, ctx.batch_size)
-        return -g * w + 0.5 * f * w * w
+        # -g*w + 0.5*f*w*w bit for bit (negation is exact, and y + (-x) is y - x) in fewer passes and copies
+        curv = torch.mul(f, 0.5)
+        curv = _times(_times(curv, w), w)
+        gw = g * w
+        return curv.sub_(gw) if _holds(curv, gw) else curv - gw
 
     def restoration_gain(self, ctx):
         g = self.gradient(ctx)
@@ -53,4 +67,7 @@ class OBD(Estimator):
         gain = g * g
         # no gradient, no gain: with damping 0 a synapse no gradient reached (an input that is always 0,
         # MNIST's border pixels) is 0/0, a NaN the controller refuses, ending the run at its first update
-        return torch.where(gain == 0, gain, gain / (2.0 * (f + self.damping)))
+        scale = 2.0 * (f + self.damping)
+        if scale.dim() == 0 and _holds(gain, scale) and float(scale) > 0:  # one positive divisor: 0 / it is 0
+            return gain.div_(scale)
+        return torch.where(gain == 0, gain, gain / scale)

@@ -8,7 +8,7 @@ Side by side in one process, interleaved (the order rotating every round) and re
   search needs the order) and unordered (a plan without one);
 - ``keep_plan``'s top-k mask (the initial sparse plan, every gmp/magnitude update) at 4M entries;
 - a whole Controller: construction (the initial keep plan, erk and global budgets) and one rigl
-  update, on an MLP (8 x 1024x1024, 8.4M synapses) and a ViT-S-sized torchvision ViT (21M).
+  update (under the global budget, a selection among the live or the absent ensembles), on an MLP (8 x 1024x1024, 8.4M synapses) and a ViT-S-sized torchvision ViT (21M).
 Every new result is checked against the old one (same indices, same order; same masks).
 
     python recipes/benchmarks/selection.py            # about 2 minutes on 2 cores
@@ -83,8 +83,23 @@ def old_keep_top(scores, size, budget):
     return k
 
 
-NEW = {"_smallest_k": base._smallest_k, "_keep_top": base._keep_top}
-OLD = {"_smallest_k": old_smallest_k, "_keep_top": old_keep_top}
+def old_eligible_smallest_k(flat, ok, k, ordered, negate=False):
+    """``_eligible_smallest_k`` before the bracket that needs no gather (verbatim, with ``negate`` done first,
+    as ``highest`` did): every eligible entry gathered, then ``_smallest_k`` of them."""
+    if negate:
+        flat = -flat
+    count = int(torch.count_nonzero(ok))
+    k = min(int(k), count)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long, device=flat.device)
+    if count == flat.numel():
+        return base._smallest_k(flat, k, ordered)
+    idx = ok.nonzero().squeeze(1)
+    return idx[base._smallest_k(flat[idx], k, ordered)]
+
+
+NEW = {"_smallest_k": base._smallest_k, "_keep_top": base._keep_top, "_eligible_smallest_k": base._eligible_smallest_k}
+OLD = {"_smallest_k": old_smallest_k, "_keep_top": old_keep_top, "_eligible_smallest_k": old_eligible_smallest_k}
 
 
 def use(impl):
@@ -213,9 +228,11 @@ def main():
             f"torch {torch.__version__}, best of {args.repeats} (controller: {args.controller_repeats})\n\n"
             + "\n".join(hdr + rows + crows) + "\n\n"
             "Old: a full stable float argsort up to 2**20 entries (a layer of up to ~2M weights at half density), "
-            "topk or a sampled bracket above; an ordered top-k for every keep-plan mask. New: int32 sort keys in "
-            "the float order (radix-sorted on CPU), a kthvalue/topk cut with only the k selected sorted when "
-            "k <= n/8, and unordered keep masks for equal-size ensembles. Every result was checked identical "
+            "topk or a sampled bracket above; an ordered top-k for every keep-plan mask; the eligible entries of a "
+            "selection among some (a global budget's live or absent ensembles) gathered first. New: int32 sort keys "
+            "in the float order (radix-sorted on CPU), a kthvalue/topk cut with only the k selected sorted when "
+            "k <= n/8, unordered keep masks for equal-size ensembles, and past 2**20 entries a selection among "
+            "eligible ones bracketed without gathering them. Every result was checked identical "
             "(indices and order; masks after construction and after the update). Controller rows: rigl at density "
             f"0.5, one update after one SGD step. {(time.time() - t0) / 60:.1f} min.\n\n"
             f"Machine: {machine()}.\n\n"
