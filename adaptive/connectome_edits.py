@@ -13,6 +13,7 @@ import torch
 
 from .connectome_masking import _forget_autocast_copies
 from .ensembles import expands_exactly
+from .mask_reads import all_set, any_set
 
 
 class EnsembleRuleError(ValueError):
@@ -111,12 +112,12 @@ class ConnectomeEditsMixin:
                 # position where the mask as set, the edited one and the new one disagree counts as
                 # changed (its optimizer state is reset), and the layer's weights are imposed again below
                 ch = ch | (now ^ new)
-            if not bool(ch.any()):
+            if not any_set(ch):
                 continue
             # grown (at grow_init): absent from the mask the weights now follow, so also one switched off
             # in place; not one switched on in place, which the steps since apply() may have trained
             grown = new & ~now if touched else new & ~old
-            any_grown = bool(grown.any())
+            any_grown = any_set(grown)
             init = None
             if self.mode == "train" and grow_init != "zero" and any_grown:
                 init = self._grown_values(k, new, grown, grow_init)
@@ -128,7 +129,7 @@ class ConnectomeEditsMixin:
             self._set_tensor[k], self._set_version[k] = new, version
             if pooled is not None and k in pooled:  # before the listeners, who may edit the mask again
                 self._ens_cache[k] = (weakref.ref(new), new._version, new.data_ptr(), self.granularities[k], pooled[k])
-            self._dense[k] = bool(new.all())
+            self._dense[k] = all_set(new)
             self._hot = None
             self._edited()
             changed[k] = ch  # (a layer whose mask did not change is not planned)

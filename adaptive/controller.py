@@ -1091,7 +1091,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         return event
 
     def _nonfinite_layers(self, names) -> List[str]:
-        """The layers of ``names`` whose weights hold a NaN or inf, in one fused pass and one read
+        """The layers of ``names`` whose weights hold a NaN or inf, in one pass each and one read
         (:func:`adaptive.finite.finite_flags`) rather than a pass and a read per layer."""
         ok = finite_flags([self.conn.params[n] for n in names]).tolist() if names else []
         return [n for n, fine in zip(names, ok) if not fine]

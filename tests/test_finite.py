@@ -12,8 +12,20 @@ def test_each_tensor_is_flagged_by_what_it_holds_whatever_its_dtype_or_size():
                torch.tensor([-inf, 0.0]).half(), torch.full((70000,), 3.0e38).double(),  # (a sum would overflow)
                torch.cat([torch.ones(100000), torch.tensor([nan])])]
     assert finite_flags(tensors).tolist() == [False, True, True, False, True, False]
-    assert finite_flags([torch.zeros(0), torch.zeros(0, 3)]).tolist() == [True, True]  # (the inf norm refuses these)
+    assert finite_flags([torch.zeros(0), torch.zeros(0, 3)]).tolist() == [True, True]  # (aminmax refuses these)
     assert finite_flags([]).tolist() == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("where", [0, 7, 33_333, 99_999])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_one_nan_or_inf_anywhere_in_a_long_tensor_is_flagged(dtype, where, bad):
+    """NaN, +inf or -inf alone, at the start, inside a vector lane, in the middle or at the end of 100,000 entries
+    (the least and largest values are read in vectorised chunks): flagged, and the tensor without it is not."""
+    t = torch.randn(100_000, generator=torch.Generator().manual_seed(where)).to(dtype)
+    assert finite_flags([t]).tolist() == [True]
+    t[where] = bad
+    assert finite_flags([t, t.reshape(100, 1000), t.flip(0)]).tolist() == [False, False, False]
 
 
 def test_the_flags_do_not_join_the_autograd_graph():

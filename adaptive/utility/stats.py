@@ -172,7 +172,7 @@ class GradientStats:
     def finite(self) -> bool:
         """Whether the window holds only finite sums: False when a batch of it had a NaN or inf loss
         or gradient (after :meth:`reduce`, where one process's NaN reaches all of them, so that
-        every process answers alike). One fused pass over the sums and one sync, once per window.
+        every process answers alike). One pass over the sums and one sync, once per window.
         With second moments, only their sums are read: a NaN or inf gradient squares to one, and a
         sum of gradients past the largest float needs a gradient whose square is past it too, so the
         second moments are finite wherever the first are, and reading both would double the pass."""

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import torch
 
+from ..mask_reads import any_set
+
 ZERO_COST_ORDERS = ("magnitude", "index")  # Controller(zero_cost_order=...): "index" is the order before
 TIE = 2.0 ** -100  # 7.9e-31: the scale of the order given to exact zeros
 FLOOR = 2.0 ** -26  # the least |w| told apart: |w| * TIE stays a normal float32 (>= 2**-126)
@@ -45,13 +47,13 @@ def order_zero_costs(cost: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     ``max(|weight|, FLOOR) * TIE``: zero-cost synapses rank among themselves by magnitude, smallest
     first. A weight of 0 (a synapse grown at zero), NaN or inf keeps the cost 0."""
     zero = cost == 0
-    if not bool(zero.any()):
+    if not any_set(zero):
         return cost
     w = weight.detach()
     # only a zero cost beside a weight other than 0 changes: an absent synapse (weight 0), most of the zeros of a
     # sparse layer, keeps it, so a layer with no other zero cost is returned as it came, with no pass over |w|
     tie = zero & (w != 0).to(cost.device)
-    if not bool(tie.any()):
+    if not any_set(tie):
         return cost
     a = w.abs().to(device=cost.device, dtype=cost.dtype)
     key = torch.where(torch.isfinite(a), a.clamp_min(FLOOR) * TIE, torch.zeros_like(a))  # (NaN, inf: cost 0)
