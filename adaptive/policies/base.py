@@ -281,7 +281,7 @@ def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: 
     k = min(int(k), count)
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    if count < flat.numel() and flat.is_floating_point() and flat.numel() > 1 << 20 and k > 2048:
+    if count < flat.numel() and flat.is_floating_point() and flat.numel() > 1 << 16 and k > 2048:
         sel = _bracketed_eligible(flat, ok, k, count, ordered, negate)
         if sel is not None:
             return sel
@@ -296,16 +296,17 @@ def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: 
 
 
 def _bracketed_eligible(x: torch.Tensor, ok: torch.Tensor, k: int, count: int, ordered: bool, negate: bool = False):
-    """:func:`_smallest_k` of the ``count`` entries of large float ``x`` (of ``-x`` with ``negate``,
-    read without negating ``x``) where ``ok`` holds, without gathering them (a ``nonzero`` of half
-    of tens of millions of entries and a copy cost more than the selection): the k-th eligible value
+    """:func:`_smallest_k` of the ``count`` entries of float ``x`` (over 2**16 entries; of ``-x``
+    with ``negate``, read without negating ``x``) where ``ok`` holds, without gathering them (a
+    ``nonzero`` of half of a layer's or a network's entries and a copy, then a ``kthvalue``, cost
+    more than the selection): the k-th eligible value
     is bracketed from a strided sample of the eligible entries, the eligible ones below the bracket
     are taken whole and only those inside it sorted. The same indices as gathering first (in the
     same order when ``ordered``: by value, ties by index; unordered, in index order); None where
     the bracket misses or reaches the largest floats (+-inf, NaN and the largest floats tie or
     order there as :func:`_smallest_k` says): the caller gathers instead."""
     n = x.numel()
-    stride = max(1, n >> 18)
+    stride = max(16, n >> 18)  # a sample of at most 2**18 entries, and a sixteenth of a smaller layer
     sample = x[::stride][ok[::stride]]
     m = sample.numel()
     if m < 1024:  # too few eligible entries in the sample to bracket
