@@ -63,7 +63,8 @@ def _repeats(keys: torch.Tensor, total: int) -> torch.Tensor:
 def _flags(conn, dev: torch.device, group: _Group, out: Dict[torch.device, List[torch.Tensor]]) -> None:
     """Append to ``out`` (device -> 0-d bool tensors, True: a problem) the index checks of ``group``.
     Repeats are found by marking the (offset) indices in a flag per ensemble of the group, or by sorting
-    them where that takes less memory; live and absent ensembles are read with ``take``."""
+    them where the flags would outgrow the sort's memory by more than 4 times (:func:`_repeats`); live and
+    absent ensembles are read with ``take``."""
     for side, want in (("prune", True), ("grow", False)):
         entries = group.sides[side]
         if not entries:

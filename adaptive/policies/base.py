@@ -299,9 +299,9 @@ def _bracketed_eligible(x: torch.Tensor, ok: torch.Tensor, k: int, count: int, o
     """:func:`_smallest_k` of the ``count`` entries of float ``x`` (over 2**16 entries; of ``-x``
     with ``negate``, read without negating ``x``) where ``ok`` holds, without gathering them (a
     ``nonzero`` of half of a layer's or a network's entries and a copy, then a ``kthvalue``, cost
-    more than the selection): the k-th eligible value
-    is bracketed from a strided sample of the eligible entries, the eligible ones below the bracket
-    are taken whole and only those inside it sorted. The same indices as gathering first (in the
+    more than the selection): the k-th eligible value is bracketed from a strided sample of the
+    eligible entries, the eligible ones below the bracket are taken whole and only those inside it
+    sorted. The same indices as gathering first (in the
     same order when ``ordered``: by value, ties by index; unordered, in index order); None where
     the bracket misses or reaches the largest floats (+-inf, NaN and the largest floats tie or
     order there as :func:`_smallest_k` says): the caller gathers instead."""
