@@ -48,3 +48,16 @@ def test_holds_nan_answers_as_isnan_any_also_where_the_sum_alone_is_nan(dtype):
     for t in cases:
         t = t.to(dtype)
         assert holds_nan(t) == bool(torch.isnan(t).any()), t
+
+
+def test_a_complex_tensor_is_finite_where_its_real_and_imaginary_parts_are():
+    """A complex parameter (left dense) comes to the GradScaler path's check with the others: flagged by both
+    parts, as the inf norm it replaced did (aminmax takes no complex tensor)."""
+    nan, inf = float("nan"), float("inf")
+    ok = torch.randn(1000, dtype=torch.complex64)
+    bad = [ok.clone() for _ in range(3)]
+    bad[0][500] = complex(nan, 0.0)
+    bad[1][999] = complex(0.0, inf)
+    bad[2][0] = complex(1.0, nan)
+    flags = finite_flags([ok, *bad, ok.to(torch.complex128), torch.zeros(0, dtype=torch.complex64)])
+    assert flags.tolist() == [True, False, False, False, True, True]

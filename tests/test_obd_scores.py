@@ -46,3 +46,34 @@ def test_obd_scores_are_its_formulas_bit_for_bit(name, window, batch_size, dampi
     want_gain = torch.where(gain == 0, gain, gain / (2.0 * (f + damping)))
     for got, want in ((est.removal_cost(ctx), want_cost), (est.restoration_gain(ctx), want_gain)):
         assert got.dtype == want.dtype and torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+@pytest.mark.parametrize("gain_dtype, scale_dtype, curvature", [(torch.float32, torch.float64, 1e-46),
+                                                                (torch.float32, torch.float64, 1e-300),
+                                                                (torch.float16, torch.float32, 1e-8),
+                                                                (torch.bfloat16, torch.float64, 1e-300)])
+def test_a_one_batch_curvature_that_vanishes_in_the_gains_dtype_keeps_zero_gradients_at_zero(gain_dtype, scale_dtype,
+                                                                                              curvature):
+    """The growth gain divides in place by a positive 0-d curvature, where 0 / it is 0; one given in a wider dtype
+    (a statistics object of one's own) whose value rounds to 0 in the gain's dtype made 0 / 0 = NaN there: those
+    gradients of 0 keep a gain of 0, as the formula's guard gives."""
+    from adaptive.utility import get_estimator
+
+    g = torch.tensor([0.0, -0.0, 1.0, 2.0], dtype=gain_dtype)
+
+    class Stats:
+        def mean(self, name):
+            return g.clone()
+
+        def fisher(self, name, batch_size):
+            return torch.tensor(curvature, dtype=scale_dtype)
+
+        def n(self, name):
+            return 3
+
+    class Ctx:
+        name, weight, stats, batch_size, restore = "w", g, Stats(), None, None
+
+    gain = get_estimator("obd", damping=0.0).restoration_gain(Ctx())
+    want = torch.where(g * g == 0, g * g, g * g / (2.0 * torch.tensor(curvature, dtype=scale_dtype)))
+    assert gain[:2].tolist() == [0.0, 0.0] and torch.equal(gain, want), gain

@@ -297,3 +297,20 @@ def test_eligible_selection_of_a_large_input_without_gathering_matches_the_refer
     assert len(answered) == tries  # tried at every selection of over 2048
     if kind in ("randn", "ties", "fewties", "zeros"):  # finite values: the bracket answers below the top
         assert all(answered), answered
+
+
+def test_eligibility_given_as_numbers_selects_as_the_same_eligibility_as_bool():
+    """lowest/highest take ``eligible`` as bool; given as 0/1 numbers (float, uint8, int64) they select what the
+    same bool eligibility selects, as before the bracket (which reads bool only, and leaves the others to the
+    gathering path)."""
+    g = torch.Generator().manual_seed(5)
+    n = (1 << 16) + 333
+    x = torch.randn(n, generator=g)
+    ok = torch.rand(n, generator=g) < 0.5
+    for dtype in (torch.float32, torch.uint8, torch.int64):
+        for pick in (lowest, highest):
+            for ordered in (True, False):
+                want, got = pick(x, ok, 10_000, ordered=ordered), pick(x, ok.to(dtype), 10_000, ordered=ordered)
+                if not ordered:  # (an unordered selection's order is the path's own)
+                    want, got = want.sort().values, got.sort().values
+                assert torch.equal(got, want), (dtype, pick.__name__, ordered)

@@ -281,7 +281,8 @@ def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: 
     k = min(int(k), count)
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=flat.device)
-    if count < flat.numel() and flat.is_floating_point() and flat.numel() > 1 << 16 and k > 2048:
+    if (count < flat.numel() and flat.is_floating_point() and ok.dtype == torch.bool and flat.numel() > 1 << 16
+            and k > 2048):
         sel = _bracketed_eligible(flat, ok, k, count, ordered, negate)
         if sel is not None:
             return sel

@@ -47,7 +47,8 @@ class OBD(Estimator):
     def removal_cost(self, ctx):
         g, w = self.gradient(ctx), ctx.weight.detach().float()
         f = ctx.stats.fisher(ctx.name, ctx.batch_size)
-        # -g*w + 0.5*f*w*w bit for bit (negation is exact, and y + (-x) is y - x) in fewer passes and copies
+        # -g*w + 0.5*f*w*w bit for bit (negation is exact, and y + (-x) is y - x) in fewer passes and copies;
+        # only a NaN may differ, in its sign bit (a NaN score is refused either way)
         curv = torch.mul(f, 0.5)
         curv = _times(_times(curv, w), w)
         gw = g * w
@@ -68,6 +69,7 @@ class OBD(Estimator):
         # no gradient, no gain: with damping 0 a synapse no gradient reached (an input that is always 0,
         # MNIST's border pixels) is 0/0, a NaN the controller refuses, ending the run at its first update
         scale = 2.0 * (f + self.damping)
-        if scale.dim() == 0 and _holds(gain, scale) and float(scale) > 0:  # one positive divisor: 0 / it is 0
+        # one divisor, positive in the gain's dtype (which the division casts it to): 0 / it is 0
+        if scale.dim() == 0 and _holds(gain, scale) and float(scale.to(gain.dtype)) > 0:
             return gain.div_(scale)
         return torch.where(gain == 0, gain, gain / scale)
