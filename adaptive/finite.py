@@ -15,16 +15,18 @@ import torch
 
 def finite_flags(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """A bool tensor, one entry per tensor of ``tensors`` (in order): True where it holds no NaN or inf.
-    An empty tensor is finite (``aminmax`` refuses one), a complex one where its real and imaginary
-    parts are; the flags lie on the first
-    non-empty tensor's device (the CPU when there is none), read back with one copy per other device."""
+    Each tensor's least and largest values are read in its own dtype (a float64 value past float32's range is
+    finite); an empty tensor is finite (``aminmax`` refuses one), a complex one where its real and imaginary
+    parts are. The flags lie on the first non-empty tensor's device (the CPU when there is none), read back
+    with one copy per other device."""
     live = [i for i, t in enumerate(tensors) if t.numel()]
     dev = tensors[live[0]].device if live else torch.device("cpu")
     flags = torch.ones(len(tensors), dtype=torch.bool, device=dev)
     if live:
         with torch.no_grad():
-            ends = [torch.stack(torch.aminmax(_real(tensors[i].detach()).reshape(-1))).float().to(dev) for i in live]
-            flags[torch.tensor(live, device=dev)] = torch.isfinite(torch.stack(ends)).all(dim=1)
+            ends = [torch.isfinite(torch.stack(torch.aminmax(_real(tensors[i].detach()).reshape(-1)))).all().to(dev)
+                    for i in live]
+            flags[torch.tensor(live, device=dev)] = torch.stack(ends)
     return flags
 
 

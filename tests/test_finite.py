@@ -61,3 +61,12 @@ def test_a_complex_tensor_is_finite_where_its_real_and_imaginary_parts_are():
     bad[2][0] = complex(1.0, nan)
     flags = finite_flags([ok, *bad, ok.to(torch.complex128), torch.zeros(0, dtype=torch.complex64)])
     assert flags.tolist() == [True, False, False, False, True, True]
+
+
+def test_float64_values_past_the_largest_float32_are_finite():
+    """The least and largest values are compared in float64, so a float64 weight or gradient sum past float32's
+    range (1e39, -1e300) is finite, as it is (in float32 it read as inf, and the update was skipped)."""
+    big = torch.tensor([1.0, 1e39, -1e300, 2.0], dtype=torch.float64)
+    assert finite_flags([big, big.to(torch.complex128)]).tolist() == [True, True]
+    big[1] = float("inf")
+    assert finite_flags([big]).tolist() == [False]
