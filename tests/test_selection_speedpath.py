@@ -314,3 +314,27 @@ def test_eligibility_given_as_numbers_selects_as_the_same_eligibility_as_bool():
                 if not ordered:  # (an unordered selection's order is the path's own)
                     want, got = want.sort().values, got.sort().values
                 assert torch.equal(got, want), (dtype, pick.__name__, ordered)
+
+
+def test_the_kth_value_comes_from_topk_which_a_descending_input_does_not_slow(monkeypatch):
+    """torch.kthvalue takes time quadratic in n on a descending input for k well below n/2 (30 s for 2**20
+    entries at k = n/8; ``highest`` of ascending scores is that case): the k-th value of a cut, and of the
+    fallback where a large input's bracket misses, comes from topk. Here kthvalue may not be called at all,
+    and the selections equal the reference's."""
+    def refused(*a, **k):
+        raise AssertionError("torch.kthvalue is quadratic on a descending input")
+
+    monkeypatch.setattr(torch, "kthvalue", refused)
+    n = (1 << 17) + 5
+    desc = torch.linspace(1.0, 0.0, n)
+    for k in (2049, n // 8, n // 9):
+        assert torch.equal(_smallest_k(desc, k), ref_smallest(desc, k)), k
+        assert torch.equal(highest(-desc, torch.ones(n, dtype=torch.bool), k), ref_smallest(desc, k)), k
+    # past 2**20 entries: every fourth entry (the strided sample's) far above the others, so the sampled
+    # bracket misses and the exact k-th value answers
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand((1 << 20) + 3, generator=g)
+    x[::4] += 10.0
+    k = x.numel() // 2
+    assert torch.equal(_smallest_k(x, k), ref_smallest(x, k))
+    assert torch.equal(_smallest_k(x, k, ordered=False).sort().values, ref_smallest(x, k).sort().values)

@@ -212,6 +212,14 @@ def _up_to(y: torch.Tensor, v: torch.Tensor, k: int) -> torch.Tensor:
     return sel
 
 
+def _kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k``-th smallest value of NaN-free flat ``x`` (1 <= k <= n), as ``torch.kthvalue(x, k)`` gives it:
+    the largest of the ``k`` smallest (``topk``). ``kthvalue`` takes time quadratic in n on a descending input
+    for k well below n/2 (on a CPU: 2.6 s for 2**18 entries at k = n/8, where a random order takes 10 ms;
+    about 30 s at 2**20), and ``highest`` of ascending scores is that case; ``topk`` takes 4-30 ms there."""
+    return torch.topk(x, k, largest=False, sorted=False).values.max()
+
+
 def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     """Indices of the ``k`` smallest entries of flat ``x``, ascending, ties broken by index: exactly
     ``torch.argsort(torch.nan_to_num(x, nan=inf), stable=True)[:k]`` (NaN after +inf, never selected
@@ -219,10 +227,10 @@ def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
 
     A stable sort of floats would dominate an update (millions of synapses per update), so the
     result is computed without one: sorts use int32 keys in the same order (:func:`_sort_keys`);
-    a small ``k`` is cut at its k-th value (``kthvalue``/``topk``) and only those ``k`` are sorted.
+    a small ``k`` is cut at its k-th value (:func:`_kth_smallest`) and only those ``k`` are sorted.
     For large inputs the k-th value is bracketed from a strided sample (deterministic: the same on
     every process), the entries below the bracket are taken whole and only the few inside it are
-    sorted. When the bracket misses (an unusual distribution) it falls back to an exact ``kthvalue``."""
+    sorted. When the bracket misses (an unusual distribution) it falls back to an exact k-th value."""
     n = x.numel()
     # one ordering throughout: +inf as the largest float, NaN as inf (after it), -inf as the smallest
     if x.is_floating_point():
@@ -234,11 +242,7 @@ def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     if n <= 1 << 20 or k <= 2048:
         if k * 8 > n:  # most of it: one sort (by radix on CPU) beats a cut
             return _stable_argsort(x)[:k]
-        if k <= 2048:
-            v = torch.topk(x, k, largest=False, sorted=False).values.max()
-        else:
-            v = torch.kthvalue(x, k).values
-        sel = _up_to(x, v, k)
+        sel = _up_to(x, _kth_smallest(x, k), k)
         return sel[_stable_argsort(x[sel])] if ordered else sel
     stride = max(1, n >> 18)
     sample = x[::stride]
@@ -251,7 +255,7 @@ def _smallest_k(x: torch.Tensor, k: int, ordered: bool = True) -> torch.Tensor:
     band = ((x >= lo) & (x <= hi)).nonzero().squeeze(1)
     need = k - below.numel()
     if need < 0 or need > band.numel():
-        v = torch.kthvalue(x, k).values
+        v = _kth_smallest(x, k)
         below = (x < v).nonzero().squeeze(1)
         band = (x == v).nonzero().squeeze(1)
         need = k - below.numel()
@@ -299,7 +303,7 @@ def _eligible_smallest_k(flat: torch.Tensor, ok: torch.Tensor, k: int, ordered: 
 def _bracketed_eligible(x: torch.Tensor, ok: torch.Tensor, k: int, count: int, ordered: bool, negate: bool = False):
     """:func:`_smallest_k` of the ``count`` entries of float ``x`` (over 2**16 entries; of ``-x``
     with ``negate``, read without negating ``x``) where ``ok`` holds, without gathering them (a
-    ``nonzero`` of half of a layer's or a network's entries and a copy, then a ``kthvalue``, cost
+    ``nonzero`` of half of a layer's or a network's entries and a copy, then a k-th value, cost
     more than the selection): the k-th eligible value is bracketed from a strided sample of the
     eligible entries, the eligible ones below the bracket are taken whole and only those inside it
     sorted. The same indices as gathering first (in the
