@@ -33,7 +33,7 @@ TINY_RUNS = {  # results file: the script and its tiny options (--out added)
     "controller.md": ("controller.py", ["--batch", "2", "--size", "16", "--repeats", "1"]),
     "ensemble_mask_cache.md": ("ensemble_mask_cache.py", ["--updates", "1", "--rounds", "1", "--size", "8"]),
     "line_search_rollback.md": ("line_search_rollback.py", ["--repeats", "1", "--fraction", "0.2"]),
-    "update_reads.md": ("update_reads.py", ["--rounds", "1"]),
+    "update_reads.md": ("update_reads.py", ["--rounds", "1", "--kth-size", "4096"]),
 }
 
 

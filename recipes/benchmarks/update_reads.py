@@ -7,7 +7,10 @@ On torchvision resnet50's weights (25.5 million synapses; a random half live):
 - whether each layer's weights hold NaN or inf: ``_foreach_norm(inf)`` (stop 63) against
   ``adaptive.finite.finite_flags`` (``torch.aminmax``);
 - whether each layer's mask holds any True / only True: ``any()`` and ``all()`` against
-  ``adaptive.mask_reads.any_set`` / ``all_set`` (counting).
+  ``adaptive.mask_reads.any_set`` / ``all_set`` (counting);
+- the k-th smallest of ``--kth-size`` scores (k an eighth of them, a cut ``_smallest_k`` makes below 2**20
+  entries), in descending and in shuffled order: ``torch.kthvalue`` (the library before stop 65), quadratic in
+  the entries on a descending input, against ``_kth_smallest`` (``topk``).
 Every pair's answers are checked equal (the same indices in the same order where ordered; the same set
 where not). Interleaved rounds, best of ``--rounds``.
 
@@ -30,7 +33,7 @@ from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import path_type  # noqa: E402
 from adaptive.finite import finite_flags  # noqa: E402
 from adaptive.mask_reads import all_set, any_set  # noqa: E402
-from adaptive.policies.base import _smallest_k, highest, lowest  # noqa: E402
+from adaptive.policies.base import _kth_smallest, _smallest_k, highest, lowest  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 
@@ -65,7 +68,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds per pair (best taken)")
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the live ensembles chosen")
     ap.add_argument("--out", type=path_type(), default=os.path.join(os.path.dirname(__file__), "results", "update_reads.md"))
+    ap.add_argument("--kth-size", type=int, default=1 << 18, help="scores whose k-th smallest is read (k: an eighth)")
     args = ap.parse_args()
+    if args.kth_size < 8:
+        ap.error(f"--kth-size must be at least 8, got {args.kth_size}")
     if args.rounds < 1:
         ap.error(f"--rounds must be a positive integer, got {args.rounds}")
     if not 0 < args.fraction < 1:
@@ -102,12 +108,20 @@ def main():
         assert r_old == r_new
         rows.append(f"| masks, {len(masks)} layers: {what}() / {new.__name__} (counting) | {n:,} | {t_old * 1e3:.1f} | "
                     f"{t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
+    m = args.kth_size
+    desc = torch.linspace(1.0, 0.0, m)
+    for order, x in (("descending", desc), ("shuffled", desc[torch.randperm(m, generator=torch.Generator().manual_seed(0))])):
+        (t_old, t_new), (r_old, r_new) = best([lambda: torch.kthvalue(x, m // 8).values,
+                                               lambda: _kth_smallest(x, m // 8)], args.rounds)
+        assert torch.equal(r_old, r_new)
+        rows.append(f"| k-th smallest (k = n/8), {order}: kthvalue / _kth_smallest (topk) | {m:,} | {t_old * 1e3:.1f} | "
+                    f"{t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     hdr = ["| read | entries | old (ms) | new (ms) | old / new | same answers |", "|---|---:|---:|---:|---:|---|"]
     text = (f"# Reads of a controller update over every synapse: torchvision resnet50's weights, half live, "
             f"{torch.get_num_threads()} thread(s), best of {args.rounds} interleaved rounds\n\n" + "\n".join(hdr + rows) +
             "\n\nOld: the eligible scores gathered before choosing (the library before stop 64), the fused inf norm for "
-            "finiteness (stop 63), any()/all() of each mask. New: what the library runs now (lowest/highest, "
-            "finite_flags, any_set/all_set). Each pair's answers checked equal (ordered: the same indices in the "
+            "finiteness (stop 63), any()/all() of each mask, torch.kthvalue for a cut's k-th value (before stop 65). New: "
+            "what the library runs now (lowest/highest, finite_flags, any_set/all_set, _kth_smallest). Each pair's answers checked equal (ordered: the same indices in the "
             "same order; unordered: the same set).\n\n"
             f"Machine: {machine()}.\n\n"
             f"Reproduce: `{command('update_reads.py', ROOT, threads=True, placed=('--out',))}`\n")
