@@ -88,6 +88,13 @@ class EditSnapshot:
         self.conn = conn
         self.positions = plan_positions(conn, plan)
         self.masks = {n: take(conn.masks[n], pos) for n, pos in self.positions.items()}
+        # a layer whose mask was edited in place: how the connectome knew it (the mask as last set, and which
+        # tensor at which version it set), put back after the restore's own set so that the layer still counts
+        # as edited in place, and the restore's apply() follows that edit as the next set or apply() would have
+        # (moments reset, weights zeroed where the edit pruned), instead of leaving the moments it restored
+        # there to move weights the mask says are pruned
+        self.in_place = {n: (conn._previous(n, conn.masks[n].device), conn._set_tensor.get(n), conn._set_version.get(n))
+                         for n, pos in self.positions.items() if pos is None}
         self.weights = ({n: take(conn.params[n], pos) for n, pos in self.positions.items()}
                         if conn.mode == "train" else {})
         self.state, self.whole_state = [], []
@@ -120,6 +127,13 @@ class EditSnapshot:
             if pos is not None:
                 put_(masks[n], pos, self.masks[n])
         changed = conn._set(conn._unvalidated(masks), notify=False)
+        for n, (last, tensor, version) in self.in_place.items():
+            conn._last_set[n] = last
+            if tensor is None:
+                conn._set_tensor.pop(n, None)
+                conn._set_version.pop(n, None)
+            else:
+                conn._set_tensor[n], conn._set_version[n] = tensor, version
         for n, w in self.weights.items():
             put_(conn.params[n], self.positions[n], w)
         for opt, p, key, pos, v in self.state:
