@@ -119,10 +119,11 @@ def main():
     hdr = ["| read | entries | old (ms) | new (ms) | old / new | same answers |", "|---|---:|---:|---:|---:|---|"]
     text = (f"# Reads of a controller update over every synapse: torchvision resnet50's weights, half live, "
             f"{torch.get_num_threads()} thread(s), best of {args.rounds} interleaved rounds\n\n" + "\n".join(hdr + rows) +
-            "\n\nOld: the eligible scores gathered before choosing (the library before stop 64), the fused inf norm for "
-            "finiteness (stop 63), any()/all() of each mask, torch.kthvalue for a cut's k-th value (before stop 65). New: "
-            "what the library runs now (lowest/highest, finite_flags, any_set/all_set, _kth_smallest). Each pair's answers checked equal (ordered: the same indices in the "
-            "same order; unordered: the same set).\n\n"
+            "\n\nOld: the eligible scores gathered before choosing (the library before stop 64), the fused inf norm "
+            "for finiteness (stop 63), any()/all() of each mask, torch.kthvalue for a cut's k-th value (before stop "
+            "65). New: what the library runs now (lowest/highest, finite_flags, any_set/all_set, _kth_smallest). "
+            "Each pair's answers checked equal (ordered: the same indices in the same order; unordered: the same "
+            "set).\n\n"
             f"Machine: {machine()}.\n\n"
             f"Reproduce: `{command('update_reads.py', ROOT, threads=True, placed=('--out',))}`\n")
     print(text)
