@@ -13,7 +13,7 @@ junction's: every unit that wrote to the residual stream) are summed per target,
 sources found in the same junctions (an attention head's query and key units), and only then
 expanded to sources, a chunk of targets at a time (where that merges nothing and the copies are
 few, as in a ResNet, they are laid out at once: see :data:`PLAIN`). Laying out every copy first
-made width^3 x depth^2 of them in a transformer (`python recipes/benchmarks/graphs.py
+made width^3 x depth^2 of them in a transformer (`python recipes/benchmarks/graphs_package.py
 --only-contract` compares the two).
 Tensor code: one join per level of junction nesting, a loop over chunks, no loop per edge.
 """

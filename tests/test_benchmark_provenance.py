@@ -62,13 +62,13 @@ def test_a_timing_whose_thread_count_comes_from_the_environment_pins_it_in_its_c
 
 
 def test_a_root_reached_through_a_link_keeps_the_files_written_inside_it(tmp_path):
-    """graphs.py and mask_only_models.py pass an unresolved root: an --out inside the repository,
+    """graphs_package.py and mask_only_models.py pass an unresolved root: an --out inside the repository,
     reached through a linked checkout, must stay in the command (relative), not be dropped."""
     link = tmp_path / "checkout"
     link.symlink_to(ROOT, target_is_directory=True)
     out = link / "recipes" / "benchmarks" / "results" / "graphs_contract.md"
-    assert command("graphs.py", link, ["--only-contract", "--out", str(out)], placed=("--out",)) == (
-        "python recipes/benchmarks/graphs.py --only-contract --out recipes/benchmarks/results/graphs_contract.md")
+    assert command("graphs_package.py", link, ["--only-contract", "--out", str(out)], placed=("--out",)) == (
+        "python recipes/benchmarks/graphs_package.py --only-contract --out recipes/benchmarks/results/graphs_contract.md")
 
 
 def test_loader_cycle_writes_every_option_it_ran_with():

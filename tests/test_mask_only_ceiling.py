@@ -66,7 +66,8 @@ def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypat
 
 def test_loading_it_leaves_the_benchmarks_folder_off_the_import_path():
     """It put recipes/benchmarks on sys.path for good, so a later ``import graphs`` (the diagnostics'
-    depth tracing) in the same process found recipes/benchmarks/graphs.py instead of the package."""
+    depth tracing) in the same process found recipes/benchmarks/graphs.py (the graphs benchmark, since
+    renamed graphs_package.py) instead of the package."""
     import os
     import sys
 

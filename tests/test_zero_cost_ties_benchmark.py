@@ -64,8 +64,9 @@ def test_each_run_uses_its_order_and_the_table_shows_the_runs_summaries(tmp_path
                                     "lenet5_stability", "mask_only_ceiling", "band_scaling_ddp"])
 def test_loading_a_benchmark_leaves_its_folder_off_the_import_path(script):
     """threshold_pace.py and gradual_pruning.py put recipes/benchmarks on sys.path for good, so a later
-    ``import graphs`` in the same process found recipes/benchmarks/graphs.py instead of the package
-    (and mask_only_ceiling's test of the same failed after them in one process). The benchmarks that
+    ``import graphs`` in the same process found recipes/benchmarks/graphs.py (since renamed
+    graphs_package.py) instead of the package (and mask_only_ceiling's test of the same failed after
+    them in one process). The benchmarks that
     import a sibling now import it as ``recipes.benchmarks.NAME``, never putting the folder there."""
     load_script(f"recipes/benchmarks/{script}.py", f"{script}_path_check")
     here = os.path.join(ROOT, "recipes", "benchmarks")

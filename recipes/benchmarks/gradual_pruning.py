@@ -50,8 +50,8 @@ from adaptive.atomic import write_text  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 
-# the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
-# sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
+# the shared helpers beside this file, by their path from ROOT (a namespace package), so a process that
+# imports this file need not put this folder on sys.path
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
 
 WEIGHTS = {"resnet20": "resnet-cifar10/resnet20-12fca82f.th", "resnet32": "resnet-cifar10/resnet32-d509ac18.th"}

@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.utility.base import get_estimator  # noqa: E402
 
-# the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
-# sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
+# the shared helpers beside this file, by their path from ROOT (a namespace package), so a process that
+# imports this file need not put this folder on sys.path
 from recipes.benchmarks._paired_runs import (  # noqa: E402
     add_recipe_run_options, mean_sd as _mean_sd, name_list, recipe_run, recipe_run_options, table_path, write_table)
 from recipes.benchmarks._reproduce import machine, shown_args  # noqa: E402

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 from adaptive.cli import path_type  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 
-# the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
-# sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
+# the shared helpers beside this file, by their path from ROOT (a namespace package), so a process that
+# imports this file need not put this folder on sys.path
 from recipes.benchmarks._paired_runs import (  # noqa: E402
     add_recipe_run_options, figure_path, mean_sd as _mean_sd, name_list, paired_plot, recipe_run, recipe_run_options,
     rel as _rel, table_path, write_table)

@@ -36,8 +36,8 @@ from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.paths import resolve_data_dir  # noqa: E402
 from adaptive.utility.ties import ZERO_COST_ORDERS  # noqa: E402
 
-# the shared helpers beside this file, by their path from ROOT (a namespace package): putting this folder on
-# sys.path would let its graphs.py stand in for the graphs package in a process that imports this file
+# the shared helpers beside this file, by their path from ROOT (a namespace package), so a process that
+# imports this file need not put this folder on sys.path
 from recipes.benchmarks._paired_runs import (  # noqa: E402
     at_least_one, collapse_cells, figure_path, int_list as _int_list, name_list, paired_plot, recipe_run,
     rel as _rel, table_path, write_table)

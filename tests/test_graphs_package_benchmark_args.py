@@ -1,11 +1,11 @@
-"""recipes/benchmarks/graphs.py refuses option sets that run nothing or contradict each other, before any work."""
+"""recipes/benchmarks/graphs_package.py refuses option sets that run nothing or contradict each other, before any work."""
 import runpy
 
 import pytest
 
 import adaptive.paths as paths
 
-SCRIPT = paths.REPO_ROOT / "recipes" / "benchmarks" / "graphs.py"
+SCRIPT = paths.REPO_ROOT / "recipes" / "benchmarks" / "graphs_package.py"
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -15,7 +15,7 @@
    ``contract_junctions``, against the implementation it replaced (kept in
    tests/test_graphs_contract.py) where that one fits in a few seconds.
 
-    python recipes/benchmarks/graphs.py [--data-dir ../shared/data] [--quick] [--skip-graphs | --skip-compaction]
+    python recipes/benchmarks/graphs_package.py [--data-dir ../shared/data] [--quick] [--skip-graphs | --skip-compaction]
                                         [--only-contract]
 
 Prints a table and writes it to recipes/benchmarks/results/graphs.md (``--only-contract``: part 4
@@ -39,7 +39,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-# this file is itself called graphs.py: keep its folder off the path so `import graphs` finds the package
+# this checkout's packages first (`import graphs`, `import adaptive`); nothing here imports from this folder
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
 LOAD = os.getloadavg()
 TARGETS = {("resnet50", "unit", "pyg"): 5.0, ("resnet50", "unit", "networkx"): 30.0,
@@ -484,7 +484,7 @@ def main(argv=None):
 
     from recipes.benchmarks._reproduce import command
 
-    cmdline = command("graphs.py", Path(ROOT), argv, placed=("--out",), dropped=("--data-dir",))
+    cmdline = command("graphs_package.py", Path(ROOT), argv, placed=("--out",), dropped=("--data-dir",))
     if a.only_contract:
         print("contracting junctions:")
         rows = contract_rows(a.threads, a.quick)
