@@ -38,7 +38,10 @@ class _Probe(fx.Interpreter):
         return torch.full_like(real, float("nan")) if isinstance(real, torch.Tensor) and real.is_floating_point() else real
 
     def run_node(self, n):
+        unknown = _nan_read(n, self.env)
         out = super().run_node(n)
+        if unknown is not None:
+            out = _nan_kept(out, unknown)
         if _from_data(n, out, self.env, self.data):
             # an integer or boolean tensor computed from the data (h > 0, token ids): NaN cannot show through it,
             # so a float made with it (torch.where(h > 0, h, 0), a ReLU written out, reads 0 where NaN > 0 is
@@ -90,6 +93,33 @@ class _Probe(fx.Interpreter):
         shape = [1] * out.dim()
         shape[axis] = o
         return val.view(shape).expand_as(out).clone()
+
+
+# ops that make a number of NaN (``nan_to_num``: 0.0 or what it is told; ``sign``/``sgn``: 0.0): in the probe their
+# output there would pass for a constant where the model computes from the data
+_NAN_TO_NUMBER_FUNCTIONS = {torch.nan_to_num, torch.sign, torch.sgn}
+_NAN_TO_NUMBER_METHODS = {"nan_to_num", "nan_to_num_", "sign", "sign_", "sgn", "sgn_"}
+
+
+def _nan_read(n, env) -> Optional[torch.Tensor]:
+    """Where the data input of ``n``, an op that makes a number of NaN, holds NaN (read before the op runs: an
+    in-place one overwrites it), or None for any other node."""
+    if not ((n.op == "call_function" and n.target in _NAN_TO_NUMBER_FUNCTIONS)
+            or (n.op == "call_method" and n.target in _NAN_TO_NUMBER_METHODS)):
+        return None
+    a = n.args[0] if n.args else n.kwargs.get("input")
+    x = env.get(a) if isinstance(a, fx.Node) else None
+    return torch.isnan(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else None
+
+
+def _nan_kept(out, unknown: torch.Tensor):
+    """``out`` with NaN again where its input held NaN (in place: an in-place op's input is ``out``); all NaN
+    where the two shapes do not match."""
+    if not (isinstance(out, torch.Tensor) and out.is_floating_point()):
+        return out
+    if unknown.shape != out.shape:
+        return torch.full_like(out, float("nan"))
+    return out.masked_fill_(unknown, float("nan"))
 
 
 def _from_data(n, out, env, data: set) -> bool:

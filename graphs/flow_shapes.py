@@ -7,6 +7,7 @@ from __future__ import annotations
 import operator
 
 import torch
+import torch.nn.functional as F
 from torch import fx
 
 from . import ops
@@ -117,7 +118,12 @@ class FlowShapesMixin:
             raise ValueError("no arguments")
         table = None
         if n.target in ops.CONCAT_FUNCTIONS or n.target is torch.stack:
-            first = [sub0(a) for a in args[0]]
+            # a list of tensors, or a split's tuple as it is (torch.cat(h.chunk(2, 1), 1)): its parts' ids
+            if isinstance(args[0], fx.Node):
+                given = self._flow_of(args[0])
+                first = list(given) if isinstance(given, (tuple, list)) else [None]
+            else:
+                first = [sub0(a) for a in args[0]]
             if any(not isinstance(f, torch.Tensor) for f in first):
                 raise ValueError("an operand carries no traced data")
             args = [first] + [self._real(a) for a in args[1:]]
@@ -126,6 +132,12 @@ class FlowShapesMixin:
             table = self._lookup_table(n, args)
             if table is not None:
                 args[0] = table
+        if n.target is F.pad:
+            # the padding's value is a constant, not a unit: padded with it, the ids would name the unit whose id it
+            # is (value=1.0 wired the model's first input to every reader of the padding); 0.0 names none
+            if len(args) > 3:
+                args[3] = None
+            kwargs.pop("value", None)
         if not isinstance(args[0], (torch.Tensor, list)) or (isinstance(args[0], torch.Tensor) and args[0].dtype != torch.float64):
             raise ValueError("its data input carries no traced ids")
         if n.op == "call_method":
@@ -183,7 +195,9 @@ class FlowShapesMixin:
         varies = lambda t: t.shape[1] > 1 and t.stride(1) != 0 and not bool((t == t.narrow(1, 0, 1)).all())
         if not any(varies(p) for p in parts):
             return  # every part holds the same units all along axis 1: positions (a class token), not channels
-        names = [a.name if isinstance(a, fx.Node) else "?" for a in n.args[0]]
+        given = n.args[0]
+        names = ([f"{given.name}.{i}" for i in range(len(parts))] if isinstance(given, fx.Node)  # a split's tuple
+                 else [a.name if isinstance(a, fx.Node) else "?" for a in given])
         self.book.concats.append(
             {"node": n.name, "parts": [(nm, self.readout(p, 1, f"{n.name}.{nm}")) for nm, p in zip(names, parts)]}
         )
