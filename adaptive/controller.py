@@ -282,6 +282,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if nm is not None and abs(float(density) - nm) > 1e-9:
             raise ValueError(f"ensemble {conn.ensemble!r} fixes the density at {nm:g} (n of every m kept), so "
                              f"density={density!r} cannot be met: pass density={nm:g} or leave it out")
+        if nm is not None and min_density > nm:  # (every layer keeps n of every m: a floor up to that holds by itself)
+            raise ValueError(f"ensemble {conn.ensemble!r} keeps n of every m synapses, density {nm:g} in every layer, so "
+                             f"min_density={min_density!r} cannot be held: lower it to {nm:g} or less, or leave it out")
         if density is None and self.policy.needs_density:
             raise ValueError(f"policy {self.policy.name!r} needs a target density in (0, 1]")
         if density is not None and not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):

@@ -622,20 +622,30 @@ def check_whole_floors(ctrl, density: float, target: int, who: str = "") -> None
     floor is held by whole ensembles (:func:`floor_protected`): a neuron or a kernel rounds it up (a
     floor of 5 synapses in 20-synapse neurons keeps 20), which the synapse count of
     :func:`global_synapse_target` leaves out; past the target, a ranking met the target by breaking a
-    floor (a Linear of 128-synapse neurons with a floor of 32 was emptied) or ended above it. Layers of
-    unequal ensembles (block edges) count at their floor (a lower bound); a layer under its floor
-    counts what it holds."""
+    floor (a Linear of 128-synapse neurons with a floor of 32 was emptied) or ended above it. Each
+    layer counts at :func:`floor_cover`; a layer under its floor counts what it holds."""
     held, largest = 0.0, 1.0
     for n, floor in layer_floors(ctrl).items():
         size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
         largest = max(largest, size if isinstance(size, float) else float(size.max()))
-        cover = math.ceil(floor / size) * size if isinstance(size, float) else floor
-        held += min(cover, int(torch.count_nonzero(ctrl.conn.masks[n])))
+        held += min(floor_cover(ctrl, n, floor), int(torch.count_nonzero(ctrl.conn.masks[n])))
     if held > target + largest / 2:
         raise ValueError(f"{who}density {density} is too low for min_density {ctrl.min_density} held in whole "
                          f"ensembles: each layer's floor rounds up to whole ensembles, which alone keep {int(held):,} of "
                          f"the {target:,} live synapses the editable layers may hold; raise the density or lower "
                          "min_density or use smaller ensembles")
+
+
+def floor_cover(ctrl, name: str, floor: int) -> float:
+    """The live synapses that hold layer ``name``'s ``floor`` in whole ensembles, as :func:`check_whole_floors`
+    counts them: the fewest equal ensembles that hold it, or, for unequal ones (block edges), the floor plus half
+    the largest, the count :func:`whole_floor_count` holds it at (its bare floor undercounted: the most valuable
+    block holding a floor of 1 synapse in 3x3 blocks keeps 9, and four layers were emptied for it); at most
+    the layer's synapses."""
+    size = ensemble_size(ctrl.conn.granularities[name], ctrl.conn.layers[name].shape)
+    if isinstance(size, float):
+        return math.ceil(floor / size) * size
+    return min(float(ctrl.conn.layers[name].numel), floor + float(size.max()) / 2)
 
 
 def _keep_top(scores: torch.Tensor, size, budget: float) -> torch.Tensor:
@@ -753,6 +763,11 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
                 top = float(torch.nextafter(torch.tensor(torch.finfo(torch.float32).max), torch.tensor(0.0)))
                 ranked = torch.where(held.to(ranked.device), float("inf"), ranked.clamp_max(top))
             k = _keep_top(ranked, size, total)
+            if held is not None:
+                # every ensemble holding a floor, even where the floors together reach past the target (by at most
+                # half an ensemble, check_whole_floors): the ranking's cut at the target fell inside them and left
+                # the last layers' below their floors, or empty
+                k |= held.to(k.device)
             for n, part in zip(names, torch.split(k, sizes)):
                 keep[n] = part.view(keep_scores[n].shape)
         else:
