@@ -143,12 +143,11 @@ class EnsembleStep:
     def least(self) -> int:
         """The fewest synapses a stage must remove beyond its start to remove an ensemble at all: a stage
         removes whole ensembles, the nearest to its count (each taken where at least half of it fits, a
-        smaller size at a stage's end where it brings the count strictly nearer: see
-        :class:`adaptive.policies.crawl.Crawl`), so a count of under half the smallest ensemble removes none.
-        Ensembles all of one size: half of it, rounded up (exactly half is a tie the stage settles by pruning: a
-        restore needs more than half); of several sizes: more than half the smallest (exactly half removes one
-        only where the smallest comes first in the estimator's order, so it is not counted on)."""
-        return (self.smallest + 1) // 2 if self.smallest == self.largest else self.smallest // 2 + 1
+        smaller size at a stage's end too: see :class:`adaptive.policies.crawl.Crawl`), so a count of under
+        half the smallest ensemble removes none: half of it, rounded up (exactly half is a tie the stage settles
+        by pruning, a restore needs more than half; with ensembles of several sizes the last update's fill
+        takes one of the smallest then, where it once took one only when it came first in the estimator's order)."""
+        return (self.smallest + 1) // 2
 
 
 def ensemble_step(conn: Connectome) -> EnsembleStep:
@@ -172,25 +171,20 @@ def refuse_removing_nothing(label: str, target, removed: int, total: int, absent
     what = f"round({label} x {total:,}) = {removed:,}" if isinstance(target, float) else f"{removed:,}"
     beyond = f" ({removed - absent:,} beyond the {absent:,} already absent)" if absent else ""
     start = "the dense network" if not absent else "the starting network"
-    # ensembles of several sizes, exactly half the smallest: a tie pruning settles by taking the first ensemble
-    # of the estimator's order where it is one of the smallest, and none otherwise (EnsembleStep.least)
-    tie = step.smallest != step.largest and 2 * (removed - absent) == step.smallest
     if step.least == 1:
         why = ""
     else:
         sizes = (f"{step.smallest:,} synapses each" if step.smallest == step.largest else
                  f"{step.smallest:,} to {step.largest:,} synapses each")
         why = (f", but its '{step.ensemble}' ensembles hold {sizes} and a stage removes whole ensembles, the "
-               "nearest to its count (within half an ensemble): " +
-               (f"it may remove none (exactly half of one of {step.smallest:,}, it removes one only where such an "
-                "ensemble comes first in the estimator's order)" if tie else "it would remove none"))
+               "nearest to its count (within half an ensemble): it would remove none")
     one = "one synapse" if step.least == 1 else "one ensemble"
     need = absent + step.least
     fix = (f"give a fraction of at least {fraction_bound(need, total, most=False)} or a count of at least {need} "
            f"(the least that removes {one}{' beyond the start' if absent else ''})" if need < total else
            "no target below every synapse removes one more ensemble")
     raise ValueError(f"target {label} asks for {what} of the model's {total:,} prunable synapses{beyond}{why}, so its "
-                     f"snapshot {'may' if tie else 'would'} be {start}, unchanged. {fix[0].upper() + fix[1:]}; for "
+                     f"snapshot would be {start}, unchanged. {fix[0].upper() + fix[1:]}; for "
                      f"{start} itself give {absent if absent else 0}")
 
 
@@ -210,7 +204,8 @@ def refuse_indistinct(resolved: List[Tuple[str, Optional[int]]], parsed: Dict[st
     """Refuse two targets (``resolved``: ``(label, synapses to remove)``, fewest first; ``parsed``: each
     label's target as parsed) that ``step``'s ensembles cannot tell apart: with ensembles of one size, two
     that land on one count (:func:`landing`: 100 and 103, or 96 and 104, with ensembles of 10 both remove
-    100); of several sizes, two less than :attr:`EnsembleStep.least` apart (the later stage may remove none).
+    100); of several sizes, two less than :attr:`EnsembleStep.least` apart, half the smallest (the later stage
+    may remove none: where the earlier lands depends on the estimator's order).
     Their snapshots would be one network under two names, silently (as :func:`refuse_removing_nothing` for
     one target against the start)."""
     if step.least == 1:  # single synapses: every count is a network of its own
@@ -226,7 +221,7 @@ def refuse_indistinct(resolved: List[Tuple[str, Optional[int]]], parsed: Dict[st
             return f"round({label} x {total:,}) = {r:,}" if isinstance(parsed[label], float) else f"{r:,}"
         sizes = (f"{step.smallest:,} synapses each" if one else f"{step.smallest:,} to {step.largest:,} synapses each")
         what = (f"both would remove {lands:,}, so their snapshots would be" if one else
-                f"they are {rb - ra:,} apart, not more than half the smallest, so the later stage may remove none and "
+                f"they are {rb - ra:,} apart, under half the smallest, so the later stage may remove none and "
                 "their snapshots may be")
         need = (lands + step.least) if one else ra + step.least
         fix = (f"give target {b} as a count of at least {need} or a fraction of at least "

@@ -1612,14 +1612,17 @@ def test_the_last_update_closes_a_coarse_remainder_with_smaller_ensembles():
     """With ensembles of several sizes a stage's last update took the cheapest ensembles while at least
     half of each fit, then stopped at the first that did not: a remainder a smaller ensemble further on
     could close was left (neurons of 12, 7 and 5 synapses: 71 removed asked, 67 given; 150 asked, 145).
-    It now adds, largest size first, the first ensembles of each size that bring the count strictly nearer."""
+    It now adds, largest size first, the first ensembles of each size that bring the count nearer (pruning: or
+    as near, exactly half of one fitting)."""
     from adaptive.policies.crawl import Crawl
 
     sizes = torch.tensor([27, 27, 8, 8, 8])
     order = torch.arange(5)
     assert Crawl._cover(order, sizes, 40) == 1  # 27: the next 27 would overshoot by more than it gains
     assert Crawl._fill(order[1:], sizes, 40 - 27).tolist() == [2, 3]  # 27 + 8 + 8 = 43: 3 away, not 13
-    assert Crawl._fill(order[1:], sizes, 4).tolist() == []  # an 8 would be no nearer than none
+    assert Crawl._fill(order[1:], sizes, 4).tolist() == [2]  # exactly half an 8: a tie pruning takes
+    assert Crawl._fill(order[1:], sizes, 4, ties=False).tolist() == []  # restoring does not
+    assert Crawl._fill(order[1:], sizes, 3).tolist() == []  # an 8 would be farther than none
     torch.manual_seed(0)
     x, y = torch.randn(96, 5), torch.randint(0, 3, (96,))
     dl = DataLoader(TensorDataset(x, y), batch_size=32)

@@ -119,28 +119,35 @@ class Crawl(Policy):
         return int(((fits <= 2 * int(count)) if ties else (fits < 2 * int(count))).sum())
 
     @staticmethod
-    def _fill(rest: torch.Tensor, sizes: torch.Tensor, count: int) -> torch.Tensor:
-        """Ensembles of ``rest`` (in its order, the estimator's) that bring their synapses nearest to
-        ``count`` greedily by size: for each size, largest first, as many of the first ensembles of that
-        size as each bring the sum strictly nearer. What the last update of a stage adds to the prefix
-        :meth:`_cover` took, where ensembles of several sizes (neurons of layers of other fan-ins, blocks
-        cut at a layer's edge) left a remainder a smaller one can close: the count then ends within half
-        the smallest size it could use, not within one ensemble of the first that did not fit. A loop
-        over the distinct sizes only (a few: about one per layer), not over the ensembles."""
+    def _fill(rest: torch.Tensor, sizes: torch.Tensor, count: int, ties: bool = True) -> torch.Tensor:
+        """Ensembles of ``rest`` (in its order, the estimator's) that bring their synapses near to ``count``
+        greedily by size: for each size, largest first, as many of the first ensembles of that size as each
+        take the sum nearer, by :meth:`_cover`'s rule (with ``ties``, pruning, one that fits exactly half is
+        taken too: a fill that left it, where a later update's prefix would take it, made the count depend
+        on the number of updates). What the last update of a stage adds to the prefix :meth:`_cover` took,
+        where ensembles of several sizes (neurons of layers of other fan-ins, blocks cut at a layer's edge)
+        left a remainder a smaller one can close. Greedy, not the best subset: each ensemble taken brings
+        the count nearer (or, at a tie, as near), so it ends at most half an ensemble past ``count`` and
+        short of it by less than half of each size it has ensembles of left; a subset nearer still may
+        exist (14 of sizes 10, 6 and four 1s: 10 + 6, 2 past, where 10 and the 1s reach it). A loop over
+        the distinct sizes only (a few: about one per layer), not over the ensembles."""
         s = sizes[rest].to(torch.int64)
         picks = [rest[:0]]
         for size in torch.unique(s).flip(0).tolist():  # largest first
             if count <= 0:
                 break
             of_size = rest[s == size]
-            k = min(of_size.numel(), (2 * count + size - 1) // (2 * size))  # each one taken strictly nearer
+            # each one taken while at least half of it fits (ties), or more than half
+            k = min(of_size.numel(), (2 * count + size - (0 if ties else 1)) // (2 * size))
             picks.append(of_size[:k])
             count -= k * size
         return torch.cat(picks)
 
     def update(self, ctrl, step):
-        if self.follows_density:  # the controller's density and end_step: a state loaded into one built
-            self.goal = global_synapse_target(ctrl, ctrl.density)  # otherwise goes on with its own
+        if self.follows_density and ctrl.density is not None:  # the controller's density and end_step: a state
+            # loaded into one built with others goes on with its own; into one built with no density, with the goal
+            # and deadline it was saved with (it raised a TypeError)
+            self.goal = global_synapse_target(ctrl, ctrl.density)
             self.deadline = ctrl.end_step
         c, names, sizes = concat(ctrl.scores("cost", step))
         g, _, _ = concat(ctrl.scores("gain", step))
@@ -169,11 +176,12 @@ class Crawl(Policy):
                 full = lowest(cs, a, live_ens) if need > 0 else highest(gs, absent, a.numel() - live_ens)
                 f = self._cover(full, sz, abs(need), ties=need > 0)
                 if last:  # the goal must be reached now: smaller ensembles further on may close the remainder
-                    # (never full[f], the first the prefix left: it is over twice the remainder, and _fill takes
-                    # an ensemble only under twice what remains, which only shrinks; so where the prefix leaves a
+                    # (never full[f], the first the prefix left: it is over twice the remainder (restoring: at
+                    # least twice), and _fill takes an ensemble only up to twice what remains (restoring: under
+                    # it), which only shrinks; so where the prefix leaves a
                     # live ensemble the fill does too, and a goal of synapses kept keeps one: the prefix's own
                     # case is capped below, at fp)
-                    extra = self._fill(full[f:], sz, abs(need) - int(sz[full[:f]].sum()))
+                    extra = self._fill(full[f:], sz, abs(need) - int(sz[full[:f]].sum()), ties=need > 0)
                 if f == 0 and (extra is None or extra.numel() == 0) and 2 * abs(live - self.goal) <= int(sz[full[:1]].sum() or 1):
                     need, full, extra = 0, None, None
         if self.goal is None:
@@ -186,9 +194,14 @@ class Crawl(Policy):
                 # at the goal only pairs with gain - cost > margin can swap: a present ensemble
                 # whose cost is above the best gain (an absent one whose gain is below the lowest
                 # cost) is never in one. Both kept sets are prefixes of the full orders, so
-                # sorting only them gives the same plan for a fraction of the work.
-                pa = a & (c < g[ra].max() - self.margin)
-                ra = ra & (g > c[a].min() + self.margin)
+                # sorting only them gives the same plan for a fraction of the work. The bounds are
+                # widened by far more than float32 rounds: the pairs' own test rounds g - c, and
+                # at the edge (cost 1.0, gain 1.1, margin 0.1) dropped a pair it takes; one kept
+                # beyond the edge only lengthens the orders, which that test cuts
+                g_max, c_min = float(g[ra].max()), float(c[a].min())
+                slack = 2.0 ** -20 * (abs(g_max) + abs(c_min) + abs(self.margin)) + 1e-30
+                pa = a & (c < g_max - self.margin + slack)
+                ra = ra & (g > c_min + self.margin - slack)
             p_order = ((full if full is not None else lowest(cs, a, live_ens)) if need > 0
                        else lowest(cs, pa, min(limit, int(pa.sum()))))
             r_order = ((full if full is not None else highest(gs, absent, a.numel() - live_ens)) if need < 0
