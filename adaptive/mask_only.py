@@ -142,8 +142,8 @@ def optimize_connectome(
             "evidence" uses windowed t-statistics instead (a ``window`` of two or more batches: one
             batch has no spread, and evidence then learns nothing, warned of).
         window: training batches whose statistics feed one update (1: every batch).
-        edit_fraction: most swaps per update, as a fraction of the live ensembles (decays to 0
-            over each stage, cosine; estimators with a step, like presence, decay with it).
+        edit_fraction: most swaps per update, as a fraction of the live ensembles (rounded to a whole
+            number; decays to 0 over each stage, cosine; estimators with a step, like presence, decay with it).
         approach: fraction of each stage spent reaching its target, then crawling at it (0: the
             first update of the stage jumps to the target).
         margin: estimated improvement a swap (or, in threshold mode, an edit) must promise, in

@@ -10,10 +10,11 @@ At every update the policy
   restored only when more than half of it does, so a count exactly half an ensemble off the goal is
   pruned and stays so, whatever the number of updates). This pruning is forced:
   the line search does not veto it (its tolerance is infinite), the estimator only orders it;
-- at the goal, swaps up to ``edit_fraction`` of the live ensembles: cheapest present ones out,
-  most useful absent ones in, only equal-sized pairs whose estimated restoration gain beats the
-  removal cost by more than ``margin`` (a threshold on the estimated loss change); the
-  controller's line search then keeps only what lowers the held-out loss;
+- at the goal, swaps up to ``edit_fraction`` of the live ensembles (rounded to the nearest whole
+  number of them): cheapest present ones out, most useful absent ones in, only equal-sized pairs
+  whose estimated restoration gain beats the removal cost by more than ``margin`` (a threshold on
+  the estimated loss change); the controller's line search then keeps only what lowers the
+  held-out loss;
 - with no goal (``goal=None``: "best accuracy"), prunes every ensemble whose removal is estimated
   to lower the loss (cost < -margin) and restores every one whose restoration is (gain > margin),
   both within the edit limit.
