@@ -495,7 +495,9 @@ def cmd_knowledge(args):
                        log_x=args.log_x)
     print(f"\naccuracy of what remains\n{curve.shown_markdown()}")
     print(f"\nexponential fits (log y = a + rate * removed)\n{curve.shown_fit_table().to_markdown()}")
-    print(f"\n{curve.note}; {curve.total:,} prunable weights; curve measured in {seconds:.1f} s (as "
+    weights = (f"{curve.total:,} live prunable weights ({curve.pruned_before:,} already pruned)" if curve.pruned_before
+               else f"{curve.total:,} prunable weights")
+    print(f"\n{curve.note}; {weights}; curve measured in {seconds:.1f} s (as "
           f"knowledge_summary.json's seconds: the measurement alone, no training, saving or drawing); figure {paths[0]}")
 
 

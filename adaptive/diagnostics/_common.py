@@ -165,6 +165,19 @@ def kept_buffers(model: nn.Module):
 
 
 @contextlib.contextmanager
+def kept_grads(model: nn.Module):
+    """Every parameter's ``.grad`` of ``model`` as it was on entry, put back on exit: a diagnostic that reads
+    gradients by ``backward()`` (which the utility statistics read from ``.grad``) leaves a caller's pending
+    gradients, taken between its backward pass and its optimizer step, as they were."""
+    kept = [(p, p.grad) for p in {id(p): p for p in model.parameters()}.values()]
+    try:
+        yield
+    finally:
+        for p, g in kept:
+            p.grad = g
+
+
+@contextlib.contextmanager
 def measured_gradients(params, what: str):
     """The frame of a diagnostic's gradient work: autograd records inside even when the caller
     runs under ``torch.no_grad()`` or ``torch.inference_mode()``, and every tensor of ``params``

@@ -176,7 +176,13 @@ def _forever(loader):
             empty = False
             yield x, y
         if empty:
-            raise ValueError("the fine-tune loader yielded no batches")
+            if iter(loader) is loader:  # a generator or iterator: one pass (the order's, or its own) uses it up
+                raise ValueError("the fine-tune loader yielded no batches: it is a generator or iterator, which one pass "
+                                 "uses up (the removal order's, where no finetune_loader is given, or its own before the "
+                                 "fine-tune had its batches), or it is empty; pass a DataLoader or a list of batches, "
+                                 "which can be read again")
+            raise ValueError("the fine-tune loader yielded no batches: it is empty; pass one with at least one "
+                             "(inputs, targets) batch")
 
 
 @dataclass
@@ -214,7 +220,8 @@ class KnowledgeCurve:
 
     def save(self, out_dir: str) -> None:
         """Write ``knowledge_curve.csv/.md``, ``knowledge_fit.csv/.md`` and ``knowledge_summary.json``
-        (strict JSON: a fit that failed has null, not NaN, figures)."""
+        (strict JSON: a fit that failed has the strings "NaN" or "Infinity", not the bare tokens, as figures;
+        :mod:`adaptive.jsonio`, which :meth:`load` reads back as floats)."""
         import os
 
         os.makedirs(out_dir, exist_ok=True)
@@ -664,13 +671,14 @@ def knowledge_distribution(
     note = f"evaluated on {base['samples']} samples"
     if "positions" in base:
         note += f" ({base['positions']} positions)"
+    caveats = []  # what the recipe's own note keeps too (it dropped what was already pruned)
     if every > live_flat.numel():  # include/exclude left layers out: the counts are of those measured
-        note += (f"; only {live_flat.numel()} of the model's {every} prunable weights measured (include/exclude): "
-                 "removed and fractions are of those")
+        caveats.append(f"only {live_flat.numel()} of the model's {every} prunable weights measured (include/exclude): "
+                       "removed and fractions are of those")
     if pruned_before:
-        note += (f"; {pruned_before} of the {total + pruned_before} prunable weights were already pruned (the model's "
-                 f"Connectome): they stay pruned and are not counted, removed and fractions are of the {total} live ones")
-    caveats = []  # what the recipe's own note keeps too
+        caveats.append(f"{pruned_before} of the {total + pruned_before} prunable weights were already pruned (the "
+                       f"model's Connectome): they stay pruned and are not counted, removed and fractions are of the "
+                       f"{total} live ones")
     if norms and not bn_data:
         caveats.append("BatchNorm evaluated with the intact network's running statistics" +
                        (", moved only by the fine-tune's steps" if finetune_batches else "") +

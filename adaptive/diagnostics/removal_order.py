@@ -15,7 +15,7 @@ import torch
 from ..global_rng import kept_global_rng
 from ..metrics import call_model, example_count, to_device
 from ..warn import warn_user
-from ._common import default_loss, iterate_batches, measured_gradients, model_device, scalers_suspended
+from ._common import default_loss, iterate_batches, kept_grads, measured_gradients, model_device, scalers_suspended
 from ..modes import modes_kept
 from ..policies.base import _stable_argsort
 
@@ -23,16 +23,16 @@ from ..policies.base import _stable_argsort
 def _gradient_batches(conn, loader, batches, loss_fn, desc):
     """Yield after each batch's backward pass (``.grad`` of the connectome's weights is fresh).
     Every weight of the connectome gets its gradient, a frozen one (``requires_grad=False``) too:
-    it requires grad while the batches run and gets its flag back afterwards."""
+    it requires grad while the batches run and gets its flag back afterwards. Every ``.grad`` of the
+    model is given back as it was (it was left None, a caller's pending gradients lost)."""
     model = conn.model
     device = model_device(model)
-    with measured_gradients(conn.params.values(), "removal_scores"), modes_kept(model, False), \
+    with kept_grads(model), measured_gradients(conn.params.values(), "removal_scores"), modes_kept(model, False), \
             scalers_suspended(model):  # scores read the model's own gradients
         for x, y in iterate_batches(loader, batches, desc=desc):
             model.zero_grad(set_to_none=True)
             loss_fn(call_model(model, to_device(x, device), "removal_scores"), to_device(y, device)).backward()
             yield example_count(y)  # the batch's examples (x may be a tuple of inputs)
-    model.zero_grad(set_to_none=True)
 
 
 @kept_global_rng()

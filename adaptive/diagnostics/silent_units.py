@@ -171,7 +171,12 @@ class SilentUnits:
                 # gradient of its absent weights says (a controller may read dense gradients)
                 peak = torch.where(self._has_input(n, peak.device), peak, torch.zeros((), dtype=peak.dtype,
                                                                                         device=peak.device))
+            # kept as float32 (the interval all processes add up): a float64 peak under float32's range (1e-60)
+            # rounded to 0 and its unit read silent; it is kept as float32's least normal number, reached
+            wide = peak
             peak = peak.float()
+            if wide.dtype == torch.float64:
+                peak = torch.where((peak == 0) & (wide != 0), torch.finfo(torch.float32).tiny, peak)
             held = self._peak[n]
             # NaN/inf count as reached: a diverged step is not a silent unit
             # (an interval resumed from a checkpoint is held on the CPU until the first gradient arrives)
