@@ -192,13 +192,13 @@ def _write_folder(root, n_per_class=6, classes=("cat", "dog", "emu")):
 
 
 def test_cifar10_folder_cache_holdout_and_lazy_test(tmp_path, monkeypatch):
-    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "train")
-    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "test", n_per_class=2)
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "train", classes=CIFAR10_CLASSES)
+    _write_folder(tmp_path / "data" / "cifar10-jpeg" / "test", n_per_class=2, classes=CIFAR10_CLASSES)
     cache = tmp_path / "cache"
     s = get_datasets("cifar10", data_dir=tmp_path / "data", holdout=1 / 3, seed=0, cache_dir=cache,
                      normalize="none")
-    assert s.classes == ["cat", "dog", "emu"] and s.in_shape == (3, 32, 32)
-    assert torch.bincount(s.holdout.targets).tolist() == [2, 2, 2]  # class-grouped files, stratified draw
+    assert s.classes == list(CIFAR10_CLASSES) and s.in_shape == (3, 32, 32)
+    assert torch.bincount(s.holdout.targets).tolist() == [2] * 10  # class-grouped files, stratified draw
     assert set(s.train.indices.tolist()).isdisjoint(s.holdout.indices.tolist())
     assert folder_cache.cache_file(tmp_path / "data/cifar10-jpeg/train", "cifar10-jpeg-train", cache).is_file()
     assert not folder_cache.cache_file(tmp_path / "data/cifar10-jpeg/test", "cifar10-jpeg-test", cache).exists()
@@ -214,7 +214,7 @@ def test_cifar10_folder_cache_holdout_and_lazy_test(tmp_path, monkeypatch):
     monkeypatch.setattr(folder_cache, "decode_folder", lambda root, **k: decoded.append(root.name) or real(root, **k))
     s2 = get_datasets("cifar10", data_dir=tmp_path / "data", cache_dir=cache)
     assert decoded == []
-    assert len(s2.test) == 6 and decoded == ["test"]  # the test split is decoded when first used
+    assert len(s2.test) == 20 and decoded == ["test"]  # the test split is decoded when first used
     assert folder_cache.cache_file(tmp_path / "data/cifar10-jpeg/test", "cifar10-jpeg-test", cache).is_file()
     x, _ = s2.train[0]
     assert abs(x.mean().item()) < 2.5  # imagenet normalisation by default
@@ -349,7 +349,7 @@ def test_cifar10_facts_from_folder_names_and_one_image_header(tmp_path, monkeypa
 
     rng = np.random.default_rng(0)
     base = tmp_path / "cifar10-jpeg"
-    for split, classes in (("train", ("cat", "dog", "emu")), ("test", ("cat", "dog", "emu"))):
+    for split, classes in (("train", CIFAR10_CLASSES), ("test", CIFAR10_CLASSES)):
         for c in classes:
             (base / split / c).mkdir(parents=True)
             for i in range(3):
@@ -359,8 +359,8 @@ def test_cifar10_facts_from_folder_names_and_one_image_header(tmp_path, monkeypa
         facts = dataset_facts("cifar10", data_dir=tmp_path, normalize="cifar")
         assert dataset_facts("cifar10", data_dir=tmp_path, normalize="bogus") is None  # the builder refuses it
     s = get_datasets("cifar10", data_dir=tmp_path, holdout=1 / 3, cache_dir=tmp_path / "cache")
-    assert facts == (s.num_classes, s.in_shape) == (3, (3, 10, 12))
-    (base / "test" / "emu").rename(base / "test" / "fox")  # refused by the builder: no facts either
+    assert facts == (s.num_classes, s.in_shape) == (10, (3, 10, 12))
+    (base / "test" / "truck").rename(base / "test" / "fox")  # refused by the builder: no facts either
     assert dataset_facts("cifar10", data_dir=tmp_path) is None
     (base / "test").rename(tmp_path / "elsewhere")
     assert dataset_facts("cifar10", data_dir=tmp_path) is None
@@ -533,3 +533,67 @@ def test_cifar10_data_dir_given_as_dot_inside_the_copy_caches_under_its_name(tmp
     s = get_datasets("cifar10", data_dir=".", holdout=1 / 3, cache_dir=tmp_path / "c")
     assert len(s.test) == 10
     assert _cache_files(tmp_path / "c") == ["cifar10-jpeg-test", "cifar10-jpeg-train"]
+
+
+@pytest.mark.parametrize("where", ["data_dir", "ADAPTIVE_DATA"])
+def test_a_cifar10_copy_found_under_its_folder_name_with_other_classes_is_refused_too(tmp_path, monkeypatch, where):
+    """The class folders were checked only where --data-dir was the copy itself: found as DIR/cifar10-jpeg (the
+    documented layout, through --data-dir DIR or ADAPTIVE_DATA=DIR), a copy with truck renamed autotruck was read
+    as CIFAR-10 with its labels renumbered by its folders (a pretrained resnet20: 19% where the copy gives 80%),
+    and one without airplane as 9 classes."""
+    renamed = tuple(sorted(c if c != "truck" else "autotruck" for c in CIFAR10_CLASSES))
+    for split in ("train", "test"):
+        _write_folder(tmp_path / "data" / "cifar10-jpeg" / split, n_per_class=1, classes=renamed)
+    kw = {"data_dir": tmp_path / "data"} if where == "data_dir" else {}
+    if where == "ADAPTIVE_DATA":
+        monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "data"))
+    with pytest.raises(ValueError, match=r"\S+cifar10-jpeg \(found for cifar10\) is not a CIFAR-10 copy: its train/ "
+                                         r"holds 10 class folder\(s\), lacking truck, with autotruck .*--dataset folder "
+                                         r"--data-dir \S+cifar10-jpeg"):
+        get_datasets("cifar10", cache_dir=tmp_path / "c", **kw)
+    assert not (tmp_path / "c").exists()  # nothing decoded or cached
+
+
+def test_the_test_split_pickles_as_the_dataset_it_builds_for_spawned_loader_workers():
+    """A DataLoader worker started by spawn or forkserver pickles its dataset: the test split's lazy factory, a
+    closure, could not be pickled, and a run with --num_workers failed at its report, after training."""
+    import pickle
+
+    splits = get_datasets("digits", holdout=0.1, seed=0, test_subset=50)
+    assert not splits.test.materialized
+    back = pickle.loads(pickle.dumps(splits.test))
+    assert len(back) == len(splits.test) == 50
+    assert all(torch.equal(back[i][0], splits.test[i][0]) and back[i][1] == splits.test[i][1] for i in range(50))
+
+
+@pytest.mark.parametrize("fault, problem", [
+    ("test_labels_1_to_10", r"its test labels run from 1 to 10; MNIST's are the digits 0\.\.9"),
+    ("negative_train_label", r"its train labels run from -1 to 9"),
+    ("float_labels", r"its train labels are float64; MNIST's are integers 0\.\.9"),
+    ("bool_labels", r"its train labels are bool"),
+    ("float_images", r"its array x_train holds float32 images; MNIST's are uint8 \(0\.\.255\)"),
+    ("int16_test_images", r"its array x_test holds int16 images"),
+])
+def test_mnist_npz_labels_and_images_of_other_values_are_refused_before_training(tmp_path, fault, problem):
+    """Only shapes were checked: labels of 1..10 in the test split failed the run's report with torch's bare
+    IndexError, float labels were cut to whole numbers, bool ones made two classes, float images of 0..255 were
+    used unscaled (normalised pixels up to 827)."""
+    rng = np.random.default_rng(0)
+    a = dict(x_train=rng.integers(0, 256, (60, 28, 28), dtype=np.uint8), y_train=np.arange(60) % 10,
+             x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), y_test=np.arange(20) % 10)
+    if fault == "test_labels_1_to_10":
+        a["y_test"] = a["y_test"] + 1
+    elif fault == "negative_train_label":
+        a["y_train"][0] = -1
+    elif fault == "float_labels":
+        a["y_train"] = a["y_train"].astype(np.float64)
+    elif fault == "bool_labels":
+        a["y_train"] = a["y_train"] % 2 == 0
+    elif fault == "float_images":
+        a["x_train"] = a["x_train"].astype(np.float32)
+    else:
+        a["x_test"] = a["x_test"].astype(np.int16)
+    (tmp_path / "mnist").mkdir()
+    np.savez(tmp_path / "mnist" / "mnist.npz", **a)
+    with pytest.raises(ValueError, match=r"mnist\.npz: " + problem):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0.2, seed=0)

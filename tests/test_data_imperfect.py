@@ -62,14 +62,19 @@ def test_cifar_test_split_with_a_hidden_class_folder_is_refused_not_read_with_la
 
 @pytest.mark.parametrize("stray", ["zebra"])
 def test_cifar_class_folder_without_images_is_named_with_its_path_and_the_fix(tmp_path, monkeypatch, stray):
-    """torchvision's own error ('Found no valid file for the classes zebra') named neither the folder nor the fix."""
+    """torchvision's own error ('Found no valid file for the classes zebra') named neither the folder nor the fix. A
+    folder that is none of CIFAR-10's classes is refused as such (wherever the copy is found), naming it empty; an
+    empty class folder of the copy of another dataset (--dataset folder) is refused by name as before."""
     monkeypatch.setenv("ADAPTIVE_CACHE", str(tmp_path / "cache"))
     _cifar_copy(tmp_path)
     for split in ("train", "test"):
         (tmp_path / "cifar10-jpeg" / split / stray).mkdir()
-    with pytest.raises(FileNotFoundError, match=rf"cifar10-jpeg/train: the class folder\(s\) \['{re.escape(stray)}'\] hold no "
-                                                r"image.*add images to those folders, or delete them"):
+    with pytest.raises(ValueError, match=rf"cifar10-jpeg \(found for cifar10\) is not a CIFAR-10 copy: its train/ holds 11 "
+                                         rf"class folder\(s\), with {stray} \({stray}: empty, delete it\)"):
         get_datasets("cifar10", data_dir=tmp_path, holdout=0)
+    with pytest.raises(FileNotFoundError, match=rf"cifar10-jpeg/train: Found no valid file for the classes {stray}\..*"
+                                                r"add images to the folders named, or delete those folders"):
+        get_datasets("folder", data_dir=tmp_path / "cifar10-jpeg", holdout=0)
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10"])

@@ -159,7 +159,9 @@ def _folder(root, n=3, classes=("a", "b")):
 
 
 def test_cifar_without_test_folder_is_refused_up_front(tmp_path):
-    _folder(tmp_path / "cifar10-jpeg" / "train")
+    from adaptive.data.cifar import CLASSES
+
+    _folder(tmp_path / "cifar10-jpeg" / "train", n=1, classes=CLASSES)
     with pytest.raises(DatasetNotFoundError, match=r"cifar10 test split not found: expected .*cifar10-jpeg/test"):
         get_datasets("cifar10", data_dir=tmp_path, cache_dir=tmp_path / "cache")  # was: only at the final report
 

@@ -131,12 +131,16 @@ def test_a_cifar_folder_whose_splits_disagree_is_refused(tmp_path):
         get_datasets("cifar10", data_dir=tmp_path, holdout=0.25, cache_dir=tmp_path / "cache")
 
 
-def test_a_cifar_folder_reports_its_own_classes_and_image_size(tmp_path):
+def test_a_cifar_folder_reports_its_own_image_size_and_other_classes_are_refused(tmp_path):
     from adaptive.data import get_datasets
 
-    _cifar_folder(tmp_path, side=16, classes=3)
+    _cifar_folder(tmp_path, side=16)
     s = get_datasets("cifar10", data_dir=tmp_path, holdout=0.5, cache_dir=tmp_path / "cache")
-    assert (s.num_classes, s.in_shape) == (3, (3, 16, 16))  # it said 10 and (3, 32, 32)
+    assert (s.num_classes, s.in_shape) == (10, (3, 16, 16))  # it said (3, 32, 32)
+    # three of the classes: read as a 3-class cifar10 once, refused now (another dataset reads with --dataset folder)
+    _cifar_folder(tmp_path / "three", side=16, classes=3)
+    with pytest.raises(ValueError, match=r"is not a CIFAR-10 copy: its train/ holds 3 class folder\(s\), lacking cat"):
+        get_datasets("cifar10", data_dir=tmp_path / "three", holdout=0.5, cache_dir=tmp_path / "cache")
 
 
 def test_the_folder_cache_notices_a_file_rewritten_at_the_same_size(tmp_path):

@@ -438,9 +438,11 @@ def test_on_cifar10_a_count_beyond_the_model_is_refused_before_any_data_is_read(
         import numpy as np
         from PIL import Image
 
+        from adaptive.data.cifar import CLASSES
+
         data = tmp_path / "data"
         for split in ("train", "test"):
-            for c in "abcdefghij":
+            for c in CLASSES:
                 (data / "cifar10-jpeg" / split / c).mkdir(parents=True)
                 Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(data / "cifar10-jpeg" / split / c / "0.png")
     monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **kw: pytest.fail("the data was read"))

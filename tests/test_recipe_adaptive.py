@@ -1829,3 +1829,39 @@ def test_the_density_note_never_shows_a_density_of_all_or_none_that_it_is_not():
     for got, said in ((0.99996, "0.99996"), (1.0, "1.0000"), (0.00004, "0.00004"), (0.7, "0.7000")):
         note = _density_note(cfg, {"density": got, "updates": 0}, 100, ctrl)
         assert note.startswith(f"the run ended at density {said}, not the requested 0.5: policy 'gmp'"), note
+
+
+@pytest.mark.parametrize("mode", [["--mode", "train"], ["--mode", "mask_only", "--target", "0.5"]])
+def test_a_test_split_that_fails_at_the_report_leaves_the_trained_connectome_written(tmp_path, monkeypatch, capsys,
+                                                                                     mode):
+    """The test split is read for the first time at the report (a test image cut short is found there): its
+    failure left a run, of hours, with config.yaml and metrics.csv alone. The connectome and the dense state_dict
+    are written before it is read, and are those of the network trained."""
+    from recipes._adaptive import report
+
+    def fail(*_a, **_k):
+        raise ValueError("a test image cannot be read as an image")
+
+    seen = {}
+    real = report._save_trained
+
+    def save(accelerator, output_dir, conn):
+        real(accelerator, output_dir, conn)
+        seen["masks"] = {n: m.clone() for n, m in conn.masks.items()}
+
+    monkeypatch.setattr(report, "_save_trained", save)
+    for module in ("train", "mask_only_run"):
+        monkeypatch.setattr(f"recipes._adaptive.{module}._test_eval", fail)
+        monkeypatch.setattr(f"recipes._adaptive.{module}._save_trained", save)
+    with pytest.raises(SystemExit):
+        R.main(mode + ["--output_dir", str(tmp_path), "--max_steps", "4", "--update_every", "2", "--threads", "1",
+                       "--progress", "false", "--figures", "false"])
+    assert "a test image cannot be read as an image" in capsys.readouterr().err
+    import adaptive
+    from adaptive.models import build_model
+
+    model = build_model("mlp", num_classes=10, in_shape=(1, 8, 8))
+    model.load_state_dict(torch.load(tmp_path / "dense_state_dict.pt", weights_only=True))
+    conn = adaptive.Connectome.load(str(tmp_path / "connectome.safetensors"), model)
+    assert all(torch.equal(conn.masks[n].cpu(), seen["masks"][n].cpu()) for n in seen["masks"])
+    assert 0 < conn.num_live() < conn.num_synapses()

@@ -154,6 +154,14 @@ class LazyDataset(Dataset):
     def materialized(self) -> bool:
         return self._dataset is not None
 
+    def __getstate__(self):
+        """Pickled as the dataset it builds, without its factory (a closure, which pickle cannot take): a
+        DataLoader worker started by "spawn" or "forkserver" (macOS's and Windows' default; Linux's from
+        Python 3.14) pickles its dataset, and the test loader failed there at the run's last step, its report."""
+        state = dict(self.__dict__)
+        state["_dataset"], state["_factory"] = self.dataset, None
+        return state
+
     @property
     def dataset(self) -> Dataset:
         if self._dataset is None:

@@ -38,19 +38,26 @@ def _explicit(data_dir) -> bool:
 
 def _find(data_dir) -> Path:
     """The CIFAR-10 copy ``data_dir`` (or the default folders) holds: :func:`find_data` over
-    :func:`_relpaths`. A ``data_dir`` read as the copy itself (its own train/, under any folder name) is
-    taken only where train/ holds CIFAR-10's ten class folders: any folder with train/ and test/
-    (another dataset's ImageFolder tree, CIFAR-100's) would otherwise be read as CIFAR-10, silently."""
+    :func:`_relpaths`. An ImageFolder copy (``cifar10-jpeg/``, ``cifar10/`` or a ``data_dir`` read as the copy
+    itself, its own train/) is taken only where train/ holds CIFAR-10's ten class folders: any folder with
+    train/ and test/ (another dataset's ImageFolder tree, CIFAR-100's) would otherwise be read as CIFAR-10,
+    silently, its labels numbered by its own folders."""
     found = find_data("cifar10", _relpaths(data_dir), data_dir, how=HOW)
-    if _explicit(data_dir) and found == Path(data_dir).expanduser() / OWN_FOLDER[0]:
+    if found.name == "train":  # an ImageFolder copy, wherever it was found (cifar10-jpeg/, cifar10/, --data-dir itself)
         classes = _classes(found)
-        if tuple(classes) != CLASSES:
+        if tuple(classes) != CLASSES:  # (found as DIR/cifar10-jpeg it was taken unchecked: a folder renamed, truck to
+            # autotruck, renumbered the labels, and a pretrained resnet20 scored 19% on it; one left out read as 9 classes)
+            own = _explicit(data_dir) and found == Path(data_dir).expanduser() / OWN_FOLDER[0]
+            copy = data_dir if own else found.parent
             missing, other = [c for c in CLASSES if c not in classes], [c for c in classes if c not in CLASSES]
+            empty = [c for c in other if not any(os.scandir(found / c))]  # (a stray folder: deleting it is the fix)
             raise ValueError(
-                f"--data-dir {data_dir} is not a CIFAR-10 copy: its train/ holds {len(classes)} class folder(s)"
+                (f"--data-dir {data_dir}" if own else f"{copy} (found for cifar10)")
+                + f" is not a CIFAR-10 copy: its train/ holds {len(classes)} class folder(s)"
                 + (f", lacking {_some(missing)}" if missing else "") + (f", with {_some(other)}" if other else "")
+                + (f" ({_some(empty)}: empty, delete {'it' if len(empty) == 1 else 'them'})" if empty else "")
                 + f" (CIFAR-10's are {', '.join(CLASSES)}); another ImageFolder dataset (or a CIFAR-10 copy whose "
-                f"folders are named otherwise) reads with --dataset folder --data-dir {data_dir} (docs/data.md)")
+                f"folders are named otherwise) reads with --dataset folder --data-dir {copy} (docs/data.md)")
     return found
 
 

@@ -77,7 +77,7 @@ def _check_shapes(path, split, x_shape, y_shape) -> None:
 
 
 def _npz_shape(path: Path, zf, key: str) -> tuple:
-    """The shape of array ``key`` of the npz ``path`` (``zf``: its open zip) from the .npy header alone,
+    """The shape and dtype of array ``key`` of the npz ``path`` (``zf``: its open zip) from the .npy header alone,
     checked against the member's size (an array cut short is refused, naming the file). The member is
     the one ``np.load`` reads as ``key`` (``key`` itself, else ``key.npy``); one that is no .npy array, or
     holds no numbers (Python objects, which are not unpickled; strings), is refused, naming the file."""
@@ -96,7 +96,7 @@ def _npz_shape(path: Path, zf, key: str) -> tuple:
     if zf.getinfo(member).file_size != header + int(np.prod(shape)) * dtype.itemsize:
         raise ValueError(f"{path}: its array {key} of shape {shape} does not hold {int(np.prod(shape))} values of "
                          f"{dtype} (cut short, or padded): replace it with a whole copy")
-    return shape
+    return shape, dtype
 
 
 def _idx_shape(path: Path) -> tuple:
@@ -117,13 +117,33 @@ def _idx_shape(path: Path) -> tuple:
 
 def _check_split(path: Path, split: str) -> None:
     """Check ``split``'s arrays as cheaply as they can be: their shapes and sizes from the headers (a
-    gzipped raw file is unzipped), no array read; a flat or cut-short copy is refused, naming the file."""
+    gzipped raw file is unzipped), the images' dtype, and the labels (read: 10,000 or 60,000 numbers);
+    a flat or cut-short copy, images other than uint8 and labels outside 0..9 are refused, naming the file."""
     if path.name == "raw":
         x_shape, y_shape = (_idx_shape(_raw_file(path, split, k)) for k in KINDS)
-    else:
-        with np.load(path, allow_pickle=False) as f:
-            x_shape, y_shape = (_npz_shape(path, f.zip, f"{k}_{split}") for k in "xy")
-    _check_shapes(path, split, x_shape, y_shape)
+        _check_shapes(path, split, x_shape, y_shape)
+        _check_labels(path, split, _read_idx(_raw_file(path, split, KINDS[1])).numpy())
+        return
+    with np.load(path, allow_pickle=False) as f:
+        (x_shape, x_type), (y_shape, _) = (_npz_shape(path, f.zip, f"{k}_{split}") for k in "xy")
+        _check_shapes(path, split, x_shape, y_shape)
+        # (the images are not read: their dtype is the header's; float 0..255 was used unscaled, pixels normalised to 827)
+        if x_type != np.uint8:
+            raise ValueError(f"{path}: its array x_{split} holds {x_type} images; MNIST's are uint8 (0..255), which "
+                             "are scaled to 0..1 and normalised: replace it with a good copy (or convert the images to "
+                             "uint8 0..255)")
+        _check_labels(path, split, f[f"y_{split}"])
+
+
+def _check_labels(path: Path, split: str, y: np.ndarray) -> None:
+    """Refuse labels that are not integers 0..9 (floats were cut to whole numbers, bools made two classes, a 10
+    failed the run's last step, its report, with torch's bare IndexError)."""
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{path}: its {split} labels are {y.dtype}; MNIST's are integers 0..9: replace it with a "
+                         "good copy")
+    if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
+        raise ValueError(f"{path}: its {split} labels run from {int(y.min())} to {int(y.max())}; MNIST's are the "
+                         "digits 0..9: replace it with a good copy")
 
 
 def _arrays(path, split):

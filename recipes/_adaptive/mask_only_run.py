@@ -14,7 +14,8 @@ from .builders import _refuse_differing_splits
 from .checks import _estimator
 from .config import _target
 from .folder import MASK_ONLY_CHECKPOINT, _save_config
-from .report import RunResult, _end, _finish, _nonzero, _split_labels, _test_eval, _test_split_size, _write_outputs
+from .report import (RunResult, _end, _finish, _nonzero, _save_trained, _split_labels, _test_eval, _test_split_size,
+                     _write_outputs)
 from .resume import _stage_precision_fix
 
 
@@ -104,6 +105,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
         removed = h.get("train_removed", h["removed"]) if h["kind"] == "update" else h["removed"]
         st.metrics[-1].update(density=live_share(removed), removed=removed)  # what the row measured
         state.metrics += st.metrics
+    _save_trained(accelerator, output_dir, conn)  # kept should the test split fail, read for the first time now
     _refuse_differing_splits(cfg, loaders, test=test_dl)  # read now, for the report: its evaluation's batches must match
     with accelerator.autocast():
         test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)

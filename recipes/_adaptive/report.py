@@ -79,6 +79,18 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
     return files
 
 
+def _save_trained(accelerator, output_dir: Path, conn) -> None:
+    """The connectome and the dense state_dict, written before the test split is first read for the report
+    (and again with the rest after it): a test split that fails only then (a test image cut short, or of
+    another size than the first, decoded for the first time there; labels out of range) left a run of hours
+    with config.yaml and metrics.csv alone."""
+    def write():
+        conn.save(output_dir / "connectome.safetensors", with_original=conn.mode == "mask_only")
+        atomic_torch_save(conn.dense_state_dict(device="cpu"), output_dir / "dense_state_dict.pt")
+
+    main_writes(accelerator, f"the trained connectome into {output_dir}", write)
+
+
 def _end(accelerator) -> None:
     """Leave the process group together: a rank that tears down its group while another is still
     writing can take the rendezvous store with it and abort the other at exit."""

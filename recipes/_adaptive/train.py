@@ -35,8 +35,8 @@ from .folder import CONFIG_COPY, _INTERRUPT, CheckpointError, _broadcast_str, _o
 from .mask_only_run import _mask_only
 from .notes import _batch_note, _density_note, _last_train_loss, _update_note, dying_relu_remedy
 from .precision import _inert_fp16, _no_fp16_autocast, _refuse_inert_precision
-from .report import RunResult, _end, _finish, _nonzero, _row_lr, _split_labels, _test_eval, _test_split_size, \
-    _write_outputs
+from .report import RunResult, _end, _finish, _nonzero, _row_lr, _save_trained, _split_labels, _test_eval, \
+    _test_split_size, _write_outputs
 from .resume import _check_resumed_config, _mask_only_run_dir, _train_mode_mask_only_kw
 
 
@@ -401,6 +401,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     last = state.metrics[-1] if state.metrics else {}
     # the holdout score of the final network: reused only if it was taken at the last step
     holdout_acc = last["accuracy"] if last.get("split") == "holdout" and last.get("step") == state.step else eval_holdout()
+    _save_trained(accelerator, output_dir, conn)  # kept should the test split fail, read for the first time now
     _refuse_differing_splits(cfg, loaders, test=test_dl)  # read now, for the report: its evaluation's batches must match
     test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, _row_lr(state, optimizer))
