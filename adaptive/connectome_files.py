@@ -109,7 +109,11 @@ class ConnectomeFilesMixin:
                              "a run or Connectome.save wrote") from None
         with opened as f:
             meta = f.metadata() or {}
-            if "sha256" in meta:  # files saved before checksums were load unverified
+            if "sha256" not in meta:  # files saved before checksums (2026-12-02) load unverified, said so
+                warn_user(f"{path} carries no sha256 (written before connectome files had one, or its metadata "
+                          "altered), so its content cannot be verified: it is loaded as it reads; save it again "
+                          "(Connectome.save) to store one")
+            else:
                 from .integrity import tensors_digest
 
                 try:
@@ -165,7 +169,9 @@ class ConnectomeFilesMixin:
                     f"{PRUNABLE_LIST}): load the file into a model of the "
                     "architecture it was saved from, or build a new Connectome on this model")
             if tuple(params[n].shape) != s:
-                raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}")
+                raise ValueError(f"shape mismatch for {n!r}: saved {s}, model has {tuple(params[n].shape)}: {path} was "
+                                 "saved from a model of other layer sizes, and nothing was loaded; load it into the "
+                                 "model it was saved from (its architecture and sizes)")
         empty = _empty_saved({n: torch.Size(v).numel() for n, v in shapes.items()}, params)
         if empty:
             shapes, packed, original = ({n: v for n, v in d.items() if n not in empty} for d in (shapes, packed, original))
@@ -191,8 +197,8 @@ class ConnectomeFilesMixin:
             conn._check_same_ensembles(meta["ensemble"], json.loads(meta["ensembles"]), str(path))
         _warn_left_dense(model, conn, meta.get("outside"), path)
         if original:
-            for n, o in original.items():
-                conn.original[n] = o.to(conn.params[n].device, conn.params[n].dtype)
+            for n, o in original.items():  # in their own dtype, as saved (load_state_dict says why)
+                conn.original[n] = o.to(conn.params[n].device)
         masks = {n: bitpack.unpack(packed[n], shapes[n]) for n in shapes}
         conn.set_masks(masks)
         conn.apply()

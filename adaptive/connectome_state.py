@@ -61,8 +61,11 @@ class ConnectomeStateMixin:
         (:meth:`check_state_dict`). Optimizer state is reset only where a synapse is absent, so the
         optimizer may be loaded before or after the connectome."""
         clean, original = self._loadable(sd)
+        self._check_params()  # (a model whose parameters were replaced: refused before the originals are taken)
         if original:
-            self.original = {n: original[n].to(self.params[n].device, self.params[n].dtype).clone() for n in self.params}
+            # in their own dtype, as saved: a connectome built before the model was cast (model.half()) keeps its
+            # float32 originals, which apply() casts as it goes; cast to the model's they lost their low bits
+            self.original = {n: original[n].to(self.params[n].device, copy=True) for n in self.params}
         # a restore, not an edit: an optimizer loaded from the same checkpoint (Accelerate loads it
         # first) keeps its moments where a synapse is present
         changed = self._set(clean, restore=True, notify=False)
@@ -195,6 +198,10 @@ def _check_state_entries(sd: Mapping) -> None:
         if not isinstance(o, torch.Tensor):
             raise TypeError(f"the connectome state_dict's original weight for {n!r} must be a torch.Tensor, got "
                             f"{type(o).__name__}: {fix}")
+        # (a meta tensor failed the load with torch's bare NotImplementedError, a complex one lost its imaginary part)
+        if not o.is_floating_point() or o.device.type == "meta":
+            raise TypeError(f"the connectome state_dict's original weight for {n!r} is a {o.dtype} tensor on {o.device}: "
+                            f"originals are real floating-point weights with values (not on the meta device): {fix}")
 
 
 def check_same_mode(saved, mine: str, what: str, carry: str) -> None:

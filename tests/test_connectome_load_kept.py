@@ -1,0 +1,107 @@
+"""What a connectome's load keeps and refuses: the frozen originals in the dtype they were saved in, nothing
+changed by a refused load_state_dict, originals that are no real weights refused by name, a file without its
+checksum loaded with a warning, a shape mismatch naming the fix."""
+import json
+import struct
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import adaptive
+
+torch.set_num_threads(1)
+
+
+def _cast_after_building(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 4))
+    ref = m[0].weight.detach().clone()
+    conn = adaptive.Connectome(m, mode="mask_only")
+    m.half()  # cast after building: the originals stay float32, apply() casts them as it goes
+    conn.set_masks({"0.weight": torch.rand(4, 8, generator=torch.Generator().manual_seed(1)) < 0.5})
+    path = tmp_path / "c.safetensors"
+    conn.save(str(path), with_original=True)
+    return conn, ref, path
+
+
+@pytest.mark.parametrize("how", ["file", "state_dict"])
+def test_originals_load_in_the_dtype_they_were_saved_in(tmp_path, how):
+    """A mask_only connectome built before its model was cast to half keeps float32 originals; its file and its
+    state_dict loaded them cast to the model's half, so the loaded connectome, its model cast back to float32
+    and every synapse restored, held other weights than the original ones."""
+    conn, ref, path = _cast_after_building(tmp_path)
+    m = nn.Sequential(nn.Linear(8, 4)).half()
+    if how == "file":
+        loaded = adaptive.Connectome.load(str(path), m)
+    else:
+        loaded = adaptive.Connectome(m, mode="mask_only")
+        loaded.load_state_dict(conn.state_dict())
+    assert loaded.original["0.weight"].dtype == torch.float32
+    assert torch.equal(loaded.original["0.weight"], conn.original["0.weight"])
+    assert torch.equal(loaded.masks["0.weight"], conn.masks["0.weight"])
+    m.float()
+    loaded.set_masks({"0.weight": torch.ones(4, 8, dtype=torch.bool)})
+    assert torch.equal(m[0].weight.detach(), ref)  # bit for bit the weights the connectome was built on
+
+
+def test_a_refused_load_state_dict_leaves_the_originals_as_they_were():
+    """The originals were taken before the check that refuses a model whose parameters were replaced: the
+    refused load left the masks as they were and the originals the refused state's."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 3))
+    conn = adaptive.Connectome(m, mode="mask_only")
+    sd = conn.state_dict()
+    sd["original"] = {"0.weight": torch.full((3, 6), 7.0)}
+    before = conn.original["0.weight"].clone()
+    m.load_state_dict({k: v.clone() for k, v in m.state_dict().items()}, assign=True)  # parameters replaced
+    with pytest.raises(RuntimeError, match="are no longer the ones this Connectome masks"):
+        conn.load_state_dict(sd)
+    assert torch.equal(conn.original["0.weight"], before)
+
+
+@pytest.mark.parametrize("bad", ["meta", "complex", "integer"])
+def test_originals_that_are_no_real_weights_are_refused_by_name_before_anything_loads(bad):
+    """A meta original was accepted by check_state_dict and failed the load with torch's bare NotImplementedError;
+    a complex one was loaded as its real part."""
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 3)), mode="mask_only")
+    sd = conn.state_dict()
+    o = {"meta": torch.empty(3, 6, device="meta"), "complex": torch.ones(3, 6, dtype=torch.complex64),
+         "integer": torch.ones(3, 6, dtype=torch.int64)}[bad]
+    sd["original"] = {"0.weight": o}
+    before = conn.original["0.weight"].clone()
+    for call in (conn.check_state_dict, conn.load_state_dict):
+        with pytest.raises(TypeError, match=r"original weight for '0\.weight' is a torch\.\w+ tensor on \w+: originals "
+                                            r"are real floating-point weights"):
+            call(sd)
+    assert torch.equal(conn.original["0.weight"], before)
+
+
+def test_a_connectome_file_without_its_checksum_loads_with_a_warning(tmp_path):
+    """A file whose sha256 entry is gone (its name altered by one byte) loaded unverified and unsaid, whatever its
+    masks held."""
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(8, 4)))
+    conn.set_masks({"0.weight": torch.rand(4, 8, generator=torch.Generator().manual_seed(0)) < 0.5})
+    path = tmp_path / "c.safetensors"
+    conn.save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an intact file: no warning
+        adaptive.Connectome.load(str(path), nn.Sequential(nn.Linear(8, 4)))
+    b = bytearray(path.read_bytes())
+    n = struct.unpack("<Q", b[:8])[0]
+    i = b.index(b'"sha256"')
+    b[i + 6] = ord("7")
+    off = json.loads(b[8:8 + n])["mask/0.weight"]["data_offsets"][0]
+    b[8 + n + off] ^= 0xFF
+    path.write_bytes(bytes(b))
+    with pytest.warns(UserWarning, match=r"carries no sha256 .*its content cannot be verified"):
+        adaptive.Connectome.load(str(path), nn.Sequential(nn.Linear(8, 4)))
+
+
+def test_a_shape_mismatch_names_the_fix(tmp_path):
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(5, 3)))
+    conn.save(str(tmp_path / "c.safetensors"))
+    with pytest.raises(ValueError, match=r"shape mismatch for '0\.weight': saved \(3, 5\), model has \(3, 6\): .* nothing "
+                                         r"was loaded; load it into the model it was saved from"):
+        adaptive.Connectome.load(str(tmp_path / "c.safetensors"), nn.Sequential(nn.Linear(6, 3)))
