@@ -13,6 +13,7 @@ from typing import Dict
 
 import torch
 
+from .metrics import fmt_unsaturated
 from .policies.base import EditPlan, defined, global_synapse_target
 from .warn import warn_user
 
@@ -84,7 +85,10 @@ class ControllerReportsMixin:
             density=total_live / max(1, total),
             live=total_live,
             removed=total - total_live,
-            layer_density={n: round(live[n] / max(1, self.conn.masks[n].numel()), 6) for n in live},
+            # six decimals, more where six read as dense or empty and the layer is neither (one of 2.1 million
+            # synapses pruned read 1.0)
+            layer_density={n: float(fmt_unsaturated(live[n] / max(1, self.conn.masks[n].numel()), ".6f", (0.0, 1.0)))
+                           for n in live},
         )
 
     def _warn_emptied(self, live: Dict[str, int]) -> None:

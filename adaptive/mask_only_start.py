@@ -24,6 +24,7 @@ import torch
 from .connectome_optimizers import _MASKED_BY
 from .counts import fraction_bound
 from .distributed import is_distributed
+from .metrics import fmt_unsaturated
 
 
 @dataclass
@@ -162,7 +163,7 @@ def refuse_below_start(label: str, removed: int, start: Start) -> None:
         return
     raise ValueError(
         f"target {label} removes {removed:,} of the model's {start.total:,} prunable synapses, but {start.absent:,} "
-        f"({start.absent / start.total:.1%}) are already absent: their weights are exactly 0.0{_by_attached(start)}, "
+        f"({fmt_unsaturated(100 * start.absent / start.total, '.1f')}%) are already absent: their weights are exactly 0.0{_by_attached(start)}, "
         "and mask-only optimisation keeps weights frozen, so it cannot restore them. Targets count every prunable "
         f"synapse (a fraction is the share removed at the end): give a target of at least {start.absent} "
         f"synapses (a fraction of at least {fraction_bound(start.absent, start.total, most=False, share=True)}), or load the dense weights first"
@@ -180,7 +181,7 @@ def start_note(start: Start, ensemble: str) -> str:
     """What :func:`adaptive.optimize_connectome` warns of when it starts from a sparse network:
     how many synapses are already absent, and what the targets then count."""
     note = (f"optimize_connectome starts from a sparse network: {start.absent:,} of its {start.total:,} prunable "
-            f"synapses ({start.absent / start.total:.1%}) have weights of exactly 0.0{_by_attached(start)}. With the "
+            f"synapses ({fmt_unsaturated(100 * start.absent / start.total, '.1f')}%) have weights of exactly 0.0{_by_attached(start)}. With the "
             "weights frozen such a synapse cannot be told from an absent one, so they count as removed already and are "
             f"never restored; targets count all {start.total:,} synapses (a fraction is the share removed at the end, "
             "so a fraction of 0.6 removes 0.6 of them in all), and target 'best' climbs only the ladder's rungs above "

@@ -18,6 +18,7 @@ from torch import nn
 from .connectome import Connectome, _plain_module, _plain_patterns
 from .counts import fraction_bound, whole_number
 from .discovery import discover
+from .metrics import fmt_unsaturated
 from .mask_only_start import refuse_below_start, sparse_start, zero_weights
 
 Target = Union[int, float, str]
@@ -360,7 +361,7 @@ def rungs_above(ladder: List[float], total: int, start) -> List[float]:
     rungs = [f for f, count in zip(ladder, ladder_counts(ladder, total)) if count > start.absent]
     if not rungs:
         raise ValueError(f"target 'best': every rung of the ladder {ladder} removes no more than the {start.absent:,} "
-                         f"of {total:,} synapses ({start.absent / total:.1%}) already absent (weights exactly 0.0), "
+                         f"of {total:,} synapses ({fmt_unsaturated(100 * start.absent / total, '.1f')}%) already absent (weights exactly 0.0), "
                          "so there is nothing to climb: " + (
                              f"give a ladder with fractions of at least {fraction_bound(start.absent + 1, total, most=False)} "
                              "(which removes more than that)" if start.absent + 1 < total else

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from .atomic import atomic_path, sync_folder, sync_tree
 from .modes import modes_kept
 from .clipping import clip_factor, clip_gradients
+from .metrics import fmt_unsaturated
 
 CHECKPOINT_DIR = "checkpoints"
 _CKPT_RE = re.compile(r"^step_(\d+)$")
@@ -519,7 +520,7 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
                 bar.zero_()
                 post = {"loss": f"{bar_loss / max(bar_n, 1):.3f}"}
                 if conn is not None:
-                    post["density"] = f"{conn.density():.3f}"
+                    post["density"] = fmt_unsaturated(conn.density(), ".3f", (0.0, 1.0))
                 progress.set_postfix(post, refresh=False)
         if on_step is not None:
             on_step(state)

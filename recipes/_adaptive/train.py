@@ -21,6 +21,7 @@ from adaptive.distributed import (RESUME_FIX, agreed_call, gather_mask_hashes, m
                                   peer_stopped_error, refuse_differing, refuse_differing_masks,
                                   refuse_sharded_launch, warn_lone_launched_process)
 from adaptive.integrity import CheckpointWriteError
+from adaptive.metrics import fmt_unsaturated
 from adaptive.training import (
     TrainState, evaluate, find_checkpoint, load_checkpoint, lr_schedule, metric_row, run_dir_of, save_checkpoint,
     train_one_epoch, write_metrics_csv,
@@ -306,7 +307,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     ckpt_files = _save_config_copy(accelerator, cfg, output_dir)
 
     accelerator.print(
-        f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {conn.density():.3f}, policy "
+        f"{cfg.model} on {cfg.dataset}: {conn.num_synapses():,} synapses, density {fmt_unsaturated(conn.density(), '.3f', (0.0, 1.0))}, policy "
         f"{cfg.policy}{'/' + ctrl.estimator_name if ctrl.estimator_name else ''}, {accelerator.num_processes} process(es), "
         f"{total_steps} steps{f' of {accum} accumulated batches' if accum > 1 else ''} -> {output_dir}")
     progress, lines = None, progress_lines(cfg.progress, accelerator.is_main_process)

@@ -104,8 +104,12 @@ def _plot(history, snapshots_rows, events, path, title: str = "", holdout_images
         if handles:  # both axes' entries in one legend under the panel: inside, the twin axis's dots fell on it
             legend_below(ax, handles, labels, ncol=2)
         ax = axes[1, 1]
-        pb = [(e["step"], e["boundaries"]["prune"]) for e in events if e.get("boundaries") and e["boundaries"].get("prune") is not None]
-        rb = [(e["step"], e["boundaries"]["restore"]) for e in events if e.get("boundaries") and e["boundaries"].get("restore") is not None]
+        # an update's boundaries are its plan's: drawn only where the update pruned (restored) synapses, not where
+        # the line search rolled it back (10 of 36 updates of a run were drawn as edits that never happened)
+        pb = [(e["step"], e["boundaries"]["prune"]) for e in events
+              if e.get("boundaries") and e["boundaries"].get("prune") is not None and e.get("pruned")]
+        rb = [(e["step"], e["boundaries"]["restore"]) for e in events
+              if e.get("boundaries") and e["boundaries"].get("restore") is not None and e.get("grown")]
         # dots sized for a thousand updates were specks on a run of a few: larger where there are few
         few = len(rb) + len(pb) <= 100
         if rb:  # drawn first and larger: at a goal the two boundaries meet, and the prune one stays visible on top

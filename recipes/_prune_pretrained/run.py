@@ -17,6 +17,7 @@ from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
 from adaptive.distributed import gather_mask_hashes, refuse_differing_masks, refuse_sharded_launch
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
+from adaptive.metrics import fmt_unsaturated
 from adaptive.mask_only_bits import changed_by_load, differ_words, load_changes
 from adaptive.cli_checks import examples_in, one_pass_problem
 from adaptive.mask_only_data import verify_pass_length
@@ -280,7 +281,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
                              train_acc=ta, holdout_loss=snap.holdout_loss, holdout_acc=snap.holdout_acc,
                              test_loss=sl, test_acc=sa, changed=differ + by_load, changed_by_load=by_load, folder=str(folder)))
     table = _table(rows)
-    note = (f"\n{args.model} on {args.dataset}, {total:,} prunable synapses, {minutes:.1f} min of optimisation "
+    note = (f"\n{args.model} on {args.dataset}, {total:,} prunable synapses, {fmt_unsaturated(minutes, '.1f', (0.0,))} min of optimisation "
             f"on {accelerator.num_processes} process(es) ({accelerator.device.type}, mixed precision "
             f"{args.mixed_precision}"
             + ("; every figure here was measured under bf16 autocast, so a float32 evaluation of "
