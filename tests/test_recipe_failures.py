@@ -224,7 +224,8 @@ def test_an_error_making_the_outputs_is_not_called_a_full_disk(tmp_path, monkeyp
     capsys.readouterr()
     with pytest.raises(SystemExit):
         R.main([*TINY, "--output_dir", str(tmp_path / "b")])
-    assert f"error: writing the run's outputs into {tmp_path / 'b'} failed (RuntimeError: [enforce fail at " \
+    # (the trained connectome is written first, before the test split is read: its write is the one that fails)
+    assert f"error: writing the trained connectome into {tmp_path / 'b'} failed (RuntimeError: [enforce fail at " \
            "inline_container.cc:672] . unexpected pos 704 vs 598): free disk space" in capsys.readouterr().err
 
 
