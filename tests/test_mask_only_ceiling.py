@@ -47,6 +47,19 @@ def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypat
 
     monkeypatch.setattr(mod, "evaluate", spy)
     monkeypatch.setattr(mod, "get_dataloaders", get)
+    firsts, real_cycle = [], mod.LoaderCycle
+
+    def cycle(loader):  # each run's first batch: every step is compared on the same batches (each fresh pass over
+        it = real_cycle(loader)  # the loader drew the next shuffle)
+        first = next(it)
+        firsts.append(first[1].clone())
+
+        def rest():  # (a LoaderCycle never ends: the first batch again, then the cycle)
+            yield first
+            yield from it
+        return rest()
+
+    monkeypatch.setattr(mod, "LoaderCycle", cycle)
     out = tmp_path / "ceil.md"
     mod.main(["--subset", "200", "--batch-size", "32", "--passes", "0.5", "--lrs", "0.001,0.003", "--no-progress",
               "--output", str(out)])
@@ -54,6 +67,7 @@ def test_test_split_read_once_for_the_step_the_holdout_chose(tmp_path, monkeypat
     # is read twice: for the dense row and for the one run the held-out part chose
     first_test = calls.index("test")
     assert "test" not in calls[:2] and calls[first_test:].count("test") == 2
+    assert len(firsts) == 2 and firsts[0].equal(firsts[1])
     text = out.read_text()
     assert text.count("(chosen)") == 1 and text.count("not read") == 1
     assert "| dense (pretrained, unchanged) |" in text

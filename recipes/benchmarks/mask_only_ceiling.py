@@ -8,8 +8,8 @@ train part (the one ``mask_only.py`` uses: cifar10-jpeg TRAIN minus a stratified
 with the same batch size and normalisation statistics frozen (evaluation mode, as in mask-only), is
 an unconstrained version of the same adaptation: a reference for how much any mask method could
 lead another. SGD (momentum 0.9, cosine to 0) for each number of passes (1: one stage of the mask
-benchmark; 3: what its staged schedule has spent by the 50% snapshot) and each step in ``--lrs``;
-the step is chosen on the held-out part of TRAIN, and the test split is read only after every run,
+benchmark; 3: what its staged schedule has spent by the 50% snapshot) and each step in ``--lrs``, every run
+on the same batches in the same order; the step is chosen on the held-out part of TRAIN, and the test split is read only after every run,
 for the dense row and the chosen runs. Writes recipes/benchmarks/results/mask_only_ceiling[_MODEL].md.
 """
 from __future__ import annotations
@@ -73,7 +73,8 @@ def main(argv=None):
     ap.add_argument("--model", default="resnet20", choices=sorted(WEIGHTS))
     ap.add_argument("--data-dir", type=data_dir_type, default=None)
     ap.add_argument("--passes", default="1,3", help="comma-separated numbers of passes over the train part")
-    ap.add_argument("--lrs", default="0.003,0.01", help="comma-separated SGD steps; the held-out part chooses one per passes")
+    ap.add_argument("--lrs", default="0.003,0.01,0.03",
+                    help="comma-separated SGD steps; the held-out part chooses one per passes")
     ap.add_argument("--batch-size", type=int, default=128)
     add_run_options(ap)
     args = ap.parse_args(argv)
@@ -87,9 +88,13 @@ def main(argv=None):
                          option_names={"subset": "--subset", "holdout": None})  # (no option sets the holdout)
     t_start = time.time()
     runs = []  # (passes, lr, state_dict, held-out acc, cpu min)
+    # every run reads the same batches in the same order (as mask_only.py's rows do): each fresh pass over the loader
+    # drew the next shuffle, so the steps compared differed in their data order too
+    order0 = dl.train.generator.get_state()
     for p in passes:
         for lr in lrs:
             torch.manual_seed(args.seed)
+            dl.train.generator.set_state(order0)
             model = build_model(args.model, weights=str(data_dir / WEIGHTS[args.model]))
             c0 = time.process_time()
             fine_tune(model, dl.train, p, lr, not args.no_progress)
