@@ -2,13 +2,15 @@
 
 Every synapse gets a real-valued score, initialised from |w| divided by the layer's RMS weight
 (so that one learning rate suits every layer); the forward pass uses the weights whose scores are
-in the global top-k; the gradient reaches the scores straight through the top-k (dL/ds = dL/dw_eff
+in the global top-k (of the signed scores, over all layers together: the paper's code keeps the top k%
+of |score| in each layer; a global cut lets the layers' densities move, as ours do); the gradient reaches the scores straight through the top-k (dL/ds = dL/dw_eff
 * w), and Adam updates them, its learning rate on a cosine schedule. Masks are imposed through a
 ``mask_only`` :class:`~adaptive.Connectome`, so the weights stay bit-exact.
 
 Several targets are visited in increasing order of removal, one stage of ``passes`` passes each,
 the scores carried from stage to stage (the same staging as :func:`adaptive.optimize_connectome`,
-so both see the same data and the same number of passes).
+so both see the same data and the same number of passes, at its default window of one batch: a window
+of several rounds each of its stages up to whole windows).
 """
 from __future__ import annotations
 

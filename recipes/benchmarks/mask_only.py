@@ -6,8 +6,11 @@
 Rows, each at every removal target:
 - dense;
 - global magnitude one-shot (torch.nn.utils.prune.global_unstructured, L1): pruning without data;
-- edge-popup (adaptive.baselines.edge_popup): learned scores on the frozen weights, global top-k,
-  straight-through gradients, Adam; the same train data, staging and passes as ours;
+- edge-popup (adaptive.baselines.edge_popup): learned scores on the frozen weights, global top-k of the
+  signed scores over all layers together (Ramanujan et al.'s code keeps the top k% of |score| in each
+  layer), straight-through gradients, Adam; the same train data, staging and passes as ours at the
+  defaults (a --window above 1 rounds each of our stages up to whole windows, and --verify-batches gives
+  ours held-out forward passes edge-popup does not make);
 - ours (adaptive.optimize_connectome): the presence estimator (a value per synapse learned batch
   by batch from the normalised presence derivative g * w0), crawl policy (jump to each target,
   then swaps wherever an absent synapse's value beats a present one's), held-out TRAIN batches
@@ -164,7 +167,7 @@ def main(argv=None):
     total = conn_m.num_synapses()
     out = []
     dl_, da, _ = evaluate(model_m, dl.test)
-    out.append(("dense", 0.0, 0, da, dl_, dense_h, dense_cpu, 0))
+    out.append(("dense", 0.0, 0, da, dl_, dense_h, dense_cpu, changed_from(conn_m.dense_state_dict(), loaded, conn_m)))
     for method, t, conn, masks, ha, cpu in rows:
         conn.set_masks(masks)
         conn.model.eval()
