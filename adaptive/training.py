@@ -282,7 +282,8 @@ def evaluate(accelerator, model, loader, loss_fn: Callable = F.cross_entropy, pr
             # a prepared loader's batches are there already; any other iterable's are moved
             x, y = send_to_device((x, y), accelerator.device)
             out = model(x)
-            losses = loss_fn(out.float(), y, reduction="none")
+            # (at least float32: bf16 logits are widened; float64 ones kept, not rounded through float32)
+            losses = loss_fn(out if out.dtype == torch.float64 else out.float(), y, reduction="none")
             preds = out.argmax(1)
             if gathered:
                 losses, preds, y = accelerator.gather_for_metrics((losses, preds, y))
@@ -476,7 +477,7 @@ def train_one_epoch(accelerator, model, optimizer, loader, state: TrainState, *,
             optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():  # float64 sums on the device, as the host's Python floats added them
             b = int(y.numel())
-            lsum = loss.detach().float().double().to(ep.device) * b
+            lsum = loss.detach().double().to(ep.device) * b  # (a float64 loss as it is: exact for the others too)
             corr = (out.detach().argmax(1) == y).sum().to(ep.device)
             w = state._on_device(ep.device)
             w[0] += lsum

@@ -282,3 +282,26 @@ def test_the_bars_loss_is_the_mean_since_it_last_showed_one(accelerator):
     assert bar.shown != [pytest.approx(losses[9], abs=6e-4), pytest.approx(losses[19], abs=6e-4)]
     rows = [r for r in state.metrics if r["split"] == "train"]
     assert rows[0]["loss"] == pytest.approx(sum(losses[:4]) / 4, rel=1e-6)
+
+
+def test_a_float64_models_recorded_losses_are_not_rounded_through_float32(accelerator):
+    """The train rows summed each batch's loss after a float32 copy, and evaluate() took the loss of float32
+    logits: a float64 model's rows read 1.09395810961... where the float64 mean is 1.09395811546... (and one and
+    two processes differed by 3e-8)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from adaptive.training import evaluate
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6, dtype=torch.float64), torch.randint(0, 3, (64,))
+    acc = accelerator
+    model = torch.nn.Sequential(torch.nn.Linear(6, 3)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # fixed weights: every batch's loss is known
+    model, opt, dl = acc.prepare(model, opt, DataLoader(TensorDataset(x, y), batch_size=16))
+    state = TrainState()
+    train_one_epoch(acc, model, opt, dl, state, log_every=4)
+    with torch.no_grad():
+        exact = sum(float(F.cross_entropy(model(x[i:i + 16]), y[i:i + 16])) * 16 for i in range(0, 64, 16)) / 64
+        whole = float(F.cross_entropy(model(x), y))
+    assert abs(state.metrics[0]["loss"] - exact) < 1e-15
+    assert abs(evaluate(acc, model, DataLoader(TensorDataset(x, y), batch_size=16))[0] - whole) < 1e-15
