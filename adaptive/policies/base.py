@@ -607,13 +607,15 @@ def whole_floor_count(ctrl, name: str, count: int, floor: int) -> int:
     edges), which :func:`take_synapses` never rounds under the floor."""
     if floor <= 0:
         return count
-    size = ensemble_size(ctrl.conn.granularities[name], ctrl.conn.layers[name].shape)
-    if isinstance(size, float):
-        if max(0, math.ceil(count / size - 0.5)) * size >= floor:
-            return count
-        return min(ctrl.conn.layers[name].numel, int(math.ceil(floor / size) * size))
-    largest = float(size.max())
-    return count if count >= floor + largest / 2 else min(ctrl.conn.layers[name].numel, int(math.ceil(floor + largest / 2)))
+    size, numel = ensemble_size(ctrl.conn.granularities[name], ctrl.conn.layers[name].shape), ctrl.conn.layers[name].numel
+    cover = floor_cover(size, numel, floor)
+    if isinstance(size, float):  # the whole ensembles nearest to count hold the floor
+        holds = max(0, math.ceil(count / size - 0.5)) * size >= floor
+    else:  # (take_synapses never rounds a count of the cover or more under the floor)
+        holds = count >= cover
+    if holds:
+        return count
+    return min(numel, int(math.ceil(cover)))
 
 
 def check_whole_floors(ctrl, density: float, target: int, who: str = "") -> None:
@@ -628,7 +630,7 @@ def check_whole_floors(ctrl, density: float, target: int, who: str = "") -> None
     for n, floor in layer_floors(ctrl).items():
         size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
         largest = max(largest, size if isinstance(size, float) else float(size.max()))
-        held += min(floor_cover(ctrl, n, floor), int(torch.count_nonzero(ctrl.conn.masks[n])))
+        held += min(floor_cover(size, ctrl.conn.layers[n].numel, floor), int(torch.count_nonzero(ctrl.conn.masks[n])))
     if held > target + largest / 2:
         raise ValueError(f"{who}density {density} is too low for min_density {ctrl.min_density} held in whole "
                          f"ensembles: each layer's floor rounds up to whole ensembles, which alone keep {int(held):,} of "
@@ -636,16 +638,15 @@ def check_whole_floors(ctrl, density: float, target: int, who: str = "") -> None
                          "min_density or use smaller ensembles")
 
 
-def floor_cover(ctrl, name: str, floor: int) -> float:
-    """The live synapses that hold layer ``name``'s ``floor`` in whole ensembles, as :func:`check_whole_floors`
-    counts them: the fewest equal ensembles that hold it, or, for unequal ones (block edges), the floor plus half
-    the largest, the count :func:`whole_floor_count` holds it at (its bare floor undercounted: the most valuable
-    block holding a floor of 1 synapse in 3x3 blocks keeps 9, and four layers were emptied for it); at most
-    the layer's synapses."""
-    size = ensemble_size(ctrl.conn.granularities[name], ctrl.conn.layers[name].shape)
+def floor_cover(size, numel: int, floor: int) -> float:
+    """The live synapses that hold a layer's ``floor`` in whole ensembles (``size``: its ensembles' sizes,
+    :func:`ensemble_size`; ``numel``: its synapses), as :func:`check_whole_floors` counts them and
+    :func:`whole_floor_count` holds them: the fewest equal ensembles that hold it, or, for unequal ones (block
+    edges), the floor plus half the largest, at most the layer's synapses (a bare floor undercounted them: the
+    most valuable block holding a floor of 1 synapse in 3x3 blocks keeps 9, and four layers were emptied for it)."""
     if isinstance(size, float):
         return math.ceil(floor / size) * size
-    return min(float(ctrl.conn.layers[name].numel), floor + float(size.max()) / 2)
+    return min(float(numel), floor + float(size.max()) / 2)
 
 
 def _keep_top(scores: torch.Tensor, size, budget: float) -> torch.Tensor:
