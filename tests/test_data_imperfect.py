@@ -198,6 +198,18 @@ def test_mnist_raw_folder_of_gzipped_idx_files_reads(tmp_path):
     assert (len(s.train), len(s.test)) == (20, 10) and s.train[3][0].shape == (1, 28, 28) and s.train[3][1] == 3
 
 
+@pytest.mark.parametrize("split", ["train", "t10k"])
+def test_mnist_raw_labels_above_9_are_refused_before_training(tmp_path, split):
+    """As mnist.npz's: a raw label of 10 was taken (the test split's failed the run's report with a bare IndexError)."""
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    _mnist_raw(raw)
+    n = 20 if split == "train" else 10
+    (raw / f"{split}-labels-idx1-ubyte").write_bytes(_idx(np.arange(n) % 10 + 1))
+    name = "train" if split == "train" else "test"
+    with pytest.raises(ValueError, match=rf"MNIST/raw: its {name} labels run from 1 to 10; MNIST.s are the digits 0..9"):
+        get_datasets("mnist", data_dir=tmp_path, holdout=0)
+
+
 def test_mnist_raw_folder_without_the_test_files_names_them(tmp_path):
     _mnist_raw(tmp_path / "mnist" / "MNIST" / "raw", splits=("train",))
     with pytest.raises(FileNotFoundError, match=r"raw folder .* lacks t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte"):

@@ -148,8 +148,9 @@ def _check_labels(path: Path, split: str, y: np.ndarray) -> None:
 
 def _arrays(path, split):
     """(images ``(N, 28, 28)``, labels ``(N,)`` int64) of ``split``; other shapes are refused, naming the file."""
-    if path.name == "raw":  # torchvision's own layout
+    if path.name == "raw":  # torchvision's own layout (its train split is read here first: labels checked here)
         x, y = (_read_idx(_raw_file(path, split, k)) for k in KINDS)
+        _check_labels(path, split, y.numpy())
     else:
         with np.load(path, allow_pickle=False) as f:
             # (in this machine's byte order: torch takes no other)
