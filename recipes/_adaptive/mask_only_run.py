@@ -125,7 +125,7 @@ def _mask_only(cfg, accelerator, model, loaders, output_dir, lock) -> RunResult:
     kept = None if best is None else dict(step=best.step, density=live_share(best.removed),
                                           holdout_loss=best.holdout_loss, holdout_acc=best.holdout_acc)
     labels = _split_labels(loaders, n_test, "train (each update window's batches)", cfg.test_subset)
-    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, conn, labels, kept)
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, result.events, labels, kept)
     # the held-out score of the masks the model now holds (for 'best', the chosen rung, not the last one tried)
     snaps = result.snapshots
     final = snaps.get("best") or (list(snaps.values())[-1] if snaps else None)

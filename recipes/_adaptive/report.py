@@ -56,17 +56,15 @@ def _split_labels(loaders, n_test: int, train: str, test_subset: Optional[int] =
     return {"train": train, "holdout": f"held-out ({n_holdout:,} images of TRAIN)", "test": f"test ({test})"}
 
 
-def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
+def _write_outputs(accelerator, cfg, output_dir: Path, rows, events,
                    labels: Optional[Dict[str, str]] = None, kept: Optional[dict] = None) -> Dict[str, Path]:
     files = {"config": output_dir / "config.yaml", "metrics": output_dir / "metrics.csv",
              "events": output_dir / "events.jsonl", "connectome": output_dir / "connectome.safetensors",
              "dense_state_dict": output_dir / "dense_state_dict.pt"}
 
-    def write():
+    def write():  # (the connectome and the dense state_dict: written before the test split was read, _save_trained)
         write_metrics_csv(rows, files["metrics"])
         write_text(files["events"], jsonio.dumps_lines(events))
-        conn.save(files["connectome"], with_original=conn.mode == "mask_only")
-        atomic_torch_save(conn.dense_state_dict(device="cpu"), files["dense_state_dict"])  # loads on any machine
         if cfg.figures:
             from adaptive.plots import plot_run, run_title
 
@@ -81,12 +79,12 @@ def _write_outputs(accelerator, cfg, output_dir: Path, rows, events, conn,
 
 def _save_trained(accelerator, output_dir: Path, conn) -> None:
     """The connectome and the dense state_dict, written before the test split is first read for the report
-    (and again with the rest after it): a test split that fails only then (a test image cut short, or of
-    another size than the first, decoded for the first time there; labels out of range) left a run of hours
-    with config.yaml and metrics.csv alone."""
+    (:func:`_write_outputs` writes the rest after it, and lists these among the run's files): a test split that
+    fails only then (a test image cut short, or of another size than the first, decoded for the first time
+    there) left a run of hours with config.yaml and metrics.csv alone."""
     def write():
         conn.save(output_dir / "connectome.safetensors", with_original=conn.mode == "mask_only")
-        atomic_torch_save(conn.dense_state_dict(device="cpu"), output_dir / "dense_state_dict.pt")
+        atomic_torch_save(conn.dense_state_dict(device="cpu"), output_dir / "dense_state_dict.pt")  # any machine loads it
 
     main_writes(accelerator, f"the trained connectome into {output_dir}", write)
 

@@ -406,7 +406,7 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
     _refuse_differing_splits(cfg, loaders, test=test_dl)  # read now, for the report: its evaluation's batches must match
     test_loss, test_acc, n_test = _test_eval(cfg, accelerator, model, test_dl)
     metric_row(state, "test", test_loss, test_acc, conn, _row_lr(state, optimizer))
-    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events, conn,
+    files = _write_outputs(accelerator, cfg, output_dir, state.metrics, ctrl.events,
                            _split_labels(loaders, n_test, "train (mean over the batches trained since the last point"
                                          + (f"; loss with label smoothing {cfg.label_smoothing:g})" if cfg.label_smoothing
                                             else ")"), cfg.test_subset))
