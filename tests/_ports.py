@@ -27,23 +27,72 @@ def launch_two(script_and_args, *, cwd=None, env=None, timeout=CHILD_TIMEOUT, mo
     port; ``mode`` stands for ``--multi_gpu`` (``("--use_fsdp", "--fsdp_version", "2")``, or
     ``("--config_file", PATH)``), and ``settings`` for :data:`LAUNCH_SETTINGS` (``()`` leaves them to a
     config file). A run that died of the gloo teardown abort is run once more, with a warning, so that the
-    abort stays visible in the test summary; any other outcome is returned as it is."""
+    abort stays visible in the test summary, from the folders it started from: every folder named by an
+    argument under the temporary directory (the run's output folder, a folder a script writes its records
+    into) is put back as it was before the first attempt (CI at 9693e6b failed on that: a two-process run
+    meant to fail died of the abort, and its second attempt found the first one's checkpoint and refused
+    to overwrite it). Any other outcome is returned as it is."""
     import os
     import subprocess
     import sys
+    import tempfile
     import warnings
 
     # a process leaving its error line to another waits for the launcher to end it (adaptive.cli): on a
     # loaded machine the other may take longer than the default 20 s to reach the same error
     env = dict(os.environ if env is None else env, ADAPTIVE_LEFT_TO_ANOTHER_SECONDS="300")
-    for attempt in range(2):
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", *map(str, mode), "--num_processes", "2",
-               "--main_process_port", free_port(), *map(str, settings), *map(str, script_and_args)]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
-        if r.returncode == 0 or GLOO_TEARDOWN_ABORT not in r.stdout + r.stderr or attempt == 1:
-            return r
-        warnings.warn(f"a process died of the gloo teardown abort ({GLOO_TEARDOWN_ABORT!r}); running again")
+    with tempfile.TemporaryDirectory(prefix="launch_two_") as keep:
+        folders = _kept_folders(script_and_args, keep)
+        for attempt in range(2):
+            cmd = [sys.executable, "-m", "accelerate.commands.launch", *map(str, mode), "--num_processes", "2",
+                   "--main_process_port", free_port(), *map(str, settings), *map(str, script_and_args)]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+            if r.returncode == 0 or GLOO_TEARDOWN_ABORT not in r.stdout + r.stderr or attempt == 1:
+                return r
+            warnings.warn(f"a process died of the gloo teardown abort ({GLOO_TEARDOWN_ABORT!r}); running again")
+            _put_back(folders)
     return r
+
+
+def _kept_folders(args, keep):
+    """Copy into ``keep`` each folder an argument names under the temporary directory, outermost only (one
+    that does not exist yet, whose parent does, is kept as absent); returns ``(folder, copy or None)``."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    tmp = Path(tempfile.gettempdir()).resolve()
+    named = []
+    for a in map(str, args):
+        p = Path(a)
+        if a.startswith("-") or not p.is_absolute():
+            continue
+        p = p.resolve()
+        if tmp in p.parents and Path(keep).resolve() not in p.parents and (p.is_dir() or not p.exists()
+                                                                         and p.parent.is_dir()):
+            named.append(p)
+    outer = [p for p in dict.fromkeys(named) if not any(q in p.parents for q in named)]
+    kept = []
+    for i, p in enumerate(outer):
+        copy = None
+        if p.is_dir():
+            copy = Path(keep) / str(i)
+            shutil.copytree(p, copy, symlinks=True)
+        kept.append((p, copy))
+    return kept
+
+
+def _put_back(kept):
+    """Put each folder of :func:`_kept_folders` back as it was (removed again where it did not exist)."""
+    import shutil
+
+    for folder, copy in kept:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+        elif folder.exists() or folder.is_symlink():
+            folder.unlink()
+        if copy is not None:
+            shutil.copytree(copy, folder, symlinks=True)
 
 
 def run_two_ranks(script, folder, env, *args):
