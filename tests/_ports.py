@@ -100,28 +100,30 @@ def run_two_ranks(script, folder, env, *args):
     process group through the file store ``FOLDER/store``) and return their logs; both must exit 0, the
     assertion showing their logs otherwise. Each is killed if it is still running after
     :data:`CHILD_TIMEOUT`. As :func:`launch_two` does, a pair in which a process died of the gloo teardown
-    abort is run once more (the store file removed first), with a warning, so that the abort stays visible
-    in the test summary."""
-    import os
+    abort is run once more, from ``folder`` (and every other folder an argument names under the temporary
+    directory) as it was before the first attempt (the first attempt's store file and records gone), with
+    a warning, so that the abort stays visible in the test summary."""
     import subprocess
     import sys
+    import tempfile
     import warnings
 
-    for attempt in range(2):
-        procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(r), *map(str, args)], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
-        try:
-            logs = [p.communicate(timeout=CHILD_TIMEOUT)[0] for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
-        ok = all(p.returncode == 0 for p in procs)
-        if ok or attempt == 1 or not any(GLOO_TEARDOWN_ABORT in log for log in logs):
-            break
-        warnings.warn(f"a process died of the gloo teardown abort ({GLOO_TEARDOWN_ABORT!r}); running again")
-        store = os.path.join(str(folder), "store")
-        if os.path.exists(store):
-            os.remove(store)
+    with tempfile.TemporaryDirectory(prefix="run_two_ranks_") as keep:
+        folders = _kept_folders([folder, *args], keep)
+        for attempt in range(2):
+            procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(r), *map(str, args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                     for r in range(2)]
+            try:
+                logs = [p.communicate(timeout=CHILD_TIMEOUT)[0] for p in procs]
+            finally:
+                for p in procs:
+                    p.kill()
+            ok = all(p.returncode == 0 for p in procs)
+            if ok or attempt == 1 or not any(GLOO_TEARDOWN_ABORT in log for log in logs):
+                break
+            warnings.warn(f"a process died of the gloo teardown abort ({GLOO_TEARDOWN_ABORT!r}); running again")
+            _put_back(folders)
     assert ok, "\n".join(log[-3000:] for log in logs)
     return logs
 

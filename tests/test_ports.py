@@ -12,15 +12,18 @@ from _ports import GLOO_TEARDOWN_ABORT, launch_two, run_two_ranks
 # process: the line on stderr, a non-zero exit); the store file of the first attempt must be gone when the
 # pair runs again. Only the dying attempt writes it, so neither process of the second attempt can see a
 # store file its partner made (CI at 87359af failed on that race: rank 1 of try 2 made one before rank 0
-# of try 2 looked)
+# of try 2 looked). Each process's record of its first attempt must be gone too (the folder is put back as
+# it was).
 SCRIPT = textwrap.dedent(f"""
     import os, sys
     folder, rank, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    tries = os.path.join(folder, f"tries{{rank}}")
+    tries = os.path.join(os.path.dirname(folder), f"tries{{rank}}")
     n = int(open(tries).read()) + 1 if os.path.exists(tries) else 1
     open(tries, "w").write(str(n))
     if n == 2:
         assert not os.path.exists(os.path.join(folder, "store")), "the first attempt's store file was kept"
+        assert not os.path.exists(os.path.join(folder, f"record{{rank}}")), "the first attempt's record was kept"
+    open(os.path.join(folder, f"record{{rank}}"), "w").write(str(n))
     if rank == 1 and n == 1 and mode != "other":
         open(os.path.join(folder, "store"), "a").close()
     if rank == 1 and (mode == "always" or (mode == "once" and n == 1)):
@@ -33,9 +36,10 @@ SCRIPT = textwrap.dedent(f"""
 
 
 def _run(tmp_path, mode):
-    script = tmp_path / "pair.py"
+    script, folder = tmp_path / "pair.py", tmp_path / "pair"
     script.write_text(SCRIPT)
-    return run_two_ranks(script, tmp_path, dict(os.environ), mode)
+    folder.mkdir()
+    return run_two_ranks(script, folder, dict(os.environ), mode)
 
 
 def test_a_pair_that_died_of_the_gloo_teardown_abort_runs_once_more_with_a_warning(tmp_path):
