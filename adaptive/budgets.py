@@ -134,16 +134,18 @@ def floor_synapses(min_density: float, size: int) -> int:
 
 
 def too_low_error(density: float, fixed: Mapping[str, int], min_density: float, need: int, target: int,
-                  total: Optional[int] = None) -> ValueError:
+                  total: Optional[int] = None, least_need: Optional[int] = None) -> ValueError:
     """The error for a density under what the protected layers (``fixed``: {name: live synapses})
     and the ``min_density`` floors of the others alone need (``need`` of ``target`` live synapses;
-    ``total``: the synapses a density is a fraction of, to name the lowest density that holds them)."""
+    ``total``: the synapses a density is a fraction of, to name the lowest density that holds them;
+    ``least_need``: the live synapses that lowest density must hold where more than ``need``, as
+    floors held in whole ensembles need, :func:`adaptive.policies.base.least_floor_synapses`)."""
     held = sum(fixed.values())
     what = [f"the protected layers {sorted(fixed)} (holding {held:,} live synapses)" if fixed else "",
             f"min_density {min_density}" if min_density > 0 else ""]
     raise_to = "raise the density"
     if total:
-        least = _rounded_up_text(need / total)
+        least = rounded_up_text(max(need, least_need or 0) / total)
         raise_to = f"raise the density to {least} or more" if float(least) <= 1 else ""
     fix = [raise_to, "protect fewer layers" if fixed else "", "lower min_density" if min_density > 0 else ""]
     return ValueError(f"density {density} is too low for {' and '.join(filter(None, what))}: "
@@ -167,7 +169,7 @@ def too_high_error(density: float, fixed: Mapping[str, int], most: int, total: i
         "out of protect=[...]")
 
 
-def _rounded_up_text(density: float) -> str:
+def rounded_up_text(density: float) -> str:
     """``density`` rounded up to four significant digits, so that a density it names holds at least
     ``density`` of the synapses."""
     scale = 10 ** (3 - math.floor(math.log10(density)))

@@ -1468,6 +1468,36 @@ def test_too_low_a_density_names_the_lowest_that_holds_the_protected_layers_and_
             build(least - 0.002, min_density)
 
 
+@pytest.mark.parametrize("budget", ["erk", "uniform", "global"])
+@pytest.mark.parametrize("ensemble, protect", [("neuron", ()), ("block:3x3", ()), ("neuron", ("4.weight",)),
+                                               ("synapse", ())])
+def test_the_lowest_density_named_for_floors_held_in_whole_ensembles_is_accepted(budget, ensemble, protect):
+    """With ensembles of several synapses the density named for the bare floors (0.05 for min_density
+    0.05 of neurons of 40 and 10) was refused again, as too low for the floors held in whole ensembles,
+    and that refusal named no density. Both refusals name the lowest density that holds the floors in
+    whole ensembles: it is accepted, and one two synapses lower is refused."""
+    import re
+
+    def build(density):
+        torch.manual_seed(0)
+        conn = adaptive.Connectome(nn.Sequential(nn.Linear(40, 10), nn.ReLU(), nn.Linear(10, 40), nn.ReLU(),
+                                                 nn.Linear(40, 3)), ensemble=ensemble)
+        return adaptive.Controller(conn, None, policy="magnitude", density=density, budget=budget,
+                                   min_density=0.05, protect=list(protect))
+
+    total = 40 * 10 + 10 * 40 + 40 * 3
+    with pytest.raises(ValueError, match="is too low for") as err:
+        build(0.01)
+    found = re.search(r"raise the density to ([0-9.e-]+) or more", str(err.value))
+    assert found, str(err.value)
+    least = float(found.group(1))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no live synapse left")
+        build(least)  # accepted
+    with pytest.raises(ValueError, match="is too low for"):
+        build((least * total - 2) / total)
+
+
 def test_largest_remainder_never_exceeds_a_cap_and_breaks_ties_by_name():
     """The budgets' rounding hands the synapses left over to the largest remainders, never past a layer's
     cap, and an equal remainder by layer name (not dict order). Mutations of both survived every test."""

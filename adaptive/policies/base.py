@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Dict, Optional, Type
 import torch
 
 from .. import registry as _registry
-from ..budgets import floor_synapses, too_high_error, too_low_error
+from ..budgets import floor_synapses, rounded_up_text, too_high_error, too_low_error
 from ..counts import unit_fraction
 from ..warn import warn_user
 
@@ -511,7 +511,7 @@ def global_synapse_target(ctrl, density: float) -> int:
     floors = sum(layer_floors(ctrl).values())
     if prot + floors > target:
         raise too_low_error(density, ctrl.protected_live(), float(getattr(ctrl, "min_density", 0.0) or 0.0), prot + floors,
-                            target, ctrl.conn.num_synapses())
+                            target, ctrl.conn.num_synapses(), least_floor_synapses(ctrl))
     return target - prot
 
 
@@ -584,17 +584,15 @@ def synapse_targets(ctrl, density: float, strict: bool = False):
     editable layers cannot make up even when full is met as far as they go, or with ``strict`` (at
     construction) refused (:func:`reachable`)."""
     density = reachable(ctrl, density, strict)
+    floors = layer_floors(ctrl)
+    if strict and floors:  # the floors, bare and in whole ensembles, before the budget's own check of the bare
+        # floors (which named a density the whole ensembles then refused), each naming the density both take
+        check_whole_floors(ctrl, density, global_synapse_target(ctrl, density))
     counts = ctrl.budget_fn(ctrl.conn.layers, density, protected=ctrl.protected_live(), min_density=ctrl.min_density)
     if counts is not None:
         _check_budget(ctrl, density, counts)
-        floors = layer_floors(ctrl)
-        if strict and floors:
-            check_whole_floors(ctrl, density, sum(counts[n] for n in ctrl.editable()))
         return {n: whole_floor_count(ctrl, n, counts[n], floors.get(n, 0)) for n in ctrl.editable()}, None
-    target = global_synapse_target(ctrl, density)
-    if strict and layer_floors(ctrl):
-        check_whole_floors(ctrl, density, target)
-    return None, target
+    return None, global_synapse_target(ctrl, density)
 
 
 def whole_floor_count(ctrl, name: str, count: int, floor: int) -> int:
@@ -625,17 +623,41 @@ def check_whole_floors(ctrl, density: float, target: int, who: str = "") -> None
     floor of 5 synapses in 20-synapse neurons keeps 20), which the synapse count of
     :func:`global_synapse_target` leaves out; past the target, a ranking met the target by breaking a
     floor (a Linear of 128-synapse neurons with a floor of 32 was emptied) or ended above it. Each
-    layer counts at :func:`floor_cover`; a layer under its floor counts what it holds."""
+    layer counts at :func:`floor_cover`; a layer under its floor counts what it holds. The error names
+    the lowest density that holds them (:func:`least_floor_synapses`)."""
+    held, largest = _whole_floors_held(ctrl)
+    if held > target + largest / 2:
+        total = ctrl.conn.num_synapses()
+        least = least_floor_synapses(ctrl) / total
+        raise_to = f"raise the density to {rounded_up_text(least)} or more" if least <= 1 else "raise the density"
+        raise ValueError(f"{who}density {density} is too low for min_density {ctrl.min_density} held in whole "
+                         f"ensembles: each layer's floor rounds up to whole ensembles, which alone keep {int(held):,} of "
+                         f"the {target:,} live synapses the editable layers may hold; {raise_to} or lower "
+                         "min_density or use smaller ensembles")
+
+
+def _whole_floors_held(ctrl):
+    """The live synapses the editable layers' ``min_density`` floors keep in whole ensembles (each at
+    :func:`floor_cover`, a layer under its floor at what it holds) and the largest ensemble's size (at
+    least 1), as :func:`check_whole_floors` counts them."""
     held, largest = 0.0, 1.0
     for n, floor in layer_floors(ctrl).items():
         size = ensemble_size(ctrl.conn.granularities[n], ctrl.conn.layers[n].shape)
         largest = max(largest, size if isinstance(size, float) else float(size.max()))
         held += min(floor_cover(size, ctrl.conn.layers[n].numel, floor), int(torch.count_nonzero(ctrl.conn.masks[n])))
-    if held > target + largest / 2:
-        raise ValueError(f"{who}density {density} is too low for min_density {ctrl.min_density} held in whole "
-                         f"ensembles: each layer's floor rounds up to whole ensembles, which alone keep {int(held):,} of "
-                         f"the {target:,} live synapses the editable layers may hold; raise the density or lower "
-                         "min_density or use smaller ensembles")
+    return held, largest
+
+
+def least_floor_synapses(ctrl) -> int:
+    """The fewest live synapses of the whole network (protected layers at what they hold) at which the
+    ``min_density`` floors hold, both as synapse counts (:func:`global_synapse_target`, a layer budget)
+    and in whole ensembles (:func:`check_whole_floors`): a density's refusal names this over the network's
+    synapses, so that the density it names is accepted (with ensembles of several synapses, the bare floors'
+    density was then refused for the whole ones)."""
+    prot = sum(ctrl.protected_live().values())
+    bare = sum(layer_floors(ctrl).values())
+    held, largest = _whole_floors_held(ctrl)
+    return prot + max(bare, math.ceil(held - largest / 2))
 
 
 def floor_cover(size, numel: int, floor: int) -> float:
