@@ -102,7 +102,8 @@ class ControllerReportsMixin:
             # it keeps them (a policy ranking globally refuses a layer budget, crawl a floor too)
             policy = self.policy
             floors = policy.keeps_floors if policy.keeps_floors is not None else not policy.ranks_globally
-            ways = ((["min_density=..."] if floors and self.budget != "uniform" else [])  # (uniform: at most each share)
+            # (uniform too: a floor is held in whole ensembles, above the layer's share where they are coarse)
+            ways = ((["min_density=..."] if floors else [])
                     + (["a per-layer budget ('erk', 'uniform')"] if self.budget == "global" and not policy.ranks_globally
                        else [])
                     + ["protect=[...]"])

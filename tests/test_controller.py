@@ -1875,20 +1875,35 @@ def test_the_rounding_remainder_goes_to_the_largest_fractions():
 
 @pytest.mark.parametrize("budget, advice", [
     ("global", "min_density=..., a per-layer budget ('erk', 'uniform'), protect=[...] or a finer ensemble"),
-    ("uniform", "protect=[...] or a finer ensemble"),  # (a floor is at most each layer's uniform share)
+    ("uniform", "min_density=..., protect=[...] or a finer ensemble"),
     ("erk", "min_density=..., protect=[...] or a finer ensemble"),
 ])
 def test_an_emptied_layer_is_warned_about_with_only_the_remedies_this_controller_takes(budget, advice):
     """The warning told a run under the 'uniform' budget that emptied a 2-neuron layer (neurons of 16,
     density 0.1) to keep some with 'a per-layer budget ('erk', 'uniform')': the one in use. It
-    suggests a layer budget only under the global one."""
-    torch.manual_seed(0)
-    conn = adaptive.Connectome(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), ensemble="neuron")
+    suggests a layer budget only under the global one. It left min_density out under 'uniform' (as if a
+    floor were at most each layer's uniform share), yet a floor is held in whole ensembles: min_density
+    0.05 keeps one neuron of the layer, which each remedy it names is checked to do."""
+    def build(**kw):
+        torch.manual_seed(0)
+        conn = adaptive.Connectome(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)), ensemble="neuron")
+        return conn, adaptive.Controller(conn, policy="magnitude", **{"density": 0.1, "budget": budget, **kw})
+
     with pytest.warns(UserWarning, match=r"\['2.weight'\] have no live synapse left") as rec:
-        adaptive.Controller(conn, policy="magnitude", density=0.1, budget=budget)
+        conn, _ = build()
     assert not conn.masks["2.weight"].any()
     msg = next(str(w.message) for w in rec if "no live synapse left" in str(w.message))
     assert msg.endswith("Keep some with " + advice)
+    # the two remedies that keep a layer whatever its share (a layer budget shares by size: this one's share
+    # is under half a neuron under either); the protected layer's 32 synapses are more than density 0.1
+    # holds of 160: protect=[...] at 0.25
+    remedies = {"min_density=...": {"min_density": 0.05}, "protect=[...]": {"protect": ["2.weight"], "density": 0.25}}
+    for name, kw in remedies.items():
+        if name in advice:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*(out of reach|too low)")
+                conn, _ = build(**kw)
+            assert conn.masks["2.weight"].any(), name
 
 
 def test_a_crawl_state_loaded_into_a_controller_with_another_end_step_goes_on_with_its_own():
