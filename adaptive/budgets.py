@@ -14,6 +14,7 @@ import math
 from typing import Callable, Dict, Iterable, Mapping, Optional
 
 from . import registry as _registry
+from .counts import unit_fraction, whole_number
 from .discovery import SynapseLayer
 
 BudgetFn = Callable[..., Optional[Dict[str, int]]]
@@ -98,10 +99,9 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     solved for one scale at once, so a layer made full is released again when floors lower the
     scale). A protected layer keeps what it holds (``protected[name]`` for a mapping, else its size)."""
     sizes = {n: l.numel for n, l in layers.items()}
+    density, min_density, fixed = _checked_inputs(sizes, density, protected, min_density)
     total = sum(sizes.values())
     target = int(round(density * total))
-    held = protected if isinstance(protected, Mapping) else {n: sizes.get(n) for n in protected}
-    fixed: Dict[str, int] = {n: int(held[n]) for n in held if n in sizes}
     floor = {n: floor_synapses(min_density, sizes[n]) for n in sizes}
     need = sum(fixed.values()) + sum(floor[n] for n in sizes if n not in fixed)
     if need > target:
@@ -118,6 +118,44 @@ def _allocate(layers: Dict[str, SynapseLayer], density: float, weights: Dict[str
     counts = dict(fixed)
     counts.update(_largest_remainder(raw, target - sum(fixed.values()), {n: sizes[n] for n in free}))
     return {n: counts[n] for n in layers}
+
+
+def _checked_inputs(sizes: Dict[str, int], density, protected, min_density):
+    """A budget's arguments checked before anything is shared (a budget is public: ``get_budget(name)(...)``):
+    ``density`` and ``min_density`` as floats in [0, 1], ``protected`` as ``{name: live synapses}`` of
+    layers among ``sizes`` (one name as a string is that layer, as ``Controller(protect=...)`` takes it; a
+    name alone counts dense). A wrong one is a ValueError or TypeError naming it and the fix (a string was
+    taken letter by letter and a mistyped name dropped, both protecting nothing; a count above its layer's
+    size broke the budget's contract; NaN or a negative density failed inside the arithmetic)."""
+    d, md = unit_fraction(density, slack=0.0), unit_fraction(min_density, slack=0.0)
+    if d is None:
+        raise ValueError(f"density must be a number in [0, 1] (the share of the layers' synapses kept), got {density!r}")
+    if md is None:
+        raise ValueError(f"min_density must be a number in [0, 1] (the share of each layer's synapses kept at least; "
+                         f"0: no floor), got {min_density!r}")
+    if isinstance(protected, str):
+        protected = [protected]
+    if isinstance(protected, Mapping):
+        held = dict(protected)
+    else:
+        try:
+            held = {n: None for n in protected}
+        except TypeError:
+            raise TypeError(f"protected must be layer names or {{name: live synapses}}, got {type(protected).__name__} "
+                            f"{protected!r}") from None
+    unknown = [n for n in held if n not in sizes]
+    if unknown:
+        raise ValueError(f"protected names {unknown[:5]} that are not among the layers {sorted(sizes)[:8]}"
+                         f"{' ...' if len(sizes) > 8 else ''}: give the layers' names as the connectome names them "
+                         "(conn.names, 'fc1.weight')")
+    fixed = {}
+    for n, k in held.items():
+        count = sizes[n] if k is None else whole_number(k)
+        if count is None or not 0 <= count <= sizes[n]:
+            raise ValueError(f"protected layer {n!r} holds {k!r} live synapses: a count is a whole number from 0 to "
+                             f"the layer's {sizes[n]:,} synapses")
+        fixed[n] = count
+    return d, md, fixed
 
 
 def floor_synapses(min_density: float, size: int) -> int:

@@ -28,7 +28,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
-from .budgets import get_budget
+from .budgets import budget_names, get_budget
 from .counts import unit_fraction
 from .atomic import write_text
 from .connectome import Connectome, eager
@@ -234,10 +234,23 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         end_step = None if end_step is None else whole_number(end_step, floats=True)
         if end_step is not None and end_step <= start_step:
             raise ValueError(f"end_step ({end_step}) must come after start_step ({start_step})")
-        if not 0.0 <= edit_fraction <= 1.0:
-            raise ValueError(f"edit_fraction must be in [0, 1], got {edit_fraction}")
-        if not 0.0 <= min_density <= 1.0:
-            raise ValueError(f"min_density must be in [0, 1], got {min_density}")
+        # fractions: a number (an int, a numpy number or a one-value tensor too, as a keep plan takes a density),
+        # not text, a bool, None or NaN (min_density=None and '0.1' failed with a bare TypeError, True was 1.0)
+        if unit_fraction(edit_fraction, slack=0.0) is None:
+            raise ValueError(f"edit_fraction must be a number in [0, 1] (the share of live synapses an update may "
+                             f"edit), got {edit_fraction!r}")
+        edit_fraction = unit_fraction(edit_fraction, slack=0.0)
+        if unit_fraction(min_density, slack=0.0) is None:
+            raise ValueError(f"min_density must be a number in [0, 1] (the share of each layer's synapses kept at "
+                             f"least; 0: no floor), got {min_density!r}")
+        min_density = unit_fraction(min_density, slack=0.0)
+        if density is not None and not unit_fraction(density, slack=0.0):  # (None or 0.0: outside (0, 1])
+            raise ValueError(f"density must be None or a number in (0, 1] (the share of synapses kept), got "
+                             f"{density!r}")
+        density = None if density is None else unit_fraction(density, slack=0.0)
+        if not isinstance(budget, str):
+            raise TypeError(f"budget must be a layer budget's name, one of {budget_names()}, got "
+                            f"{type(budget).__name__} {budget!r}")
         if window is not None and (whole_number(window) is None or window < 1):
             raise ValueError(f"window must be None or an integer >= 1, got {window!r}")
         window = None if window is None else whole_number(window)
@@ -287,8 +300,6 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                              f"min_density={min_density!r} cannot be held: lower it to {nm:g} or less, or leave it out")
         if density is None and self.policy.needs_density:
             raise ValueError(f"policy {self.policy.name!r} needs a target density in (0, 1]")
-        if density is not None and not (isinstance(density, (int, float)) and 0.0 < density <= 1.0):
-            raise ValueError(f"density must be in (0, 1], got {density!r}")
         total = conn.num_synapses()
         if density is not None and int(round(density * total)) == 0 and total > 0:
             raise ValueError(f"density {density!r} keeps round({density!r} x {total:,}) = 0 of the connectome's {total:,} "
