@@ -129,7 +129,7 @@ def record_result(conn) -> None:
 
 def _earlier_pruned(conn) -> Optional[int]:
     """The weights of ``conn`` that are 0.0 because an earlier optimisation's connectome (:func:`record_result`)
-    holds them pruned (None: none). A weight whose live values are no longer the ones that connectome froze
+    holds them pruned (None: none): not those that were 0.0 in the weights it was given. A weight whose live values are no longer the ones that connectome froze
     (other weights loaded since, a sparse state_dict of another run, training; live weights zeroed by hand
     aside) counts for none: giving that connectome's weights back would mix its frozen values into the
     weights loaded since."""
@@ -146,7 +146,9 @@ def _earlier_pruned(conn) -> Optional[int]:
         # its live weights replaced since (one zeroed by hand is still that call's weight, less one)
         if bool((kept & (w != 0) & (w != other.original[name].to(p.device))).any()):
             continue
-        pruned += int(torch.count_nonzero(~kept & (w == 0)))
+        # a weight that was 0.0 in the weights that connectome froze was not pruned by it (the model came with it):
+        # giving that connectome's weights back cannot restore it
+        pruned += int(torch.count_nonzero(~kept & (w == 0) & (other.original[name].to(p.device) != 0)))
     return pruned or None
 
 

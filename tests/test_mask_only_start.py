@@ -337,6 +337,29 @@ def test_a_second_call_on_a_model_an_earlier_call_pruned_names_that_call_and_how
     assert third.start_removed == 0 and not any("sparse network" in w for w in said)
 
 
+def test_zeros_a_model_came_with_are_not_said_to_be_an_earlier_calls_pruning():
+    """A model that came with weights of exactly 0.0: a second call right after the first named every zero
+    (those it came with among them) as pruned by the first call, and with the weights it came with loaded back
+    it named the first call for the zeros it had never pruned, telling the user to give that call's weights
+    back, which cannot restore them. Only the zeros the earlier call pruned are named now."""
+    m = mlp()
+    with torch.no_grad():
+        m[0].weight[:, :3] = 0.0
+    came = sum(int((v == 0).sum()) for k, v in m.state_dict().items() if k.endswith("weight"))
+    given = {k: v.clone() for k, v in m.state_dict().items()}
+    first, said = optimize(m, 0.3, passes=0.5)
+    assert first.start_removed == came
+    by_first = first.snapshots["0.3"].removed - came
+    assert by_first > 0
+    _, said = optimize(m, 0.5, passes=0.5)
+    note = next(w for w in said if "starts from a sparse network" in w)
+    assert f"{by_first:,} of them pruned by an earlier optimize_connectome" in note, note
+    m.load_state_dict(given)
+    back, said = optimize(m, 0.5, passes=0.5)
+    note = next(w for w in said if "starts from a sparse network" in w)
+    assert back.start_removed == came and "earlier optimize_connectome" not in note, note
+
+
 def test_weights_loaded_since_an_earlier_call_are_not_said_to_be_its_pruning():
     """The record of an earlier optimize_connectome on a model named it for every zero its masks cover, even after
     other weights were loaded into the model (another run's pruned_state_dict.pt): the note then told the user to
