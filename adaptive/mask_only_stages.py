@@ -302,6 +302,8 @@ class StageRun(StageBatchesMixin):
             raise RuntimeError(f"stage {label!r} ended at {snap.removed} removed, not {removed_goal}: a scheduling bug")
         snap.cpu_seconds, snap.wall_seconds = e["cpu_seconds"], e["wall_seconds"]
         if not plan.climb:
+            if removed_goal is not None:
+                _warn_same_network(result.snapshots, snap, plan.max_ens)
             result.snapshots[label] = snap
         elif _better(snap.holdout_acc, snap.holdout_loss, result.snapshots["best"]):
             result.snapshots["best"], self.since_best = snap, 0
@@ -321,3 +323,22 @@ class StageRun(StageBatchesMixin):
         self.recorded[:] = list(self.result.snapshots)
         # (a fixed target's run climbs no ladder: nothing climbed, as before)
         self.climbed[:] = list(self.plan.ladder[:stage + 1]) if self.plan.climb else []
+
+
+def _warn_same_network(snapshots: dict, snap: Snapshot, largest: int) -> None:
+    """Warn where fixed target ``snap`` ended on the very network an earlier fixed target's snapshot holds
+    (one network under two names): with ensembles of several sizes a stage ends within half an ensemble of its
+    goal, not always at the nearest count, so two targets further apart than the refusal's bound
+    (:func:`adaptive.mask_only_targets.refuse_indistinct`) but under ``largest`` (the largest ensemble) apart
+    may land together (55 and 66 with neurons of 20 and 16 both ended at 60)."""
+    for other in snapshots.values():
+        if other.label == "best" or other.removed != snap.removed:
+            continue
+        if all(bool((other.masks[n] == m).all()) for n, m in snap.masks.items()):
+            warn_user(f"targets {other.label} and {snap.label} both ended at {snap.removed:,} synapses removed, on one "
+                      f"network: a stage removes whole ensembles and ends within half an ensemble of its target, not "
+                      f"always at the nearest count, so with ensembles of several sizes (up to {largest:,} synapses) "
+                      f"two targets under {largest:,} apart may end together. Their snapshots are that one network "
+                      f"under two names; for two networks give targets at least {largest:,} synapses apart, or leave "
+                      f"one of them out")
+            return

@@ -230,3 +230,43 @@ def test_a_rung_that_removes_exactly_the_absent_synapses_of_a_sparse_start_is_no
     assert rungs_above([0.25, 0.5], 100, start) == [0.5]
     with pytest.raises(ValueError, match="removes no more than the 25 of 100 synapses"):
         rungs_above([0.1, 0.25], 100, start)
+
+
+def test_two_targets_that_end_on_one_network_are_warned_of():
+    """Targets 55 and 66 with neurons of 20 and 16 synapses are more than half the smallest ensemble apart, so
+    not refused, yet both stages ended at 60 removed on the same masks: one network under two names, silently
+    (a review's sweep found 18 of 40 random pairs 8-12 apart alike). The run warns of it now, naming both
+    targets and the distance that keeps two apart; targets that end apart are not warned of."""
+    import warnings
+
+    torch.manual_seed(0)
+    x, w = torch.randn(256, 20), torch.randn(20, 4)
+    y = (x @ w).argmax(1)
+    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(30):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    xh = torch.randn(96, 20)
+    train, hold = DataLoader(TensorDataset(x, y), batch_size=32), DataLoader(TensorDataset(xh, (xh @ w).argmax(1)), 32)
+    given = {k: v.clone() for k, v in model.state_dict().items()}
+    for targets, together in (([55, 66], True), ([55, 96], False)):
+        model.load_state_dict(given)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = optimize_connectome(model, train, hold, target=targets, passes=0.25, progress=False,
+                                      ensemble="neuron")
+        a, b = (res.snapshots[str(t)] for t in targets)
+        same = a.removed == b.removed and all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+        said = [str(c.message) for c in caught if "on one network" in str(c.message)]
+        assert same == together, (a.removed, b.removed)
+        if together:
+            assert said == [f"targets {targets[0]} and {targets[1]} both ended at {a.removed:,} synapses removed, on "
+                            "one network: a stage removes whole ensembles and ends within half an ensemble of its "
+                            "target, not always at the nearest count, so with ensembles of several sizes (up to 20 "
+                            "synapses) two targets under 20 apart may end together. Their snapshots are that one "
+                            "network under two names; for two networks give targets at least 20 synapses apart, or "
+                            "leave one of them out"], said
+        else:
+            assert said == []
