@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .counts import whole_number
-from .distributed import agreed_call, refuse_differing, refuse_differing_settings
+from .distributed import agreed_call, is_distributed, refuse_differing, refuse_differing_settings
 from .ensemble_rules import parse_rules
 from .mask_only_data import _check_loader, _model_device, refuse_repeated_verify_batches, verify_pass_length
 from .mask_only_targets import Target, _is_real, check_targets, listed_targets
@@ -140,10 +140,34 @@ def check_settings(model: nn.Module, train_loader, holdout_loader, target, **set
     read: two gathers of a few words more; none on one process."""
     s = agreed_call(lambda: _own_settings(model, target, **settings), passed_why=_SAME_SETTINGS)
     refuse_differing_settings({k: _said(getattr(s, k)) for k in _SHARED}, fix=_SAME_SETTINGS_FIX)
+    _check_targets(model, s)
     s.n_train = check_loaders(train_loader, holdout_loader)
     if s.verify_batches:  # (the holdout is read whole by every process: agreed all the same)
         agreed_call(lambda: refuse_repeated_verify_batches(s.verify_batches, verify_pass_length(holdout_loader, s.seed)))
     return s
+
+
+def _check_targets(model: nn.Module, s: Settings) -> None:
+    """Refuse the targets the model cannot meet (and, for "best", a sparse start that already removes more than
+    every rung) before a loader is asked for a batch: a fixed target beyond the model's synapses was refused only
+    after the holdout's first batch had been read and run through the model, and an empty loader was named
+    first. Under several processes, weights whose zeros differ between them are refused first, by name
+    (:func:`adaptive.mask_only_start.check_start_agrees`: each process would judge the targets by its own
+    count), and a target refused on some processes is refused on every one."""
+    if is_distributed():
+        import warnings
+
+        from .connectome import Connectome
+        from .mask_only_start import check_start_agrees, sparse_start
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # discovery's warnings are the run's connectome's to give, once
+            conn = Connectome(model, ensemble=s.ensemble, include=s.include, exclude=s.exclude)
+        start = sparse_start(conn)
+        del conn
+        check_start_agrees(start)
+    agreed_call(lambda: check_targets(model, s.targets, include=s.include, exclude=s.exclude, ensemble=s.ensemble,
+                                      ladder=s.ladder), passed_why=_SAME_SETTINGS)
 
 
 def _said(v):
@@ -215,9 +239,6 @@ def _own_settings(model: nn.Module, target, *, passes, ensemble, include, exclud
             f"ensemble {ensemble!r} fixes the density at {nm:g} in every group, so no removal target can be "
             "reached by removing and restoring synapses: use 'synapse', 'kernel', 'neuron' or 'block:RxC'"
         )
-    if ladder and len(targets) == 1 and isinstance(targets[0], str) and targets[0] == "best":
-        # a sparse start that already removes more than every rung is refused before a loader is asked for a batch
-        check_targets(model, targets, include=include, exclude=exclude, ensemble=ensemble, ladder=ladder)
     return Settings(targets=targets, passes=passes, ensemble=ensemble, include=include, exclude=exclude,
                     estimator=estimator, window=window, edit_fraction=edit_fraction, approach=approach, margin=margin,
                     ladder=ladder, patience=patience, verify_batches=verify_batches,

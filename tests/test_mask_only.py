@@ -300,7 +300,10 @@ def test_threshold_mode_keeps_the_earlier_candidate_on_a_tie():
                                            (-5, "cannot be negative"), ([0.2, 0.2], "give each target once"),
                                            (float("nan"), "fraction"), (float("inf"), "fraction")])
 def test_bad_target_fails_before_anything_runs(target, match):
-    _refused_before_a_batch_is_read(target, match)
+    """A target is a model-only check: refused before either loader is read (a fixed one was refused only
+    after the holdout's first batch had been read and run through the model, where the docs promise every
+    model-only check before any loader is read)."""
+    _refused_before_a_batch_is_read(target, match, holdout_unread=True)
 
 
 @pytest.mark.parametrize("target, count", [("1e3", 1000), (50000.0, 50000), ("100.", 100)])
@@ -326,9 +329,9 @@ def test_a_fraction_that_rounds_to_every_synapse_is_refused_as_that_count_is():
     with pytest.raises(ValueError, match=r"fraction 0.999 removes round\(0.999 x 248\) = 248 synapses, every one of "
                                          r"the model's 248 .*a fraction of at most 0.997983, or a count below 248"):
         resolve_target(0.999, 248)
-    _refused_before_a_batch_is_read(0.999, "every one of the model's 248")
-    _refused_before_a_batch_is_read([0.2, 0.9999], "every one of the model's 248")
-    _refused_before_a_batch_is_read("best", "every one of the model's 248", ladder=(0.5, 0.999))
+    _refused_before_a_batch_is_read(0.999, "every one of the model's 248", holdout_unread=True)
+    _refused_before_a_batch_is_read([0.2, 0.9999], "every one of the model's 248", holdout_unread=True)
+    _refused_before_a_batch_is_read("best", "every one of the model's 248", ladder=(0.5, 0.999), holdout_unread=True)
 
 
 def test_the_largest_fraction_a_refusal_names_is_accepted_and_one_above_the_true_bound_is_not():
@@ -399,19 +402,23 @@ def _spy(loader, seen):
     return Spy
 
 
-def _refused_before_a_batch_is_read(target, match, holdout=None, **kw):
+def _refused_before_a_batch_is_read(target, match, holdout=None, holdout_unread=False, **kw):
     """optimize_connectome(target, **kw) raises ValueError matching ``match`` before the train
-    loader is read, with the model in train mode and its state as it was."""
+    loader is read (``holdout_unread``: the holdout loader too), with the model in train mode and its
+    state as it was."""
     m = tiny()
     before = copy.deepcopy(m.state_dict())
     tr, ho = loaders()
     ho = holdout or ho
-    seen = []
+    seen, seen_holdout = [], []
     Spy = _spy(tr, seen)
+    if holdout_unread:
+        ho = _spy(ho, seen_holdout)()
 
     with pytest.raises(ValueError, match=match):
         optimize_connectome(m, Spy(), ho, target, progress=False, **kw)
     assert not seen, "the loader was read before the bad input was noticed"
+    assert not seen_holdout, "the holdout loader was read before the bad input was noticed"
     assert m.training and all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
 
 
