@@ -6,7 +6,13 @@ own checks, :func:`adaptive.data.get_datasets` and the rest, name the Python key
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional
+
+# the largest count an option with no upper end of its own takes: a batch size past it failed in
+# itertools.islice ("Stop argument for islice() must be ... <= sys.maxsize"), a gradient accumulation
+# past it in torch's division of the loss ("int too big to convert"), mid-run
+LARGEST_COUNT = sys.maxsize
 
 
 def _bounds(low, high, open_low: bool, open_high: bool, whole: bool) -> str:
@@ -19,7 +25,7 @@ def _bounds(low, high, open_low: bool, open_high: bool, whole: bool) -> str:
 
 def range_problem(option: str, value, low, high=None, *, whole: bool = False, open_low: bool = False,
                   open_high: bool = False, what: str = "", example: Optional[str] = None,
-                  left_out: str = "") -> Optional[str]:
+                  left_out: str = "", most: Optional[int] = None) -> Optional[str]:
     """None where ``value`` lies in the range (or is None: the option left out), else the one message
     of the command lines' refusal.
 
@@ -29,7 +35,9 @@ def range_problem(option: str, value, low, high=None, *, whole: bool = False, op
     else any finite number (an integer or a float: NaN and text are refused). ``what``: what the
     value means, said in parentheses; ``example``: the value the fix suggests (default: ``low``, or
     the whole number above an open ``low``, "or more"); ``left_out``: what leaving the option out
-    does, offered as the other fix (``"for all"``). The fix says ``give --option X`` on the command
+    does, offered as the other fix (``"for all"``); ``most``: a bound past which a range with no upper end
+    of its own fails outside this project's code (:data:`LARGEST_COUNT`), refused with a message of its own
+    (the range's own message, "integer >= 1", is kept for values under ``low``). The fix says ``give --option X`` on the command
     line and ``set it to X`` for a file's key::
 
         --holdout must be a fraction in [0, 1) (the part of TRAIN held out; 0: none), got 1.5: give --holdout 0.1 (say)
@@ -43,6 +51,8 @@ def range_problem(option: str, value, low, high=None, *, whole: bool = False, op
         number = math.isfinite(value)
     if number and (value > low if open_low else value >= low) and (
             high is None or (value < high if open_high else value <= high)):
+        if most is not None and value > most:  # (a range with no upper end of its own, past what Python or torch takes)
+            return f"{option} must be at most {most:,}, got {value!r}"
         return None
     if whole:
         kind = "an integer"

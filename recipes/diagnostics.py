@@ -42,7 +42,7 @@ DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order
 from adaptive.diagnostics.table import Table  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import ArgumentParser, check_parallelism, error_lines, message_lines  # noqa: E402
-from adaptive.cli_checks import range_problem  # noqa: E402
+from adaptive.cli_checks import LARGEST_COUNT, range_problem  # noqa: E402
 from adaptive.paths import empty_path_problem, home_expanded  # noqa: E402
 from recipes._diagnostics import folder  # noqa: E402
 from recipes._diagnostics.dense_plan import dense_gradients_plan, memory_problem  # noqa: E402
@@ -357,11 +357,11 @@ def _check_counts(args, *names, least=1):
     """Options that are counts, checked before any model is trained."""
     for name in names:
         v = getattr(args, name, None)
-        problem = range_problem(f"--{name}", v, least, whole=True, left_out=_LEFT_OUT.get(name, ""))
+        # (past LARGEST_COUNT, --train_steps 1e20: Python's OverflowError, a traceback)
+        problem = range_problem(f"--{name}", v, least, whole=True, left_out=_LEFT_OUT.get(name, ""),
+                                most=LARGEST_COUNT)
         if problem:
             _refuse(problem)
-        if v is not None and v > sys.maxsize:  # (--train_steps 1e20: Python's OverflowError, a traceback)
-            _refuse(f"--{name} must be at most {sys.maxsize:,}, got {v}")
 
 
 def cmd_collinearity(args):

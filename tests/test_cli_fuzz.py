@@ -378,6 +378,24 @@ def test_data_options_are_refused_while_parsing_naming_the_option_and_the_fix(tm
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("recipe, option", [("A", "--batch_size"), ("A", "--eval_batch_size"),
+                                            ("A", "--gradient_accumulation_steps"), ("P", "--batch-size"),
+                                            ("P", "--eval-batch-size"), ("P", "--subset"), ("D", "--batch_size")])
+def test_a_count_past_what_python_takes_is_refused_while_parsing(tmp_path, capsys, monkeypatch, recipe, option):
+    """recipes/adaptive.py took --gradient_accumulation_steps 2**64 and failed mid-run in torch's division of
+    the loss ("int too big to convert", a traceback), and --batch_size 1e19 with islice's "Stop argument ... <=
+    sys.maxsize", naming no option, its config.yaml left behind so that the corrected command was refused as
+    an earlier run; prune_pretrained alike. Each is refused while parsing now, in the words diagnostics used."""
+    monkeypatch.setattr(D, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    parse, before = {"A": (A.parse_args, []), "P": (P.parse_args, ["--model", "mlp", "--dataset", "digits"]),
+                     "D": (D.main, ["knowledge", "--dataset", "digits"])}[recipe]
+    with pytest.raises(SystemExit) as e:
+        parse([*before, option, "18446744073709551616", "--output_dir", str(tmp_path / "out")])
+    said = f"{e.value.code} {capsys.readouterr().err}"
+    assert f"{option} must be at most 9,223,372,036,854,775,807, got 18446744073709551616" in said, said
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("option, value, line", [
     ("--subset", "0", "--subset must be an integer >= 1, got 0: give --subset 1 or more (or leave it out for all)"),
     ("--holdout", "1.5", "--holdout must be a fraction in "),  # (prune_pretrained's range is (0, 1), the others' [0, 1))

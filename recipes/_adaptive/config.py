@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Union
 
 from adaptive.cli import check_parallelism
-from adaptive.cli_checks import range_problem
+from adaptive.cli_checks import LARGEST_COUNT, range_problem
 from adaptive import run_folder
 from adaptive.config import COMMAND_LINE, SEED_RANGE, ConfigError, given_keys, parse_config, seed_in_range
 from adaptive.training import STEP_GAMMA, STEP_MILESTONES, step_schedule_problem
@@ -278,9 +278,11 @@ class RunConfig:
              + (f" (a fraction of the synapses, not a percentage: {self.density:g}% is --density "
                 f"{self.density / 100:g})" if self.density is not None and 1.0 < self.density <= 100.0 else "")),
             _data_option("--batch_size", self.batch_size, 1, whole=True, what="train examples per step and process",
-                         example="32 (say)"),
+                         example="32 (say)", most=LARGEST_COUNT),
             (self.gradient_accumulation_steps >= 1, f"gradient_accumulation_steps must be >= 1 (1: a step per batch), "
                                                     f"got {self.gradient_accumulation_steps}"),
+            _data_option("--gradient_accumulation_steps", self.gradient_accumulation_steps, 1, whole=True,
+                         example="1 (a step per batch)", most=LARGEST_COUNT),
             (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.max_steps is None or self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr must be a finite number > 0, got {self.lr}"),
@@ -324,7 +326,8 @@ class RunConfig:
             (self.keep_checkpoints >= 0, f"keep_checkpoints must be >= 0 (0: keep every one), got {self.keep_checkpoints}"),
             (self.num_workers >= 0, f"--num_workers must be >= 0 (0: load in the main process), got "
                                     f"{self.num_workers}: give --num_workers 0 or more"),
-            _data_option("--eval_batch_size", self.eval_batch_size, 1, whole=True, left_out="for --batch_size"),
+            _data_option("--eval_batch_size", self.eval_batch_size, 1, whole=True, left_out="for --batch_size",
+                         most=LARGEST_COUNT),
             (self.threads is None or self.threads >= 1, f"threads must be >= 1 (or left out), got {self.threads}"),
             (self.line_search >= 0, f"line_search must be >= 0 (held-out batches each update's check scores; 0: no "
                                     f"check), got {self.line_search}"),

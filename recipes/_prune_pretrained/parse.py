@@ -8,7 +8,7 @@ import sys
 
 from adaptive import run_folder
 from adaptive.cli import check_parallelism, message_lines, quiet_at_start, start_up_warnings_once
-from adaptive.cli_checks import range_problem
+from adaptive.cli_checks import LARGEST_COUNT, range_problem
 from adaptive.config import (SEED_RANGE, ConfigError, _exponent_floats, check_keys, dotted_key_values,
                              merge_key_values, normalize_key, seed_in_range)
 from adaptive.models import check_model_kw
@@ -160,7 +160,8 @@ def _parse_args(argv) -> argparse.Namespace:
     for key, least in (("batch_size", 1), ("eval_batch_size", 1), ("train_eval_batches", 1), ("verify_batches", 0),
                        ("eval_every", 0), ("subset", 1), ("test_subset", 1), ("threads", 1), ("num_workers", 0)):
         problem = range_problem(origin(key), cfg.get(key), least, whole=True,  # (--key, or the file's key)
-                                left_out=_LEFT_OUT.get(key, ""))
+                                left_out=_LEFT_OUT.get(key, ""),  # (threads and workers: a tighter bound below)
+                                most=None if key in ("threads", "num_workers") else LARGEST_COUNT)
         if problem:
             raise SystemExit(problem)
     n = cfg.get("num_classes")  # (0 was read as left out, the data's; -1 refused once the data had loaded)
