@@ -58,6 +58,16 @@ __all__ = ["ConfigError", "parse_config", "from_dict", "to_dict", "load_config",
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _NONE = {"none", "null", "~"}
+# on the command line "~" is the home folder, as the shell would have made it (it leaves --data_dir=~ alone):
+# read as none, --data_dir=~ silently took the default data folder and --output_dir=~ runs/<date-time>
+
+
+def _none_word(value) -> bool:
+    """Whether ``value`` is a string that means None: none, null (and YAML's ~, not on the command line)."""
+    if not isinstance(value, str):
+        return False
+    word = value.strip().lower()
+    return word in _NONE and not (isinstance(value, _Cli) and word == "~")
 
 
 class _Cli(str):
@@ -164,7 +174,7 @@ def _coerce(value, tp, key: str, src: str = ""):
         return _exponent_floats(value)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if _is_union(tp):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+        if value is None or _none_word(value):
             if type(None) in args:
                 return None
             raise bad()
@@ -658,7 +668,7 @@ def _parse_argv(cls, argv: Sequence[str]) -> Tuple[List[str], Dict[Tuple[str, ..
             entries = _dict_entries(path, val, tp, key)
         elif dataclasses.is_dataclass(tp):  # --optim '{lr: 0.5}': its fields, each under its own path
             entries = _field_entries(path, val, tp, key)
-        elif _is_list(tp) and val.strip().lower() not in _NONE:  # repeated, a list option's values accumulate
+        elif _is_list(tp) and not _none_word(_Cli(val)):  # repeated, a list option's values accumulate
             items = [_Cli(v) if isinstance(v, str) else v for v in _split_list(val)]
             before = flat.get(path)
             entries = {path: (before if isinstance(before, list) else []) + items}

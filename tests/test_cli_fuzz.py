@@ -93,6 +93,21 @@ def test_a_tilde_in_a_path_is_the_home_folder_not_a_folder_called_tilde(tmp_path
     assert not (tmp_path / "~").exists()
 
 
+def test_a_bare_tilde_on_the_command_line_is_the_home_folder_in_both_recipes(tmp_path, monkeypatch):
+    """--data_dir=~ (which the shell leaves alone) was read by recipes/adaptive.py as YAML's ~, none: the run
+    silently read the default data folder, and --output_dir=~ wrote into runs/<date-time>; prune_pretrained
+    read both as the home folder. A file's ~ is still YAML's null."""
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    assert A.parse_args(["--data_dir=~", "--output_dir", str(tmp_path / "o")]).data_dir == str(home)
+    assert A.parse_args(["--output_dir=~"]).output_dir == str(home)
+    assert P.parse_args(["--model", "mlp", "--dataset", "digits", "--data-dir=~"]).data_dir == str(home)
+    assert A.parse_args(["--config", str(_file(tmp_path / "c.yaml", "data_dir: ~\n"))]).data_dir is None
+    assert A.parse_args(["--data_dir", "none"]).data_dir is None
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),  # trained a NaN model
     (["--lr", "-1"], "--lr must be a finite number > 0, got -1.0"),  # torch's bare "Invalid learning rate: -1.0"
