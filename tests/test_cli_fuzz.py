@@ -717,3 +717,15 @@ def test_a_count_of_batches_beyond_one_pass_is_refused_naming_the_largest(tmp_pa
     err = capsys.readouterr().err + str(e.value)
     assert message in err and "Traceback" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("flag", ["cpu", "overwrite", "download", "resume"])
+def test_prune_pretrained_says_no_to_a_config_files_yes_flag(tmp_path, flag):
+    """A --config file's `cpu: true` (a --cpu run's config.yaml records it), `overwrite`, `download` or `resume`
+    could not be said no to on prune_pretrained's command line (--cpu false and --no-cpu were unrecognized),
+    where recipes/adaptive.py takes --no-KEY; --no-KEY says no over the file's yes, and the flag alone yes."""
+    cfg = _file(tmp_path / "c.yaml", f"model: mlp\ndataset: digits\n{flag}: true\n")
+    base = ["--config", str(cfg), "--output_dir", str(tmp_path / "out")]
+    assert getattr(P.parse_args(base), flag) is True
+    assert getattr(P.parse_args([*base, f"--no-{flag}"]), flag) is False
+    assert getattr(P.parse_args([*base, f"--no_{flag}", f"--{flag}"]), flag) is True  # the later one wins

@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=["no", "bf16"],
                    help="bf16: forward and backward passes under bf16 autocast (weights stay float32 and "
                         "bit-exact; the presence statistics are float32)")
+    for flag, what in (("download", "no download"), ("cpu", "the GPU where there is one"),
+                       ("resume", "a new run"), ("overwrite", "an earlier run in the folder is refused")):
+        # a --config file's `cpu: true` (a --cpu run's config.yaml records it) could not be said no to here
+        p.add_argument(f"--no-{flag}", f"--no_{flag}", dest=flag, action="store_false", default=None,
+                       help=f"say no to --{flag} where a --config file says yes (the default: {what})")
     p.add_argument("--progress", dest="progress", action="store_true", default=None,
                    help="progress bars (data decoding, optimisation, final report) even when stderr is not a "
                         "terminal (default: bars only when stderr is a terminal, none into pipes and log files)")
