@@ -235,6 +235,22 @@ def _numeric(text: str) -> bool:
         return False
 
 
+def flag_option(owner: str, key: str, value: Any, why: str = "") -> bool:
+    """``value`` as a bool, checked where a registered class (``owner``: "policy 'threshold'", say) is
+    constructed: True or False (a numpy or one-value torch bool too). Text, None or a number is a ValueError
+    naming ``owner``, ``key``, ``why`` (what the option does) and the value given: ``--controller_kw
+    adapt='false'`` (a file's quoted word) arrived as the text 'false' and was taken as true."""
+    if is_flag(value):
+        try:
+            return bool(value)
+        except (TypeError, RuntimeError, ValueError):  # (a tensor of several values)
+            pass
+    hint = (f" (the text {value!r}: give {key} unquoted, {key}={str(value).strip().lower() in ('true', 'yes', 'on')})"
+            if isinstance(value, str) and value.strip().lower() in ("true", "false", "yes", "no", "on", "off") else "")
+    raise ValueError(f"{owner} option {key} must be True or False{' (' + why + ')' if why else ''}, got {value!r}"
+                     f"{hint}")
+
+
 def number_option(owner: str, key: str, value: Any, low: Optional[float] = None, high: Optional[float] = None,
                   low_open: bool = False, high_open: bool = False, finite: bool = True, why: str = "") -> float:
     """``value`` as a float, checked where a registered class (``owner``: "utility estimator 'obd'",

@@ -4,6 +4,7 @@ import random
 import warnings
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -1519,3 +1520,20 @@ def test_refillable_of_one_ensemble_size_fills_the_room_to_within_half_an_ensemb
     assert refillable(scores, eligible, 4.0, torch.tensor([1, 3, 4]), 6.0).tolist() == [1, 3]
     assert refillable(scores, eligible, 4.0, torch.tensor([1, 3, 4]), 5.0).tolist() == [1]  # 5 + 2 < 8: one fits
     assert refillable(scores, eligible, 4.0, torch.tensor([1, 3]), 6.0).tolist() == [1, 3]  # 8 <= 6 + 2: as it is
+
+
+@pytest.mark.parametrize("value, fine", [(True, True), (False, True), (np.bool_(False), True),
+                                         (torch.tensor(True), True), ("false", False), ("False", False),
+                                         (None, False), (0, False), ("yes", False)])
+def test_thresholds_adapt_takes_a_flag_only(value, fine):
+    """A quoted yes/no word (--controller_kw adapt='false', or a YAML file's controller_kw: {adapt: 'false'})
+    and adapt=None arrived as text or None and were taken as true: the boundaries adapted as with adapt=true.
+    adapt takes True or False (a numpy or one-value torch bool too), and refuses anything else by name."""
+    from adaptive.policies import get_policy
+
+    if fine:
+        assert get_policy("threshold", adapt=value).adapt is bool(value)
+    else:
+        with pytest.raises(ValueError, match=r"policy 'threshold' option adapt must be True or False .*got "
+                                             + re.escape(repr(value))):
+            get_policy("threshold", adapt=value)

@@ -47,7 +47,7 @@ from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, e
 from ..utility.base import declares_signed_cost, estimator_label
 from ..utility.ties import untied
 from ..warn import warn_user
-from ..registry import number_option
+from ..registry import flag_option, number_option
 
 
 PACES = ("even", "cubic")
@@ -69,7 +69,8 @@ class Threshold(Policy):
         self.prune_boundary, self.restore_boundary = (
             number_option("policy 'threshold'", k, v, why="a cost or gain in the estimator's units, either sign")
             for k, v in (("prune_boundary", prune_boundary), ("restore_boundary", restore_boundary)))
-        self.adapt = adapt
+        self.adapt = flag_option("policy 'threshold'", "adapt", adapt, why="the boundaries move to the costs and gains "
+                                 "of what each update edited; False: they stay as given")
         self.pace_given = pace is not None  # unset: a loaded state's pace wins (a resumed run keeps its pace)
         self.pace = pace or DEFAULT_PACE
         self.start_live = None  # pace="cubic": the live synapses at the first update, where its schedule starts
