@@ -729,3 +729,17 @@ def test_prune_pretrained_says_no_to_a_config_files_yes_flag(tmp_path, flag):
     assert getattr(P.parse_args(base), flag) is True
     assert getattr(P.parse_args([*base, f"--no-{flag}"]), flag) is False
     assert getattr(P.parse_args([*base, f"--no_{flag}", f"--{flag}"]), flag) is True  # the later one wins
+
+
+def test_a_target_refused_in_train_mode_names_where_it_came_from_and_the_fix(tmp_path, capsys):
+    """A mask_only run's config.yaml rerun with --mode train was refused for its target with no fix (the
+    estimator's refusal, alike, names the file and --estimator none): the file's target is named and
+    --target none given as the fix, which is accepted; a command line's --target is told to drop it."""
+    cfg = _file(tmp_path / "c.yaml", "mode: mask_only\ntarget: 0.3\n")
+    with pytest.raises(SystemExit):
+        A.parse_args(["--config", str(cfg), "--mode", "train"])
+    assert f"{cfg} gives it: add --target none, or give --mode mask_only" in capsys.readouterr().err
+    assert A.parse_args(["--config", str(cfg), "--mode", "train", "--target", "none"]).target is None
+    with pytest.raises(SystemExit):
+        A.parse_args(["--target", "0.3"])
+    assert "sets the fraction of live synapses: drop --target, or give --mode mask_only" in capsys.readouterr().err

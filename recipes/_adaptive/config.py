@@ -359,8 +359,12 @@ class RunConfig:
                               f"--output_dir RUN{where}")
         if self.target is not None:
             if self.mode != "mask_only":
+                source = (given_keys() or {}).get("target")
+                # a --config file's target (a mask_only run's config.yaml, rerun with --mode train): the file stays
+                fix = (f"{source} gives it: add --target none" if source not in (None, COMMAND_LINE) else
+                       "drop --target")
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
-                                  "sets the fraction of live synapses")
+                                  f"sets the fraction of live synapses: {fix}, or give --mode mask_only")
             _check_target(self.target)
             given = (given_keys() or {}).get("density")
             if self.density is not None and (self.density != _DEFAULT_DENSITY or given == COMMAND_LINE):
