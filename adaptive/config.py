@@ -745,7 +745,12 @@ def parse_config(cls, argv: Optional[Sequence[str]] = None, prog: Optional[str] 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(config_help(cls, prog))
+        try:
+            print(config_help(cls, prog), flush=True)
+        except BrokenPipeError:  # `--help | head` closed the pipe: the help was read, status 0 (not a traceback)
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would complain)
         raise SystemExit(0)
     try:
         configs, flat = _parse_argv(cls, argv)
