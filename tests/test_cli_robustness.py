@@ -1555,3 +1555,24 @@ def test_a_run_recorded_with_an_empty_weights_resumes_as_it_ran_without_weights(
     _recorded_before_the_checks(run, weights="")
     err = _error_of(["--config", str(run / "config.yaml"), "--output_dir", str(tmp_path / "new")], capsys)
     assert "weights is empty ('')" in err
+
+
+def test_a_resume_that_only_spells_the_run_otherwise_is_not_refused(tmp_path, capsys):
+    """A train-mode --resume was refused for settings that make the same run: --epochs where both give
+    --max_steps (the run's length: epochs unread), --include= (no pattern: every layer, as none),
+    --eval_batch_size equal to the --batch_size it defaults to, and --download. Each continues the run now
+    (the same masks and accuracy as a straight run); a change that alters the run is still refused."""
+    argv = ["--max_steps", "6", "--update_every", "2", "--checkpoint_every", "3", "--threads", "1", "--progress",
+            "false", "--figures", "false", "--batch_size", "32"]
+    straight = _main([*argv, "--output_dir", str(tmp_path / "straight")]).summary
+    for i, extra in enumerate((["--epochs", "3"], ["--include="], ["--eval_batch_size", "32"], ["--download"])):
+        run = tmp_path / f"run{i}"
+        _main([*argv, "--output_dir", str(run)])
+        _back_to_step_3(run)
+        resumed = _main([*argv, "--output_dir", str(run), "--resume", "latest", *extra]).summary
+        assert resumed["mask_hash_per_process"] == straight["mask_hash_per_process"], extra
+        assert resumed["test_accuracy"] == straight["test_accuracy"], extra
+    run = tmp_path / "run0"
+    _back_to_step_3(run)
+    err = _error_of([*argv, "--output_dir", str(run), "--resume", "latest", "--max_steps", "8"], capsys)
+    assert "records other settings (max_steps: run 6, now 8)" in err, err

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 # options that may differ between a run and its resumption: where and how it is shown, not what it computes
 _RESUME_MAY_CHANGE = {"resume", "output_dir", "data_dir", "plugins", "progress", "figures", "threads", "num_workers",
-                      "log_every", "keep_checkpoints", "checkpoint_every", "overwrite"}
+                      "log_every", "keep_checkpoints", "checkpoint_every", "overwrite", "download"}
 
 # mask_only: what the stage checkpoint's own fingerprint compares (and names) when it is loaded
 _MASK_ONLY_FINGERPRINTED = {"target", "density", "epochs", "estimator", "update_every", "ensemble", "include",
@@ -66,6 +66,21 @@ def _check_resumed_config(cfg: RunConfig, output_dir: Path, resume_from: Optiona
     return [r for r in recorded if r is not None]
 
 
+def _spelt_alike(saved: dict, now: dict) -> None:
+    """Write settings that make the same run alike in both (in place), so that a resume changing only how
+    it is spelt is not refused: an empty include/exclude is none (every layer), an eval_batch_size left
+    out is the batch_size, and a train run's epochs are unread where both give max_steps (its length)."""
+    for d in (saved, now):
+        for key in ("include", "exclude"):
+            if d.get(key) in ([], (), ""):
+                d[key] = None
+        if "eval_batch_size" in d and d["eval_batch_size"] is None:
+            d["eval_batch_size"] = d.get("batch_size")
+    if (now.get("mode", "train") != "mask_only" and saved.get("max_steps") is not None
+            and now.get("max_steps") is not None and "epochs" in saved):
+        now["epochs"] = saved["epochs"]  # (a max_steps that differs is refused for itself)
+
+
 def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, resume: Optional[Path] = None,
                    no_fp16: bool = False) -> Optional[dict]:
     """Compare the settings of ``cfg`` with the ones recorded in ``path`` (a run folder's config.yaml,
@@ -100,6 +115,7 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     _former_defaults_as_run(cfg, now, saved, path)
     saved = run_folder.normalised_settings(saved)
     now = run_folder.normalised_settings(now)
+    _spelt_alike(saved, now)
     comparable_estimator_kw(saved, now)  # the estimator's defaults spelt out on one side are the other's
     from adaptive.paths import absolute_if_exists
 
