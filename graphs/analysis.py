@@ -131,7 +131,8 @@ def signal_depth(g):
     w = (kind == UNIT).long()
     dmax = torch.full((n,), -1, dtype=torch.long)
     dmin = torch.full((n,), _BIG, dtype=torch.long)
-    inputs = (kind == INPUT) & ~state_nodes(g)
+    state = state_nodes(g)
+    inputs = (kind == INPUT) & ~state
     dmax[inputs] = 0
     dmin[inputs] = 0
     live = _live(g)
@@ -144,8 +145,10 @@ def signal_depth(g):
             ok = ok & (dmax[s] >= 0)
             s, d = s[ok], d[ok]
             if s.numel():
-                dmax.scatter_reduce_(0, d, dmax[s] + w[d], "amax")
-                dmin.scatter_reduce_(0, d, dmin[s] + w[d], "amin")
+                # a state node reached by its initial state (h0's wire) is an input of depth 0 as well, not
+                # h0's depth (it took h0's, and its layer's depth then changed with whether h0 was passed)
+                dmax.scatter_reduce_(0, d, torch.where(state[d], 0, dmax[s] + w[d]), "amax")
+                dmin.scatter_reduce_(0, d, torch.where(state[d], 0, dmin[s] + w[d]), "amin")
         new = (dmax[rs] >= 0) & (dmax[rd] < 0)
         if not bool(new.any()):
             break
@@ -240,13 +243,14 @@ def layer_live(g) -> torch.Tensor:
 
 def density_per_layer(g, conn=None) -> Dict[str, float]:
     """Live fraction of each weighted layer's synapses, read from the graph alone (it equals the
-    connectome's). ``conn`` is not used: it is accepted so that calls written
+    connectome's; 0.0 for a layer of no synapses, as at every level). ``conn`` is not used: it is accepted so that calls written
     ``density_per_layer(g, conn)`` still run."""
     if g.level == "layer":
         return {x.name: d for x, d in zip(g.groups, g.node_attrs["density"].tolist()) if x.kind == "layer"}
     per = layer_live(g)
     total = torch.tensor([float(torch.tensor(l.shape).prod()) for l in g.layers], dtype=torch.float64)
-    return {l.module: float(p / t) for l, p, t in zip(g.layers, per, total)}
+    # a layer of no synapses (one compacted to no units) is 0.0, as a layer-level graph gives it (it was NaN here)
+    return {l.module: float(p / t) if t > 0 else 0.0 for l, p, t in zip(g.layers, per, total)}
 
 
 def degree_distribution(g, which: str = "in") -> Dict[str, torch.Tensor]:

@@ -119,7 +119,9 @@ def plot_dead(g, out_dir, title: Optional[str] = None) -> str:
             ("live in and out, but cut off upstream or downstream", dead["dead"] & ~no_in & ~no_out, "tab:purple"),
         )
         for label, which, color in parts:
-            frac = torch.tensor([float(which[x.start:x.start + x.count].float().mean()) for x in layers])
+            # (a layer of no units, one compacted away: 0, not the NaN of an empty mean)
+            frac = torch.tensor([float(which[x.start:x.start + x.count].float().mean()) if x.count else 0.0
+                                 for x in layers])
             if float(frac.sum()) > 0 or label == "no live input":
                 ax.bar(range(len(layers)), frac.numpy(), bottom=bottom.numpy(), color=color, label=label)
             bottom += frac
@@ -182,4 +184,8 @@ def plot_all(g, out_dir, title: Optional[str] = None) -> List[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = [f(g, out_dir, title) for f in (plot_density, plot_degrees, plot_dead, plot_reachability)]
     c = plot_concats(g, out_dir, title)
+    if not c:  # a model that does not concatenate: an earlier report's figure in the folder is not this model's
+        stale = os.path.join(out_dir, "concat_depths.png")
+        if os.path.isfile(stale):
+            os.remove(stale)
     return paths + ([c] if c else [])
