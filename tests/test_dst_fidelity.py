@@ -162,3 +162,25 @@ def test_set_drops_by_plain_magnitude_and_grows_as_many_absent_at_random_at_zero
             assert torch.all(conn.params[n].detach().reshape(-1)[grown & ~m] == 0)
             grown_total += k
     assert grown_total > 20
+
+
+def test_gmp_ends_at_every_layers_final_count_where_the_budgets_rounding_rises_near_the_end():
+    """Linear(64, 33), Linear(33, 17), Linear(17, 3) at density 0.05 under the uniform budget: the last layer's
+    share rounded to 2 synapses at the second-to-last update and to 3 at the last (largest-remainder rounding
+    is not monotone in the density), and gmp only prunes, so it ended at 2, the network at 135 of the 136
+    its density asks, silently. No layer is pruned under its final count: every layer ends at its budget's."""
+    from adaptive.budgets import get_budget
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 33), nn.ReLU(), nn.Linear(33, 17), nn.ReLU(), nn.Linear(17, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model)
+    adaptive.Controller(conn, opt, policy="gmp", density=0.05, budget="uniform", update_every=1, end_step=10)
+    final = get_budget("uniform")(conn.layers, 0.05)
+    for t in range(1, 13):
+        F.cross_entropy(model(torch.randn(8, 64)), torch.randint(0, 3, (8,))).backward()
+        opt.step()
+        opt.zero_grad()
+        live = {n: int(conn.masks[n].sum()) for n in conn.names}
+        assert all(live[n] >= final[n] for n in conn.names), (t, live, final)
+    assert live == final and sum(live.values()) == round(0.05 * conn.num_synapses())

@@ -723,12 +723,14 @@ def live_first(scores: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor]) 
             for n, s in scores.items()}
 
 
-def keep_live(ctrl, costs: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor], density: float) -> EditPlan:
+def keep_live(ctrl, costs: Dict[str, torch.Tensor], alive: Dict[str, torch.Tensor], density: float,
+              at_least: Optional[Dict[str, int]] = None) -> EditPlan:
     """The plan that only prunes to ``density``, keeping the live ensembles costliest to remove
     (``costs``: :meth:`Controller.scores <adaptive.controller.Controller.scores>`'s removal costs; an
     absent ensemble is never kept, :func:`live_first`), carrying the estimator's own costs of what it
-    prunes (a -inf reported as such, not as the lifted float it was ranked at)."""
-    plan = keep_plan(ctrl, live_first(costs, alive), density)
+    prunes (a -inf reported as such, not as the lifted float it was ranked at). ``at_least``: live
+    synapses per layer a layer budget's count is not taken under (:func:`keep_plan`)."""
+    plan = keep_plan(ctrl, live_first(costs, alive), density, at_least=at_least)
     plan.prune_scores = {n: costs[n].reshape(-1)[idx.to(costs[n].device)] for n, idx in plan.prune.items()}
     return plan
 
@@ -749,7 +751,7 @@ def plan_density(ctrl, density) -> float:
 
 
 def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_grow: bool = False,
-              network: bool = False, estimates: bool = False) -> EditPlan:
+              network: bool = False, estimates: bool = False, at_least: Optional[Dict[str, int]] = None) -> EditPlan:
     """A plan keeping the highest-scoring ensembles (``keep_scores``: one score per ensemble of each
     layer) at ``density`` (a fraction of synapses) under ``ctrl``'s budget, to within half an ensemble per layer (per connectome for the global
     budget); n:m granularities keep the top n of every m. ``network``: under a layer budget, the
@@ -764,7 +766,10 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
     ``prune_scores``/``grow_scores``, which the event reports (a loss change only where the estimator
     is a loss model, else in its own units: ControllerReportsMixin._estimates). Leave it False for
     scores of any other kind (shifted or rescaled ones, an init's magnitudes): the plan then
-    carries none. A ``density`` outside [0, 1] is refused naming the policy (:func:`plan_density`)."""
+    carries none. A ``density`` outside [0, 1] is refused naming the policy (:func:`plan_density`).
+    ``at_least``: under a layer budget, live synapses per layer its count is raised to where the budget
+    gives fewer (a pruning schedule holds each layer at its final count or above: the budget's rounding is
+    not monotone in the density, so a layer could be cut under the count it was given at the end)."""
     density = plan_density(ctrl, density)
     alive = ctrl.alive()
     keep: Dict[str, torch.Tensor] = {}
@@ -773,6 +778,8 @@ def keep_plan(ctrl, keep_scores: Dict[str, torch.Tensor], density: float, allow_
         keep = {n: ctrl.conn.granularities[n].select(keep_scores[n]) for n in keep_scores}
     else:
         per_layer, total = synapse_targets(ctrl, density)
+        if per_layer is not None and at_least:
+            per_layer = {n: max(c, at_least.get(n, 0)) for n, c in per_layer.items()}
         if per_layer is None:
             flat, names, sizes = concat(keep_scores)
             size = concat_sizes(ctrl, names, sizes)

@@ -30,7 +30,11 @@ class GMP(Policy):
     def update(self, ctrl, step):
         target = self.schedule(step)
         alive = ctrl.alive()
-        plan = keep_live(ctrl, ctrl.scores("cost", step), alive, target)
+        # a layer is never pruned under its count at the final density: a layer budget's rounding is not monotone
+        # in the density, and near its end the cubic schedule is almost flat, so a layer rounded down at one
+        # update and up at the last ended a synapse under its final count, for good (gmp only prunes)
+        final = synapse_targets(ctrl, ctrl.density)[0] if ctrl.conn.fixed_density is None else None
+        plan = keep_live(ctrl, ctrl.scores("cost", step), alive, target, at_least=final)
         warn_if_short(self, ctrl, alive, plan, step)
         return plan
 
