@@ -1537,3 +1537,25 @@ def test_thresholds_adapt_takes_a_flag_only(value, fine):
         with pytest.raises(ValueError, match=r"policy 'threshold' option adapt must be True or False .*got "
                                              + re.escape(repr(value))):
             get_policy("threshold", adapt=value)
+
+
+@pytest.mark.parametrize("end_step, warned", [(5, True), (10, False), (None, False)])
+def test_magnitude_by_a_gradient_estimator_warns_when_no_update_falls_by_end_step(end_step, warned):
+    """magnitude with a gradient estimator prunes at the first update; with update_every=10 and end_step=5 none
+    came and the network stayed dense through training, silently (gmp and threshold warn of it). It warns now,
+    and a run whose first update falls by end_step (or has no end_step) prunes there, unwarned."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adaptive.Controller(conn, opt, policy="magnitude", estimator="curvature", density=0.2, update_every=10,
+                            end_step=end_step)
+        for _ in range(12):
+            opt.zero_grad()
+            F.cross_entropy(model(torch.randn(8, 10)), torch.randint(0, 3, (8,))).backward()
+            opt.step()
+    said = [str(w.message) for w in caught if "no update falls" in str(w.message)]
+    assert len(said) == int(warned), said
+    assert conn.density() == (1.0 if warned else 0.2)

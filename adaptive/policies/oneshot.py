@@ -1,6 +1,7 @@
 """One-shot pruning to a density: by magnitude (the default) or by any named estimator."""
 from __future__ import annotations
 
+from ..warn import warn_user
 from .base import Policy, keep_live, register_policy
 from .gmp import warn_if_short
 
@@ -22,6 +23,7 @@ class OneShot(Policy):
 
     def initialize(self, ctrl):
         if ctrl.drop_est.needs_gradients:
+            self._warn_no_update(ctrl)
             return None
         plan = self._plan(ctrl, 0)
         self.done = True  # only once planned: scores refused (NaN) leave the prune to come
@@ -33,6 +35,18 @@ class OneShot(Policy):
         plan = self._plan(ctrl, step)
         self.done = True
         return plan
+
+    @staticmethod
+    def _warn_no_update(ctrl):
+        """A prune waiting for the first update where none falls by end_step stays dense, as gmp warns."""
+        if ctrl.end_step is None:
+            return
+        last = ctrl.start_step + (ctrl.end_step - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+        if last < max(1, ctrl.start_step):
+            warn_user(f"policy 'magnitude' with estimator {ctrl.estimator_name!r} prunes at the first update, when its "
+                      f"gradient statistics exist, and no update falls between start_step={ctrl.start_step} and "
+                      f"end_step={ctrl.end_step} with update_every={ctrl.update_every}, so the network stays dense; "
+                      "lower update_every, move end_step later, or leave end_step out")
 
     def _plan(self, ctrl, step):
         # an absent ensemble is never kept in place of a present one: a removal cost an estimator gives it
