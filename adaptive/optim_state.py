@@ -157,8 +157,12 @@ def _reset_lbfgs(optimizer: torch.optim.LBFGS, param: torch.Tensor, where: torch
 
 def _fresh_value(optimizer, param, key) -> float:
     """The value a state entry starts at in a fresh optimizer: 0, except Adagrad's ``sum``
-    (``initial_accumulator_value``) and Rprop's ``step_size`` (``lr``): a regrown synapse must step
-    as a fresh one would."""
+    (``initial_accumulator_value``) and Rprop's ``step_size`` (``lr``), so that a regrown synapse's own
+    state starts as a fresh optimizer's. Its steps are then a fresh optimizer's only where the state is
+    per element: Adam's (and AdamW's) step count is one per tensor and is not reset, so a regrown weight's
+    moments, zeroed, are bias-corrected for the tensor's step count, and its first steps are larger than a
+    fresh Adam's (about 3.2x lr after many steps, with the default betas), as in RigL's own code, which
+    zeroes the moments alike."""
     fresh = {(torch.optim.Adagrad, "sum"): "initial_accumulator_value", (torch.optim.Rprop, "step_size"): "lr"}
     for (cls, k), group_key in fresh.items():
         if isinstance(optimizer, cls) and key == k:
