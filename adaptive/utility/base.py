@@ -139,9 +139,15 @@ class UtilityContext:
 
     @property
     def w0(self) -> torch.Tensor:
-        """The value a synapse has when present (float): its original weight in mask_only mode,
-        else its current one."""
-        return (self.restore if self.restore is not None else self.weight).float()
+        """The value a synapse has when present (float): a present synapse's current weight (in mask_only
+        mode its original, frozen), an absent one's restore value where there is one (its original weight
+        in mask_only mode, or train mode's grow_init='original'), else its current 0.0. Train mode with
+        restore values read every synapse at its original weight: a present synapse trained far from it
+        was valued by a weight it no longer has (presence and evidence pruned a trained weight of 3.5 as
+        one of 0.007)."""
+        if self.restore is None:
+            return self.weight.float()
+        return torch.where(self.mask.to(self.weight.device), self.weight, self.restore.to(self.weight.device)).float()
 
 
 def declares_signed_cost(est) -> bool:
