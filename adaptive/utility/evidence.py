@@ -6,7 +6,9 @@ mask_only mode). Each window of n batches gives d's mean and its batch-to-batch 
 ratio t = mean / (spread / sqrt(n)) says how consistently the batches agree, independent of the
 weight's scale. Evidence accumulates as E <- decay * E - step * clip(t, -clip, clip), so a synapse's
 value is judged by what held across many windows, not by one window's noise. A window of one batch
-has no spread and adds nothing (the Controller warns of such windows): give it two or more batches. Its
+has no spread and adds nothing (the Controller warns of such windows): give it two or more batches. A
+window of several batches that agree exactly (a full-batch or one-batch dataset) counts as the clip's
+agreement, in the mean's direction (nothing with an infinite clip). Its
 value of presence is
 
     v = |w0| + rms(w0 of its layer) * E
@@ -49,7 +51,7 @@ class Evidence(Estimator):
 
     def _prior(self, ctx):
         w0 = ctx.w0
-        return w0.abs(), w0, w0.pow(2).mean().sqrt()
+        return w0.abs(), w0, _rms(w0)
 
     def removal_cost(self, ctx):
         prior, w0, rms = self._prior(ctx)
@@ -62,8 +64,14 @@ class Evidence(Estimator):
         if s.n(ctx.name) >= 2:
             g = s.mean(ctx.name)
             se = (s.batch_variance(ctx.name) / s.n(ctx.name)).sqrt()
-            t = g * torch.sign(w0) / se.clamp_min(1e-20)  # t-statistic of d = g * w0 (scale-free)
-            t = torch.where(se > 0, t, torch.zeros_like(t))
+            # t-statistic of d = g * w0 (scale-free: the floor is float's smallest normal, not 1e-20, which cut the
+            # t of a layer of weights near 1e21, its gradients near 1e-21)
+            t = g * torch.sign(w0) / se.clamp_min(torch.finfo(se.dtype).tiny)
+            # no spread: batches that agree exactly (a full-batch or one-batch dataset) are the clip's agreement
+            # in the mean's direction, as a spread of one ulp already gave; they added nothing, silently
+            # (an infinite clip: still nothing, the t-statistic being infinite)
+            agree = torch.sign(g * torch.sign(w0)) * (self.clip if self.clip < float("inf") else 0.0)
+            t = torch.where(se > 0, t, agree)
             e = self.decay * e - self.step * t.clamp(-self.clip, self.clip)
         self.evidence[ctx.name] = e
         self._value[ctx.name] = prior + rms * e
@@ -87,3 +95,12 @@ class Evidence(Estimator):
         elif v.device != ctx.w0.device:
             v = self._value[ctx.name] = v.to(ctx.w0.device)
         return v
+
+
+def _rms(w: torch.Tensor) -> torch.Tensor:
+    """The root mean square of ``w``, its squares taken after scaling the layer near unit scale by a power of
+    two (exact): unscaled, float32 squares overflowed for weights near 1e20 (evidence's values became +-inf) and
+    underflowed near 1e-20 (its evidence was lost), as :meth:`Presence._init_value` guards against too."""
+    _, e = torch.frexp(w.abs().amax())  # a layer of zeros: e = 0, and its rms stays 0
+    e = e.clamp(-126, 126)
+    return torch.ldexp(torch.ldexp(w, -e).pow(2).mean().sqrt(), e)
