@@ -2086,3 +2086,28 @@ def test_curves_of_a_longer_run_tick_round_counts_and_batches(tmp_path, monkeypa
             assert len(ticks) >= 4 and all(t % unit == 0 for t in ticks), (ax.get_title(), ticks)
     finally:
         close(fig)
+
+
+def test_a_resumed_best_climb_reports_the_optimisation_time_of_every_session(tmp_path, weights, monkeypatch):
+    """A best climb killed in a later rung and resumed reported the resumed session's minutes only: its one
+    snapshot is the rung it chose, whose time is an earlier one, and the session before the crash was lost
+    (1.4 s reported of 4.8). The time its history carries on counts: the report's minutes are at least the
+    history's last wall time, and a stand-in result whose chosen rung came early reads the history's."""
+    from types import SimpleNamespace
+
+    early = SimpleNamespace(wall_seconds=1.0)
+    result = SimpleNamespace(snapshots={"best": early}, history=[{"kind": "eval", "wall_seconds": 1.0},
+                                                                 {"kind": "resume"}, {"kind": "eval", "wall_seconds": 4.8}])
+    assert pp_run.optimisation_minutes(result, 0.5) == 4.8 / 60
+    assert pp_run.optimisation_minutes(result, 600.0) == 10.0  # (this session's where it is the longer)
+    mod = recipe()
+    out = tmp_path / "run"
+    climb = ("--remove", "best", "--ladder", "0.2", "0.4", "0.6", "--patience", "3")
+    _crash_in_second_target(mod, monkeypatch)
+    with pytest.raises(Crash):
+        mod.main(args(weights, out, *climb))
+    monkeypatch.setattr(pp_run, "optimize_connectome", mod.optimize_connectome)
+    summary = mod.main(args(weights, out, *climb, "--resume"))
+    hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert any(h["kind"] == "resume" for h in hist)
+    assert summary["minutes"] * 60 >= max(h["wall_seconds"] for h in hist if "wall_seconds" in h)
