@@ -172,10 +172,29 @@ def _is_digest(v) -> bool:
                                        for x in v)
 
 
-def _weights_differences(saved, now: list, weights: Optional[Dict[str, torch.Tensor]]) -> Optional[str]:
+def frozen_tensors_digest(model: torch.nn.Module, prunable) -> List[List[str]]:
+    """:func:`weights_digest` of every tensor of ``model`` that is not a prunable weight (``prunable``: those
+    parameters, :attr:`Connectome.params`): biases, normalisation layers' weights and running statistics, and
+    other buffers, by their names in the module a wrapper runs. They are frozen too and shape every
+    evaluation: a checkpoint of other biases was resumed without a word, its held-out figures then disagreeing
+    with the snapshots' own."""
+    from .wrappers import _plain_module
+
+    plain, skip = _plain_module(model), {id(p) for p in prunable}
+    named = [(n, t) for n, t in plain.named_parameters() if id(t) not in skip] + list(plain.named_buffers())
+    return weights_digest({n: t for n, t in named if isinstance(t, torch.Tensor)})
+
+
+def _weights_differences(saved, now: list, weights: Optional[Dict[str, torch.Tensor]], key: str = "weights",
+                         unit: str = "layer") -> Optional[str]:
     """What differs between the weights a checkpoint recorded (``saved``: :func:`weights_digest`'s
     list, or an older checkpoint's :func:`weights_checksum`) and this run's (``now``, a digest
-    list of ``weights``); None when they are the same."""
+    list of ``weights``); None when they are the same. ``key`` and ``unit``: how the message names the
+    fingerprint's entry and each tensor of it."""
+    if key != "weights":
+        problem = _weights_differences(saved, now, weights)
+        return None if problem is None else key + problem[len("weights"):].replace("(layer", f"({unit}").replace(
+            "another model (layers", f"another model ({unit}s")
     fix = "load the weights that run started from"
     names = [n for n, _ in now]
     if _is_sums(saved):  # an older checkpoint's
@@ -525,6 +544,13 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
         a, b = saved.get(k), now.get(k)
         if k == "weights" and _is_digest(b):
             problem = _weights_differences(a, b, weights)
+            if problem:
+                out.append(problem)
+            continue
+        if k == "frozen_tensors":
+            if a is None:
+                continue  # recorded before the other tensors were
+            problem = _weights_differences(a, b, None, key=k, unit="tensor")
             if problem:
                 out.append(problem)
             continue

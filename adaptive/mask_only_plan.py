@@ -72,6 +72,7 @@ def plan_run(model: nn.Module, s: Settings, train_loader, holdout_loader, checke
                               loss_fn=ckpt.callable_identity(s.loss_fn),
                               accuracy_fn=ckpt.callable_identity(s.accuracy_fn),
                               weights=ckpt.weights_digest(conn.original), precision=_precision(model),
+                              frozen_tensors=ckpt.frozen_tensors_digest(model, conn.params.values()),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader),
                               # each process's share of the train batches (its loader's length) follows from it
                               processes=world_size())

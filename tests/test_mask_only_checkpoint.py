@@ -938,3 +938,37 @@ def test_a_resume_under_another_process_count_is_refused_naming_it(tmp_path, mon
     save_stage(path, state)
     resumed = optimize_connectome(tiny(), *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
     assert [h["kind"] for h in resumed.history].count("resume") == 1
+
+
+@pytest.mark.parametrize("which", ["bias", "batchnorm running mean", "batchnorm weight"])
+def test_a_resume_with_other_biases_or_normalisation_tensors_is_refused_naming_the_tensor(tmp_path, which):
+    """The checkpoint fingerprinted the prunable weights alone: a model whose biases or BatchNorm tensors
+    changed since (a --weights file replaced) resumed without a word, the finished targets' held-out figures
+    from the old tensors beside snapshots evaluated with the new. Every frozen tensor is fingerprinted now and
+    a change is refused naming it, before anything changes; the same tensors resume."""
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 4))
+
+    path = tmp_path / "ck.pt"
+    first = model()
+    first[1].running_mean.uniform_(-0.5, 0.5)
+    given = copy.deepcopy(first.state_dict())
+    interrupted(first, [0.2, 0.5], path, at_stage=1)
+    before = path.read_bytes()
+    changed = model()
+    changed.load_state_dict(given)
+    name = {"bias": "5.bias", "batchnorm running mean": "1.running_mean", "batchnorm weight": "1.weight"}[which]
+    with torch.no_grad():
+        t = changed.state_dict()[name]
+        t.view(-1)[0] = torch.nextafter(t.view(-1)[0], torch.tensor(float("inf")))
+    kept = copy.deepcopy(changed.state_dict())
+    with pytest.raises(CheckpointMismatchError, match=rf"frozen_tensors: the checkpoint was made from other weights "
+                                                      rf"\(tensor '{re.escape(name)}' differs: load the weights"):
+        optimize_connectome(changed, *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    assert all(torch.equal(v, kept[k]) for k, v in changed.state_dict().items()) and path.read_bytes() == before
+    same = model()
+    same.load_state_dict(given)
+    resumed = optimize_connectome(same, *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    assert [h["kind"] for h in resumed.history].count("resume") == 1
