@@ -195,6 +195,29 @@ def _same_file(fd, path: Path) -> bool:
         return False
 
 
+WRITABLE_FIX = "give an --output_dir this user can write into (or make that folder writable)"
+
+
+def unwritable_problem(out) -> Optional[str]:
+    """Why no run can write into the output folder ``out`` (None: it can): checked before a recipe reads its
+    data, which an unwritable folder met only when its lock was taken, after minutes of data loading (an
+    ImageNet folder scan, CIFAR-10's decoding). A temporary file is made and removed in ``out``, or in the
+    nearest folder above it that exists (the run makes the rest); nothing is left."""
+    import tempfile
+
+    folder = Path(out)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return None  # (a file on the way: the options' own check names it)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        where = "" if folder == Path(out) else f" (its nearest existing folder {folder})"
+        return f"cannot write into --output_dir {out}{where}: {e.strerror or e}: {WRITABLE_FIX}"
+    return None
+
+
 class RunLock:
     """An exclusive lock on the run folder (main process), taken just before the run first writes
     there and held to its end: a second run into the same folder is refused instead of
@@ -266,7 +289,7 @@ class RunLock:
                     return (f"cannot open the lock file {self.path} of --output_dir {self.path.parent}: "
                             f"{e.strerror or e}: remove it (no run holds it: a run holding it is named), or "
                             "give another --output_dir")
-                return f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}"
+                return (f"cannot write into --output_dir {self.path.parent}: {e.strerror or e}: {WRITABLE_FIX}")
             if not stat.S_ISREG(os.fstat(fd.fileno()).st_mode):  # a pipe or device: no lock file to write
                 fd.close()
                 return _lock_file_problem(self.path) or f"{self.path} is no plain file: remove it"

@@ -1,6 +1,7 @@
 """recipes/prune_pretrained.py end to end on fake data and a randomly initialised ResNet-20."""
 import argparse
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -2111,3 +2112,33 @@ def test_a_resumed_best_climb_reports_the_optimisation_time_of_every_session(tmp
     hist = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert any(h["kind"] == "resume" for h in hist)
     assert summary["minutes"] * 60 >= max(h["wall_seconds"] for h in hist if "wall_seconds" in h)
+
+
+def test_an_unwritable_output_dir_is_refused_before_the_data_loads(tmp_path, weights, monkeypatch, capsys):
+    """An --output_dir no file can be made in (an immutable folder: root ignores permission bits) was refused
+    only when the run took its lock, after the data had loaded (minutes of an ImageNet folder scan), with no
+    fix named. It is refused first now, naming the fix, and a writable or new folder passes the probe, which
+    leaves nothing behind."""
+    import errno
+    import tempfile
+
+    from adaptive import run_folder
+
+    assert run_folder.unwritable_problem(tmp_path / "new" / "run") is None and not (tmp_path / "new").exists()
+    out = tmp_path / "locked"
+    out.mkdir()
+    real = tempfile.TemporaryFile
+
+    def refused(*a, dir=None, **kw):
+        if dir is not None and Path(dir) == out:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return real(*a, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr(pp_run, "get_dataloaders", lambda *a, **kw: pytest.fail("the data was loaded"))
+    mod = recipe()
+    with pytest.raises(run_folder.RunFolderError, match=rf"cannot write into --output_dir {re.escape(str(out))}: "
+                                                        r"Operation not permitted: give an --output_dir this user "
+                                                        r"can write into"):
+        mod.main(args(weights, out, "--remove", "0.2"))
+    assert list(out.iterdir()) == []

@@ -98,6 +98,9 @@ def _run(args, out: Path, checked, test_loader_hook, labels=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    unwritable = run_folder.unwritable_problem(out)  # before the data: the lock that found it came after it loaded
+    if unwritable:
+        raise run_folder.RunFolderError(unwritable)
     # the model (its weights loaded) before the data where the dataset knows its classes and input
     # shape unread: a weights file that does not fit, or a count beyond the model's synapses, is
     # refused before minutes of data loading (an ImageNet folder scan, CIFAR-10's JPEG decoding)
