@@ -106,5 +106,5 @@ def test_a_flag_for_a_number_option_is_refused_naming_the_option(flag):
         get_policy("crawl", edit_fraction=flag)
     with pytest.raises(ValueError, match=r"option step must be .*True.* \(a flag, not a number: give step the number"):
         number_option("utility estimator 'presence'", "step", flag, low=0)
-    assert get_policy("threshold", adapt=flag).adapt is flag  # a flag option still takes a flag
+    assert get_policy("threshold", adapt=flag).adapt is True  # a flag option still takes a flag (as Python's bool)
     assert number_option("x", "k", np.float64(0.5)) == 0.5 and number_option("x", "k", torch.tensor(2)) == 2.0
