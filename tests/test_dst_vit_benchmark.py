@@ -88,3 +88,27 @@ def test_the_table_never_shows_an_accuracy_of_all_or_none_that_it_is_not(tmp_pat
                                    for line in (tmp_path / "t.md").read_text().splitlines()[4:9])}
     assert rows["dense"] == ["99.996", "50.00"] and rows["set"] == ["0.004", "100.00"], rows
     assert rows["rigl"] == ["25.00", "nan"], rows
+
+
+def test_a_cached_run_of_another_estimator_or_controller_option_is_not_reused(tmp_path):
+    """The reuse check compared lr, density, epochs and seed only: a finished run with estimator obd and
+    zero_cost_order index was returned as the utility/consistency row (the Reproduce command's default --runs
+    folder could publish old runs of other settings). Every recorded setting that changes the run is compared;
+    a run recorded with these settings is reused."""
+    import argparse
+
+    import pytest
+
+    mod = load_script("recipes/benchmarks/dst_vit.py", "dst_vit_settings")
+    out = tmp_path / "utility_e8_s0"
+    out.mkdir()
+    (out / "summary.json").write_text('{"test_acc": 0.5}')
+    recorded = "lr: 0.001\ndensity: 0.2\nepochs: 8\nseed: 0\npolicy: utility\nthreads: 4\n"
+    args = argparse.Namespace(runs=str(tmp_path), epochs=8, seed=0, lr=0.001, threads=2, data_dir=None)
+    row = ["--density", "0.2", "--policy", "utility", "--estimator", "consistency"]
+    (out / "config.yaml").write_text(recorded + "estimator: obd\ncontroller_kw: {zero_cost_order: index}\n")
+    with pytest.raises(SystemExit, match=r"estimator: obd there, consistency here.*controller_kw: "
+                                         r"\{'zero_cost_order': 'index'\} there, \{\} here"):
+        mod.run("utility", row, args)
+    (out / "config.yaml").write_text(recorded + "estimator: consistency\ncontroller_kw: {}\n")
+    assert mod.run("utility", row, args) == {"test_acc": 0.5}  # (its threads, shown only, may differ)

@@ -40,9 +40,44 @@ from adaptive import jsonio  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
 
 
+# settings that do not change what a run computes: a finished run of other ones is reused all the same
+_SHOWN_ONLY = {"output_dir", "data_dir", "threads", "progress", "figures", "num_workers", "plugins", "log_every",
+               "keep_checkpoints", "checkpoint_every", "download", "resume", "overwrite"}
+
+
+def _command(extra: list, args, out: Path) -> list:
+    """recipes/adaptive.py's arguments for one row (``extra``: its policy, density and options)."""
+    cmd = ["--model", "vit_tiny", "--dataset", "cifar10", "--epochs", str(args.epochs), "--optimizer", "adamw", "--lr",
+           str(args.lr), "--weight-decay", "0.05", "--warmup-steps", "200", "--augment", "true", "--seed",
+           str(args.seed), "--threads", str(args.threads), "--budget", "erk", "--output_dir", str(out),
+           "--no-progress"] + list(extra)
+    if getattr(args, "data_dir", None):
+        cmd += ["--data-dir", args.data_dir]
+    return cmd
+
+
+def _other_settings(recorded: dict, cmd: list) -> dict:
+    """The settings a finished run recorded (its config.yaml) that differ from the ones ``cmd`` would run
+    with, as ``{key: (there, here)}``, compared for every key the run recorded that changes what it
+    computes (:data:`_SHOWN_ONLY` aside): lr, density, epochs and seed alone were compared, so a run of
+    another estimator, --model-kw or --controller_kw was reused as this row."""
+    from adaptive.config import to_dict
+    from recipes._adaptive.config import parse_args
+
+    want = to_dict(parse_args(cmd))
+    def same(a, b):
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            return float(a) == float(b)
+        return a == b
+
+    return {k: (recorded.get(k), v) for k, v in want.items()
+            if k not in _SHOWN_ONLY and k in recorded and not same(recorded.get(k), v)}
+
+
 def run(name: str, extra: list, args) -> dict:
     out = Path(args.runs) / f"{name}_e{args.epochs}_s{args.seed}"
     summary = out / "summary.json"
+    cmd = _command(extra, argparse.Namespace(**{"threads": 1, **vars(args)}), out)
     if summary.exists():  # reuse a finished run only if it ran with these settings
         from adaptive.yaml_read import load_yaml
 
@@ -50,18 +85,14 @@ def run(name: str, extra: list, args) -> dict:
         want = {"lr": args.lr, "density": float(extra[extra.index("--density") + 1]), "epochs": args.epochs,
                 "seed": args.seed}
         diff = {k: (cfg.get(k), v) for k, v in want.items() if cfg.get(k) is None or float(cfg[k]) != float(v)}
+        diff.update({k: ab for k, ab in _other_settings(cfg, cmd).items() if k not in diff})
         if diff:
             sys.exit(f"error: {out} holds a finished {name} run with other settings "
                      f"({', '.join(f'{k}: {a} there, {b} here' for k, (a, b) in diff.items())}); pass --runs DIR "
                      "for a folder of runs with these settings")
         print(f"reusing the finished run {out}", flush=True)
     else:
-        cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py"), "--model", "vit_tiny", "--dataset", "cifar10",
-               "--epochs", str(args.epochs), "--optimizer", "adamw", "--lr", str(args.lr), "--weight-decay", "0.05",
-               "--warmup-steps", "200", "--augment", "true", "--seed", str(args.seed), "--threads", str(args.threads),
-               "--budget", "erk", "--output_dir", str(out), "--no-progress"] + extra
-        if args.data_dir:
-            cmd += ["--data-dir", args.data_dir]
+        cmd = [sys.executable, str(ROOT / "recipes" / "adaptive.py")] + cmd
         print("running:", " ".join(cmd[1:]), flush=True)
         t0 = time.time()
         if subprocess.run(cmd).returncode != 0:
