@@ -83,3 +83,24 @@ def test_a_dashed_row_is_drawn_over_a_solid_one_on_the_same_points(tmp_path, mon
         assert min(broken) > max(solid)
     finally:
         plt.close(figs[0])
+
+
+def test_the_default_rows_are_the_committed_tables_rows():
+    """The Reproduce line of results/gradual_pruning.md (and _seed1.md) is the script without --rows: its default
+    rows took in the cubic-pace row, which ran apart (gradual_pruning_cubic_seed*.md), so the stated command wrote
+    7 rows where the tables hold 6. The default rows are the tables' rows, in their order."""
+    from pathlib import Path
+
+    mod = load_script("recipes/benchmarks/gradual_pruning.py", "gradual_pruning_rows")
+    results = Path(__file__).resolve().parents[1] / "recipes" / "benchmarks" / "results"
+    for name in ("gradual_pruning.md", "gradual_pruning_seed1.md"):
+        lines = (results / name).read_text().splitlines()
+        assert any(line.startswith("Reproduce: `python recipes/benchmarks/gradual_pruning.py") and "--rows" not in line
+                   for line in lines), name
+        start = next(i for i, line in enumerate(lines) if line.startswith("| row |"))
+        rows = []
+        for line in lines[start + 2:]:
+            if not line.startswith("|"):
+                break
+            rows.append(line.strip("|").split("|")[0].strip())
+        assert rows == mod.DEFAULT_ROWS, (name, rows)
