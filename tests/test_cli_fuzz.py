@@ -761,3 +761,12 @@ def test_the_training_recipes_help_into_a_closed_pipe_is_no_traceback(tmp_path):
     finally:
         os.close(write)
     assert r.returncode == 0 and "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr[-2000:]
+
+
+def test_prune_pretrained_help_names_the_launchs_precision_as_mixed_precisions_default(monkeypatch):
+    """--help said '(default: no)' for --mixed-precision, but a run given neither the option nor a --config key
+    takes the launch's precision (accelerate launch --mixed_precision bf16 runs bf16, as docs/mask_only.md says)."""
+    text = " ".join(next(a.help for a in P.build_parser()._actions if a.dest == "mixed_precision").split())
+    assert "(default: the launch's, accelerate launch --mixed_precision, else no)" in text and "(default: no)" not in text
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert P.parse_args(["--model", "mlp", "--dataset", "digits"]).mixed_precision == "bf16"

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "settings are accepted (by default such a run is refused)")
     p.add_argument("--mixed-precision", "--mixed_precision", dest="mixed_precision", choices=["no", "bf16"],
                    help="bf16: forward and backward passes under bf16 autocast (weights stay float32 and "
-                        "bit-exact; the presence statistics are float32)")
+                        "bit-exact; the presence statistics are float32) (default: the launch's, accelerate launch "
+                        "--mixed_precision, else no)")
     for flag, what in (("download", "no download"), ("cpu", "the GPU where there is one"),
                        ("resume", "a new run"), ("overwrite", "an earlier run in the folder is refused")):
         # a --config file's `cpu: true` (a --cpu run's config.yaml records it) could not be said no to here
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no progress bars, even on a terminal (default: bars only when stderr is a terminal)")
     for action in p._actions:  # every option's help names the default a run without it gets
         if action.help and DEFAULTS.get(action.dest) is not None and action.dest not in ("progress", "resume", "cpu",
-                                                                                            "download", "overwrite"):
+                                                                                            "download", "overwrite",
+                                                                                            "mixed_precision"):
             action.help += f" (default: {_shown(DEFAULTS[action.dest])})"
     return p
 
