@@ -1486,6 +1486,29 @@ def test_a_train_part_smaller_than_one_step_gets_a_note():
         "the train part holds 200 examples, fewer than one step takes (256: --batch_size 32 x 4 accumulated x 2 processes)")
 
 
+@pytest.mark.parametrize("n, batch, processes, accum", [(18, 32, 2, 1), (49, 32, 2, 1), (90, 8, 3, 4), (64, 32, 2, 2)])
+def test_the_small_train_part_note_counts_the_examples_several_processes_step_on(n, batch, processes, accum):
+    """On two processes 18 train examples at batch 32 make a step of 64 (Accelerate evens the processes'
+    batches with examples from the epoch's start: 10 read four times, 8 three times), yet the note said 'one step
+    of 18 examples'. It counts the step as Accelerate's own sharding of the recipe's loader gives it, and the
+    examples read again."""
+    import re
+    from types import SimpleNamespace
+
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from recipes._adaptive.notes import _batch_note
+
+    sampler = BatchSampler(SequentialSampler(range(n)), batch, False)
+    shards = [list(BatchSamplerShard(sampler, processes, r, split_batches=False, even_batches=True))
+              for r in range(processes)]
+    step = sum(len(b) for shard in shards for b in shard[:accum])
+    note = _batch_note(SimpleNamespace(batch_size=batch, gradient_accumulation_steps=accum), n, processes=processes)
+    again = f", {step - n:,} of them read a second time or more" if step > n else ";"  # (64 of 64: none again)
+    assert re.search(rf"each epoch is one step of {step:,} examples{again}", note), (step, note)
+
+
 def test_a_run_on_a_train_part_smaller_than_one_step_says_so(tmp_path, capsys):
     """The note reaches the run's summary.json and closing lines (it was written but never wired into the run)."""
     R.main(["--dataset", "digits", "--model", "mlp", "--subset", "100", "--batch_size", "128", "--epochs", "1",

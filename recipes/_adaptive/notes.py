@@ -47,8 +47,16 @@ def _batch_note(cfg, train_examples: int, processes: int = 1) -> Optional[str]:
     of = (f"--batch_size {cfg.batch_size}" + (f" x {cfg.gradient_accumulation_steps} accumulated" if
                                               cfg.gradient_accumulation_steps > 1 else "")
           + (f" x {processes} processes" if processes > 1 else ""))
+    if processes > 1:  # Accelerate evens the processes' batches: the step is filled with examples read again
+        one = cfg.batch_size * processes * min(cfg.gradient_accumulation_steps,
+                                               -(-train_examples // (cfg.batch_size * processes)))
+        what = (f"one step of {one:,} examples, {one - train_examples:,} of them read a second time or more (each "
+                "process's share is evened out with examples from the epoch's start)") if one > train_examples else \
+            f"one step of {train_examples:,} examples"
+    else:
+        what = f"one step of {train_examples:,} examples"
     return (f"the train part holds {train_examples:,} examples, fewer than one step takes ({step:,}: {of}), so each "
-            f"epoch is one step of {train_examples:,} examples; a smaller --batch_size (or a larger --subset) gives more steps")
+            f"epoch is {what}; a smaller --batch_size (or a larger --subset) gives more steps")
 
 
 def _whole_ensembles(ctrl, density: float) -> Optional[int]:
