@@ -23,3 +23,16 @@ def image_shape(in_shape: Optional[Sequence[int]], default: Tuple[int, int, int]
 
 def numel(shape: Sequence[int]) -> int:
     return int(math.prod(shape))
+
+
+def size_option(model: str, name: str, value, least: int = 1) -> int:
+    """``value`` of a model's size option ``name`` (depth, width, heads, a patch side) as an int: a whole number
+    of at least ``least`` (an int, a numpy or torch integer, or a float that holds one); anything else is a
+    ValueError naming the model, the option and the value. ``int()`` cut depth=2.5 to 2 and took width=True as 1,
+    silently, and a 0 failed inside torch (a ZeroDivisionError, a RuntimeError) or built a network of no blocks."""
+    from ..counts import whole_number
+
+    n = whole_number(value, floats=True)
+    if n is None or n < least:
+        raise ValueError(f"{model}: {name} must be a whole number >= {least}, got {value!r}")
+    return n

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_model
-from ._shape import as_shape, numel
+from ._shape import as_shape, numel, size_option
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -34,8 +34,7 @@ class DenseCat(nn.Module):
         super().__init__()
         if kind not in ("mlp", "cnn"):
             raise ValueError(f"DenseCat kind must be 'mlp' or 'cnn', got {kind!r}")
-        if depth < 1 or width < 1:
-            raise ValueError(f"DenseCat needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
+        depth, width = size_option("DenseCat", "depth", depth), size_option("DenseCat", "width", width)
         if activation not in _ACTIVATIONS:
             raise ValueError(f"unknown activation {activation!r}; choose from {sorted(_ACTIVATIONS)}")
         in_shape = tuple(in_shape)

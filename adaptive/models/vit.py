@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from . import register_model
-from ._shape import image_shape
+from ._shape import image_shape, size_option
 
 
 @register_model("vit_tiny")
@@ -26,6 +26,9 @@ def vit_tiny(num_classes=10, in_shape=None, patch: int = 4, depth: int = 4, widt
         raise ValueError(f"vit_tiny: qkv must be 'packed' (one in_proj_weight) or 'separate' (q, k, v apart), got {qkv!r}")
     from torchvision.models import VisionTransformer
 
+    patch, depth, width, heads, mlp = (size_option("vit_tiny", k, v) for k, v in
+                                       (("patch", patch), ("depth", depth), ("width", width), ("heads", heads),
+                                        ("mlp", mlp)))
     c, h, w = image_shape(in_shape, (3, 32, 32), "vit_tiny")
     if h != w:
         raise ValueError(f"vit_tiny needs square images, got {h}x{w}")
@@ -51,14 +54,27 @@ def separate_qkv(model: nn.Module) -> nn.Module:
     refuses the replaced parameters). Returns ``model``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"separate_qkv expects an nn.Module, got {type(model).__name__}")
+    separated = []
     for m in model.modules():
         if isinstance(m, nn.MultiheadAttention) and m._qkv_same_embed_dim:
             e = m.embed_dim
-            w = m.in_proj_weight.detach()
-            m.q_proj_weight = nn.Parameter(w[:e].clone())
-            m.k_proj_weight = nn.Parameter(w[e:2 * e].clone())
-            m.v_proj_weight = nn.Parameter(w[2 * e:].clone())
+            packed = m.in_proj_weight
+            w = packed.detach()
+            # a frozen packed weight stays frozen in its three parts (they were made trainable)
+            m.q_proj_weight = nn.Parameter(w[:e].clone(), requires_grad=packed.requires_grad)
+            m.k_proj_weight = nn.Parameter(w[e:2 * e].clone(), requires_grad=packed.requires_grad)
+            m.v_proj_weight = nn.Parameter(w[2 * e:].clone(), requires_grad=packed.requires_grad)
             del m.in_proj_weight
             m.register_parameter("in_proj_weight", None)
             m._qkv_same_embed_dim = False
+            separated.append(m)
+    if separated:
+        # an nn.TransformerEncoder built with enable_nested_tensor=True (the default) chose, when it was built,
+        # to pass padded batches as nested tensors, which only the packed attention's fast path takes: with a
+        # padding mask in eval mode the separated attention failed ("does not support NestedTensor outside of
+        # its fast path"); such an encoder passes padded tensors now, the same function
+        for enc in model.modules():
+            if isinstance(enc, nn.TransformerEncoder) and getattr(enc, "use_nested_tensor", False) and any(
+                    a is m for layer in enc.layers for a in layer.modules() for m in separated):
+                enc.use_nested_tensor = False
     return model

@@ -27,7 +27,7 @@ class WeightsMismatchError(RuntimeError):
     fits = ""
 
 
-def read_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
+def read_state_dict(path: str, mmap: bool = False, strip: bool = True) -> Dict[str, torch.Tensor]:
     """Read a state_dict from ``path`` (``.pt``/``.pth``/``.th`` or ``.safetensors``).
 
     Unwraps ``{"state_dict": ...}``-style wrappers and strips ``module.`` (DataParallel) and
@@ -35,6 +35,7 @@ def read_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
     zip-format torch file's tensors are memory-mapped (``torch.load(mmap=True)``: read from the file as
     they are used, no copy of the whole file in memory; a safetensors file's are already), for a
     second read of a file a model holds already; a legacy-format file, which cannot be, is read whole.
+    ``strip=False``: the keys as the file names them (for a model whose own names carry such a prefix).
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -73,6 +74,11 @@ def read_state_dict(path: str, mmap: bool = False) -> Dict[str, torch.Tensor]:
         sd = inner
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsMismatchError(f"{path!r} does not hold a state_dict of tensors")
+    return _stripped(sd, path) if strip else sd
+
+
+def _stripped(sd: Dict[str, torch.Tensor], path: str) -> Dict[str, torch.Tensor]:
+    """``sd`` with the wrappers' prefixes stripped from its keys (:func:`_strip`), its ``_metadata`` too."""
     out, came_from = OrderedDict(), {}
     for k, v in sd.items():
         key = _strip(k)
@@ -146,6 +152,11 @@ def _load_tensors(path: str, mmap: bool = False):
     before = set(torch.serialization.get_safe_globals())
     with torch.serialization.safe_globals([g for g in allowed if g not in before]):
         return torch.load(path, map_location="cpu", weights_only=True, **mapped)
+
+
+def _names_every_key(sd, own) -> bool:
+    """Whether the file's keys are the model's own, as they are (``num_batches_tracked`` may be missing)."""
+    return set(sd) <= set(own) and all(k in sd for k in own if not k.endswith("num_batches_tracked"))
 
 
 def _strip(key: str) -> str:
@@ -263,8 +274,15 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
     """
     path = os.fspath(path)
     # a copy (keeping the _metadata attribute some modules' loaders read): keys are dropped and filled below
-    sd = read_state_dict(path) if state_dict is None else copy.copy(state_dict)
     own = model.state_dict()
+    if state_dict is None:
+        sd = read_state_dict(path, strip=False)
+        # a model whose own names carry a wrapper's prefix (an AveragedModel's or DataParallel's "module.") loads
+        # its own file as it names it: stripped, its keys named no parameter of it
+        if not (any(k != _strip(k) for k in own) and _names_every_key(sd, own)):
+            sd = _stripped(sd, path)
+    else:
+        sd = copy.copy(state_dict)
     # parts of the network the model deliberately lacks (torchvision's GoogLeNet and Inception-v3 without
     # their auxiliary heads, which torchvision's own files hold): the file's keys under them are skipped
     skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))
@@ -303,5 +321,10 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
     for k in own:  # filled as PyTorch fills it for an unversioned file (a versioned one is refused)
         if k.endswith("num_batches_tracked") and k not in sd:
             sd[k] = own[k].detach().clone()
+    if getattr(sd, "_metadata", None) is None and getattr(own, "_metadata", None) is not None:
+        # a file that records no module versions (a safetensors file, a dict built by hand) is of the versions the
+        # model has: torchvision's MNASNet refused it with "version should be set to 1 or 2 instead of None"
+        sd = OrderedDict(sd)
+        sd._metadata = own._metadata
     model.load_state_dict(sd, strict=True)
     return model

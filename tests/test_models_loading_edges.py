@@ -1,0 +1,99 @@
+"""Models and their weights files at their edges, found by a review: a model whose own names carry a
+wrapper's prefix, a file recording no module versions, separate_qkv on stock encoders and frozen attention,
+and model sizes that are no sizes."""
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from adaptive.models import build_model, build_model_kw, load_weights, separate_qkv
+
+
+def test_a_model_whose_own_names_carry_module_loads_its_own_file(tmp_path):
+    """An AveragedModel (an EMA copy), a DataParallel model or any wrapper holding its network as ``self.module``
+    could not load its own state_dict: every key lost its 'module.' and then named none of the model's. The
+    file's keys are taken as they are where they are the model's own; a bare network's file still loads into
+    the bare network."""
+    from torch.optim.swa_utils import AveragedModel
+
+    torch.manual_seed(0)
+    for make in (lambda: AveragedModel(build_model("lenet300")), lambda: nn.DataParallel(build_model("lenet300"))):
+        src = make()
+        with torch.no_grad():
+            for p in src.parameters():
+                p.add_(1.0)
+        torch.save(src.state_dict(), tmp_path / "own.pt")
+        dst = load_weights(make(), tmp_path / "own.pt")
+        assert all(torch.equal(v, src.state_dict()[k]) for k, v in dst.state_dict().items())
+    net = build_model("lenet300")
+    torch.save(nn.DataParallel(net).state_dict(), tmp_path / "dp.pt")  # 'module.' keys into the bare network
+    bare = load_weights(build_model("lenet300"), tmp_path / "dp.pt")
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in bare.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "plain dict"])
+def test_a_file_recording_no_module_versions_loads_into_torchvisions_mnasnet(tmp_path, kind):
+    """torchvision's MNASNet reads its module version from the file's metadata, which a safetensors file or a
+    dict built by hand does not carry: the load failed with a bare 'version should be set to 1 or 2 instead of
+    None'. Such a file is of the model's own versions."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    src = build_model("torchvision:mnasnet0_5", num_classes=10)
+    path = tmp_path / ("w.safetensors" if kind == "safetensors" else "w.pt")
+    if kind == "safetensors":
+        save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
+    else:
+        torch.save(dict(src.state_dict()), path)
+    torch.manual_seed(1)
+    dst = load_weights(build_model("torchvision:mnasnet0_5", num_classes=10), path)
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in dst.state_dict().items())
+
+
+def test_separate_qkv_keeps_a_stock_encoder_working_with_a_padding_mask():
+    """nn.TransformerEncoder (enable_nested_tensor=True, the default) passed a padded batch as a nested tensor,
+    which only the packed attention's fast path takes: after separate_qkv, eval with a padding mask failed. It
+    gives the packed encoder's outputs at every position the mask keeps."""
+    torch.manual_seed(0)
+    enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2).eval()
+    ref = copy.deepcopy(enc)
+    separate_qkv(enc)
+    x = torch.randn(2, 5, 16)
+    pad = torch.tensor([[False, False, False, True, True], [False] * 5])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch's note on its nested tensors' prototype API)
+        out, want = enc(x, src_key_padding_mask=pad), ref(x, src_key_padding_mask=pad)
+    assert torch.allclose(out[~pad], want[~pad], atol=1e-5)
+
+
+def test_separate_qkv_keeps_frozen_attention_frozen():
+    """The three projections were made trainable whatever the packed weight was: a frozen ViT's attention was
+    unfrozen by separate_qkv."""
+    from torchvision.models import VisionTransformer
+
+    vit = VisionTransformer(image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+                            num_classes=10)
+    for p in vit.encoder.parameters():
+        p.requires_grad_(False)
+    separate_qkv(vit)
+    names = [n for n, p in vit.named_parameters() if p.requires_grad and n.startswith("encoder.")]
+    assert names == [], names
+    assert any(n.endswith("q_proj_weight") for n, _ in vit.named_parameters())
+
+
+@pytest.mark.parametrize("model, kw, name", [
+    ("vit_tiny", {"depth": 2.5}, "depth"), ("vit_tiny", {"heads": True}, "heads"), ("vit_tiny", {"patch": 0}, "patch"),
+    ("vit_tiny", {"mlp": -5}, "mlp"), ("vit_tiny", {"depth": 0}, "depth"), ("densecat", {"width": True}, "width"),
+    ("densecat", {"depth": 2.5}, "depth"),
+])
+def test_a_models_size_that_is_no_size_is_refused_naming_the_option(model, kw, name):
+    """int() cut vit_tiny's depth=2.5 to 2 and took heads=True as 1, silently; patch=0 was a ZeroDivisionError,
+    mlp=-5 torch's RuntimeError and depth=0 built a network of no blocks. Each is refused naming the option; a
+    float holding a whole number is that number."""
+    from adaptive.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"--model_kw .*{name} must be a whole number >= 1, got "):
+        build_model_kw(model, kw, in_shape=(3, 32, 32))
+    assert len(build_model_kw("vit_tiny", {"depth": 2.0}, in_shape=(3, 32, 32)).encoder.layers) == 2
