@@ -214,8 +214,13 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol: Optional[float], rtol: Optio
         xs.append((type(x2)(double(t) for t in x2) if isinstance(x2, (tuple, list)) else double(x2), None, True, ""))
     xs += [(xi, ra, True, where) for xi, ra, where in _other_sizes(ref, x, g, batch)]
     worst = worst_rel = 0.0
+    from adaptive.data.cycle import rng_states, set_rng_states
+
     for xi, ra, optional, where in xs:
         args = tuple(xi) if isinstance(xi, (tuple, list)) else (xi,)  # several inputs: one argument each
+        # the two calls draw alike: a model that draws in its forward (noise added in eval mode) saw other draws in
+        # the copy's call, run after the masked model's on the advancing generators, and failed the check
+        drawn = rng_states()
         if ra is None:
             try:  # the model takes a keyword-only input by name; gm, as fx wrote it, in its place
                 ra = (_trial_call_with_inputs if optional else _call_with_inputs)(ref, args)  # a tensor, or a dict / tuple
@@ -223,6 +228,7 @@ def _verify(ref: nn.Module, gm: nn.Module, x, atol: Optional[float], rtol: Optio
                 if not optional:
                     raise
                 continue
+        set_rng_states(drawn)
         try:
             rb = _call_with_inputs(gm, args)  # its keyword-only inputs by name, as the model's
         except Exception as e:  # noqa: BLE001 - the masked model runs on this input: so must the compact one

@@ -84,8 +84,9 @@ def _link(n, cat, module, args, env, items) -> bool:
             return False
         if items.last(n, env) and not ops.elementwise(n, module):
             return False  # pooling, batch norm, padding or resampling act along axis 1, not the last
-        if module is not None and not isinstance(module, _BN) and any(True for _ in module.parameters()):
-            return False  # per-channel parameters we do not know how to slice
+        if module is not None and not isinstance(module, _BN) and (any(True for _ in module.parameters())
+                                                                    or any(True for _ in module.buffers())):
+            return False  # per-channel parameters or state (InstanceNorm's running statistics) we do not know how to slice
         if module is None and n.target is F.batch_norm:
             return False
         items.link(items.ids(args[0]), items.ids(n))
@@ -135,9 +136,10 @@ def _link(n, cat, module, args, env, items) -> bool:
         return True
     if t in ops.CONCAT_FUNCTIONS:
         dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
-        if not isinstance(n.args[0], (tuple, list)):
+        seq = n.args[0] if n.args else n.kwargs.get("tensors")  # (torch.cat(tensors=[a, b], dim=1): an IndexError)
+        if not isinstance(seq, (tuple, list)):
             return False  # a tuple of parts _split could not follow
-        parts = list(n.args[0])
+        parts = list(seq)
         if not all(p in items.offset and env[p].dim() == out.dim() and items.axis[p] == ax for p in parts):
             return False
         if dim % out.dim() == ax:

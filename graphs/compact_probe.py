@@ -95,21 +95,31 @@ class _Probe(fx.Interpreter):
         return val.view(shape).expand_as(out).clone()
 
 
-# ops that make a number of NaN (``nan_to_num``: 0.0 or what it is told; ``sign``/``sgn``: 0.0): in the probe their
-# output there would pass for a constant where the model computes from the data
-_NAN_TO_NUMBER_FUNCTIONS = {torch.nan_to_num, torch.sign, torch.sgn}
-_NAN_TO_NUMBER_METHODS = {"nan_to_num", "nan_to_num_", "sign", "sign_", "sgn", "sgn_"}
+# ops that make a number of NaN (``nan_to_num``: 0.0 or what it is told; ``sign``/``sgn``: 0.0; ``fmax``/``fmin``:
+# the other argument; ``heaviside``: its values; the nan-reductions: the sum or statistic of the rest): in the
+# probe their output there would pass for a constant where the model computes from the data (fmax of a live
+# layer's output and a constant had all 5 live units of the next layer removed)
+_NAN_TO_NUMBER_FUNCTIONS = {torch.nan_to_num, torch.sign, torch.sgn, torch.fmax, torch.fmin, torch.heaviside,
+                            torch.nansum, torch.nanmean, torch.nanmedian, torch.nanquantile}
+_NAN_TO_NUMBER_METHODS = {"nan_to_num", "nan_to_num_", "sign", "sign_", "sgn", "sgn_", "fmax", "fmin", "heaviside",
+                          "heaviside_", "nansum", "nanmean", "nanmedian", "nanquantile"}
 
 
 def _nan_read(n, env) -> Optional[torch.Tensor]:
-    """Where the data input of ``n``, an op that makes a number of NaN, holds NaN (read before the op runs: an
-    in-place one overwrites it), or None for any other node."""
+    """Where the data inputs of ``n``, an op that makes a number of NaN, hold NaN (read before the op runs: an
+    in-place one overwrites its input), broadcast together (their shapes apart: all of them, as a reduction's
+    input against its output), or None for any other node."""
     if not ((n.op == "call_function" and n.target in _NAN_TO_NUMBER_FUNCTIONS)
             or (n.op == "call_method" and n.target in _NAN_TO_NUMBER_METHODS)):
         return None
-    a = n.args[0] if n.args else n.kwargs.get("input")
-    x = env.get(a) if isinstance(a, fx.Node) else None
-    return torch.isnan(x) if isinstance(x, torch.Tensor) and x.is_floating_point() else None
+    reads = [env.get(a) for a in [*n.args, *n.kwargs.values()] if isinstance(a, fx.Node)]
+    nans = [torch.isnan(x) for x in reads if isinstance(x, torch.Tensor) and x.is_floating_point()]
+    if not nans:
+        return None
+    try:
+        return torch.stack(torch.broadcast_tensors(*nans)).any(0)
+    except RuntimeError:  # shapes that do not broadcast: NaN everywhere it matters (_nan_kept fills all)
+        return torch.ones(1, dtype=torch.bool)
 
 
 def _nan_kept(out, unknown: torch.Tensor):
