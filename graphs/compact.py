@@ -374,7 +374,23 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
     after = sum(t.numel() for t in gm.parameters())
     report = {"params_before": before, "params_after": after, "removed": removed,
               "units_removed": sum(removed.values())}  # an attention's channels too, as "removed" lists them
+    _copy_own_hooks(src, gm)
     if verify:
         report.update(_verify(ref, gm, example_input, atol, rtol, batch))
     gm.compaction = report
     return gm
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+               "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
+def _copy_own_hooks(src: nn.Module, gm: nn.Module) -> None:
+    """The model's own hooks (on the model itself, not a layer) run on the copy too: the traced copy is a new
+    module, which had none (a forward hook applying a softmax to the output was dropped, and the check failed)."""
+    for name in _HOOK_DICTS:
+        held = getattr(src, name, None)
+        if held:
+            setattr(gm, name, type(held)(held))
+    if getattr(src, "_is_full_backward_hook", None) is not None:
+        gm._is_full_backward_hook = src._is_full_backward_hook

@@ -22,6 +22,24 @@ def _stateful(module) -> bool:
     return module is not None and (any(True for _ in module.parameters()) or any(True for _ in module.buffers()))
 
 
+def _hooked(module) -> bool:
+    """Has hooks of its own that its call runs (forward, forward pre, backward): a layer shrunk is a new module,
+    which has none, so the hooks were dropped from the copy (one that changes the output failed the check as
+    'please report this model'; a feature tap stopped seeing the layer); such a layer keeps its channels."""
+    if module is None:
+        return False
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    # (the hooks that compute a weight, torch.nn.utils.prune's, weight_norm's, spectral_norm's, are the layer's
+    # weight as compaction reads it, not hooks of the user's)
+    computes = (BasePruningMethod, WeightNorm, SpectralNorm)
+    hooks = [h for d in (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+                         getattr(module, "_backward_pre_hooks", {})) for h in d.values()]
+    return any(not isinstance(h, computes) for h in hooks)
+
+
 def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
     mods = dict(gm.named_modules())
     items = _Items()
@@ -64,6 +82,8 @@ def _plan(gm: fx.GraphModule, env, align: int = 1, wider_env=None) -> dict:
             continue
         first_pin = len(items.pinned)
         if _stateful(module) and (calls[n.target] > 1 or n.target in tied):  # one set of parameters cannot be sliced two ways
+            cat = "pinned"
+        if _hooked(module):  # its hooks stay with it: it is not replaced by a shrunk copy
             cat = "pinned"
         if cat == "weighted":
             x = _module_input(n)

@@ -112,3 +112,33 @@ def test_a_model_that_draws_in_its_forward_passes_the_check():
     m = _Noisy().eval()
     small = graphs.compact(m, adaptive.Connectome(m), torch.randn(3, 4))
     assert small.compaction["units_removed"] == 0
+
+
+def _with_dead_units():
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    conn = adaptive.Connectome(net)
+    masks = {n: torch.ones_like(k) for n, k in conn.masks.items()}
+    masks["0.weight"][:3] = False  # units 0-2 of layer 0 dead: layer 2 would lose 3 input columns
+    conn.set_masks(masks)
+    return net, conn
+
+
+def test_a_layers_hooks_and_the_models_own_stay_in_the_copy():
+    """A layer compact shrank was a new module without the hooks of the one it replaced: a hook changing the
+    output failed the check as 'please report this model', a feature tap stopped seeing the layer, and a hook on
+    the model itself was dropped too. A hooked layer keeps its channels and its hooks; the model's own hooks run
+    on the copy; without hooks the same layers shrink."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6)
+    net, conn = _with_dead_units()
+    assert graphs.compact(net, conn, x).compaction["removed"]["0"] == 3  # (no hooks: the dead units go)
+    net, conn = _with_dead_units()
+    seen = []
+    net[2].register_forward_hook(lambda m, i, o: 2 * o)
+    net[4].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    net.register_forward_hook(lambda m, i, o: o.softmax(-1))
+    small = graphs.compact(net, conn, x)
+    seen.clear()
+    with torch.no_grad():
+        assert torch.allclose(small(x), net(x), atol=1e-6)
+    assert len(seen) == 2  # the tap ran in both calls
