@@ -174,7 +174,7 @@ def _is_digest(v) -> bool:
 
 def frozen_tensors_digest(model: torch.nn.Module, prunable) -> List[List[str]]:
     """:func:`weights_digest` of every tensor of ``model`` that is not a prunable weight (``prunable``: those
-    parameters, :attr:`Connectome.params`): biases, normalisation layers' weights and running statistics, and
+    parameters, a Connectome's ``params``): biases, normalisation layers' weights and running statistics, and
     other buffers, by their names in the module a wrapper runs. They are frozen too and shape every
     evaluation: a checkpoint of other biases was resumed without a word, its held-out figures then disagreeing
     with the snapshots' own."""
