@@ -7,14 +7,12 @@ convolution of ones. A compacted model holding FoldedConvs can be traced by grap
 inner convolution's call: ``conv.weight`` holds the synapses, the folded term is a constant like a bias), pruned
 with a Connectome (which finds ``<name>.conv.weight``) and compacted again.
 """
-from __future__ import annotations
+
+from typing import Final, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T_FN = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 class FoldedConv(nn.Module):
@@ -28,25 +26,51 @@ class FoldedConv(nn.Module):
     A model holding one traces with plain ``torch.fx`` too (no Python loop over a traced shape); graphs' tracer keeps it
     whole (:func:`unfolded` gives the convolution it stands for)."""
 
+    # read by TorchScript as constants, so that torch.jit.script compiles a copy holding one (its forward took
+    # *args and **kwargs, which TorchScript refuses)
+    transposed: Final[bool]
+    dims: Final[int]
+
     def __init__(self, conv: nn.Module, const_weight: torch.Tensor):
         super().__init__()
         self.conv = conv
         self.register_buffer("const_weight", const_weight)
+        self.transposed = isinstance(conv, nn.modules.conv._ConvTransposeNd)
+        self.dims = len(conv.kernel_size)
 
-    def forward(self, input, *args, **kwargs):  # named as nn.Conv*'s is: a layer called conv(input=x) is too
+    def __setstate__(self, state):  # a copy saved before these were attributes
+        super().__setstate__(state)
+        conv = self._modules["conv"]
+        self.__dict__.setdefault("transposed", isinstance(conv, nn.modules.conv._ConvTransposeNd))
+        self.__dict__.setdefault("dims", len(conv.kernel_size))
+
+    def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
+        # named as nn.Conv*'s is: a layer called conv(input=x) is too; output_size: a transposed convolution's
         x = input
         c = self.conv
-        y = c(x, *args, **kwargs)  # a transposed convolution's output_size, if given
-        d = len(c.kernel_size)
+        if self.transposed:
+            y = c(x, output_size)
+        else:
+            y = c(x)
+        d = self.dims
         # one channel of x's map, unbatched: its term (outputs, *map) adds alike to a batched y and to an unbatched
         # one (x (C, *map), which nn.Conv*d takes too); shapes read from the end, where both have the map
         ones = x.new_ones(x.shape[-d:]).unsqueeze(0)
-        if not isinstance(c, nn.modules.conv._ConvTransposeNd):
-            return y + _CONV_FN[d](ones, self.const_weight, None, c.stride, c.padding, c.dilation)
+        if not self.transposed:
+            if d == 1:
+                return y + F.conv1d(ones, self.const_weight, None, c.stride, c.padding, c.dilation)
+            if d == 2:
+                return y + F.conv2d(ones, self.const_weight, None, c.stride, c.padding, c.dilation)
+            return y + F.conv3d(ones, self.const_weight, None, c.stride, c.padding, c.dilation)
         # the output padding y has: its size past the one a transposed convolution of x's size gives without
-        extra = tuple(y.shape[i - d] - ((x.shape[i - d] - 1) * c.stride[i] - 2 * c.padding[i]
-                                        + c.dilation[i] * (c.kernel_size[i] - 1) + 1) for i in range(d))
-        return y + _CONV_T_FN[d](ones, self.const_weight, None, c.stride, c.padding, extra, 1, c.dilation)
+        stride, padding, dilation, kernel = list(c.stride), list(c.padding), list(c.dilation), list(c.kernel_size)
+        extra = [y.shape[i - d] - ((x.shape[i - d] - 1) * stride[i] - 2 * padding[i]
+                                   + dilation[i] * (kernel[i] - 1) + 1) for i in range(d)]
+        if d == 1:
+            return y + F.conv_transpose1d(ones, self.const_weight, None, stride, padding, extra, 1, dilation)
+        if d == 2:
+            return y + F.conv_transpose2d(ones, self.const_weight, None, stride, padding, extra, 1, dilation)
+        return y + F.conv_transpose3d(ones, self.const_weight, None, stride, padding, extra, 1, dilation)
 
 
 def unfolded(m: nn.Module) -> nn.Module:

@@ -142,3 +142,32 @@ def test_a_layers_hooks_and_the_models_own_stay_in_the_copy():
     with torch.no_grad():
         assert torch.allclose(small(x), net(x), atol=1e-6)
     assert len(seen) == 2  # the tap ran in both calls
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_copy_holding_a_folded_convolution_compiles_with_torchscript(transposed):
+    """docs/graphs.md: torch.jit.script compiles the copy where it compiles the model. A copy holding a FoldedConv
+    (a dead unit's constant folded into a padded convolution that reads it) did not: its forward took *args and
+    **kwargs, which TorchScript refuses. The scripted copy gives the copy's outputs."""
+    import warnings
+
+    from graphs.folded import FoldedConv
+
+    torch.manual_seed(0)
+    second = nn.ConvTranspose2d(4, 4, 3, padding=1) if transposed else nn.Conv2d(4, 4, 3, padding=1)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), second, nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    with torch.no_grad():
+        net[1].bias.fill_(1.0)  # a dead unit's output after BatchNorm and ReLU: the constant 1
+    conn = adaptive.Connectome(net)
+    masks = {n: torch.ones_like(k) for n, k in conn.masks.items()}
+    masks["0.weight"][0] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 8, 8)
+    small = graphs.compact(net, conn, x)
+    assert isinstance(small.get_submodule("3"), FoldedConv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch.jit.script's deprecation)
+        scripted = torch.jit.script(small)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), small(x), atol=1e-6) and torch.allclose(small(x), net(x), atol=1e-5)
