@@ -930,6 +930,12 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         restore = None
         if self.conn.mode == "mask_only" or self.grow_init == "original":
             restore = self.conn.original.get(name)
+        if restore is not None and self.conn.mode != "mask_only":
+            # train mode: a present synapse is valued at its trained weight, not the one kept at construction
+            # (presence and evidence, reading w0, pruned a weight trained from 0.007 to 3.5 first); once per layer
+            # and update, where ctx.w0 is read several times (mask_only's present weights are their originals)
+            w = self.conn.params[name].detach()
+            restore = torch.where(self.conn.masks[name].to(w.device), w, restore.to(w.device))
         return UtilityContext(
             name=name,
             weight=self.conn.params[name].detach(),

@@ -132,22 +132,18 @@ class UtilityContext:
     name: str
     weight: torch.Tensor  # current (masked) weight
     mask: torch.Tensor  # bool, True = present
-    restore: Optional[torch.Tensor]  # value an absent synapse returns to (mask_only), else None
+    restore: Optional[torch.Tensor]  # value an absent synapse returns to (a present one's: its weight), else None
     stats: object  # GradientStats (may be empty for estimators that need none)
     generator: torch.Generator  # folded from (seed, step, layer): same on every process
     batch_size: Optional[int] = None
 
     @property
     def w0(self) -> torch.Tensor:
-        """The value a synapse has when present (float): a present synapse's current weight (in mask_only
-        mode its original, frozen), an absent one's restore value where there is one (its original weight
-        in mask_only mode, or train mode's grow_init='original'), else its current 0.0. Train mode with
-        restore values read every synapse at its original weight: a present synapse trained far from it
-        was valued by a weight it no longer has (presence and evidence pruned a trained weight of 3.5 as
-        one of 0.007)."""
-        if self.restore is None:
-            return self.weight.float()
-        return torch.where(self.mask.to(self.weight.device), self.weight, self.restore.to(self.weight.device)).float()
+        """The value a synapse has when present (float): its restore value where there is one (in mask_only mode
+        its original weight, which a present synapse holds; in train mode with grow_init='original' a present
+        synapse's current weight and an absent one's original, as :meth:`Controller.context
+        <adaptive.controller.Controller.context>` gives it), else its current weight."""
+        return (self.restore if self.restore is not None else self.weight).float()
 
 
 def declares_signed_cost(est) -> bool:
