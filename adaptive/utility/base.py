@@ -146,6 +146,15 @@ class UtilityContext:
         return (self.restore if self.restore is not None else self.weight).float()
 
 
+def near_unit(t: torch.Tensor):
+    """``(t * 2**-e, e)``: ``t`` brought near unit scale by the power of two of its largest magnitude (exact, so
+    values computed from it are the same bits as unscaled, but their squares neither overflow float32 for weights
+    near 1e20 nor underflow near 1e-20). A tensor of zeros: ``e = 0``."""
+    _, e = torch.frexp(t.abs().amax())
+    e = e.clamp(-126, 126)
+    return torch.ldexp(t, -e), e
+
+
 def declares_signed_cost(est) -> bool:
     """Whether ``est`` declares signed removal costs (``signed_cost``), the flag read only where it
     speaks of the removal cost ``est`` computes: set on the instance, or by the class that defines

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Estimator, register_estimator
+from .base import Estimator, near_unit, register_estimator
 from ..registry import number_option
 
 
@@ -98,9 +98,8 @@ class Evidence(Estimator):
 
 
 def _rms(w: torch.Tensor) -> torch.Tensor:
-    """The root mean square of ``w``, its squares taken after scaling the layer near unit scale by a power of
-    two (exact): unscaled, float32 squares overflowed for weights near 1e20 (evidence's values became +-inf) and
-    underflowed near 1e-20 (its evidence was lost), as :meth:`Presence._init_value` guards against too."""
-    _, e = torch.frexp(w.abs().amax())  # a layer of zeros: e = 0, and its rms stays 0
-    e = e.clamp(-126, 126)
-    return torch.ldexp(torch.ldexp(w, -e).pow(2).mean().sqrt(), e)
+    """The root mean square of ``w``, its squares taken near unit scale (:func:`~adaptive.utility.base.near_unit`):
+    unscaled, float32 squares overflowed for weights near 1e20 (evidence's values became +-inf) and underflowed near
+    1e-20 (its evidence was lost), as presence's are guarded too."""
+    scaled, e = near_unit(w)
+    return torch.ldexp(scaled.pow(2).mean().sqrt(), e)

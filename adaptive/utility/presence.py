@@ -30,7 +30,7 @@ from typing import Dict
 
 import torch
 
-from .base import Estimator, register_estimator
+from .base import Estimator, near_unit, register_estimator
 from ..registry import number_option
 
 
@@ -64,8 +64,7 @@ class Presence(Estimator):
         # |w0| / rms(w0) of a layer first brought near unit scale by a power of two: exact, so the
         # values are the same bits as unscaled, but the squares neither overflow float32 (weights
         # near 1e20) nor underflow (near 1e-20), which lost the layer's order or its scale
-        _, e = torch.frexp(a.amax())  # a layer of zeros: e = 0, and its values stay 0
-        a = torch.ldexp(a, -e.clamp(-126, 126))
+        a, _ = near_unit(a)  # a layer of zeros: its values stay 0
         return a / a.pow(2).mean().sqrt().clamp_min(1e-12)
 
     def _follow(self, n: str, device) -> None:
