@@ -88,13 +88,13 @@ def load_changes(path, loaded: Mapping[str, torch.Tensor], model: nn.Module):
     the weights as loaded: where the load itself changed the file's values, a pruned state_dict
     differs from the file there too (:func:`changed_by_load`). ``({}, [])`` for no file (None). The file
     is read memory-mapped where its format allows (:func:`adaptive.models.weights.read_state_dict`)."""
-    from .models.weights import read_state_dict, strip_model_prefix
+    from .models.weights import as_model_keys, read_state_dict
 
     if not path:
         return {}, []
     # memory-mapped (a second read of a file the model holds already, beside ``loaded``: no copy of a large
     # model's whole file in memory, a float64 one twice the model's size)
-    sd = strip_model_prefix(read_state_dict(path, mmap=True), loaded, tuple(getattr(model, "skipped_weight_prefixes", ())))
+    sd = as_model_keys(read_state_dict(path, mmap=True), loaded, tuple(getattr(model, "skipped_weight_prefixes", ())))
     changed, names = {}, []
     for k, v in sd.items():
         ref = loaded.get(k)

@@ -97,3 +97,34 @@ def test_a_models_size_that_is_no_size_is_refused_naming_the_option(model, kw, n
     with pytest.raises(ConfigError, match=rf"--model_kw .*{name} must be a whole number >= 1, got "):
         build_model_kw(model, kw, in_shape=(3, 32, 32))
     assert len(build_model_kw("vit_tiny", {"depth": 2.0}, in_shape=(3, 32, 32)).encoder.layers) == 2
+
+
+def _old_densenet_names(sd):
+    """``sd`` under the names torchvision's own DenseNet files use (``denselayer1.norm.1.weight``: its layers' names
+    before dots left module names; torchvision's builders rename them on load)."""
+    import re
+
+    return {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in sd.items()}
+
+
+def test_torchvisions_own_densenet_files_load_under_their_old_layer_names(tmp_path):
+    """torchvision's DenseNet weights files (densenet121-a639ec97.pth, what torchvision downloads) name their layers'
+    tensors ``norm.1``/``conv.1``, which torchvision renames on load: load_weights refused them, every layer's key
+    missing and unexpected. They load bit-exactly now (with a Lightning prefix too); a file for another count of
+    classes names that count, and the mask-only check reads the file as the load does (no value changed)."""
+    from adaptive.mask_only_bits import load_changes, loaded_state
+
+    torch.manual_seed(0)
+    src = build_model("torchvision:densenet121", num_classes=10)
+    old = _old_densenet_names(src.state_dict())
+    assert "features.denseblock1.denselayer1.norm.1.weight" in old and "features.denseblock1.denselayer1.norm1.weight" not in old
+    torch.save(old, tmp_path / "densenet121-old.pth")
+    torch.save({"model." + k: v for k, v in old.items()}, tmp_path / "lightning.pth")
+    for name in ("densenet121-old.pth", "lightning.pth"):
+        net = load_weights(build_model("torchvision:densenet121", num_classes=10), tmp_path / name)
+        assert all(torch.equal(v, src.state_dict()[k]) for k, v in net.state_dict().items())
+    changed, names = load_changes(tmp_path / "densenet121-old.pth", loaded_state(net), net)
+    assert changed == {} and names == []
+    with pytest.raises(Exception, match="10") as e:
+        load_weights(build_model("torchvision:densenet121", num_classes=7), tmp_path / "densenet121-old.pth")
+    assert "num_classes" in str(e.value) and "norm.1" not in str(e.value)

@@ -249,11 +249,11 @@ def _fits_but_outputs(net: nn.Module, state_dict: dict):
     classes (every key, less those ``net`` skips; every shape, or one that differs in its first
     dimension alone, all such by one count), else None. A file whose every key carries one prefix (a Lightning
     module's ``model.``) is read without it where :func:`load_weights` would load it so into ``net``."""
-    from .weights import strip_model_prefix
+    from .weights import as_model_keys
 
     own = net.state_dict()
     skipped = tuple(getattr(net, "skipped_weight_prefixes", ()))
-    state_dict = strip_model_prefix(state_dict, own, skipped)  # (the loader's prefix handling, for this network)
+    state_dict = as_model_keys(state_dict, own, skipped)  # (the loader's key handling, for this network)
     sd = {k: v for k, v in state_dict.items() if k in own or not k.startswith(skipped)}
     if set(sd) - set(own) or any(k not in sd and not k.endswith("num_batches_tracked") for k in own):
         return None

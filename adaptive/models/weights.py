@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections import OrderedDict
 from typing import Dict, Optional
 
@@ -102,8 +103,6 @@ _PLAIN_GLOBALS = ("argparse.Namespace", "numpy.core.multiarray.scalar", "numpy._
 def _plain(name: str) -> bool:
     """Whether the global ``name`` (``module.attribute``) is plain data to unpickle (:data:`_PLAIN_GLOBALS`, a
     NumPy dtype class)."""
-    import re
-
     return name in _PLAIN_GLOBALS or re.fullmatch(r"numpy\.dtypes\.[A-Za-z0-9]+DType", name) is not None
 
 
@@ -175,7 +174,6 @@ def _check_integrity(path: str) -> None:
     named with the hash of its content (``name-<hex>.pth``, torch.hub's convention) is checked
     against that hash."""
     import hashlib
-    import re
     import zipfile
 
     if zipfile.is_zipfile(path):
@@ -227,6 +225,34 @@ def _check_copyable(path: str, key: str, t: torch.Tensor, own: torch.Tensor) -> 
                                    f"{own.dtype} yourself and re-save it")
 
 
+# torchvision's DenseNet layers were once named ``norm.1``, ``relu.1``, ``conv.1``, ... (before dots left module
+# names): its own weights files (densenet121-a639ec97.pth, ...) still are, and torchvision renames their keys on load
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12])((?:\.(?:weight|bias|running_mean|running_var"
+                              r"|num_batches_tracked))?)$")
+
+
+def renamed_legacy_keys(sd: Dict[str, torch.Tensor], own) -> Dict[str, torch.Tensor]:
+    """``sd`` with the old names of torchvision's DenseNet layers (``denselayer1.norm.1.weight``) as the model
+    ``own`` (its state_dict) names them (``denselayer1.norm1.weight``), as torchvision's DenseNet builders rename
+    them for its own weights files; only keys ``own`` lacks, and its ``_metadata`` (the modules' versions) too.
+    ``sd`` itself (not copied) where no key is renamed."""
+    renamed = {k: _LEGACY_DENSENET.sub(r"\1\2\3", k) for k in sd if k not in own and _LEGACY_DENSENET.match(k)}
+    if not renamed:
+        return sd
+    out = OrderedDict((renamed.get(k, k), v) for k, v in sd.items())
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = OrderedDict((_LEGACY_DENSENET.sub(r"\1\2\3", k), v) for k, v in meta.items())
+    return out
+
+
+def as_model_keys(sd: Dict[str, torch.Tensor], own, skipped=()) -> Dict[str, torch.Tensor]:
+    """``sd`` (a weights file's state_dict) under the names :func:`load_weights` loads it by into the model whose
+    state_dict is ``own``: old DenseNet layer names renamed (:func:`renamed_legacy_keys`), then a prefix every key
+    carries stripped (:func:`strip_model_prefix`, ``skipped`` its skipped prefixes)."""
+    return strip_model_prefix(renamed_legacy_keys(sd, own), own, skipped)
+
+
 def strip_model_prefix(sd: Dict[str, torch.Tensor], own, skipped=()) -> Dict[str, torch.Tensor]:
     """``sd`` with the prefix every one of its keys carries removed (one to three dotted parts: ``model.``,
     ``net.backbone.``), where the keys without it are exactly the keys of ``own`` (a model's state_dict; less
@@ -262,7 +288,8 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
     changed); ``path`` then only names the file in errors.
 
     A file whose every key carries one prefix, the model's keys without it (a Lightning module's ``model.``),
-    loads without it (:func:`strip_model_prefix`). Where it does not fit, a model's ``weights_mismatch_hint(state_dict)`` (a torchvision classifier's,
+    loads without it (:func:`strip_model_prefix`), and torchvision's own DenseNet files, whose layers have their old
+    names (``norm.1``), load as torchvision loads them (:func:`renamed_legacy_keys`). Where it does not fit, a model's ``weights_mismatch_hint(state_dict)`` (a torchvision classifier's,
     :func:`adaptive.models.tv.fitting_relatives`) names the models the file fits.
 
     Keys under the prefixes a model lists in ``model.skipped_weight_prefixes`` (parts of the network
@@ -286,7 +313,8 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
     # parts of the network the model deliberately lacks (torchvision's GoogLeNet and Inception-v3 without
     # their auxiliary heads, which torchvision's own files hold): the file's keys under them are skipped
     skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))
-    sd = strip_model_prefix(sd, own, skipped)  # (a Lightning module's "model.": every key under the model's name)
+    # (torchvision's DenseNet files' old layer names; a Lightning module's "model.": every key under the model's name)
+    sd = as_model_keys(sd, own, skipped)
     for k in [k for k in sd if k not in own and k.startswith(skipped)]:
         del sd[k]  # (in place: the file's _metadata, which some modules' loaders read, stays)
     # Checkpoints older than BatchNorm's ``num_batches_tracked`` lack it; PyTorch's own strict

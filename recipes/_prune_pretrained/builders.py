@@ -7,7 +7,7 @@ import torch
 
 from adaptive.mask_only import check_targets
 from adaptive.models import build_model_kw
-from adaptive.models.weights import WeightsMismatchError, load_weights, read_state_dict, strip_model_prefix
+from adaptive.models.weights import WeightsMismatchError, as_model_keys, load_weights, read_state_dict
 
 
 def _train_sample(dl, args):
@@ -158,7 +158,7 @@ def _file_class_count(model: torch.nn.Module, path: str, classes: int):
     ``classes``); else None (another mismatch, whose own error says it)."""
     sd, own = read_state_dict(path), model.state_dict()
     skipped = tuple(getattr(model, "skipped_weight_prefixes", ()))  # as load_weights skips them
-    sd = strip_model_prefix(sd, own, skipped)  # (and strips a prefix every key carries)
+    sd = as_model_keys(sd, own, skipped)  # (and strips a prefix every key carries, renames old DenseNet names)
     sd = {k: v for k, v in sd.items() if k in own or not k.startswith(skipped)}
     if set(sd) - set(own) or [k for k in own if k not in sd and not k.endswith("num_batches_tracked")]:
         return None
