@@ -188,3 +188,16 @@ def test_torchvision_aux_head_networks_load_their_own_weights_files(tmp_path, ar
     torch.save({**shipped.state_dict(), "extra.weight": torch.zeros(1)}, path)  # anything else is still refused
     with pytest.raises(WeightsMismatchError, match=r"unexpected keys \[extra\.weight\]"):
         build_model(f"torchvision:{arch}", num_classes=3, in_shape=(3, side, side), weights=str(path))
+
+
+def test_a_legacy_file_named_with_a_date_loads_with_a_warning(tmp_path):
+    """A legacy-format file named ``net-20261207.pth`` (a date: digits are hex digits) was refused as damaged, its
+    'hash' not its content's. A name of digits alone warns where it is not the hash, and the file loads; a name
+    with a hex letter is still a hash and refused where it does not match."""
+    sd = {"a": torch.arange(6, dtype=torch.float32)}
+    for name in ("net-20261207.pth", "net-2026120a.pth"):
+        torch.save(sd, tmp_path / name, _use_new_zipfile_serialization=False)
+    with pytest.warns(UserWarning, match="if 20261207 is a hash, the file is damaged"):
+        assert torch.equal(read_state_dict(str(tmp_path / "net-20261207.pth"))["a"], sd["a"])
+    with pytest.raises(WeightsMismatchError, match="named with the hash 2026120a"):
+        read_state_dict(str(tmp_path / "net-2026120a.pth"))

@@ -172,7 +172,7 @@ def _strip(key: str) -> str:
 def _check_integrity(path: str) -> None:
     """A damaged file must not load as other numbers: the zip format's CRCs are checked, and a file
     named with the hash of its content (``name-<hex>.pth``, torch.hub's convention) is checked
-    against that hash."""
+    against that hash (a name of digits alone, which may be a date, warns where it is not the hash)."""
     import hashlib
     import zipfile
 
@@ -192,9 +192,15 @@ def _check_integrity(path: str) -> None:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
         if not h.hexdigest().startswith(m.group(1)):
-            raise WeightsMismatchError(
-                f"weights file {path!r} is named with the hash {m.group(1)} of its content, but its content hashes to "
-                f"{h.hexdigest()[:len(m.group(1))]}: it is damaged (copy it again) or was renamed (rename it)")
+            found = (f"weights file {path!r} is named with the hash {m.group(1)} of its content, but its content hashes "
+                     f"to {h.hexdigest()[:len(m.group(1))]}")
+            if m.group(1).isdigit():  # digits alone are as likely a date or a count (net-20261207.pth) as a hash
+                import warnings
+
+                warnings.warn(f"{found}: if {m.group(1)} is a hash, the file is damaged (copy it again); if it is a "
+                              "date or a number, ignore this", stacklevel=3)
+                return
+            raise WeightsMismatchError(f"{found}: it is damaged (copy it again) or was renamed (rename it)")
 
 
 def _check_copyable(path: str, key: str, t: torch.Tensor, own: torch.Tensor) -> None:
