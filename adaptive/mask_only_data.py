@@ -122,12 +122,38 @@ def verify_pass_length(holdout_loader, seed: int) -> Optional[int]:
         return None
 
 
+def _read_positions(loader):
+    """The dataset positions ``loader`` (a DataLoader over a map-style dataset) reads, as far as its sampler says
+    without drawing: ``None`` for every one (a sequential sampler, a shuffle), a list for a subset (a
+    ``SubsetRandomSampler``'s indices, in a batch sampler or not), ``False`` where it cannot say (a weighted or
+    replacing sampler, a ``DistributedSampler``'s shard, a batch sampler of one's own)."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler, SubsetRandomSampler
+
+    batches = loader.batch_sampler
+    sampler = batches.sampler if type(batches) is BatchSampler else None  # (a default one wraps loader.sampler)
+    if isinstance(sampler, SubsetRandomSampler):
+        return [int(i) for i in sampler.indices]
+    if type(sampler) is SequentialSampler or (type(sampler) is RandomSampler and not sampler.replacement
+                                              and sampler.num_samples == len(loader.dataset)):
+        return None if getattr(sampler, "data_source", None) is loader.dataset else False
+    return False
+
+
 def _shuffled(loader, seed: int):
     """The held-out examples in a seeded random order, so that every verification set mixes
-    classes (holdout loaders usually keep the dataset's order, often grouped by class)."""
+    classes (holdout loaders usually keep the dataset's order, often grouped by class): the examples its
+    sampler reads (:func:`_read_positions`: a ``SubsetRandomSampler``'s part of the dataset, not the rest),
+    batched by its batch size (one at a time for a batch sampler's). A loader whose examples its sampler
+    alone knows (a weighted sampler, a sampler of one's own), or over an iterable dataset, is read as it is."""
     ds = getattr(loader, "dataset", None)
-    if ds is None or not hasattr(ds, "__len__") or not isinstance(loader, torch.utils.data.DataLoader):
+    if (ds is None or not hasattr(ds, "__len__") or not isinstance(loader, torch.utils.data.DataLoader)
+            or isinstance(ds, torch.utils.data.IterableDataset)):
         return loader
+    positions = _read_positions(loader)
+    if positions is False:
+        return loader
+    if positions is not None:
+        ds = torch.utils.data.Subset(ds, positions)
     g = torch.Generator().manual_seed(int(seed) + 7)
     return torch.utils.data.DataLoader(ds, batch_size=loader.batch_size or 1, shuffle=True, generator=g,
                                        collate_fn=loader.collate_fn, num_workers=0)
