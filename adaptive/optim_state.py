@@ -22,21 +22,42 @@ import torch
 def unwrap_optimizer(optimizer):
     """The torch optimizer inside Accelerate's ``AcceleratedOptimizer`` or torch's
     ``ZeroRedundancyOptimizer`` (or the optimizer itself): the one that keeps the per-parameter state
-    and whose step moves the weights."""
+    and whose step moves the weights. Another wrapper keeping an optimizer in ``.optimizer`` (a
+    Lookahead, whose step moves the weights after its optimizer's; a learning-rate scheduler) is
+    refused, naming the fix: the connectome hooks the inner optimizer's step, and would not see the
+    wrapper's own writes, which revive pruned synapses."""
+    import sys
+
     inner = optimizer
-    # AcceleratedOptimizer subclasses torch.optim.Optimizer but keeps the real one in .optimizer;
-    # ZeroRedundancyOptimizer keeps this process's shard in a local optimizer, .optim, whose state
-    # holds the moments (its own .state stays empty) and whose step it calls inside its own
+    # AcceleratedOptimizer subclasses torch.optim.Optimizer but keeps the real one in .optimizer (its step is
+    # that one's, scaled); ZeroRedundancyOptimizer keeps this process's shard in a local optimizer, .optim, whose
+    # state holds the moments (its own .state stays empty) and whose step it calls inside its own
     for _ in range(4):
         nxt = getattr(inner, "optimizer", None)
         if nxt is None and _is_zero_redundancy(inner):
             nxt = inner.optim
         if nxt is None or nxt is inner:
             break
+        accelerated = getattr(sys.modules.get("accelerate.optimizer"), "AcceleratedOptimizer", ())
+        if not (isinstance(inner, accelerated) or _is_zero_redundancy(inner)):
+            raise TypeError(_unknown_wrapper(optimizer, inner))
         inner = nxt
     if not isinstance(inner, torch.optim.Optimizer):
-        raise TypeError(f"expected a torch.optim.Optimizer (or a wrapper with .optimizer), got {type(optimizer).__name__}")
+        raise TypeError(f"expected a torch.optim.Optimizer (or Accelerate's wrapper of one), got {type(optimizer).__name__}")
     return inner
+
+
+def _unknown_wrapper(given, wrapper) -> str:
+    """Why ``wrapper`` (in ``given``), which keeps an optimizer in ``.optimizer`` but is not Accelerate's, is
+    refused, and the fix."""
+    name = type(wrapper).__name__
+    if isinstance(wrapper, torch.optim.lr_scheduler.LRScheduler):
+        return f"got a learning-rate scheduler ({name}) where an optimizer belongs: pass its optimizer ({name}.optimizer)"
+    return (f"{name} keeps an optimizer in .optimizer, but it is not Accelerate's wrapper, whose step is that "
+            "optimizer's alone: a wrapper's step may move the weights after its optimizer's (Lookahead's slow weights), "
+            "which the connectome, hooking the inner optimizer's step, would not mask, and pruned synapses would come "
+            f"back. Attach the inner optimizer ({name}.optimizer) and call conn.apply() after each {name}.step(), "
+            "which puts the masks back on the weights")
 
 
 def unsupported_problem(optimizer: torch.optim.Optimizer) -> str | None:
