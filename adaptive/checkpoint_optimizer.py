@@ -108,7 +108,8 @@ def reads_optimizer_files(accelerator) -> bool:
 
 def saved_optimizer_problem(accelerator, path) -> Optional[str]:
     """Why the optimizer state in the checkpoint folder ``path`` does not fit ``accelerator``'s torch
-    optimizers (groups of other sizes, or a moment of another shape than its parameter, named), read
+    optimizers (another optimizer's state, groups of other sizes, or a moment of another shape than its
+    parameter, named), read
     from the files before anything is loaded; None when it fits. Each misfit names its file. A file that
     cannot be read is :func:`adaptive.checkpoint_files.checkpoint_files_problem`'s to name."""
     from accelerate.utils import load
@@ -125,6 +126,9 @@ def saved_optimizer_problem(accelerator, path) -> Optional[str]:
         if not (isinstance(sd, dict) and isinstance(sd.get("state"), dict) and isinstance(sd.get("param_groups"), list)
                 and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in sd["param_groups"])):
             return f"{f.name} is not an optimizer state_dict (one of 'state' and 'param_groups'): was it replaced?"
+        other = _other_optimizer(sd["param_groups"], opt)
+        if other:
+            return f"{f.name}: {other}"
         saved = [g["params"] for g in sd["param_groups"]]
         here = [g["params"] for g in opt.param_groups]
         if [len(g) for g in saved] != [len(g) for g in here]:
@@ -143,6 +147,21 @@ def saved_optimizer_problem(accelerator, path) -> Optional[str]:
             if bad:
                 return _lbfgs_message(bad, f"{f.name}: ")
     return None
+
+
+def _other_optimizer(saved_groups, opt) -> Optional[str]:
+    """Why optimizer state saved with the parameter groups ``saved_groups`` is another optimizer's than ``opt``
+    (its groups lack a number ``opt``'s class takes: an SGD's momentum, an Adam's betas), naming both; None where
+    they hold every such number. Flags (booleans, None: torch adds some across versions) and keys the file holds
+    beyond them (a learning-rate scheduler's initial_lr) are not compared: torch's load takes both."""
+    numbers = [k for k, v in opt.defaults.items() if k != "params" and not isinstance(v, (bool, type(None)))]
+    lacking = sorted({k for g in saved_groups for k in numbers if k not in g})
+    if not lacking:
+        return None
+    held = sorted({k for g in saved_groups for k in g if k != "params" and not isinstance(g[k], (bool, type(None)))})
+    return (f"the optimizer state was saved by another optimizer than {type(opt).__name__}: its groups hold "
+            f"{', '.join(held) or 'no hyper-parameter'} but not {', '.join(lacking)}, which {type(opt).__name__} takes "
+            "(its first step would fail inside torch). Resume with the optimizer the checkpoint was saved with")
 
 
 def optimizer_state_problem(accelerator, adapted_only: bool = False) -> Optional[str]:

@@ -452,6 +452,42 @@ def test_another_models_optimizer_state_is_refused_before_anything_loads(name, t
     assert all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.parametrize("saved,loaded", [("sgd-momentum-dampening-wd", "adam"), ("adam", "sgd-nesterov-wd")])
+def test_another_optimizers_state_is_refused_before_anything_loads(saved, loaded, tmp_path):
+    """A checkpoint saved with SGD and loaded into an Adam run passed the checks, loaded the model's weights, then
+    failed inside torch's Adam (KeyError: 'step'): half loaded; saved with Adam into an SGD run it loaded silently
+    and the first step failed inside torch (KeyError: 'momentum'). Refused now before anything loads, naming both."""
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    acc, model, opt, conn = _prepared(ALL[saved])
+    for s in range(3):
+        train_step(model, opt, s)
+    ck = save_checkpoint(acc, tmp_path, 3)
+    acc, model, opt, conn = _prepared(ALL[loaded])
+    before = copy.deepcopy(model.state_dict()), conn.mask_hash(), _flat_state(opt)
+    name = type(unwrap_optimizer(opt)).__name__
+    with pytest.raises(ValueError, match=rf"optimizer\.bin: the optimizer state was saved by another optimizer than {name}.*"
+                                         "Resume with the optimizer the checkpoint was saved with"):
+        load_checkpoint(acc, ck)
+    assert conn.mask_hash() == before[1] and _flat_state(opt) == before[2]
+    assert all(torch.equal(v, before[0][k]) for k, v in model.state_dict().items())
+
+
+def test_a_state_of_the_same_hyper_parameters_with_a_schedulers_keys_loads(tmp_path):
+    """Adam's state into AdamW (the same hyper-parameters), saved with a learning-rate scheduler's initial_lr in its
+    groups and loaded without one: not another optimizer's."""
+    from adaptive.training import load_checkpoint, save_checkpoint
+
+    acc, model, opt, conn = _prepared(ALL["adam"])
+    torch.optim.lr_scheduler.StepLR(unwrap_optimizer(opt), 1)  # (adds initial_lr to every group)
+    for s in range(3):
+        train_step(model, opt, s)
+    ck = save_checkpoint(acc, tmp_path, 3)
+    acc, model, opt, conn = _prepared(ALL["adamw"])
+    load_checkpoint(acc, ck)
+    train_step(model, opt, 3)
+
+
 # ------------------------------------------------------------------------- maximize=True and the controller's scores
 def _maximized_run(maximize, policy, **kw):
     """Masks and weights after 8 steps of a controller with ``policy`` on SGD with momentum, raising the
