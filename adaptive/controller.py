@@ -71,6 +71,7 @@ GROW_INITS = ("zero", "original", "random")
 # consistency estimator's first-order removal term sends first the weights whose whole removal hurts
 # most on a ViT: recipes/benchmarks/removal_orders_vit.py; curvature was also chosen on held-out
 # data at every density of recipes/benchmarks/dst_mnist.py), in mask_only mode consistency.
+EDIT_FRACTION = 0.3  # the share of the live ensembles an update edits at first, by default
 DEFAULT_ESTIMATOR = {"train": "curvature", "mask_only": "consistency"}
 # The held-out rise an update may cause under a line search: in mask_only mode none (the method
 # vetoes every rise); in train mode any (measured, never vetoed): a prune costs loss at once and a
@@ -113,7 +114,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             ``edit_fraction`` of the live ensembles an update: 30% of them at the first, by default,
             not all the way to its density at once) and edits at every update after; gmp refuses it.
         edit_fraction: fraction of live ensembles edited at an update, decaying (``edit_decay``:
-            "cosine", "linear", "constant") to 0 at ``end_step``.
+            "cosine", "linear", "constant") to 0 at ``end_step``. gmp and magnitude prune to their
+            density and read neither; crawl keeps a limit of its own (``get_policy("crawl",
+            edit_fraction=...)``) and refuses a value other than the defaults, which it would ignore.
         estimator: utility estimator for the utility/balanced/threshold policies (default
             ``curvature`` in train mode, ``consistency`` in mask_only mode) and gmp's removal order
             (magnitude by default): a registry name, or an Estimator instance built with options
@@ -200,7 +203,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         update_every: int = 100,
         start_step: int = 0,
         end_step: Optional[int] = None,
-        edit_fraction: float = 0.3,
+        edit_fraction: float = EDIT_FRACTION,
         edit_decay: str = "cosine",
         estimator=None,
         grow_init=None,
@@ -319,6 +322,14 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             raise ValueError(f"policy {self.policy.name!r} ranks the ensembles of all layers together (as the 'global' "
                              f"budget does), so budget={budget!r} would be ignored: leave budget out, or use a policy "
                              "that applies layer budgets (utility, rigl, set, gmp, magnitude)")
+        own = getattr(self.policy, "own_edit_limit", None)
+        ignored = ([f"edit_fraction={edit_fraction!r}"] if edit_fraction != EDIT_FRACTION else []) + (
+            [f"edit_decay={edit_decay!r}"] if not (isinstance(edit_decay, str) and edit_decay in ("cosine", "constant")) else [])
+        if own and ignored:
+            fix = "leave " + ("them" if len(ignored) > 1 else "it") + " out"
+            if self.policy.name == "crawl" and edit_fraction != EDIT_FRACTION:
+                fix = f"pass policy=get_policy('crawl', edit_fraction={edit_fraction!r}) for crawl's own limit, or {fix}"
+            raise ValueError(f"policy {self.policy.name!r} {own}, so {' and '.join(ignored)} would be ignored: {fix}")
         if nm is not None and not self.policy.supports_nm:
             raise ValueError(
                 f"ensemble {conn.ensemble!r} fixes the density at {nm:g} per group; policy {self.policy.name!r} "

@@ -32,7 +32,7 @@ def register_decay(name: str, replace: bool = False):
 
 
 def get_decay(name: str, start: float, end_step: Optional[int], start_step: int = 0) -> "Decay":
-    if name not in _DECAYS:
+    if not isinstance(name, str) or name not in _DECAYS:  # (a list is unhashable: a TypeError, not the name)
         raise ValueError(f"unknown edit decay {name!r}: use one of {sorted(_DECAYS)}")
     return _DECAYS[name](start=start, start_step=start_step, end_step=end_step)
 

@@ -159,6 +159,9 @@ class Policy:
     # (a budget's floors do not apply there, so one that does keep them says so: threshold)
     keeps_floors: Optional[bool] = None
     holds_layer_counts = True  # False: its updates hold the network's live count, not each layer's (balanced)
+    # None: its updates read the controller's edit_fraction and edit_decay; else how it sizes its edits without
+    # them (a phrase): an edit_fraction or edit_decay other than the defaults, which it would ignore, is refused
+    own_edit_limit: Optional[str] = None
 
     def initialize(self, ctrl: "Controller") -> Optional[EditPlan]:
         """Plan applied at construction (default: sparsify to the target with ``ctrl.init``)."""

@@ -33,6 +33,8 @@ from typing import Dict, Optional
 
 import torch
 
+from ..counts import whole_number
+from ..registry import number_option
 from .base import (EditPlan, Policy, concat, estimated_change, global_synapse_target, highest, lowest,
                    register_policy, split)
 
@@ -44,6 +46,8 @@ class Crawl(Policy):
     sparse_at_start = False
     ranks_globally = True
     keeps_floors = False
+    own_edit_limit = ("keeps an edit limit of its own, which does not decay (its edit_fraction: 0.01 of the live ensembles "
+                      "by default, which adaptive.optimize_connectome sets)")
 
     def __init__(self, edit_fraction: float = 0.01, margin: float = 0.0):
         if not 0.0 <= edit_fraction <= 1.0:
@@ -74,9 +78,10 @@ class Crawl(Policy):
         return None
 
     def set_goal(self, live: Optional[int], deadline: Optional[int] = None) -> None:
-        """Aim for ``live`` synapses over the editable layers (None: no size goal, threshold editing) by step ``deadline``."""
-        self.goal = None if live is None else int(live)
-        self.deadline = None if deadline is None else int(deadline)
+        """Aim for ``live`` synapses over the editable layers (None: no size goal, threshold editing) by step
+        ``deadline``. A goal that is no count of synapses (negative, 50.7, text) or a deadline that is no step is
+        a ValueError, and nothing is set."""
+        self.goal, self.deadline = _goal(live), _deadline(deadline)
         self.follows_density = False
 
     def updates_left(self, ctrl, step: int) -> int:
@@ -242,10 +247,35 @@ class Crawl(Policy):
                 "follows_density": self.follows_density}
 
     def load_state_dict(self, sd):
-        self.edit_fraction = float(sd.get("edit_fraction", self.edit_fraction))
-        self.goal = sd.get("goal", self.goal)
-        self.deadline = sd.get("deadline", self.deadline)
+        # each checked before any is set: a state edited by hand (goal "abc", edit_fraction -3) loaded, and the next
+        # update failed with a bare TypeError or emptied the network
+        edit_fraction = number_option("policy 'crawl': the state's", "edit_fraction", sd.get("edit_fraction", self.edit_fraction),
+                                      low=0.0, high=1.0, why="the most swaps per update; load an unedited state")
+        goal = _goal(sd.get("goal", self.goal), "the state's ")
+        deadline = _deadline(sd.get("deadline", self.deadline), "the state's ")
+        self.edit_fraction, self.goal, self.deadline = edit_fraction, goal, deadline
         if "follows_density" in sd:
             self.follows_density = bool(sd["follows_density"])
         elif sd.get("goal") is not None:  # a state saved before the key: its goal stayed as saved, from
             self.follows_density = False  # the density or from set_goal alike, and still does
+
+
+def _goal(live, whose: str = "") -> Optional[int]:
+    """``live`` (a goal of live synapses) as an int, None as None; anything that is no count is a ValueError."""
+    if live is None:
+        return None
+    n = whole_number(live, floats=True)
+    if n is None or n < 0:
+        raise ValueError(f"policy 'crawl': {whose}goal must be None (no size goal) or a count of live synapses, a whole "
+                         f"number >= 0, got {live!r}")
+    return n
+
+
+def _deadline(step, whose: str = "") -> Optional[int]:
+    """``step`` (the step a goal is reached by) as an int, None as None; anything that is no step is a ValueError."""
+    if step is None:
+        return None
+    n = whole_number(step, floats=True)
+    if n is None:
+        raise ValueError(f"policy 'crawl': {whose}deadline must be None or a step (a whole number), got {step!r}")
+    return n
