@@ -476,11 +476,15 @@ def cmd_knowledge(args):
         finetune_loader=(seeded_train_loader(data, args.batch_size, args.seed + 2)
                          if args.finetune_batches or args.bn_batches else None), lr=args.finetune_lr,
         eval_batches=args.eval_batches, order_batches=order_batches, bn_batches=args.bn_batches,
-        noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor, conn=conn,
+        noise_floor=DEFAULT_NOISE_FLOOR if args.noise_floor is None else args.noise_floor, conn=conn, seed=args.seed,
     )
     n_order = min(len(data.holdout.dataset), (order_batches or 10 ** 9) * (data.holdout.batch_size or 1))
+    size = data.holdout.batch_size or 1  # (--eval_batch_size's: the order's batches, each one observation of it)
+    last = n_order - (math.ceil(n_order / size) - 1) * size
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
-    read = (f"{n_order} held-out TRAIN images" if reads_data else "weights only" if args.estimator == "magnitude"
+    read = (f"{n_order} held-out TRAIN images in batches of {size}" + (f" (the last of {last}, which counts as "
+                                                                       "much as each other)" if last < size else "")
+            if reads_data else "weights only" if args.estimator == "magnitude"
             else f"no data ({args.estimator})")
     curve.note = (f"order from {read}; "
                   f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images"
@@ -560,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an argument of the dataset builder, e.g. image_size=32 for folder, or several as a YAML mapping "
                         "'{image_size: 32, resize: 36}' (repeatable, later ones winning per key; YAML values; default: none)")
     g.add_argument("--batch_size", "--batch-size", type=int, default=128, help="batch size of training and gradient measurements")
-    g.add_argument("--eval_batch_size", type=int, default=None, help="batch size of evaluations (default: --batch_size)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the split, data order and initial weights")
+    g.add_argument("--eval_batch_size", type=int, default=None, help="batch size of evaluations, and of the held-out batches a gradient-based removal order "
+                   "reads, each one observation of its statistics (default: --batch_size)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the split, data order, initial weights and a random removal order")
     g.add_argument("--holdout", type=float, default=0.1, help="fraction of TRAIN held out for orders and comparisons")
     g.add_argument("--subset", type=int, default=None, help="use a stratified subset of TRAIN of this size (default: all of it)")
     g.add_argument("--test_subset", type=int, default=None, help="report on a stratified subset of TEST of this size (default: all of it)")

@@ -481,6 +481,7 @@ def knowledge_distribution(
     accuracy_fn: Optional[AccuracyFn] = default_accuracy,
     conn: Optional[Connectome] = None,
     bn_batches: int = 0,
+    seed: int = 0,
 ) -> KnowledgeCurve:
     """Remove the prunable weights of a copy of ``model`` in ``estimator`` order (a registry name, or
     an estimator instance built with options, recorded as its repr; scores from
@@ -525,6 +526,8 @@ def knowledge_distribution(
     non-finite or more than doubled (``lr`` too large for the damaged network) is not knowledge
     lost: a warning names those points once, ``note`` says so and ``meta["finetune_overshot"]``
     lists them (``meta["caveats"]``: these parts of the note).
+
+    ``seed``: the random draws of the order (the ``random`` estimator's; :func:`removal_scores`).
 
     ``points`` (a whole number >= 1) and ``max_fraction`` (in (0, 1]) shape the default counts; they
     are checked before any work, also when ``counts`` is given, as is that ``counts`` holds whole numbers.
@@ -577,7 +580,7 @@ def knowledge_distribution(
                          "nothing is left to remove")
     # the output is checked before the order's loss reads it: the default loss's own refusal of a tuple or
     # dict says to pass loss_fn=, which this diagnostic would then refuse (it needs the logits as a tensor)
-    scores = removal_scores(conn, order_loader, estimator, order_batches, _tensor_output_loss(loss_fn, work))
+    scores = removal_scores(conn, order_loader, estimator, order_batches, _tensor_output_loss(loss_fn, work), seed=seed)
     estimator = estimator if isinstance(estimator, str) else repr(estimator)  # (the curve's record: text)
     order = global_order(scores)
     if pruned_before:
