@@ -296,3 +296,11 @@ def test_holdout_that_leaves_no_train_part_is_refused():
     # class, so every example is held out and nothing is left to train on
     with pytest.raises(ValueError, match="train part of digits is empty"):
         get_datasets("digits", holdout=0.9, subset=10)
+
+
+@pytest.mark.parametrize("holdout", ["0.1", b"0.1", True])
+def test_a_holdout_that_is_no_number_is_refused_naming_it(holdout):
+    """holdout="0.1" (text, as a hand-written config may give it) passed the check, then failed after the data was
+    read with a bare "'>' not supported between instances of 'str' and 'int'"."""
+    with pytest.raises(ValueError, match=r"holdout must be a fraction in \[0, 1\).*give holdout=0.1"):
+        get_datasets("digits", holdout=holdout)

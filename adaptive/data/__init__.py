@@ -176,9 +176,10 @@ def _whole_split_size(test_dataset) -> Optional[int]:
 
 
 def _fraction_below_one(value) -> bool:
-    """Whether ``value`` is a number in [0, 1) (NaN is not; True and False are no fractions)."""
+    """Whether ``value`` is a number in [0, 1) (NaN is not; True and False, and text such as "0.1", are no
+    fractions: the split compares it as a number)."""
     try:
-        return not isinstance(value, bool) and 0.0 <= float(value) < 1.0
+        return not isinstance(value, (bool, str, bytes)) and 0.0 <= float(value) < 1.0
     except (TypeError, ValueError):
         return False
 
