@@ -14,7 +14,8 @@ from .metrics import to_device
 
 def _data_identity(loader) -> list:
     """``[examples, batches, batch size]`` of a loader, each None where it cannot tell: part of a stage
-    checkpoint's fingerprint, so that a run resumed on other data or batches is refused."""
+    checkpoint's fingerprint, so that a run resumed on data of other sizes or batches is refused (other data of
+    the same sizes is not told apart: no example is read for it; a resume is given the same loaders)."""
     def size(x):
         try:
             return len(x)
