@@ -211,6 +211,22 @@ def test_mask_only_opening_line_counts_the_batches_each_target_reads(tmp_path, c
             "(--update_every))") in capsys.readouterr().out
 
 
+def test_mask_only_opening_line_says_eval_every_rounded_to_whole_windows(tmp_path, capsys):
+    """Held-out evaluations fall between updates: --eval_every 10 with --update_every 4 evaluated every 8 batches,
+    silently. The opening line says so where the two differ; the rows are at the steps it names."""
+    import csv
+
+    base = ["--mode", "mask_only", "--threads", "1", "--progress", "false", "--figures", "false", "--target", "0.3"]
+    res = A.main(base + ["--max_steps", "24", "--update_every", "4", "--eval_every", "10", "--output_dir", str(tmp_path / "a")])
+    assert ("held-out evaluations every 8 batches (--eval_every 10 rounded down to whole update windows of 4)"
+            in capsys.readouterr().out)
+    with open(tmp_path / "a" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r["split"] == "holdout"]
+    assert steps[:2] == [8, 16], steps
+    A.main(base + ["--max_steps", "8", "--update_every", "4", "--eval_every", "8", "--output_dir", str(tmp_path / "b")])
+    assert "held-out evaluations every" not in capsys.readouterr().out  # (a whole number of windows: as given)
+
+
 def test_mask_only_opening_line_of_a_target_of_0_says_no_batch_is_read(tmp_path, capsys):
     """A target of 0 is the dense network, scored with no stage of its own, while the opening line said
     '48 batches per target (1 pass(es) of 41 batches, ...)' for it (as --density 1.0 means it too)."""

@@ -164,7 +164,8 @@ class RunConfig:
     # logging and checkpoints
     output_dir: Optional[str] = _help("run folder (default runs/<date-time>)")
     log_every: int = _opt(20, "steps between log lines (train rows of metrics.csv; 0: none)")
-    eval_every: int = field(default=0, metadata={"help": "steps between holdout evaluations (0: every epoch)"})
+    eval_every: int = field(default=0, metadata={"help": "steps between holdout evaluations (0: every epoch; in "
+                                                     "mask_only mode rounded down to whole --update_every windows)"})
     checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: none)"})
     keep_checkpoints: int = _opt(2, "checkpoints kept in the run folder (older ones are deleted; 0: all)")
     resume: Optional[str] = _help("latest, a run folder or a checkpoint folder")

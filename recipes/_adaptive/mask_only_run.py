@@ -178,6 +178,10 @@ def _set_up(cfg, accelerator, model, loaders, train_dl, output_dir, ckpt) -> tup
     reads = ("the dense network, scored on the held-out part with no training batch read"
              if resolve_target(target, synapses) == 0 else
              f"{per_target:,} batches per target ({kw['passes']:.3g} pass(es) of {len(train_dl)} batches{rounded})")
+    if cfg.eval_every and "eval_every" not in cfg.mask_only_kw and cfg.eval_every % window:  # (evaluations fall
+        # between updates only: the cadence is whole windows, which the start line says where it is not --eval_every)
+        reads += (f", held-out evaluations every {kw['eval_every'] * window} batches (--eval_every {cfg.eval_every} "
+                  f"rounded down to whole update windows of {window})")
     accelerator.print(f"{cfg.model} on {cfg.dataset} (mask_only): {synapses:,} synapses (of "
                       f"{sum(p.numel() for p in model.parameters()):,} parameters), target {_shown(target)}, {reads}, "
                       f"estimator {cfg.estimator} -> {output_dir}")
