@@ -14,7 +14,7 @@ from torch import nn
 
 from . import bitpack
 from .atomic import atomic_path
-from .connectome_state import FORMAT, _empty_saved
+from .connectome_state import FORMAT, _empty_saved, check_originals
 from .discovery import PRUNABLE_LIST, holds_synapses, prunable_names
 from .name_patterns import escape
 from .warn import warn_user
@@ -177,6 +177,8 @@ class ConnectomeFilesMixin:
             shapes, packed, original = ({n: v for n, v in d.items() if n not in empty} for d in (shapes, packed, original))
             if per_layer is not None:
                 meta["ensembles"] = json.dumps({n: v for n, v in json.loads(meta["ensembles"]).items() if n not in empty})
+        if original:  # before the connectome is built: nothing is loaded from a file whose originals do not fit
+            check_originals(original, {n: params[n] for n in shapes}, str(path), "(save(path, with_original=True) does)")
         mode = mode or meta["mode"]
         if mode == "mask_only" and not original:
             original = None  # taken from the model below

@@ -101,16 +101,7 @@ class ConnectomeStateMixin:
         if "ensemble" in sd:
             self._check_same_ensembles(sd["ensemble"], sd.get("ensembles"), "state_dict")
         original = sd.get("original") or {}
-        for n, o in original.items():
-            if n not in self.params:
-                raise KeyError(f"state_dict has original weights for unknown parameter {n!r}")
-            if tuple(o.shape) != tuple(self.params[n].shape):
-                raise ValueError(f"original weight for {n!r} has shape {tuple(o.shape)}, the model has {tuple(self.params[n].shape)}")
-        lacking = [n for n in self.params if n not in original]
-        if original and lacking:
-            raise KeyError(f"state_dict has original weights for some layers but not for {lacking[:5]}"
-                           f"{'...' if len(lacking) > 5 else ''}: save it with every layer's original "
-                           "(Connectome.state_dict() does), or leave 'original' out to keep this connectome's")
+        check_originals(original, self.params, "state_dict", "(Connectome.state_dict() does)")
         return self._validate(sd["masks"]), original
 
     def _other_layers(self, missing: List[str], extra: List[str], model_params: Mapping) -> str:
@@ -202,6 +193,27 @@ def _check_state_entries(sd: Mapping) -> None:
         if not o.is_floating_point() or o.device.type == "meta":
             raise TypeError(f"the connectome state_dict's original weight for {n!r} is a {o.dtype} tensor on {o.device}: "
                             f"originals are real floating-point weights with values (not on the meta device): {fix}")
+
+
+def check_originals(original: Mapping, params: Mapping, what: str, saves: str) -> None:
+    """Refuse stored original weights (``original``: layer name -> tensor) that do not fit the layers ``params``
+    (name -> the model's weight): one of an unknown layer or of another shape, one that is no real floating-point
+    tensor with values, or originals for some layers but not all (``what`` names the source, ``saves`` how a
+    whole one is saved). A layer's weights would be broadcast from another shape, or cut to integers, silently."""
+    for n, o in original.items():
+        if n not in params:
+            raise KeyError(f"{what} has original weights for unknown parameter {n!r}")
+        if not isinstance(o, torch.Tensor) or not o.is_floating_point() or o.device.type == "meta":
+            raise TypeError(f"{what}'s original weight for {n!r} is " + (
+                f"a {o.dtype} tensor on {o.device}" if isinstance(o, torch.Tensor) else f"a {type(o).__name__}")
+                + ": originals are real floating-point weights with values (not on the meta device)")
+        if tuple(o.shape) != tuple(params[n].shape):
+            raise ValueError(f"original weight for {n!r} has shape {tuple(o.shape)}, the model has {tuple(params[n].shape)}")
+    lacking = [n for n in params if n not in original]
+    if original and lacking:
+        raise KeyError(f"{what} has original weights for some layers but not for {lacking[:5]}"
+                       f"{'...' if len(lacking) > 5 else ''}: save it with every layer's original "
+                       f"{saves}, or leave 'original' out to keep this connectome's")
 
 
 def check_same_mode(saved, mine: str, what: str, carry: str) -> None:

@@ -105,3 +105,49 @@ def test_a_shape_mismatch_names_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"shape mismatch for '0\.weight': saved \(3, 5\), model has \(3, 6\): .* nothing "
                                          r"was loaded; load it into the model it was saved from"):
         adaptive.Connectome.load(str(tmp_path / "c.safetensors"), nn.Sequential(nn.Linear(6, 3)))
+
+
+def _refused_originals_file(tmp_path, edit, sign=True):
+    """A mask_only connectome file saved with its originals, ``edit`` applied to its tensors and (with ``sign``)
+    its sha256 written again, as another tool's output or a hand edit would be; and the model it fits."""
+    import warnings
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from adaptive.integrity import tensors_digest
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    adaptive.Connectome(model, mode="mask_only").save(tmp_path / "c.safetensors", with_original=True)
+    with safe_open(str(tmp_path / "c.safetensors"), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    edit(tensors)
+    meta.pop("sha256")
+    if sign:
+        meta["sha256"] = tensors_digest(tensors, meta)
+    save_file(tensors, str(tmp_path / "bad.safetensors"), metadata=meta)
+    fresh = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    fresh.load_state_dict(model.state_dict())
+    warnings.simplefilter("ignore")  # (the unsigned file's warning)
+    return fresh
+
+
+@pytest.mark.parametrize("edit,sign,words", [
+    (lambda t: t.update({"original/0.weight": t["original/0.weight"][:1].clone()}), True,
+     r"original weight for '0.weight' has shape \(1, 6\), the model has \(4, 6\)"),
+    (lambda t: t.update({"original/0.weight": t["original/0.weight"][:1].clone()}), False, r"has shape \(1, 6\)"),
+    (lambda t: t.update({"original/0.weight": (t["original/0.weight"] * 100).to(torch.int32)}), True,
+     r"original weight for '0.weight' is a torch.int32 tensor"),
+    (lambda t: t.pop("original/2.weight"), True, r"original weights for some layers but not for \['2.weight'\]"),
+])
+def test_a_connectome_file_whose_originals_do_not_fit_is_refused_and_leaves_the_model(tmp_path, edit, sign, words):
+    """Connectome.load put a file's originals in place unchecked (load_state_dict checks them): originals of shape
+    (1, 6) for a (4, 6) weight broadcast row 0 over every row of the model's weight, int32 ones cut it to integers,
+    and a layer without one took the model's current weights, silently."""
+    model = _refused_originals_file(tmp_path, edit, sign)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises((ValueError, TypeError, KeyError), match=words):
+        adaptive.Connectome.load(tmp_path / "bad.safetensors", model)
+    assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in model.state_dict().items())
+    assert not model._forward_pre_hooks and not any(m._forward_pre_hooks for m in model.modules())
