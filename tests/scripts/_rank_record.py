@@ -18,7 +18,7 @@ def record_cases(rank: int, folder: str, cases: dict, attempt, timeout_s: int = 
     instead of hanging it), then ``attempt(case_value)`` for each case in turn after ``torch.manual_seed(0)``,
     recording what it returned or the error it raised (type and message, cut to ``message_chars``);
     ``stop_unless``: an error type name past which the group is broken, so later cases would only time
-    out. Writes ``rank{N}.json`` into ``folder`` and closes the group."""
+    out. Writes ``rank{N}.json`` into ``folder`` and leaves (:func:`leave_group`: the process ends there)."""
     os.environ["OMP_NUM_THREADS"] = "1"
     import datetime
 
@@ -39,4 +39,27 @@ def record_cases(rank: int, folder: str, cases: dict, attempt, timeout_s: int = 
                 break
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
-    dist.destroy_process_group()
+    leave_group(folder, rank)
+
+
+def leave_group(folder: str, rank: int, world: int = 2, timeout_s: float = 60.0) -> None:
+    """End a plain rank script once every rank has written its record: each marks itself done with a file in
+    ``folder`` and waits (on files, not on gloo) for the others, then the process exits at once, without tearing
+    the gloo group down: PyTorch's teardown can abort a process whose work is done and written
+    (``GLOO_TEARDOWN_ABORT`` in tests/_ports.py), which failed tests after retries on a loaded machine. With every
+    rank done, no collective is pending. A rank whose peer never finishes exits 1 after ``timeout_s``.
+    ``folder`` is the run's own (each test's; :func:`run_two_ranks` puts it back as it was before a second try):
+    an earlier run's markers there would be taken as this one's."""
+    import sys
+    import time
+
+    open(os.path.join(folder, f"done{rank}"), "w").close()
+    deadline = time.monotonic() + timeout_s
+    while not all(os.path.exists(os.path.join(folder, f"done{r}")) for r in range(world)):
+        if time.monotonic() > deadline:
+            print(f"rank {rank}: the other ranks did not finish within {timeout_s:g} s", flush=True)
+            os._exit(1)
+        time.sleep(0.05)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -59,7 +59,10 @@ def run(rank: int, folder: str, where: str) -> None:
         record = {"error": type(e).__name__, "message": str(e), "notes": list(getattr(e, "__notes__", []))}
     with open(os.path.join(folder, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
-    dist.destroy_process_group()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from _rank_record import leave_group
+
+    leave_group(folder, rank)  # (ends the process: gloo's teardown can abort it, see leave_group)
 
 
 if __name__ == "__main__":

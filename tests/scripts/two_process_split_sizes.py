@@ -37,7 +37,10 @@ def main(out, me):
     except Exception as e:  # noqa: BLE001 - what each process raised is the record
         record = {"error": type(e).__name__, "message": str(e)}
     (out / f"rank{me}.json").write_text(json.dumps(record))
-    dist.destroy_process_group()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _rank_record import leave_group
+
+    leave_group(str(out), me)  # (ends the process: gloo's teardown can abort it, see leave_group)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,10 @@ def main(out, me):
     record["missing_on_one"] = attempt(shared if me == 0 else out / "none.pt")
     record["same"] = attempt(shared)
     (out / f"rank{me}.json").write_text(json.dumps(record))
-    dist.barrier()
-    dist.destroy_process_group()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _rank_record import leave_group
+
+    leave_group(str(out), me)  # (ends the process: gloo's teardown can abort it, see leave_group)
 
 
 if __name__ == "__main__":
