@@ -134,3 +134,20 @@ def test_a_clipping_run_writes_its_gradient_norm_figure(tmp_path):
     assert (tmp_path / "fig" / "grad_norm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plain = run(tmp_path / "plain", "--figures", "true")
     assert "grad_norm" not in plain.files and not (tmp_path / "plain" / "grad_norm.png").exists()
+
+
+def test_a_resume_with_another_thread_count_continues_with_a_warning(tmp_path):
+    """--threads may change on a resume (a machine of fewer cores), but another thread count sums in another order:
+    the docs promised a bit-exact continuation of it, and a review's resumed run differed from both uninterrupted
+    ones. It continues with a warning naming the count that continues bit-exactly; the same count says nothing."""
+    import warnings
+
+    from adaptive.config import save_config
+
+    save_config(R.RunConfig(threads=1), tmp_path / "config.yaml", resume=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        R._check_resumed_config(R.RunConfig(threads=1), tmp_path)
+    with pytest.warns(UserWarning, match=r"ran with --threads 1, this resume with --threads 2: it continues, but .*"
+                                         r"give --threads 1 for a bit-exact continuation"):
+        R._check_resumed_config(R.RunConfig(threads=2), tmp_path)

@@ -137,6 +137,13 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
         run, this = _cadence(saved), _cadence(now)
         diff += [f"{k}: run {run[k]!r}, now {this[k]!r}" for k in run if run[k] != this[k] and f"{k}: run" not in
                  " ".join(diff)]
+    if saved.get("threads") != now.get("threads") and not diff:  # (free: a machine of fewer cores may resume)
+        from adaptive.warn import warn_user
+
+        warn_user(f"--resume: the run ran with --threads {saved.get('threads')}, this resume with --threads "
+                  f"{now.get('threads')}: it continues, but another thread count sums in another order, so the masks, "
+                  "weights and metrics may differ from an uninterrupted run's in their last bits (and then more): give "
+                  f"--threads {saved.get('threads')} for a bit-exact continuation")
     if diff:
         run_dir = run_dir or path.parent
         mp = give = ""
