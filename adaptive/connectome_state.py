@@ -139,10 +139,18 @@ class ConnectomeStateMixin:
                 per_layer = None
         if per_layer != mine:
             diff = [n for n in mine if (per_layer or {}).get(n) != mine[n]]
-            if per_layer and not diff:  # the layers were compared before: these have no mask in it
-                unmasked = [n for n in per_layer if n not in mine]
-                raise ValueError(f"{what} gives granularities for {unmasked[:5]}, layers it holds no mask for: it is "
-                                 "malformed; save it again with Connectome.state_dict() or Connectome.save()")
+            unmasked = [n for n in per_layer or {} if n not in mine]
+            unnamed = [n for n in mine if n not in (per_layer or {})]
+            if per_layer and (unmasked or unnamed):
+                # the layers were compared before: an entry naming others than its masks' is malformed
+                said = ([f"gives granularities for {unmasked[:5]}, layers it holds no mask for"] if unmasked else []) + (
+                    [f"gives no granularity for {unnamed[:5]}, layers it holds masks for"] if unnamed else [])
+                raise ValueError(f"{what} {' and '.join(said)}: it is malformed; save it again with "
+                                 "Connectome.state_dict() or Connectome.save()")
+            if per_layer and ensemble == self.ensemble:  # one rule spelt alike, other per-layer granularities
+                raise ValueError(f"{what} was saved with other per-layer granularities than this connectome's ("
+                                 + ", ".join(f"{n}: saved {per_layer[n]!r}, here {mine[n]!r}" for n in diff[:3])
+                                 + "): build the Connectome with the per-layer ensemble rules it was saved with")
             raise ValueError(f"{what} was saved with ensemble {ensemble!r}, this connectome uses {self.ensemble!r}"
                              f"{f' (they differ on {diff[:3]})' if diff and per_layer else ''}: build the Connectome "
                              f"with ensemble={ensemble!r}")

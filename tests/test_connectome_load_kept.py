@@ -151,3 +151,21 @@ def test_a_connectome_file_whose_originals_do_not_fit_is_refused_and_leaves_the_
         adaptive.Connectome.load(tmp_path / "bad.safetensors", model)
     assert all(torch.equal(v, before[k]) and v.dtype == before[k].dtype for k, v in model.state_dict().items())
     assert not model._forward_pre_hooks and not any(m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("entry,words", [
+    ({"0.weight": "synapse"}, r"gives no granularity for \['2.weight'\], layers it holds masks for: it is malformed"),
+    ({"0.weight": "neuron", "2.weight": "synapse"},
+     r"other per-layer granularities than this connectome's \(0.weight: saved 'neuron', here 'synapse'\)"),
+])
+def test_a_state_whose_per_layer_granularities_differ_is_refused_naming_what_differs(entry, words):
+    """A state whose per-layer 'ensembles' entry left a layer out, or named another granularity under the same
+    ensemble rule, was refused as "saved with ensemble 'synapse', this connectome uses 'synapse'", with a fix
+    (build it with ensemble='synapse') that changes nothing."""
+    torch.manual_seed(0)
+    sd = adaptive.Connectome(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))).state_dict()
+    sd["ensembles"] = entry
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)))
+    with pytest.raises(ValueError, match=words):
+        conn.load_state_dict(sd)
+    assert conn.num_live() == conn.num_synapses()
