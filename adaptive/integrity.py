@@ -80,6 +80,9 @@ def check_manifest(folder) -> Optional[str]:
             raise TypeError("malformed entries")
     except (OSError, ValueError, KeyError, TypeError) as e:
         return f"its {MANIFEST} cannot be read ({type(e).__name__})"
+    if doc.get("format", MANIFEST_FORMAT) != MANIFEST_FORMAT:  # (a newer version's layout: its checks unknown here)
+        return (f"its {MANIFEST} is of format {doc.get('format')!r}, which this version of adaptive does not know (it "
+                f"writes format {MANIFEST_FORMAT}; a newer version's checkpoint is read by that version)")
     present = set(_files(folder))
     missing = sorted(set(files) - present)
     if missing:

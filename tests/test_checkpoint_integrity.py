@@ -271,6 +271,26 @@ def test_a_checkpoint_whose_manifest_is_cut_short_is_refused_not_trusted(tmp_pat
         verify_checkpoint(ck)
 
 
+def test_a_checkpoint_whose_manifest_is_of_an_unknown_format_is_refused(tmp_path):
+    """A MANIFEST.json of another format (a newer version's, whose checks this one does not know) was read as this
+    version's, its format never looked at."""
+    import json
+
+    from adaptive.integrity import CheckpointDamagedError, check_manifest, write_manifest
+    from adaptive.training import verify_checkpoint
+
+    ck = tmp_path / "checkpoints" / "step_00000020"
+    ck.mkdir(parents=True)
+    (ck / "random_states_0.pkl").write_bytes(b"rng")
+    (ck / "config.yaml").write_text("model: mlp\n")
+    m = write_manifest(ck)
+    assert check_manifest(ck) == ""
+    m.write_text(json.dumps({**json.loads(m.read_text()), "format": 99}))
+    with pytest.raises(CheckpointDamagedError, match=r"its MANIFEST.json is of format 99, which this version of "
+                                                     r"adaptive does not know \(it writes format 1"):
+        verify_checkpoint(ck)
+
+
 # ----------------------------------------------------------------------------- mask-only stage checkpoint
 
 def _stage_file(tmp_path):
