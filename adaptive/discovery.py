@@ -392,6 +392,49 @@ HOLD_IN_A_LAYER = ("hold it in such a layer, in place of the Parameter: self.fc 
                    "for a convolution kernel)")
 
 
+def _memory_span(t: torch.Tensor):
+    """``(device, first byte, byte past the last)`` of the memory ``t``'s elements occupy, None where none can be
+    told (no elements, the meta device, a tensor without storage of its own)."""
+    if isinstance(t, nn.parameter.UninitializedParameter):  # (a lazy layer's: no memory yet)
+        return None
+    try:
+        if t.numel() == 0 or t.device.type == "meta" or not t.untyped_storage().data_ptr():
+            return None
+        start = t.data_ptr()
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # (a subclass without storage of its own)
+        return None
+    last = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    return str(t.device), start, start + (last + 1) * t.element_size()
+
+
+def _refuse_shared_memory(model: nn.Module, found: Dict[str, tuple]) -> None:
+    """Refuse a prunable weight whose memory another parameter of ``model`` shares without being the same
+    parameter (``dec.weight = nn.Parameter(enc.weight.t())``, ``b.weight.data = a.weight.data``): each would be
+    masked on its own, and an optimizer step through one writes the other's pruned synapses back. A weight tied
+    as one parameter (``b.weight = a.weight``) is one object, held under both names, and is fine; so are weights
+    side by side in one buffer (an RNN's, flattened for cuDNN), whose memory does not overlap."""
+    spans = sorted(((s, n, p) for n, p in model.named_parameters() if (s := _memory_span(p)) is not None),
+                   key=lambda x: x[0])  # (each object once; by device, then address: one sweep finds every overlap)
+    names = {id(w): name for name, (_, w) in found.items()}
+    shared: Dict[str, list] = {}
+    reach = None  # (device, end, name, parameter) of the span reaching furthest so far: any span overlapping an
+    for (dev, start, end), n, p in spans:  # earlier one overlaps it too, so each overlapping pair's members are met
+        if reach is not None and reach[0] == dev and start < reach[1]:
+            for mine, other in ((reach[3], n), (p, reach[2])):
+                if id(mine) in names:
+                    shared.setdefault(names[id(mine)], []).append(other)
+        if reach is None or reach[0] != dev or end > reach[1]:
+            reach = (dev, end, n, p)
+    for name, others in shared.items():
+        raise ValueError(
+            f"the prunable weight {name!r} shares its memory with the parameter(s) {others[:3]}, which are other "
+            "parameters (one a view of the other's data: nn.Parameter(a.weight.t()), or b.weight.data = "
+            "a.weight.data): each would be masked on its own, and an optimizer step through one would write the "
+            "other's pruned synapses back. Tie them as one parameter (b.weight = a.weight; a transposed tie as one "
+            "parameter read transposed in the forward, F.linear(x, a.weight.t())), or give each its own copy "
+            "(nn.Parameter(a.weight.detach().clone()))")
+
+
 def discover(
     model: nn.Module,
     include: Optional[Iterable[str] | str] = None,
@@ -492,6 +535,7 @@ def discover(
                     f"Connectome, or exclude it (exclude={mname!r})"
                 )
             found[pname] = (SynapseLayer(name=pname, module_name=mname, kind=kind, shape=tuple(w.shape), groups=groups), w)
+    _refuse_shared_memory(model, found)
     if computed:
         warn_user(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "

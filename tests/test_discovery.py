@@ -544,3 +544,41 @@ def test_a_weight_matrix_of_a_custom_module_left_dense_is_named_with_the_fix():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert adaptive.Connectome(model).names == ["0.weight", "1.weight"]
+
+
+@pytest.mark.parametrize("tie", ["transposed view", "data", "embedding data"])
+def test_weights_that_share_memory_as_two_parameters_are_refused_naming_the_fix(tie):
+    """Two parameters over one memory (nn.Parameter(enc.weight.t()), b.weight.data = a.weight.data) were two layers
+    with masks of their own: an optimizer step through one wrote the other's pruned synapses back (32 of them after
+    one step), and a head tied to an Embedding through .data had the embedding's entries zeroed unwarned."""
+    import adaptive
+
+    torch.manual_seed(0)
+    if tie == "transposed view":
+        m = nn.ModuleDict({"enc": nn.Linear(8, 4, bias=False), "dec": nn.Linear(4, 8, bias=False)})
+        m["dec"].weight = nn.Parameter(m["enc"].weight.t())
+    elif tie == "data":
+        m = nn.ModuleDict({"a": nn.Linear(8, 8), "b": nn.Linear(8, 8)})
+        m["b"].weight.data = m["a"].weight.data
+    else:
+        m = nn.ModuleDict({"emb": nn.Embedding(10, 8), "head": nn.Linear(8, 10, bias=False)})
+        m["head"].weight.data = m["emb"].weight.data
+    with pytest.raises(ValueError, match=r"shares its memory with the parameter\(s\) .*Tie them as one parameter "
+                                         r"\(b.weight = a.weight"):
+        adaptive.Connectome(m)
+    if tie == "data":  # the fix: one parameter under two names
+        m["b"].weight = m["a"].weight
+        assert len(adaptive.Connectome(m).masks) == 1
+
+
+def test_weights_side_by_side_in_one_buffer_are_not_shared():
+    """An RNN's weights flattened into one buffer (as cuDNN's flatten_parameters lays them out) share a storage but
+    no element: each is its own layer."""
+    import adaptive
+
+    torch.manual_seed(0)
+    m = nn.ModuleDict({"a": nn.Linear(4, 4), "b": nn.Linear(4, 4)})
+    flat = torch.cat([m["a"].weight.detach().reshape(-1), m["b"].weight.detach().reshape(-1)])
+    m["a"].weight, m["b"].weight = nn.Parameter(flat[:16].view(4, 4)), nn.Parameter(flat[16:].view(4, 4))
+    assert m["a"].weight.untyped_storage().data_ptr() == m["b"].weight.untyped_storage().data_ptr()
+    assert len(adaptive.Connectome(m).masks) == 2
