@@ -168,6 +168,28 @@ def _check_targets(model: nn.Module, s: Settings) -> None:
         check_start_agrees(start)
     agreed_call(lambda: check_targets(model, s.targets, include=s.include, exclude=s.exclude, ensemble=s.ensemble,
                                       ladder=s.ladder), passed_why=_SAME_SETTINGS)
+    agreed_call(lambda: _refuse_renormalised_synapses(model, s), passed_why=_SAME_SETTINGS)
+
+
+def _refuse_renormalised_synapses(model: nn.Module, s: Settings) -> None:
+    """Refuse a synapse weight that an ``nn.Embedding(max_norm=...)`` (or EmbeddingBag) also holds (a head tied to
+    it): the lookup renormalises the rows it reads in place at every forward, so surviving synapses would change,
+    which mask-only optimisation promises they never do (a review's run changed 105 of them, silently)."""
+    import warnings
+
+    from .discovery import discover
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (discovery's warnings are the run's connectome's to give, once)
+        held = {id(w): n for n, (_, w) in discover(model, s.include, s.exclude).items()}
+    for mname, m in model.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.max_norm is not None and id(m.weight) in held:
+            name = held[id(m.weight)]
+            raise ValueError(
+                f"the synapse weight {name!r} is also the weight of {mname!r}, an {type(m).__name__} with max_norm="
+                f"{m.max_norm:g}, which renormalises the rows it looks up in place at every forward: surviving synapses "
+                f"would change, which mask-only optimisation never lets happen. Leave the weight out (exclude="
+                f"[{name.rsplit('.', 1)[0]!r}]), or build the embedding with max_norm=None")
 
 
 def _said(v):

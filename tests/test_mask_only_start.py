@@ -389,3 +389,32 @@ def test_weights_loaded_since_an_earlier_call_are_not_said_to_be_its_pruning():
     assert res.start_removed == sum(int(v[:, ::2].numel()) for v in other.values() if v.dim() > 1)
     assert "earlier optimize_connectome" not in note and "set_masks" not in note, note
     del first
+
+
+def test_a_synapse_weight_an_embedding_renormalises_is_refused_before_any_loader_is_read():
+    """A head tied to an nn.Embedding(max_norm=...): the lookup renormalises the rows it reads in place at every
+    forward, and a review's optimize_connectome changed 105 surviving synapses silently (invariant 2). Refused
+    before any batch is read, naming the fix; with the head left out the run keeps every synapse as it was."""
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.mid, self.head = nn.Embedding(20, 8, max_norm=0.5), nn.Linear(8, 8), nn.Linear(8, 20, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, t):
+            return self.head(torch.relu(self.mid(self.emb(t).mean(1))))
+
+    class Unread:
+        def __len__(self):
+            return 2
+
+        def __iter__(self):
+            raise AssertionError("a loader was read before the refusal")
+
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"'head.weight' is also the weight of 'emb', an Embedding with max_norm=0.5.*"
+                                         r"exclude=\['head'\]"):
+        optimize_connectome(LM(), Unread(), Unread(), target=0.3, progress=False)
+    data = [(torch.randint(0, 20, (4, 5)), torch.randint(0, 20, (4,))) for _ in range(6)]
+    res = optimize_connectome(LM(), data, data[:2], target=0.3, exclude=["head"], progress=False)
+    assert changed_weights(res.conn) == 0
