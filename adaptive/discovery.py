@@ -451,6 +451,10 @@ def discover(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):  # (its layers are script modules, no nn.Linear or nn.Conv2d)
+        raise TypeError(f"{type(model).__name__} is a TorchScript module (torch.jit.script or torch.jit.trace), whose "
+                        "layers are compiled modules a Connectome cannot mask: build the Connectome on the eager model "
+                        "it was made from (the scripted one shares its parameters, so it computes with the masks too)")
     inc, exc = _as_patterns(include), _as_patterns(exclude)
     # exact names (Connectome.load passes one per saved layer) looked up, not fnmatch-ed against every weight
     inc_set, exc_set = PatternSet(inc), PatternSet(exc)

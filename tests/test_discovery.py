@@ -582,3 +582,12 @@ def test_weights_side_by_side_in_one_buffer_are_not_shared():
     m["a"].weight, m["b"].weight = nn.Parameter(flat[:16].view(4, 4)), nn.Parameter(flat[16:].view(4, 4))
     assert m["a"].weight.untyped_storage().data_ptr() == m["b"].weight.untyped_storage().data_ptr()
     assert len(adaptive.Connectome(m).masks) == 2
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_a_torchscript_module_is_refused_naming_the_eager_model(how):
+    """Connectome(torch.jit.script(m)) said only 'RecursiveScriptModule has no prunable layers'."""
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    compiled = torch.jit.script(m) if how == "script" else torch.jit.trace(m, torch.randn(1, 4))
+    with pytest.raises(TypeError, match="is a TorchScript module .*build the Connectome on the eager model"):
+        adaptive.Connectome(compiled)
