@@ -31,7 +31,7 @@ from torch.nn.utils import prune as torch_prune
 from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.nn.utils.weight_norm import WeightNorm
 from .config import split_commas
-from .name_patterns import PatternSet
+from .name_patterns import PatternSet, escape
 from .warn import warn_user
 
 TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -349,8 +349,14 @@ def container_hint(unused: Sequence[str], names: Iterable[str]) -> str:
     matches a layer's own name, so ``'NAME.*'`` is what takes every layer inside ('' if none)."""
     names = list(names)
     inside = [p for p in unused if any(fnmatch.fnmatchcase(n, f"{p}.*") for n in names)]
-    return (f"; {', '.join(repr(p) for p in inside)} name(s) module(s) holding prunable layers, and a pattern matches "
+    hint = (f"; {', '.join(repr(p) for p in inside)} name(s) module(s) holding prunable layers, and a pattern matches "
             f"a layer's own name: give {', '.join(repr(p + '.*') for p in inside)} for every layer inside" if inside else "")
+    # a name holding a wildcard character, given as it is spelt ('fc[1]': '[1]' is a character class matching '1')
+    spelt = [p for p in unused if p in names or f"{p}.weight" in names]
+    if spelt:
+        hint += (f"; {', '.join(repr(p) for p in spelt)} spell(s) a name holding '*', '?' or '[', which a pattern reads "
+                 f"as wildcards: write {', '.join(repr(escape(p)) for p in spelt)} for the name itself")
+    return hint
 
 
 def _listed(names: Sequence[str], most: int = 4) -> str:

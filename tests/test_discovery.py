@@ -591,3 +591,15 @@ def test_a_torchscript_module_is_refused_naming_the_eager_model(how):
     compiled = torch.jit.script(m) if how == "script" else torch.jit.trace(m, torch.randn(1, 4))
     with pytest.raises(TypeError, match="is a TorchScript module .*build the Connectome on the eager model"):
         adaptive.Connectome(compiled)
+
+
+def test_a_pattern_spelling_a_name_with_a_wildcard_character_is_told_its_escaped_form():
+    """A layer named 'fc[1]' (a ModuleDict key) could not be named by exclude=/protect= as spelt, '[1]' being a
+    character class, and the refusal listed 'fc[1].weight' among the prunable weights, naming no reason."""
+    m = nn.ModuleDict({"fc[1]": nn.Linear(4, 4), "b": nn.Linear(4, 2)})
+    with pytest.raises(ValueError, match=r"'fc\[1\]' spell\(s\) a name holding .* write 'fc\[\[\]1\]' for the name"):
+        adaptive.Connectome(m, exclude="fc[1]")
+    conn = adaptive.Connectome(m)
+    with pytest.raises(ValueError, match=r"protect pattern.*write 'fc\[\[\]1\]' for the name itself"):
+        adaptive.Controller(conn, None, policy="rigl", density=0.5, protect="fc[1]")
+    assert list(adaptive.Connectome(m, exclude="fc[[]1]").masks) == ["b.weight"]
