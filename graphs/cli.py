@@ -788,13 +788,27 @@ def _refuse_a_foreign_summary(out: str) -> None:
                          "folder), or leave --out out to write into the run's graph_report folder")
 
 
+# the files the recipes write into a run folder (recipes/adaptive.py's, recipes/prune_pretrained.py's and a target's)
+_RUN_OWN_FILES = frozenset(("config.yaml", "summary.json", "metrics.csv", "events.jsonl", "results.md", "history.jsonl",
+                            "dense_state_dict.pt", "pruned_state_dict.pt", "connectome.safetensors", "checkpoint.pt",
+                            "MANIFEST.json"))
+
+
 def _refuse_an_input(out: str, found, what: str) -> None:
     """Refuse an ``out`` that is the connectome or weights file the command read (``export RUN --out
-    RUN/model_state.pt`` wrote the graph over the run's weights, without a word)."""
+    RUN/model_state.pt`` wrote the graph over the run's weights, without a word), or another file of a run: one
+    the recipes write (config.yaml, summary.json, ...; ``compact RUN --out RUN/config.yaml`` wrote a pickled model
+    over it, and every later command on the run failed) or one a checkpoint's manifest lists (its optimizer.bin)."""
+    from adaptive.integrity import manifest_files
+
     for name, path in (("connectome", found.connectome), ("weights", found.weights)):
         if path and os.path.exists(out) and os.path.exists(path) and os.path.samefile(out, path):
             raise UsageError(f"--out {out!r} is the {name} file this command reads: writing {what} there would "
                              "replace it; choose another --out")
+    base = os.path.basename(out)
+    if os.path.isfile(out) and (base in _RUN_OWN_FILES or base in (manifest_files(os.path.dirname(out) or ".") or ())):
+        raise UsageError(f"--out {out!r} is a file of a run ({base}, which the recipes or a checkpoint wrote): writing "
+                         f"{what} there would replace it; choose another --out")
 
 
 def _save(obj, out: str) -> None:

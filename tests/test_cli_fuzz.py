@@ -607,6 +607,30 @@ def test_graphs_refuses_an_empty_model_name(tmp_path, capsys):
             capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command,name", [("export", "summary.json"), ("compact", "config.yaml"),
+                                          ("compact", "metrics.csv"), ("compact", "listed.bin")])
+def test_graphs_export_and_compact_refuse_an_out_that_is_a_file_of_the_run(tmp_path, capsys, command, name):
+    """export RUN --out RUN/summary.json replaced the run's results with the graph, compact RUN --out RUN/config.yaml
+    its settings with a pickled model (every later command on the run failed), and --out CKPT/optimizer.bin a
+    checkpoint's file, without a word: only the connectome and weights files read were kept. A file an earlier
+    export wrote is written over, as before."""
+    from adaptive.integrity import write_manifest
+    from graphs.cli import main as graphs_main
+
+    run = _graphs_run(tmp_path / "run")
+    target = run / name
+    if not target.exists():  # (a recipe's file; listed.bin: one a checkpoint's manifest lists)
+        target.write_bytes(b"the run's own\n")
+    if name == "listed.bin":
+        write_manifest(run)
+    before = target.read_bytes()
+    assert graphs_main([command, str(run), "--out", str(target)]) == 2
+    assert f"is a file of a run ({name}, which the recipes or a checkpoint wrote)" in capsys.readouterr().err
+    assert target.read_bytes() == before
+    for _ in range(2):
+        assert graphs_main(["export", str(run), "--out", str(run / "g.json")]) == 0, capsys.readouterr().err
+
+
 def test_graphs_report_refuses_an_out_holding_a_run_s_own_summary(tmp_path, capsys):
     """report RUN --out RUN replaced the run's summary.json (its results) with the graph summary, without a word;
     a folder holding an earlier graph report's summary.json is still written over."""
