@@ -2205,3 +2205,32 @@ def test_outputs_nan_alike_in_the_model_and_the_copy_pass_the_check():
     b = torch.tensor([0.0, 1.0, -3.0, float("inf")])
     assert not _close(a, b, 1e-4, 1e-4) and not _close(b, a, 1e-4, 1e-4)
     assert _diff(a, b) != _diff(a, b)  # NaN: the difference said as such
+
+
+def test_a_copy_holding_a_folded_conv_loads_with_torch_alone_once_scripted(tmp_path):
+    """docs/graphs.md said any copy with a plain forward(x) loads with torch alone, but a copy holding a FoldedConv
+    (most compacted CNNs) pickles graphs' class: torch.load needs graphs importable. The docs say so now, and the
+    way they give, torch.jit.script then torch.jit.save, loads in a process where graphs cannot be imported."""
+    import subprocess
+    import sys
+
+    torch.manual_seed(1)
+    m = Concat().eval()
+    conn = adaptive.Connectome(m)
+    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
+    masks["b.weight"][1] = False
+    conn.set_masks(masks)
+    x = torch.randn(2, 3, 6, 6)
+    small = graphs.compact(m, conn, x)
+    assert isinstance(small.get_submodule("c"), graphs.FoldedConv)
+    torch.save(small, tmp_path / "pickled.pt")
+    torch.jit.save(torch.jit.script(small), tmp_path / "scripted.pt")
+    torch.save(x, tmp_path / "x.pt")
+    torch.save(small(x).detach(), tmp_path / "y.pt")
+    code = ("import sys; sys.modules['graphs'] = None; import torch; d = sys.argv[1]\n"
+            "y = torch.jit.load(d + '/scripted.pt')(torch.load(d + '/x.pt'))\n"
+            "assert torch.equal(y, torch.load(d + '/y.pt'))\n"
+            "try:\n    torch.load(d + '/pickled.pt', weights_only=False)\nexcept Exception as e:\n    print('needs graphs:', type(e).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "needs graphs" in out.stdout
