@@ -262,6 +262,28 @@ def _check_connectome(path: str) -> None:
                          "pass a run folder holding connectome.safetensors, that file itself, or --connectome PATH")
 
 
+def _recorded_plugins(recorded: list, given, where) -> list:
+    """The plugins config.yaml (``where``) records that are loaded: each, where it can be; with ``--plugins``
+    (``given``), one that is no longer where the run found it (its file moved) is left out with a warning, as
+    --plugins gives its models now; without, its refusal says to give it. A run whose plugin file moved could
+    not be read at all: --plugins NEW/file.py was loaded after the recorded path, which failed first."""
+    from adaptive.plugins import PluginNotFoundError, load_plugin
+
+    kept = []
+    for spec in recorded:
+        try:
+            load_plugin(spec)
+        except PluginNotFoundError as e:
+            if not given:
+                raise PluginNotFoundError(f"{e} (recorded in {where or 'config.yaml'}): where the plugin is now, give "
+                                          "--plugins PATH", spec) from None
+            warn_user(f"{where or 'config.yaml'} records the plugin {spec}, which is not found: left out, as --plugins "
+                      f"{' '.join(given)} is given")
+            continue
+        kept.append(spec)
+    return kept
+
+
 def _load_plugins(specs) -> None:
     """The run's plugins (config.yaml's ``plugins``) and ``--plugins``: a model a plugin registered
     is rebuilt by name like a built-in one."""
@@ -311,7 +333,7 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
             raise
         warn_user(f"{e.args[0].split(': the run')[0]}: ignored, the model is --model {model}")
         cfg = {}
-    _load_plugins(_config_plugins(cfg) + list(plugins or []))
+    _load_plugins(_recorded_plugins(_config_plugins(cfg), plugins, _config_path(run_dir)) + list(plugins or []))
     name, kw = _model_spec(cfg, ns)
     if not name:
         where = _config_path(run_dir)

@@ -631,6 +631,25 @@ def test_graphs_export_and_compact_refuse_an_out_that_is_a_file_of_the_run(tmp_p
         assert graphs_main(["export", str(run), "--out", str(run / "g.json")]) == 0, capsys.readouterr().err
 
 
+def test_graphs_reads_a_run_whose_recorded_plugin_moved_given_plugins(tmp_path, capsys):
+    """A run whose config.yaml records a plugin file that has moved (a copied run, a renamed folder) could not be
+    read at all: --plugins NEW was loaded after the recorded path, which failed first. With --plugins the recorded
+    one is left out with a warning; without, the refusal says to give --plugins."""
+    from graphs.cli import main as graphs_main
+
+    gone = tmp_path / "old" / "ext.py"
+    run = _graphs_run(tmp_path / "run", config=f"plugins: [{gone}]\n")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "ext.py").write_text("# the plugin, moved\n")
+    assert graphs_main(["export", str(run), "--out", str(tmp_path / "a.json")]) == 2
+    assert "(recorded in" in (err := capsys.readouterr().err) and "give --plugins PATH" in err
+    with pytest.warns(UserWarning, match=r"records the plugin .*ext.py, which is not found: left out, as --plugins"):
+        code = graphs_main(["export", str(run), "--plugins", str(tmp_path / "new" / "ext.py"), "--out",
+                            str(tmp_path / "b.json")])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "b.json").is_file()
+
+
 def test_graphs_report_refuses_an_out_holding_a_run_s_own_summary(tmp_path, capsys):
     """report RUN --out RUN replaced the run's summary.json (its results) with the graph summary, without a word;
     a folder holding an earlier graph report's summary.json is still written over."""
