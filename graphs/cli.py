@@ -321,6 +321,7 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
 
     user_kw, num_classes, in_shape = model_args.split_own(model_kw or {}, num_classes, in_shape)
     ns = argparse.Namespace(model=model, num_classes=num_classes, in_shape=in_shape, model_kw=user_kw)
+    given_connectome = connectome  # (--connectome: a file of the user's choosing, maybe another run's)
     found = locate(run, connectome)
     run_dir, connectome = found.source, found.connectome
     if not os.path.isfile(connectome):
@@ -366,8 +367,16 @@ def _load_once(run, model, connectome, weights, num_classes, in_shape, plugins, 
             net = _rebuild(build_model, name, kw, guessed, user_kw)
     # a run built with other arguments (a wider model): named with the fix, before any weights are read into it
     found.weights = weights
-    model_args.check_fits(net, _layer_shapes(connectome), name, kw,
-                          "the checkpoint" if found.checkpoint else "the connectome")
+    try:
+        model_args.check_fits(net, _layer_shapes(connectome), name, kw,
+                              "the checkpoint" if found.checkpoint else "the connectome")
+    except model_args.ModelArgumentsError as e:
+        if not given_connectome:
+            raise
+        # the run's own arguments may be right and the connectome another run's: say both
+        raise model_args.ModelArgumentsError(
+            f"{e.args[0]}; or --connectome {given_connectome} is another run's connectome, not the one of the run "
+            f"{run_dir}: give the folder of the run it comes from, or this run's connectome") from None
     if weights is not None:  # strict, naming missing, unexpected and misshapen keys; tensors only
         from adaptive.models import WeightsMismatchError, load_weights
 

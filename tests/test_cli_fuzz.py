@@ -650,6 +650,20 @@ def test_graphs_reads_a_run_whose_recorded_plugin_moved_given_plugins(tmp_path, 
     assert (tmp_path / "b.json").is_file()
 
 
+def test_graphs_names_another_runs_connectome_given_by_connectome(tmp_path, capsys):
+    """--connectome of another run (a wider model) was refused as 'the model was rebuilt as mlp with hidden=[8],
+    which is not the run's', blaming the run's own arguments: the refusal names the connectome as the other cause."""
+    import adaptive
+    from adaptive.models import build_model
+    from graphs.cli import main as graphs_main
+
+    run = _graphs_run(tmp_path / "run")
+    adaptive.Connectome(build_model("mlp", in_shape=(1, 4, 4), hidden=(16,))).save(tmp_path / "other.safetensors")
+    assert graphs_main(["export", str(run), "--connectome", str(tmp_path / "other.safetensors"), "--out",
+                        str(tmp_path / "g.json")]) == 2
+    assert f"or --connectome {tmp_path / 'other.safetensors'} is another run's connectome" in capsys.readouterr().err
+
+
 def test_graphs_report_refuses_an_out_holding_a_run_s_own_summary(tmp_path, capsys):
     """report RUN --out RUN replaced the run's summary.json (its results) with the graph summary, without a word;
     a folder holding an earlier graph report's summary.json is still written over."""
