@@ -189,6 +189,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
 
     nonfinite_windows = 0  # updates skipped for NaN or inf gradients or weights (see update)
     skipped_observations = 0  # observe(scaler=...) calls leaving layers out: the scaler skips their optimizer's step (not saved)
+    _skipped_seen = 0  # skipped_observations at the last update that found a window empty, or partly so
     _warned_missed = False  # the missed-target warning was given (see _warn_missed_target): saved with the state
 
     @torch.inference_mode(False)  # its statistics and state are updated in place at every step: built under
@@ -1081,8 +1082,22 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                 # every gradient-based score would be 0 and ties go by index: such an edit is arbitrary
                 how = ("call ctrl.observe() after each backward" if self.conn.mode == "mask_only" else
                        "attach the optimizer (Controller(conn, optimizer)) or call ctrl.observe() after each backward")
+                if self.skipped_observations > self._skipped_seen:  # (observe(scaler=) left every layer out)
+                    how = ("the GradScaler skipped the steps observed since it (inf or NaN gradients), and "
+                           "observe(scaler=) leaves such steps out; the next update reads the steps it takes")
+                self._skipped_seen = self.skipped_observations
                 warn_user(f"step {step}: no gradient was observed since the last update, so the update is "
                               f"skipped; {how}")
+                return self._skipped(step)
+            unobserved = [n for n in self.editable() if self.stats.counts.get(n, 0) == 0]
+            if unobserved:
+                # their scores would be 0 and their ties go by index (growth at the first units): as for an empty
+                # window, no edit; the observed layers' statistics stay for the next update
+                self._skipped_seen = self.skipped_observations
+                warn_user(f"step {step}: no gradient of {len(unobserved)} editable layer(s) ({', '.join(unobserved[:3])}"
+                          f"{' ...' if len(unobserved) > 3 else ''}) was observed since the last update, while other "
+                          "layers' were (their optimizer's steps skipped: by a GradScaler for inf or NaN gradients, "
+                          "say), so the update is skipped; the next update reads them")
                 return self._skipped(step)
             if not self.stats.finite():
                 # NaN or inf would enter the estimators' state (presence, evidence keep it) and rank
@@ -1104,6 +1119,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             # scores made from them (magnitude, gmp: estimators that read no gradient) would be NaN, which
             # ranks nothing: the update is skipped, as a window with non-finite gradients is
             self.nonfinite_windows += 1
+            if self.stats is not None:  # (the gradients observed over those weights: left out, as a non-finite window)
+                self.stats.reset()
             if self.nonfinite_windows == 1:
                 warn_user(f"step {step}: the weights of {len(broken)} layer(s) ({', '.join(broken[:3])}"
                           f"{' ...' if len(broken) > 3 else ''}) hold NaN or inf (a diverging run), so the update is "
