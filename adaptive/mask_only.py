@@ -159,7 +159,10 @@ def optimize_connectome(
             per-batch updates cost 5x the time and lost accuracy, see
             recipes/benchmarks/mask_only_ablations).
         line_search_tries: halvings a verified update may try before it is rolled back (an integer
-            >= 0; 0: the whole update or nothing); used with ``verify_batches`` > 0.
+            >= 0; 0: the whole update or nothing); used with ``verify_batches`` > 0, and only by the
+            updates of target "best" with ``ladder=()`` (no size goal): an update that moves toward a
+            target's size is never vetoed, and swaps at it are kept or rolled back whole (a halved
+            swap would change the count), so there it has no effect.
         eval_every: evaluate the whole holdout every this many updates (0: only at stage ends).
         loss_fn: ``loss_fn(output, targets)`` -> the mean loss of a batch (default ``F.cross_entropy``);
             checked on the first held-out batch before any work (whatever the loss: a real scalar tensor
