@@ -128,8 +128,8 @@ class ControllerEditsMixin:
         fraction = 1.0
         if use_ls:
             loss_before = self._holdout()
-        # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do)
-        tolerance = self.line_search_tolerance if plan.tolerance is None else plan.tolerance
+        # a policy may allow a plan a loss rise of its own (e.g. the estimated cost of pruning it must do); a part of
+        # it (EditPlan.shrink) is allowed that part of it, read at each try
         current = plan
         try:
             for attempt in range(self.line_search_tries + 1 if use_ls else 1):
@@ -138,6 +138,7 @@ class ControllerEditsMixin:
                 if not use_ls:
                     break
                 loss_after = self._holdout()
+                tolerance = self.line_search_tolerance if current.tolerance is None else current.tolerance
                 if tolerance == float("inf") or loss_after - loss_before <= tolerance:  # inf: a required edit, NaN or not
                     break
                 before.restore()

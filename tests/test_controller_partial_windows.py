@@ -91,3 +91,34 @@ def test_an_update_skipped_for_non_finite_weights_leaves_its_window_out():
                 with torch.no_grad():
                     model[0].weight.copy_(saved)
     assert ctrl.nonfinite_windows == 1 and read == [4]  # the update at step 8 reads its own 4 batches, not 8
+
+
+class _Scripted:
+    """A policy returning one plan (``plan``) at every update."""
+
+    def __new__(cls, plan):
+        from adaptive.policies.base import Policy
+
+        class Scripted(Policy):
+            sparse_at_start = False
+            needs_density = False
+
+            def update(self, ctrl, step):
+                return plan
+
+        return Scripted()
+
+
+@pytest.mark.parametrize("half_rise,kept", [(0.08, 0.0), (0.04, 0.5)])
+def test_a_shrunk_plan_is_held_to_its_share_of_the_plans_tolerance(half_rise, kept):
+    """A plan's own tolerance was scaled with the plan by EditPlan.shrink, but the line search read the whole
+    plan's at every try: a half plan rising 0.08 passed a tolerance of 0.1 that its half, 0.05, does not."""
+    from adaptive.policies.base import EditPlan
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)))
+    losses = iter([1.0, 1.2, 1.0 + half_rise, 1.0 + half_rise, 1.0 + half_rise])
+    ctrl = adaptive.Controller(conn, policy=_Scripted(EditPlan(prune={"0.weight": torch.arange(8)}, tolerance=0.1)),
+                               update_every=1, holdout_loss=lambda: next(losses), line_search_tolerance=0.0,
+                               line_search_tries=1)
+    assert ctrl.step()["line_search_fraction"] == kept
