@@ -488,7 +488,7 @@ def test_two_processes_split_the_batches_hold_the_same_masks_and_a_crashed_job_r
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "2 process(es), 3 train batches of 32 per process" in r.stdout  # 192 images: 6 batches on one process
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == 2
+    assert summary["processes"] == 2 and summary["mixed_precision"] == "no"  # (the precision that fed every figure)
     hashes = summary["mask_hash_per_process"]
     assert set(hashes) == {"0.2", "0.5"}
     for label, per_process in hashes.items():
@@ -542,6 +542,7 @@ def test_bf16_autocast_moves_masks_not_weights(tmp_path, weights, capsys):
         out = tmp_path / mp
         runs[mp] = mod.main(args(weights, out, "--remove", "0.3", "--mixed-precision", mp))
         assert f"mixed precision {mp}" in (out / "results.md").read_text()
+        assert json.loads((out / "summary.json").read_text())["mixed_precision"] == mp  # (it said none)
     for mp, summary in runs.items():
         row = {r["target"]: r for r in summary["rows"]}["0.3"]
         assert row["changed"] == 0

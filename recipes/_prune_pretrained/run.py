@@ -316,7 +316,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
               title=run_title(args.model, args.dataset, out, what="prune_pretrained: "),
               holdout_images=len(dl.holdout.dataset))
         summary = dict(rows=rows, minutes=minutes, processes=accelerator.num_processes,
-                       device=accelerator.device.type, mask_hash_per_process=hashes)
+                       device=accelerator.device.type, mixed_precision=args.mixed_precision,  # (what fed every figure)
+                       mask_hash_per_process=hashes)
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(jsonio.dumps(summary, indent=1))
         _write_config(args, dl, out)
