@@ -6,12 +6,25 @@ held in float64 so that every value (ids, counts, weights) survives a round trip
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+
+def _pyg_data():
+    """``torch_geometric.data``, imported without the FutureWarning torch gives for the ``torch.jit.script`` calls
+    torch_geometric makes at import: it is torch_geometric's to change, and printed ``warning (FutureWarning):
+    torch.jit.script is deprecated`` on every graphs export to PyG, which nobody running it can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+        import torch_geometric.data
+
+    return torch_geometric.data
 
 
 def to_pyg(g):
     """A validated ``torch_geometric.data.Data`` holding ``g``."""
-    from torch_geometric.data import Data
+    Data = _pyg_data().Data
 
     from .exporters import header
 
@@ -35,7 +48,7 @@ def from_pyg(data):
     """The :class:`ConnectomeGraph` that :func:`to_pyg` exported."""
     from .exporters import from_header
 
-    from torch_geometric.data import Batch
+    Batch = _pyg_data().Batch
 
     if not hasattr(data, "graph_header"):
         raise ValueError("this Data was not made by graphs.to_pyg (it has no graph_header)")

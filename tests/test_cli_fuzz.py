@@ -664,6 +664,20 @@ def test_graphs_names_another_runs_connectome_given_by_connectome(tmp_path, caps
     assert f"or --connectome {tmp_path / 'other.safetensors'} is another run's connectome" in capsys.readouterr().err
 
 
+def test_graphs_export_to_pyg_prints_no_warning_of_torch_geometrics_import(tmp_path):
+    """Every export to PyG printed 'warning (FutureWarning): `torch.jit.script` is deprecated', torch's warning for
+    calls torch_geometric makes at import, which nobody running graphs can act on (a fresh process: the import's)."""
+    import subprocess
+    import sys
+
+    run = _graphs_run(tmp_path / "run")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-m", "graphs", "export", str(run), "--format", "pt", "--out",
+                        str(tmp_path / "g.pt")], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "torch.jit.script" not in r.stderr, r.stderr[-2000:]
+
+
 def test_graphs_report_refuses_an_out_holding_a_run_s_own_summary(tmp_path, capsys):
     """report RUN --out RUN replaced the run's summary.json (its results) with the graph summary, without a word;
     a folder holding an earlier graph report's summary.json is still written over."""
