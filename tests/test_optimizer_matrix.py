@@ -483,8 +483,11 @@ def test_a_state_of_the_same_hyper_parameters_with_a_schedulers_keys_loads(tmp_p
     for s in range(3):
         train_step(model, opt, s)
     ck = save_checkpoint(acc, tmp_path, 3)
+    saved = _flat_state(opt)
     acc, model, opt, conn = _prepared(ALL["adamw"])
+    assert _flat_state(opt) != saved
     load_checkpoint(acc, ck)
+    assert _flat_state(opt) == saved  # Adam's moments and steps, in AdamW
     train_step(model, opt, 3)
 
 
