@@ -20,6 +20,11 @@ def test_a_tiny_run_writes_the_measured_table(tmp_path):
                                             "removal order (knowledge diagnostic)", "curve masks (6 points)"]
     assert all(len(old) == len(new) == 2 for old, new in times.values())
     assert "Reproduce: `OMP_NUM_THREADS=" in text and "--model tiny" in text
+    import statistics  # each row's figures are the medians of what its pair measured (constants passed before)
+
+    for r, (old, new) in zip(rows, times.values()):
+        o, w = statistics.median(old), statistics.median(new)
+        assert [c.strip() for c in (r[1], r[2], r[5])] == [f"{o:.3f}", f"{w:.3f}", f"{o / w:.1f}"], r
 
 
 @pytest.mark.parametrize("argv, match", [(["--rounds", "0"], "--rounds must be a positive integer"),
