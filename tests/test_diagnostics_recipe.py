@@ -128,13 +128,15 @@ def test_knowledge_prints_accuracy_in_percent(recipe, tmp_path, capsys):
     assert fits.splitlines()[0].endswith("| fitted above |") and " points |" in fits and " nats |" in fits
 
 
-def test_progress(recipe, tmp_path):
+def test_progress(recipe, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "events.jsonl").write_text(json.dumps({"step": 5, "pruned": 3, "grown": 1, "density": 0.9}) + "\n")
     (run / "metrics.csv").write_text("step,split,loss,accuracy\n0,train,2.0,0.1\n6,holdout,1.5,0.5\n")
     recipe.main(["progress", str(run), "--output_dir", str(tmp_path / "out")])
-    assert (tmp_path / "out" / "progress.png").exists()
+    assert "1 events, 2 metric rows; removal axis from events" in capsys.readouterr().out  # what it read
+    png = (tmp_path / "out" / "progress.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000  # a drawn figure (an empty file passed before)
 
 
 def test_train_part_smaller_than_a_batch_is_refused_clearly(recipe, tmp_path):
