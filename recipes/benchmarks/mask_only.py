@@ -13,11 +13,14 @@ Rows, each at every removal target:
   ours held-out forward passes edge-popup does not make);
 - ours (adaptive.optimize_connectome): the presence estimator (a value per synapse learned batch
   by batch from the normalised presence derivative g * w0), crawl policy (jump to each target,
-  then swaps wherever an absent synapse's value beats a present one's), held-out TRAIN batches
-  for the snapshots (per-update line search optional: --verify-batches).
+  then swaps wherever an absent synapse's value beats a present one's), each target's snapshot the
+  masks at its stage's end, scored on held-out TRAIN batches (per-update line search on them
+  optional: --verify-batches).
 Learned methods visit the targets in increasing order of removal, one stage of ``--passes`` passes
-each, scores/masks carried over. The held-out part of TRAIN chooses everything; the test split is
-read only after every method has finished (and is reported with the split named). CPU minutes
+each, scores/masks carried over. Nothing is chosen on the test split: for fixed targets neither method
+chooses anything on the held-out part of TRAIN either (it scores the snapshots), and the shared step
+was chosen on a TRAIN-only proxy (docs/mask_only.md); the test split is read only after every method
+has finished (and is reported with the split named). CPU minutes
 are the process's CPU time (all threads) from the method's start to that row's snapshot.
 Writes the table to recipes/benchmarks/results/mask_only[_MODEL].md.
 """
