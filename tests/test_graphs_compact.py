@@ -104,15 +104,21 @@ class Concat(nn.Module):
         return self.fc(self.c(h).mean((2, 3)))
 
 
-def test_concat_offsets_and_border_exact_folding():
+def _folded_concat():
+    """``(model, conn, x, small)``: :class:`Concat` with a unit of ``b`` dead (sigmoid(bias) != 0: a constant at
+    concat channel 3), compacted: its padded 3x3 reader ``c`` a FoldedConv."""
     torch.manual_seed(1)
     m = Concat().eval()
     conn = adaptive.Connectome(m)
     masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
-    masks["b.weight"][1] = False  # sigmoid(bias) != 0: a constant at concat channel 3
+    masks["b.weight"][1] = False
     conn.set_masks(masks)
     x = torch.randn(2, 3, 6, 6)
-    small = graphs.compact(m, conn, x)
+    return m, conn, x, graphs.compact(m, conn, x)
+
+
+def test_concat_offsets_and_border_exact_folding():
+    m, conn, x, small = _folded_concat()
     assert small.compaction["removed"]["b"] == 1
     assert isinstance(small.get_submodule("c"), graphs.FoldedConv)  # padded 3x3 reader: exact border map
     assert small.get_submodule("c").conv.in_channels == 4
@@ -2214,14 +2220,7 @@ def test_a_copy_holding_a_folded_conv_loads_with_torch_alone_once_scripted(tmp_p
     import subprocess
     import sys
 
-    torch.manual_seed(1)
-    m = Concat().eval()
-    conn = adaptive.Connectome(m)
-    masks = {k: torch.ones_like(v) for k, v in conn.masks.items()}
-    masks["b.weight"][1] = False
-    conn.set_masks(masks)
-    x = torch.randn(2, 3, 6, 6)
-    small = graphs.compact(m, conn, x)
+    _, _, x, small = _folded_concat()
     assert isinstance(small.get_submodule("c"), graphs.FoldedConv)
     torch.save(small, tmp_path / "pickled.pt")
     torch.jit.save(torch.jit.script(small), tmp_path / "scripted.pt")
