@@ -563,7 +563,9 @@ def merge_key_values(items: Sequence[str], option: str = "--dataset-kw",
     ``examples`` (one KEY=VALUE, one mapping) of what to write."""
     # (a --config file's mapping: there KEY=VALUE is no way to write it)
     check_colon_keys(dict(base or {}), f"the config file's {option.lstrip('-').replace('-', '_')}", command_line=False)
-    out = _exponent_floats(dict(base or {}))  # a file's 1e-6, read by YAML as text, is the float as here
+    # a file's 1e-6, read by YAML as text, is the float as here; its keys text, as the command line's are (a file's
+    # {1: 2} reached the checks as an int key: "'int' object is not iterable", naming neither key nor file)
+    out = {str(k): v for k, v in _exponent_floats(dict(base or {})).items()}
     for item in items:
         try:
             entry = dict([key_value(item, option)])

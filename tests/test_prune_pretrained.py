@@ -277,6 +277,18 @@ def test_config_file_values_are_checked_as_the_command_line_checks_them(tmp_path
     assert recipe().parse_args(["--config", _config(tmp_path, "mixed_precision: no\n")]).mixed_precision == "no"
 
 
+@pytest.mark.parametrize("text, match", [
+    ("estimator_kw: {1: 2}\n", r"estimator_kw: unknown argument\(s\) \['1'\]"),
+    ("model_kw: {1: 2}\n", r"model_kw 1=2: model 'resnet20' takes no keyword '1'"),
+    ("dataset_kw: {1: 2}\n", r"dataset_kw \['1'\]: not an argument of dataset"),
+])
+def test_a_config_files_mapping_with_a_key_that_is_no_text_is_named(tmp_path, text, match):
+    """A key YAML reads as a number (dataset_kw: {1: 2}) failed with "'int' object is not iterable" or "keywords
+    must be strings", naming neither key nor file; the same on the command line was read as text."""
+    with pytest.raises(SystemExit, match=match):
+        recipe().parse_args(["--config", _config(tmp_path, text)])
+
+
 @pytest.mark.parametrize("text", ["overwrite: 'maybe'\n", "cpu: 'nope'\n", "download: ''\n", "resume: 0\n",
                                   "progress: 2\n"])
 def test_a_config_files_flags_must_be_true_or_false(tmp_path, text):
