@@ -164,6 +164,8 @@ def _coerce(value, tp, key: str, src: str = ""):
 
     def bad(extra=""):
         shown = repr(value) if not isinstance(value, str) else f"'{value}'"
+        if value is None and not extra:  # ('batch_size:' with nothing after it: YAML's null)
+            extra = " (the key has no value: give it one, or leave the key out for its default)"
         return ConfigError(f"{where} expects {_type_name(tp)}, got {shown}{extra}")
 
     if tp is Any:

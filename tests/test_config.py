@@ -555,3 +555,12 @@ def test_a_bare_yaml_no_is_the_choice_no_and_a_colon_value_stays_text(tmp_path):
     with pytest.raises(ConfigError, match=r"must be one of \['train', 'mask_only'\], got False \(YAML reads a bare "
                                           r"no, off or false as a yes/no: quote a word, e.g. 'train'\)"):
         parse_config(Cfg, ["--config", str(p)])
+
+
+def test_a_config_key_without_a_value_is_refused_naming_the_fix(tmp_path):
+    """'epochs:' with nothing after it (YAML's null) was refused as 'expects int, got None', naming no fix."""
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs:\n")
+    with pytest.raises(ConfigError, match=r"config key 'epochs' .*expects int, got None \(the key has no value: give "
+                                          r"it one, or leave the key out for its default\)"):
+        parse_config(Cfg, ["--config", str(path)])
