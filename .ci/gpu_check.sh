@@ -5,8 +5,10 @@
 # mask-only ResNet-20 on a CIFAR subset), then the whole suite. Takes about 5 minutes on 16 cores.
 export PYTHONPATH=$PWD MPLBACKEND=Agg PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu_check}; mkdir -p "$OUT"
-# the copied data stands in for ../shared/data only where there is none (a real folder is used as it is)
-if [ ! -e ../shared/data ] || [ -L ../shared/data ]; then
+# the copied data stands in for ../shared/data only where there is none: a real folder, or a link to real data, is
+# used as it is; a link an earlier pass made (into a .gpudata/ folder) or one pointing nowhere is made again
+link=$(readlink ../shared/data 2>/dev/null)
+if [ ! -e ../shared/data ] || [ "${link#*/.gpudata/}" != "$link" ]; then
   mkdir -p ../shared && rm -f ../shared/data && ln -s "$PWD/.gpudata/shared/data" ../shared/data
 fi
 { nvidia-smi -L; python3 -c "import torch, torchvision, accelerate; print(torch.__version__, torchvision.__version__, accelerate.__version__, torch.cuda.get_device_name())"; } 2>&1 | tee "$OUT/env.txt"
