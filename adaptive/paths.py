@@ -110,7 +110,7 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
                 return p
             tried.append(str(p))
     raise DatasetNotFoundError(
-        f"dataset {name!r} not found; looked in: {', '.join(tried)}. Point --data-dir (or the "
+        f"dataset {name!r} not found; looked in: {', '.join(tried)}. Point --data-dir (data_dir= in Python, or the "
         f"ADAPTIVE_DATA environment variable) at a folder holding it"
         + _found_above(dirs, relpaths) + (f", {how}" if how else "") + "."
     )

@@ -165,7 +165,7 @@ def test_missing_dataset_lists_every_path(tmp_path, monkeypatch):
             get_datasets(name, data_dir=tmp_path)
         msg = str(e.value)
         assert "\n" not in msg and f"dataset {name!r} not found" in msg
-        assert str(tmp_path / rel) in msg and "--data-dir" in msg and "ADAPTIVE_DATA" in msg
+        assert str(tmp_path / rel) in msg and "--data-dir (data_dir= in Python" in msg and "ADAPTIVE_DATA" in msg
     monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
     with pytest.raises(DatasetNotFoundError) as e:
