@@ -455,13 +455,18 @@ def test_a_mapping_without_a_space_after_the_colon_says_so():
                                                                                           "name": "a:b"}
 
 
+def _refused_file(tmp_path, text: str, match: str) -> None:
+    """A config file holding ``text`` is refused with a ConfigError matching ``match``."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        parse_config(Cfg, ["--config", str(path)])
+
+
 def test_a_config_file_mapping_without_a_space_after_the_colon_says_so_without_key_value(tmp_path):
     """In a file KEY=VALUE is no way to write it: the message leaves it out."""
-    path = tmp_path / "c.yaml"
-    path.write_text("model_kw: {image_size:32}\n")
-    with pytest.raises(ConfigError, match=r"config key 'model_kw' in .*c.yaml: YAML read 'image_size:32' as a key "
-                                          r"with no value: YAML needs a space after ':' \(\{image_size: 32\}\)$"):
-        parse_config(Cfg, ["--config", str(path)])
+    _refused_file(tmp_path, "model_kw: {image_size:32}\n", r"config key 'model_kw' in .*c.yaml: YAML read "
+                  r"'image_size:32' as a key with no value: YAML needs a space after ':' \(\{image_size: 32\}\)$")
 
 
 @pytest.mark.parametrize("script", ["recipes/adaptive.py", "recipes/prune_pretrained.py"])
@@ -559,8 +564,5 @@ def test_a_bare_yaml_no_is_the_choice_no_and_a_colon_value_stays_text(tmp_path):
 
 def test_a_config_key_without_a_value_is_refused_naming_the_fix(tmp_path):
     """'epochs:' with nothing after it (YAML's null) was refused as 'expects int, got None', naming no fix."""
-    path = tmp_path / "c.yaml"
-    path.write_text("epochs:\n")
-    with pytest.raises(ConfigError, match=r"config key 'epochs' .*expects int, got None \(the key has no value: give "
-                                          r"it one, or leave the key out for its default\)"):
-        parse_config(Cfg, ["--config", str(path)])
+    _refused_file(tmp_path, "epochs:\n", r"config key 'epochs' .*expects int, got None \(the key has no value: give "
+                  r"it one, or leave the key out for its default\)")
