@@ -423,15 +423,18 @@ def _refuse_shared_memory(model: nn.Module, found: Dict[str, tuple]) -> None:
                    key=lambda x: x[0])  # (each object once; by device, then address: one sweep finds every overlap)
     names = {id(w): name for name, (_, w) in found.items()}
     shared: Dict[str, list] = {}
-    reach = None  # (device, end, name, parameter) of the span reaching furthest so far: any span overlapping an
-    for (dev, start, end), n, p in spans:  # earlier one overlaps it too, so each overlapping pair's members are met
+    # (device, end, name, parameter) of the span reaching furthest so far: a span overlapping any earlier one
+    # overlaps this one too, so every member of an overlapping pair is met
+    reach = None
+    for (dev, start, end), n, p in spans:
         if reach is not None and reach[0] == dev and start < reach[1]:
             for mine, other in ((reach[3], n), (p, reach[2])):
                 if id(mine) in names:
                     shared.setdefault(names[id(mine)], []).append(other)
         if reach is None or reach[0] != dev or end > reach[1]:
             reach = (dev, end, n, p)
-    for name, others in shared.items():
+    if shared:
+        name, others = next(iter(shared.items()))
         raise ValueError(
             f"the prunable weight {name!r} shares its memory with the parameter(s) {others[:3]}, which are other "
             "parameters (one a view of the other's data: nn.Parameter(a.weight.t()), or b.weight.data = "
