@@ -215,10 +215,17 @@ def test_no_holdout_is_fine_for_magnitude_and_refused_clearly_where_it_is_needed
 def test_replot_redraws_into_the_run_folder(recipe, tmp_path, monkeypatch):
     run = tmp_path / "k"
     recipe.main(["knowledge", *COMMON, "--output_dir", str(run), "--model", "mlp", "--train_steps", "3", "--points", "3"])
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    drawn = mpimg.imread(run / "knowledge_mlp.png")
     (run / "knowledge_mlp.png").unlink()
     monkeypatch.chdir(tmp_path)  # a default folder under the working directory must stay untouched
     recipe.main(["knowledge", "--replot", str(run)])
-    assert (run / "knowledge_mlp.png").exists()
+    # the same figure, pixel for pixel, redrawn from the run's tables (an existing file alone passed
+    # with any picture)
+    np.testing.assert_array_equal(mpimg.imread(run / "knowledge_mlp.png"), drawn)
+    assert drawn[..., :3].std() > 0.05  # a drawn figure, not a blank canvas
     assert not (tmp_path / "runs").exists()
 
 
