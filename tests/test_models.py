@@ -61,8 +61,10 @@ def test_resnet20_parameter_count_and_names():
 
 
 def test_unknown_model_and_torchvision_name_errors():
-    with pytest.raises(ValueError, match="unknown model 'nope'.*available"):
+    with pytest.raises(ValueError, match=r"unknown model 'nope'; available"):
         build_model("nope")
+    with pytest.raises(ValueError, match=r"unknown model 'LeNet3000'; did you mean 'lenet300' for 'lenet3000'\?; avail"):
+        build_model("LeNet3000")
     with pytest.raises(ValueError, match="torchvision has no classifier 'nope'"):
         build_model("torchvision:nope")
     with pytest.raises(ValueError, match="unknown model family"):

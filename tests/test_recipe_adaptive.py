@@ -339,7 +339,9 @@ def test_a_checkpoint_copy_one_process_cannot_read_stops_every_process_with_one_
     (["--density", "10"], "density must be in (0, 1], got 10.0 (a fraction of the synapses, not a percentage: 10% is "
                           "--density 0.1)"),
     (["--policy", "rigl2"], "unknown policy 'rigl2'"),
+    (["--policy", "thresold"], "--plugins; did you mean 'threshold' for 'thresold'?"),
     (["--estimator", "obdd"], "unknown estimator 'obdd'"),
+    (["--model", "Lenet3000"], "--plugins; did you mean 'lenet300' for 'lenet3000'?"),
     (["--epochs", "2.5"], "expects Optional[int], got '2.5'"),
     (["--mode", "mask_only", "--checkpoint_every", "5"], "mask_only checkpoints after every target on its own"),
     (["stray"], "unexpected argument 'stray'"),

@@ -70,7 +70,7 @@ def build_model(
     else:
         key = name.lower()
         if key not in _REGISTRY:
-            raise ValueError(f"unknown model {name!r}; available: {available_models()}")
+            raise ValueError(f"unknown model {name!r}{_registry.near_misses([key], _REGISTRY)}; available: {available_models()}")
         builder, args = _REGISTRY[key], ()
     accepted, takes_more = _keywords(builder, skip=len(args))
     _check_named_part(name, kw, builder, len(args))

@@ -8,6 +8,7 @@ import math
 from typing import TYPE_CHECKING
 
 from adaptive.config import COMMAND_LINE, ConfigError, given_keys
+from adaptive.registry import near_misses
 from adaptive.training import STEP_GAMMA, STEP_MILESTONES
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def _check_names(cfg: "RunConfig") -> None:
     def known(what, value, names):
         if value not in names:
             raise ConfigError(f"unknown {what} '{value}': use one of {', '.join(sorted(names))}, or load the file "
-                              "that registers it with --plugins")
+                              f"that registers it with --plugins{near_misses([str(value)], names)}")
 
     known("policy", cfg.policy, policy_names())
     if cfg.estimator is not None:
@@ -109,7 +110,8 @@ def _check_names(cfg: "RunConfig") -> None:
     known("dataset", cfg.dataset, available_datasets())
     if ":" not in cfg.model and cfg.model.lower() not in available_models():
         raise ConfigError(f"unknown model '{cfg.model}': use one of {', '.join(available_models())} (torchvision:NAME "
-                          "is any torchvision classifier), or register your own in a file given with --plugins")
+                          "is any torchvision classifier), or register your own in a file given with --plugins"
+                          + near_misses([str(cfg.model).lower()], available_models()))
     check_model_kw(cfg.model, cfg.model_kw)
     try:
         parse_rules(cfg.ensemble)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from adaptive.cli import message_lines
 from adaptive.cli_checks import range_problem
+from adaptive.registry import near_misses
 
 from .options import number_or_none, whole_number
 
@@ -53,12 +54,14 @@ def _check_names(cfg: dict, origin, resumed=lambda: "") -> None:
 
     def known(key, names, hint=""):
         if cfg[key] not in names:
-            refuse(f"{origin(key)} {cfg[key]}: unknown {key}: use one of {', '.join(sorted(names))}{hint}")
+            refuse(f"{origin(key)} {cfg[key]}: unknown {key}: use one of {', '.join(sorted(names))}{hint}"
+                   + near_misses([str(cfg[key])], names))
 
     plugin = " (or register your own in a file given with --plugins)"
     if ":" not in cfg["model"] and cfg["model"].lower() not in available_models():
         refuse(f"{origin('model')} {cfg['model']}: unknown model: use one of {', '.join(available_models())} "
-                         f"(torchvision:NAME is any torchvision classifier){plugin}")
+                         f"(torchvision:NAME is any torchvision classifier){plugin}"
+               + near_misses([str(cfg["model"]).lower()], available_models()))
     known("dataset", available_datasets(), plugin)
     known("estimator", estimator_names(), plugin)
     if "step" in cfg["estimator_kw"]:  # one way to give it: --step (and step: in a --config file)
