@@ -597,3 +597,19 @@ def test_mnist_npz_labels_and_images_of_other_values_are_refused_before_training
     np.savez(tmp_path / "mnist" / "mnist.npz", **a)
     with pytest.raises(ValueError, match=r"mnist\.npz: " + problem):
         get_datasets("mnist", data_dir=tmp_path, holdout=0.2, seed=0)
+
+
+def test_fake_data_of_vectors_says_it_does_not_augment():
+    """--dataset fake --dataset_kw shape=[64] --augment true was accepted and recorded as augmenting,
+    and trained bit for bit as without it, without a word (digits says so in the same case)."""
+    from adaptive.data import get_source_builder
+
+    with pytest.warns(UserWarning, match=r"augments images only \(shape \(C, H, W\)\), not shape \(64,\): "
+                                         "augment=True is not used"):
+        get_source_builder("fake")(augment=True, shape=(64,))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        get_source_builder("fake")(augment=True, shape=(1, 8, 8))  # images augment: no warning
+        get_source_builder("fake")(augment=False, shape=(64,))

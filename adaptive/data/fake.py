@@ -5,6 +5,7 @@ import torch
 
 from .base import Source, register_dataset
 from .tensors import TensorImages
+from ..warn import warn_user
 
 
 def _make(n, shape, num_classes, prototypes, g, signal):
@@ -40,6 +41,9 @@ def fake(data_dir=None, download=False, augment=False, shape=(3, 32, 32), num_cl
     x, y = _make(int(train_size), shape, num_classes, prototypes, g, signal)
     xt, yt = _make(int(test_size), shape, num_classes, prototypes, g, signal)
     aug = augment and len(shape) == 3
+    if augment and not aug:  # crops and flips are of images: a vector has none
+        warn_user(f"the fake dataset augments images only (shape (C, H, W)), not shape {tuple(shape)}: "
+                  "augment=True is not used")
 
     return Source(
         train_labels=y,
