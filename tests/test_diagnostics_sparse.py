@@ -141,6 +141,28 @@ def test_collinearity_reports_a_layer_pruned_entirely(tmp_path):
         collinearity(net, batches((3, 5), 3), conn=conn)
 
 
+def test_collinearity_refuses_where_the_layers_the_loss_reaches_are_all_pruned():
+    """The only layer the loss reaches pruned whole, a live one unused: a result measuring nothing came
+    back, and fraction_above(), plot() and plot_summary() failed on torch.cat of an empty list."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.unused = nn.Linear(4, 3), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.body(x)
+
+    net = Net()
+    conn = Connectome(net)
+    conn.set_masks({"body.weight": torch.zeros(3, 4, dtype=torch.bool), "unused.weight": torch.ones(3, 4, dtype=torch.bool)})
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(8, 4, generator=g), torch.randint(0, 3, (8,), generator=g)) for _ in range(3)]
+    with pytest.warns(UserWarning, match="take no part in the loss"), \
+            pytest.raises(ValueError, match=r"every weight of the layers the loss reaches \(body\.weight\) is pruned .* "
+                                            r"hold live synapses \(include=/exclude=\)"):
+        collinearity(net, data, conn=conn)
+
+
 def test_conn_must_be_this_models_connectome():
     net, conn = pruned_seqnet()
     other, _ = pruned_seqnet()

@@ -370,6 +370,12 @@ def collinearity(
             "no_gradient": float(((pos[i] + neg[i]) == 0).double().mean()),
             **left_out,
         })
+    if not cos:  # the layers the loss reaches are all pruned whole (a live one takes no part in the loss)
+        reached = [name for name, u in zip(names, used) if u]
+        raise ValueError(f"collinearity: every weight of the layers the loss reaches ({', '.join(reached[:4])}"
+                         f"{' ...' if len(reached) > 4 else ''}) is pruned (the connectome's masks), and the layers "
+                         "with live synapses take no part in the loss: no synapse's gradient exists to measure; "
+                         "measure layers on the way to the output that hold live synapses (include=/exclude=)")
     if any("note" in r for r in rows):
         for r in rows:
             r.setdefault("note", "")
