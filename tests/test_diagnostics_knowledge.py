@@ -696,13 +696,41 @@ def test_a_gradient_order_says_which_layers_no_gradient_reached():
 
     torch.manual_seed(0)
     data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    order = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]  # held out: other data
     with pytest.warns(UserWarning, match=r"the taylor removal order: no gradient reached aux.weight in any batch "
                                          r"\(12 weights: the forward does not use them"):
-        knowledge_distribution(Unused(), data, order_loader=data, order_batches=3, estimator="taylor", counts=[0, 12])
+        knowledge_distribution(Unused(), data, order_loader=order, order_batches=3, estimator="taylor", counts=[0, 12])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every layer reached: nothing to say
-        knowledge_distribution(Unused(), data, order_loader=data, order_batches=3, estimator="taylor", counts=[0, 12],
+        knowledge_distribution(Unused(), data, order_loader=order, order_batches=3, estimator="taylor", counts=[0, 12],
                                exclude=["aux"])
+
+
+def test_order_or_finetune_data_that_is_the_evaluation_data_is_warned_of():
+    """order_loader=eval_loader was taken without a word: the order was chosen on the data it was scored
+    on, and the curve showed removal improving the loss (in-sample). A loader over all of the same
+    dataset is the same data; one over another part of it (a sampler of its own) is not."""
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    ds = TensorDataset(torch.randn(48, 4), torch.randint(0, 3, (48,)))
+    test = DataLoader(ds, batch_size=8)
+    same = r"knowledge_distribution: {} reads the same data as eval_loader, so the curve is measured on the data"
+    for kw, option in ((dict(order_loader=test), "order_loader"),
+                       (dict(order_loader=DataLoader(ds, batch_size=16, shuffle=True)), "order_loader"),
+                       (dict(order_loader=DataLoader(Subset(ds, range(24)), batch_size=8),
+                             finetune_loader=test, finetune_batches=1), "finetune_loader")):
+        with pytest.warns(UserWarning, match=same.format(option)):
+            knowledge_distribution(net, test, estimator="taylor", counts=[0, 20], order_batches=2, **kw)
+    part = torch.utils.data.SubsetRandomSampler
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # other data (of one dataset too, each part by its sampler): nothing to say
+        for order, evaluation in ((DataLoader(Subset(ds, range(24)), batch_size=8), DataLoader(Subset(ds, range(24, 48)))),
+                                  (DataLoader(ds, batch_size=8, sampler=part(range(24))),
+                                   DataLoader(ds, batch_size=8, sampler=part(range(24, 48))))):
+            knowledge_distribution(net, evaluation, order_loader=order, estimator="taylor", counts=[0, 20],
+                                   order_batches=2, finetune_batches=1)
 
 
 def test_a_knowledge_run_of_a_model_named_infinity_loads_its_name(tmp_path):

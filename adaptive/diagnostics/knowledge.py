@@ -457,6 +457,30 @@ def _point_masks(live_flat: torch.Tensor, order: torch.Tensor, counts):
         yield k, kept.clone()
 
 
+def _whole_dataset(loader) -> bool:
+    """Whether a DataLoader reads all of its dataset (its sampler is a plain sequential or shuffled one)."""
+    sampler = getattr(loader, "sampler", None)
+    return type(sampler) in (torch.utils.data.SequentialSampler, torch.utils.data.RandomSampler)
+
+
+def _warn_of_evaluation_data_for_choices(eval_loader, **loaders) -> None:
+    """Warn where a loader that chooses the order or trains the copy is the evaluation loader (or a
+    loader over all of the same dataset): the curve is then measured on the data its removals were
+    chosen or fitted on, in-sample, and shows more surviving than held-out data would (a review's
+    run: the loss fell by 0.28 nats at 50 weights removed, by 0.11 with held-out order data)."""
+    for option, loader in loaders.items():
+        if loader is None:
+            continue
+        same = loader is eval_loader or (
+            getattr(loader, "dataset", None) is not None and loader.dataset is getattr(eval_loader, "dataset", None)
+            and _whole_dataset(loader) and _whole_dataset(eval_loader))
+        if same:
+            warn_user(f"knowledge_distribution: {option} reads the same data as eval_loader, so the curve is measured "
+                      "on the data its removals were chosen on (or fine-tuned on) and overstates what survives them; "
+                      f"pass held-out training data as {option} (adaptive.data.get_dataloaders(holdout=...) gives "
+                      "such a part) and the test split as eval_loader")
+
+
 @kept_global_rng()
 @torch.inference_mode(False)  # the copy and the gradients need autograd, whatever the caller's mode
 def knowledge_distribution(
@@ -494,7 +518,8 @@ def knowledge_distribution(
     weights of the order. Otherwise the removal is progressive: after each point's removal the copy
     is fine-tuned for ``finetune_batches`` SGD steps (learning rate ``lr``, ``momentum``) on
     ``finetune_loader`` (default ``order_loader``) with the removed weights held at exactly zero.
-    ``model`` is never modified. ``include``/``exclude`` choose the prunable weights as for
+    An ``order_loader`` or ``finetune_loader`` that is ``eval_loader`` (or reads all of its dataset) gets a
+    warning: the curve is then in-sample. ``model`` is never modified. ``include``/``exclude`` choose the prunable weights as for
     :class:`adaptive.Connectome`; ``loss_fn(output, targets)`` is the loss measured, ranked by and
     fine-tuned on (default cross-entropy); ``noise_floor``: the loss increase below which the fit
     of :func:`fit_curve` takes no point (measurement noise, not lost knowledge).
@@ -550,6 +575,7 @@ def knowledge_distribution(
     loaders' pass seeds are drawn from them, then they are put back: :mod:`adaptive.global_rng`).
     """
     points = _check_points(points, max_fraction)
+    _warn_of_evaluation_data_for_choices(eval_loader, order_loader=order_loader, finetune_loader=finetune_loader)
     if counts is not None:  # int() cut 2.5 to 2 and took True as 1; a whole float (np.linspace's 5.0) is a count
         counts = list(counts)  # read once: a generator checked here would reach the measurement empty
         bad = [c for c in counts if whole_number(c, floats=True) is None]
