@@ -754,6 +754,11 @@ def test_depths_no_scaled_layer_takes_are_refused_naming_them():
     subset = BandGradientScaler(net, layers=["up"], depths={"up": torch.tensor([0, 0, 1, 1]), "fc": torch.tensor([2, 3])})
     assert list(subset.state) == ["up"]
     subset.remove()
+    # the only depths= name misspelt, on a model without input_depths: "no layer to scale ... or given as
+    # depths={layer: tensor}" asked for what the caller had done, without naming the name
+    with pytest.raises(ValueError, match=r"depths= gives depths for \['upp'\], but no layer it scales is named so "
+                                         r"\(it scales no layer\): \['upp'\]: a misspelt name.*one of \['a', 'up', 'fc'\]"):
+        BandGradientScaler(_UpNet(), depths={"upp": torch.tensor([0, 0, 1, 1])})
 
 
 def test_depths_under_a_weight_name_without_layers_scale_the_layer():

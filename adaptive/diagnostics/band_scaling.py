@@ -134,6 +134,9 @@ class BandGradientScaler:
             layers = list(getattr(plain, "depth_layers", None) or self._layers_with_depths(plain, depths))
         layers = [plain_layer_name(model, layer) for layer in layers]
         if not layers:
+            if depths:  # none of depths='s names is a layer it scales (misspelt): named, as where some are
+                self.state = {}
+                self._refuse_unused_depths(plain, [], depths, chosen)
             raise ValueError("no layer to scale: a model without input_depths (or depth_layers) names no layer of its own, so "
                              "pass layers=[...] (their depths are then traced from the data flow, or given as "
                              "depths={layer: tensor})")
@@ -211,7 +214,7 @@ class BandGradientScaler:
                   ([f"{left[:6]}: layers left out of the model's depth_layers, which are the layers scaled without "
                     "layers=; pass layers= naming every layer to scale"] if left else [])
             raise ValueError(f"BandGradientScaler: depths= gives depths for {unused[:6]}, but no layer it scales is "
-                             f"named so (it scales {list(self.state)[:12]}): {'; '.join(why)}")
+                             f"named so (it scales {list(self.state)[:12] or 'no layer'}): {'; '.join(why)}")
 
     @staticmethod
     def _layers_with_depths(model, depths):
