@@ -76,7 +76,28 @@ def _definition(obj: Any) -> str:
     name = getattr(obj, "__qualname__", repr(obj))
     code = getattr(obj, "__code__", None)
     line = f" (line {code.co_firstlineno})" if isinstance(name, str) and name.endswith("<lambda>") and code else ""
-    return f"{getattr(obj, '__module__', '?')}.{name}{line}"
+    return f"{getattr(obj, '__module__', '?')}.{name}{line}{_made_with(obj)}"
+
+
+def _made_with(obj: Any) -> str:
+    """The plain values (text, numbers, None, tuples of them) a closure holds and its defaults are, which
+    tell apart the functions one factory makes (``make("l1")``, ``make("l2")``: one qualified name), while
+    the same definition run again (a plugin file loaded twice) makes the same; other values count by type."""
+    def plain(v):
+        if v is None or isinstance(v, (str, bytes, bool, int, float, complex)):
+            return repr(v)
+        if isinstance(v, tuple):
+            return "(" + ", ".join(plain(x) for x in v) + ")"
+        return f"<{type(v).__qualname__}>"
+
+    cells = []
+    for cell in getattr(obj, "__closure__", None) or ():
+        try:
+            cells.append(plain(cell.cell_contents))
+        except ValueError:  # an empty cell (a name not bound yet)
+            cells.append("<empty>")
+    defaults = getattr(obj, "__defaults__", None) or ()
+    return (f" with closure ({', '.join(cells)})" if cells else "") + (f" defaults {plain(tuple(defaults))}" if defaults else "")
 
 
 def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = False) -> None:
@@ -94,8 +115,11 @@ def check_free(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: b
         raise TypeError(f"a {kind} is registered under a non-empty string name, got {name!r}")
     old = table.get(name)
     if old is not None and not replace and _definition(old) != _definition(obj):
+        was, new = _origin(old), _origin(obj)
+        if was == new:  # two functions one factory made: told apart by what each was made with
+            was, new = was + _made_with(old), new + _made_with(obj)
         raise ValueError(
-            f"{kind} {name!r} is already registered ({_origin(old)}); register {_origin(obj)} under another "
+            f"{kind} {name!r} is already registered ({was}); register {new} under another "
             f"name, or pass replace=True to override it")
 
 

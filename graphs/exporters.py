@@ -15,6 +15,7 @@ GEXF file is for viewing (Gephi), and writing one from a graph with concatenatio
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -88,6 +89,9 @@ def write(g, path, format: str | None = None) -> str:
     if named in COMPRESSED:
         inner = os.path.splitext(os.path.splitext(path)[0])[1].lower()
         named = inner if inner in COMPRESSIBLE else named
+    dotted = [e for e in WRITERS if e.count(".") > 1 and path.lower().endswith(e)]  # a writer's ".tar.gz"
+    if dotted:
+        named = max(dotted, key=len)
     ext = _extension(format) if format else named
     if format and named in WRITERS and named != ext:
         raise ValueError(f"cannot write {path!r} as format {format!r}: its suffix {named!r} names another format; "
@@ -256,6 +260,17 @@ COMPRESSED = (".gz", ".bz2")
 COMPRESSIBLE = (".graphml", ".gexf", ".json")  # the built-in writers, which compress by the path's suffix
 
 
+@contextlib.contextmanager
+def _gzip_out(path):
+    """``path`` opened for gzip-compressed binary writing with no file name and a zero time in the
+    gzip header: the same graph gives the same bytes, whatever temporary name a write went through
+    (``gzip.open`` recorded the atomic write's temporary file name and the time)."""
+    import gzip
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        yield gz
+
+
+@contextlib.contextmanager
 def _open_text(path, mode: str = "w"):
     """``path`` opened for text (``mode`` "w" or "r"), gzip- or bzip2-compressed where it ends in .gz
     or .bz2, in any case, as :func:`write` finds the format inside them (``g.JSON.GZ`` is compressed)."""
@@ -263,11 +278,20 @@ def _open_text(path, mode: str = "w"):
     newline = "\n" if mode == "w" else None
     if p.lower().endswith(".gz"):
         import gzip
-        return gzip.open(p, mode + "t", encoding="utf-8", newline=newline)
+        if mode == "w":
+            with _gzip_out(p) as gz, io.TextIOWrapper(gz, encoding="utf-8", newline=newline) as f:
+                yield f
+            return
+        with gzip.open(p, mode + "t", encoding="utf-8", newline=newline) as f:
+            yield f
+        return
     if p.lower().endswith(".bz2"):
         import bz2
-        return bz2.open(p, mode + "t", encoding="utf-8", newline=newline)
-    return open(p, mode, encoding="utf-8", newline=newline)
+        with bz2.open(p, mode + "t", encoding="utf-8", newline=newline) as f:
+            yield f
+        return
+    with open(p, mode, encoding="utf-8", newline=newline) as f:
+        yield f
 
 
 def write_graphml(g, path, chunk: int | None = None):
@@ -440,10 +464,13 @@ def write_gexf(g, path):
                   "concatenation record(s) and the header from_networkx needs to read it back; write .graphml or "
                   ".json to keep them")
     p = os.fspath(path)
-    if p.lower().endswith(COMPRESSED) and not p.endswith(COMPRESSED):  # networkx compresses .gz/.bz2 in lower case only
+    if p.lower().endswith(".gz"):  # (networkx's own gzip records the file's name and time: see _gzip_out)
+        with _gzip_out(p) as f:
+            nx.write_gexf(to_networkx(g, flat=True), f)
+        return
+    if p.lower().endswith(".bz2") and not p.endswith(".bz2"):  # networkx compresses .bz2 in lower case only
         import bz2
-        import gzip
-        with (gzip if p.lower().endswith(".gz") else bz2).open(p, "wb") as f:
+        with bz2.open(p, "wb") as f:
             nx.write_gexf(to_networkx(g, flat=True), f)
         return
     nx.write_gexf(to_networkx(g, flat=True), p)

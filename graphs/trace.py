@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import warnings
 from typing import Mapping, Optional
 
@@ -100,6 +101,7 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch
     from adaptive.connectome import _plain_module
 
     model = _plain_module(model)  # a torch.compile or DDP wrapper: the module it runs, under its own names
+    _refuse_call_label_names(model)
     if isinstance(example_input, Mapping):
         _refuse_named_inputs(model, example_input)
         raise TypeError(f"example_input is a dict, which {type(model).__name__}.forward takes as one argument; graphs "
@@ -110,6 +112,19 @@ def trace(model: nn.Module, example_input=None, input_nodes: str = "auto", batch
         tr = _trace_eval(model, example_input, input_nodes, batch_axis)
     tr.batch_axis = batch_axis
     return tr
+
+
+def _refuse_call_label_names(model: nn.Module) -> None:
+    """Refuse a module named as graphs labels another's later call (``d.fc#2`` beside ``d.fc``, an
+    ``nn.ModuleDict`` key): the two layers' units would share their names, and per-layer figures
+    (``density_per_layer``, ``summary``) keep one of the two."""
+    names = {n for n, _ in model.named_modules(remove_duplicate=False)}
+    clash = [n for n in names if (m := re.fullmatch(r"(.+)#\d+", n)) and m.group(1) in names]
+    if clash:
+        n = sorted(clash)[0]
+        raise ValueError(f"graphs labels a module's k-th call NAME#k, and the module {n!r} is named as the call "
+                         f"#{n.rpartition('#')[2]} of {n.rpartition('#')[0]!r} would be: rename it without '#' "
+                         "(an nn.ModuleDict key such as 'fc_2'), or the two layers would share their units' names")
 
 
 def _failure(e: Exception) -> str:

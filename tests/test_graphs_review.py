@@ -451,3 +451,72 @@ def test_report_line_names_the_wires_a_graph_has_not_concatenation_links():
                 assert kinds["recurrent"] == 8 and kinds["wire"] > outputs and s["junctions"] > 0
             line = format_summary(s).splitlines()[0]
             assert "concatenation links" not in line and "into the outputs, into junctions" in line, line
+
+
+def test_two_functions_one_factory_made_are_two_definitions_under_one_name(tmp_path):
+    """Every closure one factory makes has one qualified name, so a second exporter registered under a
+    taken name replaced the first silently (export() returned the other's result); the same definition
+    registered again (a plugin file loaded twice) stays quiet."""
+    def make(column):
+        def exporter(g):
+            return ("exporter for", column)
+        return exporter
+
+    try:
+        graphs.register_exporter("cols_review")(make("l1"))
+        graphs.register_exporter("cols_review")(make("l1"))  # the same definition again: quiet
+        with pytest.raises(ValueError, match=r"graph exporter 'cols_review' is already registered "
+                                             r"\(.*exporter with closure \('l1'\)\); register .*exporter with closure "
+                                             r"\('l2'\) under another name, or pass replace=True"):
+            graphs.register_exporter("cols_review")(make("l2"))
+        g = graphs.build(adaptive.Connectome(build_model("mlp", in_shape=(4,), num_classes=3)), level="layer")
+        assert graphs.export(g, "cols_review") == ("exporter for", "l1")
+    finally:
+        graphs.EXPORTERS.pop("cols_review", None)
+
+
+def test_a_writer_of_a_two_part_extension_is_chosen_by_the_path(tmp_path):
+    """register_writer(".tar.gz") was taken and listed, but write(g, "b.tar.gz") read only the last suffix:
+    "unknown format '.gz'; known are [..., '.tar.gz']"."""
+    g = graphs.build(adaptive.Connectome(build_model("mlp", in_shape=(4,), num_classes=3)), level="layer")
+    try:
+        graphs.register_writer(".tar.gz")(lambda g, p: open(p, "w").write("tarred"))
+        graphs.write(g, tmp_path / "b.TAR.gz")
+        assert (tmp_path / "b.TAR.gz").read_text() == "tarred"
+        graphs.write(g, tmp_path / "c.json.gz")  # a built-in format compressed: as before
+        assert graphs.read_json(tmp_path / "c.json.gz").num_nodes == g.num_nodes
+    finally:
+        graphs.WRITERS.pop(".tar.gz", None)
+
+
+@pytest.mark.parametrize("suffix", [".json.gz", ".graphml.gz", ".gexf.gz"])
+def test_a_compressed_graph_file_is_the_same_bytes_at_every_write(tmp_path, suffix):
+    """gzip.open on the atomic write's temporary path recorded that name (with a pid and a random token)
+    and the time in the gzip header: two writes of one graph differed, and gunzip -N restored the
+    temporary name."""
+    import gzip
+
+    g = graphs.build(adaptive.Connectome(build_model("mlp", in_shape=(4,), num_classes=3)), level="unit")
+    graphs.write(g, tmp_path / f"a{suffix}")
+    graphs.write(g, tmp_path / f"b{suffix}")
+    a, b = (tmp_path / f"a{suffix}").read_bytes(), (tmp_path / f"b{suffix}").read_bytes()
+    assert a == b
+    assert a[3] & 0x08 == 0 and a[4:8] == b"\0\0\0\0"  # no FNAME field, no time in the header
+    assert gzip.decompress(a).decode().lstrip().startswith(("{", "<?xml"))
+
+
+def test_a_module_named_as_another_modules_later_call_is_refused():
+    """A ModuleDict key "fc#2" beside "fc" called twice: graphs labels the second call of d.fc "d.fc#2",
+    so two layers shared their units' names and density_per_layer kept one of them."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.d = nn.ModuleDict({"fc": nn.Linear(4, 4), "fc#2": nn.Linear(4, 3)})
+
+        def forward(self, x):
+            return self.d["fc#2"](torch.relu(self.d["fc"](torch.relu(self.d["fc"](x)))))
+
+    conn = adaptive.Connectome(M().eval())
+    with pytest.raises(ValueError, match=r"the module 'd.fc#2' is named as the call #2 of 'd.fc' would be: rename it "
+                                         r"without '#'"):
+        graphs.build(conn, level="unit", example_input=torch.randn(2, 4))
