@@ -54,7 +54,7 @@ def plan_run(model: nn.Module, s: Settings, train_loader, holdout_loader, checke
     conn = Connectome(model, ensemble=s.ensemble, include=s.include, exclude=s.exclude, mode="mask_only")
     total = conn.num_synapses()
     at_start = sparse_start(conn)  # a sparse network's zeros: absent from the start, never restored
-    check_start_agrees(at_start)  # (several processes: one count for every process's refusals)
+    check_start_agrees(at_start, model)  # (several processes: one count for every process's refusals, one state)
     step = ensemble_step(conn)  # (a positive target must remove one ensemble: a fraction of 1e-9 is refused)
     resolved, climb, ladder = stages_of(s.targets, total, at_start, s.ladder, step)
     if at_start.sparse and rank() == 0:  # once, not once per process

@@ -165,7 +165,7 @@ def _check_targets(model: nn.Module, s: Settings) -> None:
             conn = Connectome(model, ensemble=s.ensemble, include=s.include, exclude=s.exclude)
         start = sparse_start(conn)
         del conn
-        check_start_agrees(start)
+        check_start_agrees(start, model)
     agreed_call(lambda: check_targets(model, s.targets, include=s.include, exclude=s.exclude, ensemble=s.ensemble,
                                       ladder=s.ladder), passed_why=_SAME_SETTINGS)
     agreed_call(lambda: _refuse_renormalised_synapses(model, s), passed_why=_SAME_SETTINGS)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
+from torch import nn
 
 from .connectome_optimizers import _MASKED_BY
 from .counts import fraction_bound
@@ -77,20 +78,32 @@ def sparse_start(conn) -> Start:
     return Start(masks, absent, conn.num_synapses(), zeros, _attached_pruned(conn), _earlier_pruned(conn))
 
 
-def check_start_agrees(start: Start) -> None:
+def check_start_agrees(start: Start, model: Optional[nn.Module] = None) -> None:
     """Under several processes, refuse (on every process alike) a start that differs between them: its
     weights do, and each process would resolve the targets (and their refusals) against its own count,
-    one process raising while the others wait in their next collective."""
+    one process raising while the others wait in their next collective. With ``model``, its state (every
+    parameter and buffer, bit for bit) is compared too: a copy of the weights with other values but as
+    many zeros (a stale file on one machine) chose masks from two networks, and held-out figures mixed
+    them, without a word."""
     if not is_distributed():
         return
     import torch.distributed as dist
 
+    from .connectome import _plain_module
+    from .integrity import digest
+
+    state = None if model is None else digest(_plain_module(model).state_dict())[:16]
     every: list = [None] * dist.get_world_size()
-    dist.all_gather_object(every, (start.absent, start.zeros))
+    dist.all_gather_object(every, (start.absent, start.zeros, state))
     if len(set(every)) > 1:
-        counts = ", ".join(f"process {i}: {z:,} weights of exactly 0.0, {a:,} synapses absent"
-                           for i, (a, z) in enumerate(every))
-        raise ValueError(f"the weights differ between processes ({counts} of {start.total:,}): every process must "
+        if len({(a, z) for a, z, _ in every}) > 1:
+            counts = ", ".join(f"process {i}: {z:,} weights of exactly 0.0, {a:,} synapses absent"
+                               for i, (a, z, _) in enumerate(every))
+            what = f"({counts} of {start.total:,})"
+        else:
+            what = ("(as many zeros, other values: the state of the model, its weights, biases and buffers bit for "
+                    f"bit, has sha256 {', '.join(f'{d}... on process {i}' for i, (_, _, d) in enumerate(every))})")
+        raise ValueError(f"the weights differ between processes {what}: every process must "
                          "optimise the same weights. Load the same weights on every process (the same --weights "
                          "file), or build the model alike and pass it through accelerator.prepare first, which "
                          "gives every process rank 0's weights")

@@ -1,6 +1,7 @@
 """optimize_connectome on a sparse network (adaptive.mask_only_start): weights of exactly 0.0 are
 absent from the start, never restored, and counted by the targets, which count every synapse."""
 import copy
+import re
 import warnings
 
 import pytest
@@ -155,7 +156,8 @@ def test_a_dense_climb_keeps_a_rung_that_rounds_to_0_removed_as_before():
 def test_two_processes_start_alike_warn_once_and_refuse_weights_that_differ_together(tmp_path):
     """On two processes the start note is given once (process 0), and weights whose zeros differ between the
     processes are refused on both, naming each one's count (before, a target below one process's start only
-    was refused there while the other went on to wait in its next collective)."""
+    was refused there while the other went on to wait in its next collective); weights with as many zeros
+    but another value on one process are refused too (they ran, mixing two networks)."""
     import json
     import os
     import sys
@@ -173,6 +175,10 @@ def test_two_processes_start_alike_warn_once_and_refuse_weights_that_differ_toge
     for rec in (a, b):
         assert "the weights differ between processes (process 0: 320 weights of exactly 0.0" in rec["differing"]
         assert "process 1: 576 weights of exactly 0.0, 576 synapses absent" in rec["differing"]
+        assert "the weights differ between processes (as many zeros, other values: the state of the model" in \
+            rec["other_values"], rec["other_values"]
+        assert re.search(r"sha256 [0-9a-f]{16}\.\.\. on process 0, [0-9a-f]{16}\.\.\. on process 1\)", rec["other_values"])
+    assert a["other_values"] == b["other_values"]
 
 
 class _NoReads:
