@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .distributed import is_distributed
 from .metrics import to_device
 
 
@@ -42,6 +43,11 @@ def _check_loader(loader, what: str) -> int:
                 "afresh each time (a DataLoader, a list of batches)")
     if what == "holdout" and isinstance(loader, collections.abc.Iterator):  # with a length too: seen without a read
         raise ValueError(one_shot)
+    if what == "holdout" and is_distributed() and (why := _sharded(loader)):
+        raise ValueError(f"holdout loader is sharded ({why}): every process must evaluate the whole holdout, or the "
+                         "line search and the snapshots are chosen on figures over shards padded with repeated "
+                         "examples; pass the holdout loader as it is, not through accelerator.prepare (prepare the "
+                         "train loader only)")
     if n is None and what == "holdout":  # no length (an IterableDataset): look, before any work
         it = iter(loader)
         # a generator, or an object whose iter() hands out one and the same iterator: the first
@@ -54,6 +60,18 @@ def _check_loader(loader, what: str) -> int:
 
 
 _NONE = object()  # what a loader's first batch is when it yields none
+
+
+def _sharded(loader) -> str:
+    """Why ``loader`` gives each process a part of its data ("" where it does not say so): prepared by
+    Accelerate (each process a shard, the last padded with repeated examples), or a DistributedSampler."""
+    from accelerate.data_loader import DataLoaderStateMixin  # (its shard and its dispatcher loaders both)
+
+    if isinstance(loader, DataLoaderStateMixin):
+        return "prepared by Accelerate: accelerator.prepare gives each process a shard"
+    if isinstance(getattr(loader, "sampler", None), torch.utils.data.distributed.DistributedSampler):
+        return "its DistributedSampler gives each process a shard"
+    return ""
 
 
 def _to_device(batch, device):

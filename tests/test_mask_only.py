@@ -1652,18 +1652,35 @@ def test_processes_agree_on_their_loaders(tmp_path):
     got = two_rank_records("two_process_loaders.py", tmp_path)
     assert got[0] == got[1], got  # one error (or outcome) per case on both
     rec = got[0]
-    for case in ("uneven", "empty_train", "unsized_train", "empty_holdout"):
+    for case in ("uneven", "empty_train", "unsized_train", "empty_holdout", "sharded_holdout"):
         assert rec[case]["error"] == "ValueError", rec
     assert "different train loader lengths (process 0 of 2: 2 batches; process 1 of 2: 1 batch)" \
         in rec["uneven"]["message"]
     assert "DistributedSampler" in rec["uneven"]["message"] and "drop_last=True" in rec["uneven"]["message"]
     for case, problem in (("empty_train", "train loader is empty"),
                           ("unsized_train", "the train loader needs a length (len(loader))"),
-                          ("empty_holdout", "holdout loader is empty")):
+                          ("empty_holdout", "holdout loader is empty"),
+                          # (a sharded holdout ran: line search and snapshots read each process's padded shard)
+                          ("sharded_holdout", "holdout loader is sharded (its DistributedSampler gives each process a "
+                                              "shard): every process must evaluate the whole holdout")):
         assert f"process 1 of 2: {problem}" in rec[case]["message"], rec
         assert "process 0 of 2 found no such problem: each process was given loaders of its own" \
             in rec[case]["message"], rec
     assert rec["even"] == {"removed": 28}
+
+
+def test_a_holdout_prepared_by_accelerate_is_told_sharded():
+    """accelerator.prepare(holdout) is the natural idiom, and under two processes it ran on padded shards
+    (303 of 320 examples counted, 33 of them repeats): mask_only_data._sharded names it (the refusal itself
+    is checked on two processes, with a DistributedSampler, in test_processes_agree_on_their_loaders)."""
+    from accelerate import Accelerator
+
+    from adaptive.mask_only_data import _sharded
+
+    plain = DataLoader(TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    assert _sharded(plain) == "" and _sharded([(torch.zeros(1, 4), torch.zeros(1, dtype=torch.long))]) == ""
+    assert _sharded(Accelerator(cpu=True).prepare(plain)) == ("prepared by Accelerate: accelerator.prepare gives each "
+                                                              "process a shard")
 
 
 @pytest.mark.parametrize("n", [3, 10**18])

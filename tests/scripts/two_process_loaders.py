@@ -2,7 +2,7 @@
 tests/test_mask_only.py through tests/_ports.run_two_ranks): a gloo process group on the CPU with a
 short timeout, then optimize_connectome once per case, each with loaders that only process 1 gets
 wrong (CASES): train shards of different lengths, an empty train loader, a train loader with no
-length, an empty holdout; then one where both are right. Writes ``rank{N}.json`` into OUT: each
+length, an empty holdout, a sharded holdout; then one where both are right. Writes ``rank{N}.json`` into OUT: each
 case's error (type and message) or outcome. A process left waiting in a collective would wait there
 for the group's timeout (20 seconds here, 30 minutes by default) and record that instead."""
 import sys
@@ -30,12 +30,20 @@ def _loader(n: int) -> DataLoader:
                       batch_size=8)
 
 
+def _sharded(n: int) -> DataLoader:
+    """A holdout each process reads a shard of (a DistributedSampler: half each, the shorter padded)."""
+    full = _loader(n)
+    return DataLoader(full.dataset, batch_size=8, sampler=torch.utils.data.distributed.DistributedSampler(
+        full.dataset, shuffle=False))
+
+
 # case: (process 1's train loader, process 1's holdout); process 0 gets _loader(16) for both
 CASES = {
     "uneven": lambda: (_loader(8), _loader(16)),
     "empty_train": lambda: (_loader(0), _loader(16)),
     "unsized_train": lambda: (_Unsized(_loader(16)), _loader(16)),
     "empty_holdout": lambda: (_loader(16), _loader(0)),
+    "sharded_holdout": lambda: (_loader(16), _sharded(16)),
     "even": lambda: (_loader(16), _loader(16)),
 }
 
