@@ -33,6 +33,8 @@ def test_the_readme_overhead_table_is_the_results_files():
         assert abs(float(cells[2]) - r["plain"]) <= 0.05 + 1e-9, cells  # (rounded to 0.1 ms or not)
         assert cells[3] == r["ours"], cells
         assert cells[4] == r["ours, masked at the step (previous path)"], cells
+        # rigl-torch's column is of the same run too (it quoted another run's ratios in brackets)
+        assert cells[5] == r["rigl-torch"], cells
         assert cells[6] == r["plain, second copy (noise control)"], cells
         rows += 1
     assert rows == 3

@@ -19,9 +19,13 @@ Variants:
                  ours, with the adaptive.diagnostics.SilentUnits watch recipes/adaptive.py keeps on
                  every train-mode run: observe() before each optimizer step (an amax of the live
                  |gradient| per unit of each layer's weight, and its bias)
+  ours, masked at the step, float multiply
+                 the same, multiplying the gradients by 0/1 floats: the path before masking was
+                 made exact over inf and NaN, to show what exactness costs in the same run
   ours + silent units, gradients dense
-                 the same where a controller edits (it reads dense gradients): a bias-free layer's
-                 gradient is masked into a temporary before it is read
+                 the same where a controller edits (it reads dense gradients: an observer, as a
+                 controller's, keeps backward from masking them, and they are masked at the step):
+                 a bias-free layer's gradient is masked into a temporary before it is read
 Besides whole-step ratios (noisy on a shared machine) it times the masking work alone, which is
 all the connectome adds to a step, for the library's path and for per-layer multiplies.
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
@@ -186,9 +190,35 @@ class BoolMask(AtStep):
                 p.mul_(self.masks[n])
 
 
+class FloatAtStep(AtStep):
+    """As AtStep, but the gradients are multiplied by 0/1 masks of their own float dtype: the path
+    before masking was made exact over inf and NaN (0 * inf is NaN; adaptive.exact_masking), kept to
+    time in one run what exactness costs. The masks are cast once from the library's 0/1 cache (the
+    benchmark edits no mask after attaching)."""
+
+    _floats = None
+
+    @torch.no_grad()
+    def _foreach_mask(self, grads, weights, only=None):
+        hot = self._hot_lists()
+        if self._floats is None or self._floats[0] is not hot:
+            self._floats = (hot, [f.to(p.dtype) for p, f in zip(hot[1], hot[2])])
+        ts, ms = [], []
+        for p, f in zip(hot[1], self._floats[1]):
+            if grads and p.grad is not None and (only is None or id(p) in only):
+                ts.append(p.grad)
+                ms.append(f)
+            if weights:
+                ts.append(p)
+                ms.append(f)
+        if ts:
+            torch._foreach_mul_(ts, ms)
+
+
 HOOK_VARIANTS = {
     "ours": Connectome,
     "masked at the step": AtStep,
+    "masked at the step, float multiply": FloatAtStep,
     "always re-mask": AlwaysRemask,
     "per-layer mul_": PerLayer,
     "bool masks (first version)": BoolMask,
@@ -322,14 +352,16 @@ def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
     runners = [Runner("plain", copy.deepcopy(base), x, y), Runner("plain, second copy (noise control)", copy.deepcopy(base), x, y)]
     runners.append(ours(Connectome, "ours", base, x, y))
     runners.append(ours(AtStep, "ours, masked at the step (previous path)", base, x, y))
+    runners.append(ours(FloatAtStep, "ours, masked at the step, float multiply (before exact masking)", base, x, y))
     watched = ours(Connectome, "ours + silent units (the recipe's watch)", base, x, y)
     watched.silent = SilentUnits.from_connectome(watched.conn)
     runners.append(watched)
-    # the recipe's usual path: while a controller edits it reads dense gradients, so at observe() a
-    # bias-free layer's gradient is not known masked and is masked into a temporary first
+    # the recipe's usual path: while a controller edits it reads dense gradients (an observer keeps
+    # the backward hooks from masking them, as a controller's does; masked at the step instead), so at
+    # observe() a bias-free layer's gradient is not known masked and is masked into a temporary first
     dense = ours(Connectome, "ours + silent units, gradients dense (a controller editing)", base, x, y)
+    dense.conn.add_observer(lambda: None)
     dense.silent = SilentUnits.from_connectome(dense.conn)
-    dense.silent._masked = lambda name: False
     runners.append(dense)
     rg = rigl(base, x, y)
     if isinstance(rg, Runner):
