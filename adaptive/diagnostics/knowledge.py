@@ -448,8 +448,8 @@ def _tensor_output_loss(loss_fn: Callable, model: nn.Module) -> Callable:
 def _point_masks(live_flat: torch.Tensor, order: torch.Tensor, counts):
     """Yield ``(k, flat keep mask)`` for each of the ascending ``counts``: ``live_flat`` less the first
     ``k`` of ``order``, each mask a tensor of its own (set_masks may keep views of it). Each point
-    removes only the weights since the last one (``order[:k]`` from scratch at every point scattered
-    ~12x every weight for the default counts: 19 s -> 1.4 s on resnet50)."""
+    removes only the weights since the last one (``order[:k]`` from scratch at every point would
+    scatter every weight many times over for the default counts)."""
     kept, done = live_flat.clone(), 0
     for k in counts:
         kept[order[done:k]] = False
@@ -466,8 +466,7 @@ def _whole_dataset(loader) -> bool:
 def _warn_of_evaluation_data_for_choices(eval_loader, **loaders) -> None:
     """Warn where a loader that chooses the order or trains the copy is the evaluation loader (or a
     loader over all of the same dataset): the curve is then measured on the data its removals were
-    chosen or fitted on, in-sample, and shows more surviving than held-out data would (a review's
-    run: the loss fell by 0.28 nats at 50 weights removed, by 0.11 with held-out order data)."""
+    chosen or fitted on, in-sample, and shows more surviving than held-out data would."""
     for option, loader in loaders.items():
         if loader is None:
             continue
@@ -543,8 +542,8 @@ def knowledge_distribution(
 
     BatchNorm (its running statistics; an InstanceNorm's are left as they are) evaluates with the statistics it holds: the
     intact network's, which after many removals no longer match what the layers below compute (a
-    pretrained ResNet-20 read 1.05e5 nats of loss increase with 17% removed in obd order, 4.71 with them
-    re-estimated, docs/diagnostics.md); the fine-tune's train-mode steps move them only part of the way. ``bn_batches``
+    pretrained ResNet-20 read 1.046e5 nats of loss increase with 17% removed in obd order, 4.714 with them
+    re-estimated: the two commands in docs/diagnostics.md); the fine-tune's train-mode steps move them only part of the way. ``bn_batches``
     re-estimates them at every point, the intact network's too, as the plain mean over that many
     batches of ``finetune_loader`` (default ``order_loader``), forward passes only; 0 (the default)
     leaves them, and ``note`` says so. A fine-tune step that leaves the loss of its first batch

@@ -106,7 +106,7 @@ class SilentUnits:
                    # and unwritten since): else the step masks it after the observers
                    lambda name: conn._dense[name] or conn._masker.all_masked([name], [conn.params[name]]),
                    # the connectome's cached 0/1 integer masks: a multiply of the gradient's bits by one
-                   # (adaptive.exact_masking) is ~20x faster on a CPU than torch.where with the bool mask
+                   # (adaptive.exact_masking) is faster on a CPU than torch.where with the bool mask
                    lambda: dict(zip(*conn._hot_lists()[::2])))
         out._transposed = transposed  # a ConvTranspose's units lie on axis 1, group by group
         out.units.update({n: conn.layers[n].out_units for n in transposed})
@@ -156,7 +156,7 @@ class SilentUnits:
                     g = torch.where(mask if mask.device == g.device else mask.to(g.device), g,
                                     torch.zeros((), dtype=g.dtype, device=g.device))
             # a row is 0 where its max and min are: two reductions, no temporary of the gradient's size
-            # (torch.aminmax was 14x slower on a CPU; a 2-norm underflows to 0 below 1e-23 in float32)
+            # (torch.aminmax was slower on a CPU; a 2-norm underflows to 0 below 1e-23 in float32)
             if n in self._transposed:  # (in, out/groups, *kernel): reduce over each group's inputs and the kernel
                 groups = self._transposed[n]
                 rows = g.reshape(groups, g.shape[0] // groups, g.shape[1], -1)
