@@ -79,7 +79,7 @@ class ConnectomeEditsMixin:
         mask_only mode. Optimizer moments of attached optimizers are reset where a mask changed.
         A mask is shaped like the weight as stored: a transposed convolution's ``(in, out/groups,
         *kernel)``; one laid out ``(out, in/groups, *kernel)`` goes in as ``conn.layers[name].stored(mask)``
-        (refused otherwise, except where in == out/groups, whose two layouts share a shape).
+        (refused otherwise, except where in == out, any groups, whose two layouts share a shape).
         Returns ``{name: changed bool tensor}``. ``validate=False`` skips the checks (and the copy)
         for callers such as the controller that build masks from this connectome's own.
         """

@@ -256,10 +256,31 @@ class ConnectomeOptimizersMixin:
         if self._step_skipped(opt):
             return
         self._repair_loaded_state(opt)
+        self._catch_mask_writes()
         closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
         if closure is not None:
             return self._wrap_closure(closure, args, kwargs)
         self._prepare_step(opt)
+
+    def _catch_mask_writes(self) -> None:
+        """Impose masks written in place through PyTorch since they were last set (``conn.masks[n][0] = False``:
+        the version counter shows it), as :meth:`apply` does: the step masked by the copies it had
+        cached, so such a write reached the weights only at the next edit (or in a deep copy). A write
+        behind the version counter (``.data``) still needs ``apply()``. Once per write: a few dict reads
+        per layer at each step otherwise."""
+        seen = self.__dict__.setdefault("_mask_writes_seen", {})
+        written = [k for k, m in self.masks.items() if self._touched(k) and seen.get(k) != (id(m), m._version)]
+        if not written:
+            return
+        self._ens_cache.clear()
+        self._follow_in_place_edits()
+        if self.mode == "mask_only":
+            self._apply()
+        else:
+            self._foreach_mask(grads=False, weights=True)
+        for k in written:
+            m = self.masks[k]
+            seen[k] = (id(m), m._version)
 
     def _wrap_closure(self, closure, args, kwargs):
         """``opt.step(closure)``: the closure computes the gradients inside the step, after this

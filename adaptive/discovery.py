@@ -217,7 +217,7 @@ class SynapseLayer:
         """A tensor shaped like the stored weight, laid out ``(out, in/groups, *kernel)`` (itself
         unless ``transposed``): entry ``[o, i, ...]`` joins input unit ``(o // (out/groups)) *
         (in/groups) + i`` to output unit ``o``. Raises ValueError for a tensor of another shape, one
-        already laid out ``out_in_shape`` included; where in == out/groups (``ConvTranspose2d(4, 4, 3)``)
+        already laid out ``out_in_shape`` included; where in == out, any groups (``ConvTranspose2d(4, 4, 3)``, ``groups=2`` too)
         the two layouts share a shape, and which one ``t`` is in cannot be told."""
         self._check_shape(t, "out_in", "the stored weight", self.shape, self.out_in_shape,
                           "laid out (out, in/groups, *kernel)")
@@ -419,6 +419,13 @@ def _refuse_shared_memory(model: nn.Module, found: Dict[str, tuple]) -> None:
     masked on its own, and an optimizer step through one writes the other's pruned synapses back. A weight tied
     as one parameter (``b.weight = a.weight``) is one object, held under both names, and is fine; so are weights
     side by side in one buffer (an RNN's, flattened for cuDNN), whose memory does not overlap."""
+    for name, (_, w) in found.items():  # a weight whose own elements share memory (an expand's stride 0)
+        if w.layout == torch.strided and w.numel() > 1 and torch._debug_has_internal_overlap(w) == 1:  # 1: yes (2: too hard to tell)
+            raise ValueError(
+                f"the prunable weight {name!r} reads some of its memory at several positions (strides "
+                f"{tuple(w.stride())} for shape {tuple(w.shape)}: a view made by expand() or as_strided()), so pruning "
+                "one synapse would zero others the mask keeps live: give it memory of its own "
+                "(nn.Parameter(w.detach().clone()), or .contiguous())")
     spans = sorted(((s, n, p) for n, p in model.named_parameters() if (s := _memory_span(p)) is not None),
                    key=lambda x: x[0])  # (each object once; by device, then address: one sweep finds every overlap)
     names = {id(w): name for name, (_, w) in found.items()}

@@ -417,6 +417,42 @@ def test_apply_imposes_masks_written_in_place(sparse_before, write):
     assert bool((w[pruned] == 0).all())
 
 
+@pytest.mark.parametrize("mode", ["train", "mask_only"])
+@pytest.mark.parametrize("sparse_before", [False, True])
+def test_a_mask_written_in_place_is_imposed_at_the_next_step_without_apply(sparse_before, mode):
+    """conn.masks[n][...] = False (through PyTorch: its version counter moves) without apply(): the step
+    masked with the copies it had cached, so the weights kept training while density(), save() and
+    mask_hash() counted them pruned; a deep copy taken then zeroed them at its next step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4))
+    conn = adaptive.Connectome(model, mode=mode)
+    if sparse_before:
+        mask = torch.ones(4, 6, dtype=torch.bool)
+        mask[0, 0] = False
+        conn.set_masks({"0.weight": mask})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn.attach(opt)
+    x = torch.randn(5, 6)
+    w = model[0].weight
+    before = w.detach().clone()
+
+    def step():
+        model(x).sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()
+    conn.masks["0.weight"][2:, 3:] = False
+    step()
+    step()
+    pruned = ~conn.masks["0.weight"]
+    assert int(pruned.sum()) == 6 + sparse_before
+    assert bool((w[pruned] == 0).all()) and not bool(torch.signbit(w[pruned]).any())
+    assert not bool(opt.state[w]["momentum_buffer"][pruned].any())
+    if mode == "mask_only":  # the live weights are the originals, bit for bit
+        assert torch.equal(w[~pruned], before[~pruned])
+
+
 @pytest.mark.parametrize("ensemble", ["synapse", "neuron"])
 @pytest.mark.parametrize("via", ["ensemble_masks", "masks in place"])
 def test_read_modify_write_of_the_masks_prunes_for_real(ensemble, via):

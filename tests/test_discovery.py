@@ -584,6 +584,22 @@ def test_weights_side_by_side_in_one_buffer_are_not_shared():
     assert len(adaptive.Connectome(m).masks) == 2
 
 
+def test_a_weight_whose_elements_share_memory_is_refused_and_strided_ones_are_not():
+    """nn.Parameter(torch.randn(1, 4).expand(3, 4)): pruning synapse [0, 0] zeroed [1, 0] and [2, 0], which the
+    mask kept live (torch only warned of masked_fill_ on an expanded tensor). A strided weight whose elements do
+    not overlap (a column slice, a transpose) is fine."""
+    import adaptive
+
+    m = nn.Sequential(nn.Linear(4, 3))
+    m[0].weight = nn.Parameter(torch.randn(1, 4).expand(3, 4))
+    with pytest.raises(ValueError, match=r"the prunable weight '0.weight' reads some of its memory at several positions "
+                                         r"\(strides \(0, 1\) for shape \(3, 4\).*nn.Parameter\(w.detach\(\).clone\(\)\)"):
+        adaptive.Connectome(m)
+    for view in (torch.randn(3, 8)[:, ::2], torch.randn(4, 3).t()):
+        m[0].weight = nn.Parameter(view)
+        assert len(adaptive.Connectome(m).masks) == 1
+
+
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_a_torchscript_module_is_refused_naming_the_eager_model(how):
     """Connectome(torch.jit.script(m)) said only 'RecursiveScriptModule has no prunable layers'."""
