@@ -250,6 +250,11 @@ def settings_tag(args):
     return f"e{args.epochs}-b{args.batch_size}-lr{args.lr}-wd{args.wd}-u{args.update_every}"
 
 
+def _seed(row) -> int:
+    """A finished run's seed (the last field of its key: rows recorded before "seed" was)."""
+    return int(row["seed"]) if "seed" in row else int(row["key"].rsplit("|", 1)[1])
+
+
 def test_note(row) -> str:
     return "" if row.get("test_acc") is None else f"test={fmt_accuracy(row['test_acc'])} "
 
@@ -430,6 +435,20 @@ def write_table(args, densities, methods, seeds, table, chosen, candidates, done
                 gaps.append(f"ours - {names.get(m, m)} >= 0.20 points (got {gap:+.3f}: {'met' if gap >= 0.2 else 'missed'})")
         lines += ["", f"Targets at 2%: ours >= 98.20 (got {fmt_accuracy(ours)}: {'met' if ours >= 0.982 else 'missed'}); "
                   + "; ".join(gaps) + "."]
+    per_seed = []  # ours - RigL seed by seed (the same seed: the same split, data order and initial weights)
+    for d in densities:
+        for m in ("rigl", "rigl@u200"):
+            o = {_seed(r): r["test_acc"] for r in table.get(("ours", d), [])}
+            b = {_seed(r): r["test_acc"] for r in table.get((m, d), [])}
+            common = sorted(set(o) & set(b))
+            if not common:
+                continue
+            gaps = [100 * (o[k] - b[k]) for k in common]
+            per_seed.append(f"- {100 * d:g}%, ours - {names.get(m, m).split(' (')[0]}: "
+                            + ", ".join(f"{g:+.2f} (seed {k})" for g, k in zip(gaps, common))
+                            + f"; mean {statistics.mean(gaps):+.2f}, ours ahead on {sum(g > 0 for g in gaps)} of {len(gaps)}")
+    if per_seed:
+        lines += ["", "Per seed, test accuracy points:", "", *per_seed]
     # the runs behind this table: its rows and the choosing runs of its densities (a results file
     # shared with other sections holds more runs with the same settings)
     behind = {r.get("key", id(r)): r for rows in table.values() for r in rows}
