@@ -384,21 +384,28 @@ def test_apply_remasks_a_weight_written_behind_the_version_counter():
     assert (m.weight[~mask] == 0).all()
 
 
-@pytest.mark.parametrize("sparse_before", [False, True])
-@pytest.mark.parametrize("write", ["in place", "behind the version counter"])
-def test_apply_imposes_masks_written_in_place(sparse_before, write):
-    """conn.masks written in place, then conn.apply(): the newly masked weights are exactly 0.0 and
-    stay so through later steps. apply() skipped a layer that was dense when last set, and the
-    steps masked with the hot-path copies of the masks as they were (momentum revived them too)."""
+def _one_layer_attached(sparse_before: bool, mode: str = "train"):
+    """A Linear(6, 4) under a connectome (one synapse pruned where ``sparse_before``), attached to SGD with
+    momentum: (model, conn, opt)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 4))
-    conn = adaptive.Connectome(model)
+    conn = adaptive.Connectome(model, mode=mode)
     if sparse_before:
         mask = torch.ones(4, 6, dtype=torch.bool)
         mask[0, 0] = False
         conn.set_masks({"0.weight": mask})
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     conn.attach(opt)
+    return model, conn, opt
+
+
+@pytest.mark.parametrize("sparse_before", [False, True])
+@pytest.mark.parametrize("write", ["in place", "behind the version counter"])
+def test_apply_imposes_masks_written_in_place(sparse_before, write):
+    """conn.masks written in place, then conn.apply(): the newly masked weights are exactly 0.0 and
+    stay so through later steps. apply() skipped a layer that was dense when last set, and the
+    steps masked with the hot-path copies of the masks as they were (momentum revived them too)."""
+    model, conn, opt = _one_layer_attached(sparse_before)
     x = torch.randn(5, 6)
     model(x).sum().backward()
     opt.step()  # momentum buffers are non-zero at every live synapse
@@ -423,15 +430,7 @@ def test_a_mask_written_in_place_is_imposed_at_the_next_step_without_apply(spars
     """conn.masks[n][...] = False (through PyTorch: its version counter moves) without apply(): the step
     masked with the copies it had cached, so the weights kept training while density(), save() and
     mask_hash() counted them pruned; a deep copy taken then zeroed them at its next step."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 4))
-    conn = adaptive.Connectome(model, mode=mode)
-    if sparse_before:
-        mask = torch.ones(4, 6, dtype=torch.bool)
-        mask[0, 0] = False
-        conn.set_masks({"0.weight": mask})
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    conn.attach(opt)
+    model, conn, opt = _one_layer_attached(sparse_before, mode)
     x = torch.randn(5, 6)
     w = model[0].weight
     before = w.detach().clone()
