@@ -106,7 +106,7 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
             p = d / rel
             if p.exists():
                 if not (data_dir is not None and str(data_dir) != ""):  # (--data-dir given: ADAPTIVE_DATA unread)
-                    _warn_env_not_a_folder(name, d)
+                    _warn_env_passed_over(name, d, relpaths)
                 return p
             tried.append(str(p))
     raise DatasetNotFoundError(
@@ -121,15 +121,23 @@ def find_data(name: str, relpaths: Sequence[str], data_dir: Optional[PathLike] =
 _ENV_WARNED: set = set()
 
 
-def _warn_env_not_a_folder(name: str, used: Path) -> None:
-    """Warn where ``ADAPTIVE_DATA`` names no folder (a typo, a file) and dataset ``name`` was read from
-    ``used``, a later default folder: said (once a process), not passed over silently."""
+def _warn_env_passed_over(name: str, used: Path, relpaths: Sequence[str] = ()) -> None:
+    """Warn where ``ADAPTIVE_DATA`` is set but dataset ``name`` was read from ``used``, a later default folder:
+    ``ADAPTIVE_DATA`` names no folder (a typo, a file), or a folder that holds the dataset in no layout looked
+    for (the dataset's own folder itself, torchvision's ``MNIST/raw``), which ``--data-dir`` may read: said
+    (once a process), not passed over silently, for the same folder must not give other data as one or the other."""
     from .warn import warn_user
 
     env = os.environ.get("ADAPTIVE_DATA")
-    if not env or Path(env).expanduser().is_dir() or used == Path(env).expanduser() or (env, name, used) in _ENV_WARNED:
+    if not env or used == Path(env).expanduser() or (env, name, used) in _ENV_WARNED:
         return
     _ENV_WARNED.add((env, name, used))
+    if Path(env).expanduser().is_dir():
+        looked = ", ".join(str(Path(env).expanduser() / rel) for rel in relpaths[:4])
+        warn_user(f"ADAPTIVE_DATA={env} holds no dataset {name!r} where it is looked for ({looked}): it was read from "
+                  f"{used} instead; lay it out so under ADAPTIVE_DATA, or give its folder as --data-dir (data_dir= in "
+                  "Python), which also reads a dataset's own folder")
+        return
     what = "a file, not a folder" if os.path.exists(os.path.expanduser(env)) else "no such folder"
     warn_user(f"ADAPTIVE_DATA={env} is {what}: dataset {name!r} was read from {used} instead; point ADAPTIVE_DATA "
               "at the folder holding the data (or unset it)")

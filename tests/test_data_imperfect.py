@@ -244,6 +244,33 @@ def test_mnist_raw_folder_with_a_cut_short_gz_file_is_refused_naming_it(tmp_path
         get_datasets("mnist", data_dir=tmp_path, holdout=0)
 
 
+@pytest.mark.parametrize("layout", ["own folder", "torchvision MNIST/raw"])
+def test_adaptive_data_holding_the_data_in_a_layout_not_looked_for_is_said_not_passed_over(tmp_path, monkeypatch,
+                                                                                           layout):
+    """ADAPTIVE_DATA at a folder holding the data where it is not looked for (a CIFAR-10 copy itself, which
+    --data-dir reads; torchvision's own MNIST/raw) was passed over without a word, the shared copy read
+    instead: the same folder gave other data as --data-dir and as ADAPTIVE_DATA."""
+    import adaptive.paths as paths
+
+    name = "cifar10" if layout == "own folder" else "mnist"
+    if name == "cifar10":
+        for split in ("train", "test"):
+            for c in CIFAR_CLASSES:
+                _images(tmp_path / "mine" / split / c)
+                _images(tmp_path / "shared" / "cifar10-jpeg" / split / c)
+    else:
+        _mnist_raw(tmp_path / "mine" / "MNIST" / "raw")
+        _mnist_npz(tmp_path / "shared" / "mnist" / "mnist.npz")
+    monkeypatch.setattr(paths, "SHARED_DATA", tmp_path / "shared")
+    monkeypatch.setattr(paths, "IN_CHECKOUT", True)
+    monkeypatch.setattr(paths, "_ENV_WARNED", set())
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path / "mine"))
+    with pytest.warns(UserWarning, match=rf"ADAPTIVE_DATA=.*mine holds no dataset '{name}' where it is looked for "
+                                         r"\(.*\): it was read from .*shared instead; lay it out so under ADAPTIVE_DATA, "
+                                         r"or give its folder as --data-dir"):
+        get_datasets(name, holdout=0)
+
+
 def _env_typo_and_shared_copy(tmp_path, monkeypatch):
     import adaptive.paths as paths
 

@@ -1552,7 +1552,7 @@ def test_the_adaptive_data_warning_is_shown_by_the_first_process_alone(tmp_path,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with recipe_train._alike_warnings_once(SimpleNamespace(is_main_process=main)):
-                paths._warn_env_not_a_folder(f"mnist{main}", tmp_path)
+                paths._warn_env_passed_over(f"mnist{main}", tmp_path)
         assert len([w for w in caught if "ADAPTIVE_DATA" in str(w.message)]) == shown
 
 
