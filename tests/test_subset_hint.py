@@ -138,3 +138,17 @@ def test_a_holdout_the_caller_fixes_is_never_offered_as_the_fix():
         "20 train examples (--subset 20) with its holdout of 0.95 leave none to train on; give a larger --subset")
     assert _error(holdout=0.001, option_names=fixed).endswith(
         "(the largest class has 146); it takes a holdout of at least 0.0035, which this caller does not give")
+
+
+def test_a_subset_of_at_least_one_per_class_holds_one_of_each():
+    """Classes of 60, 20 and 3 examples, a subset of 10: proportional rounding gave the rare class none,
+    though the size check promised a subset of at least 3 holds one example of each. The largest share
+    gives it one; a balanced split's counts are as before."""
+    assert subset_counts(torch.tensor([60, 20, 3]), 10).tolist() == [6, 3, 1]
+    assert subset_counts(torch.tensor([60, 20, 3]), 3).tolist() == [1, 1, 1]
+    assert subset_counts(torch.tensor([100] * 10), 55).tolist() == [5] * 5 + [6] * 5  # as before (no class at 0)
+    y = torch.tensor([0] * 60 + [1] * 20 + [2] * 3)
+    from adaptive.data.split import stratified_subset
+
+    picked = stratified_subset(y, 10, seed=0)
+    assert torch.bincount(y[picked], minlength=3).tolist() == [6, 3, 1]

@@ -49,7 +49,9 @@ def subset_counts(counts: torch.Tensor, size: int) -> torch.Tensor:
     """The examples per class (of classes of ``counts`` examples) in a stratified subset of exactly
     ``size``: each class's share rounded, then the few examples the rounding gained or lost taken
     from, or given to, the classes rounded furthest (largest remainders; ties to the first class).
-    Where the rounded shares already sum to ``size`` they are kept as they are."""
+    Where the rounded shares already sum to ``size`` they are kept as they are. Where ``size`` is at
+    least the classes that have examples, each of them gets one: a class rounded to none takes one from
+    the largest share."""
     counts = torch.as_tensor(counts).long()
     share = counts.double() * float(size / int(counts.sum()))
     take = torch.round(share).long()
@@ -58,6 +60,12 @@ def subset_counts(counts: torch.Tensor, size: int) -> torch.Tensor:
         rest = share - take  # > 0: rounded down, < 0: rounded up
         fix = torch.argsort(-rest if short > 0 else rest, stable=True)[:abs(short)]
         take[fix] += 1 if short > 0 else -1
+    # every class with examples gets one where the size allows (a rare class rounded to none vanished
+    # from a subset its size check promised held one of each): taken from the largest share, one at a time
+    if int(size) >= int((counts > 0).sum()):
+        for c in torch.nonzero((counts > 0) & (take == 0)).flatten().tolist():
+            take[int(torch.argmax(take))] -= 1
+            take[c] = 1
     return take
 
 
