@@ -283,3 +283,24 @@ def test_the_write_probe_that_cannot_be_removed_does_not_stop_the_load(tmp_path,
     monkeypatch.setattr(folder_cache.os, "unlink", refuse)
     x, y, _ = folder_cache.cached_folder_tensor(root, "copy-train", tmp_path / "c")
     assert x.shape == (4, 3, 8, 8) and folder_cache.cache_file(root, "copy-train", tmp_path / "c").is_file()
+
+
+def test_a_file_rewritten_at_the_same_size_with_its_time_kept_is_read_anew(tmp_path):
+    """A file replaced at the same size with its modification time kept (cp -p, rsync -a, touch -r; an
+    uncompressed BMP keeps its size) was served from the cache as it was: the change time, which no one
+    can set back, is in the fingerprint too."""
+    import os
+
+    root = tmp_path / "train"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), 10 * i, dtype=np.uint8)).save(root / c / f"{i}.bmp")
+    x, _, _ = folder_cache.cached_folder_tensor(root, "train", tmp_path / "c")
+    p = root / "cat" / "1.bmp"
+    st = os.stat(p)
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(p)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(p).st_size == st.st_size and os.stat(p).st_mtime_ns == st.st_mtime_ns
+    y, _, _ = folder_cache.cached_folder_tensor(root, "train", tmp_path / "c")
+    assert not torch.equal(x, y) and int(y.max()) == 200

@@ -370,14 +370,15 @@ def decode_folder(root: Path, desc: str = "decoding", progress: Optional[bool] =
 
 
 def _fingerprint(root: Path, samples) -> str:
-    """A digest of every file's relative path, size, modification time and class: a folder whose
-    files were replaced, re-encoded or relabelled gets another one (a stat per file, no decoding;
-    the time catches a file rewritten at the same size, as an uncompressed BMP or PPM is)."""
+    """A digest of every file's relative path, size, modification and change times and class: a folder
+    whose files were replaced, re-encoded or relabelled gets another one (a stat per file, no decoding;
+    the times catch a file rewritten at the same size, as an uncompressed BMP or PPM is, the change time
+    one copied with its modification time kept, ``cp -p`` or ``rsync -a``, which no one can set back)."""
     h = hashlib.sha256()
     for path, c in samples:
         st = os.stat(path)
         # (os.fsencode: a file name that is no UTF-8, read by Python as surrogates, is hashed as its bytes)
-        h.update(os.fsencode(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{c}\n"))
+        h.update(os.fsencode(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{c}\n"))
     return h.hexdigest()
 
 
