@@ -62,8 +62,9 @@ class RunConfig:
     dataset_kw: Dict[str, Any] = field(default_factory=dict, metadata={"help": "extra dataset arguments (e.g. shape for fake; wnids=FILE for imagenet and folder: a list of ImageNet's 1000 wnids, such as LOC_synset_mapping.txt, labelling class folders named by wnids with their ImageNet index, never looked for here)"})
     holdout: float = field(default=0.1, metadata={"help": "fraction of TRAIN held out for selection/evaluation"})
     subset: Optional[int] = _help("use only this many train examples (a stratified draw that includes the held-out part)")
-    test_subset: Optional[int] = _help("evaluate on only this many test examples (a stratified draw; one of the "
-                                       "split's size or more takes the whole split)")
+    test_subset: Optional[int] = _help("evaluate on only this many test examples (a stratified draw with --seed: "
+                                       "runs of other seeds score other test images; one of the split's size or "
+                                       "more takes the whole split)")
     augment: bool = _opt(False, "train-time augmentation (CIFAR: crop and flip; MNIST: shifts; ImageNet: random resized "
                                 "crop and flip; digits: none, a warning says so)")
     batch_size: int = _opt(32, "train batch size per process")

@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=whole_number,
                    help="use only this many train images (quick runs; a stratified draw that includes the held-out part)")
     p.add_argument("--test-subset", "--test_subset", dest="test_subset", type=whole_number,
-                   help="report on only this many test images (quick runs; a stratified draw, the same for every row; "
-                        "at least one per class; one of the split's size or more takes the whole split)")
+                   help="report on only this many test images (quick runs; a stratified draw with --seed, the same for every row; "
+                        "runs of other seeds score other test images; at least one per class; one of the split's size "
+                        "or more takes the whole split)")
     p.add_argument("--ensemble", help="synapse, kernel, neuron, block:RxC; or per layer, first match wins: '*fc*=neuron;synapse'")
     p.add_argument("--estimator", help="utility estimator (presence, evidence, consistency, obd, taylor, ...)")
     p.add_argument("--estimator-kw", "--estimator_kw", dest="estimator_kw", action="append", metavar="KEY=VALUE",
