@@ -162,6 +162,17 @@ def _prunable_weights(module: nn.Module):
     return []
 
 
+def _own_forward(module: nn.Module) -> bool:
+    """Whether ``module`` is a subclass of nn.Linear or a convolution whose class replaces the forward
+    (or a convolution's ``_conv_forward``) of the torch layer it derives from: it may read its weight
+    otherwise than as stored (timm's StdConv2d standardises it; a LoRA layer adds to it)."""
+    base = next((c for c in PRUNABLE_TYPES if type(module) is not c and isinstance(module, c)), None)
+    if base is None:
+        return False
+    cls = type(module)
+    return cls.forward is not base.forward or getattr(cls, "_conv_forward", None) is not getattr(base, "_conv_forward", None)
+
+
 def holds_synapses(module: nn.Module, attr: str) -> bool:
     """Whether ``module``'s weight ``attr`` is one whose entries are synapses (a Linear's or a
     convolution's ``weight``, an attention projection, a recurrent layer's or cell's matrix), as
@@ -482,6 +493,7 @@ def discover(
     used_inc: set[str] = set()
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
+    own_forward = []  # subclasses of nn.Linear or a convolution that compute their output their own way
     hooked = {}  # layers whose weight a forward hook computes (old-style weight_norm / spectral_norm): label -> hook
     pruned = []  # (module name, attribute) of each weight torch.nn.utils.prune masks (weight_orig * weight_mask)
     hook_sources: set[int] = set()  # their weight_g/weight_v/weight_orig: explained by that warning, not the generic one
@@ -555,7 +567,16 @@ def discover(
                     f"Connectome, or exclude it (exclude={mname!r})"
                 )
             found[pname] = (SynapseLayer(name=pname, module_name=mname, kind=kind, shape=tuple(w.shape), groups=groups), w)
+            if attr == "weight" and _own_forward(module):
+                own_forward.append(f"{pname} ({type(module).__name__})")
     _refuse_shared_memory(model, found)
+    if own_forward:
+        warn_user(
+            f"{len(own_forward)} prunable layer(s) are subclasses of a torch layer with a forward of their own "
+            f"({_listed(own_forward)}): a pruned synapse is 0.0 in the stored weight, but a forward that transforms the "
+            "weight before it uses it (weight standardisation, an added low-rank term) reads it as nonzero, so the "
+            "layer's real density is not the connectome's. Where the forward uses self.weight as it is, nothing is "
+            "wrong; else keep such layers out (exclude=[...])")
     if computed:
         warn_user(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "

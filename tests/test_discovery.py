@@ -600,6 +600,33 @@ def test_a_weight_whose_elements_share_memory_is_refused_and_strided_ones_are_no
         assert len(adaptive.Connectome(m).masks) == 1
 
 
+def test_a_layer_subclass_with_a_forward_of_its_own_is_warned_of():
+    """timm's StdConv2d (weight standardisation in its forward) or a LoRA Linear (weight + B @ A) was pruned
+    without a word, while its forward read the pruned synapses as nonzero: changing only a pruned input
+    channel moved the output by 18.9. A subclass that keeps torch's forward is not warned of."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    import adaptive
+
+    class StdConv2d(nn.Conv2d):
+        def forward(self, x):
+            w = self.weight
+            w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+            return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+    class Plain(nn.Linear):  # torch's own forward (as NonDynamicallyQuantizableLinear)
+        pass
+
+    with pytest.warns(UserWarning, match=r"1 prunable layer\(s\) are subclasses of a torch layer with a forward of "
+                                         r"their own \(0.weight \(StdConv2d\)\).*keep such layers out"):
+        adaptive.Connectome(nn.Sequential(StdConv2d(3, 4, 3), nn.Flatten(), Plain(4, 2)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        adaptive.Connectome(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), Plain(4, 2)))
+
+
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_a_torchscript_module_is_refused_naming_the_eager_model(how):
     """Connectome(torch.jit.script(m)) said only 'RecursiveScriptModule has no prunable layers'."""
