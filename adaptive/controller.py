@@ -55,6 +55,7 @@ from .utility import GradientStats, UtilityContext, get_estimator
 from .utility.base import Estimator, estimator_label, scores_side
 from .finite import finite_flags
 from .utility.ties import ZERO_COST_ORDERS, order_zero_costs
+from . import unattached
 from .warn import warn_user
 
 __all__ = ["Controller", "INITS", "GROW_INITS", "DEFAULT_ESTIMATOR", "DEFAULT_LINE_SEARCH_TOLERANCE",
@@ -491,6 +492,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         conn._controllers.append(weakref.ref(self))
         if optimizer is not None:
             self.attach(optimizer)
+        else:  # driven by hand: an optimizer stepping these weights while the connectome is attached to none is said
+            unattached.watch_hand_driven(conn)
 
     def _check_maximize(self, optimizer) -> None:
         """Raise if ``optimizer`` maximizes (``maximize=True`` in a group that holds one of the

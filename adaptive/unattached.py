@@ -28,6 +28,9 @@ _CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 # optimizer -> the connectomes already warned about for it (weakly: a new one may take a dead one's id)
 _WARNED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _GENERATION = [0]
+# id(weight) -> (weak weight, weak connectome) of each connectome a Controller drives by hand (built without an
+# optimizer): while it is attached to none, an optimizer stepping its weights gets no masking at all
+_HAND_DRIVEN: Dict[int, tuple] = {}
 
 
 def watch() -> None:
@@ -35,6 +38,16 @@ def watch() -> None:
     global _HANDLE
     if _HANDLE is None:
         _HANDLE = register_optimizer_step_pre_hook(_check)
+
+
+def watch_hand_driven(conn) -> None:
+    """Watch ``conn``, whose Controller is driven by hand (built without an optimizer): an optimizer that
+    steps its weights while it is attached to none is warned of, once (nothing masks those steps: pruned
+    synapses move off 0.0, and the masks change only at ``ctrl.step()``, which such a loop may never call)."""
+    for p in conn.params.values():
+        _HAND_DRIVEN[id(p)] = (weakref.ref(p), weakref.ref(conn))
+    registry_changed()
+    watch()
 
 
 def registry_changed() -> None:
@@ -46,7 +59,7 @@ def _check(opt, args, kwargs) -> None:
     global _MASKED_BY
     if _MASKED_BY is None:
         from .connectome_optimizers import _MASKED_BY  # (not at import: that module imports this one)
-    if not _MASKED_BY:
+    if not _MASKED_BY and not _HAND_DRIVEN:
         return
     key = (_GENERATION[0], tuple(len(g["params"]) for g in opt.param_groups))
     try:
@@ -61,6 +74,11 @@ def _check(opt, args, kwargs) -> None:
         for p in g["params"]:
             entry = _MASKED_BY.get(id(p))
             conn = entry[1]() if entry is not None and entry[0]() is p else None
+            if conn is None:  # a connectome attached to no optimizer, whose Controller is driven by hand
+                entry = _HAND_DRIVEN.get(id(p))
+                conn = entry[1]() if entry is not None and entry[0]() is p else None
+                if conn is not None and any(r() is not None for r in conn._optimizers):
+                    conn = None  # attached since (to another optimizer): _MASKED_BY speaks for it
             if conn is None or any(r() is opt for r in conn._optimizers) or any(r() is opt for r in conn._wrappers):
                 continue
             if p.grad is None:
@@ -83,6 +101,14 @@ def _check(opt, args, kwargs) -> None:
         warned.add(conn)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         attached = ", ".join(type(r()).__name__ for r in conn._optimizers if r() is not None)
+        if not attached and not conn._optimizers:  # never attached: its Controller is driven by hand
+            warn_user(
+                f"an optimizer ({type(opt).__name__}) steps the weights {shown} of a Connectome attached to no "
+                "optimizer, whose Controller is driven by hand: nothing masks that optimizer's gradients or re-masks "
+                "its weights, so pruned synapses move off 0.0, and the masks change only at ctrl.step(). Attach it, "
+                "conn.attach(optimizer), and call ctrl.observe() after each backward and ctrl.step() after each "
+                "step; or build the Controller on the optimizer, Controller(conn, optimizer, ...), which does both")
+            continue
         attached = (f"the Connectome is attached to {attached}" if attached else
                     "the optimizer the Connectome was attached to is gone, but it still masks these weights")
         warn_user(

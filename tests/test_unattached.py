@@ -154,3 +154,39 @@ def test_each_new_connectome_is_warned_of_though_it_may_take_a_dead_ones_id():
         del conn
         gc.collect()
     assert seen == 12
+
+
+def _hand_driven(attach_first: bool, calls_step: bool):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    conn = adaptive.Connectome(model)
+    if attach_first:
+        conn.attach(opt)
+    ctrl = adaptive.Controller(conn, policy="rigl", density=0.3, update_every=2, end_step=20)
+    if not attach_first and calls_step:
+        conn.attach(opt)  # the Controller built first, the connectome attached after: as good
+    for _ in range(4):
+        F.cross_entropy(model(torch.randn(4, 6)), torch.randint(0, 3, (4,))).backward()
+        if calls_step:
+            ctrl.observe()
+        opt.step()
+        opt.zero_grad()
+        if calls_step:
+            ctrl.step()
+    return sum(int((p[~conn.masks[n]] != 0).sum()) for n, p in conn.params.items())
+
+
+def test_a_hand_driven_controller_over_a_connectome_attached_to_none_is_warned_of():
+    """Controller(conn, policy=...) without an optimizer, conn.attach forgotten, and a loop that never calls
+    ctrl.step(): density() said 0.3 while 838 pruned weights moved off 0.0, with no warning (the one that
+    names the fix came from ctrl.step(), never called). The documented ways stay quiet."""
+    with pytest.warns(UserWarning, match=r"an optimizer \(SGD\) steps the weights 0.weight, 2.weight of a Connectome "
+                                         r"attached to no optimizer, whose Controller is driven by hand: .*conn.attach"
+                                         r"\(optimizer\)"):
+        revived = _hand_driven(attach_first=False, calls_step=False)
+    assert revived > 0  # what the warning is about
+    for attach_first in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert _hand_driven(attach_first=attach_first, calls_step=True) == 0
