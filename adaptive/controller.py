@@ -870,7 +870,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         from the originals, +0.0 where pruned, and no optimizer steps them).
         """
         if (self.__dict__.get("_warned_unmasked") or self.conn.mode != "train"
-                or any(r() is not None for r in self.conn._optimizers)):
+                or any(r() is not None for r in self.conn._optimizers)
+                or self.conn.__dict__.get("_unattached_warned")):  # (said by the optimizer's step already)
             return
         # the connectome's 0/1 masks on each weight's device (a model moved after the masks were built: the
         # masks follow it there, as conn.apply() has them)
@@ -883,6 +884,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if not moved:
             return
         self._warned_unmasked = True
+        self.conn.__dict__["_unattached_warned"] = True  # (the optimizer step's own warning of it: not again)
         shown = ", ".join(f"{n} ({k:,})" for n, k in list(moved.items())[:3]) + (
             f" and {len(moved) - 3} more layer(s)" if len(moved) > 3 else "")
         warn_user(f"ctrl.step(): pruned synapses are not 0.0 in {shown}: this Connectome is attached to no optimizer, "

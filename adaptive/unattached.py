@@ -102,6 +102,9 @@ def _check(opt, args, kwargs) -> None:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         attached = ", ".join(type(r()).__name__ for r in conn._optimizers if r() is not None)
         if not attached and not conn._optimizers:  # never attached: its Controller is driven by hand
+            if conn.__dict__.get("_unattached_warned"):  # (ctrl.step() said so already)
+                continue
+            conn.__dict__["_unattached_warned"] = True
             warn_user(
                 f"an optimizer ({type(opt).__name__}) steps the weights {shown} of a Connectome attached to no "
                 "optimizer, whose Controller is driven by hand: nothing masks that optimizer's gradients or re-masks "

@@ -1930,8 +1930,9 @@ def test_a_crawl_state_loaded_into_a_controller_with_another_end_step_goes_on_wi
 def test_an_explicitly_driven_controller_warns_when_nothing_keeps_pruned_weights_at_zero():
     """Driven explicitly (ctrl.observe(), ctrl.step()) over a Connectome attached to no optimizer, Adam's
     first step moved every pruned synapse off 0.0 and the controller went on editing the masks of what
-    trained as a dense network, without a word. ctrl.step() warns, once, naming the layer and conn.attach;
-    with the connectome attached nothing is said and the pruned weights stay at 0.0."""
+    trained as a dense network, without a word. One warning, naming the layer and conn.attach (the optimizer's
+    step gives it, or ctrl.step(), whichever comes first); with the connectome attached nothing is said and the
+    pruned weights stay at 0.0."""
     for attach in (False, True):
         torch.manual_seed(0)
         m = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
