@@ -494,6 +494,7 @@ def discover(
     used_exc: set[str] = set()
     computed = []  # layers whose weight a parametrization computes (weight_norm, spectral_norm, ...)
     own_forward = []  # subclasses of nn.Linear or a convolution that compute their output their own way
+    first_computed = None  # (module name, weight name) of the first parametrized one: its exact call named
     hooked = {}  # layers whose weight a forward hook computes (old-style weight_norm / spectral_norm): label -> hook
     pruned = []  # (module name, attribute) of each weight torch.nn.utils.prune masks (weight_orig * weight_mask)
     hook_sources: set[int] = set()  # their weight_g/weight_v/weight_orig: explained by that warning, not the generic one
@@ -510,6 +511,7 @@ def discover(
             own = (mname, f"{mname}.{attr}" if mname else attr)
             if parametrize.is_parametrized(module, attr):
                 computed.append(label)
+                first_computed = first_computed or (mname, attr)
                 reparametrised.append((own, label, "torch.nn.utils.parametrize.remove_parametrizations(module, "
                                        f"{attr!r}, leave_parametrized=True)"))
                 continue
@@ -581,7 +583,8 @@ def discover(
         warn_user(
             f"{len(computed)} layer(s) have a parametrized weight ({', '.join(computed[:4])}{', ...' if len(computed) > 4 else ''}): "
             "it is computed at every call, so it holds no synapses of the connectome. To include them, call "
-            "torch.nn.utils.parametrize.remove_parametrizations(module, NAME) first")
+            "torch.nn.utils.parametrize.remove_parametrizations(module, NAME) first (here torch.nn.utils.parametrize."
+            f"remove_parametrizations(model.get_submodule({first_computed[0]!r}), {first_computed[1]!r}))")
     for fn, labels in (("weight_norm", [l for l, h in hooked.items() if isinstance(h, WeightNorm)]),
                        ("spectral_norm", [l for l, h in hooked.items() if isinstance(h, SpectralNorm)])):
         if labels:

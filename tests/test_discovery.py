@@ -176,7 +176,10 @@ def test_a_lazy_layer_asks_for_a_forward_pass_first():
 
 def test_a_parametrized_weight_is_named_in_a_warning_with_the_fix():
     model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Linear(4, 6)), nn.ReLU(), nn.Linear(6, 2))
-    with pytest.warns(UserWarning, match=r"parametrized weight \(0\).*remove_parametrizations"):
+    # the exact call for the layer named, not only remove_parametrizations(module, NAME) with a literal NAME
+    with pytest.warns(UserWarning, match=r"parametrized weight \(0\).*remove_parametrizations\(module, NAME\) first "
+                                         r"\(here torch.nn.utils.parametrize.remove_parametrizations\("
+                                         r"model.get_submodule\('0'\), 'weight'\)\)"):
         found = discover(model)
     assert list(found) == ["2.weight"]
     nn.utils.parametrize.remove_parametrizations(model[0], "weight")
