@@ -1559,3 +1559,46 @@ def test_magnitude_by_a_gradient_estimator_warns_when_no_update_falls_by_end_ste
     said = [str(w.message) for w in caught if "no update falls" in str(w.message)]
     assert len(said) == int(warned), said
     assert conn.density() == (1.0 if warned else 0.2)
+
+
+def _tiny_run(policy, steps, **kw):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    ctrl = adaptive.Controller(conn, opt, policy=policy, **kw)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(torch.randn(8, 10)), torch.randint(0, 3, (8,))).backward()
+        opt.step()
+    return conn, ctrl
+
+
+def test_threshold_with_edit_fraction_zero_still_reaches_its_density_by_end_step():
+    """With end_step the threshold pace ignores the edit limit (0.01 reaches the density), but
+    edit_fraction=0 returned before the pace at every update: the run stayed dense to the end, only
+    a warning at the last update said so. 0 now means the pace's edits and none beyond them."""
+    for ef in (0.01, 0.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no "not its target" warning either
+            conn, ctrl = _tiny_run("threshold", 12, density=0.3, update_every=2, end_step=10, edit_fraction=ef)
+        assert conn.num_live() == round(0.3 * conn.num_synapses()), ef
+    # no edit beyond the pace: every update's net removal is all it edits (nothing restored)
+    assert all(e["grown"] == 0 for e in ctrl.events)
+    # without end_step there is no pace to keep: edit_fraction=0 edits nothing
+    conn, _ = _tiny_run("threshold", 12, density=0.3, update_every=2, edit_fraction=0.0)
+    assert conn.num_live() == conn.num_synapses()
+
+
+@pytest.mark.parametrize("policy", ["set", "rigl", "utility", "balanced"])
+def test_a_rewiring_policy_with_no_update_before_end_step_is_warned_of(policy):
+    """set/rigl/utility/balanced whose only update fell at end_step (edit fraction 0 there) or past
+    it never rewired, without a word, where gmp and threshold warn of the same window."""
+    with pytest.warns(UserWarning, match=rf"policy '{policy}': no update falls between start_step=0 and "
+                                         r"end_step=100 with update_every=100 .* never rewires"):
+        conn, ctrl = _tiny_run(policy, 101, density=0.3, update_every=100, end_step=100)
+    assert [(e["pruned"], e["grown"]) for e in ctrl.events if e["step"] > 0] == [(0, 0)]
+    with warnings.catch_warnings():  # an update before end_step: no warning
+        warnings.simplefilter("error")
+        _tiny_run(policy, 3, density=0.3, update_every=50, end_step=100)
+        _tiny_run(policy, 3, density=0.3, update_every=100, end_step=100, edit_fraction=0.0)  # no rewiring asked

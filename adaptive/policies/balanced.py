@@ -10,7 +10,7 @@ import math
 import torch
 
 from .base import (EXACT, concat, concat_sizes, estimated_change, floor_mask, global_synapse_target, hold_count,
-                   live_synapses, per_synapse, register_policy)
+                   live_synapses, per_synapse, register_policy, warn_if_never_rewires)
 from .swap import SET, global_candidates, global_plan, grow_candidates, replaceable, spare_synapses
 
 
@@ -22,6 +22,7 @@ class Balanced(SET):
     holds_layer_counts = False  # layer densities move freely; the network's count stays on the target
 
     def initialize(self, ctrl):
+        warn_if_never_rewires(self, ctrl)
         if ctrl.density is None or ctrl.density >= ctrl.conn.density():
             return None
         return ctrl.initial_plan()

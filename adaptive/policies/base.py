@@ -479,6 +479,25 @@ def live_synapses(size, alive: torch.Tensor) -> float:
     return float(size.to(a.device)[a].sum(dtype=EXACT))
 
 
+def last_editing_update(ctrl) -> int:
+    """The last update before ``end_step`` (which must be set): the edit fraction is 0 at end_step, so
+    an update there edits nothing. Under ``max(1, start_step)``: no update can edit."""
+    return ctrl.start_step + (ctrl.end_step - 1 - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+
+
+def warn_if_never_rewires(policy: "Policy", ctrl) -> None:
+    """A rewiring policy (set, rigl, utility, balanced) whose updates all fall at or after
+    ``end_step`` edits nothing there (the edit fraction is 0): dynamic sparse training would silently
+    become static. Warned, as gmp and threshold warn of their own case."""
+    if ctrl.end_step is None or last_editing_update(ctrl) >= max(1, ctrl.start_step):
+        return
+    if not getattr(ctrl.edit, "start", 1.0):  # edit_fraction=0: no rewiring asked for
+        return
+    warn_user(f"policy '{policy.name}': no update falls between start_step={ctrl.start_step} and end_step="
+              f"{ctrl.end_step} with update_every={ctrl.update_every} (an update at end_step edits nothing), so the "
+              "connectome never rewires and stays as it starts; lower update_every or move end_step later")
+
+
 def reachable(ctrl, density: float, strict: bool = False) -> float:
     """``density``, or the density the network reaches with its editable layers full where they
     cannot make up their share of it: a protected layer holding fewer synapses than its share

@@ -23,7 +23,7 @@ import torch
 
 from .base import (EXACT, EditPlan, Policy, all_synapses, concat, concat_sizes, ensemble_size, floor_mask, highest,
                    hold_count, keep_plan, live_synapses, lowest, max_count, per_synapse, register_policy, size_sum,
-                   split, synapse_targets, take_synapses)
+                   split, synapse_targets, take_synapses, warn_if_never_rewires)
 
 
 def global_candidates(ctrl, cost, gain, alive, frac, ordered=True, target=None, room=None):
@@ -207,6 +207,10 @@ def nm_plan(ctrl, step, cost, gain, alive) -> EditPlan:
 @register_policy("set")
 class SET(Policy):
     drop_by, grow_by = "magnitude", "random"
+
+    def initialize(self, ctrl):
+        warn_if_never_rewires(self, ctrl)
+        return super().initialize(ctrl)
 
     def update(self, ctrl, step):
         frac = ctrl.edit_fraction(step)

@@ -9,7 +9,8 @@ what was edited: a large ensemble can rank before a small one yet lie above the 
 one is below. Boundaries adapt so that each update's
 edits stay within limits: at most ``edit_fraction`` (decaying) of the live ensembles per side, and,
 while a target density is set and not reached, a net removal pace that reaches it by ``end_step``
-(or as fast as the limit allows without one): ``pace="cubic"`` (the default) follows Zhu & Gupta's
+(or as fast as the limit allows without one; with ``end_step``, ``edit_fraction=0`` leaves the pace
+alone, with no edit beyond it): ``pace="cubic"`` (the default) follows Zhu & Gupta's
 schedule from the live count of the first update, removing most early and little at the end;
 ``pace="even"`` (the default until the cubic pace was measured better) spreads the excess evenly
 over the updates left, so late updates remove a growing share of what is live
@@ -42,7 +43,7 @@ from typing import Optional
 import torch
 
 from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, estimated_change, floor_mask,
-                   global_synapse_target, highest, layer_floors, live_synapses, lowest, max_count, per_synapse,
+                   global_synapse_target, highest, last_editing_update, layer_floors, live_synapses, lowest, max_count, per_synapse,
                    register_policy, size_sum, split, take_synapses)
 from ..utility.base import declares_signed_cost, estimator_label
 from ..utility.ties import untied
@@ -78,7 +79,7 @@ class Threshold(Policy):
     @staticmethod
     def _last_update(ctrl) -> int:
         """The last update that edits: the edit fraction is 0 at end_step, so the last one before it."""
-        return ctrl.start_step + (ctrl.end_step - 1 - ctrl.start_step) // ctrl.update_every * ctrl.update_every
+        return last_editing_update(ctrl)
 
     def initialize(self, ctrl):
         # the network starts as it is and only updates bring it to its density: with none before
@@ -131,7 +132,10 @@ class Threshold(Policy):
 
     def update(self, ctrl, step):
         frac = ctrl.edit_fraction(step)
-        if frac <= 0:
+        # an edit fraction of 0 stops the edits beyond the pace, not the pace: before end_step the
+        # density is still reached (edit_fraction=0 ran dense to the end, though the pace ignores the
+        # edit limit); every decay is 0 from end_step on, where an update edits nothing
+        if frac <= 0 and (ctrl.density is None or ctrl.end_step is None or step >= ctrl.end_step):
             return None
         alive = ctrl.alive()
         cost = ctrl.scores("cost", step)
@@ -144,7 +148,7 @@ class Threshold(Policy):
         # min_density: the ensembles holding each layer's floor (its costliest to remove) are not pruned
         held = floor_mask(ctrl, cost, alive)
         prunable = a if held is None else a & ~held.to(a.device)
-        limit = max(1, int(round(frac * live)))
+        limit = max(1, int(round(frac * live))) if frac > 0 else 0  # 0: the pace's edits only
         target_set = ctrl.density is not None
         # the pace is counted in synapses (ensembles can differ in size), the edit limit in ensembles
         pace = self._pace(ctrl, step, live_synapses(size, a), global_synapse_target(ctrl, ctrl.density)) if target_set else 0
