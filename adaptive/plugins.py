@@ -82,7 +82,7 @@ def load_plugin(spec: str) -> ModuleType:
         with registry.all_or_nothing():
             return importlib.import_module(spec)
     except ModuleNotFoundError as e:
-        if e.name and spec.startswith(e.name):
+        if e.name and (spec == e.name or spec.startswith(e.name + ".")):  # (not a dependency it imports: timm for timm_models)
             raise PluginNotFoundError(f"plugin module {spec!r} not found: give a .py file's path, or put the module "
                                       "on PYTHONPATH", spec) from e
         raise with_notes_of(PluginError(f"plugin {spec} failed while loading: {type(e).__name__}: {e}"), e) from e
@@ -115,6 +115,51 @@ def load_plugins(specs: Iterable[str] | str | None) -> List[ModuleType]:
     return [load_plugin(s) for s in specs]
 
 
+def _recorded(settings: Path) -> List[str]:
+    """The plugins a run's config.yaml (``settings``) records; none for no such file or a damaged one
+    (the resume's own check names it)."""
+    from .run_folder import RunFolderError, read_settings
+
+    try:
+        saved = read_settings(settings, "")
+    except RunFolderError:
+        saved = None
+    return [str(p) for p in saved["plugins"]] if isinstance(saved, dict) and isinstance(saved.get("plugins"), list) else []
+
+
+def _content(spec: str) -> Optional[str]:
+    """A plugin file's content digest (None: a module name, or no such file)."""
+    if not _is_file(spec):
+        return None
+    path = Path(spec).expanduser()
+    return hashlib.sha1(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def resume_without_plugins(settings, given: Iterable[str], resume: str = "--resume") -> str:
+    """The error of a ``--resume`` run that loads none in place of a plugin the run was started with
+    (its config.yaml, ``settings``, records them); "" where every recorded plugin is loaded again.
+    Without the plugin only its names that nothing else registers were refused (as unknown): one
+    that overrode a built-in (``replace=True``: its own ``curvature``) resumed silently as the
+    built-in, which the run did not run. A recorded plugin counts as loaded when it is given again,
+    or a file with its content is; one given in its place (a moved or renamed file, a module made a
+    file) pairs with a recorded one no longer found, so the check counts those left unpaired."""
+    settings = Path(settings)
+    recorded, given = _recorded(settings), list(given or [])
+    if not recorded:
+        return ""
+    def unpaired(specs, others):
+        contents = {_content(o) for o in others} - {None}
+        return [p for p in specs if p not in others and _content(p) not in contents]  # (None never in contents)
+
+    missing, in_place = unpaired(recorded, given), unpaired(given, recorded)
+    if len(missing) <= len(in_place):
+        return ""
+    return (f"the run in {settings.parent} was started with --plugins {' '.join(recorded)} (its config.yaml records "
+            f"them), and this resume loads none in place of {' '.join(missing)}: a name such a plugin registers or "
+            "overrides (a built-in it replaces, replace=True) would run other code than the run did; give them again "
+            f"with {resume} (a moved file: its new path), or --config {settings} {resume} for every setting of the run")
+
+
 def resume_hint(settings, given: Iterable[str], error: Optional[PluginError] = None, resume: str = "--resume") -> str:
     """For the error of a ``--resume`` run without a plugin it was started with: which plugins the
     run's recorded ``settings`` (its config.yaml, a path) list. With ``error`` (loading the plugins
@@ -125,11 +170,7 @@ def resume_hint(settings, given: Iterable[str], error: Optional[PluginError] = N
     from .run_folder import RunFolderError, read_settings
 
     settings = Path(settings)
-    try:
-        saved = read_settings(settings, "")
-    except RunFolderError:
-        saved = None
-    recorded = [str(p) for p in saved["plugins"]] if isinstance(saved, dict) and isinstance(saved.get("plugins"), list) else []
+    recorded = _recorded(settings)
     run = f"the run in {settings.parent}"
     if error is not None:
         spec = getattr(error, "spec", None)

@@ -82,12 +82,21 @@ def _definition(obj: Any) -> str:
 def _made_with(obj: Any) -> str:
     """The plain values (text, numbers, None, tuples of them) a closure holds and its defaults are, which
     tell apart the functions one factory makes (``make("l1")``, ``make("l2")``: one qualified name), while
-    the same definition run again (a plugin file loaded twice) makes the same; other values count by type."""
-    def plain(v):
+    the same definition run again (a plugin file loaded twice) makes the same; lists, sets and dicts of them by
+    their contents too (``make([64])``, ``make([128])`` counted only by type passed for one definition, and the
+    second silently replaced the first); other values count by type."""
+    def plain(v, depth=0):
         if v is None or isinstance(v, (str, bytes, bool, int, float, complex)):
             return repr(v)
-        if isinstance(v, tuple):
-            return "(" + ", ".join(plain(x) for x in v) + ")"
+        if depth > 8:  # (a list holding itself)
+            return "<...>"
+        if isinstance(v, (tuple, list)):
+            inner = ", ".join(plain(x, depth + 1) for x in v)
+            return (f"({inner}{',' if len(v) == 1 else ''})" if isinstance(v, tuple) else f"[{inner}]")
+        if isinstance(v, (set, frozenset)):
+            return "{" + ", ".join(sorted(plain(x, depth + 1) for x in v)) + "}"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{plain(k, depth + 1)}: {plain(x, depth + 1)}" for k, x in v.items()) + "}"
         return f"<{type(v).__qualname__}>"
 
     cells = []

@@ -369,3 +369,73 @@ def test_recipe_adaptive_keeps_a_plugin_estimators_notes(tmp_path):
         R.RunConfig(plugins=[str(noted)], estimator="noted_est", estimator_kw={"level": -1})
     assert str(e.value) == "--estimator_kw: level must be at least 0"
     assert e.value.__notes__ == ["noted_est: a level of 0 keeps every weight"]
+
+
+REPLACING = textwrap.dedent('''
+    from adaptive.utility import Estimator, register_estimator
+    @register_estimator("curvature", replace=True)
+    class OwnCurvature(Estimator):
+        needs_gradients = True
+
+        def removal_cost(self, ctx):
+            return (ctx.stats.mean(ctx.name) * ctx.weight.detach()).abs()
+
+        def restoration_gain(self, ctx):
+            return (ctx.stats.mean(ctx.name) * ctx.w0).abs()
+''')
+
+
+def test_a_resume_without_a_plugin_that_replaced_a_built_in_is_refused(tmp_path):
+    """A plugin registering its own 'curvature' (replace=True): a resume without it was accepted in
+    silence and ran the built-in (another mask hash, 79.94% against the run's 77.72%), since only names
+    nothing else registers were checked. Every recorded plugin must be loaded again: the same path, a
+    file of the same content elsewhere, or a new path in place of one no longer found."""
+    import yaml
+
+    from adaptive.utility.base import _ESTIMATORS
+
+    R = load_script("recipes/adaptive.py", "recipe_adaptive_plugins_replace")
+    P = load_script("recipes/prune_pretrained.py", "prune_pretrained_plugins_replace")
+    out, plugin = tmp_path / "run", tmp_path / "own_curvature.py"
+    out.mkdir()
+    plugin.write_text(REPLACING)
+    (out / "config.yaml").write_text(yaml.safe_dump({"model": "mlp", "dataset": "digits", "plugins": [str(plugin)]}))
+    built_in = _ESTIMATORS["curvature"]
+    try:
+        for resume in ({"resume": "latest", "output_dir": str(out)}, {"resume": str(out)}):
+            with pytest.raises(ValueError, match=rf"the run in {out} was started with --plugins {plugin} .* this resume "
+                                                 rf"loads none in place of {plugin}: .*give them again with --resume "
+                                                 rf"{resume['resume']} \(a moved file: its new path\), or --config "
+                                                 rf"{out / 'config.yaml'}"):
+                R.RunConfig(**resume)
+        with pytest.raises(SystemExit, match=rf"this resume loads none in place of {plugin}"):
+            P.parse_args(["--model", "resnet20", "--dataset", "fake", "--remove", "0.2", "--resume", "--output_dir",
+                          str(out)])
+        R.RunConfig(resume="latest", output_dir=str(out), plugins=[str(plugin)])  # given again
+        copy = tmp_path / "elsewhere" / "copy.py"
+        copy.parent.mkdir()
+        copy.write_text(REPLACING)
+        R.RunConfig(resume="latest", output_dir=str(out), plugins=[str(copy)])  # the same content elsewhere
+        moved = tmp_path / "renamed.py"
+        plugin.rename(moved)
+        R.RunConfig(resume="latest", output_dir=str(out), plugins=[str(moved)])  # in place of one gone
+        with pytest.raises(ValueError, match="loads none in place of"):
+            R.RunConfig(resume="latest", output_dir=str(out))
+        (out / "config.yaml").write_text(yaml.safe_dump({"model": "mlp", "dataset": "digits"}))  # a run with none
+        R.RunConfig(resume="latest", output_dir=str(out))
+    finally:
+        _ESTIMATORS["curvature"] = built_in
+
+
+def test_a_plugin_module_missing_a_dependency_named_like_it_is_not_called_missing(tmp_path, monkeypatch):
+    """A module plugin on the path that imports a missing package whose name begins its own (timm for
+    timm_models) was reported "not found: put the module on PYTHONPATH", where it is."""
+    (tmp_path / "depxyz_models.py").write_text("import depxyz  # not installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"plugin depxyz_models failed while loading: ModuleNotFoundError: No module "
+                                          r"named 'depxyz'"):
+        load_plugin("depxyz_models")
+    with pytest.raises(PluginError, match="plugin module 'depxyz_models_gone' not found"):
+        load_plugin("depxyz_models_gone")
+    with pytest.raises(PluginError, match=r"plugin module 'depxyz_pkg\.sub' not found"):
+        load_plugin("depxyz_pkg.sub")

@@ -108,3 +108,26 @@ def test_a_flag_for_a_number_option_is_refused_naming_the_option(flag):
         number_option("utility estimator 'presence'", "step", flag, low=0)
     assert get_policy("threshold", adapt=flag).adapt is True  # a flag option still takes a flag (as Python's bool)
     assert number_option("x", "k", np.float64(0.5)) == 0.5 and number_option("x", "k", torch.tensor(2)) == 2.0
+
+
+def test_two_functions_one_factory_made_from_lists_are_two_definitions():
+    """A factory's closure holding a list or dict counted only by its type: make_mlp([64]) then
+    make_mlp([128]) under one name was accepted in silence and the name built the second (a tuple
+    closure was refused, as python_api.md promises for any other object under a taken name)."""
+    from adaptive.models import _REGISTRY, build_model, register_model
+
+    def make(hidden):
+        def build(num_classes=10, in_shape=(1, 8, 8)):
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden[0]), torch.nn.ReLU(),
+                                       torch.nn.Linear(hidden[0], num_classes))
+        return build
+
+    try:
+        register_model("factory_list_review")(make([64]))
+        register_model("factory_list_review")(make([64]))  # the same definition again: quiet
+        with pytest.raises(ValueError, match=r"model 'factory_list_review' is already registered \(.*build with "
+                                             r"closure \(\[64\]\).*register .*build with closure \(\[128\]\) defaults .* under"):
+            register_model("factory_list_review")(make([128]))
+        assert build_model("factory_list_review", num_classes=10, in_shape=(1, 8, 8))[1].out_features == 64
+    finally:
+        _REGISTRY.pop("factory_list_review", None)

@@ -389,6 +389,12 @@ class RunConfig:
             from adaptive.cli import with_notes_of  # plugin estimator's error kept)
 
             raise with_notes_of(ConfigError(f"{e}{self._resumed_plugins()}"), e) from None
+        if self._resumed_settings() is not None:  # every recorded plugin loaded again (one replacing a built-in)
+            from adaptive.plugins import resume_without_plugins
+
+            problem = resume_without_plugins(self._resumed_settings(), self.plugins, resume=f"--resume {self.resume}")
+            if problem:
+                raise ConfigError(problem)
 
     def _resumed_plugins(self, error=None) -> str:
         """What an error of a --resume run adds about the plugins the resumed run recorded
@@ -396,12 +402,17 @@ class RunConfig:
         --output_dir."""
         from adaptive.plugins import resume_hint
 
+        settings = self._resumed_settings()
+        return resume_hint(settings, self.plugins, error, resume=f"--resume {self.resume}") if settings else ""
+
+    def _resumed_settings(self) -> Optional[Path]:
+        """The config.yaml of the run a --resume continues: its run folder's, or a checkpoint folder's copy
+        (the settings it was made with); None without --resume, or with --resume latest and no --output_dir."""
         if not self.resume or (self.resume == "latest" and not self.output_dir):
-            return ""
+            return None
         where = Path(self.output_dir if self.resume == "latest" else self.resume)
         where = where.parent if where.is_file() else where  # a mask_only run's checkpoint file
-        # a run folder's config.yaml, or a checkpoint folder's copy (the settings it was made with)
-        return resume_hint(where / "config.yaml", self.plugins, error, resume=f"--resume {self.resume}")
+        return where / "config.yaml"
 
 
 def mask_only_target(density: Optional[float]) -> Union[float, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from adaptive import run_folder
 from adaptive.cli import check_parallelism, message_lines, quiet_at_start, start_up_warnings_once
@@ -138,6 +139,12 @@ def _parse_args(argv) -> argparse.Namespace:
         return f"{args.config}: {key}" if key in loaded and key not in on_command_line else f"--{key.replace('_', '-')}"
 
     _check_names(cfg, origin, resumed_plugins)  # (a name the run's plugin registered, resumed without it: said)
+    if cfg.get("resume"):  # every recorded plugin loaded again (one replacing a built-in resumed as the built-in)
+        from adaptive.plugins import resume_without_plugins
+
+        problem = resume_without_plugins(Path(cfg.get("output_dir") or ".") / "config.yaml", cfg["plugins"])
+        if problem:
+            raise SystemExit(problem)
     try:  # a keyword the model does not take, or one the recipe sets: named before anything runs
         check_model_kw(cfg["model"], cfg["model_kw"], origin("model_kw"), sets=MODEL_SETS)
     except ConfigError as e:
