@@ -213,9 +213,11 @@ def test_the_events_of_an_unregistered_policy_instance_name_its_class():
 def test_built_in_estimators_give_no_nan_on_a_fresh_window():
     """A unit that never gets a gradient (dead ReLU: 0/0 in a signal-to-noise score) gives no NaN."""
     from adaptive.utility import estimator_names
-    for name in estimator_names():
-        if name.startswith("contract_"):
-            continue
+    from adaptive.utility.base import _ESTIMATORS
+
+    # the built-in ones only: another test's plugin estimator (one of removal costs alone, which
+    # policy 'utility' refuses) stays registered in the process and failed this test after it
+    for name in [n for n in estimator_names() if _ESTIMATORS[n].__module__.startswith("adaptive.utility.")]:
         model = _net()
         with torch.no_grad():
             model[0].bias[:8] = -100.0  # units 0-7 never fire: their gradients are exactly 0
