@@ -519,11 +519,9 @@ def cmd_progress(args):
     _check_counts(args, "total_synapses")  # (-3 put the run on a negative removal axis; 0 was read as left out)
     prog = D.progress(args.run_dir, total_synapses=args.total_synapses)  # checks the folder before anything is made
     out = args.output_dir or args.run_dir
-    for name in ("progress.png", "progress.svg") if args.svg else ("progress.png",):
-        if os.path.isdir(os.path.join(out, name)):  # (the error named a temporary file of the atomic write)
-            _refuse(f"{os.path.join(out, name)} is a folder, so the figure cannot be written there: move it away, "
-                    "or give another --output_dir")
-    folder.refuse_left_over(args, out)  # (its own figures only: nothing of the run's)
+    # (its own figures only: nothing of the run's; a folder at a figure's name is refused, where the error
+    # named a temporary file of the atomic write)
+    folder.refuse_left_over(args, out)
     os.makedirs(out, exist_ok=True)
     from adaptive.plots import run_config, run_title
 

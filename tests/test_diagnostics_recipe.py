@@ -430,7 +430,7 @@ def test_progress_into_a_path_it_cannot_write_names_the_path_and_the_fix(recipe,
     (run / "events.jsonl").write_text(json.dumps({"step": 5, "pruned": 3, "grown": 1, "density": 0.9}) + "\n")
     (run / "metrics.csv").write_text("step,split,loss,accuracy\n0,train,2.0,0.1\n6,holdout,1.5,0.5\n")
     (run / "progress.png").mkdir()
-    with pytest.raises(SystemExit, match=r"run/progress\.png is a folder, so the figure cannot be written there: "
+    with pytest.raises(SystemExit, match=r"run/progress\.png is a folder, so progress cannot write its file there: "
                                          r"move it away, or give another --output_dir"):
         recipe.main(["progress", str(run)])
     (tmp_path / "afile").write_text("x")
@@ -661,3 +661,26 @@ def test_collinearity_on_train_says_it_reads_train_less_its_held_out_part(recipe
         line = next(ln for ln in said.splitlines() if "collinearity per layer" in ln)
         assert f"of {split})" in line, line
         assert len(titles) == 3 and all(f"gradients on {split}, eval mode" in t for t in titles), titles
+
+
+@pytest.mark.parametrize("command, name, extra", [
+    ("knowledge", "knowledge_summary.json", []),
+    ("collinearity", "collinearity_fraction_above.md", []),
+    ("dense-gradients", "band_ratios.csv", ["--kind", "mlp", "--batchnorm", "off"]),
+    ("knowledge", "knowledge_mlp.svg", ["--svg"]),
+])
+def test_a_folder_where_a_command_writes_a_file_is_refused_before_any_work(recipe, tmp_path, monkeypatch, command,
+                                                                            name, extra):
+    """A folder at the name of a file a command writes was found only at that write, after the whole
+    measurement: knowledge left its curve without the summary --replot reads, collinearity three of
+    its four tables; only progress checked first."""
+    out = tmp_path / "out"
+    (out / name).mkdir(parents=True)
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    args = [command, *(COMMON if command != "dense-gradients" else []), "--output_dir", str(out), *extra]
+    if command != "dense-gradients":
+        args += ["--model", "mlp"]
+    with pytest.raises(SystemExit, match=rf"out/{re.escape(name)} is a folder, so {command} cannot write its file "
+                                         r"there: move it away, or give another --output_dir"):
+        recipe.main(args)
+    assert sorted(p.name for p in out.iterdir()) == [name]

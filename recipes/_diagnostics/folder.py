@@ -106,7 +106,16 @@ def left_over(args, out: str, model: str = None) -> List[str]:
 def refuse_left_over(args, out: str, model: str = None) -> None:
     """Refuse (SystemExit, one error line naming the fix) a run into ``out`` that would leave files of
     an earlier run of the command beside its own, unless --overwrite (which deletes them later, in
-    :func:`delete_left_over`)."""
+    :func:`delete_left_over`); and one where a folder stands at the name of a file it writes (found
+    only at that write, after all the work, with the run's other files half written)."""
+    written, _ = files(args, out, model)
+    blocked = [n for n in written if os.path.isdir(os.path.join(out, n))]
+    if blocked:
+        raise SystemExit(
+            f"recipes/diagnostics.py: error: {os.path.join(out, blocked[0])} is a folder"
+            + (f" (and {len(blocked) - 1} more where {args.command} writes files: {', '.join(blocked[1:6])})"
+               if len(blocked) > 1 else "")
+            + f", so {args.command} cannot write its file there: move it away, or give another --output_dir")
     stale = left_over(args, out, model)
     if not stale or args.overwrite:
         return
