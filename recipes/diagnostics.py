@@ -221,7 +221,8 @@ def make_optimizer(kind, model, lr):
 
 def densecats(args, num_classes, in_shape, kinds, norms) -> dict:
     """The DenseCat net of each (kind, batchnorm) compared, seeded alike, for data of ``num_classes``
-    classes and inputs ``in_shape``; a --layer it lacks is refused (before any training), and so, before any net
+    classes and inputs ``in_shape``; a --layer it lacks, or one reading a single depth, is refused (before any
+    training), and so, before any net
     is built, are nets larger than the memory available (:func:`memory_problem`)."""
     from adaptive.models import build_model
 
@@ -235,7 +236,12 @@ def densecats(args, num_classes, in_shape, kinds, norms) -> dict:
             torch.manual_seed(args.seed)
             nets[kind, bn] = build_model("densecat", num_classes=num_classes, in_shape=in_shape, depth=args.depth,
                                          width=args.width, kind=kind, batchnorm=bn, activation=args.activation)
-            D.resolve_depths(nets[kind, bn], args.layer)
+            depths = D.resolve_depths(nets[kind, bn], args.layer)
+            if depths.numel() and bool((depths == depths.reshape(-1)[0]).all()):  # (warned only after training)
+                _refuse(f"--layer {args.layer} reads signals of one depth only ({int(depths.reshape(-1)[0])}) in the "
+                        f"{folder.dense_tag(kind, bn)} DenseCat net: one band, nothing to compare (its band ratio would be "
+                        "NaN); pick a layer that reads a concatenation of several depths: classifier (the default), "
+                        "or layers.K for K >= 1")
     return nets
 
 

@@ -684,3 +684,15 @@ def test_a_folder_where_a_command_writes_a_file_is_refused_before_any_work(recip
                                          r"there: move it away, or give another --output_dir"):
         recipe.main(args)
     assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_a_layer_reading_one_depth_is_refused_before_any_training(recipe, tmp_path, monkeypatch):
+    """dense-gradients --layer layers.0 (the docs' timing example) trained every net and then warned,
+    net after net, that the layer reads one depth: its band ratio NaN, nothing compared."""
+    monkeypatch.setattr(recipe, "get_data", lambda *a, **k: pytest.fail("data loaded"))
+    with pytest.raises(SystemExit, match=r"--layer layers\.0 reads signals of one depth only \(0\) in the mlp "
+                                         r"DenseCat net: one band, nothing to compare .*classifier \(the default\), "
+                                         r"or layers\.K for K >= 1"):
+        recipe.main(["dense-gradients", "--kind", "mlp", "--batchnorm", "off", "--layer", "layers.0",
+                     "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
