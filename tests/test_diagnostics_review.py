@@ -249,3 +249,19 @@ def test_a_markdown_share_that_rounds_to_1_keeps_the_digits_that_tell_it_from_1(
 
     row = Table([{"share": 0.99996, "all": 1.0, "half": 0.5, "ratio": 1.00004, "tiny": -0.9999996}]).to_markdown()
     assert row.splitlines()[2] == "| 0.99996 | 1 | 0.5 | 1.00004 | -0.9999996 |"
+
+
+def test_the_same_figure_writes_the_same_svg_bytes(tmp_path):
+    """--svg wrote another file at every run of the same settings (a date stamp and random ids of its
+    clip paths), where the PNG, CSV and tables were byte-identical."""
+    from adaptive.diagnostics.table import pyplot, save_figure
+
+    plt = pyplot()
+    digests = []
+    for i in range(2):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 2], [1, 3, 2], marker="o")
+        ax.set_ylim(0, 2.5)  # a clip path
+        paths = save_figure(fig, tmp_path / f"f{i}.png", svg=True)
+        digests.append([open(p, "rb").read() for p in paths])
+    assert digests[0][1] == digests[1][1] and b"<dc:date>" not in digests[0][1]

@@ -73,8 +73,8 @@ class Table(list):
 
 
 def save_figure(fig, path: str | os.PathLike, svg: bool = False, dpi: int = 120) -> List[str]:
-    """Write ``fig`` as PNG at ``path`` (``dpi`` dots per inch; and an SVG next to it when ``svg``);
-    close it, written or not; return paths."""
+    """Write ``fig`` as PNG at ``path`` (``dpi`` dots per inch; and an SVG next to it when ``svg``, the
+    same bytes for the same figure); close it, written or not; return paths."""
     import matplotlib.pyplot as plt
 
     from ..plots import tight_artists  # a legend under a panel (plots.legend_below) is on the canvas too
@@ -87,9 +87,13 @@ def save_figure(fig, path: str | os.PathLike, svg: bool = False, dpi: int = 120)
         with atomic_path(out[0]) as tmp:
             fig.savefig(tmp, dpi=dpi, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
         if svg:
+            import matplotlib
+
             out.append(root + ".svg")
-            with atomic_path(out[1]) as tmp:
-                fig.savefig(tmp, bbox_inches="tight", bbox_extra_artists=tight_artists(fig))
+            # the same figure, the same bytes (as the PNG): no date stamp, and the ids of clip paths and
+            # markers from a fixed salt, not random ones (every rerun's SVG differed)
+            with atomic_path(out[1]) as tmp, matplotlib.rc_context({"svg.hashsalt": "adaptive"}):
+                fig.savefig(tmp, bbox_inches="tight", bbox_extra_artists=tight_artists(fig), metadata={"Date": None})
     finally:  # written or not
         plt.close(fig)
     return out
