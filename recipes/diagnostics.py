@@ -6,7 +6,8 @@
     python recipes/diagnostics.py progress RUN_DIR
 
 Every command takes --output_dir, --svg and --overwrite, and every one but progress (which reads a finished run)
-the data/model options (--dataset, --data-dir, --model, --weights, --batch_size, --seed); figures are PNG (plus SVG with --svg), tables CSV + Markdown,
+the data/model options (--dataset, --data-dir, --model, --weights, --batch_size, --seed) and --progress /
+--no-progress (bars only on a terminal unless one says otherwise); figures are PNG (plus SVG with --svg), tables CSV + Markdown,
 all written into --output_dir. A rerun with the same settings rewrites its files; one that would leave
 files of an earlier run of the command there (another --kind's figures, another --model's, SVGs) is
 refused, naming them, unless --overwrite, which deletes those (no other file) once the checks pass.
@@ -36,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from adaptive import diagnostics as D  # noqa: E402
-from adaptive.diagnostics._common import batch_statistics_explained  # noqa: E402
+from adaptive.diagnostics._common import bars_off, batch_statistics_explained, set_progress  # noqa: E402
 from adaptive.diagnostics.knowledge import DEFAULT_NOISE_FLOOR  # noqa: E402
 DEFAULT_ORDER_BATCHES = 20  # held-out batches of a gradient-based removal order, where it holds them
 from adaptive.diagnostics.table import Table  # noqa: E402
@@ -57,6 +58,7 @@ def get_data(args, batch_size=None):
                            download=getattr(args, "download", False),
                            holdout=args.holdout, seed=args.seed, subset=args.subset, test_subset=args.test_subset,
                            eval_batch_size=args.eval_batch_size,
+                           progress=getattr(args, "progress", None),
                            option_names={"subset": "--subset", "test_subset": "--test_subset", "holdout": "--holdout"}, **_checked_dataset_kw(args))
 
 
@@ -76,7 +78,8 @@ def _checked_dataset_kw(args) -> dict:
 
     kw = _dataset_kw(args)
     if "progress" in kw:
-        raise ValueError("--dataset-kw progress: diagnostics draws its bars only on a terminal, so there is nothing to set")
+        raise ValueError("--dataset-kw progress: give --progress or --no-progress (the bars of every step, data "
+                         "preparation's included)")
     check_dataset_kw(args.dataset, kw)
     return kw
 
@@ -180,7 +183,7 @@ def train_steps(model, loader, steps, optimizer, desc="training"):
     model.train()
     losses, it = [], iter(loader)
     with batch_statistics_explained(f"{desc} (the command's brief training)", "give --batch_size 2 or more"):
-        for _ in tqdm(range(steps), desc=desc, leave=False, disable=None):
+        for _ in tqdm(range(steps), desc=desc, leave=False, disable=bars_off()):
             try:
                 x, y = next(it)
             except StopIteration:
@@ -550,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "--compare's, SVGs), just before its first write; never another file (default: such a run is "
                    "refused before any work, naming them; a rerun with the same settings rewrites its files)")
     common = argparse.ArgumentParser(add_help=False, parents=[output])
+    common.add_argument("--progress", dest="progress", action="store_true", default=None,
+                        help="progress bars (data preparation, training, gradient reads, removal points) even when "
+                             "stderr is not a terminal (default: bars only when stderr is a terminal, none into pipes "
+                             "and log files)")
+    common.add_argument("--no-progress", "--no_progress", dest="progress", action="store_false", default=None,
+                        help="no progress bars, even on a terminal (default: bars only when stderr is a terminal)")
     g = common.add_argument_group("data and model")
     g.add_argument("--dataset", default="digits", help="digits (offline), mnist, cifar10, imagenet, folder (--data-dir holds train/ and val/ or test/), fake")
     g.add_argument("--data-dir", "--data_dir", dest="data_dir", default=None, help="data folder (default: $ADAPTIVE_DATA, else ../shared/data)")
@@ -676,11 +685,14 @@ def main(argv=None):
         if problem:
             _refuse(problem)
     created = _missing_folders(args.output_dir)
+    set_progress(getattr(args, "progress", None))  # (progress draws none)
     try:
         args.func(args)
     except BaseException:  # a refused option, missing data, Ctrl-C: no empty output folder left behind
         _remove_empty(created)
         raise
+    finally:
+        set_progress(None)  # (main called again in one process: the next call's own setting)
     return args
 
 

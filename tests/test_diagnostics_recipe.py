@@ -696,3 +696,22 @@ def test_a_layer_reading_one_depth_is_refused_before_any_training(recipe, tmp_pa
         recipe.main(["dense-gradients", "--kind", "mlp", "--batchnorm", "off", "--layer", "layers.0",
                      "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_bars_follow_progress_and_no_progress(recipe, tmp_path, capsys):
+    """diagnostics had no way to turn its bars off on a terminal (--no-progress was an unknown
+    argument, and --dataset-kw progress was refused): --progress draws them into any stderr,
+    --no-progress none, the default only on a terminal (a test's captured stderr is none)."""
+    from adaptive.diagnostics import _common
+
+    def run(*flag):
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "o"), "--model", "mlp", "--train_steps",
+                     "3", "--batches", "3", "--grad_batch_size", "32", "--overwrite", *flag])
+        assert _common._BARS is None  # left as found
+        return capsys.readouterr().err
+
+    drawn = run("--progress")
+    assert "train mlp:" in drawn and "collinearity:" in drawn and "it/s" in drawn
+    assert "it/s" not in run() and "it/s" not in run("--no-progress")
+    with pytest.raises(TypeError, match="set_progress takes True, False or None"):
+        _common.set_progress("no")

@@ -525,7 +525,9 @@ def test_the_diagnostics_page_lists_every_data_and_model_option_its_commands_sha
     shared = set.intersection(*({a.option_strings[0] for a in subs[c]._actions if a.option_strings}
                                 for c in ("dense-gradients", "collinearity", "knowledge")))
     own = {"-h", "--output_dir", "--svg", "--overwrite", "--lr", "--train_steps"}  # every command's, and training's
+    own |= {"--progress", "--no-progress"}  # not data or model options: named just before the list
     page = re.sub(r"\s+", " ", PAGES["docs/diagnostics.md"])
+    assert "`--progress`/`--no-progress` (progress bars" in page
     listed = set(re.findall(r"`(--[\w-]+)`", page[page.index("the data/model options ("):].split(")", 1)[0]))
     assert sorted(shared - own - listed) == [], "docs/diagnostics.md's list of the data/model options lacks these"
     assert sorted(listed - shared) == [], "docs/diagnostics.md lists data/model options not every command takes"

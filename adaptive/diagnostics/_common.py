@@ -16,6 +16,26 @@ from ..metrics import refuse_one_class
 from ..warn import warn_user
 
 
+_BARS: Optional[bool] = None  # set_progress's setting: None, bars only where stderr is a terminal
+
+
+def set_progress(setting: Optional[bool]) -> None:
+    """The diagnostics' progress bars: ``True`` always, ``False`` never, ``None`` (the default) only
+    where stderr is a terminal (:func:`adaptive.cli.show_progress`); recipes/diagnostics.py sets it from
+    --progress / --no-progress."""
+    global _BARS
+    if setting is not None and not isinstance(setting, bool):
+        raise TypeError(f"set_progress takes True, False or None, got {setting!r}")
+    _BARS = setting
+
+
+def bars_off() -> bool:
+    """tqdm's ``disable=`` for a diagnostics bar (:func:`set_progress`)."""
+    from ..cli import show_progress
+
+    return not show_progress(_BARS)
+
+
 def default_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``F.cross_entropy``, refusing an output whose class axis 1 holds one channel (its loss and
     gradients would all be 0): a non-classifier passes its own ``loss_fn``. An output that is no
@@ -51,7 +71,7 @@ def iterate_batches(loader, batches: Optional[int], desc: str, cycle: bool = Fal
         except TypeError:
             total = None
     it = iter(source)
-    with tqdm(total=total, desc=desc, leave=False, disable=None) as bar:
+    with tqdm(total=total, desc=desc, leave=False, disable=bars_off()) as bar:
         n = 0
         while batches is None or n < batches:
             try:

@@ -30,7 +30,7 @@ from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, def
                        to_device, fmt_unsaturated)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import (batch_statistics_explained, default_loss, iterate_batches, held_masks, kept_buffers, model_connectome,
+from ._common import (bars_off, batch_statistics_explained, default_loss, iterate_batches, held_masks, kept_buffers, model_connectome,
                       model_device, warn_if_zeros)
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
@@ -653,7 +653,7 @@ def knowledge_distribution(
     from tqdm.auto import tqdm
 
     device = model_device(work)
-    for k, flat in _point_masks(live_flat, order, tqdm(counts, desc=f"removing ({estimator})", leave=False, disable=None)):
+    for k, flat in _point_masks(live_flat, order, tqdm(counts, desc=f"removing ({estimator})", leave=False, disable=bars_off())):
         conn.set_masks({n: m.view(conn.masks[n].shape) for n, m in zip(names, flat.split(sizes))})
         if finetune_batches and k > 0:
             with modes_kept(work, True), torch.enable_grad(), batch_statistics_explained(
