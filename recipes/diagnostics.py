@@ -492,16 +492,19 @@ def cmd_knowledge(args):
     last = n_order - (math.ceil(n_order / size) - 1) * size
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     read = (f"{n_order} held-out TRAIN images in batches of {size}" + (f" (the last of {last}, which counts as "
-                                                                       "much as each other)" if last < size else "")
+                                                                       "much as each other)" if size < n_order and
+                                                                      last < size else "")
             if reads_data else "weights only" if args.estimator == "magnitude"
             else f"no data ({args.estimator})")
     curve.note = (f"order from {read}; "
                   f"accuracy on {curve.meta['base']['samples']} {args.dataset} TEST images"
                   + (" (a fixed random sample)" if curve.meta['base']['samples'] < len(data.test.dataset) else "")
-                  + "".join("; " + c for c in curve.meta["caveats"]))
+                  + "".join("; " + c for c in curve.meta["caveats"])
+                  + "".join(f"; {what} on TRAIN less its held-out part" for what, n in (
+                      ("fine-tuned", args.finetune_batches), ("BatchNorm re-estimated", args.bn_batches)) if n))
     seconds = time.time() - t0  # the measurement alone: no training before it, no saving or drawing after
     curve.meta.update(model=args.model, dataset=args.dataset, seconds=seconds,
-                      title=f"knowledge distribution of {source} on {args.dataset}")
+                      title=f"knowledge distribution of {source} on {args.dataset}", settings=_settings(args))
     folder.delete_left_over(args, out)
     curve.save(out)  # first: a figure that fails to draw must not lose the measured curve
     paths = curve.plot(os.path.join(out, folder.knowledge_figure(args.model)), svg=args.svg, title=curve.meta["title"],
@@ -521,6 +524,15 @@ def _refit_note(curve, given) -> str:
     why = "--noise_floor" if given is not None else "as before" if before is not None else "the default"
     return (f"refitted above a noise floor of {curve.noise_floor:g} ({why}; the fit read from there used {was}); "
             "recorded in knowledge_summary.json and the fit table's fitted above")
+
+
+def _settings(args) -> dict:
+    """The command's options as given or defaulted, for its summary file: a results folder traced back to
+    the command that made it (seed, subsets, held-out share, rates, weights file, plugins)."""
+    plain = (str, int, float, bool, type(None))
+    return {k: v for k, v in sorted(vars(args).items())
+            if k not in ("func", "command") and (isinstance(v, plain) or isinstance(v, list)
+                                                 and all(isinstance(x, plain) for x in v))}
 
 
 # ---------------------------------------------------------------------- progress

@@ -715,3 +715,20 @@ def test_progress_bars_follow_progress_and_no_progress(recipe, tmp_path, capsys)
     assert "it/s" not in run() and "it/s" not in run("--no-progress")
     with pytest.raises(TypeError, match="set_progress takes True, False or None"):
         _common.set_progress("no")
+
+
+def test_knowledge_records_its_settings_and_which_split_tuned_it(recipe, tmp_path):
+    """knowledge_summary.json kept no seed, subsets, held-out share, rates or weights file (a results
+    folder could not be traced to its command), and the note did not say that a fine-tune read TRAIN
+    less its held-out part; an order read in one batch was called "the last of 143, which counts as
+    much as each other" (of none)."""
+    recipe.main(["knowledge", *COMMON, "--model", "mlp", "--train_steps", "3", "--points", "3", "--estimator", "taylor",
+                 "--eval_batch_size", "256", "--finetune_batches", "2", "--output_dir", str(tmp_path / "k")])
+    summary = json.loads((tmp_path / "k" / "knowledge_summary.json").read_text())
+    settings = summary["meta"]["settings"]
+    assert (settings["seed"], settings["model"], settings["finetune_batches"], settings["estimator"]) == (0, "mlp", 2,
+                                                                                                       "taylor")
+    assert {"subset", "test_subset", "holdout", "finetune_lr", "eval_batches", "weights", "plugins"} <= set(settings)
+    note = summary["note"]
+    assert "order from 143 held-out TRAIN images in batches of 256;" in note and "the last of" not in note
+    assert note.endswith("; fine-tuned on TRAIN less its held-out part")
