@@ -128,7 +128,7 @@ class ConnectomeQueriesMixin:
         rows = [("layer", "shape", "synapses", "live", "density", "ensemble")]
         for n, l in self.layers.items():
             m = self.masks[n]
-            live = int(m.sum())
+            live = int(torch.count_nonzero(m))
             shape = "x".join(map(str, l.shape)) + (" (transposed)" if l.transposed else "")
             rows.append((n, shape, f"{m.numel():,}", f"{live:,}", _percent(live, m.numel()), self.granularities[n].spec))
         total, live = self.num_synapses(), self.num_live()

@@ -144,7 +144,7 @@ class Threshold(Policy):
         a, _, _ = concat(alive)
         a = a.to(c.device)
         size = concat_sizes(ctrl, names, sizes)
-        live = int(a.sum())
+        live = int(torch.count_nonzero(a))
         # min_density: the ensembles holding each layer's floor (its costliest to remove) are not pruned
         held = floor_mask(ctrl, cost, alive)
         prunable = a if held is None else a & ~held.to(a.device)
@@ -152,7 +152,7 @@ class Threshold(Policy):
         target_set = ctrl.density is not None
         # the pace is counted in synapses (ensembles can differ in size), the edit limit in ensembles
         pace = self._pace(ctrl, step, live_synapses(size, a), global_synapse_target(ctrl, ctrl.density)) if target_set else 0
-        n_pace = max_count(size, pace, int(prunable.sum()))  # enough ensembles to remove ``pace`` synapses
+        n_pace = max_count(size, pace, int(torch.count_nonzero(prunable)))  # enough ensembles to remove ``pace`` synapses
         if held is not None and not getattr(self, "_warned_floors", False):
             spare = live_synapses(size, prunable)
             if pace - spare > (size if isinstance(size, float) else float(size.max())) / 2:
@@ -169,7 +169,7 @@ class Threshold(Policy):
         below = prunable & (c < self.prune_boundary)
         eligible = below.clone()
         eligible[lowest(cs, prunable, n_pace)] = True  # the pace's cheapest, wherever the boundary is
-        p_idx = lowest(cs, eligible, min(int(eligible.sum()), max(limit, n_pace)))
+        p_idx = lowest(cs, eligible, min(int(torch.count_nonzero(eligible)), max(limit, n_pace)))
         if target_set:  # the pace's prefix first; beyond it only ensembles below the boundary, up to the limit
             # (max_count counts the pace's ensembles by the smallest size, so with mixed sizes the
             # pace's cheapest can hold more than the prefix, some of them not below the boundary)
@@ -181,11 +181,11 @@ class Threshold(Policy):
         # below the target: the best absent that make up the shortfall, wherever the boundary is (only
         # those: max_count's one more, taken too, was restored beyond the pace and the edit limit, the
         # boundary unchecked, in a pair with a prune below the prune boundary)
-        short = (take_synapses(highest(gs, ~a, max_count(size, -pace, int((~a).sum()))), size, -pace)
+        short = (take_synapses(highest(gs, ~a, max_count(size, -pace, int(torch.count_nonzero(~a)))), size, -pace)
                  if target_set and pace < 0 else p_idx[:0])
         n_short = short.numel()
         above[short] = True
-        r_idx = highest(gs, above, min(int(above.sum()), max(limit, n_short)))
+        r_idx = highest(gs, above, min(int(torch.count_nonzero(above)), max(limit, n_short)))
         if target_set:
             # net removal is exactly the pace (to within half an ensemble): restores only replace
             # prunes beyond it, and prunes beyond the pace that nothing replaces are dropped
