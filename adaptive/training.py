@@ -88,6 +88,11 @@ class TrainState:
     silent_units: Optional[Any] = field(default=None, compare=False, repr=False)
     saved_silent: Optional[List[float]] = None
     silent_layers: Optional[list] = None  # the last train row's LayerSilence list (until the recipe reads it)
+    # what ran, checked on resume (None: not recorded, an older checkpoint's or a loop's own): the CPU
+    # threads (another count sums in another order) and the content of the data the run read
+    # (:func:`adaptive.data.dataset_fingerprint` of its splits: another --data_dir holding other data)
+    threads: Optional[int] = None
+    data: Optional[str] = None
 
     def state_dict(self) -> dict:
         """The window is saved summed over all processes (only the main process's copy is written)."""
@@ -95,7 +100,8 @@ class TrainState:
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window], "processes": self.processes,
                 "steps_per_epoch": self.steps_per_epoch, "gradient_accumulation_steps": self.accumulation,
-                "lr": self.lr, "seconds": self.seconds, **self._silent_state()}
+                "lr": self.lr, "seconds": self.seconds, "threads": self.threads, "data": self.data,
+                **self._silent_state()}
 
     @property
     def window(self) -> List[float]:
@@ -164,6 +170,8 @@ class TrainState:
                       "accumulation": int(sd.get("gradient_accumulation_steps", 1)),  # older: none accumulated
                       "lr": sd.get("lr", self.lr)}
             seconds = sd.get("seconds")  # older checkpoints: None, the earlier sessions' time is unknown
+            values["threads"] = None if sd.get("threads") is None else int(sd["threads"])  # older: not recorded
+            values["data"] = None if sd.get("data") is None else str(sd["data"])
             values["seconds"] = None if seconds is None else float(seconds)
             n = _world_size()
             window = [float(v) / n for v in sd.get("window", ())]

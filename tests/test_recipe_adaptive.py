@@ -1890,3 +1890,57 @@ def test_a_test_split_that_fails_at_the_report_leaves_the_trained_connectome_wri
     conn = adaptive.Connectome.load(str(tmp_path / "connectome.safetensors"), model)
     assert all(torch.equal(conn.masks[n].cpu(), seen["masks"][n].cpu()) for n in seen["masks"])
     assert 0 < conn.num_live() < conn.num_synapses()
+
+
+def _edit_train_state(ckpt, **entries):
+    """Rewrite the checkpoint's TrainState entries (registration order: conn, ctrl, state, lr), its
+    manifest rewritten as a run that recorded them would have written it."""
+    from adaptive.integrity import write_manifest
+
+    path = ckpt / "custom_checkpoint_2.pkl"
+    sd = torch.load(path, weights_only=False)
+    sd.update(entries)
+    torch.save(sd, path)
+    write_manifest(ckpt)
+    return sd
+
+
+def test_a_resume_reading_other_data_is_refused_and_another_thread_count_warned_of(tmp_path, capsys):
+    """Another --data_dir holding data of the same sizes (every MNIST label shifted by one) resumed and
+    trained the run on two datasets without a word (only the sizes were compared); a resume under another
+    OMP_NUM_THREADS, --threads not given, lost bit-exactness in silence (only the option was recorded).
+    The checkpoint records the data's fingerprint and the threads that ran."""
+    base = [a for a in TINY if a not in ("--threads", "1")] + ["--figures", "false", "--checkpoint_every", "20"]
+    R.main(base + ["--output_dir", str(tmp_path / "run")])
+    ckpt = list_checkpoints(tmp_path / "run" / "checkpoints")[0]
+    sd = torch.load(ckpt / "custom_checkpoint_2.pkl", weights_only=False)
+    assert sd["threads"] == torch.get_num_threads() and sd["data"].startswith("train ") and " holdout " in sd["data"]
+    resume = base + ["--output_dir", str(tmp_path / "run"), "--resume", str(ckpt)]
+    _edit_train_state(ckpt, threads=sd["threads"] + 1)
+    with pytest.warns(UserWarning, match=rf"--resume: the run ran on {sd['threads'] + 1} CPU thread\(s\), this resume on "
+                                         rf"{sd['threads']}: .* give --threads {sd['threads'] + 1}"):
+        R.main(resume)
+    _edit_train_state(ckpt, threads=sd["threads"], data=sd["data"].replace("train ", "train 0"))
+    with pytest.raises(SystemExit):
+        R.main(resume)
+    err = capsys.readouterr().err
+    assert f"was written by a run that read other data (train 0" in err and "Give the --data_dir of the data" in err
+    _edit_train_state(ckpt, threads=None, data=None)  # a checkpoint written before they were recorded
+    R.main(resume)
+
+
+def test_an_unreadable_checkpoint_names_the_earlier_ones_not_a_placeholder(tmp_path, capsys):
+    """The refusal of a checkpoint that cannot be read advised "--resume .../checkpoints/step_N", a
+    placeholder no shell runs: it names the latest earlier one."""
+    run(tmp_path / "run", "--max_steps", "40", "--checkpoint_every", "10", "--keep_checkpoints", "4",
+        "--figures", "false")
+    ckpts = sorted(list_checkpoints(tmp_path / "run" / "checkpoints"), key=lambda p: p.name)
+    assert len(ckpts) >= 3
+    last = ckpts[-1]
+    _edit_train_state(last, step="not a step")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "run", "--max_steps", "40", "--checkpoint_every", "10", "--keep_checkpoints", "4",
+            "--figures", "false", "--resume", str(last))
+    err = capsys.readouterr().err
+    others = ", ".join(p.name for p in ckpts[:-2])
+    assert "step_N)" not in err and f"(--resume {ckpts[-2]}; the others: {others}) or run without" in err, err

@@ -161,7 +161,9 @@ def _set_up(cfg: RunConfig, accelerator, model, optimizer, train_dl, loaders) ->
     # DDP averages gradients over every process's batch before the controller sees them
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes,
                             holdout_loss=_holdout_check(cfg, accelerator, model, loaders))
-    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum)
+    state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum,
+                       threads=torch.get_num_threads(),
+                       data=_data_fingerprint(loaders) if cfg.checkpoint_every or cfg.resume else None)
     state.silent_units = SilentUnits.from_connectome(conn)  # reads each step's gradients; no hook on the model
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
@@ -178,7 +180,39 @@ def _load_state_has_no_collective(accelerator) -> bool:
                                                 DistributedType.MEGATRON_LM)
 
 
-def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps_per_epoch: int) -> None:
+def _data_fingerprint(loaders) -> str:
+    """The content of the splits a run trains and selects on (:func:`adaptive.data.dataset_fingerprint`),
+    recorded in its checkpoints: a resume reading other data (another --data_dir of the same sizes) is refused."""
+    from adaptive.data import dataset_fingerprint
+
+    splits = {name: getattr(loaders.datasets, name, None) for name in ("train", "holdout")}
+    return ", ".join(f"{name} {dataset_fingerprint(ds)}" for name, ds in splits.items() if ds is not None)
+
+
+def _check_what_ran(accelerator, resume_from: Path, state: TrainState, threads: int, data: Optional[str],
+                    threads_given: bool) -> None:
+    """After the load: refuse a resume whose data differs from what the run read (recorded in the
+    checkpoint: another --data_dir of the same sizes trained it on other examples in silence), and warn
+    of another CPU thread count where --threads was not given (the option's own change is warned of while
+    parsing; the count that ran was not recorded, so a resume under another OMP_NUM_THREADS or machine lost
+    bit-exactness without a word). The state then records what runs now."""
+    from adaptive.warn import warn_user
+
+    if state.data is not None and data is not None and state.data != data:
+        raise CheckpointError(
+            f"--resume: {resume_from} was written by a run that read other data ({state.data}) than this resume "
+            f"reads ({data}): the same steps would train on other examples. Give the --data_dir of the data the run "
+            "read (a copy of it anywhere is the same data), or start a new run")
+    if state.threads is not None and state.threads != threads and accelerator.device.type == "cpu" and not threads_given:
+        warn_user(f"--resume: the run ran on {state.threads} CPU thread(s), this resume on {threads}: it continues, but "
+                  "another thread count sums in another order, so the masks, weights and metrics may differ from an "
+                  f"uninterrupted run's in their last bits (and then more): give --threads {state.threads} (or "
+                  f"OMP_NUM_THREADS={state.threads}) for a bit-exact continuation")
+    state.threads, state.data = threads, data
+
+
+def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps_per_epoch: int,
+            threads_given: bool = False) -> None:
     """Load the checkpoint ``resume_from`` (verified by :func:`recipes._adaptive.resume._check_resumed_config`)
     into the registered objects, and refuse one whose train state another accumulation, process count
     or epoch length made. Each process reads its own copy of the files, so a failure may be one
@@ -189,6 +223,7 @@ def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps
     on every process."""
     from adaptive.integrity import CheckpointRefusedError
 
+    threads, data = state.threads, state.data  # (what runs now: the load replaces them with what ran)
     try:
         load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
     except CheckpointRefusedError:  # (adaptive.integrity's)
@@ -196,9 +231,14 @@ def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps
     except Exception as e:  # a truncated or foreign file: name the folder, and the cause on one line (torch's
         from adaptive.checkpoint_files import one_line  # load errors give it on their second)
 
+        others = sorted(p.name for p in resume_from.parent.glob("step_*") if p.is_dir() and p.name < resume_from.name)
+        earlier = (f"--resume {resume_from.parent / others[-1]}" + (f"; the others: {', '.join(others[:-1])}"
+                                                                    if len(others) > 1 else "")
+                   if others else f"none is left in {resume_from.parent}")
         raise CheckpointError(
             f"checkpoint {resume_from} cannot be read ({type(e).__name__}: {one_line(e)}); "
-            f"resume from an earlier one (--resume {resume_from.parent}/step_N) or run without --resume") from e
+            f"resume from an earlier one ({earlier}) or run without --resume") from e
+    _check_what_ran(accelerator, resume_from, state, threads, data, threads_given)
     if state.accumulation != accum:  # (a checkpoint without the run's config.yaml: checked only here)
         raise CheckpointError(
             f"--resume: {resume_from} was written by a run that accumulated {state.accumulation} batch(es) per "
@@ -276,9 +316,9 @@ def _train(cfg: RunConfig, on_step, accelerator, resume_from, output_dir: Path, 
         lambda: _set_up(cfg, accelerator, model, optimizer, train_dl, loaders))
     if resume_from is not None:
         if _load_state_has_no_collective(accelerator):  # a copy of the checkpoint only one process fails to read
-            agreed_call(lambda: _resume(accelerator, resume_from, state, accum, steps_per_epoch))
+            agreed_call(lambda: _resume(accelerator, resume_from, state, accum, steps_per_epoch, cfg.threads is not None))
         else:  # (FSDP, DeepSpeed: Accelerate's load_state gathers: a failure on one process cannot be agreed after it)
-            _resume(accelerator, resume_from, state, accum, steps_per_epoch)
+            _resume(accelerator, resume_from, state, accum, steps_per_epoch, cfg.threads is not None)
         # each process loaded its own copy of the checkpoint (the main process alone hashed its files): masks that
         # differ would otherwise run on unchecked until the next update, or to the run's end where none is left
         # (named as every process names it: the checkpoint's name, compared above, and --resume; its folder may be
