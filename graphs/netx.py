@@ -33,13 +33,30 @@ def to_networkx(g, flat: bool = False):
     ecols = [v.tolist() for v in g.edge_attrs.values()]
     datas = list(map(dict, map(zip, repeat(ekeys), zip(*ecols)))) if ekeys else [{} for _ in range(g.src.numel())]
     if multi:
-        G.add_edges_from(zip(g.src.tolist(), g.dst.tolist(), range(len(datas)), datas))
+        G._adj, G._pred = _multi_adjacency(g.src.tolist(), g.dst.tolist(), datas, n)
     else:
         # Fill the adjacency dicts directly (networkx supports assigning G._adj/G._pred): one
         # dict(zip(...)) per node instead of one Python call per edge. succ and pred share datadicts.
         G._adj = _adjacency(g.src, g.dst, datas, n)
         G._pred = _adjacency(g.dst, g.src, datas, n)
     return G
+
+
+def _multi_adjacency(src: list, dst: list, datas: list, n: int):
+    """A MultiDiGraph's successor and predecessor dicts, ``{u: {v: {key: data}}}`` and ``{v: {u: ...}}``
+    sharing each pair's key dict, as ``add_edges_from`` leaves them for the edges in this order (keyed by
+    edge number), in the same insertion order, without its per-edge checks and calls (5.7 us an edge:
+    6 s for a million synapses)."""
+    succ = {u: {} for u in range(n)}
+    pred = {u: {} for u in range(n)}
+    for key, (u, v, data) in enumerate(zip(src, dst, datas)):
+        nbrs = succ[u]
+        keydict = nbrs.get(v)
+        if keydict is None:
+            keydict = nbrs[v] = {}
+            pred[v][u] = keydict
+        keydict[key] = data
+    return succ, pred
 
 
 def _adjacency(key: torch.Tensor, other: torch.Tensor, datas: list, n: int) -> dict:

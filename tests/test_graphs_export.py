@@ -1165,3 +1165,29 @@ def test_per_layer_figure_legends_lie_beside_the_axes_on_the_saved_canvas(tmp_pa
         assert not legend.overlaps(ax.get_window_extent(renderer)), name
         assert legend.x0 > ax.get_window_extent(renderer).x1, name
         assert width > fig.get_figwidth() * 110, name  # the canvas grew to hold it (dpi 110)
+
+
+def test_a_synapse_level_multigraph_is_the_one_add_edges_from_makes():
+    """to_networkx fills a MultiDiGraph's adjacency dicts directly (networkx's add_edges_from checked and
+    called per edge): the same edges, keys, attributes and insertion orders, out and in, each pair's key
+    dict shared by its successor and predecessor entries, and it reads back and edits as networkx's own."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4))
+    conn = adaptive.Connectome(net)
+    conn.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in conn.masks.items()})
+    g = graphs.build(conn, level="synapse", example_input=torch.randn(1, 12))
+    G = graphs.to_networkx(g)
+    H = nx.MultiDiGraph()
+    H.graph.update(G.graph)
+    H.add_nodes_from(G.nodes(data=True))
+    datas = [dict(zip(g.edge_attrs, c)) for c in zip(*[v.tolist() for v in g.edge_attrs.values()])]
+    H.add_edges_from(zip(g.src.tolist(), g.dst.tolist(), range(len(datas)), datas))
+    assert list(G.edges(keys=True, data=True)) == list(H.edges(keys=True, data=True))
+    assert list(G.in_edges(keys=True, data=True)) == list(H.in_edges(keys=True, data=True))
+    assert all(G._pred[v][u] is G._succ[u][v] for u, v in G.edges())
+    assert nx.utils.graphs_equal(G, H) and G.number_of_edges() == g.src.numel()
+    back = graphs.from_networkx(G)
+    assert torch.equal(back.src, g.src) and torch.equal(back.dst, g.dst)
+    u, v = g.src[0].item(), g.dst[0].item()
+    G.remove_edge(u, v, key=0)
+    assert not G.has_edge(u, v, key=0) and not any(k == 0 for _, _, k in G.in_edges(v, keys=True))
