@@ -796,3 +796,20 @@ def test_a_log_panel_with_every_point_at_or_below_0_says_so(tmp_path, monkeypatc
         assert said == ["3 of 4 measured (accuracy drop past 0 removed) at or below 0:\nnone has a place on a log axis"]
     finally:
         plt.close(fig)
+
+
+def test_a_fraction_under_one_weight_is_refused_before_the_order_reads_data_and_a_short_eval_warned():
+    """max_fraction=1e-9 removed one weight all the same (past the fraction asked) and drew a two-point
+    curve; eval_batches beyond the loader's batches was cut in silence, where order_batches warns."""
+    model, data = constructed()
+
+    class Unread:
+        def __iter__(self):
+            raise AssertionError("the order read its data")
+
+    with pytest.raises(ValueError, match=r"max_fraction=1e-09 of the 8 prunable weights is under one weight, so the "
+                                         r"curve would remove none: give at least 0\.125"):
+        knowledge_distribution(model, data, max_fraction=1e-9, estimator="taylor", order_loader=Unread())
+    assert knowledge_distribution(model, data, points=1, max_fraction=0.07).table["removed"] == [0, 1]  # 0.56: one
+    with pytest.warns(UserWarning, match=r"evaluation data: asked for 5 batches but the loader ran out after 1"):
+        knowledge_distribution(model, data, counts=[2], estimator="magnitude", eval_batches=5)

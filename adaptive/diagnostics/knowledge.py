@@ -47,6 +47,9 @@ def default_counts(total: int, points: int = 40, max_fraction: float = 1.0) -> L
     merged with ``points // 2`` evenly spaced ones (so both log and linear axes are covered).
     ``points``: a whole number >= 1; ``max_fraction``: in (0, 1]."""
     points = _check_points(points, max_fraction)
+    if total >= 1 and round(total * max_fraction) < 1:  # (it removed one weight all the same: past the fraction)
+        raise ValueError(f"max_fraction={max_fraction!r} of the {total:,} prunable weights is under one weight, so "
+                         f"the curve would remove none: give at least {1 / total:.3g} (one weight), or more")
     top = max(1, int(round(total * max_fraction)))
     geo = torch.logspace(0, math.log10(top), points, dtype=torch.float64).round().long().tolist()
     lin = torch.linspace(0, top, max(2, points // 2), dtype=torch.float64).round().long().tolist()
@@ -63,9 +66,10 @@ def _check_points(points, max_fraction) -> int:
     return whole_number(points)
 
 
-def materialize(loader, batches: Optional[int], desc: str):
-    """The first ``batches`` batches of ``loader`` held in memory (so each point re-reads no files)."""
-    return [(x, y) for x, y in iterate_batches(loader, batches, desc=desc)]
+def materialize(loader, batches: Optional[int], desc: str, warn_short: bool = False):
+    """The first ``batches`` batches of ``loader`` held in memory (so each point re-reads no files);
+    ``warn_short``: warn where the loader holds fewer than ``batches``."""
+    return [(x, y) for x, y in iterate_batches(loader, batches, desc=desc, warn_short=warn_short)]
 
 
 @kept_global_rng()
@@ -603,6 +607,13 @@ def knowledge_distribution(
     if total == 0:
         raise ValueError("every prunable weight of the model is already pruned (its Connectome's masks): "
                          "nothing is left to remove")
+    # (before the order reads any data: a count past the weights, or a fraction under one, is refused first)
+    counts = sorted(set(whole_number(c, floats=True) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
+    if counts and (counts[0] < 0 or counts[-1] > total):
+        what = f"live prunable weights; {pruned_before} more are already pruned" if pruned_before else "prunable weights"
+        raise ValueError(f"counts must lie in [0, {total}] (the number of {what}), got {counts[0]}..{counts[-1]}")
+    if not counts or counts[0] != 0:  # the intact network is always measured: the drops are from it
+        counts = [0] + counts
     # the output is checked before the order's loss reads it: the default loss's own refusal of a tuple or
     # dict says to pass loss_fn=, which this diagnostic would then refuse (it needs the logits as a tensor)
     scores = removal_scores(conn, order_loader, estimator, order_batches, _tensor_output_loss(loss_fn, work), seed=seed)
@@ -610,13 +621,8 @@ def knowledge_distribution(
     order = global_order(scores)
     if pruned_before:
         order = order[live_flat[order]]  # only live weights are removed; the pruned ones stay pruned
-    counts = sorted(set(whole_number(c, floats=True) for c in (counts if counts is not None else default_counts(total, points, max_fraction))))
-    if counts and (counts[0] < 0 or counts[-1] > total):
-        what = f"live prunable weights; {pruned_before} more are already pruned" if pruned_before else "prunable weights"
-        raise ValueError(f"counts must lie in [0, {total}] (the number of {what}), got {counts[0]}..{counts[-1]}")
-    if not counts or counts[0] != 0:  # the intact network is always measured: the drops are from it
-        counts = [0] + counts
-    data = materialize(eval_loader, eval_batches, desc="evaluation data")
+    # (a count asked for that the loader cannot give is said, as order_batches' is: the curve rests on fewer)
+    data = materialize(eval_loader, eval_batches, desc="evaluation data", warn_short=True)
     if num_classes is None and accuracy_fn is default_accuracy:  # chance: 1 / the classes on axis 1
         with torch.no_grad(), modes_kept(work, False):
             probe = check_output(call_model(work, to_device(data[0][0], model_device(work)), "knowledge_distribution"), work,
