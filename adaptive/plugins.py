@@ -167,8 +167,6 @@ def resume_hint(settings, given: Iterable[str], error: Optional[PluginError] = N
     give it again; without, the recorded ones not in ``given`` (the plugins loaded, resolved), whose
     names are then unknown (``resume``: the option that resumes, as the recipe takes it). "" where there is nothing to say: no such file, or a damaged one (the
     resume's own check names it), no plugins recorded, or an error about another plugin."""
-    from .run_folder import RunFolderError, read_settings
-
     settings = Path(settings)
     recorded = _recorded(settings)
     run = f"the run in {settings.parent}"

@@ -410,7 +410,7 @@ def test_an_init_that_sparsifies_raises_no_warning():
     conn = adaptive.Connectome(net())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        adaptive.Controller(conn, policy="rigl", density=0.5, end_step=10, init="magnitude")
+        adaptive.Controller(conn, policy="rigl", density=0.5, update_every=2, end_step=10, init="magnitude")
     assert conn.density() == pytest.approx(0.5, abs=0.02)
 
 
