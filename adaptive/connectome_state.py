@@ -27,8 +27,12 @@ class ConnectomeStateMixin:
 
     def __getstate__(self) -> dict:
         """A pickled or deep-copied connectome is detached: optimizer hooks, observers and edit
-        listeners belong to the original (re-attach them on the copy); caches are rebuilt."""
+        listeners belong to the original (re-attach them on the copy); caches are rebuilt. One that was
+        attached is watched once restored: an optimizer stepping its weights before it is attached again
+        is warned of (:mod:`adaptive.unattached`), as nothing masks that optimizer's steps."""
         state = self.__dict__.copy()
+        # (restored attached to nothing: an optimizer that then steps its weights is warned of, naming attach)
+        state["_was_attached"] = bool(self.__dict__.get("_was_attached")) or any(r() is not None for r in self._optimizers)
         state.update(_optimizers=[], _wrappers=[], _handles=[], _observers=[], _observer_active=[], _edit_listeners=[], _controllers=[], _stopped=[], _hot=None, _ens_cache={},
                      _versions=None, _found_inf=None, _holders=None, _links=None)
         state.pop("_repair_pending", None)
@@ -40,6 +44,10 @@ class ConnectomeStateMixin:
                  "_last_set": {}, "_set_tensor": {}, "_set_version": {}, "_ens_cache": {}, "_controllers": [], "_stopped": [], "_wrappers": [], "_built_wrapped": False, **state, "_repair_pending": weakref.WeakSet()}
         self.__dict__.update(state)
         self._masker = BackwardMasker(self)
+        if state.get("_was_attached"):  # torch.load / pickle / deepcopy of an attached one: attached to nothing now
+            from . import unattached
+
+            unattached.watch_hand_driven(self)
 
     def state_dict(self) -> dict:
         """Everything needed to rebuild the connectome on the same model (Accelerate checkpointing)."""

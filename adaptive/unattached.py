@@ -41,8 +41,9 @@ def watch() -> None:
 
 
 def watch_hand_driven(conn) -> None:
-    """Watch ``conn``, whose Controller is driven by hand (built without an optimizer): an optimizer that
-    steps its weights while it is attached to none is warned of, once (nothing masks those steps: pruned
+    """Watch ``conn``, whose Controller is driven by hand (built without an optimizer), or restored
+    detached from a pickle (torch.load, copy.deepcopy): an optimizer that steps its weights while it is
+    attached to none is warned of, once (nothing masks those steps: pruned
     synapses move off 0.0, and the masks change only at ``ctrl.step()``, which such a loop may never call)."""
     for p in conn.params.values():
         _HAND_DRIVEN[id(p)] = (weakref.ref(p), weakref.ref(conn))
@@ -101,6 +102,17 @@ def _check(opt, args, kwargs) -> None:
         warned.add(conn)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         attached = ", ".join(type(r()).__name__ for r in conn._optimizers if r() is not None)
+        if not attached and not conn._optimizers and conn.__dict__.get("_was_attached"):  # restored detached
+            conn.__dict__["_unattached_warned"] = True
+            warn_user(
+                f"an optimizer ({type(opt).__name__}) steps the weights {shown} of a Connectome restored by "
+                "torch.load, pickle or copy.deepcopy, which leaves it attached to no optimizer (optimizer hooks are "
+                "not saved with it): nothing masks that optimizer's gradients or re-masks its weights, so pruned "
+                "synapses move off 0.0 while density() counts them pruned, and its Controller no longer updates. "
+                "Attach it again: ctrl.attach(optimizer) for a Controller restored with it, else "
+                "conn.attach(optimizer) (or save and resume with conn.state_dict()/ctrl.state_dict(), which keep "
+                "no hooks to lose)")
+            continue
         if not attached and not conn._optimizers:  # never attached: its Controller is driven by hand
             if conn.__dict__.get("_unattached_warned"):  # (ctrl.step() said so already)
                 continue

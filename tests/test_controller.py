@@ -2252,3 +2252,47 @@ def test_the_docstrings_end_step_none_for_threshold_is_what_it_does():
         edits.append(sum(int((before[n] != m).sum()) for n, m in ctrl.conn.masks.items()))
     assert densities[0] == pytest.approx(0.7, abs=1e-3) and densities[3] > 0.2 + 1e-3  # not at once
     assert all(d == pytest.approx(0.2, abs=1e-3) for d in densities[4:]) and all(e > 0 for e in edits[4:])
+
+
+@pytest.mark.parametrize("how", ["torch.load", "deepcopy"])
+def test_a_connectome_restored_by_torch_load_warns_when_stepped_unattached(how):
+    """torch.save of {model, optimizer, connectome, controller} and torch.load of it: the restored connectome
+    and controller are attached to nothing (hooks are not saved), so the restored optimizer trained densely,
+    pruned weights moved off 0.0 while density() said 0.3, and the controller never updated, without a word.
+    The first step of an optimizer over its weights warns, naming ctrl.attach; attached again, it masks."""
+    import io
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=3, edit_fraction=0.3, seed=0)
+
+    def train(m, o, n):
+        for _ in range(n):
+            F.cross_entropy(m(torch.randn(8, 10)), torch.randint(0, 4, (8,))).backward()
+            o.step()
+            o.zero_grad()
+
+    train(model, opt, 4)
+    objects = {"model": model, "opt": opt, "conn": conn, "ctrl": ctrl}
+    if how == "torch.load":
+        buf = io.BytesIO()
+        torch.save(objects, buf)
+        buf.seek(0)
+        d = torch.load(buf, weights_only=False)
+    else:
+        d = copy.deepcopy(objects)
+    m2, o2, c2, k2 = d["model"], d["opt"], d["conn"], d["ctrl"]
+    with pytest.warns(UserWarning, match=r"an optimizer \(SGD\) steps the weights 0\.weight, 2\.weight of a Connectome "
+                                         r"restored by torch\.load, pickle or copy\.deepcopy.*ctrl\.attach\(optimizer\)"):
+        train(m2, o2, 1)
+    k2.attach(o2)
+    c2.apply()  # (the unattached step moved pruned weights: put back, as the docs say for any such write)
+    events = len(k2.events)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(m2, o2, 6)
+        train(model, opt, 2)  # the original stays attached: no warning either
+    assert len(k2.events) > events
+    assert all(not bool(p.detach()[~c2.masks[n]].any()) for n, p in c2.params.items())
