@@ -386,7 +386,9 @@ class ConnectomeOptimizersMixin:
             self._versions = None
             return
         unseen = v[2] if v is not None and v[0] is hot else any(writes_unseen(self._owner(n)) for n in hot[0])
-        self._versions = (hot, [p._version for p in hot[1]], unseen)
+        # the version counter and the storage: ``p.data = t`` (torch.nn.utils.vector_to_parameters, a swap of
+        # weights) gives a weight new values without moving its counter
+        self._versions = (hot, [(p._version, p.data_ptr()) for p in hot[1]], unseen)
 
     def _owner(self, name: str):
         """The module holding the weight ``name``, or None where the model no longer has it."""
@@ -399,7 +401,7 @@ class ConnectomeOptimizersMixin:
         v = getattr(self, "_versions", None)
         hot = self._hot
         return (v is not None and hot is not None and v[0] is hot and not v[2]
-                and [p._version for p in hot[1]] == v[1])
+                and [(p._version, p.data_ptr()) for p in hot[1]] == v[1])
 
     def _after_optimizer_load(self, opt) -> None:
         # Repaired at its next step, not now: a checkpoint's connectome is often loaded after its

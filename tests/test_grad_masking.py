@@ -5,6 +5,7 @@ import copy
 import pytest
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import adaptive
@@ -294,3 +295,27 @@ def test_a_gradient_built_with_create_graph_is_masked_where_autograd_sees_it():
     expected, = torch.autograd.grad(masked_grad_dot_v(w), w)
     torch.testing.assert_close(hvp, expected)
     model.zero_grad(set_to_none=True)  # (breaks the parameter-gradient cycle create_graph makes)
+
+
+@pytest.mark.parametrize("opt_cls", [torch.optim.SGD, torch.optim.Adam])
+def test_weights_given_new_storage_by_vector_to_parameters_are_re_masked_at_the_next_step(opt_cls):
+    """torch.nn.utils.vector_to_parameters sets ``p.data = ...``: new values without moving the weight's version
+    counter, so a zero-preserving optimizer's step skipped re-masking and the pruned weights it filled stayed
+    nonzero for good while density() counted them pruned. The step compares each weight's storage too."""
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 12), nn.ReLU(), nn.Linear(12, 3))
+    opt = opt_cls(model.parameters(), lr=0.01)
+    conn = adaptive.Connectome(model)
+    conn.attach(opt)
+    conn.set_masks({n: torch.rand(m.shape) < 0.3 for n, m in conn.masks.items()})
+    F.cross_entropy(model(torch.randn(4, 10)), torch.randint(0, 3, (4,))).backward()
+    opt.step()
+    v = parameters_to_vector(model.parameters())
+    vector_to_parameters(v + 0.1, model.parameters())  # every weight, pruned ones too, now nonzero
+    opt.zero_grad()
+    F.cross_entropy(model(torch.randn(4, 10)), torch.randint(0, 3, (4,))).backward()
+    opt.step()
+    for n, p in conn.params.items():
+        assert not bool(p.detach()[~conn.masks[n]].any()), n
