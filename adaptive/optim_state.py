@@ -12,7 +12,6 @@ step), and :func:`unresettable_state_warning` says once per optimizer what it me
 synapse."""
 from __future__ import annotations
 
-import functools
 import math
 import weakref
 
@@ -271,9 +270,17 @@ def zero_eps(optimizer) -> list:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+_ROUNDS_TO_ZERO: dict = {}  # (eps, dtype) -> bool
+
+
 def _rounds_to_zero(eps: float, dtype: torch.dtype) -> bool:
-    return eps == 0 or (dtype.is_floating_point and float(torch.tensor(eps, dtype=dtype)) == 0)
+    # a plain dict, not functools.lru_cache: torch.compile of a step that runs the hooks warned of every call
+    # to an lru_cache-wrapped function
+    key = (eps, dtype)
+    found = _ROUNDS_TO_ZERO.get(key)
+    if found is None:
+        found = _ROUNDS_TO_ZERO[key] = eps == 0 or (dtype.is_floating_point and float(torch.tensor(eps, dtype=dtype)) == 0)
+    return found
 
 
 def zero_eps_warning(optimizer) -> str | None:

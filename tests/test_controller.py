@@ -2296,3 +2296,29 @@ def test_a_connectome_restored_by_torch_load_warns_when_stepped_unattached(how):
         train(model, opt, 2)  # the original stays attached: no warning either
     assert len(k2.events) > events
     assert all(not bool(p.detach()[~c2.masks[n]].any()) for n, p in c2.params.items())
+
+
+def test_a_compiled_training_step_gives_no_lru_cache_warning_and_keeps_pruned_weights_zero():
+    """torch.compile of a whole training step (forward, backward, the attached optimizer's step) runs the
+    connectome's step hooks under Dynamo, which warned of every call to an lru_cache-wrapped function (the
+    eps check of optim_state); a plain dict cache gives none."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    conn = adaptive.Connectome(model)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ctrl = adaptive.Controller(conn, opt, policy="rigl", density=0.3, update_every=3, edit_fraction=0.3, seed=0)
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss
+
+    compiled = torch.compile(step, backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            compiled(torch.randn(8, 10), torch.randint(0, 4, (8,)))
+    assert not [str(w.message) for w in caught if "lru_cache" in str(w.message)]
+    assert len(ctrl.events) >= 2 and all(not bool(p.detach()[~conn.masks[n]].any()) for n, p in conn.params.items())
