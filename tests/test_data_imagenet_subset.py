@@ -166,6 +166,18 @@ def test_the_docs_command_scores_a_1000_class_network_on_imagenet_labels(tmp_pat
         recipe().main([str(tmp_path / "three.pt") if a == str(weights) else a for a in found[:-2]]
                       + ["--output_dir", str(tmp_path / "none"), "--num-classes", "1000"])
     assert not (tmp_path / "none").exists()
+    from adaptive.models.weights import WeightsMismatchError
+
+    # a file that cannot be read, or another model's weights, beside that --num-classes: named as such (the class
+    # counts' refusal came first, and its fix, --num-classes 3, only led to the file's own error)
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "three.pt").read_bytes()[:4000])
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp_path / "other.pt")
+    for path, match in (("cut.pt", r"weights file .*cut\.pt' cannot be read"),
+                        ("other.pt", r"weights file .*other\.pt' does not match model")):
+        with pytest.raises(WeightsMismatchError, match=match):
+            recipe().main([str(tmp_path / path) if a == str(weights) else a for a in found[:-2]]
+                          + ["--output_dir", str(tmp_path / "none"), "--num-classes", "1000"])
+        assert not (tmp_path / "none").exists()
 
 
 def _kaggle(root, classes=PICKED, val=(PICKED[2], PICKED[0], PICKED[1], PICKED[0])):

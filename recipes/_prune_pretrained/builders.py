@@ -125,8 +125,26 @@ def _imagenet_index(args):
 
 def _build(args, num_classes: int, in_shape) -> torch.nn.Module:
     """The model for data of ``num_classes`` classes (unless --num-classes says, which must be the
-    data's) and inputs ``in_shape``, its --remove counts checked against its synapses."""
-    _check_num_classes(args, num_classes)
+    data's) and inputs ``in_shape``, its --remove counts checked against its synapses. Where --num-classes
+    and the data's classes differ, --weights is loaded into a model of --num-classes first: a file that
+    cannot be read or holds another model's weights is named as such (the class counts' refusal came first,
+    and its fix, another --num-classes, only led to the file's own error)."""
+    try:
+        _check_num_classes(args, num_classes)
+    except ValueError:
+        if args.weights:
+            probe = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=args.num_classes,
+                                   in_shape=in_shape)
+            try:
+                load_weights(probe, args.weights)  # (its own error first, where the file is the problem)
+            except WeightsMismatchError as bad:  # unreadable, or another model's weights (not this one's of other
+                try:                              # classes, whose fix the class counts' refusal names)
+                    other_classes = _file_class_count(probe, args.weights, args.num_classes) is not None
+                except Exception:
+                    other_classes = False
+                if not other_classes:
+                    raise bad from None
+        raise
     classes = args.num_classes or num_classes
     model = build_model_kw(args.model, args.model_kw, "--model-kw", num_classes=classes, in_shape=in_shape)
     if args.weights:
