@@ -2157,3 +2157,33 @@ def test_an_unwritable_output_dir_is_refused_before_the_data_loads(tmp_path, wei
                                                         r"can write into"):
         mod.main(args(weights, out, "--remove", "0.2"))
     assert list(out.iterdir()) == []
+
+
+def test_an_error_in_the_final_report_says_the_optimisation_is_kept_for_resume(tmp_path, weights, no_curves):
+    """A test image that cannot be read failed the final report after the whole optimisation, naming only the
+    image: the folder held checkpoint.pt and config.yaml, no result, and nothing said that --resume makes the
+    report again without optimising again. The error says so; the resume does it."""
+    mod = recipe()
+    broken = {"on": True}
+
+    class Unreadable:
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __len__(self):
+            return len(self.loader)
+
+        def __iter__(self):
+            if broken["on"]:
+                raise OSError("image file is truncated")
+            return iter(self.loader)
+
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match="image file is truncated") as e:
+        mod.main(args(weights, out, "--remove", "0.2"), test_loader_hook=Unreadable)
+    note = "\n".join(getattr(e.value, "__notes__", []))
+    assert f"the optimisation finished and its masks are kept in {out / 'checkpoint.pt'}" in note and "--resume" in note
+    assert not (out / "pruned_state_dict.pt").exists()
+    broken["on"] = False
+    summary = mod.main(args(weights, out, "--remove", "0.2", "--resume"), test_loader_hook=Unreadable)
+    assert (out / "pruned_state_dict.pt").is_file() and summary["rows"][-1]["changed"] == 0

@@ -4,6 +4,7 @@ report, the only reader of the test split, and the outputs). Tests patch ``optim
 ``get_dataloaders`` here, where they are called."""
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -32,6 +33,21 @@ from .parse import parse_args
 from .plot import _plot
 from .report import _holdout_use, _table, _test_split_words
 from .resume import _check_resumed_settings
+
+
+@contextlib.contextmanager
+def _report_resumable(ckpt_path: Path, args):
+    """The final report: an error there (a test image that cannot be read, a full disk) comes after the
+    whole optimisation, whose result checkpoint.pt keeps: the error says so, and how to make the report
+    again without optimising again (it named only the image)."""
+    try:
+        yield
+    except Exception as e:
+        if ckpt_path.is_file():
+            e.add_note(f"the optimisation finished and its masks are kept in {ckpt_path}: mend what stopped the final "
+                       "report and run the same command with --resume (or --config "
+                       f"{ckpt_path.parent / 'config.yaml'} --resume), which makes the report without optimising again")
+        raise
 
 
 def optimisation_minutes(result, session_seconds: float) -> float:
@@ -262,7 +278,7 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
     def train_eval():  # the same images for every row and on every process
         return evaluate(model, train_sample, progress=report_bar)
 
-    with report_bar, torch.no_grad(), accelerator.autocast():
+    with report_bar, torch.no_grad(), accelerator.autocast(), _report_resumable(ckpt_path, args):
         conn.set_masks({n: torch.ones_like(m) for n, m in conn.masks.items()})
         tl, ta, _ = train_eval()
         hl, ha, _ = evaluate(model, dl.holdout, progress=report_bar)
