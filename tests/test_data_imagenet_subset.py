@@ -453,3 +453,14 @@ def test_a_wnids_file_named_by_a_bare_number_is_refused_naming_the_fix(tmp_path,
     f.write_text("dataset: folder\ndataset_kw: {wnids: ./1e5}\n")
     assert recipe().parse_args(["--config", str(f)]).dataset_kw["wnids"] == str(tmp_path / "1e5")
     assert parse_config(adaptive_recipe.RunConfig, ["--config", str(f)]).dataset_kw["wnids"] == str(tmp_path / "1e5")
+
+
+def test_a_flat_val_without_images_of_a_train_class_is_taken_with_a_warning(tmp_path):
+    """Kaggle's flat val/ with no image of one of train/'s classes was refused, telling the user to move images
+    of classes train/ has not out of it (there were none): its images are labelled through train/'s own
+    indices, so no label shifts. Taken, with a warning that its test figures cover the other classes."""
+    cls_loc = _kaggle(tmp_path / "kaggle", val=(PICKED[2], PICKED[1], PICKED[1]))
+    with pytest.warns(UserWarning, match=rf"the flat val/ holds no image of 1 of the 3 classes of .*train "
+                                         rf"\({PICKED[0]}\): its test figures cover the other classes only"):
+        ds = get_datasets("folder", data_dir=cls_loc, holdout=0.0, image_size=16, resize=16)
+    assert ds.test.targets.tolist() == [2, 1, 1]  # train/'s indices: PICKED[0] is 0, and no image has it

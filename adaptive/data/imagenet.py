@@ -228,9 +228,18 @@ def _folder_source(train_dir, test_dir, augment: bool, image_size: int, resize: 
                          "must hold other images (for dataset 'folder', name another with --dataset-kw test_split=NAME)")
     folder = _image_folder(train_dir)
     test_folder = _test_folder(test_dir, folder)  # scanned now: a mismatch is said before any work
-    if test_folder.classes != folder.classes:
-        only_train = sorted(set(folder.classes) - set(test_folder.classes))
-        only_test = sorted(set(test_folder.classes) - set(folder.classes))
+    only_train = sorted(set(folder.classes) - set(test_folder.classes))
+    only_test = sorted(set(test_folder.classes) - set(folder.classes))
+    if isinstance(test_folder, FlatSplit) and only_train and not only_test:
+        # a flat val/ is labelled through train/'s own class indices (flat_split), so a class it has no image of
+        # shifts no label: taken, and said (its test figures then cover the other classes only)
+        from ..warn import warn_user
+
+        warn_user(f"the flat {test_dir.name}/ holds no image of {len(only_train)} of the {len(folder.classes)} classes "
+                  f"of {train_dir} ({', '.join(only_train[:5])}{' ...' if len(only_train) > 5 else ''}): its test "
+                  "figures cover the other classes only (the labels still agree: each image is labelled by train/'s "
+                  "index of its wnid)")
+    elif test_folder.classes != folder.classes:
         flat = (f" (the flat {test_dir.name}/ is labelled by {find_solution(test_dir)}: move out of it the images of "
                 "classes train/ has not, and give train/ the classes of its images)") if isinstance(test_folder, FlatSplit) else ""
         raise ValueError(f"{train_dir} and {test_dir} hold different classes (only in train: {only_train[:5]}, only in "
