@@ -78,9 +78,10 @@ def _flags(conn, dev: torch.device, group: _Group, out: Dict[torch.device, List[
         seen = torch.zeros(group.total, dtype=torch.bool, device=dev) if by_flags else None
         keys = []
         for n, idx, size, offset in entries:  # (every entry holds an index: empty ones are not added)
-            lo, hi = torch.aminmax(idx)
+            wide = idx.long()  # (int32 indices into a layer past 2**31 ensembles: compared and clamped in int64)
+            lo, hi = torch.aminmax(wide)
             flags.append((lo < 0) | (hi >= size))  # out of range
-            inside = torch.clamp(idx, 0, size - 1).long()  # safe to index with (out of range is flagged); a copy
+            inside = wide.clamp(0, size - 1)  # safe to index with (out of range is flagged); a copy
             if seen is not None:
                 seen[offset:offset + size][inside] = True
             elif k >= 2:

@@ -197,6 +197,18 @@ def test_int32_indices_into_a_layer_past_2_31_ensembles_are_not_wrapped_out_of_r
         "holds 1 indices outside [0, 3000000000) (the layer's ensembles): [-1]")
     assert _index_problem(torch.tensor([7, 7], dtype=torch.int32), 3_000_000_000).startswith(
         "lists 1 ensemble(s) more than once: [7]")
+    # the batched check alike (a stand-in connectome: the layer's 3e9 ensembles named, 16 made): int32 indices
+    # are clamped and compared in int64 (clamping in int32 to 3e9 - 1 overflowed, and the comparison wrapped)
+    import types
+
+    from adaptive.plan_batch import plan_looks_valid
+
+    ens = torch.ones(16, dtype=torch.bool)
+    huge = types.SimpleNamespace(num_ensembles=lambda shape: 3_000_000_000)
+    conn = types.SimpleNamespace(masks={"w": ens}, granularities={"w": huge}, layers={"w": types.SimpleNamespace(shape=None)},
+                                 _ensemble_mask=lambda n: ens)
+    assert plan_looks_valid(conn, EditPlan(prune={"w": torch.tensor([5, 7], dtype=torch.int32)}), ())
+    assert not plan_looks_valid(conn, EditPlan(prune={"w": torch.tensor([5, -1], dtype=torch.int32)}), ())
 
 
 def test_the_batched_check_allocates_in_the_edited_indices_not_in_the_layers():
