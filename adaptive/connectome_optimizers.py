@@ -63,6 +63,8 @@ class ConnectomeOptimizersMixin:
         if why:
             warn_user(why)
         self._optimizers.append(weakref.ref(opt))
+        if self.__dict__.pop("_was_attached", None):  # restored detached, attached again: a later detach is on purpose
+            unattached.unwatch(self)
         unattached.watch()  # warns of an optimizer that steps these weights without being attached
         unattached.registry_changed()
         self._handles.append(opt.register_step_pre_hook(self._pre_step))

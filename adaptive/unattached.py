@@ -51,6 +51,16 @@ def watch_hand_driven(conn) -> None:
     watch()
 
 
+def unwatch(conn) -> None:
+    """Stop watching ``conn`` as :func:`watch_hand_driven` does: a connectome restored detached (torch.load,
+    deepcopy) once attached again, whose later detach is the user's own (``conn.detach()`` to train densely)."""
+    for p in conn.params.values():
+        entry = _HAND_DRIVEN.get(id(p))
+        if entry is not None and entry[1]() is conn:
+            del _HAND_DRIVEN[id(p)]
+    registry_changed()
+
+
 def registry_changed() -> None:
     """An attach or detach changed which connectome masks which weight: check every optimizer again."""
     _GENERATION[0] += 1

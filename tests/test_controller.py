@@ -2296,6 +2296,12 @@ def test_a_connectome_restored_by_torch_load_warns_when_stepped_unattached(how):
         train(model, opt, 2)  # the original stays attached: no warning either
     assert len(k2.events) > events
     assert all(not bool(p.detach()[~c2.masks[n]].any()) for n, p in c2.params.items())
+    c2.detach()  # detached on purpose once attached again (to train densely): no word, as for the original
+    conn.detach()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(m2, torch.optim.SGD(m2.parameters(), lr=0.05), 1)  # (a new optimizer: none warned of yet)
+        train(model, torch.optim.SGD(model.parameters(), lr=0.05), 1)
 
 
 def test_a_compiled_training_step_gives_no_lru_cache_warning_and_keeps_pruned_weights_zero():
