@@ -15,11 +15,15 @@ import functools
 import inspect
 import math
 import sys
+import weakref
 
 from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
 _journal: Optional[List[tuple]] = None  # (table, name, previous entry or _ABSENT) while recording
+# each registered object -> its _definition as it was registered: a closure's list or dict is compared as it was
+# made (a memo dict or a counter list filled by use since made the same definition, run again, look another)
+_DEFINED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 _ABSENT = object()
 
 
@@ -79,6 +83,16 @@ def _definition(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{name}{line}{_made_with(obj)}"
 
 
+def _as_defined(obj: Any) -> tuple:
+    """``(_definition, _made_with)`` of ``obj`` as they were when it was registered (as they are now where
+    not recorded)."""
+    try:
+        found = _DEFINED.get(obj)
+    except TypeError:
+        found = None
+    return found if found is not None else (_definition(obj), _made_with(obj))
+
+
 def _made_with(obj: Any) -> str:
     """The plain values (text, numbers, None, tuples of them) a closure holds and its defaults are, which
     tell apart the functions one factory makes (``make("l1")``, ``make("l2")``: one qualified name), while
@@ -88,8 +102,10 @@ def _made_with(obj: Any) -> str:
     def plain(v, depth=0):
         if v is None or isinstance(v, (str, bytes, bool, int, float, complex)):
             return repr(v)
-        if depth > 8:  # (a list holding itself)
+        if depth > 4:  # (a list holding itself)
             return "<...>"
+        if isinstance(v, (tuple, list, set, frozenset, dict)) and len(v) > 32:  # (a table of a million entries)
+            return f"<{type(v).__qualname__} of {len(v)}>"
         if isinstance(v, (tuple, list)):
             inner = ", ".join(plain(x, depth + 1) for x in v)
             return (f"({inner}{',' if len(v) == 1 else ''})" if isinstance(v, tuple) else f"[{inner}]")
@@ -112,6 +128,10 @@ def _made_with(obj: Any) -> str:
 def add(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: bool = False) -> None:
     """Put ``obj`` into ``table`` under ``name``, or raise if another object holds the name."""
     check_free(table, kind, name, obj, replace)
+    try:
+        _DEFINED[obj] = (_definition(obj), _made_with(obj))
+    except TypeError:  # (an object that cannot be weakly referenced or hashed: read again when compared)
+        pass
     if _journal is not None:
         _journal.append((table, name, table.get(name, _ABSENT)))
     table[name] = obj
@@ -123,10 +143,10 @@ def check_free(table: Dict[str, Any], kind: str, name: str, obj: Any, replace: b
     if not isinstance(name, str) or not name:
         raise TypeError(f"a {kind} is registered under a non-empty string name, got {name!r}")
     old = table.get(name)
-    if old is not None and not replace and _definition(old) != _definition(obj):
+    if old is not None and not replace and _as_defined(old)[0] != _definition(obj):
         was, new = _origin(old), _origin(obj)
         if was == new:  # two functions one factory made: told apart by what each was made with
-            was, new = was + _made_with(old), new + _made_with(obj)
+            was, new = was + _as_defined(old)[1], new + _made_with(obj)
         raise ValueError(
             f"{kind} {name!r} is already registered ({was}); register {new} under another "
             f"name, or pass replace=True to override it")

@@ -131,3 +131,42 @@ def test_two_functions_one_factory_made_from_lists_are_two_definitions():
         assert build_model("factory_list_review", num_classes=10, in_shape=(1, 8, 8))[1].out_features == 64
     finally:
         _REGISTRY.pop("factory_list_review", None)
+
+
+def test_the_same_definition_run_again_is_quiet_though_its_closure_was_filled_by_use():
+    """Closures compared by their lists' and dicts' contents refused the same definition run again (a notebook
+    cell) where the first one's memo dict or counter list had been filled by use since: they are compared as
+    they were when registered. A table of a million entries is described by its length, not spelt out."""
+    import time
+
+    from adaptive.models import _REGISTRY, build_model, register_model
+
+    def define():
+        memo, calls = {}, [0]
+
+        def build(num_classes=10, in_shape=(1, 8, 8)):
+            calls[0] += 1
+            memo.setdefault(num_classes, calls[0])
+            return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, num_classes))
+        return build
+
+    try:
+        register_model("memo_review")(define())
+        build_model("memo_review", num_classes=10, in_shape=(1, 8, 8))  # fills the first one's memo and counter
+        register_model("memo_review")(define())  # run again: quiet
+        big = list(range(10 ** 6))
+
+        def holding(table):
+            def build(num_classes=10, in_shape=(1, 8, 8)):
+                return table
+            return build
+
+        t0 = time.perf_counter()
+        register_model("big_review")(holding(big))
+        register_model("big_review")(holding(big))
+        assert time.perf_counter() - t0 < 5  # (generous: spelt out, each took a quarter second and 8 MB)
+        from adaptive.registry import _made_with
+        assert "<list of 1000000>" in _made_with(_REGISTRY["big_review"])
+    finally:
+        _REGISTRY.pop("memo_review", None)
+        _REGISTRY.pop("big_review", None)
