@@ -1602,3 +1602,18 @@ def test_a_rewiring_policy_with_no_update_before_end_step_is_warned_of(policy):
         warnings.simplefilter("error")
         _tiny_run(policy, 3, density=0.3, update_every=50, end_step=100)
         _tiny_run(policy, 3, density=0.3, update_every=100, end_step=100, edit_fraction=0.0)  # no rewiring asked
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_the_int_key_sort_is_torchs_stable_argsort_nan_of_either_sign_included(dtype):
+    """keep_plan orders its edits by the int32-key sort: a NaN with its sign bit set (x86's 0/0) was keyed
+    before every number, where torch's argsort puts NaN last, so a custom policy's NaN score led the order."""
+    from adaptive.policies.base import _stable_argsort
+
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([float("nan"), -float("nan"), 0.0, -0.0, float("inf"), -float("inf"), 1e-40, -1e-40])
+    for _ in range(20):
+        y = torch.cat([torch.randn(200, generator=g).round(decimals=1), special[torch.randint(0, 8, (60,), generator=g)]])
+        y = y[torch.randperm(y.numel(), generator=g)].to(dtype)
+        for v in (y, -y):
+            assert torch.equal(_stable_argsort(v), torch.argsort(v, stable=True))

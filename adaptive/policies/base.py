@@ -186,21 +186,24 @@ class Policy:
 
 # --------------------------------------------------------------------------- tensor helpers
 def _sort_keys(y: torch.Tensor) -> torch.Tensor:
-    """Keys whose stable argsort equals ``torch.argsort(y, stable=True)`` for NaN-free ``y``: float32
-    (and exactly widened float16/bfloat16) as int32 keys in the same order, -0.0 equal to +0.0
-    (PyTorch's CPU sorts integer keys by radix, several times faster than a stable float sort);
-    other dtypes unchanged."""
+    """Keys whose stable argsort equals ``torch.argsort(y, stable=True)``: float32 (and exactly widened
+    float16/bfloat16) as int32 keys in the same order, -0.0 equal to +0.0, every NaN (either sign bit) after
+    +inf as torch puts it (PyTorch's CPU sorts integer keys by radix, several times faster than a stable
+    float sort); other dtypes unchanged."""
     if y.dtype in (torch.float16, torch.bfloat16):
         y = y.float()
     if y.dtype != torch.float32:
         return y
     b = y.reshape(-1).view(torch.int32)
-    # non-negative floats order as their bits; negative ones reversed (-0.0 -> 0, ties +0.0)
-    return torch.where(b < 0, -(b & 0x7FFFFFFF), b)
+    magnitude = b & 0x7FFFFFFF
+    # non-negative floats order as their bits; negative ones reversed (-0.0 -> 0, ties +0.0); NaN (a magnitude
+    # past +inf's bits) last: a NaN with its sign bit set (x86's 0/0) was keyed first
+    keys = torch.where(b < 0, -magnitude, b)
+    return keys.masked_fill_(magnitude > 0x7F800000, torch.iinfo(torch.int32).max)
 
 
 def _stable_argsort(y: torch.Tensor) -> torch.Tensor:
-    """``torch.argsort(y, stable=True)`` of NaN-free flat ``y``, ties by index, computed faster."""
+    """``torch.argsort(y, stable=True)`` of flat ``y``, ties by index, computed faster."""
     return torch.argsort(_sort_keys(y), stable=True)
 
 
