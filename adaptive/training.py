@@ -93,6 +93,15 @@ class TrainState:
     # (:func:`adaptive.data.dataset_fingerprint` of its splits: another --data_dir holding other data)
     threads: Optional[int] = None
     data: Optional[str] = None
+    # what gives ``data`` where it is None, called at the first checkpoint or resume that needs it (the fingerprint
+    # reads every label, and an image folder's file sizes: no cost to a run that never checkpoints)
+    data_of: Optional[Callable[[], Optional[str]]] = field(default=None, compare=False, repr=False)
+
+    def data_fingerprint(self) -> Optional[str]:
+        """``data``, taken by ``data_of`` the first time it is asked for."""
+        if self.data is None and self.data_of is not None:
+            self.data, self.data_of = self.data_of(), None
+        return self.data
 
     def state_dict(self) -> dict:
         """The window is saved summed over all processes (only the main process's copy is written)."""
@@ -100,7 +109,7 @@ class TrainState:
         return {"step": self.step, "epoch": self.epoch, "metrics": [dict(r) for r in self.metrics],
                 "window": [float(v) for v in window], "processes": self.processes,
                 "steps_per_epoch": self.steps_per_epoch, "gradient_accumulation_steps": self.accumulation,
-                "lr": self.lr, "seconds": self.seconds, "threads": self.threads, "data": self.data,
+                "lr": self.lr, "seconds": self.seconds, "threads": self.threads, "data": self.data_fingerprint(),
                 **self._silent_state()}
 
     @property

@@ -1944,3 +1944,25 @@ def test_an_unreadable_checkpoint_names_the_earlier_ones_not_a_placeholder(tmp_p
     err = capsys.readouterr().err
     others = ", ".join(p.name for p in ckpts[:-2])
     assert "step_N)" not in err and f"(--resume {ckpts[-2]}; the others: {others}) or run without" in err, err
+
+
+def test_the_data_fingerprint_is_taken_only_for_a_checkpoint_and_never_fails_a_run(tmp_path, monkeypatch):
+    """The fingerprint reads every label and an image folder's file sizes: taken at every start with
+    --checkpoint_every, it is now taken at the first checkpoint (or a resume) only; a dataset it cannot read (a
+    plugin's) failed the set-up of a one-process run, where it now warns and records none."""
+    import adaptive.data
+
+    calls = []
+    real = adaptive.data.dataset_fingerprint
+    monkeypatch.setattr(adaptive.data, "dataset_fingerprint", lambda ds, *a, **k: calls.append(1) or real(ds, *a, **k))
+    run(tmp_path / "none", "--max_steps", "20", "--figures", "false")
+    assert calls == []
+
+    def unreadable(ds, *a, **k):
+        raise TypeError("a plugin's labels are no tensor")
+
+    monkeypatch.setattr(adaptive.data, "dataset_fingerprint", unreadable)
+    with pytest.warns(UserWarning, match=r"the data's content fingerprint could not be taken \(TypeError: a plugin's"):
+        run(tmp_path / "ckpt", "--max_steps", "20", "--checkpoint_every", "10", "--figures", "false")
+    ckpt = list_checkpoints(tmp_path / "ckpt" / "checkpoints")[0]
+    assert torch.load(ckpt / "custom_checkpoint_2.pkl", weights_only=False)["data"] is None

@@ -162,8 +162,9 @@ def _set_up(cfg: RunConfig, accelerator, model, optimizer, train_dl, loaders) ->
     ctrl = build_controller(cfg, conn, optimizer, total_steps, num_processes=accelerator.num_processes,
                             holdout_loss=_holdout_check(cfg, accelerator, model, loaders))
     state = TrainState(processes=accelerator.num_processes, steps_per_epoch=steps_per_epoch, accumulation=accum,
-                       threads=torch.get_num_threads(),
-                       data=_data_fingerprint(loaders) if cfg.checkpoint_every or cfg.resume else None)
+                       # (CPU threads sum a CPU run's numbers: a GPU run's are not theirs to warn of)
+                       threads=torch.get_num_threads() if accelerator.device.type == "cpu" else None,
+                       data_of=functools.partial(_data_fingerprint, loaders))
     state.silent_units = SilentUnits.from_connectome(conn)  # reads each step's gradients; no hook on the model
     # The registration order is part of the checkpoint format: custom_checkpoint_0..3.
     accelerator.register_for_checkpointing(conn, ctrl, state, lr_scheduler)
@@ -180,13 +181,21 @@ def _load_state_has_no_collective(accelerator) -> bool:
                                                 DistributedType.MEGATRON_LM)
 
 
-def _data_fingerprint(loaders) -> str:
+def _data_fingerprint(loaders) -> Optional[str]:
     """The content of the splits a run trains and selects on (:func:`adaptive.data.dataset_fingerprint`),
-    recorded in its checkpoints: a resume reading other data (another --data_dir of the same sizes) is refused."""
+    recorded in its checkpoints (taken at the first one, or at a resume): a resume reading other data (another
+    --data_dir of the same sizes) is refused. None, with a warning, where a dataset cannot be fingerprinted
+    (a plugin's whose labels or parts are no tensors): the resume then checks its sizes only, as before."""
     from adaptive.data import dataset_fingerprint
+    from adaptive.warn import warn_user
 
     splits = {name: getattr(loaders.datasets, name, None) for name in ("train", "holdout")}
-    return ", ".join(f"{name} {dataset_fingerprint(ds)}" for name, ds in splits.items() if ds is not None)
+    try:
+        return ", ".join(f"{name} {dataset_fingerprint(ds)}" for name, ds in splits.items() if ds is not None)
+    except Exception as e:  # (a new failure point for a single-process run otherwise)
+        warn_user(f"the data's content fingerprint could not be taken ({type(e).__name__}: {e}): a --resume of this "
+                  "run checks that it reads data of the same sizes, not the same data")
+        return None
 
 
 def _check_what_ran(accelerator, resume_from: Path, state: TrainState, threads: int, data: Optional[str],
@@ -223,7 +232,7 @@ def _resume(accelerator, resume_from: Path, state: TrainState, accum: int, steps
     on every process."""
     from adaptive.integrity import CheckpointRefusedError
 
-    threads, data = state.threads, state.data  # (what runs now: the load replaces them with what ran)
+    threads, data = state.threads, state.data_fingerprint()  # (what runs now: the load replaces them with what ran)
     try:
         load_checkpoint(accelerator, resume_from, verified=True)  # verified by _check_resumed_config
     except CheckpointRefusedError:  # (adaptive.integrity's)
