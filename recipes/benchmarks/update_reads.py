@@ -8,6 +8,9 @@ On torchvision resnet50's weights (25.5 million synapses; a random half live):
   ``adaptive.finite.finite_flags`` (``torch.aminmax``);
 - whether each layer's mask holds any True / only True: ``any()`` and ``all()`` against
   ``adaptive.mask_reads.any_set`` / ``all_set`` (counting);
+- ordering a sparse start's edits (the live half's scores, ties by index): a stable float ``argsort`` (the
+  library before stop 70) against ``_stable_argsort`` (int32 keys); counting a bool mask: ``sum()`` against
+  ``count_nonzero``;
 - the k-th smallest of ``--kth-size`` scores (k an eighth of them, a cut ``_smallest_k`` makes below 2**20
   entries), in descending and in shuffled order: ``torch.kthvalue`` (the library before stop 65), quadratic in
   the entries on a descending input, against ``_kth_smallest`` (``topk``).
@@ -33,7 +36,7 @@ from adaptive.atomic import write_text  # noqa: E402
 from adaptive.cli import path_type  # noqa: E402
 from adaptive.finite import finite_flags  # noqa: E402
 from adaptive.mask_reads import all_set, any_set  # noqa: E402
-from adaptive.policies.base import _kth_smallest, _smallest_k, highest, lowest  # noqa: E402
+from adaptive.policies.base import _kth_smallest, _smallest_k, _stable_argsort, highest, lowest  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
 
 
@@ -108,6 +111,18 @@ def main():
         assert r_old == r_new
         rows.append(f"| masks, {len(masks)} layers: {what}() / {new.__name__} (counting) | {n:,} | {t_old * 1e3:.1f} | "
                     f"{t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
+    # the order of a plan's edits (keep_plan: a sparse start prunes about half of every synapse), ties by index
+    live_scores = scores[alive]
+    (t_old, t_new), (r_old, r_new) = best([lambda: torch.argsort(live_scores, stable=True),
+                                           lambda: _stable_argsort(live_scores)], args.rounds)
+    assert torch.equal(r_old, r_new)
+    rows.append(f"| order {live_scores.numel():,} edits (keep_plan): argsort(stable) / _stable_argsort (int32 keys) | "
+                f"{live_scores.numel():,} | {t_old * 1e3:.1f} | {t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
+    (t_old, t_new), (r_old, r_new) = best([lambda: int(alive.sum()), lambda: int(torch.count_nonzero(alive))],
+                                          args.rounds)
+    assert r_old == r_new
+    rows.append(f"| count the live of one bool mask: sum() / count_nonzero | {n:,} | {t_old * 1e3:.1f} | "
+                f"{t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     m = args.kth_size
     desc = torch.linspace(1.0, 0.0, m)
     for order, x in (("descending", desc), ("shuffled", desc[torch.randperm(m, generator=torch.Generator().manual_seed(0))])):
@@ -121,7 +136,9 @@ def main():
             f"{torch.get_num_threads()} thread(s), best of {args.rounds} interleaved rounds\n\n" + "\n".join(hdr + rows) +
             "\n\nOld: the eligible scores gathered before choosing (the library before stop 64), the fused inf norm "
             "for finiteness (stop 63), any()/all() of each mask, torch.kthvalue for a cut's k-th value (before stop "
-            "65). New: what the library runs now (lowest/highest, finite_flags, any_set/all_set, _kth_smallest). "
+            "65), a stable float argsort to order a plan's edits and a bool sum to count (before stop 70). New: what the "
+            "library runs now (lowest/highest, finite_flags, any_set/all_set, _stable_argsort, count_nonzero, "
+            "_kth_smallest). "
             "Each pair's answers checked equal (ordered: the same indices in the same order; unordered: the same "
             "set).\n\n"
             f"Machine: {machine()}.\n\n"
