@@ -47,7 +47,7 @@ class ConnectomeStateMixin:
         if state.get("_was_attached"):  # torch.load / pickle / deepcopy of an attached one: attached to nothing now
             from . import unattached
 
-            unattached.watch_hand_driven(self)
+            unattached.watch_unattached(self)
 
     def state_dict(self) -> dict:
         """Everything needed to rebuild the connectome on the same model (Accelerate checkpointing)."""

@@ -493,7 +493,7 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
         if optimizer is not None:
             self.attach(optimizer)
         else:  # driven by hand: an optimizer stepping these weights while the connectome is attached to none is said
-            unattached.watch_hand_driven(conn)
+            unattached.watch_unattached(conn)
 
     def _check_maximize(self, optimizer) -> None:
         """Raise if ``optimizer`` maximizes (``maximize=True`` in a group that holds one of the

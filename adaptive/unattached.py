@@ -40,7 +40,7 @@ def watch() -> None:
         _HANDLE = register_optimizer_step_pre_hook(_check)
 
 
-def watch_hand_driven(conn) -> None:
+def watch_unattached(conn) -> None:
     """Watch ``conn``, whose Controller is driven by hand (built without an optimizer), or restored
     detached from a pickle (torch.load, copy.deepcopy): an optimizer that steps its weights while it is
     attached to none is warned of, once (nothing masks those steps: pruned
@@ -52,7 +52,7 @@ def watch_hand_driven(conn) -> None:
 
 
 def unwatch(conn) -> None:
-    """Stop watching ``conn`` as :func:`watch_hand_driven` does: a connectome restored detached (torch.load,
+    """Stop watching ``conn`` as :func:`watch_unattached` does: a connectome restored detached (torch.load,
     deepcopy) once attached again, whose later detach is the user's own (``conn.detach()`` to train densely)."""
     for p in conn.params.values():
         entry = _HAND_DRIVEN.get(id(p))

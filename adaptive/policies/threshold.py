@@ -43,8 +43,8 @@ from typing import Optional
 import torch
 
 from .base import (EditPlan, Policy, check_whole_floors, concat, concat_sizes, estimated_change, floor_mask,
-                   global_synapse_target, highest, last_editing_update, layer_floors, live_synapses, lowest, max_count, per_synapse,
-                   register_policy, size_sum, split, take_synapses)
+                   global_synapse_target, highest, last_editing_update, layer_floors, live_synapses, lowest,
+                   max_count, per_synapse, register_policy, size_sum, split, take_synapses)
 from ..utility.base import declares_signed_cost, estimator_label
 from ..utility.ties import untied
 from ..warn import warn_user
@@ -76,15 +76,10 @@ class Threshold(Policy):
         self.pace = pace or DEFAULT_PACE
         self.start_live = None  # pace="cubic": the live synapses at the first update, where its schedule starts
 
-    @staticmethod
-    def _last_update(ctrl) -> int:
-        """The last update that edits: the edit fraction is 0 at end_step, so the last one before it."""
-        return last_editing_update(ctrl)
-
     def initialize(self, ctrl):
         # the network starts as it is and only updates bring it to its density: with none before
         # end_step it stays as it is, which gmp warns of too
-        if (ctrl.density is not None and ctrl.end_step is not None and self._last_update(ctrl) < max(1, ctrl.start_step)
+        if (ctrl.density is not None and ctrl.end_step is not None and last_editing_update(ctrl) < max(1, ctrl.start_step)
                 and ctrl.conn.num_live() > round(ctrl.density * ctrl.conn.num_synapses())):
             warn_user(f"policy 'threshold': no update falls between start_step={ctrl.start_step} and end_step="
                       f"{ctrl.end_step} with update_every={ctrl.update_every} (an update at end_step edits nothing), "
@@ -121,7 +116,7 @@ class Threshold(Policy):
                 self.start_live = live
             # the last update before end_step reaches the target (the edit fraction is 0 at end_step,
             # so an update there edits nothing, as the even pace's count of updates left assumes)
-            last = self._last_update(ctrl)
+            last = last_editing_update(ctrl)
             if step >= last or last <= ctrl.start_step:
                 return need
             p = max(0.0, (step - ctrl.start_step) / (last - ctrl.start_step))
