@@ -338,3 +338,38 @@ def test_the_kth_value_comes_from_topk_which_a_descending_input_does_not_slow(mo
     k = x.numel() // 2
     assert torch.equal(_smallest_k(x, k), ref_smallest(x, k))
     assert torch.equal(_smallest_k(x, k, ordered=False).sort().values, ref_smallest(x, k).sort().values)
+
+
+@pytest.mark.parametrize("kind", ["randn", "ties", "special"])
+def test_growth_from_ranked_candidates_is_the_selection_made_again(kind):
+    """balanced grows for the pairs worth swapping from the candidates it ranked for all its prunes (the
+    prefix of an ordered top-k) instead of selecting again over every absent ensemble: the same indices in the
+    same order, ties by index and NaN last; a ranked list too short, unordered, or a count off its target
+    (need != freed) selects again."""
+    from adaptive.policies.swap import grow_candidates
+
+    g = torch.Generator().manual_seed(5)
+    for n in (300, 70_000):
+        gain = _values(kind, n, g)
+        a = torch.rand(n, generator=g) < 0.5
+        p_all = a.nonzero().squeeze(1)[: n // 10]
+        ranked = grow_candidates(gain, a, 1.0, p_all, None, True)
+        assert torch.equal(ranked, highest(gain, ~a, p_all.numel()))
+        live = float(torch.count_nonzero(a))
+        for m in (0, 1, p_all.numel() // 3, p_all.numel()):
+            p = p_all[:m]
+            again = grow_candidates(gain, a, 1.0, p, live, True)
+            assert torch.equal(grow_candidates(gain, a, 1.0, p, live, True, ranked=ranked), again)
+        # off target (two more live synapses wanted): one for one no longer holds, the selection is made again
+        p = p_all[:5]
+        assert grow_candidates(gain, a, 1.0, p, live + 2, True, ranked=ranked).numel() == 7
+        assert torch.equal(grow_candidates(gain, a, 1.0, p_all, None, True, ranked=ranked[:3]), ranked)
+
+
+def test_keep_top_of_every_ensemble_keeps_them_all():
+    """A budget holding every ensemble (a gradual schedule's first update, at density 1) keeps them all without
+    a selection over them: the same mask as the selection gave."""
+    x = torch.randn(5000)
+    for budget in (5000.0, 4999.6, 1e9):
+        assert bool(_keep_top(x, 1.0, budget).all())
+    assert int(_keep_top(x, 1.0, 4999.4).sum()) == 4999

@@ -48,8 +48,9 @@ class Balanced(SET):
         if not replaceable(size, p_idx, room):  # more than the absent ones can replace: among those that can
             _, _, _, _, p_idx, g_idx = global_candidates(ctrl, cost, gain, alive, frac, room=room)
             p_idx, n = self.worth(cs, gs, p_idx, g_idx, size)
-        if n:  # grow as many synapses as pruned (back to the target density when one is set)
-            g_idx = grow_candidates(gs, a, size, p_idx, target, True)
+        if n:  # grow as many synapses as pruned (back to the target density when one is set); the
+            # candidates ranked for the longer p_idx hold the answer where ensembles are equal and the count on target
+            g_idx = grow_candidates(gs, a, size, p_idx, target, True, ranked=g_idx)
         else:
             g_idx = g_idx[:0]
         if target is not None:
@@ -68,6 +69,9 @@ class Balanced(SET):
         layer's ensembles may have no gain at all."""
         after = a.clone()
         after[p_idx], after[g_idx] = False, True
+        largest = size if isinstance(size, float) else float(size.max())
+        if abs(target - live_synapses(size, after)) <= largest / 2:  # on target (hold_count's own test): no
+            return p_idx, g_idx  # value per synapse of every ensemble, no floor mask to build
         can_prune = a & after
         if live_synapses(size, after) > target:  # pruning may be needed: each layer's floor stays
             held = floor_mask(ctrl, cost, alive)

@@ -706,8 +706,11 @@ def _keep_top(scores: torch.Tensor, size, budget: float) -> torch.Tensor:
     if isinstance(size, float):
         # equal ensembles: take_synapses keeps a prefix of a known length, and a prefix of the
         # ranking is the top of that length, a set that a mask holds without its order (cheaper)
-        if budget > 0 and count > 0:
-            k[highest(flat, ones, min(count, math.ceil(budget / size - 0.5)), ordered=False)] = True
+        take = min(count, math.ceil(budget / size - 0.5)) if budget > 0 and count > 0 else 0
+        if take >= flat.numel():  # all of them (a schedule's first update keeps every ensemble): no selection
+            k.fill_(True)
+        elif take > 0:
+            k[highest(flat, ones, take, ordered=False)] = True
         return k
     # unequal ensembles: which prefix fits the budget depends on the order
     k[take_synapses(highest(flat, ones, count), size, budget)] = True

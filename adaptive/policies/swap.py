@@ -84,14 +84,19 @@ def refillable(scores, eligible, size, p_idx, room) -> torch.Tensor:
     return idx[: int((s[idx].cumsum(0) <= cap).sum())]
 
 
-def grow_candidates(gain, a, size, p_idx, target, ordered):
+def grow_candidates(gain, a, size, p_idx, target, ordered, ranked=None):
     """The absent ensembles with the highest gain whose synapses replace those of ``p_idx`` (with
-    ``target``: that bring the live synapses to ``target``), best first."""
+    ``target``: that bring the live synapses to ``target``), best first. ``ranked``: where given, the
+    ordered result of this call for a longer ``p_idx`` of equal-sized ensembles (``highest`` of the
+    same gains over the same absent ones, best first), whose prefix is the answer one for one: no
+    second selection over every absent ensemble."""
     freed = size_sum(size, p_idx)
     need = freed if target is None else target - (live_synapses(size, a) - freed)
-    absent = ~a.reshape(-1)
     if isinstance(size, float) and need == freed:  # equal sizes, density kept: one for one
-        return highest(gain, absent, p_idx.numel(), ordered)
+        if ranked is not None and ordered and ranked.numel() >= p_idx.numel():
+            return ranked[: p_idx.numel()]  # (an ordered top-k's prefix is the top of that length, ties by index)
+        return highest(gain, ~a.reshape(-1), p_idx.numel(), ordered)
+    absent = ~a.reshape(-1)
     g_idx = highest(gain, absent, max_count(size, need, int(torch.count_nonzero(absent))))
     return take_synapses(g_idx, size, need)
 
