@@ -206,6 +206,16 @@ def write_table(table: Table, out, name, title=None):
     print(f"\n{title or name}\n{table.to_markdown()}")
 
 
+def write_settings(args, out):
+    """``<command>_settings.json`` in ``out`` (folder.SETTINGS): the options this run was given or defaulted
+    (:func:`_settings`) and the torch it ran on, written with the run's first file, so that a results folder
+    can be traced back to the command that made it (knowledge keeps them in its knowledge_summary.json)."""
+    from adaptive import jsonio
+
+    write_text(os.path.join(out, folder.SETTINGS[args.command]), jsonio.dumps(
+        {"command": args.command, "settings": _settings(args), "torch": torch.__version__}, indent=2) + "\n")
+
+
 def outdir(args, model=None):
     """--output_dir, made; a run that would leave an earlier run's files there beside its own is
     refused first, unless --overwrite (:mod:`recipes._diagnostics.folder`; ``model``: the knowledge
@@ -280,6 +290,8 @@ def cmd_dense_gradients(args):
                     f"{'BatchNorm' if bn else 'no normalisation'}, {args.dataset}, after {args.train_steps} SGD steps\n" \
                     f"gradients on {args.dataset} TRAIN batches of {args.batch_size}, train mode"
         folder.delete_left_over(args, out)  # (--overwrite; before the first write, once: then none is left)
+        if n == 1:
+            write_settings(args, out)
         paths = res.plot(os.path.join(out, f"gradients_by_depth_{tag}.png"), svg=args.svg)
         write_table(res.table, out, f"gradients_by_depth_{tag}", f"{args.layer} |grad| by source depth ({tag})")
         ratio = res.ratio()
@@ -393,6 +405,7 @@ def cmd_collinearity(args):
     source = f"{args.model}" + (f" ({os.path.basename(args.weights)})" if args.weights else f" trained {args.train_steps} steps")
     title = f"{source}; gradients on {split}, eval mode"  # the plots add the batches and examples measured
     folder.delete_left_over(args, out)
+    write_settings(args, out)
     p1 = res.plot(os.path.join(out, "collinearity_vs_grad2.png"), svg=args.svg, title=title)
     p2 = res.plot(os.path.join(out, "sign_agreement_vs_grad2.png"), svg=args.svg, measure="sign_agreement", title=title)
     p3 = res.plot_summary(os.path.join(out, "collinearity_by_layer.png"), svg=args.svg, title=title)

@@ -55,8 +55,9 @@ def test_dense_gradients_with_another_kind_is_refused_and_overwrite_deletes_only
     capsys.readouterr()
     recipe.main([*DENSE, "--kind", "mlp", "--output_dir", str(out), "--overwrite"])
     assert "--overwrite: deleted 3 files of an earlier dense-gradients run" in capsys.readouterr().out
-    assert _names(out) == ["band_ratios.csv", "band_ratios.md", "collinearity_layers.csv", "gradients_by_depth_mlp.csv",
-                           "gradients_by_depth_mlp.md", "gradients_by_depth_mlp.png", "my_notes.txt"]
+    assert _names(out) == ["band_ratios.csv", "band_ratios.md", "collinearity_layers.csv", "dense_gradients_settings.json",
+                           "gradients_by_depth_mlp.csv", "gradients_by_depth_mlp.md", "gradients_by_depth_mlp.png",
+                           "my_notes.txt"]
     assert "mlp" in (out / "band_ratios.md").read_text() and "cnn" not in (out / "band_ratios.md").read_text()
 
 

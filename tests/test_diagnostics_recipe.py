@@ -717,6 +717,27 @@ def test_progress_bars_follow_progress_and_no_progress(recipe, tmp_path, capsys)
         _common.set_progress("no")
 
 
+def test_dense_gradients_and_collinearity_record_their_settings(recipe, tmp_path):
+    """dense-gradients and collinearity wrote no record of their settings (knowledge keeps them in its summary):
+    a results folder could not be traced back to the seed, steps, sizes or weights that made it. Each writes
+    <command>_settings.json with its first file, and it is one of the command's files (a rerun rewrites it)."""
+    recipe.main(["dense-gradients", *COMMON, "--output_dir", str(tmp_path / "d"), "--kind", "mlp", "--batchnorm", "off",
+                 "--depth", "2", "--width", "4", "--train_steps", "2", "--grad_batches", "2", "--seed", "3"])
+    dense = json.loads((tmp_path / "d" / "dense_gradients_settings.json").read_text())
+    assert dense["command"] == "dense-gradients" and dense["torch"] == torch.__version__
+    assert (dense["settings"]["seed"], dense["settings"]["kind"], dense["settings"]["depth"],
+            dense["settings"]["train_steps"], dense["settings"]["lr"]) == (3, "mlp", 2, 2, recipe.build_parser().parse_args(
+                ["dense-gradients"]).lr)
+    assert "func" not in dense["settings"] and "command" not in dense["settings"]
+    recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "c"), "--model", "mlp", "--train_steps", "3",
+                 "--batches", "3", "--grad_batch_size", "32"])
+    coll = json.loads((tmp_path / "c" / "collinearity_settings.json").read_text())
+    assert coll["command"] == "collinearity"
+    assert (coll["settings"]["model"], coll["settings"]["batches"], coll["settings"]["grad_batch_size"],
+            coll["settings"]["weights"]) == ("mlp", 3, 32, None)
+    assert not (tmp_path / "c" / "dense_gradients_settings.json").exists()
+
+
 def test_knowledge_records_its_settings_and_which_split_tuned_it(recipe, tmp_path):
     """knowledge_summary.json kept no seed, subsets, held-out share, rates or weights file (a results
     folder could not be traced to its command), and the note did not say that a fine-tune read TRAIN

@@ -23,6 +23,9 @@ TABLE = (".csv", ".md")
 DENSE_TAGS = ("mlp", "mlp_bn", "cnn", "cnn_bn")  # every DenseCat net of dense-gradients (--kind x --batchnorm)
 COLLINEARITY_FIGURES = ("collinearity_vs_grad2", "sign_agreement_vs_grad2", "collinearity_by_layer")
 COLLINEARITY_TABLES = ("collinearity_layers", "collinearity_fraction_above")
+# the options a run was given or defaulted, for tracing a results folder back to its command (knowledge records
+# them in its knowledge_summary.json)
+SETTINGS = {"dense-gradients": "dense_gradients_settings.json", "collinearity": "collinearity_settings.json"}
 KNOWLEDGE_DATA = ("knowledge_curve.csv", "knowledge_curve.md", "knowledge_fit.csv", "knowledge_fit.md",
                   "knowledge_summary.json")
 
@@ -80,10 +83,11 @@ def files(args, out: str, model: str = None) -> Tuple[List[str], List[str]]:
         tags = [dense_tag(k, bn) for k in kinds for bn in norms]
         written = [n for t in tags for n in _figure(f"gradients_by_depth_{t}", svg) + _table(f"gradients_by_depth_{t}")]
         written += _table("band_ratios") + (_table("optimizer_comparison") if args.compare else [])
+        written.append(SETTINGS[args.command])
         known = [n for t in DENSE_TAGS for n in _figure(f"gradients_by_depth_{t}", True) + _table(f"gradients_by_depth_{t}")]
-        return written, known + _table("band_ratios") + _table("optimizer_comparison")
+        return written, known + _table("band_ratios") + _table("optimizer_comparison") + [SETTINGS[args.command]]
     if args.command == "collinearity":
-        tables = [n for s in COLLINEARITY_TABLES for n in _table(s)]
+        tables = [n for s in COLLINEARITY_TABLES for n in _table(s)] + [SETTINGS[args.command]]
         return ([n for s in COLLINEARITY_FIGURES for n in _figure(s, svg)] + tables,
                 [n for s in COLLINEARITY_FIGURES for n in _figure(s, True)] + tables)
     if args.command == "knowledge":
