@@ -710,14 +710,14 @@ def main(argv=None):
         if problem:
             _refuse(problem)
     created = _missing_folders(args.output_dir)
-    set_progress(getattr(args, "progress", None))  # (progress draws none)
+    found = set_progress(getattr(args, "progress", None))  # (progress draws none)
     try:
         args.func(args)
     except BaseException:  # a refused option, missing data, Ctrl-C: no empty output folder left behind
         _remove_empty(created)
         raise
     finally:
-        set_progress(None)  # (main called again in one process: the next call's own setting)
+        set_progress(found)  # (main called in a session: the caller's own setting back, not the default)
     return args
 
 

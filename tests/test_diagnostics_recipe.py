@@ -713,6 +713,14 @@ def test_progress_bars_follow_progress_and_no_progress(recipe, tmp_path, capsys)
     drawn = run("--progress")
     assert "train mlp:" in drawn and "collinearity:" in drawn and "it/s" in drawn
     assert "it/s" not in run() and "it/s" not in run("--no-progress")
+    # an API user's own setting is given back after a run (it was reset to None, bars only on a terminal)
+    _common.set_progress(False)
+    try:
+        recipe.main(["collinearity", *COMMON, "--output_dir", str(tmp_path / "o"), "--model", "mlp", "--train_steps",
+                     "3", "--batches", "3", "--grad_batch_size", "32", "--overwrite", "--progress"])
+        assert _common._BARS is False
+    finally:
+        _common.set_progress(None)
     with pytest.raises(TypeError, match="set_progress takes True, False or None"):
         _common.set_progress("no")
 

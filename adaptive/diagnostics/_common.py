@@ -19,14 +19,16 @@ from ..warn import warn_user
 _BARS: Optional[bool] = None  # set_progress's setting: None, bars only where stderr is a terminal
 
 
-def set_progress(setting: Optional[bool]) -> None:
+def set_progress(setting: Optional[bool]) -> Optional[bool]:
     """The diagnostics' progress bars: ``True`` always, ``False`` never, ``None`` (the default) only
     where stderr is a terminal (:func:`adaptive.cli.show_progress`); recipes/diagnostics.py sets it from
-    --progress / --no-progress."""
+    --progress / --no-progress for its run and gives back the setting it found. Returns the setting it
+    replaces."""
     global _BARS
     if setting is not None and not isinstance(setting, bool):
         raise TypeError(f"set_progress takes True, False or None, got {setting!r}")
-    _BARS = setting
+    before, _BARS = _BARS, setting
+    return before
 
 
 def bars_off() -> bool:
