@@ -142,9 +142,26 @@ def check_settings(model: nn.Module, train_loader, holdout_loader, target, **set
     refuse_differing_settings({k: _said(getattr(s, k)) for k in _SHARED}, fix=_SAME_SETTINGS_FIX)
     _check_targets(model, s)
     s.n_train = check_loaders(train_loader, holdout_loader)
+    agreed_call(lambda: _refuse_window_beyond_a_pass(s))  # (each process's checkpoint is its own: agreed)
     if s.verify_batches:  # (the holdout is read whole by every process: agreed all the same)
         agreed_call(lambda: refuse_repeated_verify_batches(s.verify_batches, verify_pass_length(holdout_loader, s.seed)))
     return s
+
+
+def _refuse_window_beyond_a_pass(s: Settings) -> None:
+    """Refuse ``window`` above the batches of one pass of the train loader, as the recipes refuse their
+    --window: an update's window would read some batches twice (a stage is rounded up to whole windows, so
+    ``window=100`` over 8 batches a pass read 12.5 passes for ``passes=1.0``, in silence), and a huge one
+    runs for ever. Every process holds as many batches (agreed before), so all refuse alike. A run resumed
+    from its ``checkpoint`` goes on with the window it recorded (its checkpoint refuses another, and it may
+    have been started before this check), as the recipes' --resume does."""
+    from .cli_checks import one_pass_problem
+
+    problem = one_pass_problem("window", s.window, s.n_train, "one pass of the train loader",
+                               "give the train loader more batches (more data or a smaller batch size)",
+                               reader="an update's window", sep="=")
+    if problem and not (s.checkpoint is not None and os.path.isfile(s.checkpoint)):
+        raise ValueError(problem)
 
 
 def _check_targets(model: nn.Module, s: Settings) -> None:

@@ -1725,3 +1725,36 @@ def test_a_snapshots_repr_never_shows_an_accuracy_of_all_or_a_loss_of_none_that_
     assert "holdout_loss=0.00001, holdout_acc=0.99999," in repr(Snapshot("0.5", 3, {}, 1e-5, 0.99999, 4))
     assert "holdout_loss=0.0000, holdout_acc=1.0000," in repr(Snapshot("0.5", 3, {}, 0.0, 1.0, 4))
     assert "holdout_loss=nan, holdout_acc=None," in repr(Snapshot("0.5", 3, {}, float("nan"), None, 4))
+
+
+def test_a_window_beyond_one_pass_of_the_train_loader_is_refused_before_a_batch_is_read():
+    """window=100 over a train loader of a few batches read many passes for passes=1.0 (a stage is rounded up to
+    whole windows), in silence, where the recipes refuse such a --window: refused alike, naming the largest that
+    fits; a window of exactly one pass runs."""
+    tr, _ = loaders()
+    n = len(tr)
+    _refused_before_a_batch_is_read(0.3, rf"window={n + 1} is more than the {n:,} batch(es)? of one pass of the "
+                                         rf"train loader: an update's window would read some of them twice.*give "
+                                         rf"window={n} or fewer", window=n + 1)
+    m = tiny()
+    tr, ho = loaders()
+    res = optimize_connectome(m, tr, ho, 0.3, window=n, passes=1.0, progress=False)
+    assert res.snapshots["0.3"].removed == round(0.3 * res.conn.num_synapses())
+
+
+def test_a_window_beyond_one_pass_resumed_from_its_checkpoint_goes_on_as_it_ran(tmp_path, monkeypatch):
+    """A run started with a window beyond one pass before that was refused resumes from its checkpoint with it (the
+    checkpoint refuses any other window, so a smaller one is no fix there), as the recipes' --resume does."""
+    from adaptive import mask_only_settings
+
+    tr, ho = loaders()
+    n = len(tr)
+    ckpt_file = tmp_path / "run.ckpt"
+    with monkeypatch.context() as mp:  # (the run as it ran before the refusal)
+        mp.setattr(mask_only_settings, "_refuse_window_beyond_a_pass", lambda s: None)
+        first = optimize_connectome(tiny(), tr, ho, [0.2, 0.3], window=n + 1, passes=0.5, progress=False,
+                                    checkpoint=str(ckpt_file))
+    assert ckpt_file.is_file()
+    again = optimize_connectome(tiny(), tr, ho, [0.2, 0.3], window=n + 1, passes=0.5, progress=False,
+                                checkpoint=str(ckpt_file))
+    assert again.snapshots["0.3"].removed == first.snapshots["0.3"].removed
