@@ -217,3 +217,82 @@ def test_a_state_following_a_density_loaded_into_a_controller_without_one_keeps_
         loaded.step()
     assert loaded.conn.num_live() == saved.conn.num_live() == 8
     assert all(torch.equal(loaded.conn.masks[n], saved.conn.masks[n]) for n in saved.conn.masks)
+
+
+def _mixed_crawl(margin, seed):
+    """A crawl controller over kernels of 9 synapses (a 3x3 conv), 1 (a 1x1 conv) and 1 (a Linear), some
+    absent, with scores set by hand: per-synapse values with ties, around the margin."""
+    from adaptive.policies.crawl import Crawl
+    import adaptive
+
+    g = torch.Generator().manual_seed(seed)
+    m = nn.Sequential(nn.Conv2d(6, 8, 3), nn.Conv2d(8, 8, 1), nn.Flatten(), nn.Linear(8, 5))
+    conn = adaptive.Connectome(m, ensemble="kernel")
+    alive = {n: torch.rand(mask.shape, generator=g) < 0.6 for n, mask in conn.ensemble_masks().items()}
+    conn.set_ensemble_masks(alive)
+    ctrl = adaptive.Controller(conn, None, policy="crawl", estimator="magnitude", update_every=1, margin=margin)
+    ctrl.policy.edit_fraction = 0.5
+    assert isinstance(ctrl.policy, Crawl)
+    size = {n: 9.0 if n == "0.weight" else 1.0 for n in alive}
+    # costs per synapse -0.5 to 1, gains -1 to 0.5: the bounds at the goal leave out some of either side
+    scores = {side: {n: torch.randint(lo, lo + 7, a.shape, generator=g).float() * size[n] / 4 for n, a in alive.items()}
+              for side, lo in (("cost", -2), ("gain", -4))}
+    ctrl.scores = lambda side, step: scores[side]
+    return ctrl
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.25, -0.25, 2.0])
+def test_crawl_at_the_goal_with_ensembles_of_several_sizes_narrows_to_the_same_plan(margin, monkeypatch):
+    """At the goal, ensembles of several sizes (kernels of 9 and of 1) ranked every live and absent ensemble at
+    every update (the narrowing to those that can be in a swap worth making held only for one size): narrowed
+    on per-synapse bounds, the plan is the same, ties and a margin of either sign included."""
+    from adaptive.policies import crawl
+
+    swaps = 0
+    for seed in range(25):
+        plans = []
+        for narrow in (True, False):
+            monkeypatch.setattr(crawl, "_NARROW", narrow)
+            ctrl = _mixed_crawl(margin, seed)
+            ctrl.policy.set_goal(ctrl.conn.num_live(), 1)
+            plan = ctrl.policy.update(ctrl, 1)
+            plans.append(({n: i.tolist() for n, i in plan.prune.items()}, {n: i.tolist() for n, i in plan.grow.items()}))
+        assert plans[0] == plans[1], seed
+        swaps += sum(len(i) for i in plans[0][0].values())
+    assert swaps > 0  # (some plans swap: the comparison is not of empty plans only)
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_crawl_away_from_its_goal_reads_only_the_prefix_it_takes(last):
+    """Away from the goal an update ranked every live (or absent) ensemble, and the other side too, where it takes
+    a prefix of one side: the plan is that prefix of the whole order (ensembles of several sizes, pruning and
+    restoring; at the last update before the deadline, the fill beyond it too)."""
+    from adaptive.policies.base import concat, highest, lowest
+    from adaptive.policies.crawl import Crawl
+
+    checked = 0
+    for seed in range(20):
+        ctrl = _mixed_crawl(0.0, seed)
+        live = ctrl.conn.num_live()
+        for goal in (live - 40, live + 30, live - 3):
+            ctrl.policy.set_goal(goal, 1 if last else 5)
+            plan = ctrl.policy.update(ctrl, 1)
+            sz = ctrl.policy.ensemble_sizes(ctrl)
+            c, names, sizes = concat(ctrl.scores("cost", 1))
+            g, _, _ = concat(ctrl.scores("gain", 1))
+            a = concat(ctrl.alive())[0]
+            need = -(-abs(live - goal) // (1 if last else 5))
+            pruning = goal < live
+            full = lowest(c / sz, a, int(a.sum())) if pruning else highest(g / sz, ~a, int((~a).sum()))
+            f = Crawl._cover(full, sz, need, ties=pruning)
+            offsets = dict(zip(names, torch.tensor([0] + sizes).cumsum(0).tolist()))
+            taken, other = (plan.prune, plan.grow) if pruning else (plan.grow, plan.prune)
+            flat = {i + offsets[n] for n, idx in taken.items() for i in idx.tolist()}
+            if f == 0:  # (as near as whole ensembles get: it swaps at the goal)
+                continue
+            assert all(i.numel() == 0 for i in other.values()), (seed, goal)
+            checked += 1
+            assert set(full[:f].tolist()) <= flat, (seed, goal)
+            if not last:
+                assert len(flat) == f, (seed, goal)
+    assert checked > 20

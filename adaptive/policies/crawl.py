@@ -164,7 +164,7 @@ class Crawl(Policy):
         if restorable is not None:
             absent &= concat({n: restorable[n] for n in names})[0].to(c.device)
         sz = self.ensemble_sizes(ctrl, c.device)
-        live_ens = int(a.sum())
+        live_ens = int(torch.count_nonzero(a))  # (a bool sum slows past a few million entries: update_reads.py)
         live = live_ens if sz is None else int(sz[a].sum())  # live synapses over the editable layers: the goal's unit
         limit = int(round(self.edit_fraction * live_ens))
         # ensembles of different sizes (per-layer granularities, neurons of different fan-in) compete
@@ -178,8 +178,12 @@ class Crawl(Policy):
             if sz is not None:
                 # whole ensembles nearest to the distance: none when the next one would overshoot by
                 # more than it gains (coarse ensembles rarely sum to the goal exactly, and chasing the
-                # remainder flipped one back and forth); then the count is as near as it gets: swap
-                full = lowest(cs, a, live_ens) if need > 0 else highest(gs, absent, a.numel() - live_ens)
+                # remainder flipped one back and forth); then the count is as near as it gets: swap.
+                # Only the last update's fill reads the whole order; before it, the prefix _cover can take
+                # (_reach) is all that is read, a prefix of the whole order (ties by index)
+                reach = None if last else _reach(sz, abs(need))
+                full = (lowest(cs, a, min(live_ens, reach or live_ens)) if need > 0
+                        else highest(gs, absent, min(a.numel() - live_ens, reach or a.numel())))
                 f = self._cover(full, sz, abs(need), ties=need > 0)
                 if last:  # the goal must be reached now: smaller ensembles further on may close the remainder
                     # (never full[f], the first the prefix left: it is over twice the remainder (restoring: at
@@ -196,22 +200,17 @@ class Crawl(Policy):
             r_idx = highest(gs, absent & (g > self.margin), limit)
         else:
             pa, ra = a, absent
-            if need == 0 and live_ens and bool(ra.any()) and sz is None:
-                # at the goal only pairs with gain - cost > margin can swap: a present ensemble
-                # whose cost is above the best gain (an absent one whose gain is below the lowest
-                # cost) is never in one. Both kept sets are prefixes of the full orders, so
-                # sorting only them gives the same plan for a fraction of the work. The bounds are
-                # widened by far more than float32 rounds: the pairs' own test rounds g - c, and
-                # at the edge (cost 1.0, gain 1.1, margin 0.1) dropped a pair it takes; one kept
-                # beyond the edge only lengthens the orders, which that test cuts
-                g_max, c_min = float(g[ra].max()), float(c[a].min())
-                slack = 2.0 ** -20 * (abs(g_max) + abs(c_min) + abs(self.margin)) + 1e-30
-                pa = a & (c < g_max - self.margin + slack)
-                ra = ra & (g > c_min + self.margin - slack)
-            p_order = ((full if full is not None else lowest(cs, a, live_ens)) if need > 0
-                       else lowest(cs, pa, min(limit, int(pa.sum()))))
-            r_order = ((full if full is not None else highest(gs, absent, a.numel() - live_ens)) if need < 0
-                       else highest(gs, ra, min(limit, int(ra.sum()))))
+            if need == 0 and live_ens and bool(ra.any()) and _NARROW:
+                pa, ra = self._narrow(c, g, cs, gs, a, ra, sz)
+            # away from the goal the schedule's side is read only as far as its prefix reaches (``need``
+            # ensembles of one synapse; ``full`` where they differ) and the other side not at all: no
+            # swap is made there (n = 0 below), so neither the whole order nor the other side's was used
+            p_order = ((full if full is not None else lowest(cs, a, min(live_ens, need))) if need > 0
+                       else a[:0].nonzero().squeeze(1) if need < 0
+                       else lowest(cs, pa, min(limit, int(torch.count_nonzero(pa)))))
+            r_order = ((full if full is not None else highest(gs, absent, -need)) if need < 0
+                       else a[:0].nonzero().squeeze(1) if need > 0
+                       else highest(gs, ra, min(limit, int(torch.count_nonzero(ra)))))
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need, ties=False)
             if self.goal > 0 and fp >= live_ens > 0:  # nearest by whole ensembles may be none live: a goal of
                 fp = live_ens - 1  # synapses kept keeps one (every synapse removed leaves no network, as refused)
@@ -242,6 +241,24 @@ class Crawl(Policy):
             plan.atomic = True  # swaps keep the synapse count only whole: a line search takes all or none
         return plan
 
+    def _narrow(self, c, g, cs, gs, a, ra, sz):
+        """At the goal, the live and the absent ensembles that can be in a swap worth making: a pair of equal
+        size s swaps where its whole gain beats its whole cost by more than the margin, so a present ensemble
+        whose cost per synapse is at or above the best gain per synapse less margin/s (the smallest such
+        margin/s: margin over the largest size, or over the smallest for a negative margin) is in none, nor an
+        absent one below the lowest cost per synapse plus it. Each kept set is a prefix of its side's full
+        order (a bound on the very values it is ordered by), and pairs go by position, so the plan made from
+        the kept sets alone is the same for a fraction of the work: every pair dropped had a member that made
+        it not worth swapping. The bounds are widened by far more than float32 rounds: the pairs' own test
+        rounds g - c, and at the edge (cost 1.0, gain 1.1, margin 0.1) dropped a pair it takes; one kept
+        beyond the edge only lengthens the orders, which that test cuts. (With ``torch.where``, not a gather
+        of the live or absent entries: a gather of millions of entries costs more than the bound saves.)"""
+        g_max = float(torch.where(ra, gs, float("-inf")).max())
+        c_min = float(torch.where(a, cs, float("inf")).min())
+        per = self.margin if sz is None else self.margin / float(sz.max() if self.margin >= 0 else sz.min())
+        slack = 2.0 ** -20 * (abs(g_max) + abs(c_min) + abs(per)) + 1e-30
+        return a & (cs < g_max - per + slack), ra & (gs > c_min + per - slack)
+
     def state_dict(self):
         return {"edit_fraction": self.edit_fraction, "goal": self.goal, "deadline": self.deadline,
                 "follows_density": self.follows_density}
@@ -258,6 +275,16 @@ class Crawl(Policy):
             self.follows_density = bool(sd["follows_density"])
         elif sd.get("goal") is not None:  # a state saved before the key: its goal stayed as saved, from
             self.follows_density = False  # the density or from set_goal alike, and still does
+
+
+_NARROW = True  # Crawl._narrow at the goal (False: every live and absent ensemble ranked, for tests comparing the two)
+
+
+def _reach(sizes: torch.Tensor, count: int) -> int:
+    """Ensembles enough for :meth:`Crawl._cover` of ``count`` synapses over any order of ensembles of
+    ``sizes``: past ``count // smallest + 1`` of them, each at least the smallest size, the sum is over
+    ``count`` by at least half of the last, which _cover never takes."""
+    return int(count) // max(1, int(sizes.min())) + 2
 
 
 def _goal(live, whose: str = "") -> Optional[int]:
