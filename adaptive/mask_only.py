@@ -141,7 +141,9 @@ def optimize_connectome(
             normalised presence derivative g * w0, starting at its layer-normalised magnitude;
             "evidence" uses windowed t-statistics instead (a ``window`` of two or more batches: one
             batch has no spread, and evidence then learns nothing, warned of).
-        window: training batches whose statistics feed one update (1: every batch).
+        window: training batches whose statistics feed one update (1: every batch), at most the batches of
+            one pass of ``train_loader`` (more is refused before a batch is read: a window would read some
+            twice; a run resumed from its ``checkpoint`` goes on with the window it recorded).
         edit_fraction: most swaps per update, as a fraction of the live ensembles (rounded to a whole
             number; decays to 0 over each stage, cosine; estimators with a step, like presence, decay with it).
         approach: fraction of each stage spent reaching its target, then crawling at it (0: the

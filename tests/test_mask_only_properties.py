@@ -132,6 +132,11 @@ def data(sc, own_generator=True):
             DataLoader(TensorDataset(x[:held], y[:held]), batch_size=bs), x)
 
 
+def _train_batches(sc) -> int:
+    """The batches of :func:`data`'s train loader: a window above it is refused (tested in test_mask_only)."""
+    return -(-sc["n"] // sc["bs"])
+
+
 def _holdout_batches(sc) -> int:
     """The batches of :func:`data`'s holdout: verify_batches above it is refused (tested in test_mask_only)."""
     return -(-max(sc["bs"], sc["n"] // 3) // sc["bs"])
@@ -177,7 +182,7 @@ def scenarios(draw):
     if ensemble == "rules" and exclude is not None:
         exclude = None  # (a rule naming an excluded layer is refused: tested where the rules are)
     kw = dict(ensemble=RULES[kind] if ensemble == "rules" else ensemble, exclude=exclude,
-              window=draw(st.integers(1, 3)), edit_fraction=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
+              window=draw(st.integers(1, min(3, _train_batches(sc)))), edit_fraction=draw(st.sampled_from([0.0, 0.1, 0.5, 1.0])),
               approach=draw(st.sampled_from([0.0, 0.3, 1.0])), verify_batches=draw(st.integers(0, min(2, _holdout_batches(sc)))),
               line_search_tries=draw(st.integers(0, 2)), eval_every=draw(st.integers(0, 2)),
               estimator=draw(st.sampled_from(["presence", "evidence", "consistency", "magnitude"])),

@@ -1938,13 +1938,18 @@ def test_a_resume_of_a_run_started_with_a_window_beyond_one_pass_continues_with_
     with pytest.raises(ValueError, match=r"--window 4 is more than the 3 batches of one pass"):
         mod.main(argv)
     assert not out.exists()
+    from adaptive import mask_only_settings
+
     real_check, real_opt = pp_run._check_window, pp_run.optimize_connectome
+    real_api = mask_only_settings._refuse_window_beyond_a_pass
     monkeypatch.setattr(pp_run, "_check_window", lambda *a: None)  # the recipe before the bound
+    monkeypatch.setattr(mask_only_settings, "_refuse_window_beyond_a_pass", lambda s: None)  # and the API's
     _crash_in_second_target(mod, monkeypatch)
     with pytest.raises(Crash):
         mod.main(argv)
     assert (out / "checkpoint.pt").is_file()
     monkeypatch.setattr(pp_run, "_check_window", real_check)
+    monkeypatch.setattr(mask_only_settings, "_refuse_window_beyond_a_pass", real_api)
     monkeypatch.setattr(pp_run, "optimize_connectome", real_opt)
     capsys.readouterr()
     summary = mod.main(argv + ["--resume"])

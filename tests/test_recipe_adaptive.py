@@ -1600,10 +1600,14 @@ def test_a_mask_only_resume_of_a_run_started_with_a_window_beyond_one_pass_conti
     with pytest.raises(SystemExit):  # (TINY's --update_every 10: the 9 batches of a pass of --subset 300)
         run(out, *mo)
     assert "--update_every 10 is more than the 9 batches" in capsys.readouterr().err and not out.exists()
-    real = mask_only_run._check_pass_bounds
+    from adaptive import mask_only_settings
+
+    real, real_api = mask_only_run._check_pass_bounds, mask_only_settings._refuse_window_beyond_a_pass
     monkeypatch.setattr(mask_only_run, "_check_pass_bounds", lambda *a: None)  # the recipe before the bound
+    monkeypatch.setattr(mask_only_settings, "_refuse_window_beyond_a_pass", lambda s: None)  # and the API's
     first = run(out, *mo)
     monkeypatch.setattr(mask_only_run, "_check_pass_bounds", real)
+    monkeypatch.setattr(mask_only_settings, "_refuse_window_beyond_a_pass", real_api)
     res = run(out, *mo, "--resume", "latest")
     assert res.summary["mask_hash_per_process"] == first.summary["mask_hash_per_process"]
     assert "warning: --update_every 10 is more than the 9 batches" in capsys.readouterr().out
