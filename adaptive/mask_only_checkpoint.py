@@ -573,6 +573,14 @@ def _differences(saved: dict, now: dict, weights: Optional[Dict[str, torch.Tenso
             continue  # a lambda or local function recorded before its code was (by its shared name alone)
         if k == "estimator" and isinstance(a, str) and isinstance(b, str) and _same_estimator(a, b):
             continue
+        if k in ("train_content", "holdout_content"):
+            if a is not None and b is not None and a != b:  # (None: recorded before it was, or no fingerprint)
+                said = any("_content: checkpoint" in o for o in out)  # (the reason once, for both loaders)
+                out.append(f"{k}: checkpoint {a}, this run {b}" + ("" if said else
+                           " (other data of the same sizes: another copy, or the same examples in another order, "
+                           "from which another held-out part is drawn; the run would go on from masks learned on other "
+                           "examples: give the data the run read)"))
+            continue
         if k in ("train_data", "holdout_data") and a != b and _is_identity(a) and _is_identity(b):
             out.append(f"{k}: " + " and ".join(f"{name} (checkpoint {_known(x, name)}, this run {_known(y, name)})"
                                                for name, x, y in zip(_DATA_FIELDS, a, b) if x != y))

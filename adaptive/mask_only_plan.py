@@ -12,7 +12,7 @@ from torch import nn
 from . import mask_only_checkpoint as ckpt
 from .connectome import Connectome
 from .distributed import rank, world_size
-from .mask_only_data import _data_identity
+from .mask_only_data import _data_content, _data_identity
 from .mask_only_settings import Settings, _precision, stage_batches
 from .mask_only_start import Start, check_start_agrees, sparse_start, start_note
 from .mask_only_targets import ensemble_step, stages_of
@@ -74,6 +74,7 @@ def plan_run(model: nn.Module, s: Settings, train_loader, holdout_loader, checke
                               weights=ckpt.weights_digest(conn.original), precision=_precision(model),
                               frozen_tensors=ckpt.frozen_tensors_digest(model, conn.params.values()),
                               train_data=_data_identity(train_loader), holdout_data=_data_identity(holdout_loader),
+                              train_content=_data_content(train_loader), holdout_content=_data_content(holdout_loader),
                               # each process's share of the train batches (its loader's length) follows from it
                               processes=world_size())
         # a foreign file fails here, before anything changes

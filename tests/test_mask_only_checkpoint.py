@@ -972,3 +972,45 @@ def test_a_resume_with_other_biases_or_normalisation_tensors_is_refused_naming_t
     same.load_state_dict(given)
     resumed = optimize_connectome(same, *ordered_loaders(), [0.2, 0.5], checkpoint=path, **KW)
     assert [h["kind"] for h in resumed.history].count("resume") == 1
+
+
+@pytest.mark.parametrize("data", ["tensors", "labelled"])
+def test_a_resume_reading_other_data_of_the_same_sizes_is_refused(tmp_path, data):
+    """The stage checkpoint knew the data by its sizes only: a resume given the same examples in another order (a
+    copy of the data stored otherwise, from which another held-out part is drawn) or other examples of the same
+    sizes went on in silence from masks learned on other data. The checkpoint records each loader's content
+    fingerprint (a TensorDataset's tensors; a dataset with labels by adaptive.data.dataset_fingerprint), and another
+    is refused; the same data, in a new loader over a copy of it, resumes."""
+    def loaders(perm=None, shift=0.0):
+        tr, ho = ordered_loaders()
+        x, y = tr.dataset.tensors
+        if perm is not None:
+            x, y = x[perm], y[perm]
+        if data == "labelled":
+            class Labelled(TensorDataset):  # (labels as a dataset of adaptive.data keeps them)
+                def __init__(self, *t):
+                    super().__init__(*t)
+                    self.targets = t[1]
+            return DataLoader(Labelled(x.clone() + shift, y.clone()), batch_size=16), ho
+        return DataLoader(TensorDataset(x.clone() + shift, y.clone()), batch_size=16), ho
+
+    path = tmp_path / "ck.pt"
+    tr, ho = loaders()
+
+    def cb(rec):
+        if rec["kind"] == "update" and rec["stage"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        optimize_connectome(tiny(), tr, ho, [0.2, 0.5], checkpoint=path, callback=cb, **KW)
+    before = path.read_bytes()
+    other = [loaders(perm=torch.randperm(96, generator=torch.Generator().manual_seed(1)))]
+    if data == "tensors":  # (the labelled dataset's fingerprint reads a few examples' pixels, not every one)
+        other.append(loaders(shift=1e-3))
+    for tr2, ho2 in other:
+        with pytest.raises(ValueError, match=r"train_content: checkpoint [0-9a-f]{16}, this run [0-9a-f]{16} \(other "
+                                             r"data of the same sizes"):
+            optimize_connectome(tiny(), tr2, ho2, [0.2, 0.5], checkpoint=path, **KW)
+        assert path.read_bytes() == before
+    resumed = optimize_connectome(tiny(), *loaders(), [0.2, 0.5], checkpoint=path, **KW)
+    assert [h["kind"] for h in resumed.history].count("resume") == 1
