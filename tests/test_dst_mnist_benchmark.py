@@ -173,6 +173,19 @@ def test_a_bad_candidate_variant_is_refused_before_any_run(tmp_path, monkeypatch
     assert not (tmp_path / "r.jsonl").exists()
 
 
+def test_final_seeds_holding_the_selection_seed_are_refused_before_any_run(tmp_path, monkeypatch, capsys):
+    """--seeds 100 (the default --selection_seed): the selection runs never read the test split, so every row at
+    that seed had no test accuracy, and the table failed with a TypeError after all the training."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--seeds", "0,100", "--results", str(tmp_path / "r.jsonl"),
+                                      "--out", str(tmp_path / "table.md"), "--data-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert exc.value.code == 2
+    assert "--seeds 0,100 holds the --selection_seed 100: the selection runs choose ours' configuration" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "r.jsonl").exists() and not (tmp_path / "table.md").exists()
+
+
 def test_help_names_the_methods_and_the_w1_variant(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--help"])
     with pytest.raises(SystemExit):
