@@ -153,6 +153,38 @@ def mixed(loader, seed):
                                        collate_fn=loader.collate_fn)
 
 
+class _BuiltAtFirstUse:
+    """A loader made by ``make`` at its first use (iterated, its length asked, any attribute but ``dataset``
+    read): the test split's shuffled loader, handed to a diagnostic that reads it only after its choices are
+    made. Made at once, its sampler asked the lazy test split's length and built it (scanned a folder,
+    decoded a file) before the removal order was computed."""
+
+    def __init__(self, make, dataset):
+        self._make, self._loader, self.dataset = make, None, dataset
+
+    def _built(self):
+        if self._loader is None:
+            self._loader = self._make()
+        return self._loader
+
+    def __iter__(self):
+        return iter(self._built())
+
+    def __len__(self):
+        return len(self._built())
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # (copy and pickle probe dunder names before __init__ has run)
+            raise AttributeError(name)
+        return getattr(self._built(), name)
+
+
+def test_mixed(data, seed):
+    """The test split in a seeded random order (:func:`mixed`), its loader made at its first use: the split is
+    built only once a diagnostic reads it, after everything it chooses."""
+    return _BuiltAtFirstUse(lambda: mixed(data.test, seed), data.test.dataset)
+
+
 def holdout_mixed(data, seed, needed_for: str):
     """The held-out part in a seeded random order (:func:`mixed`); a clear error when ``--holdout 0``
     left it empty."""
@@ -489,7 +521,7 @@ def cmd_knowledge(args):
     # not given: up to 20, the whole held-out part where it holds fewer (a warning is for a count asked for)
     order_batches = args.order_batches or (min(DEFAULT_ORDER_BATCHES, len(order_loader)) if order_loader else None)
     curve = D.knowledge_distribution(
-        model, mixed(data.test, args.seed), estimator=configured_estimator(args.estimator, args.estimator_kw),
+        model, test_mixed(data, args.seed), estimator=configured_estimator(args.estimator, args.estimator_kw),
         order_loader=order_loader,
         points=args.points,
         max_fraction=args.max_fraction, finetune_batches=args.finetune_batches,

@@ -761,3 +761,29 @@ def test_knowledge_records_its_settings_and_which_split_tuned_it(recipe, tmp_pat
     note = summary["note"]
     assert "order from 143 held-out TRAIN images in batches of 256;" in note and "the last of" not in note
     assert note.endswith("; fine-tuned on TRAIN less its held-out part")
+
+
+def test_knowledge_builds_the_test_split_only_after_its_removal_order(recipe, tmp_path, monkeypatch):
+    """knowledge handed the diagnostic a shuffled loader of the test split made at once, whose sampler asked the
+    lazy split's length and built it (a folder scanned, a file decoded) before the removal order was computed
+    from held-out data: the test split is now built at its first read, after the order."""
+    from adaptive.data import base
+    import adaptive.diagnostics.knowledge as K
+
+    log = []
+    real_build, real_scores = base.LazyDataset.dataset.fget, K.removal_scores
+
+    def build(self):
+        if self._dataset is None:
+            log.append("test built")
+        return real_build(self)
+
+    def scores(*a, **k):
+        log.append("order")
+        return real_scores(*a, **k)
+
+    monkeypatch.setattr(base.LazyDataset, "dataset", property(build))
+    monkeypatch.setattr(K, "removal_scores", scores)
+    recipe.main(["knowledge", *COMMON, "--model", "mlp", "--train_steps", "3", "--points", "3", "--estimator", "taylor",
+                 "--output_dir", str(tmp_path / "k")])
+    assert log == ["order", "test built"], log
