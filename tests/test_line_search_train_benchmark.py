@@ -85,3 +85,25 @@ def test_a_quick_run_of_gmp_shows_what_each_tolerance_did(tmp_path):
     assert float(row[1]) == round(r["density"], 3) and float(row[2]) == round(100 * r["eval_accuracy"], 2)
     assert [int(row[i]) for i in (3, 4, 5, 6)] == [r["kept"], r["halved"], r["rolled_back"], r["checked"]]
     assert "Reproduce: `python recipes/benchmarks/line_search_train.py --quick --policies gmp" in text
+
+
+@NEEDS_MNIST
+def test_the_test_split_is_read_only_once_a_run_has_finished(monkeypatch):
+    """load_data read the whole test split into tensors before any run (the docstring says it is read only for the
+    table): it gives a function that reads it, called at a run's end."""
+    from adaptive.data import base
+
+    built = []
+    real = base.LazyDataset.dataset.fget
+
+    def build(self):
+        if self._dataset is None:
+            built.append(1)
+        return real(self)
+
+    monkeypatch.setattr(base.LazyDataset, "dataset", property(build))
+    args = argparse.Namespace(data=SHARED, holdout=0.1, subset=3000, test_subset=100, eval_size=500)
+    *_, test_tensors = _bench().load_data(args, seed=0)
+    assert not built
+    xs, ys = test_tensors()
+    assert built == [1] and len(ys) == 100 and test_tensors()[0] is xs
