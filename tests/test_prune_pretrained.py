@@ -2193,3 +2193,22 @@ def test_an_error_in_the_final_report_says_the_optimisation_is_kept_for_resume(t
     broken["on"] = False
     summary = mod.main(args(weights, out, "--remove", "0.2", "--resume"), test_loader_hook=Unreadable)
     assert (out / "pruned_state_dict.pt").is_file() and summary["rows"][-1]["changed"] == 0
+
+
+def test_a_process_whose_peer_stopped_first_says_so_in_one_line_and_how_to_continue(tmp_path, weights, monkeypatch):
+    """Under two processes, when the other process failed first (its own error written above), this one's next
+    collective failed with gloo's "Connection closed by peer" traceback, where recipes/adaptive.py says so in one
+    line: prune_pretrained says it alike, and how to continue (the finished stages are kept in checkpoint.pt).
+    (Wired here with peer_stopped patched; tests/test_two_process.py checks that it knows gloo's real error.)"""
+    from adaptive.distributed import PeerStoppedError
+
+    mod = recipe()
+    out = tmp_path / "run"
+    monkeypatch.setattr(pp_run, "peer_stopped", lambda e: isinstance(e, Crash))
+    _crash_in_second_target(mod, monkeypatch)
+    with pytest.raises(PeerStoppedError, match=r"stopped because another process of the launch stopped first.*its "
+                                               r"finished stages are kept in .*checkpoint\.pt: run the same command "
+                                               r"with --resume to continue") as e:
+        mod.main(args(weights, out, "--remove", "0.2", "0.5"))
+    assert isinstance(e.value.__cause__, Crash)
+    assert (out / "checkpoint.pt").is_file()

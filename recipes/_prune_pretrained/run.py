@@ -16,7 +16,8 @@ from adaptive import jsonio
 from adaptive import run_folder
 from adaptive.atomic import atomic_path, atomic_torch_save
 from adaptive.cli import mask_only_progress, progress_lines, show_progress
-from adaptive.distributed import gather_mask_hashes, refuse_differing_masks, refuse_sharded_launch
+from adaptive.distributed import (gather_mask_hashes, peer_stopped, peer_stopped_error, refuse_differing_masks,
+                                  refuse_sharded_launch)
 from adaptive.mask_only import changed_from, count_synapses, evaluate, loaded_state, optimize_connectome
 from adaptive.metrics import fmt_unsaturated
 from adaptive.mask_only_bits import changed_by_load, differ_words, load_changes
@@ -250,6 +251,11 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
     except Exception as e:  # (a Ctrl-C says so in _on_interrupt)
         if replacing and not deleted:  # stopped before the settings were accepted: --overwrite deleted nothing
             e.add_note(_kept_earlier_note(out))
+        if peer_stopped(e):  # another process failed first (its error is its own to report): one line here, as
+            # recipes/adaptive.py says it, not gloo's "Connection closed by peer" traceback
+            how = (f"its finished stages are kept in {ckpt_path}: run the same command with --resume to continue"
+                   if ckpt_path.is_file() else "run the same command again")
+            raise peer_stopped_error(how) from e
         raise
     finally:  # --overwrite: the earlier run's checkpoint survives a run refused before its first update
         stage_checkpoint.settle(ckpt_path)
