@@ -188,7 +188,10 @@ def optimize_connectome(
             pass starts, except a ``persistent_workers`` loader's, which keep the seeds of the pass
             that started them). A loader with a ``generator`` of its own shuffles by it,
             untouched: its order follows that generator's state, which advances as its passes draw.
-        callback: called with every history record.
+        callback: called with every history record. Under several processes each calls its own, and an
+            error one process's callback (or its train loader) raises mid-run is that process's alone: the
+            others wait in their next collective until it exits (under ``accelerate launch``, about a second;
+            a process that catches the error and lives on holds them until the process group's timeout).
         progress: a tqdm bar over the run's batches (drawn by the first process of each machine
             only); None: only when stderr is a terminal.
         checkpoint: a file that records the run after every stage (see
