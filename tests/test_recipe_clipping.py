@@ -151,3 +151,11 @@ def test_a_resume_with_another_thread_count_continues_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match=r"ran with --threads 1, this resume with --threads 2: it continues, but .*"
                                          r"give --threads 1 for a bit-exact continuation"):
         R._check_resumed_config(R.RunConfig(threads=2), tmp_path)
+    # a run without --threads (torch's own count): the fix is to leave it out, not "give --threads None"
+    with pytest.warns(UserWarning, match=r"ran with --threads 1, this resume without --threads: .*give --threads 1"):
+        R._check_resumed_config(R.RunConfig(threads=None), tmp_path)
+    save_config(R.RunConfig(threads=None), tmp_path / "config.yaml", resume=None)
+    with pytest.warns(UserWarning, match=r"ran without --threads, this resume with --threads 2: .*leave out --threads "
+                                         r"\(under the OMP_NUM_THREADS the run had\) for a bit-exact continuation") as w:
+        R._check_resumed_config(R.RunConfig(threads=2), tmp_path)
+    assert "None" not in str(w[0].message)

@@ -140,10 +140,15 @@ def _check_against(cfg: RunConfig, path: Path, run_dir: Optional[Path] = None, r
     if saved.get("threads") != now.get("threads") and not diff:  # (free: a machine of fewer cores may resume)
         from adaptive.warn import warn_user
 
-        warn_user(f"--resume: the run ran with --threads {saved.get('threads')}, this resume with --threads "
-                  f"{now.get('threads')}: it continues, but another thread count sums in another order, so the masks, "
-                  "weights and metrics may differ from an uninterrupted run's in their last bits (and then more): give "
-                  f"--threads {saved.get('threads')} for a bit-exact continuation")
+        def given(t):  # (None: --threads left out, torch's own count: OMP_NUM_THREADS or the cores)
+            return "without --threads" if t is None else f"with --threads {t}"
+
+        fix = ("leave out --threads (under the OMP_NUM_THREADS the run had)" if saved.get("threads") is None
+               else f"give --threads {saved.get('threads')}")
+        warn_user(f"--resume: the run ran {given(saved.get('threads'))}, this resume {given(now.get('threads'))}: it "
+                  "continues, but another thread count sums in another order, so the masks, weights and metrics may "
+                  f"differ from an uninterrupted run's in their last bits (and then more): {fix} for a bit-exact "
+                  "continuation")
     if diff:
         run_dir = run_dir or path.parent
         mp = give = ""
