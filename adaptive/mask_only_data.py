@@ -28,29 +28,20 @@ def _data_identity(loader) -> list:
 
 
 def _data_content(loader) -> Optional[str]:
-    """The content fingerprint of ``loader``'s dataset (:func:`adaptive.data.dataset_fingerprint`: its size,
-    every label, what it stores of every example where that is cheap, a few examples' stored data), part of
-    a stage checkpoint's fingerprint, so that a run resumed on other data of the same sizes (another copy,
-    the same images in another order: another held-out part drawn, overlapping what the run learned from)
-    is refused. None where the loader has no dataset or it cannot be fingerprinted (a plugin's whose parts
-    are no data): the resume then compares sizes only, as before it was recorded."""
-    import hashlib
-
-    from torch.utils.data import TensorDataset
-
-    from .data import dataset_fingerprint
-    from .data.fingerprint import _update
+    """The content fingerprint of ``loader``'s dataset (:func:`adaptive.data.fingerprint.content_fingerprint`:
+    its size, every label, what it stores of every example where that is cheap, a few examples' stored data; a
+    TensorDataset's tensors whole), part of a stage checkpoint's fingerprint, so that a run resumed on other
+    data of the same sizes (another copy, the same images in another order: another held-out part drawn,
+    overlapping what the run learned from) is refused. None where the loader has no dataset or it cannot be
+    fingerprinted (a plugin's whose parts are no data): the resume then compares sizes only, as before it was
+    recorded."""
+    from .data.fingerprint import content_fingerprint
 
     dataset = getattr(loader, "dataset", None)
     if dataset is None:
         return None
     try:
-        if type(dataset) is TensorDataset:  # (no labels attribute: its tensors whole, in memory already)
-            h = hashlib.sha256(b"TensorDataset|")
-            for t in dataset.tensors:
-                _update(h, t)
-            return h.hexdigest()[:16]
-        return dataset_fingerprint(dataset)
+        return content_fingerprint(dataset)
     except Exception:  # (TypeError from parts that are no data, or a dataset whose len or labels fail)
         return None
 

@@ -111,3 +111,18 @@ def dataset_fingerprint(dataset, examples: int = SPREAD) -> str:
         h.update(b"spread|")
         _hash_parts(h, fingerprint_parts(spread_positions(n, examples)), ds, "fingerprint_parts")
     return h.hexdigest()[:16]
+
+
+def content_fingerprint(dataset) -> str:
+    """:func:`dataset_fingerprint` of ``dataset``, and of a plain ``TensorDataset`` (no labels attribute,
+    no method that gives its examples' data, so its size alone) its tensors whole: in memory already,
+    cheap to hash. What a mask-only stage checkpoint records of each loader's data
+    (:func:`adaptive.mask_only_data._data_content`). Kept apart from :func:`dataset_fingerprint`, whose
+    digests train-mode checkpoints already hold."""
+    from torch.utils.data import TensorDataset
+
+    if type(dataset) is TensorDataset:
+        h = hashlib.sha256(b"TensorDataset|")
+        _hash_parts(h, dataset.tensors, dataset, "tensors")
+        return h.hexdigest()[:16]
+    return dataset_fingerprint(dataset)

@@ -205,11 +205,12 @@ class Crawl(Policy):
             # away from the goal the schedule's side is read only as far as its prefix reaches (``need``
             # ensembles of one synapse; ``full`` where they differ) and the other side not at all: no
             # swap is made there (n = 0 below), so neither the whole order nor the other side's was used
+            none = torch.zeros(0, dtype=torch.long, device=c.device)
             p_order = ((full if full is not None else lowest(cs, a, min(live_ens, need))) if need > 0
-                       else a[:0].nonzero().squeeze(1) if need < 0
+                       else none if need < 0
                        else lowest(cs, pa, min(limit, int(torch.count_nonzero(pa)))))
             r_order = ((full if full is not None else highest(gs, absent, -need)) if need < 0
-                       else a[:0].nonzero().squeeze(1) if need > 0
+                       else none if need > 0
                        else highest(gs, ra, min(limit, int(torch.count_nonzero(ra)))))
             fp, fr = self._cover(p_order, sz, need), self._cover(r_order, sz, -need, ties=False)
             if self.goal > 0 and fp >= live_ens > 0:  # nearest by whole ensembles may be none live: a goal of

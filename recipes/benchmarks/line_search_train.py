@@ -40,6 +40,7 @@ for the table. Writes recipes/benchmarks/results/line_search_train.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import statistics
@@ -184,12 +185,8 @@ def load_data(args, seed: int):
                          f"{args.subset}, which leaves {len(rest)} of {len(labels)}: give a smaller --subset or "
                          "--eval-size")
     evaluation = whole.select(rest[stratified_subset(labels[rest], args.eval_size, seed)])
-    read = []  # the test tensors, read at the first run's end (the table's column) and kept for the seed's others
-
-    def test_tensors():
-        if not read:
-            read.append(_tensors(splits.test))
-        return read[0]
+    # the test tensors, read at the first run's end (the table's column) and kept for the seed's other runs
+    test_tensors = functools.cache(lambda: _tensors(splits.test))
     return _tensors(splits.train), splits.holdout, _tensors(evaluation), test_tensors
 
 
