@@ -70,10 +70,11 @@ class Balanced(SET):
         after = a.clone()
         after[p_idx], after[g_idx] = False, True
         largest = size if isinstance(size, float) else float(size.max())
-        if abs(target - live_synapses(size, after)) <= largest / 2:  # on target (hold_count's own test): no
-            return p_idx, g_idx  # value per synapse of every ensemble, no floor mask to build
+        live_after = live_synapses(size, after)
+        if abs(target - live_after) <= largest / 2:  # on target (hold_count's own test): no value per
+            return p_idx, g_idx  # synapse of every ensemble, no floor mask to build
         can_prune = a & after
-        if live_synapses(size, after) > target:  # pruning may be needed: each layer's floor stays
+        if live_after > target:  # pruning may be needed: each layer's floor stays
             held = floor_mask(ctrl, cost, alive)
             can_prune = can_prune if held is None else can_prune & ~held.to(a.device)
         grow, prune = hold_count(torch.where(a, cs, gs), after, size, target, ~(a | after), can_prune)
