@@ -11,6 +11,8 @@ import adaptive.paths as paths
 from _scripts import assert_refused_before_any_run, load_script  # noqa: E402
 
 SHARED = paths.SHARED_DATA
+NEEDS_MNIST = pytest.mark.skipif(not (SHARED / "mnist" / "mnist.npz").is_file(),
+                                 reason="needs ../shared/data/mnist/mnist.npz")
 
 
 def _bench():
@@ -36,11 +38,25 @@ def test_bad_settings_fail_before_any_run(argv, msg, capsys, monkeypatch, tmp_pa
 def test_the_data_is_needed(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         _bench().main(["--quick", "--data-dir", str(tmp_path), "--output", str(tmp_path / "t.md")])
-    assert info.value.code == 2 and f"needs {tmp_path / 'mnist' / 'mnist.npz'} (give --data-dir)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "dataset 'mnist' not found; looked in: " in err
+    assert str(tmp_path / "mnist" / "mnist.npz") in err and "Point --data-dir" in err
 
 
-NEEDS_MNIST = pytest.mark.skipif(not (SHARED / "mnist" / "mnist.npz").is_file(),
-                                 reason="needs ../shared/data/mnist/mnist.npz")
+@NEEDS_MNIST
+def test_the_data_is_looked_for_as_everywhere_else(monkeypatch, tmp_path):
+    """The benchmark looked for MNIST its own way: an ADAPTIVE_DATA folder without it failed, where every other
+    script reads ../shared/data after it (and says so): it uses the library's lookup."""
+    bench = _bench()
+    monkeypatch.setenv("ADAPTIVE_DATA", str(tmp_path))
+    seen = []
+    monkeypatch.setattr(bench, "load_data", lambda args, seed: seen.append(args.data_dir) or (_ for _ in ()).throw(
+        ValueError("stop here")))
+    with pytest.warns(UserWarning, match="ADAPTIVE_DATA"), pytest.raises(SystemExit) as info:
+        bench.main(["--quick", "--output", str(tmp_path / "t.md")])
+    assert info.value.code == 2 and seen == [None]  # got past the data check to the first seed's load
+
+
 
 
 def _rows(x: torch.Tensor) -> set:
@@ -51,7 +67,7 @@ def _rows(x: torch.Tensor) -> set:
 def test_the_reported_accuracy_reads_no_example_the_checks_or_training_read():
     # the "eval acc" was once scored on the whole held-out part, the very examples the line search
     # decided on: it leaned toward the variants that veto on them
-    args = argparse.Namespace(data=SHARED, holdout=0.1, subset=3000, test_subset=100, eval_size=500)
+    args = argparse.Namespace(data_dir=SHARED, holdout=0.1, subset=3000, test_subset=100, eval_size=500)
     (xt, _), held_ds, (xe, ye), _ = _bench().load_data(args, seed=0)
     xh = torch.stack([held_ds[i][0] for i in range(len(held_ds))])
     assert len(ye) == 500 and torch.bincount(ye, minlength=10).min() >= 45  # stratified
@@ -102,7 +118,7 @@ def test_the_test_split_is_read_only_once_a_run_has_finished(monkeypatch):
         return real(self)
 
     monkeypatch.setattr(base.LazyDataset, "dataset", property(build))
-    args = argparse.Namespace(data=SHARED, holdout=0.1, subset=3000, test_subset=100, eval_size=500)
+    args = argparse.Namespace(data_dir=SHARED, holdout=0.1, subset=3000, test_subset=100, eval_size=500)
     *_, test_tensors = _bench().load_data(args, seed=0)
     assert not built
     xs, ys = test_tensors()

@@ -57,7 +57,8 @@ import torch.nn.functional as F  # noqa: E402
 from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
-from adaptive.paths import resolve_data_dir  # noqa: E402
+from adaptive.data.mnist import RELPATHS as MNIST_RELPATHS  # noqa: E402
+from adaptive.paths import DatasetNotFoundError, find_data  # noqa: E402
 
 # the shared helpers beside this file, by their path from ROOT (a namespace package)
 from recipes.benchmarks._paired_runs import int_list as _int_list, name_list, rel as _rel  # noqa: E402
@@ -173,9 +174,9 @@ def load_data(args, seed: int):
     from adaptive.data import get_datasets
     from adaptive.data.split import stratified_subset
 
-    splits = get_datasets("mnist", data_dir=args.data, holdout=args.holdout, seed=seed, subset=args.subset,
+    splits = get_datasets("mnist", data_dir=args.data_dir, holdout=args.holdout, seed=seed, subset=args.subset,
                           test_subset=args.test_subset)
-    whole = get_datasets("mnist", data_dir=args.data, holdout=0.0, seed=seed).train  # all of TRAIN, in order
+    whole = get_datasets("mnist", data_dir=args.data_dir, holdout=0.0, seed=seed).train  # all of TRAIN, in order
     labels = torch.as_tensor(whole.targets)
     outside = torch.ones(len(labels), dtype=torch.bool)
     outside[stratified_subset(labels, args.subset, seed)] = False  # the pool get_datasets drew --subset from
@@ -266,9 +267,10 @@ def main(argv=None):
         ap.error(f"--holdout must be in (0, 1), got {args.holdout}")
     if args.lr <= 0:
         ap.error(f"--lr must be > 0, got {args.lr}")
-    args.data = resolve_data_dir(args.data_dir)
-    if not (args.data / "mnist" / "mnist.npz").is_file():
-        ap.error(f"this benchmark needs {args.data / 'mnist' / 'mnist.npz'} (give --data-dir)")
+    try:  # the library's own lookup: --data-dir, else $ADAPTIVE_DATA, else ../shared/data (said before any run)
+        find_data("mnist", MNIST_RELPATHS, args.data_dir)
+    except DatasetNotFoundError as e:
+        ap.error(str(e))
     torch.set_num_threads(args.threads)
     start, load0 = time.time(), os.getloadavg()[0]
     results = {p: {v: {} for v in variants} for p in policies}
