@@ -588,6 +588,8 @@ def test_mask_only_target_with_a_density_is_refused_and_either_alone_is_taken(tm
     A.main(["--config", str(out / "config.yaml"), "--resume", "latest"])
     err = error_of(["--config", str(out / "config.yaml"), "--density", "0.3"], capsys)
     assert "give one of them (--target none or --density none drops one that a --config file gives)" in err
+    # each named where it came from: the file's key was named as if typed (--target 0.5)
+    assert f"target: 0.5 (in {out / 'config.yaml'}) and --density 0.3 both say" in err
     assert A.parse_args(["--config", str(out / "config.yaml"), "--target", "none", "--density", "0.3"]).density == 0.3
     assert A.parse_args(["--mode", "mask_only", "--density", "0.5"]).density == 0.5
     assert A.parse_args(["--mode", "mask_only", "--density", "none", "--target", "best"]).target == "best"

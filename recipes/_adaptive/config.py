@@ -368,9 +368,10 @@ class RunConfig:
                 raise ConfigError("target (synapses to remove) applies to mode mask_only; in train mode --density "
                                   f"sets the fraction of live synapses: {fix}, or give --mode mask_only")
             _check_target(self.target)
-            given = (given_keys() or {}).get("density")
-            if self.density is not None and (self.density != _DEFAULT_DENSITY or given == COMMAND_LINE):
-                raise ConfigError(f"--target {self.target} and --density {self.density} both say how much mask_only "
+            sources = given_keys() or {}
+            if self.density is not None and (self.density != _DEFAULT_DENSITY or sources.get("density") == COMMAND_LINE):
+                named = " and ".join(_as_given(key, getattr(self, key), sources.get(key)) for key in ("target", "density"))
+                raise ConfigError(f"{named} both say how much mask_only "
                                   f"removes (--target: synapses to remove; --density D means --target 1-D): give one "
                                   "of them (--target none or --density none drops one that a --config file gives)")
         _refuse_derived_keys(self)
@@ -413,6 +414,12 @@ class RunConfig:
         where = Path(self.output_dir if self.resume == "latest" else self.resume)
         where = where.parent if where.is_file() else where  # a mask_only run's checkpoint file
         return where / "config.yaml"
+
+
+def _as_given(key: str, value, source) -> str:
+    """``key`` and its value as the user gave it: ``--key value`` from the command line (or built directly),
+    ``key: value (in FILE)`` from a --config file."""
+    return f"--{key} {value}" if source in (None, COMMAND_LINE) else f"{key}: {value} (in {source})"
 
 
 def mask_only_target(density: Optional[float]) -> Union[float, str]:
