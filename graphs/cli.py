@@ -32,6 +32,7 @@ from adaptive import jsonio
 from adaptive.atomic import atomic_torch_save, write_text
 from adaptive.cli import ArgumentParser, counted
 from adaptive.config import dotted_key_values
+from adaptive.metrics import fmt_unsaturated
 from adaptive.name_patterns import escape
 from adaptive.paths import empty_path_problem, home_expanded
 from adaptive.warn import command_line_warnings, warn_user
@@ -943,7 +944,8 @@ def format_summary(s: dict) -> str:
                  f"{s['inputs_reaching_output']}/{s['inputs']} inputs reach an output")
     lines.append("density per layer:")
     w = max((len(k) for k in s["density"]), default=5)
-    lines += [f"  {k.ljust(w)}  {v:7.2%}" for k, v in s["density"].items()]
+    # (never rounded onto 100% or 0% where a layer is neither: one synapse pruned of 235,200 read "100.00%")
+    lines += [f"  {k.ljust(w)}  {fmt_unsaturated(100 * v, '.2f'):>6}%" for k, v in s["density"].items()]
     for c in s["concats"]:
         lines.append(f"concat {c['node']}: channels by signal depth {c['histogram']}")
     for wmsg in s["warnings"]:

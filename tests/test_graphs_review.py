@@ -411,6 +411,22 @@ def test_report_line_says_which_edges_carry_no_synapse():
     assert f"{conn.num_live():,} live synapses" in line
 
 
+def test_report_densities_are_never_rounded_onto_all_or_none():
+    """The report printed a layer with 1 of its 235,200 synapses pruned as "100.00%" and one with 1 of 30,000 live
+    as "0.00%": a pruned layer read as dense, a live one as empty (summary.json held the exact values)."""
+    from graphs.cli import format_summary
+
+    conn = adaptive.Connectome(build_model("lenet300", num_classes=10, in_shape=(1, 28, 28)))
+    fc1, fc2, fc3 = conn.names
+    with torch.no_grad():
+        conn.masks[fc1].view(-1)[0] = False
+        conn.masks[fc2].zero_()
+        conn.masks[fc2].view(-1)[0] = True
+    lines = {line.split()[0]: line.split()[-1] for line in format_summary(graphs.summary(graphs.build(conn, "unit")))
+             .split("density per layer:\n")[1].splitlines() if line.startswith("  ")}
+    assert lines == {"fc1": "99.9996%", "fc2": "0.003%", "fc3": "100.00%"}, lines
+
+
 class _Concatenating(nn.Module):
     """Two concatenations (DenseNet-like), no addition: its only wires are those into the outputs."""
 
