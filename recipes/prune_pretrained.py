@@ -12,7 +12,8 @@ On several GPUs (the training batches split over processes, every process holdin
 The weights stay bit-exact and the model stays in evaluation mode (normalisation statistics
 frozen); only the connectome changes (see :func:`adaptive.optimize_connectome`). Selection uses the
 training split only (a held-out part of it scores the snapshots, and with --verify-batches N checks every
-update); the test split is read once, for the final report, after every decision is made.
+update); the test split is read once, for the final report, after every decision is made (before the run
+its files are only checked for faults: its folders, its first image's size, MNIST's labels).
 
 Writes into ``--output_dir`` (one subfolder ``remove_<target>`` per target when there are several):
 ``pruned_state_dict.pt`` (a plain state_dict of CPU tensors with zeros where pruned: ``torch.load(path,
