@@ -2216,3 +2216,63 @@ def test_a_process_whose_peer_stopped_first_says_so_in_one_line_and_how_to_conti
         mod.main(args(weights, out, "--remove", "0.2", "0.5"))
     assert isinstance(e.value.__cause__, Crash)
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_margin_and_line_search_tries_reach_the_optimisation(tmp_path, weights, no_curves, monkeypatch):
+    """The issue's method has thresholds on the estimated loss change: optimize_connectome's margin= (threshold
+    mode's threshold, a swap's least promise) and line_search_tries= had no option in the recipe, fixed at 0 and 2.
+    Threshold mode with a margin no value can beat edits nothing; with margin 0 it prunes."""
+    mod = recipe()
+    runs = {}
+    for margin in ("0", "1e9"):
+        out = tmp_path / f"m{margin}"
+        mod.main(args(weights, out, "--remove", "best", "--ladder", "--margin", margin, "--verify-batches", "0"))
+        runs[margin] = [h["removed"] for h in map(json.loads, (out / "history.jsonl").read_text().splitlines())]
+        assert yaml.safe_load((out / "config.yaml").read_text())["margin"] == float(margin)
+    assert max(runs["0"]) > 0 == max(runs["1e9"]), runs
+    seen = {}
+    real = pp_run.optimize_connectome
+
+    def spy(*a, **kw):
+        seen.update(kw)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pp_run, "optimize_connectome", spy)
+    mod.main(args(weights, tmp_path / "t", "--remove", "best", "--ladder", "--margin", "0.25", "--line-search-tries", "0"))
+    assert (seen["margin"], seen["line_search_tries"]) == (0.25, 0)
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--margin", "nan"], "--margin must be a finite number"),
+    (["--margin", "inf"], "--margin must be a finite number"),
+    (["--line-search-tries", "-1"], "--line-search-tries must be an integer >= 0, got -1"),
+    (["--remove", "0.2", "--line-search-tries", "3"], "--line-search-tries 3 applies to a line search in threshold mode"),
+    (["--remove", "best", "--ladder", "--line-search-tries", "3"], "applies to a line search in threshold mode"),
+])
+def test_margin_and_line_search_tries_are_checked_before_anything_runs(argv, msg, capsys):
+    with pytest.raises(SystemExit) as info:
+        recipe().parse_args(argv + (["--verify-batches", "0"] if "--ladder" in argv else []))
+    assert msg in str(info.value.code) + capsys.readouterr().err
+
+
+def test_a_config_files_line_search_tries_for_fixed_targets_is_refused_its_default_taken(tmp_path):
+    mod = recipe()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("remove: [0.2]\nline_search_tries: 2\nmargin: 0.5\n")  # every config.yaml a run writes records both
+    assert (mod.parse_args(["--config", str(cfg)]).margin, mod.parse_args(["--config", str(cfg)]).line_search_tries) == (0.5, 2)
+    cfg.write_text("remove: [0.2]\nline_search_tries: 4\n")
+    with pytest.raises(SystemExit, match="c.yaml: line_search_tries 4 applies to a line search in threshold mode"):
+        mod.parse_args(["--config", str(cfg)])
+
+
+def test_a_run_recorded_before_margin_and_line_search_tries_resumes(tmp_path, weights, no_curves):
+    """A config.yaml written before --margin and --line-search-tries lacks them: the run had the API's defaults."""
+    mod = recipe()
+    out = tmp_path / "out"
+    mod.main(args(weights, out, "--remove", "0.2", "0.5"))
+    path = out / "config.yaml"
+    saved = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({k: v for k, v in saved.items() if k not in ("margin", "line_search_tries")}))
+    mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))  # (every target done: the report again)
+    with pytest.raises(Exception, match=r"records other settings \(margin"):
+        mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume", "--margin", "0.1"))

@@ -149,7 +149,8 @@ _TEXT = dict(model="a model name", weights="a file path", dataset="a dataset nam
              plugins="a list of .py files or module names")
 
 
-RANGED = ("step", "passes", "holdout", "approach", "edit_fraction", "patience", "window", "ladder")
+RANGED = ("step", "passes", "holdout", "approach", "edit_fraction", "patience", "window", "ladder", "margin",
+          "line_search_tries")
 
 
 def _check_ranges(cfg: dict, origin) -> None:
@@ -172,7 +173,10 @@ def _check_ranges(cfg: dict, origin) -> None:
     for key in ("approach", "edit_fraction"):
         if not (number(key) and 0 <= cfg[key] <= 1):
             raise SystemExit(f"{origin(key)} must be a number in [0, 1], got {cfg[key]!r}")
-    for key, least in (("patience", 1), ("window", 1)):
+    if not number("margin"):
+        raise SystemExit(f"{origin('margin')} must be a finite number (the estimated improvement a swap must promise, "
+                         f"in the estimator's units; 0: any improvement), got {cfg['margin']!r}")
+    for key, least in (("patience", 1), ("window", 1), ("line_search_tries", 0)):
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise SystemExit(f"{origin(key)} must be an integer >= {least}, got {v!r}")

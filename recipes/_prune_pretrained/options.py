@@ -17,7 +17,7 @@ DESCRIPTION = "Mask-only connectome optimisation of a pretrained classifier: rem
 DEFAULTS = dict(model="resnet20", weights=None, dataset="cifar10", data_dir=None, remove=["best"],
                 output_dir="runs/prune_pretrained", seed=0, passes=1.0, batch_size=128, eval_batch_size=500,
                 holdout=0.1, subset=None, test_subset=None, ensemble="synapse", estimator="presence", step=None, window=1,
-                edit_fraction=1.0, approach=0.0, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
+                edit_fraction=1.0, approach=0.0, margin=0.0, line_search_tries=2, ladder=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], patience=2,
                 verify_batches=0, eval_every=100, train_eval_batches=10,
                 threads=None, progress=None, num_classes=None, num_workers=0, cpu=False,
                 mixed_precision="no", resume=False, overwrite=False, dataset_kw={}, plugins=[], download=False,
@@ -121,7 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edit-fraction", dest="edit_fraction", type=float,
                    help="most swaps per update, as a fraction of the live ensembles (decays over a stage)")
     p.add_argument("--approach", type=float, help="fraction of each stage spent reaching its target")
+    p.add_argument("--margin", type=float,
+                   help="estimated improvement a swap must promise before it is made, in the estimator's units "
+                        "(presence: value units; 0: any improvement); with --remove best and --ladder given no "
+                        "values (threshold mode), the threshold: values below -margin are pruned, above +margin restored")
     p.add_argument("--verify-batches", dest="verify_batches", type=whole_number, help="held-out batches per line search (0: no line search)")
+    p.add_argument("--line-search-tries", "--line_search_tries", dest="line_search_tries", type=whole_number,
+                   help="halvings of a verified update tried before it is rolled back (0: the whole update or nothing); "
+                        "used with --verify-batches in threshold mode (--remove best, --ladder with no values): at a "
+                        "size target an update is kept or rolled back whole")
     p.add_argument("--eval-every", dest="eval_every", type=whole_number, help="updates between held-out evaluations")
     p.add_argument("--train-eval-batches", dest="train_eval_batches", type=whole_number,
                    help="batches' worth of train-part images (a fixed sample) behind the table's train loss and accuracy")

@@ -206,6 +206,13 @@ def _parse_args(argv) -> argparse.Namespace:
             raise SystemExit(f"{args.config}: {given[0]} {_shown(cfg[given[0]])} applies to --remove best (the "
                              f"climb's rungs), not to the fixed targets {targets}: drop {given[0]} from "
                              f"{args.config}, or give --remove best")
+    threshold = "best" in cfg["remove"] and not cfg["ladder"] and cfg["verify_batches"] > 0
+    given = ("line_search_tries" in on_command_line or ("line_search_tries" in loaded and cfg["line_search_tries"]
+                                                       != DEFAULTS["line_search_tries"]))
+    if given and not threshold:  # (an update toward a size target is kept or rolled back whole: it went unused)
+        raise SystemExit(f"{origin('line_search_tries')} {cfg['line_search_tries']} applies to a line search in threshold "
+                         "mode (--remove best, --ladder with no values, --verify-batches N): at a size target an "
+                         "update is kept or rolled back whole; drop it, or run threshold mode")
     if cfg["resume"] and cfg["overwrite"]:
         raise SystemExit("--resume continues the run in --output_dir and --overwrite deletes it: give one of them")
     return argparse.Namespace(**cfg)

@@ -35,6 +35,8 @@ def _check_resumed_settings(args, out: Path, found_wnids=None) -> None:
         saved["weights"] = absolute_if_exists(saved["weights"])
     saved.setdefault("model_kw", {})  # a run recorded before --model-kw was built without one
     saved.setdefault("estimator_kw", {})  # ... and one before --estimator-kw with the estimator's defaults
+    saved.setdefault("margin", 0.0)  # ... and one before --margin and --line-search-tries with the API's defaults
+    saved.setdefault("line_search_tries", 2)
     now = _settings(args)
     recorded = saved.get("dataset_kw") if isinstance(saved.get("dataset_kw"), dict) else {}
     if found_wnids is not None and "wnids" not in recorded:

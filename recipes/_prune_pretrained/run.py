@@ -243,7 +243,8 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             result = optimize_connectome(
                 model, train_dl, dl.holdout, args.remove, passes=args.passes, ensemble=args.ensemble,
                 estimator=_estimator(args), window=args.window, edit_fraction=args.edit_fraction,
-                approach=args.approach, verify_batches=args.verify_batches, eval_every=args.eval_every, seed=args.seed,
+                approach=args.approach, margin=args.margin, verify_batches=args.verify_batches,
+                line_search_tries=args.line_search_tries, eval_every=args.eval_every, seed=args.seed,
                 progress=show_progress(args.progress) and accelerator.is_local_main_process, ladder=args.ladder,
                 patience=args.patience, checkpoint=ckpt_path, _checked=checked, **extra)
     except stage_checkpoint.CheckpointMismatchError as e:  # the recipe's checkpoint path is OUTPUT_DIR/checkpoint.pt
