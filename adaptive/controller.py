@@ -19,6 +19,7 @@ an estimator's scores in :mod:`adaptive.score_checks`.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import os
@@ -146,7 +147,8 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             times too small: so are the curvature terms of obd, consistency and curvature, and the
             ``est_loss_change`` events report from them). A short batch (an epoch's last) counts as
             one observation like the others: the window averages batch-mean gradients.
-        holdout_loss: optional callable returning the loss on held-out training data; when given,
+        holdout_loss: optional callable returning the mean loss on held-out training data (a real number, or a
+            tensor of one element: anything else is refused at the update, which then edits nothing); when given,
             each update is checked and shrunk (halved, up to ``line_search_tries`` times, an integer
             >= 0; 0: the whole update or nothing) or rolled back when it raises that loss by more
             than ``line_search_tolerance`` (or by more than the plan's own ``tolerance`` when its
@@ -1075,7 +1077,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     # (applying a plan, its line search and its event: ControllerEditsMixin, adaptive/controller_edits.py)
     @torch.inference_mode(False)  # state kept across updates must not become inference tensors
     def update(self) -> Optional[dict]:
-        """Run one update now: reduce statistics, let the policy plan, apply, log an event."""
+        """Run one update now: reduce statistics, let the policy plan, apply, log an event. An update that
+        fails (a plan refused, ``holdout_loss()`` raising or giving no number, an interrupt) leaves the connectome
+        and the policy's state as they were."""
         step = self.step_count
         for opt in [r() for r in self.conn._optimizers] + [r() for r in self.conn._wrappers]:
             if opt is not None:  # (a group added with maximize=True since the attach: refused before any edit)
@@ -1133,8 +1137,18 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
                           "such updates are counted in ctrl.nonfinite_windows, not warned again")
             return self._skipped(step)
         self._warn_unstepped_layers()
-        plan = self.policy.update(self, step)
-        event = self._apply(plan if plan is not None else EditPlan(), step=step)
+        policy_state = copy.deepcopy(self.policy.state_dict())  # (a few numbers: a boundary, a goal)
+        try:
+            plan = self.policy.update(self, step)
+            event = self._apply(plan if plan is not None else EditPlan(), step=step)
+        except BaseException as error:  # the plan refused, holdout_loss() or a grow_init failed, an interrupt
+            # the connectome is rolled back (_apply): the policy's state goes back too, or a caller that goes on
+            # (a notebook) had threshold's boundary or cubic start moved by an update that edited nothing
+            try:
+                self.policy.load_state_dict(policy_state)
+            except Exception as restore_error:  # (a plugin policy's): said beside the error, which stays the one raised
+                error.add_note(f"(the policy's state could not be put back as it was: {restore_error!r})")
+            raise
         if self.stats is not None:
             self.stats.reset()
         if self._last_update(step):

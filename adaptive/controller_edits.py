@@ -14,6 +14,7 @@ import math
 import numbers
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 
 from .connectome import EnsembleRuleError
@@ -22,6 +23,31 @@ from .plan_checks import check_plan
 from .policies.base import EditPlan, global_synapse_target, synapse_targets
 from .rollback import EditSnapshot
 from .warn import warn_user
+
+
+def holdout_number(value) -> float:
+    """``holdout_loss()``'s return ``value`` as a float: a real number, or a real tensor or array of one element.
+    Anything else is a ValueError naming the fix (it failed with torch's "only one element tensors can be
+    converted" for a per-example loss, and took the text "0.5")."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        tensor = isinstance(value, torch.Tensor)
+        size = value.numel() if tensor else value.size
+        real = (not value.is_complex() and value.dtype != torch.bool) if tensor else (
+            np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+        if size == 1 and real:
+            return float(value.item())
+        what = f"a {type(value).__name__} of shape {tuple(value.shape)} ({value.dtype})"
+        fix = ("reduce it to the mean held-out loss (.mean(), or the loss's reduction='mean')" if size != 1 else
+               "return a real number")
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return float(value)
+    else:
+        what = "None" if value is None else f"{type(value).__name__} {value!r}"
+        fix = ("return the loss (a missing return statement?)" if value is None else
+               "return a number, not text" if isinstance(value, str) else "return a real number")
+    raise ValueError(f"holdout_loss() must return the mean held-out loss as a real number (a float, or a tensor of "
+                     f"one element), and returned {what}: {fix}; the update is not made, and the connectome and "
+                     "the policy stay as they were")
 
 
 # The line search's tolerance before it was recorded in the controller's state and before it defaulted
@@ -200,7 +226,7 @@ class ControllerEditsMixin:
         in this mean until the process group's timeout."""
         def score() -> torch.Tensor:
             with torch.no_grad():
-                return torch.tensor([float(self.holdout_loss())], dtype=torch.float64)
+                return torch.tensor([holdout_number(self.holdout_loss())], dtype=torch.float64)
 
         loss = agreed_call(score, passed_why="each process scores holdout_loss() on its own (its own shard, say)")
         all_reduce_mean_([loss])

@@ -3,6 +3,7 @@ attach and a foreign checkpoint each leave the connectome, the optimizer and the
 they were (invariant 6)."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -432,3 +433,63 @@ def test_a_loaded_state_keeps_the_line_search_tolerance_it_ran_with():
     no_check = adaptive.Controller(controller_net()[1], None, policy="gmp", density=0.3, update_every=2, end_step=12)
     assert no_check.state_dict()["line_search_tolerance"] is None  # (no holdout_loss: none ran)
 
+
+
+def _threshold_run(holdout_loss):
+    """A threshold controller driven explicitly, one window observed: its next update() runs the line search."""
+    m, conn = controller_net()
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+    ctrl = adaptive.Controller(conn, opt, policy="threshold", density=0.5, update_every=1000, end_step=5000, seed=0,
+                               holdout_loss=holdout_loss)
+    train(m, opt, 3)
+    ctrl.detach()
+    F.cross_entropy(m(torch.randn(8, 20)), torch.randint(0, 5, (8,))).backward()
+    ctrl.observe()
+    return m, conn, ctrl
+
+
+@pytest.mark.parametrize("value, said", [
+    (torch.ones(32), "returned a Tensor of shape (32,) (torch.float32): reduce it to the mean held-out loss (.mean(), "
+                     "or the loss's reduction='mean')"),
+    (None, "returned None: return the loss (a missing return statement?)"),
+    ("0.5", "returned str '0.5': return a number, not text"),
+    (True, "returned bool True: return a real number"),
+    (torch.tensor([1 + 2j]), "returned a Tensor of shape (1,) (torch.complex64): return a real number"),
+])
+def test_a_holdout_loss_that_gives_no_number_is_refused_and_the_update_leaves_everything_as_it_was(value, said):
+    """A per-example loss (reduction='none') failed with torch's "only one element tensors can be converted to
+    Python scalars", None with float()'s TypeError, naming neither holdout_loss nor the fix, and "0.5" was taken;
+    the masks were rolled back but threshold's prune boundary and cubic start had moved, though nothing was edited."""
+    m, conn, ctrl = _threshold_run(lambda: value)
+    before = conn.mask_hash(), copy.deepcopy(ctrl.state_dict()["policy"]), len(ctrl.events)
+    with pytest.raises(ValueError, match="holdout_loss\\(\\) must return the mean held-out loss as a real number") as info:
+        ctrl.update()
+    assert said in str(info.value)
+    assert (conn.mask_hash(), ctrl.state_dict()["policy"], len(ctrl.events)) == before
+
+
+@pytest.mark.parametrize("value", [0.25, 1, np.float32(0.25), np.array(0.25), np.array([0.25]), torch.tensor(0.25),
+                                   torch.tensor([[0.25]], dtype=torch.float64)])
+def test_a_holdout_loss_of_one_number_in_any_form_is_taken(value):
+    m, conn, ctrl = _threshold_run(lambda: value)
+    assert ctrl.update()["holdout_loss"] == (1.0 if value == 1 else 0.25)  # (a constant loss: every edit kept)
+
+
+def test_an_update_that_fails_after_planning_puts_the_policys_state_back():
+    """Any failure after the policy planned (here the line search's second held-out score, an interrupt between)
+    rolls the connectome back and the policy's state with it."""
+    calls = []
+
+    def holdout_loss():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return 1.0
+
+    m, conn, ctrl = _threshold_run(holdout_loss)
+    before = conn.mask_hash(), copy.deepcopy(ctrl.state_dict()["policy"])
+    with pytest.raises(KeyboardInterrupt):
+        ctrl.update()
+    assert len(calls) == 2 and (conn.mask_hash(), ctrl.state_dict()["policy"]) == before
+    event = ctrl.update()  # the same window, planned again from the same state
+    assert event["pruned"] > 0 and ctrl.state_dict()["policy"] != before[1]
