@@ -8,7 +8,8 @@ states now. :meth:`load_state_dict` replays that pass from its start up to the r
 batches are loaded and dropped) and then sets the random states to those recorded: a run resumed
 from a checkpoint reads the very batches the uninterrupted run would have read next, provided the
 loader's order depends only on those random states (a DataLoader's does; Accelerate-prepared
-loaders too). A checkpoint taken at the end of a pass replays nothing.
+loaders too; so does a wrapper of one's own that holds its DataLoader as an attribute, whose generators are
+recorded with it). A checkpoint taken at the end of a pass replays nothing.
 
 Random transforms that draw from the global generators in the main process draw in the replay
 what they drew the first time only where nothing else drew between batches. A loader that reads
@@ -24,11 +25,28 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+
 from ..warn import warn_user
 
 
+def _wrapped_loaders(obj) -> list:
+    """The DataLoaders a loader of one's own holds as attributes (a class that moves each batch to a device
+    around a DataLoader, ``self.loader``): where ``obj`` holds no sampler itself. Their generators decide its
+    order; without them a resume replayed the wrapped DataLoader's pass under a fresh generator (other batches,
+    unsaid)."""
+    if isinstance(obj, DataLoader) or any(getattr(obj, a, None) is not None for a in ("sampler", "batch_sampler")):
+        return []
+    try:
+        values = list(vars(obj).values())
+    except TypeError:  # (no __dict__: a list, a generator)
+        return []
+    return [v for v in values if isinstance(v, DataLoader)]
+
+
 def _chain(loader) -> list:
-    """The loader and the samplers it wraps (loader -> batch_sampler -> (shard) -> sampler ...)."""
+    """The loader and the samplers it wraps (loader -> batch_sampler -> (shard) -> sampler ...), and those of the
+    DataLoaders a wrapper of one's own holds (:func:`_wrapped_loaders`)."""
     found, seen, stack = [], set(), [loader]
     for _ in range(8):  # a few levels at most
         nxt = []
@@ -41,6 +59,7 @@ def _chain(loader) -> list:
                 sub = getattr(obj, attr, None)
                 if sub is not None and sub is not obj:
                     nxt.append(sub)
+            nxt += _wrapped_loaders(obj)
         stack = nxt
         if not stack:
             break
