@@ -150,7 +150,17 @@ def example_input_failed(model: nn.Module, x, e: Exception) -> RuntimeError:
     ``example_input`` ``x`` (a tensor or a tuple of inputs): what was wrong and at which node, without
     fx's dump of the node it was executing."""
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    return RuntimeError(f"running {type(model).__name__} on example_input failed: {_input_failure(xs, e)}")
+    return RuntimeError(f"running {type(model).__name__} on example_input failed: {_input_failure(xs, e)}"
+                        + example_input_fix(model))
+
+
+def example_input_fix(model: nn.Module) -> str:
+    """What a failed ``example_input`` message adds: what to pass instead, with the model's parameters' dtype and
+    device (a float64 input to a float32 model failed naming only torch's "Double and Float")."""
+    p = next(model.parameters(), None)
+    of = f" ({p.dtype} on {p.device}, as its parameters)" if p is not None else ""
+    return (f"; pass an example_input the model runs on as it is: a batch of its input{of}, of the shape its forward "
+            "expects (a batch of one, torch.zeros(1, *input_shape), will do), or a tuple of its inputs")
 
 
 def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = None) -> Trace:
@@ -216,7 +226,8 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
     if sized and not errors:  # no example's sizes traced it either: module order, for fx's reason
         return fallback_trace(model, failed)
     if example_input is not None:
-        raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}")
+        raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}"
+                           + example_input_fix(model))
     raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 

@@ -1882,12 +1882,16 @@ class _TwoInputs(nn.Module):
      r"input \[\(2, 5\)\]: RuntimeError: mat1 and mat2 shapes cannot be multiplied \(2x5 and 4x6\) \(at node '_0'\)"),
     (_TwoInputs, (torch.randn(2, 4), None),
      r"input \[\(2, 4\), NoneType\]: TypeError: unsupported operand .* \(at node 'add'\)"),
-], ids=["wrong shape", "None for a required input"])
+    (lambda: nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3)), torch.randn(2, 4, dtype=torch.float64),
+     r"input \[\(2, 4\)\]: RuntimeError: mat1 and mat2 must have the same dtype, but got Double and Float \(at node '_0'\)"),
+], ids=["wrong shape", "None for a required input", "float64 to a float32 model"])
 def test_an_example_input_the_model_cannot_run_is_refused_as_build_refuses_it(model, example, said):
     """compact raised torch's own error with fx's "While executing %node ..." dump; it says what build says."""
     m = model()
     for call in (lambda: graphs.build(model=m, example_input=example), lambda: graphs.compact(m, example_input=example)):
-        with pytest.raises(RuntimeError, match=rf"^running {type(m).__name__} on example_input failed: {said}$") as e:
+        with pytest.raises(RuntimeError, match=rf"^running {type(m).__name__} on example_input failed: {said}; pass an "
+                           r"example_input the model runs on as it is: a batch of its input \(torch.float32 on cpu, as "
+                           r"its parameters\), of the shape its forward expects") as e:
             call()
         assert "While executing" not in str(e.value)
 
