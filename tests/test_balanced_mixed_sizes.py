@@ -61,3 +61,20 @@ def test_balanced_swaps_ensembles_of_several_sizes_only_where_the_grows_outgain_
     else:  # 9.0 for 8.2: the loss would rise
         assert (event["pruned"], event["grown"]) == (0, 0)
     assert conn.num_live() == live
+
+
+@pytest.mark.parametrize("size", [1.0, "tensor"])
+def test_balanced_swaps_no_pair_whose_gain_only_equals_its_cost(size):
+    """A swap must gain: equal gain and cost (a synapse grown at 0.0 costs exactly 0 to remove; magnitude's gain in
+    train mode is 0) swapped freshly grown synapses back out, resetting their optimizer state, for nothing. A
+    mutation of `> 0` to `>= 0` passed every test."""
+    from adaptive.policies.balanced import Balanced
+
+    cs = torch.tensor([0.0, 0.0, 0.5, 1.0])
+    gs = torch.tensor([0.0, 0.0, 0.5, 1.0])
+    p_idx, g_idx = torch.tensor([0, 1, 2]), torch.tensor([3, 2, 1, 0])  # ascending costs, descending gains
+    sizes = 1.0 if size == 1.0 else torch.ones(4)
+    assert Balanced.worth(cs, torch.zeros(4), p_idx, torch.tensor([0, 1, 2]), sizes)[1] == 0  # 0 against 0
+    assert Balanced.worth(cs, gs, p_idx, g_idx, sizes)[1] == 2  # 1.0 > 0 and 0.5 > 0 gain; then 0 against 0.5 does not
+    same = torch.full((4,), 0.25)
+    assert Balanced.worth(same, same, p_idx, g_idx, sizes)[1] == 0

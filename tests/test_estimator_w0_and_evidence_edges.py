@@ -89,3 +89,47 @@ def test_evidence_values_scale_with_the_weights_at_extreme_scales(power):
         return adaptive.get_estimator("evidence").removal_cost(ctx) / scale
 
     assert torch.equal(values(2.0 ** power), values(1.0))
+
+
+class _Window:
+    """A window's statistics for one layer, as GradientStats gives them: batches, mean gradient, batch variance."""
+
+    def __init__(self, mean, variance, batches=8):
+        self._mean, self._variance, self._batches = mean, variance, batches
+
+    def n(self, name):
+        return self._batches
+
+    def mean(self, name):
+        return self._mean
+
+    def batch_variance(self, name):
+        return self._variance
+
+
+def _context(w0, stats):
+    return UtilityContext(name="w", weight=w0, mask=torch.ones_like(w0, dtype=torch.bool), restore=w0, stats=stats,
+                          generator=torch.Generator().manual_seed(0))
+
+
+def test_evidence_values_a_synapse_whose_batches_say_it_helps_above_one_they_say_hurts():
+    """dL/dm = g * w0 < 0 in every batch: switching the synapse on lowers the loss, so it must gain value (cost the
+    most to remove); > 0, lose it. The update's sign flipped passed every estimator and controller test but one."""
+    w0 = torch.tensor([0.5, 0.5])
+    est = adaptive.get_estimator("evidence", step=0.05)
+    start = est.removal_cost(_context(w0, _Window(torch.zeros(2), torch.ones(2), batches=0))).clone()  # the prior
+    for _ in range(5):
+        value = est.removal_cost(_context(w0, _Window(torch.tensor([-1.0, 1.0]), torch.full((2,), 0.25))))
+    assert value[0] > start[0] and value[1] < start[1]  # helpful up, harmful down, from the same start
+
+
+def test_presence_moves_each_value_by_its_step_at_the_first_update():
+    """Adam-like, with its bias correction: the first update moves every value by exactly ``step`` against the
+    presence derivative's sign (m_hat / sqrt(v_hat) = sign(d)); without the correction it moved by step * 0.1."""
+    torch.manual_seed(0)
+    w0 = torch.randn(6)
+    est = adaptive.get_estimator("presence", step=0.01)
+    start = est.removal_cost(_context(w0, None))
+    g = torch.randn(6)
+    moved = est.removal_cost(_context(w0, _Window(g, None, batches=1))) - start
+    assert torch.allclose(moved, -0.01 * est.step_scale * torch.sign(g * w0), rtol=1e-4, atol=0)

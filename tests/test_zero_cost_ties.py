@@ -238,3 +238,20 @@ def test_threshold_signed_cost_warning_follows_the_removal_cost_it_runs():
     assert warned(GainOnly()) == 1
     assert warned(OBD()) == 1
     assert warned("obd", mode="mask_only") == 0
+
+
+def test_tiny_live_weights_never_keep_a_zero_cost_even_flushed():
+    """Every zero cost beside a finite nonzero weight becomes at least the smallest normal float32 (FLOOR * TIE),
+    so a live weight of 1e-30 never ranks as an absent synapse's exact 0, flushed to zero or not (the clamp to FLOOR
+    could go unnoticed: its removal kept the order of larger weights)."""
+    w = torch.tensor([1e-30, 1e-12, 1e-9, 1e-3])
+    tiny = torch.finfo(torch.float32).tiny
+    out = order_zero_costs(torch.zeros(4), w)
+    assert bool((out >= tiny).all()) and out[:3].tolist() == [out[0].item()] * 3 and out[3] > out[0]
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        flushed = order_zero_costs(torch.zeros(4), w)
+    finally:
+        torch.set_flush_denormal(False)
+    assert torch.equal(flushed, out)
