@@ -14,7 +14,6 @@ import torch
 from .connectome_masking import _forget_autocast_copies
 from .ensembles import expands_exactly
 from .mask_reads import all_set, any_set
-from .warn import warn_user
 
 
 class EnsembleRuleError(ValueError):
@@ -149,29 +148,11 @@ class ConnectomeEditsMixin:
                 p.masked_fill_(~new if restore else ~new | grown, 0.0)
         if changed:
             _forget_autocast_copies()
-            self._warn_masked_by_another()
             self._reset_optimizer_state({k: ch & ~self.masks[k] for k, ch in changed.items()} if restore else changed,
                                         grown=regrown)
             if notify:
                 self._notify_edit_listeners(changed)
         return changed
-
-    def _warn_masked_by_another(self) -> None:
-        """Warn (once per connectome) where this unattached one edited weights that another connectome attached to
-        an optimizer masks: ``Connectome.load(file, model)`` on a model a Controller trains wrote its zeros where
-        the other counts synapses live, whose optimizer steps then moved them again, in silence."""
-        if self._optimizers or self._masker.handles or getattr(self, "_warned_masked_by_another", False):
-            return
-        others = list(self._masking_others().values())
-        if not others:
-            return
-        self._warned_masked_by_another = True
-        other, n = others[0]
-        warn_user(f"{n}{' and other weights' if len(self.params) > 1 else ''} of this Connectome are masked by another "
-                  "Connectome, attached to an optimizer: this one's edit (a load, set_masks) wrote zeros where that "
-                  "one counts synapses live, and its optimizer's steps will move them again, while this one's masks "
-                  "govern nothing. Attach this one instead (conn.attach(optimizer), or a Controller built on it: the "
-                  "other is then detached), or call detach() on the other one first")
 
     def _notify_edit_listeners(self, changed: Dict[str, torch.Tensor]) -> None:
         """Tell every edit listener of a finished edit; one that raises does not keep the others

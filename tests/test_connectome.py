@@ -993,29 +993,3 @@ def test_repr_and_summary_never_show_a_density_of_all_or_none_that_it_is_not():
     conn.set_masks({"0.weight": ~one_off})
     assert "density=0.000001," in repr(conn), repr(conn)
     assert conn.summary().splitlines()[-1].split()[3] == "0.0001%"
-
-
-def test_editing_weights_another_attached_connectome_masks_is_warned_of_once(tmp_path):
-    """Connectome.load(file, model) on a model whose Controller trains it through another Connectome wrote zeros
-    where that one counts synapses live, whose optimizer steps then moved them again: the loaded masks governed
-    nothing, in silence."""
-    import warnings
-
-    torch.manual_seed(0)
-    saved = adaptive.Connectome(nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)))
-    saved.set_masks({n: torch.rand(m.shape) < 0.5 for n, m in saved.masks.items()})
-    saved.save(tmp_path / "c.safetensors")
-    model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    training = adaptive.Connectome(model)
-    adaptive.Controller(training, opt, policy="rigl", density=0.5, update_every=2)
-    with pytest.warns(UserWarning, match="of this Connectome are masked by another Connectome, attached to an "
-                                         "optimizer.*call detach\\(\\) on the other one first"):
-        loaded = adaptive.Connectome.load(tmp_path / "c.safetensors", model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        loaded.set_masks({n: ~m for n, m in loaded.masks.items()})  # once per connectome
-        training.detach()
-        again = adaptive.Connectome.load(tmp_path / "c.safetensors", model)  # the other detached: nothing to say
-        again.attach(opt)
-        again.set_masks({n: ~m for n, m in again.masks.items()})  # this one attached: its masks govern
