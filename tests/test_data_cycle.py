@@ -289,17 +289,51 @@ class ToDevice:
             yield x.double(), i
 
 
+class SlottedToDevice(ToDevice):
+    __slots__ = ("inner",)
+
+    def __init__(self, loader):
+        self.inner = loader
+
+    @property
+    def loader(self):
+        return self.inner
+
+
+def _seeded(seed):
+    return DataLoader(Noisy(), batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("wrap", [ToDevice, SlottedToDevice])
 @pytest.mark.parametrize("stop_after", [2, 6])  # in a pass, in the second pass
-def test_a_wrapper_holding_a_shuffling_dataloader_resumes_where_it_stood(stop_after):
+def test_a_wrapper_holding_a_shuffling_dataloader_resumes_where_it_stood(stop_after, wrap):
     """The wrapped DataLoader's own generator was not recorded (only the loader's own sampler attributes were
-    looked at): the replay ran the pass under a fresh generator and the resumed run read other batches, unsaid
-    (optimize_connectome's checkpoint= resumed to other masks)."""
-    a = LoaderCycle(ToDevice(loader(0, own_generator=True)))
+    looked at): the replay ran the pass under the resumed loader's generator as it was, and the resumed run read
+    other batches, unsaid (optimize_connectome's checkpoint= resumed to other masks)."""
+    a = LoaderCycle(wrap(_seeded(3)))
     for _ in range(stop_after):
         next(a)
     state = a.state_dict()
     expected = [next(a) for _ in range(5)]
-    b = LoaderCycle(ToDevice(loader(0, own_generator=True)))  # another process: the generator seeded afresh
+    b = LoaderCycle(wrap(_seeded(99)))  # another process: its generator anywhere (the recorded one replaces it)
     b.load_state_dict(state)
     for (x1, i1), (x2, i2) in zip(expected, [next(b) for _ in range(5)]):
         assert torch.equal(i1, i2) and torch.equal(x1, x2)
+
+
+def test_a_wrappers_position_recorded_before_its_dataloaders_generators_were_resumes_with_a_warning(monkeypatch):
+    """A checkpoint written before the wrapped DataLoader's generators were recorded holds none of them: refused
+    as "another loader" once they were, where it is the recorded run's loader. It resumes as it did then, warned."""
+    from adaptive.data import cycle
+
+    with monkeypatch.context() as m:
+        m.setattr(cycle, "_wrapped_loaders", lambda obj: [])  # what the library recorded before
+        a = LoaderCycle(ToDevice(_seeded(3)))
+        for _ in range(6):
+            next(a)
+        state = a.state_dict()
+    assert len(state["pass_start"]["generators"]) == 0 and state["offset"] == 2
+    b = LoaderCycle(ToDevice(_seeded(3)))
+    with pytest.warns(UserWarning, match="recorded without the generators of the DataLoader your loader holds"):
+        b.load_state_dict(state)
+    assert b.offset == 2

@@ -37,16 +37,18 @@ def _wrapped_loaders(obj) -> list:
     unsaid)."""
     if isinstance(obj, DataLoader) or any(getattr(obj, a, None) is not None for a in ("sampler", "batch_sampler")):
         return []
-    try:
-        values = list(vars(obj).values())
-    except TypeError:  # (no __dict__: a list, a generator)
-        return []
+    values = list(getattr(obj, "__dict__", {}).values())
+    for cls in type(obj).__mro__:  # a class with __slots__ holds its attributes there
+        slots = getattr(cls, "__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name not in ("__dict__", "__weakref__"):
+                values.append(getattr(obj, name, None))
     return [v for v in values if isinstance(v, DataLoader)]
 
 
-def _chain(loader) -> list:
-    """The loader and the samplers it wraps (loader -> batch_sampler -> (shard) -> sampler ...), and those of the
-    DataLoaders a wrapper of one's own holds (:func:`_wrapped_loaders`)."""
+def _chain(loader, wrapped: bool = True) -> list:
+    """The loader and the samplers it wraps (loader -> batch_sampler -> (shard) -> sampler ...), and (``wrapped``)
+    those of the DataLoaders a wrapper of one's own holds (:func:`_wrapped_loaders`)."""
     found, seen, stack = [], set(), [loader]
     for _ in range(8):  # a few levels at most
         nxt = []
@@ -59,7 +61,7 @@ def _chain(loader) -> list:
                 sub = getattr(obj, attr, None)
                 if sub is not None and sub is not obj:
                     nxt.append(sub)
-            nxt += _wrapped_loaders(obj)
+            nxt += _wrapped_loaders(obj) if wrapped else []
         stack = nxt
         if not stack:
             break
@@ -72,11 +74,11 @@ def _chain(loader) -> list:
 _COUNTERS = ("iteration", "epoch", "initial_seed")
 
 
-def _counters(loader) -> List[tuple]:
+def _counters(loader, wrapped: bool = True) -> List[tuple]:
     """(object, attribute) of the pass counters a loader's order depends on besides its generators:
     Accelerate's seedable sampler reseeds its generator with ``seed + epoch`` at every pass, the
     epoch taken from the prepared loader's ``iteration``."""
-    return [(obj, a) for obj in _chain(loader) for a in _COUNTERS
+    return [(obj, a) for obj in _chain(loader, wrapped) for a in _COUNTERS
             if isinstance(getattr(obj, a, None), int) and not isinstance(getattr(obj, a), bool) and _settable(obj, a)]
 
 
@@ -85,10 +87,10 @@ def _settable(obj, attr: str) -> bool:
     return not isinstance(prop, property) or prop.fset is not None
 
 
-def _generators(loader, make: bool = True) -> List[torch.Generator]:
+def _generators(loader, make: bool = True, wrapped: bool = True) -> List[torch.Generator]:
     """Every distinct ``torch.Generator`` a loader (or a sampler it wraps) shuffles with."""
     found, seen = [], set()
-    for obj in _chain(loader):
+    for obj in _chain(loader, wrapped):
         if make and getattr(obj, "generator", 0) is None and isinstance(getattr(obj, "initial_seed", None), int):
             # Accelerate's seedable sampler makes its generator at its first pass: make it now (as it
             # would), so that a fresh loader and a used one hold the same generators
@@ -148,15 +150,22 @@ def set_rng_states(state: Dict[str, object], loader=None) -> None:
             torch.cuda.set_rng_state(s, i)
     if loader is not None:
         recorded_counters = "counters" in state  # (absent from checkpoints older than pass counters)
+        wrapped = True
         gens = _generators(loader, make=False)
         if len(gens) != len(state["generators"]):  # recorded after a seedable sampler made its generator
             gens = _generators(loader)
+        if len(gens) != len(state["generators"]) and len(_generators(loader, wrapped=False)) == len(state["generators"]):
+            # recorded before the generators of a DataLoader a loader of one's own holds were (an older checkpoint)
+            wrapped, gens = False, _generators(loader, wrapped=False)
+            warn_user("this loader position was recorded without the generators of the DataLoader your loader "
+                      "holds (an older checkpoint): that DataLoader's order is drawn from its generator as it is now, "
+                      "so the resumed run may read other batches than the uninterrupted one")
         if len(gens) != len(state["generators"]):
             raise ValueError(f"the loader shuffles with {len(gens)} generator(s), the recorded one with "
                              f"{len(state['generators'])}: resume with the loader of the recorded run")
         for g, s in zip(gens, state["generators"]):
             g.set_state(s)
-        counters = _counters(loader)
+        counters = _counters(loader, wrapped)
         if recorded_counters and len(counters) == len(state["counters"]):
             for (o, a), v in zip(counters, state["counters"]):
                 setattr(o, a, int(v))
