@@ -1079,7 +1079,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
     def update(self) -> Optional[dict]:
         """Run one update now: reduce statistics, let the policy plan, apply, log an event. An update that
         fails (a plan refused, ``holdout_loss()`` raising or giving no number, an interrupt) leaves the connectome
-        and the policy's state as they were."""
+        and the policy's state as they were; the estimators have read the window, as at any update (presence and
+        evidence moved their values: an update retried on the same window reads it into them once more), and the
+        window is kept for the next update."""
         step = self.step_count
         for opt in [r() for r in self.conn._optimizers] + [r() for r in self.conn._wrappers]:
             if opt is not None:  # (a group added with maximize=True since the attach: refused before any edit)

@@ -491,5 +491,5 @@ def test_an_update_that_fails_after_planning_puts_the_policys_state_back():
     with pytest.raises(KeyboardInterrupt):
         ctrl.update()
     assert len(calls) == 2 and (conn.mask_hash(), ctrl.state_dict()["policy"]) == before
-    event = ctrl.update()  # the same window, planned again from the same state
+    event = ctrl.update()  # the same window, planned again from the policy's same state
     assert event["pruned"] > 0 and ctrl.state_dict()["policy"] != before[1]

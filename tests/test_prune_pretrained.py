@@ -3,6 +3,7 @@ import argparse
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -2247,7 +2248,11 @@ def test_margin_and_line_search_tries_reach_the_optimisation(tmp_path, weights, 
     (["--margin", "inf"], "--margin must be a finite number"),
     (["--line-search-tries", "-1"], "--line-search-tries must be an integer >= 0, got -1"),
     (["--remove", "0.2", "--line-search-tries", "3"], "--line-search-tries 3 applies to a line search in threshold mode"),
-    (["--remove", "best", "--ladder", "--line-search-tries", "3"], "applies to a line search in threshold mode"),
+    (["--remove", "best", "--ladder", "--line-search-tries", "3"], "(--remove best, --ladder with no values, "
+                                                                   "--verify-batches N): with --verify-batches 0 "
+                                                                   "there is no line search; drop it"),
+    (["--remove", "0.2", "--line-search-tries", "1"], "--verify-batches N): at a size target an update is kept or "
+                                                      "rolled back whole; drop it"),
 ])
 def test_margin_and_line_search_tries_are_checked_before_anything_runs(argv, msg, capsys):
     with pytest.raises(SystemExit) as info:
@@ -2276,3 +2281,15 @@ def test_a_run_recorded_before_margin_and_line_search_tries_resumes(tmp_path, we
     mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume"))  # (every target done: the report again)
     with pytest.raises(Exception, match=r"records other settings \(margin"):
         mod.main(args(weights, out, "--remove", "0.2", "0.5", "--resume", "--margin", "0.1"))
+
+
+def test_the_splits_note_says_pretrained_weights_may_have_seen_the_held_out_part_only_where_there_are_some(
+        tmp_path, weights, no_curves):
+    mod = recipe()
+    for given, said in ((str(weights), True), ("none", False)):
+        out = tmp_path / given.replace("/", "_")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (--weights none: a supermask search on random weights, warned of)
+            mod.main(args(weights, out, "--remove", "0.2", "--weights", given))
+        text = (out / "results.md").read_text()
+        assert ("pretrained weights may have been trained on these very images" in text) is said, text

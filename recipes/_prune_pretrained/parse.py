@@ -210,9 +210,11 @@ def _parse_args(argv) -> argparse.Namespace:
     given = ("line_search_tries" in on_command_line or ("line_search_tries" in loaded and cfg["line_search_tries"]
                                                        != DEFAULTS["line_search_tries"]))
     if given and not threshold:  # (an update toward a size target is kept or rolled back whole: it went unused)
+        why = ("with --verify-batches 0 there is no line search" if "best" in cfg["remove"] and not cfg["ladder"] else
+               "at a size target an update is kept or rolled back whole")
         raise SystemExit(f"{origin('line_search_tries')} {cfg['line_search_tries']} applies to a line search in threshold "
-                         "mode (--remove best, --ladder with no values, --verify-batches N): at a size target an "
-                         "update is kept or rolled back whole; drop it, or run threshold mode")
+                         f"mode (--remove best, --ladder with no values, --verify-batches N): {why}; drop it, or run "
+                         "threshold mode with a line search")
     if cfg["resume"] and cfg["overwrite"]:
         raise SystemExit("--resume continues the run in --output_dir and --overwrite deletes it: give one of them")
     return argparse.Namespace(**cfg)

@@ -324,8 +324,9 @@ def _prune(args, dl, test_loader, model, train_dl, accelerator, out: Path, check
             + ").\n"
             f"Splits: train = a fixed random sample of {len(train_sample.dataset):,} images of the train part (the same for "
             f"every row); held-out = a stratified part of the TRAIN split ({len(dl.holdout.dataset):,} images; "
-            f"{_holdout_use(args, total, result.start_removed)}; pretrained weights may have been trained on these very "
-            "images, so its figures can read above the test split's); test = "
+            f"{_holdout_use(args, total, result.start_removed)}"
+            + ("; pretrained weights may have been trained on these very images, so its figures can read above the "
+               "test split's" if args.weights else "") + "); test = "
             + _test_split_words(args, dl.test, n_test)  # (the data's loader: a test_loader_hook's wrapper may hide it)
             + ", read only for this report (before the run its files were only checked for faults, none scored: "
               "docs/data.md).\n")
