@@ -650,9 +650,9 @@ def _one_line(e: BaseException) -> str:
     messages point at ADAPTIVE_TRACEBACK."""
     from adaptive.plugins import PluginError
 
-    from .trace_types import InputGuessError
+    from .trace_types import ExampleInputError, InputGuessError
 
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e.failure if isinstance(e, ExampleInputError) else e
     if isinstance(e, InputGuessError):  # the options that give the input, not the API's example_input=
         tried = " ".join(e.tried.split())
         if len(e.inputs) > 1:  # --in-shape / --in-dtype shape one input: no option gives a second

@@ -40,7 +40,7 @@ from .flow import FlowProp
 from .forward_inputs import _placeholder_values, _refuse_miscounted_inputs, _refuse_named_inputs, _unsupplied_defaults
 from .id_tensors import _uniform_except
 from .locking import serialized
-from .trace_types import InputError, InputGuessError, LayerFlow, Trace
+from .trace_types import ExampleInputError, InputError, InputGuessError, LayerFlow, Trace
 from .tracer import _Root, _unwrap, _wrap_root, symbolic_trace
 from .unchanged import _unchanged
 from adaptive.discovery import linear_types, transposed_shape
@@ -148,19 +148,26 @@ def _input_failure(xs: tuple, e: Exception) -> str:
 def example_input_failed(model: nn.Module, x, e: Exception) -> RuntimeError:
     """The error :func:`graphs.build` and :func:`graphs.compact` raise when ``model`` fails on the caller's
     ``example_input`` ``x`` (a tensor or a tuple of inputs): what was wrong and at which node, without
-    fx's dump of the node it was executing."""
+    fx's dump of the node it was executing, and what to pass instead."""
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-    return RuntimeError(f"running {type(model).__name__} on example_input failed: {_input_failure(xs, e)}"
-                        + example_input_fix(model))
+    return example_input_error(model, xs, _input_failure(xs, e))
 
 
-def example_input_fix(model: nn.Module) -> str:
-    """What a failed ``example_input`` message adds: what to pass instead, with the model's parameters' dtype and
-    device (a float64 input to a float32 model failed naming only torch's "Double and Float")."""
+def example_input_error(model: nn.Module, xs: tuple, failure: str) -> "ExampleInputError":
+    """:class:`ExampleInputError` of ``model`` failing on inputs ``xs`` (``failure``: what went wrong): the fix
+    names the model's parameters' dtype or device only where a floating input differs from them in it (token
+    indices are long, whatever the weights)."""
     p = next(model.parameters(), None)
-    of = f" ({p.dtype} on {p.device}, as its parameters)" if p is not None else ""
-    return (f"; pass an example_input the model runs on as it is: a batch of its input{of}, of the shape its forward "
-            "expects (a batch of one, torch.zeros(1, *input_shape), will do), or a tuple of its inputs")
+    floats = [t for t in xs if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    of = []
+    if p is not None and any(t.dtype != p.dtype for t in floats) and p.is_floating_point():
+        of.append(f"floating inputs of {p.dtype}, as its parameters")
+    if p is not None and any(t.device != p.device for t in xs if isinstance(t, torch.Tensor)):
+        of.append(f"on {p.device}, as its parameters")
+    return ExampleInputError(
+        f"running {type(model).__name__} on example_input failed: {failure}",
+        "; pass an example_input the model runs on as it is: a batch of its input" + (f" ({'; '.join(of)})" if of else "")
+        + ", of the shape its forward expects (a batch of one will do), or a tuple of its inputs")
 
 
 def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = None) -> Trace:
@@ -226,8 +233,8 @@ def _trace_eval(model, example_input, input_nodes, batch_axis: Optional[int] = N
     if sized and not errors:  # no example's sizes traced it either: module order, for fx's reason
         return fallback_trace(model, failed)
     if example_input is not None:
-        raise RuntimeError(f"running {type(model).__name__} on example_input failed: {errors[0]}"
-                           + example_input_fix(model))
+        raise example_input_error(model, tuple(example_input) if isinstance(example_input, (tuple, list)) else
+                                  (example_input,), errors[0])
     raise InputGuessError(f"could not guess an input for {type(model).__name__}", "; ".join(errors)[:400])
 
 

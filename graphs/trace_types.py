@@ -104,6 +104,15 @@ class InputError(ValueError):
     op the tracer does not know."""
 
 
+class ExampleInputError(RuntimeError):
+    """The model failed on the caller's ``example_input``: ``failure`` says on what input, what and where, ``fix``
+    what to pass instead (the Python API's words: the command line gives its own, naming its options)."""
+
+    def __init__(self, failure: str, fix: str = ""):
+        self.failure, self.fix = failure, fix
+        super().__init__(failure + fix)
+
+
 class InputGuessError(ValueError):
     """No example input could be guessed for a model (none of the guesses ran): pass one. ``what`` says
     which model and why, ``tried`` what each guess raised (empty where there was nothing to guess from),

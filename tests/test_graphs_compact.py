@@ -1890,10 +1890,12 @@ def test_an_example_input_the_model_cannot_run_is_refused_as_build_refuses_it(mo
     m = model()
     for call in (lambda: graphs.build(model=m, example_input=example), lambda: graphs.compact(m, example_input=example)):
         with pytest.raises(RuntimeError, match=rf"^running {type(m).__name__} on example_input failed: {said}; pass an "
-                           r"example_input the model runs on as it is: a batch of its input \(torch.float32 on cpu, as "
-                           r"its parameters\), of the shape its forward expects") as e:
+                           r"example_input the model runs on as it is: a batch of its input") as e:
             call()
         assert "While executing" not in str(e.value)
+        # the parameters' dtype named only where a floating input's differs from it (token ids are long)
+        assert ("(floating inputs of torch.float32, as its parameters), of the shape its forward expects"
+                in str(e.value)) is (example[0].dtype == torch.float64 if isinstance(example, torch.Tensor) else False)
 
 
 def test_the_copy_of_a_model_in_train_mode_comes_back_in_eval_mode_where_it_matches():

@@ -1191,3 +1191,14 @@ def test_a_synapse_level_multigraph_is_the_one_add_edges_from_makes():
     u, v = g.src[0].item(), g.dst[0].item()
     G.remove_edge(u, v, key=0)
     assert not G.has_edge(u, v, key=0) and not any(k == 0 for _, _, k in G.in_edges(v, keys=True))
+
+
+def test_the_cli_names_its_own_options_not_the_apis_example_input_when_the_model_fails_on_its_input(
+        mlp_run, tmp_path, capsys):
+    """The API's advice ("pass an example_input ...") reached the command line, which has no such option."""
+    from graphs.cli import main
+
+    assert main(["report", str(mlp_run), "--in-dtype", "long", "--out", str(tmp_path / "rep")]) == 2
+    err = _error_line(capsys)
+    assert "running MLP on example_input failed" in err and "check --model, --in-shape, --in-dtype" in err
+    assert "pass an example_input" not in err
