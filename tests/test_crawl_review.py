@@ -296,3 +296,58 @@ def test_crawl_away_from_its_goal_reads_only_the_prefix_it_takes(last):
             if not last:
                 assert len(flat) == f, (seed, goal)
     assert checked > 20
+
+
+def _scored_crawl(alive, cost, gain, margin):
+    """A crawl controller over one Linear's weights (single-synapse ensembles), ``alive`` of them present, with the
+    removal costs and restoration gains set by hand."""
+    import adaptive
+
+    conn = adaptive.Connectome(nn.Linear(len(alive), 1, bias=False))
+    conn.set_masks({"weight": torch.tensor([alive])})
+    ctrl = adaptive.Controller(conn, None, policy="crawl", estimator="magnitude", update_every=1, margin=margin)
+    ctrl.policy.edit_fraction = 1.0
+    scores = {"cost": {"weight": torch.tensor([cost])}, "gain": {"weight": torch.tensor([gain])}}
+    ctrl.scores = lambda side, step: scores[side]
+    return ctrl
+
+
+def _planned(plan):
+    return plan.prune["weight"].tolist() if "weight" in plan.prune else [], \
+        plan.grow["weight"].tolist() if "weight" in plan.grow else []
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.5])
+def test_at_the_goal_a_swap_whose_gain_only_equals_cost_plus_margin_is_not_made(margin):
+    """A swap must beat its cost by MORE than the margin: one gaining exactly that is a swap for nothing (a synapse
+    costing 0 for an absent one gaining 0, at the default margin). `>` made `>=` passed every test."""
+    ctrl = _scored_crawl([True, True, False, False], [0.0, 1.0, 9.0, 9.0], [0.0, 0.0, margin, margin - 1.0], margin)
+    ctrl.policy.set_goal(2, 1)
+    assert _planned(ctrl.policy.update(ctrl, 1)) == ([], [])
+    ctrl = _scored_crawl([True, True, False, False], [0.0, 1.0, 9.0, 9.0], [0.0, 0.0, margin + 0.25, -1.0], margin)
+    ctrl.policy.set_goal(2, 1)
+    assert _planned(ctrl.policy.update(ctrl, 1)) == ([0], [2])  # one that beats it by more: made
+
+
+def test_threshold_mode_prunes_only_below_minus_the_margin_and_restores_only_above_it():
+    """No size goal (target "best" without a ladder): an ensemble is pruned where removing it promises more than the
+    margin (cost < -margin), restored where restoring does (gain > margin); at margin 0.5 a cost of 0.2 (a
+    removal estimated to raise the loss) is kept, which `c < margin` for `c < -margin` pruned, unnoticed at 0."""
+    ctrl = _scored_crawl([True, True, True, False, False], [0.2, -0.5, -1.0, 0.0, 0.0],
+                         [0.0, 0.0, 0.0, 0.5, 0.75], 0.5)
+    assert _planned(ctrl.policy.update(ctrl, 1)) == ([2], [4])
+
+
+def test_a_crawl_state_keeps_its_goals_deadline():
+    """set_goal(goal, deadline) spreads the way to the goal over the updates up to the deadline; a state loaded
+    without its deadline (not restored) went the whole way at its next update."""
+    from adaptive.policies.crawl import Crawl
+
+    saved = _scored_crawl([True] * 8, [float(i) for i in range(8)], [0.0] * 8, 0.0)
+    saved.policy.set_goal(4, deadline=3)
+    loaded = Crawl()
+    loaded.load_state_dict(saved.policy.state_dict())
+    assert (loaded.goal, loaded.deadline) == (4, 3)
+    expected = _planned(saved.policy.update(saved, 0))
+    saved.policy = loaded
+    assert _planned(loaded.update(saved, 0)) == expected and len(expected[0]) == 1  # one of four now, as scheduled

@@ -1014,3 +1014,19 @@ def test_a_resume_reading_other_data_of_the_same_sizes_is_refused(tmp_path, data
         assert path.read_bytes() == before
     resumed = optimize_connectome(tiny(), *loaders(), [0.2, 0.5], checkpoint=path, **KW)
     assert [h["kind"] for h in resumed.history].count("resume") == 1
+
+
+def test_a_climb_resumed_after_a_rung_that_did_not_improve_stops_where_it_would_have(tmp_path):
+    """The rungs without a better held-out score since the best (patience's count) are part of the checkpoint: a
+    resume that counted from 0 again climbed past where the uninterrupted run stopped and kept another network.
+    (The test above, patience 4 on 4 rungs, never stops early: it passed with the count not restored.)"""
+    kw = dict(ladder=(0.1, 0.3, 0.9, 0.95), patience=2)
+    straight = optimize_connectome(tiny(), *ordered_loaders(), "best", **KW, **kw)
+    evals = [h["removed"] for h in straight.history if h["kind"] == "eval"]
+    assert len(evals) < 1 + len(kw["ladder"])  # (the climb stopped early: what the resume must reproduce)
+    path = tmp_path / "best.pt"
+    interrupted(tiny(), "best", path, at_stage=1, **kw)
+    resumed = optimize_connectome(tiny(), *ordered_loaders(), "best", checkpoint=path, **KW, **kw)
+    assert [h["removed"] for h in resumed.history if h["kind"] == "eval"] == evals
+    a, b = straight.snapshots["best"], resumed.snapshots["best"]
+    assert a.removed == b.removed and a.holdout_acc == b.holdout_acc

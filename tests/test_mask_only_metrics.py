@@ -581,3 +581,20 @@ def test_a_model_failing_on_another_type_than_its_inputs_against_its_weights_kee
     with pytest.raises(TypeError, match=r"weights are torch.float64 but the batch's inputs are torch.float32.*torch: "
                                         r"mixed dtype \(CPU\): expect parameter to have scalar type of Float"):
         call_model(nn.LayerNorm(4).double(), x)
+
+
+def test_evaluate_divides_the_correct_by_the_units_scored_not_by_every_unit():
+    """An accuracy_fn may score some batches only (None for the others): accuracy is the correct over the units it
+    counted. Divided by every unit of the loss, a model right on every scored label read 50%."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    x = torch.randn(10, 4)
+    y = model(x).argmax(1)  # every label right
+    calls = []
+
+    def first_batch_only(out, yb):
+        calls.append(1)
+        return default_accuracy(out, yb) if len(calls) == 1 else None
+
+    loss, acc, n = evaluate(model, [(x[:5], y[:5]), (x[5:], y[5:])], accuracy_fn=first_batch_only)
+    assert acc == 1.0 and n == 10

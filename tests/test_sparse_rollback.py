@@ -411,3 +411,23 @@ def test_an_atomic_plan_whose_loss_rises_is_rolled_back_whole_without_halving():
     assert ev["line_search_fraction"] == 0.0 and ev["pruned"] == ev["grown"] == 0
     assert len(calls) == 2  # the loss before, and one try: no halved tries
     _assert_same(before, _capture(conn, o))
+
+
+def test_a_snapshot_restores_its_masks_again_after_the_restored_mask_was_edited_in_place():
+    """A layer edited in place is saved whole, and one snapshot serves every try: its restore gave the connectome
+    the saved tensor itself where it must give a copy, so an in-place edit after one rollback corrupted the mask the
+    next rollback gave back. (A restore that gave the tensor itself passed every test.)"""
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(8, 8)))
+    n = conn.names[0]
+    conn.masks[n].view(-1)[:4] = False  # edited in place: the snapshot keeps the layer whole
+    snap = EditSnapshot(conn, EditPlan(prune={n: torch.tensor([10, 11])}))
+    before = conn.masks[n].clone()
+    grid = torch.arange(64).view(8, 8)
+    conn.set_masks({n: conn.masks[n] & (grid % 7 != 0)})
+    snap.restore()
+    assert torch.equal(conn.masks[n], before)
+    conn.masks[n].view(-1)[20:30] = False  # the restored mask edited in place again
+    conn.set_masks({n: conn.masks[n] & (grid % 5 != 0)})
+    snap.restore()
+    assert torch.equal(conn.masks[n], before)
