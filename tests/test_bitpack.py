@@ -42,3 +42,16 @@ def test_a_non_contiguous_mask_packs_in_its_own_element_order():
     # rows of the transpose: 1 1 0 / 0 1 0 / 0 0 1, then 7 zero bits of padding
     assert packed.tolist() == [0b11001000, 0b10000000]
     assert torch.equal(bitpack.unpack(packed, mask.shape), mask)
+
+
+@pytest.mark.parametrize("n", [5, 9, 13])
+def test_every_padding_bit_set_is_refused_as_corrupt(n):
+    """A packed mask's bits past its last synapse are 0: any of them set is a corrupt file, the first one too (an
+    off-by-one in the check, bits[n + 1:], let the first through: a mutation review found no test of it)."""
+    packed = bitpack.pack(torch.ones(n, dtype=torch.bool))
+    assert bitpack.pack(torch.tensor([True] + [False] * 7)).tolist() == [128]  # (the first synapse: the high bit)
+    for bit in range(n, 8 * len(packed)):
+        bad = packed.clone()
+        bad[bit // 8] |= 1 << (7 - bit % 8)
+        with pytest.raises(ValueError, match="bits set past its last synapse"):
+            bitpack.unpack(bad, (n,))

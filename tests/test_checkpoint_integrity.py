@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import adaptive
 from adaptive.training import list_checkpoints
@@ -1401,3 +1402,61 @@ def test_a_checkpoint_whose_state_raised_is_not_called_a_full_disk(tmp_path):
     with pytest.raises(CheckpointWriteError, match=r"writing checkpoint .* failed \(RuntimeError: \[enforce fail at "
                                                    r"inline_container.*free disk space \(or raise the file-size limit"):
         save_checkpoint(acc, tmp_path, 3)
+
+
+def _stand_in_accelerator(model, opt, **more):
+    """What saved_optimizer_problem and checkpoint_files_problem read of an Accelerator."""
+    import types
+
+    from accelerate.utils import DistributedType
+
+    return types.SimpleNamespace(_optimizers=[opt], _models=[model], unwrap_model=lambda m: m,
+                                 distributed_type=DistributedType.NO, _schedulers=[], _dataloaders=[],
+                                 _custom_objects=[], scaler=None, **more)
+
+
+def test_an_optimizer_state_of_as_many_parameters_in_other_groups_is_refused_before_the_load(tmp_path):
+    """Groups of [1, 3] parameters saved, [2, 2] here: the same total, which a comparison of totals took (and
+    torch's own load then failed); the groups compare one by one."""
+    from adaptive.checkpoint_optimizer import saved_optimizer_problem
+
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    saved = torch.optim.SGD([{"params": [a.weight]}, {"params": [a.bias, b.weight, b.bias]}], lr=0.1, momentum=0.9)
+    torch.save(saved.state_dict(), tmp_path / "optimizer.bin")
+    here = torch.optim.SGD([{"params": [a.weight, a.bias]}, {"params": [b.weight, b.bias]}], lr=0.1, momentum=0.9)
+    problem = saved_optimizer_problem(_stand_in_accelerator(nn.ModuleList([a, b]), here), tmp_path)
+    assert problem and "groups of [1, 3] parameter(s), but the optimizer's groups have [2, 2] here" in problem
+
+
+def test_an_lbfgs_run_over_complex_parameters_resumes_its_own_checkpoint(tmp_path):
+    """L-BFGS keeps its history as flat real views: a complex parameter of n values is 2n of them. Counted as n, a
+    run's own checkpoint was refused as another model's."""
+    from adaptive.checkpoint_optimizer import saved_optimizer_problem
+
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(3, dtype=torch.cfloat))
+    opt = torch.optim.LBFGS([w], max_iter=3)
+
+    def closure():
+        opt.zero_grad()
+        loss = (w.abs() ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    torch.save(opt.state_dict(), tmp_path / "optimizer.bin")
+    m = nn.Module()
+    m.w = w
+    assert saved_optimizer_problem(_stand_in_accelerator(m, opt), tmp_path) is None
+
+
+def test_a_damaged_scaler_file_is_refused_before_anything_loads(tmp_path):
+    """Where the run has a GradScaler, its scaler.pt is among the files read before the load (a CPU GradScaler
+    stands in for the GPU recipe's)."""
+    from adaptive.checkpoint_files import checkpoint_files_problem
+
+    (tmp_path / "scaler.pt").write_bytes(b"garbage, not a torch file")
+    acc = _stand_in_accelerator(nn.Linear(2, 2), None)
+    acc._optimizers, acc._models, acc.scaler = [], [], torch.amp.GradScaler("cpu")
+    damaged, why = checkpoint_files_problem(acc, tmp_path)
+    assert damaged and why.startswith("scaler.pt cannot be read"), why

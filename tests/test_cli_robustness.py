@@ -511,6 +511,7 @@ OUT_OF_RANGE = [
     (["--lr", "inf"], "lr must be a finite number > 0, got inf"),  # every loss NaN, and the run exited 0
     (["--lr", "nan"], "lr must be a finite number > 0, got nan"),
     (["--momentum", "1.5"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got 1.5"),
+    (["--momentum", "1"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got 1.0"),  # (the open end)
     (["--momentum", "-1"], "momentum must be in [0, 1) (SGD momentum; adamw: beta1), got -1"),
     (["--weight_decay", "-1"], "weight_decay must be a finite number >= 0, got -1"),
     (["--seed", "-1"], "seed must be in [0, 2**32 - 1] (0 to 4294967295), got -1"),
@@ -1594,3 +1595,13 @@ def test_a_resume_that_only_spells_the_run_otherwise_is_not_refused(tmp_path, ca
     _back_to_step_3(run)
     err = _error_of([*argv, "--output_dir", str(run), "--resume", "latest", "--max_steps", "8"], capsys)
     assert "records other settings (max_steps: run 6, now 8)" in err, err
+
+
+
+@pytest.mark.parametrize("argv, key, value", [
+    (["--edit_fraction", "0"], "edit_fraction", 0.0),  # the closed ends of documented ranges: taken
+    (["--edit_fraction", "1"], "edit_fraction", 1.0),
+    (["--momentum", "0"], "momentum", 0.0),
+])
+def test_the_closed_ends_of_a_range_are_taken(argv, key, value):
+    assert getattr(A.parse_args(argv), key) == value

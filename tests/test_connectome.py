@@ -993,3 +993,65 @@ def test_repr_and_summary_never_show_a_density_of_all_or_none_that_it_is_not():
     conn.set_masks({"0.weight": ~one_off})
     assert "density=0.000001," in repr(conn), repr(conn)
     assert conn.summary().splitlines()[-1].split()[3] == "0.0001%"
+
+
+class _TiedPair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+
+def test_dense_state_dict_zeros_the_pruned_weights_under_every_key_a_tied_weight_has():
+    """A weight tied under two names, written in place since the masks were applied (nn.init, a load): both keys of
+    the dense state_dict hold the zeros; with one key zeroed, a vanilla model loaded both from the other, unpruned.
+    (A mutation zeroing only the connectome's own name passed every test.)"""
+    torch.manual_seed(0)
+    m = _TiedPair()
+    conn = adaptive.Connectome(m)
+    (n,) = conn.names
+    mask = torch.rand(4, 4) > 0.5
+    conn.set_masks({n: mask})
+    with torch.no_grad():
+        m.a.weight.fill_(1.0)
+    sd = conn.dense_state_dict()
+    assert set(sd) == {"a.weight", "b.weight"}
+    for key in sd:
+        assert torch.equal(sd[key] == 0, ~mask), key
+    vanilla = _TiedPair()
+    vanilla.load_state_dict(sd)
+    assert torch.equal(vanilla.a.weight == 0, ~mask)
+
+
+def test_an_original_of_another_shape_but_as_many_values_is_refused_before_loading():
+    """check_state_dict compares each original's shape with its layer's: (6, 4) for a (4, 6) weight passed a
+    comparison of counts and failed inside the load with torch's broadcasting error."""
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 4)), mode="mask_only")
+    sd = conn.state_dict()
+    sd["original"]["0.weight"] = sd["original"]["0.weight"].reshape(6, 4).clone()
+    for call in (conn.check_state_dict, conn.load_state_dict):
+        with pytest.raises(ValueError, match=r"original weight for '0.weight' has shape \(6, 4\), the model has \(4, 6\)"):
+            call(sd)
+
+
+def test_a_connectome_file_whose_header_names_another_dtype_is_refused_as_damaged(tmp_path):
+    """The digest a connectome file stores covers each tensor's dtype, not its bytes only: a header edited from F16
+    to BF16 (the same bytes, read as other numbers, off by up to 0.4 here) is refused, not loaded."""
+    import struct
+
+    torch.manual_seed(0)
+    conn = adaptive.Connectome(nn.Sequential(nn.Linear(6, 4)).half(), mode="mask_only")
+    path = tmp_path / "c.safetensors"
+    conn.save(path, with_original=True)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8:8 + n].decode()
+    edited = header.replace('"original/0.weight":{"dtype":"F16"', '"original/0.weight":{"dtype":"BF16"')
+    assert edited != header
+    edited = edited.encode()
+    path.write_bytes(struct.pack("<Q", len(edited)) + edited + raw[8 + n:])
+    with pytest.raises(ValueError, match="is damaged: its content does not match the sha256"):
+        adaptive.Connectome.load(path, nn.Sequential(nn.Linear(6, 4)).half(), mode="mask_only")

@@ -111,10 +111,12 @@ def test_recipe_reads_test_split_only_for_the_report_and_chooses_nothing_by_it(t
 
 # ---------------------------------------------------------------- 3. augmentation and normalisation
 
-@pytest.mark.parametrize("name", ["mnist", "fake"])
+@pytest.mark.parametrize("name", ["mnist", "fake", "cifar10"])
 def test_augment_train_part_only_and_real(name):
     if name == "mnist" and not MNIST.is_file():
         pytest.skip(f"shared MNIST absent at {MNIST}")
+    if name == "cifar10" and not (CIFAR / "train").is_dir():  # (its held-out view augmented passed every test)
+        pytest.skip(f"shared cifar10-jpeg absent at {CIFAR}")
     s = get_datasets(name, holdout=0.2, seed=0, augment=True)
     assert s.train.augment and not s.holdout.augment and not s.test.dataset.augment
     idx = list(range(16))
@@ -144,6 +146,19 @@ def test_cifar10_default_normalisation_is_what_the_pretrained_resnets_expect(tmp
         acc = (model(x).argmax(1) == y).float().mean().item()
     # 81.03% on all 10,000 (checked by hand through prune_pretrained: 81.03%, loss 0.8788)
     assert 0.77 < acc < 0.85
+
+
+@pytest.mark.skipif(not (CIFAR / "train").is_dir(), reason=f"shared cifar10-jpeg absent at {CIFAR}")
+def test_the_cifar_normalisation_is_the_cifar10_train_images_statistics():
+    """normalize="cifar" is the per-channel mean and std of CIFAR-10's train images (measured here on the shared
+    JPEG copy: the mean to 0.001, the std, which the JPEG round trip lowers a little, to 0.003); the two swapped
+    passed every test."""
+    from adaptive.data.cifar import NORMALIZATIONS
+
+    x = get_datasets("cifar10", holdout=0.1, seed=0).train.images.float().div_(255)
+    mean, std = NORMALIZATIONS["cifar"]
+    torch.testing.assert_close(x.mean((0, 2, 3)), torch.tensor(mean), atol=1e-3, rtol=0)
+    torch.testing.assert_close(x.std((0, 2, 3)), torch.tensor(std), atol=3e-3, rtol=0)
 
 
 # ---------------------------------------------------------------- 4. discovery and caches

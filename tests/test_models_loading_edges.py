@@ -128,3 +128,24 @@ def test_torchvisions_own_densenet_files_load_under_their_old_layer_names(tmp_pa
     with pytest.raises(Exception, match="10") as e:
         load_weights(build_model("torchvision:densenet121", num_classes=7), tmp_path / "densenet121-old.pth")
     assert "num_classes" in str(e.value) and "norm.1" not in str(e.value)
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module.", "_orig_mod.module.", "module._orig_mod."])
+def test_read_state_dict_strips_the_wrappers_prefixes_however_nested(tmp_path, prefix):
+    """A file saved from a torch.compile'd model (_orig_mod.), a DataParallel one (module.) or both: read_state_dict
+    gives the plain keys (load_weights, which strips any prefix its model lacks, hid a read that kept them)."""
+    from adaptive.models.weights import read_state_dict
+
+    m = nn.Linear(3, 2)
+    torch.save({prefix + k: v for k, v in m.state_dict().items()}, tmp_path / "w.pt")
+    assert set(read_state_dict(str(tmp_path / "w.pt"))) == {"weight", "bias"}
+
+
+def test_a_file_whose_keys_carry_a_three_part_prefix_loads(tmp_path):
+    """strip_model_prefix takes a prefix of up to three parts (a Lightning module's model inside a wrapper inside
+    another): one of three was refused as another model's when it looked at two."""
+    m = nn.Sequential(nn.Linear(3, 2))
+    torch.save({"a.b.c." + k: v for k, v in m.state_dict().items()}, tmp_path / "w.pt")
+    fresh = nn.Sequential(nn.Linear(3, 2))
+    load_weights(fresh, str(tmp_path / "w.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), m.state_dict().values()))
