@@ -789,3 +789,12 @@ def test_depths_of_a_layer_left_out_of_depth_layers_are_refused_saying_so():
     with pytest.raises(ValueError, match=r"\['fcc'\]: a misspelt name.*; \['fc'\]: layers left out of the model's"):
         BandGradientScaler(net, depths={"up": torch.tensor([0, 0, 1, 1]), "fcc": torch.tensor([2, 3]),
                                         "fc": torch.tensor([2, 3])})
+
+
+def test_a_band_not_yet_seen_leaves_the_seen_bands_scales_multiplying_to_one():
+    """The common level the bands are scaled to is the mean log size of the bands seen: averaging in an unseen
+    band's placeholder (a band pruned whole) moved every seen band's scale (1.65/0.61 became 1.0/0.37)."""
+    lt = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+    scales = BandGradientScaler._scale(lt, torch.tensor([True, True, False]))
+    assert scales[2] == 1.0 and float(scales[0] * scales[1]) == pytest.approx(1.0)
+    assert float(scales[0]) == pytest.approx(torch.e ** 0.5) and float(scales[1]) == pytest.approx(torch.e ** -0.5)

@@ -337,3 +337,16 @@ def test_the_noise_line_legend_of_the_scatter_lies_off_its_cells(monkeypatch):
         assert not any(legend.get_window_extent(r).overlaps(ax.get_window_extent(r)) for ax in fig.axes)  # nor the colorbar
     finally:
         plt.close(fig)
+
+
+def test_a_layer_of_an_even_number_of_weights_has_the_mean_of_its_two_middle_cosines_as_median():
+    """median_cosine of six weights is the mean of the third and fourth cosines (Tensor.median gives the lower one;
+    a median that took it passed every test)."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(2, 3))
+    data = [(torch.randn(8, 2), torch.randint(0, 3, (8,))) for _ in range(4)]
+    c = collinearity(m, data, batches=4, train_mode=False)
+    cos = sorted(c.cosine["0.weight"].flatten().tolist())
+    assert len(cos) == 6 and cos[2] != cos[3]
+    (row,) = c.table
+    assert row["median_cosine"] == pytest.approx((cos[2] + cos[3]) / 2, abs=1e-6)

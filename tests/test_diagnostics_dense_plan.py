@@ -205,3 +205,20 @@ def test_memory_on_a_gpu_counts_the_blocks_the_caching_allocator_holds_unused(mo
     assert dense_plan.memory_problem(args, kinds, norms, shape, 10, device="cuda:0") is None
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda d=None: need * 3)  # none of it unused
     assert "free on cuda:0" in dense_plan.memory_problem(args, kinds, norms, shape, 10, device="cuda:0")
+
+
+@pytest.mark.parametrize("kind, in_shape", [("mlp", (1, 28, 28)), ("cnn", (3, 9, 7))])
+def test_the_plans_parameter_count_is_the_nets_own(kind, in_shape):
+    """The memory plan counts each DenseCat's weights and biases (with --batchnorm on, the cnn's convolutions drop
+    their biases and the BatchNorms add as many: the count stays within a few): a count of one layer too many
+    passed every test."""
+    batchnorm = False
+    from torch import nn
+
+    from adaptive.models import build_model
+    from recipes._diagnostics.dense_plan import densecat_parameters
+
+    m = build_model("densecat", num_classes=10, in_shape=in_shape, depth=4, width=5, kind=kind, batchnorm=batchnorm)
+    own = sum(p.numel() for mod in m.modules() if not isinstance(mod, nn.modules.batchnorm._BatchNorm)
+              for p in mod.parameters(recurse=False))
+    assert densecat_parameters(in_shape, 4, 5, 10, kind) == own

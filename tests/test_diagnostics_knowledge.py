@@ -813,3 +813,17 @@ def test_a_fraction_under_one_weight_is_refused_before_the_order_reads_data_and_
     assert knowledge_distribution(model, data, points=1, max_fraction=0.07).table["removed"] == [0, 1]  # 0.56: one
     with pytest.warns(UserWarning, match=r"evaluation data: asked for 5 batches but the loader ran out after 1"):
         knowledge_distribution(model, data, counts=[2], estimator="magnitude", eval_batches=5)
+
+
+def test_the_fit_tables_e_fold_fraction_is_its_e_fold_in_weights_over_the_total():
+    """A rate of 1e-3 per weight removed is an e-fold every 1,000 weights, a tenth of 10,000 (the fraction was once
+    1 / rate, 1000, unnoticed)."""
+    from adaptive.diagnostics.knowledge import KnowledgeCurve
+    from adaptive.diagnostics.table import Table
+
+    fit = dict(rate=1e-3, r2=1.0, points=5, fit_from=1, fit_to=5, holds_from=1, holds_to=5, floor=1e-3)
+    curve = KnowledgeCurve(table=Table([{"removed": 0, "fraction": 0.0, "loss": 1.0, "loss_increase": 0.0}]),
+                           total=10000, estimator="magnitude", finetune_batches=0, fits={"loss_increase": fit},
+                           chance=None)
+    row = curve.fit_table()
+    assert row["e_fold_weights"] == [pytest.approx(1000.0)] and row["e_fold_fraction"] == [pytest.approx(0.1)]

@@ -184,3 +184,41 @@ def test_knowledge_curve_md_says_fraction_is_of_the_weights_live_at_the_start(tm
     assert table.startswith("| removed | fraction | accuracy (%) |")
     assert "600 prunable weights live at the start" in caption and "400 already pruned" in caption, caption
     assert KnowledgeCurve.load(str(tmp_path)).total == 600  # (load reads the CSV, not the caption)
+
+
+def test_adaptive_closing_line_counts_live_synapses_at_zero_from_the_live_ones(tmp_path, capsys):
+    """"N of them holding exactly 0.0" is live minus nonzero: computed from every synapse, a run at density 0.9 whose
+    900 live weights are all nonzero read "100 of them holding exactly 0.0"."""
+    from recipes._adaptive.report import _finish
+
+    acc = types.SimpleNamespace(is_main_process=True, mixed_precision="no", native_amp=False, num_processes=1)
+    for nonzero, said in ((900, None), (880, "(900 of 1,000 synapses live, 20 of them holding exactly 0.0)")):
+        summary = dict(seconds=1.0, test_accuracy=0.5, test_examples=100, holdout_accuracy=0.5, density=0.9,
+                       live=900, nonzero=nonzero, synapses=1000, updates=3)
+        _finish(acc, tmp_path, summary, {})
+        out = capsys.readouterr().out
+        assert ("holding exactly 0.0" in out) is (said is not None) and (said is None or said in out), out
+
+
+def test_the_nonzero_count_reads_live_synapses_only_even_after_a_run_diverged():
+    """summary.json's nonzero counts live weights not exactly 0.0: a pruned weight is 0.0, or NaN once a run
+    diverged, and is never counted (counted, the closing line's live synapses at 0.0 came out negative)."""
+    from torch import nn
+
+    from adaptive import Connectome
+    from recipes._adaptive.report import _nonzero
+
+    conn = Connectome(nn.Sequential(nn.Linear(4, 4)))
+    conn.set_masks({n: (torch.arange(m.numel()) % 2 == 0).view_as(m) for n, m in conn.masks.items()})
+    with torch.no_grad():
+        for p in conn.params.values():
+            p.fill_(float("nan"))
+    assert conn.num_live() == 8 and _nonzero(conn) == 8
+
+
+def test_the_held_out_lines_label_counts_the_held_out_images_not_the_train_parts():
+    from recipes._adaptive.report import _split_labels
+
+    loaders = types.SimpleNamespace(datasets=types.SimpleNamespace(train=list(range(900)), holdout=list(range(100)),
+                                                                   test=list(range(500))))
+    assert _split_labels(loaders, 500, "train")["holdout"] == "held-out (100 images of TRAIN)"

@@ -2239,3 +2239,32 @@ def test_a_copy_holding_a_folded_conv_loads_with_torch_alone_once_scripted(tmp_p
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "needs graphs" in out.stdout
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_a_unit_with_no_live_input_folds_into_the_next_layer_exactly_and_keeps_a_frozen_bias_frozen(kind):
+    """A unit with no live input is a constant (its bias through the activation), folded into the next layer's bias:
+    through an unpadded 3x3 convolution that is the sum over its kernel's positions (a mean passed every test:
+    Linear layers, one position, cannot tell). A frozen bias beside a trainable weight stays frozen (it came back
+    trainable from the weight's flag, unnoticed)."""
+    import warnings
+
+    torch.manual_seed(0)
+    if kind == "linear":
+        m, x = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3)), torch.randn(5, 4)
+    else:
+        m, x = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 3, 3)), torch.randn(5, 2, 8, 8)
+    with torch.no_grad():
+        m[0].bias.fill_(0.5)
+    m[2].bias.requires_grad_(False)
+    conn = adaptive.Connectome(m)
+    masks = {n: torch.ones_like(k) for n, k in conn.masks.items()}
+    masks[conn.names[0]][0] = False  # unit (channel) 0 of the first layer: no live input
+    conn.set_masks(masks)
+    want = m(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        small = graphs.compact(m, conn, x, verify=False)
+    torch.testing.assert_close(small(x), want, atol=1e-5, rtol=1e-5)
+    last = [mod for mod in small.modules() if isinstance(mod, (nn.Linear, nn.Conv2d))][-1]
+    assert not last.bias.requires_grad and last.weight.requires_grad

@@ -2293,3 +2293,16 @@ def test_the_splits_note_says_pretrained_weights_may_have_seen_the_held_out_part
             mod.main(args(weights, out, "--remove", "0.2", "--weights", given))
         text = (out / "results.md").read_text()
         assert ("pretrained weights may have been trained on these very images" in text) is said, text
+
+
+def test_every_rows_removed_share_is_its_removed_count_over_the_prunable_synapses(tmp_path, weights, no_curves):
+    """The table's "removed %" of each row the run builds (a test fed _table rows made by hand: the run's own
+    fraction, computed as the kept share, passed every test)."""
+    total = adaptive.Connectome(build_model("resnet20", num_classes=10, in_shape=(3, 8, 8))).num_synapses()
+    out = tmp_path / "out"
+    summary = recipe().main(args(weights, out, "--remove", "300", "0.5"))
+    rows = {r["target"]: r for r in summary["rows"]}
+    assert rows["300"]["removed"] == 300
+    for r in rows.values():
+        assert r["fraction"] == r["removed"] / total
+    assert re.search(r"^\| 300 \| 300 \| 0\.1 \|", (out / "results.md").read_text(), re.M)
