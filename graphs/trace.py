@@ -56,6 +56,7 @@ from .trace_types import (CONST, EDGE_RECURRENT, EDGE_SYNAPSE, EDGE_WIRE, INPUT,
 from .tracer import SIZED_FACTORIES, SignatureTracer, _sizes_packed, _torch_own_functions, none_only  # noqa: F401
 
 __all__ = ["trace", "fallback_trace", "example_input_failed", "Trace", "LayerFlow", "InputError", "InputGuessError",
+           "ExampleInputError",
            # importable from here, as before they moved out (imported above)
            "TOKENS", "default_example_input", "runnable_example_input", "CONST", "EDGE_RECURRENT", "EDGE_SYNAPSE",
            "EDGE_WIRE", "INPUT", "JUNCTION",

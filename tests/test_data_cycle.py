@@ -332,8 +332,39 @@ def test_a_wrappers_position_recorded_before_its_dataloaders_generators_were_res
         for _ in range(6):
             next(a)
         state = a.state_dict()
+    for key in ("pass_start", "now", "before_last"):  # (no such key then)
+        del state[key]["wrapped_loaders"]
     assert len(state["pass_start"]["generators"]) == 0 and state["offset"] == 2
     b = LoaderCycle(ToDevice(_seeded(3)))
-    with pytest.warns(UserWarning, match="recorded without the generators of the DataLoader your loader holds"):
+    with pytest.warns(UserWarning, match="recorded without the random states of the DataLoader your loader holds"):
         b.load_state_dict(state)
     assert b.offset == 2
+    c = LoaderCycle(ToDevice(_seeded(3)))
+    with pytest.raises(ValueError, match="the loader shuffles with 1 generator"):  # (one recorded now: another loader)
+        c.load_state_dict(LoaderCycle(ToDevice(DataLoader(Noisy(), batch_size=6, shuffle=True))).state_dict())
+
+
+class _Private:
+    """A wrapper that keeps its DataLoader in a private slot (name-mangled) and has a property that must not run."""
+
+    __slots__ = ("__dl",)
+
+    def __init__(self, loader):
+        self.__dl = loader
+
+    def __iter__(self):
+        return iter(self.__dl)
+
+    def __len__(self):
+        return len(self.__dl)
+
+    @property
+    def loud(self):
+        raise AssertionError("read")
+
+
+def test_a_private_slot_is_found_and_no_property_runs():
+    from adaptive.data.cycle import _wrapped_loaders
+
+    dl = _seeded(3)
+    assert _wrapped_loaders(_Private(dl)) == [dl]

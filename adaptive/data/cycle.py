@@ -37,12 +37,21 @@ def _wrapped_loaders(obj) -> list:
     unsaid)."""
     if isinstance(obj, DataLoader) or any(getattr(obj, a, None) is not None for a in ("sampler", "batch_sampler")):
         return []
-    values = list(getattr(obj, "__dict__", {}).values())
-    for cls in type(obj).__mro__:  # a class with __slots__ holds its attributes there
-        slots = getattr(cls, "__slots__", ())
+    try:  # (not vars(): on an object without a __dict__ it asks the object's __getattr__, which a proxy forwards)
+        values = list(object.__getattribute__(obj, "__dict__").values())
+    except (AttributeError, TypeError):  # (no __dict__: a list, a generator, a class with __slots__ only)
+        values = []
+    for cls in type(obj).__mro__:  # a class with __slots__ holds its attributes there: read by their descriptors,
+        slots = cls.__dict__.get("__slots__", ())  # so that no property or __getattr__ of the object runs
         for name in (slots,) if isinstance(slots, str) else slots:
-            if name not in ("__dict__", "__weakref__"):
-                values.append(getattr(obj, name, None))
+            if name.startswith("__") and not name.endswith("__"):  # (a private name, mangled as Python stores it)
+                name = f"_{cls.__name__.lstrip('_')}{name}"
+            slot = cls.__dict__.get(name)
+            if slot is not None and hasattr(slot, "__get__") and name not in ("__dict__", "__weakref__"):
+                try:
+                    values.append(slot.__get__(obj, cls))
+                except AttributeError:  # (a slot not set)
+                    pass
     return [v for v in values if isinstance(v, DataLoader)]
 
 
@@ -125,6 +134,7 @@ def _recorded(captured: tuple) -> Dict[str, object]:
                   "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "generators": generators,
         "counters": counters,
+        "wrapped_loaders": 1,  # the generators and counters of the DataLoaders a loader of one's own holds are in
     }
     if cuda is not None:
         state["cuda"] = cuda
@@ -150,14 +160,13 @@ def set_rng_states(state: Dict[str, object], loader=None) -> None:
             torch.cuda.set_rng_state(s, i)
     if loader is not None:
         recorded_counters = "counters" in state  # (absent from checkpoints older than pass counters)
-        wrapped = True
-        gens = _generators(loader, make=False)
+        # (absent from checkpoints older than the wrapped DataLoaders' states: read as they were recorded, without)
+        wrapped = bool(state.get("wrapped_loaders", 0))
+        gens = _generators(loader, make=False, wrapped=wrapped)
         if len(gens) != len(state["generators"]):  # recorded after a seedable sampler made its generator
-            gens = _generators(loader)
-        if len(gens) != len(state["generators"]) and len(_generators(loader, wrapped=False)) == len(state["generators"]):
-            # recorded before the generators of a DataLoader a loader of one's own holds were (an older checkpoint)
-            wrapped, gens = False, _generators(loader, wrapped=False)
-            warn_user("this loader position was recorded without the generators of the DataLoader your loader "
+            gens = _generators(loader, wrapped=wrapped)
+        if not wrapped and (len(_generators(loader)) != len(gens) or len(_counters(loader)) != len(_counters(loader, False))):
+            warn_user("this loader position was recorded without the random states of the DataLoader your loader "
                       "holds (an older checkpoint): that DataLoader's order is drawn from its generator as it is now, "
                       "so the resumed run may read other batches than the uninterrupted one")
         if len(gens) != len(state["generators"]):
