@@ -152,3 +152,38 @@ def test_observe_with_the_scaler_leaves_out_what_the_attached_path_leaves_out(ca
         assert counts[1] == {"0.weight": 2, "2.weight": 1}
     for n in (ref_masks if case == "bias" else []):
         assert torch.equal(masks[n], ref_masks[n]), n
+
+
+def test_after_the_scalers_step_the_layers_read_as_unscaled():
+    """scaler.step(opt) unscales first (stage STEPPED): observing then must not divide by the scale again; a check
+    of UNSCALED only read them as scaled."""
+    import adaptive
+    from adaptive.amp_observe import split_scaled
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    conn = adaptive.Connectome(m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    conn.attach(opt)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(m(torch.randn(3, 4)).sum()).backward()
+    scaler.step(opt)
+    unscaled, scaled, _ = split_scaled(conn, scaler, list(conn.params))
+    assert unscaled == ["0.weight", "1.weight"] and scaled == []
+
+
+def test_a_weight_two_optimizers_hold_is_judged_by_the_primarys_gradients():
+    """A weight held by two attached optimizers goes with the first (the primary): the other's inf gradient on a
+    parameter of its own does not drop it (walked in the other order, it did)."""
+    import adaptive
+    from adaptive.amp_observe import finite_layers
+
+    m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    conn = adaptive.Connectome(m)
+    extra = torch.nn.Parameter(torch.zeros(3))
+    a = torch.optim.SGD(m.parameters(), lr=0.1)
+    b = torch.optim.SGD([m[1].weight, extra], lr=0.1)
+    conn.attach(a)
+    conn.attach(b)
+    m(torch.randn(3, 4)).sum().backward()
+    extra.grad = torch.full((3,), float("inf"))
+    assert finite_layers(conn, list(conn.params), primary=a) == (["0.weight", "1.weight"], False)

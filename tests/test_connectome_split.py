@@ -89,3 +89,12 @@ def test_the_type_hints_of_every_connectome_method_resolve():
     assert typing.get_type_hints(adaptive.Connectome.attach)["return"] is adaptive.Connectome
     assert typing.get_type_hints(adaptive.Connectome.load)["return"] is adaptive.Connectome
     assert {"attach", "load", "set_masks", "save", "state_dict"} <= set(checked)
+
+
+def test_no_wrapper_prefix_is_stripped_where_it_gains_no_name_the_model_has():
+    """Saved names module.a and module.b against a model whose own names are module.a and b: stripping "module."
+    finds b but loses module.a, the model's own; a prefix is taken only where it finds more names than none does."""
+    from adaptive.wrappers import _wrapper_prefix
+
+    assert _wrapper_prefix(["module.a", "module.b"], {"module.a", "b"}) == ""
+    assert _wrapper_prefix(["module.a", "module.b"], {"a", "b"}) == "module."

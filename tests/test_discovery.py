@@ -649,3 +649,20 @@ def test_a_pattern_spelling_a_name_with_a_wildcard_character_is_told_its_escaped
     with pytest.raises(ValueError, match=r"protect pattern.*write 'fc\[\[\]1\]' for the name itself"):
         adaptive.Controller(conn, None, policy="rigl", density=0.5, protect="fc[1]")
     assert list(adaptive.Connectome(m, exclude="fc[[]1]").masks) == ["b.weight"]
+
+
+def test_a_convolution_that_reads_its_weight_in_its_own_conv_forward_is_warned_of():
+    """A Conv2d subclass overriding _conv_forward (weight standardisation) reads its weight otherwise than the
+    masked kernel assumes, as one overriding forward does: warned of alike (no test had one)."""
+    import warnings
+
+    import adaptive
+
+    class StdConv(nn.Conv2d):
+        def _conv_forward(self, x, w, b):
+            return super()._conv_forward(x, (w - w.mean()) / (w.std() + 1e-5), b)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adaptive.Connectome(nn.Sequential(StdConv(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)))
+    assert any("forward of their own" in str(w.message) for w in caught)

@@ -1511,3 +1511,19 @@ def test_a_contraction_s_warning_says_what_the_graph_approximates(contract, said
     msg = next(str(w.message) for w in rec if "cannot follow" in str(w.message))
     assert f"As {said} sums products over axes" in msg and "over-approximation" in msg
     assert "torch.functional" not in msg
+
+
+def test_the_module_order_trace_maps_each_flattened_channel_to_its_block_of_inputs():
+    """Where fx cannot trace, the module-order trace wires a Linear reading a flattened convolution channel by
+    channel: its 36 inputs are 4 channels of 9 positions, each block from its channel's unit (without that rule
+    every input read one combined node, and the graph lost which channel feeds which weights)."""
+    import warnings
+
+    from graphs.trace import fallback_trace
+
+    m = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(36, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tr = fallback_trace(m, "a test")
+    src = tr.layers[1].in_src.reshape(4, 9)
+    assert all(len(set(row.tolist())) == 1 for row in src) and len(set(src[:, 0].tolist())) == 4

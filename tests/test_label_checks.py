@@ -259,3 +259,15 @@ def test_later_labels_of_the_wrong_shape_on_one_process_are_refused_at_once_the_
     assert "adaptive: found in training batch 2 of the run (stage 0.5)" in refused.value.__notes__, refused.value.__notes__
     assert len(seen) == 2  # the first two training batches' forward passes: none after the refused one
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_labels_the_loss_ignores_are_not_range_checked_even_above_the_classes():
+    """A segmentation loss's void label (CrossEntropyLoss(ignore_index=255)) is no class index: a batch holding it
+    is taken, as one holding -100 is (only negative ignored labels were tested)."""
+    from torch import nn
+
+    from adaptive.label_checks import refuse_mismatched_targets
+
+    refuse_mismatched_targets(torch.randn(2, 3), torch.tensor([0, 255]), nn.CrossEntropyLoss(ignore_index=255))
+    with pytest.raises(ValueError, match="labels go up to"):
+        refuse_mismatched_targets(torch.randn(2, 3), torch.tensor([0, 254]), nn.CrossEntropyLoss(ignore_index=255))

@@ -2,6 +2,7 @@
 when the interval spans an epoch boundary or a checkpoint."""
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -305,3 +306,73 @@ def test_a_float64_models_recorded_losses_are_not_rounded_through_float32(accele
         whole = float(F.cross_entropy(model(x), y))
     assert abs(state.metrics[0]["loss"] - exact) < 1e-15
     assert abs(evaluate(acc, model, DataLoader(TensorDataset(x, y), batch_size=16))[0] - whole) < 1e-15
+
+
+def test_the_cosine_schedule_stays_at_zero_past_its_last_step():
+    """Past total_steps (a run that goes on, a resume with more steps) the learning rate stays 0; the cosine unclamped
+    climbed back to the full rate (0.15, 0.69, 1.0 at steps 12, 15, 18 of 10)."""
+    from adaptive.training import lr_schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    factor = lr_schedule(opt, total_steps=10, warmup=2).lr_lambdas[0]
+    assert factor(9) > 0 and [factor(s) for s in (10, 12, 15, 18, 100)] == [0.0] * 5
+
+
+@pytest.mark.parametrize("batches, steps", [(4, 2), (5, 3), (1, 1), (0, 0)])
+def test_accumulated_batches_count_a_short_last_group_as_a_step(batches, steps):
+    """The loader's end closes a short group: 5 batches at 2 per step are 3 steps (counted as 2, processes with 4 and
+    5 batches passed the uneven-batch refusal and hung)."""
+    from adaptive.training import _steps_taken
+
+    class Accelerator:
+        step = 0
+
+    assert _steps_taken(Accelerator(), batches, 2) == steps
+
+
+def test_a_resume_inside_a_group_takes_only_the_batches_that_close_it():
+    """Resumed with one batch of a group of two already counted and one step left: one batch ends the group (two
+    went past it, and the check that the run ends on a group's boundary refused it)."""
+    from types import SimpleNamespace
+
+    from adaptive.training import _batches_taken, _ends_mid_group
+
+    acc = SimpleNamespace(step=1)
+    assert _batches_taken(acc, list(range(10)), 2, 1) == 1 and not _ends_mid_group(acc, list(range(10)), 2, 1)
+
+
+def test_the_clipped_share_counts_finite_steps_only(accelerator):
+    """A step whose gradient norm is inf (skipped) is no clipped step: its factor (0) counted it, and the row's
+    share of clipped steps read 1/3 with none clipped (it could pass 1)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    torch.manual_seed(0)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.q = nn.Linear(4, 3), nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return self.fc(x)
+
+    m = M()
+    opt = torch.optim.SGD(m.fc.parameters(), lr=0.01)
+    dl = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,))), batch_size=4)
+    calls = [0]
+
+    def loss_fn(out, y):
+        calls[0] += 1
+        if calls[0] == 2:
+            m.q.grad = torch.full((1,), float("inf"))  # one step's norm is inf
+        return F.cross_entropy(out, y)
+
+    def on_step(state):
+        m.q.grad = None
+
+    state = TrainState()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_one_epoch(accelerator, m, opt, dl, state, loss_fn=loss_fn, log_every=4, max_grad_norm=1e6,
+                        on_step=on_step)
+    assert state.metrics[-1]["clipped"] == 0.0
