@@ -79,18 +79,23 @@ def test_init_estimator_with_no_window_is_still_refused():
                             init="estimator")
 
 
+def _flushed(fn):
+    """``fn()`` with subnormal floats flushed to zero (the test skipped where the CPU cannot)."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush subnormals")
+    try:
+        return fn()
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_order_survives_flush_to_zero_and_tells_close_weights_apart():
     """The ordered values are normal floats: a process that flushes subnormals to zero keeps the
     order (subnormal values became 0 again, the order by position), and weights 5e-8 apart differ."""
     w = torch.tensor([0.9, 0.1, 0.5, 1e-3, 1e-3 + 5e-8, 2e-7, 2.5e-7])
     expected = [5, 6, 3, 4, 1, 2, 0]
     assert torch.argsort(order_zero_costs(torch.zeros(7), w), stable=True).tolist() == expected
-    if not torch.set_flush_denormal(True):
-        pytest.skip("this CPU cannot flush subnormals")
-    try:
-        out = order_zero_costs(torch.zeros(7), w)
-    finally:
-        torch.set_flush_denormal(False)
+    out = _flushed(lambda: order_zero_costs(torch.zeros(7), w))
     assert bool((out > 0).all()) and torch.argsort(out, stable=True).tolist() == expected
 
 
@@ -248,10 +253,4 @@ def test_tiny_live_weights_never_keep_a_zero_cost_even_flushed():
     tiny = torch.finfo(torch.float32).tiny
     out = order_zero_costs(torch.zeros(4), w)
     assert bool((out >= tiny).all()) and out[:3].tolist() == [out[0].item()] * 3 and out[3] > out[0]
-    if not torch.set_flush_denormal(True):
-        pytest.skip("this CPU cannot flush subnormals")
-    try:
-        flushed = order_zero_costs(torch.zeros(4), w)
-    finally:
-        torch.set_flush_denormal(False)
-    assert torch.equal(flushed, out)
+    assert torch.equal(_flushed(lambda: order_zero_costs(torch.zeros(4), w)), out)
