@@ -466,3 +466,17 @@ def test_edge_popup_takes_optimize_connectomes_target_name():
         edge_popup(net(), tr, ho, [0.5], target=[0.5], progress=False)
     with pytest.raises(TypeError, match=r"targets=\[0.5, 0.9\]"):
         edge_popup(net(), tr, ho, progress=False)
+
+
+def test_a_target_of_zero_on_a_dense_network_trains_nothing_and_warns_of_nothing():
+    """A target at the start (0 removed of a dense network) is a snapshot with no training of its own: counted as a
+    stage to train, it said "no gradient reached" its layers (and counted it in the progress bar's total)."""
+    import warnings
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    dl = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,))), batch_size=8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        edge_popup(m, dl, dl, targets=[0], progress=False)
+    assert not [w for w in caught if "no gradient" in str(w.message)]

@@ -712,3 +712,19 @@ def test_save_checkpoint_of_a_zero_redundancy_optimizer_writes_its_state_as_of_n
             assert torch.equal(saved[index[p]]["exp_avg"], st["exp_avg"]) and int(saved[index[p]]["step"]) == 4
     finally:
         dist.destroy_process_group()
+
+
+def test_lbfgs_history_restarts_where_a_pruned_synapse_follows_a_complex_parameter():
+    """L-BFGS keeps one flat history over its parameters, a complex one taking two reals per value: the offset of a
+    real parameter after a complex one counts them so, and a direction nonzero at a synapse pruned there restarts
+    the history (counted one per value, it looked at the wrong place and kept it)."""
+    from adaptive.optim_state import reset_state
+
+    c = nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    r = nn.Parameter(torch.zeros(4))
+    opt = torch.optim.LBFGS([c, r])
+    d = torch.zeros(8)
+    d[4] = 1.0  # r's first value in the flat vector (after c's 2 complex = 4 reals)
+    opt.state[c] = {"d": d, "prev_flat_grad": d.clone(), "old_dirs": [], "old_stps": []}
+    reset_state(opt, r, torch.tensor([True, False, False, False]))
+    assert c not in opt.state

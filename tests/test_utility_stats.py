@@ -330,3 +330,22 @@ def test_first_and_second_order_estimates_follow_the_loss_change_measured_by_bru
     for term, rest in ((oc - tc, removed - tc), (og - tg, restored - tg)):
         ratio = float(term.mean() / rest.mean())
         assert 1 / 3 < ratio < 3 and spearman(term, rest) > 0.4, (ratio, spearman(term, rest))
+
+
+def test_a_reset_forgets_the_processes_a_window_was_reduced_over():
+    """After a two-process reduce a layer's window counts two replicas; reset starts the next window afresh (one
+    observation after it is n() == 1: the stale count inflated the next window's variance correction)."""
+    from torch import nn
+
+    from adaptive import Connectome
+    from adaptive.utility.stats import GradientStats
+
+    conn = Connectome(nn.Linear(3, 2))
+    stats = GradientStats(conn)
+    (n,) = conn.params
+    conn.params[n].grad = torch.ones_like(conn.params[n])
+    stats.observe()
+    stats.replicas[n] = 2  # (as a reduce over two processes leaves it)
+    stats.reset()
+    stats.observe()
+    assert stats.n(n) == 1
