@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .connectome import EnsembleRuleError
+from .counts import real_number
 from .distributed import agreed_call, all_reduce_mean_
 from .plan_checks import check_plan
 from .policies.base import EditPlan, global_synapse_target, synapse_targets
@@ -26,21 +27,17 @@ from .warn import warn_user
 
 
 def holdout_number(value) -> float:
-    """``holdout_loss()``'s return ``value`` as a float: a real number, or a real tensor or array of one element.
-    Anything else is a ValueError naming the fix (it failed with torch's "only one element tensors can be
-    converted" for a per-example loss, and took the text "0.5")."""
-    if isinstance(value, (torch.Tensor, np.ndarray)):
-        tensor = isinstance(value, torch.Tensor)
-        size = value.numel() if tensor else value.size
-        real = (not value.is_complex() and value.dtype != torch.bool) if tensor else (
-            np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
-        if size == 1 and real:
-            return float(value.item())
+    """``holdout_loss()``'s return ``value`` as a float: a real number (:func:`adaptive.counts.real_number`; a numpy
+    array of one number too). Anything else is a ValueError naming the fix (it failed with torch's "only one element
+    tensors can be converted" for a per-example loss, and took the text "0.5")."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":  # (numbers: read as the tensor of them)
+        value = torch.from_numpy(value)
+    if real_number(value):
+        return float(value.item() if isinstance(value, torch.Tensor) else value)
+    if isinstance(value, torch.Tensor):
         what = f"a {type(value).__name__} of shape {tuple(value.shape)} ({value.dtype})"
-        fix = ("reduce it to the mean held-out loss (.mean(), or the loss's reduction='mean')" if size != 1 else
-               "return a real number")
-    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
-        return float(value)
+        fix = ("reduce it to the mean held-out loss (.mean(), or the loss's reduction='mean')" if value.numel() != 1
+               else "return a real number")
     else:
         what = "None" if value is None else f"{type(value).__name__} {value!r}"
         fix = ("return the loss (a missing return statement?)" if value is None else

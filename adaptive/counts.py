@@ -62,6 +62,16 @@ def _fraction_bound(count: int, total: int, most: bool, share: bool, digits: int
     return f"{float(f):.{digits}g}"
 
 
+def real_number(x) -> bool:
+    """Whether ``x`` is a real number: an int, a float, a numpy real scalar or a one-element real torch tensor
+    (never a bool, a numpy or a torch one included; no complex)."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        return x.numel() == 1 and not x.dtype.is_complex and x.dtype != torch.bool
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 UNIT_SLACK = 1e-6  # float error past 0 or 1 (a schedule's float32 1.0000001) is taken as that end
 
 

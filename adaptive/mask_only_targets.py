@@ -7,7 +7,6 @@ answer, before any data is read, what the optimisation would refuse and what its
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from .connectome import Connectome, _plain_module, _plain_patterns
-from .counts import fraction_bound, whole_number
+from .counts import fraction_bound, real_number, whole_number
 from .discovery import discover
 from .metrics import fmt_unsaturated
 from .mask_only_start import refuse_below_start, sparse_start, zero_weights
@@ -50,12 +49,7 @@ def _plain_number(t):
     return float(t) if _is_real(t) else t
 
 
-def _is_real(x) -> bool:
-    """Whether ``x`` is a real number: an int, a float, a numpy real scalar or a one-element real
-    tensor (not a bool)."""
-    if isinstance(x, torch.Tensor):
-        return x.numel() == 1 and not x.dtype.is_complex and x.dtype != torch.bool
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+_is_real = real_number  # (adaptive.counts: the package's one check of a real number)
 
 
 def _labels(targets) -> List[str]:
