@@ -165,7 +165,8 @@ def set_rng_states(state: Dict[str, object], loader=None) -> None:
         gens = _generators(loader, make=False, wrapped=wrapped)
         if len(gens) != len(state["generators"]):  # recorded after a seedable sampler made its generator
             gens = _generators(loader, wrapped=wrapped)
-        if not wrapped and (len(_generators(loader)) != len(gens) or len(_counters(loader)) != len(_counters(loader, False))):
+        if not wrapped and (len(_generators(loader, make=False)) != len(_generators(loader, make=False, wrapped=False))
+                            or len(_counters(loader)) != len(_counters(loader, False))):  # (read only: nothing made)
             warn_user("this loader position was recorded without the random states of the DataLoader your loader "
                       "holds (an older checkpoint): that DataLoader's order is drawn from its generator as it is now, "
                       "so the resumed run may read other batches than the uninterrupted one")
