@@ -3,6 +3,7 @@ and running the same definition twice (a re-executed module or notebook cell) is
 import pytest
 
 import adaptive
+from adaptive import registry
 from adaptive.budgets import _BUDGETS, get_budget, register_budget
 from adaptive.data.base import _DATASETS, register_dataset
 from adaptive.ensembles import _REGISTRY as _ENSEMBLES, register_granularity
@@ -185,3 +186,37 @@ def _registered_estimators():
 def _registered_policies():
     import adaptive.policies.base as b
     return b._POLICIES
+
+
+def test_a_failed_block_undoes_a_name_registered_twice_in_it():
+    """Undone newest first: a name registered, then replaced, inside a failed block is gone after it."""
+    table = {}
+
+    def one():
+        pass
+
+    def two():
+        pass
+
+    with pytest.raises(RuntimeError):
+        with registry.all_or_nothing():
+            registry.add(table, "thing", "x", one)
+            registry.add(table, "thing", "x", two, replace=True)
+            raise RuntimeError("plugin failed")
+    assert "x" not in table
+
+
+def test_a_failed_outer_block_undoes_what_a_finished_inner_block_registered():
+    """A plugin that loads another plugin and then fails leaves neither's names registered."""
+    table = {}
+
+    def inner():
+        pass
+
+    with pytest.raises(RuntimeError):
+        with registry.all_or_nothing():
+            with registry.all_or_nothing():
+                registry.add(table, "thing", "inner", inner)
+            assert "inner" in table
+            raise RuntimeError("outer plugin failed")
+    assert table == {}
