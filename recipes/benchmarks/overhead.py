@@ -31,7 +31,7 @@ all the connectome adds to a step, for the library's path and for per-layer mult
   rigl-torch     rigl_torch.RigLScheduler (PyPI, static topology, so only its per-step masking is
                  timed) where it installs; its uniform distribution keeps the first layer dense
 
-    python recipes/benchmarks/overhead.py                 # full table (about 1.5 minutes on 1 thread)
+    python recipes/benchmarks/overhead.py                 # full table (about 3 minutes on 1 thread)
     python recipes/benchmarks/overhead.py --quick         # a smoke run
 Writes recipes/benchmarks/results/overhead.md.
 """
@@ -134,9 +134,10 @@ CASES = {  # name: (builder, input shape, batch, classes)
 
 
 # ----------------------------------------------------------------------------------- variants
-# Earlier hot paths of adaptive.Connectome, kept here to show what each change buys. Each
-# masks at the optimizer step only (no masking inside backward) and, but for the first, overrides
-# the two optimizer hooks; everything else is the library's.
+# Earlier hot paths of adaptive.Connectome, kept here to show what each change buys. Each masks
+# at the optimizer step only (no masking inside backward); the later ones replace only what the
+# step masks and how (the masking call itself): every check and the bookkeeping of the library's
+# step hooks run in every variant, so the table compares masking work alone.
 class AtStep(Connectome):
     """The library's path before gradients were masked inside backward: cached 0/1 masks, one
     _foreach_mul_ of the gradients just before a zero-preserving optimizer's step."""
@@ -150,43 +151,41 @@ class AlwaysRemask(AtStep):
     """Cached 0/1 masks and _foreach_mul_, but gradients masked before and weights re-masked
     after every step, whatever the optimizer (two passes, each reading the masks)."""
 
-    def _pre_step(self, opt, args, kwargs):
-        self.mask_gradients()
+    def _prepare_step(self, opt):
+        self._run_observers(opt)
+        self.mask_gradients(self._stepped_by(opt))
 
     def _post_step(self, opt, args, kwargs):
-        self._foreach_mask(grads=False, weights=True)
+        if not self._step_skipped(opt):
+            self._foreach_mask(grads=False, weights=True)
+        super()._post_step(opt, args, kwargs)  # the library's bookkeeping (SGD preserves zeros: no second re-mask)
 
 
-class PerLayer(AtStep):
+class PerLayer(AlwaysRemask):
     """As AlwaysRemask, but one mul_ per layer instead of one _foreach_mul_."""
 
     @torch.no_grad()
-    def _pre_step(self, opt, args, kwargs):
+    def _foreach_mask(self, grads, weights, only=None):
         _, params, imasks = self._hot_lists()
         for p, f in zip(params, imasks):
-            if p.grad is not None:
+            if grads and p.grad is not None and (only is None or id(p) in only):
                 bits(p.grad).mul_(f)
+            if weights:
+                bits(p).mul_(f)
+
+
+class BoolMask(AlwaysRemask):
+    """The first hot path: as AlwaysRemask, but one mul_ per layer by the bool mask itself (a dtype
+    cast per element), no 0/1 cache."""
 
     @torch.no_grad()
-    def _post_step(self, opt, args, kwargs):
-        _, params, imasks = self._hot_lists()
-        for p, f in zip(params, imasks):
-            bits(p).mul_(f)
-
-
-class BoolMask(AtStep):
-    """The first hot path: one mul_ per layer by the bool mask itself (a dtype cast per element)."""
-
-    @torch.no_grad()
-    def _pre_step(self, opt, args, kwargs):
+    def _foreach_mask(self, grads, weights, only=None):
         for n, p in self.params.items():
-            if not self._dense[n] and p.grad is not None:
+            if self._dense[n]:
+                continue
+            if grads and p.grad is not None and (only is None or id(p) in only):
                 p.grad.mul_(self.masks[n])
-
-    @torch.no_grad()
-    def _post_step(self, opt, args, kwargs):
-        for n, p in self.params.items():
-            if not self._dense[n]:
+            if weights:
                 p.mul_(self.masks[n])
 
 
@@ -213,6 +212,10 @@ class FloatAtStep(AtStep):
                 ms.append(f)
         if ts:
             torch._foreach_mul_(ts, ms)
+
+    def resident_bytes(self):
+        """The library's count plus the float copies of the masks this variant multiplies by."""
+        return super().resident_bytes() + (sum(f.numel() * f.element_size() for f in self._floats[1]) if self._floats else 0)
 
 
 HOOK_VARIANTS = {
@@ -338,6 +341,8 @@ def hook_ms(cls, base, x, y, reps):
     r.conn._hot = None  # attach() built the 0/1-mask cache; it stays only if the variant uses it
     for _ in range(reps + 1):
         r.step()
+    for n, p in r.conn.params.items():  # the variant really masked: no pruned weight moved
+        assert bool((p.detach()[~r.conn.masks[n]] == 0).all()), f"{cls.__name__}: {n} revived a pruned weight"
     return 1e3 * statistics.median(r.conn.hook_times[1:]), r.conn
 
 
@@ -470,8 +475,7 @@ def main(argv=None):
     ap.add_argument("--out", type=path_type(), default=RESULTS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    # rounds per case: enough for a stable median within ~4 minutes on one core
-    # (rounds, warm-up steps, steps per timed sample) per case: a stable median in ~4 minutes
+    # (rounds, warm-up steps, steps per timed sample) per case: a stable median in about 3 minutes on one core
     plan = {"LeNet-300-100": (600, 10, 4), "ResNet-20 (CIFAR)": (12, 2, 1), "MobileNetV3-Large": (24, 2, 1)}
     if args.quick:
         plan = {k: (3, 1, 1) for k in plan}
