@@ -29,7 +29,7 @@ class _SlowFirstCall(nn.Module):
 
 def test_the_timed_repeats_follow_an_untimed_warm_up(tmp_path, monkeypatch):
     """The first of the --repeats iterations was timed with the model's first call in it: with --repeats 1 the
-    table's train step was that first call's. One untimed warm-up iteration now comes first; the float cache's
+    table's train step was that first call's. One untimed warm-up iteration now comes first; the mask cache's
     bytes per synapse are measured (they were written as a fixed 4 B)."""
     torch.manual_seed(0)
     monkeypatch.setattr(torchvision.models, "resnet50", lambda **kw: _SlowFirstCall())
@@ -40,7 +40,7 @@ def test_the_timed_repeats_follow_an_untimed_warm_up(tmp_path, monkeypatch):
     rows = [[c.strip() for c in l.split("|")[1:-1]] for l in text.splitlines() if l.startswith("| rigl/")]
     assert len(rows) == 1, text
     assert float(rows[0][2]) < 0.4, rows  # train step (s): the 0.5 s first call is not in it
-    assert "median of 1" in text and "plus a 4.0 B/synapse float cache while attached" in text
+    assert "median of 1" in text and "plus a 4.0 B/synapse cache of the masks as 0/1 integers of the weights' width while attached" in text
 
 
 def test_the_targets_line_says_whether_each_target_was_met(tmp_path, monkeypatch):
@@ -77,7 +77,7 @@ class _Float64(nn.Module):
         return self.net(x.double())
 
 
-def test_the_float_cache_size_is_the_one_measured(tmp_path, monkeypatch):
+def test_the_mask_cache_size_is_the_one_measured(tmp_path, monkeypatch):
     """The cache's size was the constant '4 B/synapse'; the test above reads 4.0 for a float32 model, which a
     constant 4.0 would pass too: a float64 model's cache is 8 bytes per synapse, and the text must say so."""
     torch.manual_seed(0)
@@ -85,4 +85,4 @@ def test_the_float_cache_size_is_the_one_measured(tmp_path, monkeypatch):
     out = tmp_path / "controller.md"
     monkeypatch.setattr(sys, "argv", [str(SCRIPT), "--batch", "2", "--size", "16", "--repeats", "1", "--out", str(out)])
     runpy.run_path(str(SCRIPT), run_name="__main__")
-    assert "plus a 8.0 B/synapse float cache while attached" in out.read_text(), out.read_text()
+    assert "plus a 8.0 B/synapse cache of the masks as 0/1 integers of the weights' width while attached" in out.read_text(), out.read_text()

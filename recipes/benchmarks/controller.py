@@ -50,8 +50,6 @@ def main():
         if getattr(args, k) < 1:
             ap.error(f"--{k} must be a positive integer, got {getattr(args, k)}")
     torch.manual_seed(0)
-    model = torchvision.models.resnet50()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(args.batch, 3, args.size, args.size)
     y = torch.randint(0, 1000, (args.batch,))
     rows = []
@@ -64,7 +62,9 @@ def main():
     for policy, est, extra in [("rigl", None, {}), ("utility", "obd", {}), ("utility", "consistency", {}),
                                ("utility", "curvature", {}), ("balanced", "curvature", {}),
                                ("threshold", "curvature", paced), ("gmp", None, paced)]:
-        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # every policy starts from the same dense weights and a fresh optimizer
+        model = torchvision.models.resnet50()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         conn = adaptive.Connectome(model)
         ctrl = adaptive.Controller(conn, policy=policy, estimator=est, density=0.5, budget="global",
                                    update_every=every, edit_fraction=0.1, edit_decay="constant", seed=0, **extra)
@@ -81,7 +81,7 @@ def main():
                 opt.step()
                 opt.zero_grad(set_to_none=False)
                 t3 = time.perf_counter()
-                hot = conn._hot  # the float 0/1 mask cache the hot path holds while attached (an edit may drop it)
+                hot = conn._hot  # the 0/1 integer mask cache (the weights' width) the hot path holds while attached (an edit may drop it)
                 cache_bytes = 0 if hot is None else sum(f.numel() * f.element_size() for f in hot[2])
                 t4 = time.perf_counter()
                 event = ctrl.step()  # the controller's step after the optimizer's: at the window's last, an update
@@ -119,7 +119,7 @@ def main():
         f"# Controller cost: torchvision resnet50, batch {args.batch} x {args.size}x{args.size}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}\n\n" + "\n".join(lines) +
         f"\n\nConnectome bool masks: {mask_bytes:.1f} B/synapse in memory and {last_bytes:.1f} B/synapse for its copy "
-        f"of the masks as last set, plus a {cache_bytes / conn.num_synapses():.1f} B/synapse float cache while attached to "
+        f"of the masks as last set, plus a {cache_bytes / conn.num_synapses():.1f} B/synapse cache of the masks as 0/1 integers of the weights' width while attached to "
         "an optimizer (see overhead.md: Connectome.resident_bytes); 1 bit/synapse on disk. Update = global top-k over all "
         "layers, SGD momentum repaired, no line search (unordered selection), an update every second controller step "
         "(update_every=2, a window of two batches): rigl, utility and balanced start at density 0.5 and swap 10% of the live synapses per update "
