@@ -1,7 +1,8 @@
 """Per-batch cost of :class:`adaptive.data.cycle.LoaderCycle` against iterating the loader itself.
 
-Every training loop of the library (the controller's recipes, ``optimize_connectome``, the
-edge-popup baseline) draws its batches through a ``LoaderCycle``, which copies the random states
+Mask-only optimisation (``optimize_connectome``, ``recipes/prune_pretrained.py``) and the edge-popup
+baseline draw their batches through a ``LoaderCycle`` (the DST recipe's loop does not: Accelerate
+restores its own loader position), which copies the random states
 (torch, Python, NumPy, the loader's generators) before each batch request, so that a checkpoint can
 replay the exact batches (see the module's docstring). This benchmark times that bookkeeping where it
 is paid, side by side in one process:
@@ -10,7 +11,7 @@ is paid, side by side in one process:
 - ``LoaderCycle``: ``next()`` on a ``LoaderCycle`` over the same loader;
 - the random-state copy alone (``_capture``), the part LoaderCycle adds per batch;
 - a reference step: forward and backward of LeNet-300-100 on one batch of 128 MNIST-sized inputs
-  (the smallest network the recipes train; any larger one makes the overhead smaller still), timed
+  (a small network; a larger one makes the overhead smaller still), timed
   in the same rounds as the loaders, so that 'added / step' is a ratio within each round.
 
 Loaders (synthetic tensors, MNIST-sized, batch 128, shuffled): a plain ``DataLoader``, and the same

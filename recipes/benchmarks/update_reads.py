@@ -2,8 +2,9 @@
 
 On torchvision resnet50's weights (25.5 million synapses; a random half live):
 - choosing the 10% cheapest live (or most useful absent) ensembles of the whole network: the eligible scores
-  gathered first, then ``_smallest_k`` (the library before stop 64), against ``lowest``/``highest``, which
-  bracket the k-th eligible value without a gather; ordered and unordered;
+  gathered first (as the library did before stop 64), then today's ``_smallest_k`` (so the ratio is the
+  gather's), against ``lowest``/``highest``, which bracket the k-th eligible value without a gather; ordered
+  and unordered;
 - whether each layer's weights hold NaN or inf: ``_foreach_norm(inf)`` (stop 63) against
   ``adaptive.finite.finite_flags`` (``torch.aminmax``);
 - whether each layer's mask holds any True / only True: ``any()`` and ``all()`` against
@@ -134,7 +135,8 @@ def main():
     hdr = ["| read | entries | old (ms) | new (ms) | old / new | same answers |", "|---|---:|---:|---:|---:|---|"]
     text = (f"# Reads of a controller update over every synapse: torchvision resnet50's weights, half live, "
             f"{torch.get_num_threads()} thread(s), best of {args.rounds} interleaved rounds\n\n" + "\n".join(hdr + rows) +
-            "\n\nOld: the eligible scores gathered before choosing (the library before stop 64), the fused inf norm "
+            "\n\nOld: the eligible scores gathered before choosing (as the library did before stop 64; the choice after "
+            "the gather is today's), the fused inf norm "
             "for finiteness (stop 63), any()/all() of each mask, torch.kthvalue for a cut's k-th value (before stop "
             "65), a stable float argsort to order a plan's edits and a bool sum to count (before stop 70). New: what the "
             "library runs now (lowest/highest, finite_flags, any_set/all_set, _stable_argsort, count_nonzero, "
