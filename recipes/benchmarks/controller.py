@@ -81,7 +81,7 @@ def main():
                 opt.step()
                 opt.zero_grad(set_to_none=False)
                 t3 = time.perf_counter()
-                hot = conn._hot  # the 0/1 integer mask cache (the weights' width) the hot path holds while attached (an edit may drop it)
+                hot = conn._hot  # the hot path's 0/1 integer mask cache while attached (an edit may drop it)
                 cache_bytes = 0 if hot is None else sum(f.numel() * f.element_size() for f in hot[2])
                 t4 = time.perf_counter()
                 event = ctrl.step()  # the controller's step after the optimizer's: at the window's last, an update

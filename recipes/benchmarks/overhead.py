@@ -333,6 +333,12 @@ def timed(cls):
     return Timed
 
 
+def check_masked(conn, name):
+    """The timed steps really kept every pruned weight at zero (a variant that skipped masking fails here)."""
+    for n, p in conn.params.items():
+        assert bool((p.detach()[~conn.masks[n]] == 0).all()), f"{name}: {n} revived a pruned weight"
+
+
 def hook_ms(cls, base, x, y, reps):
     """Median CPU time of one variant's per-step masking work (its gradient hooks inside backward
     and its pre- and post-step optimizer hooks), measured inside real training steps so that the caches are as a step leaves them.
@@ -341,8 +347,7 @@ def hook_ms(cls, base, x, y, reps):
     r.conn._hot = None  # attach() built the 0/1-mask cache; it stays only if the variant uses it
     for _ in range(reps + 1):
         r.step()
-    for n, p in r.conn.params.items():  # the variant really masked: no pruned weight moved
-        assert bool((p.detach()[~r.conn.masks[n]] == 0).all()), f"{cls.__name__}: {n} revived a pruned weight"
+    check_masked(r.conn, cls.__name__)
     return 1e3 * statistics.median(r.conn.hook_times[1:]), r.conn
 
 
@@ -408,8 +413,7 @@ def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
         )
         conn = getattr(r, "conn", None)
         if conn is not None:
-            for n, p in conn.params.items():  # the steps really kept the pruned weights at zero
-                assert bool((p.detach()[~conn.masks[n]] == 0).all()), f"{r.name}: {n} revived a pruned weight"
+            check_masked(conn, r.name)
             r.bytes_per_synapse = conn.resident_bytes() / conn.num_synapses()
             r.density = conn.density()
         if getattr(r, "silent", None) is not None:  # the watch really ran inside the timed steps
