@@ -524,8 +524,9 @@ def _parser():
             s.add_argument("--atol", type=_tolerance, metavar="X",
                            help="absolute tolerance of the check that the compacted model's outputs match the masked "
                                 "model's (torch.allclose; scaled by the outputs' largest magnitude where that is below 1; "
-                                "default: the dtype's, as graphs.compact: 1e-4 in float32/float64, 4 roundings of "
-                                "each output's largest magnitude in bfloat16/float16)")
+                                "default: the dtype's, as graphs.compact: 1e-4 in float32/float64; in bfloat16/float16, 4 of the "
+                                "dtype's roundings of each output's largest magnitude, or the square root of the number of "
+                                "Linear/Conv layers where that is more)")
             s.add_argument("--rtol", type=_tolerance, metavar="X",
                            help="relative tolerance of that check (default: 1e-4 in float32/float64, 0 in "
                                 "bfloat16/float16, as graphs.compact)")

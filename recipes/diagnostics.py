@@ -622,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--download", action="store_true", help="let torchvision download a dataset that is not found (needs internet; default: never)")
     g.add_argument("--model", default="mlp", help="model name for adaptive.models.build_model (mlp, lenet5, resnet20, ...; dense-gradients always builds densecat)")
     g.add_argument("--plugins", nargs="+", action="extend", default=[], help=".py files or module names imported first: their "
-                   "register_* calls add models or datasets that --model and --dataset can then name (repeatable, the "
+                   "register_* calls add models or datasets that --model and --dataset can then name, or estimators for "
+                   "knowledge --estimator (repeatable, the "
                    "values adding up; default: none)")
     g.add_argument("--weights", default=None, help="weights file loaded strictly into --model (skips the brief training; default: none, train --train_steps)")
     g.add_argument("--connectome", default=None, metavar="FILE", help="a pruned model's connectome (Connectome.save's "

@@ -169,7 +169,8 @@ class RunConfig:
                                                      "mask_only mode rounded down to whole --update_every windows)"})
     checkpoint_every: int = field(default=0, metadata={"help": "steps between checkpoints (0: none)"})
     keep_checkpoints: int = _opt(2, "checkpoints kept in the run folder (older ones are deleted; 0: all)")
-    resume: Optional[str] = _help("latest, a run folder or a checkpoint folder")
+    resume: Optional[str] = _help("latest (the newest checkpoint in --output_dir, which it then needs), a run folder or a "
+                                  "checkpoint folder")
     overwrite: bool = _opt(False, "start afresh in an --output_dir that holds an earlier run, deleting that run's "
                                   "outputs and checkpoints (without it such a run is refused)")
     progress: Optional[bool] = _help("progress bars (data decoding, training, final test evaluation): true, false, or "

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", action="append", help="YAML file of defaults (keys are the options below, with dashes "
                    "or underscores; one file)")
     p.add_argument("--plugins", nargs="+", action="extend", help=".py files or module names imported first: their "
-                   "register_* calls add models, datasets or estimators that the other options can then name "
+                   "register_* calls add models, datasets, estimators or ensembles that the other options can then name "
                    "(adaptive.plugins; repeatable, the values adding up)")
     p.add_argument("--model", help="model name (adaptive.models registry, or torchvision:NAME)")
     p.add_argument("--model-kw", "--model_kw", dest="model_kw", action="append", metavar="KEY=VALUE",
