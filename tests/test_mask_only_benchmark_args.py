@@ -89,3 +89,54 @@ def test_a_too_small_subset_is_named_as_the_option_and_the_fixed_holdout_is_not_
         msg = str(info.value)
         assert msg.startswith(why), msg
         assert "holdout" not in msg.split(";")[-1] and "subset=" not in msg, msg
+
+
+def test_magnitude_rows_prune_the_weights_file_and_targets_run_in_increasing_order(monkeypatch, tmp_path):
+    """Given --targets out of order, the magnitude row of 20% was a 20% drawn from the weights the 50% row had
+    already zeroed (the loop reused the masked model): each row now starts from the weights file, and the
+    learned methods are given the targets in increasing order, as the table's note says they visit them."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, TensorDataset
+
+    mod = _bench()
+    ds = TensorDataset(torch.randn(16, 4), torch.zeros(16, dtype=torch.long))
+    dl = SimpleNamespace(train=DataLoader(ds, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0)),
+                         holdout=DataLoader(ds, batch_size=8))
+
+    def build(*a, **k):  # the "weights file": the same weights every time
+        torch.manual_seed(0)
+        return torch.nn.Linear(4, 2)
+
+    monkeypatch.setattr(mod, "get_dataloaders", lambda *a, **k: dl)
+    monkeypatch.setattr(mod, "resolve_data_dir", lambda d: tmp_path)
+    monkeypatch.setattr(mod, "build_model", build)
+    given, seen = {}, []
+
+    class Stop(Exception):
+        pass
+
+    def ours(model, train, holdout, targets, passes, **kw):
+        given["ours"] = list(targets)
+        return SimpleNamespace(conn=None, snapshots={f"{t:g}": SimpleNamespace(masks={}, holdout_acc=0.0,
+                                                                               cpu_seconds=0.0) for t in targets})
+
+    def ep(model, train, holdout, targets, **kw):
+        given["edge-popup"] = list(targets)
+        return None, {f"{t:g}": {"masks": {}, "holdout_acc": 0.0, "cpu_seconds": 0.0} for t in targets}
+
+    real = mod.magnitude_masks
+
+    def magnitude(model, conn, fraction):
+        seen.append(model.weight.detach().clone())
+        if len(seen) == 2:
+            raise Stop
+        return real(model, conn, fraction)
+
+    monkeypatch.setattr(mod, "optimize_connectome", ours)
+    monkeypatch.setattr(mod, "edge_popup", ep)
+    monkeypatch.setattr(mod, "magnitude_masks", magnitude)
+    with pytest.raises(Stop):
+        mod.main(["--targets", "0.5,0.25", "--no-progress", "--output", str(tmp_path / "t.md")])
+    assert given == {"ours": [0.25, 0.5], "edge-popup": [0.25, 0.5]}
+    assert torch.equal(seen[1], build().weight) and bool((seen[1] != 0).all())  # no earlier row's zeros in it

@@ -231,7 +231,7 @@ def main():
             "topk or a sampled bracket above; an ordered top-k for every keep-plan mask; the eligible entries of a "
             "selection among some (a global budget's live or absent ensembles) gathered first. New: int32 sort keys "
             "in the float order (radix-sorted on CPU), a cut at the k-th value (topk) with only the k selected sorted when "
-            "k <= n/8, unordered keep masks for equal-size ensembles, and past 2**20 entries a selection among "
+            "k <= n/8, unordered keep masks for equal-size ensembles, and past 2**16 entries (more than 2,048 selected) a selection among "
             "eligible ones bracketed without gathering them. Every result was checked identical "
             "(indices and order; masks after construction and after the update). Controller rows: rigl at density "
             f"0.5, one update after one SGD step. {(time.time() - t0) / 60:.1f} min.\n\n"

@@ -12,8 +12,8 @@ test split may choose nothing. This proxy rebuilds the benchmark's structure fro
 - and selection on the shifted B images (10,000 TRAIN images the proxy never saw at all), the part
   that plays the real benchmark's test split. The real test split is never read.
 
-``pretrain`` trains and saves the proxy (outside the repository); ``harness.setup(proxy=...)`` then
-serves the shifted loaders to ``ep.py --proxy PATH``. The proxy is a research tool, not a test.
+``pretrain`` trains and saves the proxy (outside the repository); :func:`proxy_loaders` then
+serves the shifted loaders to ``ep.py``, ``ours.py``, ``finetune.py`` and ``ensemble.py`` (``--proxy PATH``). The proxy is a research tool, not a test.
 """
 from __future__ import annotations
 
