@@ -76,6 +76,7 @@ from adaptive.models import build_model  # noqa: E402
 
 # (the helper beside this file, by its path from ROOT: see threshold_pace.py)
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 
 RESULTS = ROOT / "recipes" / "benchmarks" / "results" / "band_scaling_ddp.md"
 
@@ -200,7 +201,7 @@ def _same_weights(a, b) -> bool:
                for p, q in zip(a.parameters(), b.parameters()))
     flag = torch.tensor([int(same)])
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    assert flag.item(), "the library's scaler and the one hooking one-band layers too trained other weights"
+    check(flag.item(), "the library's scaler and the one hooking one-band layers too trained other weights")
     return True
 
 
@@ -242,7 +243,7 @@ def bench_case(case, rounds, per_sample, warmup, progress) -> dict:
             every = [None] * dist.get_world_size()
             dist.all_gather_object(every, mine)
             agree = all(e == every[0] for e in every)
-            assert agree or "not exact" in r.name, f"{r.name}: the processes' scales differ"
+            check(agree or "not exact" in r.name, f"{r.name}: the processes' scales differ")
         out["rows"][r.name] = dict(times=r.times, ms=1e3 * statistics.median(r.times), ratio=statistics.median(ratios),
                                    q1=q[0], q3=q[2], added_ms=1e3 * statistics.median(added), agree=agree)
     return out

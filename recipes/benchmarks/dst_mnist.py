@@ -54,6 +54,7 @@ from adaptive.models import build_model  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive import jsonio  # noqa: E402
 from recipes.benchmarks._reproduce import machine  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 from adaptive import paths  # noqa: E402
 from adaptive.paths import find_data  # noqa: E402
 from adaptive.policies.base import register_policy  # noqa: E402
@@ -157,7 +158,8 @@ def make_rigl_torch(model, opt, conn, density, end_step, update_every, seed):
                           ignore_linear_layers=False, sparsity_distribution="uniform")
     dens = erk_layer_densities(conn, density)
     names = list(conn.names)
-    assert len(names) == len(sched.W) and all(conn.params[n] is w for n, w in zip(names, sched.W))
+    check(len(names) == len(sched.W) and all(conn.params[n] is w for n, w in zip(names, sched.W)),
+          "the RigL scheduler's weights are not the connectome's parameters, in order")
     sched.S = [1.0 - dens[n] for n in names]
     with torch.no_grad():  # undo its first sparsification, redo it with our allocation
         for w, w0 in zip(sched.W, init):

@@ -41,6 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 # this checkout's packages first (`import graphs`, `import adaptive`); nothing here imports from this folder
 sys.path[:] = [ROOT] + [p for p in sys.path if os.path.abspath(p or os.getcwd()) != HERE]
+from recipes.benchmarks._checks import check  # noqa: E402
+
 LOAD = os.getloadavg()
 TARGETS = {("resnet50", "unit", "pyg"): 5.0, ("resnet50", "unit", "networkx"): 30.0,
            ("mobilenet_v3_large", "synapse", "build"): 10.0}
@@ -123,7 +125,7 @@ def measure_one(arch: str, level: str, networkx: bool, threads: int) -> dict:
     g = graphs.build(conn, level, traced=tr)
     row["build_s"] = time.perf_counter() - t
     row["nodes"], row["edges"] = g.num_nodes, g.num_edges
-    assert g.live_synapses() == conn.num_live(), "graph and connectome disagree on live synapses"
+    check(g.live_synapses() == conn.num_live(), "graph and connectome disagree on live synapses")
     t = time.perf_counter()
     data = graphs.to_pyg(g)
     row["pyg_s"] = time.perf_counter() - t

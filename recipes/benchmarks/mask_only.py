@@ -43,6 +43,7 @@ from adaptive.cli import data_dir_type, path_type  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 from adaptive.baselines.edge_popup import edge_popup  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.mask_only import changed_from, evaluate, loaded_state, optimize_connectome  # noqa: E402
@@ -169,7 +170,7 @@ def main(argv=None):
     dense_cpu = (time.process_time() - c0) / 60
 
     # ---- final report: the test split is read from here on only
-    assert not dl.datasets.test.materialized, "the test split was read before the final report"
+    check(not dl.datasets.test.materialized, "the test split was read before the final report")
     total = conn_m.num_synapses()
     out = []
     dl_, da, _ = evaluate(model_m, dl.test)

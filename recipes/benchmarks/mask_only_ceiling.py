@@ -30,6 +30,7 @@ from adaptive.cli import data_dir_type  # noqa: E402
 from adaptive.metrics import fmt_accuracy  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 from adaptive.data import get_dataloaders  # noqa: E402
 from adaptive.data.cycle import LoaderCycle  # noqa: E402
 from adaptive.mask_only import evaluate  # noqa: E402
@@ -103,7 +104,7 @@ def main(argv=None):
             runs.append((p, lr, {k: v.clone() for k, v in model.state_dict().items()}, h, cpu))
             print(f"passes {p:g}, lr {lr:g}: held-out {fmt_accuracy(h)}% ({cpu:.1f} CPU min)", flush=True)
     # ---- final report: the test split is read from here on only, for the held-out's choices
-    assert not dl.datasets.test.materialized, "the test split was read before the final report"
+    check(not dl.datasets.test.materialized, "the test split was read before the final report")
     model = build_model(args.model, weights=str(data_dir / WEIGHTS[args.model])).eval()
     _, dense_acc, _ = evaluate(model, dl.test)
     rows = [f"| dense (pretrained, unchanged) | - | - | {fmt_accuracy(evaluate(model, dl.holdout)[1])} | {fmt_accuracy(dense_acc)} | - |"]

@@ -62,6 +62,7 @@ from adaptive.exact_masking import bits  # noqa: E402
 from adaptive.grad_masking import _GradHook  # noqa: E402
 from adaptive.diagnostics.silent_units import SilentUnits  # noqa: E402
 from recipes.benchmarks._reproduce import command  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 
 RESULTS = ROOT / "recipes" / "benchmarks" / "results" / "overhead.md"
 
@@ -336,7 +337,7 @@ def timed(cls):
 def check_masked(conn, name):
     """The timed steps really kept every pruned weight at zero (a variant that skipped masking fails here)."""
     for n, p in conn.params.items():
-        assert bool((p.detach()[~conn.masks[n]] == 0).all()), f"{name}: {n} revived a pruned weight"
+        check(bool((p.detach()[~conn.masks[n]] == 0).all()), f"{name}: {n} revived a pruned weight")
 
 
 def hook_ms(cls, base, x, y, reps):
@@ -417,7 +418,7 @@ def bench_case(label, spec, rounds, warmup, steps_per_sample, seed=0):
             r.bytes_per_synapse = conn.resident_bytes() / conn.num_synapses()
             r.density = conn.density()
         if getattr(r, "silent", None) is not None:  # the watch really ran inside the timed steps
-            assert r.silent.layers(), f"{r.name}: no layer's output gradient reached the watch"
+            check(r.silent.layers(), f"{r.name}: no layer's output gradient reached the watch")
         row.update(bytes=r.bytes_per_synapse, density=r.density)
         out["rows"][r.name] = row
     if not isinstance(rg, Runner):

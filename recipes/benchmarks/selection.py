@@ -32,6 +32,7 @@ from adaptive.cli import path_type  # noqa: E402
 from adaptive.atomic import write_text  # noqa: E402
 from adaptive.policies import base  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 
 INF = float("inf")
 
@@ -135,7 +136,7 @@ def selection_rows(repeats):
                        lambda: NEW["_smallest_k"](x, k, ordered)]
                 (tf, to, tn), (rf, ro, rn) = best(fns, repeats)
                 same = torch.equal(rn, ro) if ordered else torch.equal(rn.sort().values, ro.sort().values)
-                assert same and torch.equal(rf.sort().values, rn.sort().values), (n, k, ordered)
+                check(same and torch.equal(rf.sort().values, rn.sort().values), (n, k, ordered))
                 rows.append(f"| _smallest_k | {n:,} | {frac:g} | {'yes' if ordered else 'no'} | {tf * 1e3:.1f} | "
                             f"{to * 1e3:.1f} | {tn * 1e3:.1f} | {to / tn:.1f}x | yes |")
     n = 1 << 22
@@ -148,7 +149,7 @@ def selection_rows(repeats):
             finally:
                 use(NEW)
         (to, tn), (ro, rn) = best([old, lambda: NEW["_keep_top"](x, 1.0, frac * n)], repeats)
-        assert torch.equal(ro, rn)
+        check(torch.equal(ro, rn), "the old and new selections answered differently")
         rows.append(f"| keep_plan top (mask) | {n:,} | {frac:g} | mask | - | {to * 1e3:.1f} | {tn * 1e3:.1f} | "
                     f"{to / tn:.1f}x | yes |")
     return rows
@@ -202,7 +203,7 @@ def controller_rows(repeats):
                     tu[label].append(b)
                     res[label] = (im, um)
             same = all(torch.equal(res["old"][i][n], res["new"][i][n]) for i in (0, 1) for n in res["old"][0])
-            assert same, (name, budget)
+            check(same, (name, budget))
             for what, t in [("construct (initial keep plan)", ti), ("rigl update", tu)]:
                 o, nw = min(t["old"]), min(t["new"])
                 rows.append(f"| {name}, {budget}: {what} | {syn:,} | 0.5 | - | - | {o:.3f} s | {nw:.3f} s | "

@@ -39,6 +39,7 @@ from adaptive.finite import finite_flags  # noqa: E402
 from adaptive.mask_reads import all_set, any_set  # noqa: E402
 from adaptive.policies.base import _kth_smallest, _smallest_k, _stable_argsort, highest, lowest  # noqa: E402
 from recipes.benchmarks._reproduce import command, machine  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 
 
 def gathered(x, ok, k, ordered, negate=False):
@@ -98,30 +99,30 @@ def main():
             (t_old, t_new), (r_old, r_new) = best([lambda: gathered(x, ok, k, ordered, negate),
                                                    lambda: fn(x, ok, k, ordered)], args.rounds)
             same = torch.equal(r_old, r_new) if ordered else torch.equal(r_old.sort().values, r_new.sort().values)
-            assert same, (side, ordered)
+            check(same, (side, ordered))
             rows.append(f"| select {k:,} of {int(ok.sum()):,}: {side}, {'ordered' if ordered else 'unordered'} | "
                         f"{n:,} | {t_old * 1e3:.1f} | {t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     (t_old, t_new), (r_old, r_new) = best([lambda: inf_norm_flags(weights).tolist(),
                                            lambda: finite_flags(weights).tolist()], args.rounds)
-    assert r_old == r_new
+    check(r_old == r_new, "the old and new reads answered differently")
     rows.append(f"| finite weights, {len(weights)} layers: _foreach_norm(inf) / finite_flags (aminmax) | {n:,} | "
                 f"{t_old * 1e3:.1f} | {t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     for what, old, new in (("any", lambda m: bool(m.any()), any_set), ("all", lambda m: bool(m.all()), all_set)):
         (t_old, t_new), (r_old, r_new) = best([lambda: [old(m) for m in masks], lambda: [new(m) for m in masks]],
                                               args.rounds)
-        assert r_old == r_new
+        check(r_old == r_new, "the old and new reads answered differently")
         rows.append(f"| masks, {len(masks)} layers: {what}() / {new.__name__} (counting) | {n:,} | {t_old * 1e3:.1f} | "
                     f"{t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     # the order of a plan's edits (keep_plan: a sparse start prunes about half of every synapse), ties by index
     live_scores = scores[alive]
     (t_old, t_new), (r_old, r_new) = best([lambda: torch.argsort(live_scores, stable=True),
                                            lambda: _stable_argsort(live_scores)], args.rounds)
-    assert torch.equal(r_old, r_new)
+    check(torch.equal(r_old, r_new), "the old and new reads answered differently")
     rows.append(f"| order {live_scores.numel():,} edits (keep_plan): argsort(stable) / _stable_argsort (int32 keys) | "
                 f"{live_scores.numel():,} | {t_old * 1e3:.1f} | {t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     (t_old, t_new), (r_old, r_new) = best([lambda: int(alive.sum()), lambda: int(torch.count_nonzero(alive))],
                                           args.rounds)
-    assert r_old == r_new
+    check(r_old == r_new, "the old and new reads answered differently")
     rows.append(f"| count the live of one bool mask: sum() / count_nonzero | {n:,} | {t_old * 1e3:.1f} | "
                 f"{t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     m = args.kth_size
@@ -129,7 +130,7 @@ def main():
     for order, x in (("descending", desc), ("shuffled", desc[torch.randperm(m, generator=torch.Generator().manual_seed(0))])):
         (t_old, t_new), (r_old, r_new) = best([lambda: torch.kthvalue(x, m // 8).values,
                                                lambda: _kth_smallest(x, m // 8)], args.rounds)
-        assert torch.equal(r_old, r_new)
+        check(torch.equal(r_old, r_new), "the old and new reads answered differently")
         rows.append(f"| k-th smallest (k = n/8), {order}: kthvalue / _kth_smallest (topk) | {m:,} | {t_old * 1e3:.1f} | "
                     f"{t_new * 1e3:.1f} | {t_old / t_new:.1f}x | yes |")
     hdr = ["| read | entries | old (ms) | new (ms) | old / new | same answers |", "|---|---:|---:|---:|---:|---|"]

@@ -42,9 +42,10 @@ from recipes.benchmarks._paired_runs import (  # noqa: E402
     at_least_one, collapse_cells, figure_path, int_list as _int_list, name_list, paired_plot, recipe_run,
     rel as _rel, table_path, write_table)
 from recipes.benchmarks._reproduce import shown_args  # noqa: E402
+from recipes.benchmarks._checks import check  # noqa: E402
 
 ORDERS = ("index", "magnitude")
-assert set(ORDERS) == set(ZERO_COST_ORDERS)
+check(set(ORDERS) == set(ZERO_COST_ORDERS), "ORDERS must name every zero_cost_order the controller knows")
 COLLAPSED = 0.5  # a run below 50% held-out accuracy on 10 classes counts as collapsed in the table
 _MNIST = ["--dataset", "mnist", "--epochs", "3"]
 _SHIPPED = ["--config", str(ROOT / "recipes" / "configs" / "mnist_lenet300_utility.yaml"), "--epochs", "3"]
