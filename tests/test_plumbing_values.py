@@ -239,3 +239,22 @@ def test_a_resume_hint_names_only_the_recorded_plugins_not_given_again(tmp_path)
     hint = resume_hint(tmp_path / "config.yaml", [a])
     assert b in hint and a not in hint
     assert resume_hint(tmp_path / "config.yaml", [a, b]) == ""
+
+
+def test_a_weight_no_attached_optimizer_holds_has_its_gradient_masked_at_the_first_step():  # co1
+    """Two optimizers attached, neither holding the head's weight (a third, unattached one steps it): its pruned
+    synapses' gradients are masked at the first attached step, as those of a single optimizer's weights are."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+    conn = adaptive.Connectome(model)
+    m = torch.ones_like(conn.masks["2.weight"])
+    m[0, :3] = False
+    conn.set_masks({"2.weight": m})
+    o1, o2 = (torch.optim.SGD([model[i].weight], lr=0.1) for i in (0, 1))
+    conn.attach(o1)
+    conn.attach(o2)
+    conn.mask_in_backward = False  # the gradients stay dense until a step masks them
+    model(torch.randn(3, 4)).pow(2).sum().backward()
+    assert model[2].weight.grad[~m].abs().max().item() > 0
+    o1.step()
+    assert model[2].weight.grad[~m].abs().max().item() == 0.0
