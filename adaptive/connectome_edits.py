@@ -237,6 +237,11 @@ class ConnectomeEditsMixin:
             if not isinstance(src, torch.Tensor) or tuple(src.shape) != tuple(p.shape):
                 raise ValueError(f"grow_init callable must return a tensor shaped {tuple(p.shape)} for {name!r}")
             src = src.to(p.device, p.dtype)
+            bad = int((~torch.isfinite(src) & grown.to(p.device)).sum())  # (only the grown entries are taken)
+            if bad:
+                raise ValueError(f"grow_init callable returned {bad} NaN or inf value(s) for synapses it grows in "
+                                 f"{name!r} (in the weight's dtype, {p.dtype}): return finite values (e.g. "
+                                 "torch.nan_to_num(values))")
         return torch.where(grown.to(p.device), src, kept)
 
     def keep_original(self) -> None:

@@ -91,6 +91,11 @@ class ConnectomeStateMixin:
         """``(masks, originals)`` of ``sd``, checked against this connectome (the masks as private copies)."""
         if not isinstance(sd, Mapping) or "masks" not in sd:
             raise ValueError("not a connectome state_dict: it has no 'masks' entry")
+        fmt = sd.get("format", FORMAT)  # (states saved before the field: the only format there was)
+        if fmt != FORMAT:
+            raise ValueError(f"a connectome state_dict of format {fmt!r}, and this version of adaptive reads "
+                             f"{FORMAT!r}: load it with the version that wrote it, or carry its masks over with "
+                             "conn.set_masks(sd['masks'])")
         _check_state_entries(sd)
         check_same_mode(sd.get("mode"), self.mode, "connectome state_dict",
                         f"to carry only its masks over into a {self.mode} run, pass them to conn.set_masks(sd['masks'])")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import copy
 import json
+import numbers
 from typing import Dict
 
 import torch
@@ -79,6 +80,15 @@ def _estimator_as_passed(name, cls) -> "tuple[str, str]":
         return "an estimator object of a class not registered", "the estimator object of the class it ran with"
     return f"estimator={name!r}", f"estimator={name!r}"
 
+
+def _count(value, key: str) -> int:
+    """A saved counter (the step count, the skipped windows) as an int: a whole number of at least 0 (5.7 was cut
+    to 5 and -3 taken as it was, a controller then counting its steps from below zero)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value).is_integer() or value < 0:
+        raise ValueError(f"'{key}' is {value!r}, not a whole number of at least 0")
+    return int(value)
 
 class ControllerStateMixin:
     """Saving and loading :class:`~adaptive.controller.Controller`'s state (it reads the controller's
@@ -304,8 +314,8 @@ class ControllerStateMixin:
         zero_cost_order = self._loaded_zero_cost_order(sd)
         tolerance = self._loaded_line_search_tolerance(sd)
         try:
-            step_count = int(sd["step_count"])
-            nonfinite = int(sd.get("nonfinite_windows", 0))
+            step_count = _count(sd["step_count"], "step_count")
+            nonfinite = _count(sd.get("nonfinite_windows", 0), "nonfinite_windows")
             warned_missed = bool(sd.get("warned_missed", False))  # (saved before it was recorded: not known)
             events = sd.get("events", [])
             if not isinstance(events, (list, tuple)):

@@ -314,6 +314,23 @@ def test_state_dict_round_trip():
     assert dense.density() == 1.0
 
 
+def test_a_state_dict_of_another_format_is_refused_before_anything_changes():
+    """Connectome.load refused a file of another format; load_state_dict read the same dict whatever its "format"
+    said and rewrote masks and weights."""
+    model = mlp()
+    conn = adaptive.Connectome(model)
+    sd = {**conn.state_dict(), "masks": random_masks(conn), "format": "adaptive.connectome/99"}
+    before, weights = conn.mask_hash(), {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"format 'adaptive.connectome/99', and this version of adaptive reads "
+                                         r"'adaptive.connectome/1': .*conn.set_masks\(sd\['masks'\]\)"):
+        conn.load_state_dict(sd)
+    with pytest.raises(ValueError, match="format 'adaptive.connectome/99'"):
+        conn.check_state_dict(sd)
+    assert conn.mask_hash() == before and all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    conn.load_state_dict({k: v for k, v in sd.items() if k != "format"})  # no field: the one format there is
+    assert conn.mask_hash() != before
+
+
 def test_dense_state_dict_loads_into_a_vanilla_torchvision_model(resnet18_pair):
     model, conn = resnet18_pair
     sd = conn.dense_state_dict()

@@ -206,6 +206,15 @@ def _break_counts(sd):
     ("utility", "presence", lambda sd: sd["estimators"]["drop"].update(t={"weight": "two"}), r"entry estimators\['drop'\]"),
     ("utility", None, lambda sd: sd.update(nonfinite_windows="x"), r"malformed"),
     ("utility", None, lambda sd: sd.update(events=5), r"malformed.*'events' is a int"),
+    # counters taken as given: -3 counted the steps from below zero, 5.7 was cut to 5
+    ("utility", None, lambda sd: sd.update(step_count=-3), r"malformed \('step_count' is -3, not a whole number of at least 0\)"),
+    ("utility", None, lambda sd: sd.update(step_count=5.7), r"malformed \('step_count' is 5.7, not a whole number"),
+    ("utility", None, lambda sd: sd.update(step_count=True), r"malformed \('step_count' is True"),
+    ("utility", None, lambda sd: sd.update(nonfinite_windows=float("nan")), r"malformed \('nonfinite_windows' is nan"),
+    # a NaN first moment beside a finite second moment, which no run gathers: loaded, it failed the next update
+    # inside the estimator, which the error then blamed
+    ("utility", None, lambda sd: sd["stats"]["g_sum"]["weight"].fill_(float("nan")),
+     r"entry stats .*layer 'weight' hold 32 NaN or inf entries whose second moments are finite"),
 ])
 def test_a_malformed_controller_state_changes_nothing(policy, estimator, breaks, match):
     kw = {"estimator": estimator} if estimator else {}
@@ -218,6 +227,19 @@ def test_a_malformed_controller_state_changes_nothing(policy, estimator, breaks,
         ctrl.load_state_dict(sd)
     assert _same(ctrl.state_dict(), before)
     assert ctrl.step_count == 3
+
+
+def test_saved_counters_load_as_whole_numbers_and_a_window_with_a_nan_gradient_loads():
+    """A state's counters may come as floats or 0-d tensors of whole numbers; a window that met a NaN gradient
+    (first and second moments NaN alike: the next update skips it) is a state a run saves and loads."""
+    sd = copy.deepcopy(_trained(nn.Linear(8, 4), 5, seed=1).state_dict())  # mid-window: one batch in the sums
+    sd["step_count"], sd["nonfinite_windows"] = 5.0, torch.tensor(1)
+    sd["stats"]["g_sum"]["weight"][0, 0] = float("nan")
+    sd["stats"]["g2_sum"]["weight"][0, 0] = float("nan")
+    ctrl = _trained(nn.Linear(8, 4), 3, seed=2)
+    ctrl.load_state_dict(sd)
+    assert (ctrl.step_count, ctrl.nonfinite_windows) == (5, 1) and type(ctrl.step_count) is int
+    assert not ctrl.stats.finite()
 
 
 def test_an_estimators_own_tensor_under_a_layers_name_is_not_taken_for_the_layers():

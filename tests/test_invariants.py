@@ -560,7 +560,18 @@ def test_bad_grow_init_changes_nothing():
         conn.set_masks(ones, grow_init=explode)
     with pytest.raises(ValueError, match=r"shaped \(5, 6\)"):
         conn.set_masks(ones, grow_init=lambda name, grown: torch.ones(3))
+
+    def nan_where_grown(name, grown):  # finite only where nothing grows: refused, only grown entries count
+        return torch.where(grown, torch.tensor(float("nan")), torch.tensor(1.0))
+
+    with pytest.raises(ValueError, match=r"returned 30 NaN or inf value\(s\) for synapses it grows in '0.weight'"):
+        conn.set_masks(ones, grow_init=nan_where_grown)
+    with pytest.raises(ValueError, match="NaN or inf"):  # finite in float64, inf in the weight's float32
+        conn.set_masks(ones, grow_init=lambda name, grown: torch.full(grown.shape, 1e300, dtype=torch.float64))
     assert_unchanged(conn, snap)
+    conn.set_masks(ones, grow_init=lambda name, grown: torch.where(grown, torch.tensor(0.25), torch.tensor(float("nan"))))
+    assert torch.equal(conn.params["0.weight"].detach(), torch.full((5, 6), 0.25))  # NaN where nothing grows: unused
+    conn.set_masks({"0.weight": torch.zeros(5, 6, dtype=torch.bool)})
     # and the valid forms work
     conn.set_masks(ones, grow_init=lambda name, grown: torch.full(grown.shape, 0.5))
     w = conn.params["0.weight"].detach()

@@ -237,6 +237,14 @@ class GradientStats:
 
     def load_state_dict(self, sd: dict) -> None:
         self._ensure()
+        g2 = sd.get("g2_sum", {})
+        for n, t in sd.get("g_sum", {}).items():  # checked before anything is copied
+            if n in g2 and n in self.g2_sum:
+                odd = int((~torch.isfinite(t) & torch.isfinite(g2[n])).sum())
+                if odd:
+                    raise ValueError(f"the gradient window's sums for layer {n!r} hold {odd} NaN or inf entries whose "
+                                     "second moments are finite, which no run gathers (a NaN or inf gradient squares to "
+                                     "one): load the state Controller.state_dict() returned, unedited")
         for n, t in sd.get("g_sum", {}).items():
             self.g_sum[n].copy_(t)
         for n, t in sd.get("g2_sum", {}).items():
