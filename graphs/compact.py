@@ -232,6 +232,20 @@ def _rehome(gm: fx.GraphModule, name: str, traced: CompactAttention) -> None:
 
 @serialized  # traces, and runs models that another thread's trace would take
 @kept_global_rng()
+def _check_fits(conn, model: nn.Module) -> None:
+    """Refuse a connectome made for another model (a layer ``model`` lacks, or a mask of another shape than its
+    weight) before anything is copied: the masking below failed on it with a bare KeyError or RuntimeError."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    wrong = [f"{n}: mask {tuple(m.shape)}, weight {tuple(params[n].shape)}" if n in params
+             else f"{n}: no such weight in {type(model).__name__}"
+             for n, m in conn.masks.items() if n not in params or tuple(params[n].shape) != tuple(m.shape)]
+    if wrong:
+        raise ValueError(f"the connectome does not fit the model ({'; '.join(wrong[:3])}"
+                         f"{'; ...' if len(wrong) > 3 else ''}): it was made for another model "
+                         f"({type(conn.model).__name__}); compact the model it masks, graphs.compact(conn.model, conn, "
+                         "...), or build a Connectome of this model")
+
+
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
             atol: Optional[float] = None, rtol: Optional[float] = None, verify: bool = True, align: int = 1,
             batch_axis: Optional[int] = None) -> fx.GraphModule:
@@ -281,6 +295,8 @@ def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] =
         example_input = runnable_example_input(model)
     if conn is not None and hasattr(conn, "_check_params"):
         conn._check_params()  # its weights are still the model's (not replaced, nor computed by a parametrization)
+    if conn is not None:
+        _check_fits(conn, model)
     src = copy_model(model, "graphs.compact").eval()
     if conn is not None:
         with torch.no_grad():

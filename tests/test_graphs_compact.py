@@ -169,6 +169,20 @@ def test_option_a_stream_channels_dead_everywhere_are_removed():
     assert torch.allclose(small(x), masked_output(m, conn, x), atol=1e-4)
 
 
+def test_a_connectome_of_another_model_is_refused_naming_the_fix():
+    """compact(other, conn) with a connectome made for a model of other widths failed inside the masking with a bare
+    RuntimeError (a tensor size mismatch), and of other layers with a KeyError; build names the misfit."""
+    torch.manual_seed(0)
+    mine = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    conn = adaptive.Connectome(mine)
+    for other, said in ((nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3)), r"0\.weight: mask \(8, 6\), weight \(9, 6\)"),
+                        (nn.Sequential(nn.Linear(6, 8)), r"2\.weight: no such weight in Sequential")):
+        with pytest.raises(ValueError, match=r"the connectome does not fit the model \(" + said + r".*graphs\.compact\(conn\.model, conn"):
+            graphs.compact(other, conn, example_input=torch.randn(2, 6))
+    twin = copy.deepcopy(mine)  # the same layers and shapes: compacted under these masks
+    assert isinstance(graphs.compact(twin, conn, example_input=torch.randn(2, 6)), nn.Module)
+
+
 def test_untraceable_model_is_refused():
     class Dynamic(nn.Module):
         def __init__(self):
