@@ -173,3 +173,33 @@ def test_band_scaler_given_a_connectome_counts_live_synapses_only():
 def test_to_markdown_uses_the_float_format_given():
     assert Table([{"x": 0.123456}]).to_markdown(floatfmt=".2f").splitlines()[-1] == "| 0.12 |"
 
+
+
+def _labels_beyond_the_head(fit=False):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    if not fit:
+        y[12] = 9  # in the second batch: a model of 3 classes, data of at least 10
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+@pytest.mark.parametrize("run, where", [
+    (lambda m, dl: __import__("adaptive").diagnostics.gradient_by_depth(m, dl, layer="2", batches=2, cycle=False),
+     "gradient_by_depth's batch 2"),
+    (lambda m, dl: __import__("adaptive").diagnostics.collinearity(m, dl, batches=2), "collinearity's batch 2"),
+    (lambda m, dl: removal_scores(Connectome(m), dl, estimator="taylor", batches=2), "removal_scores' batch 2"),
+    (lambda m, dl: __import__("adaptive").diagnostics.knowledge_distribution(m, dl, points=3), "evaluation batch 2"),
+    (lambda m, dl: __import__("adaptive").diagnostics.knowledge_distribution(
+        m, _labels_beyond_the_head(fit=True), order_loader=dl, estimator="taylor", points=3),
+     "knowledge_distribution's removal order"),
+])
+def test_labels_beyond_the_head_are_named_with_the_fix_not_as_torchs_index_error(run, where):
+    """The diagnostics passed a label beyond the model's head to torch's loss, which raised a bare
+    "IndexError: Target 9 is out of bounds"; optimize_connectome and edge_popup named the labels and the fix."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    with pytest.raises(ValueError, match=r"the model gives 3 classes .* labels go up to 9.*num_classes=10 or more") as e:
+        run(model, _labels_beyond_the_head())
+    assert any(where in n for n in getattr(e.value, "__notes__", [])), e.value.__notes__

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from ..connectome import Connectome, _MASKED_BY, _plain_module, _plain_names
 from ..discovery import prunable_types
-from ..label_checks import _labels_to_range_check
+from ..label_checks import _labels_to_range_check, refuse_batch_targets
 from ..metrics import refuse_one_class
 from ..warn import warn_user
 
@@ -462,3 +462,18 @@ class LogHistogram:
         frac = ((need - before) / inbin).clamp(0, 1)
         val = 10 ** (self.lo + (idx.double() + frac) / self.bpd)
         return torch.where(rank < self.zeros, torch.zeros_like(val), val)
+
+
+def batch_loss(loss_fn, out, y, where: str):
+    """``loss_fn(out, y)`` after :func:`adaptive.label_checks.refuse_batch_targets`: a label beyond the model's head
+    (or targets of another shape or type) is refused naming the labels, the fix and ``where`` (which batch), where
+    torch's loss raised a bare "Target 9 is out of bounds". The diagnostics run on the CPU, so the batch's labels
+    are read on the host; losses the checks do not know are called as they are. :func:`default_loss` is checked as
+    the cross-entropy it is, once its own refusals (an output that is no tensor, one class) have had their say."""
+    checked = loss_fn
+    if loss_fn is default_loss:
+        if not torch.is_tensor(out) or out.dim() < 2 or out.shape[1] == 1:
+            return loss_fn(out, y)
+        checked = F.cross_entropy
+    refuse_batch_targets(out, y, checked, where)
+    return loss_fn(out, y)

@@ -33,7 +33,7 @@ from ..discovery import discover
 from ..global_rng import kept_global_rng
 from ..metrics import call_model
 from ..warn import warn_user
-from ._common import (batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, live_mask,
+from ._common import (batch_loss, batch_statistics_explained, check_finite, default_loss, iterate_batches, kept_buffers, live_mask,
                       measured_gradients, model_connectome, model_device, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
 from ..plots import closed_on_error, legend_below
@@ -308,7 +308,8 @@ def collinearity(
             size = _samples(x, y)
             examples = None if examples is None or size is None else examples + size
             x, y = _to_device(x, device), _to_device(y, device)
-            grads = torch.autograd.grad(loss_fn(call_model(model, x, "collinearity"), y), params, allow_unused=True)
+            loss = batch_loss(loss_fn, call_model(model, x, "collinearity"), y, f"collinearity's batch {n + 1}")
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
             for i, g in enumerate(grads):
                 if g is None:
                     continue

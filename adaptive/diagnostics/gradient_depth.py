@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_leaves, tree_map
 from ..connectome import _local_module, _plain_module
 from ..metrics import _forward_owner, call_model, refuse_unpacked, to_device
 from ._shared_calls import CallRecorder, TiedReads, TiedWeightError, parts_adding_up, tied_weight_error
-from ._common import (LogHistogram, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
+from ._common import (LogHistogram, batch_loss, batch_statistics_explained, check_finite, default_loss, find_weight, iterate_batches,
                       kept_buffers, live_mask, measured_gradients, model_connectome, model_device, module_names,
                       plain_layer_name, scalers_suspended, warn_if_zeros)
 from ..modes import modes_kept
@@ -504,7 +504,7 @@ def gradient_by_depth(
                     recorder = CallRecorder(mod)  # after the tracing, whose forward it would record
                     tied = TiedReads(plain, mod, weight)  # (an Embedding tied to a head reads it too)
                 recorder.clear()
-                loss = loss_fn(call_model(model, x, "gradient_by_depth"), y)
+                loss = batch_loss(loss_fn, call_model(model, x, "gradient_by_depth"), y, f"gradient_by_depth's batch {n + 1}")
                 tied.check(name, "gradient_by_depth")
                 (g,) = torch.autograd.grad(loss, [weight], allow_unused=True)
                 if g is None and recorder.calls and all(c["no_grad"] for c in recorder.calls):

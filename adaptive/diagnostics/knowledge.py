@@ -30,7 +30,7 @@ from ..metrics import (AccuracyFn, batch_accuracy, call_model, check_output, def
                        to_device, fmt_unsaturated)
 from ..global_rng import kept_global_rng
 from ..warn import warn_user
-from ._common import (bars_off, batch_statistics_explained, default_loss, iterate_batches, held_masks, kept_buffers, model_connectome,
+from ._common import (bars_off, batch_loss, batch_statistics_explained, default_loss, iterate_batches, held_masks, kept_buffers, model_connectome,
                       model_device, warn_if_zeros)
 from ..modes import modes_kept
 from .removal_order import global_order, removal_scores
@@ -89,11 +89,11 @@ def evaluate(model: nn.Module, data, loss_fn: Callable = default_loss,
     device = model_device(model)
     tot_loss, correct, counted, n, examples = 0.0, 0, 0, 0, 0
     with modes_kept(model, False):
-        for x, y, *_ in data:
+        for b, (x, y, *_) in enumerate(data, 1):
             x, y = to_device(x, device), to_device(y, device)
             out = check_output(call_model(model, x, "knowledge_distribution"), model, "knowledge_distribution")
             units = loss_weight(out, y)
-            tot_loss += float(loss_fn(out, y)) * units
+            tot_loss += float(batch_loss(loss_fn, out, y, f"knowledge_distribution's evaluation batch {b}")) * units
             n += units
             examples += example_count(y)
             acc = batch_accuracy(accuracy_fn, out, y)
@@ -443,9 +443,11 @@ class KnowledgeCurve:
 
 def _tensor_output_loss(loss_fn: Callable, model: nn.Module) -> Callable:
     """``loss_fn`` behind :func:`adaptive.metrics.check_output`: a model whose output is no tensor is refused
-    as :func:`knowledge_distribution` refuses it (wrap the model), before any ``loss_fn`` reads it."""
+    as :func:`knowledge_distribution` refuses it (wrap the model), before any ``loss_fn`` reads it; labels that do
+    not fit the output are refused as :func:`._common.batch_loss` refuses them."""
     def loss(out, y):
-        return loss_fn(check_output(out, model, "knowledge_distribution"), y)
+        return batch_loss(loss_fn, check_output(out, model, "knowledge_distribution"), y,
+                          "a batch of knowledge_distribution's removal order")
     return loss
 
 
@@ -667,7 +669,8 @@ def knowledge_distribution(
                 for i in range(finetune_batches):
                     x, y = next(ft_iter)
                     opt.zero_grad(set_to_none=True)
-                    loss = loss_fn(call_model(work, to_device(x, device), "knowledge_distribution"), to_device(y, device))
+                    loss = batch_loss(loss_fn, call_model(work, to_device(x, device), "knowledge_distribution"),
+                                      to_device(y, device), f"knowledge_distribution's fine-tune batch {i + 1}")
                     loss.backward()
                     opt.step()
                     if i == 0:

@@ -15,7 +15,7 @@ import torch
 from ..global_rng import kept_global_rng
 from ..metrics import call_model, example_count, to_device
 from ..warn import warn_user
-from ._common import default_loss, iterate_batches, kept_grads, measured_gradients, model_device, scalers_suspended
+from ._common import batch_loss, default_loss, iterate_batches, kept_grads, measured_gradients, model_device, scalers_suspended
 from ..modes import modes_kept
 from ..policies.base import _stable_argsort
 
@@ -29,9 +29,10 @@ def _gradient_batches(conn, loader, batches, loss_fn, desc):
     device = model_device(model)
     with kept_grads(model), measured_gradients(conn.params.values(), "removal_scores"), modes_kept(model, False), \
             scalers_suspended(model):  # scores read the model's own gradients
-        for x, y in iterate_batches(loader, batches, desc=desc):
+        for b, (x, y) in enumerate(iterate_batches(loader, batches, desc=desc), 1):
             model.zero_grad(set_to_none=True)
-            loss_fn(call_model(model, to_device(x, device), "removal_scores"), to_device(y, device)).backward()
+            batch_loss(loss_fn, call_model(model, to_device(x, device), "removal_scores"), to_device(y, device),
+                       f"removal_scores' batch {b}").backward()
             yield example_count(y)  # the batch's examples (x may be a tuple of inputs)
 
 
