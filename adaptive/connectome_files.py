@@ -100,6 +100,12 @@ class ConnectomeFilesMixin:
         naming the parameter if the model's layers or shapes differ from the saved ones."""
         from safetensors import SafetensorError, safe_open
 
+        if isinstance(path, nn.Module) and not isinstance(model, nn.Module):
+            raise TypeError("Connectome.load takes the file first and the model second: "
+                            "Connectome.load(path, model)")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"Connectome.load needs the nn.Module to rebuild the connectome on, got "
+                            f"{type(model).__name__}: Connectome.load(path, model)")
         if os.path.isdir(path):
             raise ValueError(f"{path} is a folder, not a connectome file: give the connectome.safetensors in it")
         try:

@@ -57,12 +57,16 @@ class ConnectomeQueriesMixin:
 
     def granularity_of(self, name: str) -> Granularity:
         """The ensemble granularity of layer ``name``."""
+        self._known("granularity_of", name)
+        return self.granularities[name]
+
+    def _known(self, what: str, name) -> None:
+        """KeyError naming the fix where ``name`` is no prunable weight of this connectome (``what``: the call)."""
         if name not in self.granularities:
             hint = f"did you mean {name + '.weight'!r}? " if f"{name}.weight" in self.granularities else ""
-            raise KeyError(f"granularity_of: {name!r} is not a prunable weight of this connectome: {hint}give a "
+            raise KeyError(f"{what}: {name!r} is not a prunable weight of this connectome: {hint}give a "
                            f"parameter name, one of {self.names[:5]}{'...' if len(self.names) > 5 else ''} "
                            "(all in conn.names)")
-        return self.granularities[name]
 
     @property
     def fixed_density(self) -> Optional[float]:
@@ -89,6 +93,7 @@ class ConnectomeQueriesMixin:
 
     def ensemble_mask(self, name: str) -> torch.Tensor:
         """Layer ``name``'s mask at ensemble level (see :meth:`ensemble_masks`): a copy."""
+        self._known("ensemble_mask", name)
         return self._ensemble_mask(name).clone()
 
     def _ensemble_mask(self, n: str) -> torch.Tensor:

@@ -45,7 +45,7 @@ from .distributed import check_masks_agree, is_distributed, world_size
 from .distributed import all_reduce_mean_  # noqa: F401  (importable from here, as before)
 from .name_patterns import PatternSet
 from .optim_state import _is_zero_redundancy, unwrap_optimizer
-from .registry import near_misses
+from .registry import is_flag, near_misses
 from .policies.base import _POLICIES, EditPlan, get_policy, keep_plan, live_first, synapse_targets
 from .policies.base import global_synapse_target  # noqa: F401  (importable from here, as before)
 from .rollback import EditSnapshot  # noqa: F401  (importable from here, as before)
@@ -271,6 +271,9 @@ class Controller(ControllerEditsMixin, ControllerStateMixin, ControllerReportsMi
             raise ValueError(f"line_search_tries must be an integer >= 0 (the halvings an update may try before it is "
                              f"rolled back; 0: all or nothing), got {line_search_tries!r}")
         line_search_tries = whole_number(line_search_tries)
+        if verify is not None and not is_flag(verify):  # ("no" is true: it switched the check on)
+            raise ValueError(f"verify must be None (check wherever several processes run), True or False, got {verify!r}")
+        verify = None if verify is None else bool(verify)
         problem = None if line_search_tolerance is None else line_search_tolerance_problem(line_search_tolerance)
         if problem:
             raise ValueError(f"line_search_tolerance must be None (the mode's default) or a number >= 0, the held-out "

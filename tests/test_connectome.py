@@ -233,6 +233,16 @@ def test_load_names_a_saved_layer_that_is_an_embedding_in_the_model(tmp_path):
         assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
 
 
+def test_load_with_its_arguments_swapped_says_the_order(tmp_path):
+    """Connectome.load(model, path) failed inside os.stat ("path should be string ... not Sequential")."""
+    conn = adaptive.Connectome(mlp())
+    conn.save(tmp_path / "c.safetensors")
+    with pytest.raises(TypeError, match=r"takes the file first and the model second: Connectome.load\(path, model\)"):
+        adaptive.Connectome.load(mlp(), tmp_path / "c.safetensors")
+    with pytest.raises(TypeError, match=r"needs the nn.Module to rebuild the connectome on, got str"):
+        adaptive.Connectome.load(tmp_path / "c.safetensors", "mlp")
+
+
 def test_save_refuses_a_folder_as_load_does(tmp_path):
     """save(folder) failed inside its atomic rename with IsADirectoryError on a temporary file's name."""
     conn = adaptive.Connectome(mlp())

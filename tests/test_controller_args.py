@@ -22,6 +22,8 @@ BAD = {
     "line_search_tries=-1": (dict(line_search_tries=-1), "line_search_tries must be an integer >= 0"),
     "line_search_tries=1.5": (dict(line_search_tries=1.5), "line_search_tries must be an integer >= 0"),
     "batch_size=-64": (dict(batch_size=-64), "batch_size must be None or .* integer >= 1"),
+    "verify='no'": (dict(verify="no"), r"verify must be None \(check wherever several processes run\), True or False, got 'no'"),
+    "verify=1": (dict(verify=1), "verify must be None .*, got 1"),
     "batch_size=0": (dict(batch_size=0), "batch_size must be None or .* integer >= 1"),
     "batch_size=2.5": (dict(batch_size=2.5), "batch_size must be None or .* integer >= 1"),
     "grow_init=0.0": (dict(grow_init=0.0), "unknown grow_init 0.0: use 'zero', 'original', 'random' or a callable"),

@@ -71,6 +71,9 @@ def test_granularity_of_an_unknown_name_says_which_names_there_are():
     with pytest.raises(KeyError, match=r"'4.bias' is not a prunable weight.*: give a parameter name, one of \['0.weight'"):
         conn.granularity_of("4.bias")
     assert conn.granularity_of("4.weight").spec == "neuron"
+    with pytest.raises(KeyError, match=r"ensemble_mask: '4' is not a prunable weight.*did you mean '4.weight'\?"):
+        conn.ensemble_mask("4")  # was a bare KeyError('4') too
+    assert conn.ensemble_mask("4.weight").shape == (conn.masks["4.weight"].shape[0],)
 
 
 def test_connectome_checks_and_expands_each_layer_with_its_own_granularity():
