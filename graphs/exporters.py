@@ -85,6 +85,9 @@ def write(g, path, format: str | None = None) -> str:
     known format (``write(g, "x.graphml", format="json")``, which wrote JSON under a GraphML name) is refused,
     as the command line's ``--format`` is; with a suffix no writer knows (``x.dat``), ``format`` decides."""
     path = os.fspath(path)
+    if os.path.isdir(path):  # (its empty suffix was read as an unknown format '')
+        raise ValueError(f"cannot write {path!r}: it is a folder; give a file path in it with the format's suffix, "
+                         f"e.g. {os.path.join(path, 'connectome.graphml')!r} (formats: {sorted(WRITERS)})")
     named = os.path.splitext(path)[1].lower()  # the format the path's suffix names
     if named in COMPRESSED:
         inner = os.path.splitext(os.path.splitext(path)[0])[1].lower()

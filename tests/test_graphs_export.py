@@ -190,6 +190,11 @@ def test_writers(conn, tmp_path, ext):
         assert H.number_of_nodes() == g.num_nodes and H.number_of_edges() == g.num_edges
     with pytest.raises(ValueError, match="unknown format"):
         graphs.write(g, tmp_path / "g.xyz")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"it is a folder; give a file path in it .*out/connectome\.graphml"):
+        graphs.write(g, folder)  # was "unknown format ''"
+    assert list(folder.iterdir()) == []
 
 
 REPARAMETRIZE = {

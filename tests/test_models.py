@@ -306,3 +306,23 @@ def test_a_versioned_file_without_num_batches_tracked_and_nested_wrapper_prefixe
     torch.save(nested, tmp_path / "nested.pt")
     model = load_weights(net(), str(tmp_path / "nested.pt"))
     assert torch.equal(model[0].weight, src[0].weight)
+
+
+def test_a_connectome_file_given_as_weights_is_named_as_one(tmp_path):
+    """--weights run/connectome.safetensors said only "does not match model ... Check --model and num_classes",
+    though no --model would fit: it is a connectome file (masks), not weights."""
+    import adaptive
+
+    model = build_model("lenet300")
+    adaptive.Connectome(model).save(tmp_path / "connectome.safetensors")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightsMismatchError, match=r"it is a connectome file, Connectome.save's masks and not a "
+                                                   r"network's weights: give the weights file beside it"):
+        load_weights(model, str(tmp_path / "connectome.safetensors"))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    from safetensors.torch import save_file  # another safetensors file that does not fit: no such words
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(WeightsMismatchError) as e:
+        load_weights(model, str(tmp_path / "other.safetensors"))
+    assert "connectome file" not in str(e.value)

@@ -288,6 +288,19 @@ def strip_model_prefix(sd: Dict[str, torch.Tensor], own, skipped=()) -> Dict[str
     return sd
 
 
+def _is_connectome_file(path: str) -> bool:
+    """Whether ``path`` is a file :meth:`adaptive.Connectome.save` wrote (its safetensors metadata says so)."""
+    from safetensors import safe_open
+
+    from ..connectome_state import FORMAT
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # not a safetensors file: a .pt, a folder, unreadable
+        return False
+
+
 def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> nn.Module:
     """Load the weights file ``path`` into ``model`` with ``strict=True``; returns ``model``.
     ``state_dict``: what :func:`read_state_dict` read from ``path`` already (it is not read again, nor
@@ -347,6 +360,10 @@ def load_weights(model: nn.Module, path: str, state_dict: Optional[Dict[str, tor
         hint = getattr(model, "weights_mismatch_hint", None)  # (a torchvision model: the network of its family
         fits = hint(sd) if callable(hint) else ""  # the file fits, if one does)
         found = f"weights file {path!r} does not match model {type(model).__name__}: " + "; ".join(parts)
+        if state_dict is None and _is_connectome_file(path):
+            found += (" (it is a connectome file, Connectome.save's masks and not a network's weights: give the "
+                      "weights file beside it, a run's pruned_state_dict.pt or the weights it started from; "
+                      "the connectome loads with adaptive.Connectome.load, or --connectome where a command takes it)")
         error = WeightsMismatchError(
             found + (f". The file holds the weights of {fits}: give that --model (its --model-kw, its number of classes)"
                      if fits else ". Check --model and num_classes against the file."))
