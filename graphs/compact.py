@@ -230,8 +230,6 @@ def _rehome(gm: fx.GraphModule, name: str, traced: CompactAttention) -> None:
     setattr(gm.get_submodule(parent) if parent else gm, child, new)
 
 
-@serialized  # traces, and runs models that another thread's trace would take
-@kept_global_rng()
 def _check_fits(conn, model: nn.Module) -> None:
     """Refuse a connectome made for another model (a layer ``model`` lacks, or a mask of another shape than its
     weight) before anything is copied: the masking below failed on it with a bare KeyError or RuntimeError."""
@@ -246,6 +244,8 @@ def _check_fits(conn, model: nn.Module) -> None:
                          "...), or build a Connectome of this model")
 
 
+@serialized  # traces, and runs models that another thread's trace would take
+@kept_global_rng()
 def compact(model: nn.Module, conn=None, example_input: Optional[torch.Tensor] = None,
             atol: Optional[float] = None, rtol: Optional[float] = None, verify: bool = True, align: int = 1,
             batch_axis: Optional[int] = None) -> fx.GraphModule:
