@@ -90,6 +90,7 @@ def _count(value, key: str) -> int:
         raise ValueError(f"'{key}' is {value!r}, not a whole number of at least 0")
     return int(value)
 
+
 class ControllerStateMixin:
     """Saving and loading :class:`~adaptive.controller.Controller`'s state (it reads the controller's
     connectome, policy, estimators and gradient window)."""
