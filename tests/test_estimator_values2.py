@@ -1,6 +1,5 @@
 """Utility estimators in value, second pass (evidence's decay and layer scale, presence's step scale, resume and w0,
 consistency's two-batch shrinkage, zero-cost ties' floor and ceiling, gain units, state keys, signed-cost flags)."""
-or state round trip of an estimator that no other test checked."""
 import torch
 
 import adaptive
