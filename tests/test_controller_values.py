@@ -8,15 +8,7 @@ import torch
 from torch import nn
 
 import adaptive
-
-W = torch.tensor([[1.0, -5.0, 2.0, 0.1], [3.0, -0.2, 4.0, 0.5]])
-
-
-def tiny(weight=W):
-    m = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
-    with torch.no_grad():
-        m.weight.copy_(weight)
-    return m
+from test_controller import tiny  # noqa: E402  (the hand-computed 2x4 layer of the controller's own tests)
 
 
 def _holdout_ctrl(tolerance, tries=2):
